@@ -1,0 +1,4 @@
+//! cinderblock: a declarative reconciliation agent for block storage.
+#![doc = include_str!("ARCHITECTURE.md")]
+
+pub mod cli;
