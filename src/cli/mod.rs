@@ -1,14 +1,130 @@
-//! The command-line layer: argument parsing, output, exit codes.
+//! The command-line layer: argument parsing, logging set-up, user output and
+//! exit codes. The only place that prints to the terminal and the only place
+//! that uses `anyhow`; everything it calls is library code returning typed
+//! errors.
+//!
+//! Exit codes: 0 success (valid manifests), 1 invalid manifests or an error,
+//! 2 usage error (clap's own).
 
-use clap::Parser;
+mod validate;
 
-/// cinderblock: declarative block storage.
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// cinderblock: declarative block storage — manifests in git, plan, apply.
 #[derive(Debug, Parser)]
-#[command(name = "cinderblock", version, about)]
-pub struct Cli {}
+#[command(name = "cinderblock", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// State directory: lock, journal, placements, identities.
+    #[arg(
+        long,
+        global = true,
+        default_value = "state",
+        env = "CINDERBLOCK_STATE"
+    )]
+    state: PathBuf,
+    /// This storage host's name (default: the machine's hostname).
+    #[arg(long, global = true, env = "CINDERBLOCK_HOST")]
+    host: Option<String>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only errors in the log.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse and check every manifest: schema, references, names, sizes.
+    Validate(validate::ValidateArgs),
+    /// Write the JSON Schemas of the manifests (one per kind, plus manifest.json).
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, Args)]
+struct SchemaArgs {
+    /// Directory to write the schemas into.
+    #[arg(long, default_value = "schemas")]
+    out: PathBuf,
+}
 
 /// Runs the CLI and returns the process exit code.
 pub fn run() -> i32 {
-    let _cli = Cli::parse();
-    0
+    let cli = Cli::parse();
+    init_tracing(&cli.global);
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&args),
+        Command::Schema(args) => schema(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_tracing(g: &GlobalArgs) {
+    let level = if g.quiet {
+        "error"
+    } else {
+        match g.verbose {
+            0 => "warn",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CINDERBLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests calling run twice) is harmless: keep the first.
+    let _ = match g.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn schema(args: &SchemaArgs) -> anyhow::Result<i32> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let schemas = crate::schema::generate();
+    for (name, doc) in &schemas {
+        let path = args.out.join(name);
+        std::fs::write(&path, crate::schema::render(doc))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "wrote {} schemas to {}",
+        schemas.len(),
+        args.out.display()
+    )?;
+    Ok(0)
 }

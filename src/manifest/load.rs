@@ -1,0 +1,637 @@
+//! Loading: files and directory trees into a [`ManifestSet`], collecting every
+//! diagnostic on the way.
+//!
+//! A directory is walked recursively in sorted order; hidden entries are
+//! skipped, `*.yaml`/`*.yml` files are read, symlinked directories are not
+//! followed (no loops). Each file may hold many documents; empty ones are
+//! ignored. A document that fails is reported and skipped; the others load.
+//!
+//! Bounded by design: files over [`MAX_FILE_BYTES`] are refused before they are
+//! read, serde_yaml refuses alias bombs and deep nesting, and within one
+//! document at most [`MAX_ERRORS_PER_DOC`] findings are collected.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_yaml::Value;
+
+use super::diag::{Diagnostic, Severity, suggest};
+use super::kinds::{
+    API_VERSION, BackendSpec, BackupPolicySpec, ConsistencyGroupSpec, ImageSpec, Metadata,
+    SchedulerPolicySpec, SnapshotSpec, VolumeSpec, VolumeTypeSpec,
+};
+use super::position::{DocPositions, FieldPath, Pos, Seg, index_documents};
+use super::{Doc, Kind, KindSpec, ManifestSet, Origin};
+
+/// Largest manifest file read (bigger ones are refused: split them).
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+/// Findings collected per document before giving up on it.
+pub const MAX_ERRORS_PER_DOC: usize = 32;
+/// Directory depth walked below a `-f` directory.
+const MAX_DIR_DEPTH: usize = 32;
+
+/// What loading produced.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every document that parsed.
+    pub set: ManifestSet,
+    /// Every finding, in file and position order.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The files read.
+    pub files: Vec<PathBuf>,
+    /// Number of non-empty documents seen.
+    pub documents: usize,
+}
+
+impl Loaded {
+    /// Number of errors.
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+    /// Number of warnings.
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+}
+
+/// Loads and validates every manifest under `paths` (files or directories).
+pub fn load_paths(paths: &[PathBuf]) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut files = Vec::new();
+    for p in paths {
+        let shown: Arc<Path> = Arc::from(p.as_path());
+        match fs::metadata(p) {
+            Ok(m) if m.is_dir() => {
+                let before = files.len();
+                if let Err(e) = walk(p, 0, &mut files) {
+                    loaded.diagnostics.push(Diagnostic::file_error(&shown, e));
+                } else if files.len() == before {
+                    loaded.diagnostics.push(Diagnostic::file_error(
+                        &shown,
+                        "no manifests (*.yaml, *.yml) in this directory",
+                    ));
+                }
+            }
+            Ok(_) => files.push(p.clone()),
+            Err(e) => loaded
+                .diagnostics
+                .push(Diagnostic::file_error(&shown, io_message(&e))),
+        }
+    }
+    files.dedup();
+    for f in &files {
+        load_file(f, &mut loaded);
+    }
+    loaded.files = files;
+    super::validate::validate(&loaded.set, &mut loaded.diagnostics);
+    loaded
+        .diagnostics
+        .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    loaded.diagnostics.dedup();
+    loaded
+}
+
+fn io_message(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => format!("cannot read: {e}"),
+    }
+}
+
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    if depth > MAX_DIR_DEPTH {
+        return Err(format!(
+            "directories nested deeper than {MAX_DIR_DEPTH} levels"
+        ));
+    }
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| io_message(&e))?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for entry in entries {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            walk(&path, depth + 1, out)?;
+        } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
+            && fs::metadata(&path).is_ok_and(|m| m.is_file())
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn load_file(path: &Path, loaded: &mut Loaded) {
+    let file: Arc<Path> = Arc::from(path);
+    let size = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) => {
+            loaded
+                .diagnostics
+                .push(Diagnostic::file_error(&file, io_message(&e)));
+            return;
+        }
+    };
+    if size > MAX_FILE_BYTES {
+        #[allow(clippy::cast_precision_loss)] // display only
+        let mib = size as f64 / f64::from(1u32 << 20);
+        loaded.diagnostics.push(Diagnostic::file_error(
+            &file,
+            format!(
+                "file is {mib:.1} MiB; manifest files larger than {} MiB are refused (split it into several files)",
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+        return;
+    }
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            loaded
+                .diagnostics
+                .push(Diagnostic::file_error(&file, io_message(&e)));
+            return;
+        }
+    };
+    let src = match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let pos = pos_of_byte(&String::from_utf8_lossy(&e.as_bytes()[..at]), at);
+            loaded
+                .diagnostics
+                .push(located(&file, pos, "the file is not valid UTF-8"));
+            return;
+        }
+    };
+    if let Some((at, c)) = src
+        .char_indices()
+        .find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        loaded.diagnostics.push(located(
+            &file,
+            pos_of_byte(&src, at),
+            format!(
+                "control character U+{:04X} is not allowed in a manifest",
+                u32::from(c)
+            ),
+        ));
+        return;
+    }
+    parse_stream(&file, &src, loaded);
+}
+
+fn located(file: &Arc<Path>, pos: Pos, message: impl Into<String>) -> Diagnostic {
+    Diagnostic {
+        pos: Some(pos),
+        ..Diagnostic::file_error(file, message)
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `src`.
+fn pos_of_byte(src: &str, at: usize) -> Pos {
+    let before = &src[..at.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Pos { line, col }
+}
+
+fn parse_stream(file: &Arc<Path>, src: &str, loaded: &mut Loaded) {
+    let mut positions = index_documents(src).into_iter();
+    for de in serde_yaml::Deserializer::from_str(src) {
+        let pos = Arc::new(positions.next().unwrap_or_default());
+        let value = match Value::deserialize(de) {
+            Ok(v) => v,
+            Err(e) => {
+                // After a syntax error serde_yaml's stream cannot go on (it would
+                // repeat the error forever); nothing later in the file is read.
+                loaded.diagnostics.push(yaml_error(file, &pos, &e));
+                return;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        loaded.documents += 1;
+        let origin = Origin {
+            file: Arc::clone(file),
+            positions: pos,
+        };
+        load_document(value, origin, loaded);
+    }
+}
+
+fn yaml_error(file: &Arc<Path>, pos: &DocPositions, e: &serde_yaml::Error) -> Diagnostic {
+    let mut message = e.to_string();
+    // serde_yaml appends " at line N column M" (and nested context); the
+    // position goes in front instead.
+    if let Some(i) = message.find(" at line ") {
+        let tail = &message[i..];
+        let context = tail.find(", ").map(|j| &tail[j..]).unwrap_or_default();
+        message = format!("{}{context}", &message[..i]);
+    }
+    let at = e.location().map_or_else(
+        || {
+            if message.starts_with("duplicate entry") {
+                pos.first_duplicate().map_or(pos.start(), |(_, p)| *p)
+            } else {
+                pos.start()
+            }
+        },
+        |l| Pos {
+            line: l.line(),
+            col: l.column(),
+        },
+    );
+    let message = match message.strip_prefix("duplicate entry with key ") {
+        Some(key) => format!("duplicate key {key} in one mapping"),
+        None => format!("YAML syntax: {message}"),
+    };
+    located(file, at, message)
+}
+
+/// Builds a diagnostic for one document.
+struct DocCtx<'a> {
+    origin: &'a Origin,
+    object: String,
+}
+
+impl DocCtx<'_> {
+    fn error(&self, field: FieldPath, at_key: bool, message: impl Into<String>) -> Diagnostic {
+        let pos = if at_key {
+            self.origin.key_pos(&field)
+        } else {
+            self.origin.value_pos(&field)
+        };
+        Diagnostic {
+            severity: Severity::Error,
+            file: Arc::clone(&self.origin.file),
+            pos: Some(pos),
+            object: Some(self.object.clone()),
+            field: Some(field),
+            message: message.into(),
+        }
+    }
+}
+
+fn load_document(value: Value, origin: Origin, loaded: &mut Loaded) {
+    let Value::Mapping(map) = &value else {
+        let ctx = DocCtx {
+            origin: &origin,
+            object: String::new(),
+        };
+        let mut d = ctx.error(
+            FieldPath::root(),
+            true,
+            format!(
+                "a manifest is a mapping with apiVersion, kind, metadata and spec; this document is {}",
+                describe_value(&value)
+            ),
+        );
+        d.object = None;
+        loaded.diagnostics.push(d);
+        return;
+    };
+    let kind_value = map.get("kind");
+    let name = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str);
+    let kind_text = kind_value.and_then(Value::as_str);
+    let name = name.map(|n| {
+        if n.parse::<super::values::Name>().is_ok() {
+            n.to_owned()
+        } else {
+            super::values::shown(n)
+        }
+    });
+    let object = match (kind_text.filter(|k| Kind::parse(k).is_some()), name) {
+        (Some(k), Some(n)) => format!("{k}/{n}"),
+        (Some(k), None) => k.to_owned(),
+        (None, Some(n)) => format!("?/{n}"),
+        (None, None) => "?".to_owned(),
+    };
+    let ctx = DocCtx {
+        origin: &origin,
+        object,
+    };
+    match map.get("apiVersion") {
+        None => loaded.diagnostics.push(ctx.error(
+            FieldPath::root(),
+            true,
+            format!("missing field `apiVersion` (write apiVersion: {API_VERSION})"),
+        )),
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(other) => loaded.diagnostics.push(ctx.error(
+            FieldPath::parse("apiVersion"),
+            false,
+            format!(
+                "unsupported apiVersion {}; this cinderblock reads {API_VERSION}",
+                short_value(other)
+            ),
+        )),
+    }
+    let kind = match kind_value {
+        None => {
+            loaded.diagnostics.push(ctx.error(
+                FieldPath::root(),
+                true,
+                format!("missing field `kind` (one of {})", kind_list()),
+            ));
+            return;
+        }
+        Some(v) => match v.as_str().and_then(Kind::parse) {
+            Some(k) => k,
+            None => {
+                let hint = v
+                    .as_str()
+                    .and_then(|s| suggest(s, Kind::ALL.iter().map(|k| k.as_str())))
+                    .map(|s| format!("did you mean {s}? "))
+                    .unwrap_or_default();
+                loaded.diagnostics.push(ctx.error(
+                    FieldPath::parse("kind"),
+                    false,
+                    format!(
+                        "unknown kind {}; {hint}kinds are {}",
+                        short_value(v),
+                        kind_list()
+                    ),
+                ));
+                return;
+            }
+        },
+    };
+    match kind {
+        Kind::Backend => typed::<BackendSpec>(value, &ctx, loaded),
+        Kind::VolumeType => typed::<VolumeTypeSpec>(value, &ctx, loaded),
+        Kind::SchedulerPolicy => typed::<SchedulerPolicySpec>(value, &ctx, loaded),
+        Kind::Volume => typed::<VolumeSpec>(value, &ctx, loaded),
+        Kind::Snapshot => typed::<SnapshotSpec>(value, &ctx, loaded),
+        Kind::BackupPolicy => typed::<BackupPolicySpec>(value, &ctx, loaded),
+        Kind::ConsistencyGroup => typed::<ConsistencyGroupSpec>(value, &ctx, loaded),
+        Kind::Image => typed::<ImageSpec>(value, &ctx, loaded),
+    }
+}
+
+fn kind_list() -> String {
+    Kind::ALL.map(Kind::as_str).join(", ")
+}
+
+fn describe_value(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "empty",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a sequence",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn short_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => super::values::shown(s),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => describe_value(other).to_owned(),
+    }
+}
+
+/// The document envelope; `apiVersion` and `kind` were checked already.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Envelope<S> {
+    #[allow(dead_code)]
+    api_version: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    kind: IgnoredAny,
+    metadata: Metadata,
+    spec: Option<S>,
+}
+
+/// Deserializes one document as kind `S`, collecting every field error: after
+/// each error the offending field is removed and deserialization retried, so
+/// one run reports all the mistakes in a document, not just the first.
+fn typed<S: KindSpec>(mut value: Value, ctx: &DocCtx<'_>, loaded: &mut Loaded) {
+    let mut removed: Vec<FieldPath> = Vec::new();
+    // Sequence items removed so far (in original numbering), to map the
+    // indices of later errors back to what the user wrote.
+    let mut removed_items: Vec<(FieldPath, usize)> = Vec::new();
+    let mut errors = 0usize;
+    let mut had_error = false;
+    loop {
+        let result: Result<Envelope<S>, _> = serde_path_to_error::deserialize(&value);
+        let err = match result {
+            Ok(env) => {
+                if had_error {
+                    return;
+                }
+                let spec = match env.spec {
+                    Some(s) => s,
+                    None => match S::deserialize(Value::Mapping(serde_yaml::Mapping::new())) {
+                        Ok(s) => s,
+                        Err(_) => {
+                            loaded.diagnostics.push(ctx.error(
+                                FieldPath::root(),
+                                true,
+                                "missing field `spec`",
+                            ));
+                            return;
+                        }
+                    },
+                };
+                insert(
+                    Doc {
+                        meta: env.metadata,
+                        spec,
+                        origin: ctx.origin.clone(),
+                    },
+                    loaded,
+                );
+                return;
+            }
+            Err(e) => e,
+        };
+        had_error = true;
+        let current = to_field_path(err.path());
+        let path = original_path(&current, &removed_items);
+        let raw = err.inner().to_string();
+        let missing = raw
+            .strip_prefix("missing field `")
+            .and_then(|r| r.strip_suffix('`'));
+        // A field we removed ourselves is not "missing" to the user: drop its
+        // parent too and look for further errors elsewhere.
+        let self_inflicted = missing.is_some_and(|f| removed.contains(&path.key(f)));
+        if !self_inflicted {
+            let at_key = missing.is_some() || raw.starts_with("unknown field");
+            loaded
+                .diagnostics
+                .push(ctx.error(path.clone(), at_key, improve_message(&raw)));
+            errors += 1;
+        }
+        if errors >= MAX_ERRORS_PER_DOC || path.is_root() {
+            return;
+        }
+        if !remove(&mut value, &current) {
+            return;
+        }
+        if let Some((Seg::Index(i), parent)) = path.0.split_last() {
+            removed_items.push((FieldPath(parent.to_vec()), *i));
+        }
+        removed.push(path);
+    }
+}
+
+/// Maps a path in the edited value back to the user's numbering.
+fn original_path(current: &FieldPath, removed_items: &[(FieldPath, usize)]) -> FieldPath {
+    let mut out = FieldPath::root();
+    for seg in &current.0 {
+        match seg {
+            Seg::Index(j) => {
+                let mut gone: Vec<usize> = removed_items
+                    .iter()
+                    .filter(|(p, _)| *p == out)
+                    .map(|(_, i)| *i)
+                    .collect();
+                gone.sort_unstable();
+                let mut orig = *j;
+                for g in gone {
+                    if g <= orig {
+                        orig += 1;
+                    }
+                }
+                out = out.index(orig);
+            }
+            Seg::Key(k) => out = out.key(k),
+        }
+    }
+    out
+}
+
+fn insert<S: KindSpec>(doc: Doc<S>, loaded: &mut Loaded) {
+    let slot = S::slot(&mut loaded.set);
+    if let Some(first) = slot.get(doc.name()) {
+        let field = FieldPath::parse("metadata.name");
+        loaded.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: Arc::clone(&doc.origin.file),
+            pos: Some(doc.origin.value_pos(&field)),
+            object: Some(format!("{}/{}", S::KIND, doc.name())),
+            field: Some(field),
+            message: format!(
+                "duplicate {} name {:?}; it is already defined at {}",
+                S::KIND,
+                doc.name().as_str(),
+                first.origin.describe()
+            ),
+        });
+        return;
+    }
+    slot.insert(doc.name().clone(), doc);
+}
+
+fn to_field_path(p: &serde_path_to_error::Path) -> FieldPath {
+    use serde_path_to_error::Segment;
+    FieldPath(
+        p.iter()
+            .filter_map(|s| match s {
+                Segment::Seq { index } => Some(Seg::Index(*index)),
+                Segment::Map { key } => Some(Seg::Key(key.clone())),
+                Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+                Segment::Unknown => None,
+            })
+            .collect(),
+    )
+}
+
+/// Removes the value at `path`; false when there is nothing to remove.
+fn remove(value: &mut Value, path: &FieldPath) -> bool {
+    let Some((last, parents)) = path.0.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in parents {
+        let next = match (seg, cur) {
+            (Seg::Key(k), Value::Mapping(m)) => m.get_mut(k.as_str()),
+            (Seg::Index(i), Value::Sequence(s)) => s.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => cur = v,
+            None => return false,
+        }
+    }
+    match (last, cur) {
+        (Seg::Key(k), Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
+        (Seg::Index(i), Value::Sequence(s)) if *i < s.len() => {
+            s.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Shortens serde's messages and adds "did you mean".
+fn improve_message(raw: &str) -> String {
+    for prefix in ["unknown field `", "unknown variant `"] {
+        let Some(rest) = raw.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((word, tail)) = rest.split_once('`') else {
+            continue;
+        };
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        let what = if prefix.contains("field") {
+            "field"
+        } else {
+            "value"
+        };
+        if expected.is_empty() {
+            return format!("unknown {what} `{word}`; no fields are allowed here");
+        }
+        if let Some(s) = suggest(word, expected.iter().copied()) {
+            return format!("unknown {what} `{word}`; did you mean `{s}`?");
+        }
+        let list = expected
+            .iter()
+            .map(|e| format!("`{e}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return format!("unknown {what} `{word}`; expected one of {list}");
+    }
+    raw.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_suggest_fields() {
+        assert_eq!(
+            improve_message("unknown field `sise`, expected one of `size`, `volumeType`"),
+            "unknown field `sise`; did you mean `size`?"
+        );
+        assert_eq!(
+            improve_message("unknown variant `Keep`, expected `Retain` or `Delete`"),
+            "unknown value `Keep`; expected one of `Retain`, `Delete`"
+        );
+    }
+
+    #[test]
+    fn byte_positions() {
+        assert_eq!(pos_of_byte("ab\ncd", 4), Pos { line: 2, col: 2 });
+    }
+}

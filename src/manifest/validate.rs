@@ -1,0 +1,893 @@
+//! Cross-document validation: references, uniqueness of pools and paths, and
+//! the rules DESIGN.md carries over from Cinder that can be checked before
+//! anything touches a disk.
+//!
+//! Every finding names the object and the field, and points at the field's
+//! position. Nothing here looks at the host: rules that need observed state
+//! (capacity, what exists) belong to the planner.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::diag::{Diagnostic, Severity, suggest};
+use super::kinds::{
+    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, SnapshotSpec, VolumeSpec,
+    VolumeTypeSpec,
+};
+use super::position::FieldPath;
+use super::values::{Name, StorePath, shown};
+use super::{Doc, Kind, ManifestSet};
+
+/// Smallest volume size accepted: below it, `size: 10` (10 bytes) is surely a
+/// forgotten unit.
+const MIN_VOLUME_BYTES: u64 = 1 << 20;
+
+/// Runs every cross-document check, appending findings to `out`.
+pub fn validate(set: &ManifestSet, out: &mut Vec<Diagnostic>) {
+    let mut v = Checker { set, out };
+    v.scheduler_policies();
+    v.backends();
+    v.volume_types();
+    v.backup_policies();
+    v.consistency_groups();
+    v.images();
+    v.volumes();
+    v.snapshots();
+}
+
+struct Checker<'a> {
+    set: &'a ManifestSet,
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn push<S>(
+        &mut self,
+        sev: Severity,
+        kind: Kind,
+        doc: &Doc<S>,
+        field: &str,
+        at_key: bool,
+        msg: String,
+    ) {
+        let path = FieldPath::parse(field);
+        let pos = if at_key {
+            doc.origin.key_pos(&path)
+        } else {
+            doc.origin.value_pos(&path)
+        };
+        self.out.push(Diagnostic {
+            severity: sev,
+            file: Arc::clone(&doc.origin.file),
+            pos: Some(pos),
+            object: Some(format!("{kind}/{}", doc.name())),
+            field: Some(path),
+            message: msg,
+        });
+    }
+
+    fn error<S>(&mut self, kind: Kind, doc: &Doc<S>, field: &str, msg: impl Into<String>) {
+        self.push(Severity::Error, kind, doc, field, false, msg.into());
+    }
+
+    fn error_at_key<S>(&mut self, kind: Kind, doc: &Doc<S>, field: &str, msg: impl Into<String>) {
+        self.push(Severity::Error, kind, doc, field, true, msg.into());
+    }
+
+    fn warn<S>(&mut self, kind: Kind, doc: &Doc<S>, field: &str, msg: impl Into<String>) {
+        self.push(Severity::Warning, kind, doc, field, false, msg.into());
+    }
+
+    /// Checks that `target` names an existing object of `target_kind`.
+    fn reference<S>(
+        &mut self,
+        kind: Kind,
+        doc: &Doc<S>,
+        field: &str,
+        target_kind: Kind,
+        target: &Name,
+    ) -> bool {
+        let names = self.set.names(target_kind);
+        if names.contains(&target) {
+            return true;
+        }
+        let hint = suggest(target.as_str(), names.iter().map(|n| n.as_str()))
+            .map(|s| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
+        self.error(
+            kind,
+            doc,
+            field,
+            format!("{target_kind} {:?} is not defined{hint}", target.as_str()),
+        );
+        false
+    }
+
+    fn scheduler_policies(&mut self) {
+        for doc in self.set.scheduler_policies.values() {
+            if doc.name().as_str() != "default" {
+                self.error(
+                    Kind::SchedulerPolicy,
+                    doc,
+                    "metadata.name",
+                    "the scheduler policy must be named \"default\" (there is one per site)",
+                );
+            }
+            let mut seen = BTreeSet::new();
+            for (i, w) in doc.spec.weighers.iter().flatten().enumerate() {
+                if !seen.insert(w.name) {
+                    self.error(
+                        Kind::SchedulerPolicy,
+                        doc,
+                        &format!("spec.weighers[{i}].name"),
+                        format!("weigher {:?} is listed twice", w.name),
+                    );
+                }
+                if w.multiplier.is_some_and(|m| !m.is_finite()) {
+                    self.error(
+                        Kind::SchedulerPolicy,
+                        doc,
+                        &format!("spec.weighers[{i}].multiplier"),
+                        "the multiplier must be a finite number",
+                    );
+                }
+            }
+        }
+    }
+
+    fn backends(&mut self) {
+        let k = Kind::Backend;
+        for doc in self.set.backends.values() {
+            let s = &doc.spec;
+            match (&s.lvm, &s.file) {
+                (None, None) => self.error_at_key(
+                    k,
+                    doc,
+                    "spec",
+                    "a back end needs exactly one of `lvm` and `file`",
+                ),
+                (Some(_), Some(_)) => self.error_at_key(
+                    k,
+                    doc,
+                    "spec.file",
+                    "a back end has exactly one of `lvm` and `file`, not both",
+                ),
+                _ => {}
+            }
+            if let Some(lvm) = &s.lvm {
+                if lvm.thin_pool_size.is_some() && lvm.thin_pool.is_none() {
+                    self.error_at_key(
+                        k,
+                        doc,
+                        "spec.lvm.thinPoolSize",
+                        "`thinPoolSize` sizes the pool named by `thinPool`; name the pool too",
+                    );
+                }
+                if lvm.thin_pool_size.is_some_and(|q| q.bytes() < 4 << 20) {
+                    self.error(
+                        k,
+                        doc,
+                        "spec.lvm.thinPoolSize",
+                        "a thin pool needs at least 4Mi",
+                    );
+                }
+            }
+            if let Some(file) = &s.file
+                && file.mount_options.is_some()
+                && file.share.is_none()
+            {
+                self.error_at_key(
+                    k,
+                    doc,
+                    "spec.file.mountOptions",
+                    "`mountOptions` applies to an NFS `share`; none is given",
+                );
+            }
+            if let Some(h) = &s.host {
+                if let Some(m) = check_word(h, "host name", ".-") {
+                    self.error(k, doc, "spec.host", m);
+                }
+            }
+            if let Some(b) = &s.backend_name {
+                if let Some(m) = check_word(b, "backendName", "._-") {
+                    self.error(k, doc, "spec.backendName", m);
+                }
+            }
+            if let Some(az) = &s.availability_zone {
+                if let Some(m) = check_word(az, "availability zone", "._-:") {
+                    self.error(k, doc, "spec.availabilityZone", m);
+                }
+            }
+            if s.migration_bandwidth.is_some_and(|q| q.bytes() < 1 << 20) {
+                self.error(
+                    k,
+                    doc,
+                    "spec.migrationBandwidth",
+                    "a bandwidth limit below 1Mi (bytes per second) would stall migrations",
+                );
+            }
+        }
+        self.backend_overlaps();
+    }
+
+    /// Two back ends on one host must not manage the same pool or directory.
+    fn backend_overlaps(&mut self) {
+        let all: Vec<_> = self.set.backends.values().collect();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[..i] {
+                if a.spec.host != b.spec.host {
+                    continue;
+                }
+                if let (Some(fa), Some(fb)) = (&a.spec.file, &b.spec.file) {
+                    let msg = if fa.path == fb.path {
+                        Some(format!(
+                            "path {} is already the path of Backend/{}",
+                            fa.path,
+                            b.name()
+                        ))
+                    } else if fa.path.is_within(&fb.path) {
+                        Some(format!(
+                            "path {} lies inside {}, the path of Backend/{}; their volume files would mix",
+                            fa.path,
+                            fb.path,
+                            b.name()
+                        ))
+                    } else if fb.path.is_within(&fa.path) {
+                        Some(format!(
+                            "path {} contains {}, the path of Backend/{}; their volume files would mix",
+                            fa.path,
+                            fb.path,
+                            b.name()
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(m) = msg {
+                        self.error(Kind::Backend, a, "spec.file.path", m);
+                    }
+                }
+                if let (Some(la), Some(lb)) = (&a.spec.lvm, &b.spec.lvm)
+                    && la.volume_group == lb.volume_group
+                    && la.thin_pool == lb.thin_pool
+                {
+                    let what = la.thin_pool.as_ref().map_or_else(
+                        || format!("volume group {} (thick)", la.volume_group),
+                        |p| format!("thin pool {}/{p}", la.volume_group),
+                    );
+                    self.error(
+                        Kind::Backend,
+                        a,
+                        "spec.lvm.volumeGroup",
+                        format!("{what} is already managed by Backend/{}", b.name()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn volume_types(&mut self) {
+        let names: BTreeSet<String> = self
+            .set
+            .backends
+            .values()
+            .map(|b| backend_name(b))
+            .collect();
+        for doc in self.set.volume_types.values() {
+            for (key, value) in &doc.spec.extra_specs {
+                let field = format!("spec.extraSpecs[{key:?}]");
+                let field = field_for_key(&field, key);
+                if key.is_empty() || key.chars().any(char::is_whitespace) {
+                    self.error_at_key(
+                        Kind::VolumeType,
+                        doc,
+                        &field,
+                        format!("invalid extra spec key {}", shown(key)),
+                    );
+                    continue;
+                }
+                if let Err(m) = check_extra_spec(key, &value.0) {
+                    self.error(Kind::VolumeType, doc, &field, m);
+                }
+            }
+            if let Some(vbn) = doc.spec.extra_specs.get("volume_backend_name") {
+                let wanted = vbn.0.trim();
+                if !names.contains(wanted) {
+                    let known = names
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let field = field_for_key("", "volume_backend_name");
+                    self.warn(
+                        Kind::VolumeType,
+                        doc,
+                        &field,
+                        format!("no Backend has backendName {wanted:?}; volumes of this type cannot be placed (back end names: {})", if known.is_empty() { "none" } else { &known }),
+                    );
+                }
+            }
+        }
+    }
+
+    fn backup_policies(&mut self) {
+        for doc in self.set.backup_policies.values() {
+            if let Some(r) = &doc.spec.retention
+                && !r.keeps_something()
+            {
+                self.error_at_key(Kind::BackupPolicy, doc, "spec.retention", "these retention rules keep no backup at all; give at least one keep rule above 0, or drop `retention` to keep everything");
+            }
+            if !doc.spec.incremental && doc.spec.full_every > 1 {
+                self.warn(
+                    Kind::BackupPolicy,
+                    doc,
+                    "spec.fullEvery",
+                    "`fullEvery` has no effect when `incremental` is false (every backup is full)",
+                );
+            }
+        }
+    }
+
+    fn consistency_groups(&mut self) {
+        let k = Kind::ConsistencyGroup;
+        for doc in self.set.consistency_groups.values() {
+            if doc.spec.volume_types.is_empty() {
+                self.error(
+                    k,
+                    doc,
+                    "spec.volumeTypes",
+                    "a consistency group needs at least one volume type",
+                );
+            }
+            for (i, t) in doc.spec.volume_types.iter().enumerate() {
+                self.reference(
+                    k,
+                    doc,
+                    &format!("spec.volumeTypes[{i}]"),
+                    Kind::VolumeType,
+                    t,
+                );
+            }
+            if let Some(p) = &doc.spec.backup_policy {
+                self.reference(k, doc, "spec.backupPolicy", Kind::BackupPolicy, p);
+            }
+        }
+    }
+
+    fn images(&mut self) {
+        let k = Kind::Image;
+        for doc in self.set.images.values() {
+            let s: &ImageSpec = &doc.spec;
+            if s.disk_format != "raw" {
+                self.error(k, doc, "spec.diskFormat", format!("disk format {} is not supported: volume-backed images are raw/bare only (write diskFormat: raw)", shown(&s.disk_format)));
+            }
+            if s.container_format != "bare" {
+                self.error(k, doc, "spec.containerFormat", format!("container format {} is not supported: volume-backed images are raw/bare only (write containerFormat: bare)", shown(&s.container_format)));
+            }
+            match (&s.source.path, &s.source.volume) {
+                (None, None) => self.error_at_key(
+                    k,
+                    doc,
+                    "spec.source",
+                    "an image source needs exactly one of `path` and `volume`",
+                ),
+                (Some(_), Some(_)) => self.error_at_key(
+                    k,
+                    doc,
+                    "spec.source.volume",
+                    "an image source has exactly one of `path` and `volume`, not both",
+                ),
+                (None, Some(v)) => {
+                    self.reference(k, doc, "spec.source.volume", Kind::Volume, v);
+                }
+                (Some(_), None) => {}
+            }
+            self.reference(k, doc, "spec.backend", Kind::Backend, &s.backend);
+        }
+    }
+
+    fn volumes(&mut self) {
+        let k = Kind::Volume;
+        for doc in self.set.volumes.values() {
+            let s: &VolumeSpec = &doc.spec;
+            let size = s.size.bytes();
+            if size < MIN_VOLUME_BYTES {
+                self.error(k, doc, "spec.size", format!("size {size} is {size} bytes; the smallest volume is 1Mi (did you mean {size}Gi?)"));
+            } else if size % 512 != 0 {
+                self.error(
+                    k,
+                    doc,
+                    "spec.size",
+                    format!(
+                        "size {} is not a multiple of 512 bytes (one sector)",
+                        s.size
+                    ),
+                );
+            }
+            let vtype = s
+                .volume_type
+                .as_ref()
+                .filter(|t| self.reference(k, doc, "spec.volumeType", Kind::VolumeType, t));
+            let backend = s
+                .backend
+                .as_ref()
+                .filter(|b| self.reference(k, doc, "spec.backend", Kind::Backend, b));
+            if let (Some(t), Some(b)) = (vtype, backend) {
+                self.pinned_backend_matches_type(doc, t, b);
+            }
+            if let (Some(b), Some(az)) = (backend, &s.availability_zone) {
+                let baz = backend_az(&self.set.backends[b].spec);
+                if baz != az {
+                    self.error(
+                        k,
+                        doc,
+                        "spec.availabilityZone",
+                        format!("zone {az:?} differs from zone {baz:?} of the pinned Backend/{b}"),
+                    );
+                }
+            }
+            if let Some(cg) = &s.consistency_group {
+                self.reference(k, doc, "spec.consistencyGroup", Kind::ConsistencyGroup, cg);
+            }
+            if let Some(p) = &s.backup_policy {
+                self.reference(k, doc, "spec.backupPolicy", Kind::BackupPolicy, p);
+            }
+            self.volume_source(doc);
+            if let Some(e) = &s.export {
+                self.iscsi(doc, &e.iscsi);
+            }
+        }
+        self.group_members();
+        self.source_cycles();
+    }
+
+    fn pinned_backend_matches_type(&mut self, doc: &Doc<VolumeSpec>, t: &Name, b: &Name) {
+        let vt: &VolumeTypeSpec = &self.set.volume_types[t].spec;
+        let Some(wanted) = vt.extra_specs.get("volume_backend_name") else {
+            return;
+        };
+        let have = backend_name(&self.set.backends[b]);
+        if wanted.0.trim() != have {
+            self.error(
+                Kind::Volume,
+                doc,
+                "spec.backend",
+                format!("Backend/{b} has backendName {have:?} but VolumeType/{t} asks for volume_backend_name {:?}", wanted.0.trim()),
+            );
+        }
+    }
+
+    fn volume_source(&mut self, doc: &Doc<VolumeSpec>) {
+        let k = Kind::Volume;
+        let Some(src) = &doc.spec.source else { return };
+        let given = [
+            src.snapshot.is_some(),
+            src.volume.is_some(),
+            src.image.is_some(),
+            src.backup.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
+        if given != 1 {
+            self.error_at_key(k, doc, "spec.source", format!("a source has exactly one of `snapshot`, `volume`, `image` and `backup`; {given} are given"));
+            return;
+        }
+        if let Some(snap) = &src.snapshot
+            && self.reference(k, doc, "spec.source.snapshot", Kind::Snapshot, snap)
+        {
+            let sspec: &SnapshotSpec = &self.set.snapshots[snap].spec;
+            if let Some(origin) = sspec.volume.as_ref().and_then(|v| self.set.volumes.get(v))
+                && origin.spec.size > doc.spec.size
+            {
+                self.error(k, doc, "spec.size", format!("size {} is smaller than {}, the size of Volume/{} that Snapshot/{snap} copies", doc.spec.size, origin.spec.size, origin.name()));
+            }
+            if sspec.consistency_group.is_some() {
+                self.error(k, doc, "spec.source.snapshot", format!("Snapshot/{snap} is a group snapshot; create each volume from the member snapshot of its volume"));
+            }
+        }
+        if let Some(vol) = &src.volume {
+            if vol == doc.name() {
+                self.error(
+                    k,
+                    doc,
+                    "spec.source.volume",
+                    "a volume cannot be its own source",
+                );
+            } else if self.reference(k, doc, "spec.source.volume", Kind::Volume, vol) {
+                let origin = &self.set.volumes[vol];
+                if origin.spec.size > doc.spec.size {
+                    self.error(
+                        k,
+                        doc,
+                        "spec.size",
+                        format!(
+                            "size {} is smaller than {}, the size of the source Volume/{vol}",
+                            doc.spec.size, origin.spec.size
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(img) = &src.image {
+            self.reference(k, doc, "spec.source.image", Kind::Image, img);
+        }
+        if let Some(b) = &src.backup {
+            self.reference(
+                k,
+                doc,
+                "spec.source.backup.policy",
+                Kind::BackupPolicy,
+                &b.policy,
+            );
+            if let Some(id) = &b.id
+                && (id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            {
+                self.error(
+                    k,
+                    doc,
+                    "spec.source.backup.id",
+                    format!(
+                        "invalid backup id {}: ids are as `backup list` prints them, or `latest`",
+                        shown(id)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn iscsi(&mut self, doc: &Doc<VolumeSpec>, e: &IscsiExport) {
+        let k = Kind::Volume;
+        if e.initiators.is_empty() {
+            self.error(
+                k,
+                doc,
+                "spec.export.iscsi.initiators",
+                "list at least one initiator IQN (an export nobody may log in to serves no one)",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, ini) in e.initiators.iter().enumerate() {
+            if !seen.insert(ini) {
+                self.error(
+                    k,
+                    doc,
+                    &format!("spec.export.iscsi.initiators[{i}]"),
+                    format!("initiator {ini} is listed twice"),
+                );
+            }
+        }
+        for (i, p) in e.portals.iter().enumerate() {
+            if let Err(m) = check_portal(p) {
+                self.error(k, doc, &format!("spec.export.iscsi.portals[{i}]"), m);
+            }
+        }
+        if let Some(r) = &e.chap_secret_ref {
+            match (&r.file, &r.env) {
+                (None, None) | (Some(_), Some(_)) => {
+                    self.error_at_key(
+                        k,
+                        doc,
+                        "spec.export.iscsi.chapSecretRef",
+                        "a secret reference has exactly one of `file` and `env`",
+                    );
+                }
+                (None, Some(var)) => {
+                    let ok = !var.is_empty()
+                        && !var.starts_with(|c: char| c.is_ascii_digit())
+                        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !ok {
+                        self.error(
+                            k,
+                            doc,
+                            "spec.export.iscsi.chapSecretRef.env",
+                            format!("invalid environment variable name {}", shown(var)),
+                        );
+                    }
+                }
+                (Some(_), None) => {}
+            }
+        }
+    }
+
+    /// Cinder's group rules: members use one of the group's types and live on
+    /// one back end.
+    fn group_members(&mut self) {
+        let mut pinned: BTreeMap<&Name, (&Name, &Name)> = BTreeMap::new();
+        for doc in self.set.volumes.values() {
+            let Some(cg_name) = &doc.spec.consistency_group else {
+                continue;
+            };
+            let Some(cg) = self.set.consistency_groups.get(cg_name) else {
+                continue;
+            };
+            let cg_spec: &ConsistencyGroupSpec = &cg.spec;
+            match &doc.spec.volume_type {
+                None => self.error_at_key(
+                    Kind::Volume,
+                    doc,
+                    "spec.consistencyGroup",
+                    format!(
+                        "a member of ConsistencyGroup/{cg_name} needs a volumeType, one of: {}",
+                        join(&cg_spec.volume_types)
+                    ),
+                ),
+                Some(t) if !cg_spec.volume_types.contains(t) => self.error(
+                    Kind::Volume,
+                    doc,
+                    "spec.volumeType",
+                    format!(
+                        "VolumeType/{t} is not one of the types of ConsistencyGroup/{cg_name} ({})",
+                        join(&cg_spec.volume_types)
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if let (Some(az), Some(gaz)) = (&doc.spec.availability_zone, &cg_spec.availability_zone)
+                && az != gaz
+            {
+                self.error(
+                    Kind::Volume,
+                    doc,
+                    "spec.availabilityZone",
+                    format!("zone {az:?} differs from zone {gaz:?} of ConsistencyGroup/{cg_name}"),
+                );
+            }
+            if let Some(b) = &doc.spec.backend {
+                match pinned.get(cg_name) {
+                    Some((other_b, other_v)) if *other_b != b => self.error(
+                        Kind::Volume,
+                        doc,
+                        "spec.backend",
+                        format!("members of ConsistencyGroup/{cg_name} live on one back end, but Volume/{other_v} is pinned to Backend/{other_b}"),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        pinned.insert(cg_name, (b, doc.name()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A volume created from a volume created from itself can never exist.
+    fn source_cycles(&mut self) {
+        let next = |v: &Name| -> Option<Name> {
+            let src = self.set.volumes.get(v)?.spec.source.as_ref()?;
+            if let Some(s) = &src.volume {
+                return Some(s.clone());
+            }
+            if let Some(snap) = &src.snapshot {
+                return self.set.snapshots.get(snap)?.spec.volume.clone();
+            }
+            if let Some(img) = &src.image {
+                return self.set.images.get(img)?.spec.source.volume.clone();
+            }
+            None
+        };
+        let mut reported = BTreeSet::new();
+        let mut findings = Vec::new();
+        for start in self.set.volumes.keys() {
+            // A volume naming itself as source is reported by volume_source.
+            let self_source = self.set.volumes[start]
+                .spec
+                .source
+                .as_ref()
+                .and_then(|s| s.volume.as_ref())
+                == Some(start);
+            if self_source {
+                continue;
+            }
+            let mut seen = vec![start.clone()];
+            let mut cur = start.clone();
+            while let Some(n) = next(&cur) {
+                if n == *start {
+                    if seen.iter().all(|s| !reported.contains(s)) {
+                        reported.extend(seen.iter().cloned());
+                        findings.push((start.clone(), seen.clone()));
+                    }
+                    break;
+                }
+                if seen.contains(&n) || seen.len() > self.set.volumes.len() {
+                    break;
+                }
+                seen.push(n.clone());
+                cur = n;
+            }
+        }
+        for (start, chain) in findings {
+            let doc = &self.set.volumes[&start];
+            let path: Vec<String> = chain
+                .iter()
+                .chain(std::iter::once(&start))
+                .map(|n| format!("Volume/{n}"))
+                .collect();
+            self.error(
+                Kind::Volume,
+                doc,
+                "spec.source",
+                format!("sources form a cycle: {}", path.join(" <- ")),
+            );
+        }
+    }
+
+    fn snapshots(&mut self) {
+        let k = Kind::Snapshot;
+        for doc in self.set.snapshots.values() {
+            match (&doc.spec.volume, &doc.spec.consistency_group) {
+                (None, None) => self.error_at_key(
+                    k,
+                    doc,
+                    "spec",
+                    "a snapshot needs exactly one of `volume` and `consistencyGroup`",
+                ),
+                (Some(_), Some(_)) => self.error_at_key(
+                    k,
+                    doc,
+                    "spec.consistencyGroup",
+                    "a snapshot has exactly one of `volume` and `consistencyGroup`, not both",
+                ),
+                (Some(v), None) => {
+                    self.reference(k, doc, "spec.volume", Kind::Volume, v);
+                }
+                (None, Some(g)) => {
+                    self.reference(k, doc, "spec.consistencyGroup", Kind::ConsistencyGroup, g);
+                }
+            }
+        }
+    }
+}
+
+/// A back end's `backendName` (default: its `metadata.name`).
+pub fn backend_name(b: &Doc<BackendSpec>) -> String {
+    b.spec
+        .backend_name
+        .clone()
+        .unwrap_or_else(|| b.name().as_str().to_owned())
+}
+
+/// A back end's availability zone (default `nova`).
+pub fn backend_az(b: &BackendSpec) -> &str {
+    b.availability_zone.as_deref().unwrap_or("nova")
+}
+
+fn join(names: &[Name]) -> String {
+    names
+        .iter()
+        .map(Name::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The field path for an extra-spec key (keys may contain ':' or '.').
+fn field_for_key(_base: &str, key: &str) -> String {
+    if key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        format!("spec.extraSpecs.{key}")
+    } else {
+        "spec.extraSpecs".to_owned()
+    }
+}
+
+fn check_word(s: &str, what: &str, extra: &str) -> Option<String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
+    (!ok).then(|| {
+        format!(
+            "invalid {what} {}: use letters, digits and {extra:?}",
+            shown(s)
+        )
+    })
+}
+
+fn check_portal(p: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "invalid portal {}: write ADDRESS:PORT, e.g. 0.0.0.0:3260 or [::]:3260",
+            shown(p)
+        )
+    };
+    let (addr, port) = p.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(bad)?;
+    let addr = addr
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(addr);
+    addr.parse::<std::net::IpAddr>()
+        .map(|_| ())
+        .map_err(|_| bad())
+}
+
+/// Checks an extra spec's value against Cinder's operator grammar.
+fn check_extra_spec(key: &str, value: &str) -> Result<(), String> {
+    let v = value.trim();
+    let words: Vec<&str> = v.split_whitespace().collect();
+    let numeric = |rest: &[&str], op: &str| -> Result<(), String> {
+        match rest {
+            [n] if n.parse::<f64>().is_ok() => Ok(()),
+            _ => Err(format!(
+                "operator {op:?} compares numbers: write e.g. \"{op} 10\""
+            )),
+        }
+    };
+    match words.as_slice() {
+        [] => Err("an extra spec needs a value".into()),
+        [op @ ("=" | "==" | "!=" | ">=" | "<="), rest @ ..] => numeric(rest, op),
+        [
+            op @ ("s==" | "s!=" | "s<" | "s<=" | "s>" | "s>="),
+            rest @ ..,
+        ] => {
+            if rest.is_empty() {
+                Err(format!("operator {op:?} needs a text to compare with"))
+            } else {
+                Ok(())
+            }
+        }
+        ["<in>", rest @ ..] | ["<all-in>", rest @ ..] => {
+            if rest.is_empty() {
+                Err("operator \"<in>\" needs a text to look for".into())
+            } else {
+                Ok(())
+            }
+        }
+        ["<is>", rest @ ..] => match rest {
+            [b] if b.eq_ignore_ascii_case("true") || b.eq_ignore_ascii_case("false") => Ok(()),
+            _ => Err("operator \"<is>\" takes True or False".into()),
+        },
+        ["<or>", ..] => Err("\"<or>\" goes between values: write \"A <or> B\"".into()),
+        [first, ..] if first.starts_with('<') && first.ends_with('>') => Err(format!(
+            "unknown operator {first:?}; Cinder's operators are = == != >= <= s== s!= s< s<= s> s>= <in> <all-in> <is> <or>"
+        )),
+        _ if key == "thin_provisioning" || key == "capabilities:thin_provisioning_support" => {
+            if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
+                Ok(())
+            } else {
+                Err(format!("{key} is \"true\" or \"false\" (or \"<is> True\")"))
+            }
+        }
+        _ if v.contains("<or>") => {
+            if v.split("<or>").any(|p| p.trim().is_empty()) {
+                Err("\"<or>\" needs a value on each side".into())
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Path of a file back end, for callers that compare back ends.
+pub fn file_path(b: &BackendSpec) -> Option<&StorePath> {
+    b.file.as_ref().map(|f| &f.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_spec_grammar() {
+        assert!(check_extra_spec("capabilities:disk", ">= 10").is_ok());
+        assert!(check_extra_spec("x", ">= ten").is_err());
+        assert!(check_extra_spec("x", "<is> True").is_ok());
+        assert!(check_extra_spec("x", "<is> maybe").is_err());
+        assert!(check_extra_spec("x", "ssd <or> nvme").is_ok());
+        assert!(check_extra_spec("x", "<foo> 1").is_err());
+        assert!(check_extra_spec("thin_provisioning", "yes").is_err());
+    }
+
+    #[test]
+    fn portals() {
+        assert!(check_portal("0.0.0.0:3260").is_ok());
+        assert!(check_portal("[::]:3260").is_ok());
+        assert!(check_portal("host:3260").is_err());
+        assert!(check_portal("1.2.3.4").is_err());
+    }
+}
