@@ -16,8 +16,6 @@ use crate::manifest::kinds::{
     SchedulerPolicySpec, SnapshotSpec, VolumeSpec, VolumeTypeSpec,
 };
 
-const BASE_ID: &str = "https://cinderblock.dev/schemas/v1alpha1";
-
 /// File name of a kind's schema: `Backend` → `backend.json`.
 pub fn file_name(kind: Kind) -> String {
     let mut out = String::new();
@@ -42,7 +40,7 @@ fn kind_schema<S: JsonSchema>(kind: Kind, spec_required: bool) -> Value {
     }
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": format!("{BASE_ID}/{}", file_name(kind)),
+
         "title": kind.as_str(),
         "description": format!("A cinderblock {} manifest ({API_VERSION}).", kind.as_str()),
         "type": "object",
@@ -88,7 +86,7 @@ pub fn generate() -> BTreeMap<String, Value> {
         "manifest.json".to_owned(),
         json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": format!("{BASE_ID}/manifest.json"),
+
             "title": "cinderblock manifest",
             "description": format!("Any cinderblock manifest ({API_VERSION}); the schema of its kind applies."),
             "type": "object",

@@ -94,6 +94,21 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
     loaded
 }
 
+/// Loads and validates manifests from text, as if read from `file` (for
+/// tools and tests that hold the text already).
+pub fn load_source(file: &Path, src: &str) -> Loaded {
+    let mut loaded = Loaded::default();
+    let file: Arc<Path> = Arc::from(file);
+    check_text(&file, src, &mut loaded);
+    loaded.files.push(file.to_path_buf());
+    super::validate::validate(&loaded.set, &mut loaded.diagnostics);
+    loaded
+        .diagnostics
+        .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    loaded.diagnostics.dedup();
+    loaded
+}
+
 fn io_message(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file or directory".into(),
@@ -175,13 +190,18 @@ fn load_file(path: &Path, loaded: &mut Loaded) {
             return;
         }
     };
+    check_text(&file, &src, loaded);
+}
+
+/// Refuses control characters, then parses.
+fn check_text(file: &Arc<Path>, src: &str, loaded: &mut Loaded) {
     if let Some((at, c)) = src
         .char_indices()
         .find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
     {
         loaded.diagnostics.push(located(
-            &file,
-            pos_of_byte(&src, at),
+            file,
+            pos_of_byte(src, at),
             format!(
                 "control character U+{:04X} is not allowed in a manifest",
                 u32::from(c)
@@ -189,7 +209,7 @@ fn load_file(path: &Path, loaded: &mut Loaded) {
         ));
         return;
     }
-    parse_stream(&file, &src, loaded);
+    parse_stream(file, src, loaded);
 }
 
 fn located(file: &Arc<Path>, pos: Pos, message: impl Into<String>) -> Diagnostic {
@@ -241,24 +261,23 @@ fn yaml_error(file: &Arc<Path>, pos: &DocPositions, e: &serde_yaml::Error) -> Di
         let context = tail.find(", ").map(|j| &tail[j..]).unwrap_or_default();
         message = format!("{}{context}", &message[..i]);
     }
+    if let Some(i) = message.find("duplicate entry with key ") {
+        let key = &message[i + "duplicate entry with key ".len()..];
+        let at = pos.first_duplicate().map_or(pos.start(), |(_, p)| *p);
+        return located(
+            file,
+            at,
+            format!("duplicate key {key}: a key appears once per mapping"),
+        );
+    }
     let at = e.location().map_or_else(
-        || {
-            if message.starts_with("duplicate entry") {
-                pos.first_duplicate().map_or(pos.start(), |(_, p)| *p)
-            } else {
-                pos.start()
-            }
-        },
+        || pos.start(),
         |l| Pos {
             line: l.line(),
             col: l.column(),
         },
     );
-    let message = match message.strip_prefix("duplicate entry with key ") {
-        Some(key) => format!("duplicate key {key} in one mapping"),
-        None => format!("YAML syntax: {message}"),
-    };
-    located(file, at, message)
+    located(file, at, format!("YAML syntax: {message}"))
 }
 
 /// Builds a diagnostic for one document.
@@ -435,13 +454,19 @@ fn typed<S: KindSpec>(mut value: Value, ctx: &DocCtx<'_>, loaded: &mut Loaded) {
         let result: Result<Envelope<S>, _> = serde_path_to_error::deserialize(&value);
         let err = match result {
             Ok(env) => {
-                if had_error {
+                // After errors, what remains (the bad fields removed) still
+                // goes into the set, so cross-document checks can report
+                // their findings too instead of false "is not defined" ones.
+                // Not when list items were removed: their indices would be
+                // off by the removed ones in those findings.
+                if had_error && !removed_items.is_empty() {
                     return;
                 }
                 let spec = match env.spec {
                     Some(s) => s,
                     None => match S::deserialize(Value::Mapping(serde_yaml::Mapping::new())) {
                         Ok(s) => s,
+                        Err(_) if had_error => return,
                         Err(_) => {
                             loaded.diagnostics.push(ctx.error(
                                 FieldPath::root(),

@@ -50,7 +50,18 @@ impl Checker<'_> {
         at_key: bool,
         msg: String,
     ) {
-        let path = FieldPath::parse(field);
+        self.push_path(sev, kind, doc, FieldPath::parse(field), at_key, msg);
+    }
+
+    fn push_path<S>(
+        &mut self,
+        sev: Severity,
+        kind: Kind,
+        doc: &Doc<S>,
+        path: FieldPath,
+        at_key: bool,
+        msg: String,
+    ) {
         let pos = if at_key {
             doc.origin.key_pos(&path)
         } else {
@@ -274,19 +285,15 @@ impl Checker<'_> {
             .collect();
         for doc in self.set.volume_types.values() {
             for (key, value) in &doc.spec.extra_specs {
-                let field = format!("spec.extraSpecs[{key:?}]");
-                let field = field_for_key(&field, key);
+                let field = FieldPath::parse("spec.extraSpecs").key(key);
+                let k = Kind::VolumeType;
                 if key.is_empty() || key.chars().any(char::is_whitespace) {
-                    self.error_at_key(
-                        Kind::VolumeType,
-                        doc,
-                        &field,
-                        format!("invalid extra spec key {}", shown(key)),
-                    );
+                    let m = format!("invalid extra spec key {}", shown(key));
+                    self.push_path(Severity::Error, k, doc, field, true, m);
                     continue;
                 }
                 if let Err(m) = check_extra_spec(key, &value.0) {
-                    self.error(Kind::VolumeType, doc, &field, m);
+                    self.push_path(Severity::Error, k, doc, field, false, m);
                 }
             }
             if let Some(vbn) = doc.spec.extra_specs.get("volume_backend_name") {
@@ -297,11 +304,10 @@ impl Checker<'_> {
                         .map(String::as_str)
                         .collect::<Vec<_>>()
                         .join(", ");
-                    let field = field_for_key("", "volume_backend_name");
                     self.warn(
                         Kind::VolumeType,
                         doc,
-                        &field,
+                        "spec.extraSpecs.volume_backend_name",
                         format!("no Backend has backendName {wanted:?}; volumes of this type cannot be placed (back end names: {})", if known.is_empty() { "none" } else { &known }),
                     );
                 }
@@ -756,18 +762,6 @@ fn join(names: &[Name]) -> String {
         .map(Name::as_str)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The field path for an extra-spec key (keys may contain ':' or '.').
-fn field_for_key(_base: &str, key: &str) -> String {
-    if key
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        format!("spec.extraSpecs.{key}")
-    } else {
-        "spec.extraSpecs".to_owned()
-    }
 }
 
 fn check_word(s: &str, what: &str, extra: &str) -> Option<String> {

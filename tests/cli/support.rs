@@ -1,0 +1,34 @@
+//! Test harness: run the binary, capture exit code and output.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// The project root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Output of one run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cinderblock ARGS` in `dir`.
+pub fn run_in(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::cargo_bin("cinderblock")
+        .expect("binary built")
+        .current_dir(dir)
+        .env_remove("CINDERBLOCK_LOG")
+        .args(args)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .expect("binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
