@@ -74,7 +74,7 @@ pub struct BackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_percentage: Option<Percent>,
     /// Free key/values matched by volume types' extra specs (Cinder's
-    /// CapabilitiesFilter), e.g. `disk_type: ssd`. Default: none.
+    /// `CapabilitiesFilter`), e.g. `disk_type: ssd`. Default: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub capabilities: BTreeMap<String, ScalarString>,
     /// How thick LVs are wiped when deleted: `zero` (discard-zero or
@@ -204,8 +204,8 @@ pub struct Weigher {
     /// Which weigher.
     pub name: WeigherName,
     /// Multiplier applied to the normalised weight; negative values spread
-    /// instead of stack. Default: Cinder's (CapacityWeigher 1.0,
-    /// AllocatedCapacityWeigher -1.0, VolumeNumberWeigher -1.0).
+    /// instead of stack. Default: Cinder's (`CapacityWeigher` 1.0,
+    /// `AllocatedCapacityWeigher` -1.0, `VolumeNumberWeigher` -1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiplier: Option<f64>,
 }
@@ -423,7 +423,7 @@ pub struct BackupPolicySpec {
     /// Chunk compression: `zstd`, `zlib` or `none`. Default: `zstd`.
     #[serde(default)]
     pub compression: Compression,
-    /// Which backups to keep (restic's rules, ORed). Default: keep all.
+    /// Which backups to keep (restic's rules, `ORed`). Default: keep all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
     /// Back up in-use volumes from a snapshot. Default: true.

@@ -7,7 +7,7 @@
 //! ignored. A document that fails is reported and skipped; the others load.
 //!
 //! Bounded by design: files over [`MAX_FILE_BYTES`] are refused before they are
-//! read, serde_yaml refuses alias bombs and deep nesting, and within one
+//! read, `serde_yaml` refuses alias bombs and deep nesting, and within one
 //! document at most [`MAX_ERRORS_PER_DOC`] findings are collected.
 
 use std::fs;
@@ -248,7 +248,7 @@ fn parse_stream(file: &Arc<Path>, src: &str, loaded: &mut Loaded) {
             file: Arc::clone(file),
             positions: pos,
         };
-        load_document(value, origin, loaded);
+        load_document(value, &origin, loaded);
     }
 }
 
@@ -304,10 +304,10 @@ impl DocCtx<'_> {
     }
 }
 
-fn load_document(value: Value, origin: Origin, loaded: &mut Loaded) {
+fn load_document(value: Value, origin: &Origin, loaded: &mut Loaded) {
     let Value::Mapping(map) = &value else {
         let ctx = DocCtx {
-            origin: &origin,
+            origin,
             object: String::new(),
         };
         let mut d = ctx.error(
@@ -341,10 +341,7 @@ fn load_document(value: Value, origin: Origin, loaded: &mut Loaded) {
         (None, Some(n)) => format!("?/{n}"),
         (None, None) => "?".to_owned(),
     };
-    let ctx = DocCtx {
-        origin: &origin,
-        object,
-    };
+    let ctx = DocCtx { origin, object };
     match map.get("apiVersion") {
         None => loaded.diagnostics.push(ctx.error(
             FieldPath::root(),
@@ -370,9 +367,10 @@ fn load_document(value: Value, origin: Origin, loaded: &mut Loaded) {
             ));
             return;
         }
-        Some(v) => match v.as_str().and_then(Kind::parse) {
-            Some(k) => k,
-            None => {
+        Some(v) => {
+            if let Some(k) = v.as_str().and_then(Kind::parse) {
+                k
+            } else {
                 let hint = v
                     .as_str()
                     .and_then(|s| suggest(s, Kind::ALL.iter().map(|k| k.as_str())))
@@ -389,7 +387,7 @@ fn load_document(value: Value, origin: Origin, loaded: &mut Loaded) {
                 ));
                 return;
             }
-        },
+        }
     };
     match kind {
         Kind::Backend => typed::<BackendSpec>(value, &ctx, loaded),

@@ -1,6 +1,6 @@
 //! Where every field of every document sits in its file.
 //!
-//! serde_yaml gives typed values but no positions once a value exists, so a
+//! `serde_yaml` gives typed values but no positions once a value exists, so a
 //! second, event-level pass (saphyr-parser) records the line and column of each
 //! mapping key and each value, keyed by its [`FieldPath`]. Diagnostics then point
 //! at the exact field even for cross-document errors found long after parsing.
@@ -176,12 +176,12 @@ enum Frame {
         path: FieldPath,
         next: usize,
     },
-    /// A container below MAX_DEPTH or used as a mapping key: not recorded.
+    /// A container below `MAX_DEPTH` or used as a mapping key: not recorded.
     Skip,
 }
 
 /// Indexes every document of a YAML stream. Stops quietly at a syntax error
-/// (serde_yaml reports those); documents after it are absent.
+/// (`serde_yaml` reports those); documents after it are absent.
 pub fn index_documents(src: &str) -> Vec<DocPositions> {
     let mut docs = Vec::new();
     let mut cur: Option<DocPositions> = None;

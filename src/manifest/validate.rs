@@ -277,12 +277,7 @@ impl Checker<'_> {
     }
 
     fn volume_types(&mut self) {
-        let names: BTreeSet<String> = self
-            .set
-            .backends
-            .values()
-            .map(|b| backend_name(b))
-            .collect();
+        let names: BTreeSet<String> = self.set.backends.values().map(backend_name).collect();
         for doc in self.set.volume_types.values() {
             for (key, value) in &doc.spec.extra_specs {
                 let field = FieldPath::parse("spec.extraSpecs").key(key);
@@ -421,13 +416,13 @@ impl Checker<'_> {
                 self.pinned_backend_matches_type(doc, t, b);
             }
             if let (Some(b), Some(az)) = (backend, &s.availability_zone) {
-                let baz = backend_az(&self.set.backends[b].spec);
-                if baz != az {
+                let backend_zone = backend_az(&self.set.backends[b].spec);
+                if backend_zone != az {
                     self.error(
                         k,
                         doc,
                         "spec.availabilityZone",
-                        format!("zone {az:?} differs from zone {baz:?} of the pinned Backend/{b}"),
+                        format!("zone {az:?} differs from zone {backend_zone:?} of the pinned Backend/{b}"),
                     );
                 }
             }
@@ -824,7 +819,7 @@ fn check_extra_spec(key: &str, value: &str) -> Result<(), String> {
                 Ok(())
             }
         }
-        ["<in>", rest @ ..] | ["<all-in>", rest @ ..] => {
+        ["<in>" | "<all-in>", rest @ ..] => {
             if rest.is_empty() {
                 Err("operator \"<in>\" needs a text to look for".into())
             } else {

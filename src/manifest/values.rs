@@ -1087,14 +1087,14 @@ pub fn shown(s: &str) -> String {
     if s.chars().count() > MAX {
         out.push('…');
     }
-    format!("{:?}", out).replace("\\\"", "\"")
+    format!("{out:?}").replace("\\\"", "\"")
 }
 
 fn describe_char(c: char) -> String {
     match c {
         '\0' => "the NUL character".into(),
         c if c.is_whitespace() => "whitespace".into(),
-        c if c.is_control() => format!("the control character {:?}", c),
+        c if c.is_control() => format!("the control character {c:?}"),
         c => format!("'{c}'"),
     }
 }

@@ -4,6 +4,8 @@
 //! `support`. Plain `cargo test` runs everything here except the tests marked
 //! `#[ignore]` that need tools installed by `tests/run.sh`.
 
+#![allow(clippy::unwrap_used)] // a failing unwrap is a failing test
+
 mod examples;
 mod fuzz;
 mod schema;
