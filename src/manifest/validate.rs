@@ -830,7 +830,16 @@ fn check_extra_spec(key: &str, value: &str) -> Result<(), String> {
             [b] if b.eq_ignore_ascii_case("true") || b.eq_ignore_ascii_case("false") => Ok(()),
             _ => Err("operator \"<is>\" takes True or False".into()),
         },
-        ["<or>", ..] => Err("\"<or>\" goes between values: write \"A <or> B\"".into()),
+        ["<or>", rest @ ..] => {
+            // Cinder's form: "<or> A <or> B [<or> C ...]".
+            let ok = rest.len() % 2 == 1
+                && rest.iter().enumerate().all(|(i, w)| (i % 2 == 1) == (*w == "<or>"));
+            if ok {
+                Ok(())
+            } else {
+                Err("write alternatives as \"<or> A <or> B\"".into())
+            }
+        }
         [first, ..] if first.starts_with('<') && first.ends_with('>') => Err(format!(
             "unknown operator {first:?}; Cinder's operators are = == != >= <= s== s!= s< s<= s> s>= <in> <all-in> <is> <or>"
         )),
@@ -841,13 +850,10 @@ fn check_extra_spec(key: &str, value: &str) -> Result<(), String> {
                 Err(format!("{key} is \"true\" or \"false\" (or \"<is> True\")"))
             }
         }
-        _ if v.contains("<or>") => {
-            if v.split("<or>").any(|p| p.trim().is_empty()) {
-                Err("\"<or>\" needs a value on each side".into())
-            } else {
-                Ok(())
-            }
-        }
+        _ if v.contains("<or>") => Err(format!(
+            "write alternatives as \"<or> A <or> B\" (Cinder's form), not {}",
+            shown(v)
+        )),
         _ => Ok(()),
     }
 }
@@ -867,7 +873,9 @@ mod tests {
         assert!(check_extra_spec("x", ">= ten").is_err());
         assert!(check_extra_spec("x", "<is> True").is_ok());
         assert!(check_extra_spec("x", "<is> maybe").is_err());
-        assert!(check_extra_spec("x", "ssd <or> nvme").is_ok());
+        assert!(check_extra_spec("x", "<or> ssd <or> nvme").is_ok());
+        assert!(check_extra_spec("x", "ssd <or> nvme").is_err());
+        assert!(check_extra_spec("x", "<or> ssd nvme").is_err());
         assert!(check_extra_spec("x", "<foo> 1").is_err());
         assert!(check_extra_spec("thin_provisioning", "yes").is_err());
     }
