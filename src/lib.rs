@@ -2,3 +2,4 @@
 #![doc = include_str!("ARCHITECTURE.md")]
 
 pub mod cli;
+pub mod exec;
