@@ -143,6 +143,9 @@ fn sparse_copy(
     len: u64,
 ) -> Result<CopyStats, CopyError> {
     target.set_len(len).map_err(io_err("truncate", dst))?;
+    // No POSIX_FADV_SEQUENTIAL here (cp uses it): measured on ext4 with a
+    // cold cache it made copy_file_range about 2x slower (3.4 s -> 6.7 s for
+    // 3 GiB in 70 extents), while plain copy_file_range matched read/write.
     let mut stats = CopyStats {
         len,
         bytes_copied: 0,
