@@ -2,5 +2,8 @@
 #![doc = include_str!("ARCHITECTURE.md")]
 
 pub mod cli;
+pub mod exec;
+pub mod file;
 pub mod manifest;
 pub mod schema;
+pub mod state;

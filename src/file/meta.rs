@@ -1,0 +1,296 @@
+//! Identity metadata of `file` back end objects: the sidecar JSON files.
+//!
+//! Layout inside a back end root:
+//! ```text
+//! ROOT/volume-<uuid>                 data (also snapshot-<uuid>, image-<uuid>)
+//! ROOT/.cinderblock/<uuid>.json      its metadata (ObjectMeta, versioned)
+//! ROOT/.cinderblock/.<uuid>.json.tmp-<pid>-<n>   a crashed sidecar write (harmless)
+//! ```
+//! Paths are built from the kind and the uuid only; the manifest name is data
+//! inside the sidecar and never reaches a path.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::FileError;
+use crate::state::atomic::write_atomic;
+
+/// Hidden directory holding the sidecars, in the back end root.
+pub const META_DIR: &str = ".cinderblock";
+/// The sidecar `format` tag.
+pub const META_FORMAT: &str = "cinderblock.file-object";
+/// The sidecar schema version this build reads and writes.
+pub const META_VERSION: u32 = 1;
+/// The owner mark's `managedBy` value.
+pub const MANAGED_BY: &str = "cinderblock";
+
+/// What an object is; decides the data file's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    /// A volume (`volume-<uuid>`).
+    Volume,
+    /// A snapshot (`snapshot-<uuid>`).
+    Snapshot,
+    /// A volume-backed image (`image-<uuid>`).
+    Image,
+}
+
+impl ObjectKind {
+    /// The data file prefix (Cinder's naming).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Volume => "volume",
+            Self::Snapshot => "snapshot",
+            Self::Image => "image",
+        }
+    }
+
+    /// The data file name for `uuid`.
+    pub fn file_name(self, uuid: Uuid) -> String {
+        format!("{}-{}", self.prefix(), uuid.hyphenated())
+    }
+
+    /// Parses a data file name (`volume-<uuid>` etc., lowercase hyphenated).
+    pub fn parse_file_name(name: &str) -> Option<(Self, Uuid)> {
+        let (prefix, id) = name.split_once('-')?;
+        let kind = [Self::Volume, Self::Snapshot, Self::Image]
+            .into_iter()
+            .find(|k| k.prefix() == prefix)?;
+        let uuid = Uuid::try_parse(id).ok()?;
+        // Only the exact spelling we write counts as ours.
+        (uuid.hyphenated().to_string() == id).then_some((kind, uuid))
+    }
+}
+
+/// How space is reserved for a volume file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Allocation {
+    /// `ftruncate`: blocks allocated on first write.
+    Sparse,
+    /// `fallocate`: every block reserved up front.
+    Preallocated,
+}
+
+/// Where an object's data is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Metadata written, data not complete yet.
+    Creating,
+    /// Complete.
+    Ready,
+    /// Being removed: data may already be gone.
+    Deleting,
+}
+
+/// The ownership mark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Owner {
+    /// Always [`MANAGED_BY`].
+    pub managed_by: String,
+    /// The back end (its manifest name) that owns the object.
+    pub backend: String,
+}
+
+/// What an object was created from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRef {
+    /// Its kind.
+    pub kind: ObjectKind,
+    /// Its uuid.
+    pub uuid: Uuid,
+}
+
+/// An object's sidecar metadata (schema version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    /// Always [`META_FORMAT`].
+    pub format: String,
+    /// Always [`META_VERSION`] for what this build writes.
+    pub version: u32,
+    /// Identity; also names the data and sidecar files.
+    pub uuid: Uuid,
+    /// The manifest name: data only, never part of a path.
+    pub name: String,
+    /// Volume, snapshot or image.
+    pub kind: ObjectKind,
+    /// Ownership mark.
+    pub owner: Owner,
+    /// Logical size in bytes.
+    pub size: u64,
+    /// How the data file's space was reserved at creation.
+    pub allocation: Allocation,
+    /// What it was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceRef>,
+    /// For snapshots: the volume it is a snapshot of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Uuid>,
+    /// When creation started (UTC).
+    pub created_at: DateTime<Utc>,
+    /// Life-cycle phase.
+    pub state: Phase,
+}
+
+impl ObjectMeta {
+    /// The data file name.
+    pub fn file_name(&self) -> String {
+        self.kind.file_name(self.uuid)
+    }
+
+    /// Whether `backend` owns this object.
+    pub fn owned_by(&self, backend: &str) -> bool {
+        self.owner.managed_by == MANAGED_BY && self.owner.backend == backend
+    }
+}
+
+/// `ROOT/.cinderblock`.
+pub fn meta_dir(root: &Path) -> PathBuf {
+    root.join(META_DIR)
+}
+
+/// `ROOT/.cinderblock/<uuid>.json`.
+pub fn sidecar_path(root: &Path, uuid: Uuid) -> PathBuf {
+    meta_dir(root).join(format!("{}.json", uuid.hyphenated()))
+}
+
+/// Reads a sidecar; `Ok(None)` when there is none.
+pub fn read_sidecar(root: &Path, uuid: Uuid) -> Result<Option<ObjectMeta>, FileError> {
+    let path = sidecar_path(root, uuid);
+    match fs::read(&path) {
+        Ok(bytes) => parse_sidecar(&path, &bytes).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FileError::Io {
+            op: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Parses and checks a sidecar's bytes.
+pub fn parse_sidecar(path: &Path, bytes: &[u8]) -> Result<ObjectMeta, FileError> {
+    // Check the header first so a newer schema is named as such.
+    #[derive(Deserialize)]
+    struct Header {
+        format: String,
+        version: u32,
+    }
+    let bad = |source| FileError::BadMetadata {
+        path: path.to_owned(),
+        source,
+    };
+    let header: Header = serde_json::from_slice(bytes).map_err(bad)?;
+    if header.format != META_FORMAT || header.version != META_VERSION {
+        return Err(FileError::MetadataVersion {
+            path: path.to_owned(),
+            format: header.format,
+            version: header.version,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(bad)
+}
+
+/// Writes a sidecar atomically (temp, fsync, rename, fsync directory).
+pub fn write_sidecar(root: &Path, meta: &ObjectMeta) -> Result<(), FileError> {
+    let path = sidecar_path(root, meta.uuid);
+    let mut bytes = serde_json::to_vec_pretty(meta).map_err(|source| FileError::BadMetadata {
+        path: path.clone(),
+        source,
+    })?;
+    bytes.push(b'\n');
+    write_atomic(&path, &bytes).map_err(|source| FileError::Metadata { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip_and_reject_lookalikes() {
+        let id = Uuid::from_u128(0xabcd);
+        let name = ObjectKind::Snapshot.file_name(id);
+        assert_eq!(name, "snapshot-00000000-0000-0000-0000-00000000abcd");
+        assert_eq!(
+            ObjectKind::parse_file_name(&name),
+            Some((ObjectKind::Snapshot, id))
+        );
+        for other in [
+            "volume-00000000-0000-0000-0000-00000000ABCD",
+            "volume-0000000000000000000000000000abcd",
+            "volume-00000000-0000-0000-0000-00000000abcd.tmp",
+            "_snapshot-00000000-0000-0000-0000-00000000abcd",
+            "volume-",
+            "notes.txt",
+        ] {
+            assert_eq!(ObjectKind::parse_file_name(other), None, "{other}");
+        }
+    }
+
+    /// Pins sidecar format version 1.
+    #[test]
+    fn golden_sidecar_v1() {
+        let meta = ObjectMeta {
+            format: META_FORMAT.into(),
+            version: 1,
+            uuid: Uuid::from_u128(2),
+            name: "db-snap".into(),
+            kind: ObjectKind::Snapshot,
+            owner: Owner {
+                managed_by: MANAGED_BY.into(),
+                backend: "nfs-a".into(),
+            },
+            size: 10_737_418_240,
+            allocation: Allocation::Sparse,
+            source: Some(SourceRef {
+                kind: ObjectKind::Volume,
+                uuid: Uuid::from_u128(1),
+            }),
+            parent: Some(Uuid::from_u128(1)),
+            created_at: "2026-01-02T03:04:05Z".parse().unwrap(),
+            state: Phase::Ready,
+        };
+        let golden = r#"{
+  "format": "cinderblock.file-object",
+  "version": 1,
+  "uuid": "00000000-0000-0000-0000-000000000002",
+  "name": "db-snap",
+  "kind": "snapshot",
+  "owner": {
+    "managedBy": "cinderblock",
+    "backend": "nfs-a"
+  },
+  "size": 10737418240,
+  "allocation": "sparse",
+  "source": {
+    "kind": "volume",
+    "uuid": "00000000-0000-0000-0000-000000000001"
+  },
+  "parent": "00000000-0000-0000-0000-000000000001",
+  "createdAt": "2026-01-02T03:04:05Z",
+  "state": "ready"
+}"#;
+        assert_eq!(serde_json::to_string_pretty(&meta).unwrap(), golden);
+        assert_eq!(
+            parse_sidecar(Path::new("x.json"), golden.as_bytes()).unwrap(),
+            meta
+        );
+        let newer = golden.replace("\"version\": 1", "\"version\": 2");
+        let err = parse_sidecar(Path::new("x.json"), newer.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.json: metadata format \"cinderblock.file-object\" version 2 is not one this \
+             cinderblock reads"
+        );
+    }
+}

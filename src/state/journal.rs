@@ -1,0 +1,471 @@
+//! The step journal: an append-only record of what apply meant to do and what
+//! happened.
+//!
+//! Owns `DIR/journal.jsonl` (and its one rotated predecessor
+//! `DIR/journal.1.jsonl`). Each line is one JSON [`Record`]: an `intent` written
+//! and fsynced *before* a step runs, and an `outcome` (`unchanged`, `changed` or
+//! `failed` with the error text) after. An intent without an outcome is a step
+//! that was interrupted; the next run re-discovers and re-plans anyway, so the
+//! journal explains a crash rather than driving recovery.
+//!
+//! Invariants:
+//! - One `write` of a whole line plus `fdatasync` per record: once `append`
+//!   returns, the record survives a crash.
+//! - Readable after a crash mid-write: a torn or garbled *last* line (a partial
+//!   write, or the NUL bytes ext4 can leave after a power cut) is ignored with a
+//!   warning, and trimmed when the journal is next opened for writing so a new
+//!   record never glues onto it. Garbage *before* the last line is real
+//!   corruption and an error naming the line.
+//! - Rotation by size, only when the journal is opened (at the start of a run):
+//!   past [`DEFAULT_MAX_BYTES`] the file becomes `journal.1.jsonl` (replacing the
+//!   older one) and a fresh one starts, so one run's records are never split
+//!   across files and the journal's footprint stays under about twice the limit.
+//!   Chosen over "keep the last N runs", which would rewrite the file.
+//!
+//! Must not: be written without the state lock held, or carry secrets (action
+//! text comes from the plan, which never holds CHAP secrets).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::atomic::{AtomicError, fsync_dir};
+
+/// The current journal's file name.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// The previous journal's file name, after a rotation.
+pub const ROTATED_FILE: &str = "journal.1.jsonl";
+/// Rotate when the journal is larger than this at open (16 MiB: some 50,000
+/// records).
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+/// Version of the record format, written into every line as `v`.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Errors of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// A filesystem operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A line before the last one does not parse.
+    #[error("{path}:{line}: corrupt journal record")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The directory could not be synced after a rotation.
+    #[error("cannot rotate the journal")]
+    Rotate(#[source] AtomicError),
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Nothing needed doing.
+    Unchanged,
+    /// The step changed the world.
+    Changed,
+    /// The step failed (see the record's `error`).
+    Failed,
+}
+
+/// What a record says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Event {
+    /// About to run the step.
+    Intent,
+    /// The step finished.
+    Outcome {
+        /// How.
+        outcome: Outcome,
+        /// The error chain, for `failed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// When the step started (its intent's time).
+        started_at: DateTime<Utc>,
+    },
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Record format version ([`RECORD_VERSION`]).
+    pub v: u32,
+    /// The plan this step belongs to.
+    pub plan_id: Uuid,
+    /// The step's index in that plan.
+    pub step: u32,
+    /// The action, as the plan prints it.
+    pub action: String,
+    /// When this record was written (UTC).
+    pub at: DateTime<Utc>,
+    /// Intent or outcome.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// An open journal, appending.
+#[derive(Debug)]
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `state_dir`, rotating past
+    /// [`DEFAULT_MAX_BYTES`].
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        Self::open_with_limit(state_dir, DEFAULT_MAX_BYTES)
+    }
+
+    /// Opens the journal, rotating when it holds more than `max_bytes`.
+    pub fn open_with_limit(state_dir: &Path, max_bytes: u64) -> Result<Self, JournalError> {
+        let path = state_dir.join(JOURNAL_FILE);
+        let io_err = |op, p: &Path| {
+            let p = p.to_owned();
+            move |source| JournalError::Io {
+                op,
+                path: p,
+                source,
+            }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+        let parsed = parse(&path, &bytes)?;
+        if parsed.valid_len < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = bytes.len() - parsed.valid_len,
+                "journal ends in a torn record (crash mid-write); trimming it"
+            );
+            file.set_len(parsed.valid_len as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err("trim", &path))?;
+        }
+        if parsed.valid_len as u64 > max_bytes {
+            let rotated = state_dir.join(ROTATED_FILE);
+            drop(file);
+            fs::rename(&path, &rotated).map_err(io_err("rotate", &path))?;
+            fsync_dir(state_dir).map_err(JournalError::Rotate)?;
+            tracing::info!(path = %rotated.display(), "journal rotated");
+            return Self::open_with_limit(state_dir, max_bytes);
+        }
+        Ok(Self { file, path })
+    }
+
+    /// Appends one record durably.
+    pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        let mut line = serde_json::to_vec(record).map_err(|e| JournalError::Io {
+            op: "serialise a record for",
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| JournalError::Io {
+                op: "append to",
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Journals the intent to run `step` of `plan_id`, now. Returns the record
+    /// to pass to [`Journal::outcome`].
+    pub fn intent(
+        &mut self,
+        plan_id: Uuid,
+        step: u32,
+        action: &str,
+    ) -> Result<Record, JournalError> {
+        let record = Record {
+            v: RECORD_VERSION,
+            plan_id,
+            step,
+            action: action.to_owned(),
+            at: Utc::now(),
+            event: Event::Intent,
+        };
+        self.append(&record)?;
+        Ok(record)
+    }
+
+    /// Journals how the step of `intent` ended, now.
+    pub fn outcome(
+        &mut self,
+        intent: &Record,
+        outcome: Outcome,
+        error: Option<String>,
+    ) -> Result<Record, JournalError> {
+        let record = Record {
+            v: RECORD_VERSION,
+            plan_id: intent.plan_id,
+            step: intent.step,
+            action: intent.action.clone(),
+            at: Utc::now(),
+            event: Event::Outcome {
+                outcome,
+                error,
+                started_at: intent.at,
+            },
+        };
+        self.append(&record)?;
+        Ok(record)
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What [`read`] found.
+#[derive(Debug, Clone, Default)]
+pub struct JournalContents {
+    /// Records, oldest first (rotated file first).
+    pub records: Vec<Record>,
+    /// Whether a torn last record was ignored.
+    pub torn_tail: bool,
+}
+
+impl JournalContents {
+    /// Intents with no outcome after them: steps a crash interrupted.
+    pub fn unfinished(&self) -> Vec<&Record> {
+        let mut open: Vec<&Record> = Vec::new();
+        for record in &self.records {
+            match record.event {
+                Event::Intent => open.push(record),
+                Event::Outcome { .. } => {
+                    open.retain(|i| (i.plan_id, i.step) != (record.plan_id, record.step));
+                }
+            }
+        }
+        open
+    }
+}
+
+/// Reads the journal of `state_dir` (both files; missing files are empty).
+pub fn read(state_dir: &Path) -> Result<JournalContents, JournalError> {
+    let mut contents = JournalContents::default();
+    for name in [ROTATED_FILE, JOURNAL_FILE] {
+        let path = state_dir.join(name);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(JournalError::Io {
+                    op: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let parsed = parse(&path, &bytes)?;
+        if parsed.valid_len < bytes.len() {
+            tracing::warn!(path = %path.display(), "ignoring a torn last journal record");
+            contents.torn_tail = true;
+        }
+        contents.records.extend(parsed.records);
+    }
+    Ok(contents)
+}
+
+struct Parsed {
+    records: Vec<Record>,
+    /// Length of the prefix made of whole, valid lines.
+    valid_len: usize,
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, JournalError> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    let mut line_no = 0;
+    while offset < bytes.len() {
+        line_no += 1;
+        let rest = &bytes[offset..];
+        let (line, next, terminated) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], offset + i + 1, true),
+            None => (rest, bytes.len(), false),
+        };
+        let is_last = next == bytes.len();
+        match serde_json::from_slice::<Record>(line) {
+            Ok(record) if terminated => records.push(record),
+            // A valid-looking line without its newline was cut short; don't
+            // trust it.
+            Ok(_) => break,
+            Err(_) if is_last => break,
+            Err(source) => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_owned(),
+                    line: line_no,
+                    source,
+                });
+            }
+        }
+        offset = next;
+    }
+    Ok(Parsed {
+        records,
+        valid_len: offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Uuid {
+        Uuid::from_u128(0x1234)
+    }
+
+    #[test]
+    fn intent_then_outcome_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let intent = journal.intent(plan(), 0, "+ volume.db").unwrap();
+        journal.outcome(&intent, Outcome::Changed, None).unwrap();
+        let second = journal.intent(plan(), 1, "~ volume.web").unwrap();
+        journal
+            .outcome(&second, Outcome::Failed, Some("disk full".into()))
+            .unwrap();
+        journal.intent(plan(), 2, "- volume.old").unwrap();
+
+        let contents = read(dir.path()).unwrap();
+        assert!(!contents.torn_tail);
+        assert_eq!(contents.records.len(), 5);
+        assert_eq!(contents.records[0], intent);
+        let Event::Outcome { outcome, error, .. } = &contents.records[3].event else {
+            panic!("expected an outcome");
+        };
+        assert_eq!(
+            (*outcome, error.as_deref()),
+            (Outcome::Failed, Some("disk full"))
+        );
+        let unfinished: Vec<u32> = contents.unfinished().iter().map(|r| r.step).collect();
+        assert_eq!(unfinished, [2]);
+    }
+
+    #[test]
+    fn line_format_is_pinned() {
+        let record = Record {
+            v: 1,
+            plan_id: plan(),
+            step: 3,
+            action: "+ volume.db".into(),
+            at: "2026-01-02T03:04:05Z".parse().unwrap(),
+            event: Event::Outcome {
+                outcome: Outcome::Unchanged,
+                error: None,
+                started_at: "2026-01-02T03:04:00Z".parse().unwrap(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            r#"{"v":1,"plan_id":"00000000-0000-0000-0000-000000001234","step":3,"action":"+ volume.db","at":"2026-01-02T03:04:05Z","record":"outcome","outcome":"unchanged","started_at":"2026-01-02T03:04:00Z"}"#
+        );
+    }
+
+    #[test]
+    fn torn_tail_is_ignored_then_trimmed_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        journal.intent(plan(), 0, "+ volume.db").unwrap();
+        drop(journal);
+        let path = dir.path().join(JOURNAL_FILE);
+        let whole = fs::read(&path).unwrap();
+        // A crash mid-write: half a record, no newline.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&whole[..whole.len() / 2]);
+        fs::write(&path, &torn).unwrap();
+
+        let contents = read(dir.path()).unwrap();
+        assert!(contents.torn_tail);
+        assert_eq!(contents.records.len(), 1);
+
+        let mut journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), whole, "torn tail trimmed");
+        journal.intent(plan(), 1, "+ volume.web").unwrap();
+        let contents = read(dir.path()).unwrap();
+        assert!(!contents.torn_tail);
+        assert_eq!(contents.records.len(), 2);
+    }
+
+    #[test]
+    fn nul_filled_tail_after_power_cut_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        journal.intent(plan(), 0, "+ volume.db").unwrap();
+        let path = journal.path().to_owned();
+        drop(journal);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0; 100]);
+        bytes.push(b'\n');
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(dir.path()).unwrap().records.len(), 1);
+    }
+
+    #[test]
+    fn corruption_before_the_last_line_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        journal.intent(plan(), 0, "a").unwrap();
+        let path = journal.path().to_owned();
+        drop(journal);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"garbage\n");
+        bytes.extend_from_slice(&fs::read(&path).unwrap());
+        fs::write(&path, &bytes).unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}:2: corrupt journal record", path.display())
+        );
+    }
+
+    #[test]
+    fn rotates_by_size_at_open_and_reads_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open_with_limit(dir.path(), 300).unwrap();
+        for step in 0..3 {
+            journal.intent(plan(), step, "+ volume.x").unwrap();
+        }
+        drop(journal);
+        // Over the limit: the next run starts a fresh file.
+        let mut journal = Journal::open_with_limit(dir.path(), 300).unwrap();
+        assert_eq!(fs::metadata(journal.path()).unwrap().len(), 0);
+        journal.intent(plan(), 3, "+ volume.y").unwrap();
+        let steps: Vec<u32> = read(dir.path())
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.step)
+            .collect();
+        assert_eq!(steps, [0, 1, 2, 3]);
+        assert!(dir.path().join(ROTATED_FILE).exists());
+    }
+}
