@@ -1,0 +1,9 @@
+//! Lab tests: the real kernel (dm-thin, dm-snapshot, LIO, nfsd) inside a qemu VM.
+//!
+//! Every test here is `#[ignore = "needs the VM lab"]` so that plain `cargo test` stays
+//! fast; the test command runs them with
+//! `cargo test --test lab -- --ignored --test-threads=1` after
+//! `bash tests/lab/install-deps.sh`. One VM boot per test; see `harness.rs`.
+
+mod harness;
+mod smoke;
