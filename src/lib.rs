@@ -2,3 +2,5 @@
 #![doc = include_str!("ARCHITECTURE.md")]
 
 pub mod cli;
+pub mod iscsi;
+pub mod lvm;

@@ -4,6 +4,9 @@
 //! fast; the test command runs them with
 //! `cargo test --test lab -- --ignored --test-threads=1` after
 //! `bash tests/lab/install-deps.sh`. One VM boot per test; see `harness.rs`.
+//! `LAB_WRITE_FIXTURES=1` also refreshes `tests/fixtures/` from what the VM printed;
+//! `LAB_VERBOSE=1` streams the VM console to stderr.
 
 mod harness;
+mod lvm;
 mod smoke;

@@ -1,0 +1,3 @@
+//! iSCSI exports through LIO (the kernel target), configured through configfs.
+/// The configfs tree model and its text dump.
+pub mod configfs;
