@@ -8,5 +8,6 @@
 //! `LAB_VERBOSE=1` streams the VM console to stderr.
 
 mod harness;
+mod iscsi;
 mod lvm;
 mod smoke;

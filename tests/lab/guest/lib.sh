@@ -15,9 +15,11 @@ wait_for() { # path [tenths=100]
   [ -e "$1" ]
 }
 
-# write a configfs attribute, saying which one failed (echo alone would not)
+# Write a configfs attribute, saying which one failed. No trailing newline: LIO keeps
+# it in string attributes (a CHAP userid written with echo is "user\n" and every
+# login fails with "CHAP_N values do not match").
 put() { # value path
-  echo "$1" > "$2" || { echo "put: cannot write '$1' to $2" >&2; return 1; }
+  printf '%s' "$1" > "$2" || { echo "put: cannot write '$1' to $2" >&2; return 1; }
 }
 
 # Dump a configfs subtree in the text format parsed by cinderblock::iscsi::configfs:
@@ -26,10 +28,10 @@ put() { # value path
 #                     newlines -> "\n"
 #   l PATH -> TARGET  a symlink, target as readlink gives it
 #   w PATH            an attribute that cannot be read (write-only, e.g. control)
-# PATH is relative to the dumped root. Sorted. statistics/ subtrees are left out: they
-# are counters, not configuration, and would double the size.
+# PATH is relative to the dumped root. Sorted. statistics/ and fabric_statistics/
+# subtrees are left out: they are counters, not configuration.
 configfs_dump() { # root
-  (cd "$1" && find . -path '*/statistics' -prune -o -print | sed -n 's|^\./||p' | sort) |
+  (cd "$1" && find . \( -name statistics -o -name fabric_statistics \) -prune -o -print | sed -n 's|^\./||p' | sort) |
   while IFS= read -r p; do
     if [ -L "$1/$p" ]; then
       echo "l $p -> $(readlink "$1/$p")"
