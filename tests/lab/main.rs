@@ -10,4 +10,5 @@
 mod harness;
 mod iscsi;
 mod lvm;
+mod nfs;
 mod smoke;
