@@ -18,6 +18,7 @@
 //! test fails and says how to fix it; a VM that hangs is killed at the scenario's
 //! timeout and the test fails with the console tail.
 #![allow(clippy::disallowed_methods)] // a test harness: it runs qemu, tar, ldd and build.sh on the host
+#![allow(clippy::print_stderr)] // progress lines for the test runner (shown with --nocapture or on failure)
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -98,11 +99,11 @@ fn build_image() -> Result<Image, String> {
     };
     let size = fs::metadata(&image.initrd).map_or(0, |m| m.len());
     eprintln!(
-        "lab: image ready in {:.1}s: {} + {} ({:.1} MiB)",
+        "lab: image ready in {:.1}s: {} + {} ({} KiB)",
         started.elapsed().as_secs_f64(),
         image.kernel.display(),
         image.initrd.display(),
-        size as f64 / 1_048_576.0
+        size >> 10
     );
     Ok(image)
 }
@@ -216,185 +217,64 @@ impl Scenario {
         {
             panic!("{}", outcome.report(&format!("step {} failed", bad.name)));
         }
-        if outcome.steps.iter().any(|s| s.rc.is_none()) {
-            panic!("{}", outcome.report("the scenario did not run to its end"));
-        }
+        assert!(
+            outcome.steps.iter().all(|s| s.rc.is_some()),
+            "{}",
+            outcome.report("the scenario did not run to its end")
+        );
         outcome
     }
 
     fn run_in(&self, image: &Image, run_dir: &Path) -> Result<Outcome, String> {
-        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
         if run_dir.exists() {
-            fs::remove_dir_all(run_dir).map_err(|e| io("cannot clear the last run", e))?;
+            fs::remove_dir_all(run_dir).map_err(|e| io("cannot clear the last run", &e))?;
         }
-        let staging = run_dir.join("in");
-        self.stage(&staging)
-            .map_err(|e| io("cannot stage the scenario", e))?;
-
-        let disk = |n: &str| run_dir.join(n);
-        let tar = Command::new("tar")
-            .arg("-cf")
-            .arg(disk("in.img"))
-            .arg("-C")
-            .arg(&staging)
-            .arg(".")
-            .status()
-            .map_err(|e| io("cannot run tar", e))?;
-        if !tar.success() {
-            return Err(format!("tar of the scenario failed: {tar}"));
-        }
-        // whole MiBs for the block device; scratch disks are sparse, so 4 GiB costs nothing
-        let in_len = fs::metadata(disk("in.img"))
-            .map_err(|e| io("in.img", e))?
-            .len();
-        for (name, len) in [
-            ("in.img", in_len.div_ceil(1 << 20) << 20),
-            ("pv1.img", 4 << 30),
-            ("pv2.img", 4 << 30),
-            ("out.img", 256 << 20),
-        ] {
-            fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(disk(name))
-                .and_then(|f| f.set_len(len))
-                .map_err(|e| io(name, e))?;
-        }
-
-        let drive = |id: &str, file: &str, serial: &str, cache: &str| {
-            [
-                "-drive".to_owned(),
-                format!(
-                    "if=none,id={id},file={},format=raw{cache}",
-                    disk(file).display()
-                ),
-                "-device".to_owned(),
-                format!("virtio-blk-pci,drive={id},serial={serial}"),
-            ]
+        self.stage(&run_dir.join("in"))
+            .map_err(|e| io("cannot stage the scenario", &e))?;
+        make_disks(run_dir)?;
+        let boot = boot_qemu(image, run_dir, self.timeout);
+        // the disk images are large (if sparse) and worthless after the run
+        let untarred = if boot.is_ok() {
+            untar_results(run_dir)
+        } else {
+            Err(String::new())
         };
-        let mut qemu = Command::new("qemu-system-x86_64");
-        // TCG: KVM hangs on these hosts. One qemu64 vCPU is the fastest on 2 host cores:
-        // a second vCPU competes with qemu's I/O thread, and -cpu max makes glibc pick
-        // AVX2/SHA paths that TCG emulates slowly (LAB.md, section 2).
-        qemu.args(["-accel", "tcg", "-cpu", "qemu64", "-smp", "1", "-m", "2048"])
-            .args(["-nographic", "-no-reboot", "-kernel"])
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .args(drive("d1", "pv1.img", "lab-pv1", ",cache=unsafe"))
-            .args(drive("d2", "pv2.img", "lab-pv2", ",cache=unsafe"))
-            .args(drive("d3", "in.img", "lab-in", ""))
-            .args(drive("d4", "out.img", "lab-out", ""))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-
-        let started = Instant::now();
-        let mut child = qemu
-            .spawn()
-            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}; {FIX_HINT}"))?;
-        let console_path = run_dir.join("console.log");
-        let ready_at: Arc<Mutex<Option<Duration>>> = Arc::default();
-        let mut stdout = child.stdout.take().ok_or("qemu stdout")?;
-        let mut stderr = child.stderr.take().ok_or("qemu stderr")?;
-        let console_file = fs::File::create(&console_path).map_err(|e| io("console.log", e))?;
-        let reader = {
-            let ready_at = Arc::clone(&ready_at);
-            let verbose = std::env::var_os("LAB_VERBOSE").is_some();
-            std::thread::spawn(move || {
-                let mut console_file = console_file;
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = stdout.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let _ = console_file.write_all(&buf[..n]);
-                    if verbose {
-                        let _ = std::io::stderr().write_all(&buf[..n]);
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    let mut ready = ready_at
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if ready.is_none() && contains(&seen, b"LAB: ready") {
-                        *ready = Some(started.elapsed());
-                    }
-                }
-                seen
-            })
-        };
-        let err_reader = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = stderr.read_to_end(&mut s);
-            s
-        });
-
-        let mut timed_out = false;
-        let status = loop {
-            if let Some(status) = child.try_wait().map_err(|e| io("waiting for qemu", e))? {
-                break status;
-            }
-            if started.elapsed() > self.timeout {
-                timed_out = true;
-                let _ = child.kill();
-                break child.wait().map_err(|e| io("waiting for killed qemu", e))?;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let wall = started.elapsed();
-        let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-        let qemu_stderr =
-            String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-        let boot = *ready_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-
-        let out_dir = run_dir.join("out");
-        fs::create_dir_all(&out_dir).map_err(|e| io("out/", e))?;
-        let untar = Command::new("tar")
-            .arg("-xf")
-            .arg(disk("out.img"))
-            .arg("-C")
-            .arg(&out_dir)
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|e| io("cannot run tar", e))?;
         for name in ["in.img", "pv1.img", "pv2.img", "out.img"] {
-            let _ = fs::remove_file(disk(name));
+            let _ = fs::remove_file(run_dir.join(name));
         }
-
+        let boot = boot?;
         let mut outcome = Outcome {
             scenario: self.name.clone(),
             run_dir: run_dir.to_owned(),
-            console,
-            boot,
-            wall,
+            console: boot.console,
+            boot: boot.ready,
+            wall: boot.wall,
             steps: Vec::new(),
             files: BTreeMap::new(),
         };
-        let problem = if timed_out {
-            Some(format!(
+        if boot.timed_out {
+            let why = format!(
                 "the VM did not finish within {:?} and was killed",
                 self.timeout
-            ))
-        } else if !untar.success() {
-            Some(format!(
-                "the guest wrote no results (qemu exit: {status}; qemu stderr: {})",
-                qemu_stderr.trim()
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err(outcome.report(&problem));
+            );
+            return Err(outcome.report(&why));
         }
+        if !untarred?.success() {
+            let why = format!(
+                "the guest wrote no results (qemu exit: {}; qemu stderr: {})",
+                boot.status,
+                boot.qemu_stderr.trim()
+            );
+            return Err(outcome.report(&why));
+        }
+        let out_dir = run_dir.join("out");
         for (i, spec) in self.steps.iter().enumerate() {
             let dir = out_dir.join("steps").join(format!("{i:03}"));
-            let read = |f: &str| fs::read(dir.join(f)).ok();
-            let text = |f: &str| read(f).map(|b| String::from_utf8_lossy(&b).into_owned());
+            let text = |f: &str| {
+                fs::read(dir.join(f))
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            };
             outcome.steps.push(StepResult {
                 name: spec.name.clone(),
                 mode: spec.mode,
@@ -407,7 +287,7 @@ impl Scenario {
             });
         }
         collect_files(&out_dir.join("files"), "", &mut outcome.files)
-            .map_err(|e| io("reading result files", e))?;
+            .map_err(|e| io("reading result files", &e))?;
         if let Ok(dmesg) = fs::read(out_dir.join("dmesg.txt")) {
             outcome.files.insert("dmesg.txt".to_owned(), dmesg);
         }
@@ -415,8 +295,10 @@ impl Scenario {
             "lab: {} ran {} steps: boot to ready {}, wall {:.1}s",
             self.name,
             outcome.steps.len(),
-            boot.map_or("never".to_owned(), |b| format!("{:.1}s", b.as_secs_f64())),
-            wall.as_secs_f64()
+            outcome
+                .boot
+                .map_or("never".to_owned(), |b| format!("{:.1}s", b.as_secs_f64())),
+            outcome.wall.as_secs_f64()
         );
         Ok(outcome)
     }
@@ -466,6 +348,173 @@ fn stage_binary(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn io(what: &str, e: &std::io::Error) -> String {
+    format!("{what}: {e}")
+}
+
+/// `in.img` (the staged scenario as a raw tar, padded to whole MiB for the block
+/// device), two sparse 4 GiB scratch disks, and an empty `out.img` for the results.
+fn make_disks(run_dir: &Path) -> Result<(), String> {
+    let disk = |n: &str| run_dir.join(n);
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(disk("in.img"))
+        .arg("-C")
+        .arg(run_dir.join("in"))
+        .arg(".")
+        .status()
+        .map_err(|e| io("cannot run tar", &e))?;
+    if !tar.success() {
+        return Err(format!("tar of the scenario failed: {tar}"));
+    }
+    let in_len = fs::metadata(disk("in.img"))
+        .map_err(|e| io("in.img", &e))?
+        .len();
+    for (name, len) in [
+        ("in.img", in_len.div_ceil(1 << 20) << 20),
+        ("pv1.img", 4 << 30),
+        ("pv2.img", 4 << 30),
+        ("out.img", 256 << 20),
+    ] {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(disk(name))
+            .and_then(|f| f.set_len(len))
+            .map_err(|e| io(name, &e))?;
+    }
+    Ok(())
+}
+
+/// What one qemu run left behind.
+struct Boot {
+    status: std::process::ExitStatus,
+    timed_out: bool,
+    console: String,
+    qemu_stderr: String,
+    /// Host time from spawning qemu to the guest's `LAB: ready` line.
+    ready: Option<Duration>,
+    wall: Duration,
+}
+
+fn boot_qemu(image: &Image, run_dir: &Path, timeout: Duration) -> Result<Boot, String> {
+    let drive = |id: &str, file: &str, serial: &str, cache: &str| {
+        [
+            "-drive".to_owned(),
+            format!(
+                "if=none,id={id},file={},format=raw{cache}",
+                run_dir.join(file).display()
+            ),
+            "-device".to_owned(),
+            // -drive ...,serial= is gone in qemu 7.2: the serial goes on the device
+            format!("virtio-blk-pci,drive={id},serial={serial}"),
+        ]
+    };
+    let mut qemu = Command::new("qemu-system-x86_64");
+    // TCG: KVM hangs on these hosts. One qemu64 vCPU is the fastest on 2 host cores:
+    // a second vCPU competes with qemu's I/O thread, and -cpu max makes glibc pick
+    // AVX2/SHA paths that TCG emulates slowly (LAB.md, section 2).
+    qemu.args(["-accel", "tcg", "-cpu", "qemu64", "-smp", "1", "-m", "2048"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args(drive("d1", "pv1.img", "lab-pv1", ",cache=unsafe"))
+        .args(drive("d2", "pv2.img", "lab-pv2", ",cache=unsafe"))
+        .args(drive("d3", "in.img", "lab-in", ""))
+        .args(drive("d4", "out.img", "lab-out", ""))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+
+    let started = Instant::now();
+    let mut child = qemu
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}; {FIX_HINT}"))?;
+    let console_file =
+        fs::File::create(run_dir.join("console.log")).map_err(|e| io("console.log", &e))?;
+    let ready_at: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let mut stdout = child.stdout.take().ok_or("qemu stdout")?;
+    let mut stderr = child.stderr.take().ok_or("qemu stderr")?;
+    // Both pipes are drained by threads so that qemu can never block on a full pipe.
+    let reader = {
+        let ready_at = Arc::clone(&ready_at);
+        let verbose = std::env::var_os("LAB_VERBOSE").is_some();
+        std::thread::spawn(move || {
+            let mut console_file = console_file;
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = console_file.write_all(&buf[..n]);
+                if verbose {
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let mut ready = ready_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if ready.is_none() && contains(&seen, b"LAB: ready") {
+                    *ready = Some(started.elapsed());
+                }
+            }
+            seen
+        })
+    };
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| io("waiting for qemu", &e))? {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child
+                .wait()
+                .map_err(|e| io("waiting for the killed qemu", &e))?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let wall = started.elapsed();
+    let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    let qemu_stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    let ready = *ready_at
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(Boot {
+        status,
+        timed_out,
+        console,
+        qemu_stderr,
+        ready,
+        wall,
+    })
+}
+
+/// Extracts the tar the guest wrote raw onto `out.img` into `out/`.
+fn untar_results(run_dir: &Path) -> Result<std::process::ExitStatus, String> {
+    let out_dir = run_dir.join("out");
+    fs::create_dir_all(&out_dir).map_err(|e| io("out/", &e))?;
+    Command::new("tar")
+        .arg("-xf")
+        .arg(run_dir.join("out.img"))
+        .arg("-C")
+        .arg(&out_dir)
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| io("cannot run tar", &e))
 }
 
 fn collect_files(

@@ -1,6 +1,6 @@
 //! LIO through raw configfs: an iblock backstore on an LV, an iSCSI target with a TPG,
 //! a LUN, a portal on 127.0.0.1, an ACL with CHAP; read back through open-iscsi and
-//! through the tcm_loop fabric; a wrong CHAP secret and an initiator without an ACL
+//! through the `tcm_loop` fabric; a wrong CHAP secret and an initiator without an ACL
 //! are refused. The configfs tree is dumped and parsed by the library.
 
 use crate::harness::{Scenario, capture_fixture};
@@ -22,6 +22,7 @@ fn env() -> String {
 
 #[test]
 #[ignore = "needs the VM lab"]
+#[allow(clippy::too_many_lines)] // one scenario: its steps, then what they must have shown
 fn lio_target_with_acl_and_chap() {
     let e = env();
     let out = Scenario::new("iscsi")

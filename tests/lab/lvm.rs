@@ -1,5 +1,5 @@
 //! LVM on the real kernel: thick and thin LVs, oversubscription, thick and thin
-//! snapshots, JSON reports, and thin_delta/thin_dump between thin snapshots.
+//! snapshots, JSON reports, and `thin_delta`/`thin_dump` between thin snapshots.
 //!
 //! The reports are parsed with the library's own parsers, so a tool or kernel upgrade
 //! that changes the output fails here; with `LAB_WRITE_FIXTURES=1` the captured output
@@ -36,6 +36,7 @@ const THIN_TAGS: &str = "--addtag cinderblock.uuid=9b8e7d6c-5a4b-4c3d-8e2f-1a0b9
 
 #[test]
 #[ignore = "needs the VM lab"]
+#[allow(clippy::too_many_lines)] // one scenario: its steps, then what they must have shown
 fn thick_thin_snapshots_and_reports() {
     let out = Scenario::new("lvm")
         .step(
@@ -217,7 +218,7 @@ fn thick_thin_snapshots_and_reports() {
         lvs.iter()
             .any(|l| l.name == "[pool0_tmeta]" && l.is_hidden())
     );
-    for l in full.lvs.iter() {
+    for l in &full.lvs {
         let same = lvs.iter().find(|x| x.uuid == l.uuid).expect("in lvs -a");
         assert_eq!(
             (&same.name, same.size, same.thin_id),

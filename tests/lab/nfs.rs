@@ -65,7 +65,8 @@ fn nfs_v42_loopback_with_a_sparse_file() {
     assert!(versions.contains("+4.2"), "nfsd serves 4.2: {versions}");
 
     assert!(
-        out.text("dmesg.txt").contains("no clients to reclaim, skipping NFSv4 grace period"),
+        out.text("dmesg.txt")
+            .contains("no clients to reclaim, skipping NFSv4 grace period"),
         "nfsdcld let the server skip the grace period"
     );
 
