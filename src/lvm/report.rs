@@ -260,7 +260,8 @@ pub fn parse_lvs(json: &[u8]) -> Result<Vec<Lv>, ReportError> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let r = Row::new(r, "LV", i, "lv_name", Some("vg_name"))?;
+            let vg = r.get("vg_name").and_then(Value::as_str);
+            let r = Row::new(r, "LV", i, "lv_name", vg)?;
             let vg = r.str("vg_name")?.to_owned();
             let thin_id = r.opt_u32("thin_id")?;
             lv_from(&r, vg, thin_id)
@@ -314,11 +315,7 @@ pub fn parse_fullreport(json: &[u8]) -> Result<FullReport, ReportError> {
         // thin ids: one per thin segment, keyed by the LV's uuid
         let mut thin_ids: Vec<(String, u32)> = Vec::new();
         for (i, r) in sub_rows(part, "seg")?.iter().enumerate() {
-            let r = Row::new(r, "segment", i, "lv_uuid", Some(""))?;
-            let r = Row {
-                object: format!("segment of LV uuid {} in VG {vg}", r.str("lv_uuid")?),
-                ..r
-            };
+            let r = Row::new(r, "segment of LV uuid", i, "lv_uuid", None)?;
             if let Some(id) = r.opt_u32("thin_id")? {
                 thin_ids.push((r.str("lv_uuid")?.to_owned(), id));
             }
@@ -371,8 +368,8 @@ struct Row<'a> {
 }
 
 impl<'a> Row<'a> {
-    /// `kind` is `LV`/`VG`/`PV`; `name_field` names the row; `vg` qualifies LV names:
-    /// `Some(field)` reads the VG from that field, `Some(vg)` if it is not a field name.
+    /// A row described as `<kind> <name>`, or `<kind> <vg>/<name>` when `vg` is known,
+    /// with the name read from `name_field`; `<kind> row <index>` if it has none.
     fn new(
         value: &'a Value,
         kind: &str,
@@ -383,13 +380,9 @@ impl<'a> Row<'a> {
         let map = value.as_object().ok_or_else(|| {
             ReportError::Shape(format!("{kind} row {index} is not a JSON object"))
         })?;
-        let get = |f: &str| map.get(f).and_then(Value::as_str);
-        let object = match (get(name_field), vg) {
+        let object = match (map.get(name_field).and_then(Value::as_str), vg) {
             (Some(name), None) => format!("{kind} {name}"),
-            (Some(name), Some(vg)) => {
-                let vg = get(vg).unwrap_or(vg);
-                format!("{kind} {vg}/{name}")
-            }
+            (Some(name), Some(vg)) => format!("{kind} {vg}/{name}"),
             (None, _) => format!("{kind} row {index}"),
         };
         Ok(Row { map, object })
