@@ -10,5 +10,4 @@
 //! * Secrets never enter the model: CHAP passwords are reduced to "set or not".
 //! * Tested on a tree captured in the VM lab (`tests/fixtures/iscsi`).
 
-/// The configfs tree model and its text dump.
 pub mod configfs;
