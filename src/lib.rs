@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod exec;
 pub mod file;
+pub mod iscsi;
+pub mod lvm;
 pub mod manifest;
 pub mod schema;
 pub mod state;
