@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The one test command (README "Set up"; .ci/run calls exactly this).
 # Installs what the tests need when it is missing, then runs every test:
-# unit, integration, and the ignored ones that need those tools.
+# unit, integration, and the ignored ones that need those tools: the
+# outside schema validator and the VM storage lab (tests/lab/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# The VM lab's packages (qemu, lvm2, thin-provisioning-tools, busybox, ...).
+bash tests/lab/install-deps.sh
 
 # check-jsonschema (PyPI): the outside validator that checks examples/
 # against schemas/.

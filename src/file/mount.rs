@@ -291,6 +291,39 @@ nas:/my\\040share /mnt/with\\040space\\011tab nfs rw,vers=3 0 0
 tmpfs /srv/cinder/nfs-b tmpfs rw 0 0
 ";
 
+    /// The lab's capture: a real loopback NFSv4.2 mount inside the VM
+    /// (`tests/fixtures/README.md` has the command and versions).
+    const LAB_TABLE: &[u8] = include_bytes!("../../tests/fixtures/nfs/proc-mounts.txt");
+
+    #[test]
+    fn parses_the_lab_capture_and_finds_the_nfs_mount() {
+        let entries = parse_mounts(LAB_TABLE).unwrap();
+        let nfs = entries.iter().find(|e| e.fstype == "nfs4").unwrap();
+        assert_eq!(nfs.source, "127.0.0.1:/srv/nfs/share1");
+        assert_eq!(nfs.target, Path::new("/mnt/nfs4"));
+        assert!(nfs.options.iter().any(|o| o == "vers=4.2"));
+        assert_eq!(
+            check_mount(
+                &entries,
+                "127.0.0.1:/srv/nfs/share1/",
+                Path::new("/mnt/nfs4")
+            )
+            .unwrap(),
+            MountCheck::Mounted
+        );
+        assert_eq!(
+            check_mount(
+                &entries,
+                "127.0.0.1:/srv/nfs/share1",
+                Path::new("/mnt/other")
+            )
+            .unwrap(),
+            MountCheck::NotMounted
+        );
+        // The ext4 LV behind the export is something else mounted there.
+        assert!(check_mount(&entries, "nfs1:/x", Path::new("/srv/nfs/share1")).is_err());
+    }
+
     #[test]
     fn parses_proc_mounts_with_escapes() {
         let entries = parse_mounts(TABLE).unwrap();

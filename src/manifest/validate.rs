@@ -833,7 +833,10 @@ fn check_extra_spec(key: &str, value: &str) -> Result<(), String> {
         ["<or>", rest @ ..] => {
             // Cinder's form: "<or> A <or> B [<or> C ...]".
             let ok = rest.len() % 2 == 1
-                && rest.iter().enumerate().all(|(i, w)| (i % 2 == 1) == (*w == "<or>"));
+                && rest
+                    .iter()
+                    .enumerate()
+                    .all(|(i, w)| (i % 2 == 1) == (*w == "<or>"));
             if ok {
                 Ok(())
             } else {
