@@ -8,6 +8,8 @@
 //! Run: `cargo bench --bench validate`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::cast_precision_loss)]
+#![allow(clippy::disallowed_methods)] // a benchmark runs the binary and peer tools directly
+#![allow(clippy::unreadable_literal, clippy::doc_markdown)]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
