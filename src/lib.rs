@@ -1,11 +1,14 @@
 //! cinderblock: a declarative reconciliation agent for block storage.
 #![doc = include_str!("ARCHITECTURE.md")]
 
+pub mod apply;
 pub mod cli;
 pub mod exec;
 pub mod file;
 pub mod iscsi;
 pub mod lvm;
 pub mod manifest;
+pub mod observe;
+pub mod plan;
 pub mod schema;
 pub mod state;

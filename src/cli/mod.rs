@@ -6,6 +6,7 @@
 //! Exit codes: 0 success (valid manifests), 1 invalid manifests or an error,
 //! 2 usage error (clap's own).
 
+mod plan;
 mod validate;
 
 use std::io::Write;
@@ -25,7 +26,7 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args)]
-struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// State directory: lock, journal, placements, identities.
     #[arg(
         long,
@@ -33,10 +34,10 @@ struct GlobalArgs {
         default_value = "state",
         env = "CINDERBLOCK_STATE"
     )]
-    state: PathBuf,
+    pub(crate) state: PathBuf,
     /// This storage host's name (default: the machine's hostname).
     #[arg(long, global = true, env = "CINDERBLOCK_HOST")]
-    host: Option<String>,
+    pub(crate) host: Option<String>,
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -58,6 +59,10 @@ enum LogFormat {
 enum Command {
     /// Parse and check every manifest: schema, references, names, sizes.
     Validate(validate::ValidateArgs),
+    /// Dry run: discover, diff, and print the ordered actions.
+    Plan(plan::PlanArgs),
+    /// Plan, then carry it out (or carry out a saved plan).
+    Apply(plan::ApplyArgs),
     /// Write the JSON Schemas of the manifests (one per kind, plus manifest.json).
     Schema(SchemaArgs),
 }
@@ -75,6 +80,8 @@ pub fn run() -> i32 {
     init_tracing(&cli.global);
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
+        Command::Plan(args) => plan::run_plan(&cli.global, &args),
+        Command::Apply(args) => plan::run_apply(&cli.global, &args),
         Command::Schema(args) => schema(&args),
     };
     match result {

@@ -28,6 +28,9 @@ pub const META_FORMAT: &str = "cinderblock.file-object";
 pub const META_VERSION: u32 = 1;
 /// The owner mark's `managedBy` value.
 pub const MANAGED_BY: &str = "cinderblock";
+/// The owner mark of objects cinderblock created and then let go of
+/// (`deletionPolicy: Retain`): kept for people to read, foreign to us.
+pub const RELEASED_BY: &str = "cinderblock-released";
 
 /// What an object is; decides the data file's prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

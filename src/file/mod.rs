@@ -544,6 +544,28 @@ impl FileBackend {
         Ok(Change::Changed)
     }
 
+    /// Releases an object (`deletionPolicy: Retain` after its manifest was
+    /// removed): its data stays, its sidecar stays for people to read, but
+    /// the owner mark becomes [`meta::RELEASED_BY`], so from now on it is
+    /// foreign to every back end and never touched again. Absent or already
+    /// released is `Unchanged`.
+    pub fn release(&self, uuid: Uuid) -> Result<Change, FileError> {
+        self.check_root()?;
+        let Some(mut meta) = self.get(uuid)? else {
+            return Ok(Change::Unchanged);
+        };
+        if meta.owner.managed_by == meta::RELEASED_BY {
+            return Ok(Change::Unchanged);
+        }
+        if !meta.owned_by(&self.backend) {
+            return Err(self.not_ours(&meta));
+        }
+        meta::RELEASED_BY.clone_into(&mut meta.owner.managed_by);
+        meta::write_sidecar(&self.root, &meta)?;
+        tracing::info!(%uuid, "released");
+        Ok(Change::Changed)
+    }
+
     /// Deletes an object carrying our mark: data, then metadata. Absent is
     /// `Unchanged`; another owner's object is refused.
     pub fn delete(&self, uuid: Uuid) -> Result<Change, FileError> {

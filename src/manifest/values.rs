@@ -727,6 +727,10 @@ impl StorePath {
             StorePath::InState(r) => state_dir.join(r),
         }
     }
+    /// True for a path below the state directory.
+    pub fn is_in_state(&self) -> bool {
+        matches!(self, StorePath::InState(_))
+    }
     /// True when `self` equals `other` or lies below it (same form only).
     pub fn is_within(&self, other: &StorePath) -> bool {
         match (self, other) {

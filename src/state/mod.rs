@@ -22,3 +22,4 @@
 pub mod atomic;
 pub mod journal;
 pub mod lock;
+pub mod record;

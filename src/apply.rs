@@ -1,0 +1,366 @@
+//! The executor: carries out a plan's actions in order, journalling each
+//! step's intent before and its outcome after, and keeping the recorded state
+//! current after every step.
+//!
+//! Every step is idempotent (the drivers key everything by uuid), so after a
+//! crash at any point the next run re-discovers, re-plans and finishes: an
+//! interrupted create shows as a `creating` object that the planner resumes
+//! with the same uuid; an interrupted delete as a `deleting` one.
+//!
+//! Must not: decide anything the plan did not say. It resolves only the
+//! uuids of objects created earlier in the same run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::file::{self, Change, FileBackend, NewObject};
+use crate::manifest::kinds::Allocation;
+use crate::observe::{Driver, World};
+use crate::plan::{Action, Op, Plan, RecordedKind};
+use crate::state::journal::{Journal, JournalError, Outcome};
+use crate::state::record::{Ledger, RecordedObject};
+
+/// Errors of an apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The plan has errors.
+    #[error("the plan has {0} error(s); nothing was applied")]
+    PlanHasErrors(usize),
+    /// The journal could not be written.
+    #[error("cannot write the journal")]
+    Journal(#[from] JournalError),
+    /// The recorded state could not be written.
+    #[error("cannot write the recorded state")]
+    State(#[from] crate::state::atomic::AtomicError),
+    /// A step failed.
+    #[error("{address}: {message}")]
+    Step {
+        /// The action's address.
+        address: String,
+        /// What failed (the driver's error chain).
+        message: String,
+        /// Steps completed before it.
+        done: usize,
+    },
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Objects created.
+    pub added: usize,
+    /// Objects changed.
+    pub changed: usize,
+    /// Objects destroyed.
+    pub destroyed: usize,
+    /// Objects forgotten.
+    pub forgotten: usize,
+    /// Steps that found nothing to do.
+    pub unchanged: usize,
+}
+
+/// Receives progress, for the CLI to show.
+pub trait Progress {
+    /// A step starts.
+    fn start(&mut self, action: &Action, detail: &str);
+    /// A step ended.
+    fn done(&mut self, action: &Action, changed: bool, elapsed: Duration);
+}
+
+/// Progress that shows nothing.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&mut self, _: &Action, _: &str) {}
+    fn done(&mut self, _: &Action, _: bool, _: Duration) {}
+}
+
+/// Applies `plan` against the back ends of `world`, journalling in
+/// `state_dir` and updating `ledger`. The caller holds the state lock.
+pub fn apply(
+    plan: &Plan,
+    world: &World,
+    state_dir: &Path,
+    ledger: &mut Ledger,
+    progress: &mut dyn Progress,
+) -> Result<Report, ApplyError> {
+    if !plan.errors.is_empty() {
+        return Err(ApplyError::PlanHasErrors(plan.errors.len()));
+    }
+    let mut journal = Journal::open(state_dir)?;
+    let plan_id = Uuid::new_v4();
+    let mut created: BTreeMap<(RecordedKind, String), Uuid> = BTreeMap::new();
+    let mut report = Report::default();
+    for (i, action) in plan.actions.iter().enumerate() {
+        let step = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        // Choose a new object's identity before anything happens, so the
+        // journal names it.
+        let new_uuid = match &action.op {
+            Op::Create { resume, .. } => Some(resume.unwrap_or_else(Uuid::new_v4)),
+            _ => None,
+        };
+        let text = describe(action, new_uuid);
+        let intent = journal.intent(plan_id, step, &text)?;
+        progress.start(action, &text);
+        let started = Instant::now();
+        let result = run(action, new_uuid, world, &created, ledger);
+        match result {
+            Ok(change) => {
+                let changed = change == Change::Changed;
+                journal.outcome(
+                    &intent,
+                    if changed {
+                        Outcome::Changed
+                    } else {
+                        Outcome::Unchanged
+                    },
+                    None,
+                )?;
+                if let (Op::Create { kind, name, .. }, Some(u)) = (&action.op, new_uuid) {
+                    created.insert((*kind, name.clone()), u);
+                }
+                ledger.recorded.last_plan = Some(plan_id);
+                ledger.save(state_dir)?;
+                count(&mut report, action, changed);
+                progress.done(action, changed, started.elapsed());
+            }
+            Err(message) => {
+                journal.outcome(&intent, Outcome::Failed, Some(message.clone()))?;
+                // Keep what earlier steps recorded.
+                ledger.save(state_dir)?;
+                return Err(ApplyError::Step {
+                    address: action.address.clone(),
+                    message,
+                    done: i,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn count(r: &mut Report, a: &Action, changed: bool) {
+    if !changed {
+        r.unchanged += 1;
+        return;
+    }
+    match a.op {
+        Op::Create { .. } => r.added += 1,
+        Op::Extend { .. } | Op::Record { .. } => r.changed += 1,
+        Op::Delete { .. } => r.destroyed += 1,
+        Op::Forget { .. } => r.forgotten += 1,
+    }
+}
+
+/// The journal's words for a step.
+fn describe(a: &Action, uuid: Option<Uuid>) -> String {
+    match &a.op {
+        Op::Create { backend, size, .. } => format!(
+            "create {} id={} on {backend} size={size}",
+            a.address,
+            uuid.map(|u| u.to_string()).unwrap_or_default()
+        ),
+        Op::Extend {
+            uuid, backend, to, ..
+        } => format!("extend {} id={uuid} on {backend} to {to}", a.address),
+        Op::Record {
+            uuid,
+            deletion_policy,
+            ..
+        } => {
+            format!(
+                "record {} id={uuid} deletionPolicy={deletion_policy:?}",
+                a.address
+            )
+        }
+        Op::Delete { uuid, backend, .. } => format!("delete {} id={uuid} on {backend}", a.address),
+        Op::Forget {
+            uuid,
+            backend,
+            gone,
+            ..
+        } => {
+            format!(
+                "forget {} id={uuid} on {backend}{}",
+                a.address,
+                if *gone { " (record only)" } else { "" }
+            )
+        }
+    }
+}
+
+fn file_backend(world: &World, name: &str) -> Result<(FileBackend, Allocation), String> {
+    let view = world
+        .backends
+        .values()
+        .find(|b| b.name.as_str() == name)
+        .ok_or_else(|| format!("back end {name} is not a back end of this host"))?;
+    match &view.driver {
+        Driver::File { root, allocation } => Ok((FileBackend::new(root, name), *allocation)),
+        Driver::Lvm => Err(format!(
+            "back end {name}: LVM is not supported by this version yet"
+        )),
+    }
+}
+
+fn file_alloc(a: Allocation) -> file::Allocation {
+    match a {
+        Allocation::Sparse => file::Allocation::Sparse,
+        Allocation::Preallocated => file::Allocation::Preallocated,
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn run(
+    action: &Action,
+    new_uuid: Option<Uuid>,
+    world: &World,
+    created: &BTreeMap<(RecordedKind, String), Uuid>,
+    ledger: &mut Ledger,
+) -> Result<Change, String> {
+    let err = |e: file::FileError| chain(&e);
+    match &action.op {
+        Op::Create {
+            kind,
+            name,
+            backend,
+            size,
+            source,
+            deletion_policy,
+            ..
+        } => {
+            let uuid = new_uuid.ok_or("no identity")?;
+            let (fb, alloc) = file_backend(world, backend)?;
+            let source_uuid = match source {
+                None => None,
+                Some(s) => Some(
+                    s.uuid
+                        .or_else(|| created.get(&(s.kind, s.name.clone())).copied())
+                        .ok_or_else(|| {
+                            format!("its source {}.{} does not exist", kind_word(s.kind), s.name)
+                        })?,
+                ),
+            };
+            let change = match kind {
+                RecordedKind::Snapshot => {
+                    let vol = source_uuid.ok_or("a snapshot needs its volume")?;
+                    fb.snapshot(vol, uuid, name).map_err(err)?.change
+                }
+                RecordedKind::Volume | RecordedKind::Image => {
+                    let src = match (source, source_uuid) {
+                        (Some(s), Some(u)) => Some(file::SourceRef {
+                            kind: match s.kind {
+                                RecordedKind::Snapshot => file::ObjectKind::Snapshot,
+                                RecordedKind::Volume => file::ObjectKind::Volume,
+                                RecordedKind::Image => file::ObjectKind::Image,
+                            },
+                            uuid: u,
+                        }),
+                        _ => None,
+                    };
+                    let obj_kind = if *kind == RecordedKind::Image {
+                        file::ObjectKind::Image
+                    } else {
+                        file::ObjectKind::Volume
+                    };
+                    fb.create(&NewObject {
+                        uuid,
+                        name,
+                        kind: obj_kind,
+                        size: *size,
+                        allocation: file_alloc(alloc),
+                        source: src,
+                    })
+                    .map_err(err)?
+                    .change
+                }
+            };
+            ledger.recorded.objects.insert(
+                uuid,
+                RecordedObject {
+                    kind: *kind,
+                    name: name.clone(),
+                    backend: backend.clone(),
+                    size: *size,
+                    deletion_policy: *deletion_policy,
+                },
+            );
+            Ok(change)
+        }
+        Op::Extend {
+            uuid, backend, to, ..
+        } => {
+            let (fb, alloc) = file_backend(world, backend)?;
+            let change = fb.extend(*uuid, *to, file_alloc(alloc)).map_err(err)?;
+            if let Some(r) = ledger.recorded.objects.get_mut(uuid) {
+                r.size = *to;
+            }
+            Ok(change)
+        }
+        Op::Record {
+            kind,
+            name,
+            uuid,
+            backend,
+            size,
+            deletion_policy,
+            ..
+        } => {
+            let new = RecordedObject {
+                kind: *kind,
+                name: name.clone(),
+                backend: backend.clone(),
+                size: *size,
+                deletion_policy: *deletion_policy,
+            };
+            let old = ledger.recorded.objects.insert(*uuid, new.clone());
+            Ok(if old.as_ref() == Some(&new) {
+                Change::Unchanged
+            } else {
+                Change::Changed
+            })
+        }
+        Op::Delete { uuid, backend, .. } => {
+            let (fb, _) = file_backend(world, backend)?;
+            let change = fb.delete(*uuid).map_err(err)?;
+            ledger.recorded.objects.remove(uuid);
+            Ok(change)
+        }
+        Op::Forget {
+            uuid,
+            backend,
+            gone,
+            ..
+        } => {
+            let change = if *gone {
+                Change::Changed
+            } else {
+                let (fb, _) = file_backend(world, backend)?;
+                fb.release(*uuid).map_err(err)?
+            };
+            ledger.recorded.objects.remove(uuid);
+            Ok(change)
+        }
+    }
+}
+
+fn kind_word(k: RecordedKind) -> &'static str {
+    match k {
+        RecordedKind::Volume => "volume",
+        RecordedKind::Snapshot => "snapshot",
+        RecordedKind::Image => "image",
+    }
+}

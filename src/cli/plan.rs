@@ -1,0 +1,309 @@
+//! `plan` and `apply`: discover, diff, print Terraform-style, carry out.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::apply::{self, ApplyError, Progress};
+use crate::manifest::{self, ManifestSet};
+use crate::observe::{self, World};
+use crate::plan::{self, Action, Options, Plan, render};
+use crate::state::lock::StateLock;
+use crate::state::record::Ledger;
+
+use super::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub(super) struct PlanArgs {
+    /// Manifest file or directory (repeatable).
+    #[arg(short = 'f', long = "file", value_name = "PATH", default_value = ".")]
+    files: Vec<PathBuf>,
+    /// Print the plan as a JSON document.
+    #[arg(long)]
+    json: bool,
+    /// Save the plan to FILE for `apply FILE` (refused there if the storage
+    /// changed in between).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Exit 0 with no changes, 2 with changes, 3 with changes that destroy
+    /// data, 1 on error.
+    #[arg(long)]
+    detailed_exitcode: bool,
+    /// Recreate, empty, volumes that were deleted outside cinderblock.
+    #[arg(long)]
+    recreate_lost: bool,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ApplyArgs {
+    /// A plan saved with `plan --out`; without it, plan now and apply.
+    plan_file: Option<PathBuf>,
+    /// Manifest file or directory (repeatable; ignored with a saved plan).
+    #[arg(short = 'f', long = "file", value_name = "PATH", default_value = ".")]
+    files: Vec<PathBuf>,
+    /// Apply without asking for confirmation.
+    #[arg(long)]
+    auto_approve: bool,
+    /// Recreate, empty, volumes that were deleted outside cinderblock.
+    #[arg(long)]
+    recreate_lost: bool,
+}
+
+/// A saved plan (`plan --out`).
+#[derive(Serialize, Deserialize)]
+struct SavedPlan {
+    format: String,
+    version: u32,
+    host: String,
+    /// Manifest paths, absolute, to re-read back end configuration.
+    manifests: Vec<PathBuf>,
+    plan: Plan,
+}
+
+const SAVED_FORMAT: &str = "cinderblock.plan";
+const SAVED_VERSION: u32 = 1;
+
+pub(super) fn host_name(g: &GlobalArgs) -> String {
+    g.host.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned())
+    })
+}
+
+/// Loads manifests; prints findings; fails on errors.
+fn load(files: &[PathBuf]) -> anyhow::Result<ManifestSet> {
+    let loaded = manifest::load_paths(files);
+    let mut err = std::io::stderr().lock();
+    for d in &loaded.diagnostics {
+        writeln!(err, "{d}")?;
+    }
+    if loaded.errors() > 0 {
+        bail!(
+            "the manifests have {} error(s); run `cinderblock validate` for details",
+            loaded.errors()
+        );
+    }
+    Ok(loaded.set)
+}
+
+struct Prepared {
+    world: World,
+    ledger: Ledger,
+    plan: Plan,
+}
+
+fn prepare(
+    set: &ManifestSet,
+    g: &GlobalArgs,
+    host: &str,
+    recreate_lost: bool,
+) -> anyhow::Result<Prepared> {
+    let ledger = Ledger::load(&g.state).context("cannot read the recorded state")?;
+    let world = observe::discover(set, host, &g.state);
+    let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
+    Ok(Prepared {
+        world,
+        ledger,
+        plan,
+    })
+}
+
+fn lock(g: &GlobalArgs, command: &str) -> anyhow::Result<StateLock> {
+    Ok(StateLock::acquire(&g.state, command)?)
+}
+
+pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
+    let set = load(&args.files)?;
+    let host = host_name(g);
+    let _lock = lock(g, "plan")?;
+    let p = prepare(&set, g, &host, args.recreate_lost)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &render::json(&p.plan))?;
+        writeln!(out)?;
+    } else {
+        out.write_all(render::text(&p.plan).as_bytes())?;
+    }
+    if let Some(path) = &args.out {
+        let manifests = args
+            .files
+            .iter()
+            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+            .collect();
+        let saved = SavedPlan {
+            format: SAVED_FORMAT.into(),
+            version: SAVED_VERSION,
+            host,
+            manifests,
+            plan: p.plan.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&saved)?;
+        crate::state::atomic::write_atomic(path, &bytes)
+            .with_context(|| format!("cannot save the plan to {}", path.display()))?;
+        if !args.json {
+            writeln!(
+                out,
+                "\nSaved the plan to: {}\nTo perform exactly these actions, run: cinderblock apply {}",
+                path.display(),
+                path.display()
+            )?;
+        }
+    }
+    if !p.plan.errors.is_empty() {
+        return Ok(1);
+    }
+    Ok(if !args.detailed_exitcode || p.plan.actions.is_empty() {
+        0
+    } else if p.plan.destroys_data() {
+        3
+    } else {
+        2
+    })
+}
+
+struct Printer;
+
+impl Progress for Printer {
+    fn start(&mut self, action: &Action, _detail: &str) {
+        let verb = match action.symbol() {
+            "+" => "Creating...",
+            "~" => "Modifying...",
+            "-" => "Destroying...",
+            _ => "Forgetting...",
+        };
+        let _ = writeln!(std::io::stdout().lock(), "{}: {verb}", action.address);
+    }
+    fn done(&mut self, action: &Action, changed: bool, elapsed: Duration) {
+        let verb = match action.symbol() {
+            "+" => "Creation complete",
+            "~" => "Modifications complete",
+            "-" => "Destruction complete",
+            _ => "Forgotten",
+        };
+        let note = if changed {
+            ""
+        } else {
+            " (nothing needed doing)"
+        };
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{}: {verb} after {:.1}s{note}",
+            action.address,
+            elapsed.as_secs_f64()
+        );
+    }
+}
+
+fn confirm() -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    write!(
+        out,
+        "Do you want to perform these actions?\n  cinderblock will perform the actions described above.\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "
+    )?;
+    out.flush()?;
+    drop(out);
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if !std::io::stdin().is_terminal() {
+        writeln!(std::io::stdout().lock())?;
+    }
+    Ok(line.trim() == "yes")
+}
+
+pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32> {
+    let (set, host, saved) = match &args.plan_file {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
+            let saved: SavedPlan = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a saved cinderblock plan", path.display()))?;
+            if saved.format != SAVED_FORMAT || saved.version != SAVED_VERSION {
+                bail!(
+                    "{} is a {} v{} file; this cinderblock applies {SAVED_FORMAT} v{SAVED_VERSION}",
+                    path.display(),
+                    saved.format,
+                    saved.version
+                );
+            }
+            let set = load(&saved.manifests)?;
+            let host = saved.host.clone();
+            (set, host, Some(saved))
+        }
+        None => {
+            let set = load(&args.files)?;
+            (set, host_name(g), None)
+        }
+    };
+    let _lock = lock(g, "apply")?;
+    let mut p = prepare(&set, g, &host, args.recreate_lost)?;
+    let mut out = std::io::stdout().lock();
+    let plan = match saved {
+        Some(s) => {
+            if s.plan.fingerprint != p.plan.fingerprint {
+                bail!(
+                    "the saved plan is stale: the storage changed since it was made (fingerprint {} then, {} now); run `cinderblock plan` again",
+                    s.plan.fingerprint,
+                    p.plan.fingerprint
+                );
+            }
+            s.plan
+        }
+        None => {
+            out.write_all(render::text(&p.plan).as_bytes())?;
+            p.plan.clone()
+        }
+    };
+    if !plan.errors.is_empty() {
+        return Ok(1);
+    }
+    if plan.actions.is_empty() {
+        return Ok(0);
+    }
+    writeln!(out)?;
+    drop(out);
+    if !args.auto_approve && !confirm()? {
+        writeln!(std::io::stdout().lock(), "\nApply cancelled.")?;
+        return Ok(1);
+    }
+    let mut printer = Printer;
+    match apply::apply(&plan, &p.world, &g.state, &mut p.ledger, &mut printer) {
+        Ok(r) => {
+            let mut line = format!(
+                "\nApply complete! Resources: {} added, {} changed, {} destroyed",
+                r.added, r.changed, r.destroyed
+            );
+            if r.forgotten > 0 {
+                line.push_str(&format!(", {} forgotten", r.forgotten));
+            }
+            line.push('.');
+            writeln!(std::io::stdout().lock(), "{line}")?;
+            Ok(0)
+        }
+        Err(ApplyError::Step {
+            address,
+            message,
+            done,
+        }) => {
+            let mut err = std::io::stderr().lock();
+            writeln!(err, "\nError: {address}: {message}")?;
+            writeln!(
+                err,
+                "\nApply stopped after {done} of {} step(s); the completed steps are recorded in {}. Run apply again to finish.",
+                plan.actions.len(),
+                state_journal(&g.state).display()
+            )?;
+            Ok(1)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn state_journal(state: &Path) -> PathBuf {
+    state.join(crate::state::journal::JOURNAL_FILE)
+}

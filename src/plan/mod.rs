@@ -1,0 +1,1063 @@
+//! The planner: a pure function of (desired manifests, observed world,
+//! recorded state) → an ordered list of actions, each with its reason and
+//! data-impact class, plus drift, errors and capacity before → after.
+//!
+//! Invariants: no I/O, no clock, no randomness (new objects get their uuid at
+//! apply time, and the journal keeps it); every map is sorted, so the same
+//! input gives byte-identical output. Each action is fully specified: the
+//! executor makes no decisions. Deletes happen only when every back end was
+//! discovered completely and the manifests declare at least one volume or
+//! snapshot (a failed listing or an empty tree never reads as "delete all").
+
+pub mod capacity;
+pub mod render;
+pub mod schedule;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::manifest::kinds::{DeletionPolicy, VolumeSpec};
+use crate::manifest::values::format_bytes_exact;
+use crate::manifest::{Doc, ManifestSet, Name};
+use crate::observe::{BackendView, Discovery, ObjHealth, ObjKind, Observed, World};
+use crate::state::record::Recorded;
+pub use crate::state::record::RecordedKind;
+
+use capacity::Pool;
+use schedule::{Request, Scheduler};
+
+/// How an action affects data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Impact {
+    /// Only metadata changes.
+    MetadataOnly,
+    /// Storage grows; no data is lost.
+    Grows,
+    /// Data is destroyed.
+    DestroysData,
+}
+
+impl Impact {
+    /// As printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Impact::MetadataOnly => "metadata-only",
+            Impact::Grows => "grows",
+            Impact::DestroysData => "destroys data",
+        }
+    }
+}
+
+/// Where a new object's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    /// A volume or a snapshot.
+    pub kind: RecordedKind,
+    /// Its name.
+    pub name: String,
+    /// Its uuid when it exists already; otherwise it is created earlier in
+    /// the same plan and the executor knows it by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+}
+
+/// One step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "op")]
+pub enum Op {
+    /// Create a volume or snapshot (or finish an interrupted create).
+    Create {
+        /// Volume or snapshot.
+        kind: RecordedKind,
+        /// Manifest name.
+        name: String,
+        /// Back end.
+        backend: String,
+        /// Size in bytes.
+        size: u64,
+        /// Copy from this object (snapshots: their volume).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<SourceRef>,
+        /// Finish the interrupted create of this uuid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Uuid>,
+        /// Deletion policy to record.
+        deletion_policy: DeletionPolicy,
+    },
+    /// Grow a volume.
+    Extend {
+        /// Manifest name.
+        name: String,
+        /// Identity.
+        uuid: Uuid,
+        /// Back end.
+        backend: String,
+        /// Current size.
+        from: u64,
+        /// New size.
+        to: u64,
+    },
+    /// Record an object, or a new deletion policy, in the state directory.
+    Record {
+        /// Volume or snapshot.
+        kind: RecordedKind,
+        /// Manifest name.
+        name: String,
+        /// Identity.
+        uuid: Uuid,
+        /// Back end.
+        backend: String,
+        /// Size.
+        size: u64,
+        /// The recorded policy, when there was a record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<DeletionPolicy>,
+        /// The policy to record.
+        deletion_policy: DeletionPolicy,
+    },
+    /// Destroy an object and its data.
+    Delete {
+        /// Volume or snapshot.
+        kind: RecordedKind,
+        /// Manifest name it had.
+        name: String,
+        /// Identity.
+        uuid: Uuid,
+        /// Back end.
+        backend: String,
+        /// Size.
+        size: u64,
+    },
+    /// Let go of an object, keeping its data (`Retain`), or drop the record
+    /// of one that is gone.
+    Forget {
+        /// Volume or snapshot.
+        kind: RecordedKind,
+        /// Manifest name it had.
+        name: String,
+        /// Identity.
+        uuid: Uuid,
+        /// Back end.
+        backend: String,
+        /// True when the object no longer exists (only the record goes).
+        gone: bool,
+    },
+}
+
+/// One action of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Action {
+    /// `volume.NAME` or `snapshot.NAME`.
+    pub address: String,
+    /// What to do.
+    pub op: Op,
+    /// Why, in words.
+    pub reason: String,
+    /// Data impact.
+    pub impact: Impact,
+}
+
+impl Action {
+    /// Terraform's symbol for the action.
+    pub fn symbol(&self) -> &'static str {
+        match self.op {
+            Op::Create { .. } => "+",
+            Op::Extend { .. } | Op::Record { .. } => "~",
+            Op::Delete { .. } => "-",
+            Op::Forget { .. } => ".",
+        }
+    }
+}
+
+/// Something that changed outside cinderblock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// `volume.NAME`.
+    pub address: String,
+    /// What changed.
+    pub message: String,
+}
+
+/// Capacity of one back end before and after the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityChange {
+    /// Back end.
+    pub backend: String,
+    /// Thin or thick.
+    pub thin: bool,
+    /// Total bytes.
+    pub total: u64,
+    /// Provisioned before.
+    pub provisioned_before: u64,
+    /// Provisioned after.
+    pub provisioned_after: u64,
+    /// Virtual free before (Cinder's formula).
+    pub virtual_free_before: f64,
+    /// Virtual free after.
+    pub virtual_free_after: f64,
+    /// Effective over-subscription ratio (thin).
+    pub ratio: f64,
+}
+
+/// A plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Fingerprint of the observed world the plan was made from.
+    pub fingerprint: String,
+    /// Changes made outside cinderblock.
+    pub drift: Vec<Drift>,
+    /// The steps, in order.
+    pub actions: Vec<Action>,
+    /// Why the plan cannot be applied (any error blocks apply).
+    pub errors: Vec<String>,
+    /// Remarks that do not block (e.g. deletes held back).
+    pub notes: Vec<String>,
+    /// Capacity per back end.
+    pub capacity: Vec<CapacityChange>,
+}
+
+impl Plan {
+    /// Number of (add, change, destroy, forget) actions.
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let mut c = (0, 0, 0, 0);
+        for a in &self.actions {
+            match a.op {
+                Op::Create { .. } => c.0 += 1,
+                Op::Extend { .. } | Op::Record { .. } => c.1 += 1,
+                Op::Delete { .. } => c.2 += 1,
+                Op::Forget { .. } => c.3 += 1,
+            }
+        }
+        c
+    }
+    /// Whether any action destroys data.
+    pub fn destroys_data(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| a.impact == Impact::DestroysData)
+    }
+}
+
+/// Options that change what the planner allows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Recreate, empty, volumes that were deleted outside cinderblock.
+    pub recreate_lost: bool,
+}
+
+struct Found<'a> {
+    backend: &'a BackendView,
+    obj: &'a Observed,
+}
+
+/// Makes the plan.
+#[allow(clippy::too_many_lines)]
+pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options) -> Plan {
+    let mut p = Planner {
+        set,
+        world,
+        recorded,
+        opts,
+        sched: Scheduler::new(&set.scheduler_policy(), world),
+        out: Plan {
+            fingerprint: world.fingerprint(),
+            drift: Vec::new(),
+            actions: Vec::new(),
+            errors: Vec::new(),
+            notes: Vec::new(),
+            capacity: Vec::new(),
+        },
+        found: BTreeMap::new(),
+        planned: BTreeMap::new(),
+    };
+    p.index();
+    p.unsupported();
+    p.volumes();
+    p.snapshots();
+    p.removals();
+    p.capacity();
+    p.out
+}
+
+struct Planner<'a> {
+    set: &'a ManifestSet,
+    world: &'a World,
+    recorded: &'a Recorded,
+    opts: Options,
+    sched: Scheduler<'a>,
+    out: Plan,
+    /// Our objects by (kind, name).
+    found: BTreeMap<(ObjKind, String), Found<'a>>,
+    /// Objects created by this plan: (kind, name) → back end.
+    planned: BTreeMap<(ObjKind, String), String>,
+}
+
+fn addr(kind: ObjKind, name: &str) -> String {
+    format!("{}.{name}", kind.as_str())
+}
+
+impl<'a> Planner<'a> {
+    fn index(&mut self) {
+        let mut seen: BTreeMap<(ObjKind, String), Vec<(&BackendView, &Observed)>> = BTreeMap::new();
+        for b in self.world.backends.values() {
+            match &b.discovery {
+                Discovery::Ok(inv) => {
+                    for o in &inv.objects {
+                        seen.entry((o.kind, o.name.clone())).or_default().push((b, o));
+                    }
+                    if !inv.complete() {
+                        self.out.notes.push(format!(
+                            "back end {} was not fully understood ({}); no deletes in this run",
+                            b.name,
+                            inv.problems.join("; ")
+                        ));
+                    }
+                }
+                Discovery::Failed(e) => self.out.notes.push(format!(
+                    "discovery of back end {} failed: {e}; no deletes in this run, and nothing is placed there",
+                    b.name
+                )),
+            }
+        }
+        for ((kind, name), list) in seen {
+            if list.len() > 1 {
+                let where_: Vec<String> = list
+                    .iter()
+                    .map(|(b, o)| format!("{} on {}", o.uuid, b.name))
+                    .collect();
+                self.out.errors.push(format!(
+                    "{} exists more than once ({}); remove the extra copies by hand or rename them",
+                    addr(kind, &name),
+                    where_.join(", ")
+                ));
+                continue;
+            }
+            let (backend, obj) = list[0];
+            self.found.insert((kind, name), Found { backend, obj });
+        }
+        // Records of objects that are gone.
+        for (uuid, rec) in &self.recorded.objects {
+            let kind: ObjKind = rec.kind.into();
+            let Some(b) = self
+                .world
+                .backends
+                .values()
+                .find(|b| b.name.as_str() == rec.backend)
+            else {
+                continue;
+            };
+            let Some(inv) = b.inventory() else { continue };
+            let present = inv
+                .objects
+                .iter()
+                .any(|o| o.uuid == *uuid && o.health != ObjHealth::DataMissing);
+            if !present && inv.complete() {
+                self.out.drift.push(Drift {
+                    address: addr(kind, &rec.name),
+                    message: format!(
+                        "was deleted outside cinderblock ({uuid} on {}, {} when last applied)",
+                        rec.backend,
+                        format_bytes_exact(rec.size)
+                    ),
+                });
+            }
+        }
+        for f in self.found.values() {
+            let a = addr(f.obj.kind, &f.obj.name);
+            match f.obj.health {
+                ObjHealth::DataMissing => self.out.drift.push(Drift {
+                    address: a,
+                    message: format!(
+                        "its data was removed outside cinderblock ({} on {})",
+                        f.obj.uuid, f.backend.name
+                    ),
+                }),
+                ObjHealth::SizeMismatch { recorded, actual } if actual < recorded => {
+                    self.out.drift.push(Drift {
+                        address: a,
+                        message: format!(
+                            "was truncated outside cinderblock: {} -> {}",
+                            format_bytes_exact(recorded),
+                            format_bytes_exact(actual)
+                        ),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Kinds and fields this version cannot carry out yet are refused, not
+    /// ignored: a plan that silently skipped an export would lie.
+    fn unsupported(&mut self) {
+        for name in self.set.images.keys() {
+            self.out.errors.push(format!(
+                "image.{name}: images are not supported by this version of cinderblock yet"
+            ));
+        }
+        for (name, doc) in &self.set.volumes {
+            if doc.spec.export.is_some() {
+                self.out.errors.push(format!("volume.{name}: exports (spec.export) are not supported by this version of cinderblock yet"));
+            }
+        }
+        for (name, doc) in &self.set.snapshots {
+            if doc.spec.consistency_group.is_some() {
+                self.out.errors.push(format!("snapshot.{name}: group snapshots are not supported by this version of cinderblock yet"));
+            }
+        }
+    }
+
+    fn recorded_policy(&self, uuid: Uuid) -> Option<DeletionPolicy> {
+        self.recorded.objects.get(&uuid).map(|r| r.deletion_policy)
+    }
+
+    fn lost(&self, kind: ObjKind, name: &str) -> Option<(Uuid, &str)> {
+        self.recorded.objects.iter().find_map(|(u, r)| {
+            (ObjKind::from(r.kind) == kind
+                && r.name == name
+                && !self.found.contains_key(&(kind, name.to_owned())))
+            .then_some((*u, r.backend.as_str()))
+        })
+    }
+
+    fn record_if_needed(
+        &mut self,
+        kind: ObjKind,
+        name: &str,
+        f_uuid: Uuid,
+        backend: &str,
+        size: u64,
+        policy: DeletionPolicy,
+    ) {
+        let previous = self.recorded_policy(f_uuid);
+        if previous == Some(policy) {
+            return;
+        }
+        let reason = match previous {
+            None => {
+                "the state directory has no record of it (new state directory, or it was adopted)"
+                    .to_owned()
+            }
+            Some(old) => format!("deletionPolicy changed: {old:?} -> {policy:?}"),
+        };
+        self.out.actions.push(Action {
+            address: addr(kind, name),
+            op: Op::Record {
+                kind: kind.into(),
+                name: name.to_owned(),
+                uuid: f_uuid,
+                backend: backend.to_owned(),
+                size,
+                previous,
+                deletion_policy: policy,
+            },
+            reason,
+            impact: Impact::MetadataOnly,
+        });
+    }
+
+    /// Volumes in dependency order: sources first.
+    fn volume_order(&self) -> Vec<&'a Name> {
+        let set = self.set;
+        let mut depth: BTreeMap<&Name, usize> = BTreeMap::new();
+        fn d<'s>(
+            set: &'s ManifestSet,
+            n: &'s Name,
+            depth: &mut BTreeMap<&'s Name, usize>,
+            guard: usize,
+        ) -> usize {
+            if let Some(v) = depth.get(n) {
+                return *v;
+            }
+            let Some(doc) = set.volumes.get(n) else {
+                return 0;
+            };
+            let parent = doc.spec.source.as_ref().and_then(|s| {
+                s.volume.as_ref().or_else(|| {
+                    s.snapshot
+                        .as_ref()
+                        .and_then(|sn| set.snapshots.get(sn)?.spec.volume.as_ref())
+                })
+            });
+            let v = match parent {
+                Some(p) if guard < 64 && p != n => d(set, p, depth, guard + 1) + 1,
+                _ => 0,
+            };
+            depth.insert(n, v);
+            v
+        }
+        for n in set.volumes.keys() {
+            d(set, n, &mut depth, 0);
+        }
+        let mut names: Vec<&Name> = set.volumes.keys().collect();
+        names.sort_by_key(|n| (depth.get(n).copied().unwrap_or(0), *n));
+        names
+    }
+
+    fn volumes(&mut self) {
+        for name in self.volume_order() {
+            let doc = &self.set.volumes[name];
+            self.volume(name, doc);
+        }
+    }
+
+    fn request(set: &'a ManifestSet, doc: &'a Doc<VolumeSpec>) -> Request<'a> {
+        let zone = doc.spec.availability_zone.as_deref().or_else(|| {
+            doc.spec
+                .consistency_group
+                .as_ref()
+                .and_then(|g| set.consistency_groups.get(g))
+                .and_then(|g| g.spec.availability_zone.as_deref())
+        });
+        Request {
+            size: doc.spec.size.bytes(),
+            zone,
+            extra_specs: doc
+                .spec
+                .volume_type
+                .as_ref()
+                .and_then(|t| set.volume_types.get(t))
+                .map(|t| &t.spec.extra_specs),
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn volume(&mut self, name: &Name, doc: &'a Doc<VolumeSpec>) {
+        let key = (ObjKind::Volume, name.as_str().to_owned());
+        let a = addr(ObjKind::Volume, name.as_str());
+        let policy = doc.spec.deletion_policy;
+        if let Some(f) = self.found.get(&key) {
+            let (backend, obj) = (f.backend, f.obj);
+            let bname = backend.name.as_str().to_owned();
+            if let Some(pin) = &doc.spec.backend
+                && pin != &backend.name
+            {
+                self.out.errors.push(format!(
+                    "{a}: spec.backend is {pin} but the volume lives on {bname}; moving it is a migration, which this version of cinderblock does not support yet (set spec.backend back to {bname})"
+                ));
+                return;
+            }
+            let want = round_up(doc.spec.size.bytes(), backend.extent);
+            match obj.health {
+                ObjHealth::Creating => {
+                    self.push_create(
+                        ObjKind::Volume,
+                        name.as_str(),
+                        &bname,
+                        want,
+                        self.source_of(doc, &bname),
+                        Some(obj.uuid),
+                        policy,
+                        "an earlier create was interrupted; it is finished with the same identity"
+                            .into(),
+                    );
+                    return;
+                }
+                ObjHealth::Deleting => {
+                    self.out.errors.push(format!("{a}: an earlier delete of {} on {bname} was interrupted, but the manifests still declare it; remove the manifest to let the delete finish, or restore the volume from a backup", obj.uuid));
+                    return;
+                }
+                ObjHealth::DataMissing => {
+                    self.out.errors.push(format!("{a}: its data on {bname} ({}) is gone; restore it from a backup, or remove the manifest", obj.uuid));
+                    return;
+                }
+                ObjHealth::Ready | ObjHealth::SizeMismatch { .. } => {}
+            }
+            let have = match obj.health {
+                ObjHealth::SizeMismatch { actual, recorded } => actual.max(recorded),
+                _ => obj.size,
+            };
+            if want < have {
+                self.out.errors.push(format!(
+                    "{a}: cannot shrink from {} to {}: shrinking a volume destroys data; set spec.size back to at least {}",
+                    format_bytes_exact(have),
+                    format_bytes_exact(want),
+                    format_bytes_exact(have)
+                ));
+            } else if want > have || matches!(obj.health, ObjHealth::SizeMismatch { .. }) {
+                let growth = want - obj.size.min(want);
+                if let Some(pool) = self.sched.pool(&backend.name)
+                    && let Some(why) = pool.admit(growth).reason
+                    && growth > 0
+                {
+                    self.out.errors.push(format!(
+                        "{a}: cannot extend to {} on {bname}: {why}",
+                        format_bytes_exact(want)
+                    ));
+                } else {
+                    self.sched.grow(&backend.name, growth);
+                    let note = if want % backend.extent == 0 && want == doc.spec.size.bytes() {
+                        String::new()
+                    } else {
+                        format!(" (rounded up to {})", format_bytes_exact(want))
+                    };
+                    self.out.actions.push(Action {
+                        address: a.clone(),
+                        op: Op::Extend {
+                            name: name.as_str().to_owned(),
+                            uuid: obj.uuid,
+                            backend: bname.clone(),
+                            from: obj.size,
+                            to: want,
+                        },
+                        reason: if want > have {
+                            format!(
+                                "spec.size grew from {} to {}{note}",
+                                format_bytes_exact(have),
+                                doc.spec.size
+                            )
+                        } else {
+                            "an earlier extend was interrupted; it is finished".into()
+                        },
+                        impact: Impact::Grows,
+                    });
+                }
+            }
+            self.record_if_needed(
+                ObjKind::Volume,
+                name.as_str(),
+                obj.uuid,
+                &bname,
+                want.max(have),
+                policy,
+            );
+            return;
+        }
+        if let Some((uuid, backend)) = self.lost(ObjKind::Volume, name.as_str())
+            && !self.opts.recreate_lost
+        {
+            self.out.errors.push(format!(
+                "{a}: the volume ({uuid} on {backend}) was deleted outside cinderblock; restore it from a backup, remove its manifest, or plan with --recreate-lost to create it again, empty"
+            ));
+            return;
+        }
+        // A new volume: where?
+        let req = Self::request(self.set, doc);
+        let source = doc.spec.source.as_ref();
+        if source.is_some_and(|s| s.image.is_some() || s.backup.is_some()) {
+            self.out.errors.push(format!("{a}: volumes from images or backups are not supported by this version of cinderblock yet"));
+            return;
+        }
+        let source_backend = source.and_then(|s| {
+            if let Some(v) = &s.volume {
+                return Some(self.backend_of(ObjKind::Volume, v.as_str()));
+            }
+            let snap = s.snapshot.as_ref()?;
+            Some(self.backend_of(ObjKind::Snapshot, snap.as_str()))
+        });
+        let chosen: String = if let Some(src) = source_backend {
+            let Some(sb) = src else {
+                self.out.errors.push(format!(
+                    "{a}: its source does not exist and is not created by this plan"
+                ));
+                return;
+            };
+            // Copies stay on the source's back end (as Cinder's drivers do).
+            if let Some(pin) = &doc.spec.backend
+                && pin.as_str() != sb
+            {
+                self.out.errors.push(format!("{a}: spec.backend is {pin} but its source lives on {sb}; a copy is made on the source's back end"));
+                return;
+            }
+            let Some(bn) = self
+                .world
+                .backends
+                .keys()
+                .find(|k| k.as_str() == sb)
+                .cloned()
+            else {
+                return;
+            };
+            if let Err(why) = self.sched.check(&bn, &req) {
+                self.out.errors.push(format!(
+                    "{a}: cannot be created on {sb}, where its source lives:{}",
+                    schedule::explain(&vec![(bn, why)])
+                ));
+                return;
+            }
+            self.sched.commit(&bn, req.size);
+            sb
+        } else if let Some(pin) = &doc.spec.backend {
+            if !self.world.backends.contains_key(pin) {
+                // Pinned to another host's back end: that host's business.
+                return;
+            }
+            if let Err(why) = self.sched.check(pin, &req) {
+                self.out.errors.push(format!(
+                    "{a}: cannot be placed on its pinned back end:{}",
+                    schedule::explain(&vec![(pin.clone(), why)])
+                ));
+                return;
+            }
+            self.sched.commit(pin, req.size);
+            pin.as_str().to_owned()
+        } else {
+            match self.sched.place(&req, None) {
+                Ok(b) => b.as_str().to_owned(),
+                Err(rej) => {
+                    self.out.errors.push(format!(
+                        "{a}: no back end can take it ({}):{}",
+                        format_bytes_exact(req.size),
+                        schedule::explain(&rej)
+                    ));
+                    return;
+                }
+            }
+        };
+        let extent = self
+            .world
+            .backends
+            .values()
+            .find(|b| b.name.as_str() == chosen)
+            .map_or(1, |b| b.extent);
+        let size = round_up(req.size, extent);
+        let source_ref = self.source_of(doc, &chosen);
+        let why = match (&source_ref, doc.spec.backend.is_some()) {
+            (Some(s), _) => format!(
+                "it is declared and does not exist; copied from {} {}",
+                kind_word(s.kind),
+                s.name
+            ),
+            (None, true) => "it is declared and does not exist; pinned to its back end".to_owned(),
+            (None, false) => {
+                "it is declared and does not exist; placed by the scheduler".to_owned()
+            }
+        };
+        self.push_create(
+            ObjKind::Volume,
+            name.as_str(),
+            &chosen,
+            size,
+            source_ref,
+            None,
+            policy,
+            why,
+        );
+    }
+
+    fn backend_of(&self, kind: ObjKind, name: &str) -> Option<String> {
+        let key = (kind, name.to_owned());
+        if let Some(f) = self.found.get(&key) {
+            return Some(f.backend.name.as_str().to_owned());
+        }
+        self.planned.get(&key).cloned()
+    }
+
+    fn source_of(&self, doc: &Doc<VolumeSpec>, _backend: &str) -> Option<SourceRef> {
+        let s = doc.spec.source.as_ref()?;
+        let (kind, name) = if let Some(v) = &s.volume {
+            (ObjKind::Volume, v.as_str())
+        } else {
+            (ObjKind::Snapshot, s.snapshot.as_ref()?.as_str())
+        };
+        let uuid = self.found.get(&(kind, name.to_owned())).map(|f| f.obj.uuid);
+        Some(SourceRef {
+            kind: kind.into(),
+            name: name.to_owned(),
+            uuid,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_create(
+        &mut self,
+        kind: ObjKind,
+        name: &str,
+        backend: &str,
+        size: u64,
+        source: Option<SourceRef>,
+        resume: Option<Uuid>,
+        policy: DeletionPolicy,
+        reason: String,
+    ) {
+        self.planned
+            .insert((kind, name.to_owned()), backend.to_owned());
+        self.out.actions.push(Action {
+            address: addr(kind, name),
+            op: Op::Create {
+                kind: kind.into(),
+                name: name.to_owned(),
+                backend: backend.to_owned(),
+                size,
+                source,
+                resume,
+                deletion_policy: policy,
+            },
+            reason,
+            impact: Impact::Grows,
+        });
+    }
+
+    fn snapshots(&mut self) {
+        for (name, doc) in &self.set.snapshots {
+            let key = (ObjKind::Snapshot, name.as_str().to_owned());
+            let a = addr(ObjKind::Snapshot, name.as_str());
+            let policy = doc.spec.deletion_policy;
+            let Some(vol) = &doc.spec.volume else {
+                continue;
+            };
+            if let Some(f) = self.found.get(&key) {
+                let (obj, bname) = (f.obj, f.backend.name.as_str().to_owned());
+                match obj.health {
+                    ObjHealth::Creating => {
+                        let src = self.snapshot_source(vol.as_str());
+                        self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), policy,
+                            "an earlier create was interrupted; it is finished with the same identity".into());
+                    }
+                    ObjHealth::Deleting | ObjHealth::DataMissing => self.out.errors.push(format!(
+                        "{a}: its data on {bname} ({}) is gone or half deleted, but the manifests still declare it; remove the manifest", obj.uuid)),
+                    ObjHealth::Ready | ObjHealth::SizeMismatch { .. } => {
+                        self.record_if_needed(ObjKind::Snapshot, name.as_str(), obj.uuid, &bname, obj.size, policy);
+                    }
+                }
+                continue;
+            }
+            if let Some((uuid, backend)) = self.lost(ObjKind::Snapshot, name.as_str()) {
+                self.out.errors.push(format!(
+                    "{a}: the snapshot ({uuid} on {backend}) was deleted outside cinderblock; a new one would hold today's data, not the old point in time: remove the manifest, or give the new snapshot another name"
+                ));
+                continue;
+            }
+            let Some(backend) = self.backend_of(ObjKind::Volume, vol.as_str()) else {
+                self.out.errors.push(format!(
+                    "{a}: volume.{vol} does not exist and is not created by this plan"
+                ));
+                continue;
+            };
+            let size = self
+                .found
+                .get(&(ObjKind::Volume, vol.as_str().to_owned()))
+                .map(|f| f.obj.size)
+                .or_else(|| self.set.volumes.get(vol).map(|v| v.spec.size.bytes()))
+                .unwrap_or(0);
+            if let Some(bn) = self
+                .world
+                .backends
+                .keys()
+                .find(|k| k.as_str() == backend)
+                .cloned()
+            {
+                if let Some(why) = self.sched.pool(&bn).and_then(|p| p.admit(size).reason) {
+                    self.out
+                        .errors
+                        .push(format!("{a}: no room on {backend}: {why}"));
+                    continue;
+                }
+                self.sched.grow(&bn, size);
+            }
+            let src = self.snapshot_source(vol.as_str());
+            self.push_create(
+                ObjKind::Snapshot,
+                name.as_str(),
+                &backend,
+                size,
+                src,
+                None,
+                policy,
+                format!("it is declared and does not exist; a point-in-time copy of volume.{vol}"),
+            );
+        }
+    }
+
+    fn snapshot_source(&self, vol: &str) -> Option<SourceRef> {
+        let uuid = self
+            .found
+            .get(&(ObjKind::Volume, vol.to_owned()))
+            .map(|f| f.obj.uuid);
+        Some(SourceRef {
+            kind: RecordedKind::Volume,
+            name: vol.to_owned(),
+            uuid,
+        })
+    }
+
+    /// Objects of ours that no manifest declares any more.
+    fn removals(&mut self) {
+        let declared: BTreeSet<(ObjKind, String)> = self
+            .set
+            .volumes
+            .keys()
+            .map(|n| (ObjKind::Volume, n.as_str().to_owned()))
+            .chain(
+                self.set
+                    .snapshots
+                    .keys()
+                    .map(|n| (ObjKind::Snapshot, n.as_str().to_owned())),
+            )
+            .collect();
+        let may_delete = self.world.complete()
+            && !(self.set.volumes.is_empty() && self.set.snapshots.is_empty());
+        let mut held = 0usize;
+        let mut deletes = Vec::new();
+        let mut forgets = Vec::new();
+        for ((kind, name), f) in &self.found {
+            if *kind == ObjKind::Image || declared.contains(&(*kind, name.clone())) {
+                continue;
+            }
+            let a = addr(*kind, name);
+            let bname = f.backend.name.as_str().to_owned();
+            let policy = self.recorded_policy(f.obj.uuid).unwrap_or_default();
+            let interrupted_delete = f.obj.health == ObjHealth::Deleting;
+            if policy == DeletionPolicy::Retain && !interrupted_delete {
+                forgets.push(Action {
+                    address: a,
+                    op: Op::Forget { kind: (*kind).into(), name: name.clone(), uuid: f.obj.uuid, backend: bname.clone(), gone: false },
+                    reason: format!(
+                        "its manifest was removed and its deletionPolicy is Retain: the data stays on {bname} as {}-{}, no longer managed",
+                        kind.as_str(), f.obj.uuid
+                    ),
+                    impact: Impact::MetadataOnly,
+                });
+                continue;
+            }
+            if !may_delete {
+                held += 1;
+                continue;
+            }
+            if *kind == ObjKind::Volume {
+                let children: Vec<&str> = self
+                    .found
+                    .values()
+                    .filter(|c| c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(f.obj.uuid))
+                    .filter(|c| {
+                        declared.contains(&(ObjKind::Snapshot, c.obj.name.clone()))
+                            || self.recorded_policy(c.obj.uuid).unwrap_or_default()
+                                == DeletionPolicy::Retain
+                    })
+                    .map(|c| c.obj.name.as_str())
+                    .collect();
+                if !children.is_empty() {
+                    self.out.errors.push(format!(
+                        "{a}: cannot be deleted while it has snapshots ({}); delete them first (deletionPolicy: Delete and remove their manifests)",
+                        children.iter().map(|c| format!("snapshot.{c}")).collect::<Vec<_>>().join(", ")
+                    ));
+                    continue;
+                }
+            }
+            let reason = if interrupted_delete {
+                "an earlier delete was interrupted; it is finished".to_owned()
+            } else {
+                "its manifest was removed and its deletionPolicy is Delete".to_owned()
+            };
+            deletes.push(Action {
+                address: a,
+                op: Op::Delete {
+                    kind: (*kind).into(),
+                    name: name.clone(),
+                    uuid: f.obj.uuid,
+                    backend: bname.clone(),
+                    size: f.obj.size,
+                },
+                reason,
+                impact: Impact::DestroysData,
+            });
+            if let Some(bn) = self
+                .world
+                .backends
+                .keys()
+                .find(|k| k.as_str() == bname)
+                .cloned()
+            {
+                self.sched
+                    .release(&bn, f.obj.size, *kind == ObjKind::Volume);
+            }
+        }
+        // Records of objects that are gone and no longer declared.
+        for (uuid, rec) in &self.recorded.objects {
+            let kind: ObjKind = rec.kind.into();
+            if declared.contains(&(kind, rec.name.clone()))
+                || self.found.values().any(|f| f.obj.uuid == *uuid)
+            {
+                continue;
+            }
+            let Some(b) = self
+                .world
+                .backends
+                .values()
+                .find(|b| b.name.as_str() == rec.backend)
+            else {
+                continue;
+            };
+            if !b
+                .inventory()
+                .is_some_and(crate::observe::Inventory::complete)
+            {
+                continue;
+            }
+            forgets.push(Action {
+                address: addr(kind, &rec.name),
+                op: Op::Forget { kind: rec.kind, name: rec.name.clone(), uuid: *uuid, backend: rec.backend.clone(), gone: true },
+                reason: "it was deleted outside cinderblock and its manifest was removed; only the record goes".into(),
+                impact: Impact::MetadataOnly,
+            });
+        }
+        if held > 0 {
+            let why = if self.world.complete() {
+                "the manifests declare no volumes and no snapshots (an empty manifest tree never deletes anything)"
+            } else {
+                "discovery was incomplete (a failed listing never reads as \"delete all\")"
+            };
+            self.out
+                .notes
+                .push(format!("{held} delete(s) held back: {why}"));
+        }
+        // Snapshots go before the volumes they were taken of.
+        deletes.sort_by_key(|a| match &a.op {
+            Op::Delete {
+                kind: RecordedKind::Snapshot,
+                ..
+            } => 0,
+            _ => 1,
+        });
+        self.out.actions.extend(forgets);
+        self.out.actions.extend(deletes);
+    }
+
+    fn capacity(&mut self) {
+        for (name, b) in &self.world.backends {
+            let Some(inv) = b.inventory() else { continue };
+            let before = Pool {
+                total: inv.capacity.total,
+                free: inv.capacity.free,
+                provisioned: inv.capacity.provisioned,
+                thin: b.thin,
+                ratio: b.ratio,
+                reserved_percentage: b.reserved_percentage,
+            };
+            let after = self.sched.pool(name).unwrap_or(before);
+            self.out.capacity.push(CapacityChange {
+                backend: name.as_str().to_owned(),
+                thin: b.thin,
+                total: before.total,
+                provisioned_before: before.provisioned,
+                provisioned_after: after.provisioned,
+                virtual_free_before: before.virtual_free(),
+                virtual_free_after: after.virtual_free(),
+                ratio: before.effective_ratio(),
+            });
+        }
+    }
+}
+
+fn kind_word(k: RecordedKind) -> &'static str {
+    match k {
+        RecordedKind::Volume => "volume",
+        RecordedKind::Snapshot => "snapshot",
+        RecordedKind::Image => "image",
+    }
+}
+
+/// Rounds `bytes` up to a multiple of `extent`.
+pub fn round_up(bytes: u64, extent: u64) -> u64 {
+    if extent <= 1 {
+        return bytes;
+    }
+    bytes.div_ceil(extent).saturating_mul(extent)
+}

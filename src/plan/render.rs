@@ -1,0 +1,311 @@
+//! Plan output: Terraform's grammar in text, and a machine document in JSON.
+//!
+//! Text: drift first under `Note: Objects have changed outside of
+//! cinderblock`, then one block per action with its `# ADDRESS will be …`
+//! header, `# (because …)` reason, symbol, attributes (`old -> new`) and data
+//! impact, then capacity per back end before → after, notes, errors and the
+//! summary line `Plan: N to add, M to change, K to destroy, F to forget.`
+//! (`No changes. Storage matches the manifests.` when empty). Pure: the same
+//! plan renders to the same bytes.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::capacity::human;
+use super::{Action, Op, Plan, RecordedKind};
+use crate::manifest::values::format_bytes_exact;
+
+fn kind_word(k: RecordedKind) -> &'static str {
+    match k {
+        RecordedKind::Volume => "volume",
+        RecordedKind::Snapshot => "snapshot",
+        RecordedKind::Image => "image",
+    }
+}
+
+/// The plan as text.
+pub fn text(plan: &Plan) -> String {
+    let mut s = String::new();
+    if !plan.drift.is_empty() {
+        s.push_str("Note: Objects have changed outside of cinderblock\n\n");
+        for d in &plan.drift {
+            let _ = writeln!(s, "  # {} {}", d.address, d.message);
+        }
+        s.push('\n');
+        s.push_str(&"─".repeat(77));
+        s.push_str("\n\n");
+    }
+    if !plan.actions.is_empty() {
+        s.push_str("cinderblock will perform the following actions:\n\n");
+        for a in &plan.actions {
+            action(&mut s, a);
+            s.push('\n');
+        }
+    }
+    if !plan.capacity.is_empty() && (!plan.actions.is_empty() || !plan.errors.is_empty()) {
+        s.push_str("Capacity (provisioned; virtual free by Cinder's formula):\n");
+        let width = plan
+            .capacity
+            .iter()
+            .map(|c| c.backend.len())
+            .max()
+            .unwrap_or(0);
+        for c in &plan.capacity {
+            #[allow(clippy::cast_precision_loss)]
+            let prov = if c.provisioned_before == c.provisioned_after {
+                human(c.provisioned_before as f64)
+            } else {
+                format!(
+                    "{} -> {}",
+                    human(c.provisioned_before as f64),
+                    human(c.provisioned_after as f64)
+                )
+            };
+            let vfree = if (c.virtual_free_before - c.virtual_free_after).abs() < 0.5 {
+                human(c.virtual_free_before)
+            } else {
+                format!(
+                    "{} -> {}",
+                    human(c.virtual_free_before),
+                    human(c.virtual_free_after)
+                )
+            };
+            #[allow(clippy::cast_precision_loss)]
+            let total = human(c.total as f64);
+            let kind = if c.thin {
+                format!("thin, ratio {}", trim(c.ratio))
+            } else {
+                "thick".to_owned()
+            };
+            let _ = writeln!(
+                s,
+                "  {:<width$}  {prov} of {total} ({kind}); virtual free {vfree}",
+                c.backend
+            );
+        }
+        s.push('\n');
+    }
+    for n in &plan.notes {
+        let _ = writeln!(s, "Note: {n}");
+    }
+    if !plan.notes.is_empty() {
+        s.push('\n');
+    }
+    for e in &plan.errors {
+        let _ = writeln!(s, "Error: {e}");
+    }
+    if !plan.errors.is_empty() {
+        s.push('\n');
+    }
+    s.push_str(&summary(plan));
+    s.push('\n');
+    s
+}
+
+/// The summary line.
+pub fn summary(plan: &Plan) -> String {
+    if plan.actions.is_empty() {
+        return if plan.errors.is_empty() {
+            "No changes. Storage matches the manifests.".to_owned()
+        } else {
+            format!(
+                "Plan failed: {} error(s); nothing can be applied.",
+                plan.errors.len()
+            )
+        };
+    }
+    let (add, change, destroy, forget) = plan.counts();
+    let mut line = format!("Plan: {add} to add, {change} to change, {destroy} to destroy");
+    if forget > 0 {
+        let _ = write!(line, ", {forget} to forget");
+    }
+    line.push('.');
+    if !plan.errors.is_empty() {
+        let _ = write!(line, " Not applicable: {} error(s).", plan.errors.len());
+    }
+    line
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn action(s: &mut String, a: &Action) {
+    let (verb, kind, name) = match &a.op {
+        Op::Create {
+            kind, name, resume, ..
+        } => (
+            if resume.is_some() {
+                "will be created (resumed)"
+            } else {
+                "will be created"
+            },
+            *kind,
+            name,
+        ),
+        Op::Extend { name, .. } => ("will be updated in-place", RecordedKind::Volume, name),
+        Op::Record { kind, name, .. } => ("will be updated in-place", *kind, name),
+        Op::Delete { kind, name, .. } => ("will be destroyed", *kind, name),
+        Op::Forget { kind, name, .. } => ("will be forgotten", *kind, name),
+    };
+    let _ = writeln!(s, "  # {} {verb}", a.address);
+    let _ = writeln!(s, "  # (because {})", a.reason);
+    let sym = a.symbol();
+    let _ = writeln!(s, "  {sym} {} {name:?} {{", kind_word(kind));
+    let mut attrs: Vec<(String, String, String)> = Vec::new(); // (mark, key, value)
+    match &a.op {
+        Op::Create {
+            backend,
+            size,
+            source,
+            resume,
+            ..
+        } => {
+            attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push(("+".into(), "size".into(), format_bytes_exact(*size)));
+            if let Some(src) = source {
+                attrs.push((
+                    "+".into(),
+                    "source".into(),
+                    format!("{}.{}", kind_word(src.kind), src.name),
+                ));
+            }
+            if let Some(u) = resume {
+                attrs.push((" ".into(), "id".into(), u.to_string()));
+            }
+        }
+        Op::Extend {
+            uuid,
+            backend,
+            from,
+            to,
+            ..
+        } => {
+            attrs.push((
+                "~".into(),
+                "size".into(),
+                format!(
+                    "{} -> {}",
+                    format_bytes_exact(*from),
+                    format_bytes_exact(*to)
+                ),
+            ));
+            attrs.push((" ".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push((" ".into(), "id".into(), uuid.to_string()));
+        }
+        Op::Record {
+            uuid,
+            previous,
+            deletion_policy,
+            ..
+        } => {
+            let v = match previous {
+                Some(p) => format!("{p:?} -> {deletion_policy:?}"),
+                None => format!("(none) -> {deletion_policy:?}"),
+            };
+            attrs.push(("~".into(), "deletionPolicy".into(), v));
+            attrs.push((" ".into(), "id".into(), uuid.to_string()));
+        }
+        Op::Delete {
+            uuid,
+            backend,
+            size,
+            ..
+        } => {
+            attrs.push(("-".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push(("-".into(), "size".into(), format_bytes_exact(*size)));
+            attrs.push((" ".into(), "id".into(), uuid.to_string()));
+        }
+        Op::Forget {
+            uuid,
+            backend,
+            gone,
+            ..
+        } => {
+            attrs.push((" ".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push((" ".into(), "id".into(), uuid.to_string()));
+            if *gone {
+                attrs.push((" ".into(), "data".into(), "(already gone)".into()));
+            } else {
+                attrs.push((" ".into(), "data".into(), "(kept)".into()));
+            }
+        }
+    }
+    let width = attrs.iter().map(|(_, k, _)| k.len()).max().unwrap_or(0);
+    for (mark, key, value) in attrs {
+        let _ = writeln!(s, "      {mark} {key:<width$} = {value}");
+    }
+    let _ = writeln!(s, "    }}");
+    let _ = writeln!(s, "    impact: {}", a.impact.as_str());
+}
+
+/// The machine-readable plan document (`plan --json`).
+#[derive(Serialize)]
+pub struct JsonPlan<'a> {
+    format_version: &'static str,
+    fingerprint: &'a str,
+    drift: &'a [super::Drift],
+    resource_changes: Vec<JsonChange<'a>>,
+    capacity: &'a [super::CapacityChange],
+    notes: &'a [String],
+    errors: &'a [String],
+    summary: JsonSummary,
+}
+
+#[derive(Serialize)]
+struct JsonChange<'a> {
+    address: &'a str,
+    action: &'static str,
+    impact: &'static str,
+    reason: &'a str,
+    change: &'a Op,
+}
+
+#[derive(Serialize)]
+struct JsonSummary {
+    add: usize,
+    change: usize,
+    destroy: usize,
+    forget: usize,
+    destroys_data: bool,
+    applicable: bool,
+}
+
+/// The plan as a JSON document.
+pub fn json(plan: &Plan) -> JsonPlan<'_> {
+    let (add, change, destroy, forget) = plan.counts();
+    JsonPlan {
+        format_version: "1.0",
+        fingerprint: &plan.fingerprint,
+        drift: &plan.drift,
+        resource_changes: plan
+            .actions
+            .iter()
+            .map(|a| JsonChange {
+                address: &a.address,
+                action: match a.op {
+                    Op::Create { .. } => "create",
+                    Op::Extend { .. } | Op::Record { .. } => "update",
+                    Op::Delete { .. } => "delete",
+                    Op::Forget { .. } => "forget",
+                },
+                impact: a.impact.as_str(),
+                reason: &a.reason,
+                change: &a.op,
+            })
+            .collect(),
+        capacity: &plan.capacity,
+        notes: &plan.notes,
+        errors: &plan.errors,
+        summary: JsonSummary {
+            add,
+            change,
+            destroy,
+            forget,
+            destroys_data: plan.destroys_data(),
+            applicable: plan.errors.is_empty(),
+        },
+    }
+}

@@ -1,0 +1,119 @@
+//! The recorded state: what cinderblock created and the deletion policy it
+//! was last applied with, per object identity.
+//!
+//! Identity and placement also live on the back ends (sidecars, LV tags); this
+//! record adds what the host cannot tell: the `deletionPolicy` in force when
+//! the object was last applied (the manifest is gone when it matters), and
+//! which objects existed (so one removed outside cinderblock is reported as
+//! lost instead of silently recreated empty). Losing it is safe: every
+//! object then counts as `Retain` and the next plan records it again.
+//!
+//! Stored as `state.json` in the state directory through [`super::atomic`]
+//! (versioned envelope, generation never going backwards).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::atomic::{self, AtomicError};
+use crate::manifest::kinds::DeletionPolicy;
+use crate::observe::ObjKind;
+
+/// File name in the state directory.
+pub const STATE_FILE: &str = "state.json";
+/// Version of the payload this build reads and writes.
+pub const STATE_VERSION: u32 = 1;
+
+/// One object cinderblock created (or adopted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordedObject {
+    /// Volume, snapshot or image.
+    pub kind: RecordedKind,
+    /// The manifest name.
+    pub name: String,
+    /// The back end (manifest name) holding it.
+    pub backend: String,
+    /// Logical size in bytes when last applied.
+    pub size: u64,
+    /// The deletion policy it was last applied with.
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Kinds as persisted (kept separate from in-memory enums on purpose: this is
+/// a file format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordedKind {
+    /// A volume.
+    Volume,
+    /// A snapshot.
+    Snapshot,
+    /// An image-volume.
+    Image,
+}
+
+impl From<ObjKind> for RecordedKind {
+    fn from(k: ObjKind) -> Self {
+        match k {
+            ObjKind::Volume => RecordedKind::Volume,
+            ObjKind::Snapshot => RecordedKind::Snapshot,
+            ObjKind::Image => RecordedKind::Image,
+        }
+    }
+}
+
+impl From<RecordedKind> for ObjKind {
+    fn from(k: RecordedKind) -> Self {
+        match k {
+            RecordedKind::Volume => ObjKind::Volume,
+            RecordedKind::Snapshot => ObjKind::Snapshot,
+            RecordedKind::Image => ObjKind::Image,
+        }
+    }
+}
+
+/// The whole record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Recorded {
+    /// Objects by identity.
+    #[serde(default)]
+    pub objects: BTreeMap<Uuid, RecordedObject>,
+    /// Id of the last plan applied, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_plan: Option<Uuid>,
+}
+
+/// The record as loaded, with the generation to write next.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    /// The record.
+    pub recorded: Recorded,
+    /// Generation of what was loaded (0 when there was no file).
+    pub generation: u64,
+}
+
+impl Ledger {
+    /// Loads `DIR/state.json` (an empty record when absent).
+    pub fn load(dir: &Path) -> Result<Ledger, AtomicError> {
+        let path = dir.join(STATE_FILE);
+        Ok(match atomic::load::<Recorded>(&path, STATE_VERSION)? {
+            Some(env) => Ledger {
+                recorded: env.payload,
+                generation: env.generation,
+            },
+            None => Ledger::default(),
+        })
+    }
+
+    /// Writes the record as the next generation.
+    pub fn save(&mut self, dir: &Path) -> Result<(), AtomicError> {
+        let next = self.generation + 1;
+        atomic::store(&dir.join(STATE_FILE), STATE_VERSION, next, &self.recorded)?;
+        self.generation = next;
+        Ok(())
+    }
+}
