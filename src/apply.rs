@@ -29,6 +29,14 @@ pub enum ApplyError {
     /// The plan has errors.
     #[error("the plan has {0} error(s); nothing was applied")]
     PlanHasErrors(usize),
+    /// The state directory could not be created.
+    #[error("cannot create the state directory {}", path.display())]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The journal could not be written.
     #[error("cannot write the journal")]
     Journal(#[from] JournalError),
@@ -90,6 +98,10 @@ pub fn apply(
     if !plan.errors.is_empty() {
         return Err(ApplyError::PlanHasErrors(plan.errors.len()));
     }
+    std::fs::create_dir_all(state_dir).map_err(|e| ApplyError::StateDir {
+        path: state_dir.to_owned(),
+        source: e,
+    })?;
     let mut journal = Journal::open(state_dir)?;
     let plan_id = Uuid::new_v4();
     let mut created: BTreeMap<(RecordedKind, String), Uuid> = BTreeMap::new();
@@ -104,21 +116,21 @@ pub fn apply(
         };
         let text = describe(action, new_uuid);
         let intent = journal.intent(plan_id, step, &text)?;
+        crash_point(step, "intent");
         progress.start(action, &text);
         let started = Instant::now();
         let result = run(action, new_uuid, world, &created, ledger);
+        crash_point(step, "driver");
         match result {
             Ok(change) => {
                 let changed = change == Change::Changed;
-                journal.outcome(
-                    &intent,
-                    if changed {
-                        Outcome::Changed
-                    } else {
-                        Outcome::Unchanged
-                    },
-                    None,
-                )?;
+                let outcome = if changed {
+                    Outcome::Changed
+                } else {
+                    Outcome::Unchanged
+                };
+                journal.outcome(&intent, outcome, None)?;
+                crash_point(step, "outcome");
                 if let (Op::Create { kind, name, .. }, Some(u)) = (&action.op, new_uuid) {
                     created.insert((*kind, name.clone()), u);
                 }
@@ -140,6 +152,21 @@ pub fn apply(
         }
     }
     Ok(report)
+}
+
+/// Fault injection for the crash tests: with `CINDERBLOCK_CRASH_AT=STEP:POINT`
+/// (POINT is `intent`, `driver` or `outcome`) the process kills itself with
+/// SIGKILL at that point, exactly as a power cut or `kill -9` would stop it.
+/// Unset, it costs one comparison per step.
+fn crash_point(step: u32, point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("CINDERBLOCK_CRASH_AT").ok());
+    if let Some(at) = at
+        && at.split_once(':') == Some((&step.to_string(), point))
+    {
+        tracing::warn!(step, point, "CINDERBLOCK_CRASH_AT: killing this process");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 fn count(r: &mut Report, a: &Action, changed: bool) {

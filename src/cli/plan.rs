@@ -243,6 +243,7 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
     let _lock = lock(g, "apply")?;
     let mut p = prepare(&set, g, &host, args.recreate_lost)?;
     let mut out = std::io::stdout().lock();
+    let from_file = saved.is_some();
     let plan = match saved {
         Some(s) => {
             if s.plan.fingerprint != p.plan.fingerprint {
@@ -267,7 +268,8 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
     }
     writeln!(out)?;
     drop(out);
-    if !args.auto_approve && !confirm()? {
+    // A saved plan was reviewed when it was made (Terraform's rule too).
+    if !args.auto_approve && !from_file && !confirm()? {
         writeln!(std::io::stdout().lock(), "\nApply cancelled.")?;
         return Ok(1);
     }

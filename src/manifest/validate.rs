@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use super::diag::{Diagnostic, Severity, suggest};
 use super::kinds::{
-    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, SnapshotSpec, VolumeSpec,
-    VolumeTypeSpec,
+    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, VolumeSpec, VolumeTypeSpec,
 };
 use super::position::FieldPath;
 use super::values::{Name, StorePath, shown};
@@ -473,18 +472,18 @@ impl Checker<'_> {
             self.error_at_key(k, doc, "spec.source", format!("a source has exactly one of `snapshot`, `volume`, `image` and `backup`; {given} are given"));
             return;
         }
+        // The source's size is checked by the planner at create time: a
+        // source is read only then, and may have grown since.
         if let Some(snap) = &src.snapshot
             && self.reference(k, doc, "spec.source.snapshot", Kind::Snapshot, snap)
+            && self.set.snapshots[snap].spec.consistency_group.is_some()
         {
-            let sspec: &SnapshotSpec = &self.set.snapshots[snap].spec;
-            if let Some(origin) = sspec.volume.as_ref().and_then(|v| self.set.volumes.get(v))
-                && origin.spec.size > doc.spec.size
-            {
-                self.error(k, doc, "spec.size", format!("size {} is smaller than {}, the size of Volume/{} that Snapshot/{snap} copies", doc.spec.size, origin.spec.size, origin.name()));
-            }
-            if sspec.consistency_group.is_some() {
-                self.error(k, doc, "spec.source.snapshot", format!("Snapshot/{snap} is a group snapshot; create each volume from the member snapshot of its volume"));
-            }
+            self.error(
+                k,
+                doc,
+                "spec.source.snapshot",
+                format!("Snapshot/{snap} is a group snapshot; create each volume from the member snapshot of its volume"),
+            );
         }
         if let Some(vol) = &src.volume {
             if vol == doc.name() {
@@ -494,19 +493,8 @@ impl Checker<'_> {
                     "spec.source.volume",
                     "a volume cannot be its own source",
                 );
-            } else if self.reference(k, doc, "spec.source.volume", Kind::Volume, vol) {
-                let origin = &self.set.volumes[vol];
-                if origin.spec.size > doc.spec.size {
-                    self.error(
-                        k,
-                        doc,
-                        "spec.size",
-                        format!(
-                            "size {} is smaller than {}, the size of the source Volume/{vol}",
-                            doc.spec.size, origin.spec.size
-                        ),
-                    );
-                }
+            } else {
+                self.reference(k, doc, "spec.source.volume", Kind::Volume, vol);
             }
         }
         if let Some(img) = &src.image {

@@ -279,8 +279,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     };
     p.index();
     p.unsupported();
-    p.volumes();
-    p.snapshots();
+    p.objects();
     p.removals();
     p.capacity();
     p.out
@@ -463,48 +462,67 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// Volumes in dependency order: sources first.
-    fn volume_order(&self) -> Vec<&'a Name> {
+    /// Volumes and snapshots in dependency order: a snapshot after its
+    /// volume, a copy after its source; then by kind and name.
+    fn order(&self) -> Vec<(usize, ObjKind, &'a Name)> {
         let set = self.set;
-        let mut depth: BTreeMap<&Name, usize> = BTreeMap::new();
-        fn d<'s>(
+        fn vol_depth<'s>(
             set: &'s ManifestSet,
             n: &'s Name,
-            depth: &mut BTreeMap<&'s Name, usize>,
+            memo: &mut BTreeMap<&'s Name, usize>,
             guard: usize,
         ) -> usize {
-            if let Some(v) = depth.get(n) {
+            if let Some(v) = memo.get(n) {
                 return *v;
             }
             let Some(doc) = set.volumes.get(n) else {
                 return 0;
             };
             let parent = doc.spec.source.as_ref().and_then(|s| {
-                s.volume.as_ref().or_else(|| {
-                    s.snapshot
-                        .as_ref()
-                        .and_then(|sn| set.snapshots.get(sn)?.spec.volume.as_ref())
-                })
+                if let Some(v) = &s.volume {
+                    return Some((v, 1));
+                }
+                // A snapshot sits one level below its volume.
+                s.snapshot
+                    .as_ref()
+                    .and_then(|sn| set.snapshots.get(sn)?.spec.volume.as_ref())
+                    .map(|v| (v, 2))
             });
             let v = match parent {
-                Some(p) if guard < 64 && p != n => d(set, p, depth, guard + 1) + 1,
+                Some((p, step)) if guard < 64 && p != n => {
+                    vol_depth(set, p, memo, guard + 1) + step
+                }
                 _ => 0,
             };
-            depth.insert(n, v);
+            memo.insert(n, v);
             v
         }
+        let mut memo = BTreeMap::new();
+        let mut items: Vec<(usize, ObjKind, &Name)> = Vec::new();
         for n in set.volumes.keys() {
-            d(set, n, &mut depth, 0);
+            items.push((vol_depth(set, n, &mut memo, 0), ObjKind::Volume, n));
         }
-        let mut names: Vec<&Name> = set.volumes.keys().collect();
-        names.sort_by_key(|n| (depth.get(n).copied().unwrap_or(0), *n));
-        names
+        for (n, doc) in &set.snapshots {
+            let d = doc
+                .spec
+                .volume
+                .as_ref()
+                .map_or(0, |v| vol_depth(set, v, &mut memo, 0) + 1);
+            items.push((d, ObjKind::Snapshot, n));
+        }
+        items.sort();
+        items
     }
 
-    fn volumes(&mut self) {
-        for name in self.volume_order() {
-            let doc = &self.set.volumes[name];
-            self.volume(name, doc);
+    fn objects(&mut self) {
+        for (_, kind, name) in self.order() {
+            match kind {
+                ObjKind::Volume => {
+                    let doc = &self.set.volumes[name];
+                    self.volume(name, doc);
+                }
+                _ => self.snapshot(name),
+            }
         }
     }
 
@@ -795,13 +813,15 @@ impl<'a> Planner<'a> {
         });
     }
 
-    fn snapshots(&mut self) {
-        for (name, doc) in &self.set.snapshots {
+    fn snapshot(&mut self, name: &Name) {
+        let set = self.set;
+        let doc = &set.snapshots[name];
+        {
             let key = (ObjKind::Snapshot, name.as_str().to_owned());
             let a = addr(ObjKind::Snapshot, name.as_str());
             let policy = doc.spec.deletion_policy;
             let Some(vol) = &doc.spec.volume else {
-                continue;
+                return;
             };
             if let Some(f) = self.found.get(&key) {
                 let (obj, bname) = (f.obj, f.backend.name.as_str().to_owned());
@@ -817,19 +837,19 @@ impl<'a> Planner<'a> {
                         self.record_if_needed(ObjKind::Snapshot, name.as_str(), obj.uuid, &bname, obj.size, policy);
                     }
                 }
-                continue;
+                return;
             }
             if let Some((uuid, backend)) = self.lost(ObjKind::Snapshot, name.as_str()) {
                 self.out.errors.push(format!(
                     "{a}: the snapshot ({uuid} on {backend}) was deleted outside cinderblock; a new one would hold today's data, not the old point in time: remove the manifest, or give the new snapshot another name"
                 ));
-                continue;
+                return;
             }
             let Some(backend) = self.backend_of(ObjKind::Volume, vol.as_str()) else {
                 self.out.errors.push(format!(
                     "{a}: volume.{vol} does not exist and is not created by this plan"
                 ));
-                continue;
+                return;
             };
             let size = self
                 .found
@@ -848,7 +868,7 @@ impl<'a> Planner<'a> {
                     self.out
                         .errors
                         .push(format!("{a}: no room on {backend}: {why}"));
-                    continue;
+                    return;
                 }
                 self.sched.grow(&bn, size);
             }

@@ -6,8 +6,10 @@
 
 #![allow(clippy::unwrap_used)] // a failing unwrap is a failing test
 
+mod converge;
 mod examples;
 mod fuzz;
+mod plan;
 mod schema;
 mod support;
 mod validate;
