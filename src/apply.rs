@@ -251,6 +251,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+#[allow(clippy::too_many_lines)] // one arm per operation, each short
 fn run(
     action: &Action,
     new_uuid: Option<Uuid>,

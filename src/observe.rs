@@ -265,7 +265,9 @@ fn view_of(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
         thin,
         extent,
         ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
-        reserved_percentage: spec.reserved_percentage.map_or(0, |p| p.get()),
+        reserved_percentage: spec
+            .reserved_percentage
+            .map_or(0, super::manifest::values::Percent::get),
         capabilities,
         discovery,
     };

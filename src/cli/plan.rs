@@ -217,48 +217,42 @@ fn confirm() -> anyhow::Result<bool> {
 }
 
 pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32> {
-    let (set, host, saved) = match &args.plan_file {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
-            let saved: SavedPlan = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not a saved cinderblock plan", path.display()))?;
-            if saved.format != SAVED_FORMAT || saved.version != SAVED_VERSION {
-                bail!(
-                    "{} is a {} v{} file; this cinderblock applies {SAVED_FORMAT} v{SAVED_VERSION}",
-                    path.display(),
-                    saved.format,
-                    saved.version
-                );
-            }
-            let set = load(&saved.manifests)?;
-            let host = saved.host.clone();
-            (set, host, Some(saved))
+    let (set, host, saved) = if let Some(path) = &args.plan_file {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
+        let saved: SavedPlan = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a saved cinderblock plan", path.display()))?;
+        if saved.format != SAVED_FORMAT || saved.version != SAVED_VERSION {
+            bail!(
+                "{} is a {} v{} file; this cinderblock applies {SAVED_FORMAT} v{SAVED_VERSION}",
+                path.display(),
+                saved.format,
+                saved.version
+            );
         }
-        None => {
-            let set = load(&args.files)?;
-            (set, host_name(g), None)
-        }
+        let set = load(&saved.manifests)?;
+        let host = saved.host.clone();
+        (set, host, Some(saved))
+    } else {
+        let set = load(&args.files)?;
+        (set, host_name(g), None)
     };
     let _lock = lock(g, "apply")?;
     let mut p = prepare(&set, g, &host, args.recreate_lost)?;
     let mut out = std::io::stdout().lock();
     let from_file = saved.is_some();
-    let plan = match saved {
-        Some(s) => {
-            if s.plan.fingerprint != p.plan.fingerprint {
-                bail!(
-                    "the saved plan is stale: the storage changed since it was made (fingerprint {} then, {} now); run `cinderblock plan` again",
-                    s.plan.fingerprint,
-                    p.plan.fingerprint
-                );
-            }
-            s.plan
+    let plan = if let Some(s) = saved {
+        if s.plan.fingerprint != p.plan.fingerprint {
+            bail!(
+                "the saved plan is stale: the storage changed since it was made (fingerprint {} then, {} now); run `cinderblock plan` again",
+                s.plan.fingerprint,
+                p.plan.fingerprint
+            );
         }
-        None => {
-            out.write_all(render::text(&p.plan).as_bytes())?;
-            p.plan.clone()
-        }
+        s.plan
+    } else {
+        out.write_all(render::text(&p.plan).as_bytes())?;
+        p.plan.clone()
     };
     if !plan.errors.is_empty() {
         return Ok(1);
@@ -281,7 +275,10 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
                 r.added, r.changed, r.destroyed
             );
             if r.forgotten > 0 {
-                line.push_str(&format!(", {} forgotten", r.forgotten));
+                let _ = std::fmt::Write::write_fmt(
+                    &mut line,
+                    format_args!(", {} forgotten", r.forgotten),
+                );
             }
             line.push('.');
             writeln!(std::io::stdout().lock(), "{line}")?;

@@ -14,7 +14,7 @@
 //! thick: virtual_free    = min(free, avail − provisioned)
 //!        admit iff virtual_free ≥ requested
 //! ```
-//! (cinder/scheduler/sched_utils.py and filters/capacity_filter.py.) The
+//! (`cinder/scheduler/sched_utils.py` and `filters/capacity_filter.py`.) The
 //! numbers behind a refusal are returned so the plan can print them.
 
 use crate::manifest::values::{OverSubscription, format_bytes_exact};
@@ -41,7 +41,7 @@ pub struct Pool {
 pub struct Admission {
     /// Whether the request fits.
     pub admitted: bool,
-    /// Virtual free capacity before the request (the CapacityWeigher's raw
+    /// Virtual free capacity before the request (the `CapacityWeigher`'s raw
     /// weight).
     pub virtual_free: f64,
     /// Why not, with the formula's numbers, when refused.
@@ -81,7 +81,7 @@ impl Pool {
         }
     }
 
-    /// Whether `requested` more bytes fit (Cinder's CapacityFilter).
+    /// Whether `requested` more bytes fit (Cinder's `CapacityFilter`).
     #[allow(clippy::cast_precision_loss)]
     pub fn admit(&self, requested: u64) -> Admission {
         let avail = self.total.saturating_sub(self.reserved());
@@ -169,6 +169,7 @@ pub fn human(bytes: f64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_precision_loss)]
 mod tests {
     use super::*;
 

@@ -386,7 +386,7 @@ impl<'a> Planner<'a> {
                             format_bytes_exact(recorded),
                             format_bytes_exact(actual)
                         ),
-                    })
+                    });
                 }
                 _ => {}
             }
@@ -465,7 +465,6 @@ impl<'a> Planner<'a> {
     /// Volumes and snapshots in dependency order: a snapshot after its
     /// volume, a copy after its source; then by kind and name.
     fn order(&self) -> Vec<(usize, ObjKind, &'a Name)> {
-        let set = self.set;
         fn vol_depth<'s>(
             set: &'s ManifestSet,
             n: &'s Name,
@@ -497,6 +496,7 @@ impl<'a> Planner<'a> {
             memo.insert(n, v);
             v
         }
+        let set = self.set;
         let mut memo = BTreeMap::new();
         let mut items: Vec<(usize, ObjKind, &Name)> = Vec::new();
         for n in set.volumes.keys() {
@@ -827,7 +827,7 @@ impl<'a> Planner<'a> {
                 let (obj, bname) = (f.obj, f.backend.name.as_str().to_owned());
                 match obj.health {
                     ObjHealth::Creating => {
-                        let src = self.snapshot_source(vol.as_str());
+                        let src = Some(self.snapshot_source(vol.as_str()));
                         self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), policy,
                             "an earlier create was interrupted; it is finished with the same identity".into());
                     }
@@ -872,7 +872,7 @@ impl<'a> Planner<'a> {
                 }
                 self.sched.grow(&bn, size);
             }
-            let src = self.snapshot_source(vol.as_str());
+            let src = Some(self.snapshot_source(vol.as_str()));
             self.push_create(
                 ObjKind::Snapshot,
                 name.as_str(),
@@ -886,19 +886,20 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn snapshot_source(&self, vol: &str) -> Option<SourceRef> {
+    fn snapshot_source(&self, vol: &str) -> SourceRef {
         let uuid = self
             .found
             .get(&(ObjKind::Volume, vol.to_owned()))
             .map(|f| f.obj.uuid);
-        Some(SourceRef {
+        SourceRef {
             kind: RecordedKind::Volume,
             name: vol.to_owned(),
             uuid,
-        })
+        }
     }
 
     /// Objects of ours that no manifest declares any more.
+    #[allow(clippy::too_many_lines)] // one pass over every undeclared object, kept together
     fn removals(&mut self) {
         let declared: BTreeSet<(ObjKind, String)> = self
             .set

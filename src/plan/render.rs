@@ -132,6 +132,7 @@ fn trim(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
+#[allow(clippy::too_many_lines)] // one arm per operation, each short
 fn action(s: &mut String, a: &Action) {
     let (verb, kind, name) = match &a.op {
         Op::Create {

@@ -282,7 +282,7 @@ fn title(b: bool) -> String {
     if b { "True".into() } else { "False".into() }
 }
 
-/// Cinder's CapabilitiesFilter: `capabilities:`-scoped and unscoped keys are
+/// Cinder's `CapabilitiesFilter`: `capabilities:`-scoped and unscoped keys are
 /// matched; other scopes are ignored. `thin_provisioning` maps to
 /// `thin_provisioning_support`.
 fn capabilities(
@@ -324,14 +324,14 @@ pub fn matches_spec(value: &str, req: &str) -> bool {
     let num = |s: &str| s.parse::<f64>().ok();
     let bool_of = |s: &str| matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes");
     match words.as_slice() {
-        ["=", x] => matches!((num(value), num(x)), (Some(a), Some(b)) if a >= b),
+        // Cinder's "=" means "at least", like ">=".
+        ["=" | ">=", x] => matches!((num(value), num(x)), (Some(a), Some(b)) if a >= b),
         ["==", x] => {
             matches!((num(value), num(x)), (Some(a), Some(b)) if (a - b).abs() < f64::EPSILON)
         }
         ["!=", x] => {
             matches!((num(value), num(x)), (Some(a), Some(b)) if (a - b).abs() >= f64::EPSILON)
         }
-        [">=", x] => matches!((num(value), num(x)), (Some(a), Some(b)) if a >= b),
         ["<=", x] => matches!((num(value), num(x)), (Some(a), Some(b)) if a <= b),
         ["s==", rest @ ..] => value == rest.join(" "),
         ["s!=", rest @ ..] => value != rest.join(" "),

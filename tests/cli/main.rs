@@ -5,6 +5,12 @@
 //! `#[ignore]` that need tools installed by `tests/run.sh`.
 
 #![allow(clippy::unwrap_used)] // a failing unwrap is a failing test
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::similar_names,
+    clippy::format_push_string,
+    clippy::items_after_statements
+)] // test data builders
 
 mod converge;
 mod examples;
