@@ -238,16 +238,79 @@ pub fn is_local(spec: &BackendSpec, host: &str) -> bool {
 }
 
 /// Discovers every back end of `host` declared in `set`.
+///
+/// Back ends are discovered in parallel (one thread each, at most
+/// [`DISCOVERY_THREADS`] at a time): each is a directory walk or one LVM
+/// report, independent of the others, and a slow NFS share must not delay
+/// the rest.
 pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
+    let local: Vec<(&Name, &Doc<BackendSpec>)> = set
+        .backends
+        .iter()
+        .filter(|(_, doc)| is_local(&doc.spec, host))
+        .collect();
     let mut world = World::default();
-    for (name, doc) in &set.backends {
-        if !is_local(&doc.spec, host) {
-            continue;
-        }
-        let view = view_of(doc, state_dir);
-        world.backends.insert(name.clone(), view);
+    for chunk in local.chunks(DISCOVERY_THREADS) {
+        let views: Vec<(Name, BackendView)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|(name, doc)| scope.spawn(move || ((*name).clone(), view_of(doc, state_dir))))
+                .collect();
+            handles
+                .into_iter()
+                .zip(chunk)
+                .map(|(h, (name, doc))| {
+                    h.join().unwrap_or_else(|_| {
+                        (
+                            (*name).clone(),
+                            failed_view(doc, "discovery panicked".into()),
+                        )
+                    })
+                })
+                .collect()
+        });
+        world.backends.extend(views);
     }
     world
+}
+
+/// Back ends discovered at once.
+pub const DISCOVERY_THREADS: usize = 8;
+
+fn failed_view(doc: &Doc<BackendSpec>, why: String) -> BackendView {
+    let mut v = view_of_config(doc, Path::new("/"));
+    v.discovery = Discovery::Failed(why);
+    v
+}
+
+/// The configuration part of a view (discovery not run: `Failed`).
+fn view_of_config(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
+    let spec = &doc.spec;
+    BackendView {
+        name: doc.name().clone(),
+        backend_name: backend_name(doc),
+        zone: backend_az(spec).to_owned(),
+        driver: match &spec.file {
+            Some(f) => Driver::File {
+                root: f.path.resolve(state_dir),
+                allocation: f.allocation,
+            },
+            None => Driver::Lvm,
+        },
+        thin: spec.file.as_ref().map_or_else(
+            || spec.lvm.as_ref().is_some_and(|l| l.thin_pool.is_some()),
+            |f| f.allocation == Allocation::Sparse,
+        ),
+        extent: 1,
+        ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
+        reserved_percentage: spec.reserved_percentage.map_or(0, |p| p.get()),
+        capabilities: spec
+            .capabilities
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+        discovery: Discovery::Failed("not discovered".into()),
+    }
 }
 
 fn view_of(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
@@ -324,6 +387,7 @@ fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discove
 }
 
 fn from_file_inventory(inv: &file::Inventory) -> Inventory {
+    // The file driver lists objects sorted by uuid; the planner relies on it.
     let objects = inv
         .objects
         .iter()

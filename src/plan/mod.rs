@@ -353,10 +353,11 @@ impl<'a> Planner<'a> {
                 continue;
             };
             let Some(inv) = b.inventory() else { continue };
+            // Inventories are sorted by uuid.
             let present = inv
                 .objects
-                .iter()
-                .any(|o| o.uuid == *uuid && o.health != ObjHealth::DataMissing);
+                .binary_search_by_key(uuid, |o| o.uuid)
+                .is_ok_and(|i| inv.objects[i].health != ObjHealth::DataMissing);
             if !present && inv.complete() {
                 self.out.drift.push(Drift {
                     address: addr(kind, &rec.name),
@@ -991,11 +992,10 @@ impl<'a> Planner<'a> {
             }
         }
         // Records of objects that are gone and no longer declared.
+        let found_uuids: BTreeSet<Uuid> = self.found.values().map(|f| f.obj.uuid).collect();
         for (uuid, rec) in &self.recorded.objects {
             let kind: ObjKind = rec.kind.into();
-            if declared.contains(&(kind, rec.name.clone()))
-                || self.found.values().any(|f| f.obj.uuid == *uuid)
-            {
+            if declared.contains(&(kind, rec.name.clone())) || found_uuids.contains(uuid) {
                 continue;
             }
             let Some(b) = self

@@ -117,3 +117,41 @@ impl Ledger {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the on-disk format: a change that breaks reading this file needs
+    /// a new `STATE_VERSION` and a migration.
+    #[test]
+    fn reads_and_rewrites_the_version_1_golden_file() {
+        let golden = include_str!("../../tests/fixtures/state/state-v1.json");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), golden).unwrap();
+        let mut ledger = Ledger::load(dir.path()).unwrap();
+        assert_eq!(ledger.generation, 7);
+        let app = &ledger.recorded.objects[&"0b1e9b5a-4f51-4d43-9c7c-6f6f1f2f3f4f"
+            .parse::<Uuid>()
+            .unwrap()];
+        assert_eq!(app.kind, RecordedKind::Volume);
+        assert_eq!(app.size, 1 << 30);
+        assert_eq!(app.deletion_policy, DeletionPolicy::Retain);
+        ledger.save(dir.path()).unwrap();
+        let written = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        let a: serde_json::Value = serde_json::from_str(&written).unwrap();
+        let mut b: serde_json::Value = serde_json::from_str(golden).unwrap();
+        b["generation"] = 8.into();
+        assert_eq!(a, b, "the written state differs from the golden file");
+    }
+
+    #[test]
+    fn a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = include_str!("../../tests/fixtures/state/state-v1.json")
+            .replace("\"version\": 1", "\"version\": 2");
+        std::fs::write(dir.path().join(STATE_FILE), newer).unwrap();
+        let err = Ledger::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("version"), "{err}");
+    }
+}

@@ -14,7 +14,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+mod common;
+use common::{best_of, measure, peak_rss_kib_self, reset_peak_rss};
 
 const FILES: usize = 100;
 const PER_FILE: usize = 100;
@@ -45,45 +48,6 @@ fn generate(dir: &Path) {
     }
 }
 
-fn peak_rss_kib_self() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Runs a command; returns its wall time and peak RSS (KiB), sampled from
-/// `/proc/PID/status` (VmHWM only grows, so the last sample is the peak up to
-/// a few milliseconds before exit).
-fn measure(cmd: &mut Command) -> (Duration, u64, bool) {
-    let t = Instant::now();
-    let mut child = cmd.spawn().unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    let status = loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            if let Some(v) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(v);
-            }
-        }
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    (t.elapsed(), peak, status.success())
-}
-
-fn best_of(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..n).map(|_| f()).min().unwrap()
-}
-
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir: PathBuf = tmp.path().join("manifests");
@@ -100,7 +64,7 @@ fn main() {
     );
 
     // In-process library call.
-    std::fs::write("/proc/self/clear_refs", "5").ok();
+    reset_peak_rss();
     let base = peak_rss_kib_self();
     let lib = best_of(5, || {
         let t = Instant::now();

@@ -1,0 +1,148 @@
+//! Benchmark: `plan` over 10,000 volumes on 20 `file` back ends.
+//!
+//! 9,500 volumes exist (sidecars and sparse data files written directly), the
+//! manifests declare all 10,000 with 500 of them grown: the plan has 500
+//! creates (placed by the scheduler) and 500 extends. Prints the planner's
+//! time in-process (pure: discovery excluded) and the release binary's end to
+//! end (load, validate, discover 20 directories, schedule, plan, render) with
+//! its peak memory. Targets (issue 3): under 0.3 s and 200 MiB.
+//!
+//! Run: `cargo bench --bench plan`.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::cast_precision_loss)]
+#![allow(clippy::disallowed_methods)] // a benchmark runs the binary directly
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+mod common;
+use common::{best_of, measure};
+
+const BACKENDS: usize = 20;
+const VOLUMES: usize = 10_000;
+const EXISTING: usize = 9_500;
+
+fn main() {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("cinderblock-plan-bench-")
+        .tempdir_in(base)
+        .unwrap();
+    let dir = tmp.path();
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let mut site = String::new();
+    for b in 0..BACKENDS {
+        let root = dir.join(format!("b{b:02}"));
+        std::fs::create_dir_all(root.join(".cinderblock")).unwrap();
+        writeln!(site, "---\napiVersion: cinderblock.dev/v1alpha1\nkind: Backend\nmetadata:\n  name: b{b:02}\nspec:\n  backendName: pool\n  file:\n    path: {}", root.display()).unwrap();
+    }
+    site.push_str("---\napiVersion: cinderblock.dev/v1alpha1\nkind: VolumeType\nmetadata:\n  name: standard\nspec:\n  extraSpecs:\n    volume_backend_name: pool\n---\napiVersion: cinderblock.dev/v1alpha1\nkind: SchedulerPolicy\nmetadata:\n  name: default\nspec:\n  weighers:\n    - name: CapacityWeigher\n    - name: VolumeNumberWeigher\n");
+    std::fs::write(manifests.join("00-site.yaml"), site).unwrap();
+    let t = Instant::now();
+    for f in 0..VOLUMES / 100 {
+        let mut text = String::new();
+        for v in 0..100 {
+            let n = f * 100 + v;
+            let gib = 1 + n % 8;
+            let grown = n < EXISTING && n % 19 == 0;
+            let size = if grown { gib + 1 } else { gib };
+            writeln!(text, "---\napiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata:\n  name: vol-{n:05}\nspec:\n  size: {size}Gi\n  volumeType: standard").unwrap();
+            if n < EXISTING {
+                let b = n % BACKENDS;
+                let root = dir.join(format!("b{b:02}"));
+                let uuid =
+                    uuid::Uuid::from_u128(0x1000_0000_0000_4000_8000_0000_0000_0000 + n as u128);
+                let size = (gib as u64) << 30;
+                let meta = serde_json::json!({
+                    "format": "cinderblock.file-object", "version": 1, "uuid": uuid, "name": format!("vol-{n:05}"),
+                    "kind": "volume", "owner": {"managedBy": "cinderblock", "backend": format!("b{b:02}")},
+                    "size": size, "allocation": "sparse", "createdAt": "2026-11-24T00:00:00Z", "state": "ready"
+                });
+                std::fs::write(
+                    root.join(".cinderblock").join(format!("{uuid}.json")),
+                    meta.to_string(),
+                )
+                .unwrap();
+                let data = std::fs::File::create(root.join(format!("volume-{uuid}"))).unwrap();
+                data.set_len(size).unwrap();
+            }
+        }
+        std::fs::write(manifests.join(format!("vols-{f:03}.yaml")), text).unwrap();
+    }
+    println!(
+        "plan benchmark: {VOLUMES} volumes on {BACKENDS} back ends ({EXISTING} exist; set-up {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    // In-process: the pure planner alone.
+    let loaded = cinderblock::manifest::load_paths(std::slice::from_ref(&manifests));
+    assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics.first());
+    // The recorded state of a host that applied the 9,500 before.
+    let state = dir.join("state");
+    let mut ledger = cinderblock::state::record::Ledger::load(&state).unwrap();
+    for n in 0..EXISTING {
+        let uuid = uuid::Uuid::from_u128(0x1000_0000_0000_4000_8000_0000_0000_0000 + n as u128);
+        ledger.recorded.objects.insert(
+            uuid,
+            cinderblock::state::record::RecordedObject {
+                kind: cinderblock::state::record::RecordedKind::Volume,
+                name: format!("vol-{n:05}"),
+                backend: format!("b{:02}", n % BACKENDS),
+                size: ((1 + n % 8) as u64) << 30,
+                deletion_policy: cinderblock::manifest::kinds::DeletionPolicy::Retain,
+            },
+        );
+    }
+    std::fs::create_dir_all(&state).unwrap();
+    ledger.save(&state).unwrap();
+    let t = Instant::now();
+    let world = cinderblock::observe::discover(&loaded.set, "bench", &state);
+    let discover = t.elapsed();
+    let mut actions = 0;
+    let planner = best_of(5, || {
+        let t = Instant::now();
+        let p = cinderblock::plan::plan(
+            &loaded.set,
+            &world,
+            &ledger.recorded,
+            cinderblock::plan::Options::default(),
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors.first());
+        actions = p.actions.len();
+        t.elapsed()
+    });
+    println!(
+        "  discovery of {BACKENDS} directories: {:>8.1} ms",
+        discover.as_secs_f64() * 1e3
+    );
+    println!(
+        "  planner (pure, {actions} actions):  {:>8.1} ms",
+        planner.as_secs_f64() * 1e3
+    );
+
+    // End to end: the release binary.
+    let bin = env!("CARGO_BIN_EXE_cinderblock");
+    let mut rss = 0;
+    let cli = best_of(3, || {
+        let (wall, r, ok) = measure(
+            Command::new(bin)
+                .args(["--state"])
+                .arg(&state)
+                .args(["--host", "bench", "plan", "-f"])
+                .arg(&manifests)
+                .stdout(Stdio::null()),
+        );
+        assert!(ok, "plan failed");
+        rss = r;
+        wall
+    });
+    println!(
+        "  cinderblock plan (end to end):      {:>8.1} ms   peak RSS {:>6.1} MiB   (targets: < 300 ms, < 200 MiB)",
+        cli.as_secs_f64() * 1e3,
+        rss as f64 / 1024.0
+    );
+}
