@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::file::{self, FileBackend, Health};
 use crate::manifest::kinds::{Allocation, BackendSpec};
 use crate::manifest::validate::{backend_az, backend_name};
-use crate::manifest::values::OverSubscription;
+use crate::manifest::values::{OverSubscription, Percent};
 use crate::manifest::{Doc, ManifestSet, Name};
 
 /// What kind of object.
@@ -303,7 +303,7 @@ fn view_of_config(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
         ),
         extent: 1,
         ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
-        reserved_percentage: spec.reserved_percentage.map_or(0, |p| p.get()),
+        reserved_percentage: spec.reserved_percentage.map_or(0, Percent::get),
         capabilities: spec
             .capabilities
             .iter()
@@ -314,48 +314,14 @@ fn view_of_config(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
 }
 
 fn view_of(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
-    let spec = &doc.spec;
-    let capabilities = spec
-        .capabilities
-        .iter()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    let common = |driver, thin, extent, discovery| BackendView {
-        name: doc.name().clone(),
-        backend_name: backend_name(doc),
-        zone: backend_az(spec).to_owned(),
-        driver,
-        thin,
-        extent,
-        ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
-        reserved_percentage: spec
-            .reserved_percentage
-            .map_or(0, super::manifest::values::Percent::get),
-        capabilities,
-        discovery,
-    };
-    if let Some(f) = &spec.file {
-        let root = f.path.resolve(state_dir);
-        let discovery = discover_file(doc, &root, f.path.is_in_state());
-        let thin = f.allocation == Allocation::Sparse;
-        return common(
-            Driver::File {
-                root,
-                allocation: f.allocation,
-            },
-            thin,
-            1,
-            discovery,
-        );
-    }
-    common(
-        Driver::Lvm,
-        spec.lvm.as_ref().is_some_and(|l| l.thin_pool.is_some()),
-        1,
-        Discovery::Failed(
+    let mut view = view_of_config(doc, state_dir);
+    view.discovery = match &doc.spec.file {
+        Some(f) => discover_file(doc, &f.path.resolve(state_dir), f.path.is_in_state()),
+        None => Discovery::Failed(
             "LVM back ends are not supported by this version of cinderblock yet".into(),
         ),
-    )
+    };
+    view
 }
 
 fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discovery {

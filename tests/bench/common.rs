@@ -5,6 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Peak RSS (KiB) of this process so far (`VmHWM`).
+#[allow(dead_code)] // not every benchmark reports its own peak
 pub fn peak_rss_kib_self() -> u64 {
     vm_hwm(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
 }
