@@ -1,11 +1,13 @@
 //! Helpers shared by the benchmarks: timing a child process and sampling its
 //! peak memory.
 
+// Not every benchmark uses every helper.
+#![allow(dead_code)]
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Peak RSS (KiB) of this process so far (`VmHWM`).
-#[allow(dead_code)] // not every benchmark reports its own peak
 pub fn peak_rss_kib_self() -> u64 {
     vm_hwm(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
 }
@@ -24,7 +26,7 @@ pub fn reset_peak_rss() {
 }
 
 /// Runs a command; returns its wall time, peak RSS (KiB) sampled from
-/// `/proc/PID/status` (VmHWM only grows, so the last sample is the peak up to
+/// `/proc/PID/status` (`VmHWM` only grows, so the last sample is the peak up to
 /// a few milliseconds before exit) and whether it succeeded.
 pub fn measure(cmd: &mut Command) -> (Duration, u64, bool) {
     let t = Instant::now();

@@ -10,7 +10,7 @@
 //! Run: `cargo bench --bench plan`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::cast_precision_loss)]
-#![allow(clippy::similar_names)]
+#![allow(clippy::similar_names, clippy::too_many_lines)]
 #![allow(clippy::disallowed_methods)] // a benchmark runs the binary directly
 
 use std::fmt::Write as _;
