@@ -240,17 +240,6 @@ fn file_alloc(a: Allocation) -> file::Allocation {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[allow(clippy::too_many_lines)] // one arm per operation, each short
 fn run(
     action: &Action,
@@ -259,7 +248,7 @@ fn run(
     created: &BTreeMap<(RecordedKind, String), Uuid>,
     ledger: &mut Ledger,
 ) -> Result<Change, String> {
-    let err = |e: file::FileError| chain(&e);
+    let err = |e: file::FileError| crate::error_chain(&e);
     match &action.op {
         Op::Create {
             kind,

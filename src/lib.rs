@@ -12,3 +12,20 @@ pub mod observe;
 pub mod plan;
 pub mod schema;
 pub mod state;
+
+/// An error and its causes on one line (`outer: inner: innermost`), for
+/// messages that end up in plans, journals and logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        // Some errors repeat their source's text; say it once.
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -334,7 +334,9 @@ fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discove
         if let Err(e) =
             file::mount::ensure_mounted(crate::exec::Exec::host(), share.as_str(), root, &options)
         {
-            return Discovery::Failed(format!("cannot mount {share} at {}: {e}", root.display()));
+            // Tools' stderr spans lines; a plan note is one line.
+            let msg = crate::error_chain(&e);
+            return Discovery::Failed(msg.split_whitespace().collect::<Vec<_>>().join(" "));
         }
     } else if in_state && !root.exists() {
         // A directory below the state directory is ours to create (the
@@ -348,7 +350,7 @@ fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discove
     let backend = FileBackend::new(root, doc.name().as_str());
     match backend.discover() {
         Ok(inv) => Discovery::Ok(from_file_inventory(&inv)),
-        Err(e) => Discovery::Failed(e.to_string()),
+        Err(e) => Discovery::Failed(crate::error_chain(&e)),
     }
 }
 

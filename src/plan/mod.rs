@@ -275,6 +275,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
             capacity: Vec::new(),
         },
         found: BTreeMap::new(),
+        failed: BTreeSet::new(),
         planned: BTreeMap::new(),
     };
     p.index();
@@ -296,6 +297,8 @@ struct Planner<'a> {
     found: BTreeMap<(ObjKind, String), Found<'a>>,
     /// Objects created by this plan: (kind, name) → back end.
     planned: BTreeMap<(ObjKind, String), String>,
+    /// Back ends whose discovery failed: what lives there is unknown.
+    failed: BTreeSet<String>,
 }
 
 fn addr(kind: ObjKind, name: &str) -> String {
@@ -309,7 +312,9 @@ impl<'a> Planner<'a> {
             match &b.discovery {
                 Discovery::Ok(inv) => {
                     for o in &inv.objects {
-                        seen.entry((o.kind, o.name.clone())).or_default().push((b, o));
+                        seen.entry((o.kind, o.name.clone()))
+                            .or_default()
+                            .push((b, o));
                     }
                     if !inv.complete() {
                         self.out.notes.push(format!(
@@ -319,10 +324,13 @@ impl<'a> Planner<'a> {
                         ));
                     }
                 }
-                Discovery::Failed(e) => self.out.notes.push(format!(
+                Discovery::Failed(e) => {
+                    self.failed.insert(b.name.as_str().to_owned());
+                    self.out.notes.push(format!(
                     "discovery of back end {} failed: {e}; no deletes in this run, and nothing is placed there",
                     b.name
-                )),
+                ));
+                }
             }
         }
         for ((kind, name), list) in seen {
@@ -418,13 +426,45 @@ impl<'a> Planner<'a> {
         self.recorded.objects.get(&uuid).map(|r| r.deletion_policy)
     }
 
+    /// A recorded object of this name that is gone from a back end that was
+    /// discovered (on an undiscovered one, nothing can be said).
     fn lost(&self, kind: ObjKind, name: &str) -> Option<(Uuid, &str)> {
         self.recorded.objects.iter().find_map(|(u, r)| {
             (ObjKind::from(r.kind) == kind
                 && r.name == name
+                && !self.failed.contains(&r.backend)
                 && !self.found.contains_key(&(kind, name.to_owned())))
             .then_some((*u, r.backend.as_str()))
         })
+    }
+
+    /// For an object not found: whether it may live on a back end that could
+    /// not be discovered; then nothing is created in its place (it would be
+    /// a duplicate), and the plan says so.
+    fn held_back(&mut self, kind: ObjKind, name: &str, pinned: Option<&Name>) -> bool {
+        if self.failed.is_empty() {
+            return false;
+        }
+        let recorded_on = self
+            .recorded
+            .objects
+            .values()
+            .find(|r| ObjKind::from(r.kind) == kind && r.name == name)
+            .map(|r| r.backend.clone());
+        let suspect = match (pinned, &recorded_on) {
+            (Some(p), _) => self
+                .failed
+                .contains(p.as_str())
+                .then(|| p.as_str().to_owned()),
+            (None, Some(b)) => self.failed.contains(b).then(|| b.clone()),
+            (None, None) => Some(self.failed.iter().cloned().collect::<Vec<_>>().join(", ")),
+        };
+        let Some(where_) = suspect else { return false };
+        self.out.notes.push(format!(
+            "{} is not planned: it is, or may be, on {where_}, which could not be discovered",
+            addr(kind, name)
+        ));
+        true
     }
 
     fn record_if_needed(
@@ -649,6 +689,9 @@ impl<'a> Planner<'a> {
             );
             return;
         }
+        if self.held_back(ObjKind::Volume, name.as_str(), doc.spec.backend.as_ref()) {
+            return;
+        }
         if let Some((uuid, backend)) = self.lost(ObjKind::Volume, name.as_str())
             && !self.opts.recreate_lost
         {
@@ -838,6 +881,23 @@ impl<'a> Planner<'a> {
                         self.record_if_needed(ObjKind::Snapshot, name.as_str(), obj.uuid, &bname, obj.size, policy);
                     }
                 }
+                return;
+            }
+            // A snapshot lives with its volume.
+            let vol_backend = self.backend_of(ObjKind::Volume, vol.as_str());
+            let pin = vol_backend.as_ref().and_then(|b| {
+                self.world
+                    .backends
+                    .keys()
+                    .find(|k| k.as_str() == b)
+                    .cloned()
+            });
+            if (vol_backend.is_none()
+                || pin
+                    .as_ref()
+                    .is_some_and(|p| self.failed.contains(p.as_str())))
+                && self.held_back(ObjKind::Snapshot, name.as_str(), pin.as_ref())
+            {
                 return;
             }
             if let Some((uuid, backend)) = self.lost(ObjKind::Snapshot, name.as_str()) {

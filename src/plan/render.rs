@@ -62,14 +62,11 @@ pub fn text(plan: &Plan) -> String {
                     human(c.provisioned_after as f64)
                 )
             };
-            let vfree = if (c.virtual_free_before - c.virtual_free_after).abs() < 0.5 {
-                human(c.virtual_free_before)
+            let (vb, va) = (human(c.virtual_free_before), human(c.virtual_free_after));
+            let vfree = if vb == va {
+                vb
             } else {
-                format!(
-                    "{} -> {}",
-                    human(c.virtual_free_before),
-                    human(c.virtual_free_after)
-                )
+                format!("{vb} -> {va}")
             };
             #[allow(clippy::cast_precision_loss)]
             let total = human(c.total as f64);

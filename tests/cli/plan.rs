@@ -539,3 +539,61 @@ fn plan_text_is_stable() {
     settings.add_filter(r"(?m)^  local  .*$", "  local  [capacity]");
     settings.bind(|| insta::assert_snapshot!(r1.stdout));
 }
+
+#[test]
+fn a_share_that_cannot_be_mounted_fails_that_back_end_only() {
+    let site = Site::new();
+    let local = site.path().join("local");
+    let mnt = site.path().join("mnt");
+    fs::create_dir_all(&local).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    site.write(
+        "b.yaml",
+        &format!(
+            "{}---\n{}",
+            backend("local", &local, ""),
+            backend(
+                "nfs",
+                &mnt,
+                "    share: 127.0.0.1:/srv/nothing-here\n    mountOptions: retry=0,timeo=10\n"
+            )
+        ),
+    );
+    site.write(
+        "v.yaml",
+        &format!(
+            "{}  backend: local\n---\n{}  backend: nfs\n---\n{}",
+            volume("a", "8Mi", ""),
+            volume("b", "8Mi", ""),
+            volume("c", "8Mi", "")
+        ),
+    );
+    let r = site.run(&["apply", "-f", "manifests", "--auto-approve"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(
+            "Note: discovery of back end nfs failed: cannot mount 127.0.0.1:/srv/nothing-here at "
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(
+            "Note: volume.b is not planned: it is, or may be, on nfs, which could not be discovered"
+        ),
+        "{}",
+        r.stdout
+    );
+    // An unpinned volume is not created elsewhere while it may live on the
+    // undiscovered back end (it would be a duplicate).
+    assert!(
+        r.stdout.contains("Note: volume.c is not planned"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("Resources: 1 added"), "{}", r.stdout);
+    assert_eq!(
+        site.objects("local").keys().collect::<Vec<_>>(),
+        ["volume.a"]
+    );
+}
