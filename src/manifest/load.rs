@@ -86,6 +86,11 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
         load_file(f, &mut loaded);
     }
     loaded.files = files;
+    finish(loaded)
+}
+
+/// Cross-document validation, then findings in file and position order.
+fn finish(mut loaded: Loaded) -> Loaded {
     super::validate::validate(&loaded.set, &mut loaded.diagnostics);
     loaded
         .diagnostics
@@ -101,12 +106,7 @@ pub fn load_source(file: &Path, src: &str) -> Loaded {
     let file: Arc<Path> = Arc::from(file);
     check_text(&file, src, &mut loaded);
     loaded.files.push(file.to_path_buf());
-    super::validate::validate(&loaded.set, &mut loaded.diagnostics);
-    loaded
-        .diagnostics
-        .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    loaded.diagnostics.dedup();
-    loaded
+    finish(loaded)
 }
 
 fn io_message(e: &std::io::Error) -> String {

@@ -118,6 +118,13 @@ impl Name {
     }
 }
 
+// Ord and Hash come from the inner String, so lookups by &str agree.
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl FromStr for Name {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -352,12 +352,7 @@ impl<'a> Planner<'a> {
         // Records of objects that are gone.
         for (uuid, rec) in &self.recorded.objects {
             let kind: ObjKind = rec.kind.into();
-            let Some(b) = self
-                .world
-                .backends
-                .values()
-                .find(|b| b.name.as_str() == rec.backend)
-            else {
+            let Some(b) = self.world.backends.get(rec.backend.as_str()) else {
                 continue;
             };
             let Some(inv) = b.inventory() else { continue };
@@ -1058,12 +1053,7 @@ impl<'a> Planner<'a> {
             if declared.contains(&(kind, rec.name.clone())) || found_uuids.contains(uuid) {
                 continue;
             }
-            let Some(b) = self
-                .world
-                .backends
-                .values()
-                .find(|b| b.name.as_str() == rec.backend)
-            else {
+            let Some(b) = self.world.backends.get(rec.backend.as_str()) else {
                 continue;
             };
             if !b
