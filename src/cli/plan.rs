@@ -167,19 +167,51 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
     })
 }
 
-struct Printer;
+/// Prints each step's start and end, and Terraform's "Still creating...
+/// [10s elapsed]" while a long step (a large copy) runs.
+#[derive(Default)]
+struct Printer {
+    ticker: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+const TICK: Duration = Duration::from_secs(10);
+
+impl Printer {
+    fn stop_ticker(&mut self) {
+        if let Some((stop, handle)) = self.ticker.take() {
+            let _ = stop.send(());
+            let _ = handle.join();
+        }
+    }
+}
 
 impl Progress for Printer {
     fn start(&mut self, action: &Action, _detail: &str) {
-        let verb = match action.symbol() {
-            "+" => "Creating...",
-            "~" => "Modifying...",
-            "-" => "Destroying...",
-            _ => "Forgetting...",
+        let (verb, still) = match action.symbol() {
+            "+" => ("Creating...", "Still creating..."),
+            "~" => ("Modifying...", "Still modifying..."),
+            "-" => ("Destroying...", "Still destroying..."),
+            _ => ("Forgetting...", "Still forgetting..."),
         };
         let _ = writeln!(std::io::stdout().lock(), "{}: {verb}", action.address);
+        self.stop_ticker();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let address = action.address.clone();
+        let handle = std::thread::spawn(move || {
+            let mut elapsed = Duration::ZERO;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TICK) {
+                elapsed += TICK;
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{address}: {still} [{}s elapsed]",
+                    elapsed.as_secs()
+                );
+            }
+        });
+        self.ticker = Some((tx, handle));
     }
     fn done(&mut self, action: &Action, changed: bool, elapsed: Duration) {
+        self.stop_ticker();
         let verb = match action.symbol() {
             "+" => "Creation complete",
             "~" => "Modifications complete",
@@ -197,6 +229,12 @@ impl Progress for Printer {
             action.address,
             elapsed.as_secs_f64()
         );
+    }
+}
+
+impl Drop for Printer {
+    fn drop(&mut self) {
+        self.stop_ticker();
     }
 }
 
@@ -267,7 +305,7 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
         writeln!(std::io::stdout().lock(), "\nApply cancelled.")?;
         return Ok(1);
     }
-    let mut printer = Printer;
+    let mut printer = Printer::default();
     match apply::apply(&plan, &p.world, &g.state, &mut p.ledger, &mut printer) {
         Ok(r) => {
             let mut line = format!(
