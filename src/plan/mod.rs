@@ -12,6 +12,8 @@
 pub mod capacity;
 pub mod render;
 pub mod schedule;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
