@@ -8,6 +8,10 @@
 //! as [`Discovery::Failed`]: the planner then makes no deletes anywhere in that
 //! run (a failed listing must never read as "empty, delete all").
 //!
+//! LVM back ends are read from one `lvm fullreport` over every VG named in the
+//! manifests ([`crate::lvm::cmd::fullreport`]); a VG that cannot be read fails
+//! only the back ends on it.
+//!
 //! Must not: decide anything. It reports; the planner judges.
 
 use std::collections::BTreeMap;
@@ -16,7 +20,8 @@ use std::path::Path;
 use uuid::Uuid;
 
 use crate::file::{self, FileBackend, Health};
-use crate::manifest::kinds::{Allocation, BackendSpec};
+use crate::lvm;
+use crate::manifest::kinds::{Allocation, BackendSpec, VolumeClear};
 use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
@@ -87,12 +92,52 @@ pub struct Observed {
 /// Capacity figures of one back end, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Capacity {
-    /// Total size.
+    /// Total size (LVM thin: the pool's data size; thick: the VG's size).
     pub total: u64,
-    /// Free space (for files: available to unprivileged users).
+    /// Free space (for files: available to unprivileged users; LVM thin: the
+    /// pool's unused data; thick: the VG's free extents).
     pub free: u64,
-    /// Sum of our objects' logical sizes.
+    /// Sum of logical sizes (files: ours; LVM thin: every thin LV in the pool;
+    /// LVM thick: every allocated extent).
     pub provisioned: u64,
+    /// LVM figures, for `lvm` back ends.
+    pub lvm: Option<LvmCapacity>,
+}
+
+/// What an `lvm` back end adds to its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LvmCapacity {
+    /// VG size, bytes.
+    pub vg_size: u64,
+    /// VG free, bytes.
+    pub vg_free: u64,
+    /// The thin pool's use, when the back end is thin and the pool exists.
+    pub pool: Option<PoolUsage>,
+    /// The back end's thin pool does not exist and `thinPoolSize` is declared:
+    /// the sizes to create it with (the capacity figures are those of the pool
+    /// to be created).
+    pub create_pool: Option<PoolSizes>,
+}
+
+/// The sizes of a thin pool to create, in bytes, multiples of the extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSizes {
+    /// Data.
+    pub data: u64,
+    /// Metadata (lvm2 also keeps a spare of this size in the VG).
+    pub metadata: u64,
+}
+
+/// A thin pool's use, in hundredths of a percent (lvm2 prints two decimals, so
+/// these are exact). `None` while the pool is inactive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolUsage {
+    /// `data_percent` × 100.
+    pub data_centi: Option<u32>,
+    /// `metadata_percent` × 100.
+    pub metadata_centi: Option<u32>,
 }
 
 /// What discovery found on one back end.
@@ -106,6 +151,9 @@ pub struct Inventory {
     pub foreign: Vec<String>,
     /// Problems that make the view partial (no deletes when any).
     pub problems: Vec<String>,
+    /// A metadata generation that changes with every change of the back end
+    /// (LVM's `vg_seqno`), when it has one; part of the fingerprint.
+    pub generation: Option<u64>,
 }
 
 impl Inventory {
@@ -135,7 +183,16 @@ pub enum Driver {
         allocation: Allocation,
     },
     /// An LVM volume group.
-    Lvm,
+    Lvm {
+        /// The volume group.
+        volume_group: String,
+        /// The thin pool, for thin back ends.
+        thin_pool: Option<String>,
+        /// `thinPoolSize`: create the pool with this many bytes when missing.
+        thin_pool_size: Option<u64>,
+        /// How thick LVs are wiped when deleted.
+        volume_clear: VolumeClear,
+    },
 }
 
 /// One back end as the planner sees it: configuration plus discovery.
@@ -225,6 +282,9 @@ impl World {
                         h.update(p.as_bytes());
                         h.update(b"\n");
                     }
+                    if let Some(g) = inv.generation {
+                        h.update(format!("generation|{g}\n").as_bytes());
+                    }
                 }
             }
         }
@@ -237,20 +297,52 @@ pub fn is_local(spec: &BackendSpec, host: &str) -> bool {
     spec.host.as_deref().is_none_or(|h| h == host)
 }
 
-/// Discovers every back end of `host` declared in `set`.
+/// Discovers every back end of `host` declared in `set`: LVM through one `lvm
+/// fullreport` of their VGs, files through the filesystem.
 pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
+    let vgs = lvm_volume_groups(set, host);
+    let refs: Vec<&str> = vgs.iter().map(String::as_str).collect();
+    let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &refs);
+    discover_with(set, host, state_dir, &reports)
+}
+
+/// The VGs of `host`'s LVM back ends, sorted, each once.
+pub fn lvm_volume_groups(set: &ManifestSet, host: &str) -> Vec<String> {
+    let mut vgs: Vec<String> = set
+        .backends
+        .values()
+        .filter(|d| is_local(&d.spec, host))
+        .filter_map(|d| d.spec.lvm.as_ref())
+        .map(|l| l.volume_group.as_str().to_owned())
+        .collect();
+    vgs.sort();
+    vgs.dedup();
+    vgs
+}
+
+/// [`discover`] with the LVM report already read (benchmarks, tests).
+pub fn discover_with(
+    set: &ManifestSet,
+    host: &str,
+    state_dir: &Path,
+    lvm_reports: &lvm::cmd::Reports,
+) -> World {
     let mut world = World::default();
     for (name, doc) in &set.backends {
         if !is_local(&doc.spec, host) {
             continue;
         }
-        let view = view_of(doc, state_dir);
+        let view = view_of(doc, state_dir, lvm_reports);
         world.backends.insert(name.clone(), view);
     }
     world
 }
 
-fn view_of(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
+fn view_of(
+    doc: &Doc<BackendSpec>,
+    state_dir: &Path,
+    lvm_reports: &lvm::cmd::Reports,
+) -> BackendView {
     let spec = &doc.spec;
     let capabilities = spec
         .capabilities
@@ -285,14 +377,138 @@ fn view_of(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
             discovery,
         );
     }
-    common(
-        Driver::Lvm,
-        spec.lvm.as_ref().is_some_and(|l| l.thin_pool.is_some()),
-        1,
-        Discovery::Failed(
-            "LVM back ends are not supported by this version of cinderblock yet".into(),
-        ),
-    )
+    let Some(l) = &spec.lvm else {
+        // Validation refuses such a back end; never guess a place to write.
+        return common(
+            Driver::Lvm {
+                volume_group: String::new(),
+                thin_pool: None,
+                thin_pool_size: None,
+                volume_clear: VolumeClear::Zero,
+            },
+            false,
+            1,
+            Discovery::Failed("the back end declares neither lvm nor file".into()),
+        );
+    };
+    let driver = Driver::Lvm {
+        volume_group: l.volume_group.as_str().to_owned(),
+        thin_pool: l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
+        thin_pool_size: l
+            .thin_pool_size
+            .map(crate::manifest::values::Quantity::bytes),
+        volume_clear: spec.volume_clear.unwrap_or_default(),
+    };
+    let (extent, discovery) = discover_lvm(doc, &driver, lvm_reports);
+    common(driver, l.thin_pool.is_some(), extent, discovery)
+}
+
+/// One LVM back end out of the discovery's report: (extent size, discovery).
+fn discover_lvm(
+    doc: &Doc<BackendSpec>,
+    driver: &Driver,
+    reports: &lvm::cmd::Reports,
+) -> (u64, Discovery) {
+    let Driver::Lvm {
+        volume_group: vg,
+        thin_pool,
+        thin_pool_size,
+        ..
+    } = driver
+    else {
+        return (1, Discovery::Failed("not an LVM back end".into()));
+    };
+    if let Some(e) = reports.failed.get(vg) {
+        return (
+            1,
+            Discovery::Failed(format!("cannot read volume group {vg}: {e}")),
+        );
+    }
+    let cfg = lvm::inventory::Config {
+        backend: doc.name().as_str(),
+        vg,
+        thin_pool: thin_pool.as_deref(),
+    };
+    let inv = match lvm::inventory::inventory(&reports.report, &cfg) {
+        Ok(inv) => inv,
+        Err(e) => return (1, Discovery::Failed(e.to_string())),
+    };
+    let extent = inv.vg.extent.max(1);
+    if inv.pool_missing && thin_pool_size.is_none() {
+        return (
+            extent,
+            Discovery::Failed(format!(
+                "thin pool {vg}/{} does not exist; create it, or declare spec.lvm.thinPoolSize to have cinderblock create it",
+                thin_pool.as_deref().unwrap_or_default()
+            )),
+        );
+    }
+    let create_pool = thin_pool_size.filter(|_| inv.pool_missing).map(|s| {
+        let data = crate::plan::round_up(s, extent);
+        PoolSizes {
+            data,
+            metadata: lvm::inventory::pool_metadata_size(data, extent),
+        }
+    });
+    (extent, Discovery::Ok(from_lvm_inventory(&inv, create_pool)))
+}
+
+/// Hundredths of a percent from lvm2's two-decimal percentage.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0..=100 × 100, rounded
+fn centi(p: Option<f64>) -> Option<u32> {
+    p.map(|p| (p * 100.0).round().clamp(0.0, 10_000.0) as u32)
+}
+
+fn from_lvm_inventory(
+    inv: &lvm::inventory::Inventory,
+    create_pool: Option<PoolSizes>,
+) -> Inventory {
+    let objects = inv
+        .objects
+        .iter()
+        .map(|o| Observed {
+            uuid: o.owned.uuid,
+            name: o.owned.name.clone(),
+            kind: match o.owned.kind {
+                lvm::tags::LvObjKind::Volume => ObjKind::Volume,
+                lvm::tags::LvObjKind::Snapshot => ObjKind::Snapshot,
+                lvm::tags::LvObjKind::Image => ObjKind::Image,
+            },
+            size: o.size,
+            allocated: o.allocated,
+            parent: o.owned.parent,
+            health: match o.owned.state {
+                Some(lvm::tags::InFlight::Creating) => ObjHealth::Creating,
+                Some(lvm::tags::InFlight::Deleting) => ObjHealth::Deleting,
+                None if o.invalid => ObjHealth::DataMissing,
+                None => ObjHealth::Ready,
+            },
+        })
+        .collect();
+    let (total, free, provisioned) = match create_pool {
+        Some(p) => (p.data, p.data, 0),
+        None => inv.capacity(),
+    };
+    Inventory {
+        capacity: Capacity {
+            total,
+            free,
+            provisioned,
+            lvm: Some(LvmCapacity {
+                vg_size: inv.vg.size,
+                vg_free: inv.vg.free,
+                pool: inv.pool.map(|p| PoolUsage {
+                    data_centi: centi(p.data_percent),
+                    metadata_centi: centi(p.metadata_percent),
+                }),
+                create_pool,
+            }),
+        },
+        objects,
+        foreign: inv.foreign.clone(),
+        problems: inv.problems.clone(),
+        generation: Some(inv.vg.seqno),
+    }
 }
 
 fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discovery {
@@ -354,6 +570,7 @@ fn from_file_inventory(inv: &file::Inventory) -> Inventory {
             total: inv.capacity.total,
             free: inv.capacity.available,
             provisioned: inv.capacity.provisioned,
+            lvm: None,
         },
         objects,
         foreign: inv
@@ -366,5 +583,6 @@ fn from_file_inventory(inv: &file::Inventory) -> Inventory {
             .iter()
             .map(|p| format!("{}: {}", p.path.display(), p.message))
             .collect(),
+        generation: None,
     }
 }

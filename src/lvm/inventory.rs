@@ -210,6 +210,24 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
     })
 }
 
+/// The metadata size cinderblock gives a thin pool of `data` bytes: lvm2's
+/// own estimate (64 bytes per 64 KiB chunk) doubled, because snapshots share
+/// blocks and every shared mapping costs metadata, at least 4 MiB, rounded up
+/// to the extent and at most lvm2's limit (16 GiB less one extent, roughly).
+/// Explicit rather than lvm2's choice, so the plan can show it and check the VG
+/// has room for it and for lvm2's spare of the same size.
+pub fn pool_metadata_size(data: u64, extent: u64) -> u64 {
+    const MIN: u64 = 4 << 20;
+    const MAX: u64 = (16 << 30) - (128 << 20);
+    let estimate = (data / (64 << 10)).saturating_mul(64).saturating_mul(2);
+    let extent = extent.max(1);
+    let size = estimate
+        .clamp(MIN, MAX)
+        .div_ceil(extent)
+        .saturating_mul(extent);
+    size.min(MAX / extent * extent)
+}
+
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
@@ -409,6 +427,14 @@ mod tests {
             3,
             "the first LV of a duplicated identity stays"
         );
+    }
+
+    #[test]
+    fn pool_metadata_is_explicit_and_extent_aligned() {
+        assert_eq!(pool_metadata_size(GIB, 4 * MIB), 4 * MIB);
+        assert_eq!(pool_metadata_size(1 << 40, 4 * MIB), 2 * GIB);
+        assert_eq!(pool_metadata_size(1 << 50, 4 * MIB) % (4 * MIB), 0);
+        assert!(pool_metadata_size(1 << 50, 4 * MIB) < 16 * GIB);
     }
 
     fn r_tags(uuid: &str) -> Vec<String> {

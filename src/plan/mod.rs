@@ -18,14 +18,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::manifest::kinds::{DeletionPolicy, VolumeSpec};
+use crate::manifest::kinds::{DeletionPolicy, VolumeClear, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
-use crate::observe::{BackendView, Discovery, ObjHealth, ObjKind, Observed, World};
+use crate::observe::{BackendView, Discovery, Driver, ObjHealth, ObjKind, Observed, World};
 use crate::state::record::Recorded;
 pub use crate::state::record::RecordedKind;
 
-use capacity::Pool;
+use capacity::HIGH_WATER_CENTI;
 use schedule::{Request, Scheduler};
 
 /// How an action affects data.
@@ -132,6 +132,19 @@ pub enum Op {
         /// Size.
         size: u64,
     },
+    /// Create a back end's declared thin pool (`spec.lvm.thinPoolSize`).
+    CreatePool {
+        /// Back end.
+        backend: String,
+        /// Its volume group.
+        volume_group: String,
+        /// The pool's name.
+        pool: String,
+        /// Data size in bytes.
+        size: u64,
+        /// Metadata size in bytes (lvm2 keeps a spare of the same size).
+        metadata_size: u64,
+    },
     /// Let go of an object, keeping its data (`Retain`), or drop the record
     /// of one that is gone.
     Forget {
@@ -166,7 +179,7 @@ impl Action {
     /// Terraform's symbol for the action.
     pub fn symbol(&self) -> &'static str {
         match self.op {
-            Op::Create { .. } => "+",
+            Op::Create { .. } | Op::CreatePool { .. } => "+",
             Op::Extend { .. } | Op::Record { .. } => "~",
             Op::Delete { .. } => "-",
             Op::Forget { .. } => ".",
@@ -203,6 +216,41 @@ pub struct CapacityChange {
     pub virtual_free_after: f64,
     /// Effective over-subscription ratio (thin).
     pub ratio: f64,
+    /// LVM figures: VG free and the thin pool's use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<LvmCapacityChange>,
+}
+
+/// The LVM part of a back end's capacity before → after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LvmCapacityChange {
+    /// The volume group.
+    pub volume_group: String,
+    /// VG free bytes before.
+    pub vg_free_before: u64,
+    /// VG free bytes after.
+    pub vg_free_after: u64,
+    /// The thin pool, for thin back ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_pool: Option<ThinPoolCapacity>,
+}
+
+/// A thin pool's use (creating thin volumes does not change it; writing
+/// does), against the high-water mark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThinPoolCapacity {
+    /// The pool's name.
+    pub name: String,
+    /// Data use in hundredths of a percent (`None`: inactive pool).
+    pub data_centi: Option<u32>,
+    /// Metadata use in hundredths of a percent.
+    pub metadata_centi: Option<u32>,
+    /// The high-water mark in hundredths of a percent.
+    pub high_water_centi: u32,
+    /// The plan creates the pool.
+    pub created: bool,
 }
 
 /// A plan.
@@ -229,7 +277,7 @@ impl Plan {
         let mut c = (0, 0, 0, 0);
         for a in &self.actions {
             match a.op {
-                Op::Create { .. } => c.0 += 1,
+                Op::Create { .. } | Op::CreatePool { .. } => c.0 += 1,
                 Op::Extend { .. } | Op::Record { .. } => c.1 += 1,
                 Op::Delete { .. } => c.2 += 1,
                 Op::Forget { .. } => c.3 += 1,
@@ -279,6 +327,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     };
     p.index();
     p.unsupported();
+    p.pools();
     p.objects();
     p.removals();
     p.capacity();
@@ -341,7 +390,20 @@ impl<'a> Planner<'a> {
             let (backend, obj) = list[0];
             self.found.insert((kind, name), Found { backend, obj });
         }
-        // Records of objects that are gone.
+        // Records of objects that are gone (a set, not a scan per record: ten
+        // thousand LVs must plan in milliseconds).
+        let present: BTreeSet<(&str, Uuid)> = self
+            .world
+            .backends
+            .values()
+            .filter_map(|b| Some((b.name.as_str(), b.inventory()?)))
+            .flat_map(|(n, inv)| {
+                inv.objects
+                    .iter()
+                    .filter(|o| o.health != ObjHealth::DataMissing)
+                    .map(move |o| (n, o.uuid))
+            })
+            .collect();
         for (uuid, rec) in &self.recorded.objects {
             let kind: ObjKind = rec.kind.into();
             let Some(b) = self
@@ -353,11 +415,7 @@ impl<'a> Planner<'a> {
                 continue;
             };
             let Some(inv) = b.inventory() else { continue };
-            let present = inv
-                .objects
-                .iter()
-                .any(|o| o.uuid == *uuid && o.health != ObjHealth::DataMissing);
-            if !present && inv.complete() {
+            if !present.contains(&(rec.backend.as_str(), *uuid)) && inv.complete() {
                 self.out.drift.push(Drift {
                     address: addr(kind, &rec.name),
                     message: format!(
@@ -410,6 +468,75 @@ impl<'a> Planner<'a> {
             if doc.spec.consistency_group.is_some() {
                 self.out.errors.push(format!("snapshot.{name}: group snapshots are not supported by this version of cinderblock yet"));
             }
+        }
+    }
+
+    /// Thin pools that LVM back ends declare with `thinPoolSize` and that do
+    /// not exist yet: created first, before anything is placed in them. A pool
+    /// is never sized by guesswork (Cinder takes 95 % of the VG).
+    fn pools(&mut self) {
+        for (name, b) in &self.world.backends {
+            let Driver::Lvm {
+                volume_group,
+                thin_pool: Some(pool),
+                thin_pool_size,
+                ..
+            } = &b.driver
+            else {
+                continue;
+            };
+            let Some(lvm) = b.inventory().and_then(|i| i.capacity.lvm) else {
+                continue;
+            };
+            let a = format!("pool.{name}");
+            let Some(sizes) = lvm.create_pool else {
+                if let (Some(want), Some(inv)) = (thin_pool_size, b.inventory())
+                    && round_up(*want, b.extent) > inv.capacity.total
+                {
+                    self.out.notes.push(format!(
+                        "{a}: spec.lvm.thinPoolSize ({}) is only used to create the pool; {volume_group}/{pool} exists with {} and is left as it is",
+                        format_bytes_exact(*want),
+                        format_bytes_exact(inv.capacity.total)
+                    ));
+                }
+                continue;
+            };
+            let need = sizes.data + 2 * sizes.metadata;
+            if need > lvm.vg_free {
+                self.out.errors.push(format!(
+                    "{a}: thin pool {volume_group}/{pool} needs {} ({} data, {} metadata and as much again for lvm2's metadata spare), but volume group {volume_group} has {} free; lower spec.lvm.thinPoolSize or grow the volume group",
+                    format_bytes_exact(need),
+                    format_bytes_exact(sizes.data),
+                    format_bytes_exact(sizes.metadata),
+                    format_bytes_exact(lvm.vg_free)
+                ));
+                continue;
+            }
+            let rounded = thin_pool_size
+                .filter(|s| *s != sizes.data)
+                .map(|s| {
+                    format!(
+                        " (rounded up from {} to the {} extent)",
+                        format_bytes_exact(s),
+                        format_bytes_exact(b.extent)
+                    )
+                })
+                .unwrap_or_default();
+            self.out.actions.push(Action {
+                address: a,
+                op: Op::CreatePool {
+                    backend: name.as_str().to_owned(),
+                    volume_group: volume_group.clone(),
+                    pool: pool.clone(),
+                    size: sizes.data,
+                    metadata_size: sizes.metadata,
+                },
+                reason: format!(
+                    "thin pool {volume_group}/{pool} does not exist and spec.lvm.thinPoolSize declares {}{rounded}",
+                    format_bytes_exact(sizes.data)
+                ),
+                impact: Impact::Grows,
+            });
         }
     }
 
@@ -601,7 +728,25 @@ impl<'a> Planner<'a> {
                 ));
             } else if want > have || matches!(obj.health, ObjHealth::SizeMismatch { .. }) {
                 let growth = want - obj.size.min(want);
-                if let Some(pool) = self.sched.pool(&backend.name)
+                let thick_snaps: Vec<String> =
+                    if matches!(backend.driver, Driver::Lvm { .. }) && !backend.thin {
+                        self.found
+                            .values()
+                            .filter(|c| {
+                                c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid)
+                            })
+                            .map(|c| format!("snapshot.{}", c.obj.name))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                if !thick_snaps.is_empty() && want > have {
+                    self.out.errors.push(format!(
+                        "{a}: cannot extend to {} on {bname}: it is the origin of thick snapshot(s) {}, and lvm2 resizes such an origin only while it is inactive, which would cut off its users; delete the snapshots first (thin pools resize origins live)",
+                        format_bytes_exact(want),
+                        thick_snaps.join(", ")
+                    ));
+                } else if let Some(pool) = self.sched.pool(&backend.name)
                     && let Some(why) = pool.admit(growth).reason
                     && growth > 0
                 {
@@ -737,6 +882,16 @@ impl<'a> Planner<'a> {
             .map_or(1, |b| b.extent);
         let size = round_up(req.size, extent);
         let source_ref = self.source_of(doc, &chosen);
+        let rounded = if size == req.size {
+            String::new()
+        } else {
+            format!(
+                " (size {} rounded up to {}, a multiple of the {} extent)",
+                format_bytes_exact(req.size),
+                format_bytes_exact(size),
+                format_bytes_exact(extent)
+            )
+        };
         let why = match (&source_ref, doc.spec.backend.is_some()) {
             (Some(s), _) => format!(
                 "it is declared and does not exist; copied from {} {}",
@@ -747,7 +902,7 @@ impl<'a> Planner<'a> {
             (None, false) => {
                 "it is declared and does not exist; placed by the scheduler".to_owned()
             }
-        };
+        } + &rounded;
         self.push_create(
             ObjKind::Volume,
             name.as_str(),
@@ -857,6 +1012,39 @@ impl<'a> Planner<'a> {
                 .map(|f| f.obj.size)
                 .or_else(|| self.set.volumes.get(vol).map(|v| v.spec.size.bytes()))
                 .unwrap_or(0);
+            // LVM: thin snapshots have their volume's (extent-rounded) size;
+            // thick ones reserve copy-on-write space, spec.size or, as Cinder
+            // does, the volume's size.
+            let mut cow_note = String::new();
+            let size = match self
+                .world
+                .backends
+                .values()
+                .find(|b| b.name.as_str() == backend)
+            {
+                Some(b) if matches!(b.driver, Driver::Lvm { .. }) && b.thin => {
+                    round_up(size, b.extent)
+                }
+                Some(b) if matches!(b.driver, Driver::Lvm { .. }) => {
+                    let cow = round_up(
+                        doc.spec
+                            .size
+                            .map_or(size, crate::manifest::values::Quantity::bytes),
+                        b.extent,
+                    );
+                    cow_note = format!(
+                        "; a thick snapshot with {} of copy-on-write space ({})",
+                        format_bytes_exact(cow),
+                        if doc.spec.size.is_some() {
+                            "spec.size"
+                        } else {
+                            "the volume's size"
+                        }
+                    );
+                    cow
+                }
+                _ => size,
+            };
             if let Some(bn) = self
                 .world
                 .backends
@@ -881,7 +1069,7 @@ impl<'a> Planner<'a> {
                 src,
                 None,
                 policy,
-                format!("it is declared and does not exist; a point-in-time copy of volume.{vol}"),
+                format!("it is declared and does not exist; a point-in-time copy of volume.{vol}{cow_note}"),
             );
         }
     }
@@ -962,11 +1150,22 @@ impl<'a> Planner<'a> {
                     continue;
                 }
             }
-            let reason = if interrupted_delete {
+            let mut reason = if interrupted_delete {
                 "an earlier delete was interrupted; it is finished".to_owned()
             } else {
                 "its manifest was removed and its deletionPolicy is Delete".to_owned()
             };
+            if !f.backend.thin
+                && matches!(
+                    f.backend.driver,
+                    Driver::Lvm {
+                        volume_clear: VolumeClear::Zero,
+                        ..
+                    }
+                )
+            {
+                reason.push_str("; the LV is zeroed before it is removed (volumeClear: zero)");
+            }
             deletes.push(Action {
                 address: a,
                 op: Op::Delete {
@@ -991,11 +1190,10 @@ impl<'a> Planner<'a> {
             }
         }
         // Records of objects that are gone and no longer declared.
+        let found_uuids: BTreeSet<Uuid> = self.found.values().map(|f| f.obj.uuid).collect();
         for (uuid, rec) in &self.recorded.objects {
             let kind: ObjKind = rec.kind.into();
-            if declared.contains(&(kind, rec.name.clone()))
-                || self.found.values().any(|f| f.obj.uuid == *uuid)
-            {
+            if declared.contains(&(kind, rec.name.clone())) || found_uuids.contains(uuid) {
                 continue;
             }
             let Some(b) = self
@@ -1044,15 +1242,37 @@ impl<'a> Planner<'a> {
     fn capacity(&mut self) {
         for (name, b) in &self.world.backends {
             let Some(inv) = b.inventory() else { continue };
-            let before = Pool {
-                total: inv.capacity.total,
-                free: inv.capacity.free,
-                provisioned: inv.capacity.provisioned,
-                thin: b.thin,
-                ratio: b.ratio,
-                reserved_percentage: b.reserved_percentage,
-            };
+            let before = schedule::pool_of(b);
             let after = self.sched.pool(name).unwrap_or(before);
+            let lvm = match (&b.driver, inv.capacity.lvm) {
+                (
+                    Driver::Lvm {
+                        volume_group,
+                        thin_pool,
+                        ..
+                    },
+                    Some(l),
+                ) => {
+                    let pool_takes = l.create_pool.map_or(0, |p| p.data + 2 * p.metadata);
+                    Some(LvmCapacityChange {
+                        volume_group: volume_group.clone(),
+                        vg_free_before: l.vg_free,
+                        vg_free_after: if b.thin {
+                            l.vg_free.saturating_sub(pool_takes)
+                        } else {
+                            after.free
+                        },
+                        thin_pool: thin_pool.as_ref().map(|p| ThinPoolCapacity {
+                            name: p.clone(),
+                            data_centi: l.pool.and_then(|u| u.data_centi),
+                            metadata_centi: l.pool.and_then(|u| u.metadata_centi),
+                            high_water_centi: HIGH_WATER_CENTI,
+                            created: l.create_pool.is_some(),
+                        }),
+                    })
+                }
+                _ => None,
+            };
             self.out.capacity.push(CapacityChange {
                 backend: name.as_str().to_owned(),
                 thin: b.thin,
@@ -1062,6 +1282,7 @@ impl<'a> Planner<'a> {
                 virtual_free_before: before.virtual_free(),
                 virtual_free_after: after.virtual_free(),
                 ratio: before.effective_ratio(),
+                lvm,
             });
         }
     }
