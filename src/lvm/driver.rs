@@ -395,6 +395,7 @@ impl<'r> LvmBackend<'r> {
             self.target(&lv_name),
             &cmd::create_thick(&self.vg, &lv_name, spec.size, &tags),
         )?;
+        crash_point("lvm-copy");
         self.copy_into(src, &lv_name, spec.size)?;
         Ok(Change::Changed)
     }
@@ -667,6 +668,23 @@ impl<'r> LvmBackend<'r> {
         )?;
         tracing::info!(%uuid, lv = %lv.name, "released");
         Ok(Change::Changed)
+    }
+}
+
+/// Fault injection for the lab's crash test, like the executor's
+/// `CINDERBLOCK_CRASH_AT=STEP:POINT`: with `CINDERBLOCK_CRASH_AT=lvm-copy` the
+/// process kills itself (SIGKILL) between creating a thick clone's LV and
+/// copying its data, the one state inside a step that the executor's points
+/// cannot reach. Unset, it costs one comparison.
+fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("CINDERBLOCK_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        tracing::warn!(point, "CINDERBLOCK_CRASH_AT: killing this process");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -257,18 +257,24 @@ pub struct FullReport {
 }
 
 /// Parses `lvs --reportformat json` output made with `-o` [`LV_FIELDS`].
+///
+/// `thin_id` is a segment field, so lvm2 prints such a report per *segment*: an
+/// LV extended onto a second range of extents comes as two rows (checked in
+/// the lab). Rows with the same `lv_uuid` are one LV; the first row is kept.
 pub fn parse_lvs(json: &[u8]) -> Result<Vec<Lv>, ReportError> {
-    rows(&parse_json(json)?, "lv")?
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let vg = r.get("vg_name").and_then(Value::as_str);
-            let r = Row::new(r, "LV", i, "lv_name", vg)?;
-            let vg = r.str("vg_name")?.to_owned();
-            let thin_id = r.opt_u32("thin_id")?;
-            lv_from(&r, vg, thin_id)
-        })
-        .collect()
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in rows(&parse_json(json)?, "lv")?.iter().enumerate() {
+        let vg = r.get("vg_name").and_then(Value::as_str);
+        let r = Row::new(r, "LV", i, "lv_name", vg)?;
+        let vg = r.str("vg_name")?.to_owned();
+        let thin_id = r.opt_u32("thin_id")?;
+        let lv = lv_from(&r, vg, thin_id)?;
+        if seen.insert(lv.uuid.clone()) {
+            out.push(lv);
+        }
+    }
+    Ok(out)
 }
 
 /// Parses `vgs --reportformat json` output made with `-o` [`VG_FIELDS`].
@@ -806,6 +812,12 @@ mod tests {
                 "{field}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn one_lv_per_uuid_when_lvs_reports_segments() {
+        let json = format!(r#"{{"report":[{{"lv":[{{{GOOD_LV}}},{{{GOOD_LV}}}]}}]}}"#);
+        assert_eq!(parse_lvs(json.as_bytes()).unwrap().len(), 1);
     }
 
     #[test]

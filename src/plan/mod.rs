@@ -881,6 +881,13 @@ impl<'a> Planner<'a> {
             .find(|b| b.name.as_str() == chosen)
             .map_or(1, |b| b.extent);
         let size = round_up(req.size, extent);
+        if size > req.size
+            && let Some(bn) = self.world.backends.keys().find(|k| k.as_str() == chosen)
+        {
+            // The placement counted the size asked for; the extents taken are
+            // what counts for the next placement.
+            self.sched.grow(&bn.clone(), size - req.size);
+        }
         let source_ref = self.source_of(doc, &chosen);
         let rounded = if size == req.size {
             String::new()
@@ -1240,6 +1247,22 @@ impl<'a> Planner<'a> {
     }
 
     fn capacity(&mut self) {
+        // Several back ends may share a VG (a thick one and thin pools): its
+        // free space after the plan is what all of them take from it.
+        let mut vg_takes: BTreeMap<&str, i128> = BTreeMap::new();
+        for (name, b) in &self.world.backends {
+            let (Driver::Lvm { volume_group, .. }, Some(inv)) = (&b.driver, b.inventory()) else {
+                continue;
+            };
+            let Some(l) = inv.capacity.lvm else { continue };
+            let mut take = i128::from(l.create_pool.map_or(0, |p| p.data + 2 * p.metadata));
+            if !b.thin {
+                let before = schedule::pool_of(b);
+                let after = self.sched.pool(name).unwrap_or(before);
+                take += i128::from(before.free) - i128::from(after.free);
+            }
+            *vg_takes.entry(volume_group.as_str()).or_default() += take;
+        }
         for (name, b) in &self.world.backends {
             let Some(inv) = b.inventory() else { continue };
             let before = schedule::pool_of(b);
@@ -1253,15 +1276,12 @@ impl<'a> Planner<'a> {
                     },
                     Some(l),
                 ) => {
-                    let pool_takes = l.create_pool.map_or(0, |p| p.data + 2 * p.metadata);
+                    let take = vg_takes.get(volume_group.as_str()).copied().unwrap_or(0);
+                    let after_free = (i128::from(l.vg_free) - take).max(0);
                     Some(LvmCapacityChange {
                         volume_group: volume_group.clone(),
                         vg_free_before: l.vg_free,
-                        vg_free_after: if b.thin {
-                            l.vg_free.saturating_sub(pool_takes)
-                        } else {
-                            after.free
-                        },
+                        vg_free_after: u64::try_from(after_free).unwrap_or(u64::MAX),
                         thin_pool: thin_pool.as_ref().map(|p| ThinPoolCapacity {
                             name: p.clone(),
                             data_centi: l.pool.and_then(|u| u.data_centi),
