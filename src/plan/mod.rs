@@ -1125,10 +1125,16 @@ impl<'a> Planner<'a> {
                 forgets.push(Action {
                     address: a,
                     op: Op::Forget { kind: (*kind).into(), name: name.clone(), uuid: f.obj.uuid, backend: bname.clone(), gone: false },
-                    reason: format!(
-                        "its manifest was removed and its deletionPolicy is Retain: the data stays on {bname} as {}-{}, no longer managed",
-                        kind.as_str(), f.obj.uuid
-                    ),
+                    reason: match &f.backend.driver {
+                        Driver::Lvm { volume_group, .. } => format!(
+                            "its manifest was removed and its deletionPolicy is Retain: the LV tagged cinderblock.uuid={} stays in volume group {volume_group}, marked cinderblock.released={bname} and no longer managed",
+                            f.obj.uuid
+                        ),
+                        Driver::File { .. } => format!(
+                            "its manifest was removed and its deletionPolicy is Retain: the data stays on {bname} as {}-{}, no longer managed",
+                            kind.as_str(), f.obj.uuid
+                        ),
+                    },
                     impact: Impact::MetadataOnly,
                 });
                 continue;
