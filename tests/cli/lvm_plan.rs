@@ -256,3 +256,47 @@ fn thick_snapshots_reserve_cow_space_and_block_extending_their_origin() {
             .ends_with("a thick snapshot with 12Mi of copy-on-write space (spec.size)")
     );
 }
+
+#[test]
+fn capabilities_filter_sees_thin_and_thick_lvm_pools() {
+    let vtype = |name: &str, key: &str| {
+        format!(
+            "---\n{H}kind: VolumeType\nmetadata:\n  name: {name}\nspec:\n  extraSpecs:\n    {key}: \"<is> True\"\n"
+        )
+    };
+    let s = set(&[
+        backend("thick", "    volumeGroup: labvg\n", ""),
+        backend(
+            "thin",
+            "    volumeGroup: labvg\n    thinPool: pool0\n",
+            "  maxOverSubscriptionRatio: 30\n",
+        ),
+        vtype("thin-only", "capabilities:thin_provisioning_support"),
+        vtype("thick-only", "thick_provisioning_support"),
+        volume("a", "8Mi", "  volumeType: thin-only\n"),
+        volume("b", "8Mi", "  volumeType: thick-only\n"),
+    ]
+    .concat());
+    let p = plan::plan(
+        &s,
+        &world(&s, report("nobody")),
+        &Recorded::default(),
+        Options::default(),
+    );
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let placed: Vec<(String, String)> = p
+        .actions
+        .iter()
+        .filter_map(|a| match &a.op {
+            Op::Create { name, backend, .. } => Some((name.clone(), backend.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            ("a".to_owned(), "thin".to_owned()),
+            ("b".to_owned(), "thick".to_owned())
+        ]
+    );
+}
