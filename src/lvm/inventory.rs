@@ -232,7 +232,7 @@ pub fn pool_metadata_size(data: u64, extent: u64) -> u64 {
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     clippy::cast_precision_loss
-)]
+)] // a two-decimal percentage of a byte count, rounded: an estimate by nature
 fn allocated(lv: &Lv, thin: bool) -> Option<u64> {
     if thin {
         lv.data_percent

@@ -108,7 +108,7 @@ pub fn text(plan: &Plan) -> String {
 
 /// The LVM lines under a back end's capacity line: VG free before → after,
 /// and the thin pool's data and metadata use against the high-water mark.
-#[allow(clippy::cast_precision_loss)]
+#[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded to 2 digits
 fn lvm_capacity(s: &mut String, width: usize, l: &super::LvmCapacityChange) {
     let pad = " ".repeat(width + 4);
     let free = if l.vg_free_before == l.vg_free_after {

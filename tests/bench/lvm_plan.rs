@@ -13,6 +13,7 @@
 //!
 //! Run: `cargo bench --bench lvm_plan`.
 
+// A benchmark's output is its report; its set-up may panic on a broken fixture.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::cast_precision_loss)]
 
 use std::fmt::Write as _;
