@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::exec::Exec;
 use crate::file::{self, Change, FileBackend, NewObject};
-use crate::manifest::kinds::Allocation;
+use crate::lvm::{self, LvmBackend, NewLv, Wipe};
+use crate::manifest::kinds::{Allocation, VolumeClear};
 use crate::observe::{Driver, World};
 use crate::plan::{Action, Op, Plan, RecordedKind};
 use crate::state::journal::{Journal, JournalError, Outcome};
@@ -175,7 +177,7 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
         return;
     }
     match a.op {
-        Op::Create { .. } => r.added += 1,
+        Op::Create { .. } | Op::CreatePool { .. } => r.added += 1,
         Op::Extend { .. } | Op::Record { .. } => r.changed += 1,
         Op::Delete { .. } => r.destroyed += 1,
         Op::Forget { .. } => r.forgotten += 1,
@@ -189,6 +191,16 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
             "create {} id={} on {backend} size={size}",
             a.address,
             uuid.map(|u| u.to_string()).unwrap_or_default()
+        ),
+        Op::CreatePool {
+            backend,
+            volume_group,
+            pool,
+            size,
+            metadata_size,
+        } => format!(
+            "create {} thin pool {volume_group}/{pool} on {backend} size={size} metadata={metadata_size}",
+            a.address
         ),
         Op::Extend {
             uuid, backend, to, ..
@@ -219,17 +231,52 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
     }
 }
 
-fn file_backend(world: &World, name: &str) -> Result<(FileBackend, Allocation), String> {
+/// Where an action's back end keeps its data.
+enum Target {
+    File(FileBackend, Allocation),
+    Lvm(LvmBackend<'static>),
+}
+
+fn target(world: &World, name: &str) -> Result<Target, String> {
     let view = world
         .backends
         .values()
         .find(|b| b.name.as_str() == name)
         .ok_or_else(|| format!("back end {name} is not a back end of this host"))?;
-    match &view.driver {
-        Driver::File { root, allocation } => Ok((FileBackend::new(root, name), *allocation)),
-        Driver::Lvm => Err(format!(
-            "back end {name}: LVM is not supported by this version yet"
+    Ok(match &view.driver {
+        Driver::File { root, allocation } => {
+            Target::File(FileBackend::new(root, name), *allocation)
+        }
+        Driver::Lvm {
+            volume_group,
+            thin_pool,
+            volume_clear,
+            ..
+        } => Target::Lvm(LvmBackend::new(
+            Exec::host(),
+            name,
+            volume_group.clone(),
+            thin_pool.clone(),
+            match volume_clear {
+                VolumeClear::Zero => Wipe::Zero,
+                VolumeClear::None => Wipe::None,
+            },
         )),
+    })
+}
+
+fn from_lvm(c: lvm::Change) -> Change {
+    match c {
+        lvm::Change::Unchanged => Change::Unchanged,
+        lvm::Change::Changed => Change::Changed,
+    }
+}
+
+fn lvm_kind(k: RecordedKind) -> lvm::tags::LvObjKind {
+    match k {
+        RecordedKind::Volume => lvm::tags::LvObjKind::Volume,
+        RecordedKind::Snapshot => lvm::tags::LvObjKind::Snapshot,
+        RecordedKind::Image => lvm::tags::LvObjKind::Image,
     }
 }
 
@@ -249,6 +296,7 @@ fn run(
     ledger: &mut Ledger,
 ) -> Result<Change, String> {
     let err = |e: file::FileError| crate::error_chain(&e);
+    let lerr = |e: lvm::LvmError| crate::error_chain(&e);
     match &action.op {
         Op::Create {
             kind,
@@ -260,7 +308,6 @@ fn run(
             ..
         } => {
             let uuid = new_uuid.ok_or("no identity")?;
-            let (fb, alloc) = file_backend(world, backend)?;
             let source_uuid = match source {
                 None => None,
                 Some(s) => Some(
@@ -271,12 +318,12 @@ fn run(
                         })?,
                 ),
             };
-            let change = match kind {
-                RecordedKind::Snapshot => {
+            let change = match (target(world, backend)?, kind) {
+                (Target::File(fb, _), RecordedKind::Snapshot) => {
                     let vol = source_uuid.ok_or("a snapshot needs its volume")?;
                     fb.snapshot(vol, uuid, name).map_err(err)?.change
                 }
-                RecordedKind::Volume | RecordedKind::Image => {
+                (Target::File(fb, alloc), RecordedKind::Volume | RecordedKind::Image) => {
                     let src = match (source, source_uuid) {
                         (Some(s), Some(u)) => Some(file::SourceRef {
                             kind: match s.kind {
@@ -304,6 +351,31 @@ fn run(
                     .map_err(err)?
                     .change
                 }
+                (Target::Lvm(lb), RecordedKind::Snapshot) => {
+                    let vol = source_uuid.ok_or("a snapshot needs its volume")?;
+                    // `size` is the copy-on-write space of a thick snapshot;
+                    // a thin one ignores it.
+                    from_lvm(lb.snapshot(vol, uuid, name, *size).map_err(lerr)?)
+                }
+                (Target::Lvm(lb), RecordedKind::Volume | RecordedKind::Image) => {
+                    let src = match (source, source_uuid) {
+                        (Some(s), Some(u)) => Some(lvm::Source {
+                            kind: lvm_kind(s.kind),
+                            uuid: u,
+                        }),
+                        _ => None,
+                    };
+                    from_lvm(
+                        lb.create(&NewLv {
+                            uuid,
+                            name,
+                            kind: lvm_kind(*kind),
+                            size: *size,
+                            source: src,
+                        })
+                        .map_err(lerr)?,
+                    )
+                }
             };
             ledger.recorded.objects.insert(
                 uuid,
@@ -317,11 +389,24 @@ fn run(
             );
             Ok(change)
         }
+        Op::CreatePool {
+            backend,
+            size,
+            metadata_size,
+            ..
+        } => match target(world, backend)? {
+            Target::Lvm(lb) => Ok(from_lvm(
+                lb.create_pool(*size, *metadata_size).map_err(lerr)?,
+            )),
+            Target::File(..) => Err(format!("back end {backend} is not an LVM back end")),
+        },
         Op::Extend {
             uuid, backend, to, ..
         } => {
-            let (fb, alloc) = file_backend(world, backend)?;
-            let change = fb.extend(*uuid, *to, file_alloc(alloc)).map_err(err)?;
+            let change = match target(world, backend)? {
+                Target::File(fb, alloc) => fb.extend(*uuid, *to, file_alloc(alloc)).map_err(err)?,
+                Target::Lvm(lb) => from_lvm(lb.extend(*uuid, *to).map_err(lerr)?),
+            };
             if let Some(r) = ledger.recorded.objects.get_mut(uuid) {
                 r.size = *to;
             }
@@ -351,8 +436,10 @@ fn run(
             })
         }
         Op::Delete { uuid, backend, .. } => {
-            let (fb, _) = file_backend(world, backend)?;
-            let change = fb.delete(*uuid).map_err(err)?;
+            let change = match target(world, backend)? {
+                Target::File(fb, _) => fb.delete(*uuid).map_err(err)?,
+                Target::Lvm(lb) => from_lvm(lb.delete(*uuid).map_err(lerr)?),
+            };
             ledger.recorded.objects.remove(uuid);
             Ok(change)
         }
@@ -365,8 +452,10 @@ fn run(
             let change = if *gone {
                 Change::Changed
             } else {
-                let (fb, _) = file_backend(world, backend)?;
-                fb.release(*uuid).map_err(err)?
+                match target(world, backend)? {
+                    Target::File(fb, _) => fb.release(*uuid).map_err(err)?,
+                    Target::Lvm(lb) => from_lvm(lb.release(*uuid).map_err(lerr)?),
+                }
             };
             ledger.recorded.objects.remove(uuid);
             Ok(change)

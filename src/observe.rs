@@ -8,6 +8,10 @@
 //! as [`Discovery::Failed`]: the planner then makes no deletes anywhere in that
 //! run (a failed listing must never read as "empty, delete all").
 //!
+//! LVM back ends are read from one `lvm fullreport` over every VG named in the
+//! manifests ([`crate::lvm::cmd::fullreport`]); a VG that cannot be read fails
+//! only the back ends on it.
+//!
 //! Must not: decide anything. It reports; the planner judges.
 
 use std::collections::BTreeMap;
@@ -16,9 +20,10 @@ use std::path::Path;
 use uuid::Uuid;
 
 use crate::file::{self, FileBackend, Health};
-use crate::manifest::kinds::{Allocation, BackendSpec};
+use crate::lvm;
+use crate::manifest::kinds::{Allocation, BackendSpec, VolumeClear};
 use crate::manifest::validate::{backend_az, backend_name};
-use crate::manifest::values::{OverSubscription, Percent};
+use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
 
 /// What kind of object.
@@ -87,12 +92,52 @@ pub struct Observed {
 /// Capacity figures of one back end, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Capacity {
-    /// Total size.
+    /// Total size (LVM thin: the pool's data size; thick: the VG's size).
     pub total: u64,
-    /// Free space (for files: available to unprivileged users).
+    /// Free space (for files: available to unprivileged users; LVM thin: the
+    /// pool's unused data; thick: the VG's free extents).
     pub free: u64,
-    /// Sum of our objects' logical sizes.
+    /// Sum of logical sizes (files: ours; LVM thin: every thin LV in the pool;
+    /// LVM thick: every allocated extent).
     pub provisioned: u64,
+    /// LVM figures, for `lvm` back ends.
+    pub lvm: Option<LvmCapacity>,
+}
+
+/// What an `lvm` back end adds to its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LvmCapacity {
+    /// VG size, bytes.
+    pub vg_size: u64,
+    /// VG free, bytes.
+    pub vg_free: u64,
+    /// The thin pool's use, when the back end is thin and the pool exists.
+    pub pool: Option<PoolUsage>,
+    /// The back end's thin pool does not exist and `thinPoolSize` is declared:
+    /// the sizes to create it with (the capacity figures are those of the pool
+    /// to be created).
+    pub create_pool: Option<PoolSizes>,
+}
+
+/// The sizes of a thin pool to create, in bytes, multiples of the extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSizes {
+    /// Data.
+    pub data: u64,
+    /// Metadata (lvm2 also keeps a spare of this size in the VG).
+    pub metadata: u64,
+}
+
+/// A thin pool's use, in hundredths of a percent (lvm2 prints two decimals, so
+/// these are exact). `None` while the pool is inactive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolUsage {
+    /// `data_percent` × 100.
+    pub data_centi: Option<u32>,
+    /// `metadata_percent` × 100.
+    pub metadata_centi: Option<u32>,
 }
 
 /// What discovery found on one back end.
@@ -106,6 +151,9 @@ pub struct Inventory {
     pub foreign: Vec<String>,
     /// Problems that make the view partial (no deletes when any).
     pub problems: Vec<String>,
+    /// A metadata generation that changes with every change of the back end
+    /// (LVM's `vg_seqno`), when it has one; part of the fingerprint.
+    pub generation: Option<u64>,
 }
 
 impl Inventory {
@@ -135,7 +183,16 @@ pub enum Driver {
         allocation: Allocation,
     },
     /// An LVM volume group.
-    Lvm,
+    Lvm {
+        /// The volume group.
+        volume_group: String,
+        /// The thin pool, for thin back ends.
+        thin_pool: Option<String>,
+        /// `thinPoolSize`: create the pool with this many bytes when missing.
+        thin_pool_size: Option<u64>,
+        /// How thick LVs are wiped when deleted.
+        volume_clear: VolumeClear,
+    },
 }
 
 /// One back end as the planner sees it: configuration plus discovery.
@@ -178,15 +235,20 @@ impl BackendView {
 pub struct World {
     /// By manifest name.
     pub backends: BTreeMap<Name, BackendView>,
+    /// Back ends of this host whose discovery crashed: left out, so the
+    /// world is incomplete (no deletes) and nothing is placed anew.
+    pub missing: Vec<Name>,
 }
 
 impl World {
     /// Whether every back end was discovered completely: only then may a
     /// plan delete anything.
     pub fn complete(&self) -> bool {
-        self.backends
-            .values()
-            .all(|b| b.inventory().is_some_and(Inventory::complete))
+        self.missing.is_empty()
+            && self
+                .backends
+                .values()
+                .all(|b| b.inventory().is_some_and(Inventory::complete))
     }
 
     /// A fingerprint of what was observed (objects, their sizes and states,
@@ -225,6 +287,9 @@ impl World {
                         h.update(p.as_bytes());
                         h.update(b"\n");
                     }
+                    if let Some(g) = inv.generation {
+                        h.update(format!("generation|{g}\n").as_bytes());
+                    }
                 }
             }
         }
@@ -237,13 +302,39 @@ pub fn is_local(spec: &BackendSpec, host: &str) -> bool {
     spec.host.as_deref().is_none_or(|h| h == host)
 }
 
-/// Discovers every back end of `host` declared in `set`.
-///
-/// Back ends are discovered in parallel (one thread each, at most
-/// [`DISCOVERY_THREADS`] at a time): each is a directory walk or one LVM
-/// report, independent of the others, and a slow NFS share must not delay
-/// the rest.
+/// Discovers every back end of `host` declared in `set`: LVM through one `lvm
+/// fullreport` of their VGs, files through the filesystem.
 pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
+    let vgs = lvm_volume_groups(set, host);
+    let refs: Vec<&str> = vgs.iter().map(String::as_str).collect();
+    let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &refs);
+    discover_with(set, host, state_dir, &reports)
+}
+
+/// The VGs of `host`'s LVM back ends, sorted, each once.
+pub fn lvm_volume_groups(set: &ManifestSet, host: &str) -> Vec<String> {
+    let mut vgs: Vec<String> = set
+        .backends
+        .values()
+        .filter(|d| is_local(&d.spec, host))
+        .filter_map(|d| d.spec.lvm.as_ref())
+        .map(|l| l.volume_group.as_str().to_owned())
+        .collect();
+    vgs.sort();
+    vgs.dedup();
+    vgs
+}
+
+/// [`discover`] with the LVM report already read (benchmarks, tests).
+pub fn discover_with(
+    set: &ManifestSet,
+    host: &str,
+    state_dir: &Path,
+    lvm_reports: &lvm::cmd::Reports,
+) -> World {
+    // Back ends are discovered in parallel (at most DISCOVERY_THREADS at a
+    // time): each file back end is a directory walk, independent of the
+    // others, and a slow NFS share must not delay the rest.
     let local: Vec<(&Name, &Doc<BackendSpec>)> = set
         .backends
         .iter()
@@ -251,25 +342,20 @@ pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
         .collect();
     let mut world = World::default();
     for chunk in local.chunks(DISCOVERY_THREADS) {
-        let views: Vec<(Name, BackendView)> = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
                 .iter()
-                .map(|(name, doc)| scope.spawn(move || ((*name).clone(), view_of(doc, state_dir))))
+                .map(|(_, doc)| scope.spawn(move || view_of(doc, state_dir, lvm_reports)))
                 .collect();
-            handles
-                .into_iter()
-                .zip(chunk)
-                .map(|(h, (name, doc))| {
-                    h.join().unwrap_or_else(|_| {
-                        (
-                            (*name).clone(),
-                            failed_view(doc, "discovery panicked".into()),
-                        )
-                    })
-                })
-                .collect()
+            for (h, (name, _)) in handles.into_iter().zip(chunk) {
+                if let Ok(view) = h.join() {
+                    world.backends.insert((*name).clone(), view);
+                } else {
+                    tracing::error!(backend = %name, "discovery panicked; the back end is left out of this run");
+                    world.missing.push((*name).clone());
+                }
+            }
         });
-        world.backends.extend(views);
     }
     world
 }
@@ -277,51 +363,177 @@ pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
 /// Back ends discovered at once.
 pub const DISCOVERY_THREADS: usize = 8;
 
-fn failed_view(doc: &Doc<BackendSpec>, why: String) -> BackendView {
-    let mut v = view_of_config(doc, Path::new("/"));
-    v.discovery = Discovery::Failed(why);
-    v
-}
-
-/// The configuration part of a view (discovery not run: `Failed`).
-fn view_of_config(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
+fn view_of(
+    doc: &Doc<BackendSpec>,
+    state_dir: &Path,
+    lvm_reports: &lvm::cmd::Reports,
+) -> BackendView {
     let spec = &doc.spec;
-    BackendView {
+    let capabilities = spec
+        .capabilities
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    let common = |driver, thin, extent, discovery| BackendView {
         name: doc.name().clone(),
         backend_name: backend_name(doc),
         zone: backend_az(spec).to_owned(),
-        driver: match &spec.file {
-            Some(f) => Driver::File {
-                root: f.path.resolve(state_dir),
+        driver,
+        thin,
+        extent,
+        ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
+        reserved_percentage: spec
+            .reserved_percentage
+            .map_or(0, super::manifest::values::Percent::get),
+        capabilities,
+        discovery,
+    };
+    if let Some(f) = &spec.file {
+        let root = f.path.resolve(state_dir);
+        let discovery = discover_file(doc, &root, f.path.is_in_state());
+        let thin = f.allocation == Allocation::Sparse;
+        return common(
+            Driver::File {
+                root,
                 allocation: f.allocation,
             },
-            None => Driver::Lvm,
-        },
-        thin: spec.file.as_ref().map_or_else(
-            || spec.lvm.as_ref().is_some_and(|l| l.thin_pool.is_some()),
-            |f| f.allocation == Allocation::Sparse,
-        ),
-        extent: 1,
-        ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
-        reserved_percentage: spec.reserved_percentage.map_or(0, Percent::get),
-        capabilities: spec
-            .capabilities
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect(),
-        discovery: Discovery::Failed("not discovered".into()),
+            thin,
+            1,
+            discovery,
+        );
     }
+    let Some(l) = &spec.lvm else {
+        // Validation refuses such a back end; never guess a place to write.
+        return common(
+            Driver::Lvm {
+                volume_group: String::new(),
+                thin_pool: None,
+                thin_pool_size: None,
+                volume_clear: VolumeClear::Zero,
+            },
+            false,
+            1,
+            Discovery::Failed("the back end declares neither lvm nor file".into()),
+        );
+    };
+    let driver = Driver::Lvm {
+        volume_group: l.volume_group.as_str().to_owned(),
+        thin_pool: l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
+        thin_pool_size: l
+            .thin_pool_size
+            .map(crate::manifest::values::Quantity::bytes),
+        volume_clear: spec.volume_clear.unwrap_or_default(),
+    };
+    let (extent, discovery) = discover_lvm(doc, &driver, lvm_reports);
+    common(driver, l.thin_pool.is_some(), extent, discovery)
 }
 
-fn view_of(doc: &Doc<BackendSpec>, state_dir: &Path) -> BackendView {
-    let mut view = view_of_config(doc, state_dir);
-    view.discovery = match &doc.spec.file {
-        Some(f) => discover_file(doc, &f.path.resolve(state_dir), f.path.is_in_state()),
-        None => Discovery::Failed(
-            "LVM back ends are not supported by this version of cinderblock yet".into(),
-        ),
+/// One LVM back end out of the discovery's report: (extent size, discovery).
+fn discover_lvm(
+    doc: &Doc<BackendSpec>,
+    driver: &Driver,
+    reports: &lvm::cmd::Reports,
+) -> (u64, Discovery) {
+    let Driver::Lvm {
+        volume_group: vg,
+        thin_pool,
+        thin_pool_size,
+        ..
+    } = driver
+    else {
+        return (1, Discovery::Failed("not an LVM back end".into()));
     };
-    view
+    if let Some(e) = reports.failed.get(vg) {
+        return (
+            1,
+            Discovery::Failed(format!("cannot read volume group {vg}: {e}")),
+        );
+    }
+    let cfg = lvm::inventory::Config {
+        backend: doc.name().as_str(),
+        vg,
+        thin_pool: thin_pool.as_deref(),
+    };
+    let inv = match lvm::inventory::inventory(&reports.report, &cfg) {
+        Ok(inv) => inv,
+        Err(e) => return (1, Discovery::Failed(crate::error_chain(&e))),
+    };
+    let extent = inv.vg.extent.max(1);
+    if inv.pool_missing && thin_pool_size.is_none() {
+        return (
+            extent,
+            Discovery::Failed(format!(
+                "thin pool {vg}/{} does not exist; create it, or declare spec.lvm.thinPoolSize to have cinderblock create it",
+                thin_pool.as_deref().unwrap_or_default()
+            )),
+        );
+    }
+    let create_pool = thin_pool_size.filter(|_| inv.pool_missing).map(|s| {
+        let data = crate::plan::round_up(s, extent);
+        PoolSizes {
+            data,
+            metadata: lvm::inventory::pool_metadata_size(data, extent),
+        }
+    });
+    (extent, Discovery::Ok(from_lvm_inventory(&inv, create_pool)))
+}
+
+/// Hundredths of a percent from lvm2's two-decimal percentage.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0..=100 × 100, rounded
+fn centi(p: Option<f64>) -> Option<u32> {
+    p.map(|p| (p * 100.0).round().clamp(0.0, 10_000.0) as u32)
+}
+
+fn from_lvm_inventory(
+    inv: &lvm::inventory::Inventory,
+    create_pool: Option<PoolSizes>,
+) -> Inventory {
+    let objects = inv
+        .objects
+        .iter()
+        .map(|o| Observed {
+            uuid: o.owned.uuid,
+            name: o.owned.name.clone(),
+            kind: match o.owned.kind {
+                lvm::tags::LvObjKind::Volume => ObjKind::Volume,
+                lvm::tags::LvObjKind::Snapshot => ObjKind::Snapshot,
+                lvm::tags::LvObjKind::Image => ObjKind::Image,
+            },
+            size: o.size,
+            allocated: o.allocated,
+            parent: o.owned.parent,
+            health: match o.owned.state {
+                Some(lvm::tags::InFlight::Creating) => ObjHealth::Creating,
+                Some(lvm::tags::InFlight::Deleting) => ObjHealth::Deleting,
+                None if o.invalid => ObjHealth::DataMissing,
+                None => ObjHealth::Ready,
+            },
+        })
+        .collect();
+    let (total, free, provisioned) = match create_pool {
+        Some(p) => (p.data, p.data, 0),
+        None => inv.capacity(),
+    };
+    Inventory {
+        capacity: Capacity {
+            total,
+            free,
+            provisioned,
+            lvm: Some(LvmCapacity {
+                vg_size: inv.vg.size,
+                vg_free: inv.vg.free,
+                pool: inv.pool.map(|p| PoolUsage {
+                    data_centi: centi(p.data_percent),
+                    metadata_centi: centi(p.metadata_percent),
+                }),
+                create_pool,
+            }),
+        },
+        objects,
+        foreign: inv.foreign.clone(),
+        problems: inv.problems.clone(),
+        generation: Some(inv.vg.seqno),
+    }
 }
 
 fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discovery {
@@ -355,7 +567,6 @@ fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discove
 }
 
 fn from_file_inventory(inv: &file::Inventory) -> Inventory {
-    // The file driver lists objects sorted by uuid; the planner relies on it.
     let objects = inv
         .objects
         .iter()
@@ -386,6 +597,7 @@ fn from_file_inventory(inv: &file::Inventory) -> Inventory {
             total: inv.capacity.total,
             free: inv.capacity.available,
             provisioned: inv.capacity.provisioned,
+            lvm: None,
         },
         objects,
         foreign: inv
@@ -398,5 +610,6 @@ fn from_file_inventory(inv: &file::Inventory) -> Inventory {
             .iter()
             .map(|p| format!("{}: {}", p.path.display(), p.message))
             .collect(),
+        generation: None,
     }
 }

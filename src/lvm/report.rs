@@ -27,6 +27,8 @@
 //! `lv_uuid`). `fullreport` lists visible LVs only; `lvs -a` adds the hidden ones
 //! (`[pool0_tmeta]`), whose names keep their brackets.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 /// `lvs -o` fields required by [`parse_lvs`].
@@ -255,18 +257,24 @@ pub struct FullReport {
 }
 
 /// Parses `lvs --reportformat json` output made with `-o` [`LV_FIELDS`].
+///
+/// `thin_id` is a segment field, so lvm2 prints such a report per *segment*: an
+/// LV extended onto a second range of extents comes as two rows (checked in
+/// the lab). Rows with the same `lv_uuid` are one LV; the first row is kept.
 pub fn parse_lvs(json: &[u8]) -> Result<Vec<Lv>, ReportError> {
-    rows(&parse_json(json)?, "lv")?
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let vg = r.get("vg_name").and_then(Value::as_str);
-            let r = Row::new(r, "LV", i, "lv_name", vg)?;
-            let vg = r.str("vg_name")?.to_owned();
-            let thin_id = r.opt_u32("thin_id")?;
-            lv_from(&r, vg, thin_id)
-        })
-        .collect()
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in rows(&parse_json(json)?, "lv")?.iter().enumerate() {
+        let vg = r.get("vg_name").and_then(Value::as_str);
+        let r = Row::new(r, "LV", i, "lv_name", vg)?;
+        let vg = r.str("vg_name")?.to_owned();
+        let thin_id = r.opt_u32("thin_id")?;
+        let lv = lv_from(&r, vg, thin_id)?;
+        if seen.insert(lv.uuid.clone()) {
+            out.push(lv);
+        }
+    }
+    Ok(out)
 }
 
 /// Parses `vgs --reportformat json` output made with `-o` [`VG_FIELDS`].
@@ -312,18 +320,19 @@ pub fn parse_fullreport(json: &[u8]) -> Result<FullReport, ReportError> {
         let vg = this_vg.ok_or_else(|| {
             ReportError::Shape("a fullreport part lists LVs but no VG".to_owned())
         })?;
-        // thin ids: one per thin segment, keyed by the LV's uuid
-        let mut thin_ids: Vec<(String, u32)> = Vec::new();
+        // thin ids: one per thin segment, keyed by the LV's uuid (a map: a VG
+        // of 10,000 thin LVs must not cost 10^8 comparisons)
+        let mut thin_ids: HashMap<&str, u32> = HashMap::new();
         for (i, r) in sub_rows(part, "seg")?.iter().enumerate() {
             let r = Row::new(r, "segment of LV uuid", i, "lv_uuid", None)?;
             if let Some(id) = r.opt_u32("thin_id")? {
-                thin_ids.push((r.str("lv_uuid")?.to_owned(), id));
+                thin_ids.insert(r.str("lv_uuid")?, id);
             }
         }
         for (i, r) in lvs.iter().enumerate() {
             let r = Row::new(r, "LV", i, "lv_name", Some(&vg))?;
             let uuid = r.str("lv_uuid")?;
-            let thin_id = thin_ids.iter().find(|(u, _)| u == uuid).map(|(_, id)| *id);
+            let thin_id = thin_ids.get(uuid).copied();
             out.lvs.push(lv_from(&r, vg.clone(), thin_id)?);
         }
     }
@@ -803,6 +812,12 @@ mod tests {
                 "{field}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn one_lv_per_uuid_when_lvs_reports_segments() {
+        let json = format!(r#"{{"report":[{{"lv":[{{{GOOD_LV}}},{{{GOOD_LV}}}]}}]}}"#);
+        assert_eq!(parse_lvs(json.as_bytes()).unwrap().len(), 1);
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //! ```
 //! (`cinder/scheduler/sched_utils.py` and `filters/capacity_filter.py`.) The
 //! numbers behind a refusal are returned so the plan can print them.
+//!
+//! What Cinder leaves out, added here: for thin pools, physical use is never
+//! consulted by the formula (a pool with full data or full *metadata* looks
+//! healthy until writes fail and filesystems corrupt). A thin back end whose
+//! pool's `data_percent` or `metadata_percent` is above the high-water mark
+//! ([`HIGH_WATER_CENTI`], 90 %) admits nothing more, whatever the formula says.
 
 use crate::manifest::values::{OverSubscription, format_bytes_exact};
 
@@ -34,6 +40,25 @@ pub struct Pool {
     pub ratio: OverSubscription,
     /// Reserved percentage.
     pub reserved_percentage: u8,
+    /// Thin pool data use in hundredths of a percent, when known.
+    pub data_centi: Option<u32>,
+    /// Thin pool metadata use in hundredths of a percent, when known.
+    pub metadata_centi: Option<u32>,
+}
+
+/// The thin pool high-water mark, in hundredths of a percent: above it a thin
+/// back end admits no new space (90 %).
+pub const HIGH_WATER_CENTI: u32 = 9_000;
+
+/// `1234` → `"12.34%"`, `9000` → `"90%"`.
+pub fn percent(centi: u32) -> String {
+    let frac = format!("{:02}", centi % 100);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        format!("{}%", centi / 100)
+    } else {
+        format!("{}.{frac}%", centi / 100)
+    }
 }
 
 /// The outcome of an admission check.
@@ -121,11 +146,33 @@ impl Pool {
         } else {
             None
         };
+        let reason = reason.or_else(|| self.high_water(virtual_free));
         Admission {
             admitted: reason.is_none(),
             virtual_free,
             reason,
         }
+    }
+
+    /// The thin pool guard Cinder lacks: `Some(reason)` when the pool's data or
+    /// metadata use is above [`HIGH_WATER_CENTI`].
+    fn high_water(&self, virtual_free: f64) -> Option<String> {
+        if !self.thin {
+            return None;
+        }
+        for (what, used) in [("data", self.data_centi), ("metadata", self.metadata_centi)] {
+            if let Some(used) = used
+                && used > HIGH_WATER_CENTI
+            {
+                return Some(format!(
+                    "thin pool {what} use is {}, above the high-water mark of {} (Cinder's formula alone would admit it: virtual free {}); free space in the pool or extend it first",
+                    percent(used),
+                    percent(HIGH_WATER_CENTI),
+                    human(virtual_free)
+                ));
+            }
+        }
+        None
     }
 
     /// The pool after `bytes` more are provisioned (thick volumes also take
@@ -183,6 +230,8 @@ mod tests {
             thin,
             ratio: OverSubscription::Ratio(ratio),
             reserved_percentage: 0,
+            data_centi: None,
+            metadata_centi: None,
         }
     }
 
@@ -221,6 +270,51 @@ mod tests {
         p.provisioned = 50;
         p.free = 90;
         assert!((p.effective_ratio() - (1.0 + 50.0 / 11.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn thin_pools_above_the_high_water_mark_admit_nothing() {
+        let p = Pool {
+            data_centi: Some(9_000),
+            metadata_centi: Some(1_079),
+            ..pool(true, GIB, GIB / 10, GIB, 2.0)
+        };
+        assert!(p.admit(GIB / 2).admitted, "at the mark is not above it");
+        let full = Pool {
+            data_centi: Some(9_345),
+            ..p
+        };
+        let a = full.admit(GIB / 2);
+        assert!(!a.admitted);
+        assert_eq!(
+            a.reason.unwrap(),
+            "thin pool data use is 93.45%, above the high-water mark of 90% (Cinder's formula alone would admit it: virtual free 1 GiB); free space in the pool or extend it first"
+        );
+        let meta = Pool {
+            metadata_centi: Some(9_510),
+            ..p
+        };
+        assert!(
+            meta.admit(1)
+                .reason
+                .unwrap()
+                .starts_with("thin pool metadata use is 95.1%")
+        );
+        let thick = Pool {
+            thin: false,
+            provisioned: 0,
+            ..full
+        };
+        assert!(thick.admit(1).admitted, "the guard is for thin pools");
+    }
+
+    #[test]
+    fn percents() {
+        assert_eq!(percent(9000), "90%");
+        assert_eq!(percent(645), "6.45%");
+        assert_eq!(percent(9510), "95.1%");
+        assert_eq!(percent(1001), "10.01%");
+        assert_eq!(percent(0), "0%");
     }
 
     #[test]

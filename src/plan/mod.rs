@@ -20,14 +20,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::manifest::kinds::{DeletionPolicy, VolumeSpec};
+use crate::manifest::kinds::{DeletionPolicy, VolumeClear, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
-use crate::observe::{BackendView, Discovery, ObjHealth, ObjKind, Observed, World};
+use crate::observe::{BackendView, Discovery, Driver, ObjHealth, ObjKind, Observed, World};
 use crate::state::record::Recorded;
 pub use crate::state::record::RecordedKind;
 
-use capacity::Pool;
+use capacity::HIGH_WATER_CENTI;
 use schedule::{Request, Scheduler};
 
 /// How an action affects data.
@@ -134,6 +134,19 @@ pub enum Op {
         /// Size.
         size: u64,
     },
+    /// Create a back end's declared thin pool (`spec.lvm.thinPoolSize`).
+    CreatePool {
+        /// Back end.
+        backend: String,
+        /// Its volume group.
+        volume_group: String,
+        /// The pool's name.
+        pool: String,
+        /// Data size in bytes.
+        size: u64,
+        /// Metadata size in bytes (lvm2 keeps a spare of the same size).
+        metadata_size: u64,
+    },
     /// Let go of an object, keeping its data (`Retain`), or drop the record
     /// of one that is gone.
     Forget {
@@ -168,7 +181,7 @@ impl Action {
     /// Terraform's symbol for the action.
     pub fn symbol(&self) -> &'static str {
         match self.op {
-            Op::Create { .. } => "+",
+            Op::Create { .. } | Op::CreatePool { .. } => "+",
             Op::Extend { .. } | Op::Record { .. } => "~",
             Op::Delete { .. } => "-",
             Op::Forget { .. } => ".",
@@ -205,6 +218,41 @@ pub struct CapacityChange {
     pub virtual_free_after: f64,
     /// Effective over-subscription ratio (thin).
     pub ratio: f64,
+    /// LVM figures: VG free and the thin pool's use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<LvmCapacityChange>,
+}
+
+/// The LVM part of a back end's capacity before → after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LvmCapacityChange {
+    /// The volume group.
+    pub volume_group: String,
+    /// VG free bytes before.
+    pub vg_free_before: u64,
+    /// VG free bytes after.
+    pub vg_free_after: u64,
+    /// The thin pool, for thin back ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_pool: Option<ThinPoolCapacity>,
+}
+
+/// A thin pool's use (creating thin volumes does not change it; writing
+/// does), against the high-water mark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThinPoolCapacity {
+    /// The pool's name.
+    pub name: String,
+    /// Data use in hundredths of a percent (`None`: inactive pool).
+    pub data_centi: Option<u32>,
+    /// Metadata use in hundredths of a percent.
+    pub metadata_centi: Option<u32>,
+    /// The high-water mark in hundredths of a percent.
+    pub high_water_centi: u32,
+    /// The plan creates the pool.
+    pub created: bool,
 }
 
 /// A plan.
@@ -231,7 +279,7 @@ impl Plan {
         let mut c = (0, 0, 0, 0);
         for a in &self.actions {
             match a.op {
-                Op::Create { .. } => c.0 += 1,
+                Op::Create { .. } | Op::CreatePool { .. } => c.0 += 1,
                 Op::Extend { .. } | Op::Record { .. } => c.1 += 1,
                 Op::Delete { .. } => c.2 += 1,
                 Op::Forget { .. } => c.3 += 1,
@@ -282,6 +330,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     };
     p.index();
     p.unsupported();
+    p.pools();
     p.objects();
     p.removals();
     p.capacity();
@@ -351,19 +400,27 @@ impl<'a> Planner<'a> {
             let (backend, obj) = list[0];
             self.found.insert((kind, name), Found { backend, obj });
         }
-        // Records of objects that are gone.
+        // Records of objects that are gone (a set, not a scan per record: ten
+        // thousand LVs must plan in milliseconds).
+        let present: BTreeSet<(&str, Uuid)> = self
+            .world
+            .backends
+            .values()
+            .filter_map(|b| Some((b.name.as_str(), b.inventory()?)))
+            .flat_map(|(n, inv)| {
+                inv.objects
+                    .iter()
+                    .filter(|o| o.health != ObjHealth::DataMissing)
+                    .map(move |o| (n, o.uuid))
+            })
+            .collect();
         for (uuid, rec) in &self.recorded.objects {
             let kind: ObjKind = rec.kind.into();
             let Some(b) = self.world.backends.get(rec.backend.as_str()) else {
                 continue;
             };
             let Some(inv) = b.inventory() else { continue };
-            // Inventories are sorted by uuid.
-            let present = inv
-                .objects
-                .binary_search_by_key(uuid, |o| o.uuid)
-                .is_ok_and(|i| inv.objects[i].health != ObjHealth::DataMissing);
-            if !present && inv.complete() {
+            if !present.contains(&(rec.backend.as_str(), *uuid)) && inv.complete() {
                 self.out.drift.push(Drift {
                     address: addr(kind, &rec.name),
                     message: format!(
@@ -419,6 +476,75 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Thin pools that LVM back ends declare with `thinPoolSize` and that do
+    /// not exist yet: created first, before anything is placed in them. A pool
+    /// is never sized by guesswork (Cinder takes 95 % of the VG).
+    fn pools(&mut self) {
+        for (name, b) in &self.world.backends {
+            let Driver::Lvm {
+                volume_group,
+                thin_pool: Some(pool),
+                thin_pool_size,
+                ..
+            } = &b.driver
+            else {
+                continue;
+            };
+            let Some(lvm) = b.inventory().and_then(|i| i.capacity.lvm) else {
+                continue;
+            };
+            let a = format!("pool.{name}");
+            let Some(sizes) = lvm.create_pool else {
+                if let (Some(want), Some(inv)) = (thin_pool_size, b.inventory())
+                    && round_up(*want, b.extent) > inv.capacity.total
+                {
+                    self.out.notes.push(format!(
+                        "{a}: spec.lvm.thinPoolSize ({}) is only used to create the pool; {volume_group}/{pool} exists with {} and is left as it is",
+                        format_bytes_exact(*want),
+                        format_bytes_exact(inv.capacity.total)
+                    ));
+                }
+                continue;
+            };
+            let need = sizes.data + 2 * sizes.metadata;
+            if need > lvm.vg_free {
+                self.out.errors.push(format!(
+                    "{a}: thin pool {volume_group}/{pool} needs {} ({} data, {} metadata and as much again for lvm2's metadata spare), but volume group {volume_group} has {} free; lower spec.lvm.thinPoolSize or grow the volume group",
+                    format_bytes_exact(need),
+                    format_bytes_exact(sizes.data),
+                    format_bytes_exact(sizes.metadata),
+                    format_bytes_exact(lvm.vg_free)
+                ));
+                continue;
+            }
+            let rounded = thin_pool_size
+                .filter(|s| *s != sizes.data)
+                .map(|s| {
+                    format!(
+                        " (rounded up from {} to the {} extent)",
+                        format_bytes_exact(s),
+                        format_bytes_exact(b.extent)
+                    )
+                })
+                .unwrap_or_default();
+            self.out.actions.push(Action {
+                address: a,
+                op: Op::CreatePool {
+                    backend: name.as_str().to_owned(),
+                    volume_group: volume_group.clone(),
+                    pool: pool.clone(),
+                    size: sizes.data,
+                    metadata_size: sizes.metadata,
+                },
+                reason: format!(
+                    "thin pool {volume_group}/{pool} does not exist and spec.lvm.thinPoolSize declares {}{rounded}",
+                    format_bytes_exact(sizes.data)
+                ),
+                impact: Impact::Grows,
+            });
+        }
+    }
+
     fn recorded_policy(&self, uuid: Uuid) -> Option<DeletionPolicy> {
         self.recorded.objects.get(&uuid).map(|r| r.deletion_policy)
     }
@@ -439,6 +565,9 @@ impl<'a> Planner<'a> {
     /// not be discovered; then nothing is created in its place (it would be
     /// a duplicate), and the plan says so.
     fn held_back(&mut self, kind: ObjKind, name: &str, pinned: Option<&Name>) -> bool {
+        for m in &self.world.missing {
+            self.failed.insert(m.as_str().to_owned());
+        }
         if self.failed.is_empty() {
             return false;
         }
@@ -639,7 +768,25 @@ impl<'a> Planner<'a> {
                 ));
             } else if want > have || matches!(obj.health, ObjHealth::SizeMismatch { .. }) {
                 let growth = want - obj.size.min(want);
-                if let Some(pool) = self.sched.pool(&backend.name)
+                let thick_snaps: Vec<String> =
+                    if matches!(backend.driver, Driver::Lvm { .. }) && !backend.thin {
+                        self.found
+                            .values()
+                            .filter(|c| {
+                                c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid)
+                            })
+                            .map(|c| format!("snapshot.{}", c.obj.name))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                if !thick_snaps.is_empty() && want > have {
+                    self.out.errors.push(format!(
+                        "{a}: cannot extend to {} on {bname}: it is the origin of thick snapshot(s) {}, and lvm2 resizes such an origin only while it is inactive, which would cut off its users; delete the snapshots first (thin pools resize origins live)",
+                        format_bytes_exact(want),
+                        thick_snaps.join(", ")
+                    ));
+                } else if let Some(pool) = self.sched.pool(&backend.name)
                     && let Some(why) = pool.admit(growth).reason
                     && growth > 0
                 {
@@ -777,7 +924,24 @@ impl<'a> Planner<'a> {
             .find(|b| b.name.as_str() == chosen)
             .map_or(1, |b| b.extent);
         let size = round_up(req.size, extent);
+        if size > req.size
+            && let Some(bn) = self.world.backends.keys().find(|k| k.as_str() == chosen)
+        {
+            // The placement counted the size asked for; the extents taken are
+            // what counts for the next placement.
+            self.sched.grow(&bn.clone(), size - req.size);
+        }
         let source_ref = self.source_of(doc, &chosen);
+        let rounded = if size == req.size {
+            String::new()
+        } else {
+            format!(
+                " (size {} rounded up to {}, a multiple of the {} extent)",
+                format_bytes_exact(req.size),
+                format_bytes_exact(size),
+                format_bytes_exact(extent)
+            )
+        };
         let why = match (&source_ref, doc.spec.backend.is_some()) {
             (Some(s), _) => format!(
                 "it is declared and does not exist; copied from {} {}",
@@ -788,7 +952,7 @@ impl<'a> Planner<'a> {
             (None, false) => {
                 "it is declared and does not exist; placed by the scheduler".to_owned()
             }
-        };
+        } + &rounded;
         self.push_create(
             ObjKind::Volume,
             name.as_str(),
@@ -854,6 +1018,7 @@ impl<'a> Planner<'a> {
         });
     }
 
+    #[allow(clippy::too_many_lines)] // one pass over a snapshot's cases, kept together
     fn snapshot(&mut self, name: &Name) {
         let set = self.set;
         let doc = &set.snapshots[name];
@@ -915,6 +1080,39 @@ impl<'a> Planner<'a> {
                 .map(|f| f.obj.size)
                 .or_else(|| self.set.volumes.get(vol).map(|v| v.spec.size.bytes()))
                 .unwrap_or(0);
+            // LVM: thin snapshots have their volume's (extent-rounded) size;
+            // thick ones reserve copy-on-write space, spec.size or, as Cinder
+            // does, the volume's size.
+            let mut cow_note = String::new();
+            let size = match self
+                .world
+                .backends
+                .values()
+                .find(|b| b.name.as_str() == backend)
+            {
+                Some(b) if matches!(b.driver, Driver::Lvm { .. }) && b.thin => {
+                    round_up(size, b.extent)
+                }
+                Some(b) if matches!(b.driver, Driver::Lvm { .. }) => {
+                    let cow = round_up(
+                        doc.spec
+                            .size
+                            .map_or(size, crate::manifest::values::Quantity::bytes),
+                        b.extent,
+                    );
+                    cow_note = format!(
+                        "; a thick snapshot with {} of copy-on-write space ({})",
+                        format_bytes_exact(cow),
+                        if doc.spec.size.is_some() {
+                            "spec.size"
+                        } else {
+                            "the volume's size"
+                        }
+                    );
+                    cow
+                }
+                _ => size,
+            };
             if let Some(bn) = self
                 .world
                 .backends
@@ -939,7 +1137,7 @@ impl<'a> Planner<'a> {
                 src,
                 None,
                 policy,
-                format!("it is declared and does not exist; a point-in-time copy of volume.{vol}"),
+                format!("it is declared and does not exist; a point-in-time copy of volume.{vol}{cow_note}"),
             );
         }
     }
@@ -988,10 +1186,16 @@ impl<'a> Planner<'a> {
                 forgets.push(Action {
                     address: a,
                     op: Op::Forget { kind: (*kind).into(), name: name.clone(), uuid: f.obj.uuid, backend: bname.clone(), gone: false },
-                    reason: format!(
-                        "its manifest was removed and its deletionPolicy is Retain: the data stays on {bname} as {}-{}, no longer managed",
-                        kind.as_str(), f.obj.uuid
-                    ),
+                    reason: match &f.backend.driver {
+                        Driver::Lvm { volume_group, .. } => format!(
+                            "its manifest was removed and its deletionPolicy is Retain: the LV tagged cinderblock.uuid={} stays in volume group {volume_group}, marked cinderblock.released={bname} and no longer managed",
+                            f.obj.uuid
+                        ),
+                        Driver::File { .. } => format!(
+                            "its manifest was removed and its deletionPolicy is Retain: the data stays on {bname} as {}-{}, no longer managed",
+                            kind.as_str(), f.obj.uuid
+                        ),
+                    },
                     impact: Impact::MetadataOnly,
                 });
                 continue;
@@ -1020,11 +1224,22 @@ impl<'a> Planner<'a> {
                     continue;
                 }
             }
-            let reason = if interrupted_delete {
+            let mut reason = if interrupted_delete {
                 "an earlier delete was interrupted; it is finished".to_owned()
             } else {
                 "its manifest was removed and its deletionPolicy is Delete".to_owned()
             };
+            if !f.backend.thin
+                && matches!(
+                    f.backend.driver,
+                    Driver::Lvm {
+                        volume_clear: VolumeClear::Zero,
+                        ..
+                    }
+                )
+            {
+                reason.push_str("; the LV is zeroed before it is removed (volumeClear: zero)");
+            }
             deletes.push(Action {
                 address: a,
                 op: Op::Delete {
@@ -1094,17 +1309,52 @@ impl<'a> Planner<'a> {
     }
 
     fn capacity(&mut self) {
+        // Several back ends may share a VG (a thick one and thin pools): its
+        // free space after the plan is what all of them take from it.
+        let mut vg_takes: BTreeMap<&str, i128> = BTreeMap::new();
+        for (name, b) in &self.world.backends {
+            let (Driver::Lvm { volume_group, .. }, Some(inv)) = (&b.driver, b.inventory()) else {
+                continue;
+            };
+            let Some(l) = inv.capacity.lvm else { continue };
+            let mut take = i128::from(l.create_pool.map_or(0, |p| p.data + 2 * p.metadata));
+            if !b.thin {
+                let before = schedule::pool_of(b);
+                let after = self.sched.pool(name).unwrap_or(before);
+                take += i128::from(before.free) - i128::from(after.free);
+            }
+            *vg_takes.entry(volume_group.as_str()).or_default() += take;
+        }
         for (name, b) in &self.world.backends {
             let Some(inv) = b.inventory() else { continue };
-            let before = Pool {
-                total: inv.capacity.total,
-                free: inv.capacity.free,
-                provisioned: inv.capacity.provisioned,
-                thin: b.thin,
-                ratio: b.ratio,
-                reserved_percentage: b.reserved_percentage,
-            };
+            let before = schedule::pool_of(b);
             let after = self.sched.pool(name).unwrap_or(before);
+            let lvm = match (&b.driver, inv.capacity.lvm) {
+                (
+                    Driver::Lvm {
+                        volume_group,
+                        thin_pool,
+                        ..
+                    },
+                    Some(l),
+                ) => {
+                    let take = vg_takes.get(volume_group.as_str()).copied().unwrap_or(0);
+                    let after_free = (i128::from(l.vg_free) - take).max(0);
+                    Some(LvmCapacityChange {
+                        volume_group: volume_group.clone(),
+                        vg_free_before: l.vg_free,
+                        vg_free_after: u64::try_from(after_free).unwrap_or(u64::MAX),
+                        thin_pool: thin_pool.as_ref().map(|p| ThinPoolCapacity {
+                            name: p.clone(),
+                            data_centi: l.pool.and_then(|u| u.data_centi),
+                            metadata_centi: l.pool.and_then(|u| u.metadata_centi),
+                            high_water_centi: HIGH_WATER_CENTI,
+                            created: l.create_pool.is_some(),
+                        }),
+                    })
+                }
+                _ => None,
+            };
             self.out.capacity.push(CapacityChange {
                 backend: name.as_str().to_owned(),
                 thin: b.thin,
@@ -1114,6 +1364,7 @@ impl<'a> Planner<'a> {
                 virtual_free_before: before.virtual_free(),
                 virtual_free_after: after.virtual_free(),
                 ratio: before.effective_ratio(),
+                lvm,
             });
         }
     }

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::capacity::human;
+use super::capacity::{human, percent};
 use super::{Action, Op, Plan, RecordedKind};
 use crate::manifest::values::format_bytes_exact;
 
@@ -80,6 +80,9 @@ pub fn text(plan: &Plan) -> String {
                 "  {:<width$}  {prov} of {total} ({kind}); virtual free {vfree}",
                 c.backend
             );
+            if let Some(l) = &c.lvm {
+                lvm_capacity(&mut s, width, l);
+            }
         }
         s.push('\n');
     }
@@ -98,6 +101,48 @@ pub fn text(plan: &Plan) -> String {
     s.push_str(&summary(plan));
     s.push('\n');
     s
+}
+
+/// The LVM lines under a back end's capacity line: VG free before → after,
+/// and the thin pool's data and metadata use against the high-water mark.
+#[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded to 2 digits
+fn lvm_capacity(s: &mut String, width: usize, l: &super::LvmCapacityChange) {
+    let pad = " ".repeat(width + 4);
+    let free = if l.vg_free_before == l.vg_free_after {
+        human(l.vg_free_before as f64)
+    } else {
+        format!(
+            "{} -> {}",
+            human(l.vg_free_before as f64),
+            human(l.vg_free_after as f64)
+        )
+    };
+    let _ = writeln!(s, "{pad}volume group {}: free {free}", l.volume_group);
+    if let Some(p) = &l.thin_pool {
+        let use_ = |v: Option<u32>| v.map_or_else(|| "unknown (pool inactive)".to_owned(), percent);
+        let made = if p.created {
+            ", created by this plan"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "{pad}thin pool {}/{}: data {}, metadata {} (high-water mark {}{made})",
+            l.volume_group,
+            p.name,
+            if p.created {
+                "0%".to_owned()
+            } else {
+                use_(p.data_centi)
+            },
+            if p.created {
+                "0%".to_owned()
+            } else {
+                use_(p.metadata_centi)
+            },
+            percent(p.high_water_centi)
+        );
+    }
 }
 
 /// The summary line.
@@ -131,7 +176,7 @@ fn trim(v: f64) -> String {
 
 #[allow(clippy::too_many_lines)] // one arm per operation, each short
 fn action(s: &mut String, a: &Action) {
-    let (verb, kind, name) = match &a.op {
+    let (verb, word, name) = match &a.op {
         Op::Create {
             kind, name, resume, ..
         } => (
@@ -140,20 +185,46 @@ fn action(s: &mut String, a: &Action) {
             } else {
                 "will be created"
             },
-            *kind,
-            name,
+            kind_word(*kind),
+            name.clone(),
         ),
-        Op::Extend { name, .. } => ("will be updated in-place", RecordedKind::Volume, name),
-        Op::Record { kind, name, .. } => ("will be updated in-place", *kind, name),
-        Op::Delete { kind, name, .. } => ("will be destroyed", *kind, name),
-        Op::Forget { kind, name, .. } => ("will be forgotten", *kind, name),
+        Op::CreatePool {
+            volume_group, pool, ..
+        } => (
+            "will be created",
+            "thin_pool",
+            format!("{volume_group}/{pool}"),
+        ),
+        Op::Extend { name, .. } => ("will be updated in-place", "volume", name.clone()),
+        Op::Record { kind, name, .. } => {
+            ("will be updated in-place", kind_word(*kind), name.clone())
+        }
+        Op::Delete { kind, name, .. } => ("will be destroyed", kind_word(*kind), name.clone()),
+        Op::Forget { kind, name, .. } => ("will be forgotten", kind_word(*kind), name.clone()),
     };
     let _ = writeln!(s, "  # {} {verb}", a.address);
     let _ = writeln!(s, "  # (because {})", a.reason);
     let sym = a.symbol();
-    let _ = writeln!(s, "  {sym} {} {name:?} {{", kind_word(kind));
+    let _ = writeln!(s, "  {sym} {word} {name:?} {{");
     let mut attrs: Vec<(String, String, String)> = Vec::new(); // (mark, key, value)
     match &a.op {
+        Op::CreatePool {
+            backend,
+            size,
+            metadata_size,
+            ..
+        } => {
+            attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push(("+".into(), "size".into(), format_bytes_exact(*size)));
+            attrs.push((
+                "+".into(),
+                "metadata".into(),
+                format!(
+                    "{} (and a spare of the same size)",
+                    format_bytes_exact(*metadata_size)
+                ),
+            ));
+        }
         Op::Create {
             backend,
             size,
@@ -284,7 +355,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             .map(|a| JsonChange {
                 address: &a.address,
                 action: match a.op {
-                    Op::Create { .. } => "create",
+                    Op::Create { .. } | Op::CreatePool { .. } => "create",
                     Op::Extend { .. } | Op::Record { .. } => "update",
                     Op::Delete { .. } => "delete",
                     Op::Forget { .. } => "forget",

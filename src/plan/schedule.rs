@@ -235,8 +235,11 @@ impl<'w> Scheduler<'w> {
     }
 }
 
-fn pool_of(b: &BackendView) -> Pool {
+/// A back end's capacity state as the admission function reads it (for LVM
+/// thin back ends with the pool's data and metadata use).
+pub fn pool_of(b: &BackendView) -> Pool {
     let cap = b.inventory().map(|i| i.capacity).unwrap_or_default();
+    let usage = cap.lvm.and_then(|l| l.pool);
     Pool {
         total: cap.total,
         free: cap.free,
@@ -244,6 +247,8 @@ fn pool_of(b: &BackendView) -> Pool {
         thin: b.thin,
         ratio: b.ratio,
         reserved_percentage: b.reserved_percentage,
+        data_centi: usage.and_then(|u| u.data_centi),
+        metadata_centi: usage.and_then(|u| u.metadata_centi),
     }
 }
 
@@ -268,7 +273,7 @@ fn reported(view: &BackendView, slot: &Slot) -> BTreeMap<String, String> {
             "storage_protocol",
             match view.driver {
                 crate::observe::Driver::File { .. } => "nfs".into(),
-                crate::observe::Driver::Lvm => "iSCSI".into(),
+                crate::observe::Driver::Lvm { .. } => "iSCSI".into(),
             },
         ),
     ];

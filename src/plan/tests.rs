@@ -55,10 +55,12 @@ fn view(name: &str, thin: bool, ratio: f64, total: u64, objects: Vec<Observed>) 
                 total,
                 free: total,
                 provisioned,
+                lvm: None,
             },
             objects,
             foreign: vec![],
             problems: vec![],
+            generation: None,
         }),
     }
 }
@@ -78,6 +80,7 @@ fn obj(name: &str, size: u64, n: u128) -> Observed {
 fn world(views: Vec<BackendView>) -> World {
     World {
         backends: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
+        missing: vec![],
     }
 }
 

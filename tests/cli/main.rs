@@ -15,6 +15,7 @@
 mod converge;
 mod examples;
 mod fuzz;
+mod lvm_plan;
 mod plan;
 mod schema;
 mod support;

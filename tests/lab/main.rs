@@ -10,5 +10,6 @@
 mod harness;
 mod iscsi;
 mod lvm;
+mod lvm_backend;
 mod nfs;
 mod smoke;

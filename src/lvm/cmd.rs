@@ -1,0 +1,226 @@
+//! The lvm2 command lines cinderblock runs, built as argument vectors, and the
+//! discovery call.
+//!
+//! Every command goes through a [`Runner`] ([`crate::exec::Exec`] on a host, a
+//! fake in unit tests): absolute tool path, clean environment with `LC_ALL=C`
+//! plus `LVM_SUPPRESS_FD_WARNINGS=1` (lvm2 otherwise warns about every
+//! inherited descriptor), stdin closed, `--` before VG/LV names. Success is
+//! judged by the exit code only: lvm2 prints `WARNING:` lines on stderr for
+//! normal, successful operations (oversubscribed thin pools, LAB.md pitfall 11).
+//! Sizes are passed in bytes (`<n>b`), so lvm2 never rounds a unit we did not
+//! see; the planner has rounded them to the extent size already.
+
+use std::collections::BTreeMap;
+
+use crate::exec::{Cmd, Exec, ExecError, Output};
+
+use super::report::{
+    self, FULLREPORT_LV_FIELDS, FULLREPORT_PVSEG_FIELDS, FULLREPORT_SEG_FIELDS, FullReport,
+    LV_FIELDS, PV_FIELDS, VG_FIELDS,
+};
+
+/// Runs commands: the host's [`Exec`], or a fake in tests.
+pub trait Runner {
+    /// Runs `cmd` to completion (see [`Exec::run`]).
+    fn run(&self, cmd: &Cmd) -> Result<Output, ExecError>;
+}
+
+impl Runner for Exec {
+    fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        Exec::run(self, cmd)
+    }
+}
+
+fn lvm(tool: &str) -> Cmd {
+    Cmd::new(tool).env("LVM_SUPPRESS_FD_WARNINGS", "1")
+}
+
+fn bytes(n: u64) -> String {
+    format!("{n}b")
+}
+
+/// `lvm fullreport` of `vgs` with the field lists [`report::parse_fullreport`]
+/// reads.
+pub fn fullreport_cmd(vgs: &[&str]) -> Cmd {
+    lvm("lvm")
+        .args([
+            "fullreport",
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+        ])
+        .args(["--configreport", "vg", "-o", &VG_FIELDS.join(",")])
+        .args(["--configreport", "pv", "-o", &PV_FIELDS.join(",")])
+        .args([
+            "--configreport",
+            "lv",
+            "-o",
+            &FULLREPORT_LV_FIELDS.join(","),
+        ])
+        .args([
+            "--configreport",
+            "seg",
+            "-o",
+            &FULLREPORT_SEG_FIELDS.join(","),
+        ])
+        .args([
+            "--configreport",
+            "pvseg",
+            "-o",
+            &FULLREPORT_PVSEG_FIELDS.join(","),
+        ])
+        .arg("--")
+        .args(vgs)
+}
+
+/// `lvs` of one VG's visible LVs with [`LV_FIELDS`] (the driver's fresh look
+/// before each operation).
+pub fn lvs_cmd(vg: &str) -> Cmd {
+    lvm("lvs")
+        .args(["--reportformat", "json", "--units", "b", "--nosuffix", "-o"])
+        .arg(LV_FIELDS.join(","))
+        .args(["--", vg])
+}
+
+fn with_tags(mut cmd: Cmd, tags: &[String]) -> Cmd {
+    for t in tags {
+        cmd = cmd.arg("--addtag").arg(t);
+    }
+    cmd
+}
+
+/// A thick LV: `lvcreate -L`.
+pub fn create_thick(vg: &str, lv: &str, size: u64, tags: &[String]) -> Cmd {
+    let cmd = lvm("lvcreate").args(["-y", "-L", &bytes(size), "-n", lv]);
+    with_tags(cmd, tags).args(["--", vg])
+}
+
+/// A thin LV in `pool`: `lvcreate -V --thinpool`.
+pub fn create_thin(vg: &str, pool: &str, lv: &str, size: u64, tags: &[String]) -> Cmd {
+    let cmd = lvm("lvcreate").args([
+        "-y",
+        "-V",
+        &bytes(size),
+        "--thinpool",
+        &format!("{vg}/{pool}"),
+        "-n",
+        lv,
+    ]);
+    with_tags(cmd, tags).arg("--")
+}
+
+/// A thin snapshot of `origin`, activated like any LV (`-kn`: no
+/// activation-skip flag, LAB.md pitfall 12). Used for snapshots and, O(1), for
+/// clones: a thin snapshot is an independent thin device.
+pub fn create_thin_snapshot(vg: &str, origin: &str, lv: &str, tags: &[String]) -> Cmd {
+    let cmd = lvm("lvcreate").args(["-y", "-s", "-kn", "-n", lv]);
+    with_tags(cmd, tags).args(["--", &format!("{vg}/{origin}")])
+}
+
+/// A thick (dm-snapshot, copy-on-write) snapshot of `origin` with `cow` bytes
+/// of exception store.
+pub fn create_thick_snapshot(vg: &str, origin: &str, lv: &str, cow: u64, tags: &[String]) -> Cmd {
+    let cmd = lvm("lvcreate").args(["-y", "-s", "-L", &bytes(cow), "-n", lv]);
+    with_tags(cmd, tags).args(["--", &format!("{vg}/{origin}")])
+}
+
+/// A thin pool of `size` data bytes and `metadata` metadata bytes.
+pub fn create_pool(vg: &str, pool: &str, size: u64, metadata: u64, tags: &[String]) -> Cmd {
+    let cmd = lvm("lvcreate").args([
+        "-y",
+        "--type",
+        "thin-pool",
+        "-L",
+        &bytes(size),
+        "--poolmetadatasize",
+        &bytes(metadata),
+        "-n",
+        pool,
+    ]);
+    with_tags(cmd, tags).args(["--", vg])
+}
+
+/// `lvextend -L` to `size` bytes.
+pub fn extend(vg: &str, lv: &str, size: u64) -> Cmd {
+    lvm("lvextend").args(["-L", &bytes(size), "--", &format!("{vg}/{lv}")])
+}
+
+/// Adds and removes tags in one metadata commit.
+pub fn retag(vg: &str, lv: &str, add: &[String], del: &[String]) -> Cmd {
+    let mut cmd = lvm("lvchange");
+    for t in del {
+        cmd = cmd.arg("--deltag").arg(t);
+    }
+    with_tags(cmd, add).args(["--", &format!("{vg}/{lv}")])
+}
+
+/// Activates an LV, activation-skip flag or not.
+pub fn activate(vg: &str, lv: &str) -> Cmd {
+    lvm("lvchange").args(["-ay", "-K", "--", &format!("{vg}/{lv}")])
+}
+
+/// Removes one LV. Never `-f`: an LV that is open stays, and the error says so.
+pub fn remove(vg: &str, lv: &str) -> Cmd {
+    lvm("lvremove").args(["-y", "--", &format!("{vg}/{lv}")])
+}
+
+/// What one discovery saw: the report of every VG that could be read, and why
+/// each other VG could not.
+#[derive(Debug, Clone, Default)]
+pub struct Reports {
+    /// Everything read.
+    pub report: FullReport,
+    /// VG → why it could not be read.
+    pub failed: BTreeMap<String, String>,
+}
+
+/// Runs one `lvm fullreport` over `vgs`. When it fails (a missing or broken VG
+/// makes the whole call exit non-zero, even though the other VGs print), each
+/// VG is asked again on its own, so a failure is pinned to the back ends whose
+/// VG it concerns and the others are still discovered.
+pub fn fullreport(run: &dyn Runner, vgs: &[&str]) -> Reports {
+    let mut out = Reports::default();
+    if vgs.is_empty() {
+        return out;
+    }
+    match read(run, vgs) {
+        Ok(r) => out.report = r,
+        Err(_) if vgs.len() > 1 => {
+            for vg in vgs {
+                match read(run, &[vg]) {
+                    Ok(r) => {
+                        out.report.vgs.extend(r.vgs);
+                        out.report.pvs.extend(r.pvs);
+                        out.report.lvs.extend(r.lvs);
+                    }
+                    Err(e) => {
+                        out.failed.insert((*vg).to_owned(), e);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            out.failed.insert(vgs[0].to_owned(), e);
+        }
+    }
+    out
+}
+
+fn read(run: &dyn Runner, vgs: &[&str]) -> Result<FullReport, String> {
+    let out = run.run(&fullreport_cmd(vgs)).map_err(|e| chain(&e))?;
+    report::parse_fullreport(&out.stdout).map_err(|e| chain(&e))
+}
+
+/// An error and its causes, `: `-joined.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

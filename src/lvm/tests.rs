@@ -1,0 +1,749 @@
+//! Driver tests against a fake lvm2: a small model of one VG that answers the
+//! commands the driver sends (`lvs`, `lvcreate`, `lvextend`, `lvchange`,
+//! `lvremove`) the way lvm2 2.03 does, with device nodes as files in a temp
+//! dir. The real lvm2 is exercised in the VM lab (`tests/lab/lvm_backend.rs`).
+
+use std::cell::RefCell;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::cmd::Runner;
+use super::driver::{Change, LvmBackend, LvmError, NewLv, Source, Wipe};
+use super::tags::LvObjKind;
+use crate::exec::{Cmd, ExecError, Output, Termination};
+
+const MIB: u64 = 1 << 20;
+const VG: &str = "vg0";
+
+#[derive(Debug, Clone)]
+struct FakeLv {
+    name: String,
+    size: u64,
+    kind: char,
+    pool: Option<String>,
+    origin: Option<String>,
+    tags: Vec<String>,
+    active: bool,
+    open: bool,
+}
+
+struct Fake {
+    dev: PathBuf,
+    lvs: RefCell<Vec<FakeLv>>,
+    log: RefCell<Vec<String>>,
+    /// A command line containing this text fails (once).
+    fail: RefCell<Option<String>>,
+}
+
+impl Fake {
+    fn new(dev: &Path) -> Fake {
+        fs::create_dir_all(dev.join(VG)).unwrap();
+        fs::create_dir_all(dev.join("mapper")).unwrap();
+        Fake {
+            dev: dev.to_owned(),
+            lvs: RefCell::new(Vec::new()),
+            log: RefCell::new(Vec::new()),
+            fail: RefCell::new(None),
+        }
+    }
+
+    fn add(&self, lv: FakeLv) {
+        if lv.kind != 't' {
+            self.make_dev(
+                &lv.name,
+                if lv.kind == 's' {
+                    self.size_of(lv.origin.as_deref().unwrap())
+                } else {
+                    lv.size
+                },
+            );
+        }
+        self.lvs.borrow_mut().push(lv);
+    }
+
+    fn size_of(&self, name: &str) -> u64 {
+        self.lvs
+            .borrow()
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap()
+            .size
+    }
+
+    fn path(&self, lv: &str) -> PathBuf {
+        self.dev.join(VG).join(lv)
+    }
+
+    fn make_dev(&self, lv: &str, size: u64) {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path(lv))
+            .unwrap();
+        f.set_len(size).unwrap();
+    }
+
+    fn get(&self, name: &str) -> Option<FakeLv> {
+        self.lvs.borrow().iter().find(|l| l.name == name).cloned()
+    }
+
+    fn by_uuid(&self, uuid: Uuid) -> Option<FakeLv> {
+        let tag = format!("cinderblock.uuid={uuid}");
+        self.lvs
+            .borrow()
+            .iter()
+            .find(|l| l.tags.contains(&tag))
+            .cloned()
+    }
+
+    /// Mutating commands sent so far (lvs excluded).
+    fn changes(&self) -> Vec<String> {
+        self.log
+            .borrow()
+            .iter()
+            .filter(|l| !l.starts_with("lvs "))
+            .cloned()
+            .collect()
+    }
+
+    fn lvs_json(&self) -> Vec<u8> {
+        let rows: Vec<serde_json::Value> = self
+            .lvs
+            .borrow()
+            .iter()
+            .map(|l| {
+                let attr = format!(
+                    "{}wi-{}{}{}--{}",
+                    l.kind,
+                    if l.active { 'a' } else { '-' },
+                    if l.open { 'o' } else { '-' },
+                    match l.kind {
+                        'V' | 't' => 't',
+                        's' | 'o' => 's',
+                        _ => '-',
+                    },
+                    '-'
+                );
+                serde_json::json!({
+                    "lv_name": l.name, "vg_name": VG, "lv_uuid": format!("uuid-{}", l.name),
+                    "lv_size": l.size.to_string(), "lv_attr": attr,
+                    "origin": l.origin.clone().unwrap_or_default(),
+                    "pool_lv": l.pool.clone().unwrap_or_default(),
+                    "data_percent": if l.kind == 'V' || l.kind == 't' { "0.00" } else { "" },
+                    "metadata_percent": if l.kind == 't' { "1.00" } else { "" },
+                    "thin_id": "", "lv_tags": l.tags.join(","),
+                })
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"report": [{"lv": rows}]})).unwrap()
+    }
+
+    fn apply(&self, tool: &str, args: &[String]) -> Result<(), String> {
+        let mut it = args.iter();
+        let (mut size, mut vsize, mut thinpool, mut name, mut snap, mut pooltype) =
+            (None, None, None, None, false, false);
+        let (mut add, mut del, mut target) = (Vec::new(), Vec::new(), None);
+        let bytes = |s: &String| s.trim_end_matches('b').parse::<u64>().unwrap();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "-L" => size = Some(bytes(it.next().unwrap())),
+                "-V" => vsize = Some(bytes(it.next().unwrap())),
+                "--thinpool" => thinpool = it.next().cloned(),
+                "-n" => name = it.next().cloned(),
+                "-s" => snap = true,
+                "--type" => pooltype = it.next().unwrap() == "thin-pool",
+                "--poolmetadatasize" => {
+                    it.next();
+                }
+                "--addtag" => add.push(it.next().unwrap().clone()),
+                "--deltag" => del.push(it.next().unwrap().clone()),
+                "--" => target = it.next().cloned(),
+                _ => {}
+            }
+        }
+        let lv_of = |t: &Option<String>| {
+            t.as_ref()
+                .and_then(|t| t.split_once('/'))
+                .map(|(_, l)| l.to_owned())
+        };
+        match tool {
+            "lvcreate" => {
+                let name = name.unwrap();
+                if self.get(&name).is_some() {
+                    return Err(format!(
+                        "Logical Volume \"{name}\" already exists in volume group \"{VG}\""
+                    ));
+                }
+                let lv = if pooltype {
+                    FakeLv {
+                        name,
+                        size: size.unwrap(),
+                        kind: 't',
+                        pool: None,
+                        origin: None,
+                        tags: add,
+                        active: true,
+                        open: false,
+                    }
+                } else if snap {
+                    let origin = self.get(&lv_of(&target).unwrap()).ok_or("no origin")?;
+                    if origin.kind == 'V' {
+                        let lv = FakeLv {
+                            name,
+                            size: origin.size,
+                            kind: 'V',
+                            pool: origin.pool.clone(),
+                            origin: Some(origin.name.clone()),
+                            tags: add,
+                            active: true,
+                            open: false,
+                        };
+                        fs::copy(self.path(&origin.name), self.path(&lv.name)).unwrap();
+                        lv
+                    } else {
+                        // thick: the snapshot device reads as the origin did
+                        let lv = FakeLv {
+                            name,
+                            size: size.unwrap(),
+                            kind: 's',
+                            pool: None,
+                            origin: Some(origin.name.clone()),
+                            tags: add,
+                            active: true,
+                            open: false,
+                        };
+                        fs::copy(self.path(&origin.name), self.path(&lv.name)).unwrap();
+                        let cow = self
+                            .dev
+                            .join("mapper")
+                            .join(format!("{VG}-{}-cow", lv.name.replace('-', "--")));
+                        fs::write(&cow, vec![0xc0; usize::try_from(lv.size).unwrap()]).unwrap();
+                        for l in self.lvs.borrow_mut().iter_mut() {
+                            if l.name == origin.name {
+                                l.kind = 'o';
+                            }
+                        }
+                        lv
+                    }
+                } else if let Some(v) = vsize {
+                    let pool = lv_of(&thinpool).unwrap();
+                    self.make_dev(&name, v);
+                    FakeLv {
+                        name,
+                        size: v,
+                        kind: 'V',
+                        pool: Some(pool),
+                        origin: None,
+                        tags: add,
+                        active: true,
+                        open: false,
+                    }
+                } else {
+                    let s = size.unwrap();
+                    self.make_dev(&name, s);
+                    // stale bytes of an earlier LV on these extents
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(self.path(&name))
+                        .unwrap();
+                    f.write_all_at(&vec![0xee; usize::try_from(s).unwrap()], 0)
+                        .unwrap();
+                    FakeLv {
+                        name,
+                        size: s,
+                        kind: '-',
+                        pool: None,
+                        origin: None,
+                        tags: add,
+                        active: true,
+                        open: false,
+                    }
+                };
+                self.lvs.borrow_mut().push(lv);
+            }
+            "lvextend" => {
+                let lv = lv_of(&target).unwrap();
+                let mut lvs = self.lvs.borrow_mut();
+                if lvs
+                    .iter()
+                    .any(|l| l.kind == 's' && l.origin.as_deref() == Some(&lv))
+                {
+                    return Err("Snapshot origin volumes can be resized only while inactive: try lvchange -an.".into());
+                }
+                let l = lvs.iter_mut().find(|l| l.name == lv).ok_or("no such LV")?;
+                l.size = size.unwrap();
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(self.dev.join(VG).join(&lv))
+                    .unwrap();
+                f.set_len(l.size).unwrap();
+            }
+            "lvchange" => {
+                let lv = lv_of(&target).unwrap();
+                let mut lvs = self.lvs.borrow_mut();
+                let l = lvs.iter_mut().find(|l| l.name == lv).ok_or("no such LV")?;
+                if args.iter().any(|a| a == "-ay") {
+                    l.active = true;
+                }
+                l.tags.retain(|t| !del.contains(t));
+                l.tags.extend(add);
+                l.tags.sort();
+            }
+            "lvremove" => {
+                let lv = lv_of(&target).unwrap();
+                let mut lvs = self.lvs.borrow_mut();
+                // like lvm2: removing a thick origin removes its snapshots
+                lvs.retain(|l| {
+                    l.name != lv && !(l.kind == 's' && l.origin.as_deref() == Some(&lv))
+                });
+                let p = self.dev.join(VG).join(&lv);
+                if p.exists() {
+                    fs::rename(&p, self.dev.join(format!("removed-{lv}"))).unwrap();
+                }
+            }
+            other => return Err(format!("fake lvm: unexpected tool {other}")),
+        }
+        Ok(())
+    }
+}
+
+impl Runner for Fake {
+    fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        let args: Vec<String> = cmd
+            .arguments()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = format!("{} {}", cmd.tool(), args.join(" "));
+        self.log.borrow_mut().push(line.clone());
+        let fail = |stderr: String| ExecError::Failed {
+            argv: args.clone(),
+            command: line.clone(),
+            termination: Termination::Exit(5),
+            stderr,
+            stdout: Vec::new(),
+        };
+        let armed = self.fail.borrow().clone();
+        if let Some(f) = armed
+            && line.contains(&f)
+        {
+            *self.fail.borrow_mut() = None;
+            return Err(fail("injected failure".into()));
+        }
+        let stdout = if cmd.tool() == "lvs" {
+            self.lvs_json()
+        } else {
+            self.apply(cmd.tool(), &args).map_err(fail)?;
+            Vec::new()
+        };
+        Ok(Output {
+            argv: args,
+            termination: Termination::Exit(0),
+            stdout,
+            stderr: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+        })
+    }
+}
+
+fn u(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+fn backend<'a>(fake: &'a Fake, pool: Option<&str>, wipe: Wipe) -> LvmBackend<'a> {
+    LvmBackend::new(fake, "lvm-a", VG, pool.map(str::to_owned), wipe).with_dev_root(&fake.dev)
+}
+
+fn vol(uuid: Uuid, name: &str, size: u64) -> NewLv<'_> {
+    NewLv {
+        uuid,
+        name,
+        kind: LvObjKind::Volume,
+        size,
+        source: None,
+    }
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap()
+}
+
+fn thin_fake(dir: &Path) -> Fake {
+    let f = Fake::new(dir);
+    f.add(FakeLv {
+        name: "pool0".into(),
+        size: 64 * MIB,
+        kind: 't',
+        pool: None,
+        origin: None,
+        tags: vec![],
+        active: true,
+        open: false,
+    });
+    f
+}
+
+#[test]
+fn thin_create_is_one_tagged_lvcreate_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    assert_eq!(
+        b.create(&vol(u(1), "db", 8 * MIB)).unwrap(),
+        Change::Changed
+    );
+    assert_eq!(
+        fake.changes(),
+        ["lvcreate -y -V 8388608b --thinpool vg0/pool0 -n volume-00000000-0000-0000-0000-000000000001 \
+          --addtag cinderblock.uuid=00000000-0000-0000-0000-000000000001 --addtag cinderblock.name=db \
+          --addtag cinderblock.kind=volume --addtag cinderblock.backend=lvm-a --"
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")]
+    );
+    assert_eq!(
+        b.create(&vol(u(1), "db", 8 * MIB)).unwrap(),
+        Change::Unchanged
+    );
+    assert_eq!(fake.changes().len(), 1, "nothing more was run");
+}
+
+#[test]
+fn thin_snapshot_and_clone_are_o1_and_tagged_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    b.create(&vol(u(1), "db", 8 * MIB)).unwrap();
+    assert_eq!(
+        b.snapshot(u(1), u(2), "db-snap", 0).unwrap(),
+        Change::Changed
+    );
+    let snap = fake.by_uuid(u(2)).unwrap();
+    assert_eq!(snap.name, "_snapshot-00000000-0000-0000-0000-000000000002");
+    assert!(
+        snap.tags
+            .contains(&"cinderblock.parent=00000000-0000-0000-0000-000000000001".to_owned())
+    );
+    assert!(
+        fake.changes()[1].starts_with("lvcreate -y -s -kn -n _snapshot-"),
+        "{:?}",
+        fake.changes()
+    );
+    assert_eq!(
+        b.snapshot(u(1), u(2), "db-snap", 0).unwrap(),
+        Change::Unchanged
+    );
+    // a clone larger than its source: thin snapshot, then lvextend
+    let clone = NewLv {
+        source: Some(Source {
+            kind: LvObjKind::Snapshot,
+            uuid: u(2),
+        }),
+        ..vol(u(3), "copy", 16 * MIB)
+    };
+    assert_eq!(b.create(&clone).unwrap(), Change::Changed);
+    let c = fake.changes();
+    assert!(
+        c[2].starts_with("lvcreate -y -s -kn -n volume-00000000-0000-0000-0000-000000000003"),
+        "{c:?}"
+    );
+    assert!(c[2].ends_with("-- vg0/_snapshot-00000000-0000-0000-0000-000000000002"));
+    assert_eq!(
+        c[3],
+        "lvextend -L 16777216b -- vg0/volume-00000000-0000-0000-0000-000000000003"
+    );
+    assert_eq!(fake.by_uuid(u(3)).unwrap().size, 16 * MIB);
+    // smaller than the source: refused before anything is created
+    let small = NewLv {
+        uuid: u(4),
+        size: 4 * MIB,
+        ..clone
+    };
+    let e = b.create(&small).unwrap_err();
+    assert!(e.to_string().contains("less than its source"), "{e}");
+    assert!(fake.by_uuid(u(4)).is_none());
+}
+
+#[test]
+fn thick_extend_shrink_and_thick_snapshot_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::Zero);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    assert!(fake.changes()[0].starts_with("lvcreate -y -L 4194304b -n volume-"));
+    assert_eq!(b.extend(u(1), 8 * MIB).unwrap(), Change::Changed);
+    assert_eq!(b.extend(u(1), 8 * MIB).unwrap(), Change::Unchanged);
+    let e = b.extend(u(1), 4 * MIB).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("refusing to shrink from 8388608 to 4194304 bytes"),
+        "{e}"
+    );
+    b.snapshot(u(1), u(2), "snap", 2 * MIB).unwrap();
+    assert!(
+        fake.changes()
+            .last()
+            .unwrap()
+            .starts_with("lvcreate -y -s -L 2097152b -n _snapshot-")
+    );
+    let e = b.extend(u(1), 12 * MIB).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("is the origin of thick snapshot(s) _snapshot-"),
+        "{e}"
+    );
+    let e = b.delete(u(1)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("which lvremove would remove with it"),
+        "{e}"
+    );
+    assert!(
+        fake.get(&fake.by_uuid(u(2)).unwrap().name).is_some(),
+        "the snapshot is still there"
+    );
+}
+
+#[test]
+fn delete_marks_zeroes_and_removes_thick_lvs() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::Zero);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    b.snapshot(u(1), u(2), "snap", 2 * MIB).unwrap();
+    let snap = fake.by_uuid(u(2)).unwrap().name;
+    // snapshot first: its exception store is zeroed, not the snapshot device
+    assert_eq!(b.delete(u(2)).unwrap(), Change::Changed);
+    let cow = b.cow_device(&snap);
+    assert_eq!(
+        cow,
+        dir.path()
+            .join("mapper/vg0-_snapshot--00000000--0000--0000--0000--000000000002-cow")
+    );
+    assert!(read(&cow).iter().all(|x| *x == 0), "COW store zeroed");
+    let vol_name = fake.by_uuid(u(1)).unwrap().name;
+    assert_eq!(b.delete(u(1)).unwrap(), Change::Changed);
+    assert!(
+        read(&dir.path().join(format!("removed-{vol_name}")))
+            .iter()
+            .all(|x| *x == 0),
+        "zeroed before lvremove"
+    );
+    let c = fake.changes();
+    let n = c.len();
+    assert!(
+        c[n - 2].starts_with("lvchange --addtag cinderblock.state=deleting -- vg0/volume-"),
+        "{c:?}"
+    );
+    assert!(c[n - 1].starts_with("lvremove -y -- vg0/volume-"));
+    assert_eq!(b.delete(u(1)).unwrap(), Change::Unchanged, "gone is done");
+}
+
+#[test]
+fn volume_clear_none_and_thin_lvs_are_not_wiped() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::None);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    let name = fake.by_uuid(u(1)).unwrap().name;
+    b.delete(u(1)).unwrap();
+    assert!(
+        read(&dir.path().join(format!("removed-{name}")))
+            .iter()
+            .all(|x| *x == 0xee),
+        "left as it was"
+    );
+}
+
+#[test]
+fn an_interrupted_delete_is_finished_and_open_lvs_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::Zero);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    *fake.fail.borrow_mut() = Some("lvremove".into());
+    assert!(b.delete(u(1)).is_err(), "crash stand-in after the mark");
+    assert!(
+        fake.by_uuid(u(1))
+            .unwrap()
+            .tags
+            .contains(&"cinderblock.state=deleting".to_owned())
+    );
+    assert_eq!(b.delete(u(1)).unwrap(), Change::Changed);
+    assert!(fake.by_uuid(u(1)).is_none());
+    b.create(&vol(u(2), "busy", 4 * MIB)).unwrap();
+    let name = fake.by_uuid(u(2)).unwrap().name;
+    fake.lvs
+        .borrow_mut()
+        .iter_mut()
+        .find(|l| l.name == name)
+        .unwrap()
+        .open = true;
+    let e = b.delete(u(2)).unwrap_err();
+    assert!(
+        e.to_string().ends_with("is open (in use); not removing it"),
+        "{e}"
+    );
+    assert!(fake.by_uuid(u(2)).is_some());
+}
+
+#[test]
+fn thick_clone_copies_zeroes_stale_bytes_and_resumes_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::Zero);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    let src = fake.path(&fake.by_uuid(u(1)).unwrap().name);
+    let f = OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(&[7u8; 4096], MIB).unwrap();
+    f.write_all_at(&vec![0u8; usize::try_from(MIB).unwrap()], 0)
+        .unwrap();
+    b.snapshot(u(1), u(2), "snap", 2 * MIB).unwrap();
+    let clone = NewLv {
+        source: Some(Source {
+            kind: LvObjKind::Snapshot,
+            uuid: u(2),
+        }),
+        ..vol(u(3), "copy", 6 * MIB)
+    };
+    // the tag update after the copy fails: the LV stays `creating`
+    *fake.fail.borrow_mut() = Some("--deltag cinderblock.state=creating".into());
+    assert!(b.create(&clone).is_err());
+    let lv = fake.by_uuid(u(3)).unwrap();
+    assert!(lv.tags.contains(&"cinderblock.state=creating".to_owned()));
+    // scribble on it, as a torn copy would leave it; the re-run copies again
+    let dst = fake.path(&lv.name);
+    OpenOptions::new()
+        .write(true)
+        .open(&dst)
+        .unwrap()
+        .write_all_at(&[9u8; 100], 0)
+        .unwrap();
+    assert_eq!(b.create(&clone).unwrap(), Change::Changed);
+    let lv = fake.by_uuid(u(3)).unwrap();
+    assert!(
+        !lv.tags.iter().any(|t| t.starts_with("cinderblock.state")),
+        "{:?}",
+        lv.tags
+    );
+    let mut want = read(&fake.path(&fake.by_uuid(u(2)).unwrap().name));
+    want.resize(usize::try_from(6 * MIB).unwrap(), 0);
+    assert!(
+        read(&dst) == want,
+        "snapshot data, then zeros over the stale 0xee"
+    );
+    assert_eq!(b.create(&clone).unwrap(), Change::Unchanged);
+}
+
+#[test]
+fn thick_clone_of_an_open_volume_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::Zero);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    let name = fake.by_uuid(u(1)).unwrap().name;
+    fake.lvs
+        .borrow_mut()
+        .iter_mut()
+        .find(|l| l.name == name)
+        .unwrap()
+        .open = true;
+    let clone = NewLv {
+        source: Some(Source {
+            kind: LvObjKind::Volume,
+            uuid: u(1),
+        }),
+        ..vol(u(3), "copy", 4 * MIB)
+    };
+    let e = b.create(&clone).unwrap_err();
+    assert!(
+        e.to_string().contains("snapshot it and clone the snapshot"),
+        "{e}"
+    );
+}
+
+#[test]
+fn foreign_lvs_are_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    // an untagged LV that has the very name we would give uuid 1, and another
+    // back end's LV with a uuid of ours
+    fake.add(FakeLv {
+        name: "volume-00000000-0000-0000-0000-000000000001".into(),
+        size: 4 * MIB,
+        kind: '-',
+        pool: None,
+        origin: None,
+        tags: vec![],
+        active: true,
+        open: false,
+    });
+    fake.add(FakeLv {
+        name: "theirs".into(),
+        size: 4 * MIB,
+        kind: '-',
+        pool: None,
+        origin: None,
+        active: true,
+        open: false,
+        tags: vec![
+            "cinderblock.uuid=00000000-0000-0000-0000-000000000002".into(),
+            "cinderblock.kind=volume".into(),
+            "cinderblock.name=x".into(),
+            "cinderblock.backend=lvm-b".into(),
+        ],
+    });
+    let b = backend(&fake, None, Wipe::Zero);
+    let e = b.create(&vol(u(1), "db", 4 * MIB)).unwrap_err();
+    assert!(matches!(e, LvmError::Foreign { .. }), "{e}");
+    assert_eq!(b.delete(u(1)).unwrap(), Change::Unchanged);
+    assert_eq!(
+        b.delete(u(2)).unwrap(),
+        Change::Unchanged,
+        "another back end's"
+    );
+    assert_eq!(b.release(u(2)).unwrap(), Change::Unchanged);
+    assert!(matches!(
+        b.extend(u(2), 8 * MIB),
+        Err(LvmError::NotFound { .. })
+    ));
+    assert!(fake.changes().is_empty(), "{:?}", fake.changes());
+}
+
+#[test]
+fn release_swaps_the_owner_mark_and_the_lv_becomes_foreign() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::Zero);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    assert_eq!(b.release(u(1)).unwrap(), Change::Changed);
+    let lv = fake.by_uuid(u(1)).unwrap();
+    assert!(lv.tags.contains(&"cinderblock.released=lvm-a".to_owned()));
+    assert!(!lv.tags.contains(&"cinderblock.backend=lvm-a".to_owned()));
+    assert_eq!(b.release(u(1)).unwrap(), Change::Unchanged);
+    assert_eq!(
+        b.delete(u(1)).unwrap(),
+        Change::Unchanged,
+        "released data is never deleted"
+    );
+    assert!(fake.get(&lv.name).is_some());
+}
+
+#[test]
+fn a_declared_pool_is_created_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    assert_eq!(b.create_pool(64 * MIB, 4 * MIB).unwrap(), Change::Changed);
+    assert_eq!(
+        fake.changes(),
+        [
+            "lvcreate -y --type thin-pool -L 67108864b --poolmetadatasize 4194304b -n pool0 --addtag cinderblock.pool=lvm-a -- vg0"
+        ]
+    );
+    assert_eq!(b.create_pool(64 * MIB, 4 * MIB).unwrap(), Change::Unchanged);
+}

@@ -1,0 +1,161 @@
+//! Benchmark: discovery + plan over an `lvm fullreport` of 10,000 LVs.
+//!
+//! The lab's captured fullreport (`tests/fixtures/lvm/fullreport.json`) is scaled
+//! up in memory: its thin LV and segment rows are cloned 10,000 times with fresh
+//! names, uuids, thin ids and our tags, plus 100 untagged (foreign) LVs. The
+//! manifests declare the 10,000 volumes and the recorded state knows them all:
+//! the agent's steady state, where every refresh must find "no changes".
+//!
+//! Timed (best of 5): parsing the report's bytes, turning it into the observed
+//! world (`observe::discover_with`, which reads the back end's inventory out of
+//! the report), planning, and rendering the plan text. Target (issue 5): under
+//! 0.2 s for discovery parse + plan. Figures are printed, never asserted.
+//!
+//! Run: `cargo bench --bench lvm_plan`.
+
+// A benchmark's output is its report; its set-up may panic on a broken fixture.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::cast_precision_loss)]
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cinderblock::lvm::cmd::Reports;
+use cinderblock::lvm::report::parse_fullreport;
+use cinderblock::manifest::kinds::DeletionPolicy;
+use cinderblock::manifest::load_source;
+use cinderblock::observe::discover_with;
+use cinderblock::plan::{self, Options, RecordedKind, render};
+use cinderblock::state::record::{Recorded, RecordedObject};
+use serde_json::Value;
+use uuid::Uuid;
+
+const FIXTURE: &[u8] = include_bytes!("../fixtures/lvm/fullreport.json");
+const LVS: usize = 10_000;
+const FOREIGN: usize = 100;
+const GIB: u64 = 1 << 30;
+
+fn uuid_of(i: usize) -> Uuid {
+    Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 | i as u128)
+}
+
+/// The fixture with `LVS` thin LVs of ours and `FOREIGN` foreign ones in pool0.
+fn scaled_report() -> Vec<u8> {
+    let mut doc: Value = serde_json::from_slice(FIXTURE).unwrap();
+    let part = &mut doc["report"][0];
+    let lv_row = part["lv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["lv_name"] == "vol-thin")
+        .unwrap()
+        .clone();
+    let seg_row = part["seg"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["lv_uuid"] == lv_row["lv_uuid"])
+        .unwrap()
+        .clone();
+    let lvs = part["lv"].as_array_mut().unwrap();
+    let mut segs = Vec::new();
+    for i in 0..LVS + FOREIGN {
+        let mut lv = lv_row.clone();
+        let lv_uuid = format!("bench{i:05}-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx");
+        lv["lv_uuid"] = Value::from(lv_uuid.clone());
+        if i < LVS {
+            let u = uuid_of(i);
+            lv["lv_name"] = Value::from(format!("volume-{u}"));
+            lv["lv_tags"] = Value::from(format!(
+                "cinderblock.backend=bench,cinderblock.kind=volume,cinderblock.name=v-{i:05},cinderblock.uuid={u}"
+            ));
+        } else {
+            lv["lv_name"] = Value::from(format!("legacy-{i}"));
+            lv["lv_tags"] = Value::from("");
+        }
+        lvs.push(lv);
+        let mut seg = seg_row.clone();
+        seg["lv_uuid"] = Value::from(lv_uuid);
+        seg["thin_id"] = Value::from((100 + i).to_string());
+        segs.push(seg);
+    }
+    part["seg"].as_array_mut().unwrap().extend(segs);
+    serde_json::to_vec_pretty(&doc).unwrap()
+}
+
+fn manifests() -> String {
+    let mut s = String::from(
+        "apiVersion: cinderblock.dev/v1alpha1\nkind: Backend\nmetadata:\n  name: bench\nspec:\n  host: lab\n  maxOverSubscriptionRatio: 100000\n  lvm:\n    volumeGroup: labvg\n    thinPool: pool0\n",
+    );
+    for i in 0..LVS {
+        write!(
+            s,
+            "---\napiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata:\n  name: v-{i:05}\nspec:\n  size: 1Gi\n  backend: bench\n"
+        )
+        .unwrap();
+    }
+    s
+}
+
+fn main() {
+    let bytes = scaled_report();
+    let loaded = load_source(Path::new("bench.yaml"), &manifests());
+    assert_eq!(loaded.errors(), 0);
+    let set = loaded.set;
+    let mut recorded = Recorded::default();
+    for i in 0..LVS {
+        recorded.objects.insert(
+            uuid_of(i),
+            RecordedObject {
+                kind: RecordedKind::Volume,
+                name: format!("v-{i:05}"),
+                backend: "bench".into(),
+                size: GIB,
+                deletion_policy: DeletionPolicy::Retain,
+            },
+        );
+    }
+
+    let mut best = [Duration::MAX; 4];
+    let mut plan_len = 0;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let report = parse_fullreport(&bytes).unwrap();
+        let t1 = Instant::now();
+        let reports = Reports {
+            report,
+            failed: std::collections::BTreeMap::default(),
+        };
+        let world = discover_with(&set, "lab", Path::new("/nonexistent"), &reports);
+        let t2 = Instant::now();
+        let p = plan::plan(&set, &world, &recorded, Options::default());
+        let t3 = Instant::now();
+        let text = render::text(&p);
+        let t4 = Instant::now();
+        assert!(p.actions.is_empty() && p.errors.is_empty(), "steady state");
+        let inv = world.backends.values().next().unwrap().inventory().unwrap();
+        assert_eq!((inv.objects.len(), inv.foreign.len()), (LVS, FOREIGN + 7));
+        plan_len = text.len();
+        for (b, d) in best.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3]) {
+            *b = (*b).min(d);
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let total: Duration = best[..3].iter().sum();
+    println!(
+        "lvm_plan: fullreport of {} LVs ({} KiB of JSON), {LVS} declared volumes, best of 5",
+        LVS + FOREIGN + 8,
+        bytes.len() >> 10
+    );
+    println!("  parse fullreport   {:8.1} ms", ms(best[0]));
+    println!("  observe (inventory){:8.1} ms", ms(best[1]));
+    println!("  plan               {:8.1} ms", ms(best[2]));
+    println!(
+        "  render text        {:8.1} ms ({plan_len} bytes)",
+        ms(best[3])
+    );
+    println!(
+        "  discovery parse + plan: {:.1} ms (target < 200 ms)",
+        ms(total)
+    );
+}
