@@ -151,7 +151,11 @@ impl Catalog {
 
     /// Finds a backup by full id or unique prefix (hyphens optional).
     pub fn resolve(&self, text: &str) -> Result<&Entry, BackupError> {
-        let want: String = text.chars().filter(|c| *c != '-').collect::<String>().to_lowercase();
+        let want: String = text
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_lowercase();
         if want.len() < 4 {
             return Err(BackupError::UnknownBackup(text.to_owned()));
         }
@@ -220,7 +224,10 @@ pub fn export(repo: &Repository, m: &Manifest) -> Record {
 /// Checks an import record against the repository it names (or `repo_path`
 /// when given) and writes its manifest into the repository if it is not
 /// there. Returns the repository and the manifest.
-pub fn import(record: &Record, repo_path: Option<&Path>) -> Result<(Repository, bool), BackupError> {
+pub fn import(
+    record: &Record,
+    repo_path: Option<&Path>,
+) -> Result<(Repository, bool), BackupError> {
     if record.format != RECORD_FORMAT || record.version != 1 {
         return Err(BackupError::ManifestVersion {
             id: record.backup.id,

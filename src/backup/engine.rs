@@ -70,7 +70,7 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy)]
 pub struct RunSpec<'a> {
     /// The backup's id (the caller makes it, so a failure can be recorded
-    /// under it): a UUIDv7.
+    /// under it): a random UUID, so 8 hex digits name it unambiguously.
     pub id: Uuid,
     /// The repository.
     pub repo: &'a Repository,
@@ -103,9 +103,11 @@ pub struct RunReport {
 pub fn choose_parent(mode: Mode, history: &[Manifest]) -> Option<&Manifest> {
     let newest = history.last()?;
     match mode {
-        Mode::Full => None,
+        Mode::Full
+        | Mode::Policy {
+            incremental: false, ..
+        } => None,
         Mode::Incremental => Some(newest),
-        Mode::Policy { incremental: false, .. } => None,
         Mode::Policy {
             incremental: true,
             full_every,
@@ -233,22 +235,26 @@ fn copy_err(e: CopyError) -> BackupError {
 }
 
 /// Slot ranges `[start, end)` covering the data extents of `file`.
-pub fn data_slots(file: &File, path: &Path, len: u64) -> Result<(Vec<(u64, u64)>, u64), BackupError> {
-    let c = u64::from(CHUNK_SIZE);
+pub fn data_slots(
+    file: &File,
+    path: &Path,
+    len: u64,
+) -> Result<(Vec<(u64, u64)>, u64), BackupError> {
+    let chunk = u64::from(CHUNK_SIZE);
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     let mut extents = 0;
     let mut offset = 0;
     while offset < len {
-        let Some((s, e)) = next_extent(file, path, offset, len).map_err(copy_err)? else {
+        let Some((start, end)) = next_extent(file, path, offset, len).map_err(copy_err)? else {
             break;
         };
         extents += 1;
-        let (a, b) = (s / c, e.div_ceil(c));
+        let (first, past) = (start / chunk, end.div_ceil(chunk));
         match ranges.last_mut() {
-            Some(last) if last.1 >= a => last.1 = last.1.max(b),
-            _ => ranges.push((a, b)),
+            Some(last) if last.1 >= first => last.1 = last.1.max(past),
+            _ => ranges.push((first, past)),
         }
-        offset = e;
+        offset = end;
     }
     Ok((ranges, extents))
 }
@@ -272,8 +278,14 @@ struct WorkerOut {
     stats: BackupStats,
 }
 
-type Stored = (format::Table, BackupStats, Vec<(Digest, Vec<format::BlobEntry>)>);
+type Stored = (
+    format::Table,
+    BackupStats,
+    Vec<(Digest, Vec<format::BlobEntry>)>,
+);
 
+// The pipeline's set-up, threads and merge read best as one piece.
+#[allow(clippy::too_many_lines)]
 fn chunk_and_store(
     path: &Path,
     size: u64,
@@ -290,23 +302,23 @@ fn chunk_and_store(
         source,
     })?;
     let (ranges, extents) = data_slots(&file, path, size)?;
-    let total: u64 = ranges
-        .iter()
-        .map(|&(a, b)| (b * c).min(size) - a * c)
-        .sum();
+    let total: u64 = ranges.iter().map(|&(a, b)| (b * c).min(size) - a * c).sum();
     progress.total(total);
 
     let abort = AtomicBool::new(false);
     let claimed: Mutex<HashSet<Digest>> = Mutex::new(HashSet::new());
     let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
     for _ in 0..BUFFERS {
-        let _ = pool_tx.send(vec![0u8; (BATCH_SLOTS * c) as usize]);
+        let _ = pool_tx.send(vec![
+            0u8;
+            usize::try_from(BATCH_SLOTS * c).unwrap_or(4 << 20)
+        ]);
     }
     let (work_tx, work_rx) = mpsc::sync_channel::<Batch>(BUFFERS);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let (blob_tx, blob_rx) = mpsc::sync_channel::<Blob>(64);
 
-    let mut writer = repo.pack_writer()?;
+    let mut writer = repo.pack_writer();
     let result = std::thread::scope(|s| {
         let (file, ranges, abort_r) = (&file, &ranges, &abort);
         let reader = s.spawn(move || {
@@ -557,7 +569,10 @@ mod tests {
         };
         assert!(choose_parent(Mode::Incremental, &[]).is_none());
         let h = vec![m(Full, 1), m(Incremental, 2)];
-        assert_eq!(choose_parent(Mode::Incremental, &h).unwrap().id, Uuid::from_u128(2));
+        assert_eq!(
+            choose_parent(Mode::Incremental, &h).unwrap().id,
+            Uuid::from_u128(2)
+        );
         assert!(choose_parent(Mode::Full, &h).is_none());
         // fullEvery 3: full, inc, inc, full.
         assert!(choose_parent(policy(3), &h).is_some());
@@ -574,7 +589,7 @@ mod tests {
 
     #[test]
     fn zero_detection() {
-        assert!(is_zero(&[0u8; 65536]));
+        assert!(is_zero(&vec![0u8; 65536]));
         assert!(is_zero(&[]));
         let mut v = vec![0u8; 65533];
         v[65532] = 1;

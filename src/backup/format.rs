@@ -420,7 +420,8 @@ pub struct Manifest {
     pub format: String,
     /// Always [`MANIFEST_VERSION`] for what this build writes.
     pub version: u32,
-    /// The backup's id (UUIDv7: sorts by time, unique across hosts).
+    /// The backup's id (random: unique across hosts, and short prefixes are
+    /// unambiguous; time order comes from `startedAt`).
     pub id: Uuid,
     /// The repository's id.
     pub repository: Uuid,
@@ -595,7 +596,10 @@ mod tests {
                 x.to_le_bytes()[0]
             })
             .collect();
-        assert_eq!(compress(Codec::Zstd, &random), (Codec::None, random.clone()));
+        assert_eq!(
+            compress(Codec::Zstd, &random),
+            (Codec::None, random.clone())
+        );
         assert_eq!(compress(Codec::None, &text).0, Codec::None);
         assert!(decompress(Codec::Zstd, b"garbage", 10).is_none());
         assert!(decompress(Codec::None, b"short", 10).is_none());
@@ -624,7 +628,10 @@ mod tests {
             pack_trailer_len(&footer, file_len),
             Some(trailer.len() as u64)
         );
-        assert_eq!(decode_pack_trailer(&trailer, file_len), Some(entries.clone()));
+        assert_eq!(
+            decode_pack_trailer(&trailer, file_len),
+            Some(entries.clone())
+        );
         assert_eq!(decode_pack_trailer(&trailer, file_len + 1), None);
         let index = encode_index(&[(Digest::of(b"pack"), entries.clone())]);
         assert_eq!(

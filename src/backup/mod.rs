@@ -57,7 +57,7 @@
 //! # Concurrency: lock-free writers, exclusive prune
 //! Writers never coordinate with each other: every name they create is
 //! unique (packs and index files are named by their content, manifests by a
-//! UUIDv7), nothing is ever rewritten, and two hosts storing the same chunk
+//! random UUID), nothing is ever rewritten, and two hosts storing the same chunk
 //! merely store it twice (prune drops the copy). The one operation that
 //! deletes — prune — needs to be alone, because a writer may deduplicate
 //! against a chunk that prune has just found unreferenced. So every command
@@ -147,7 +147,9 @@ pub enum BackupError {
         path: PathBuf,
     },
     /// A repository of another format or a newer version.
-    #[error("{path}: repository format {format:?} version {version} is not one this cinderblock reads")]
+    #[error(
+        "{path}: repository format {format:?} version {version} is not one this cinderblock reads"
+    )]
     RepoVersion {
         /// The directory.
         path: PathBuf,
@@ -181,7 +183,9 @@ pub enum BackupError {
         reason: String,
     },
     /// A manifest of another format or a newer version.
-    #[error("backup {id}: manifest format {format:?} version {version} is not one this cinderblock reads")]
+    #[error(
+        "backup {id}: manifest format {format:?} version {version} is not one this cinderblock reads"
+    )]
     ManifestVersion {
         /// The backup.
         id: Uuid,

@@ -83,7 +83,10 @@ pub fn plan(
                 out.forget.push((*m).clone());
             }
         }
-        let newest = ms.iter().max_by_key(|m| m.started_at).map(|m| m.volume.clone());
+        let newest = ms
+            .iter()
+            .max_by_key(|m| m.started_at)
+            .map(|m| m.volume.clone());
         if let Some(volume) = newest {
             out.volumes.push(VolumePlan {
                 volume,
@@ -118,7 +121,14 @@ pub struct PruneReport {
 }
 
 /// Carries out `plan` on `repo` (or only measures it, with `dry_run`).
-pub fn execute(repo: &Repository, plan: &PrunePlan, dry_run: bool) -> Result<PruneReport, BackupError> {
+// The steps above, in order; splitting them would scatter the crash-order
+// argument.
+#[allow(clippy::too_many_lines)]
+pub fn execute(
+    repo: &Repository,
+    plan: &PrunePlan,
+    dry_run: bool,
+) -> Result<PruneReport, BackupError> {
     let _session = repo.session(SessionKind::Exclusive, "backup prune")?;
     let mut report = PruneReport {
         forgotten: plan.forget.len(),
@@ -191,7 +201,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, dry_run: bool) -> Result<Pru
     if dry_run {
         return Ok(report);
     }
-    let mut writer = repo.pack_writer()?;
+    let mut writer = repo.pack_writer();
     let mut buf = Vec::new();
     for (pack, live) in &repack {
         let path = repo.pack_path(pack);

@@ -53,6 +53,11 @@ pub struct Repository {
 impl Repository {
     /// Opens the repository at `root`.
     pub fn open(root: &Path) -> Result<Self, BackupError> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: String,
+            version: u32,
+        }
         let path = root.join("config");
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -69,11 +74,6 @@ impl Repository {
                 });
             }
         };
-        #[derive(Deserialize)]
-        struct Head {
-            format: String,
-            version: u32,
-        }
         let bad = |source| BackupError::Json {
             path: path.clone(),
             source,
@@ -90,7 +90,10 @@ impl Repository {
         if config.chunk_size != CHUNK_SIZE || config.hash != HASH {
             return Err(BackupError::RepoVersion {
                 path: root.to_owned(),
-                format: format!("{} (chunk {} {})", head.format, config.chunk_size, config.hash),
+                format: format!(
+                    "{} (chunk {} {})",
+                    head.format, config.chunk_size, config.hash
+                ),
                 version: head.version,
             });
         }
@@ -193,7 +196,7 @@ impl Repository {
 
     /// Starts a pack writer (packs are written to `tmp/` and renamed into
     /// `data/` when sealed).
-    pub fn pack_writer(&self) -> Result<PackWriter, BackupError> {
+    pub fn pack_writer(&self) -> PackWriter {
         PackWriter::new(&self.root)
     }
 
@@ -322,8 +325,7 @@ impl Repository {
         let mut bad = Vec::new();
         for dir in read_dir_sorted(&self.root.join("backups"))? {
             for path in read_dir_sorted(&dir)? {
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-                if !name.is_some_and(|n| n.ends_with(".json") && !n.starts_with('.')) {
+                if !is_manifest_file(&path) {
                     continue;
                 }
                 match Self::read_manifest_file(&path) {
@@ -332,24 +334,23 @@ impl Repository {
                 }
             }
         }
-        good.sort_by(|a, b| (a.started_at, a.id).cmp(&(b.started_at, b.id)));
+        good.sort_by_key(|m| (m.started_at, m.id));
         Ok((good, bad))
     }
 
     /// The manifests of one volume, oldest first.
     pub fn volume_manifests(&self, volume: Uuid) -> Result<Vec<Manifest>, BackupError> {
-        let dir = self.root.join("backups").join(volume.hyphenated().to_string());
+        let dir = self
+            .root
+            .join("backups")
+            .join(volume.hyphenated().to_string());
         let mut out = Vec::new();
         for path in read_dir_sorted(&dir)? {
-            if path.extension().is_some_and(|e| e == "json")
-                && !path
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            {
+            if is_manifest_file(&path) {
                 out.push(Self::read_manifest_file(&path)?);
             }
         }
-        out.sort_by(|a, b| (a.started_at, a.id).cmp(&(b.started_at, b.id)));
+        out.sort_by_key(|m| (m.started_at, m.id));
         Ok(out)
     }
 
@@ -376,6 +377,14 @@ impl Repository {
         }
         Ok(removed)
     }
+}
+
+/// `<id>.json`, not a hidden temp file of an atomic write.
+fn is_manifest_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "json")
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
 fn remove_if_present(path: &Path) -> Result<(), BackupError> {
@@ -460,14 +469,13 @@ pub struct Index {
 impl Index {
     /// Adds a pack's entries.
     pub fn add_pack(&mut self, pack: Digest, entries: &[BlobEntry]) {
-        let p = match self.pack_pos.get(&pack) {
-            Some(&p) => p,
-            None => {
-                let p = u32::try_from(self.packs.len()).unwrap_or(u32::MAX);
-                self.packs.push(pack);
-                self.pack_pos.insert(pack, p);
-                p
-            }
+        let p = if let Some(&p) = self.pack_pos.get(&pack) {
+            p
+        } else {
+            let p = u32::try_from(self.packs.len()).unwrap_or(u32::MAX);
+            self.packs.push(pack);
+            self.pack_pos.insert(pack, p);
+            p
         };
         let mut offset = 0u64;
         for e in entries {
@@ -512,12 +520,12 @@ struct OpenPack {
 }
 
 impl PackWriter {
-    fn new(root: &Path) -> Result<Self, BackupError> {
-        Ok(Self {
+    fn new(root: &Path) -> Self {
+        Self {
             root: root.to_owned(),
             current: None,
             sealed: Vec::new(),
-        })
+        }
     }
 
     /// Appends one blob; seals the pack when it is full.
@@ -576,14 +584,11 @@ impl PackWriter {
             .write_all(&trailer)
             .map_err(io_err("write", &pack.tmp))?;
         pack.hasher.update(&trailer);
-        let file = pack
-            .out
-            .into_inner()
-            .map_err(|e| BackupError::Io {
-                op: "write",
-                path: pack.tmp.clone(),
-                source: e.into_error(),
-            })?;
+        let file = pack.out.into_inner().map_err(|e| BackupError::Io {
+            op: "write",
+            path: pack.tmp.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io_err("fsync", &pack.tmp))?;
         drop(file);
         let id = Digest(*pack.hasher.finalize().as_bytes());

@@ -119,7 +119,10 @@ fn plan(
             .entry(loc.pack)
             .or_insert_with(|| repo.pack_path(&index.pack_id(&loc)).is_file());
         if here {
-            by_pack.entry(loc.pack).or_default().push(Item { slot, id, loc });
+            by_pack
+                .entry(loc.pack)
+                .or_default()
+                .push(Item { slot, id, loc });
         } else {
             missing.push(id);
         }
@@ -163,44 +166,38 @@ fn read_all(
                     };
                     let pack_id = index.packs[pack as usize];
                     let path = repo.pack_path(&pack_id);
-                    let file = match File::open(&path) {
-                        Ok(f) => f,
-                        Err(_) => {
-                            bad.missing.extend(items.iter().map(|i| i.id));
-                            if stop_early {
-                                stop.store(true, Ordering::Relaxed);
-                            }
-                            continue;
+                    let Ok(file) = File::open(&path) else {
+                        bad.missing.extend(items.iter().map(|i| i.id));
+                        if stop_early {
+                            stop.store(true, Ordering::Relaxed);
                         }
+                        continue;
                     };
                     for item in items {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        match check_one(&file, &path, item, &mut buf) {
-                            Some(raw) => {
-                                local.chunks += 1;
-                                local.bytes += raw.len() as u64;
-                                if let Some(sink) = sink {
-                                    match sink(item.slot, &raw) {
-                                        Ok(n) => local.written += n,
-                                        Err(e) => {
-                                            stop.store(true, Ordering::Relaxed);
-                                            if let Ok(mut f) = fatal.lock() {
-                                                f.get_or_insert(e);
-                                            }
-                                            break;
+                        if let Some(raw) = check_one(&file, &path, item, &mut buf) {
+                            local.chunks += 1;
+                            local.bytes += raw.len() as u64;
+                            if let Some(sink) = sink {
+                                match sink(item.slot, &raw) {
+                                    Ok(n) => local.written += n,
+                                    Err(e) => {
+                                        stop.store(true, Ordering::Relaxed);
+                                        if let Ok(mut f) = fatal.lock() {
+                                            f.get_or_insert(e);
                                         }
+                                        break;
                                     }
                                 }
-                                progress.advance(raw.len() as u64);
                             }
-                            None => {
-                                tracing::warn!(chunk = %item.id, pack = %pack_id, "corrupt chunk");
-                                bad.corrupt.push(item.id);
-                                if stop_early {
-                                    stop.store(true, Ordering::Relaxed);
-                                }
+                            progress.advance(raw.len() as u64);
+                        } else {
+                            tracing::warn!(chunk = %item.id, pack = %pack_id, "corrupt chunk");
+                            bad.corrupt.push(item.id);
+                            if stop_early {
+                                stop.store(true, Ordering::Relaxed);
                             }
                         }
                     }
@@ -252,7 +249,13 @@ pub fn check(
     progress: &dyn Progress,
 ) -> Result<(Problems, RestoreStats), BackupError> {
     let (by_pack, missing) = plan(repo, index, table);
-    progress.total(by_pack.values().flatten().map(|i| u64::from(i.loc.raw_len)).sum());
+    progress.total(
+        by_pack
+            .values()
+            .flatten()
+            .map(|i| u64::from(i.loc.raw_len))
+            .sum(),
+    );
     let (mut problems, stats) = read_all(repo, index, &by_pack, false, None, progress)?;
     problems.missing.extend(missing);
     problems.missing.sort_unstable();
@@ -265,6 +268,7 @@ pub fn check(
 /// [`BackupError::Damaged`] before writing when chunks are missing; a corrupt
 /// chunk found while writing a fresh target stops the restore (the caller
 /// removes the target).
+#[allow(clippy::too_many_arguments)] // each input named; a struct would only rename them
 pub fn restore(
     repo: &Repository,
     index: &Index,
@@ -323,7 +327,8 @@ pub fn restore(
         let mut run: Option<usize> = None;
         let blocks = raw.len().div_ceil(BLOCK);
         for b in 0..=blocks {
-            let zero = b == blocks || super::engine::is_zero(&raw[b * BLOCK..raw.len().min((b + 1) * BLOCK)]);
+            let zero = b == blocks
+                || super::engine::is_zero(&raw[b * BLOCK..raw.len().min((b + 1) * BLOCK)]);
             match (zero, run) {
                 (false, None) => run = Some(b * BLOCK),
                 (true, Some(start)) => {
@@ -362,7 +367,9 @@ fn punch(file: &File, path: &Path, from: u64, to: u64) -> Result<(), BackupError
             let zeros = vec![0u8; 1 << 20];
             let mut pos = from;
             while pos < to {
-                let n = usize::try_from(to - pos).unwrap_or(zeros.len()).min(zeros.len());
+                let n = usize::try_from(to - pos)
+                    .unwrap_or(zeros.len())
+                    .min(zeros.len());
                 file.write_all_at(&zeros[..n], pos)
                     .map_err(|source| BackupError::Io {
                         op: "write zeros to",

@@ -1,7 +1,7 @@
 //! Retention: which backups of one volume to keep, and why. Pure: no I/O,
 //! no clock; the same input gives the same decisions.
 //!
-//! restic's `forget` semantics: the rules are ORed. Backups are taken newest
+//! restic's `forget` semantics: the rules are `OR`ed. Backups are taken newest
 //! first; `keepLast N` keeps the first N; each bucket rule (`keepHourly`,
 //! `keepDaily`, `keepWeekly` — ISO weeks —, `keepMonthly`, `keepYearly`)
 //! keeps the newest backup of each of its N most recent buckets *that hold a
@@ -85,10 +85,13 @@ impl Decision {
     }
 }
 
+/// Maps a time to its bucket (hour, day, ISO week, month, year) as a number.
+type Bucket = fn(DateTime<Utc>) -> i64;
+
 /// Decides for every candidate (any order in; newest first out).
 pub fn apply(rules: Option<&Retention>, candidates: &[Candidate]) -> Vec<Decision> {
     let mut list: Vec<Candidate> = candidates.to_vec();
-    list.sort_by(|a, b| (b.time, b.id).cmp(&(a.time, a.id)));
+    list.sort_by_key(|c| std::cmp::Reverse((c.time, c.id)));
     let mut out: Vec<Decision> = list
         .iter()
         .map(|c| Decision {
@@ -104,8 +107,7 @@ pub fn apply(rules: Option<&Retention>, candidates: &[Candidate]) -> Vec<Decisio
         }
         return out;
     };
-    let last = rules.keep_last.unwrap_or(0) as usize;
-    type Bucket = fn(DateTime<Utc>) -> i64;
+    let keep_last = rules.keep_last.unwrap_or(0) as usize;
     let buckets: [(Option<u32>, Reason, Bucket); 5] = [
         (rules.keep_hourly, Reason::Hourly, |t| {
             i64::from(t.year()) * 1_000_000
@@ -128,7 +130,7 @@ pub fn apply(rules: Option<&Retention>, candidates: &[Candidate]) -> Vec<Decisio
     let mut state: Vec<(u32, Option<i64>)> =
         buckets.iter().map(|b| (b.0.unwrap_or(0), None)).collect();
     for (nr, d) in out.iter_mut().enumerate() {
-        if nr < last {
+        if nr < keep_last {
             d.reasons.push(Reason::Last);
         }
         for (i, (_, reason, bucket)) in buckets.iter().enumerate() {
@@ -152,7 +154,14 @@ mod tests {
     use super::*;
     use chrono::{Duration, TimeZone};
 
-    fn rules(last: u32, hourly: u32, daily: u32, weekly: u32, monthly: u32, yearly: u32) -> Retention {
+    fn rules(
+        last: u32,
+        hourly: u32,
+        daily: u32,
+        weekly: u32,
+        monthly: u32,
+        yearly: u32,
+    ) -> Retention {
         let n = |v| (v > 0).then_some(v);
         Retention {
             keep_last: n(last),
@@ -246,7 +255,10 @@ mod tests {
             ]
         );
         // keepYearly 2 finds only one year (2025): one yearly keep.
-        let yearly = d.iter().filter(|x| x.reasons.contains(&Reason::Yearly)).count();
+        let yearly = d
+            .iter()
+            .filter(|x| x.reasons.contains(&Reason::Yearly))
+            .count();
         assert_eq!(yearly, 1);
         assert_eq!(d.iter().filter(|x| x.keep()).count(), 19);
         // What is forgotten is exactly the rest.

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // a failing unwrap is a failing test
 
+mod backup;
 mod examples;
 mod fuzz;
 mod schema;
