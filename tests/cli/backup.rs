@@ -226,9 +226,9 @@ fn full_and_incremental_restore_identical_and_sparse() {
     // at most (1 % of 4 KiB blocks, each in its own chunk), not the 12 MiB.
     let stored: u64 = run
         .stdout
-        .split('(')
-        .nth(2)
-        .and_then(|s| s.split(' ').next())
+        .split(" new chunks")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert!(
