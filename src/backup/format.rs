@@ -164,58 +164,96 @@ const ZLIB_LEVEL: u32 = 1;
 /// Bytes compressed first to decide whether a chunk is worth compressing.
 const PROBE: usize = 4096;
 
-/// Compresses `raw` with `codec`; returns the codec actually used and the
-/// bytes to store: `None` (raw) when compression would not shrink the chunk,
-/// as judged by compressing its first 4 KiB (random data is rejected at a
-/// sixteenth of the cost) and then by the full result.
-pub fn compress(codec: Codec, raw: &[u8]) -> (Codec, Vec<u8>) {
-    let attempt = |input: &[u8]| -> Option<Vec<u8>> {
-        match codec {
-            Codec::None => None,
-            Codec::Zstd => zstd::bulk::compress(input, ZSTD_LEVEL).ok(),
-            Codec::Zlib => {
-                let mut enc = flate2::write::ZlibEncoder::new(
-                    Vec::with_capacity(input.len() / 2),
-                    flate2::Compression::new(ZLIB_LEVEL),
-                );
-                enc.write_all(input).ok()?;
-                enc.finish().ok()
-            }
-        }
-    };
-    if codec == Codec::None {
-        return (Codec::None, raw.to_vec());
-    }
-    if raw.len() > 2 * PROBE {
-        match attempt(&raw[..PROBE]) {
-            Some(p) if p.len() < PROBE - PROBE / 16 => {}
-            _ => return (Codec::None, raw.to_vec()),
-        }
-    }
-    match attempt(raw) {
-        Some(c) if c.len() < raw.len() => (codec, c),
-        _ => (Codec::None, raw.to_vec()),
+/// Reusable (de)compression contexts: one per worker thread. zstd's
+/// one-shot functions build a fresh context per call, which cost more than
+/// compressing a 4 KiB probe (measured: a full backup of 2 GiB of random
+/// data spent seconds of CPU in context set-up).
+#[derive(Default)]
+pub struct Codecs {
+    zc: Option<zstd::bulk::Compressor<'static>>,
+    zd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl fmt::Debug for Codecs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Codecs")
     }
 }
 
-/// Decompresses a stored blob of `raw_len` bytes. `None` when the bytes are
-/// not a valid stream of that length (corruption).
-pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize) -> Option<Vec<u8>> {
-    match codec {
-        Codec::None => (stored.len() == raw_len).then(|| stored.to_vec()),
-        Codec::Zstd => {
-            let out = zstd::bulk::decompress(stored, raw_len).ok()?;
-            (out.len() == raw_len).then_some(out)
+impl Codecs {
+    fn zstd_compress(&mut self, input: &[u8]) -> Option<Vec<u8>> {
+        if self.zc.is_none() {
+            self.zc = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
-        Codec::Zlib => {
-            let mut out = Vec::with_capacity(raw_len);
-            flate2::read::ZlibDecoder::new(stored)
-                .take(raw_len as u64 + 1)
-                .read_to_end(&mut out)
-                .ok()?;
-            (out.len() == raw_len).then_some(out)
+        self.zc.as_mut()?.compress(input).ok()
+    }
+
+    /// Compresses `raw` with `codec`; returns the codec actually used and
+    /// the bytes to store: `None` (raw) when compression would not shrink
+    /// the chunk, as judged by compressing its first 4 KiB (random data is
+    /// rejected at a sixteenth of the cost) and then by the full result.
+    pub fn compress(&mut self, codec: Codec, raw: &[u8]) -> (Codec, Vec<u8>) {
+        let mut attempt = |input: &[u8]| -> Option<Vec<u8>> {
+            match codec {
+                Codec::None => None,
+                Codec::Zstd => self.zstd_compress(input),
+                Codec::Zlib => {
+                    let mut enc = flate2::write::ZlibEncoder::new(
+                        Vec::with_capacity(input.len() / 2),
+                        flate2::Compression::new(ZLIB_LEVEL),
+                    );
+                    enc.write_all(input).ok()?;
+                    enc.finish().ok()
+                }
+            }
+        };
+        if codec == Codec::None {
+            return (Codec::None, raw.to_vec());
+        }
+        if raw.len() > 2 * PROBE {
+            match attempt(&raw[..PROBE]) {
+                Some(p) if p.len() < PROBE - PROBE / 16 => {}
+                _ => return (Codec::None, raw.to_vec()),
+            }
+        }
+        match attempt(raw) {
+            Some(c) if c.len() < raw.len() => (codec, c),
+            _ => (Codec::None, raw.to_vec()),
         }
     }
+
+    /// Decompresses a stored blob of `raw_len` bytes. `None` when the bytes
+    /// are not a valid stream of that length (corruption).
+    pub fn decompress(&mut self, codec: Codec, stored: &[u8], raw_len: usize) -> Option<Vec<u8>> {
+        match codec {
+            Codec::None => (stored.len() == raw_len).then(|| stored.to_vec()),
+            Codec::Zstd => {
+                if self.zd.is_none() {
+                    self.zd = zstd::bulk::Decompressor::new().ok();
+                }
+                let out = self.zd.as_mut()?.decompress(stored, raw_len).ok()?;
+                (out.len() == raw_len).then_some(out)
+            }
+            Codec::Zlib => {
+                let mut out = Vec::with_capacity(raw_len);
+                flate2::read::ZlibDecoder::new(stored)
+                    .take(raw_len as u64 + 1)
+                    .read_to_end(&mut out)
+                    .ok()?;
+                (out.len() == raw_len).then_some(out)
+            }
+        }
+    }
+}
+
+/// [`Codecs::compress`] with a fresh context (for one-off use).
+pub fn compress(codec: Codec, raw: &[u8]) -> (Codec, Vec<u8>) {
+    Codecs::default().compress(codec, raw)
+}
+
+/// [`Codecs::decompress`] with a fresh context (for one-off use).
+pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize) -> Option<Vec<u8>> {
+    Codecs::default().decompress(codec, stored, raw_len)
 }
 
 /// The repository's `config`: what a reader must know before reading

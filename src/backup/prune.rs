@@ -203,6 +203,7 @@ pub fn execute(
     }
     let mut writer = repo.pack_writer();
     let mut buf = Vec::new();
+    let mut codecs = format::Codecs::default();
     for (pack, live) in &repack {
         let path = repo.pack_path(pack);
         let file = File::open(&path).map_err(|source| BackupError::Io {
@@ -218,7 +219,8 @@ pub fn execute(
                     path: path.clone(),
                     source,
                 })?;
-            let good = format::decompress(e.codec, &buf, e.raw_len as usize)
+            let good = codecs
+                .decompress(e.codec, &buf, e.raw_len as usize)
                 .is_some_and(|raw| Digest::of(&raw) == e.id);
             if !good {
                 tracing::warn!(chunk = %e.id, pack = %pack, "corrupt chunk dropped while repacking");
@@ -231,7 +233,7 @@ pub fn execute(
             }
         }
     }
-    if let Err(err) = writer.seal() {
+    if let Err(err) = writer.finish() {
         writer.abandon();
         return Err(err);
     }

@@ -252,6 +252,9 @@ impl Repository {
         let bytes = format::encode_index(packs);
         let id = Digest::of(&bytes);
         let path = self.index_path(&id);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
         write_atomic(&path, &bytes).map_err(|source| BackupError::Write { path, source })?;
         Ok(id)
     }
@@ -506,8 +509,9 @@ impl Index {
 pub struct PackWriter {
     root: PathBuf,
     current: Option<OpenPack>,
-    /// Packs sealed so far, with their entries.
+    /// Packs finished (durable, in `data/`), with their entries.
     pub sealed: Vec<(Digest, Vec<BlobEntry>)>,
+    pending: Vec<(PathBuf, Digest, Vec<BlobEntry>)>,
 }
 
 #[derive(Debug)]
@@ -525,6 +529,7 @@ impl PackWriter {
             root: root.to_owned(),
             current: None,
             sealed: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -537,10 +542,9 @@ impl PackWriter {
         stored: &[u8],
     ) -> Result<(), BackupError> {
         if self.current.is_none() {
-            let tmp = self
-                .root
-                .join("tmp")
-                .join(format!("pack-{}", Uuid::new_v4()));
+            let tmp_dir = self.root.join("tmp");
+            fs::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir))?;
+            let tmp = tmp_dir.join(format!("pack-{}", Uuid::new_v4()));
             let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -574,7 +578,11 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Seals the open pack, if any: trailer, fsync, rename into `data/`.
+    /// Closes the open pack, if any: its trailer is written and it waits in
+    /// `tmp/` for [`PackWriter::finish`]. No fsync here: the kernel writes
+    /// it back while the next pack fills, instead of stalling the pipeline
+    /// once per 16 MiB (measured: the per-pack fsync made a 2 GiB backup
+    /// write-bound in lock step).
     pub fn seal(&mut self) -> Result<(), BackupError> {
         let Some(mut pack) = self.current.take() else {
             return Ok(());
@@ -589,23 +597,59 @@ impl PackWriter {
             path: pack.tmp.clone(),
             source: e.into_error(),
         })?;
-        file.sync_all().map_err(io_err("fsync", &pack.tmp))?;
         drop(file);
         let id = Digest(*pack.hasher.finalize().as_bytes());
-        let dir = self.root.join("data").join(id.shard());
-        let target = dir.join(id.to_hex());
-        fs::rename(&pack.tmp, &target).map_err(io_err("rename", &target))?;
-        fsync_dir(&dir).map_err(|source| BackupError::Write { path: dir, source })?;
-        tracing::debug!(pack = %id, blobs = pack.entries.len(), bytes = pack.len, "pack sealed");
-        self.sealed.push((id, pack.entries));
+        tracing::debug!(pack = %id, blobs = pack.entries.len(), bytes = pack.len, "pack closed");
+        self.pending.push((pack.tmp, id, pack.entries));
+        // Bounded: by 64 packs (1 GiB) back the first ones are long written
+        // back, so making them durable now costs little and keeps `tmp/`
+        // and the list short on huge volumes.
+        if self.pending.len() >= 64 {
+            self.publish()?;
+        }
         Ok(())
     }
 
-    /// Removes the unsealed pack (on failure).
+    /// Makes every pack durable and visible: seal the open one, fsync each,
+    /// rename each into `data/<shard>/<id>`, fsync those directories. Only
+    /// after this may an index file name them.
+    pub fn finish(&mut self) -> Result<(), BackupError> {
+        self.seal()?;
+        self.publish()
+    }
+
+    /// fsync + rename of the closed packs.
+    fn publish(&mut self) -> Result<(), BackupError> {
+        for (tmp, _, _) in &self.pending {
+            File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("fsync", tmp))?;
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for (tmp, id, entries) in std::mem::take(&mut self.pending) {
+            let dir = self.root.join("data").join(id.shard());
+            // Made at init; made again here for repositories copied by tools
+            // that drop empty directories (git, some sync tools).
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            let target = dir.join(id.to_hex());
+            fs::rename(&tmp, &target).map_err(io_err("rename", &target))?;
+            dirs.insert(dir);
+            self.sealed.push((id, entries));
+        }
+        for dir in dirs {
+            fsync_dir(&dir).map_err(|source| BackupError::Write { path: dir, source })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the packs not yet finished (on failure).
     pub fn abandon(&mut self) {
         if let Some(pack) = self.current.take() {
             drop(pack.out);
             let _ = fs::remove_file(&pack.tmp);
+        }
+        for (tmp, ..) in self.pending.drain(..) {
+            let _ = fs::remove_file(&tmp);
         }
     }
 }

@@ -159,6 +159,7 @@ fn read_all(
                 let mut local = RestoreStats::default();
                 let mut bad = Problems::default();
                 let mut buf = Vec::new();
+                let mut codecs = format::Codecs::default();
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(&pack, items)) = packs.get(i) else {
@@ -177,7 +178,7 @@ fn read_all(
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        if let Some(raw) = check_one(&file, &path, item, &mut buf) {
+                        if let Some(raw) = check_one(&mut codecs, &file, &path, item, &mut buf) {
                             local.chunks += 1;
                             local.bytes += raw.len() as u64;
                             if let Some(sink) = sink {
@@ -231,13 +232,19 @@ fn read_all(
 }
 
 /// Reads one blob, decodes it, checks its hash; `None` when it is damaged.
-fn check_one(file: &File, path: &Path, item: &Item, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+fn check_one(
+    codecs: &mut format::Codecs,
+    file: &File,
+    path: &Path,
+    item: &Item,
+    buf: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
     buf.resize(item.loc.stored_len as usize, 0);
     if let Err(e) = file.read_exact_at(buf, item.loc.offset) {
         tracing::warn!(pack = %path.display(), error = %e, "short pack");
         return None;
     }
-    let raw = format::decompress(item.loc.codec, buf, item.loc.raw_len as usize)?;
+    let raw = codecs.decompress(item.loc.codec, buf, item.loc.raw_len as usize)?;
     (Digest::of(&raw) == item.id).then_some(raw)
 }
 

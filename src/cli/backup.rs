@@ -300,6 +300,7 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
             mode,
             codec,
             host,
+            direct: !policy.spec.force,
         };
         engine::run(&spec, &bar).map(|r| (repo, r))
     });

@@ -526,3 +526,222 @@ fn errors_name_the_problem() {
     let run = site.cb("state", &["backup", "verify"]);
     assert_eq!(run.code, 2, "usage error: {}", run.stderr);
 }
+
+// ---------------------------------------------------------------------------
+// Golden fixture: repository format v1.
+
+/// The golden volume: 8 slots of 64 KiB: text, hole, noise, the text again
+/// (deduplicated), three holes, 1000 bytes of text then zeros.
+fn golden_volume() -> Vec<u8> {
+    let mut v = vec![0u8; 8 * 64 * 1024];
+    let t = text(64 * KIB);
+    v[..64 * 1024].copy_from_slice(&t);
+    v[2 * 64 * 1024..3 * 64 * 1024].copy_from_slice(&noise(7, 64 * KIB));
+    v[3 * 64 * 1024..4 * 64 * 1024].copy_from_slice(&t);
+    v[7 * 64 * 1024..7 * 64 * 1024 + 1000].copy_from_slice(&t[..1000]);
+    v
+}
+
+fn golden_dir() -> PathBuf {
+    crate::support::root().join("tests/fixtures/backup/repo-v1")
+}
+
+/// Writes `tests/fixtures/backup/repo-v1` anew, when the golden test runs
+/// with `CINDERBLOCK_REGENERATE_GOLDEN=1`. Only for a deliberate format
+/// change: then bump the version and keep the old fixture beside the new.
+fn regenerate_golden_repository() {
+    use cinderblock::backup::engine::{Mode, RunSpec, run};
+    let out = golden_dir();
+    let _ = fs::remove_dir_all(&out);
+    let tmp = tempfile::tempdir().unwrap();
+    let be = FileBackend::new(tmp.path(), "golden");
+    let uuid = Uuid::from_u128(0x601d);
+    be.create(&NewObject {
+        uuid,
+        name: "golden",
+        kind: ObjectKind::Volume,
+        size: 8 * 64 * KIB,
+        allocation: Allocation::Sparse,
+        source: None,
+    })
+    .unwrap();
+    let f = File::options()
+        .write(true)
+        .open(be.data_path(ObjectKind::Volume, uuid))
+        .unwrap();
+    let v = golden_volume();
+    for (slot, chunk) in v.chunks(64 * 1024).enumerate() {
+        if chunk.iter().any(|&b| b != 0) {
+            f.write_all_at(chunk, slot as u64 * 64 * KIB).unwrap();
+        }
+    }
+    drop(f);
+    let repo =
+        cinderblock::backup::Repository::open_or_init(&out, cinderblock::backup::Codec::Zstd)
+            .unwrap();
+    run(
+        &RunSpec {
+            id: Uuid::from_u128(0xb0),
+            repo: &repo,
+            backend: &be,
+            volume: uuid,
+            policy: Some("nightly"),
+            mode: Mode::Full,
+            codec: cinderblock::backup::Codec::Zstd,
+            host: "golden-host",
+            direct: false,
+        },
+        &cinderblock::backup::NoProgress,
+    )
+    .unwrap();
+    // Git keeps no empty directories; the repository does not need them.
+    for top in ["data", "index", "locks", "tmp"] {
+        for e in fs::read_dir(out.join(top)).unwrap() {
+            let _ = fs::remove_dir(e.unwrap().path());
+        }
+        let _ = fs::remove_dir(out.join(top));
+    }
+}
+
+/// Every file of the fixture below `top`, recursively.
+fn files_below(top: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(top).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+// One fixture, checked layer by layer, then end to end.
+#[allow(clippy::too_many_lines)]
+fn golden_repository_v1_is_read_and_restored() {
+    use cinderblock::backup::format::{self, Codec, Digest};
+    if std::env::var_os("CINDERBLOCK_REGENERATE_GOLDEN").is_some() {
+        regenerate_golden_repository();
+    }
+    let dir = golden_dir();
+    // config: every field pinned except the identity and creation time.
+    let text = fs::read_to_string(dir.join("config")).unwrap();
+    let pinned: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((k @ ("  \"id\"" | "  \"createdAt\""), _)) => format!("{k}: …"),
+            _ => l.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        pinned.join("\n"),
+        r#"{
+  "format": "cinderblock.backup-repository",
+  "version": 1,
+  "id": …
+  "chunkSize": 65536,
+  "hash": "blake3",
+  "compression": "zstd",
+  "packSize": 16777216,
+  "createdAt": …
+}"#
+    );
+    cinderblock::backup::Repository::open(&dir).unwrap();
+
+    let v = golden_volume();
+    let id = |slot: usize| Digest::of(&v[slot * 65536..(slot + 1) * 65536]);
+
+    // One manifest, at backups/<volume uuid>/<backup id>.json.
+    let manifest_path = dir.join(
+        "backups/00000000-0000-0000-0000-00000000601d/00000000-0000-0000-0000-0000000000b0.json",
+    );
+    let m = cinderblock::backup::Repository::read_manifest_file(&manifest_path).unwrap();
+    assert_eq!(m.kind, cinderblock::backup::BackupKind::Full);
+    assert_eq!(
+        (m.volume.name.as_str(), m.volume.size),
+        ("golden", 8 * 65536)
+    );
+    let table = format::decode_table(&m).unwrap();
+    assert_eq!(table, vec![(0, id(0)), (2, id(2)), (3, id(0)), (7, id(7))]);
+    assert_eq!(m.stats.new_chunks, 3, "slot 3 deduplicated against slot 0");
+    assert_eq!(m.stats.zero_chunks, 0, "holes are never read");
+
+    // One pack, named by its BLAKE3, ending in a trailer of 3 entries.
+    let packs = files_below(&dir.join("data"));
+    assert_eq!(packs.len(), 1);
+    let pack = fs::read(&packs[0]).unwrap();
+    assert_eq!(
+        packs[0].file_name().unwrap().to_str().unwrap(),
+        Digest::of(&pack).to_hex()
+    );
+    assert_eq!(&pack[pack.len() - 12..], b"\x03\0\0\0CBPACK01");
+    let trailer = &pack[pack.len() - 12 - 3 * 41..];
+    let entries = format::decode_pack_trailer(trailer, pack.len() as u64).unwrap();
+    // (blob order follows the workers, so compare as a set)
+    let mut summary: Vec<(Digest, Codec, u32)> =
+        entries.iter().map(|e| (e.id, e.codec, e.raw_len)).collect();
+    summary.sort_by_key(|e| e.0);
+    let mut want = vec![
+        (id(0), Codec::Zstd, 65536),
+        (id(2), Codec::None, 65536),
+        (id(7), Codec::Zstd, 65536),
+    ];
+    want.sort_by_key(|e| e.0);
+    assert_eq!(summary, want);
+    // Blobs are back to back; the raw one is the chunk itself, verbatim.
+    let mut offset = 0usize;
+    for e in &entries {
+        if e.codec == Codec::None {
+            assert_eq!(&pack[offset..offset + 65536], &v[2 * 65536..3 * 65536]);
+        }
+        offset += e.stored_len as usize;
+    }
+    assert_eq!(offset, pack.len() - 12 - 3 * 41);
+
+    // One index file, named by its BLAKE3, describing that pack.
+    let indexes = files_below(&dir.join("index"));
+    assert_eq!(indexes.len(), 1);
+    let index = fs::read(&indexes[0]).unwrap();
+    assert_eq!(
+        indexes[0].file_name().unwrap().to_str().unwrap(),
+        Digest::of(&index).to_hex()
+    );
+    assert!(index.starts_with(b"CBINDX01"));
+    assert_eq!(
+        format::decode_index(&index).unwrap(),
+        vec![(Digest::of(&pack), entries)]
+    );
+
+    // And the CLI restores it, on a copy (sessions write into locks/).
+    let site = Site::new("");
+    let copy = site.repo();
+    for f in files_below(&dir) {
+        let to = copy.join(f.strip_prefix(&dir).unwrap());
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&f, &to).unwrap();
+    }
+    let repo = copy.display().to_string();
+    ok(&site.cb("state", &["backup", "import", "--scan", &repo]));
+    ok(&site.cb("state", &["backup", "verify", "--all"]));
+    let run = site.cb(
+        "state",
+        &[
+            "backup",
+            "restore",
+            "00000000",
+            "--to",
+            "golden",
+            "--backend",
+            "local",
+            "-f",
+            "site.yaml",
+        ],
+    );
+    ok(&run);
+    let restored = site.volume_path("golden").unwrap();
+    assert_eq!(fs::read(&restored).unwrap(), v);
+    assert!(allocated(&restored) <= 4 * 65536, "holes stay holes");
+}
