@@ -578,7 +578,7 @@ fn work(
                 out.stats.unchanged_chunks += 1;
                 continue;
             }
-            let fresh = !index.blobs.contains_key(&id)
+            let fresh = !index.has_usable(&id)
                 && claimed
                     .lock()
                     .map_err(|_| BackupError::Panicked("backup worker"))?

@@ -395,7 +395,9 @@ pub fn decode_index(bytes: &[u8]) -> Option<Vec<(Digest, Vec<BlobEntry>)>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupKind {
-    /// No parent: every chunk was looked up in the repository index.
+    /// No parent: every chunk was looked up in the repository index, and
+    /// one whose pack is gone was stored again (a full backup repairs what
+    /// a lost pack broke, for every backup sharing those chunks).
     Full,
     /// Chunks equal to the parent's at the same offset were taken from the
     /// parent's manifest; the manifest still lists every chunk.

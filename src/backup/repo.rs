@@ -205,6 +205,7 @@ impl Repository {
     /// described are found again by [`Repository::scan_packs`].
     pub fn load_index(&self) -> Result<Index, BackupError> {
         let mut index = Index::default();
+        let mut found = Vec::new();
         for (id, path) in list_sharded(&self.root.join("index"))? {
             let bytes = fs::read(&path).map_err(io_err("read", &path))?;
             if Digest::of(&bytes) != id {
@@ -216,10 +217,16 @@ impl Repository {
                 continue;
             };
             index.files.push(id);
-            for (pack, entries) in packs {
-                index.add_pack(pack, &entries);
-            }
+            found.extend(packs);
         }
+        let present: HashSet<Digest> = self.scan_packs()?.into_iter().map(|(id, _)| id).collect();
+        // Packs that exist first: where a chunk is in several packs (a full
+        // backup stored it again after its pack was lost), a present one wins.
+        found.sort_by_key(|(pack, _)| !present.contains(pack));
+        for (pack, entries) in found {
+            index.add_pack(pack, &entries);
+        }
+        index.present = present;
         Ok(index)
     }
 
@@ -466,6 +473,8 @@ pub struct Index {
     pub blobs: HashMap<Digest, Location>,
     /// The index files loaded.
     pub files: Vec<Digest>,
+    /// The packs found in `data/` when the index was loaded.
+    pub present: HashSet<Digest>,
     pack_pos: HashMap<Digest, u32>,
 }
 
@@ -491,6 +500,14 @@ impl Index {
             });
             offset += u64::from(e.stored_len);
         }
+    }
+
+    /// Whether `id` is stored in a pack that exists (a chunk whose pack was
+    /// lost counts as absent, so the next full backup stores it again).
+    pub fn has_usable(&self, id: &Digest) -> bool {
+        self.blobs
+            .get(id)
+            .is_some_and(|loc| self.present.contains(&self.packs[loc.pack as usize]))
     }
 
     /// Whether `pack` is described.
@@ -815,4 +832,76 @@ pub fn referenced(tables: &[format::Table]) -> HashSet<Digest> {
         .iter()
         .flat_map(|t| t.iter().map(|(_, id)| *id))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_shared_together_exclusive_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_init(dir.path(), Codec::Zstd).unwrap();
+        let a = repo.session(SessionKind::Shared, "backup run").unwrap();
+        let b = repo.session(SessionKind::Shared, "backup restore").unwrap();
+        let err = repo
+            .session(SessionKind::Exclusive, "backup prune")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("repository is busy: backup "), "{text}");
+        assert!(
+            text.contains(&format!("by pid {}", std::process::id())),
+            "{text}"
+        );
+        drop((a, b));
+        let p = repo
+            .session(SessionKind::Exclusive, "backup prune")
+            .unwrap();
+        let err = repo.session(SessionKind::Shared, "backup run").unwrap_err();
+        assert!(err.to_string().contains("backup prune by pid"), "{err}");
+        assert!(err.is_retryable());
+        drop(p);
+        assert_eq!(fs::read_dir(dir.path().join("locks")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_dead_session_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_init(dir.path(), Codec::Zstd).unwrap();
+        // A session file of this host whose process is gone (pid 2^22 + 1
+        // is above Linux's pid_max limit, so it never exists).
+        let dead = SessionInfo {
+            kind: SessionKind::Exclusive,
+            host: hostname(),
+            pid: (1 << 22) + 1,
+            command: "backup prune".into(),
+            started_at: Utc::now(),
+        };
+        fs::write(
+            dir.path().join("locks/dead.json"),
+            serde_json::to_vec(&dead).unwrap(),
+        )
+        .unwrap();
+        let s = repo.session(SessionKind::Shared, "backup run").unwrap();
+        assert!(!dir.path().join("locks/dead.json").exists());
+        drop(s);
+    }
+
+    #[test]
+    fn config_is_created_once_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Repository::open_or_init(dir.path(), Codec::Zlib).unwrap();
+        let b = Repository::open_or_init(dir.path(), Codec::Zstd).unwrap();
+        assert_eq!(a.config(), b.config());
+        assert_eq!(b.config().compression, Codec::Zlib);
+        let other = tempfile::tempdir().unwrap();
+        let err = Repository::open(other.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is not a backup repository (no config)",
+                other.path().display()
+            )
+        );
+    }
 }

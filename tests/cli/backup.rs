@@ -370,9 +370,16 @@ fn missing_chunk_is_reported_and_restore_writes_nothing() {
     );
     assert!(site.volume_path("copy").is_none());
 
-    // A full backup heals nothing by itself here (the chunks are in the
-    // index), but the next prune drops the dangling index entries and a
-    // full backup then stores them again.
+    // A full backup stores the lost chunks again (the volume still holds
+    // them), which repairs the old backup too: same chunks, same ids.
+    let run = site.cbf(&["backup", "run", "data", "--full"]);
+    ok(&run);
+    assert!(!run.stdout.contains("(0 new chunks"), "{}", run.stdout);
+    let run = site.cb("state", &["backup", "verify", "--all"]);
+    ok(&run);
+    assert_eq!(run.stdout.matches("ok ").count(), 2, "{}", run.stdout);
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "copy"]));
+    assert_eq!(sha256(&site.volume_path("copy").unwrap()), sha256(&vol));
 }
 
 #[test]
@@ -744,4 +751,64 @@ fn golden_repository_v1_is_read_and_restored() {
     let restored = site.volume_path("golden").unwrap();
     assert_eq!(fs::read(&restored).unwrap(), v);
     assert!(allocated(&restored) <= 4 * 65536, "holes stay holes");
+}
+
+#[test]
+fn two_writers_at_once_share_one_repository() {
+    use cinderblock::backup::engine::{Mode, RunSpec, run};
+    use cinderblock::backup::{Codec, NoProgress, Repository};
+    let site = Site::new("");
+    let repo = Repository::open_or_init(&site.repo(), Codec::Zstd).unwrap();
+    // Two back ends (as two hosts would have), each with a volume holding
+    // the same first 4 MiB (deduplicated across them) and its own data.
+    let mut jobs = Vec::new();
+    for n in 0..2u64 {
+        let root = site.path().join(format!("host{n}"));
+        fs::create_dir_all(&root).unwrap();
+        let be = FileBackend::new(&root, format!("host{n}"));
+        let uuid = Uuid::new_v4();
+        be.create(&NewObject {
+            uuid,
+            name: "data",
+            kind: ObjectKind::Volume,
+            size: 32 * MIB,
+            allocation: Allocation::Sparse,
+            source: None,
+        })
+        .unwrap();
+        let f = File::options()
+            .write(true)
+            .open(be.data_path(ObjectKind::Volume, uuid))
+            .unwrap();
+        f.write_all_at(&noise(42, 4 * MIB), 0).unwrap();
+        f.write_all_at(&noise(n + 50, 8 * MIB), 16 * MIB).unwrap();
+        jobs.push((be, uuid));
+    }
+    std::thread::scope(|s| {
+        for (n, (be, uuid)) in jobs.iter().enumerate() {
+            let repo = &repo;
+            s.spawn(move || {
+                run(
+                    &RunSpec {
+                        id: Uuid::new_v4(),
+                        repo,
+                        backend: be,
+                        volume: *uuid,
+                        policy: None,
+                        mode: Mode::Full,
+                        codec: Codec::Zstd,
+                        host: if n == 0 { "a" } else { "b" },
+                        direct: false,
+                    },
+                    &NoProgress,
+                )
+                .unwrap();
+            });
+        }
+    });
+    let scan = repo.root().display().to_string();
+    ok(&site.cb("state", &["backup", "import", "--scan", &scan]));
+    let run = site.cb("state", &["backup", "verify", "--all"]);
+    ok(&run);
+    assert_eq!(run.stdout.matches("ok ").count(), 2, "{}", run.stdout);
 }
