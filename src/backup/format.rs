@@ -529,8 +529,15 @@ pub fn decode_table(m: &Manifest) -> Result<Table, BackupError> {
     let limit = usize::try_from(slots)
         .unwrap_or(usize::MAX)
         .saturating_mul(TABLE_ENTRY_LEN);
-    let raw = zstd::bulk::decompress(&packed, limit.max(1))
-        .map_err(|_| bad("chunk table is not a zstd frame within the volume's size"))?;
+    // Streamed with a cap: the table can never be larger than one entry per
+    // slot, and nothing is allocated up front for a table that is not.
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(packed.as_slice())
+        .and_then(|d| d.take(limit as u64 + 1).read_to_end(&mut raw))
+        .map_err(|_| bad("chunk table is not a zstd frame"))?;
+    if raw.len() > limit {
+        return Err(bad("chunk table is larger than the volume"));
+    }
     if Digest::of(&raw) != m.chunks_digest {
         return Err(bad("chunk table does not match its digest"));
     }

@@ -59,15 +59,16 @@ pub fn plan(
     rules: &dyn Fn(Option<&str>) -> Option<Retention>,
     damaged: &dyn Fn(Uuid) -> bool,
 ) -> PrunePlan {
-    let mut groups: BTreeMap<(String, Uuid, Option<String>), Vec<&Manifest>> = BTreeMap::new();
+    // By volume identity (a renamed volume stays one group) and policy.
+    let mut groups: BTreeMap<(Uuid, Option<String>), Vec<&Manifest>> = BTreeMap::new();
     for m in manifests {
         groups
-            .entry((m.volume.name.clone(), m.volume.uuid, m.policy.clone()))
+            .entry((m.volume.uuid, m.policy.clone()))
             .or_default()
             .push(m);
     }
     let mut out = PrunePlan::default();
-    for ((_, _, policy), ms) in groups {
+    for ((_, policy), ms) in groups {
         let candidates: Vec<Candidate> = ms
             .iter()
             .map(|m| Candidate {
@@ -95,6 +96,8 @@ pub fn plan(
             });
         }
     }
+    out.volumes
+        .sort_by(|a, b| (&a.volume.name, a.volume.uuid).cmp(&(&b.volume.name, b.volume.uuid)));
     out
 }
 

@@ -87,6 +87,9 @@ impl Repository {
             });
         }
         let config: RepoConfig = serde_json::from_slice(&bytes).map_err(bad)?;
+        // Absolute, so the catalogue's path works from any directory.
+        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
+        let root = root.as_path();
         if config.chunk_size != CHUNK_SIZE || config.hash != HASH {
             return Err(BackupError::RepoVersion {
                 path: root.to_owned(),
@@ -348,7 +351,8 @@ impl Repository {
         Ok((good, bad))
     }
 
-    /// The manifests of one volume, oldest first.
+    /// The readable manifests of one volume, oldest first (an unreadable
+    /// one is logged and skipped: it must not stop the next backup).
     pub fn volume_manifests(&self, volume: Uuid) -> Result<Vec<Manifest>, BackupError> {
         let dir = self
             .root
@@ -357,7 +361,12 @@ impl Repository {
         let mut out = Vec::new();
         for path in read_dir_sorted(&dir)? {
             if is_manifest_file(&path) {
-                out.push(Self::read_manifest_file(&path)?);
+                match Self::read_manifest_file(&path) {
+                    Ok(m) => out.push(m),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "unreadable manifest skipped");
+                    }
+                }
             }
         }
         out.sort_by_key(|m| (m.started_at, m.id));
