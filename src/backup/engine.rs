@@ -166,6 +166,9 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
     let started_at = Utc::now();
     let vol_path = spec.backend.data_path(ObjectKind::Volume, vol.uuid);
     let t = Instant::now();
+    if !spec.direct {
+        progress.stage("point-in-time copy");
+    }
     let scratch = if spec.direct {
         None
     } else {
@@ -378,6 +381,7 @@ fn chunk_and_store(
             source,
         })?;
     let (ranges, extents) = data_slots(&file, path, size)?;
+    progress.stage("reading data extents");
     let total: u64 = ranges.iter().map(|&(a, b)| (b * c).min(size) - a * c).sum();
     progress.total(total);
 
@@ -455,6 +459,7 @@ fn chunk_and_store(
             None => Ok(outs),
         }
     });
+    progress.stage("making packs durable");
     let outs = match result.and_then(|o| writer.finish().map(|()| o)) {
         Ok(o) => o,
         Err(e) => {

@@ -2,7 +2,7 @@
 //! images, and the engine that backs `file` volumes up into it and restores
 //! them.
 //!
-//! Owns the repository format ([`format`]), the repository directory
+//! Owns the repository format ([`format`](mod@format)), the repository directory
 //! ([`repo`]), backup runs ([`engine`]), restore and verify ([`restore`]),
 //! retention ([`retention`], pure), prune ([`prune`]) and the state
 //! directory's catalogue cache with export/import records ([`catalog`]).
@@ -261,6 +261,8 @@ impl BackupError {
 /// Progress of a long operation, in bytes. The CLI draws a bar; library
 /// callers and tests pass [`NoProgress`].
 pub trait Progress: Sync {
+    /// A new stage begins (its total, if any, follows through `total`).
+    fn stage(&self, _what: &str) {}
     /// The total is known (or changed).
     fn total(&self, bytes: u64);
     /// `bytes` more are done.

@@ -307,6 +307,7 @@ pub fn restore(
     if mode == Target::Overwrite {
         // Check everything before the first byte of the existing volume
         // changes.
+        progress.stage("checking every chunk");
         progress.total(total * 2);
         let (problems, _) = read_all(repo, index, &by_pack, true, None, progress)?;
         if !problems.is_empty() {
@@ -320,6 +321,7 @@ pub fn restore(
         }
         punch(target, target_path, pos, len)?;
     } else {
+        progress.stage("restoring");
         progress.total(total);
     }
     let write = |slot: u64, raw: &[u8]| -> Result<u64, BackupError> {
@@ -351,6 +353,9 @@ pub fn restore(
         }
         Ok(written)
     };
+    if mode == Target::Overwrite {
+        progress.stage("restoring");
+    }
     let (problems, stats) = read_all(repo, index, &by_pack, true, Some(&write), progress)?;
     if !problems.is_empty() {
         return Err(problems.into_error(m.id));

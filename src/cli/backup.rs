@@ -930,33 +930,47 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
 // ---------------------------------------------------------------------------
 // Output helpers.
 
-/// A progress bar on stderr when it is a terminal; invisible otherwise.
-struct Bar(ProgressBar);
+/// A progress bar on stderr when it is a terminal; invisible otherwise. A
+/// spinner with the stage's name until the stage's total is known.
+struct Bar {
+    bar: ProgressBar,
+    what: String,
+}
 
 impl Bar {
-    fn new(msg: &str) -> Self {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
+    fn new(what: &str) -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            bar.set_style(style);
         }
-        bar.set_message(msg.to_owned());
+        bar.set_message(what.to_owned());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Self(bar)
+        Self {
+            bar,
+            what: what.to_owned(),
+        }
     }
 
     fn finish(&self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
     }
 }
 
 impl Progress for Bar {
+    fn stage(&self, stage: &str) {
+        self.bar.set_message(format!("{}: {stage}", self.what));
+    }
     fn total(&self, n: u64) {
-        self.0.set_length(n);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            self.bar.set_style(style.progress_chars("=> "));
+        }
+        self.bar.set_position(0);
+        self.bar.set_length(n);
     }
     fn advance(&self, n: u64) {
-        self.0.inc(n);
+        self.bar.inc(n);
     }
 }
 
