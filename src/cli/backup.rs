@@ -64,9 +64,14 @@ struct ManifestFiles {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "policy"])))]
 struct RunArgs {
     /// The Volume's name.
-    volume: String,
+    volume: Option<String>,
+    /// Every Volume whose backup policy (or whose consistency group's) is
+    /// this one; volumes not created yet are skipped.
+    #[arg(long, value_name = "NAME")]
+    policy: Option<String>,
     /// A full backup (no parent).
     #[arg(long, conflicts_with = "incremental")]
     full: bool,
@@ -225,35 +230,84 @@ fn find_volume(
 // ---------------------------------------------------------------------------
 // run
 
+fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
+    let set = load_manifests(&a.manifests)?;
+    let volumes: Vec<Name> = if let Some(p) = &a.policy {
+        let p = name(p, "policy")?;
+        if !set.backup_policies.contains_key(&p) {
+            bail!("no BackupPolicy named {p} in the manifests");
+        }
+        let v: Vec<Name> = set
+            .volumes
+            .iter()
+            .filter(|(_, d)| policy_of(&set, &d.spec).as_ref() == Some(&p))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if v.is_empty() {
+            bail!("no Volume uses BackupPolicy {p}");
+        }
+        v
+    } else {
+        vec![name(a.volume.as_deref().unwrap_or_default(), "volume")?]
+    };
+    let _lock = StateLock::acquire(state, "backup run")?;
+    let mut journal = Journal::open(state)?;
+    let mut failed = 0;
+    for v in &volumes {
+        match run_one(&set, v, a, state, host, &mut journal) {
+            Ok(()) => {}
+            Err(e) if a.policy.is_some() => {
+                if e.downcast_ref::<NotYet>().is_some() {
+                    writeln!(std::io::stderr().lock(), "skipped {v}: {e}")?;
+                } else {
+                    writeln!(std::io::stderr().lock(), "error: {v}: {e:#}")?;
+                    failed += 1;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(i32::from(failed > 0))
+}
+
+/// The volume's backup policy, or its consistency group's.
+fn policy_of(set: &ManifestSet, vol: &manifest::VolumeSpec) -> Option<Name> {
+    vol.backup_policy.clone().or_else(|| {
+        vol.consistency_group
+            .as_ref()
+            .and_then(|g| set.consistency_groups.get(g))
+            .and_then(|g| g.spec.backup_policy.clone())
+    })
+}
+
+/// A volume that is declared but not created yet (nothing to back up).
+#[derive(Debug, thiserror::Error)]
+#[error("Volume {0} does not exist on any file back end yet (nothing to back up)")]
+struct NotYet(Name);
+
 // Each command reads top to bottom as its steps; splitting would only add
 // parameters.
 #[allow(clippy::too_many_lines)]
-fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
-    let vol_name = name(&a.volume, "volume")?;
-    let set = load_manifests(&a.manifests)?;
+fn run_one(
+    set: &ManifestSet,
+    vol_name: &Name,
+    a: &RunArgs,
+    state: &Path,
+    host: &str,
+    journal: &mut Journal,
+) -> anyhow::Result<()> {
     let vol = set
         .volumes
-        .get(&vol_name)
+        .get(vol_name)
         .ok_or_else(|| anyhow!("no Volume named {vol_name} in the manifests"))?;
-    let policy_name = vol
-        .spec
-        .backup_policy
-        .clone()
-        .or_else(|| {
-            vol.spec
-                .consistency_group
-                .as_ref()
-                .and_then(|g| set.consistency_groups.get(g))
-                .and_then(|g| g.spec.backup_policy.clone())
-        })
-        .ok_or_else(|| {
-            anyhow!("Volume {vol_name} has no backupPolicy (nor its consistency group)")
-        })?;
+    let policy_name = policy_of(set, &vol.spec).ok_or_else(|| {
+        anyhow!("Volume {vol_name} has no backupPolicy (nor its consistency group)")
+    })?;
     let policy = set
         .backup_policies
         .get(&policy_name)
         .ok_or_else(|| anyhow!("BackupPolicy {policy_name} is not in the manifests"))?;
-    let mut candidates = file_backends(&set, state);
+    let mut candidates = file_backends(set, state);
     if let Some(pin) = &vol.spec.backend {
         candidates.retain(|(n, _)| n == pin);
     }
@@ -263,7 +317,7 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
         );
     }
     let Some((backend, object)) = find_volume(&candidates, vol_name.as_str())? else {
-        bail!("Volume {vol_name} does not exist on any file back end yet (nothing to back up)");
+        return Err(NotYet(vol_name.clone()).into());
     };
     if object.state != Phase::Ready {
         bail!(
@@ -284,8 +338,6 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
     };
     let repo_path = policy.spec.target.path.resolve(state);
     let codec = Codec::from(policy.spec.compression);
-    let _lock = StateLock::acquire(state, "backup run")?;
-    let mut journal = Journal::open(state)?;
     let id = Uuid::new_v4();
     let intent = journal.intent(id, 0, &format!("backup run {vol_name} ({id})"))?;
     let started_at = Utc::now();
@@ -337,7 +389,7 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
                 secs(report.elapsed),
                 rate(s.read_bytes, report.elapsed),
             )?;
-            Ok(0)
+            Ok(())
         }
         Err(e) => {
             let text = chain(&e);

@@ -812,3 +812,44 @@ fn two_writers_at_once_share_one_repository() {
     ok(&run);
     assert_eq!(run.stdout.matches("ok ").count(), 2, "{}", run.stdout);
 }
+
+#[test]
+fn run_by_policy_backs_up_each_volume_and_skips_the_uncreated() {
+    let site = Site::new("");
+    let mut yaml = fs::read_to_string(site.path().join("site.yaml")).unwrap();
+    yaml.push_str(
+        "---
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {name: logs}
+spec: {size: 64Mi, volumeType: standard, backupPolicy: nightly}
+---
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {name: later}
+spec: {size: 64Mi, volumeType: standard, backupPolicy: nightly}
+",
+    );
+    fs::write(site.path().join("site.yaml"), yaml).unwrap();
+    fill(&site.create_volume("data", 64 * MIB));
+    fill(&site.create_volume("logs", 64 * MIB));
+    let run = site.cbf(&["backup", "run", "--policy", "nightly"]);
+    ok(&run);
+    assert_eq!(run.stdout.matches("full of ").count(), 2, "{}", run.stdout);
+    assert!(run.stdout.contains("full of data") && run.stdout.contains("full of logs"));
+    assert!(
+        run.stderr
+            .contains("skipped later: Volume later does not exist on any file back end yet"),
+        "{}",
+        run.stderr
+    );
+    // data and logs hold the same bytes: the second stored nothing new.
+    assert!(run.stdout.contains("(0 new chunks"), "{}", run.stdout);
+    let run = site.cbf(&["backup", "run", "--policy", "weekly"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("no BackupPolicy named weekly"),
+        "{}",
+        run.stderr
+    );
+}
