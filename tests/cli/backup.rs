@@ -853,3 +853,28 @@ spec: {size: 64Mi, volumeType: standard, backupPolicy: nightly}
         run.stderr
     );
 }
+
+#[test]
+fn zlib_and_uncompressed_policies_round_trip() {
+    for (codec, smaller) in [("zlib", true), ("none", false)] {
+        let site = Site::new(&format!("  compression: {codec}"));
+        let vol = site.create_volume("data", 64 * MIB);
+        fill(&vol);
+        let run = site.cbf(&["backup", "run", "data"]);
+        let id = backup_id(&run);
+        // "stored X (N new chunks, Y before compression)": the text
+        // compresses unless the policy says none.
+        let tail = run.stdout.split("stored ").nth(1).unwrap();
+        let stored = tail.split(" (").next().unwrap();
+        let raw = tail
+            .split(", ")
+            .nth(1)
+            .unwrap()
+            .split(" before")
+            .next()
+            .unwrap();
+        assert_eq!(stored != raw, smaller, "{codec}: {tail}");
+        ok(&site.cbf(&["backup", "restore", &id, "--to", "copy"]));
+        assert_eq!(sha256(&site.volume_path("copy").unwrap()), sha256(&vol));
+    }
+}
