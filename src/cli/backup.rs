@@ -551,7 +551,31 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     let started = Instant::now();
     let bar = Bar::new(&format!("restore {to}"));
     let result = match existing {
+        Some((_, obj)) if obj.state != Phase::Ready && a.overwrite => {
+            // An interrupted create or restore: nothing worth keeping in it
+            // (it never became ready), so start over.
+            tracing::info!(uuid = %obj.uuid, state = ?obj.state, "replacing an incomplete volume");
+            backend.delete(obj.uuid)?;
+            restore_fresh(
+                &repo,
+                &index,
+                &m,
+                &table,
+                &backend,
+                to.as_str(),
+                allocation,
+                &bar,
+            )
+        }
         Some((_, obj)) => {
+            if obj.state != Phase::Ready {
+                bar.finish();
+                bail!(
+                    "volume {to} ({} on {backend_name}) is incomplete ({:?}: an interrupted create or restore); pass --overwrite to replace it",
+                    obj.uuid,
+                    obj.state
+                );
+            }
             if !a.overwrite {
                 bar.finish();
                 bail!(

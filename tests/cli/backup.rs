@@ -878,3 +878,36 @@ fn zlib_and_uncompressed_policies_round_trip() {
         assert_eq!(sha256(&site.volume_path("copy").unwrap()), sha256(&vol));
     }
 }
+
+#[test]
+fn interrupted_restore_is_refused_then_started_over() {
+    let site = Site::new("");
+    let vol = site.create_volume("data", 64 * MIB);
+    fill(&vol);
+    let sum = sha256(&vol);
+    let id = backup_id(&site.cbf(&["backup", "run", "data"]));
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "copy"]));
+    // A restore interrupted by a crash leaves an object in state creating:
+    // refused as a target unless --overwrite, which starts it over.
+    let be = site.backend();
+    let obj = be
+        .discover()
+        .unwrap()
+        .objects
+        .into_iter()
+        .find(|o| o.meta.name == "copy")
+        .unwrap();
+    let mut meta = obj.meta.clone();
+    meta.state = cinderblock::file::Phase::Creating;
+    cinderblock::file::meta::write_sidecar(be.root(), &meta).unwrap();
+    fs::write(site.volume_path("copy").unwrap(), b"torn").unwrap();
+    let run = site.cbf(&["backup", "restore", &id, "--to", "copy"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("is incomplete (Creating"),
+        "{}",
+        run.stderr
+    );
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "copy", "--overwrite"]));
+    assert_eq!(sha256(&site.volume_path("copy").unwrap()), sum);
+}
