@@ -23,7 +23,8 @@
 //!   with the chunk: for the benchmark's 1 % change (30.7 MiB of changed
 //!   4 KiB blocks) 16 KiB chunks store 33 MiB, 64 KiB 44 MiB (1.4×, inside
 //!   the 2× budget), 256 KiB 87 MiB and 4 MiB (borg's fixed chunker) 792 MiB
-//!   (`shared/ANCHORS.md`); and 64 KiB is LVM's default thin-pool chunk, so
+//!   (`shared/ANCHORS.md`; our benchmark measured 1.35× with compression
+//!   and repository overhead included); and 64 KiB is LVM's default thin-pool chunk, so
 //!   the thin-LV incremental's `thin_delta` ranges map onto whole chunks.
 //!   16 KiB would store a quarter less but quadruple the chunk count (index
 //!   memory, manifest size, per-chunk hashing and compression overhead, and
@@ -34,14 +35,17 @@
 //!   a chunk whose first 4 KiB do not compress, or that does not shrink, is
 //!   stored raw. Each blob records its codec, so policies can differ.
 //! - **Packs**: chunks are appended to pack files sealed at 16 MiB (some 250
-//!   to 1000 chunks each), written in `tmp/`, fsynced and renamed to their
-//!   own BLAKE3 under one of 256 shard directories. 10 TiB of data is about
+//!   to 1000 chunks each), written in `tmp/`, fsynced at the end of the run
+//!   (or every 64 packs; fsyncing each one put the pipeline in lock step
+//!   with the disk) and renamed to their own BLAKE3 under one of 256 shard
+//!   directories. 10 TiB of data is about
 //!   650,000 packs, some 2,500 per directory: never millions of files in one
 //!   place. Each pack ends in a trailer listing its blobs (id, codec,
 //!   lengths), so it describes itself.
 //! - **Index files** repeat the trailers of the packs a session wrote; they
-//!   are what a writer loads to deduplicate (`~60 B` of RAM per unique chunk:
-//!   the scaling limit today is about 1 GiB of RAM per TiB of *unique* data;
+//!   are what a writer loads to deduplicate (about 75 B of RAM per unique
+//!   chunk: the scaling limit today is some 1.2 GiB of RAM per TiB of
+//!   *unique* data;
 //!   a paged, sorted index is the next step when repositories get there).
 //!   Prune consolidates them into one.
 //! - **Manifests** (JSON) name the volume, the time, the parent, the figures
@@ -49,7 +53,8 @@
 //!   its own digest). Every backup lists every non-zero chunk of its point in
 //!   time, so each restores on its own and deleting one never breaks
 //!   another; "incremental" only means the run compared against a parent and
-//!   stored less.
+//!   stored less. A full run trusts no parent: a chunk whose pack is gone is
+//!   stored again, which repairs every backup that shares it.
 //! - **Write order**: packs (fsynced, renamed) → index file → manifest. A
 //!   crash before the manifest leaves unreferenced packs that prune removes;
 //!   it never leaves a manifest pointing at nothing.

@@ -470,8 +470,8 @@ pub struct Location {
     pub codec: Codec,
 }
 
-/// The in-memory index: chunk id → location. About 60 bytes per unique
-/// chunk (1 TiB of unique data: 16 Mi chunks, ~1 GiB of RAM), which is the
+/// The in-memory index: chunk id → location. About 75 bytes per unique
+/// chunk (1 TiB of unique data: 16 Mi chunks, ~1.2 GiB of RAM), which is the
 /// repository's scaling limit today; see the module docs.
 #[derive(Debug, Default)]
 pub struct Index {
