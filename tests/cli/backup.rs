@@ -151,6 +151,7 @@ fn allocated(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
 }
 
+/// Pseudo-random bytes; odd seeds give distinct streams (`seed | 1`).
 fn noise(seed: u64, len: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
@@ -179,7 +180,7 @@ fn fill(path: &Path) {
     f.write_all_at(&text(3 * MIB), 20 * MIB).unwrap();
     f.write_all_at(&noise(2, 4 * MIB), 40 * MIB + 12 * KIB)
         .unwrap();
-    f.write_all_at(&noise(3, 5000), 60 * MIB + 777).unwrap();
+    f.write_all_at(&noise(5, 5000), 60 * MIB + 777).unwrap();
     f.write_all_at(&text(MIB - 4 * KIB), 63 * MIB).unwrap();
     f.sync_all().unwrap();
 }
@@ -195,7 +196,7 @@ fn change(path: &Path) {
         x ^= x >> 7;
         x ^= x << 17;
         let block = x % blocks;
-        f.write_all_at(&noise(i + 10, 4 * KIB), block * 4 * KIB)
+        f.write_all_at(&noise(2 * i + 11, 4 * KIB), block * 4 * KIB)
             .unwrap();
     }
     f.write_all_at(&[0u8; 4096], 20 * MIB + 8 * KIB).unwrap();
@@ -463,8 +464,10 @@ fn prune_keeps_what_retention_says_and_frees_chunks() {
     let mut ids = Vec::new();
     for round in 0..3u64 {
         let f = File::options().write(true).open(&vol).unwrap();
-        f.write_all_at(&noise(100 + round, 2 * MIB), round * 8 * MIB)
-            .unwrap();
+        // A fixed 8 MiB, and 2 MiB that each round overwrites: the first
+        // backup's 2 MiB (32 chunks) are its own.
+        f.write_all_at(&noise(99, 8 * MIB), 32 * MIB).unwrap();
+        f.write_all_at(&noise(100 + 2 * round, 2 * MIB), 0).unwrap();
         drop(f);
         ids.push(backup_id(&site.cbf(&["backup", "run", "data"])));
     }
@@ -491,18 +494,47 @@ fn prune_keeps_what_retention_says_and_frees_chunks() {
         run.stdout
     );
 
+    assert!(
+        run.stdout.contains("dropping 32 unused chunk(s), 2.00 MiB"),
+        "{}",
+        run.stdout
+    );
+    let data_bytes = || -> u64 {
+        files_below(&site.repo().join("data"))
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let before = data_bytes();
+
     let run = site.cbf(&["backup", "prune"]);
     ok(&run);
     assert!(run.stdout.contains("forgot 1 backup(s)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("dropping 32 unused chunk(s), 2.00 MiB"),
+        "{}",
+        run.stdout
+    );
     let list = site.cb("state", &["backup", "list"]);
     assert!(!list.stdout.contains(&ids[0]) && list.stdout.contains(&ids[1]));
-    ok(&site.cb("state", &["backup", "verify", "--all"]));
-    // The forgotten backup's own chunks (round 0's 2 MiB of noise that later
-    // rounds did not overwrite... they did not) are still referenced; a
-    // second prune finds nothing more to do.
+    // Its pack was rewritten without those 2 MiB of random data.
+    assert!(
+        before - data_bytes() >= 2 * MIB,
+        "{before} -> {}",
+        data_bytes()
+    );
+    let run = site.cb("state", &["backup", "verify", "--all"]);
+    ok(&run);
+    assert_eq!(run.stdout.matches("ok ").count(), 2, "{}", run.stdout);
+    // Nothing more to do the second time.
     let run = site.cbf(&["backup", "prune"]);
     ok(&run);
     assert!(run.stdout.contains("forgot 0 backup(s)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("dropping 0 unused chunk(s)"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -781,7 +813,8 @@ fn two_writers_at_once_share_one_repository() {
             .open(be.data_path(ObjectKind::Volume, uuid))
             .unwrap();
         f.write_all_at(&noise(42, 4 * MIB), 0).unwrap();
-        f.write_all_at(&noise(n + 50, 8 * MIB), 16 * MIB).unwrap();
+        f.write_all_at(&noise(2 * n + 51, 8 * MIB), 16 * MIB)
+            .unwrap();
         jobs.push((be, uuid));
     }
     std::thread::scope(|s| {
