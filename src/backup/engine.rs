@@ -499,38 +499,52 @@ fn read_batches(
     abort: &AtomicBool,
 ) -> Result<(), BackupError> {
     let c = u64::from(CHUNK_SIZE);
+    // Batches as (first slot, slots): front to back for the volume itself
+    // (readahead), back to front for the scratch copy. The kernel writes a
+    // dirty file back from its start; consuming the copy from its end and
+    // punching each batch drops those pages before writeback reaches them,
+    // instead of paying a second full write of the data (measured: the
+    // front-to-back order spent ~3 s of a 3 GiB full backup on the copy's
+    // writeback competing with the packs).
+    let mut batches: Vec<(u64, u64)> = Vec::new();
     for &(a, b) in ranges {
         let mut slot = a;
         while slot < b {
-            if abort.load(Ordering::Relaxed) {
-                return Ok(());
-            }
             let n = (b - slot).min(BATCH_SLOTS);
-            let start = slot * c;
-            let len = usize::try_from(((slot + n) * c).min(size) - start).unwrap_or(0);
-            let Ok(mut buf) = pool.recv() else {
-                return Ok(());
-            };
-            file.read_exact_at(&mut buf[..len], start)
-                .map_err(|source| BackupError::Io {
-                    op: "read",
-                    path: path.to_owned(),
-                    source,
-                })?;
-            if scratch {
-                punch_scratch(file, start, len);
-            }
-            if work
-                .send(Batch {
-                    first_slot: slot,
-                    len,
-                    buf,
-                })
-                .is_err()
-            {
-                return Ok(());
-            }
+            batches.push((slot, n));
             slot += n;
+        }
+    }
+    if scratch {
+        batches.reverse();
+    }
+    for (slot, n) in batches {
+        if abort.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let start = slot * c;
+        let len = usize::try_from(((slot + n) * c).min(size) - start).unwrap_or(0);
+        let Ok(mut buf) = pool.recv() else {
+            return Ok(());
+        };
+        file.read_exact_at(&mut buf[..len], start)
+            .map_err(|source| BackupError::Io {
+                op: "read",
+                path: path.to_owned(),
+                source,
+            })?;
+        if scratch {
+            punch_scratch(file, start, len);
+        }
+        if work
+            .send(Batch {
+                first_slot: slot,
+                len,
+                buf,
+            })
+            .is_err()
+        {
+            return Ok(());
         }
     }
     Ok(())
