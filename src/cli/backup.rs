@@ -755,8 +755,10 @@ fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
         let missing: HashSet<Digest> = problems.missing.iter().copied().collect();
         let corrupt: HashSet<Digest> = problems.corrupt.iter().copied().collect();
         for (m, t) in manifests.iter().zip(&tables) {
-            let miss = t.iter().filter(|(_, id)| missing.contains(id)).count();
-            let bad = t.iter().filter(|(_, id)| corrupt.contains(id)).count();
+            // Distinct chunks (one chunk may fill several slots).
+            let ids: HashSet<&Digest> = t.iter().map(|(_, id)| id).collect();
+            let miss = ids.iter().filter(|id| missing.contains(**id)).count();
+            let bad = ids.iter().filter(|id| corrupt.contains(**id)).count();
             let line = format!(
                 "{} {} {}",
                 m.id,
