@@ -2,6 +2,7 @@
 #![doc = include_str!("ARCHITECTURE.md")]
 
 pub mod apply;
+pub mod backup;
 pub mod cli;
 pub mod exec;
 pub mod file;

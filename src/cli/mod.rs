@@ -3,9 +3,11 @@
 //! that uses `anyhow`; everything it calls is library code returning typed
 //! errors.
 //!
-//! Exit codes: 0 success (valid manifests), 1 invalid manifests or an error,
+//! Exit codes: 0 success (valid manifests), 1 invalid manifests, damage found
+//! by `backup verify`, or an error,
 //! 2 usage error (clap's own).
 
+mod backup;
 mod plan;
 mod validate;
 
@@ -65,6 +67,8 @@ enum Command {
     Apply(plan::ApplyArgs),
     /// Write the JSON Schemas of the manifests (one per kind, plus manifest.json).
     Schema(SchemaArgs),
+    /// Operate backups by hand: run, list, restore, verify, export, import, prune.
+    Backup(backup::BackupArgs),
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +87,7 @@ pub fn run() -> i32 {
         Command::Plan(args) => plan::run_plan(&cli.global, &args),
         Command::Apply(args) => plan::run_apply(&cli.global, &args),
         Command::Schema(args) => schema(&args),
+        Command::Backup(args) => backup::run(&args, &cli.global.state, cli.global.host.as_deref()),
     };
     match result {
         Ok(code) => code,

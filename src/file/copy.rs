@@ -169,8 +169,10 @@ fn sparse_copy(
     Ok(stats)
 }
 
-/// The next data extent at or after `offset`, clamped to `len`.
-fn next_extent(
+/// The next data extent at or after `offset`, clamped to `len` (`None` past
+/// the last one); a filesystem without `SEEK_DATA` reports everything as data.
+/// Shared with the backup reader, which walks a snapshot the same way.
+pub fn next_extent(
     source: &File,
     src: &Path,
     offset: u64,

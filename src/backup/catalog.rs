@@ -1,0 +1,266 @@
+//! The catalogue: the state directory's cache of backups, and export/import
+//! records.
+//!
+//! `STATE/backup-catalog.json` (the state envelope of
+//! [`crate::state::atomic`], payload version 1) lists each backup's header:
+//! what `backup list` shows without touching the repositories, plus what only
+//! this host knows: runs that failed (they left nothing in the repository)
+//! and what `verify` last found. It is a cache: every successful backup is
+//! also a manifest in its repository, and [`Catalog::scan`] rebuilds the
+//! entries from there.
+//!
+//! Must not: be the only copy of anything needed to restore.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::format::{BackupKind, Manifest, RECORD_FORMAT, Record, RecordRepository, VolumeRef};
+use super::{BackupError, Repository};
+use crate::state::atomic;
+
+/// The catalogue's file name in the state directory.
+pub const CATALOG_FILE: &str = "backup-catalog.json";
+/// Its payload version.
+pub const CATALOG_VERSION: u32 = 1;
+
+/// What is known about a backup's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Written; not found damaged.
+    Ok,
+    /// `verify` found missing or corrupt chunks.
+    Damaged,
+    /// The run failed: nothing was committed.
+    Failed,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ok => "ok",
+            Self::Damaged => "damaged",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+/// One backup in the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// The backup's id.
+    pub id: Uuid,
+    /// The repository directory.
+    pub repository: PathBuf,
+    /// The repository's id (`None` for a run that failed before opening it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<Uuid>,
+    /// The volume.
+    pub volume: VolumeRef,
+    /// The policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Full or incremental (`None` for a failed run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BackupKind>,
+    /// The parent, for an incremental.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Uuid>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes it added to the repository.
+    pub stored_bytes: u64,
+    /// Health.
+    pub status: Status,
+    /// Why it failed, or what verify found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When verify last checked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    /// The entry of a committed manifest.
+    pub fn from_manifest(m: &Manifest, repository: &Path) -> Self {
+        Self {
+            id: m.id,
+            repository: repository.to_owned(),
+            repository_id: Some(m.repository),
+            volume: m.volume.clone(),
+            policy: m.policy.clone(),
+            kind: Some(m.kind),
+            parent: m.parent,
+            started_at: m.started_at,
+            read_bytes: m.stats.read_bytes,
+            stored_bytes: m.stats.stored_bytes,
+            status: Status::Ok,
+            detail: None,
+            verified_at: None,
+        }
+    }
+}
+
+/// The catalogue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Entries by backup id.
+    pub backups: BTreeMap<Uuid, Entry>,
+    #[serde(skip)]
+    generation: u64,
+}
+
+impl Catalog {
+    /// Loads the catalogue of `state_dir` (empty when there is none).
+    pub fn load(state_dir: &Path) -> Result<Self, BackupError> {
+        let path = state_dir.join(CATALOG_FILE);
+        match atomic::load::<Catalog>(&path, CATALOG_VERSION).map_err(BackupError::Catalog)? {
+            Some(env) => {
+                let mut c = env.payload;
+                c.generation = env.generation;
+                Ok(c)
+            }
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// Stores it (the caller holds the state lock).
+    pub fn store(&mut self, state_dir: &Path) -> Result<(), BackupError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| BackupError::Io {
+            op: "create",
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        self.generation += 1;
+        atomic::store(
+            &state_dir.join(CATALOG_FILE),
+            CATALOG_VERSION,
+            self.generation,
+            self,
+        )
+        .map_err(BackupError::Catalog)?;
+        Ok(())
+    }
+
+    /// Finds a backup by full id or unique prefix (hyphens optional).
+    pub fn resolve(&self, text: &str) -> Result<&Entry, BackupError> {
+        let want: String = text
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_lowercase();
+        if want.len() < 4 {
+            return Err(BackupError::UnknownBackup(text.to_owned()));
+        }
+        let hits: Vec<&Entry> = self
+            .backups
+            .values()
+            .filter(|e| e.id.simple().to_string().starts_with(&want))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(one),
+            [] => Err(BackupError::UnknownBackup(text.to_owned())),
+            many => Err(BackupError::AmbiguousBackup {
+                prefix: text.to_owned(),
+                candidates: many
+                    .iter()
+                    .map(|e| e.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Replaces this catalogue's entries of `repo` with its manifests
+    /// (failed runs recorded here are kept). Returns how many backups the
+    /// repository holds and the manifests it could not read.
+    pub fn scan(&mut self, repo: &Repository) -> Result<(usize, Vec<BackupError>), BackupError> {
+        let (manifests, bad) = repo.manifests()?;
+        let root = repo.root().to_owned();
+        let rid = repo.config().id;
+        self.backups.retain(|_, e| {
+            e.status == Status::Failed || (e.repository != root && e.repository_id != Some(rid))
+        });
+        for m in &manifests {
+            self.backups.insert(m.id, Entry::from_manifest(m, &root));
+        }
+        Ok((manifests.len(), bad))
+    }
+
+    /// Adds (or refreshes) a committed backup, keeping what verify recorded.
+    pub fn add(&mut self, m: &Manifest, repository: &Path) {
+        let mut entry = Entry::from_manifest(m, repository);
+        if let Some(old) = self.backups.get(&m.id) {
+            if old.status == Status::Damaged {
+                entry.status = old.status;
+                entry.detail.clone_from(&old.detail);
+            }
+            entry.verified_at = old.verified_at;
+        }
+        self.backups.insert(m.id, entry);
+    }
+}
+
+/// Builds the export record of `m`.
+pub fn export(repo: &Repository, m: &Manifest) -> Record {
+    Record {
+        format: RECORD_FORMAT.to_owned(),
+        version: 1,
+        repository: RecordRepository {
+            path: repo.root().to_owned(),
+            id: repo.config().id,
+        },
+        backup: m.clone(),
+    }
+}
+
+/// Checks an import record against the repository it names (or `repo_path`
+/// when given) and writes its manifest into the repository if it is not
+/// there. Returns the repository and the manifest.
+pub fn import(
+    record: &Record,
+    repo_path: Option<&Path>,
+) -> Result<(Repository, bool), BackupError> {
+    if record.format != RECORD_FORMAT || record.version != 1 {
+        return Err(BackupError::ManifestVersion {
+            id: record.backup.id,
+            format: record.format.clone(),
+            version: record.version,
+        });
+    }
+    super::format::check_manifest(&record.backup)?;
+    // The table must decode and match its digest before anything is written.
+    super::format::decode_table(&record.backup)?;
+    let path = repo_path.unwrap_or(&record.repository.path);
+    let repo = Repository::open(path)?;
+    if repo.config().id != record.repository.id || record.backup.repository != record.repository.id
+    {
+        return Err(BackupError::RepoMismatch {
+            path: path.to_owned(),
+            expected: record.repository.id,
+            found: repo.config().id,
+        });
+    }
+    let written = match repo.find_manifest(record.backup.id)? {
+        Some(existing) if existing == record.backup => false,
+        Some(_) => {
+            return Err(BackupError::BadManifest {
+                id: record.backup.id,
+                reason: "the repository holds a different manifest under this id".into(),
+            });
+        }
+        None => {
+            let _session = repo.session(super::SessionKind::Shared, "backup import")?;
+            repo.write_manifest(&record.backup)?;
+            true
+        }
+    };
+    Ok((repo, written))
+}

@@ -1,0 +1,1098 @@
+//! `cinderblock backup …`: run, list, restore, verify, export, import and
+//! prune backups by hand.
+//!
+//! Resolves names from the manifests (`-f`) and the `file` back ends'
+//! sidecars into the plain values [`crate::backup`] takes, draws progress
+//! bars on a terminal, and prints one summary line per operation. Commands
+//! that change the state directory or a back end (run, restore, import,
+//! prune) hold the state lock; list, verify and export only read (verify
+//! records its findings if the lock is free).
+//!
+//! Exit codes: 0 success; 1 any error, including damage found by `verify`.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use uuid::Uuid;
+
+use crate::backup::catalog::{self, Catalog, Entry, Status};
+use crate::backup::engine::{self, Mode, RunSpec};
+use crate::backup::format::{self, Codec, Digest, Manifest, Record};
+use crate::backup::restore::{self, Target};
+use crate::backup::{BackupError, Progress, Repository, prune, repo};
+use crate::file::{self, FileBackend, NewObject, ObjectKind, Phase};
+use crate::manifest::{self, ManifestSet, Name};
+use crate::state::journal::{Journal, Outcome};
+use crate::state::lock::StateLock;
+
+#[derive(Debug, Args)]
+pub(super) struct BackupArgs {
+    #[command(subcommand)]
+    command: BackupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Back up a volume now (its `BackupPolicy` names the repository).
+    Run(RunArgs),
+    /// List the catalogued backups (of one volume).
+    List(ListArgs),
+    /// Restore a backup into a new volume (or an existing one with --overwrite).
+    Restore(RestoreArgs),
+    /// Read and check every chunk of a backup (or of all backups).
+    Verify(VerifyArgs),
+    /// Print a backup's self-contained record (JSON) on stdout.
+    Export(ExportArgs),
+    /// Add a backup from an export record, or every backup of a repository.
+    Import(ImportArgs),
+    /// Forget backups retention does not keep, then remove unused chunks.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+struct ManifestFiles {
+    /// Manifest file or directory (repeatable).
+    #[arg(short = 'f', long = "file", value_name = "PATH", default_value = ".")]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "policy"])))]
+struct RunArgs {
+    /// The Volume's name.
+    volume: Option<String>,
+    /// Every Volume whose backup policy (or whose consistency group's) is
+    /// this one; volumes not created yet are skipped.
+    #[arg(long, value_name = "NAME")]
+    policy: Option<String>,
+    /// A full backup (no parent).
+    #[arg(long, conflicts_with = "incremental")]
+    full: bool,
+    /// An incremental against the newest backup (full when there is none).
+    #[arg(long)]
+    incremental: bool,
+    #[command(flatten)]
+    manifests: ManifestFiles,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only this volume's backups.
+    volume: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The backup's id (or a unique prefix of at least 4 hex digits).
+    id: String,
+    /// The volume to restore into: created when it does not exist.
+    #[arg(long, value_name = "VOLUME")]
+    to: String,
+    /// Replace the content of an existing volume.
+    #[arg(long)]
+    overwrite: bool,
+    /// The file back end to restore into (default: the backup's own).
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
+    #[command(flatten)]
+    manifests: ManifestFiles,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+struct VerifyArgs {
+    /// The backup's id (or a unique prefix).
+    id: Option<String>,
+    /// Every backup in every catalogued repository.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// The backup's id (or a unique prefix).
+    id: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["record", "scan"])))]
+struct ImportArgs {
+    /// An export record file (`-` for stdin).
+    record: Option<PathBuf>,
+    /// Rebuild the catalogue from the repository at PATH.
+    #[arg(long, value_name = "PATH")]
+    scan: Option<PathBuf>,
+    /// The repository's path on this host, when it differs from the record's.
+    #[arg(long, value_name = "PATH", conflicts_with = "scan")]
+    repository: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Show what would be forgotten and freed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    manifests: ManifestFiles,
+}
+
+pub(super) fn run(args: &BackupArgs, state: &Path, host: Option<&str>) -> anyhow::Result<i32> {
+    let host = host.map_or_else(repo::hostname, str::to_owned);
+    match &args.command {
+        BackupCommand::Run(a) => run_backup(a, state, &host),
+        BackupCommand::List(a) => list(a, state),
+        BackupCommand::Restore(a) => restore_cmd(a, state),
+        BackupCommand::Verify(a) => verify(a, state),
+        BackupCommand::Export(a) => export(a, state),
+        BackupCommand::Import(a) => import(a, state),
+        BackupCommand::Prune(a) => prune_cmd(a, state),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resolution: manifests → plain values.
+
+fn load_manifests(files: &ManifestFiles) -> anyhow::Result<ManifestSet> {
+    let loaded = manifest::load_paths(&files.files);
+    if loaded.errors() > 0 {
+        let mut err = std::io::stderr().lock();
+        for d in loaded.diagnostics.iter().filter(|d| d.is_error()) {
+            writeln!(err, "{d}")?;
+        }
+        bail!(
+            "the manifests have {} error(s); fix them first (`cinderblock validate`)",
+            loaded.errors()
+        );
+    }
+    Ok(loaded.set)
+}
+
+fn name(text: &str, what: &str) -> anyhow::Result<Name> {
+    text.parse::<Name>()
+        .map_err(|e| anyhow!("invalid {what} name: {e}"))
+}
+
+/// Every `file` back end of the manifests: (manifest name, driver).
+fn file_backends(set: &ManifestSet, state: &Path) -> Vec<(Name, FileBackend)> {
+    set.backends
+        .iter()
+        .filter_map(|(n, d)| {
+            d.spec.file.as_ref().map(|f| {
+                (
+                    n.clone(),
+                    FileBackend::new(f.path.resolve(state), n.as_str()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Finds the ready volume object named `volume` on the candidate back ends.
+fn find_volume(
+    candidates: &[(Name, FileBackend)],
+    volume: &str,
+) -> anyhow::Result<Option<(FileBackend, file::ObjectMeta)>> {
+    let mut hits = Vec::new();
+    for (n, be) in candidates {
+        if !be.root().is_dir() {
+            continue;
+        }
+        let inv = be
+            .discover()
+            .with_context(|| format!("cannot discover back end {n}"))?;
+        for o in inv.objects {
+            if o.meta.kind == ObjectKind::Volume && o.meta.name == volume {
+                hits.push((be.clone(), o.meta));
+            }
+        }
+    }
+    if hits.len() > 1 {
+        let list: Vec<String> = hits
+            .iter()
+            .map(|(b, m)| format!("{} on {}", m.uuid, b.backend()))
+            .collect();
+        bail!(
+            "{} volume objects are named {volume:?} ({}); remove the stray one",
+            hits.len(),
+            list.join(", ")
+        );
+    }
+    Ok(hits.pop())
+}
+
+// ---------------------------------------------------------------------------
+// run
+
+fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
+    let set = load_manifests(&a.manifests)?;
+    let volumes: Vec<Name> = if let Some(p) = &a.policy {
+        let p = name(p, "policy")?;
+        if !set.backup_policies.contains_key(&p) {
+            bail!("no BackupPolicy named {p} in the manifests");
+        }
+        let v: Vec<Name> = set
+            .volumes
+            .iter()
+            .filter(|(_, d)| policy_of(&set, &d.spec).as_ref() == Some(&p))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if v.is_empty() {
+            bail!("no Volume uses BackupPolicy {p}");
+        }
+        v
+    } else {
+        vec![name(a.volume.as_deref().unwrap_or_default(), "volume")?]
+    };
+    let _lock = StateLock::acquire(state, "backup run")?;
+    let mut journal = Journal::open(state)?;
+    let mut failed = 0;
+    for v in &volumes {
+        match run_one(&set, v, a, state, host, &mut journal) {
+            Ok(()) => {}
+            Err(e) if a.policy.is_some() => {
+                if e.downcast_ref::<NotYet>().is_some() {
+                    writeln!(std::io::stderr().lock(), "skipped {v}: {e}")?;
+                } else {
+                    writeln!(std::io::stderr().lock(), "error: {v}: {e:#}")?;
+                    failed += 1;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(i32::from(failed > 0))
+}
+
+/// The volume's backup policy, or its consistency group's.
+fn policy_of(set: &ManifestSet, vol: &manifest::VolumeSpec) -> Option<Name> {
+    vol.backup_policy.clone().or_else(|| {
+        vol.consistency_group
+            .as_ref()
+            .and_then(|g| set.consistency_groups.get(g))
+            .and_then(|g| g.spec.backup_policy.clone())
+    })
+}
+
+/// A volume that is declared but not created yet (nothing to back up).
+#[derive(Debug, thiserror::Error)]
+#[error("Volume {0} does not exist on any file back end yet (nothing to back up)")]
+struct NotYet(Name);
+
+// Each command reads top to bottom as its steps; splitting would only add
+// parameters.
+#[allow(clippy::too_many_lines)]
+fn run_one(
+    set: &ManifestSet,
+    vol_name: &Name,
+    a: &RunArgs,
+    state: &Path,
+    host: &str,
+    journal: &mut Journal,
+) -> anyhow::Result<()> {
+    let vol = set
+        .volumes
+        .get(vol_name)
+        .ok_or_else(|| anyhow!("no Volume named {vol_name} in the manifests"))?;
+    let policy_name = policy_of(set, &vol.spec).ok_or_else(|| {
+        anyhow!("Volume {vol_name} has no backupPolicy (nor its consistency group)")
+    })?;
+    let policy = set
+        .backup_policies
+        .get(&policy_name)
+        .ok_or_else(|| anyhow!("BackupPolicy {policy_name} is not in the manifests"))?;
+    let mut candidates = file_backends(set, state);
+    if let Some(pin) = &vol.spec.backend {
+        candidates.retain(|(n, _)| n == pin);
+    }
+    if candidates.is_empty() {
+        bail!(
+            "Volume {vol_name}: no file back end to look in (backups of LVM volumes are not built yet)"
+        );
+    }
+    let Some((backend, object)) = find_volume(&candidates, vol_name.as_str())? else {
+        return Err(NotYet(vol_name.clone()).into());
+    };
+    if object.state != Phase::Ready {
+        bail!(
+            "Volume {vol_name} ({}) is {:?}, not ready",
+            object.uuid,
+            object.state
+        );
+    }
+    let mode = if a.full {
+        Mode::Full
+    } else if a.incremental {
+        Mode::Incremental
+    } else {
+        Mode::Policy {
+            incremental: policy.spec.incremental,
+            full_every: policy.spec.full_every,
+        }
+    };
+    let repo_path = policy.spec.target.path.resolve(state);
+    let codec = Codec::from(policy.spec.compression);
+    let id = Uuid::new_v4();
+    let intent = journal.intent(id, 0, &format!("backup run {vol_name} ({id})"))?;
+    let started_at = Utc::now();
+    let bar = Bar::new(&format!("backup {vol_name}"));
+    let result = Repository::open_or_init(&repo_path, codec).and_then(|repo| {
+        let spec = RunSpec {
+            id,
+            repo: &repo,
+            backend: &backend,
+            volume: object.uuid,
+            policy: Some(policy_name.as_str()),
+            mode,
+            codec,
+            host,
+            direct: !policy.spec.force,
+        };
+        engine::run(&spec, &bar).map(|r| (repo, r))
+    });
+    bar.finish();
+    let mut cat = Catalog::load(state)?;
+    match result {
+        Ok((repo, report)) => {
+            journal.outcome(&intent, Outcome::Changed, None)?;
+            cat.add(&report.manifest, repo.root());
+            cat.store(state)?;
+            let m = &report.manifest;
+            let s = &m.stats;
+            let dedup = (s.unchanged_chunks + s.dedup_chunks) * u64::from(m.chunk_size);
+            writeln!(
+                std::io::stdout().lock(),
+                "backup {}: {} of {} ({} logical) into {}: read {} in {} extent(s), stored {} \
+                 ({} new chunks, {} before compression), deduplicated {} ({} unchanged, {} \
+                 already stored), zeros {}; copy {}, total {}, {}/s",
+                m.id,
+                m.kind,
+                m.volume.name,
+                bytes(m.volume.size),
+                repo.root().display(),
+                bytes(s.read_bytes),
+                s.extents,
+                bytes(s.stored_bytes),
+                s.new_chunks,
+                bytes(s.new_bytes),
+                bytes(dedup),
+                s.unchanged_chunks,
+                s.dedup_chunks,
+                bytes(s.zero_chunks * u64::from(m.chunk_size)),
+                secs(report.snapshot_time),
+                secs(report.elapsed),
+                rate(s.read_bytes, report.elapsed),
+            )?;
+            Ok(())
+        }
+        Err(e) => {
+            let text = chain(&e);
+            journal.outcome(&intent, Outcome::Failed, Some(text.clone()))?;
+            cat.backups.insert(
+                id,
+                Entry {
+                    id,
+                    repository: repo_path,
+                    repository_id: None,
+                    volume: format::VolumeRef {
+                        uuid: object.uuid,
+                        name: object.name.clone(),
+                        backend: backend.backend().to_owned(),
+                        size: object.size,
+                    },
+                    policy: Some(policy_name.to_string()),
+                    kind: None,
+                    parent: None,
+                    started_at,
+                    read_bytes: 0,
+                    stored_bytes: 0,
+                    status: Status::Failed,
+                    detail: Some(text),
+                    verified_at: None,
+                },
+            );
+            cat.store(state)?;
+            Err(e.into())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// list
+
+fn list(a: &ListArgs, state: &Path) -> anyhow::Result<i32> {
+    let cat = Catalog::load(state)?;
+    let mut rows: Vec<&Entry> = cat
+        .backups
+        .values()
+        .filter(|e| a.volume.as_ref().is_none_or(|v| &e.volume.name == v))
+        .collect();
+    rows.sort_by_key(|e| (e.volume.name.clone(), e.started_at, e.id));
+    let mut out = std::io::stdout().lock();
+    if rows.is_empty() {
+        writeln!(
+            out,
+            "no backups{} in the catalogue (backup import --scan REPO rebuilds it from a repository)",
+            a.volume
+                .as_ref()
+                .map(|v| format!(" of {v}"))
+                .unwrap_or_default()
+        )?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<20}  {:<16}  {:<11}  {:<8}  {:>10}  {:>10}  STATUS",
+        "ID", "TIME (UTC)", "VOLUME", "KIND", "PARENT", "LOGICAL", "STORED"
+    )?;
+    for e in rows {
+        writeln!(
+            out,
+            "{:<36}  {:<20}  {:<16}  {:<11}  {:<8}  {:>10}  {:>10}  {}{}",
+            e.id,
+            e.started_at.format("%Y-%m-%d %H:%M:%S"),
+            e.volume.name,
+            e.kind.map_or_else(|| "-".to_owned(), |k| k.to_string()),
+            e.parent.map_or_else(
+                || "-".to_owned(),
+                |p| p.simple().to_string()[..8].to_owned()
+            ),
+            bytes(e.volume.size),
+            bytes(e.stored_bytes),
+            e.status,
+            e.detail
+                .as_ref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// restore
+
+/// The repository and manifest of a catalogued backup.
+fn locate(cat: &Catalog, id: &str) -> anyhow::Result<(Repository, Manifest)> {
+    let entry = cat.resolve(id)?;
+    if entry.status == Status::Failed {
+        bail!(
+            "backup {} is a failed run: nothing was stored{}",
+            entry.id,
+            entry
+                .detail
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        );
+    }
+    let repo = Repository::open(&entry.repository)?;
+    if let Some(rid) = entry.repository_id {
+        if rid != repo.config().id {
+            return Err(BackupError::RepoMismatch {
+                path: entry.repository.clone(),
+                expected: rid,
+                found: repo.config().id,
+            }
+            .into());
+        }
+    }
+    let m = repo.find_manifest(entry.id)?.ok_or_else(|| {
+        anyhow!(
+            "backup {} is no longer in {} (pruned?); `backup import --scan {}` refreshes the catalogue",
+            entry.id,
+            entry.repository.display(),
+            entry.repository.display()
+        )
+    })?;
+    Ok((repo, m))
+}
+
+#[allow(clippy::too_many_lines)] // as run_backup
+fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
+    let to = name(&a.to, "target volume")?;
+    let cat = Catalog::load(state)?;
+    let (repo, m) = locate(&cat, &a.id)?;
+    let set = load_manifests(&a.manifests)?;
+    let backend_name = match &a.backend {
+        Some(b) => name(b, "back end")?,
+        None => name(&m.volume.backend, "back end")?,
+    };
+    let be_doc = set.backends.get(&backend_name).ok_or_else(|| {
+        anyhow!("Backend {backend_name} is not in the manifests (pass --backend)")
+    })?;
+    let file_spec = be_doc
+        .spec
+        .file
+        .as_ref()
+        .ok_or_else(|| anyhow!("Backend {backend_name} is not a file back end"))?;
+    let backend = FileBackend::new(file_spec.path.resolve(state), backend_name.as_str());
+    let allocation = match file_spec.allocation {
+        manifest::kinds::Allocation::Sparse => file::Allocation::Sparse,
+        manifest::kinds::Allocation::Preallocated => file::Allocation::Preallocated,
+    };
+    let table = format::decode_table(&m)?;
+    let _lock = StateLock::acquire(state, "backup restore")?;
+    let existing = find_volume(&[(backend_name.clone(), backend.clone())], to.as_str())?;
+    let _session = repo.session(repo::SessionKind::Shared, "backup restore")?;
+    let index = repo.load_index()?;
+    let mut journal = Journal::open(state)?;
+    let intent = journal.intent(
+        Uuid::new_v4(),
+        0,
+        &format!("backup restore {} --to {to}", m.id),
+    )?;
+    let started = Instant::now();
+    let bar = Bar::new(&format!("restore {to}"));
+    let result = match existing {
+        Some((_, obj)) if obj.state != Phase::Ready && a.overwrite => {
+            // An interrupted create or restore: nothing worth keeping in it
+            // (it never became ready), so start over.
+            tracing::info!(uuid = %obj.uuid, state = ?obj.state, "replacing an incomplete volume");
+            backend.delete(obj.uuid)?;
+            restore_fresh(
+                &repo,
+                &index,
+                &m,
+                &table,
+                &backend,
+                to.as_str(),
+                allocation,
+                &bar,
+            )
+        }
+        Some((_, obj)) => {
+            if obj.state != Phase::Ready {
+                bar.finish();
+                bail!(
+                    "volume {to} ({} on {backend_name}) is incomplete ({:?}: an interrupted create or restore); pass --overwrite to replace it",
+                    obj.uuid,
+                    obj.state
+                );
+            }
+            if !a.overwrite {
+                bar.finish();
+                bail!(
+                    "volume {to} exists ({} on {backend_name}); pass --overwrite to replace its content",
+                    obj.uuid
+                );
+            }
+            if obj.size < m.volume.size {
+                bar.finish();
+                bail!(
+                    "volume {to} holds {} bytes, less than the backup's {}; extend it first",
+                    obj.size,
+                    m.volume.size
+                );
+            }
+            let path = backend.data_path(obj.kind, obj.uuid);
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            restore::restore(
+                &repo,
+                &index,
+                &m,
+                &table,
+                &f,
+                &path,
+                Target::Overwrite,
+                &bar,
+            )
+            .map(|s| (obj.uuid, s))
+            .map_err(anyhow::Error::from)
+        }
+        None => restore_fresh(
+            &repo,
+            &index,
+            &m,
+            &table,
+            &backend,
+            to.as_str(),
+            allocation,
+            &bar,
+        ),
+    };
+    bar.finish();
+    match result {
+        Ok((uuid, done)) => {
+            journal.outcome(&intent, Outcome::Changed, None)?;
+            let elapsed = started.elapsed();
+            writeln!(
+                std::io::stdout().lock(),
+                "restored backup {} ({} at {}) into volume {to} ({uuid}) on {backend_name}: {} in {} \
+                 chunks verified, {} written, {}, {}/s",
+                m.id,
+                m.volume.name,
+                m.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                bytes(done.bytes),
+                done.chunks,
+                bytes(done.written),
+                secs(elapsed),
+                rate(done.bytes, elapsed),
+            )?;
+            Ok(0)
+        }
+        Err(e) => {
+            journal.outcome(&intent, Outcome::Failed, Some(format!("{e:#}")))?;
+            Err(e)
+        }
+    }
+}
+
+/// A new volume object: created (sidecar `creating` while data is written),
+/// filled, then `ready`; removed again if anything fails.
+#[allow(clippy::too_many_arguments)] // each piece named
+fn restore_fresh(
+    repo: &Repository,
+    index: &repo::Index,
+    m: &Manifest,
+    table: &format::Table,
+    backend: &FileBackend,
+    to: &str,
+    allocation: file::Allocation,
+    bar: &Bar,
+) -> anyhow::Result<(Uuid, restore::RestoreStats)> {
+    let uuid = Uuid::new_v4();
+    backend.create(&NewObject {
+        uuid,
+        name: to,
+        kind: ObjectKind::Volume,
+        size: m.volume.size,
+        allocation,
+        source: None,
+    })?;
+    let mut meta = backend
+        .get(uuid)?
+        .ok_or_else(|| anyhow!("volume {uuid} vanished after create"))?;
+    meta.state = Phase::Creating;
+    file::meta::write_sidecar(backend.root(), &meta)?;
+    let path = backend.data_path(ObjectKind::Volume, uuid);
+    let filled = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|source| BackupError::Io {
+            op: "open",
+            path: path.clone(),
+            source,
+        })
+        .and_then(|f| restore::restore(repo, index, m, table, &f, &path, Target::Fresh, bar));
+    match filled {
+        Ok(stats) => {
+            meta.state = Phase::Ready;
+            file::meta::write_sidecar(backend.root(), &meta)?;
+            Ok((uuid, stats))
+        }
+        Err(e) => {
+            if let Err(del) = backend.delete(uuid) {
+                tracing::warn!(%uuid, error = %del, "could not remove the partly restored volume");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// verify
+
+#[allow(clippy::too_many_lines)] // as run_backup
+fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
+    let mut cat = Catalog::load(state)?;
+    // (repository, manifests to check)
+    let mut work: Vec<(Repository, Vec<Manifest>)> = Vec::new();
+    if let Some(id) = &a.id {
+        let (repo, m) = locate(&cat, id)?;
+        work.push((repo, vec![m]));
+    } else {
+        let repos: BTreeSet<PathBuf> = cat
+            .backups
+            .values()
+            .filter(|e| e.status != Status::Failed)
+            .map(|e| e.repository.clone())
+            .collect();
+        if repos.is_empty() {
+            bail!("no backups in the catalogue to verify");
+        }
+        for path in repos {
+            let repo = Repository::open(&path)?;
+            let (ms, bad) = repo.manifests()?;
+            for e in &bad {
+                writeln!(std::io::stderr().lock(), "error: {}", chain(e))?;
+            }
+            if !bad.is_empty() {
+                bail!("{} unreadable manifest(s) in {}", bad.len(), path.display());
+            }
+            work.push((repo, ms));
+        }
+    }
+    let mut damaged = 0usize;
+    let mut out = std::io::stdout().lock();
+    let mut findings: Vec<(Manifest, PathBuf, Option<String>)> = Vec::new();
+    for (repo, manifests) in &work {
+        let _session = repo.session(repo::SessionKind::Shared, "backup verify")?;
+        let index = repo.load_index()?;
+        let mut tables = Vec::new();
+        let mut union: BTreeMap<Digest, u64> = BTreeMap::new();
+        for m in manifests {
+            let t = format::decode_table(m)?;
+            for &(slot, id) in &t {
+                union.entry(id).or_insert(slot);
+            }
+            tables.push(t);
+        }
+        let all: Vec<(u64, Digest)> = union.into_iter().map(|(id, slot)| (slot, id)).collect();
+        let bar = Bar::new(&format!("verify {}", repo.root().display()));
+        let (problems, checked) = restore::check(repo, &index, &all, &bar)?;
+        bar.finish();
+        let missing: HashSet<Digest> = problems.missing.iter().copied().collect();
+        let corrupt: HashSet<Digest> = problems.corrupt.iter().copied().collect();
+        for (m, t) in manifests.iter().zip(&tables) {
+            // Distinct chunks (one chunk may fill several slots).
+            let ids: HashSet<&Digest> = t.iter().map(|(_, id)| id).collect();
+            let miss = ids.iter().filter(|id| missing.contains(**id)).count();
+            let bad = ids.iter().filter(|id| corrupt.contains(**id)).count();
+            let line = format!(
+                "{} {} {}",
+                m.id,
+                m.volume.name,
+                m.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            if miss + bad == 0 {
+                writeln!(out, "ok       {line}: {} chunks", t.len())?;
+                findings.push((m.clone(), repo.root().to_owned(), None));
+            } else {
+                damaged += 1;
+                let first = t
+                    .iter()
+                    .find(|(_, id)| missing.contains(id) || corrupt.contains(id))
+                    .map(|(slot, id)| {
+                        let what = if missing.contains(id) {
+                            "missing"
+                        } else {
+                            "corrupt"
+                        };
+                        format!(
+                            "first: chunk {id} at byte {} {what}",
+                            slot * u64::from(m.chunk_size)
+                        )
+                    })
+                    .unwrap_or_default();
+                let detail = format!("{miss} missing, {bad} corrupt chunk(s); {first}");
+                writeln!(out, "DAMAGED  {line}: {detail}")?;
+                findings.push((m.clone(), repo.root().to_owned(), Some(detail)));
+            }
+        }
+        writeln!(
+            out,
+            "checked {} unique chunks ({}) in {}: {} missing, {} corrupt",
+            checked.chunks + problems.corrupt.len() as u64 + problems.missing.len() as u64,
+            bytes(checked.bytes),
+            repo.root().display(),
+            problems.missing.len(),
+            problems.corrupt.len()
+        )?;
+    }
+    // Record what was found, if nobody else holds the state directory.
+    match StateLock::acquire(state, "backup verify") {
+        Ok(_lock) => {
+            let now = Utc::now();
+            for (m, root, detail) in findings {
+                cat.add(&m, &root);
+                if let Some(e) = cat.backups.get_mut(&m.id) {
+                    e.status = if detail.is_some() {
+                        Status::Damaged
+                    } else {
+                        Status::Ok
+                    };
+                    e.detail = detail;
+                    e.verified_at = Some(now);
+                }
+            }
+            cat.store(state)?;
+        }
+        Err(e) => tracing::warn!(error = %e, "verify results not recorded in the catalogue"),
+    }
+    Ok(i32::from(damaged > 0))
+}
+
+// ---------------------------------------------------------------------------
+// export / import
+
+fn export(a: &ExportArgs, state: &Path) -> anyhow::Result<i32> {
+    let cat = Catalog::load(state)?;
+    let (repo, m) = locate(&cat, &a.id)?;
+    let record = catalog::export(&repo, &m);
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &record)?;
+    writeln!(out)?;
+    Ok(0)
+}
+
+fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
+    let _lock = StateLock::acquire(state, "backup import")?;
+    let mut cat = Catalog::load(state)?;
+    let mut out = std::io::stdout().lock();
+    if let Some(path) = &a.scan {
+        let repo = Repository::open(path)?;
+        let (n, bad) = cat.scan(&repo)?;
+        cat.store(state)?;
+        for e in &bad {
+            writeln!(std::io::stderr().lock(), "error: {}", chain(e))?;
+        }
+        writeln!(
+            out,
+            "scanned {} (repository {}): {n} backup(s) in the catalogue{}",
+            path.display(),
+            repo.config().id,
+            if bad.is_empty() {
+                String::new()
+            } else {
+                format!(", {} unreadable manifest(s)", bad.len())
+            }
+        )?;
+        return Ok(i32::from(!bad.is_empty()));
+    }
+    let Some(path) = &a.record else {
+        bail!("give a record file or --scan PATH");
+    };
+    let mut text = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut text)?;
+    } else {
+        text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    let record: Record = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a backup export record", path.display()))?;
+    let (repo, written) = catalog::import(&record, a.repository.as_deref())?;
+    cat.add(&record.backup, repo.root());
+    cat.store(state)?;
+    writeln!(
+        out,
+        "imported backup {} of volume {} ({}) from {}{}",
+        record.backup.id,
+        record.backup.volume.name,
+        record.backup.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        repo.root().display(),
+        if written {
+            "; its manifest was missing from the repository and has been written back"
+        } else {
+            ""
+        }
+    )?;
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// prune
+
+#[allow(clippy::too_many_lines)] // as run_backup
+fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
+    let set = load_manifests(&a.manifests)?;
+    let mut repos: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for (n, p) in &set.backup_policies {
+        repos
+            .entry(p.spec.target.path.resolve(state))
+            .or_default()
+            .push(n.to_string());
+    }
+    if repos.is_empty() {
+        bail!("no BackupPolicy in the manifests: nothing to prune");
+    }
+    let _lock = StateLock::acquire(state, "backup prune")?;
+    let mut cat = Catalog::load(state)?;
+    let damaged: HashSet<Uuid> = cat
+        .backups
+        .values()
+        .filter(|e| e.status == Status::Damaged)
+        .map(|e| e.id)
+        .collect();
+    let rules = |policy: Option<&str>| {
+        policy
+            .and_then(|p| p.parse::<Name>().ok())
+            .and_then(|p| set.backup_policies.get(&p))
+            .and_then(|d| d.spec.retention.clone())
+    };
+    let mut out = std::io::stdout().lock();
+    let verb = if a.dry_run { "would forget" } else { "forget" };
+    for (path, policies) in repos {
+        let repo = match Repository::open(&path) {
+            Ok(r) => r,
+            Err(BackupError::NotARepository { .. }) => {
+                writeln!(
+                    out,
+                    "repository {} (policy {}): none yet",
+                    path.display(),
+                    policies.join(", ")
+                )?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (manifests, bad) = repo.manifests()?;
+        if let Some(e) = bad.into_iter().next() {
+            return Err(anyhow::Error::from(e).context(format!(
+                "{}: refusing to prune with an unreadable manifest",
+                path.display()
+            )));
+        }
+        let plan = prune::plan(&manifests, &rules, &|id| damaged.contains(&id));
+        writeln!(
+            out,
+            "repository {} (policy {})",
+            path.display(),
+            policies.join(", ")
+        )?;
+        for v in &plan.volumes {
+            let keep = v.decisions.iter().filter(|d| d.keep()).count();
+            writeln!(
+                out,
+                "  volume {} (policy {}): keep {keep} of {} backup(s)",
+                v.volume.name,
+                v.policy.as_deref().unwrap_or("-"),
+                v.decisions.len()
+            )?;
+            for d in &v.decisions {
+                let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+                writeln!(
+                    out,
+                    "    {:<12} {}  {}  {}",
+                    if d.keep() { "keep" } else { verb },
+                    d.id,
+                    d.time.format("%Y-%m-%d %H:%M:%S"),
+                    reasons.join(", ")
+                )?;
+            }
+        }
+        let r = prune::execute(&repo, &plan, a.dry_run)?;
+        if !a.dry_run {
+            for m in &plan.forget {
+                cat.backups.remove(&m.id);
+            }
+        }
+        writeln!(
+            out,
+            "{} {} backup(s); {} {} of {} pack(s) and repack {} (into {}), dropping {} unused chunk(s), {}{}",
+            if a.dry_run { "would forget" } else { "forgot" },
+            r.forgotten,
+            if a.dry_run { "would delete" } else { "deleted" },
+            r.packs_deleted,
+            r.packs,
+            r.packs_repacked,
+            r.packs_written,
+            r.blobs_removed,
+            bytes(r.bytes_freed),
+            if r.corrupt > 0 {
+                format!(
+                    "; {} corrupt chunk(s) dropped (run backup verify --all)",
+                    r.corrupt
+                )
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    if !a.dry_run {
+        cat.store(state)?;
+    }
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// Output helpers.
+
+/// A progress bar on stderr when it is a terminal; invisible otherwise. A
+/// spinner with the stage's name until the stage's total is known.
+struct Bar {
+    bar: ProgressBar,
+    what: String,
+}
+
+impl Bar {
+    fn new(what: &str) -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Self {
+            bar,
+            what: what.to_owned(),
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Progress for Bar {
+    fn stage(&self, stage: &str) {
+        self.bar.set_message(format!("{}: {stage}", self.what));
+    }
+    fn total(&self, n: u64) {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            self.bar.set_style(style.progress_chars("=> "));
+        }
+        self.bar.set_position(0);
+        self.bar.set_length(n);
+    }
+    fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+}
+
+// Figures for people: precision loss in the display is fine.
+#[allow(clippy::cast_precision_loss)]
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+fn rate(n: u64, d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s <= 0.0 {
+        return "-".into();
+    }
+    bytes((n as f64 / s) as u64)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
