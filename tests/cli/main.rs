@@ -12,6 +12,7 @@
     clippy::items_after_statements
 )] // test data builders
 
+mod agent;
 mod converge;
 mod examples;
 mod fuzz;
