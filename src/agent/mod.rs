@@ -245,6 +245,30 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Shared state starting from `status`, whose file in `state_dir` is at
+    /// `generation`.
+    pub fn new(
+        state_dir: PathBuf,
+        status: Status,
+        generation: u64,
+        git: bool,
+        webhook_token: Option<&str>,
+    ) -> Self {
+        Self {
+            state_dir,
+            status: Mutex::new(status),
+            metrics: Mutex::new(Metrics::default()),
+            triggers: TriggerQueue::default(),
+            backing_up: Mutex::default(),
+            deferred: Mutex::default(),
+            git_wake: Notify::new(),
+            git,
+            webhook_token: webhook_token.map(|t| blake3::hash(t.as_bytes())),
+            stop: AtomicBool::new(false),
+            status_generation: Mutex::new(generation),
+        }
+    }
+
     /// Writes the status document to the state directory.
     pub fn publish(&self) {
         let mut generation = lock(&self.status_generation);

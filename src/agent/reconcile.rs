@@ -425,74 +425,21 @@ impl Reconciler {
         good: &Good,
         run: &mut Run,
     ) -> Next {
-        let now = Instant::now();
-        let hold_deletes = run.source_problem.is_some();
         let busy = lock(&self.shared.backing_up).clone();
-        let mut kept: Vec<Action> = Vec::new();
-        // (kind, name) of objects whose steps are skipped this run.
-        let mut skipped: BTreeSet<(RecordedKind, String)> = BTreeSet::new();
-        let mut skipped_uuids = BTreeSet::new();
-        for a in &plan.actions {
-            let (kind, name, uuid) = subject(a);
-            let skip: Option<(&str, String)> = if hold_deletes && matches!(a.op, Op::Delete { .. })
-            {
-                Some((
-                    "held",
-                    "delete held back: the source is invalid, the last good revision is in force"
-                        .into(),
-                ))
-            } else if let Some(e) = self
-                .backoff
-                .get(&a.address)
-                .filter(|_| self.backoff.waiting(&a.address, now))
-            {
-                Some((
-                    "failed",
-                    format!(
-                        "failed {} time(s), retried in {}s: {}",
-                        e.failures,
-                        e.retry_at.saturating_duration_since(now).as_secs().max(1),
-                        e.last_error
-                    ),
-                ))
-            } else if kind == RecordedKind::Volume
-                && busy.contains(&name)
-                && matches!(
-                    a.op,
-                    Op::Extend { .. } | Op::Delete { .. } | Op::Forget { .. }
-                )
-            {
-                lock(&self.shared.deferred).insert(name.clone());
-                Some(("deferred", "waits for its backup to finish".into()))
-            } else if let Some(src) = source_of(a).filter(|s| skipped.contains(s)) {
-                Some((
-                    "pending",
-                    format!("waits for {}.{}", kind_word(src.0), src.1),
-                ))
-            } else if matches!(
-                a.op,
-                Op::Delete {
-                    kind: RecordedKind::Volume,
-                    ..
-                }
-            ) && has_skipped_child(world, uuid, &skipped_uuids)
-            {
-                Some(("pending", "waits for the delete of its snapshots".into()))
-            } else {
-                None
-            };
-            match skip {
-                Some((state, why)) => {
-                    skipped.insert((kind, name));
-                    if let Some(u) = uuid {
-                        skipped_uuids.insert(u);
-                    }
-                    run.status.notes.push(format!("{}: {why}", a.address));
-                    run.objects.insert(a.address.clone(), (state.into(), why));
-                }
-                None => kept.push(a.clone()),
-            }
+        let sel = select(
+            &plan.actions,
+            world,
+            run.source_problem.is_some(),
+            &self.backoff,
+            &busy,
+            Instant::now(),
+        );
+        lock(&self.shared.deferred).extend(sel.deferred);
+        for sk in sel.skipped {
+            run.status.notes.push(format!("{}: {}", sk.address, sk.why));
+            run.objects.insert(sk.address, (sk.state.into(), sk.why));
         }
+        let kept = sel.kept;
         if kept.is_empty() {
             run.status.result = "no-changes".into();
             return Next::default();
@@ -806,6 +753,110 @@ impl Reconciler {
         tracing::info!(result = %result, duration_ms = elapsed.as_millis(), "reconcile finished");
         self.shared.publish();
     }
+}
+
+/// An action left out of this run, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The action's address.
+    pub address: String,
+    /// The object's state: `held`, `failed`, `deferred` or `pending`.
+    pub state: &'static str,
+    /// Why, in words.
+    pub why: String,
+}
+
+/// The actions of a plan this run carries out, and those it leaves.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// To apply, in plan order.
+    pub kept: Vec<Action>,
+    /// Left for a later run.
+    pub skipped: Vec<Skipped>,
+    /// Volumes whose changes wait for their backup.
+    pub deferred: BTreeSet<String>,
+}
+
+/// Chooses the actions to carry out now: deletes are held while the source
+/// is bad; an object in backoff waits, and so does whatever depends on it (a
+/// copy from it, a volume whose snapshot's delete waits); a volume being
+/// backed up is not extended, deleted or released.
+pub fn select(
+    actions: &[Action],
+    world: &World,
+    hold_deletes: bool,
+    backoff: &Backoff<Instant>,
+    busy: &BTreeSet<String>,
+    now: Instant,
+) -> Selection {
+    let mut sel = Selection::default();
+    // (kind, name) of objects whose steps are skipped this run.
+    let mut skipped: BTreeSet<(RecordedKind, String)> = BTreeSet::new();
+    let mut skipped_uuids = BTreeSet::new();
+    for a in actions {
+        let (kind, name, uuid) = subject(a);
+        let skip: Option<(&'static str, String)> =
+            if hold_deletes && matches!(a.op, Op::Delete { .. }) {
+                Some((
+                    "held",
+                    "delete held back: the source is invalid, the last good revision is in force"
+                        .into(),
+                ))
+            } else if let Some(e) = backoff
+                .get(&a.address)
+                .filter(|_| backoff.waiting(&a.address, now))
+            {
+                Some((
+                    "failed",
+                    format!(
+                        "failed {} time(s), retried in {}s: {}",
+                        e.failures,
+                        e.retry_at.saturating_duration_since(now).as_secs().max(1),
+                        e.last_error
+                    ),
+                ))
+            } else if kind == RecordedKind::Volume
+                && busy.contains(&name)
+                && matches!(
+                    a.op,
+                    Op::Extend { .. } | Op::Delete { .. } | Op::Forget { .. }
+                )
+            {
+                sel.deferred.insert(name.clone());
+                Some(("deferred", "waits for its backup to finish".into()))
+            } else if let Some(src) = source_of(a).filter(|s| skipped.contains(s)) {
+                Some((
+                    "pending",
+                    format!("waits for {}.{}", kind_word(src.0), src.1),
+                ))
+            } else if matches!(
+                a.op,
+                Op::Delete {
+                    kind: RecordedKind::Volume,
+                    ..
+                }
+            ) && has_skipped_child(world, uuid, &skipped_uuids)
+            {
+                Some(("pending", "waits for the delete of its snapshots".into()))
+            } else {
+                None
+            };
+        match skip {
+            Some((state, why)) => {
+                skipped.insert((kind, name));
+                if let Some(u) = uuid {
+                    skipped_uuids.insert(u);
+                }
+                sel.skipped.push(Skipped {
+                    address: a.address.clone(),
+                    state,
+                    why,
+                });
+            }
+            None => sel.kept.push(a.clone()),
+        }
+    }
+    sel
 }
 
 /// Sets `SourceReady` from the fetch error and the refused revision.
@@ -1153,6 +1204,240 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::kinds::DeletionPolicy;
+    use crate::observe::{BackendView, Capacity, Driver, Inventory, Observed};
+    use crate::plan::{Impact, SourceRef};
+    use uuid::Uuid;
+
+    const VOL: Uuid = Uuid::from_u128(1);
+    const SNAP: Uuid = Uuid::from_u128(2);
+
+    fn action(address: &str, op: Op) -> Action {
+        Action {
+            address: address.into(),
+            op,
+            reason: String::new(),
+            impact: Impact::Grows,
+        }
+    }
+
+    fn create(kind: RecordedKind, name: &str, source: Option<&str>) -> Action {
+        let word = kind_word(kind);
+        action(
+            &format!("{word}.{name}"),
+            Op::Create {
+                kind,
+                name: name.into(),
+                backend: "local".into(),
+                size: 1,
+                source: source.map(|s| SourceRef {
+                    kind: RecordedKind::Volume,
+                    name: s.into(),
+                    uuid: None,
+                }),
+                resume: None,
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        )
+    }
+
+    fn delete(kind: RecordedKind, name: &str, uuid: Uuid) -> Action {
+        action(
+            &format!("{}.{name}", kind_word(kind)),
+            Op::Delete {
+                kind,
+                name: name.into(),
+                uuid,
+                backend: "local".into(),
+                size: 1,
+            },
+        )
+    }
+
+    fn extend(name: &str) -> Action {
+        action(
+            &format!("volume.{name}"),
+            Op::Extend {
+                name: name.into(),
+                uuid: VOL,
+                backend: "local".into(),
+                from: 1,
+                to: 2,
+            },
+        )
+    }
+
+    /// One back end holding volume `old` (VOL) and its snapshot `snap` (SNAP).
+    fn world() -> World {
+        let obj = |uuid, name: &str, kind, parent| Observed {
+            uuid,
+            name: name.into(),
+            kind,
+            size: 1,
+            allocated: None,
+            parent,
+            health: ObjHealth::Ready,
+        };
+        let name: crate::manifest::Name = "local".parse().unwrap();
+        let view = BackendView {
+            name: name.clone(),
+            backend_name: "local".into(),
+            zone: "nova".into(),
+            driver: Driver::File {
+                root: "/srv".into(),
+                allocation: crate::manifest::kinds::Allocation::Sparse,
+            },
+            thin: true,
+            extent: 1,
+            ratio: crate::manifest::values::OverSubscription::default(),
+            reserved_percentage: 0,
+            capabilities: BTreeMap::new(),
+            discovery: Discovery::Ok(Inventory {
+                capacity: Capacity::default(),
+                objects: vec![
+                    obj(VOL, "old", ObjKind::Volume, None),
+                    obj(SNAP, "snap", ObjKind::Snapshot, Some(VOL)),
+                ],
+                foreign: Vec::new(),
+                problems: Vec::new(),
+            }),
+        };
+        World {
+            backends: BTreeMap::from([(name, view)]),
+        }
+    }
+
+    fn addresses(sel: &Selection) -> (Vec<&str>, Vec<(&str, &str)>) {
+        (
+            sel.kept.iter().map(|a| a.address.as_str()).collect(),
+            sel.skipped
+                .iter()
+                .map(|s| (s.address.as_str(), s.state))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn nothing_in_the_way_keeps_every_action() {
+        let actions = [create(RecordedKind::Volume, "a", None), extend("old")];
+        let b = Backoff::new(BACKOFF);
+        let sel = select(
+            &actions,
+            &world(),
+            false,
+            &b,
+            &BTreeSet::new(),
+            Instant::now(),
+        );
+        assert_eq!(addresses(&sel), (vec!["volume.a", "volume.old"], vec![]));
+    }
+
+    #[test]
+    fn a_failing_object_waits_and_so_do_copies_of_it() {
+        let now = Instant::now();
+        let mut b = Backoff::new(BACKOFF);
+        b.fail("volume.a", now, "disk full");
+        let actions = [
+            create(RecordedKind::Volume, "a", None),
+            create(RecordedKind::Snapshot, "s", Some("a")),
+            create(RecordedKind::Volume, "clone", Some("a")),
+            create(RecordedKind::Volume, "other", None),
+        ];
+        let sel = select(&actions, &world(), false, &b, &BTreeSet::new(), now);
+        assert_eq!(
+            addresses(&sel),
+            (
+                vec!["volume.other"],
+                vec![
+                    ("volume.a", "failed"),
+                    ("snapshot.s", "pending"),
+                    ("volume.clone", "pending")
+                ]
+            )
+        );
+        assert!(
+            sel.skipped[0].why.contains("disk full"),
+            "{:?}",
+            sel.skipped[0]
+        );
+        // Once the delay has passed, it is tried again.
+        let later = select(
+            &actions,
+            &world(),
+            false,
+            &b,
+            &BTreeSet::new(),
+            now + Duration::from_secs(1),
+        );
+        assert_eq!(later.kept.len(), 4);
+    }
+
+    #[test]
+    fn deletes_are_held_while_the_source_is_bad() {
+        let actions = [
+            create(RecordedKind::Volume, "a", None),
+            delete(RecordedKind::Volume, "gone", Uuid::from_u128(9)),
+        ];
+        let sel = select(
+            &actions,
+            &world(),
+            true,
+            &Backoff::new(BACKOFF),
+            &BTreeSet::new(),
+            Instant::now(),
+        );
+        assert_eq!(
+            addresses(&sel),
+            (vec!["volume.a"], vec![("volume.gone", "held")])
+        );
+    }
+
+    #[test]
+    fn a_volume_whose_snapshot_delete_waits_is_not_deleted() {
+        let now = Instant::now();
+        let mut b = Backoff::new(BACKOFF);
+        b.fail("snapshot.snap", now, "busy");
+        let actions = [
+            delete(RecordedKind::Snapshot, "snap", SNAP),
+            delete(RecordedKind::Volume, "old", VOL),
+        ];
+        let sel = select(&actions, &world(), false, &b, &BTreeSet::new(), now);
+        assert_eq!(
+            addresses(&sel),
+            (
+                vec![],
+                vec![("snapshot.snap", "failed"), ("volume.old", "pending")]
+            )
+        );
+    }
+
+    #[test]
+    fn a_volume_being_backed_up_is_not_changed_until_the_backup_ends() {
+        let busy = BTreeSet::from(["old".to_owned()]);
+        let actions = [
+            extend("old"),
+            create(RecordedKind::Snapshot, "s2", Some("old")),
+            create(RecordedKind::Volume, "a", None),
+        ];
+        let sel = select(
+            &actions,
+            &world(),
+            false,
+            &Backoff::new(BACKOFF),
+            &busy,
+            Instant::now(),
+        );
+        // Whatever comes after the change in the plan waits with it (the
+        // planner ordered them so); other objects go on.
+        assert_eq!(
+            addresses(&sel),
+            (
+                vec!["volume.a"],
+                vec![("volume.old", "deferred"), ("snapshot.s2", "pending")]
+            )
+        );
+        assert_eq!(sel.deferred, busy);
+    }
 
     #[test]
     fn plan_errors_name_their_object() {

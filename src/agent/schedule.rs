@@ -712,6 +712,7 @@ pub fn store_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::status::Status;
     use std::fmt::Write as _;
     use std::path::Path;
 
@@ -965,5 +966,139 @@ mod tests {
         );
         store_records(dir.path(), 1, &r).unwrap();
         assert_eq!(load_records(dir.path()).unwrap(), (1, r));
+    }
+
+    /// A runner that takes a little while, checks the bounds and counts.
+    #[derive(Default)]
+    struct Fake {
+        running: std::sync::Mutex<BTreeSet<String>>,
+        max: std::sync::atomic::AtomicUsize,
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl BackupRunner for Fake {
+        fn run(&self, job: &BackupJob) -> Result<BackupSummary, String> {
+            use std::sync::atomic::Ordering;
+            {
+                let mut r = self.running.lock().unwrap();
+                assert!(
+                    r.insert(job.volume.clone()),
+                    "{} backed up twice at once",
+                    job.volume
+                );
+                self.max.fetch_max(r.len(), Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            self.running.lock().unwrap().remove(&job.volume);
+            self.calls.lock().unwrap().push(job.volume.clone());
+            Ok(BackupSummary {
+                id: format!("backup-of-{}", job.volume),
+                stored_bytes: 1000,
+                pruned: 0,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_task_runs_due_backups_within_the_bounds_and_records_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a", "b", "c", "d", "e"];
+        // Each last ran an hour ago: all due at once (a catch-up).
+        let hour_ago = Utc::now() - chrono::Duration::hours(1);
+        let mut records = Records::default();
+        for n in names {
+            records.jobs.insert(
+                n.into(),
+                JobRecord {
+                    policy: "nightly".into(),
+                    last_slot: Some(hour_ago),
+                    ..JobRecord::default()
+                },
+            );
+        }
+        store_records(dir.path(), 1, &records).unwrap();
+        let set = manifests(&names.map(|n| (n, "nightly")), "* * * * *", "UTC");
+        let runner = Arc::new(Fake::default());
+        let shared = Arc::new(Shared::new(
+            dir.path().to_owned(),
+            Status::default(),
+            0,
+            false,
+            None,
+        ));
+        let (desired_tx, desired_rx) = watch::channel(Desired::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            TaskConfig {
+                runner: Arc::clone(&runner) as Arc<dyn BackupRunner>,
+                max_running: 2,
+                state_dir: dir.path().to_owned(),
+            },
+            Arc::clone(&shared),
+            desired_rx,
+            stop_rx,
+        ));
+        desired_tx
+            .send(Desired {
+                set: Arc::new(set),
+                local_volumes: local(&names),
+            })
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while runner.calls.lock().unwrap().len() < names.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "backups did not all run"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            runner.max.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the bound is 2"
+        );
+        let mut calls = runner.calls.lock().unwrap().clone();
+        calls.sort();
+        assert_eq!(calls, names, "each volume once");
+        // Let the last result be recorded, then stop.
+        while !lock(&shared.backing_up).is_empty() {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+
+        let (_, on_disk) = load_records(dir.path()).unwrap();
+        for n in names {
+            let r = &on_disk.jobs[n];
+            assert_eq!(
+                r.last_backup_id.as_deref(),
+                Some(format!("backup-of-{n}").as_str())
+            );
+            assert!(r.last_slot.unwrap() > hour_ago);
+        }
+        let text = lock(&shared.metrics).render();
+        assert!(
+            text.contains("cinderblock_backup_runs_total{volume=\"c\",policy=\"nightly\",result=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cinderblock_backup_last_size_bytes{volume=\"e\"} 1000"),
+            "{text}"
+        );
+        let status = lock(&shared.status).backups.clone();
+        assert_eq!(status.policies[0].volumes, names);
+        assert!(
+            status
+                .volumes
+                .iter()
+                .all(|v| v.last_success.is_some() && !v.running)
+        );
+        // The status file was written as things happened.
+        assert!(dir.path().join(super::super::status::STATUS_FILE).exists());
     }
 }

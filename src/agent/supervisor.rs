@@ -26,13 +26,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::git::GitRepo;
-use super::metrics::Metrics;
 use super::reconcile::{Desired, Reconciler};
 use super::schedule::TaskConfig;
 use super::source::{GitSource, Source};
 use super::status::{self, AgentInfo, SourceStatus, Status};
 use super::watch::WatchConfig;
-use super::{AgentError, Config, Reason, Shared, SourceConfig, TriggerQueue, lock};
+use super::{AgentError, Config, Reason, Shared, SourceConfig, lock};
 
 type Task = JoinHandle<Result<(), String>>;
 
@@ -163,22 +162,13 @@ pub async fn run(
         .and_then(|p| p.source.last_good_revision.clone());
     let status = initial_status(&cfg, &listen, started, previous);
     let is_git = matches!(cfg.source, SourceConfig::Git { .. });
-    let shared = Arc::new(Shared {
-        state_dir: cfg.state_dir.clone(),
-        status: Mutex::new(status),
-        metrics: Mutex::new(Metrics::default()),
-        triggers: TriggerQueue::default(),
-        backing_up: Mutex::default(),
-        deferred: Mutex::default(),
-        git_wake: tokio::sync::Notify::new(),
-        git: is_git,
-        webhook_token: cfg
-            .webhook_token
-            .as_deref()
-            .map(|t| blake3::hash(t.as_bytes())),
-        stop: std::sync::atomic::AtomicBool::new(false),
-        status_generation: Mutex::new(generation),
-    });
+    let shared = Arc::new(Shared::new(
+        cfg.state_dir.clone(),
+        status,
+        generation,
+        is_git,
+        cfg.webhook_token.as_deref(),
+    ));
     {
         let s = lock(&shared.status);
         let mut m = lock(&shared.metrics);

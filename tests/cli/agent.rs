@@ -856,3 +856,75 @@ fn git_a_bad_revision_keeps_the_last_good_one_and_a_newer_good_one_is_applied() 
     assert_eq!(s["lastReconcile"]["revision"], c.as_str(), "{s:#}");
     assert!(has(&site, "volume.a") && has(&site, "volume.b"));
 }
+
+#[test]
+fn polling_mode_sees_changes_for_manifests_on_nfs() {
+    let site = site_with_backend();
+    site.write("a.yaml", &volume("a", "1Mi", ""));
+    let mut agent = Agent::start(
+        site.path(),
+        &[
+            "-f",
+            "manifests",
+            "--resync",
+            "1h",
+            "--poll",
+            "--poll-interval",
+            "200ms",
+        ],
+    );
+    agent.wait_ready();
+    assert!(agent.log().contains("mode=\"poll\""), "{}", agent.log());
+    site.write("b.yaml", &volume("b", "1Mi", ""));
+    agent.poll("volume.b to be created", WAIT, |_| {
+        has(&site, "volume.b").then_some(())
+    });
+}
+
+#[test]
+fn a_failed_discovery_stalls_deletes_and_says_why() {
+    let site = site_with_backend();
+    // A second back end whose directory is missing (an NFS mount point
+    // whose share is gone): discovery fails.
+    site.write(
+        "gone.yaml",
+        &backend("gone", &site.path().join("not-mounted"), ""),
+    );
+    site.write(
+        "a.yaml",
+        &volume("a", "1Mi", "  backend: local\n  deletionPolicy: Delete\n"),
+    );
+    site.write("b.yaml", &volume("b", "1Mi", "  backend: local\n"));
+    let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);
+    let s = agent.wait_status("the first reconcile", |s| {
+        s["reconcileCount"].as_u64().unwrap() > 0
+    });
+    assert!(has(&site, "volume.a") && has(&site, "volume.b"), "{s:#}");
+    let stalled = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap();
+    assert_eq!(stalled["reason"], "DiscoveryFailed", "{s:#}");
+    assert!(
+        stalled["message"].as_str().unwrap().contains("gone"),
+        "{s:#}"
+    );
+    assert_eq!(agent.get("/readyz").0, 503);
+    let (_, m) = agent.get("/metrics");
+    assert_eq!(
+        metric(&m, "cinderblock_backend_up{backend=\"gone\"}"),
+        Some(0.0)
+    );
+
+    // The Delete volume's manifest goes: held back while discovery fails.
+    site.remove("a.yaml");
+    let s = agent.wait_status("the held delete to be reported", |s| {
+        s["lastReconcile"]["notes"]
+            .to_string()
+            .contains("held back")
+    });
+    assert!(has(&site, "volume.a"), "{s:#}");
+    assert_eq!(s["lastReconcile"]["destroyed"], 0);
+}
