@@ -266,7 +266,16 @@ impl Reconciler {
             );
         }
 
-        // 4. Publish.
+        // 4. Publish (old git trees go first, so what the status says is
+        // what is on disk).
+        if let Source::Git(g) = &self.source {
+            let head = lock(&g.head).clone();
+            let mut keep = vec![good.revision.as_str()];
+            if let Some(h) = head.as_deref() {
+                keep.push(h);
+            }
+            g.repo.prune_trees(&keep);
+        }
         self.finish(run, t0, Some(&plan), Some(&world), Some(&ledger.recorded));
         let _ = self.desired.send(Desired {
             set: Arc::clone(&good.set),
@@ -278,14 +287,6 @@ impl Reconciler {
                 .map(|o| o.name.clone())
                 .collect(),
         });
-        if let Source::Git(g) = &self.source {
-            let head = lock(&g.head).clone();
-            let mut keep = vec![good.revision.as_str()];
-            if let Some(h) = head.as_deref() {
-                keep.push(h);
-            }
-            g.repo.prune_trees(&keep);
-        }
         next.retry_at = next
             .retry_at
             .or_else(|| self.backoff.next_retry(Instant::now()));

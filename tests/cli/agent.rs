@@ -309,11 +309,12 @@ fn a_broken_manifest_or_an_empty_tree_changes_nothing_and_says_so() {
     let applied = agent.status()["source"]["appliedRevision"].clone();
 
     // A broken file next to a new volume: the whole revision is refused.
-    site.write("c.yaml", &volume("c", "16Mi", ""));
+    // (Broken first: no tree with only the new volume ever exists.)
     site.write(
         "broken.yaml",
         &format!("{H}kind: Volume\nmetadata:\n  name: d\nspec:\n  size: lots\n"),
     );
+    site.write("c.yaml", &volume("c", "16Mi", ""));
     let s = agent.wait_status("the broken revision to be reported", |s| {
         !s["source"]["badRevision"].is_null()
     });
