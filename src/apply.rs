@@ -45,6 +45,13 @@ pub enum ApplyError {
     /// The recorded state could not be written.
     #[error("cannot write the recorded state")]
     State(#[from] crate::state::atomic::AtomicError),
+    /// The caller asked to stop ([`Progress::proceed`] said no) before a
+    /// step; the steps before it are done and recorded.
+    #[error("stopped after {done} step(s) on request")]
+    Stopped {
+        /// Steps completed.
+        done: usize,
+    },
     /// A step failed.
     #[error("{address}: {message}")]
     Step {
@@ -78,6 +85,11 @@ pub trait Progress {
     fn start(&mut self, action: &Action, detail: &str);
     /// A step ended.
     fn done(&mut self, action: &Action, changed: bool, elapsed: Duration);
+    /// Asked before each step: `false` stops the apply there, between two
+    /// steps, with [`ApplyError::Stopped`] (the agent's graceful shutdown).
+    fn proceed(&mut self) -> bool {
+        true
+    }
 }
 
 /// Progress that shows nothing.
@@ -109,6 +121,9 @@ pub fn apply(
     let mut created: BTreeMap<(RecordedKind, String), Uuid> = BTreeMap::new();
     let mut report = Report::default();
     for (i, action) in plan.actions.iter().enumerate() {
+        if !progress.proceed() {
+            return Err(ApplyError::Stopped { done: i });
+        }
         let step = u32::try_from(i + 1).unwrap_or(u32::MAX);
         // Choose a new object's identity before anything happens, so the
         // journal names it.

@@ -1,6 +1,7 @@
 //! cinderblock: a declarative reconciliation agent for block storage.
 #![doc = include_str!("ARCHITECTURE.md")]
 
+pub mod agent;
 pub mod apply;
 pub mod backup;
 pub mod cli;

@@ -7,6 +7,7 @@
 //! by `backup verify`, or an error,
 //! 2 usage error (clap's own).
 
+mod agent;
 mod backup;
 mod plan;
 mod validate;
@@ -69,6 +70,11 @@ enum Command {
     Schema(SchemaArgs),
     /// Operate backups by hand: run, list, restore, verify, export, import, prune.
     Backup(backup::BackupArgs),
+    /// Keep this host matching a manifest directory or a git branch; run
+    /// scheduled backups; serve /healthz, /readyz, /status, /metrics.
+    Agent(agent::AgentArgs),
+    /// What the agent last applied (from the state directory).
+    Status(agent::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,13 +87,23 @@ struct SchemaArgs {
 /// Runs the CLI and returns the process exit code.
 pub fn run() -> i32 {
     let cli = Cli::parse();
-    init_tracing(&cli.global);
+    // The agent is a service: its log is its account of what it did.
+    init_tracing(
+        &cli.global,
+        if matches!(cli.command, Command::Agent(_)) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Plan(args) => plan::run_plan(&cli.global, &args),
         Command::Apply(args) => plan::run_apply(&cli.global, &args),
         Command::Schema(args) => schema(&args),
         Command::Backup(args) => backup::run(&args, &cli.global.state, cli.global.host.as_deref()),
+        Command::Agent(args) => agent::run_agent(&cli.global, &args),
+        Command::Status(args) => agent::run_status(&cli.global, &args),
     };
     match result {
         Ok(code) => code,
@@ -99,12 +115,12 @@ pub fn run() -> i32 {
     }
 }
 
-fn init_tracing(g: &GlobalArgs) {
+fn init_tracing(g: &GlobalArgs, default: &str) {
     let level = if g.quiet {
         "error"
     } else {
         match g.verbose {
-            0 => "warn",
+            0 => default,
             1 => "debug",
             _ => "trace",
         }
@@ -113,6 +129,8 @@ fn init_tracing(g: &GlobalArgs) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // No colour codes in files and journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second init (tests calling run twice) is harmless: keep the first.
     let _ = match g.log_format {

@@ -12,6 +12,7 @@
     clippy::items_after_statements
 )] // test data builders
 
+mod agent;
 mod backup;
 mod converge;
 mod examples;

@@ -1,0 +1,489 @@
+//! Prometheus metrics of the agent, rendered in the text exposition format
+//! (version 0.0.4).
+//!
+//! Owns the metric families, their help texts and label sets, and the
+//! rendering (escaping of label values, histogram buckets, `+Inf`, `_sum`,
+//! `_count`). Gauges describing the last reconcile (objects by state, lost
+//! volumes, drift, capacity) are replaced wholesale after each one, so a
+//! volume that disappears also disappears from the metrics.
+//!
+//! Rejected: the `prometheus` and `prometheus-client` crates. We have a dozen
+//! families and one writer; a registry with atomics and dynamic dispatch
+//! would add more code paths than it saves, and the format is small and
+//! stable (a test parses our output with a Prometheus text parser).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Reconcile duration buckets, in seconds.
+pub const RECONCILE_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Backup duration buckets, in seconds.
+pub const BACKUP_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
+
+/// A histogram with fixed buckets.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    /// Empty, with these upper bounds.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// Every metric the agent exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Reconciles by result.
+    pub reconciles: BTreeMap<String, u64>,
+    /// Reconcile wall time.
+    pub reconcile_duration: Histogram,
+    /// Unix time of the last reconcile without failure.
+    pub last_success: Option<f64>,
+    /// Apply steps that failed.
+    pub step_failures: u64,
+    /// Objects by (kind, state).
+    pub objects: BTreeMap<(String, String), u64>,
+    /// Lost volumes.
+    pub lost: u64,
+    /// Drift findings.
+    pub drift: u64,
+    /// Back end capacity: name → (discovered, total, free, provisioned).
+    pub backends: BTreeMap<String, (bool, u64, u64, u64)>,
+    /// The revision in force: (source kind, revision).
+    pub revision: Option<(String, String)>,
+    /// The revision last applied.
+    pub applied_revision: Option<String>,
+    /// 1 while the newest revision is refused.
+    pub bad_revision: bool,
+    /// Failed fetches.
+    pub fetch_failures: u64,
+    /// Successful fetches.
+    pub fetches: u64,
+    /// Webhook calls by result (`accepted`, `unauthorized`).
+    pub webhooks: BTreeMap<String, u64>,
+    /// Backup runs by (volume, policy, result).
+    pub backup_runs: BTreeMap<(String, String, String), u64>,
+    /// Per volume: (unix time, stored bytes) of the last successful backup.
+    pub backup_last_success: BTreeMap<String, (f64, u64)>,
+    /// Backup wall time.
+    pub backup_duration: Histogram,
+    /// Backups running now.
+    pub backups_running: u64,
+    /// Per policy: unix time of the next run.
+    pub backup_next_run: BTreeMap<String, f64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            reconciles: BTreeMap::new(),
+            reconcile_duration: Histogram::new(RECONCILE_BUCKETS),
+            last_success: None,
+            step_failures: 0,
+            objects: BTreeMap::new(),
+            lost: 0,
+            drift: 0,
+            backends: BTreeMap::new(),
+            revision: None,
+            applied_revision: None,
+            bad_revision: false,
+            fetch_failures: 0,
+            fetches: 0,
+            webhooks: BTreeMap::new(),
+            backup_runs: BTreeMap::new(),
+            backup_last_success: BTreeMap::new(),
+            backup_duration: Histogram::new(BACKUP_BUCKETS),
+            backups_running: 0,
+            backup_next_run: BTreeMap::new(),
+        }
+    }
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {}", number(value));
+    }
+    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for (b, c) in h.bounds.iter().zip(&h.counts) {
+            self.sample(&bucket, &[("le", &number(*b))], as_f64(*c));
+        }
+        self.sample(&bucket, &[("le", "+Inf")], as_f64(h.count));
+        self.sample(&format!("{name}_sum"), &[], h.sum);
+        self.sample(&format!("{name}_count"), &[], as_f64(h.count));
+    }
+}
+
+/// Label value escaping of the text format: backslash, double quote, newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counters stay far below 2^53
+fn as_f64(n: u64) -> f64 {
+    n as f64
+}
+
+impl Metrics {
+    /// The text exposition.
+    #[allow(clippy::too_many_lines)] // one block per family, in output order
+    pub fn render(&self) -> String {
+        let mut o = Out(String::with_capacity(4096));
+        o.family("cinderblock_build_info", "gauge", "cinderblock version.");
+        o.sample(
+            "cinderblock_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+
+        o.family(
+            "cinderblock_reconcile_total",
+            "counter",
+            "Reconciles by result (applied, no-changes, failed, blocked, invalid-source, stopped).",
+        );
+        for (result, n) in &self.reconciles {
+            o.sample(
+                "cinderblock_reconcile_total",
+                &[("result", result)],
+                as_f64(*n),
+            );
+        }
+        o.histogram(
+            "cinderblock_reconcile_duration_seconds",
+            "Wall time of a reconcile: read, discover, plan, apply.",
+            &self.reconcile_duration,
+        );
+        o.family(
+            "cinderblock_last_successful_reconcile_timestamp_seconds",
+            "gauge",
+            "Unix time the last reconcile ended without failure.",
+        );
+        if let Some(t) = self.last_success {
+            o.sample(
+                "cinderblock_last_successful_reconcile_timestamp_seconds",
+                &[],
+                t,
+            );
+        }
+        o.family(
+            "cinderblock_apply_step_failures_total",
+            "counter",
+            "Apply steps that failed (the object is retried with backoff).",
+        );
+        o.sample(
+            "cinderblock_apply_step_failures_total",
+            &[],
+            as_f64(self.step_failures),
+        );
+
+        o.family(
+            "cinderblock_objects",
+            "gauge",
+            "Objects by kind and state, as of the last reconcile.",
+        );
+        for ((kind, state), n) in &self.objects {
+            o.sample(
+                "cinderblock_objects",
+                &[("kind", kind), ("state", state)],
+                as_f64(*n),
+            );
+        }
+        o.family(
+            "cinderblock_lost_volumes",
+            "gauge",
+            "Volumes that existed and vanished outside cinderblock (not recreated).",
+        );
+        o.sample("cinderblock_lost_volumes", &[], as_f64(self.lost));
+        o.family(
+            "cinderblock_drift_objects",
+            "gauge",
+            "Objects changed outside cinderblock.",
+        );
+        o.sample("cinderblock_drift_objects", &[], as_f64(self.drift));
+
+        o.family(
+            "cinderblock_backend_up",
+            "gauge",
+            "1 when the back end was discovered.",
+        );
+        for (name, (up, ..)) in &self.backends {
+            o.sample(
+                "cinderblock_backend_up",
+                &[("backend", name)],
+                f64::from(u8::from(*up)),
+            );
+        }
+        for (family, help, pick) in [
+            ("cinderblock_backend_total_bytes", "Back end size.", 0),
+            ("cinderblock_backend_free_bytes", "Back end free space.", 1),
+            (
+                "cinderblock_backend_provisioned_bytes",
+                "Sum of the sizes of our objects on the back end.",
+                2,
+            ),
+        ] {
+            o.family(family, "gauge", help);
+            for (name, (up, total, free, provisioned)) in &self.backends {
+                if *up {
+                    let v = [*total, *free, *provisioned][pick];
+                    o.sample(family, &[("backend", name)], as_f64(v));
+                }
+            }
+        }
+
+        o.family(
+            "cinderblock_source_revision_info",
+            "gauge",
+            "The source revision in force (the newest that validated).",
+        );
+        if let Some((kind, rev)) = &self.revision {
+            o.sample(
+                "cinderblock_source_revision_info",
+                &[("source", kind), ("revision", rev)],
+                1.0,
+            );
+        }
+        o.family(
+            "cinderblock_applied_revision_info",
+            "gauge",
+            "The revision last applied.",
+        );
+        if let Some(rev) = &self.applied_revision {
+            o.sample(
+                "cinderblock_applied_revision_info",
+                &[("revision", rev)],
+                1.0,
+            );
+        }
+        o.family(
+            "cinderblock_source_revision_bad",
+            "gauge",
+            "1 while the newest revision fails validation (the last good one stays in force).",
+        );
+        o.sample(
+            "cinderblock_source_revision_bad",
+            &[],
+            f64::from(u8::from(self.bad_revision)),
+        );
+        o.family(
+            "cinderblock_git_fetches_total",
+            "counter",
+            "Successful git fetches.",
+        );
+        o.sample("cinderblock_git_fetches_total", &[], as_f64(self.fetches));
+        o.family(
+            "cinderblock_git_fetch_failures_total",
+            "counter",
+            "Failed git fetches.",
+        );
+        o.sample(
+            "cinderblock_git_fetch_failures_total",
+            &[],
+            as_f64(self.fetch_failures),
+        );
+        o.family(
+            "cinderblock_webhook_requests_total",
+            "counter",
+            "POST /hooks/git calls by result.",
+        );
+        for (result, n) in &self.webhooks {
+            o.sample(
+                "cinderblock_webhook_requests_total",
+                &[("result", result)],
+                as_f64(*n),
+            );
+        }
+
+        o.family(
+            "cinderblock_backup_runs_total",
+            "counter",
+            "Backup runs by volume, policy and result.",
+        );
+        for ((volume, policy, result), n) in &self.backup_runs {
+            o.sample(
+                "cinderblock_backup_runs_total",
+                &[("volume", volume), ("policy", policy), ("result", result)],
+                as_f64(*n),
+            );
+        }
+        o.family(
+            "cinderblock_backup_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful backup per volume.",
+        );
+        for (volume, (t, _)) in &self.backup_last_success {
+            o.sample(
+                "cinderblock_backup_last_success_timestamp_seconds",
+                &[("volume", volume)],
+                *t,
+            );
+        }
+        o.family(
+            "cinderblock_backup_last_size_bytes",
+            "gauge",
+            "Bytes stored by the last successful backup per volume.",
+        );
+        for (volume, (_, size)) in &self.backup_last_success {
+            o.sample(
+                "cinderblock_backup_last_size_bytes",
+                &[("volume", volume)],
+                as_f64(*size),
+            );
+        }
+        o.histogram(
+            "cinderblock_backup_duration_seconds",
+            "Wall time of a backup run.",
+            &self.backup_duration,
+        );
+        o.family(
+            "cinderblock_backups_running",
+            "gauge",
+            "Backups running now.",
+        );
+        o.sample(
+            "cinderblock_backups_running",
+            &[],
+            as_f64(self.backups_running),
+        );
+        o.family(
+            "cinderblock_backup_next_run_timestamp_seconds",
+            "gauge",
+            "Unix time of each policy's next scheduled run.",
+        );
+        for (policy, t) in &self.backup_next_run {
+            o.sample(
+                "cinderblock_backup_next_run_timestamp_seconds",
+                &[("policy", policy)],
+                *t,
+            );
+        }
+        o.0
+    }
+
+    /// Counts a reconcile.
+    pub fn reconcile(&mut self, result: &str, seconds: f64) {
+        *self.reconciles.entry(result.to_owned()).or_default() += 1;
+        self.reconcile_duration.observe(seconds);
+    }
+
+    /// Counts a backup run.
+    pub fn backup_run(&mut self, volume: &str, policy: &str, result: &str, seconds: f64) {
+        let key = (volume.to_owned(), policy.to_owned(), result.to_owned());
+        *self.backup_runs.entry(key).or_default() += 1;
+        self.backup_duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::new(&[1.0, 2.0]);
+        h.observe(0.5);
+        h.observe(1.5);
+        h.observe(5.0);
+        assert_eq!(h.counts, [1, 2]);
+        assert_eq!(h.count, 3);
+        assert!((h.sum - 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics {
+            revision: Some(("git".into(), "a\"b\\c\nd".into())),
+            ..Metrics::default()
+        };
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"cinderblock_source_revision_info{source="git",revision="a\"b\\c\nd"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renders_every_family_with_help_and_type() {
+        let mut m = Metrics::default();
+        m.reconcile("applied", 0.2);
+        m.objects.insert(("volume".into(), "ready".into()), 2);
+        m.backends.insert("local".into(), (true, 100, 60, 40));
+        m.backup_run("db", "nightly", "success", 3.0);
+        m.backup_last_success.insert("db".into(), (1.7e9, 1234));
+        let text = m.render();
+        for line in text.lines() {
+            assert!(!line.is_empty());
+        }
+        for needle in [
+            "# TYPE cinderblock_reconcile_total counter",
+            "cinderblock_reconcile_total{result=\"applied\"} 1",
+            "cinderblock_reconcile_duration_seconds_bucket{le=\"0.25\"} 1",
+            "cinderblock_reconcile_duration_seconds_bucket{le=\"0.1\"} 0",
+            "cinderblock_reconcile_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "cinderblock_reconcile_duration_seconds_count 1",
+            "cinderblock_objects{kind=\"volume\",state=\"ready\"} 2",
+            "cinderblock_backend_free_bytes{backend=\"local\"} 60",
+            "cinderblock_backup_runs_total{volume=\"db\",policy=\"nightly\",result=\"success\"} 1",
+            "cinderblock_backup_last_size_bytes{volume=\"db\"} 1234",
+            "cinderblock_backup_last_success_timestamp_seconds{volume=\"db\"} 1700000000",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}
