@@ -652,6 +652,74 @@ mod tests {
         assert!(decompress(Codec::None, b"short", 10).is_none());
     }
 
+    fn manifest_with(table: &[(u64, Digest)], size: u64) -> Manifest {
+        let (chunks, chunks_digest) = encode_table(table).unwrap();
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            id: Uuid::from_u128(9),
+            repository: Uuid::nil(),
+            volume: VolumeRef {
+                uuid: Uuid::nil(),
+                name: "v".into(),
+                backend: "b".into(),
+                size,
+            },
+            policy: None,
+            kind: BackupKind::Full,
+            parent: None,
+            host: "h".into(),
+            started_at: DateTime::<Utc>::MIN_UTC,
+            finished_at: DateTime::<Utc>::MIN_UTC,
+            chunk_size: CHUNK_SIZE,
+            stats: BackupStats::default(),
+            chunks,
+            chunks_digest,
+        }
+    }
+
+    #[test]
+    fn chunk_table_round_trips_and_refuses_damage() {
+        let c = u64::from(CHUNK_SIZE);
+        let table = vec![(0, Digest::of(b"a")), (5, Digest::of(b"b"))];
+        let m = manifest_with(&table, 6 * c);
+        assert_eq!(decode_table(&m).unwrap(), table);
+        check_manifest(&m).unwrap();
+
+        let mut bad = m.clone();
+        bad.chunks_digest = Digest::of(b"other");
+        assert_eq!(
+            decode_table(&bad).unwrap_err().to_string(),
+            "backup 00000000-0000-0000-0000-000000000009: damaged manifest: chunk table does \
+             not match its digest"
+        );
+        // A slot past the volume's end, and slots out of order.
+        let past = manifest_with(&table, 5 * c);
+        assert!(
+            decode_table(&past)
+                .unwrap_err()
+                .to_string()
+                .contains("out of order or past")
+        );
+        let unordered = manifest_with(&[(3, Digest::of(b"a")), (1, Digest::of(b"b"))], 6 * c);
+        assert!(decode_table(&unordered).is_err());
+        let mut garbage = m.clone();
+        garbage.chunks = "not base64!".into();
+        assert!(
+            decode_table(&garbage)
+                .unwrap_err()
+                .to_string()
+                .contains("not base64")
+        );
+        let mut newer = m;
+        newer.version = 2;
+        assert_eq!(
+            check_manifest(&newer).unwrap_err().to_string(),
+            "backup 00000000-0000-0000-0000-000000000009: manifest format \"cinderblock.backup\" \
+             version 2 is not one this cinderblock reads"
+        );
+    }
+
     #[test]
     fn pack_trailer_and_index_round_trip() {
         let entries = vec![

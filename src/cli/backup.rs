@@ -979,14 +979,19 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
         }
         writeln!(
             out,
-            "{} {} backup(s); {} {} of {} pack(s) and repack {} (into {}), dropping {} unused chunk(s), {}{}",
+            "{} {} backup(s); {} {} of {} pack(s) and {} {}{}, dropping {} unused chunk(s), {}{}",
             if a.dry_run { "would forget" } else { "forgot" },
             r.forgotten,
             if a.dry_run { "would delete" } else { "deleted" },
             r.packs_deleted,
             r.packs,
+            if a.dry_run { "rewrite" } else { "rewrote" },
             r.packs_repacked,
-            r.packs_written,
+            if a.dry_run {
+                String::new()
+            } else {
+                format!(" (into {})", r.packs_written)
+            },
             r.blobs_removed,
             bytes(r.bytes_freed),
             if r.corrupt > 0 {

@@ -944,3 +944,20 @@ fn interrupted_restore_is_refused_then_started_over() {
     ok(&site.cbf(&["backup", "restore", &id, "--to", "copy", "--overwrite"]));
     assert_eq!(sha256(&site.volume_path("copy").unwrap()), sum);
 }
+
+#[test]
+fn a_volume_size_not_a_multiple_of_the_chunk_round_trips() {
+    let site = Site::new("");
+    let len = 3 * 64 * KIB + 1000;
+    let vol = site.create_volume("data", len);
+    let f = File::options().write(true).open(&vol).unwrap();
+    f.write_all_at(&noise(9, 1500), len - 1500).unwrap();
+    f.write_all_at(&text(70_000), 10).unwrap();
+    drop(f);
+    let id = backup_id(&site.cbf(&["backup", "run", "data"]));
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "copy"]));
+    let copy = site.volume_path("copy").unwrap();
+    assert_eq!(fs::metadata(&copy).unwrap().len(), len);
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&vol).unwrap());
+    ok(&site.cb("state", &["backup", "verify", &id]));
+}
