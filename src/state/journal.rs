@@ -551,7 +551,7 @@ mod tests {
         // Garbage inside the window is found at open, with its line number.
         let mut bytes = whole.clone();
         bytes.extend_from_slice(b"garbage\n");
-        bytes.extend_from_slice(&whole[..whole.iter().position(|&b| b == b'\n').unwrap() + 1]);
+        bytes.extend_from_slice(&whole[..=whole.iter().position(|&b| b == b'\n').unwrap()]);
         fs::write(&path, &bytes).unwrap();
         let err = Journal::open(dir.path()).unwrap_err();
         assert_eq!(

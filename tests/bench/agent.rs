@@ -4,7 +4,13 @@
 //! Run with `cargo bench --bench agent`. The agent is the release binary on
 //! a temp dir with one `file` back end.
 
-#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::cast_precision_loss)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)] // figures for people
 
 mod common;
 
