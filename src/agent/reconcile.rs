@@ -1460,4 +1460,60 @@ mod tests {
         assert_eq!(error_address("the manifests: x"), None);
         assert_eq!(error_address("volume.A B: x"), None);
     }
+
+    /// Stops after `n` steps, as the agent's progress does at shutdown.
+    struct StopAfter(usize);
+
+    impl Progress for StopAfter {
+        fn start(&mut self, _: &Action, _: &str) {}
+        fn done(&mut self, _: &Action, _: bool, _: Duration) {
+            self.0 = self.0.saturating_sub(1);
+        }
+        fn proceed(&mut self) -> bool {
+            self.0 > 0
+        }
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_apply_between_steps_with_the_done_ones_journalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("pool");
+        std::fs::create_dir_all(&pool).unwrap();
+        let text = format!(
+            "apiVersion: cinderblock.dev/v1alpha1\nkind: Backend\nmetadata:\n  name: local\nspec:\n  file:\n    path: {}\n---\napiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata:\n  name: a\nspec:\n  size: 1Mi\n---\napiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata:\n  name: b\nspec:\n  size: 1Mi\n",
+            pool.display()
+        );
+        let loaded = manifest::load::load_source(std::path::Path::new("m.yaml"), &text);
+        assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+        let state = dir.path().join("state");
+        let world = observe::discover(&loaded.set, "h", &state);
+        let mut ledger = Ledger::default();
+        let plan = plan::plan(&loaded.set, &world, &ledger.recorded, Options::default());
+        assert_eq!(plan.actions.len(), 2);
+        let err = apply::apply(&plan, &world, &state, &mut ledger, &mut StopAfter(1)).unwrap_err();
+        assert!(matches!(err, ApplyError::Stopped { done: 1 }), "{err:?}");
+        assert_eq!(
+            ledger.recorded.objects.len(),
+            1,
+            "the first step is recorded"
+        );
+        let journal = crate::state::journal::read(&state).unwrap();
+        assert_eq!(
+            journal.records.len(),
+            2,
+            "intent and outcome of step 1 only"
+        );
+        assert!(journal.unfinished().is_empty());
+        // The next run finishes the rest.
+        let world = observe::discover(&loaded.set, "h", &state);
+        let again = plan::plan(&loaded.set, &world, &ledger.recorded, Options::default());
+        assert_eq!(
+            again
+                .actions
+                .iter()
+                .map(|a| a.address.as_str())
+                .collect::<Vec<_>>(),
+            ["volume.b"]
+        );
+    }
 }

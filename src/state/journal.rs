@@ -15,7 +15,9 @@
 //!   write, or the NUL bytes ext4 can leave after a power cut) is ignored with a
 //!   warning, and trimmed when the journal is next opened for writing so a new
 //!   record never glues onto it. Garbage *before* the last line is real
-//!   corruption and an error naming the line.
+//!   corruption and an error naming the line ([`read`] checks every line;
+//!   opening for writing checks only the last 64 KiB, so its cost does not
+//!   grow with the journal).
 //! - Rotation by size, only when the journal is opened (at the start of a run):
 //!   past [`DEFAULT_MAX_BYTES`] the file becomes `journal.1.jsonl` (replacing the
 //!   older one) and a fresh one starts, so one run's records are never split
@@ -154,19 +156,26 @@ impl Journal {
             .create(true)
             .open(&path)
             .map_err(io_err("open", &path))?;
-        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
-        let parsed = parse(&path, &bytes)?;
-        if parsed.valid_len < bytes.len() {
+        let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        let valid_len = valid_len(&file, &path, len).map_err(|e| match e {
+            TailError::Io(source) => JournalError::Io {
+                op: "read",
+                path: path.clone(),
+                source,
+            },
+            TailError::Journal(e) => e,
+        })?;
+        if valid_len < len {
             tracing::warn!(
                 path = %path.display(),
-                dropped_bytes = bytes.len() - parsed.valid_len,
+                dropped_bytes = len - valid_len,
                 "journal ends in a torn record (crash mid-write); trimming it"
             );
-            file.set_len(parsed.valid_len as u64)
+            file.set_len(valid_len)
                 .and_then(|()| file.sync_all())
                 .map_err(io_err("trim", &path))?;
         }
-        if parsed.valid_len as u64 > max_bytes {
+        if valid_len > max_bytes {
             let rotated = state_dir.join(ROTATED_FILE);
             drop(file);
             fs::rename(&path, &rotated).map_err(io_err("rotate", &path))?;
@@ -293,6 +302,45 @@ pub fn read(state_dir: &Path) -> Result<JournalContents, JournalError> {
         contents.records.extend(parsed.records);
     }
     Ok(contents)
+}
+
+/// Bytes read from the end of the journal when opening it.
+const TAIL_BYTES: u64 = 64 << 10;
+
+enum TailError {
+    Io(io::Error),
+    Journal(JournalError),
+}
+
+/// Length of the journal's prefix of whole, valid lines, reading only its
+/// tail: one process appends whole lines under the state lock, so a crash can
+/// tear only the end. Opening thus costs the same however long the journal
+/// is (the agent opens it for every apply; reading all of it made each apply
+/// slower and the process bigger as the journal grew towards its rotation
+/// size). A tail that does not parse is read whole, so an error names the
+/// right line; [`read`] checks every line.
+fn valid_len(file: &File, path: &Path, len: u64) -> Result<u64, TailError> {
+    use std::os::unix::fs::FileExt;
+    let full = || -> Result<u64, TailError> {
+        let bytes = fs::read(path).map_err(TailError::Io)?;
+        let parsed = parse(path, &bytes).map_err(TailError::Journal)?;
+        Ok(parsed.valid_len as u64)
+    };
+    let start = len.saturating_sub(TAIL_BYTES);
+    if start == 0 {
+        return full();
+    }
+    let mut tail = vec![0; usize::try_from(len - start).unwrap_or(0)];
+    file.read_exact_at(&mut tail, start)
+        .map_err(TailError::Io)?;
+    // The window starts inside a line: skip to the next whole one.
+    let Some(skip) = tail.iter().position(|&b| b == b'\n').map(|i| i + 1) else {
+        return full();
+    };
+    match parse(path, &tail[skip..]) {
+        Ok(parsed) => Ok(start + (skip + parsed.valid_len) as u64),
+        Err(_) => full(),
+    }
 }
 
 struct Parsed {
@@ -467,5 +515,48 @@ mod tests {
             .collect();
         assert_eq!(steps, [0, 1, 2, 3]);
         assert!(dir.path().join(ROTATED_FILE).exists());
+    }
+
+    #[test]
+    fn opening_a_long_journal_reads_only_its_tail_and_still_trims_a_torn_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let path = journal.path().to_owned();
+        for step in 0..2000 {
+            journal
+                .intent(plan(), step, "+ volume.a-rather-long-description")
+                .unwrap();
+        }
+        drop(journal);
+        let whole = fs::read(&path).unwrap();
+        assert!(whole.len() as u64 > 2 * TAIL_BYTES);
+        // Early garbage is outside the window: opening does not look at it
+        // (reading does, and names the line).
+        let mut bytes = b"garbage\n".to_vec();
+        bytes.extend_from_slice(&whole);
+        bytes.extend_from_slice(b"{\"torn");
+        fs::write(&path, &bytes).unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            bytes.len() as u64 - 6,
+            "torn end trimmed"
+        );
+        journal.intent(plan(), 2000, "+ volume.b").unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().ends_with(":1: corrupt journal record"),
+            "{err}"
+        );
+        // Garbage inside the window is found at open, with its line number.
+        let mut bytes = whole.clone();
+        bytes.extend_from_slice(b"garbage\n");
+        bytes.extend_from_slice(&whole[..=whole.iter().position(|&b| b == b'\n').unwrap()]);
+        fs::write(&path, &bytes).unwrap();
+        let err = Journal::open(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}:2001: corrupt journal record", path.display())
+        );
     }
 }

@@ -8,7 +8,8 @@ fn every_example_validates_without_findings() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if !path.is_dir() {
+        // examples/systemd holds the agent's unit file, not manifests.
+        if !path.is_dir() || path.ends_with("systemd") {
             continue;
         }
         let run = run_in(&root(), &["validate", "-f", path.to_str().unwrap()]);
