@@ -18,8 +18,8 @@
 // Figures are printed as floating point; precision loss is irrelevant there.
 #![allow(clippy::cast_precision_loss)]
 
-use std::fs::{self, File};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,9 @@ use cinderblock::file::copy::copy_file;
 use cinderblock::file::{Allocation, FileBackend, NewObject, ObjectKind};
 use uuid::Uuid;
 
-const MIB: u64 = 1 << 20;
+mod common;
+use common::make_source;
+
 const GIB: u64 = 1 << 30;
 
 fn main() {
@@ -117,66 +119,6 @@ fn create_vs_dd(dir: &Path) {
         "ratio: preallocated create takes {:.3} % of dd's time (target <= 1 %)",
         100.0 * ours.as_secs_f64() / dd.as_secs_f64()
     );
-}
-
-/// 70 extents of 44 MiB spread over 16 GiB: 47 of random bytes (~2 GiB), 23
-/// of log-like text (~1 GiB).
-fn make_source(be: &FileBackend, uuid: Uuid) -> u64 {
-    const EXTENTS: u64 = 70;
-    const EXTENT: u64 = 44 * MIB;
-    const RANDOM_EXTENTS: u64 = 47;
-    be.create(&NewObject {
-        uuid,
-        name: "source",
-        kind: ObjectKind::Volume,
-        size: 16 * GIB,
-        allocation: Allocation::Sparse,
-        source: None,
-    })
-    .expect("create source");
-    let path = be.data_path(ObjectKind::Volume, uuid);
-    let file = File::options()
-        .write(true)
-        .open(&path)
-        .expect("open source");
-    let stride = 16 * GIB / EXTENTS / MIB * MIB;
-    let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
-    let text: Vec<u8> = (0..)
-        .map(|i| {
-            format!(
-                "2026-01-02T03:04:{:02}Z host-{} cinderblock[{}]: volume {} extended to {} bytes\n",
-                i % 60,
-                i % 7,
-                1000 + i % 97,
-                i * 7919 % 100_003,
-                i * 4096
-            )
-        })
-        .flat_map(String::into_bytes)
-        .take(usize::try_from(4 * MIB).expect("4 MiB fits"))
-        .collect();
-    let mut buf = vec![0u8; usize::try_from(4 * MIB).expect("4 MiB fits")];
-    for i in 0..EXTENTS {
-        let start = i * stride;
-        let mut pos = 0;
-        while pos < EXTENT {
-            let block: &[u8] = if i < RANDOM_EXTENTS {
-                for chunk in buf.chunks_exact_mut(8) {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    chunk.copy_from_slice(&rng.to_le_bytes());
-                }
-                &buf
-            } else {
-                &text
-            };
-            file.write_all_at(block, start + pos).expect("write source");
-            pos += block.len() as u64;
-        }
-    }
-    file.sync_all().expect("sync source");
-    EXTENTS * EXTENT
 }
 
 fn snapshot_vs_cp(dir: &Path) {
