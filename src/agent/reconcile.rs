@@ -978,7 +978,9 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         Op::Create {
             kind, name, resume, ..
         } => (*kind, name.clone(), *resume),
-        Op::Extend { name, uuid, .. } => (RecordedKind::Volume, name.clone(), Some(*uuid)),
+        Op::Extend { name, uuid, .. } | Op::Migrate { name, uuid, .. } => {
+            (RecordedKind::Volume, name.clone(), Some(*uuid))
+        }
         Op::Record {
             kind, name, uuid, ..
         }
