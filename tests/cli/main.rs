@@ -18,6 +18,7 @@ mod converge;
 mod examples;
 mod fuzz;
 mod lvm_plan;
+mod migrate;
 mod plan;
 mod schema;
 mod support;
