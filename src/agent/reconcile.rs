@@ -1285,6 +1285,7 @@ mod tests {
             allocated: None,
             parent,
             health: ObjHealth::Ready,
+            in_use: false,
         };
         let name: crate::manifest::Name = "local".parse().unwrap();
         let view = BackendView {
