@@ -189,6 +189,9 @@ pub struct Job<'a> {
     pub start: u64,
     /// Bytes per second to read at most.
     pub bandwidth: Option<u64>,
+    /// Compute the source's content hash on the way (migrations verify;
+    /// clones need not pay for it).
+    pub hash_source: bool,
 }
 
 /// Where a copy is.
@@ -396,7 +399,7 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
     }
     let began = Instant::now();
     let start = (job.start / BLOCK * BLOCK).min(job.len);
-    let mut hasher = (start == 0).then(|| GridHasher::new(job.len));
+    let mut hasher = (start == 0 && job.hash_source).then(|| GridHasher::new(job.len));
     let runs = job.extents.blocks(job.len);
     let to_read = runs
         .iter()
@@ -561,6 +564,7 @@ mod tests {
             kind,
             start,
             bandwidth: None,
+            hash_source: true,
         }
     }
 

@@ -356,6 +356,7 @@ pub fn run(
             kind,
             start,
             bandwidth: mv.bandwidth,
+            hash_source: true,
         },
         cp,
     )

@@ -490,8 +490,29 @@ impl<'r> LvmBackend<'r> {
         let src_file = open(&src_path, false)?;
         let dst_file = open(&dst_path, true)?;
         let src_len = blockdev::size(&src_file).map_err(io_err("size", &src_path))?;
-        let stats = blockdev::copy_zeroing(&src_file, &dst_file, src_len, dst_size)
-            .map_err(io_err("copy onto", &dst_path))?;
+        let extents = crate::copy::Extents::all(src_len);
+        let stats = crate::copy::copy(
+            &crate::copy::Job {
+                source: &src_file,
+                source_path: &src_path,
+                target: &dst_file,
+                target_path: &dst_path,
+                len: src_len,
+                target_len: dst_size,
+                extents: &extents,
+                // A thick LV's extents hold whatever was there before.
+                kind: crate::copy::Target::MustZero,
+                start: 0,
+                bandwidth: None,
+                hash_source: false,
+            },
+            &mut crate::copy::Quiet,
+        )
+        .map_err(|e| LvmError::Io {
+            op: "copy onto",
+            path: dst_path.clone(),
+            source: std::io::Error::other(crate::error_chain(&e)),
+        })?;
         tracing::info!(lv = %dst, source = %src.name, written = stats.written, zeroed = stats.zeroed, "copied");
         self.clear_state(dst, InFlight::Creating)
     }
