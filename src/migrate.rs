@@ -8,7 +8,7 @@
 //! | step | what | a crash after it leaves | the re-run |
 //! | --- | --- | --- | --- |
 //! | 1 | target created, marked `migrating` with a fresh migration id (LV tags `cinderblock.state=migrating`, `cinderblock.migration=<id>`, `cinderblock.from=<back end>`; file sidecar `state: migrating` + `migration`) | source ready + target migrating | finds the target, resumes the copy |
-//! | 2 | copy (see [`crate::copy`]), checkpoints in the journal every 128 MiB or 5 s, each after the target's data was synced | the same | resumes at the last checkpoint of this migration id |
+//! | 2 | copy (see [`crate::copy`]), checkpoints in the journal every 256 MiB or 5 s, each after the target's data was synced | the same | resumes at the last checkpoint of this migration id |
 //! | 3 | verify: content hash of source and target | the same | copies from the checkpoint, verifies again |
 //! | 4 | source marked `deleting` | source deleting + target migrating | promotes, deletes |
 //! | 5 | target promoted (marks removed) | source deleting + target ready | deletes the source |
@@ -397,18 +397,10 @@ pub fn run(
     })
 }
 
-/// Fault injection for the crash tests, like the executor's: with
-/// `CINDERBLOCK_CRASH_AT=migrate-target`, `migrate-verified` or
-/// `migrate-promoted` the process kills itself (SIGKILL) after that step
-/// (`migrate-copy:N`, after N bytes read, is the executor's).
+/// Fault injection for the crash tests: with `CINDERBLOCK_CRASH_AT=`
+/// `migrate-target`, `migrate-verified` or `migrate-promoted` the process
+/// kills itself (SIGKILL) after that step (`migrate-copy:N`, after N bytes
+/// read, is the executor's).
 fn crash_point(point: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var("CINDERBLOCK_CRASH_AT").ok())
-        .as_deref()
-        == Some(point)
-    {
-        tracing::warn!(point, "CINDERBLOCK_CRASH_AT: killing this process");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
+    crate::lvm::driver::crash_point(point);
 }

@@ -1628,6 +1628,30 @@ impl<'a> Planner<'a> {
                     .release(&bn, f.obj.size, *kind == ObjKind::Volume);
             }
         }
+        // Targets of migrations whose volume is no longer declared: partial
+        // copies of ours, removed (the volume itself is handled above).
+        for ((kind, name), t) in &self.migrating {
+            if declared.contains(&(*kind, name.clone())) {
+                continue;
+            }
+            if !may_delete {
+                held += 1;
+                continue;
+            }
+            deletes.push(Action {
+                address: addr(*kind, name),
+                op: Op::Delete {
+                    kind: (*kind).into(),
+                    name: name.clone(),
+                    uuid: t.obj.uuid,
+                    backend: t.backend.name.as_str().to_owned(),
+                    size: t.obj.size,
+                },
+                reason: "the unfinished target of a migration whose volume is no longer declared"
+                    .into(),
+                impact: Impact::DestroysData,
+            });
+        }
         // Records of objects that are gone and no longer declared.
         let found_uuids: BTreeSet<Uuid> = self.found.values().map(|f| f.obj.uuid).collect();
         for (uuid, rec) in &self.recorded.objects {
