@@ -696,6 +696,8 @@ impl Reconciler {
                         total: inv.capacity.total,
                         free: inv.capacity.free,
                         provisioned: inv.capacity.provisioned,
+                        thin_data_percent: pool_percent(inv, |p| p.data_centi),
+                        thin_metadata_percent: pool_percent(inv, |p| p.metadata_centi),
                     },
                     Discovery::Failed(e) => BackendStatus {
                         name: b.name.as_str().to_owned(),
@@ -704,6 +706,8 @@ impl Reconciler {
                         total: 0,
                         free: 0,
                         provisioned: 0,
+                        thin_data_percent: None,
+                        thin_metadata_percent: None,
                     },
                 })
                 .collect();
@@ -720,12 +724,7 @@ impl Reconciler {
         let backends = s
             .backends
             .iter()
-            .map(|b| {
-                (
-                    b.name.clone(),
-                    (b.discovered, b.total, b.free, b.provisioned),
-                )
-            })
+            .map(|b| (b.name.clone(), b.gauges()))
             .collect();
         s.last_reconcile = Some(run.status);
         drop(s);
@@ -1205,6 +1204,15 @@ async fn sleep_until(at: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// A thin pool figure of `inv` in percent, when it has a pool.
+fn pool_percent(
+    inv: &crate::observe::Inventory,
+    pick: impl Fn(&crate::observe::PoolUsage) -> Option<u32>,
+) -> Option<f64> {
+    let pool = inv.capacity.lvm.as_ref()?.pool.as_ref()?;
+    pick(pool).map(|c| f64::from(c) / 100.0)
 }
 
 #[cfg(test)]
