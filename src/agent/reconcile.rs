@@ -977,7 +977,9 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         Op::Create {
             kind, name, resume, ..
         } => (*kind, name.clone(), *resume),
-        Op::Extend { name, uuid, .. } => (RecordedKind::Volume, name.clone(), Some(*uuid)),
+        Op::Extend { name, uuid, .. } | Op::Unexport { name, uuid, .. } => {
+            (RecordedKind::Volume, name.clone(), Some(*uuid))
+        }
         Op::Record {
             kind, name, uuid, ..
         }
@@ -987,6 +989,7 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         | Op::Forget {
             kind, name, uuid, ..
         } => (*kind, name.clone(), Some(*uuid)),
+        Op::Export { name, uuid, .. } => (RecordedKind::Volume, name.clone(), *uuid),
         // A thin pool is not a manifest object; its key cannot collide with
         // a DNS-1123 name (':' and '/').
         Op::CreatePool { backend, pool, .. } => {
@@ -1320,6 +1323,7 @@ mod tests {
         World {
             backends: BTreeMap::from([(name, view)]),
             missing: Vec::new(),
+            exports: crate::observe::Exports::Absent,
         }
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::apply::{self, ApplyError, Progress};
 use crate::manifest::{self, ManifestSet};
 use crate::observe::{self, World};
-use crate::plan::{self, Action, Options, Plan, render};
+use crate::plan::{self, Action, Op, Options, Plan, render};
 use crate::state::lock::StateLock;
 use crate::state::record::Ledger;
 
@@ -187,10 +187,12 @@ impl Printer {
 
 impl Progress for Printer {
     fn start(&mut self, action: &Action, _detail: &str) {
-        let (verb, still) = match action.symbol() {
-            "+" => ("Creating...", "Still creating..."),
-            "~" => ("Modifying...", "Still modifying..."),
-            "-" => ("Destroying...", "Still destroying..."),
+        let (verb, still) = match (&action.op, action.symbol()) {
+            (Op::Export { .. }, _) => ("Exporting...", "Still exporting..."),
+            (Op::Unexport { .. }, _) => ("Unexporting...", "Still unexporting..."),
+            (_, "+") => ("Creating...", "Still creating..."),
+            (_, "~") => ("Modifying...", "Still modifying..."),
+            (_, "-") => ("Destroying...", "Still destroying..."),
             _ => ("Forgetting...", "Still forgetting..."),
         };
         let _ = writeln!(std::io::stdout().lock(), "{}: {verb}", action.address);
@@ -212,10 +214,12 @@ impl Progress for Printer {
     }
     fn done(&mut self, action: &Action, changed: bool, elapsed: Duration) {
         self.stop_ticker();
-        let verb = match action.symbol() {
-            "+" => "Creation complete",
-            "~" => "Modifications complete",
-            "-" => "Destruction complete",
+        let verb = match (&action.op, action.symbol()) {
+            (Op::Export { .. }, _) => "Export complete",
+            (Op::Unexport { .. }, _) => "Unexport complete",
+            (_, "+") => "Creation complete",
+            (_, "~") => "Modifications complete",
+            (_, "-") => "Destruction complete",
             _ => "Forgotten",
         };
         let note = if changed {

@@ -107,7 +107,10 @@ fn the_agent_reconciles_an_lvm_thin_back_end_and_serves_pool_gauges() {
     assert!((5.0..=8.0).contains(&data), "data {data} %\n{metrics}");
     let meta = gauge("cinderblock_backend_thin_metadata_percent");
     assert!(meta > 0.0 && meta < 50.0, "metadata {meta} %\n{metrics}");
-    assert!(gauge("cinderblock_backend_up") > 0.5, "backend down\n{metrics}");
+    assert!(
+        gauge("cinderblock_backend_up") > 0.5,
+        "backend down\n{metrics}"
+    );
     assert!(
         metrics.contains("cinderblock_objects{kind=\"volume\",state=\"ready\"} 1"),
         "{metrics}"

@@ -8,6 +8,7 @@
 //! `LAB_VERBOSE=1` streams the VM console to stderr.
 
 mod agent;
+mod export;
 mod harness;
 mod iscsi;
 mod lvm;
