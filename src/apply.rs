@@ -91,6 +91,19 @@ pub trait Progress {
     fn proceed(&mut self) -> bool {
         true
     }
+    /// A long copy inside a step (a migration) moved on.
+    fn copy(&mut self, _action: &Action, _at: &crate::copy::Position) {}
+    /// What a step did, in words (a migration's figures), before
+    /// [`Progress::done`].
+    fn note(&mut self, _action: &Action, _text: &str) {}
+}
+
+/// Options of an apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Read at most this many bytes per second in copies (migrations); the
+    /// smaller of this and a back end's `migrationBandwidth` applies.
+    pub bandwidth_limit: Option<u64>,
 }
 
 /// Progress that shows nothing.
@@ -109,6 +122,25 @@ pub fn apply(
     state_dir: &Path,
     ledger: &mut Ledger,
     progress: &mut dyn Progress,
+) -> Result<Report, ApplyError> {
+    apply_with(
+        plan,
+        world,
+        state_dir,
+        ledger,
+        progress,
+        ApplyOptions::default(),
+    )
+}
+
+/// [`apply`] with options.
+pub fn apply_with(
+    plan: &Plan,
+    world: &World,
+    state_dir: &Path,
+    ledger: &mut Ledger,
+    progress: &mut dyn Progress,
+    opts: ApplyOptions,
 ) -> Result<Report, ApplyError> {
     if !plan.errors.is_empty() {
         return Err(ApplyError::PlanHasErrors(plan.errors.len()));
@@ -137,7 +169,20 @@ pub fn apply(
         crash_point(step, "intent");
         progress.start(action, &text);
         let started = Instant::now();
-        let result = run(action, new_uuid, world, &created, ledger);
+        let result = if let Op::Migrate { .. } = &action.op {
+            let mut ctx = MigrateCtx {
+                journal: &mut journal,
+                intent: &intent,
+                state_dir,
+                progress: &mut *progress,
+                action,
+                id: None,
+                crash_after: crash_after_bytes(),
+            };
+            migrate(action, world, ledger, &mut ctx, opts)
+        } else {
+            run(action, new_uuid, world, &created, ledger)
+        };
         crash_point(step, "driver");
         match result {
             Ok(change) => {
@@ -195,7 +240,11 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
     match a.op {
         Op::Create { .. } | Op::CreatePool { .. } => r.added += 1,
         Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
-        Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } | Op::Unexport { .. } => {
+        Op::Extend { .. }
+        | Op::Record { .. }
+        | Op::Export { .. }
+        | Op::Unexport { .. }
+        | Op::Migrate { .. } => {
             r.changed += 1;
         }
         Op::Delete { .. } => r.destroyed += 1,
@@ -252,6 +301,16 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
             "unexport {} id={uuid} {}",
             a.address,
             iqn.as_deref().unwrap_or_default()
+        ),
+        Op::Migrate {
+            uuid,
+            from,
+            to,
+            target_size,
+            ..
+        } => format!(
+            "migrate {} id={uuid} from {from} to {to} size={target_size}",
+            a.address
         ),
         Op::Forget {
             uuid,
@@ -551,9 +610,19 @@ fn run(
                 Target::File(fb, _) => fb.delete(*uuid).map_err(err)?,
                 Target::Lvm(lb) => from_lvm(lb.delete(*uuid).map_err(lerr)?),
             };
-            ledger.recorded.objects.remove(uuid);
+            // An abandoned migration's target carries the identity of a
+            // volume that lives on: its record stays.
+            if ledger
+                .recorded
+                .objects
+                .get(uuid)
+                .is_none_or(|r| r.backend == *backend)
+            {
+                ledger.recorded.objects.remove(uuid);
+            }
             Ok(change)
         }
+        Op::Migrate { .. } => Err("a migration is not a driver step".into()),
         Op::Forget {
             uuid,
             backend,
@@ -572,6 +641,131 @@ fn run(
             Ok(change)
         }
     }
+}
+
+/// `CINDERBLOCK_CRASH_AT=migrate-copy:N`: SIGKILL once a migration's copy
+/// has read N bytes (the crash test's "halfway").
+fn crash_after_bytes() -> Option<u64> {
+    std::env::var("CINDERBLOCK_CRASH_AT")
+        .ok()?
+        .strip_prefix("migrate-copy:")?
+        .parse()
+        .ok()
+}
+
+/// A migration step's link to the journal and the progress display.
+struct MigrateCtx<'a> {
+    journal: &'a mut Journal,
+    intent: &'a crate::state::journal::Record,
+    state_dir: &'a Path,
+    progress: &'a mut dyn Progress,
+    action: &'a Action,
+    id: Option<Uuid>,
+    crash_after: Option<u64>,
+}
+
+impl crate::copy::Observer for MigrateCtx<'_> {
+    fn progress(&mut self, at: &crate::copy::Position) {
+        self.progress.copy(self.action, at);
+        if self.crash_after.is_some_and(|n| at.read >= n) {
+            tracing::warn!(read = at.read, "CINDERBLOCK_CRASH_AT: killing this process");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    fn checkpoint(&mut self, at: &crate::copy::Position) -> Result<(), String> {
+        let id = self.id.ok_or("no migration id")?;
+        tracing::debug!(%id, offset = at.offset, read = at.read, "checkpoint");
+        self.journal
+            .checkpoint(self.intent, id, at.offset, at.read)
+            .map_err(|e| crate::error_chain(&e))
+    }
+}
+
+impl crate::migrate::Checkpoints for MigrateCtx<'_> {
+    fn last(&self, id: Uuid) -> Result<u64, crate::migrate::MigrateError> {
+        Ok(crate::state::journal::read(self.state_dir)?.checkpoint(id))
+    }
+    fn begin(&mut self, id: Uuid) {
+        self.id = Some(id);
+    }
+    fn reset(&mut self, id: Uuid) -> Result<(), crate::migrate::MigrateError> {
+        self.journal.checkpoint(self.intent, id, 0, 0)?;
+        Ok(())
+    }
+}
+
+fn endpoint(world: &World, name: &str) -> Result<crate::migrate::Endpoint<'static>, String> {
+    Ok(match target(world, name)? {
+        Target::File(fb, alloc) => crate::migrate::Endpoint::File(fb, file_alloc(alloc)),
+        Target::Lvm(lb) => crate::migrate::Endpoint::Lvm(lb),
+    })
+}
+
+fn migrate(
+    action: &Action,
+    world: &World,
+    ledger: &mut Ledger,
+    ctx: &mut MigrateCtx<'_>,
+    opts: ApplyOptions,
+) -> Result<Change, String> {
+    let Op::Migrate {
+        name,
+        uuid,
+        from,
+        to,
+        target_size,
+        bandwidth,
+        deletion_policy,
+        ..
+    } = &action.op
+    else {
+        return Err("not a migration".into());
+    };
+    let src = endpoint(world, from)?;
+    let dst = endpoint(world, to)?;
+    let limit = match (*bandwidth, opts.bandwidth_limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mv = crate::migrate::Move {
+        uuid: *uuid,
+        name,
+        size: *target_size,
+        bandwidth: limit,
+    };
+    let report = crate::migrate::run(&mv, &src, &dst, ctx).map_err(|e| crate::error_chain(&e))?;
+    if let Some(c) = &report.copy {
+        let text = format!(
+            "read {} bytes, wrote {}, zeroed {}{} in {:.1}s; verified (blake3 {})",
+            c.read,
+            c.written,
+            c.zeroed,
+            if c.started_at > 0 {
+                format!(", resumed at byte {}", c.started_at)
+            } else {
+                String::new()
+            },
+            c.elapsed.as_secs_f64(),
+            report.hash.as_deref().unwrap_or("-")
+        );
+        tracing::info!(volume = %name, %uuid, %from, %to, "{text}");
+        ctx.progress.note(action, &text);
+    }
+    ledger.recorded.objects.insert(
+        *uuid,
+        RecordedObject {
+            kind: RecordedKind::Volume,
+            name: name.clone(),
+            backend: to.clone(),
+            size: *target_size,
+            deletion_policy: *deletion_policy,
+        },
+    );
+    Ok(if report.changed {
+        Change::Changed
+    } else {
+        Change::Unchanged
+    })
 }
 
 fn kind_word(k: RecordedKind) -> &'static str {

@@ -61,6 +61,10 @@ pub enum ObjHealth {
     Deleting,
     /// Recorded, but its data is gone (removed outside cinderblock).
     DataMissing,
+    /// The target of a migration in progress: the volume still lives on
+    /// another back end (its source), where it shows as `Ready` (or
+    /// `Deleting` once the copy was verified).
+    Migrating,
     /// The data's size differs from the recorded size.
     SizeMismatch {
         /// Recorded size.
@@ -87,6 +91,9 @@ pub struct Observed {
     pub parent: Option<Uuid>,
     /// Condition.
     pub health: ObjHealth,
+    /// In use: an LV that is open (mounted, mapped, exported). Files cannot
+    /// tell, and say `false`.
+    pub in_use: bool,
 }
 
 /// Capacity figures of one back end, in bytes.
@@ -550,9 +557,11 @@ fn from_lvm_inventory(
             size: o.size,
             allocated: o.allocated,
             parent: o.owned.parent,
+            in_use: o.open,
             health: match o.owned.state {
                 Some(lvm::tags::InFlight::Creating) => ObjHealth::Creating,
                 Some(lvm::tags::InFlight::Deleting) => ObjHealth::Deleting,
+                Some(lvm::tags::InFlight::Migrating) => ObjHealth::Migrating,
                 None if o.invalid => ObjHealth::DataMissing,
                 None => ObjHealth::Ready,
             },
@@ -629,9 +638,11 @@ fn from_file_inventory(inv: &file::Inventory) -> Inventory {
             size: o.meta.size,
             allocated: o.data.map(|d| d.allocated),
             parent: o.meta.parent,
+            in_use: false,
             health: match o.health {
                 Health::Ready => ObjHealth::Ready,
                 Health::Incomplete(file::Phase::Deleting) => ObjHealth::Deleting,
+                Health::Incomplete(file::Phase::Migrating) => ObjHealth::Migrating,
                 Health::Incomplete(_) => ObjHealth::Creating,
                 Health::DataMissing => ObjHealth::DataMissing,
                 Health::SizeMismatch { recorded, actual } => {

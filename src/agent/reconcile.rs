@@ -977,7 +977,9 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         Op::Create {
             kind, name, resume, ..
         } => (*kind, name.clone(), *resume),
-        Op::Extend { name, uuid, .. } | Op::Unexport { name, uuid, .. } => {
+        Op::Extend { name, uuid, .. }
+        | Op::Unexport { name, uuid, .. }
+        | Op::Migrate { name, uuid, .. } => {
             (RecordedKind::Volume, name.clone(), Some(*uuid))
         }
         Op::Record {
@@ -1294,6 +1296,7 @@ mod tests {
             allocated: None,
             parent,
             health: ObjHealth::Ready,
+            in_use: false,
         };
         let name: crate::manifest::Name = "local".parse().unwrap();
         let view = BackendView {

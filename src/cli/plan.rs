@@ -51,6 +51,10 @@ pub(super) struct ApplyArgs {
     /// Recreate, empty, volumes that were deleted outside cinderblock.
     #[arg(long)]
     recreate_lost: bool,
+    /// Read at most this much per second when copying (migrations), e.g.
+    /// `200Mi`; a back end's `migrationBandwidth` may lower it further.
+    #[arg(long, value_name = "BYTES")]
+    bandwidth_limit: Option<crate::manifest::values::Quantity>,
 }
 
 /// A saved plan (`plan --out`).
@@ -172,6 +176,31 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
 #[derive(Default)]
 struct Printer {
     ticker: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// A long copy's latest position, which the ticker reports.
+    copy: std::sync::Arc<std::sync::Mutex<Option<crate::copy::Position>>>,
+    /// The progress bar of a copy, on a terminal.
+    bar: Option<indicatif::ProgressBar>,
+}
+
+/// "read 1.2 GiB of 3 GiB (40%), 210 MiB/s, ETA 9s".
+#[allow(clippy::cast_precision_loss)] // figures shown to people, rounded
+fn copy_line(at: &crate::copy::Position, elapsed: Duration) -> String {
+    use crate::plan::capacity::human;
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = at.read as f64 / secs;
+    let left = at.to_read.saturating_sub(at.read) as f64;
+    let eta = if rate > 0.0 {
+        format!(", ETA {:.0}s", left / rate)
+    } else {
+        String::new()
+    };
+    format!(
+        "read {} of {} ({:.0}%), {}/s{eta}",
+        human(at.read as f64),
+        human(at.to_read as f64),
+        100.0 * at.read as f64 / (at.to_read.max(1) as f64),
+        human(rate)
+    )
 }
 
 const TICK: Duration = Duration::from_secs(10);
@@ -193,33 +222,69 @@ impl Progress for Printer {
             (_, "+") => ("Creating...", "Still creating..."),
             (_, "~") => ("Modifying...", "Still modifying..."),
             (_, "-") => ("Destroying...", "Still destroying..."),
+            (_, ">") => ("Migrating...", "Still migrating..."),
             _ => ("Forgetting...", "Still forgetting..."),
         };
+        if let Ok(mut c) = self.copy.lock() {
+            *c = None;
+        }
         let _ = writeln!(std::io::stdout().lock(), "{}: {verb}", action.address);
         self.stop_ticker();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let address = action.address.clone();
+        let copy = std::sync::Arc::clone(&self.copy);
         let handle = std::thread::spawn(move || {
             let mut elapsed = Duration::ZERO;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TICK) {
                 elapsed += TICK;
+                let detail = copy
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.map(|at| format!("; {}", copy_line(&at, elapsed))))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     std::io::stdout().lock(),
-                    "{address}: {still} [{}s elapsed]",
+                    "{address}: {still} [{}s elapsed{detail}]",
                     elapsed.as_secs()
                 );
             }
         });
         self.ticker = Some((tx, handle));
     }
+    fn copy(&mut self, _action: &Action, at: &crate::copy::Position) {
+        if std::io::stdout().is_terminal() {
+            let bar = self.bar.get_or_insert_with(|| {
+                let bar = indicatif::ProgressBar::new(at.to_read);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "  {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                ) {
+                    bar.set_style(style);
+                }
+                bar
+            });
+            bar.set_position(at.read);
+        } else if let Ok(mut c) = self.copy.lock() {
+            *c = Some(*at);
+        }
+    }
+    fn note(&mut self, action: &Action, text: &str) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let _ = writeln!(std::io::stdout().lock(), "{}: {text}", action.address);
+    }
     fn done(&mut self, action: &Action, changed: bool, elapsed: Duration) {
         self.stop_ticker();
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
         let verb = match (&action.op, action.symbol()) {
             (Op::Export { .. }, _) => "Export complete",
             (Op::Unexport { .. }, _) => "Unexport complete",
             (_, "+") => "Creation complete",
             (_, "~") => "Modifications complete",
             (_, "-") => "Destruction complete",
+            (_, ">") => "Migration complete",
             _ => "Forgotten",
         };
         let note = if changed {
@@ -310,7 +375,12 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
         return Ok(1);
     }
     let mut printer = Printer::default();
-    match apply::apply(&plan, &p.world, &g.state, &mut p.ledger, &mut printer) {
+    let opts = apply::ApplyOptions {
+        bandwidth_limit: args
+            .bandwidth_limit
+            .map(crate::manifest::values::Quantity::bytes),
+    };
+    match apply::apply_with(&plan, &p.world, &g.state, &mut p.ledger, &mut printer, opts) {
         Ok(r) => {
             let mut line = format!(
                 "\nApply complete! Resources: {} added, {} changed, {} destroyed",

@@ -183,7 +183,9 @@ pub fn discover(root: &Path, backend: &str) -> Result<Inventory, FileError> {
         };
         let stat = data.get(&uuid).copied();
         let health = match (meta.state, stat) {
-            (Phase::Creating | Phase::Deleting, _) => Health::Incomplete(meta.state),
+            (Phase::Creating | Phase::Deleting | Phase::Migrating, _) => {
+                Health::Incomplete(meta.state)
+            }
             (Phase::Ready, None) => Health::DataMissing,
             (Phase::Ready, Some(s)) if s.len != meta.size => Health::SizeMismatch {
                 recorded: meta.size,

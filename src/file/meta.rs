@@ -91,6 +91,19 @@ pub enum Phase {
     Ready,
     /// Being removed: data may already be gone.
     Deleting,
+    /// The target of a migration in progress (see [`ObjectMeta::migration`]):
+    /// the volume still lives on its source back end.
+    Migrating,
+}
+
+/// What marks an object as a migration's target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MigrationMark {
+    /// This migration's identity (its journal checkpoints carry it).
+    pub id: Uuid,
+    /// The back end the volume is moving from.
+    pub from: String,
 }
 
 /// The ownership mark.
@@ -143,6 +156,10 @@ pub struct ObjectMeta {
     pub created_at: DateTime<Utc>,
     /// Life-cycle phase.
     pub state: Phase,
+    /// Set while the object is a migration's target; gone once the volume
+    /// has moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationMark>,
 }
 
 impl ObjectMeta {
@@ -262,6 +279,7 @@ mod tests {
             parent: Some(Uuid::from_u128(1)),
             created_at: "2026-01-02T03:04:05Z".parse().unwrap(),
             state: Phase::Ready,
+            migration: None,
         };
         let golden = r#"{
   "format": "cinderblock.file-object",

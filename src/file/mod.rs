@@ -70,7 +70,7 @@ use uuid::Uuid;
 
 pub use copy::{CopyError, CopyMethod, CopyStats};
 pub use discover::{Capacity, DataStat, Foreign, ForeignReason, Health, Inventory, Object};
-pub use meta::{Allocation, ObjectKind, ObjectMeta, Owner, Phase, SourceRef};
+pub use meta::{Allocation, MigrationMark, ObjectKind, ObjectMeta, Owner, Phase, SourceRef};
 
 use crate::state::atomic::{AtomicError, fsync_dir};
 use meta::{MANAGED_BY, META_FORMAT, META_VERSION};
@@ -376,6 +376,9 @@ impl FileBackend {
                 Phase::Deleting => {
                     Err(conflict("is being deleted; finish the delete first".into()))
                 }
+                Phase::Migrating => Err(conflict(
+                    "is the target of a migration; finish or abandon the migration first".into(),
+                )),
                 Phase::Creating => {
                     tracing::info!(uuid = %spec.uuid, "finishing an interrupted create");
                     self.check_source(spec)?;
@@ -407,6 +410,7 @@ impl FileBackend {
                     .flatten(),
                 created_at: Utc::now(),
                 state: Phase::Creating,
+                migration: None,
             };
             meta::write_sidecar(&self.root, &fresh)?;
             Ok(Some(fresh))
@@ -599,6 +603,112 @@ impl FileBackend {
         let dir = meta::meta_dir(&self.root);
         fsync_dir(&dir).map_err(sync_err(&dir))?;
         tracing::info!(%uuid, "deleted");
+        Ok(Change::Changed)
+    }
+
+    /// The target of a migration of volume `uuid`: created (sidecar
+    /// `migrating` with `mark`, then an empty data file of `size` bytes,
+    /// sparse) or, when it exists already as a target, found as it is (a
+    /// resumed migration: its data stays). Returns the mark in force and
+    /// the data file's path.
+    pub fn migration_target(
+        &self,
+        uuid: Uuid,
+        name: &str,
+        size: u64,
+        allocation: Allocation,
+        mark: MigrationMark,
+    ) -> Result<(MigrationMark, PathBuf), FileError> {
+        self.check_root()?;
+        let path = self.data_path(ObjectKind::Volume, uuid);
+        if let Some(existing) = self.get(uuid)? {
+            return match (existing.state, existing.migration) {
+                (Phase::Migrating, Some(m)) if existing.size == size => Ok((m, path)),
+                (state, _) => Err(FileError::Conflict {
+                    name: name.to_owned(),
+                    uuid,
+                    reason: format!(
+                        "exists here as a {:?} object of {} bytes in state {state:?}, not as this migration's target of {size} bytes",
+                        existing.kind, existing.size
+                    ),
+                }),
+            };
+        }
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(FileError::Foreign { path });
+        }
+        self.ensure_meta_dir()?;
+        let meta = ObjectMeta {
+            format: META_FORMAT.to_owned(),
+            version: META_VERSION,
+            uuid,
+            name: name.to_owned(),
+            kind: ObjectKind::Volume,
+            owner: Owner {
+                managed_by: MANAGED_BY.to_owned(),
+                backend: self.backend.clone(),
+            },
+            size,
+            allocation,
+            source: None,
+            parent: None,
+            created_at: Utc::now(),
+            state: Phase::Migrating,
+            migration: Some(mark.clone()),
+        };
+        meta::write_sidecar(&self.root, &meta)?;
+        let file = open_data(&path)?;
+        fill(&file, &path, 0, size, Allocation::Sparse)?;
+        sync(&file, &path)?;
+        fsync_dir(&self.root).map_err(|source| FileError::Metadata {
+            path: self.root.clone(),
+            source,
+        })?;
+        tracing::info!(%uuid, size, "migration target created");
+        Ok((mark, path))
+    }
+
+    /// Makes a migration's target the volume: reserves the rest of a
+    /// preallocated file, syncs, and writes the sidecar `ready` without its
+    /// mark. `Unchanged` when it is the volume already.
+    pub fn promote(&self, uuid: Uuid) -> Result<Change, FileError> {
+        let mut meta = self.ours(uuid)?;
+        if meta.state == Phase::Ready && meta.migration.is_none() {
+            return Ok(Change::Unchanged);
+        }
+        if meta.state != Phase::Migrating {
+            return Err(FileError::Conflict {
+                name: meta.name.clone(),
+                uuid,
+                reason: format!("is {:?}, not a migration's target", meta.state),
+            });
+        }
+        let path = self.data_path(meta.kind, uuid);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(FileError::io("open", &path))?;
+        if meta.allocation == Allocation::Preallocated {
+            fill(&file, &path, 0, meta.size, Allocation::Preallocated)?;
+        }
+        sync(&file, &path)?;
+        meta.state = Phase::Ready;
+        meta.migration = None;
+        meta::write_sidecar(&self.root, &meta)?;
+        tracing::info!(%uuid, "migration target promoted");
+        Ok(Change::Changed)
+    }
+
+    /// Marks an object `deleting` (the first step of [`FileBackend::delete`])
+    /// without removing anything yet: a migration's source once the target
+    /// is verified. `Unchanged` when it is marked already.
+    pub fn mark_deleting(&self, uuid: Uuid) -> Result<Change, FileError> {
+        let mut meta = self.ours(uuid)?;
+        if meta.state == Phase::Deleting {
+            return Ok(Change::Unchanged);
+        }
+        meta.state = Phase::Deleting;
+        meta::write_sidecar(&self.root, &meta)?;
         Ok(Change::Changed)
     }
 

@@ -1,5 +1,5 @@
-//! Data on block devices: zeroing (the wipe before a thick LV is removed) and
-//! the zero-aware copy of a thick clone.
+//! Data on block devices: zeroing (the wipe before a thick LV is removed, and
+//! the gaps of a thick copy target in [`crate::copy`]) and sizes.
 //!
 //! Zeroing is `fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)` on the
 //! device: for a block device the kernel turns it into
@@ -10,12 +10,11 @@
 //! Where the kernel refuses the call (`EOPNOTSUPP`, old kernels), zeros are
 //! written in 8 MiB blocks, with a warning.
 //!
-//! The copy reads the source in 1 MiB blocks and writes only blocks that hold
-//! data; runs of zero blocks, and the target's tail past the source, are zeroed
-//! on the target instead of written. The target is a thick LV whose extents may
-//! hold an earlier LV's bytes, so "skip the holes" (what `dd conv=sparse`
-//! does, deciding from the source) would leave stale data: every byte of the
-//! target is either copied or zeroed.
+//! Copies onto thick LVs (clones, migration targets) are
+//! [`crate::copy`]'s: it writes data blocks and zeroes every other byte of
+//! the target through [`zero`], because a thick LV's extents may hold an
+//! earlier LV's bytes ("skip the holes", what `dd conv=sparse` does, deciding
+//! from the source, would leave stale data).
 //!
 //! Works on regular files too (the unit tests use them).
 
@@ -27,7 +26,6 @@ use std::os::unix::fs::FileExt;
 use nix::errno::Errno;
 use nix::fcntl::{FallocateFlags, fallocate};
 
-const BLOCK: usize = 1 << 20;
 const ZERO_WRITE: usize = 8 << 20;
 /// Largest single zero-range request: bounded so that a slow device gives
 /// control back (and a kill lands) between requests.
@@ -82,52 +80,6 @@ fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// What a copy did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CopyStats {
-    /// Bytes written from the source.
-    pub written: u64,
-    /// Bytes zeroed on the target (zero runs of the source, and the tail).
-    pub zeroed: u64,
-}
-
-/// Copies the first `src_len` bytes of `src` onto `dst` and zeroes `dst` from
-/// there to `dst_len`, writing only blocks that hold data; then syncs `dst`.
-pub fn copy_zeroing(src: &File, dst: &File, src_len: u64, dst_len: u64) -> io::Result<CopyStats> {
-    if dst_len < src_len {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("target holds {dst_len} bytes, less than the source's {src_len}"),
-        ));
-    }
-    let mut stats = CopyStats::default();
-    let mut buf = vec![0u8; BLOCK];
-    let mut pos = 0u64;
-    let mut zero_from: Option<u64> = None;
-    while pos < src_len {
-        let n = usize::try_from(src_len - pos).unwrap_or(BLOCK).min(BLOCK);
-        src.read_exact_at(&mut buf[..n], pos)?;
-        if buf[..n].iter().all(|b| *b == 0) {
-            zero_from.get_or_insert(pos);
-        } else {
-            if let Some(z) = zero_from.take() {
-                zero(dst, z, pos - z)?;
-                stats.zeroed += pos - z;
-            }
-            dst.write_all_at(&buf[..n], pos)?;
-            stats.written += n as u64;
-        }
-        pos += n as u64;
-    }
-    let z = zero_from.unwrap_or(src_len);
-    if dst_len > z {
-        zero(dst, z, dst_len - z)?;
-        stats.zeroed += dst_len - z;
-    }
-    dst.sync_all()?;
-    Ok(stats)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,37 +120,5 @@ mod tests {
         assert!(v[..a].iter().all(|x| *x == 0xaa));
         assert!(v[a..b].iter().all(|x| *x == 0));
         assert!(v[b..].iter().all(|x| *x == 0xaa));
-    }
-
-    #[test]
-    fn copy_writes_data_zeroes_gaps_and_tail_over_stale_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        // source: 1 MiB data, 2 MiB zeros, 1 MiB data, 512 KiB zeros
-        let src = file(dir.path(), "src", 4 * MIB + MIB / 2, 0);
-        src.write_all_at(&vec![1u8; usize::try_from(MIB).unwrap()], 0)
-            .unwrap();
-        src.write_all_at(&vec![2u8; usize::try_from(MIB).unwrap()], 3 * MIB)
-            .unwrap();
-        // target: larger, full of stale bytes
-        let dst = file(dir.path(), "dst", 6 * MIB, 0xee);
-        let stats = copy_zeroing(&src, &dst, 4 * MIB + MIB / 2, 6 * MIB).unwrap();
-        assert_eq!(stats.written, 2 * MIB, "only the data blocks");
-        assert_eq!(
-            stats.zeroed,
-            4 * MIB,
-            "the 2 MiB gap, then 0.5 + 1.5 MiB tail"
-        );
-        let mut want = read_all(&src);
-        want.resize(usize::try_from(6 * MIB).unwrap(), 0);
-        assert!(read_all(&dst) == want, "no stale byte survives");
-    }
-
-    #[test]
-    fn copy_refuses_a_smaller_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = file(dir.path(), "src", 2 * MIB, 1);
-        let dst = file(dir.path(), "dst", MIB, 0);
-        let e = copy_zeroing(&src, &dst, 2 * MIB, MIB).unwrap_err();
-        assert!(e.to_string().contains("less than the source"), "{e}");
     }
 }

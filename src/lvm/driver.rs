@@ -203,6 +203,11 @@ impl<'r> LvmBackend<'r> {
         self
     }
 
+    /// The back end name in owner marks.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
     /// `/dev/<vg>/<lv>`.
     pub fn device(&self, lv: &str) -> PathBuf {
         self.dev.join(&self.vg).join(lv)
@@ -432,6 +437,10 @@ impl<'r> LvmBackend<'r> {
             Some(InFlight::Deleting) => {
                 Err(self.refused(&lv.name, "is being deleted; finish the delete first".into()))
             }
+            Some(InFlight::Migrating) => Err(self.refused(
+                &lv.name,
+                "is the target of a migration; finish or abandon the migration first".into(),
+            )),
             Some(InFlight::Creating) => {
                 let Some(source) = spec.source else {
                     // Only copies have a creating phase; an empty volume has
@@ -492,8 +501,29 @@ impl<'r> LvmBackend<'r> {
         let src_file = open(&src_path, false)?;
         let dst_file = open(&dst_path, true)?;
         let src_len = blockdev::size(&src_file).map_err(io_err("size", &src_path))?;
-        let stats = blockdev::copy_zeroing(&src_file, &dst_file, src_len, dst_size)
-            .map_err(io_err("copy onto", &dst_path))?;
+        let extents = crate::copy::Extents::all(src_len);
+        let stats = crate::copy::copy(
+            &crate::copy::Job {
+                source: &src_file,
+                source_path: &src_path,
+                target: &dst_file,
+                target_path: &dst_path,
+                len: src_len,
+                target_len: dst_size,
+                extents: &extents,
+                // A thick LV's extents hold whatever was there before.
+                kind: crate::copy::Target::MustZero,
+                start: 0,
+                bandwidth: None,
+                hash_source: false,
+            },
+            &mut crate::copy::Quiet,
+        )
+        .map_err(|e| LvmError::Io {
+            op: "copy onto",
+            path: dst_path.clone(),
+            source: std::io::Error::other(crate::error_chain(&e)),
+        })?;
         tracing::info!(lv = %dst, source = %src.name, written = stats.written, zeroed = stats.zeroed, "copied");
         self.clear_state(dst, InFlight::Creating)
     }
@@ -678,6 +708,173 @@ impl<'r> LvmBackend<'r> {
             ),
         )?;
         tracing::info!(%uuid, lv = %lv.name, "released");
+        Ok(Change::Changed)
+    }
+}
+
+/// A migration's source or target on an LVM back end, opened for I/O.
+#[derive(Debug, Clone)]
+pub struct MigrationLv {
+    /// The device node.
+    pub device: PathBuf,
+    /// `lv_size` in bytes.
+    pub size: u64,
+    /// A thin LV (reads zeros where unmapped).
+    pub thin: bool,
+    /// The LV's name.
+    pub lv: String,
+    /// Open (in use).
+    pub open: bool,
+    /// The migration identity, for a target.
+    pub migration: Option<Uuid>,
+    /// The state tag.
+    pub state: Option<InFlight>,
+}
+
+impl LvmBackend<'_> {
+    fn migration_lv(lv: &Lv, owned: &Owned, device: PathBuf) -> MigrationLv {
+        MigrationLv {
+            device,
+            size: lv.size,
+            thin: lv.attr.kind == LvKind::Thin,
+            lv: lv.name.clone(),
+            open: lv.attr.open,
+            migration: tags::migration_of(lv).map(|(id, _)| id),
+            state: owned.state,
+        }
+    }
+
+    /// Volume `uuid` as a migration's source (activated), or `None` when it
+    /// is not here.
+    pub fn migration_source(&self, uuid: Uuid) -> Result<Option<MigrationLv>, LvmError> {
+        let lvs = self.lvs()?;
+        let Some((lv, owned)) = self.find(&lvs, uuid)? else {
+            return Ok(None);
+        };
+        if owned.kind != LvObjKind::Volume {
+            return Err(self.refused(
+                &lv.name,
+                format!("is a {}, not a volume", owned.kind.as_str()),
+            ));
+        }
+        self.ensure_active(lv)?;
+        Ok(Some(Self::migration_lv(lv, &owned, self.device(&lv.name))))
+    }
+
+    /// The target of migration `id` of volume `uuid` from back end `from`:
+    /// found when it exists as this migration's target (a resumed run),
+    /// else created thin or thick per the back end, tagged
+    /// `cinderblock.state=migrating` with the migration's identity in the
+    /// same `lvcreate`, and activated. An LV of this identity in any other
+    /// state is refused.
+    pub fn migration_target(
+        &self,
+        uuid: Uuid,
+        name: &str,
+        size: u64,
+        id: Uuid,
+        from: &str,
+    ) -> Result<MigrationLv, LvmError> {
+        let lvs = self.lvs()?;
+        if let Some((lv, owned)) = self.find(&lvs, uuid)? {
+            if owned.state != Some(InFlight::Migrating) || lv.size != size {
+                return Err(self.refused(
+                    &lv.name,
+                    format!(
+                        "carries volume {uuid} but is not a migration target of {size} bytes (state {}, {} bytes)",
+                        owned.state.map_or("ready", InFlight::as_str),
+                        lv.size
+                    ),
+                ));
+            }
+            self.ensure_active(lv)?;
+            return Ok(Self::migration_lv(lv, &owned, self.device(&lv.name)));
+        }
+        let lv_name = LvObjKind::Volume.lv_name(uuid);
+        self.check_free_name(&lvs, &lv_name)?;
+        let owned = Owned {
+            uuid,
+            name: name.to_owned(),
+            kind: LvObjKind::Volume,
+            parent: None,
+            state: Some(InFlight::Migrating),
+        };
+        let mut t = tags::new_tags(&self.backend, &owned);
+        t.push(tags::tag(tags::MIGRATION, &id.to_string()));
+        t.push(tags::tag(tags::MIGRATING_FROM, from));
+        let c = match &self.pool {
+            Some(pool) => cmd::create_thin(&self.vg, pool, &lv_name, size, &t),
+            None => cmd::create_thick(&self.vg, &lv_name, size, &t),
+        };
+        self.exec("create", self.target(&lv_name), &c)?;
+        tracing::info!(%uuid, lv = %lv_name, size, %id, "migration target created");
+        let lvs = self.lvs()?;
+        let (lv, owned) = self.ours(&lvs, uuid)?;
+        self.ensure_active(lv)?;
+        Ok(Self::migration_lv(lv, &owned, self.device(&lv.name)))
+    }
+
+    /// Makes a migration's target the volume: one `lvchange` removing the
+    /// `migrating` state and the migration tags. `Unchanged` when done.
+    pub fn promote(&self, uuid: Uuid) -> Result<Change, LvmError> {
+        let lvs = self.lvs()?;
+        let (lv, owned) = self.ours(&lvs, uuid)?;
+        match owned.state {
+            None => return Ok(Change::Unchanged),
+            Some(InFlight::Migrating) => {}
+            Some(s) => {
+                return Err(self.refused(
+                    &lv.name,
+                    format!("is {}, not a migration target", s.as_str()),
+                ));
+            }
+        }
+        let del: Vec<String> = lv
+            .tags
+            .iter()
+            .filter(|t| {
+                t.starts_with(&format!("{}=", tags::MIGRATION))
+                    || t.starts_with(&format!("{}=", tags::MIGRATING_FROM))
+            })
+            .cloned()
+            .chain(std::iter::once(tags::tag(
+                tags::STATE,
+                InFlight::Migrating.as_str(),
+            )))
+            .collect();
+        self.exec(
+            "promote",
+            self.target(&lv.name),
+            &cmd::retag(&self.vg, &lv.name, &[], &del),
+        )?;
+        tracing::info!(%uuid, lv = %lv.name, "migration target promoted");
+        Ok(Change::Changed)
+    }
+
+    /// Marks a volume `deleting` (the first step of [`LvmBackend::delete`])
+    /// without removing it yet: a migration's source once the target is
+    /// verified. `Unchanged` when marked already.
+    pub fn mark_deleting(&self, uuid: Uuid) -> Result<Change, LvmError> {
+        let lvs = self.lvs()?;
+        let (lv, owned) = self.ours(&lvs, uuid)?;
+        if owned.state == Some(InFlight::Deleting) {
+            return Ok(Change::Unchanged);
+        }
+        let del: Vec<String> = owned
+            .state
+            .map(|s| tags::tag(tags::STATE, s.as_str()))
+            .into_iter()
+            .collect();
+        self.exec(
+            "mark for deletion",
+            self.target(&lv.name),
+            &cmd::retag(
+                &self.vg,
+                &lv.name,
+                &[tags::tag(tags::STATE, InFlight::Deleting.as_str())],
+                &del,
+            ),
+        )?;
         Ok(Change::Changed)
     }
 }

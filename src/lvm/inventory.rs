@@ -67,6 +67,8 @@ pub struct LvObject {
     pub thin: bool,
     /// A thick snapshot that overflowed (`S`): its data is lost.
     pub invalid: bool,
+    /// Open (in use: mounted, mapped, exported).
+    pub open: bool,
 }
 
 /// What the report says about one back end.
@@ -188,6 +190,7 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
                     allocated: allocated(lv, thin),
                     thin,
                     invalid: lv.attr.kind == LvKind::InvalidSnapshot,
+                    open: lv.attr.open,
                     owned,
                 });
             }

@@ -37,7 +37,7 @@ pub mod tags;
 pub mod thin;
 pub mod thinmap;
 
-pub use driver::{Change, LvmBackend, LvmError, NewLv, Source, Wipe};
+pub use driver::{Change, LvmBackend, LvmError, MigrationLv, NewLv, Source, Wipe};
 
 // A fake lvm2 is a long match over its commands.
 #[cfg(test)]

@@ -58,6 +58,10 @@ pub const PARENT: &str = "cinderblock.parent";
 pub const STATE: &str = "cinderblock.state";
 /// Written in place of the owner mark when an object is let go (`Retain`).
 pub const RELEASED: &str = "cinderblock.released";
+/// A migration target's migration identity (with `state=migrating`).
+pub const MIGRATION: &str = "cinderblock.migration";
+/// A migration target's source back end.
+pub const MIGRATING_FROM: &str = "cinderblock.from";
 
 /// What an LV of ours is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,6 +112,9 @@ pub enum InFlight {
     Creating,
     /// Being wiped and removed.
     Deleting,
+    /// The target of a migration: the volume still lives on its source
+    /// (see [`MIGRATION`]).
+    Migrating,
 }
 
 impl InFlight {
@@ -116,6 +123,7 @@ impl InFlight {
         match self {
             InFlight::Creating => "creating",
             InFlight::Deleting => "deleting",
+            InFlight::Migrating => "migrating",
         }
     }
 }
@@ -212,6 +220,14 @@ pub fn new_tags(backend: &str, owned: &Owned) -> Vec<String> {
     tags
 }
 
+/// A migration target's migration identity and source back end, from its
+/// [`MIGRATION`] and [`MIGRATING_FROM`] tags.
+pub fn migration_of(lv: &Lv) -> Option<(Uuid, String)> {
+    let id = lv.tag_value(MIGRATION).and_then(decode)?;
+    let from = lv.tag_value(MIGRATING_FROM).and_then(decode)?;
+    Some((Uuid::parse_str(&id).ok()?, from))
+}
+
 /// Reads an LV's tags against back end `backend`.
 pub fn ownership(lv: &Lv, backend: &str) -> Ownership {
     let value = |key: &str| lv.tag_value(key).and_then(decode);
@@ -245,7 +261,12 @@ pub fn ownership(lv: &Lv, backend: &str) -> Ownership {
         None => None,
         Some("creating") => Some(InFlight::Creating),
         Some("deleting") => Some(InFlight::Deleting),
-        Some(other) => return damaged(format!("{STATE}={other} is not creating or deleting")),
+        Some("migrating") => Some(InFlight::Migrating),
+        Some(other) => {
+            return damaged(format!(
+                "{STATE}={other} is not creating, deleting or migrating"
+            ));
+        }
     };
     Ownership::Ours(Owned {
         uuid,

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::manifest::kinds::{DeletionPolicy, SecretRef, VolumeClear, VolumeSpec};
+use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeClear, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
 use crate::observe::{
@@ -40,6 +40,9 @@ pub enum Impact {
     MetadataOnly,
     /// Storage grows; no data is lost.
     Grows,
+    /// Data moves to another back end: copied, verified, then the source
+    /// is removed; nothing is lost.
+    Moves,
     /// Data is destroyed.
     DestroysData,
 }
@@ -50,6 +53,7 @@ impl Impact {
         match self {
             Impact::MetadataOnly => "metadata-only",
             Impact::Grows => "grows",
+            Impact::Moves => "moves data (copied and verified before the source is removed)",
             Impact::DestroysData => "destroys data",
         }
     }
@@ -135,6 +139,37 @@ pub enum Op {
         backend: String,
         /// Size.
         size: u64,
+    },
+    /// Move a volume to another back end of this host, keeping its name
+    /// and uuid (or finish an interrupted move).
+    Migrate {
+        /// Manifest name.
+        name: String,
+        /// Identity (kept).
+        uuid: Uuid,
+        /// The back end it lives on.
+        from: String,
+        /// The back end it moves to.
+        to: String,
+        /// Its size now.
+        size: u64,
+        /// Its size on the target (rounded up to the target's extent, or
+        /// grown to a new `spec.size`).
+        target_size: u64,
+        /// Bytes that will be read: the allocated data where the source
+        /// can tell (files; thin LVs), else the whole volume.
+        read: u64,
+        /// The target back end's virtual free bytes (Cinder's formula)
+        /// before and after.
+        target_free: (u64, u64),
+        /// Read at most this many bytes per second (`migrationBandwidth`
+        /// of the source back end).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth: Option<u64>,
+        /// A migration target exists already: the copy resumes.
+        resume: bool,
+        /// Deletion policy to record.
+        deletion_policy: DeletionPolicy,
     },
     /// Create a back end's declared thin pool (`spec.lvm.thinPoolSize`).
     CreatePool {
@@ -224,6 +259,7 @@ impl Action {
             Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } => "~",
             Op::Delete { .. } | Op::Unexport { .. } => "-",
             Op::Forget { .. } => ".",
+            Op::Migrate { .. } => ">",
         }
     }
 }
@@ -313,14 +349,19 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Number of (add, change, destroy, forget) actions.
+    /// Number of (add, change, destroy, forget) actions; a migration counts
+    /// as a change (see [`Plan::migrations`]).
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         let mut c = (0, 0, 0, 0);
         for a in &self.actions {
             match a.op {
                 Op::Create { .. } | Op::CreatePool { .. } => c.0 += 1,
                 Op::Export { ref changes, .. } if changes.is_empty() => c.0 += 1,
-                Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } | Op::Unexport { .. } => {
+                Op::Extend { .. }
+                | Op::Record { .. }
+                | Op::Export { .. }
+                | Op::Unexport { .. }
+                | Op::Migrate { .. } => {
                     c.1 += 1;
                 }
                 Op::Delete { .. } => c.2 += 1,
@@ -328,6 +369,13 @@ impl Plan {
             }
         }
         c
+    }
+    /// Number of migrations.
+    pub fn migrations(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a.op, Op::Migrate { .. }))
+            .count()
     }
     /// Whether any action destroys data.
     pub fn destroys_data(&self) -> bool {
@@ -369,6 +417,8 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
         found: BTreeMap::new(),
         failed: BTreeSet::new(),
         planned: BTreeMap::new(),
+        migrating: BTreeMap::new(),
+        half_moved: BTreeMap::new(),
     };
     p.index();
     p.unsupported();
@@ -393,6 +443,13 @@ struct Planner<'a> {
     planned: BTreeMap<(ObjKind, String), String>,
     /// Back ends whose discovery failed: what lives there is unknown.
     failed: BTreeSet<String>,
+    /// Migration targets in flight, by (kind, name): the volume itself is
+    /// in `found`, on its source back end.
+    migrating: BTreeMap<(ObjKind, String), Found<'a>>,
+    /// Sources left `deleting` by a migration that verified and promoted
+    /// its target, then stopped: the volume itself (the target) is in
+    /// `found`.
+    half_moved: BTreeMap<(ObjKind, String), Found<'a>>,
 }
 
 /// The removal of volume `uuid`'s export, or the error refusing it while an
@@ -462,7 +519,24 @@ impl<'a> Planner<'a> {
             }
         }
         for ((kind, name), list) in seen {
-            if list.len() > 1 {
+            let key = (kind, name.clone());
+            // A migration's target carries the volume's identity beside
+            // the volume itself; it is not a duplicate.
+            let (targets, mut rest): (Vec<_>, Vec<_>) = list
+                .iter()
+                .copied()
+                .partition(|(_, o)| o.health == ObjHealth::Migrating);
+            if rest.len() == 2
+                && rest[0].1.uuid == rest[1].1.uuid
+                && let Some(i) = rest
+                    .iter()
+                    .position(|(_, o)| o.health == ObjHealth::Deleting)
+                && rest[1 - i].1.health != ObjHealth::Deleting
+            {
+                let (backend, obj) = rest.remove(i);
+                self.half_moved.insert(key.clone(), Found { backend, obj });
+            }
+            if rest.len() > 1 || targets.len() > 1 {
                 let where_: Vec<String> = list
                     .iter()
                     .map(|(b, o)| format!("{} on {}", o.uuid, b.name))
@@ -474,8 +548,12 @@ impl<'a> Planner<'a> {
                 ));
                 continue;
             }
-            let (backend, obj) = list[0];
-            self.found.insert((kind, name), Found { backend, obj });
+            if let Some((backend, obj)) = targets.first().copied() {
+                self.migrating.insert(key.clone(), Found { backend, obj });
+            }
+            if let Some((backend, obj)) = rest.first().copied() {
+                self.found.insert(key, Found { backend, obj });
+            }
         }
         // Records of objects that are gone (a set, not a scan per record: ten
         // thousand LVs must plan in milliseconds).
@@ -793,14 +871,6 @@ impl<'a> Planner<'a> {
         if let Some(f) = self.found.get(&key) {
             let (backend, obj) = (f.backend, f.obj);
             let bname = backend.name.as_str().to_owned();
-            if let Some(pin) = &doc.spec.backend
-                && pin != &backend.name
-            {
-                self.out.errors.push(format!(
-                    "{a}: spec.backend is {pin} but the volume lives on {bname}; moving it is a migration, which this version of cinderblock does not support yet (set spec.backend back to {bname})"
-                ));
-                return;
-            }
             let want = round_up(doc.spec.size.bytes(), backend.extent);
             match obj.health {
                 ObjHealth::Creating => {
@@ -825,7 +895,14 @@ impl<'a> Planner<'a> {
                     self.out.errors.push(format!("{a}: its data on {bname} ({}) is gone; restore it from a backup, or remove the manifest", obj.uuid));
                     return;
                 }
+                ObjHealth::Migrating => {
+                    // Not in `found` (see index); never here.
+                    return;
+                }
                 ObjHealth::Ready | ObjHealth::SizeMismatch { .. } => {}
+            }
+            if self.migration(name, doc, backend, obj) {
+                return;
             }
             let have = match obj.health {
                 ObjHealth::SizeMismatch { actual, recorded } => actual.max(recorded),
@@ -903,6 +980,13 @@ impl<'a> Planner<'a> {
                 want.max(have),
                 policy,
             );
+            return;
+        }
+        if let Some(t) = self.migrating.get(&key) {
+            self.out.errors.push(format!(
+                "{a}: only the target of an interrupted migration ({} on {}) exists; its source is gone, so the copy cannot be finished or trusted: restore the volume from a backup, or remove the target's LV/file by hand after checking it",
+                t.obj.uuid, t.backend.name
+            ));
             return;
         }
         if self.held_back(ObjKind::Volume, name.as_str(), doc.spec.backend.as_ref()) {
@@ -1037,6 +1121,289 @@ impl<'a> Planner<'a> {
         );
     }
 
+    /// Where the manifests want an existing volume, when not where it is:
+    /// `Ok(Some((back end, why)))`, `Ok(None)` to stay, `Err` (a plan error)
+    /// when a retype needs a migration that its policy forbids.
+    fn desired_backend(
+        &mut self,
+        a: &str,
+        doc: &'a Doc<VolumeSpec>,
+        cur: &Name,
+        in_flight: Option<&Name>,
+    ) -> Result<Option<(Name, String)>, String> {
+        if let Some(pin) = &doc.spec.backend {
+            return Ok((pin != cur)
+                .then(|| (pin.clone(), format!("spec.backend changed: {cur} -> {pin}"))));
+        }
+        let Some(vt) = &doc.spec.volume_type else {
+            return Ok(None);
+        };
+        let req = Self::request(self.set, doc);
+        let Err(why) = self.sched.fits(cur, &req) else {
+            // A retype in place: the back end still passes the new type's
+            // filters, so only metadata changes (and the type is not
+            // recorded on the object: nothing to write).
+            return Ok(None);
+        };
+        if doc.spec.migration_policy == MigrationPolicy::Never {
+            return Err(format!(
+                "{a}: its back end {cur} does not satisfy volumeType {vt} ({why}), and moving it needs a migration, which migrationPolicy: never (the default, as Cinder) forbids; set migrationPolicy: on-demand to migrate it, pin spec.backend: {cur} to keep it where it is, or set volumeType back"
+            ));
+        }
+        // An interrupted migration to a back end that fits goes on there.
+        if let Some(t) = in_flight
+            && self.sched.fits(t, &req).is_ok()
+        {
+            return Ok(Some((
+                t.clone(),
+                format!(
+                    "its back end {cur} does not satisfy volumeType {vt} ({why}); migrationPolicy: on-demand"
+                ),
+            )));
+        }
+        let candidates: Vec<Name> = self
+            .world
+            .backends
+            .keys()
+            .filter(|k| *k != cur)
+            .cloned()
+            .collect();
+        let mut probe = self.sched.clone();
+        match probe.place(&req, Some(&candidates)) {
+            Ok(b) => Ok(Some((
+                b,
+                format!(
+                    "its back end {cur} does not satisfy volumeType {vt} ({why}); migrationPolicy: on-demand, so it moves to the back end the scheduler picks"
+                ),
+            ))),
+            Err(rej) => Err(format!(
+                "{a}: its back end {cur} does not satisfy volumeType {vt} ({why}), and no other back end can take it:{}",
+                schedule::explain(&rej)
+            )),
+        }
+    }
+
+    /// Plans a migration of an existing, ready volume when the manifests
+    /// want it elsewhere, or finishes or abandons one in flight. `true` when
+    /// the volume is dealt with (an action or an error).
+    #[allow(clippy::too_many_lines)] // one pass over the refusals, each short
+    fn migration(
+        &mut self,
+        name: &Name,
+        doc: &'a Doc<VolumeSpec>,
+        backend: &'a BackendView,
+        obj: &'a Observed,
+    ) -> bool {
+        let key = (ObjKind::Volume, name.as_str().to_owned());
+        let a = addr(ObjKind::Volume, name.as_str());
+        let cur = &backend.name;
+        let policy = doc.spec.deletion_policy;
+        // A verified migration stopped after promoting its target: finish.
+        if let Some(h) = self.half_moved.get(&key) {
+            let from = h.backend.name.as_str().to_owned();
+            self.out.actions.push(Action {
+                address: a,
+                op: Op::Migrate {
+                    name: name.as_str().to_owned(),
+                    uuid: obj.uuid,
+                    from: from.clone(),
+                    to: cur.as_str().to_owned(),
+                    size: h.obj.size,
+                    target_size: obj.size,
+                    read: 0,
+                    target_free: (self.virtual_free(cur), self.virtual_free(cur)),
+                    bandwidth: None,
+                    resume: true,
+                    deletion_policy: policy,
+                },
+                reason: format!("an earlier migration from {from} was verified and switched over, then interrupted; its source is removed"),
+                impact: Impact::Moves,
+            });
+            return true;
+        }
+        let in_flight = self.migrating.get(&key).map(|t| (t.backend, t.obj));
+        let desired = match self.desired_backend(&a, doc, cur, in_flight.map(|(b, _)| &b.name)) {
+            Ok(d) => d,
+            Err(e) => {
+                self.out.errors.push(e);
+                return true;
+            }
+        };
+        // A target in flight that the manifests no longer want goes.
+        if let Some((tb, to)) = in_flight
+            && desired.as_ref().is_none_or(|(d, _)| *d != tb.name)
+        {
+            self.out.actions.push(Action {
+                address: a.clone(),
+                op: Op::Delete {
+                    kind: RecordedKind::Volume,
+                    name: name.as_str().to_owned(),
+                    uuid: to.uuid,
+                    backend: tb.name.as_str().to_owned(),
+                    size: to.size,
+                },
+                reason: format!(
+                    "an interrupted migration to {} is abandoned (the manifests want the volume on {}); its unfinished target is removed, the volume stays intact on {cur}",
+                    tb.name,
+                    desired.as_ref().map_or(cur, |(d, _)| d)
+                ),
+                impact: Impact::DestroysData,
+            });
+        }
+        let Some((to, why)) = desired else {
+            return false;
+        };
+        let resume = in_flight.is_some_and(|(b, _)| b.name == to);
+        let Some(tview) = self.world.backends.get(&to) else {
+            let elsewhere = self.set.backends.get(&to).and_then(|b| b.spec.host.clone());
+            self.out.errors.push(match elsewhere {
+                Some(h) => format!("{a}: {why}, but {to} is a back end of host {h}: moving a volume between hosts is not supported by this version of cinderblock yet; set spec.backend back to {cur}"),
+                None => format!("{a}: {why}, but {to} is not a back end of this host; set spec.backend back to {cur}"),
+            });
+            return true;
+        };
+        if self.failed.contains(to.as_str()) || tview.inventory().is_none() {
+            self.out.errors.push(format!(
+                "{a}: {why}, but back end {to} could not be discovered; nothing is moved to a back end whose content is unknown"
+            ));
+            return true;
+        }
+        let mut refusals: Vec<String> = Vec::new();
+        if let Some(g) = &doc.spec.consistency_group {
+            refusals.push(format!("it is a member of consistency group {g}, whose volumes stay on one back end (Cinder's rule); remove spec.consistencyGroup first"));
+        }
+        let mut snaps: BTreeSet<String> = self
+            .found
+            .values()
+            .filter(|c| c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid))
+            .map(|c| c.obj.name.clone())
+            .collect();
+        snaps.extend(
+            self.set
+                .snapshots
+                .iter()
+                .filter(|(_, s)| s.spec.volume.as_ref() == Some(name))
+                .map(|(n, _)| n.as_str().to_owned()),
+        );
+        if !snaps.is_empty() {
+            let list = snaps
+                .iter()
+                .map(|s| format!("snapshot.{s}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            refusals.push(if doc.spec.migrate_snapshots {
+                format!("it has snapshots ({list}), and moving them with it (migrateSnapshots: true) is not supported by this version of cinderblock yet; delete the snapshots (deletionPolicy: Delete, then remove their manifests) or back them up first")
+            } else {
+                format!("it has snapshots ({list}), which live on its back end; delete them first (deletionPolicy: Delete, then remove their manifests), or set migrateSnapshots: true once this version supports it")
+            });
+        }
+        if obj.in_use {
+            refusals.push(format!(
+                "it is in use (its LV on {cur} is open): stop or detach its users, then plan again"
+            ));
+        }
+        if matches!(obj.health, ObjHealth::SizeMismatch { .. }) {
+            refusals.push("its size differs from the recorded one; let the pending extend finish first (keep spec.backend for one apply)".to_owned());
+        }
+        if let (
+            Driver::Lvm {
+                volume_group: v1, ..
+            },
+            Driver::Lvm {
+                volume_group: v2, ..
+            },
+        ) = (&backend.driver, &tview.driver)
+            && v1 == v2
+        {
+            refusals.push(format!("{cur} and {to} share volume group {v1}, and moving a volume within one volume group is not supported by this version of cinderblock yet"));
+        }
+        let want = round_up(doc.spec.size.bytes(), tview.extent);
+        let target_size = round_up(obj.size, tview.extent).max(want);
+        if want < obj.size {
+            refusals.push(format!(
+                "spec.size {} is smaller than its {}: shrinking is refused",
+                doc.spec.size,
+                format_bytes_exact(obj.size)
+            ));
+        }
+        if !resume {
+            let req = Request {
+                size: target_size,
+                ..Self::request(self.set, doc)
+            };
+            let filters = if doc.spec.backend.is_some() {
+                // A pin is the admin's choice; capacity still counts.
+                self.sched
+                    .pool(&to)
+                    .and_then(|p| p.admit(target_size).reason)
+                    .map(|r| format!("CapacityFilter: {r}"))
+            } else {
+                self.sched.check(&to, &req).err().or_else(|| {
+                    self.sched
+                        .pool(&to)
+                        .and_then(|p| p.admit(target_size).reason)
+                        .map(|r| format!("CapacityFilter: {r}"))
+                })
+            };
+            if let Some(r) = filters {
+                refusals.push(format!("{to} cannot take it: {r}"));
+            }
+        }
+        if !refusals.is_empty() {
+            self.out.errors.push(format!(
+                "{a}: {why}, but the volume cannot be migrated: {}",
+                refusals.join("; ")
+            ));
+            return true;
+        }
+        let before = self.virtual_free(&to);
+        if !resume {
+            self.sched.commit(&to, target_size);
+        }
+        let after = self.virtual_free(&to);
+        self.sched.release(cur, obj.size, true);
+        let read = match backend.driver {
+            Driver::File { .. } => obj.allocated.unwrap_or(obj.size).min(obj.size),
+            Driver::Lvm { .. } => obj.size,
+        };
+        let bandwidth = self
+            .set
+            .backends
+            .get(cur)
+            .and_then(|b| b.spec.migration_bandwidth)
+            .map(|q| q.bytes());
+        self.out.actions.push(Action {
+            address: a,
+            op: Op::Migrate {
+                name: name.as_str().to_owned(),
+                uuid: obj.uuid,
+                from: cur.as_str().to_owned(),
+                to: to.as_str().to_owned(),
+                size: obj.size,
+                target_size,
+                read,
+                target_free: (before, after),
+                bandwidth,
+                resume,
+                deletion_policy: policy,
+            },
+            reason: if resume {
+                format!("{why}; an interrupted migration resumes from its last checkpoint")
+            } else {
+                why
+            },
+            impact: Impact::Moves,
+        });
+        true
+    }
+
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped at 0, shown rounded
+    fn virtual_free(&self, b: &Name) -> u64 {
+        self.sched
+            .pool(b)
+            .map_or(0, |p| p.virtual_free().max(0.0) as u64)
+    }
+
     fn backend_of(&self, kind: ObjKind, name: &str) -> Option<String> {
         let key = (kind, name.to_owned());
         if let Some(f) = self.found.get(&key) {
@@ -1114,6 +1481,8 @@ impl<'a> Planner<'a> {
                     ObjHealth::Ready | ObjHealth::SizeMismatch { .. } => {
                         self.record_if_needed(ObjKind::Snapshot, name.as_str(), obj.uuid, &bname, obj.size, policy);
                     }
+                    // Only volumes migrate, and targets are not in `found`.
+                    ObjHealth::Migrating => {}
                 }
                 return;
             }

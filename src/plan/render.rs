@@ -158,9 +158,14 @@ pub fn summary(plan: &Plan) -> String {
         };
     }
     let (add, change, destroy, forget) = plan.counts();
+    let migrate = plan.migrations();
+    let change = change - migrate;
     let mut line = format!("Plan: {add} to add, {change} to change, {destroy} to destroy");
     if forget > 0 {
         let _ = write!(line, ", {forget} to forget");
+    }
+    if migrate > 0 {
+        let _ = write!(line, ", {migrate} to migrate");
     }
     line.push('.');
     if !plan.errors.is_empty() {
@@ -211,12 +216,21 @@ fn action(s: &mut String, a: &Action) {
             name.clone(),
         ),
         Op::Unexport { name, .. } => ("will no longer be exported", "iscsi_export", name.clone()),
+        Op::Migrate { name, resume, .. } => (
+            if *resume {
+                "will be migrated (resumed)"
+            } else {
+                "will be migrated"
+            },
+            "volume",
+            name.clone(),
+        ),
     };
     let _ = writeln!(s, "  # {} {verb}", a.address);
     let _ = writeln!(s, "  # (because {})", a.reason);
     let sym = a.symbol();
     let _ = writeln!(s, "  {sym} {word} {name:?} {{");
-    let mut attrs: Vec<(String, String, String)> = Vec::new(); // (mark, key, value)
+    let mut attrs: Attrs = Vec::new(); // (mark, key, value)
     match &a.op {
         Op::CreatePool {
             backend,
@@ -372,6 +386,25 @@ fn action(s: &mut String, a: &Action) {
                 attrs.push((" ".into(), "data".into(), "(kept)".into()));
             }
         }
+        Op::Migrate {
+            uuid,
+            from,
+            to,
+            size,
+            target_size,
+            read,
+            target_free,
+            bandwidth,
+            ..
+        } => migrate_attrs(
+            &mut attrs,
+            *uuid,
+            (from, to),
+            (*size, *target_size),
+            *read,
+            *target_free,
+            *bandwidth,
+        ),
     }
     let width = attrs.iter().map(|(_, k, _)| k.len()).max().unwrap_or(0);
     for (mark, key, value) in attrs {
@@ -379,6 +412,72 @@ fn action(s: &mut String, a: &Action) {
     }
     let _ = writeln!(s, "    }}");
     let _ = writeln!(s, "    impact: {}", a.impact.as_str());
+}
+
+type Attrs = Vec<(String, String, String)>;
+
+#[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded
+fn migrate_attrs(
+    attrs: &mut Attrs,
+    uuid: uuid::Uuid,
+    (from, to): (&str, &str),
+    (size, target_size): (u64, u64),
+    read: u64,
+    (free_before, free_after): (u64, u64),
+    bandwidth: Option<u64>,
+) {
+    attrs.push((">".into(), "backend".into(), format!("{from:?} -> {to:?}")));
+    attrs.push((" ".into(), "id".into(), uuid.to_string()));
+    if target_size == size {
+        attrs.push((" ".into(), "size".into(), format_bytes_exact(size)));
+    } else {
+        attrs.push((
+            "~".into(),
+            "size".into(),
+            format!(
+                "{} -> {}",
+                format_bytes_exact(size),
+                format_bytes_exact(target_size)
+            ),
+        ));
+    }
+    attrs.push((
+        " ".into(),
+        "read".into(),
+        if read < size {
+            format!(
+                "{} (the allocated data; holes are not read)",
+                human(read as f64)
+            )
+        } else {
+            format!(
+                "{} (the whole volume; zero blocks are detected and not written)",
+                human(read as f64)
+            )
+        },
+    ));
+    attrs.push((
+        " ".into(),
+        "target".into(),
+        format!(
+            "{to}: virtual free {} -> {}",
+            human(free_before as f64),
+            human(free_after as f64)
+        ),
+    ));
+    attrs.push((
+        " ".into(),
+        "bandwidth".into(),
+        bandwidth.map_or_else(
+            || "unlimited".to_owned(),
+            |b| format!("{}/s", human(b as f64)),
+        ),
+    ));
+    attrs.push((
+        " ".into(),
+        "disruption".into(),
+        "none: name and id are kept; the volume must stay unused until the step ends (a write during the copy fails the verification and keeps the source)".into(),
+    ));
 }
 
 /// The machine-readable plan document (`plan --json`).
@@ -409,6 +508,7 @@ struct JsonSummary {
     change: usize,
     destroy: usize,
     forget: usize,
+    migrate: usize,
     destroys_data: bool,
     applicable: bool,
 }
@@ -416,6 +516,7 @@ struct JsonSummary {
 /// The plan as a JSON document.
 pub fn json(plan: &Plan) -> JsonPlan<'_> {
     let (add, change, destroy, forget) = plan.counts();
+    let change = change - plan.migrations();
     JsonPlan {
         format_version: "1.0",
         fingerprint: &plan.fingerprint,
@@ -429,6 +530,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
                     Op::Create { .. } | Op::CreatePool { .. } => "create",
                     Op::Export { ref changes, .. } if changes.is_empty() => "create",
                     Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } => "update",
+                    Op::Migrate { .. } => "migrate",
                     Op::Delete { .. } | Op::Unexport { .. } => "delete",
                     Op::Forget { .. } => "forget",
                 },
@@ -445,6 +547,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             change,
             destroy,
             forget,
+            migrate: plan.migrations(),
             destroys_data: plan.destroys_data(),
             applicable: plan.errors.is_empty(),
         },

@@ -109,6 +109,16 @@ impl<'w> Scheduler<'w> {
 
     /// Checks one back end against every filter.
     pub fn check(&self, backend: &Name, req: &Request<'_>) -> Result<(), String> {
+        self.filter(backend, req, true)
+    }
+
+    /// Checks one back end against every filter but capacity: whether a
+    /// volume already there may stay (a retype in place).
+    pub fn fits(&self, backend: &Name, req: &Request<'_>) -> Result<(), String> {
+        self.filter(backend, req, false)
+    }
+
+    fn filter(&self, backend: &Name, req: &Request<'_>, capacity: bool) -> Result<(), String> {
         let Some(view) = self.world.backends.get(backend) else {
             return Err("not a back end of this host".into());
         };
@@ -127,12 +137,13 @@ impl<'w> Scheduler<'w> {
                         ));
                     }
                 }
-                FilterName::CapacityFilter => {
+                FilterName::CapacityFilter if capacity => {
                     let a = slot.pool.admit(req.size);
                     if let Some(r) = a.reason {
                         return Err(format!("CapacityFilter: {r}"));
                     }
                 }
+                FilterName::CapacityFilter => {}
                 FilterName::CapabilitiesFilter => {
                     if let Some(specs) = req.extra_specs {
                         capabilities(view, slot, specs)?;

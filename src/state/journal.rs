@@ -105,6 +105,16 @@ pub enum Event {
         /// When the step started (its intent's time).
         started_at: DateTime<Utc>,
     },
+    /// A long copy's progress inside the step (a migration): the target's
+    /// data is durable up to `offset`, so a later run may resume there.
+    Checkpoint {
+        /// The migration's identity (also marked on its target).
+        migration: Uuid,
+        /// Bytes of the volume done.
+        offset: u64,
+        /// Bytes read by this run so far.
+        read: u64,
+    },
 }
 
 /// One journal line.
@@ -247,6 +257,29 @@ impl Journal {
         Ok(record)
     }
 
+    /// Journals a copy checkpoint inside the step of `intent`.
+    pub fn checkpoint(
+        &mut self,
+        intent: &Record,
+        migration: Uuid,
+        offset: u64,
+        read: u64,
+    ) -> Result<(), JournalError> {
+        let record = Record {
+            v: RECORD_VERSION,
+            plan_id: intent.plan_id,
+            step: intent.step,
+            action: intent.action.clone(),
+            at: Utc::now(),
+            event: Event::Checkpoint {
+                migration,
+                offset,
+                read,
+            },
+        };
+        self.append(&record)
+    }
+
     /// The journal file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -272,9 +305,27 @@ impl JournalContents {
                 Event::Outcome { .. } => {
                     open.retain(|i| (i.plan_id, i.step) != (record.plan_id, record.step));
                 }
+                Event::Checkpoint { .. } => {}
             }
         }
         open
+    }
+
+    /// The offset of the last checkpoint of `migration` (0: none, or it was
+    /// reset after a failed verification).
+    pub fn checkpoint(&self, migration: Uuid) -> u64 {
+        self.records
+            .iter()
+            .rev()
+            .find_map(|r| match r.event {
+                Event::Checkpoint {
+                    migration: m,
+                    offset,
+                    ..
+                } if m == migration => Some(offset),
+                _ => None,
+            })
+            .unwrap_or(0)
     }
 }
 

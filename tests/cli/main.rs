@@ -19,6 +19,7 @@ mod examples;
 mod export;
 mod fuzz;
 mod lvm_plan;
+mod migrate;
 mod plan;
 mod schema;
 mod support;

@@ -13,5 +13,6 @@ mod harness;
 mod iscsi;
 mod lvm;
 mod lvm_backend;
+mod migrate;
 mod nfs;
 mod smoke;

@@ -1,0 +1,229 @@
+//! Migration between back ends on real LVM, in one VM boot: thick → thin and
+//! thin → thick between two VGs, file → LVM and LVM → file. Data survives
+//! (sha256 of the whole device or file), identity tags move, the source is
+//! gone, a thin target stays sparse, and a thick target reads zeros where its
+//! thin source was unmapped even though its VG's free space was first filled
+//! with 0xff garbage (Cinder's `dd conv=sparse` would leave the garbage).
+
+use crate::harness::{Outcome, Scenario};
+use cinderblock::lvm::report::{self, Lv};
+
+const H: &str = "apiVersion: cinderblock.dev/v1alpha1\n";
+
+const GUEST_LIB: &str = r#"
+cb() { cinderblock --state st --host lab "$@"; }
+lv_path() { p=$(lvs --noheadings -o lv_path "@cinderblock.name=$1" | tr -d ' '); [ -n "$p" ] || { echo "no LV named $1" >&2; return 1; }; echo "$p"; }
+file_path() { for f in /srv/files/.cinderblock/*.json; do grep -q "\"name\": \"$1\"" "$f" && { u=$(basename "$f" .json); echo "/srv/files/volume-$u"; return 0; }; done; echo "no file volume $1" >&2; return 1; }
+report() { lvs -a --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_uuid,lv_size,lv_attr,origin,pool_lv,data_percent,metadata_percent,thin_id,lv_tags > "$OUT/$1"; }
+"#;
+
+/// The site with each volume on the back end given.
+fn site(v1: &str, v2: &str, v3: &str) -> String {
+    let backend = |name: &str, spec: &str| {
+        format!("---\n{H}kind: Backend\nmetadata:\n  name: {name}\nspec:\n  host: lab\n{spec}")
+    };
+    let volume = |name: &str, on: &str| {
+        format!(
+            "---\n{H}kind: Volume\nmetadata:\n  name: {name}\nspec:\n  size: 64Mi\n  backend: {on}\n"
+        )
+    };
+    [
+        backend("thick-a", "  lvm:\n    volumeGroup: vg-a\n"),
+        backend(
+            "thin-b",
+            "  lvm:\n    volumeGroup: vg-b\n    thinPool: pool-b\n    thinPoolSize: 1Gi\n",
+        ),
+        backend("files", "  file:\n    path: /srv/files\n"),
+        volume("v1", v1),
+        volume("v2", v2),
+        volume("v3", v3),
+    ]
+    .concat()
+}
+
+fn sh(body: &str) -> String {
+    format!(". ./lib-mig.sh\n{body}")
+}
+
+fn lvs(out: &Outcome, file: &str) -> Vec<Lv> {
+    report::parse_lvs(out.file(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn named<'a>(lvs: &'a [Lv], name: &str) -> Option<&'a Lv> {
+    lvs.iter()
+        .find(|l| l.tag_value("cinderblock.name") == Some(name))
+}
+
+fn rc(out: &Outcome, step: &str) -> i32 {
+    out.step(step).rc.unwrap_or(-1)
+}
+
+/// `name=sha` lines of a step's output.
+fn shas(out: &Outcome, step: &str) -> Vec<(String, String)> {
+    out.stdout(step)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the VM lab"]
+#[allow(clippy::too_many_lines)] // one VM boot: the steps, then what they showed
+fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
+    let out = Scenario::new("migrate")
+        .file("lib-mig.sh", GUEST_LIB)
+        .file("s1/site.yaml", site("thick-a", "thin-b", "files"))
+        .file("s2/site.yaml", site("thin-b", "thin-b", "files"))
+        .file("s3/site.yaml", site("thin-b", "thick-a", "thick-a"))
+        .file("s4/site.yaml", site("files", "thick-a", "thick-a"))
+        .step(
+            "setup",
+            "mkdir -p /srv/files
+             pvcreate -y --setphysicalvolumesize 512M /dev/vda >/dev/null
+             vgcreate vg-a /dev/vda >/dev/null
+             pvcreate -y /dev/vdb >/dev/null
+             vgcreate vg-b /dev/vdb >/dev/null",
+        )
+        .step("create", &sh("cb apply -f s1 --auto-approve"))
+        .step(
+            "write",
+            &sh(
+                "dd if=/dev/urandom of=$(lv_path v1) bs=1M count=8 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(lv_path v1) bs=1M count=8 seek=40 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(lv_path v2) bs=1M count=4 seek=10 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(lv_path v2) bs=1M count=4 seek=50 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(file_path v3) bs=1M count=5 seek=20 conv=notrunc 2>/dev/null
+                 echo v1=$(sha < $(lv_path v1))
+                 echo v2=$(sha < $(lv_path v2))
+                 echo v3=$(sha < $(file_path v3))
+                 report before.json",
+            ),
+        )
+        .step_any("plan_thick_to_thin", &sh("cb plan -f s2 --detailed-exitcode"))
+        .step("thick_to_thin", &sh("cb apply -f s2 --auto-approve"))
+        .step(
+            "garbage",
+            // Every free extent of vg-a (including v1's old ones) full of 0xff.
+            "lvcreate -y -Wn -Zn -l 100%FREE -n garbage vg-a >/dev/null
+             tr '\\000' '\\377' < /dev/zero | dd of=/dev/vg-a/garbage bs=1M oflag=direct 2>/dev/null || true
+             dd if=/dev/vg-a/garbage bs=1M count=1 skip=100 2>/dev/null | od -An -tx1 | head -1
+             lvremove -y vg-a/garbage >/dev/null",
+        )
+        .step_any(
+            "plan_to_thick",
+            &sh("cb plan -f s3 --detailed-exitcode"),
+        )
+        .step("to_thick", &sh("cb apply -f s3 --auto-approve"))
+        .step(
+            "after_thick",
+            &sh(
+                "echo v1=$(sha < $(lv_path v1))
+                 echo v2=$(sha < $(lv_path v2))
+                 echo v3=$(sha < $(lv_path v3))
+                 echo unmapped=$(dd if=$(lv_path v2) bs=1M count=36 skip=14 2>/dev/null | tr -d '\\000' | wc -c)
+                 ls /srv/files | grep -c volume- || true
+                 report after.json",
+            ),
+        )
+        .step("to_file", &sh("cb apply -f s4 --auto-approve"))
+        .step(
+            "after_file",
+            &sh(
+                "echo v1=$(sha < $(file_path v1))
+                 echo blocks=$(stat -c %b $(file_path v1))
+                 report final.json",
+            ),
+        )
+        .step_any("replan", &sh("cb plan -f s4 --detailed-exitcode"))
+        .run();
+
+    let before = shas(&out, "write");
+    assert_eq!(before.len(), 3, "{}", out.stdout("write"));
+    let lvs_before = lvs(&out, "before.json");
+    let v1_uuid = named(&lvs_before, "v1")
+        .and_then(|l| l.tag_value("cinderblock.uuid"))
+        .unwrap()
+        .to_owned();
+    let v2_uuid = named(&lvs_before, "v2")
+        .and_then(|l| l.tag_value("cinderblock.uuid"))
+        .unwrap()
+        .to_owned();
+
+    // thick → thin: planned as a move of the whole thick volume
+    assert_eq!(rc(&out, "plan_thick_to_thin"), 2, "{}", out.report("plan"));
+    let p = out.stdout("plan_thick_to_thin");
+    assert!(
+        p.contains("> backend    = \"thick-a\" -> \"thin-b\""),
+        "{p}"
+    );
+    assert!(p.contains("1 to migrate."), "{p}");
+
+    // the garbage really was there
+    assert!(
+        out.stdout("garbage").contains("ff ff ff ff"),
+        "{}",
+        out.stdout("garbage")
+    );
+
+    // thin → thick and file → thick, over the garbage
+    assert_eq!(rc(&out, "plan_to_thick"), 2, "{}", out.report("plan"));
+    assert!(out.stdout("plan_to_thick").contains("2 to migrate."));
+    let after = shas(&out, "after_thick");
+    for (name, sha) in &before {
+        assert!(
+            after.contains(&(name.clone(), sha.clone())),
+            "{name}: data changed in the move: {after:?} vs {before:?}"
+        );
+    }
+    assert!(
+        after.contains(&("unmapped".into(), "0".into())),
+        "the thick target keeps garbage where the thin source was unmapped: {after:?}"
+    );
+    let lvs_after = lvs(&out, "after.json");
+    let v1 = named(&lvs_after, "v1").unwrap();
+    assert_eq!(v1.vg, "vg-b", "v1 moved to the thin pool");
+    assert_eq!(v1.tag_value("cinderblock.uuid"), Some(v1_uuid.as_str()));
+    assert_eq!(v1.tag_value("cinderblock.backend"), Some("thin-b"));
+    assert_eq!(v1.tag_value("cinderblock.state"), None);
+    assert_eq!(v1.tag_value("cinderblock.migration"), None);
+    assert!(
+        v1.data_percent.is_some_and(|p| p < 30.0),
+        "the thin target is sparse (16 of 64 MiB written): {:?}",
+        v1.data_percent
+    );
+    let v2 = named(&lvs_after, "v2").unwrap();
+    assert_eq!(v2.vg, "vg-a", "v2 moved to the thick VG");
+    assert_eq!(v2.tag_value("cinderblock.uuid"), Some(v2_uuid.as_str()));
+    assert_eq!(v2.tag_value("cinderblock.backend"), Some("thick-a"));
+    assert_eq!(v2.tag_value("cinderblock.state"), None);
+    assert_eq!(
+        lvs_after
+            .iter()
+            .filter(|l| l.tag_value("cinderblock.name").is_some())
+            .count(),
+        3,
+        "each volume once, sources gone: {lvs_after:#?}"
+    );
+    assert!(named(&lvs_after, "v3").is_some_and(|l| l.vg == "vg-a"));
+    assert!(
+        out.stdout("after_thick").lines().any(|l| l == "0"),
+        "no volume file left: {}",
+        out.stdout("after_thick")
+    );
+
+    // LVM (thin) → file, sparse
+    let fin = shas(&out, "after_file");
+    assert!(fin.contains(&("v1".into(), before[0].1.clone())), "{fin:?}");
+    let blocks: u64 = fin
+        .iter()
+        .find(|(k, _)| k == "blocks")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap();
+    assert!(
+        blocks * 512 <= 20 << 20,
+        "the file is sparse: {blocks} blocks"
+    );
+    assert!(named(&lvs(&out, "final.json"), "v1").is_none());
+    assert_eq!(rc(&out, "replan"), 0, "{}", out.stdout("replan"));
+}
