@@ -979,9 +979,7 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         } => (*kind, name.clone(), *resume),
         Op::Extend { name, uuid, .. }
         | Op::Unexport { name, uuid, .. }
-        | Op::Migrate { name, uuid, .. } => {
-            (RecordedKind::Volume, name.clone(), Some(*uuid))
-        }
+        | Op::Migrate { name, uuid, .. } => (RecordedKind::Volume, name.clone(), Some(*uuid)),
         Op::Record {
             kind, name, uuid, ..
         }

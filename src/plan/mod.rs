@@ -1297,7 +1297,21 @@ impl<'a> Planner<'a> {
                 format!("it has snapshots ({list}), which live on its back end; delete them first (deletionPolicy: Delete, then remove their manifests), or set migrateSnapshots: true once this version supports it")
             });
         }
-        if obj.in_use {
+        if let Some(e) = self
+            .world
+            .exports
+            .get(obj.uuid)
+            .filter(|e| doc.spec.export.is_some() || !e.logged_in.is_empty())
+        {
+            // (Without spec.export and with nobody logged in, the exports
+            // pass unexports it before the move.)
+            let iqn = e.iqn.as_deref().unwrap_or("(backstore only)");
+            refusals.push(if e.logged_in.is_empty() {
+                format!("it is exported over iSCSI as {iqn}, and the export points at its data on {cur}: remove spec.export for the move (no initiator is logged in) and add it back afterwards")
+            } else {
+                format!("it is in use: initiator(s) {} are logged in to {iqn}; log them out and remove spec.export for the move, then add it back", e.logged_in.join(", "))
+            });
+        } else if obj.in_use {
             refusals.push(format!(
                 "it is in use (its LV on {cur} is open): stop or detach its users, then plan again"
             ));
@@ -1616,7 +1630,17 @@ impl<'a> Planner<'a> {
             let Some(want) = doc.spec.export.as_ref().map(|e| &e.iscsi) else {
                 if let (Some(o), Some(u)) = (observed, uuid) {
                     match unexport_action(&a, name.as_str(), u, o, "spec.export was removed") {
-                        Ok(x) => self.out.actions.push(x),
+                        // Before a migration of the same volume: the export
+                        // holds its data open where it is now.
+                        Ok(x) => match self
+                            .out
+                            .actions
+                            .iter()
+                            .position(|m| m.address == a && matches!(m.op, Op::Migrate { .. }))
+                        {
+                            Some(i) => self.out.actions.insert(i, x),
+                            None => self.out.actions.push(x),
+                        },
                         Err(e) => self.out.errors.push(e),
                     }
                 }

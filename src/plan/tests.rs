@@ -656,3 +656,47 @@ fn an_export_without_lio_is_a_plan_error_saying_how_to_load_it() {
     );
     assert!(p.errors[0].contains("modprobe target_core_mod iscsi_target_mod"));
 }
+
+#[test]
+fn an_exported_volume_is_not_migrated_and_the_error_says_how() {
+    // spec.export removed in the same change: unexport, then move.
+    let (set, mut w) = moving(vec![], "");
+    w.exports = exported(1, &[INI_A], &[]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(
+            p.actions[..],
+            [
+                super::Action {
+                    op: Op::Unexport { .. },
+                    ..
+                },
+                super::Action {
+                    op: Op::Migrate { .. },
+                    ..
+                }
+            ]
+        ),
+        "{:?}",
+        p.actions
+    );
+    // Still declared: refused.
+    let (set, mut w) = moving(vec![], &export_yaml(&[INI_A]));
+    w.exports = exported(1, &[INI_A], &[]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    assert!(
+        p.errors[0].ends_with("it is exported over iSCSI as iqn.2010-10.dev.cinderblock:volume-00000000-0000-0000-0000-000000000001, and the export points at its data on a: remove spec.export for the move (no initiator is logged in) and add it back afterwards"),
+        "{:?}",
+        p.errors
+    );
+    w.exports = exported(1, &[INI_A], &[INI_A]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(
+        p.errors[0].contains("in use: initiator(s) iqn.1994-05.com.example:a are logged in"),
+        "{:?}",
+        p.errors
+    );
+}
