@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::exec::Exec;
 use crate::file::{self, Change, FileBackend, NewObject};
+use crate::iscsi::lio;
 use crate::lvm::{self, LvmBackend, NewLv, Wipe};
 use crate::manifest::kinds::{Allocation, VolumeClear};
 use crate::observe::{Driver, World};
@@ -239,7 +240,14 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
     }
     match a.op {
         Op::Create { .. } | Op::CreatePool { .. } => r.added += 1,
-        Op::Extend { .. } | Op::Record { .. } | Op::Migrate { .. } => r.changed += 1,
+        Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
+        Op::Extend { .. }
+        | Op::Record { .. }
+        | Op::Export { .. }
+        | Op::Unexport { .. }
+        | Op::Migrate { .. } => {
+            r.changed += 1;
+        }
         Op::Delete { .. } => r.destroyed += 1,
         Op::Forget { .. } => r.forgotten += 1,
     }
@@ -277,6 +285,24 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
             )
         }
         Op::Delete { uuid, backend, .. } => format!("delete {} id={uuid} on {backend}", a.address),
+        Op::Export {
+            uuid,
+            backend,
+            iqn,
+            initiators,
+            ..
+        } => format!(
+            "export {} id={} on {backend} as {} to {}",
+            a.address,
+            uuid.map(|u| u.to_string()).unwrap_or_default(),
+            iqn.as_deref().unwrap_or("(default)"),
+            initiators.join(",")
+        ),
+        Op::Unexport { uuid, iqn, .. } => format!(
+            "unexport {} id={uuid} {}",
+            a.address,
+            iqn.as_deref().unwrap_or_default()
+        ),
         Op::Migrate {
             uuid,
             from,
@@ -340,6 +366,13 @@ fn from_lvm(c: lvm::Change) -> Change {
     match c {
         lvm::Change::Unchanged => Change::Unchanged,
         lvm::Change::Changed => Change::Changed,
+    }
+}
+
+fn from_lio(c: lio::Change) -> Change {
+    match c {
+        lio::Change::Unchanged => Change::Unchanged,
+        lio::Change::Changed => Change::Changed,
     }
 }
 
@@ -506,6 +539,73 @@ fn run(
                 Change::Changed
             })
         }
+        Op::Export {
+            name,
+            uuid,
+            backend,
+            iqn,
+            initiators,
+            portals,
+            chap,
+            ..
+        } => {
+            let uuid = uuid
+                .or_else(|| created.get(&(RecordedKind::Volume, name.clone())).copied())
+                .ok_or_else(|| format!("volume {name} does not exist"))?;
+            let device = match target(world, backend)? {
+                Target::File(fb, _) => {
+                    let size = ledger
+                        .recorded
+                        .objects
+                        .get(&uuid)
+                        .map(|r| r.size)
+                        .or_else(|| {
+                            world
+                                .backends
+                                .values()
+                                .filter_map(|b| b.inventory())
+                                .flat_map(|i| i.objects.iter())
+                                .find(|o| o.uuid == uuid)
+                                .map(|o| o.size)
+                        })
+                        .ok_or_else(|| format!("the size of volume {name} is unknown"))?;
+                    lio::Device::File {
+                        path: fb.data_path(file::ObjectKind::Volume, uuid),
+                        size,
+                    }
+                }
+                Target::Lvm(lb) => {
+                    lio::Device::Block(lb.device(&lvm::tags::LvObjKind::Volume.lv_name(uuid)))
+                }
+            };
+            let chap = chap
+                .as_ref()
+                .map(|r| {
+                    lio::read_chap(
+                        r.file
+                            .as_ref()
+                            .map(crate::manifest::values::AbsPath::as_path),
+                        r.env.as_deref(),
+                    )
+                })
+                .transpose()?;
+            let spec = lio::ExportSpec {
+                uuid,
+                iqn: iqn.clone().unwrap_or_else(|| lio::default_iqn(uuid)),
+                device,
+                initiators: initiators.clone(),
+                chap,
+                portals: portals.clone(),
+            };
+            lio::LioDriver::new(lio::root())
+                .export(&spec)
+                .map(from_lio)
+                .map_err(|e| crate::error_chain(&e))
+        }
+        Op::Unexport { uuid, .. } => lio::LioDriver::new(lio::root())
+            .unexport(*uuid, false)
+            .map(from_lio)
+            .map_err(|e| crate::error_chain(&e)),
         Op::Delete { uuid, backend, .. } => {
             let change = match target(world, backend)? {
                 Target::File(fb, _) => fb.delete(*uuid).map_err(err)?,

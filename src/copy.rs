@@ -149,6 +149,16 @@ impl Extents {
         self.0.iter().map(|r| r.end - r.start).sum()
     }
 
+    /// Whether every range of `other` lies in grid blocks these ranges touch
+    /// (a target holds data only where its source does).
+    pub fn covers(&self, other: &Extents, len: u64) -> bool {
+        let blocks = self.blocks(len);
+        other
+            .0
+            .iter()
+            .all(|r| blocks.iter().any(|b| b.start <= r.start && r.end <= b.end))
+    }
+
     /// Grid blocks touched by the ranges, as grid-aligned ranges clamped to
     /// `len`, merged.
     fn blocks(&self, len: u64) -> Vec<Range<u64>> {
@@ -198,6 +208,10 @@ pub struct Job<'a> {
     /// Compute the source's content hash on the way (migrations verify;
     /// clones need not pay for it).
     pub hash_source: bool,
+    /// Also read the target back behind the writer and hash it (a
+    /// [`Target::Holes`] target copied from 0 only: elsewhere the caller
+    /// hashes the target after the copy).
+    pub read_back: bool,
 }
 
 /// Where a copy is.
@@ -246,6 +260,9 @@ pub struct Stats {
     /// The source's [`content_hash`], when the copy started at 0 (else the
     /// caller hashes the source itself).
     pub source_hash: Option<blake3::Hash>,
+    /// The target's [`content_hash`] over the source's extents, read back
+    /// while copying, when [`Job::read_back`] applied.
+    pub target_hash: Option<blake3::Hash>,
     /// Time taken.
     pub elapsed: Duration,
 }
@@ -426,6 +443,7 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
         written: 0,
         zeroed: 0,
         source_hash: None,
+        target_hash: None,
         elapsed: Duration::ZERO,
     };
     let mut pace = Pace {
@@ -449,11 +467,21 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
         let (recycle, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         let (src, src_path, len) = (job.source, job.source_path, job.len);
         scope.spawn(move || read_ahead(src, src_path, len, &runs, start, &tx, &spare));
+        // The read-back: the same walk, on the target, after each write.
+        let back = (job.read_back && start == 0 && job.kind == Target::Holes).then(|| {
+            let (btx, brx) = std::sync::mpsc::sync_channel::<Walk>(AHEAD * 2);
+            let (target, path) = (job.target, job.target_path);
+            let handle = scope.spawn(move || read_back(target, path, len, &brx));
+            (btx, handle)
+        });
         for piece in rx {
             match piece? {
                 Piece::Hole { from, to } => {
                     if let Some(h) = hasher.as_mut() {
                         h.zero_run(from, to);
+                    }
+                    if let Some((btx, _)) = &back {
+                        let _ = btx.send(Walk::Hole(from, to));
                     }
                     zero_from.get_or_insert(from);
                     at.offset = to;
@@ -485,6 +513,9 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
                     }
                     let _ = recycle.send(buf);
                     start_writeback(job.target, pos, n as u64);
+                    if let Some((btx, _)) = &back {
+                        let _ = btx.send(Walk::Data(pos, n as u64));
+                    }
                     at.offset = pos + n as u64;
                     pace.account(n as u64);
                     observer.progress(&at);
@@ -503,6 +534,10 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
                     }
                 }
             }
+        }
+        if let Some((btx, handle)) = back {
+            drop(btx);
+            stats.target_hash = handle.join().ok().and_then(Result::ok);
         }
         Ok(())
     })?;
@@ -534,6 +569,46 @@ fn start_writeback(target: &File, pos: u64, n: u64) {
         len,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     );
+}
+
+/// What the read-back is told, in order.
+enum Walk {
+    /// `[from, to)` was not written (reads as zeros on a holes target).
+    Hole(u64, u64),
+    /// `[pos, pos + n)` was written.
+    Data(u64, u64),
+}
+
+/// Reads the target back as the writer reports it written, and hashes it
+/// on the grid (see [`content_hash`]); `Err` on a read error (the caller
+/// then hashes the target after the copy).
+fn read_back(
+    target: &File,
+    path: &Path,
+    len: u64,
+    walk: &std::sync::mpsc::Receiver<Walk>,
+) -> Result<blake3::Hash, CopyError> {
+    let mut h = GridHasher::new(len);
+    let mut buf = vec![0u8; usize::try_from(CHUNK).unwrap_or(8 << 20)];
+    let mut at = 0;
+    for step in walk {
+        match step {
+            Walk::Hole(from, to) => {
+                h.zero_run(from, to);
+                at = to;
+            }
+            Walk::Data(pos, n) => {
+                let b = &mut buf[..usize::try_from(n).unwrap_or(0)];
+                read_full(target, path, b, pos)?;
+                for d in block_digests(b) {
+                    h.outer.update(d.as_bytes());
+                }
+                at = pos + n;
+            }
+        }
+    }
+    h.zero_run(at, len);
+    Ok(h.finish())
 }
 
 /// Chunks read ahead of the writer.
@@ -660,6 +735,7 @@ mod tests {
             start,
             bandwidth: None,
             hash_source: true,
+            read_back: true,
         }
     }
 
@@ -681,6 +757,9 @@ mod tests {
         assert!(std::fs::metadata(&tp).unwrap().blocks() * 512 <= 5 * MIB);
         let want = content_hash(&t, &tp, 64 * MIB, &Extents::all(64 * MIB)).unwrap();
         assert_eq!(stats.source_hash, Some(want));
+        assert_eq!(stats.target_hash, Some(want), "read back while copying");
+        assert!(ext.covers(&Extents::of_file(&t, &tp, 64 * MIB).unwrap(), 64 * MIB));
+        assert!(!Extents::new(vec![0..MIB], 64 * MIB).covers(&ext, 64 * MIB));
         assert_eq!(
             content_hash(&s, &sp, 64 * MIB, &ext).unwrap(),
             want,

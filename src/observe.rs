@@ -245,6 +245,39 @@ pub struct World {
     /// Back ends of this host whose discovery crashed: left out, so the
     /// world is incomplete (no deletes) and nothing is placed anew.
     pub missing: Vec<Name>,
+    /// This host's iSCSI exports (LIO).
+    pub exports: Exports,
+}
+
+/// What LIO exports on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Exports {
+    /// LIO is not loaded (no configfs tree): nothing can be exported.
+    #[default]
+    Absent,
+    /// Our exports, by volume.
+    Found(BTreeMap<Uuid, crate::iscsi::lio::ObservedExport>),
+    /// Reading LIO failed; the message says why (no deletes in this run).
+    Failed(String),
+}
+
+impl Exports {
+    /// The export of volume `uuid`, when known.
+    pub fn get(&self, uuid: Uuid) -> Option<&crate::iscsi::lio::ObservedExport> {
+        match self {
+            Exports::Found(m) => m.get(&uuid),
+            Exports::Absent | Exports::Failed(_) => None,
+        }
+    }
+
+    /// Reads LIO at `root`.
+    pub fn observe(root: &Path) -> Exports {
+        match crate::iscsi::lio::observe(root) {
+            Ok(None) => Exports::Absent,
+            Ok(Some(m)) => Exports::Found(m),
+            Err(e) => Exports::Failed(crate::error_chain(&e)),
+        }
+    }
 }
 
 impl World {
@@ -252,6 +285,7 @@ impl World {
     /// plan delete anything.
     pub fn complete(&self) -> bool {
         self.missing.is_empty()
+            && !matches!(self.exports, Exports::Failed(_))
             && self
                 .backends
                 .values()
@@ -300,6 +334,18 @@ impl World {
                 }
             }
         }
+        match &self.exports {
+            Exports::Absent => {}
+            Exports::Failed(e) => {
+                h.update(b"lio-failed|");
+                h.update(e.as_bytes());
+            }
+            Exports::Found(m) => {
+                for e in m.values() {
+                    h.update(format!("{e:?}\n").as_bytes());
+                }
+            }
+        }
         h.finalize().to_hex()[..32].to_owned()
     }
 }
@@ -315,7 +361,9 @@ pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
     let vgs = lvm_volume_groups(set, host);
     let refs: Vec<&str> = vgs.iter().map(String::as_str).collect();
     let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &refs);
-    discover_with(set, host, state_dir, &reports)
+    let mut world = discover_with(set, host, state_dir, &reports);
+    world.exports = Exports::observe(&crate::iscsi::lio::root());
+    world
 }
 
 /// The VGs of `host`'s LVM back ends, sorted, each once.

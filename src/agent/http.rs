@@ -11,6 +11,8 @@
 //! axum over hyper: the tokio team's HTTP stack, kept current, and small
 //! with only the `http1` and `tokio` features; rejected a hand-written
 //! parser (a network-facing one is exactly what not to write ourselves).
+//! Every connection has a request-head timeout and a lifetime limit, and
+//! their number is bounded (see [`serve`]).
 //!
 //! The token is compared as BLAKE3 digests, whose equality is constant-time,
 //! so neither the bytes nor the length of the token leak through timing.
@@ -19,13 +21,18 @@
 //! from the shared status under a short mutex), or log request bodies.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::watch;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use super::{Shared, lock};
 
@@ -40,7 +47,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// A client must send its whole request head within this time.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection (keep-alive included) is closed after this time, so a slow
+/// or stuck client cannot hold one open.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves until shutdown.
+///
+/// Its own accept loop over hyper rather than `axum::serve`, which sets no
+/// timer and so has no request-head timeout: each connection gets
+/// [`HEADER_TIMEOUT`] for its request head and [`CONNECTION_TIMEOUT`] in
+/// all, and at most [`MAX_CONNECTIONS`] are open, so neither a slow client
+/// (slowloris) nor a flood can exhaust the agent's file descriptors.
 pub async fn serve(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
@@ -48,12 +69,48 @@ pub async fn serve(
 ) -> Result<(), String> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| format!("cannot use the listener: {e}"))?;
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
-        .map_err(|e| format!("the HTTP server failed: {e}"))
+    let app = router(shared);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors or a connection reset before
+                        // accept: back off a little, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many HTTP connections; closing this one");
+                    continue;
+                };
+                let service = TowerToHyperService::new(app.clone());
+                conns.spawn(async move {
+                    let _permit = permit;
+                    let mut builder = http1::Builder::new();
+                    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection ended"),
+                        Err(_) => tracing::debug!(%peer, "HTTP connection closed after the time limit"),
+                    }
+                });
+            }
+        }
+    }
+    // Handlers never block, so whatever is still open is an idle or slow
+    // client: close it.
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn healthz() -> &'static str {

@@ -54,6 +54,23 @@ impl Histogram {
     }
 }
 
+/// One back end's capacity gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BackendGauges {
+    /// Discovered.
+    pub up: bool,
+    /// Total bytes.
+    pub total: u64,
+    /// Free bytes.
+    pub free: u64,
+    /// Provisioned bytes.
+    pub provisioned: u64,
+    /// Thin pool data use, percent.
+    pub thin_data_percent: Option<f64>,
+    /// Thin pool metadata use, percent.
+    pub thin_metadata_percent: Option<f64>,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -71,8 +88,8 @@ pub struct Metrics {
     pub lost: u64,
     /// Drift findings.
     pub drift: u64,
-    /// Back end capacity: name → (discovered, total, free, provisioned).
-    pub backends: BTreeMap<String, (bool, u64, u64, u64)>,
+    /// Back end capacity by name.
+    pub backends: BTreeMap<String, BackendGauges>,
     /// The revision in force: (source kind, revision).
     pub revision: Option<(String, String)>,
     /// The revision last applied.
@@ -260,11 +277,11 @@ impl Metrics {
             "gauge",
             "1 when the back end was discovered.",
         );
-        for (name, (up, ..)) in &self.backends {
+        for (name, g) in &self.backends {
             o.sample(
                 "cinderblock_backend_up",
                 &[("backend", name)],
-                f64::from(u8::from(*up)),
+                f64::from(u8::from(g.up)),
             );
         }
         for (family, help, pick) in [
@@ -277,10 +294,27 @@ impl Metrics {
             ),
         ] {
             o.family(family, "gauge", help);
-            for (name, (up, total, free, provisioned)) in &self.backends {
-                if *up {
-                    let v = [*total, *free, *provisioned][pick];
-                    o.sample(family, &[("backend", name)], as_f64(v));
+            for (name, g) in self.backends.iter().filter(|(_, g)| g.up) {
+                let v = [g.total, g.free, g.provisioned][pick];
+                o.sample(family, &[("backend", name)], as_f64(v));
+            }
+        }
+        for (family, help, pick) in [
+            (
+                "cinderblock_backend_thin_data_percent",
+                "Thin pool data use in percent (LVM thin back ends).",
+                0,
+            ),
+            (
+                "cinderblock_backend_thin_metadata_percent",
+                "Thin pool metadata use in percent (LVM thin back ends).",
+                1,
+            ),
+        ] {
+            o.family(family, "gauge", help);
+            for (name, g) in self.backends.iter().filter(|(_, g)| g.up) {
+                if let Some(v) = [g.thin_data_percent, g.thin_metadata_percent][pick] {
+                    o.sample(family, &[("backend", name)], v);
                 }
             }
         }
@@ -463,7 +497,28 @@ mod tests {
         let mut m = Metrics::default();
         m.reconcile("applied", 0.2);
         m.objects.insert(("volume".into(), "ready".into()), 2);
-        m.backends.insert("local".into(), (true, 100, 60, 40));
+        m.backends.insert(
+            "local".into(),
+            BackendGauges {
+                up: true,
+                total: 100,
+                free: 60,
+                provisioned: 40,
+                thin_data_percent: None,
+                thin_metadata_percent: None,
+            },
+        );
+        m.backends.insert(
+            "thin".into(),
+            BackendGauges {
+                up: true,
+                total: 1 << 30,
+                free: 1 << 29,
+                provisioned: 1 << 31,
+                thin_data_percent: Some(50.25),
+                thin_metadata_percent: Some(7.5),
+            },
+        );
         m.backup_run("db", "nightly", "success", 3.0);
         m.backup_last_success.insert("db".into(), (1.7e9, 1234));
         let text = m.render();
@@ -479,11 +534,15 @@ mod tests {
             "cinderblock_reconcile_duration_seconds_count 1",
             "cinderblock_objects{kind=\"volume\",state=\"ready\"} 2",
             "cinderblock_backend_free_bytes{backend=\"local\"} 60",
+            "cinderblock_backend_thin_data_percent{backend=\"thin\"} 50.25",
+            "cinderblock_backend_thin_metadata_percent{backend=\"thin\"} 7.5",
             "cinderblock_backup_runs_total{volume=\"db\",policy=\"nightly\",result=\"success\"} 1",
             "cinderblock_backup_last_size_bytes{volume=\"db\"} 1234",
             "cinderblock_backup_last_success_timestamp_seconds{volume=\"db\"} 1700000000",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+        // A back end without a thin pool has no pool gauges.
+        assert!(!text.contains("cinderblock_backend_thin_data_percent{backend=\"local\"}"));
     }
 }

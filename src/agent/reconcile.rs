@@ -696,6 +696,8 @@ impl Reconciler {
                         total: inv.capacity.total,
                         free: inv.capacity.free,
                         provisioned: inv.capacity.provisioned,
+                        thin_data_percent: pool_percent(inv, |p| p.data_centi),
+                        thin_metadata_percent: pool_percent(inv, |p| p.metadata_centi),
                     },
                     Discovery::Failed(e) => BackendStatus {
                         name: b.name.as_str().to_owned(),
@@ -704,6 +706,8 @@ impl Reconciler {
                         total: 0,
                         free: 0,
                         provisioned: 0,
+                        thin_data_percent: None,
+                        thin_metadata_percent: None,
                     },
                 })
                 .collect();
@@ -720,12 +724,7 @@ impl Reconciler {
         let backends = s
             .backends
             .iter()
-            .map(|b| {
-                (
-                    b.name.clone(),
-                    (b.discovered, b.total, b.free, b.provisioned),
-                )
-            })
+            .map(|b| (b.name.clone(), b.gauges()))
             .collect();
         s.last_reconcile = Some(run.status);
         drop(s);
@@ -978,9 +977,9 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         Op::Create {
             kind, name, resume, ..
         } => (*kind, name.clone(), *resume),
-        Op::Extend { name, uuid, .. } | Op::Migrate { name, uuid, .. } => {
-            (RecordedKind::Volume, name.clone(), Some(*uuid))
-        }
+        Op::Extend { name, uuid, .. }
+        | Op::Unexport { name, uuid, .. }
+        | Op::Migrate { name, uuid, .. } => (RecordedKind::Volume, name.clone(), Some(*uuid)),
         Op::Record {
             kind, name, uuid, ..
         }
@@ -990,6 +989,7 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         | Op::Forget {
             kind, name, uuid, ..
         } => (*kind, name.clone(), Some(*uuid)),
+        Op::Export { name, uuid, .. } => (RecordedKind::Volume, name.clone(), *uuid),
         // A thin pool is not a manifest object; its key cannot collide with
         // a DNS-1123 name (':' and '/').
         Op::CreatePool { backend, pool, .. } => {
@@ -1209,6 +1209,15 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// A thin pool figure of `inv` in percent, when it has a pool.
+fn pool_percent(
+    inv: &crate::observe::Inventory,
+    pick: impl Fn(&crate::observe::PoolUsage) -> Option<u32>,
+) -> Option<f64> {
+    let pool = inv.capacity.lvm.as_ref()?.pool.as_ref()?;
+    pick(pool).map(|c| f64::from(c) / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1315,6 +1324,7 @@ mod tests {
         World {
             backends: BTreeMap::from([(name, view)]),
             missing: Vec::new(),
+            exports: crate::observe::Exports::Absent,
         }
     }
 

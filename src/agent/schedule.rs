@@ -100,17 +100,6 @@ pub trait BackupRunner: Send + Sync + 'static {
     fn run(&self, job: &BackupJob) -> Result<BackupSummary, String>;
 }
 
-/// The runner of a build without the backup engine: every run fails, saying
-/// so (and is reported and retried like any failure).
-#[derive(Debug, Default)]
-pub struct NoEngine;
-
-impl BackupRunner for NoEngine {
-    fn run(&self, _job: &BackupJob) -> Result<BackupSummary, String> {
-        Err("this build of cinderblock has no backup engine".to_owned())
-    }
-}
-
 /// A parsed schedule in its time zone.
 #[derive(Debug, Clone)]
 pub struct CronSpec {

@@ -320,7 +320,7 @@ pub struct DriftStatus {
 }
 
 /// One back end's capacity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendStatus {
     /// Manifest name.
@@ -336,6 +336,26 @@ pub struct BackendStatus {
     pub free: u64,
     /// Provisioned bytes (our objects' sizes).
     pub provisioned: u64,
+    /// The thin pool's data use in percent (`lvm` back ends with a pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_data_percent: Option<f64>,
+    /// The thin pool's metadata use in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_metadata_percent: Option<f64>,
+}
+
+impl BackendStatus {
+    /// What the metrics show of it.
+    pub fn gauges(&self) -> super::metrics::BackendGauges {
+        super::metrics::BackendGauges {
+            up: self.discovered,
+            total: self.total,
+            free: self.free,
+            provisioned: self.provisioned,
+            thin_data_percent: self.thin_data_percent,
+            thin_metadata_percent: self.thin_metadata_percent,
+        }
+    }
 }
 
 /// The backup scheduler's view.

@@ -194,6 +194,16 @@ impl Catalog {
         Ok((manifests.len(), bad))
     }
 
+    /// The backups `verify` found damaged (retention does not count them
+    /// as successful).
+    pub fn damaged(&self) -> std::collections::HashSet<Uuid> {
+        self.backups
+            .values()
+            .filter(|e| e.status == Status::Damaged)
+            .map(|e| e.id)
+            .collect()
+    }
+
     /// Adds (or refreshes) a committed backup, keeping what verify recorded.
     pub fn add(&mut self, m: &Manifest, repository: &Path) {
         let mut entry = Entry::from_manifest(m, repository);

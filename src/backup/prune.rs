@@ -101,6 +101,25 @@ pub fn plan(
     out
 }
 
+/// Forgets what `plan` forgets — the manifests only — under a shared
+/// session, so it may run beside backups (the agent does this after each
+/// scheduled backup). The chunks only they referenced stay in the
+/// repository until the next [`execute`] sweeps them; no backup that is
+/// kept loses anything. Returns how many backups were forgotten.
+pub fn forget(repo: &Repository, plan: &PrunePlan) -> Result<usize, BackupError> {
+    let _session = repo.session(SessionKind::Shared, "backup forget")?;
+    remove_manifests(repo, plan)?;
+    Ok(plan.forget.len())
+}
+
+fn remove_manifests(repo: &Repository, plan: &PrunePlan) -> Result<(), BackupError> {
+    for m in &plan.forget {
+        repo.remove_manifest(m)?;
+        tracing::info!(backup = %m.id, volume = %m.volume.name, "forgot backup");
+    }
+    Ok(())
+}
+
 /// What prune did (or would do).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PruneReport {
@@ -139,10 +158,7 @@ pub fn execute(
     };
     let forget: HashSet<Uuid> = plan.forget.iter().map(|m| m.id).collect();
     if !dry_run {
-        for m in &plan.forget {
-            repo.remove_manifest(m)?;
-            tracing::info!(backup = %m.id, volume = %m.volume.name, "forgot backup");
-        }
+        remove_manifests(repo, plan)?;
     }
     let (manifests, bad) = repo.manifests()?;
     if let Some(first) = bad.into_iter().next() {

@@ -22,6 +22,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use uuid::Uuid;
 
+use crate::agent::schedule::{BackupJob, BackupRunner, BackupSummary};
 use crate::backup::catalog::{self, Catalog, Entry, Status};
 use crate::backup::engine::{self, Mode, RunSpec};
 use crate::backup::format::{self, Codec, Digest, Manifest, Record};
@@ -254,8 +255,11 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
     let mut journal = Journal::open(state)?;
     let mut failed = 0;
     for v in &volumes {
-        match run_one(&set, v, a, state, host, &mut journal) {
-            Ok(()) => {}
+        let bar = Bar::new(&format!("backup {v}"));
+        let result = run_one(&set, v, requested_mode(a), state, host, &mut journal, &bar);
+        bar.finish();
+        match result {
+            Ok((repo, report)) => print_summary(&repo, &report)?,
             Err(e) if a.policy.is_some() => {
                 if e.downcast_ref::<NotYet>().is_some() {
                     writeln!(std::io::stderr().lock(), "skipped {v}: {e}")?;
@@ -285,17 +289,60 @@ fn policy_of(set: &ManifestSet, vol: &manifest::VolumeSpec) -> Option<Name> {
 #[error("Volume {0} does not exist on any file back end yet (nothing to back up)")]
 struct NotYet(Name);
 
+/// The mode `backup run` asked for (`None`: as the policy says).
+fn requested_mode(a: &RunArgs) -> Option<Mode> {
+    if a.full {
+        Some(Mode::Full)
+    } else if a.incremental {
+        Some(Mode::Incremental)
+    } else {
+        None
+    }
+}
+
+/// The summary line of one backup run.
+fn print_summary(repo: &Repository, report: &engine::RunReport) -> anyhow::Result<()> {
+    let m = &report.manifest;
+    let s = &m.stats;
+    let dedup = (s.unchanged_chunks + s.dedup_chunks) * u64::from(m.chunk_size);
+    writeln!(
+        std::io::stdout().lock(),
+        "backup {}: {} of {} ({} logical) into {}: read {} in {} extent(s), stored {} \
+     ({} new chunks, {} before compression), deduplicated {} ({} unchanged, {} \
+     already stored), zeros {}; copy {}, total {}, {}/s",
+        m.id,
+        m.kind,
+        m.volume.name,
+        bytes(m.volume.size),
+        repo.root().display(),
+        bytes(s.read_bytes),
+        s.extents,
+        bytes(s.stored_bytes),
+        s.new_chunks,
+        bytes(s.new_bytes),
+        bytes(dedup),
+        s.unchanged_chunks,
+        s.dedup_chunks,
+        bytes(s.zero_chunks * u64::from(m.chunk_size)),
+        secs(report.snapshot_time),
+        secs(report.elapsed),
+        rate(s.read_bytes, report.elapsed),
+    )?;
+    Ok(())
+}
+
 // Each command reads top to bottom as its steps; splitting would only add
 // parameters.
 #[allow(clippy::too_many_lines)]
 fn run_one(
     set: &ManifestSet,
     vol_name: &Name,
-    a: &RunArgs,
+    mode: Option<Mode>,
     state: &Path,
     host: &str,
     journal: &mut Journal,
-) -> anyhow::Result<()> {
+    progress: &dyn Progress,
+) -> anyhow::Result<(Repository, engine::RunReport)> {
     let vol = set
         .volumes
         .get(vol_name)
@@ -326,22 +373,15 @@ fn run_one(
             object.state
         );
     }
-    let mode = if a.full {
-        Mode::Full
-    } else if a.incremental {
-        Mode::Incremental
-    } else {
-        Mode::Policy {
-            incremental: policy.spec.incremental,
-            full_every: policy.spec.full_every,
-        }
-    };
+    let mode = mode.unwrap_or(Mode::Policy {
+        incremental: policy.spec.incremental,
+        full_every: policy.spec.full_every,
+    });
     let repo_path = policy.spec.target.path.resolve(state);
     let codec = Codec::from(policy.spec.compression);
     let id = Uuid::new_v4();
     let intent = journal.intent(id, 0, &format!("backup run {vol_name} ({id})"))?;
     let started_at = Utc::now();
-    let bar = Bar::new(&format!("backup {vol_name}"));
     let result = Repository::open_or_init(&repo_path, codec).and_then(|repo| {
         let spec = RunSpec {
             id,
@@ -354,42 +394,18 @@ fn run_one(
             host,
             direct: !policy.spec.force,
         };
-        engine::run(&spec, &bar).map(|r| (repo, r))
+        engine::run(&spec, progress).map(|r| (repo, r))
     });
-    bar.finish();
+    let _catalog = CATALOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut cat = Catalog::load(state)?;
     match result {
         Ok((repo, report)) => {
             journal.outcome(&intent, Outcome::Changed, None)?;
             cat.add(&report.manifest, repo.root());
             cat.store(state)?;
-            let m = &report.manifest;
-            let s = &m.stats;
-            let dedup = (s.unchanged_chunks + s.dedup_chunks) * u64::from(m.chunk_size);
-            writeln!(
-                std::io::stdout().lock(),
-                "backup {}: {} of {} ({} logical) into {}: read {} in {} extent(s), stored {} \
-                 ({} new chunks, {} before compression), deduplicated {} ({} unchanged, {} \
-                 already stored), zeros {}; copy {}, total {}, {}/s",
-                m.id,
-                m.kind,
-                m.volume.name,
-                bytes(m.volume.size),
-                repo.root().display(),
-                bytes(s.read_bytes),
-                s.extents,
-                bytes(s.stored_bytes),
-                s.new_chunks,
-                bytes(s.new_bytes),
-                bytes(dedup),
-                s.unchanged_chunks,
-                s.dedup_chunks,
-                bytes(s.zero_chunks * u64::from(m.chunk_size)),
-                secs(report.snapshot_time),
-                secs(report.elapsed),
-                rate(s.read_bytes, report.elapsed),
-            )?;
-            Ok(())
+            Ok((repo, report))
         }
         Err(e) => {
             let text = chain(&e);
@@ -419,6 +435,165 @@ fn run_one(
             );
             cat.store(state)?;
             Err(e.into())
+        }
+    }
+}
+
+/// Serialises the catalogue's read-modify-write between the agent's backup
+/// threads (the state lock keeps other processes out).
+static CATALOG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The agent's backup engine: runs a scheduled backup exactly as
+/// `backup run` would (same journal records, same catalogue entry, same
+/// repository), then applies the policy's retention to that volume. Called
+/// on the agent's blocking threads while the agent holds the state lock for
+/// its whole life, so it never takes the lock itself.
+#[derive(Debug)]
+pub(crate) struct EngineRunner {
+    /// This host's name (recorded in each backup).
+    pub(crate) host: String,
+}
+
+impl BackupRunner for EngineRunner {
+    fn run(&self, job: &BackupJob) -> Result<BackupSummary, String> {
+        let fail = |e: anyhow::Error| format!("{e:#}");
+        let vol = name(&job.volume, "volume").map_err(fail)?;
+        let mut journal = Journal::open(&job.state_dir).map_err(|e| crate::error_chain(&e))?;
+        let progress = LogProgress::new(&job.volume);
+        let (repo, report) = run_one(
+            &job.manifests,
+            &vol,
+            None,
+            &job.state_dir,
+            &self.host,
+            &mut journal,
+            &progress,
+        )
+        .map_err(fail)?;
+        let m = &report.manifest;
+        tracing::info!(
+            volume = %job.volume,
+            backup = %m.id,
+            kind = %m.kind,
+            read_bytes = m.stats.read_bytes,
+            stored_bytes = m.stats.stored_bytes,
+            secs = report.elapsed.as_secs_f64(),
+            "scheduled backup done"
+        );
+        let pruned = match retain(&repo, job, m.volume.uuid) {
+            Ok(n) => n,
+            Err(e) => {
+                // The backup itself is good; retention runs again after the
+                // next one.
+                tracing::warn!(volume = %job.volume, error = %format!("{e:#}"), "retention not applied");
+                0
+            }
+        };
+        Ok(BackupSummary {
+            id: m.id.to_string(),
+            stored_bytes: m.stats.stored_bytes,
+            pruned,
+        })
+    }
+}
+
+/// Applies `job`'s policy retention to the volume's backups in `repo`:
+/// forgets what the rules do not keep and, when the repository is free,
+/// sweeps the chunks only they used (otherwise the next `backup prune` or
+/// scheduled run does). Returns how many backups were forgotten.
+fn retain(repo: &Repository, job: &BackupJob, volume: Uuid) -> anyhow::Result<usize> {
+    if job.spec.retention.is_none() {
+        return Ok(0);
+    }
+    let manifests = repo.volume_manifests(volume)?;
+    let _catalog = CATALOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cat = Catalog::load(&job.state_dir)?;
+    let damaged = cat.damaged();
+    let rules = |p: Option<&str>| {
+        (p == Some(job.policy.as_str()))
+            .then(|| job.spec.retention.clone())
+            .flatten()
+    };
+    let plan = prune::plan(&manifests, &rules, &|id| damaged.contains(&id));
+    if plan.forget.is_empty() {
+        return Ok(0);
+    }
+    for v in &plan.volumes {
+        for d in &v.decisions {
+            let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+            tracing::debug!(volume = %v.volume.name, backup = %d.id, keep = d.keep(), reasons = %reasons.join(", "), "retention");
+        }
+    }
+    let forgotten = match prune::execute(repo, &plan, false) {
+        Ok(r) => {
+            tracing::info!(
+                volume = %job.volume,
+                forgotten = r.forgotten,
+                packs_deleted = r.packs_deleted,
+                bytes_freed = r.bytes_freed,
+                "retention applied and unused chunks swept"
+            );
+            r.forgotten
+        }
+        Err(BackupError::Busy { .. }) => {
+            let n = prune::forget(repo, &plan)?;
+            tracing::info!(
+                volume = %job.volume,
+                forgotten = n,
+                "retention applied; the repository is busy, so unused chunks wait for the next sweep"
+            );
+            n
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for m in &plan.forget {
+        cat.backups.remove(&m.id);
+    }
+    cat.store(&job.state_dir)?;
+    Ok(forgotten)
+}
+
+/// Progress of a backup nobody watches: stages and every tenth of the
+/// total go to the log.
+struct LogProgress {
+    volume: String,
+    total: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl LogProgress {
+    fn new(volume: &str) -> Self {
+        Self {
+            volume: volume.to_owned(),
+            total: 0.into(),
+            done: 0.into(),
+        }
+    }
+}
+
+impl Progress for LogProgress {
+    fn stage(&self, what: &str) {
+        tracing::info!(volume = %self.volume, stage = what, "backup");
+    }
+    fn total(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.total.store(bytes, Relaxed);
+        self.done.store(0, Relaxed);
+    }
+    fn advance(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.total.load(Relaxed);
+        let before = self.done.fetch_add(bytes, Relaxed);
+        let after = before.saturating_add(bytes);
+        if total > 0 && before.saturating_mul(10) / total != after.saturating_mul(10) / total {
+            tracing::info!(
+                volume = %self.volume,
+                done_bytes = after,
+                total_bytes = total,
+                "backup progress"
+            );
         }
     }
 }
@@ -908,12 +1083,7 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
     }
     let _lock = StateLock::acquire(state, "backup prune")?;
     let mut cat = Catalog::load(state)?;
-    let damaged: HashSet<Uuid> = cat
-        .backups
-        .values()
-        .filter(|e| e.status == Status::Damaged)
-        .map(|e| e.id)
-        .collect();
+    let damaged = cat.damaged();
     let rules = |policy: Option<&str>| {
         policy
             .and_then(|p| p.parse::<Name>().ok())

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::apply::{self, ApplyError, Progress};
 use crate::manifest::{self, ManifestSet};
 use crate::observe::{self, World};
-use crate::plan::{self, Action, Options, Plan, render};
+use crate::plan::{self, Action, Op, Options, Plan, render};
 use crate::state::lock::StateLock;
 use crate::state::record::Ledger;
 
@@ -216,11 +216,13 @@ impl Printer {
 
 impl Progress for Printer {
     fn start(&mut self, action: &Action, _detail: &str) {
-        let (verb, still) = match action.symbol() {
-            "+" => ("Creating...", "Still creating..."),
-            "~" => ("Modifying...", "Still modifying..."),
-            "-" => ("Destroying...", "Still destroying..."),
-            ">" => ("Migrating...", "Still migrating..."),
+        let (verb, still) = match (&action.op, action.symbol()) {
+            (Op::Export { .. }, _) => ("Exporting...", "Still exporting..."),
+            (Op::Unexport { .. }, _) => ("Unexporting...", "Still unexporting..."),
+            (_, "+") => ("Creating...", "Still creating..."),
+            (_, "~") => ("Modifying...", "Still modifying..."),
+            (_, "-") => ("Destroying...", "Still destroying..."),
+            (_, ">") => ("Migrating...", "Still migrating..."),
             _ => ("Forgetting...", "Still forgetting..."),
         };
         if let Ok(mut c) = self.copy.lock() {
@@ -276,11 +278,13 @@ impl Progress for Printer {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        let verb = match action.symbol() {
-            "+" => "Creation complete",
-            "~" => "Modifications complete",
-            "-" => "Destruction complete",
-            ">" => "Migration complete",
+        let verb = match (&action.op, action.symbol()) {
+            (Op::Export { .. }, _) => "Export complete",
+            (Op::Unexport { .. }, _) => "Unexport complete",
+            (_, "+") => "Creation complete",
+            (_, "~") => "Modifications complete",
+            (_, "-") => "Destruction complete",
+            (_, ">") => "Migration complete",
             _ => "Forgotten",
         };
         let note = if changed {

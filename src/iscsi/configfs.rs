@@ -268,6 +268,9 @@ pub struct Acl {
     pub mapped_luns: Vec<MappedLun>,
     /// Which CHAP credentials are set.
     pub chap: ChapPresence,
+    /// An iSCSI session of this initiator is logged in (its `info`
+    /// attribute names a session rather than "No active iSCSI Session").
+    pub logged_in: bool,
 }
 
 /// `acls/<initiator>/lun_<index>/<link>` pointing at TPG `lun/lun_<tpg_lun>`.
@@ -551,8 +554,12 @@ fn tpg(tree: &Tree<'_>, dir: &str, tag: u16) -> Result<Tpg, ConfigfsError> {
         }
         mapped_luns.sort_by_key(|m| m.index);
         let auth = |f: &str| format!("{adir}/auth/{f}");
+        let logged_in = tree
+            .text(&format!("{adir}/info"))
+            .is_some_and(|t| !t.is_empty() && !t.starts_with("No active iSCSI Session"));
         acls.push(Acl {
             initiator: initiator.to_owned(),
+            logged_in,
             mapped_luns,
             chap: ChapPresence {
                 userid: tree.nonempty(&auth("userid")),
@@ -656,6 +663,7 @@ mod tests {
                     }],
                     acls: vec![Acl {
                         initiator: INITIATOR.into(),
+                        logged_in: false,
                         mapped_luns: vec![MappedLun {
                             index: 0,
                             tpg_lun: 0,

@@ -166,6 +166,50 @@ pub fn remove(vg: &str, lv: &str) -> Cmd {
     lvm("lvremove").args(["-y", "--", &format!("{vg}/{lv}")])
 }
 
+/// A device-mapper name: `-` in VG and LV names doubled, parts joined by one
+/// `-` (`my-vg`/`pool0` → `my--vg-pool0`).
+pub fn dm_name(vg: &str, lv: &str) -> String {
+    format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
+}
+
+/// `dmsetup message <vg>-<pool>-tpool 0 reserve_metadata_snap`: freezes a
+/// copy of the pool's metadata (the kernel commits the open transaction first)
+/// for the `-m` readers. Only one can be held per pool.
+pub fn reserve_metadata_snap(vg: &str, pool: &str) -> Cmd {
+    Cmd::new("dmsetup").args([
+        "message",
+        &format!("{}-tpool", dm_name(vg, pool)),
+        "0",
+        "reserve_metadata_snap",
+    ])
+}
+
+/// `dmsetup message <vg>-<pool>-tpool 0 release_metadata_snap`.
+pub fn release_metadata_snap(vg: &str, pool: &str) -> Cmd {
+    Cmd::new("dmsetup").args([
+        "message",
+        &format!("{}-tpool", dm_name(vg, pool)),
+        "0",
+        "release_metadata_snap",
+    ])
+}
+
+/// `thin_dump -m <tmeta>`: the held metadata snapshot as XML
+/// ([`super::thin::parse_dump`]).
+pub fn thin_dump(tmeta: &std::path::Path) -> Cmd {
+    Cmd::new("thin_dump").arg("-m").arg(tmeta)
+}
+
+/// `thin_delta -m --snap1 <a> --snap2 <b> <tmeta>`: how thin device `b`
+/// differs from `a` in the held metadata snapshot
+/// ([`super::thin::parse_delta`]).
+pub fn thin_delta(tmeta: &std::path::Path, snap1: u32, snap2: u32) -> Cmd {
+    Cmd::new("thin_delta")
+        .args(["-m", "--snap1", &snap1.to_string(), "--snap2"])
+        .arg(snap2.to_string())
+        .arg(tmeta)
+}
+
 /// What one discovery saw: the report of every VG that could be read, and why
 /// each other VG could not.
 #[derive(Debug, Clone, Default)]

@@ -78,6 +78,17 @@ pub enum LvmError {
         #[source]
         source: ReportError,
     },
+    /// `thin_dump` or `thin_delta` printed XML we cannot read.
+    #[error("cannot read the metadata of thin pool {vg}/{pool}")]
+    ThinXml {
+        /// VG.
+        vg: String,
+        /// Thin pool.
+        pool: String,
+        /// Why.
+        #[source]
+        source: Box<super::thin::ThinXmlError>,
+    },
     /// Reading or writing a device failed.
     #[error("cannot {op} {}", path.display())]
     Io {
@@ -158,12 +169,12 @@ pub struct NewLv<'a> {
 /// One `lvm` back end: a VG, optionally a thin pool in it, and the back end
 /// name written into every owner mark.
 pub struct LvmBackend<'r> {
-    run: &'r dyn Runner,
+    pub(super) run: &'r dyn Runner,
     backend: String,
-    vg: String,
+    pub(super) vg: String,
     pool: Option<String>,
     wipe: Wipe,
-    dev: PathBuf,
+    pub(super) dev: PathBuf,
 }
 
 impl<'r> LvmBackend<'r> {
@@ -215,7 +226,7 @@ impl<'r> LvmBackend<'r> {
         format!("{}/{lv}", self.vg)
     }
 
-    fn exec(&self, op: &'static str, target: String, cmd: &Cmd) -> Result<(), LvmError> {
+    pub(super) fn exec(&self, op: &'static str, target: String, cmd: &Cmd) -> Result<(), LvmError> {
         self.run
             .run(cmd)
             .map(|_| ())
@@ -226,7 +237,7 @@ impl<'r> LvmBackend<'r> {
             })
     }
 
-    fn refused(&self, lv: &str, reason: String) -> LvmError {
+    pub(super) fn refused(&self, lv: &str, reason: String) -> LvmError {
         LvmError::Refused {
             vg: self.vg.clone(),
             lv: lv.to_owned(),
@@ -505,6 +516,7 @@ impl<'r> LvmBackend<'r> {
                 start: 0,
                 bandwidth: None,
                 hash_source: false,
+                read_back: false,
             },
             &mut crate::copy::Quiet,
         )

@@ -13,6 +13,9 @@
 //!   per refresh);
 //! * [`driver`] carries out create, snapshot, clone, extend, delete and release, each
 //!   idempotent by uuid (its docs hold the crash table);
+//! * [`thinmap`] runs `thin_dump`/`thin_delta` on a live pool under a held metadata
+//!   snapshot: [`LvmBackend::thin_mapped_ranges`] and
+//!   [`LvmBackend::thin_changed_ranges`];
 //! * [`blockdev`] zeroes devices (`FALLOC_FL_ZERO_RANGE`, the kernel's zero-out path)
 //!   and copies data for thick clones, writing only blocks that hold data.
 //!
@@ -32,6 +35,7 @@ pub mod inventory;
 pub mod report;
 pub mod tags;
 pub mod thin;
+pub mod thinmap;
 
 pub use driver::{Change, LvmBackend, LvmError, MigrationLv, NewLv, Source, Wipe};
 

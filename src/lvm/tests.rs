@@ -16,6 +16,7 @@ use super::tags::LvObjKind;
 use crate::exec::{Cmd, ExecError, Output, Termination};
 
 const MIB: u64 = 1 << 20;
+const K64: u64 = 64 << 10;
 const VG: &str = "vg0";
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,12 @@ struct Fake {
     log: RefCell<Vec<String>>,
     /// A command line containing this text fails (once).
     fail: RefCell<Option<String>>,
+    /// Thin ids handed out, by LV name, in order of first sight.
+    thin_ids: RefCell<Vec<String>>,
+    /// Whether the pool's metadata snapshot is held (dmsetup message).
+    meta_held: RefCell<bool>,
+    /// What `thin_dump`/`thin_delta` print.
+    thin_xml: RefCell<Vec<u8>>,
 }
 
 impl Fake {
@@ -47,7 +54,50 @@ impl Fake {
             lvs: RefCell::new(Vec::new()),
             log: RefCell::new(Vec::new()),
             fail: RefCell::new(None),
+            thin_ids: RefCell::new(Vec::new()),
+            meta_held: RefCell::new(false),
+            thin_xml: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The thin id of a thin LV: 1, 2, ... in order of first sight.
+    fn thin_id(&self, name: &str) -> usize {
+        let mut ids = self.thin_ids.borrow_mut();
+        if let Some(i) = ids.iter().position(|n| n == name) {
+            return i + 1;
+        }
+        ids.push(name.to_owned());
+        ids.len()
+    }
+
+    /// dmsetup and the thin tools, over one pool's metadata snapshot.
+    fn thin_tool(&self, tool: &str, args: &[String]) -> Result<Vec<u8>, String> {
+        let mut held = self.meta_held.borrow_mut();
+        match (tool, args.last().map(String::as_str)) {
+            ("dmsetup", Some("reserve_metadata_snap")) => {
+                if *held {
+                    return Err("device-mapper: message ioctl on vg0-pool0-tpool failed: Device or resource busy".into());
+                }
+                *held = true;
+            }
+            ("dmsetup", Some("release_metadata_snap")) => {
+                if !*held {
+                    return Err(
+                        "device-mapper: message ioctl on vg0-pool0-tpool failed: Invalid argument"
+                            .into(),
+                    );
+                }
+                *held = false;
+            }
+            ("thin_dump" | "thin_delta", _) => {
+                if !*held {
+                    return Err("no metadata snapshot".into());
+                }
+                return Ok(self.thin_xml.borrow().clone());
+            }
+            _ => return Err(format!("fake: unexpected {tool} {args:?}")),
+        }
+        Ok(Vec::new())
     }
 
     fn add(&self, lv: FakeLv) {
@@ -135,7 +185,8 @@ impl Fake {
                     "pool_lv": l.pool.clone().unwrap_or_default(),
                     "data_percent": if l.kind == 'V' || l.kind == 't' { "0.00" } else { "" },
                     "metadata_percent": if l.kind == 't' { "1.00" } else { "" },
-                    "thin_id": "", "lv_tags": l.tags.join(","),
+                    "thin_id": if l.kind == 'V' { self.thin_id(&l.name).to_string() } else { String::new() },
+                    "lv_tags": l.tags.join(","),
                 })
             })
             .collect();
@@ -336,6 +387,8 @@ impl Runner for Fake {
         }
         let stdout = if cmd.tool() == "lvs" {
             self.lvs_json()
+        } else if matches!(cmd.tool(), "dmsetup" | "thin_dump" | "thin_delta") {
+            self.thin_tool(cmd.tool(), &args).map_err(fail)?
         } else {
             self.apply(cmd.tool(), &args).map_err(fail)?;
             Vec::new()
@@ -746,4 +799,152 @@ fn a_declared_pool_is_created_once() {
         ]
     );
     assert_eq!(b.create_pool(64 * MIB, 4 * MIB).unwrap(), Change::Unchanged);
+}
+
+/// A thin LV `vol` (thin id 1) and its snapshot `snap` (thin id 2) in pool0.
+fn thin_pair(fake: &Fake, b: &LvmBackend<'_>) -> (String, String) {
+    b.create(&vol(u(1), "db", 8 * MIB)).unwrap();
+    b.snapshot(u(1), u(2), "s", 0).unwrap();
+    let v = fake.by_uuid(u(1)).unwrap().name;
+    let s = fake.by_uuid(u(2)).unwrap().name;
+    // first sight in the order the test's XML expects
+    assert_eq!(fake.thin_id(&v), 1);
+    assert_eq!(fake.thin_id(&s), 2);
+    (v, s)
+}
+
+const DUMP: &str = r#"<superblock uuid="" time="1" transaction="2" flags="0" version="2" data_block_size="128" nr_data_blocks="0">
+  <device dev_id="1" mapped_blocks="5" transaction="0" creation_time="0" snap_time="1">
+    <range_mapping origin_begin="0" data_begin="10" length="2" time="0"/>
+    <single_mapping origin_block="2" data_block="40" time="1"/>
+    <range_mapping origin_begin="16" data_begin="20" length="2" time="0"/>
+  </device>
+  <device dev_id="2" mapped_blocks="1" transaction="1" creation_time="1" snap_time="1">
+    <single_mapping origin_block="7" data_block="3" time="1"/>
+  </device>
+</superblock>
+"#;
+
+#[test]
+fn thin_mapped_ranges_reads_a_held_metadata_snapshot_and_releases_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    let (v, s) = thin_pair(&fake, &b);
+    *fake.thin_xml.borrow_mut() = DUMP.as_bytes().to_vec();
+    let before = fake.log.borrow().len();
+    assert_eq!(
+        b.thin_mapped_ranges(&v).unwrap(),
+        vec![0..3 * K64, 16 * K64..18 * K64],
+        "blocks 0-2 merged, 16-17"
+    );
+    assert_eq!(b.thin_mapped_ranges(&s).unwrap(), vec![7 * K64..8 * K64]);
+    let log: Vec<String> = fake.log.borrow()[before..]
+        .iter()
+        .filter(|l| !l.starts_with("lvs "))
+        .cloned()
+        .collect();
+    assert_eq!(
+        log[..3],
+        [
+            "dmsetup message vg0-pool0-tpool 0 reserve_metadata_snap".to_owned(),
+            format!(
+                "thin_dump -m {}",
+                dir.path().join("mapper/vg0-pool0_tmeta").display()
+            ),
+            "dmsetup message vg0-pool0-tpool 0 release_metadata_snap".to_owned(),
+        ]
+    );
+    assert!(!*fake.meta_held.borrow(), "released");
+}
+
+#[test]
+fn the_metadata_snapshot_is_released_when_the_reader_fails_and_a_stale_one_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    let (v, _) = thin_pair(&fake, &b);
+    *fake.thin_xml.borrow_mut() = b"<superblock".to_vec();
+    let err = b.thin_mapped_ranges(&v).unwrap_err();
+    assert!(matches!(err, LvmError::ThinXml { .. }), "{err}");
+    assert!(!*fake.meta_held.borrow(), "released after bad XML");
+
+    *fake.fail.borrow_mut() = Some("thin_dump".into());
+    assert!(matches!(
+        b.thin_mapped_ranges(&v).unwrap_err(),
+        LvmError::Command { .. }
+    ));
+    assert!(
+        !*fake.meta_held.borrow(),
+        "released after a failed thin_dump"
+    );
+
+    // a crashed run left one held
+    *fake.meta_held.borrow_mut() = true;
+    *fake.thin_xml.borrow_mut() = DUMP.as_bytes().to_vec();
+    assert_eq!(b.thin_mapped_ranges(&v).unwrap().len(), 2);
+    assert!(!*fake.meta_held.borrow());
+    let log = fake.log.borrow();
+    let dm: Vec<&str> = log
+        .iter()
+        .filter(|l| l.starts_with("dmsetup"))
+        .map(|l| l.rsplit(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        dm[dm.len() - 4..],
+        [
+            "reserve_metadata_snap",
+            "release_metadata_snap",
+            "reserve_metadata_snap",
+            "release_metadata_snap"
+        ]
+    );
+}
+
+#[test]
+fn thin_changed_ranges_come_from_thin_delta_between_the_two_thin_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    let (v, s) = thin_pair(&fake, &b);
+    *fake.thin_xml.borrow_mut() = fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/thin/thin_delta.xml"
+    ))
+    .unwrap();
+    // different 0..16, same 16..256 (left out), right_only 1024..1088
+    assert_eq!(
+        b.thin_changed_ranges(&s, &v).unwrap(),
+        vec![0..16 * K64, 1024 * K64..1088 * K64]
+    );
+    assert!(
+        fake.log
+            .borrow()
+            .iter()
+            .any(|l| l.starts_with("thin_delta -m --snap1 2 --snap2 1 ")),
+        "base first"
+    );
+    assert!(!*fake.meta_held.borrow());
+    // thick LVs and unknown names are refused before any dmsetup
+    let before = fake.log.borrow().len();
+    assert!(matches!(
+        b.thin_changed_ranges("nope", &v).unwrap_err(),
+        LvmError::Refused { .. }
+    ));
+    assert!(matches!(
+        b.thin_mapped_ranges("pool0").unwrap_err(),
+        LvmError::Refused { .. }
+    ));
+    assert!(
+        fake.log.borrow()[before..]
+            .iter()
+            .all(|l| l.starts_with("lvs ")),
+        "nothing but lvs ran"
+    );
+}
+
+#[test]
+fn ranges_merge_sorted() {
+    use super::thinmap::merge;
+    assert_eq!(merge([5..6, 0..2, 2..3, 1..2, 9..9]), vec![0..3, 5..6]);
 }

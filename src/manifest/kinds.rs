@@ -342,7 +342,7 @@ pub struct IscsiExport {
 }
 
 /// A secret read from a file or the environment. Exactly one field.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecretRef {
     /// Absolute path of a file holding the secret.

@@ -20,10 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, VolumeClear, VolumeSpec};
+use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeClear, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
-use crate::observe::{BackendView, Discovery, Driver, ObjHealth, ObjKind, Observed, World};
+use crate::observe::{
+    BackendView, Discovery, Driver, Exports, ObjHealth, ObjKind, Observed, World,
+};
 use crate::state::record::Recorded;
 pub use crate::state::record::RecordedKind;
 
@@ -182,6 +184,42 @@ pub enum Op {
         /// Metadata size in bytes (lvm2 keeps a spare of the same size).
         metadata_size: u64,
     },
+    /// Export a volume over iSCSI (LIO), or bring its export in line with
+    /// the manifest.
+    Export {
+        /// Manifest name.
+        name: String,
+        /// Identity (`None`: created earlier in this plan).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uuid: Option<Uuid>,
+        /// Back end.
+        backend: String,
+        /// The target's IQN (`None`: the default, from the uuid).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iqn: Option<String>,
+        /// Initiators allowed, sorted.
+        initiators: Vec<String>,
+        /// Portals, sorted (`[]`: the default).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        portals: Vec<String>,
+        /// Where the CHAP credentials are read at apply time (never the
+        /// secret itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chap: Option<SecretRef>,
+        /// What changes on an existing export (empty: a new one).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changes: Vec<String>,
+    },
+    /// Remove a volume's iSCSI export.
+    Unexport {
+        /// Manifest name it has or had.
+        name: String,
+        /// Identity.
+        uuid: Uuid,
+        /// The target.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iqn: Option<String>,
+    },
     /// Let go of an object, keeping its data (`Retain`), or drop the record
     /// of one that is gone.
     Forget {
@@ -217,8 +255,9 @@ impl Action {
     pub fn symbol(&self) -> &'static str {
         match self.op {
             Op::Create { .. } | Op::CreatePool { .. } => "+",
-            Op::Extend { .. } | Op::Record { .. } => "~",
-            Op::Delete { .. } => "-",
+            Op::Export { ref changes, .. } if changes.is_empty() => "+",
+            Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } => "~",
+            Op::Delete { .. } | Op::Unexport { .. } => "-",
             Op::Forget { .. } => ".",
             Op::Migrate { .. } => ">",
         }
@@ -317,7 +356,14 @@ impl Plan {
         for a in &self.actions {
             match a.op {
                 Op::Create { .. } | Op::CreatePool { .. } => c.0 += 1,
-                Op::Extend { .. } | Op::Record { .. } | Op::Migrate { .. } => c.1 += 1,
+                Op::Export { ref changes, .. } if changes.is_empty() => c.0 += 1,
+                Op::Extend { .. }
+                | Op::Record { .. }
+                | Op::Export { .. }
+                | Op::Unexport { .. }
+                | Op::Migrate { .. } => {
+                    c.1 += 1;
+                }
                 Op::Delete { .. } => c.2 += 1,
                 Op::Forget { .. } => c.3 += 1,
             }
@@ -378,6 +424,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     p.unsupported();
     p.pools();
     p.objects();
+    p.exports();
     p.removals();
     p.capacity();
     p.out
@@ -403,6 +450,40 @@ struct Planner<'a> {
     /// its target, then stopped: the volume itself (the target) is in
     /// `found`.
     half_moved: BTreeMap<(ObjKind, String), Found<'a>>,
+}
+
+/// The removal of volume `uuid`'s export, or the error refusing it while an
+/// initiator is logged in.
+fn unexport_action(
+    a: &str,
+    name: &str,
+    uuid: Uuid,
+    o: &crate::iscsi::lio::ObservedExport,
+    why: &str,
+) -> Result<Action, String> {
+    let iqn = o.iqn.as_deref().unwrap_or_default();
+    if !o.logged_in.is_empty() {
+        return Err(format!(
+            "{a}: in use: initiator(s) {} are logged in to {iqn}; log them out first (iscsiadm -m node -T {iqn} --logout on those hosts)",
+            o.logged_in.join(", "),
+        ));
+    }
+    Ok(Action {
+        address: a.to_owned(),
+        op: Op::Unexport {
+            name: name.to_owned(),
+            uuid,
+            iqn: o.iqn.clone(),
+        },
+        reason: format!(
+            "{why}: the iSCSI target{} is removed (no initiator is logged in)",
+            o.iqn
+                .as_deref()
+                .map(|i| format!(" {i}"))
+                .unwrap_or_default()
+        ),
+        impact: Impact::MetadataOnly,
+    })
 }
 
 fn addr(kind: ObjKind, name: &str) -> String {
@@ -537,11 +618,6 @@ impl<'a> Planner<'a> {
             self.out.errors.push(format!(
                 "image.{name}: images are not supported by this version of cinderblock yet"
             ));
-        }
-        for (name, doc) in &self.set.volumes {
-            if doc.spec.export.is_some() {
-                self.out.errors.push(format!("volume.{name}: exports (spec.export) are not supported by this version of cinderblock yet"));
-            }
         }
         for (name, doc) in &self.set.snapshots {
             if doc.spec.consistency_group.is_some() {
@@ -1221,7 +1297,21 @@ impl<'a> Planner<'a> {
                 format!("it has snapshots ({list}), which live on its back end; delete them first (deletionPolicy: Delete, then remove their manifests), or set migrateSnapshots: true once this version supports it")
             });
         }
-        if obj.in_use {
+        if let Some(e) = self
+            .world
+            .exports
+            .get(obj.uuid)
+            .filter(|e| doc.spec.export.is_some() || !e.logged_in.is_empty())
+        {
+            // (Without spec.export and with nobody logged in, the exports
+            // pass unexports it before the move.)
+            let iqn = e.iqn.as_deref().unwrap_or("(backstore only)");
+            refusals.push(if e.logged_in.is_empty() {
+                format!("it is exported over iSCSI as {iqn}, and the export points at its data on {cur}: remove spec.export for the move (no initiator is logged in) and add it back afterwards")
+            } else {
+                format!("it is in use: initiator(s) {} are logged in to {iqn}; log them out and remove spec.export for the move, then add it back", e.logged_in.join(", "))
+            });
+        } else if obj.in_use {
             refusals.push(format!(
                 "it is in use (its LV on {cur} is open): stop or detach its users, then plan again"
             ));
@@ -1286,9 +1376,12 @@ impl<'a> Planner<'a> {
         }
         let after = self.virtual_free(&to);
         self.sched.release(cur, obj.size, true);
-        let read = match backend.driver {
-            Driver::File { .. } => obj.allocated.unwrap_or(obj.size).min(obj.size),
-            Driver::Lvm { .. } => obj.size,
+        // Files and thin LVs say what they hold (thin: the pool's
+        // data_percent, an estimate to 0.01 %); a thick LV is read whole.
+        let read = if backend.thin || matches!(backend.driver, Driver::File { .. }) {
+            obj.allocated.unwrap_or(obj.size).min(obj.size)
+        } else {
+            obj.size
         };
         let bandwidth = self
             .set
@@ -1521,6 +1614,181 @@ impl<'a> Planner<'a> {
 
     /// Objects of ours that no manifest declares any more.
     #[allow(clippy::too_many_lines)] // one pass over every undeclared object, kept together
+    /// iSCSI exports of the declared volumes: new ones, changed ones (ACLs,
+    /// portals, CHAP, IQN) and removed ones, each compared with what LIO has.
+    /// An initiator that is logged in is never cut off: a change that would
+    /// remove its ACL or the whole export is a plan error naming it.
+    fn exports(&mut self) {
+        for (name, doc) in &self.set.volumes {
+            let key = (ObjKind::Volume, name.as_str().to_owned());
+            let (uuid, backend) = match (self.found.get(&key), self.planned.get(&key)) {
+                (Some(f), _) => (Some(f.obj.uuid), f.backend.name.as_str().to_owned()),
+                (None, Some(b)) => (None, b.clone()),
+                // Not placed here (an error already says why, or it lives on
+                // another host).
+                (None, None) => continue,
+            };
+            let a = addr(ObjKind::Volume, name.as_str());
+            let observed = uuid.and_then(|u| self.world.exports.get(u));
+            let Some(want) = doc.spec.export.as_ref().map(|e| &e.iscsi) else {
+                if let (Some(o), Some(u)) = (observed, uuid) {
+                    match unexport_action(&a, name.as_str(), u, o, "spec.export was removed") {
+                        // Before a migration of the same volume: the export
+                        // holds its data open where it is now.
+                        Ok(x) => match self
+                            .out
+                            .actions
+                            .iter()
+                            .position(|m| m.address == a && matches!(m.op, Op::Migrate { .. }))
+                        {
+                            Some(i) => self.out.actions.insert(i, x),
+                            None => self.out.actions.push(x),
+                        },
+                        Err(e) => self.out.errors.push(e),
+                    }
+                }
+                continue;
+            };
+            match &self.world.exports {
+                Exports::Absent => {
+                    self.out.errors.push(format!(
+                        "{a}: spec.export needs LIO, which is not loaded on this host ({} does not exist): modprobe target_core_mod iscsi_target_mod, and mount configfs",
+                        crate::iscsi::lio::root().display()
+                    ));
+                    continue;
+                }
+                Exports::Failed(e) => {
+                    self.out
+                        .errors
+                        .push(format!("{a}: cannot read LIO's exports: {e}"));
+                    continue;
+                }
+                Exports::Found(_) => {}
+            }
+            let mut initiators: Vec<String> = want
+                .initiators
+                .iter()
+                .map(|i| i.as_str().to_owned())
+                .collect();
+            initiators.sort();
+            initiators.dedup();
+            let mut portals: Vec<String> = want.portals.clone();
+            portals.sort();
+            portals.dedup();
+            let iqn = want
+                .target_name
+                .as_ref()
+                .map(|t| t.as_str().to_owned())
+                .or_else(|| uuid.map(crate::iscsi::lio::default_iqn));
+            let op = |changes: Vec<String>| Op::Export {
+                name: name.as_str().to_owned(),
+                uuid,
+                backend: backend.clone(),
+                iqn: iqn.clone(),
+                initiators: initiators.clone(),
+                portals: portals.clone(),
+                chap: want.chap_secret_ref.clone(),
+                changes,
+            };
+            let new_export = Action {
+                address: a.clone(),
+                op: op(Vec::new()),
+                reason: format!(
+                    "spec.export: iSCSI target for {} initiator(s){}",
+                    initiators.len(),
+                    if want.chap_secret_ref.is_some() {
+                        ", CHAP required"
+                    } else {
+                        ""
+                    }
+                ),
+                impact: Impact::MetadataOnly,
+            };
+            let Some(o) = observed else {
+                self.out.actions.push(new_export);
+                continue;
+            };
+            let Some(u) = uuid else { continue };
+            if o.iqn.is_none() || o.iqn != iqn {
+                // Only the backstore is left (an interrupted export), or the
+                // IQN changes: tear down, then export anew.
+                if o.iqn.is_some() && !o.logged_in.is_empty() {
+                    self.out.errors.push(format!(
+                        "{a}: changing the target name from {} cuts off the logged-in initiator(s) {}; log them out first",
+                        o.iqn.as_deref().unwrap_or_default(),
+                        o.logged_in.join(", ")
+                    ));
+                    continue;
+                }
+                match unexport_action(&a, name.as_str(), u, o, "the target name changes") {
+                    Ok(x) => self.out.actions.push(x),
+                    Err(e) => {
+                        self.out.errors.push(e);
+                        continue;
+                    }
+                }
+                self.out.actions.push(new_export);
+                continue;
+            }
+            let mut changes = Vec::new();
+            let have: BTreeSet<&str> = o.initiators.iter().map(String::as_str).collect();
+            let want_set: BTreeSet<&str> = initiators.iter().map(String::as_str).collect();
+            let added: Vec<&str> = want_set.difference(&have).copied().collect();
+            let removed: Vec<&str> = have.difference(&want_set).copied().collect();
+            let cut: Vec<&str> = removed
+                .iter()
+                .copied()
+                .filter(|i| o.logged_in.iter().any(|l| l == i))
+                .collect();
+            if !cut.is_empty() {
+                self.out.errors.push(format!(
+                    "{a}: removing the ACL of {} cuts off a logged-in initiator; log it out first (iscsiadm -m node -T {} --logout on that host)",
+                    cut.join(", "),
+                    o.iqn.as_deref().unwrap_or_default()
+                ));
+                continue;
+            }
+            if !added.is_empty() {
+                changes.push(format!("allow {}", added.join(", ")));
+            }
+            if !removed.is_empty() {
+                changes.push(format!("deny {}", removed.join(", ")));
+            }
+            let want_portals = if portals.is_empty() {
+                vec![crate::iscsi::lio::DEFAULT_PORTAL.to_owned()]
+            } else {
+                portals.clone()
+            };
+            if o.portals != want_portals {
+                changes.push(format!(
+                    "portals {} -> {}",
+                    o.portals.join(","),
+                    want_portals.join(",")
+                ));
+            }
+            match (o.chap, want.chap_secret_ref.is_some()) {
+                (false, true) => changes.push("require CHAP".into()),
+                (true, false) => changes.push("stop requiring CHAP".into()),
+                _ => {}
+            }
+            if !o.enabled {
+                changes.push("enable the portal group".into());
+            }
+            if !changes.is_empty() {
+                self.out.actions.push(Action {
+                    address: a.clone(),
+                    reason: format!(
+                        "its export differs from spec.export: {}",
+                        changes.join("; ")
+                    ),
+                    op: op(changes),
+                    impact: Impact::MetadataOnly,
+                });
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_lines)] // one pass over the undeclared objects
     fn removals(&mut self) {
         let declared: BTreeSet<(ObjKind, String)> = self
             .set
@@ -1587,6 +1855,17 @@ impl<'a> Planner<'a> {
                         children.iter().map(|c| format!("snapshot.{c}")).collect::<Vec<_>>().join(", ")
                     ));
                     continue;
+                }
+            }
+            if *kind == ObjKind::Volume
+                && let Some(o) = self.world.exports.get(f.obj.uuid)
+            {
+                match unexport_action(&a, name, f.obj.uuid, o, "its manifest was removed") {
+                    Ok(x) => deletes.push(x),
+                    Err(e) => {
+                        self.out.errors.push(e);
+                        continue;
+                    }
                 }
             }
             let mut reason = if interrupted_delete {

@@ -206,6 +206,16 @@ fn action(s: &mut String, a: &Action) {
         }
         Op::Delete { kind, name, .. } => ("will be destroyed", kind_word(*kind), name.clone()),
         Op::Forget { kind, name, .. } => ("will be forgotten", kind_word(*kind), name.clone()),
+        Op::Export { name, changes, .. } => (
+            if changes.is_empty() {
+                "will be exported"
+            } else {
+                "will have its export updated"
+            },
+            "iscsi_export",
+            name.clone(),
+        ),
+        Op::Unexport { name, .. } => ("will no longer be exported", "iscsi_export", name.clone()),
         Op::Migrate { name, resume, .. } => (
             if *resume {
                 "will be migrated (resumed)"
@@ -299,6 +309,67 @@ fn action(s: &mut String, a: &Action) {
         } => {
             attrs.push(("-".into(), "backend".into(), format!("{backend:?}")));
             attrs.push(("-".into(), "size".into(), format_bytes_exact(*size)));
+            attrs.push((" ".into(), "id".into(), uuid.to_string()));
+        }
+        Op::Export {
+            uuid,
+            backend,
+            iqn,
+            initiators,
+            portals,
+            chap,
+            changes,
+            ..
+        } => {
+            let mark = if changes.is_empty() { "+" } else { " " };
+            attrs.push((mark.into(), "backend".into(), format!("{backend:?}")));
+            attrs.push((
+                mark.into(),
+                "target".into(),
+                iqn.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}volume-(known after apply)",
+                        crate::iscsi::lio::IQN_PREFIX
+                    )
+                }),
+            ));
+            for c in changes {
+                attrs.push(("~".into(), "change".into(), c.clone()));
+            }
+            attrs.push((mark.into(), "initiators".into(), initiators.join(", ")));
+            attrs.push((
+                mark.into(),
+                "portals".into(),
+                if portals.is_empty() {
+                    crate::iscsi::lio::DEFAULT_PORTAL.to_owned()
+                } else {
+                    portals.join(", ")
+                },
+            ));
+            attrs.push((
+                mark.into(),
+                "chap".into(),
+                match chap {
+                    Some(r) => match (&r.file, &r.env) {
+                        (Some(f), _) => {
+                            format!("required (secret from file {})", f.as_path().display())
+                        }
+                        (None, Some(e)) => format!("required (secret from ${e})"),
+                        (None, None) => "required".into(),
+                    },
+                    None => "none".into(),
+                },
+            ));
+            if let Some(u) = uuid {
+                attrs.push((" ".into(), "id".into(), u.to_string()));
+            }
+        }
+        Op::Unexport { uuid, iqn, .. } => {
+            attrs.push((
+                "-".into(),
+                "target".into(),
+                iqn.clone().unwrap_or_else(|| "(backstore only)".into()),
+            ));
             attrs.push((" ".into(), "id".into(), uuid.to_string()));
         }
         Op::Forget {
@@ -457,9 +528,10 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
                 address: &a.address,
                 action: match a.op {
                     Op::Create { .. } | Op::CreatePool { .. } => "create",
-                    Op::Extend { .. } | Op::Record { .. } => "update",
+                    Op::Export { ref changes, .. } if changes.is_empty() => "create",
+                    Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } => "update",
                     Op::Migrate { .. } => "migrate",
-                    Op::Delete { .. } => "delete",
+                    Op::Delete { .. } | Op::Unexport { .. } => "delete",
                     Op::Forget { .. } => "forget",
                 },
                 impact: a.impact.as_str(),

@@ -82,6 +82,7 @@ fn world(views: Vec<BackendView>) -> World {
     World {
         backends: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
         missing: vec![],
+        exports: crate::observe::Exports::Absent,
     }
 }
 
@@ -517,5 +518,230 @@ fn the_target_of_a_volume_no_longer_declared_is_removed() {
             .any(|a| matches!(&a.op, Op::Delete { backend, .. } if backend == "b")),
         "its unfinished target goes: {:?}",
         p.actions
+    );
+}
+
+const INI_A: &str = "iqn.1994-05.com.example:a";
+const INI_B: &str = "iqn.1994-05.com.example:b";
+
+fn export_yaml(initiators: &[&str]) -> String {
+    let mut s = "  export:\n    iscsi:\n      initiators:\n".to_owned();
+    for i in initiators {
+        s.push_str("        - ");
+        s.push_str(i);
+        s.push('\n');
+    }
+    s
+}
+
+fn exported(uuid: u128, initiators: &[&str], logged_in: &[&str]) -> crate::observe::Exports {
+    let u = Uuid::from_u128(uuid);
+    let e = crate::iscsi::lio::ObservedExport {
+        uuid: u,
+        iqn: Some(crate::iscsi::lio::default_iqn(u)),
+        device: None,
+        initiators: initiators.iter().map(|s| (*s).to_owned()).collect(),
+        logged_in: logged_in.iter().map(|s| (*s).to_owned()).collect(),
+        portals: vec!["0.0.0.0:3260".into()],
+        chap: false,
+        enabled: true,
+    };
+    crate::observe::Exports::Found(BTreeMap::from([(u, e)]))
+}
+
+/// Volume `v` (uuid 1) as recorded, Retain.
+fn recorded_v() -> Recorded {
+    Recorded {
+        objects: [record(1, "v", "a", DeletionPolicy::Retain)].into(),
+        last_plan: None,
+    }
+}
+
+fn one_volume_world(exports: crate::observe::Exports, name: &str) -> World {
+    let mut w = world(vec![view(
+        "a",
+        true,
+        20.0,
+        100 * GIB,
+        vec![obj(name, GIB, 1)],
+    )]);
+    w.exports = exports;
+    w
+}
+
+#[test]
+fn exports_are_planned_new_then_updated_then_removed() {
+    // New volume with an export: create, then export with the default IQN
+    // known after apply.
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A]))));
+    let mut w = world(vec![view("a", true, 20.0, 100 * GIB, vec![])]);
+    w.exports = crate::observe::Exports::Found(BTreeMap::new());
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(matches!(p.actions[0].op, Op::Create { .. }));
+    assert!(
+        matches!(&p.actions[1].op, Op::Export { uuid: None, iqn: None, changes, initiators, .. }
+            if changes.is_empty() && initiators == &[INI_A.to_owned()]),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.counts(), (2, 0, 0, 0));
+
+    // Existing export; one more initiator: an update naming it.
+    let set =
+        manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A, INI_B]))));
+    let w = one_volume_world(exported(1, &[INI_A], &[INI_A]), "v");
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
+    assert!(
+        matches!(&p.actions[0].op, Op::Export { changes, .. } if changes == &[format!("allow {INI_B}")]),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.actions[0].symbol(), "~");
+
+    // Same as declared: nothing to do.
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A]))));
+    let w = one_volume_world(exported(1, &[INI_A], &[]), "v");
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
+
+    // spec.export removed while nobody is logged in: unexport.
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(
+        matches!(
+            p.actions[..],
+            [super::Action {
+                op: Op::Unexport { .. },
+                ..
+            }]
+        ),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.actions[0].symbol(), "-");
+}
+
+#[test]
+fn a_logged_in_initiator_blocks_removing_its_acl_the_export_and_the_volume() {
+    let uuid = Uuid::from_u128(1);
+    let iqn = crate::iscsi::lio::default_iqn(uuid);
+    let w = one_volume_world(exported(1, &[INI_A, INI_B], &[INI_B]), "v");
+
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A]))));
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [format!(
+            "volume.v: removing the ACL of {INI_B} cuts off a logged-in initiator; log it out first (iscsiadm -m node -T {iqn} --logout on that host)"
+        )]
+    );
+
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(
+        p.errors[0]
+            .starts_with("volume.v: in use: initiator(s) iqn.1994-05.com.example:b are logged in"),
+        "{:?}",
+        p.errors
+    );
+
+    // The manifest removed with deletionPolicy Delete: no unexport, no delete.
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("keep", "1Gi", "")));
+    let mut w = w;
+    if let Discovery::Ok(inv) = &mut w.backends.values_mut().next().unwrap().discovery {
+        inv.objects.push(obj("keep", GIB, 2));
+    }
+    let rec = Recorded {
+        objects: [
+            record(1, "v", "a", DeletionPolicy::Delete),
+            record(2, "keep", "a", DeletionPolicy::Retain),
+        ]
+        .into(),
+        last_plan: None,
+    };
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(
+        p.actions
+            .iter()
+            .all(|a| !matches!(a.op, Op::Delete { .. } | Op::Unexport { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(p.errors[0].contains("in use"), "{:?}", p.errors);
+
+    // Nobody logged in: unexport, then delete, in that order.
+    let w = one_volume_world(exported(1, &[INI_A], &[]), "v");
+    let mut w = w;
+    if let Discovery::Ok(inv) = &mut w.backends.values_mut().next().unwrap().discovery {
+        inv.objects.push(obj("keep", GIB, 2));
+    }
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let ops: Vec<&str> = p.actions.iter().map(super::Action::symbol).collect();
+    assert_eq!(ops, ["-", "-"]);
+    assert!(matches!(p.actions[0].op, Op::Unexport { .. }));
+    assert!(matches!(p.actions[1].op, Op::Delete { .. }));
+}
+
+#[test]
+fn an_export_without_lio_is_a_plan_error_saying_how_to_load_it() {
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A]))));
+    let w = one_volume_world(crate::observe::Exports::Absent, "v");
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert_eq!(p.errors.len(), 1);
+    assert!(
+        p.errors[0]
+            .starts_with("volume.v: spec.export needs LIO, which is not loaded on this host"),
+        "{:?}",
+        p.errors
+    );
+    assert!(p.errors[0].contains("modprobe target_core_mod iscsi_target_mod"));
+}
+
+#[test]
+fn an_exported_volume_is_not_migrated_and_the_error_says_how() {
+    // spec.export removed in the same change: unexport, then move.
+    let (set, mut w) = moving(vec![], "");
+    w.exports = exported(1, &[INI_A], &[]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(
+            p.actions[..],
+            [
+                super::Action {
+                    op: Op::Unexport { .. },
+                    ..
+                },
+                super::Action {
+                    op: Op::Migrate { .. },
+                    ..
+                }
+            ]
+        ),
+        "{:?}",
+        p.actions
+    );
+    // Still declared: refused.
+    let (set, mut w) = moving(vec![], &export_yaml(&[INI_A]));
+    w.exports = exported(1, &[INI_A], &[]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    assert!(
+        p.errors[0].ends_with("it is exported over iSCSI as iqn.2010-10.dev.cinderblock:volume-00000000-0000-0000-0000-000000000001, and the export points at its data on a: remove spec.export for the move (no initiator is logged in) and add it back afterwards"),
+        "{:?}",
+        p.errors
+    );
+    w.exports = exported(1, &[INI_A], &[INI_A]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(
+        p.errors[0].contains("in use: initiator(s) iqn.1994-05.com.example:a are logged in"),
+        "{:?}",
+        p.errors
     );
 }

@@ -473,6 +473,7 @@ fn a_second_agent_on_the_same_state_directory_is_refused_naming_the_first() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one family list, read top to bottom
 fn metrics_parse_as_prometheus_text_and_hold_the_families() {
     let site = site_with_backend();
     site.write("a.yaml", &volume("a", "8Mi", ""));
@@ -543,6 +544,8 @@ fn metrics_parse_as_prometheus_text_and_hold_the_families() {
         assert!(find(family).next().is_some(), "no {family} in\n{text}");
     }
     for family in [
+        "cinderblock_backend_thin_data_percent",
+        "cinderblock_backend_thin_metadata_percent",
         "cinderblock_backup_runs_total",
         "cinderblock_backup_last_success_timestamp_seconds",
         "cinderblock_backup_last_size_bytes",
@@ -928,4 +931,171 @@ fn a_failed_discovery_stalls_deletes_and_says_why() {
     });
     assert!(has(&site, "volume.a"), "{s:#}");
     assert_eq!(s["lastReconcile"]["destroyed"], 0);
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn a_scheduled_backup_runs_within_90_seconds_and_retention_keeps_the_configured_number() {
+    let site = site_with_backend();
+    let repo = site.path().join("repo");
+    site.write(
+        "policy.yaml",
+        &format!(
+            "{H}kind: BackupPolicy\nmetadata:\n  name: minutely\nspec:\n  schedule: \"* * * * *\"\n  \
+             target:\n    path: {}\n  retention:\n    keepLast: 2\n",
+            repo.display()
+        ),
+    );
+    site.write("a.yaml", &volume("a", "16Mi", "  backupPolicy: minutely\n"));
+    site.apply();
+    let data = site.data("pool", "volume.a");
+    let content: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    write_volume(&data, &content, 16 << 20);
+    // Two backups by hand before the agent starts: the scheduled one makes
+    // three, one more than the policy keeps.
+    let mut by_hand = Vec::new();
+    for _ in 0..2 {
+        let r = site.run(&["backup", "run", "a", "-f", "manifests"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        by_hand.push(
+            r.stdout
+                .split(':')
+                .next()
+                .unwrap()
+                .trim_start_matches("backup ")
+                .to_owned(),
+        );
+    }
+    let (_, _, sidecar) = site.objects("pool").remove("volume.a").unwrap();
+    let uuid = sidecar["uuid"].as_str().unwrap().to_owned();
+    let manifests = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(repo.join("backups").join(&uuid))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(manifests().len(), 2);
+    // New data for the scheduled backup to store.
+    let mut content = content;
+    content[..1 << 20].fill(0x5a);
+    write_volume(&data, &content, 16 << 20);
+
+    let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);
+    agent.wait_ready();
+    let s = agent.poll(
+        "a scheduled backup of volume a",
+        Duration::from_secs(90),
+        |a| {
+            std::thread::sleep(Duration::from_millis(200));
+            let s = a.status();
+            let done = s["backups"]["volumes"]
+                .as_array()?
+                .iter()
+                .find(|v| v["volume"] == "a")?
+                .get("lastBackupId")?
+                .is_string();
+            done.then_some(s)
+        },
+    );
+    let v = s["backups"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["volume"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(v["policy"], "minutely", "{s:#}");
+    assert!(v["lastSize"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(v.get("lastError").is_none(), "{s:#}");
+    let scheduled = v["lastBackupId"].as_str().unwrap().to_owned();
+    assert!(!by_hand.iter().any(|h| scheduled.starts_with(h.as_str())));
+
+    // Retention ran after it: the oldest backup made by hand is gone, the
+    // newer one and the scheduled one are kept, in the repository and in
+    // the catalogue.
+    let kept = manifests();
+    assert_eq!(kept.len(), 2, "{kept:?}\n{}", agent.log());
+    assert!(
+        kept.iter().any(|n| n.starts_with(&scheduled)),
+        "{kept:?} {scheduled}"
+    );
+    assert!(
+        !kept.iter().any(|n| n.starts_with(by_hand[0].as_str())),
+        "{kept:?}"
+    );
+    let list = site.run(&["backup", "list", "a"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(
+        !list.stdout.contains(by_hand[0].as_str()),
+        "{}",
+        list.stdout
+    );
+    assert!(list.stdout.contains(by_hand[1].as_str()), "{}", list.stdout);
+    let (_, metrics) = agent.get("/metrics");
+    assert!(
+        metric(&metrics, "cinderblock_backup_last_size_bytes{volume=\"a\"}")
+            .is_some_and(|b| b > 0.0),
+        "{metrics}"
+    );
+
+    // The scheduled backup restores to the volume's content.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(WAIT).success());
+    let r = site.run(&[
+        "backup",
+        "restore",
+        &scheduled,
+        "--to",
+        "copy",
+        "-f",
+        "manifests",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let restored = fs::read(site.data("pool", "volume.copy")).unwrap();
+    assert_eq!(&restored[..content.len()], &content[..]);
+    assert!(restored[content.len()..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn a_slow_http_client_is_cut_off_and_does_not_block_others() {
+    let site = site_with_backend();
+    let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);
+    agent.wait_ready();
+    // Half a request head, then nothing (slowloris).
+    let mut slow = TcpStream::connect(&agent.addr).unwrap();
+    slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(25)))
+        .unwrap();
+    let opened = Instant::now();
+    // Others are served meanwhile.
+    assert_eq!(agent.get("/healthz").0, 200);
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let held = opened.elapsed();
+    assert!(
+        held >= Duration::from_secs(8) && held < Duration::from_secs(20),
+        "the slow connection was closed after {held:?} (the request-head limit is 10 s)"
+    );
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert_eq!(agent.get("/healthz").0, 200);
+}
+
+/// Writes `content` at the start of the volume file `path` of `size` bytes.
+fn write_volume(path: &Path, content: &[u8], size: u64) {
+    fs::write(path, content).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
 }

@@ -16,6 +16,7 @@ mod agent;
 mod backup;
 mod converge;
 mod examples;
+mod export;
 mod fuzz;
 mod lvm_plan;
 mod migrate;

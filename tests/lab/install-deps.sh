@@ -7,14 +7,15 @@
 #
 # Installed on the host: qemu (runs the VM), busybox-static, lvm2, thin-provisioning-tools,
 # e2fsprogs (their binaries and libraries are copied into the guest's initramfs), cpio
-# (packs it), qemu-utils (qemu-img: the migrate benchmark's peer). The guest's NFS and open-iscsi userspace and the kernel are NOT installed
+# (packs it), systemd (its systemd-analyze verifies examples/systemd's unit), qemu-utils (qemu-img: the
+# migrate benchmark's peer). The guest's NFS and open-iscsi userspace and the kernel are NOT installed
 # here: tests/lab/build.sh fetches them with `apt-get download` into target/lab/ and
 # unpacks them with `dpkg -x`, so the host gets no NFS or iSCSI daemons. That needs
 # apt's package lists, so this script makes sure they exist.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(qemu-system-x86 qemu-utils busybox-static lvm2 thin-provisioning-tools cpio e2fsprogs)
+PKGS=(qemu-system-x86 qemu-utils busybox-static lvm2 thin-provisioning-tools cpio e2fsprogs systemd)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -39,6 +40,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The tools the build and the harness call, checked by name so a broken install is loud.
-for b in qemu-system-x86_64 qemu-img busybox lvm dmsetup pdata_tools cpio gzip mke2fs dpkg apt-get; do
+for b in qemu-system-x86_64 qemu-img busybox lvm dmsetup pdata_tools cpio gzip mke2fs dpkg apt-get systemd-analyze; do
   command -v "$b" >/dev/null || { echo "install-deps: $b still missing after install" >&2; exit 1; }
 done
