@@ -49,9 +49,9 @@ pub enum MigrateError {
     Lvm {
         /// The back end.
         backend: String,
-        /// Why.
+        /// Why (boxed: it is large).
         #[source]
-        source: crate::lvm::LvmError,
+        source: Box<crate::lvm::LvmError>,
     },
     /// Opening a device or file failed.
     #[error("cannot open {}", path.display())]
@@ -171,7 +171,7 @@ fn file_err(fb: &FileBackend) -> impl FnOnce(file::FileError) -> MigrateError + 
 fn lvm_err<'a>(lb: &'a LvmBackend<'_>) -> impl FnOnce(crate::lvm::LvmError) -> MigrateError + 'a {
     move |source| MigrateError::Lvm {
         backend: lb.backend().to_owned(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -254,6 +254,7 @@ fn open(path: &Path, write: bool) -> Result<File, MigrateError> {
 
 /// Runs (or resumes) one migration of `mv` from `src` to `dst`; see the
 /// module docs for the steps.
+#[allow(clippy::too_many_lines)] // the steps of the module docs' table, in order
 pub fn run(
     mv: &Move<'_>,
     src: &Endpoint<'_>,

@@ -491,6 +491,7 @@ fn addr(kind: ObjKind, name: &str) -> String {
 }
 
 impl<'a> Planner<'a> {
+    #[allow(clippy::too_many_lines)] // one pass over what discovery saw, kept together
     fn index(&mut self) {
         let mut seen: BTreeMap<(ObjKind, String), Vec<(&BackendView, &Observed)>> = BTreeMap::new();
         for b in self.world.backends.values() {
@@ -1388,7 +1389,7 @@ impl<'a> Planner<'a> {
             .backends
             .get(cur)
             .and_then(|b| b.spec.migration_bandwidth)
-            .map(|q| q.bytes());
+            .map(crate::manifest::values::Quantity::bytes);
         self.out.actions.push(Action {
             address: a,
             op: Op::Migrate {

@@ -60,6 +60,7 @@ impl Checkpoints for Memory {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one run: set-up, the rounds, the report
 fn main() {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     fs::create_dir_all(base).expect("target/tmp");
