@@ -382,6 +382,7 @@ pub fn run(
             // File targets are read back while copying (their holes are
             // checked after it); LVM targets after the copy.
             read_back: matches!(dst, Endpoint::File(..)),
+            writeback: matches!(dst, Endpoint::File(..)),
         },
         cp,
     )

@@ -517,6 +517,7 @@ impl<'r> LvmBackend<'r> {
                 bandwidth: None,
                 hash_source: false,
                 read_back: false,
+                writeback: false,
             },
             &mut crate::copy::Quiet,
         )
