@@ -889,6 +889,13 @@ impl<'a> Planner<'a> {
                     return;
                 }
                 ObjHealth::Deleting => {
+                    // A migration verified its target and marked the source,
+                    // then stopped before the switch: finish it.
+                    if let Some(t) = self.migrating.get(&key) {
+                        let (tb, to) = (t.backend, t.obj);
+                        self.finish_migration(name, policy, (backend, obj), (tb, to));
+                        return;
+                    }
                     self.out.errors.push(format!("{a}: an earlier delete of {} on {bname} was interrupted, but the manifests still declare it; remove the manifest to let the delete finish, or restore the volume from a backup", obj.uuid));
                     return;
                 }
@@ -1201,25 +1208,8 @@ impl<'a> Planner<'a> {
         let policy = doc.spec.deletion_policy;
         // A verified migration stopped after promoting its target: finish.
         if let Some(h) = self.half_moved.get(&key) {
-            let from = h.backend.name.as_str().to_owned();
-            self.out.actions.push(Action {
-                address: a,
-                op: Op::Migrate {
-                    name: name.as_str().to_owned(),
-                    uuid: obj.uuid,
-                    from: from.clone(),
-                    to: cur.as_str().to_owned(),
-                    size: h.obj.size,
-                    target_size: obj.size,
-                    read: 0,
-                    target_free: (self.virtual_free(cur), self.virtual_free(cur)),
-                    bandwidth: None,
-                    resume: true,
-                    deletion_policy: policy,
-                },
-                reason: format!("an earlier migration from {from} was verified and switched over, then interrupted; its source is removed"),
-                impact: Impact::Moves,
-            });
+            let (hb, ho) = (h.backend, h.obj);
+            self.finish_migration(name, policy, (hb, ho), (backend, obj));
             return true;
         }
         let in_flight = self.migrating.get(&key).map(|t| (t.backend, t.obj));
@@ -1413,6 +1403,37 @@ impl<'a> Planner<'a> {
             impact: Impact::Moves,
         });
         true
+    }
+
+    /// Plans the end of a migration whose copy was verified (its source is
+    /// marked `deleting`): promote the target if need be, remove the source.
+    fn finish_migration(
+        &mut self,
+        name: &Name,
+        policy: DeletionPolicy,
+        (fb, from): (&BackendView, &Observed),
+        (tb, to): (&BackendView, &Observed),
+    ) {
+        let (src, dst) = (fb.name.as_str().to_owned(), tb.name.as_str().to_owned());
+        let free = self.virtual_free(&tb.name);
+        self.out.actions.push(Action {
+            address: addr(ObjKind::Volume, name.as_str()),
+            op: Op::Migrate {
+                name: name.as_str().to_owned(),
+                uuid: from.uuid,
+                from: src.clone(),
+                to: dst,
+                size: from.size,
+                target_size: to.size,
+                read: 0,
+                target_free: (free, free),
+                bandwidth: None,
+                resume: true,
+                deletion_policy: policy,
+            },
+            reason: format!("an earlier migration from {src} was verified, then interrupted before the switch; it is finished (nothing is copied again)"),
+            impact: Impact::Moves,
+        });
     }
 
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped at 0, shown rounded

@@ -745,3 +745,37 @@ fn an_exported_volume_is_not_migrated_and_the_error_says_how() {
         p.errors
     );
 }
+
+#[test]
+fn a_verified_copy_interrupted_before_the_switch_is_finished() {
+    // The source on a is marked deleting (verified), the target on b still
+    // migrating: the switch is finished, nothing copied again.
+    let set = manifests(
+        &(backend_yaml("a", "")
+            + &backend_yaml("b", "")
+            + &vol_yaml("db", "1Gi", "  backend: b\n")),
+    );
+    let w = world(vec![
+        view(
+            "a",
+            true,
+            20.0,
+            100 * GIB,
+            vec![target_of(1, ObjHealth::Deleting)],
+        ),
+        view(
+            "b",
+            true,
+            20.0,
+            100 * GIB,
+            vec![target_of(1, ObjHealth::Migrating)],
+        ),
+    ]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(&p.actions[..], [a] if matches!(&a.op, Op::Migrate { from, to, resume: true, read: 0, .. } if from == "a" && to == "b")),
+        "{:?}",
+        p.actions
+    );
+}

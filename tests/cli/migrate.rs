@@ -331,3 +331,48 @@ fn sigkill_halfway_through_the_copy_resumes_and_verifies() {
     assert!(blocks <= GIB + 8 * MIB, "sparse: {blocks}");
     assert_eq!(site.plan_code(), 0);
 }
+
+#[test]
+fn sigkill_between_the_steps_of_a_migration_converges() {
+    for at in ["migrate-target", "migrate-verified", "migrate-promoted"] {
+        let site = two_backends("64Mi", "", "");
+        let src = site.data("a", "volume.db");
+        write_pattern(&src, 8 * MIB, 4 * MIB, 7);
+        let before = sha256(&src);
+        let (uuid, _, _) = site.objects("a")["volume.db"].clone();
+        pin(&site, "64Mi", "slow", "");
+        let out = assert_cmd::Command::cargo_bin("cinderblock")
+            .unwrap()
+            .current_dir(site.path())
+            .env("CINDERBLOCK_CRASH_AT", at)
+            .args([
+                "--state",
+                "state",
+                "--host",
+                "testhost",
+                "apply",
+                "-f",
+                "manifests",
+                "--auto-approve",
+            ])
+            .timeout(std::time::Duration::from_secs(60))
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{at}: not killed");
+        let plan = site.run(&["plan", "-f", "manifests"]);
+        assert!(
+            plan.stdout.contains("will be migrated (resumed)"),
+            "{at}: {}",
+            plan.stdout
+        );
+        let r = site.apply();
+        assert!(r.stdout.contains("Apply complete!"), "{at}: {}", r.stdout);
+        assert!(site.objects("a").is_empty(), "{at}: the source is gone");
+        let objs = site.objects("b");
+        assert_eq!(objs["volume.db"].0, uuid, "{at}: identity kept");
+        assert_eq!(objs["volume.db"].2["state"], "ready", "{at}");
+        assert_eq!(sha256(&objs["volume.db"].1), before, "{at}: data identical");
+        assert_eq!(site.plan_code(), 0, "{at}: converged");
+    }
+}
