@@ -75,6 +75,7 @@ fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
         .file("lib-mig.sh", GUEST_LIB)
         .file("s1/site.yaml", site("thick-a", "thin-b", "files"))
         .file("s2/site.yaml", site("thin-b", "thin-b", "files"))
+        .file("s3a/site.yaml", site("thin-b", "thick-a", "files"))
         .file("s3/site.yaml", site("thin-b", "thick-a", "thick-a"))
         .file("s4/site.yaml", site("files", "thick-a", "thick-a"))
         .step(
@@ -112,9 +113,18 @@ fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
         )
         .step_any(
             "plan_to_thick",
-            &sh("cb plan -f s3 --detailed-exitcode"),
+            &sh("cb plan -f s3a --detailed-exitcode"),
         )
-        .step("to_thick", &sh("cb apply -f s3 --auto-approve"))
+        .step("to_thick", &sh("cb apply -f s3a --auto-approve"))
+        // file -> thick, killed after the copy was verified and the file
+        // marked deleting, before the LV is promoted: the next apply
+        // finishes the switch on LVM without copying again.
+        .step_any(
+            "crash_v3",
+            &sh("CINDERBLOCK_CRASH_AT=migrate-verified cb apply -f s3 --auto-approve"),
+        )
+        .step_any("plan_v3", &sh("cb plan -f s3; report crashed.json"))
+        .step("finish_v3", &sh("cb apply -f s3 --auto-approve"))
         .step(
             "after_thick",
             &sh(
@@ -176,7 +186,7 @@ fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
 
     // thin → thick and file → thick, over the garbage
     assert_eq!(rc(&out, "plan_to_thick"), 2, "{}", out.report("plan"));
-    assert!(out.stdout("plan_to_thick").contains("2 to migrate."));
+    assert!(out.stdout("plan_to_thick").contains("1 to migrate."));
     // a thin source is read only where mapped (8 of 64 MiB); the thick
     // target's other 56 MiB are zeroed, not skipped
     assert!(
@@ -184,6 +194,23 @@ fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
             .contains("volume.v2: read 8388608 bytes, wrote 8388608, zeroed 58720256 "),
         "{}",
         out.stdout("to_thick")
+    );
+    // the kill after verification, and the switch finished on the next run
+    assert_eq!(rc(&out, "crash_v3"), 137, "{}", out.report("crash"));
+    assert!(
+        out.stdout("plan_v3").contains("will be migrated (resumed)"),
+        "{}",
+        out.stdout("plan_v3")
+    );
+    let crashed = lvs(&out, "crashed.json");
+    let v3_target = named(&crashed, "v3").expect("v3's target LV");
+    assert_eq!(v3_target.tag_value("cinderblock.state"), Some("migrating"));
+    assert!(v3_target.tag_value("cinderblock.migration").is_some());
+    assert_eq!(v3_target.tag_value("cinderblock.from"), Some("files"));
+    assert!(
+        !out.stdout("finish_v3").contains("volume.v3: read "),
+        "nothing copied again: {}",
+        out.stdout("finish_v3")
     );
     let after = shas(&out, "after_thick");
     for (name, sha) in &before {
