@@ -361,6 +361,70 @@ fn target(world: &World, name: &str) -> Result<Target, String> {
     })
 }
 
+/// Copies the raw image file `path` into the new image-volume `uuid` of
+/// `backend` (`size` bytes): only the file's data extents are read, holes
+/// are left as holes on a sparse file or thin LV, and a thick LV's blocks
+/// that the file does not cover are zeroed.
+fn copy_image_in(
+    path: &Path,
+    world: &World,
+    backend: &str,
+    uuid: Uuid,
+    size: u64,
+) -> Result<(), String> {
+    let view = world
+        .backends
+        .values()
+        .find(|b| b.name.as_str() == backend)
+        .ok_or_else(|| format!("back end {backend} is not a back end of this host"))?;
+    let (target_path, kind) = match (&view.driver, target(world, backend)?) {
+        (_, Target::File(fb, _)) => (
+            fb.data_path(file::ObjectKind::Image, uuid),
+            crate::copy::Target::Holes,
+        ),
+        (Driver::Lvm { thin_pool, .. }, Target::Lvm(lb)) => (
+            lb.device(&lvm::tags::LvObjKind::Image.lv_name(uuid)),
+            if thin_pool.is_some() {
+                crate::copy::Target::Holes
+            } else {
+                crate::copy::Target::MustZero
+            },
+        ),
+        (Driver::File { .. }, Target::Lvm(_)) => return Err("back end kinds disagree".into()),
+    };
+    let src =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let len = src
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+        .len();
+    let dst = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target_path)
+        .map_err(|e| format!("cannot open {}: {e}", target_path.display()))?;
+    let extents =
+        crate::copy::Extents::of_file(&src, path, len).map_err(|e| crate::error_chain(&e))?;
+    let stats = crate::copy::copy(
+        &crate::copy::Job {
+            source: &src,
+            source_path: path,
+            target: &dst,
+            target_path: &target_path,
+            len,
+            target_len: size,
+            extents: &extents,
+            kind,
+            start: 0,
+            bandwidth: None,
+            hash_source: false,
+        },
+        &mut crate::copy::Quiet,
+    )
+    .map_err(|e| crate::error_chain(&e))?;
+    tracing::info!(image = %uuid, from = %path.display(), read = stats.read, written = stats.written, zeroed = stats.zeroed, "image content copied in");
+    Ok(())
+}
+
 fn from_lvm(c: lvm::Change) -> Change {
     match c {
         lvm::Change::Unchanged => Change::Unchanged,
@@ -408,6 +472,7 @@ fn run(
             size,
             source,
             deletion_policy,
+            from_file,
             ..
         } => {
             let uuid = new_uuid.ok_or("no identity")?;
@@ -480,6 +545,9 @@ fn run(
                     )
                 }
             };
+            if let Some(path) = from_file {
+                copy_image_in(path, world, backend, uuid, *size)?;
+            }
             ledger.recorded.objects.insert(
                 uuid,
                 RecordedObject {

@@ -1254,6 +1254,7 @@ mod tests {
                 }),
                 resume: None,
                 deletion_policy: DeletionPolicy::Delete,
+                from_file: None,
             },
         )
     }
@@ -1325,6 +1326,7 @@ mod tests {
             backends: BTreeMap::from([(name, view)]),
             missing: Vec::new(),
             exports: crate::observe::Exports::Absent,
+            image_files: BTreeMap::new(),
         }
     }
 

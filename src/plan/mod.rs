@@ -95,6 +95,9 @@ pub enum Op {
         resume: Option<Uuid>,
         /// Deletion policy to record.
         deletion_policy: DeletionPolicy,
+        /// Images: copy the content of this raw file in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_file: Option<std::path::PathBuf>,
     },
     /// Grow a volume.
     Extend {
@@ -423,6 +426,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     p.index();
     p.unsupported();
     p.pools();
+    p.images();
     p.objects();
     p.exports();
     p.removals();
@@ -614,11 +618,6 @@ impl<'a> Planner<'a> {
     /// Kinds and fields this version cannot carry out yet are refused, not
     /// ignored: a plan that silently skipped an export would lie.
     fn unsupported(&mut self) {
-        for name in self.set.images.keys() {
-            self.out.errors.push(format!(
-                "image.{name}: images are not supported by this version of cinderblock yet"
-            ));
-        }
         for (name, doc) in &self.set.snapshots {
             if doc.spec.consistency_group.is_some() {
                 self.out.errors.push(format!("snapshot.{name}: group snapshots are not supported by this version of cinderblock yet"));
@@ -831,6 +830,168 @@ impl<'a> Planner<'a> {
         items
     }
 
+    /// Volume-backed images: each `Image` is an image-volume on its back end,
+    /// made once (from a raw file on this host, copied sparsely, or as a
+    /// clone of a volume there) and never changed; volumes made from it are
+    /// clones. An image-volume that exists without a record was interrupted
+    /// while its content was copied in: it is removed and made again.
+    fn images(&mut self) {
+        let set = self.set;
+        for (name, doc) in &set.images {
+            let Some(bn) = self
+                .world
+                .backends
+                .keys()
+                .find(|k| **k == doc.spec.backend)
+                .cloned()
+            else {
+                // Another host's back end.
+                continue;
+            };
+            let a = addr(ObjKind::Image, name.as_str());
+            let key = (ObjKind::Image, name.as_str().to_owned());
+            let backend = bn.as_str().to_owned();
+            if let Some(f) = self.found.get(&key) {
+                let complete = self.recorded.objects.contains_key(&f.obj.uuid)
+                    || doc.spec.source.path.is_none();
+                if complete {
+                    if f.backend.name != bn {
+                        self.out.errors.push(format!(
+                            "{a}: spec.backend is {bn} but the image-volume lives on {}; an image is not moved: remove the Image and declare it again",
+                            f.backend.name
+                        ));
+                    }
+                    continue;
+                }
+                if !self.world.complete() {
+                    self.out.notes.push(format!("{a}: an unrecorded image-volume ({}) waits for a complete discovery to be made again", f.obj.uuid));
+                    continue;
+                }
+                self.out.actions.push(Action {
+                    address: a.clone(),
+                    op: Op::Delete {
+                        kind: RecordedKind::Image,
+                        name: name.as_str().to_owned(),
+                        uuid: f.obj.uuid,
+                        backend: f.backend.name.as_str().to_owned(),
+                        size: f.obj.size,
+                    },
+                    reason: "the image-volume exists but its copy was never recorded as complete (interrupted, or a new state directory): it is made again from its source".into(),
+                    impact: Impact::DestroysData,
+                });
+            }
+            if self.held_back(ObjKind::Image, name.as_str(), Some(&doc.spec.backend)) {
+                continue;
+            }
+            let Some((size, source, from_file, why)) = self.image_source(&a, doc, &bn) else {
+                continue;
+            };
+            let extent = self.world.backends.get(&bn).map_or(1, |b| b.extent);
+            let size = round_up(size, extent);
+            let req = Request {
+                size,
+                zone: None,
+                extra_specs: None,
+            };
+            if let Err(why) = self.sched.check(&bn, &req) {
+                self.out.errors.push(format!(
+                    "{a}: cannot be created on {bn}:{}",
+                    schedule::explain(&vec![(bn.clone(), why)])
+                ));
+                continue;
+            }
+            self.sched.commit(&bn, size);
+            self.push_create(
+                ObjKind::Image,
+                name.as_str(),
+                &backend,
+                size,
+                source,
+                None,
+                DeletionPolicy::Retain,
+                why,
+            );
+            if let Some(Action {
+                op: Op::Create {
+                    from_file: slot, ..
+                },
+                ..
+            }) = self.out.actions.last_mut()
+            {
+                *slot = from_file;
+            }
+        }
+    }
+
+    /// Where an image's content comes from: (size, source object, raw file,
+    /// reason), or `None` after a plan error saying why it cannot be made.
+    fn image_source(
+        &mut self,
+        a: &str,
+        doc: &Doc<crate::manifest::kinds::ImageSpec>,
+        bn: &Name,
+    ) -> Option<(u64, Option<SourceRef>, Option<std::path::PathBuf>, String)> {
+        let set = self.set;
+        let backend = bn.as_str();
+        let r = if let Some(p) = &doc.spec.source.path {
+            match self.world.image_files.get(p.as_path()) {
+                Some(Ok(f)) => (
+                    f.size,
+                    None,
+                    Some(p.as_path().to_owned()),
+                    format!(
+                        "it is declared and does not exist; its content is copied from {} (holes stay holes)",
+                        p.as_path().display()
+                    ),
+                ),
+                Some(Err(e)) => {
+                    self.out.errors.push(format!("{a}: spec.source.path: {e}"));
+                    return None;
+                }
+                None => {
+                    self.out.errors.push(format!(
+                        "{a}: spec.source.path {} was not looked at",
+                        p.as_path().display()
+                    ));
+                    return None;
+                }
+            }
+        } else if let Some(v) = &doc.spec.source.volume {
+            match self.backend_of(ObjKind::Volume, v.as_str()) {
+                Some(vb) if vb == backend => {
+                    let key = (ObjKind::Volume, v.as_str().to_owned());
+                    let size = self.found.get(&key).map_or_else(
+                        || set.volumes.get(v).map_or(0, |d| d.spec.size.bytes()),
+                        |f| f.obj.size,
+                    );
+                    (
+                        size,
+                        Some(SourceRef {
+                            kind: RecordedKind::Volume,
+                            name: v.as_str().to_owned(),
+                            uuid: self.found.get(&key).map(|f| f.obj.uuid),
+                        }),
+                        None,
+                        format!("it is declared and does not exist; a clone of volume {v}"),
+                    )
+                }
+                Some(vb) => {
+                    self.out.errors.push(format!("{a}: spec.backend is {bn} but volume {v} lives on {vb}; an image is a clone made on its volume's back end"));
+                    return None;
+                }
+                None => {
+                    self.out.errors.push(format!(
+                        "{a}: volume {v} does not exist and is not created by this plan"
+                    ));
+                    return None;
+                }
+            }
+        } else {
+            return None;
+        };
+        Some(r)
+    }
+
     fn objects(&mut self) {
         for (_, kind, name) in self.order() {
             match kind {
@@ -1003,13 +1164,18 @@ impl<'a> Planner<'a> {
         // A new volume: where?
         let req = Self::request(self.set, doc);
         let source = doc.spec.source.as_ref();
-        if source.is_some_and(|s| s.image.is_some() || s.backup.is_some()) {
-            self.out.errors.push(format!("{a}: volumes from images or backups are not supported by this version of cinderblock yet"));
+        if source.is_some_and(|s| s.backup.is_some()) {
+            self.out.errors.push(format!(
+                "{a}: volumes from backups are not supported by this version of cinderblock yet"
+            ));
             return;
         }
         let source_backend = source.and_then(|s| {
             if let Some(v) = &s.volume {
                 return Some(self.backend_of(ObjKind::Volume, v.as_str()));
+            }
+            if let Some(i) = &s.image {
+                return Some(self.backend_of(ObjKind::Image, i.as_str()));
             }
             let snap = s.snapshot.as_ref()?;
             Some(self.backend_of(ObjKind::Snapshot, snap.as_str()))
@@ -1430,6 +1596,8 @@ impl<'a> Planner<'a> {
         let s = doc.spec.source.as_ref()?;
         let (kind, name) = if let Some(v) = &s.volume {
             (ObjKind::Volume, v.as_str())
+        } else if let Some(i) = &s.image {
+            (ObjKind::Image, i.as_str())
         } else {
             (ObjKind::Snapshot, s.snapshot.as_ref()?.as_str())
         };
@@ -1465,6 +1633,7 @@ impl<'a> Planner<'a> {
                 source,
                 resume,
                 deletion_policy: policy,
+                from_file: None,
             },
             reason,
             impact: Impact::Grows,

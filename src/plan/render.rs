@@ -254,6 +254,7 @@ fn action(s: &mut String, a: &Action) {
             size,
             source,
             resume,
+            from_file,
             ..
         } => {
             attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
@@ -263,6 +264,13 @@ fn action(s: &mut String, a: &Action) {
                     "+".into(),
                     "source".into(),
                     format!("{}.{}", kind_word(src.kind), src.name),
+                ));
+            }
+            if let Some(f) = from_file {
+                attrs.push((
+                    "+".into(),
+                    "content".into(),
+                    format!("from {}", f.display()),
                 ));
             }
             if let Some(u) = resume {

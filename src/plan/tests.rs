@@ -83,6 +83,7 @@ fn world(views: Vec<BackendView>) -> World {
         backends: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
         missing: vec![],
         exports: crate::observe::Exports::Absent,
+        image_files: BTreeMap::new(),
     }
 }
 

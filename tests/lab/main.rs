@@ -10,6 +10,7 @@
 mod agent;
 mod export;
 mod harness;
+mod image;
 mod iscsi;
 mod lvm;
 mod lvm_backend;
