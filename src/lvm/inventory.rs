@@ -170,6 +170,14 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
             continue;
         }
         match tags::ownership(lv, cfg.backend) {
+            // Backup snapshots are the backup code's, not objects of the
+            // manifests (see `backup_snap`).
+            Ownership::Foreign
+                if lv
+                    .tag_value(super::backup_snap::BACKUP_OF)
+                    .and_then(tags::decode)
+                    .as_deref()
+                    == Some(cfg.backend) => {}
             Ownership::Foreign => foreign.push(lv.name.clone()),
             Ownership::Damaged(why) => problems.push(why),
             Ownership::Ours(owned) => {

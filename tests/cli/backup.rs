@@ -215,7 +215,7 @@ fn full_and_incremental_restore_identical_and_sparse() {
     let run = site.cbf(&["backup", "run", "data", "--full"]);
     let full = backup_id(&run);
     assert!(run.stdout.contains("full of data"), "{}", run.stdout);
-    assert!(run.stdout.contains("in 5 extent(s)"), "{}", run.stdout);
+    assert!(run.stdout.contains("in 5 range(s)"), "{}", run.stdout);
 
     change(&vol);
     let sum_inc = sha256(&vol);
@@ -544,7 +544,7 @@ fn errors_name_the_problem() {
     assert_eq!(run.code, 1);
     assert!(
         run.stderr
-            .contains("Volume data does not exist on any file back end yet"),
+            .contains("Volume data does not exist on any back end yet"),
         "{}",
         run.stderr
     );
@@ -872,7 +872,7 @@ spec: {size: 64Mi, volumeType: standard, backupPolicy: nightly}
     assert!(run.stdout.contains("full of data") && run.stdout.contains("full of logs"));
     assert!(
         run.stderr
-            .contains("skipped later: Volume later does not exist on any file back end yet"),
+            .contains("skipped later: Volume later does not exist on any back end yet"),
         "{}",
         run.stderr
     );
