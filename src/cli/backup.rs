@@ -274,7 +274,7 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
 }
 
 /// The volume's backup policy, or its consistency group's.
-fn policy_of(set: &ManifestSet, vol: &manifest::VolumeSpec) -> Option<Name> {
+pub(super) fn policy_of(set: &ManifestSet, vol: &manifest::VolumeSpec) -> Option<Name> {
     vol.backup_policy.clone().or_else(|| {
         vol.consistency_group
             .as_ref()

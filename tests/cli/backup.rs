@@ -961,3 +961,143 @@ fn a_volume_size_not_a_multiple_of_the_chunk_round_trips() {
     assert_eq!(fs::read(&copy).unwrap(), fs::read(&vol).unwrap());
     ok(&site.cb("state", &["backup", "verify", &id]));
 }
+
+/// `plan` with a fixed clock (`CINDERBLOCK_NOW`).
+fn plan_at(site: &Site, now: &str, json: bool) -> Run {
+    let mut cmd = assert_cmd::Command::cargo_bin("cinderblock").unwrap();
+    cmd.current_dir(site.path())
+        .env_remove("CINDERBLOCK_LOG")
+        .env("CINDERBLOCK_NOW", now)
+        .args([
+            "--state",
+            "state",
+            "plan",
+            "-f",
+            "site.yaml",
+            "-f",
+            "more.yaml",
+        ]);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The `Backups` section of a text plan.
+fn backups_section(text: &str) -> String {
+    text.lines()
+        .skip_while(|l| !l.starts_with("Backups"))
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn plan_shows_each_volume_policy_last_backup_and_when_the_next_is_due() {
+    use cinderblock::backup::catalog::{Catalog, Entry, Status};
+    use cinderblock::backup::format::{BackupKind, VolumeRef};
+    let site = Site::new("");
+    fs::write(
+        site.path().join("more.yaml"),
+        "apiVersion: cinderblock.dev/v1alpha1
+kind: BackupPolicy
+metadata: {name: hourly-berlin}
+spec:
+  schedule: \"30 * * * *\"
+  timezone: Europe/Berlin
+  target: {path: /nonexistent/repo}
+---
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {name: logs}
+spec:
+  size: 16Mi
+  volumeType: standard
+  backupPolicy: hourly-berlin
+---
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {name: scratch}
+spec:
+  size: 16Mi
+  volumeType: standard
+",
+    )
+    .unwrap();
+    // `data` was backed up at 02:00:05 on the 23rd (UTC).
+    let state = site.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let mut cat = Catalog::default();
+    let id = Uuid::from_u128(0x1a2b_3c4d_0000_4000_8000_0000_0000_0001);
+    cat.backups.insert(
+        id,
+        Entry {
+            id,
+            repository: site.repo(),
+            repository_id: None,
+            volume: VolumeRef {
+                uuid: Uuid::from_u128(7),
+                name: "data".into(),
+                backend: "local".into(),
+                size: 64 * MIB,
+            },
+            policy: Some("nightly".into()),
+            kind: Some(BackupKind::Full),
+            parent: None,
+            started_at: "2026-11-23T02:00:05Z".parse().unwrap(),
+            read_bytes: 0,
+            stored_bytes: 0,
+            status: Status::Ok,
+            detail: None,
+            verified_at: None,
+        },
+    );
+    cat.store(&state).unwrap();
+
+    // Before the next slot: data is due tonight at 02:00 UTC; logs (never
+    // backed up) at the next :30 of Berlin time (UTC+1 in November).
+    let before = plan_at(&site, "2026-11-24T01:10:00Z", false);
+    ok(&before);
+    // After a missed slot: data is due now.
+    let after = plan_at(&site, "2026-11-24T03:10:00Z", false);
+    ok(&after);
+    insta::assert_snapshot!(format!(
+        "{}\n\n{}",
+        backups_section(&before.stdout),
+        backups_section(&after.stdout)
+    ));
+    assert!(
+        before
+            .stdout
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("Plan:"),
+        "the summary stays last:\n{}",
+        before.stdout
+    );
+    assert!(!before.stdout.contains("scratch  "), "no policy, no row");
+
+    let json = plan_at(&site, "2026-11-24T01:10:00Z", true);
+    ok(&json);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let rows = v["backups"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{}", json.stdout);
+    assert_eq!(rows[0]["volume"], "data");
+    assert_eq!(rows[0]["next"], "2026-11-24T02:00:00Z");
+    assert_eq!(rows[0]["last"]["at"], "2026-11-23T02:00:05Z");
+    assert_eq!(rows[1]["volume"], "logs");
+    assert_eq!(rows[1]["timezone"], "Europe/Berlin");
+    assert_eq!(rows[1]["next"], "2026-11-24T01:30:00Z");
+    assert!(rows[1].get("last").is_none());
+    assert!(
+        v["resource_changes"].is_array() || v["resourceChanges"].is_array(),
+        "the plan is still there"
+    );
+}
