@@ -470,6 +470,7 @@ fn run_one(
                     codec,
                     host,
                     direct: !policy.spec.force,
+                    exported: vol.spec.export.is_some(),
                 },
                 &bar,
             ),

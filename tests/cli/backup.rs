@@ -629,6 +629,7 @@ fn regenerate_golden_repository() {
             codec: cinderblock::backup::Codec::Zstd,
             host: "golden-host",
             direct: false,
+            exported: false,
         },
         &cinderblock::backup::NoProgress,
     )
@@ -832,6 +833,7 @@ fn two_writers_at_once_share_one_repository() {
                         codec: Codec::Zstd,
                         host: if n == 0 { "a" } else { "b" },
                         direct: false,
+                        exported: false,
                     },
                     &NoProgress,
                 )
@@ -1100,4 +1102,45 @@ spec:
         v["resource_changes"].is_array() || v["resourceChanges"].is_array(),
         "the plan is still there"
     );
+}
+
+#[test]
+fn an_idle_volume_is_read_in_place_and_one_in_use_is_copied_first() {
+    let site = Site::new("");
+    let vol = site.create_volume("data", 64 * MIB);
+    fill(&vol);
+    let sum = sha256(&vol);
+    // The filesystem may reflink (XFS, btrfs): then that is what is used.
+    let reflink = |run: &Run| run.stdout.contains("point in time by reflink;");
+
+    let idle = site.cbf(&["backup", "run", "data", "--full"]);
+    let idle_id = backup_id(&idle);
+    assert!(
+        reflink(&idle)
+            || idle
+                .stdout
+                .contains("point in time by in-place read (no reflink here; volume not in use);"),
+        "{}",
+        idle.stdout
+    );
+
+    // qemu stands in: another process holds the volume open
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(File::open(&vol).unwrap())
+        .spawn()
+        .unwrap();
+    let busy = site.cbf(&["backup", "run", "data", "--full"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let busy_id = backup_id(&busy);
+    assert!(
+        reflink(&busy) || busy.stdout.contains("point in time by sparse copy;"),
+        "{}",
+        busy.stdout
+    );
+    for (id, to) in [(&idle_id, "r-idle"), (&busy_id, "r-busy")] {
+        ok(&site.cbf(&["backup", "restore", id, "--to", to]));
+        assert_eq!(sha256(&site.volume_path(to).unwrap()), sum, "{to}");
+    }
 }
