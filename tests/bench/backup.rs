@@ -25,18 +25,22 @@
 //! `CB_BENCH_OURS_ONLY=1` runs only our side (for iterating).
 //!
 //! Measured 2026-11-24 on the 2-core ext4 machines (restic 0.14.0, borg
-//! 1.2.4), last of three full runs; the disk is noisy, so the runs before
-//! it are given as ranges:
+//! 1.2.4), one run while another engineer was building (the disk is noisy;
+//! earlier runs of the copy-first path ranged 8.1–14.7 s):
 //!
 //! | | full | 1 % incremental (stored) | restore (allocated) |
 //! | --- | --- | --- | --- |
-//! | cinderblock (copy first) | 8.09 s (12.2–14.7) | 3.24 s (+46.8 MiB, 1.35×) | 2.21 s (3.01 GiB) |
-//! | cinderblock, `force: false` | 2.54 s (2.7–3.5) | – | – |
-//! | restic | 48.03 s | 29.16 s (+370 MiB) | 17.82 s (16 GiB) |
-//! | borg, fixed 4 MiB, `--sparse` | 4.46 s (4.6–7.5) | 3.42 s (+630 MiB) | 26.16 s (3.01 GiB) |
-//! | `tar -czf` + `sha1sum` | 159.78 s | – | – |
+//! | cinderblock (idle volume, read in place: no reflink on ext4) | 2.02 s | 1.67 s (+46.8 MiB, 1.35×) | 2.25 s (3.01 GiB) |
+//! | cinderblock, volume in use (sparse copy first, 2.56 s) | 5.38 s | – | – |
+//! | restic | 42.47 s | 27.96 s (+362 MiB) | 20.01 s (16 GiB) |
+//! | borg, fixed 4 MiB, `--sparse` | 5.38 s | 3.61 s (+630 MiB) | 15.36 s (3.01 GiB) |
+//! | `tar -czf` + `sha1sum` | 170.64 s | – | – |
 //!
-//! Peak RSS of ours: 60 MiB.
+//! Ratios: full 21.0× restic, 2.7× borg, 84× the notes' recipe;
+//! incremental 16.8× restic, storing 1.35× the changed bytes (restic 10.5×,
+//! borg 18.2×); restore 8.9× restic, 6.8× borg.
+//!
+//! Peak RSS of ours: 66.6 MiB.
 //!
 //! Our peak memory is the bench process's peak RSS (`VmHWM`, reset through
 //! `/proc/self/clear_refs` before each of our phases); peers run as child
@@ -379,7 +383,7 @@ fn main() {
         ratio(r_tar.full, ours.full)
     );
     println!(
-        "full, force: false: {} faster than restic, {} than borg",
+        "full, volume in use (copy first): {} faster than restic, {} than borg",
         ratio(r_restic.full, ours_direct.full),
         ratio(r_borg.full, ours_direct.full)
     );
