@@ -1139,6 +1139,23 @@ fn an_idle_volume_is_read_in_place_and_one_in_use_is_copied_first() {
         "{}",
         busy.stdout
     );
+    // The JSON summary: what was read (data extents only, whole chunks).
+    let json = site.cbf(&["backup", "run", "data", "--incremental", "--json"]);
+    ok(&json);
+    let v: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(v["kind"], "incremental", "{v}");
+    assert_eq!(v["parent"].as_str(), Some(busy_id.as_str()), "{v}");
+    let read = v["readBytes"].as_u64().unwrap();
+    assert!((12 * MIB..=13 * MIB).contains(&read), "read {read}: {v}");
+    assert_eq!(v["newChunks"], 0, "nothing changed: {v}");
+    assert!(
+        [
+            "reflink",
+            "in-place read (no reflink here; volume not in use)"
+        ]
+        .contains(&v["pointInTime"].as_str().unwrap()),
+        "{v}"
+    );
     for (id, to) in [(&idle_id, "r-idle"), (&busy_id, "r-busy")] {
         ok(&site.cbf(&["backup", "restore", id, "--to", to]));
         assert_eq!(sha256(&site.volume_path(to).unwrap()), sum, "{to}");

@@ -79,6 +79,12 @@ fn thin_incremental_reads_only_changed_ranges_and_thin_and_thick_restore_identic
                  dd if=/tmp/a of=$k bs=1M count=16 oflag=direct conv=fsync 2>/dev/null
                  echo $(sha < $t) $(sha < $k)"),
         )
+        // a crashed run left the pool's metadata snapshot held
+        .step(
+            "stale",
+            "dmsetup message tv-pool0-tpool 0 reserve_metadata_snap
+             dmsetup status tv-pool0-tpool | awk '{print $7}'",
+        )
         .step(
             "full",
             &sh("cb backup run tvol --full --json -f m | tee /tmp/tfull.json"),
@@ -99,6 +105,7 @@ fn thin_incremental_reads_only_changed_ranges_and_thin_and_thick_restore_identic
             "inc",
             &sh("cb backup run tvol --incremental --json -f m | tee /tmp/tinc.json"),
         )
+        .step("held", "dmsetup status tv-pool0-tpool | awk '{print $7}'")
         .step(
             "text",
             &sh("cb backup run kvol --incremental -f m"),
@@ -149,6 +156,8 @@ fn thin_incremental_reads_only_changed_ranges_and_thin_and_thick_restore_identic
         out.stdout("restore")
     );
 
+    assert_ne!(out.stdout("stale"), "-", "a metadata snapshot is held");
+    assert_eq!(out.stdout("held"), "-", "released after the backups");
     let full = json(out.stdout("full"));
     assert_eq!(full["kind"], "full", "{full}");
     assert_eq!(full["pointInTime"], "thin snapshot", "{full}");
