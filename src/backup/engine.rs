@@ -1,5 +1,5 @@
 //! A backup run of one `file` volume, and the chunk pipeline every source
-//! goes through ([`store`]: `lvm` volumes come from [`super::lvm_source`]
+//! goes through (`store`: `lvm` volumes come from [`super::lvm_source`]
 //! with a [`ReadPlan`] of byte ranges instead of data extents).
 //!
 //! 1. A shared session on the repository.

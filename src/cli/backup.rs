@@ -1,9 +1,10 @@
 //! `cinderblock backup …`: run, list, restore, verify, export, import and
 //! prune backups by hand.
 //!
-//! Resolves names from the manifests (`-f`) and the `file` back ends'
-//! sidecars into the plain values [`crate::backup`] takes, draws progress
-//! bars on a terminal, and prints one summary line per operation. Commands
+//! Resolves names from the manifests (`-f`), the `file` back ends' sidecars
+//! and the `lvm` back ends' LV tags into the plain values [`crate::backup`]
+//! takes, draws progress bars on a terminal, and prints one summary line per
+//! operation (or, for `run --json`, one JSON object). Commands
 //! that change the state directory or a back end (run, restore, import,
 //! prune) hold the state lock; list, verify and export only read (verify
 //! records its findings if the lock is free).
