@@ -5,7 +5,7 @@
 //! Owns the repository format ([`format`](mod@format)), the repository directory
 //! ([`repo`]), backup runs ([`engine`] for `file` volumes and the shared
 //! pipeline, [`lvm_source`] for thin and thick LVs), restore and verify
-//! ([`restore`]),
+//! ([`restore`]; into a new volume of any back end: [`into_volume`]),
 //! retention ([`retention`], pure), prune ([`prune`]) and the state
 //! directory's catalogue cache with export/import records ([`catalog`]).
 //!
@@ -92,6 +92,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod format;
+pub mod into_volume;
 pub mod lvm_source;
 pub mod prune;
 pub mod repo;

@@ -28,7 +28,7 @@ use crate::backup::engine::{self, Mode, RunSpec};
 use crate::backup::format::{self, Codec, Digest, Manifest, Record};
 use crate::backup::restore::{self, Target};
 use crate::backup::{BackupError, Progress, Repository, prune, repo};
-use crate::file::{self, FileBackend, NewObject, ObjectKind, Phase};
+use crate::file::{self, FileBackend, ObjectKind, Phase};
 use crate::manifest::{self, ManifestSet, Name};
 use crate::state::journal::{Journal, Outcome};
 use crate::state::lock::StateLock;
@@ -728,16 +728,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
             // (it never became ready), so start over.
             tracing::info!(uuid = %obj.uuid, state = ?obj.state, "replacing an incomplete volume");
             backend.delete(obj.uuid)?;
-            restore_fresh(
-                &repo,
-                &index,
-                &m,
-                &table,
-                &backend,
-                to.as_str(),
-                allocation,
-                &bar,
-            )
+            restore_fresh(&repo, &m, &backend, to.as_str(), allocation, &bar)
         }
         Some((_, obj)) => {
             if obj.state != Phase::Ready {
@@ -782,16 +773,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
             .map(|s| (obj.uuid, s))
             .map_err(anyhow::Error::from)
         }
-        None => restore_fresh(
-            &repo,
-            &index,
-            &m,
-            &table,
-            &backend,
-            to.as_str(),
-            allocation,
-            &bar,
-        ),
+        None => restore_fresh(&repo, &m, &backend, to.as_str(), allocation, &bar),
     };
     bar.finish();
     finish_restore(
@@ -859,44 +841,17 @@ fn restore_lvm(
             return Ok((v.uuid, s));
         }
         let uuid = Uuid::new_v4();
-        lvm.create_restoring(&crate::lvm::NewLv {
+        let on = crate::backup::into_volume::NewVolume::Lvm(&lvm);
+        let done = crate::backup::into_volume::restore_new(
+            repo,
+            m,
+            &on,
             uuid,
-            name: to.as_str(),
-            kind: crate::lvm::tags::LvObjKind::Volume,
-            size: m.volume.size,
-            source: None,
-        })?;
-        let path = lvm.device(&crate::lvm::tags::LvObjKind::Volume.lv_name(uuid));
-        let mode = if lvm.is_thin() {
-            Target::Fresh
-        } else {
-            Target::ZeroGaps
-        };
-        let filled = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| BackupError::Io {
-                op: "open",
-                path: path.clone(),
-                source,
-            })
-            .and_then(|f| restore::restore(repo, &index, m, &table, &f, &path, mode, &bar))
-            .map_err(anyhow::Error::from)
-            .and_then(|s| {
-                lvm.mark_ready(uuid)
-                    .map(|()| s)
-                    .map_err(anyhow::Error::from)
-            });
-        match filled {
-            Ok(s) => Ok((uuid, s)),
-            Err(e) => {
-                if let Err(del) = lvm.delete(uuid) {
-                    tracing::warn!(%uuid, error = %del, "could not remove the partly restored volume");
-                }
-                Err(e)
-            }
-        }
+            to.as_str(),
+            m.volume.size,
+            &bar,
+        )?;
+        Ok((uuid, done))
     })();
     bar.finish();
     finish_restore(
@@ -958,56 +913,25 @@ fn lvm_backend_named(
         .ok_or_else(|| anyhow!("Backend {name} is not an lvm back end"))
 }
 
-/// A new volume object: created (sidecar `creating` while data is written),
-/// filled, then `ready`; removed again if anything fails.
-#[allow(clippy::too_many_arguments)] // each piece named
+/// A new volume object on a `file` back end, through
+/// [`crate::backup::into_volume`] (created incomplete, filled, then ready;
+/// removed again if anything fails).
 fn restore_fresh(
     repo: &Repository,
-    index: &repo::Index,
     m: &Manifest,
-    table: &format::Table,
     backend: &FileBackend,
     to: &str,
     allocation: file::Allocation,
     bar: &Bar,
 ) -> anyhow::Result<(Uuid, restore::RestoreStats)> {
     let uuid = Uuid::new_v4();
-    backend.create(&NewObject {
-        uuid,
-        name: to,
-        kind: ObjectKind::Volume,
-        size: m.volume.size,
+    let on = crate::backup::into_volume::NewVolume::File {
+        backend,
         allocation,
-        source: None,
-    })?;
-    let mut meta = backend
-        .get(uuid)?
-        .ok_or_else(|| anyhow!("volume {uuid} vanished after create"))?;
-    meta.state = Phase::Creating;
-    file::meta::write_sidecar(backend.root(), &meta)?;
-    let path = backend.data_path(ObjectKind::Volume, uuid);
-    let filled = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(|source| BackupError::Io {
-            op: "open",
-            path: path.clone(),
-            source,
-        })
-        .and_then(|f| restore::restore(repo, index, m, table, &f, &path, Target::Fresh, bar));
-    match filled {
-        Ok(stats) => {
-            meta.state = Phase::Ready;
-            file::meta::write_sidecar(backend.root(), &meta)?;
-            Ok((uuid, stats))
-        }
-        Err(e) => {
-            if let Err(del) = backend.delete(uuid) {
-                tracing::warn!(%uuid, error = %del, "could not remove the partly restored volume");
-            }
-            Err(e.into())
-        }
-    }
+    };
+    let stats =
+        crate::backup::into_volume::restore_new(repo, m, &on, uuid, to, m.volume.size, bar)?;
+    Ok((uuid, stats))
 }
 
 // ---------------------------------------------------------------------------
