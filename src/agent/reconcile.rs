@@ -1242,6 +1242,7 @@ mod tests {
                     uuid: None,
                 }),
                 resume: None,
+                backup: None,
                 deletion_policy: DeletionPolicy::Delete,
             },
         )
@@ -1312,6 +1313,7 @@ mod tests {
         World {
             backends: BTreeMap::from([(name, view)]),
             missing: Vec::new(),
+            ..World::default()
         }
     }
 

@@ -237,6 +237,7 @@ fn action(s: &mut String, a: &Action) {
             size,
             source,
             resume,
+            backup,
             ..
         } => {
             attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
@@ -246,6 +247,18 @@ fn action(s: &mut String, a: &Action) {
                     "+".into(),
                     "source".into(),
                     format!("{}.{}", kind_word(src.kind), src.name),
+                ));
+            }
+            if let Some(b) = backup {
+                attrs.push((
+                    "+".into(),
+                    "source".into(),
+                    format!(
+                        "backup {} of volume.{} ({})",
+                        b.id,
+                        b.volume,
+                        b.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
                 ));
             }
             if let Some(u) = resume {

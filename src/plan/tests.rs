@@ -81,6 +81,7 @@ fn world(views: Vec<BackendView>) -> World {
     World {
         backends: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
         missing: vec![],
+        ..World::default()
     }
 }
 

@@ -1161,3 +1161,92 @@ fn an_idle_volume_is_read_in_place_and_one_in_use_is_copied_first() {
         assert_eq!(sha256(&site.volume_path(to).unwrap()), sum, "{to}");
     }
 }
+
+#[test]
+fn a_volume_declared_from_a_backup_is_restored_by_plan_and_apply() {
+    let site = Site::new("");
+    let vol = site.create_volume("data", 64 * MIB);
+    fill(&vol);
+    let sum = sha256(&vol);
+    let id = backup_id(&site.cbf(&["backup", "run", "data", "--full"]));
+    let declare = |size: &str, extra: &str| {
+        fs::write(
+            site.path().join("copy.yaml"),
+            format!(
+                "apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {{name: copy}}
+spec:
+  size: {size}
+  volumeType: standard
+  source:
+    backup: {{policy: nightly, volume: data{extra}}}
+"
+            ),
+        )
+        .unwrap();
+    };
+    let plan = |args: &[&str]| {
+        let mut v = vec!["plan", "-f", "site.yaml", "-f", "copy.yaml"];
+        v.extend_from_slice(args);
+        site.cb("state", &v)
+    };
+
+    // too small, and an id that matches nothing: refused in the plan
+    declare("32Mi", "");
+    let small = plan(&[]);
+    assert_eq!(small.code, 1, "{}{}", small.stdout, small.stderr);
+    assert!(
+        small
+            .stdout
+            .contains("spec.size 32 MiB is less than backup")
+            || small.stdout.contains("spec.size 32Mi is less than backup")
+            || small.stdout.contains("is less than backup"),
+        "{}",
+        small.stdout
+    );
+    declare("64Mi", ", id: \"0000\"");
+    let unknown = plan(&[]);
+    assert_eq!(unknown.code, 1, "{}{}", unknown.stdout, unknown.stderr);
+    assert!(
+        unknown
+            .stdout
+            .contains("no catalogued backup 0000 of volume data"),
+        "{}",
+        unknown.stdout
+    );
+
+    // the latest backup of data, by default
+    declare("64Mi", "");
+    let p = plan(&[]);
+    ok(&p);
+    assert!(
+        p.stdout.contains(&format!("backup {id} of volume.data")),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        p.stdout
+            .contains(&format!("restored from backup {id} of volume data")),
+        "{}",
+        p.stdout
+    );
+    let apply = site.cb(
+        "state",
+        &[
+            "apply",
+            "-f",
+            "site.yaml",
+            "-f",
+            "copy.yaml",
+            "--auto-approve",
+        ],
+    );
+    ok(&apply);
+    let copy = site.volume_path("copy").unwrap();
+    assert_eq!(sha256(&copy), sum);
+    assert!(allocated(&copy) <= allocated(&vol), "stays sparse");
+    // create-time only: now it exists, nothing more to do
+    let again = plan(&["--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+}

@@ -47,6 +47,16 @@ metadata: {name: kvol}
 spec: {size: 64Mi, backend: thick, backupPolicy: nightly}
 ";
 
+const KPLAN: &str = "apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {name: kplan}
+spec:
+  size: 64Mi
+  backend: thick
+  source:
+    backup: {policy: nightly, volume: kvol}
+";
+
 fn sh(body: &str) -> String {
     format!(". ./lib.sh\n{body}")
 }
@@ -128,6 +138,13 @@ fn thin_incremental_reads_only_changed_ranges_and_thin_and_thick_restore_identic
                  cb backup restore $(field /tmp/tinc.json id) --to tinc -f m
                  cb backup restore $(field /tmp/kfull.json id) --to kres -f m
                  echo $(sha < $(lv_path tfull)) $(sha < $(lv_path tinc)) $(sha < $(lv_path kres))"),
+        )
+        // a thick volume declared from a backup: plan and apply restore it
+        .file("extra/kplan.yaml", KPLAN)
+        .step_any(
+            "planned",
+            &sh("cp extra/kplan.yaml m/ && cb apply -f m --auto-approve >/dev/null
+                 sha < $(lv_path kplan)"),
         )
         .step(
             "after",
@@ -213,8 +230,15 @@ fn thin_incremental_reads_only_changed_ranges_and_thin_and_thick_restore_identic
     assert_eq!(restored[0], written[0], "thin full restore");
     assert_eq!(restored[1], changed[0], "thin incremental restore");
     assert_eq!(restored[2], written[1], "thick restore over dirty extents");
+    assert_eq!(out.step("planned").rc, Some(0), "{}", out.report("planned"));
+    // the newest backup of kvol is the incremental, of the same data
+    assert_eq!(
+        out.stdout("planned"),
+        written[1],
+        "thick volume restored by apply"
+    );
     let after = report::parse_lvs(out.file("after.json")).unwrap_or_default();
-    for name in ["tfull", "tinc", "kres"] {
+    for name in ["tfull", "tinc", "kres", "kplan"] {
         let lv = after
             .iter()
             .find(|l| l.tag_value("cinderblock.name") == Some(name))
