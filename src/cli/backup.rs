@@ -784,6 +784,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
         to.as_str(),
         backend_name.as_str(),
         started,
+        set.volumes.contains_key(&to),
     )
 }
 
@@ -862,10 +863,13 @@ fn restore_lvm(
         to.as_str(),
         backend_name.as_str(),
         started,
+        set.volumes.contains_key(to),
     )
 }
 
-/// Journals a restore's outcome and prints its summary line.
+/// Journals a restore's outcome and prints its summary line (and, for a
+/// volume the manifests do not declare, what the next apply will do).
+#[allow(clippy::too_many_arguments)] // each piece named
 fn finish_restore(
     result: anyhow::Result<(Uuid, restore::RestoreStats)>,
     journal: &mut Journal,
@@ -874,10 +878,20 @@ fn finish_restore(
     to: &str,
     backend_name: &str,
     started: Instant,
+    declared: bool,
 ) -> anyhow::Result<i32> {
     match result {
         Ok((uuid, done)) => {
             journal.outcome(intent, Outcome::Changed, None)?;
+            if !declared {
+                writeln!(
+                    std::io::stderr().lock(),
+                    "note: Volume {to} is not in the manifests: declare it (`source: {{backup: \
+                     {{policy: ..., id: {}}}}}` restores the same way through plan/apply) to keep \
+                     managing it; otherwise the next apply forgets it (its data stays)",
+                    m.id
+                )?;
+            }
             let elapsed = started.elapsed();
             writeln!(
                 std::io::stdout().lock(),
