@@ -7,6 +7,9 @@
 //! of the manifests, so discovery must not offer it to the planner as an
 //! undeclared snapshot (it skips LVs with this back end's `backup-of` mark),
 //! and only the backup code and [`LvmBackend::delete`] of its volume remove it.
+//! Nor does a kept thin base count as provisioned in the pool's capacity: it
+//! shares its origin's blocks and costs only what changed since (visible in
+//! the pool's `data_percent`).
 //!
 //! * thin volume → thin snapshot, kept after a successful backup as the base
 //!   of the next incremental (`thin_delta` against it); the earlier base is

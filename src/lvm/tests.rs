@@ -999,6 +999,11 @@ fn backup_snapshots_are_tagged_listed_removed_and_not_objects() {
     )
     .unwrap();
     assert_eq!(inv.objects.len(), 1, "only the volume");
+    assert_eq!(
+        inv.pool.as_ref().map(|p| p.provisioned),
+        Some(8 * MIB),
+        "the backup base does not count as provisioned"
+    );
     assert!(inv.foreign.is_empty(), "{:?}", inv.foreign);
     // an LV without the mark is refused, ours goes
     assert!(matches!(
