@@ -327,6 +327,52 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
     }
 }
 
+/// Creates volume `uuid` on `backend` from backup `b`
+/// ([`crate::backup::into_volume`]). An interrupted earlier attempt
+/// (`resume`) holds nothing worth keeping: it is removed and the restore
+/// starts over.
+fn restore_backup(
+    world: &World,
+    backend: &str,
+    b: &crate::observe::BackupSource,
+    uuid: Uuid,
+    resume: Option<Uuid>,
+    name: &str,
+    size: u64,
+) -> Result<(), String> {
+    use crate::backup::into_volume::{NewVolume, restore_new_from};
+    let t = target(world, backend)?;
+    let on = match &t {
+        Target::File(fb, alloc) => {
+            if resume.is_some() {
+                fb.delete(uuid).map_err(|e| crate::error_chain(&e))?;
+            }
+            NewVolume::File {
+                backend: fb,
+                allocation: file_alloc(*alloc),
+            }
+        }
+        Target::Lvm(lb) => {
+            if resume.is_some() {
+                lb.delete(uuid).map_err(|e| crate::error_chain(&e))?;
+            }
+            NewVolume::Lvm(lb)
+        }
+    };
+    let stats = restore_new_from(
+        &b.repository,
+        b.id,
+        &on,
+        uuid,
+        name,
+        size,
+        &crate::backup::NoProgress,
+    )
+    .map_err(|e| crate::error_chain(&e))?;
+    tracing::info!(%uuid, backup = %b.id, bytes = stats.bytes, written = stats.written, "restored into a new volume");
+    Ok(())
+}
+
 /// Where an action's back end keeps its data.
 enum Target {
     File(FileBackend, Allocation),
@@ -473,7 +519,8 @@ fn run(
             source,
             deletion_policy,
             from_file,
-            ..
+            backup,
+            resume,
         } => {
             let uuid = new_uuid.ok_or("no identity")?;
             let source_uuid = match source {
@@ -486,63 +533,68 @@ fn run(
                         })?,
                 ),
             };
-            let change = match (target(world, backend)?, kind) {
-                (Target::File(fb, _), RecordedKind::Snapshot) => {
-                    let vol = source_uuid.ok_or("a snapshot needs its volume")?;
-                    fb.snapshot(vol, uuid, name).map_err(err)?.change
-                }
-                (Target::File(fb, alloc), RecordedKind::Volume | RecordedKind::Image) => {
-                    let src = match (source, source_uuid) {
-                        (Some(s), Some(u)) => Some(file::SourceRef {
-                            kind: match s.kind {
-                                RecordedKind::Snapshot => file::ObjectKind::Snapshot,
-                                RecordedKind::Volume => file::ObjectKind::Volume,
-                                RecordedKind::Image => file::ObjectKind::Image,
-                            },
-                            uuid: u,
-                        }),
-                        _ => None,
-                    };
-                    let obj_kind = if *kind == RecordedKind::Image {
-                        file::ObjectKind::Image
-                    } else {
-                        file::ObjectKind::Volume
-                    };
-                    fb.create(&NewObject {
-                        uuid,
-                        name,
-                        kind: obj_kind,
-                        size: *size,
-                        allocation: file_alloc(alloc),
-                        source: src,
-                    })
-                    .map_err(err)?
-                    .change
-                }
-                (Target::Lvm(lb), RecordedKind::Snapshot) => {
-                    let vol = source_uuid.ok_or("a snapshot needs its volume")?;
-                    // `size` is the copy-on-write space of a thick snapshot;
-                    // a thin one ignores it.
-                    from_lvm(lb.snapshot(vol, uuid, name, *size).map_err(lerr)?)
-                }
-                (Target::Lvm(lb), RecordedKind::Volume | RecordedKind::Image) => {
-                    let src = match (source, source_uuid) {
-                        (Some(s), Some(u)) => Some(lvm::Source {
-                            kind: lvm_kind(s.kind),
-                            uuid: u,
-                        }),
-                        _ => None,
-                    };
-                    from_lvm(
-                        lb.create(&NewLv {
+            let change = if let Some(b) = backup {
+                restore_backup(world, backend, b, uuid, *resume, name, *size)?;
+                Change::Changed
+            } else {
+                match (target(world, backend)?, kind) {
+                    (Target::File(fb, _), RecordedKind::Snapshot) => {
+                        let vol = source_uuid.ok_or("a snapshot needs its volume")?;
+                        fb.snapshot(vol, uuid, name).map_err(err)?.change
+                    }
+                    (Target::File(fb, alloc), RecordedKind::Volume | RecordedKind::Image) => {
+                        let src = match (source, source_uuid) {
+                            (Some(s), Some(u)) => Some(file::SourceRef {
+                                kind: match s.kind {
+                                    RecordedKind::Snapshot => file::ObjectKind::Snapshot,
+                                    RecordedKind::Volume => file::ObjectKind::Volume,
+                                    RecordedKind::Image => file::ObjectKind::Image,
+                                },
+                                uuid: u,
+                            }),
+                            _ => None,
+                        };
+                        let obj_kind = if *kind == RecordedKind::Image {
+                            file::ObjectKind::Image
+                        } else {
+                            file::ObjectKind::Volume
+                        };
+                        fb.create(&NewObject {
                             uuid,
                             name,
-                            kind: lvm_kind(*kind),
+                            kind: obj_kind,
                             size: *size,
+                            allocation: file_alloc(alloc),
                             source: src,
                         })
-                        .map_err(lerr)?,
-                    )
+                        .map_err(err)?
+                        .change
+                    }
+                    (Target::Lvm(lb), RecordedKind::Snapshot) => {
+                        let vol = source_uuid.ok_or("a snapshot needs its volume")?;
+                        // `size` is the copy-on-write space of a thick snapshot;
+                        // a thin one ignores it.
+                        from_lvm(lb.snapshot(vol, uuid, name, *size).map_err(lerr)?)
+                    }
+                    (Target::Lvm(lb), RecordedKind::Volume | RecordedKind::Image) => {
+                        let src = match (source, source_uuid) {
+                            (Some(s), Some(u)) => Some(lvm::Source {
+                                kind: lvm_kind(s.kind),
+                                uuid: u,
+                            }),
+                            _ => None,
+                        };
+                        from_lvm(
+                            lb.create(&NewLv {
+                                uuid,
+                                name,
+                                kind: lvm_kind(*kind),
+                                size: *size,
+                                source: src,
+                            })
+                            .map_err(lerr)?,
+                        )
+                    }
                 }
             };
             if let Some(path) = from_file {

@@ -249,6 +249,12 @@ pub struct World {
     pub exports: Exports,
     /// The raw files named by this host's `Image` manifests (`source.path`).
     pub image_files: BTreeMap<std::path::PathBuf, Result<ImageFile, String>>,
+    /// The catalogued backups (state directory), read only when a volume
+    /// is declared with `source.backup`: what such a volume may be restored
+    /// from.
+    pub backups: Vec<BackupSource>,
+    /// Each `BackupPolicy`'s repository directory, resolved.
+    pub backup_repos: BTreeMap<Name, std::path::PathBuf>,
 }
 
 /// A raw image file an `Image` is made from.
@@ -341,6 +347,54 @@ impl Exports {
             Ok(None) => Exports::Absent,
             Ok(Some(m)) => Exports::Found(m),
             Err(e) => Exports::Failed(crate::error_chain(&e)),
+        }
+    }
+}
+
+/// A backup a new volume can be restored from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSource {
+    /// The backup's id.
+    pub id: Uuid,
+    /// The volume that was backed up (manifest name).
+    pub volume: String,
+    /// Its repository directory.
+    pub repository: std::path::PathBuf,
+    /// Bytes of the volume at the time.
+    pub size: u64,
+    /// When it was taken.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The catalogue's good backups, when a volume of `set` declares
+/// `source.backup` (an unreadable catalogue is logged and yields none: the
+/// planner then says no backup matches).
+fn backup_sources(set: &ManifestSet, state_dir: &Path) -> Vec<BackupSource> {
+    use crate::backup::catalog::{Catalog, Status};
+    let wanted = set
+        .volumes
+        .values()
+        .any(|v| v.spec.source.as_ref().is_some_and(|s| s.backup.is_some()));
+    if !wanted {
+        return Vec::new();
+    }
+    match Catalog::load(state_dir) {
+        Ok(cat) => cat
+            .backups
+            .values()
+            .filter(|e| e.status == Status::Ok && e.kind.is_some())
+            .map(|e| BackupSource {
+                id: e.id,
+                volume: e.volume.name.clone(),
+                repository: e.repository.clone(),
+                size: e.volume.size,
+                started_at: e.started_at,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot read the backup catalogue");
+            Vec::new()
         }
     }
 }
@@ -481,6 +535,12 @@ pub fn discover_with(
             }
         });
     }
+    world.backups = backup_sources(set, state_dir);
+    world.backup_repos = set
+        .backup_policies
+        .iter()
+        .map(|(n, d)| (n.clone(), d.spec.target.path.resolve(state_dir)))
+        .collect();
     world
 }
 

@@ -1253,6 +1253,7 @@ mod tests {
                     uuid: None,
                 }),
                 resume: None,
+                backup: None,
                 deletion_policy: DeletionPolicy::Delete,
                 from_file: None,
             },
@@ -1325,8 +1326,7 @@ mod tests {
         World {
             backends: BTreeMap::from([(name, view)]),
             missing: Vec::new(),
-            exports: crate::observe::Exports::Absent,
-            image_files: BTreeMap::new(),
+            ..World::default()
         }
     }
 

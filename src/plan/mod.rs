@@ -93,6 +93,9 @@ pub enum Op {
         /// Finish the interrupted create of this uuid.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<Uuid>,
+        /// Restore this backup into the new volume (`source.backup`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<crate::observe::BackupSource>,
         /// Deletion policy to record.
         deletion_policy: DeletionPolicy,
         /// Images: copy the content of this raw file in.
@@ -908,6 +911,7 @@ impl<'a> Planner<'a> {
                 size,
                 source,
                 None,
+                None,
                 DeletionPolicy::Retain,
                 why,
             );
@@ -1042,6 +1046,7 @@ impl<'a> Planner<'a> {
                         want,
                         self.source_of(doc, &bname),
                         Some(obj.uuid),
+                        self.backup_source(doc, name).ok().flatten(),
                         policy,
                         "an earlier create was interrupted; it is finished with the same identity"
                             .into(),
@@ -1164,9 +1169,22 @@ impl<'a> Planner<'a> {
         // A new volume: where?
         let req = Self::request(self.set, doc);
         let source = doc.spec.source.as_ref();
-        if source.is_some_and(|s| s.backup.is_some()) {
+        let backup = match self.backup_source(doc, name) {
+            Ok(b) => b,
+            Err(why) => {
+                self.out.errors.push(format!("{a}: {why}"));
+                return;
+            }
+        };
+        if let Some(b) = &backup
+            && b.size > req.size
+        {
             self.out.errors.push(format!(
-                "{a}: volumes from backups are not supported by this version of cinderblock yet"
+                "{a}: spec.size {} is less than backup {}'s {} (of volume {}); declare at least that",
+                format_bytes_exact(req.size),
+                b.id,
+                format_bytes_exact(b.size),
+                b.volume
             ));
             return;
         }
@@ -1265,6 +1283,17 @@ impl<'a> Planner<'a> {
             )
         };
         let why = match (&source_ref, doc.spec.backend.is_some()) {
+            _ if backup.is_some() => format!(
+                "it is declared and does not exist; restored from backup {} of volume {}",
+                backup
+                    .as_ref()
+                    .map(|b| b.id.to_string())
+                    .unwrap_or_default(),
+                backup
+                    .as_ref()
+                    .map(|b| b.volume.as_str())
+                    .unwrap_or_default()
+            ),
             (Some(s), _) => format!(
                 "it is declared and does not exist; copied from {} {}",
                 kind_word(s.kind),
@@ -1282,6 +1311,7 @@ impl<'a> Planner<'a> {
             size,
             source_ref,
             None,
+            backup,
             policy,
             why,
         );
@@ -1584,6 +1614,59 @@ impl<'a> Planner<'a> {
             .map_or(0, |p| p.virtual_free().max(0.0) as u64)
     }
 
+    /// The backup a volume declared with `source.backup` restores: among the
+    /// catalogued backups of `source.backup.volume` (default: this volume)
+    /// in the policy's repository, `id` (a unique prefix) or the newest
+    /// (`latest`, the default). `Ok(None)` without `source.backup`.
+    fn backup_source(
+        &self,
+        doc: &Doc<VolumeSpec>,
+        name: &Name,
+    ) -> Result<Option<crate::observe::BackupSource>, String> {
+        let Some(b) = doc.spec.source.as_ref().and_then(|s| s.backup.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(repo) = self.world.backup_repos.get(&b.policy) else {
+            return Err(format!(
+                "source.backup.policy {} is not a BackupPolicy of the manifests",
+                b.policy
+            ));
+        };
+        let vol = b.volume.as_ref().unwrap_or(name).as_str();
+        let mut found: Vec<&crate::observe::BackupSource> = self
+            .world
+            .backups
+            .iter()
+            .filter(|x| &x.repository == repo && x.volume == vol)
+            .collect();
+        found.sort_by_key(|x| (x.started_at, x.id));
+        let id = b.id.as_deref().unwrap_or("latest");
+        let hit = if id == "latest" {
+            found.last().copied()
+        } else {
+            let hits: Vec<_> = found
+                .into_iter()
+                .filter(|x| {
+                    x.id.to_string().starts_with(id) || x.id.simple().to_string().starts_with(id)
+                })
+                .collect();
+            if hits.len() > 1 {
+                return Err(format!(
+                    "source.backup.id {id:?} matches {} backups of volume {vol}; give more digits",
+                    hits.len()
+                ));
+            }
+            hits.first().copied()
+        };
+        hit.cloned().map(Some).ok_or_else(|| {
+            format!(
+                "no catalogued backup {id} of volume {vol} in {} (BackupPolicy {}): run `backup list`, or `backup import --scan` the repository",
+                repo.display(),
+                b.policy
+            )
+        })
+    }
+
     fn backend_of(&self, kind: ObjKind, name: &str) -> Option<String> {
         let key = (kind, name.to_owned());
         if let Some(f) = self.found.get(&key) {
@@ -1618,6 +1701,7 @@ impl<'a> Planner<'a> {
         size: u64,
         source: Option<SourceRef>,
         resume: Option<Uuid>,
+        backup: Option<crate::observe::BackupSource>,
         policy: DeletionPolicy,
         reason: String,
     ) {
@@ -1632,6 +1716,7 @@ impl<'a> Planner<'a> {
                 size,
                 source,
                 resume,
+                backup,
                 deletion_policy: policy,
                 from_file: None,
             },
@@ -1656,7 +1741,7 @@ impl<'a> Planner<'a> {
                 match obj.health {
                     ObjHealth::Creating => {
                         let src = Some(self.snapshot_source(vol.as_str()));
-                        self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), policy,
+                        self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), None, policy,
                             "an earlier create was interrupted; it is finished with the same identity".into());
                     }
                     ObjHealth::Deleting | ObjHealth::DataMissing => self.out.errors.push(format!(
@@ -1759,6 +1844,7 @@ impl<'a> Planner<'a> {
                 &backend,
                 size,
                 src,
+                None,
                 None,
                 policy,
                 format!("it is declared and does not exist; a point-in-time copy of volume.{vol}{cow_note}"),

@@ -8,6 +8,7 @@
 //! `LAB_VERBOSE=1` streams the VM console to stderr.
 
 mod agent;
+mod backup;
 mod export;
 mod harness;
 mod image;
