@@ -178,6 +178,7 @@ pub fn apply_with(
                 action,
                 id: None,
                 crash_after: crash_after_bytes(),
+                logged: Instant::now(),
             };
             migrate(action, world, ledger, &mut ctx, opts)
         } else {
@@ -782,11 +783,24 @@ struct MigrateCtx<'a> {
     action: &'a Action,
     id: Option<Uuid>,
     crash_after: Option<u64>,
+    /// When progress was last logged.
+    logged: Instant,
 }
 
 impl crate::copy::Observer for MigrateCtx<'_> {
     fn progress(&mut self, at: &crate::copy::Position) {
         self.progress.copy(self.action, at);
+        if self.logged.elapsed() >= Duration::from_secs(5) {
+            self.logged = Instant::now();
+            tracing::info!(
+                address = %self.action.address,
+                offset = at.offset,
+                read = at.read,
+                to_read = at.to_read,
+                written = at.written,
+                "copying"
+            );
+        }
         if self.crash_after.is_some_and(|n| at.read >= n) {
             tracing::warn!(read = at.read, "CINDERBLOCK_CRASH_AT: killing this process");
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);

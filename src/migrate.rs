@@ -8,7 +8,7 @@
 //! | step | what | a crash after it leaves | the re-run |
 //! | --- | --- | --- | --- |
 //! | 1 | target created, marked `migrating` with a fresh migration id (LV tags `cinderblock.state=migrating`, `cinderblock.migration=<id>`, `cinderblock.from=<back end>`; file sidecar `state: migrating` + `migration`) | source ready + target migrating | finds the target, resumes the copy |
-//! | 2 | copy (see [`crate::copy`]), checkpoints in the journal every 128 MiB or 5 s, each after the target's data was synced | the same | resumes at the last checkpoint of this migration id |
+//! | 2 | copy (see [`crate::copy`]), checkpoints in the journal every 256 MiB or 5 s, each after the target's data was synced | the same | resumes at the last checkpoint of this migration id |
 //! | 3 | verify: content hash of source and target | the same | copies from the checkpoint, verifies again |
 //! | 4 | source marked `deleting` | source deleting + target migrating | promotes, deletes |
 //! | 5 | target promoted (marks removed) | source deleting + target ready | deletes the source |
@@ -49,9 +49,9 @@ pub enum MigrateError {
     Lvm {
         /// The back end.
         backend: String,
-        /// Why.
+        /// Why (boxed: it is large).
         #[source]
-        source: crate::lvm::LvmError,
+        source: Box<crate::lvm::LvmError>,
     },
     /// Opening a device or file failed.
     #[error("cannot open {}", path.display())]
@@ -148,7 +148,17 @@ struct SourceInfo {
     path: PathBuf,
     len: u64,
     state: Phase,
-    extents_from_file: bool,
+    layout: Layout,
+}
+
+/// Where a source's data is.
+enum Layout {
+    /// A file: ask it (`SEEK_DATA`/`SEEK_HOLE`) once it is open.
+    File,
+    /// Known already (a thin LV's mapped ranges).
+    Known(Extents),
+    /// Unknown (a thick LV): read everything, zero-detection finds the rest.
+    Everything,
 }
 
 fn file_err(fb: &FileBackend) -> impl FnOnce(file::FileError) -> MigrateError + '_ {
@@ -161,7 +171,7 @@ fn file_err(fb: &FileBackend) -> impl FnOnce(file::FileError) -> MigrateError + 
 fn lvm_err<'a>(lb: &'a LvmBackend<'_>) -> impl FnOnce(crate::lvm::LvmError) -> MigrateError + 'a {
     move |source| MigrateError::Lvm {
         backend: lb.backend().to_owned(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -175,7 +185,7 @@ fn source_info(src: &Endpoint<'_>, uuid: Uuid) -> Result<Option<SourceInfo>, Mig
                 path: fb.data_path(m.kind, uuid),
                 len: m.size,
                 state: m.state,
-                extents_from_file: true,
+                layout: Layout::File,
             }))
         }
         Endpoint::Lvm(lb) => {
@@ -188,6 +198,20 @@ fn source_info(src: &Endpoint<'_>, uuid: Uuid) -> Result<Option<SourceInfo>, Mig
                     lv.device.display()
                 )));
             }
+            // A thin LV reads zeros where unmapped: read only its mapped
+            // ranges (from a metadata snapshot of the pool). Should that
+            // fail, zero-detection over the whole LV is slower but correct.
+            let layout = if lv.thin && lv.state.is_none() {
+                match lb.thin_mapped_ranges(&lv.lv) {
+                    Ok(r) => Layout::Known(Extents::new(r, lv.size)),
+                    Err(e) => {
+                        tracing::warn!(lv = %lv.lv, error = %crate::error_chain(&e), "cannot read the thin LV's mapped ranges; reading all of it");
+                        Layout::Everything
+                    }
+                }
+            } else {
+                Layout::Everything
+            };
             Ok(Some(SourceInfo {
                 path: lv.device,
                 len: lv.size,
@@ -197,10 +221,7 @@ fn source_info(src: &Endpoint<'_>, uuid: Uuid) -> Result<Option<SourceInfo>, Mig
                     Some(InFlight::Migrating) => Phase::Migrating,
                     None => Phase::Ready,
                 },
-                // Thick LVs: zero-detection. Thin LVs read zeros where
-                // unmapped; until their mapped ranges are read from the
-                // pool's metadata, zero-detection finds them too (slower).
-                extents_from_file: false,
+                layout,
             }))
         }
     }
@@ -233,6 +254,7 @@ fn open(path: &Path, write: bool) -> Result<File, MigrateError> {
 
 /// Runs (or resumes) one migration of `mv` from `src` to `dst`; see the
 /// module docs for the steps.
+#[allow(clippy::too_many_lines)] // the steps of the module docs' table, in order
 pub fn run(
     mv: &Move<'_>,
     src: &Endpoint<'_>,
@@ -336,10 +358,10 @@ pub fn run(
         to: dst.name().to_owned(),
         source,
     };
-    let extents = if info.extents_from_file {
-        Extents::of_file(&source, &info.path, info.len).map_err(copy_err)?
-    } else {
-        Extents::all(info.len)
+    let extents = match info.layout {
+        Layout::File => Extents::of_file(&source, &info.path, info.len).map_err(copy_err)?,
+        Layout::Known(e) => e,
+        Layout::Everything => Extents::all(info.len),
     };
     if start > 0 {
         tracing::info!(%uuid, %id, offset = start, "resuming a migration at its last checkpoint");
@@ -357,6 +379,10 @@ pub fn run(
             start,
             bandwidth: mv.bandwidth,
             hash_source: true,
+            // File targets are read back while copying (their holes are
+            // checked after it); LVM targets after the copy.
+            read_back: matches!(dst, Endpoint::File(..)),
+            writeback: matches!(dst, Endpoint::File(..)),
         },
         cp,
     )
@@ -368,13 +394,21 @@ pub fn run(
     };
     // The target is read where it holds data by its own account (a file's
     // SEEK_DATA), else where the source does: a thick target's gaps were
-    // zeroed explicitly and a new thin LV's read as zeros.
-    let target_extents = match dst {
-        Endpoint::File(..) => Extents::of_file(&target, &dst_path, info.len).map_err(copy_err)?,
-        Endpoint::Lvm(_) => extents.clone(),
+    // zeroed explicitly and a new thin LV's read as zeros. A file target
+    // read back during the copy needs only its holes checked: no data
+    // outside the blocks the source has.
+    let target_hash = match dst {
+        Endpoint::File(..) => {
+            let own = Extents::of_file(&target, &dst_path, info.len).map_err(copy_err)?;
+            match stats.target_hash {
+                Some(h) if extents.covers(&own, info.len) => h,
+                _ => copy::content_hash(&target, &dst_path, info.len, &own).map_err(copy_err)?,
+            }
+        }
+        Endpoint::Lvm(_) => {
+            copy::content_hash(&target, &dst_path, info.len, &extents).map_err(copy_err)?
+        }
     };
-    let target_hash =
-        copy::content_hash(&target, &dst_path, info.len, &target_extents).map_err(copy_err)?;
     if source_hash != target_hash {
         cp.reset(id)?;
         return Err(MigrateError::Verify {
@@ -397,18 +431,10 @@ pub fn run(
     })
 }
 
-/// Fault injection for the crash tests, like the executor's: with
-/// `CINDERBLOCK_CRASH_AT=migrate-target`, `migrate-verified` or
-/// `migrate-promoted` the process kills itself (SIGKILL) after that step
-/// (`migrate-copy:N`, after N bytes read, is the executor's).
+/// Fault injection for the crash tests: with `CINDERBLOCK_CRASH_AT=`
+/// `migrate-target`, `migrate-verified` or `migrate-promoted` the process
+/// kills itself (SIGKILL) after that step (`migrate-copy:N`, after N bytes
+/// read, is the executor's).
 fn crash_point(point: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var("CINDERBLOCK_CRASH_AT").ok())
-        .as_deref()
-        == Some(point)
-    {
-        tracing::warn!(point, "CINDERBLOCK_CRASH_AT: killing this process");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
+    crate::lvm::driver::crash_point(point);
 }

@@ -562,6 +562,8 @@ impl<'r> LvmBackend<'r> {
                 start: 0,
                 bandwidth: None,
                 hash_source: false,
+                read_back: false,
+                writeback: false,
             },
             &mut crate::copy::Quiet,
         )
@@ -690,23 +692,7 @@ impl<'r> LvmBackend<'r> {
                 ),
             ));
         }
-        if owned.state != Some(InFlight::Deleting) {
-            let del: Vec<String> = owned
-                .state
-                .map(|s| tags::tag(tags::STATE, s.as_str()))
-                .into_iter()
-                .collect();
-            self.exec(
-                "mark for deletion",
-                self.target(&lv.name),
-                &cmd::retag(
-                    &self.vg,
-                    &lv.name,
-                    &[tags::tag(tags::STATE, InFlight::Deleting.as_str())],
-                    &del,
-                ),
-            )?;
-        }
+        self.mark_lv_deleting(lv, &owned)?;
         let thick = !matches!(lv.attr.kind, LvKind::Thin);
         if thick && self.wipe == Wipe::Zero {
             self.ensure_active(lv)?;
@@ -907,6 +893,11 @@ impl LvmBackend<'_> {
     pub fn mark_deleting(&self, uuid: Uuid) -> Result<Change, LvmError> {
         let lvs = self.lvs()?;
         let (lv, owned) = self.ours(&lvs, uuid)?;
+        self.mark_lv_deleting(lv, &owned)
+    }
+
+    /// Swaps the state tag for `deleting` in one `lvchange`.
+    fn mark_lv_deleting(&self, lv: &Lv, owned: &Owned) -> Result<Change, LvmError> {
         if owned.state == Some(InFlight::Deleting) {
             return Ok(Change::Unchanged);
         }
@@ -933,8 +924,9 @@ impl LvmBackend<'_> {
 /// `CINDERBLOCK_CRASH_AT=STEP:POINT`: with `CINDERBLOCK_CRASH_AT=lvm-copy` the
 /// process kills itself (SIGKILL) between creating a thick clone's LV and
 /// copying its data, the one state inside a step that the executor's points
-/// cannot reach. Unset, it costs one comparison.
-fn crash_point(point: &str) {
+/// cannot reach (and [`crate::migrate`]'s points between its steps). Unset,
+/// it costs one comparison.
+pub(crate) fn crash_point(point: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if AT
         .get_or_init(|| std::env::var("CINDERBLOCK_CRASH_AT").ok())

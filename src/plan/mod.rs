@@ -498,6 +498,7 @@ fn addr(kind: ObjKind, name: &str) -> String {
 }
 
 impl<'a> Planner<'a> {
+    #[allow(clippy::too_many_lines)] // one pass over what discovery saw, kept together
     fn index(&mut self) {
         let mut seen: BTreeMap<(ObjKind, String), Vec<(&BackendView, &Observed)>> = BTreeMap::new();
         for b in self.world.backends.values() {
@@ -1572,16 +1573,19 @@ impl<'a> Planner<'a> {
         }
         let after = self.virtual_free(&to);
         self.sched.release(cur, obj.size, true);
-        let read = match backend.driver {
-            Driver::File { .. } => obj.allocated.unwrap_or(obj.size).min(obj.size),
-            Driver::Lvm { .. } => obj.size,
+        // Files and thin LVs say what they hold (thin: the pool's
+        // data_percent, an estimate to 0.01 %); a thick LV is read whole.
+        let read = if backend.thin || matches!(backend.driver, Driver::File { .. }) {
+            obj.allocated.unwrap_or(obj.size).min(obj.size)
+        } else {
+            obj.size
         };
         let bandwidth = self
             .set
             .backends
             .get(cur)
             .and_then(|b| b.spec.migration_bandwidth)
-            .map(|q| q.bytes());
+            .map(crate::manifest::values::Quantity::bytes);
         self.out.actions.push(Action {
             address: a,
             op: Op::Migrate {
@@ -2158,6 +2162,30 @@ impl<'a> Planner<'a> {
                 self.sched
                     .release(&bn, f.obj.size, *kind == ObjKind::Volume);
             }
+        }
+        // Targets of migrations whose volume is no longer declared: partial
+        // copies of ours, removed (the volume itself is handled above).
+        for ((kind, name), t) in &self.migrating {
+            if declared.contains(&(*kind, name.clone())) {
+                continue;
+            }
+            if !may_delete {
+                held += 1;
+                continue;
+            }
+            deletes.push(Action {
+                address: addr(*kind, name),
+                op: Op::Delete {
+                    kind: (*kind).into(),
+                    name: name.clone(),
+                    uuid: t.obj.uuid,
+                    backend: t.backend.name.as_str().to_owned(),
+                    size: t.obj.size,
+                },
+                reason: "the unfinished target of a migration whose volume is no longer declared"
+                    .into(),
+                impact: Impact::DestroysData,
+            });
         }
         // Records of objects that are gone and no longer declared.
         let found_uuids: BTreeSet<Uuid> = self.found.values().map(|f| f.obj.uuid).collect();

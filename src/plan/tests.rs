@@ -476,6 +476,51 @@ fn an_unknown_capability_says_which_and_why() {
     );
 }
 
+#[test]
+fn the_target_of_a_volume_no_longer_declared_is_removed() {
+    let set = manifests(
+        &(backend_yaml("a", "")
+            + &backend_yaml("b", "")
+            + &vol_yaml("other", "1Gi", "  backend: a\n")),
+    );
+    let w = world(vec![
+        view(
+            "a",
+            true,
+            20.0,
+            100 * GIB,
+            vec![obj("db", GIB, 1), obj("other", GIB, 2)],
+        ),
+        view(
+            "b",
+            true,
+            20.0,
+            100 * GIB,
+            vec![target_of(1, ObjHealth::Migrating)],
+        ),
+    ]);
+    let rec = Recorded {
+        objects: [record(1, "db", "a", DeletionPolicy::Retain)].into(),
+        last_plan: None,
+    };
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(&a.op, Op::Forget { backend, .. } if backend == "a")),
+        "the volume itself follows its deletionPolicy: {:?}",
+        p.actions
+    );
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(&a.op, Op::Delete { backend, .. } if backend == "b")),
+        "its unfinished target goes: {:?}",
+        p.actions
+    );
+}
+
 const INI_A: &str = "iqn.1994-05.com.example:a";
 const INI_B: &str = "iqn.1994-05.com.example:b";
 

@@ -214,6 +214,26 @@ impl Journal {
             })
     }
 
+    /// Appends a record of `event` for `step` of `plan_id`, now.
+    fn event(
+        &mut self,
+        plan_id: Uuid,
+        step: u32,
+        action: &str,
+        event: Event,
+    ) -> Result<Record, JournalError> {
+        let record = Record {
+            v: RECORD_VERSION,
+            plan_id,
+            step,
+            action: action.to_owned(),
+            at: Utc::now(),
+            event,
+        };
+        self.append(&record)?;
+        Ok(record)
+    }
+
     /// Journals the intent to run `step` of `plan_id`, now. Returns the record
     /// to pass to [`Journal::outcome`].
     pub fn intent(
@@ -222,16 +242,7 @@ impl Journal {
         step: u32,
         action: &str,
     ) -> Result<Record, JournalError> {
-        let record = Record {
-            v: RECORD_VERSION,
-            plan_id,
-            step,
-            action: action.to_owned(),
-            at: Utc::now(),
-            event: Event::Intent,
-        };
-        self.append(&record)?;
-        Ok(record)
+        self.event(plan_id, step, action, Event::Intent)
     }
 
     /// Journals how the step of `intent` ended, now.
@@ -241,20 +252,16 @@ impl Journal {
         outcome: Outcome,
         error: Option<String>,
     ) -> Result<Record, JournalError> {
-        let record = Record {
-            v: RECORD_VERSION,
-            plan_id: intent.plan_id,
-            step: intent.step,
-            action: intent.action.clone(),
-            at: Utc::now(),
-            event: Event::Outcome {
+        self.event(
+            intent.plan_id,
+            intent.step,
+            &intent.action,
+            Event::Outcome {
                 outcome,
                 error,
                 started_at: intent.at,
             },
-        };
-        self.append(&record)?;
-        Ok(record)
+        )
     }
 
     /// Journals a copy checkpoint inside the step of `intent`.
@@ -265,19 +272,17 @@ impl Journal {
         offset: u64,
         read: u64,
     ) -> Result<(), JournalError> {
-        let record = Record {
-            v: RECORD_VERSION,
-            plan_id: intent.plan_id,
-            step: intent.step,
-            action: intent.action.clone(),
-            at: Utc::now(),
-            event: Event::Checkpoint {
+        self.event(
+            intent.plan_id,
+            intent.step,
+            &intent.action,
+            Event::Checkpoint {
                 migration,
                 offset,
                 read,
             },
-        };
-        self.append(&record)
+        )
+        .map(drop)
     }
 
     /// The journal file.

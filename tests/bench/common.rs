@@ -4,8 +4,13 @@
 // Not every benchmark uses every helper.
 #![allow(dead_code)]
 
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use cinderblock::exec::{Cmd, run};
 
 /// Peak RSS (KiB) of this process so far (`VmHWM`).
 pub fn peak_rss_kib_self() -> u64 {
@@ -114,4 +119,49 @@ pub fn make_source(be: &cinderblock::file::FileBackend, uuid: uuid::Uuid) -> u64
     }
     file.sync_all().expect("sync source");
     EXTENTS * EXTENT
+}
+
+/// Bytes allocated to a file.
+pub fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+/// `sync(1)`.
+pub fn sync() {
+    let _ = run(&Cmd::new("sync").timeout(Duration::from_secs(300)));
+}
+
+/// Drops the page cache (needs root); false when not allowed.
+pub fn drop_caches() -> bool {
+    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// The median.
+pub fn median(times: &mut [Duration]) -> Duration {
+    times.sort_unstable();
+    times[times.len() / 2]
+}
+
+/// Times, comma-separated.
+pub fn list(times: &[Duration]) -> String {
+    times
+        .iter()
+        .map(|t| secs(*t))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A duration for people.
+pub fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // shown rounded
+/// Bytes in GiB for people.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }

@@ -19,7 +19,6 @@
 #![allow(clippy::cast_precision_loss)]
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use cinderblock::file::{Allocation, FileBackend, NewObject, ObjectKind};
 use uuid::Uuid;
 
 mod common;
-use common::make_source;
+use common::{allocated, drop_caches, gib, list, make_source, median, secs, sync};
 
 const GIB: u64 = 1 << 30;
 
@@ -208,42 +207,4 @@ fn snapshot_vs_cp(dir: &Path) {
     );
     be.delete(snap).expect("delete snapshot");
     be.delete(vol).expect("delete source");
-}
-
-fn allocated(path: &Path) -> u64 {
-    fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-fn sync() {
-    let _ = run(&Cmd::new("sync").timeout(Duration::from_secs(300)));
-}
-
-/// Drops the page cache (needs root); false when not allowed.
-fn drop_caches() -> bool {
-    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times[times.len() / 2]
-}
-
-fn list(times: &[Duration]) -> String {
-    times
-        .iter()
-        .map(|t| secs(*t))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn secs(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-    } else {
-        format!("{:.2} s", d.as_secs_f64())
-    }
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / GIB as f64)
 }

@@ -9,7 +9,8 @@
 //! - by `cinderblock::migrate::run` end to end: target sidecar, copy of the
 //!   data extents only, fsync, content hash of source (during the copy) and
 //!   target (read back), switch of identity, source removed;
-//! - by `qemu-img convert -O raw` (sparse output by default; no fsync);
+//! - by `qemu-img convert -O raw` (sparse output by default; no fsync), and
+//!   the same followed by `sync FILE` (its data on disk, as ours is);
 //! - by `dd bs=1M conv=sparse` (reads all 16 GiB; no fsync);
 //!
 //! in the same run, alternating who goes first, with the page cache dropped
@@ -23,7 +24,6 @@
 #![allow(clippy::cast_precision_loss)]
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use cinderblock::migrate::{Checkpoints, Endpoint, MigrateError, Move};
 use uuid::Uuid;
 
 mod common;
-use common::make_source;
+use common::{allocated, drop_caches, gib, list, make_source, median, secs, sync};
 
 const GIB: u64 = 1 << 30;
 
@@ -60,6 +60,7 @@ impl Checkpoints for Memory {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one run: set-up, the rounds, the report
 fn main() {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     fs::create_dir_all(base).expect("target/tmp");
@@ -105,16 +106,12 @@ fn main() {
     fs::create_dir_all(&peers).expect("peers");
     let qemu_dst = peers.join("qemu-img");
     let dd_dst = peers.join("dd");
-    let mut times: [Vec<Duration>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    let mut alloc = [0u64; 3];
+    let mut times: [Vec<Duration>; 4] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut alloc = [0u64; 4];
     let mut read = 0;
     let mut on_a = true;
     for round in 0..3 {
-        let order: [usize; 3] = match round % 3 {
-            0 => [0, 1, 2],
-            1 => [1, 2, 0],
-            _ => [2, 0, 1],
-        };
+        let order: [usize; 4] = [0, 1, 2, 3].map(|i| (i + round) % 4);
         for who in order {
             let _ = fs::remove_file(&qemu_dst);
             let _ = fs::remove_file(&dd_dst);
@@ -142,15 +139,21 @@ fn main() {
                     src = if on_a { &a } else { &b }.data_path(ObjectKind::Volume, vol);
                     alloc[0] = allocated(&src);
                 }
-                1 => {
+                1 | 2 => {
                     run(&Cmd::new("qemu-img")
                         .args(["convert", "-O", "raw"])
                         .arg(&src)
                         .arg(&qemu_dst)
                         .timeout(Duration::from_secs(900)))
                     .expect("qemu-img convert");
-                    times[1].push(started.elapsed());
-                    alloc[1] = allocated(&qemu_dst);
+                    if who == 2 {
+                        run(&Cmd::new("sync")
+                            .arg(&qemu_dst)
+                            .timeout(Duration::from_secs(900)))
+                        .expect("sync");
+                    }
+                    times[who].push(started.elapsed());
+                    alloc[who] = allocated(&qemu_dst);
                 }
                 _ => {
                     run(&Cmd::new("dd")
@@ -159,8 +162,8 @@ fn main() {
                         .args(["bs=1M", "conv=sparse"])
                         .timeout(Duration::from_secs(900)))
                     .expect("dd");
-                    times[2].push(started.elapsed());
-                    alloc[2] = allocated(&dd_dst);
+                    times[3].push(started.elapsed());
+                    alloc[3] = allocated(&dd_dst);
                 }
             }
         }
@@ -169,10 +172,11 @@ fn main() {
     let names = [
         "cinderblock migrate (copy + fsync + verify + switch)",
         "qemu-img convert -O raw (no fsync)",
+        "qemu-img convert -O raw, then sync FILE",
         "dd bs=1M conv=sparse (no fsync)",
     ];
     let med: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();
-    for i in 0..3 {
+    for i in 0..4 {
         println!(
             "{:<54} median {:>9} of {}  target allocated {}",
             names[i],
@@ -187,16 +191,17 @@ fn main() {
         gib(data)
     );
     println!(
-        "ratio: migrate takes {:.2}x qemu-img convert's time (target <= 1.00), {:.2}x dd's",
+        "ratio: migrate takes {:.2}x qemu-img convert's time (target <= 1.00), {:.2}x qemu-img + sync's, {:.2}x dd's",
         med[0].as_secs_f64() / med[1].as_secs_f64(),
-        med[0].as_secs_f64() / med[2].as_secs_f64()
+        med[0].as_secs_f64() / med[2].as_secs_f64(),
+        med[0].as_secs_f64() / med[3].as_secs_f64()
     );
     println!(
         "sparseness: source {}, migrated {}, qemu-img {}, dd {}",
         gib(data),
         gib(alloc[0]),
         gib(alloc[1]),
-        gib(alloc[2])
+        gib(alloc[3])
     );
 }
 
@@ -208,42 +213,4 @@ fn blake3_of(path: &Path) -> String {
         .expect("hash")
         .to_hex()
         .to_string()
-}
-
-fn allocated(path: &Path) -> u64 {
-    fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-fn sync() {
-    let _ = run(&Cmd::new("sync").timeout(Duration::from_secs(300)));
-}
-
-/// Drops the page cache (needs root); false when not allowed.
-fn drop_caches() -> bool {
-    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times[times.len() / 2]
-}
-
-fn list(times: &[Duration]) -> String {
-    times
-        .iter()
-        .map(|t| secs(*t))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn secs(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-    } else {
-        format!("{:.2} s", d.as_secs_f64())
-    }
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / GIB as f64)
 }

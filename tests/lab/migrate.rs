@@ -159,6 +159,14 @@ fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
     );
     assert!(p.contains("1 to migrate."), "{p}");
 
+    // a thick source is read whole, but only its data blocks are written
+    assert!(
+        out.stdout("thick_to_thin")
+            .contains("volume.v1: read 67108864 bytes, wrote 16777216, zeroed 0 "),
+        "{}",
+        out.stdout("thick_to_thin")
+    );
+
     // the garbage really was there
     assert!(
         out.stdout("garbage").contains("ff ff ff ff"),
@@ -169,6 +177,14 @@ fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
     // thin → thick and file → thick, over the garbage
     assert_eq!(rc(&out, "plan_to_thick"), 2, "{}", out.report("plan"));
     assert!(out.stdout("plan_to_thick").contains("2 to migrate."));
+    // a thin source is read only where mapped (8 of 64 MiB); the thick
+    // target's other 56 MiB are zeroed, not skipped
+    assert!(
+        out.stdout("to_thick")
+            .contains("volume.v2: read 8388608 bytes, wrote 8388608, zeroed 58720256 "),
+        "{}",
+        out.stdout("to_thick")
+    );
     let after = shas(&out, "after_thick");
     for (name, sha) in &before {
         assert!(
@@ -212,7 +228,13 @@ fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
         out.stdout("after_thick")
     );
 
-    // LVM (thin) → file, sparse
+    // LVM (thin) → file, sparse, reading the 16 MiB mapped
+    assert!(
+        out.stdout("to_file")
+            .contains("volume.v1: read 16777216 bytes"),
+        "{}",
+        out.stdout("to_file")
+    );
     let fin = shas(&out, "after_file");
     assert!(fin.contains(&("v1".into(), before[0].1.clone())), "{fin:?}");
     let blocks: u64 = fin
