@@ -424,6 +424,7 @@ fn copy_image_in(
         .values()
         .find(|b| b.name.as_str() == backend)
         .ok_or_else(|| format!("back end {backend} is not a back end of this host"))?;
+    let is_file = matches!(view.driver, Driver::File { .. });
     let (target_path, kind) = match (&view.driver, target(world, backend)?) {
         (_, Target::File(fb, _)) => (
             fb.data_path(file::ObjectKind::Image, uuid),
@@ -464,6 +465,8 @@ fn copy_image_in(
             start: 0,
             bandwidth: None,
             hash_source: false,
+            read_back: false,
+            writeback: is_file,
         },
         &mut crate::copy::Quiet,
     )
