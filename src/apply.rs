@@ -328,6 +328,52 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
     }
 }
 
+/// Creates volume `uuid` on `backend` from backup `b`
+/// ([`crate::backup::into_volume`]). An interrupted earlier attempt
+/// (`resume`) holds nothing worth keeping: it is removed and the restore
+/// starts over.
+fn restore_backup(
+    world: &World,
+    backend: &str,
+    b: &crate::observe::BackupSource,
+    uuid: Uuid,
+    resume: Option<Uuid>,
+    name: &str,
+    size: u64,
+) -> Result<(), String> {
+    use crate::backup::into_volume::{NewVolume, restore_new_from};
+    let t = target(world, backend)?;
+    let on = match &t {
+        Target::File(fb, alloc) => {
+            if resume.is_some() {
+                fb.delete(uuid).map_err(|e| crate::error_chain(&e))?;
+            }
+            NewVolume::File {
+                backend: fb,
+                allocation: file_alloc(*alloc),
+            }
+        }
+        Target::Lvm(lb) => {
+            if resume.is_some() {
+                lb.delete(uuid).map_err(|e| crate::error_chain(&e))?;
+            }
+            NewVolume::Lvm(lb)
+        }
+    };
+    let stats = restore_new_from(
+        &b.repository,
+        b.id,
+        &on,
+        uuid,
+        name,
+        size,
+        &crate::backup::NoProgress,
+    )
+    .map_err(|e| crate::error_chain(&e))?;
+    tracing::info!(%uuid, backup = %b.id, bytes = stats.bytes, written = stats.written, "restored into a new volume");
+    Ok(())
+}
+
 /// Where an action's back end keeps its data.
 enum Target {
     File(FileBackend, Allocation),
@@ -360,6 +406,73 @@ fn target(world: &World, name: &str) -> Result<Target, String> {
             },
         )),
     })
+}
+
+/// Copies the raw image file `path` into the new image-volume `uuid` of
+/// `backend` (`size` bytes): only the file's data extents are read, holes
+/// are left as holes on a sparse file or thin LV, and a thick LV's blocks
+/// that the file does not cover are zeroed.
+fn copy_image_in(
+    path: &Path,
+    world: &World,
+    backend: &str,
+    uuid: Uuid,
+    size: u64,
+) -> Result<(), String> {
+    let view = world
+        .backends
+        .values()
+        .find(|b| b.name.as_str() == backend)
+        .ok_or_else(|| format!("back end {backend} is not a back end of this host"))?;
+    let is_file = matches!(view.driver, Driver::File { .. });
+    let (target_path, kind) = match (&view.driver, target(world, backend)?) {
+        (_, Target::File(fb, _)) => (
+            fb.data_path(file::ObjectKind::Image, uuid),
+            crate::copy::Target::Holes,
+        ),
+        (Driver::Lvm { thin_pool, .. }, Target::Lvm(lb)) => (
+            lb.device(&lvm::tags::LvObjKind::Image.lv_name(uuid)),
+            if thin_pool.is_some() {
+                crate::copy::Target::Holes
+            } else {
+                crate::copy::Target::MustZero
+            },
+        ),
+        (Driver::File { .. }, Target::Lvm(_)) => return Err("back end kinds disagree".into()),
+    };
+    let src =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let len = src
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+        .len();
+    let dst = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target_path)
+        .map_err(|e| format!("cannot open {}: {e}", target_path.display()))?;
+    let extents =
+        crate::copy::Extents::of_file(&src, path, len).map_err(|e| crate::error_chain(&e))?;
+    let stats = crate::copy::copy(
+        &crate::copy::Job {
+            source: &src,
+            source_path: path,
+            target: &dst,
+            target_path: &target_path,
+            len,
+            target_len: size,
+            extents: &extents,
+            kind,
+            start: 0,
+            bandwidth: None,
+            hash_source: false,
+            read_back: false,
+            writeback: is_file,
+        },
+        &mut crate::copy::Quiet,
+    )
+    .map_err(|e| crate::error_chain(&e))?;
+    tracing::info!(image = %uuid, from = %path.display(), read = stats.read, written = stats.written, zeroed = stats.zeroed, "image content copied in");
+    Ok(())
 }
 
 fn from_lvm(c: lvm::Change) -> Change {
@@ -409,7 +522,9 @@ fn run(
             size,
             source,
             deletion_policy,
-            ..
+            from_file,
+            backup,
+            resume,
         } => {
             let uuid = new_uuid.ok_or("no identity")?;
             let source_uuid = match source {
@@ -422,65 +537,73 @@ fn run(
                         })?,
                 ),
             };
-            let change = match (target(world, backend)?, kind) {
-                (Target::File(fb, _), RecordedKind::Snapshot) => {
-                    let vol = source_uuid.ok_or("a snapshot needs its volume")?;
-                    fb.snapshot(vol, uuid, name).map_err(err)?.change
-                }
-                (Target::File(fb, alloc), RecordedKind::Volume | RecordedKind::Image) => {
-                    let src = match (source, source_uuid) {
-                        (Some(s), Some(u)) => Some(file::SourceRef {
-                            kind: match s.kind {
-                                RecordedKind::Snapshot => file::ObjectKind::Snapshot,
-                                RecordedKind::Volume => file::ObjectKind::Volume,
-                                RecordedKind::Image => file::ObjectKind::Image,
-                            },
-                            uuid: u,
-                        }),
-                        _ => None,
-                    };
-                    let obj_kind = if *kind == RecordedKind::Image {
-                        file::ObjectKind::Image
-                    } else {
-                        file::ObjectKind::Volume
-                    };
-                    fb.create(&NewObject {
-                        uuid,
-                        name,
-                        kind: obj_kind,
-                        size: *size,
-                        allocation: file_alloc(alloc),
-                        source: src,
-                    })
-                    .map_err(err)?
-                    .change
-                }
-                (Target::Lvm(lb), RecordedKind::Snapshot) => {
-                    let vol = source_uuid.ok_or("a snapshot needs its volume")?;
-                    // `size` is the copy-on-write space of a thick snapshot;
-                    // a thin one ignores it.
-                    from_lvm(lb.snapshot(vol, uuid, name, *size).map_err(lerr)?)
-                }
-                (Target::Lvm(lb), RecordedKind::Volume | RecordedKind::Image) => {
-                    let src = match (source, source_uuid) {
-                        (Some(s), Some(u)) => Some(lvm::Source {
-                            kind: lvm_kind(s.kind),
-                            uuid: u,
-                        }),
-                        _ => None,
-                    };
-                    from_lvm(
-                        lb.create(&NewLv {
+            let change = if let Some(b) = backup {
+                restore_backup(world, backend, b, uuid, *resume, name, *size)?;
+                Change::Changed
+            } else {
+                match (target(world, backend)?, kind) {
+                    (Target::File(fb, _), RecordedKind::Snapshot) => {
+                        let vol = source_uuid.ok_or("a snapshot needs its volume")?;
+                        fb.snapshot(vol, uuid, name).map_err(err)?.change
+                    }
+                    (Target::File(fb, alloc), RecordedKind::Volume | RecordedKind::Image) => {
+                        let src = match (source, source_uuid) {
+                            (Some(s), Some(u)) => Some(file::SourceRef {
+                                kind: match s.kind {
+                                    RecordedKind::Snapshot => file::ObjectKind::Snapshot,
+                                    RecordedKind::Volume => file::ObjectKind::Volume,
+                                    RecordedKind::Image => file::ObjectKind::Image,
+                                },
+                                uuid: u,
+                            }),
+                            _ => None,
+                        };
+                        let obj_kind = if *kind == RecordedKind::Image {
+                            file::ObjectKind::Image
+                        } else {
+                            file::ObjectKind::Volume
+                        };
+                        fb.create(&NewObject {
                             uuid,
                             name,
-                            kind: lvm_kind(*kind),
+                            kind: obj_kind,
                             size: *size,
+                            allocation: file_alloc(alloc),
                             source: src,
                         })
-                        .map_err(lerr)?,
-                    )
+                        .map_err(err)?
+                        .change
+                    }
+                    (Target::Lvm(lb), RecordedKind::Snapshot) => {
+                        let vol = source_uuid.ok_or("a snapshot needs its volume")?;
+                        // `size` is the copy-on-write space of a thick snapshot;
+                        // a thin one ignores it.
+                        from_lvm(lb.snapshot(vol, uuid, name, *size).map_err(lerr)?)
+                    }
+                    (Target::Lvm(lb), RecordedKind::Volume | RecordedKind::Image) => {
+                        let src = match (source, source_uuid) {
+                            (Some(s), Some(u)) => Some(lvm::Source {
+                                kind: lvm_kind(s.kind),
+                                uuid: u,
+                            }),
+                            _ => None,
+                        };
+                        from_lvm(
+                            lb.create(&NewLv {
+                                uuid,
+                                name,
+                                kind: lvm_kind(*kind),
+                                size: *size,
+                                source: src,
+                            })
+                            .map_err(lerr)?,
+                        )
+                    }
                 }
             };
+            if let Some(path) = from_file {
+                copy_image_in(path, world, backend, uuid, *size)?;
+            }
             ledger.recorded.objects.insert(
                 uuid,
                 RecordedObject {

@@ -247,6 +247,77 @@ pub struct World {
     pub missing: Vec<Name>,
     /// This host's iSCSI exports (LIO).
     pub exports: Exports,
+    /// The raw files named by this host's `Image` manifests (`source.path`).
+    pub image_files: BTreeMap<std::path::PathBuf, Result<ImageFile, String>>,
+    /// The catalogued backups (state directory), read only when a volume
+    /// is declared with `source.backup`: what such a volume may be restored
+    /// from.
+    pub backups: Vec<BackupSource>,
+    /// Each `BackupPolicy`'s repository directory, resolved.
+    pub backup_repos: BTreeMap<Name, std::path::PathBuf>,
+}
+
+/// A raw image file an `Image` is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFile {
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+/// Looks at the raw image file `path`: its size, and that it is a regular,
+/// non-empty file that is not in a format other than raw (qcow2, VMDK, VHDX,
+/// VDI are recognised by their magic and refused with the conversion to run).
+pub fn inspect_image(path: &Path) -> Result<ImageFile, String> {
+    use std::io::Read as _;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() == 0 {
+        return Err(format!("{} is empty", path.display()));
+    }
+    let mut head = [0u8; 72];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let head = &head[..n];
+    let format = if head.starts_with(b"QFI\xfb") {
+        Some("qcow2")
+    } else if head.starts_with(b"KDMV") {
+        Some("vmdk")
+    } else if head.starts_with(b"vhdxfile") {
+        Some("vhdx")
+    } else if head.get(64..68) == Some(&[0x7f, 0x10, 0xda, 0xbe]) {
+        Some("vdi")
+    } else {
+        None
+    };
+    if let Some(f) = format {
+        return Err(format!(
+            "{} is a {f} image, not raw (diskFormat: raw): convert it first with `qemu-img convert -O raw {} IMAGE.raw`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(ImageFile { size: meta.len() })
+}
+
+/// The image files of `host`'s `Image` manifests, inspected.
+pub fn image_files(
+    set: &ManifestSet,
+    host: &str,
+) -> BTreeMap<std::path::PathBuf, Result<ImageFile, String>> {
+    set.images
+        .values()
+        .filter(|d| {
+            set.backends
+                .get(&d.spec.backend)
+                .is_some_and(|b| is_local(&b.spec, host))
+        })
+        .filter_map(|d| d.spec.source.path.as_ref())
+        .map(|p| (p.as_path().to_owned(), inspect_image(p.as_path())))
+        .collect()
 }
 
 /// What LIO exports on this host.
@@ -276,6 +347,54 @@ impl Exports {
             Ok(None) => Exports::Absent,
             Ok(Some(m)) => Exports::Found(m),
             Err(e) => Exports::Failed(crate::error_chain(&e)),
+        }
+    }
+}
+
+/// A backup a new volume can be restored from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSource {
+    /// The backup's id.
+    pub id: Uuid,
+    /// The volume that was backed up (manifest name).
+    pub volume: String,
+    /// Its repository directory.
+    pub repository: std::path::PathBuf,
+    /// Bytes of the volume at the time.
+    pub size: u64,
+    /// When it was taken.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The catalogue's good backups, when a volume of `set` declares
+/// `source.backup` (an unreadable catalogue is logged and yields none: the
+/// planner then says no backup matches).
+fn backup_sources(set: &ManifestSet, state_dir: &Path) -> Vec<BackupSource> {
+    use crate::backup::catalog::{Catalog, Status};
+    let wanted = set
+        .volumes
+        .values()
+        .any(|v| v.spec.source.as_ref().is_some_and(|s| s.backup.is_some()));
+    if !wanted {
+        return Vec::new();
+    }
+    match Catalog::load(state_dir) {
+        Ok(cat) => cat
+            .backups
+            .values()
+            .filter(|e| e.status == Status::Ok && e.kind.is_some())
+            .map(|e| BackupSource {
+                id: e.id,
+                volume: e.volume.name.clone(),
+                repository: e.repository.clone(),
+                size: e.volume.size,
+                started_at: e.started_at,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot read the backup catalogue");
+            Vec::new()
         }
     }
 }
@@ -334,6 +453,9 @@ impl World {
                 }
             }
         }
+        for (p, f) in &self.image_files {
+            h.update(format!("image-file|{}|{f:?}\n", p.display()).as_bytes());
+        }
         match &self.exports {
             Exports::Absent => {}
             Exports::Failed(e) => {
@@ -363,6 +485,7 @@ pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
     let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &refs);
     let mut world = discover_with(set, host, state_dir, &reports);
     world.exports = Exports::observe(&crate::iscsi::lio::root());
+    world.image_files = image_files(set, host);
     world
 }
 
@@ -412,6 +535,12 @@ pub fn discover_with(
             }
         });
     }
+    world.backups = backup_sources(set, state_dir);
+    world.backup_repos = set
+        .backup_policies
+        .iter()
+        .map(|(n, d)| (n.clone(), d.spec.target.path.resolve(state_dir)))
+        .collect();
     world
 }
 

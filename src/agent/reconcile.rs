@@ -1253,7 +1253,9 @@ mod tests {
                     uuid: None,
                 }),
                 resume: None,
+                backup: None,
                 deletion_policy: DeletionPolicy::Delete,
+                from_file: None,
             },
         )
     }
@@ -1324,7 +1326,7 @@ mod tests {
         World {
             backends: BTreeMap::from([(name, view)]),
             missing: Vec::new(),
-            exports: crate::observe::Exports::Absent,
+            ..World::default()
         }
     }
 

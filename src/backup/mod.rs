@@ -1,9 +1,11 @@
 //! Backups: a deduplicating, compressed, verified repository of volume
-//! images, and the engine that backs `file` volumes up into it and restores
-//! them.
+//! images, and the engine that backs `file` and `lvm` volumes up into it and
+//! restores them.
 //!
 //! Owns the repository format ([`format`](mod@format)), the repository directory
-//! ([`repo`]), backup runs ([`engine`]), restore and verify ([`restore`]),
+//! ([`repo`]), backup runs ([`engine`] for `file` volumes and the shared
+//! pipeline, [`lvm_source`] for thin and thick LVs), restore and verify
+//! ([`restore`]; into a new volume of any back end: [`into_volume`]),
 //! retention ([`retention`], pure), prune ([`prune`]) and the state
 //! directory's catalogue cache with export/import records ([`catalog`]).
 //!
@@ -83,12 +85,15 @@
 //!
 //! # Must not
 //! Print (the CLI does, through [`Progress`] and the returned reports), spawn
-//! processes, or decide which volume or policy is meant (the CLI resolves
+//! processes (LVM snapshots and `thin_dump`/`thin_delta` go through the
+//! [`crate::lvm::LvmBackend`]'s runner), or decide which volume or policy is meant (the CLI resolves
 //! manifests into the plain values the engine takes).
 
 pub mod catalog;
 pub mod engine;
 pub mod format;
+pub mod into_volume;
+pub mod lvm_source;
 pub mod prune;
 pub mod repo;
 pub mod restore;
@@ -214,6 +219,15 @@ pub enum BackupError {
         /// Why.
         #[source]
         source: FileError,
+    },
+    /// The LVM back end refused an operation.
+    #[error("{what}")]
+    Lvm {
+        /// What we were doing.
+        what: String,
+        /// Why (boxed: it is large).
+        #[source]
+        source: Box<crate::lvm::LvmError>,
     },
     /// Chunks of a backup are missing or corrupt: restoring it is refused.
     #[error(

@@ -16,6 +16,11 @@
 //! slot not listed is punched out (`FALLOC_FL_PUNCH_HOLE`), zero-written
 //! where the filesystem cannot punch.
 //!
+//! Into a new **thick LV** every chunk is written whole and every gap is
+//! zeroed explicitly: its extents were someone else's before
+//! ([`Target::ZeroGaps`]). A new thin LV is written like a new file (its
+//! unprovisioned blocks read as zeros).
+//!
 //! Must not: trust a chunk it has not hashed, or write a byte before the
 //! whole table resolves to locations (missing chunks fail first).
 
@@ -90,6 +95,12 @@ pub enum Target {
     Fresh,
     /// An existing file: checked first, then written whole, gaps punched.
     Overwrite,
+    /// A new thick LV, whose unwritten extents hold whatever an earlier LV
+    /// left there: every chunk written whole and every gap, up to the
+    /// device's end, zeroed explicitly (`FALLOC_FL_ZERO_RANGE`, which the
+    /// kernel guarantees reads back as zeros). A failed restore leaves a
+    /// device the caller removes.
+    ZeroGaps,
 }
 
 /// One chunk to read: where it goes (slot) and where it is.
@@ -313,20 +324,39 @@ pub fn restore(
         if !problems.is_empty() {
             return Err(problems.into_error(m.id));
         }
-        let len = target.metadata().map_err(io("stat"))?.len();
+        // Seeking to the end sizes block devices too (their metadata says 0).
+        let len = crate::lvm::blockdev::size(target).map_err(io("size"))?;
         let mut pos = 0u64;
         for &(slot, _) in table {
             punch(target, target_path, pos, slot * c)?;
             pos = (slot + 1) * c;
         }
         punch(target, target_path, pos, len)?;
+    } else if mode == Target::ZeroGaps {
+        progress.stage("zeroing gaps");
+        let len = crate::lvm::blockdev::size(target).map_err(io("size"))?;
+        let mut pos = 0u64;
+        let zero = |from: u64, to: u64| {
+            if to > from {
+                crate::lvm::blockdev::zero(target, from, to - from).map_err(io("zero"))
+            } else {
+                Ok(())
+            }
+        };
+        for &(slot, _) in table {
+            zero(pos, (slot * c).min(len))?;
+            pos = (slot + 1) * c;
+        }
+        zero(pos, len)?;
+        progress.stage("restoring");
+        progress.total(total);
     } else {
         progress.stage("restoring");
         progress.total(total);
     }
     let write = |slot: u64, raw: &[u8]| -> Result<u64, BackupError> {
         let base = slot * c;
-        if mode == Target::Overwrite {
+        if mode != Target::Fresh {
             target.write_all_at(raw, base).map_err(io("write"))?;
             return Ok(raw.len() as u64);
         }

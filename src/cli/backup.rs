@@ -1,9 +1,10 @@
 //! `cinderblock backup …`: run, list, restore, verify, export, import and
 //! prune backups by hand.
 //!
-//! Resolves names from the manifests (`-f`) and the `file` back ends'
-//! sidecars into the plain values [`crate::backup`] takes, draws progress
-//! bars on a terminal, and prints one summary line per operation. Commands
+//! Resolves names from the manifests (`-f`), the `file` back ends' sidecars
+//! and the `lvm` back ends' LV tags into the plain values [`crate::backup`]
+//! takes, draws progress bars on a terminal, and prints one summary line per
+//! operation (or, for `run --json`, one JSON object). Commands
 //! that change the state directory or a back end (run, restore, import,
 //! prune) hold the state lock; list, verify and export only read (verify
 //! records its findings if the lock is free).
@@ -28,7 +29,7 @@ use crate::backup::engine::{self, Mode, RunSpec};
 use crate::backup::format::{self, Codec, Digest, Manifest, Record};
 use crate::backup::restore::{self, Target};
 use crate::backup::{BackupError, Progress, Repository, prune, repo};
-use crate::file::{self, FileBackend, NewObject, ObjectKind, Phase};
+use crate::file::{self, FileBackend, ObjectKind, Phase};
 use crate::manifest::{self, ManifestSet, Name};
 use crate::state::journal::{Journal, Outcome};
 use crate::state::lock::StateLock;
@@ -79,6 +80,9 @@ struct RunArgs {
     /// An incremental against the newest backup (full when there is none).
     #[arg(long)]
     incremental: bool,
+    /// Print each run's summary as one JSON object per line.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     manifests: ManifestFiles,
 }
@@ -99,7 +103,7 @@ struct RestoreArgs {
     /// Replace the content of an existing volume.
     #[arg(long)]
     overwrite: bool,
-    /// The file back end to restore into (default: the backup's own).
+    /// The back end (file or lvm) to restore into (default: the backup's own).
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
     #[command(flatten)]
@@ -259,7 +263,7 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
         let result = run_one(&set, v, requested_mode(a), state, host, &mut journal, &bar);
         bar.finish();
         match result {
-            Ok((repo, report)) => print_summary(&repo, &report)?,
+            Ok((repo, report)) => print_run(&report, repo.root(), a.json)?,
             Err(e) if a.policy.is_some() => {
                 if e.downcast_ref::<NotYet>().is_some() {
                     writeln!(std::io::stderr().lock(), "skipped {v}: {e}")?;
@@ -275,7 +279,7 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
 }
 
 /// The volume's backup policy, or its consistency group's.
-fn policy_of(set: &ManifestSet, vol: &manifest::VolumeSpec) -> Option<Name> {
+pub(super) fn policy_of(set: &ManifestSet, vol: &manifest::VolumeSpec) -> Option<Name> {
     vol.backup_policy.clone().or_else(|| {
         vol.consistency_group
             .as_ref()
@@ -286,49 +290,106 @@ fn policy_of(set: &ManifestSet, vol: &manifest::VolumeSpec) -> Option<Name> {
 
 /// A volume that is declared but not created yet (nothing to back up).
 #[derive(Debug, thiserror::Error)]
-#[error("Volume {0} does not exist on any file back end yet (nothing to back up)")]
+#[error("Volume {0} does not exist on any back end yet (nothing to back up)")]
 struct NotYet(Name);
 
-/// The mode `backup run` asked for (`None`: as the policy says).
-fn requested_mode(a: &RunArgs) -> Option<Mode> {
-    if a.full {
-        Some(Mode::Full)
-    } else if a.incremental {
-        Some(Mode::Incremental)
-    } else {
-        None
-    }
+/// Where a volume to back up lives.
+enum Found {
+    File(FileBackend),
+    Lvm(crate::lvm::LvmBackend<'static>, Name),
 }
 
-/// The summary line of one backup run.
-fn print_summary(repo: &Repository, report: &engine::RunReport) -> anyhow::Result<()> {
-    let m = &report.manifest;
-    let s = &m.stats;
-    let dedup = (s.unchanged_chunks + s.dedup_chunks) * u64::from(m.chunk_size);
-    writeln!(
-        std::io::stdout().lock(),
-        "backup {}: {} of {} ({} logical) into {}: read {} in {} extent(s), stored {} \
-     ({} new chunks, {} before compression), deduplicated {} ({} unchanged, {} \
-     already stored), zeros {}; copy {}, total {}, {}/s",
-        m.id,
-        m.kind,
-        m.volume.name,
-        bytes(m.volume.size),
-        repo.root().display(),
-        bytes(s.read_bytes),
-        s.extents,
-        bytes(s.stored_bytes),
-        s.new_chunks,
-        bytes(s.new_bytes),
-        bytes(dedup),
-        s.unchanged_chunks,
-        s.dedup_chunks,
-        bytes(s.zero_chunks * u64::from(m.chunk_size)),
-        secs(report.snapshot_time),
-        secs(report.elapsed),
-        rate(s.read_bytes, report.elapsed),
-    )?;
-    Ok(())
+/// The volume's identity for the catalogue.
+struct FoundVolume {
+    uuid: Uuid,
+    name: String,
+    backend: String,
+    size: u64,
+}
+
+/// Every `lvm` back end of this host in the manifests: (name, driver).
+fn lvm_backends(set: &ManifestSet, host: &str) -> Vec<(Name, crate::lvm::LvmBackend<'static>)> {
+    lvm_backends_all(set)
+        .into_iter()
+        .filter(|(n, _)| {
+            set.backends
+                .get(n)
+                .is_some_and(|d| d.spec.host.as_deref().is_none_or(|h| h == host))
+        })
+        .collect()
+}
+
+/// Every `lvm` back end in the manifests, whatever its host.
+fn lvm_backends_all(set: &ManifestSet) -> Vec<(Name, crate::lvm::LvmBackend<'static>)> {
+    set.backends
+        .iter()
+        .filter_map(|(n, d)| {
+            d.spec.lvm.as_ref().map(|l| {
+                let wipe = match d.spec.volume_clear.unwrap_or_default() {
+                    manifest::kinds::VolumeClear::Zero => crate::lvm::Wipe::Zero,
+                    manifest::kinds::VolumeClear::None => crate::lvm::Wipe::None,
+                };
+                (
+                    n.clone(),
+                    crate::lvm::LvmBackend::new(
+                        crate::exec::Exec::host(),
+                        n.as_str(),
+                        l.volume_group.as_str(),
+                        l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
+                        wipe,
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Finds the ready volume named `volume` among the LVs of the `lvm` back
+/// ends: (back end, its name, identity).
+fn find_lvm_volume(
+    candidates: Vec<(Name, crate::lvm::LvmBackend<'static>)>,
+    volume: &str,
+) -> anyhow::Result<Option<(Found, FoundVolume)>> {
+    use crate::lvm::tags::{self, LvObjKind, Ownership};
+    let mut hits = Vec::new();
+    for (n, be) in candidates {
+        let lvs = be
+            .lvs()
+            .with_context(|| format!("cannot discover back end {n}"))?;
+        let found = lvs
+            .iter()
+            .find_map(|lv| match tags::ownership(lv, n.as_str()) {
+                Ownership::Ours(o) if o.kind == LvObjKind::Volume && o.name == volume => {
+                    Some((o, lv.size))
+                }
+                _ => None,
+            });
+        if let Some((o, size)) = found {
+            if let Some(state) = o.state {
+                bail!(
+                    "Volume {volume} ({}) is {}, not ready",
+                    o.uuid,
+                    state.as_str()
+                );
+            }
+            hits.push((
+                Found::Lvm(be, n.clone()),
+                FoundVolume {
+                    uuid: o.uuid,
+                    name: o.name,
+                    backend: n.to_string(),
+                    size,
+                },
+            ));
+        }
+    }
+    if hits.len() > 1 {
+        bail!(
+            "{} LVs of ours are volumes named {volume:?}; remove the stray one",
+            hits.len()
+        );
+    }
+    Ok(hits.pop())
 }
 
 // Each command reads top to bottom as its steps; splitting would only add
@@ -355,24 +416,37 @@ fn run_one(
         .get(&policy_name)
         .ok_or_else(|| anyhow!("BackupPolicy {policy_name} is not in the manifests"))?;
     let mut candidates = file_backends(set, state);
+    let mut lvm_candidates = lvm_backends(set, host);
     if let Some(pin) = &vol.spec.backend {
         candidates.retain(|(n, _)| n == pin);
+        lvm_candidates.retain(|(n, _)| n == pin);
     }
-    if candidates.is_empty() {
-        bail!(
-            "Volume {vol_name}: no file back end to look in (backups of LVM volumes are not built yet)"
-        );
+    if candidates.is_empty() && lvm_candidates.is_empty() {
+        bail!("Volume {vol_name}: no file or lvm back end of this host to look in");
     }
-    let Some((backend, object)) = find_volume(&candidates, vol_name.as_str())? else {
-        return Err(NotYet(vol_name.clone()).into());
+    let (found, object) = match find_volume(&candidates, vol_name.as_str())? {
+        Some((backend, object)) => {
+            if object.state != Phase::Ready {
+                bail!(
+                    "Volume {vol_name} ({}) is {:?}, not ready",
+                    object.uuid,
+                    object.state
+                );
+            }
+            let v = FoundVolume {
+                uuid: object.uuid,
+                name: object.name.clone(),
+                backend: backend.backend().to_owned(),
+                size: object.size,
+            };
+            (Found::File(backend), v)
+        }
+        None if lvm_candidates.is_empty() => return Err(NotYet(vol_name.clone()).into()),
+        None => match find_lvm_volume(lvm_candidates, vol_name.as_str())? {
+            Some(f) => f,
+            None => return Err(NotYet(vol_name.clone()).into()),
+        },
     };
-    if object.state != Phase::Ready {
-        bail!(
-            "Volume {vol_name} ({}) is {:?}, not ready",
-            object.uuid,
-            object.state
-        );
-    }
     let mode = mode.unwrap_or(Mode::Policy {
         incremental: policy.spec.incremental,
         full_every: policy.spec.full_every,
@@ -383,18 +457,39 @@ fn run_one(
     let intent = journal.intent(id, 0, &format!("backup run {vol_name} ({id})"))?;
     let started_at = Utc::now();
     let result = Repository::open_or_init(&repo_path, codec).and_then(|repo| {
-        let spec = RunSpec {
-            id,
-            repo: &repo,
-            backend: &backend,
-            volume: object.uuid,
-            policy: Some(policy_name.as_str()),
-            mode,
-            codec,
-            host,
-            direct: !policy.spec.force,
+        let r = match &found {
+            Found::File(backend) => engine::run(
+                &RunSpec {
+                    id,
+                    repo: &repo,
+                    backend,
+                    volume: object.uuid,
+                    policy: Some(policy_name.as_str()),
+                    mode,
+                    codec,
+                    host,
+                    direct: !policy.spec.force,
+                    exported: vol.spec.export.is_some(),
+                },
+                progress,
+            ),
+            Found::Lvm(lvm, backend) => crate::backup::lvm_source::run(
+                &crate::backup::lvm_source::LvmRunSpec {
+                    id,
+                    repo: &repo,
+                    lvm,
+                    backend: backend.as_str(),
+                    volume: object.uuid,
+                    policy: Some(policy_name.as_str()),
+                    mode,
+                    codec,
+                    host,
+                    force: policy.spec.force,
+                },
+                progress,
+            ),
         };
-        engine::run(&spec, progress).map(|r| (repo, r))
+        r.map(|r| (repo, r))
     });
     let _catalog = CATALOG
         .lock()
@@ -419,7 +514,7 @@ fn run_one(
                     volume: format::VolumeRef {
                         uuid: object.uuid,
                         name: object.name.clone(),
-                        backend: backend.backend().to_owned(),
+                        backend: object.backend.clone(),
                         size: object.size,
                     },
                     policy: Some(policy_name.to_string()),
@@ -437,6 +532,75 @@ fn run_one(
             Err(e.into())
         }
     }
+}
+
+/// The mode `backup run` asked for (`None`: as the policy says).
+fn requested_mode(a: &RunArgs) -> Option<Mode> {
+    if a.full {
+        Some(Mode::Full)
+    } else if a.incremental {
+        Some(Mode::Incremental)
+    } else {
+        None
+    }
+}
+
+/// One run's summary: a line of text, or one JSON object per line.
+fn print_run(report: &engine::RunReport, repo: &Path, json: bool) -> anyhow::Result<()> {
+    let m = &report.manifest;
+    let s = &m.stats;
+    let dedup = (s.unchanged_chunks + s.dedup_chunks) * u64::from(m.chunk_size);
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({
+            "id": m.id,
+            "volume": m.volume.name,
+            "kind": m.kind.to_string(),
+            "parent": m.parent,
+            "pointInTime": report.method.as_str(),
+            "size": m.volume.size,
+            "readBytes": s.read_bytes,
+            "extents": s.extents,
+            "storedBytes": s.stored_bytes,
+            "newChunks": s.new_chunks,
+            "newBytes": s.new_bytes,
+            "unchangedChunks": s.unchanged_chunks,
+            "dedupChunks": s.dedup_chunks,
+            "zeroChunks": s.zero_chunks,
+            "chunks": s.chunks,
+            "snapshotSecs": report.snapshot_time.as_secs_f64(),
+            "elapsedSecs": report.elapsed.as_secs_f64(),
+            "repository": repo,
+        });
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "backup {}: {} of {} ({} logical) into {}: point in time by {}; read {} in {} range(s), \
+         stored {} ({} new chunks, {} before compression), deduplicated {} ({} unchanged, {} \
+         already stored), zeros {}; snapshot {}, total {}, {}/s",
+        m.id,
+        m.kind,
+        m.volume.name,
+        bytes(m.volume.size),
+        repo.display(),
+        report.method.as_str(),
+        bytes(s.read_bytes),
+        s.extents,
+        bytes(s.stored_bytes),
+        s.new_chunks,
+        bytes(s.new_bytes),
+        bytes(dedup),
+        s.unchanged_chunks,
+        s.dedup_chunks,
+        bytes(s.zero_chunks * u64::from(m.chunk_size)),
+        secs(report.snapshot_time),
+        secs(report.elapsed),
+        rate(s.read_bytes, report.elapsed),
+    )?;
+    Ok(())
 }
 
 /// Serialises the catalogue's read-modify-write between the agent's backup
@@ -702,11 +866,13 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     let be_doc = set.backends.get(&backend_name).ok_or_else(|| {
         anyhow!("Backend {backend_name} is not in the manifests (pass --backend)")
     })?;
-    let file_spec = be_doc
-        .spec
-        .file
-        .as_ref()
-        .ok_or_else(|| anyhow!("Backend {backend_name} is not a file back end"))?;
+    if be_doc.spec.lvm.is_some() {
+        return restore_lvm(a, state, &set, &backend_name, &to, &repo, &m);
+    }
+    let file_spec =
+        be_doc.spec.file.as_ref().ok_or_else(|| {
+            anyhow!("Backend {backend_name} is neither a file nor an lvm back end")
+        })?;
     let backend = FileBackend::new(file_spec.path.resolve(state), backend_name.as_str());
     let allocation = match file_spec.allocation {
         manifest::kinds::Allocation::Sparse => file::Allocation::Sparse,
@@ -731,16 +897,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
             // (it never became ready), so start over.
             tracing::info!(uuid = %obj.uuid, state = ?obj.state, "replacing an incomplete volume");
             backend.delete(obj.uuid)?;
-            restore_fresh(
-                &repo,
-                &index,
-                &m,
-                &table,
-                &backend,
-                to.as_str(),
-                allocation,
-                &bar,
-            )
+            restore_fresh(&repo, &m, &backend, to.as_str(), allocation, &bar)
         }
         Some((_, obj)) => {
             if obj.state != Phase::Ready {
@@ -785,21 +942,125 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
             .map(|s| (obj.uuid, s))
             .map_err(anyhow::Error::from)
         }
-        None => restore_fresh(
-            &repo,
-            &index,
-            &m,
-            &table,
-            &backend,
-            to.as_str(),
-            allocation,
-            &bar,
-        ),
+        None => restore_fresh(&repo, &m, &backend, to.as_str(), allocation, &bar),
     };
     bar.finish();
+    finish_restore(
+        result,
+        &mut journal,
+        &intent,
+        &m,
+        to.as_str(),
+        backend_name.as_str(),
+        started,
+        set.volumes.contains_key(&to),
+    )
+}
+
+/// `backup restore` into an `lvm` back end: a new LV (thin: holes stay
+/// unprovisioned; thick: every gap zeroed), tagged `creating` until the data
+/// is in and removed again if the restore fails; or, with `--overwrite`, an
+/// existing volume (every chunk checked before the first write).
+#[allow(clippy::too_many_lines)] // as restore_cmd
+fn restore_lvm(
+    a: &RestoreArgs,
+    state: &Path,
+    set: &ManifestSet,
+    backend_name: &Name,
+    to: &Name,
+    repo: &Repository,
+    m: &Manifest,
+) -> anyhow::Result<i32> {
+    let lvm = lvm_backend_named(set, backend_name)?;
+    let table = format::decode_table(m)?;
+    let _lock = StateLock::acquire(state, "backup restore")?;
+    let existing = find_lvm_volume(
+        vec![(backend_name.clone(), lvm_backend_named(set, backend_name)?)],
+        to.as_str(),
+    )?
+    .map(|(_, v)| v);
+    if existing.is_some() && !a.overwrite {
+        bail!("volume {to} exists on {backend_name}; pass --overwrite to replace its content");
+    }
+    let _session = repo.session(repo::SessionKind::Shared, "backup restore")?;
+    let index = repo.load_index()?;
+    let mut journal = Journal::open(state)?;
+    let intent = journal.intent(
+        Uuid::new_v4(),
+        0,
+        &format!("backup restore {} --to {to}", m.id),
+    )?;
+    let started = Instant::now();
+    let bar = Bar::new(&format!("restore {to}"));
+    let result = (|| -> anyhow::Result<(Uuid, restore::RestoreStats)> {
+        if let Some(v) = existing {
+            if v.size < m.volume.size {
+                bail!(
+                    "volume {to} holds {} bytes, less than the backup's {}; extend it first",
+                    v.size,
+                    m.volume.size
+                );
+            }
+            let path = lvm.device(&crate::lvm::tags::LvObjKind::Volume.lv_name(v.uuid));
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let s = restore::restore(repo, &index, m, &table, &f, &path, Target::Overwrite, &bar)?;
+            return Ok((v.uuid, s));
+        }
+        let uuid = Uuid::new_v4();
+        let on = crate::backup::into_volume::NewVolume::Lvm(&lvm);
+        let done = crate::backup::into_volume::restore_new(
+            repo,
+            m,
+            &on,
+            uuid,
+            to.as_str(),
+            m.volume.size,
+            &bar,
+        )?;
+        Ok((uuid, done))
+    })();
+    bar.finish();
+    finish_restore(
+        result,
+        &mut journal,
+        &intent,
+        m,
+        to.as_str(),
+        backend_name.as_str(),
+        started,
+        set.volumes.contains_key(to),
+    )
+}
+
+/// Journals a restore's outcome and prints its summary line (and, for a
+/// volume the manifests do not declare, what the next apply will do).
+#[allow(clippy::too_many_arguments)] // each piece named
+fn finish_restore(
+    result: anyhow::Result<(Uuid, restore::RestoreStats)>,
+    journal: &mut Journal,
+    intent: &crate::state::journal::Record,
+    m: &Manifest,
+    to: &str,
+    backend_name: &str,
+    started: Instant,
+    declared: bool,
+) -> anyhow::Result<i32> {
     match result {
         Ok((uuid, done)) => {
-            journal.outcome(&intent, Outcome::Changed, None)?;
+            journal.outcome(intent, Outcome::Changed, None)?;
+            if !declared {
+                writeln!(
+                    std::io::stderr().lock(),
+                    "note: Volume {to} is not in the manifests: declare it (`source: {{backup: \
+                     {{policy: ..., id: {}}}}}` restores the same way through plan/apply) to keep \
+                     managing it; otherwise the next apply forgets it (its data stays)",
+                    m.id
+                )?;
+            }
             let elapsed = started.elapsed();
             writeln!(
                 std::io::stdout().lock(),
@@ -817,62 +1078,43 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
             Ok(0)
         }
         Err(e) => {
-            journal.outcome(&intent, Outcome::Failed, Some(format!("{e:#}")))?;
+            journal.outcome(intent, Outcome::Failed, Some(format!("{e:#}")))?;
             Err(e)
         }
     }
 }
 
-/// A new volume object: created (sidecar `creating` while data is written),
-/// filled, then `ready`; removed again if anything fails.
-#[allow(clippy::too_many_arguments)] // each piece named
+/// The `lvm` back end named `name` (whatever its host).
+fn lvm_backend_named(
+    set: &ManifestSet,
+    name: &Name,
+) -> anyhow::Result<crate::lvm::LvmBackend<'static>> {
+    lvm_backends_all(set)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, b)| b)
+        .ok_or_else(|| anyhow!("Backend {name} is not an lvm back end"))
+}
+
+/// A new volume object on a `file` back end, through
+/// [`crate::backup::into_volume`] (created incomplete, filled, then ready;
+/// removed again if anything fails).
 fn restore_fresh(
     repo: &Repository,
-    index: &repo::Index,
     m: &Manifest,
-    table: &format::Table,
     backend: &FileBackend,
     to: &str,
     allocation: file::Allocation,
     bar: &Bar,
 ) -> anyhow::Result<(Uuid, restore::RestoreStats)> {
     let uuid = Uuid::new_v4();
-    backend.create(&NewObject {
-        uuid,
-        name: to,
-        kind: ObjectKind::Volume,
-        size: m.volume.size,
+    let on = crate::backup::into_volume::NewVolume::File {
+        backend,
         allocation,
-        source: None,
-    })?;
-    let mut meta = backend
-        .get(uuid)?
-        .ok_or_else(|| anyhow!("volume {uuid} vanished after create"))?;
-    meta.state = Phase::Creating;
-    file::meta::write_sidecar(backend.root(), &meta)?;
-    let path = backend.data_path(ObjectKind::Volume, uuid);
-    let filled = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(|source| BackupError::Io {
-            op: "open",
-            path: path.clone(),
-            source,
-        })
-        .and_then(|f| restore::restore(repo, index, m, table, &f, &path, Target::Fresh, bar));
-    match filled {
-        Ok(stats) => {
-            meta.state = Phase::Ready;
-            file::meta::write_sidecar(backend.root(), &meta)?;
-            Ok((uuid, stats))
-        }
-        Err(e) => {
-            if let Err(del) = backend.delete(uuid) {
-                tracing::warn!(%uuid, error = %del, "could not remove the partly restored volume");
-            }
-            Err(e.into())
-        }
-    }
+    };
+    let stats =
+        crate::backup::into_volume::restore_new(repo, m, &on, uuid, to, m.volume.size, bar)?;
+    Ok((uuid, stats))
 }
 
 // ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 mod agent;
 mod backup;
+mod backup_due;
 mod plan;
 mod validate;
 

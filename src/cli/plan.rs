@@ -68,6 +68,62 @@ struct SavedPlan {
     plan: Plan,
 }
 
+/// `plan --json`: the plan and, when volumes have backup policies, their
+/// schedules.
+#[derive(Serialize)]
+struct JsonPlanWithBackups<'a> {
+    #[serde(flatten)]
+    plan: render::JsonPlan<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    backups: Vec<super::backup_due::BackupDue>,
+}
+
+/// Each volume's backup policy and next due time, with the last successful
+/// backup from the catalogue (an unreadable catalogue is a warning: the plan
+/// is still worth showing).
+fn backup_schedule(
+    set: &ManifestSet,
+    state: &Path,
+) -> anyhow::Result<Vec<super::backup_due::BackupDue>> {
+    use crate::backup::catalog::{Catalog, Status};
+    let mut last = std::collections::BTreeMap::new();
+    if set
+        .volumes
+        .values()
+        .any(|v| super::backup::policy_of(set, &v.spec).is_some())
+    {
+        match Catalog::load(state) {
+            Ok(cat) => {
+                for e in cat.backups.values().filter(|e| e.status == Status::Ok) {
+                    let newer = last
+                        .get(&e.volume.name)
+                        .is_none_or(|l: &super::backup_due::LastBackup| l.at < e.started_at);
+                    if newer {
+                        last.insert(
+                            e.volume.name.clone(),
+                            super::backup_due::LastBackup {
+                                id: e.id.to_string(),
+                                kind: e
+                                    .kind
+                                    .map_or_else(|| "backup".to_owned(), |k| k.to_string()),
+                                at: e.started_at,
+                            },
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::lvm::cmd::chain(&e), "cannot read the backup catalogue; last backups not shown");
+            }
+        }
+    }
+    Ok(super::backup_due::schedule(
+        set,
+        &last,
+        super::backup_due::now()?,
+    ))
+}
+
 const SAVED_FORMAT: &str = "cinderblock.plan";
 const SAVED_VERSION: u32 = 1;
 
@@ -127,12 +183,17 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
     let host = host_name(g);
     let _lock = lock(g, "plan")?;
     let p = prepare(&set, g, &host, args.recreate_lost)?;
+    let backups = backup_schedule(&set, &g.state)?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &render::json(&p.plan))?;
+        let doc = JsonPlanWithBackups {
+            plan: render::json(&p.plan),
+            backups,
+        };
+        serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
     } else {
-        out.write_all(render::text(&p.plan).as_bytes())?;
+        out.write_all(render::text_with(&p.plan, &super::backup_due::text(&backups)).as_bytes())?;
     }
     if let Some(path) = &args.out {
         let manifests = args

@@ -108,6 +108,27 @@ pub fn copy_file(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
     copy_open(&source, src, &target, dst)
 }
 
+/// Makes `dst` (created or truncated) a reflink of `src`; `Ok(false)`, with
+/// `dst` removed, where the filesystem cannot (no data is copied then).
+pub fn reflink_file(src: &Path, dst: &Path) -> Result<bool, CopyError> {
+    let source = File::open(src).map_err(io_err("open", src))?;
+    let target = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)
+        .map_err(io_err("create", dst))?;
+    match reflink::ficlone(target.as_fd(), source.as_fd()) {
+        Ok(()) => Ok(true),
+        Err(errno) => {
+            tracing::debug!(%errno, src = %src.display(), "no reflink here");
+            drop(target);
+            std::fs::remove_file(dst).map_err(io_err("remove", dst))?;
+            Ok(false)
+        }
+    }
+}
+
 /// Copies between open files (the target is truncated first); the paths are
 /// for messages.
 pub fn copy_open(

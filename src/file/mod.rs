@@ -54,6 +54,7 @@
 
 pub mod copy;
 pub mod discover;
+pub mod inuse;
 pub mod meta;
 pub mod mount;
 

@@ -170,10 +170,10 @@ pub struct NewLv<'a> {
 /// name written into every owner mark.
 pub struct LvmBackend<'r> {
     pub(super) run: &'r dyn Runner,
-    backend: String,
+    pub(super) backend: String,
     pub(super) vg: String,
     pool: Option<String>,
-    wipe: Wipe,
+    pub(super) wipe: Wipe,
     pub(super) dev: PathBuf,
 }
 
@@ -222,7 +222,7 @@ impl<'r> LvmBackend<'r> {
             .join(format!("{}-{}-cow", dm(&self.vg), dm(lv)))
     }
 
-    fn target(&self, lv: &str) -> String {
+    pub(super) fn target(&self, lv: &str) -> String {
         format!("{}/{lv}", self.vg)
     }
 
@@ -261,7 +261,11 @@ impl<'r> LvmBackend<'r> {
         })
     }
 
-    fn find<'l>(&self, lvs: &'l [Lv], uuid: Uuid) -> Result<Option<(&'l Lv, Owned)>, LvmError> {
+    pub(super) fn find<'l>(
+        &self,
+        lvs: &'l [Lv],
+        uuid: Uuid,
+    ) -> Result<Option<(&'l Lv, Owned)>, LvmError> {
         let mut hits = lvs
             .iter()
             .filter_map(|lv| match tags::ownership(lv, &self.backend) {
@@ -279,7 +283,7 @@ impl<'r> LvmBackend<'r> {
         Ok(first)
     }
 
-    fn ours<'l>(&self, lvs: &'l [Lv], uuid: Uuid) -> Result<(&'l Lv, Owned), LvmError> {
+    pub(super) fn ours<'l>(&self, lvs: &'l [Lv], uuid: Uuid) -> Result<(&'l Lv, Owned), LvmError> {
         self.find(lvs, uuid)?.ok_or_else(|| LvmError::NotFound {
             uuid,
             vg: self.vg.clone(),
@@ -416,6 +420,48 @@ impl<'r> LvmBackend<'r> {
         Ok(Change::Changed)
     }
 
+    /// Creates an empty volume tagged `state=creating`, for a restore to
+    /// fill; [`Self::mark_ready`] clears the state when the data is in. A
+    /// volume that exists already is refused.
+    pub fn create_restoring(&self, spec: &NewLv<'_>) -> Result<(), LvmError> {
+        let lvs = self.lvs()?;
+        let lv_name = spec.kind.lv_name(spec.uuid);
+        if let Some((lv, _)) = self.find(&lvs, spec.uuid)? {
+            return Err(self.refused(&lv.name, "exists already".into()));
+        }
+        self.check_free_name(&lvs, &lv_name)?;
+        let owned = Owned {
+            uuid: spec.uuid,
+            name: spec.name.to_owned(),
+            kind: spec.kind,
+            parent: None,
+            state: Some(InFlight::Creating),
+        };
+        let tags = tags::new_tags(&self.backend, &owned);
+        let c = match &self.pool {
+            Some(pool) => cmd::create_thin(&self.vg, pool, &lv_name, spec.size, &tags),
+            None => cmd::create_thick(&self.vg, &lv_name, spec.size, &tags),
+        };
+        self.exec("create", self.target(&lv_name), &c)?;
+        tracing::info!(uuid = %spec.uuid, lv = %lv_name, size = spec.size, "created for a restore");
+        Ok(())
+    }
+
+    /// Clears `state=creating` from object `uuid` (a restore finished).
+    pub fn mark_ready(&self, uuid: Uuid) -> Result<(), LvmError> {
+        let lvs = self.lvs()?;
+        let (lv, owned) = self.ours(&lvs, uuid)?;
+        if owned.state == Some(InFlight::Creating) {
+            self.clear_state(&lv.name, InFlight::Creating)?;
+        }
+        Ok(())
+    }
+
+    /// Whether volumes of this back end are thin LVs.
+    pub fn is_thin(&self) -> bool {
+        self.pool.is_some()
+    }
+
     fn finish_create(
         &self,
         lvs: &[Lv],
@@ -481,7 +527,7 @@ impl<'r> LvmBackend<'r> {
         lv.size
     }
 
-    fn ensure_active(&self, lv: &Lv) -> Result<(), LvmError> {
+    pub(super) fn ensure_active(&self, lv: &Lv) -> Result<(), LvmError> {
         if lv.attr.active {
             return Ok(());
         }
@@ -672,6 +718,10 @@ impl<'r> LvmBackend<'r> {
             &cmd::remove(&self.vg, &lv.name),
         )?;
         tracing::info!(%uuid, lv = %lv.name, "removed");
+        // A thin volume's kept backup base goes with it (nothing else uses it).
+        for s in self.backup_snapshots(uuid)? {
+            self.remove_backup_snapshot(&s.lv.name)?;
+        }
         Ok(Change::Changed)
     }
 
@@ -899,7 +949,7 @@ fn thick_snapshots_of(lvs: &[Lv], lv: &Lv) -> Vec<String> {
         .collect()
 }
 
-fn open(path: &Path, write: bool) -> Result<File, LvmError> {
+pub(super) fn open(path: &Path, write: bool) -> Result<File, LvmError> {
     OpenOptions::new()
         .read(true)
         .write(write)
@@ -907,7 +957,7 @@ fn open(path: &Path, write: bool) -> Result<File, LvmError> {
         .map_err(io_err("open", path))
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LvmError {
+pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LvmError {
     let path = path.to_owned();
     move |source| LvmError::Io { op, path, source }
 }

@@ -154,9 +154,14 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
                     size: l.size,
                     data_percent: l.data_percent,
                     metadata_percent: l.metadata_percent,
+                    // A backup's kept base snapshot is plumbing, not a
+                    // volume: it shares its origin's blocks and costs only
+                    // what changed since (which `data_percent` shows).
                     provisioned: lvs
                         .iter()
-                        .filter(|t| t.pool.as_deref() == Some(p))
+                        .filter(|t| {
+                            t.pool.as_deref() == Some(p) && !backup_snapshot(t, cfg.backend)
+                        })
                         .map(|t| t.size)
                         .sum(),
                 });
@@ -172,6 +177,9 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
             continue;
         }
         match tags::ownership(lv, cfg.backend) {
+            // Backup snapshots are the backup code's, not objects of the
+            // manifests (see `backup_snap`).
+            Ownership::Foreign if backup_snapshot(lv, cfg.backend) => {}
             Ownership::Foreign => foreign.push(lv.name.clone()),
             Ownership::Damaged(why) => problems.push(why),
             Ownership::Ours(owned) => {
@@ -211,6 +219,14 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
         foreign,
         problems,
     })
+}
+
+/// Whether `lv` is a backup snapshot of back end `backend`.
+fn backup_snapshot(lv: &Lv, backend: &str) -> bool {
+    lv.tag_value(super::backup_snap::BACKUP_OF)
+        .and_then(tags::decode)
+        .as_deref()
+        == Some(backend)
 }
 
 /// The metadata size cinderblock gives a thin pool of `data` bytes: lvm2's

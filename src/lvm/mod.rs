@@ -16,6 +16,8 @@
 //! * [`thinmap`] runs `thin_dump`/`thin_delta` on a live pool under a held metadata
 //!   snapshot: [`LvmBackend::thin_mapped_ranges`] and
 //!   [`LvmBackend::thin_changed_ranges`];
+//! * [`backup_snap`] takes, lists and removes the snapshots backups read (thin ones
+//!   kept as the base of the next incremental);
 //! * [`blockdev`] zeroes devices (`FALLOC_FL_ZERO_RANGE`, the kernel's zero-out path)
 //!   and copies data for thick clones, writing only blocks that hold data.
 //!
@@ -28,6 +30,7 @@
 //!   `tests/fixtures/thin`, see `tests/fixtures/README.md`); the driver on a fake lvm2
 //!   in unit tests and on the real one in `tests/lab/lvm_backend.rs`.
 
+pub mod backup_snap;
 pub mod blockdev;
 pub mod cmd;
 pub mod driver;

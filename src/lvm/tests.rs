@@ -948,3 +948,91 @@ fn ranges_merge_sorted() {
     use super::thinmap::merge;
     assert_eq!(merge([5..6, 0..2, 2..3, 1..2, 9..9]), vec![0..3, 5..6]);
 }
+
+#[test]
+fn backup_snapshots_are_tagged_listed_removed_and_not_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    b.create(&vol(u(1), "db", 8 * MIB)).unwrap();
+    let snap = b.backup_snapshot(u(1), u(50), 0).unwrap();
+    assert_eq!(snap.name, "_backup-00000000-0000-0000-0000-000000000032");
+    assert!(
+        fake.changes().last().unwrap().starts_with(
+            "lvcreate -y -s -kn -n _backup-00000000-0000-0000-0000-000000000032 \
+             --addtag cinderblock.backup-of=lvm-a --addtag cinderblock.backup=00000000-0000-0000-0000-000000000032 \
+             --addtag cinderblock.parent=00000000-0000-0000-0000-000000000001 -- vg0/volume-"
+        ),
+        "{:?}",
+        fake.changes()
+    );
+    let listed = b.backup_snapshots(u(1)).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].backup, u(50));
+    assert!(b.backup_snapshots(u(2)).unwrap().is_empty());
+    // discovery neither adopts nor lists it as foreign
+    let report = crate::lvm::report::FullReport {
+        vgs: vec![crate::lvm::report::Vg {
+            name: VG.into(),
+            uuid: String::new(),
+            size: 1 << 30,
+            free: 1 << 29,
+            extent_size: 4 * MIB,
+            extent_count: 256,
+            free_count: 128,
+            seqno: 1,
+            pv_count: 1,
+            lv_count: 3,
+            snap_count: 0,
+            tags: vec![],
+        }],
+        pvs: vec![],
+        lvs: b.lvs().unwrap(),
+    };
+    let inv = crate::lvm::inventory::inventory(
+        &report,
+        &crate::lvm::inventory::Config {
+            backend: "lvm-a",
+            vg: VG,
+            thin_pool: Some("pool0"),
+        },
+    )
+    .unwrap();
+    assert_eq!(inv.objects.len(), 1, "only the volume");
+    assert_eq!(
+        inv.pool.as_ref().map(|p| p.provisioned),
+        Some(8 * MIB),
+        "the backup base does not count as provisioned"
+    );
+    assert!(inv.foreign.is_empty(), "{:?}", inv.foreign);
+    // an LV without the mark is refused, ours goes
+    assert!(matches!(
+        b.remove_backup_snapshot("pool0").unwrap_err(),
+        LvmError::Refused { .. }
+    ));
+    b.remove_backup_snapshot(&snap.name).unwrap();
+    assert!(b.backup_snapshots(u(1)).unwrap().is_empty());
+    b.remove_backup_snapshot(&snap.name).unwrap();
+}
+
+#[test]
+fn a_thick_backup_snapshot_is_cow_and_its_store_is_zeroed_on_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::Zero);
+    b.create(&vol(u(1), "db", 8 * MIB)).unwrap();
+    let snap = b.backup_snapshot(u(1), u(51), 4 * MIB).unwrap();
+    assert!(
+        fake.changes()
+            .last()
+            .unwrap()
+            .starts_with("lvcreate -y -s -L 4194304b -n _backup-"),
+        "{:?}",
+        fake.changes()
+    );
+    let cow = b.cow_device(&snap.name);
+    assert!(read(&cow).iter().any(|&x| x != 0));
+    b.remove_backup_snapshot(&snap.name).unwrap();
+    assert!(read(&cow).iter().all(|&x| x == 0), "exception store zeroed");
+    assert!(b.backup_snapshot_state(&snap.name).unwrap().is_none());
+}

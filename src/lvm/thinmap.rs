@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Invariants:
-//! * The release always runs once the reserve succeeded ([`MetadataSnap`] is a
+//! * The release always runs once the reserve succeeded (`MetadataSnap` is a
 //!   guard that releases on drop), whatever the reader did: the kernel holds at
 //!   most one metadata snapshot per pool, and a held one also pins metadata
 //!   blocks.

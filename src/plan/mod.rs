@@ -93,8 +93,14 @@ pub enum Op {
         /// Finish the interrupted create of this uuid.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<Uuid>,
+        /// Restore this backup into the new volume (`source.backup`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<crate::observe::BackupSource>,
         /// Deletion policy to record.
         deletion_policy: DeletionPolicy,
+        /// Images: copy the content of this raw file in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_file: Option<std::path::PathBuf>,
     },
     /// Grow a volume.
     Extend {
@@ -423,6 +429,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     p.index();
     p.unsupported();
     p.pools();
+    p.images();
     p.objects();
     p.exports();
     p.removals();
@@ -615,11 +622,6 @@ impl<'a> Planner<'a> {
     /// Kinds and fields this version cannot carry out yet are refused, not
     /// ignored: a plan that silently skipped an export would lie.
     fn unsupported(&mut self) {
-        for name in self.set.images.keys() {
-            self.out.errors.push(format!(
-                "image.{name}: images are not supported by this version of cinderblock yet"
-            ));
-        }
         for (name, doc) in &self.set.snapshots {
             if doc.spec.consistency_group.is_some() {
                 self.out.errors.push(format!("snapshot.{name}: group snapshots are not supported by this version of cinderblock yet"));
@@ -832,6 +834,169 @@ impl<'a> Planner<'a> {
         items
     }
 
+    /// Volume-backed images: each `Image` is an image-volume on its back end,
+    /// made once (from a raw file on this host, copied sparsely, or as a
+    /// clone of a volume there) and never changed; volumes made from it are
+    /// clones. An image-volume that exists without a record was interrupted
+    /// while its content was copied in: it is removed and made again.
+    fn images(&mut self) {
+        let set = self.set;
+        for (name, doc) in &set.images {
+            let Some(bn) = self
+                .world
+                .backends
+                .keys()
+                .find(|k| **k == doc.spec.backend)
+                .cloned()
+            else {
+                // Another host's back end.
+                continue;
+            };
+            let a = addr(ObjKind::Image, name.as_str());
+            let key = (ObjKind::Image, name.as_str().to_owned());
+            let backend = bn.as_str().to_owned();
+            if let Some(f) = self.found.get(&key) {
+                let complete = self.recorded.objects.contains_key(&f.obj.uuid)
+                    || doc.spec.source.path.is_none();
+                if complete {
+                    if f.backend.name != bn {
+                        self.out.errors.push(format!(
+                            "{a}: spec.backend is {bn} but the image-volume lives on {}; an image is not moved: remove the Image and declare it again",
+                            f.backend.name
+                        ));
+                    }
+                    continue;
+                }
+                if !self.world.complete() {
+                    self.out.notes.push(format!("{a}: an unrecorded image-volume ({}) waits for a complete discovery to be made again", f.obj.uuid));
+                    continue;
+                }
+                self.out.actions.push(Action {
+                    address: a.clone(),
+                    op: Op::Delete {
+                        kind: RecordedKind::Image,
+                        name: name.as_str().to_owned(),
+                        uuid: f.obj.uuid,
+                        backend: f.backend.name.as_str().to_owned(),
+                        size: f.obj.size,
+                    },
+                    reason: "the image-volume exists but its copy was never recorded as complete (interrupted, or a new state directory): it is made again from its source".into(),
+                    impact: Impact::DestroysData,
+                });
+            }
+            if self.held_back(ObjKind::Image, name.as_str(), Some(&doc.spec.backend)) {
+                continue;
+            }
+            let Some((size, source, from_file, why)) = self.image_source(&a, doc, &bn) else {
+                continue;
+            };
+            let extent = self.world.backends.get(&bn).map_or(1, |b| b.extent);
+            let size = round_up(size, extent);
+            let req = Request {
+                size,
+                zone: None,
+                extra_specs: None,
+            };
+            if let Err(why) = self.sched.check(&bn, &req) {
+                self.out.errors.push(format!(
+                    "{a}: cannot be created on {bn}:{}",
+                    schedule::explain(&vec![(bn.clone(), why)])
+                ));
+                continue;
+            }
+            self.sched.commit(&bn, size);
+            self.push_create(
+                ObjKind::Image,
+                name.as_str(),
+                &backend,
+                size,
+                source,
+                None,
+                None,
+                DeletionPolicy::Retain,
+                why,
+            );
+            if let Some(Action {
+                op: Op::Create {
+                    from_file: slot, ..
+                },
+                ..
+            }) = self.out.actions.last_mut()
+            {
+                *slot = from_file;
+            }
+        }
+    }
+
+    /// Where an image's content comes from: (size, source object, raw file,
+    /// reason), or `None` after a plan error saying why it cannot be made.
+    fn image_source(
+        &mut self,
+        a: &str,
+        doc: &Doc<crate::manifest::kinds::ImageSpec>,
+        bn: &Name,
+    ) -> Option<(u64, Option<SourceRef>, Option<std::path::PathBuf>, String)> {
+        let set = self.set;
+        let backend = bn.as_str();
+        let r = if let Some(p) = &doc.spec.source.path {
+            match self.world.image_files.get(p.as_path()) {
+                Some(Ok(f)) => (
+                    f.size,
+                    None,
+                    Some(p.as_path().to_owned()),
+                    format!(
+                        "it is declared and does not exist; its content is copied from {} (holes stay holes)",
+                        p.as_path().display()
+                    ),
+                ),
+                Some(Err(e)) => {
+                    self.out.errors.push(format!("{a}: spec.source.path: {e}"));
+                    return None;
+                }
+                None => {
+                    self.out.errors.push(format!(
+                        "{a}: spec.source.path {} was not looked at",
+                        p.as_path().display()
+                    ));
+                    return None;
+                }
+            }
+        } else if let Some(v) = &doc.spec.source.volume {
+            match self.backend_of(ObjKind::Volume, v.as_str()) {
+                Some(vb) if vb == backend => {
+                    let key = (ObjKind::Volume, v.as_str().to_owned());
+                    let size = self.found.get(&key).map_or_else(
+                        || set.volumes.get(v).map_or(0, |d| d.spec.size.bytes()),
+                        |f| f.obj.size,
+                    );
+                    (
+                        size,
+                        Some(SourceRef {
+                            kind: RecordedKind::Volume,
+                            name: v.as_str().to_owned(),
+                            uuid: self.found.get(&key).map(|f| f.obj.uuid),
+                        }),
+                        None,
+                        format!("it is declared and does not exist; a clone of volume {v}"),
+                    )
+                }
+                Some(vb) => {
+                    self.out.errors.push(format!("{a}: spec.backend is {bn} but volume {v} lives on {vb}; an image is a clone made on its volume's back end"));
+                    return None;
+                }
+                None => {
+                    self.out.errors.push(format!(
+                        "{a}: volume {v} does not exist and is not created by this plan"
+                    ));
+                    return None;
+                }
+            }
+        } else {
+            return None;
+        };
+        Some(r)
+    }
+
     fn objects(&mut self) {
         for (_, kind, name) in self.order() {
             match kind {
@@ -882,6 +1047,7 @@ impl<'a> Planner<'a> {
                         want,
                         self.source_of(doc, &bname),
                         Some(obj.uuid),
+                        self.backup_source(doc, name).ok().flatten(),
                         policy,
                         "an earlier create was interrupted; it is finished with the same identity"
                             .into(),
@@ -1011,13 +1177,31 @@ impl<'a> Planner<'a> {
         // A new volume: where?
         let req = Self::request(self.set, doc);
         let source = doc.spec.source.as_ref();
-        if source.is_some_and(|s| s.image.is_some() || s.backup.is_some()) {
-            self.out.errors.push(format!("{a}: volumes from images or backups are not supported by this version of cinderblock yet"));
+        let backup = match self.backup_source(doc, name) {
+            Ok(b) => b,
+            Err(why) => {
+                self.out.errors.push(format!("{a}: {why}"));
+                return;
+            }
+        };
+        if let Some(b) = &backup
+            && b.size > req.size
+        {
+            self.out.errors.push(format!(
+                "{a}: spec.size {} is less than backup {}'s {} (of volume {}); declare at least that",
+                format_bytes_exact(req.size),
+                b.id,
+                format_bytes_exact(b.size),
+                b.volume
+            ));
             return;
         }
         let source_backend = source.and_then(|s| {
             if let Some(v) = &s.volume {
                 return Some(self.backend_of(ObjKind::Volume, v.as_str()));
+            }
+            if let Some(i) = &s.image {
+                return Some(self.backend_of(ObjKind::Image, i.as_str()));
             }
             let snap = s.snapshot.as_ref()?;
             Some(self.backend_of(ObjKind::Snapshot, snap.as_str()))
@@ -1107,6 +1291,17 @@ impl<'a> Planner<'a> {
             )
         };
         let why = match (&source_ref, doc.spec.backend.is_some()) {
+            _ if backup.is_some() => format!(
+                "it is declared and does not exist; restored from backup {} of volume {}",
+                backup
+                    .as_ref()
+                    .map(|b| b.id.to_string())
+                    .unwrap_or_default(),
+                backup
+                    .as_ref()
+                    .map(|b| b.volume.as_str())
+                    .unwrap_or_default()
+            ),
             (Some(s), _) => format!(
                 "it is declared and does not exist; copied from {} {}",
                 kind_word(s.kind),
@@ -1124,6 +1319,7 @@ impl<'a> Planner<'a> {
             size,
             source_ref,
             None,
+            backup,
             policy,
             why,
         );
@@ -1443,6 +1639,59 @@ impl<'a> Planner<'a> {
             .map_or(0, |p| p.virtual_free().max(0.0) as u64)
     }
 
+    /// The backup a volume declared with `source.backup` restores: among the
+    /// catalogued backups of `source.backup.volume` (default: this volume)
+    /// in the policy's repository, `id` (a unique prefix) or the newest
+    /// (`latest`, the default). `Ok(None)` without `source.backup`.
+    fn backup_source(
+        &self,
+        doc: &Doc<VolumeSpec>,
+        name: &Name,
+    ) -> Result<Option<crate::observe::BackupSource>, String> {
+        let Some(b) = doc.spec.source.as_ref().and_then(|s| s.backup.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(repo) = self.world.backup_repos.get(&b.policy) else {
+            return Err(format!(
+                "source.backup.policy {} is not a BackupPolicy of the manifests",
+                b.policy
+            ));
+        };
+        let vol = b.volume.as_ref().unwrap_or(name).as_str();
+        let mut found: Vec<&crate::observe::BackupSource> = self
+            .world
+            .backups
+            .iter()
+            .filter(|x| &x.repository == repo && x.volume == vol)
+            .collect();
+        found.sort_by_key(|x| (x.started_at, x.id));
+        let id = b.id.as_deref().unwrap_or("latest");
+        let hit = if id == "latest" {
+            found.last().copied()
+        } else {
+            let hits: Vec<_> = found
+                .into_iter()
+                .filter(|x| {
+                    x.id.to_string().starts_with(id) || x.id.simple().to_string().starts_with(id)
+                })
+                .collect();
+            if hits.len() > 1 {
+                return Err(format!(
+                    "source.backup.id {id:?} matches {} backups of volume {vol}; give more digits",
+                    hits.len()
+                ));
+            }
+            hits.first().copied()
+        };
+        hit.cloned().map(Some).ok_or_else(|| {
+            format!(
+                "no catalogued backup {id} of volume {vol} in {} (BackupPolicy {}): run `backup list`, or `backup import --scan` the repository",
+                repo.display(),
+                b.policy
+            )
+        })
+    }
+
     fn backend_of(&self, kind: ObjKind, name: &str) -> Option<String> {
         let key = (kind, name.to_owned());
         if let Some(f) = self.found.get(&key) {
@@ -1455,6 +1704,8 @@ impl<'a> Planner<'a> {
         let s = doc.spec.source.as_ref()?;
         let (kind, name) = if let Some(v) = &s.volume {
             (ObjKind::Volume, v.as_str())
+        } else if let Some(i) = &s.image {
+            (ObjKind::Image, i.as_str())
         } else {
             (ObjKind::Snapshot, s.snapshot.as_ref()?.as_str())
         };
@@ -1475,6 +1726,7 @@ impl<'a> Planner<'a> {
         size: u64,
         source: Option<SourceRef>,
         resume: Option<Uuid>,
+        backup: Option<crate::observe::BackupSource>,
         policy: DeletionPolicy,
         reason: String,
     ) {
@@ -1489,7 +1741,9 @@ impl<'a> Planner<'a> {
                 size,
                 source,
                 resume,
+                backup,
                 deletion_policy: policy,
+                from_file: None,
             },
             reason,
             impact: Impact::Grows,
@@ -1512,7 +1766,7 @@ impl<'a> Planner<'a> {
                 match obj.health {
                     ObjHealth::Creating => {
                         let src = Some(self.snapshot_source(vol.as_str()));
-                        self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), policy,
+                        self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), None, policy,
                             "an earlier create was interrupted; it is finished with the same identity".into());
                     }
                     ObjHealth::Deleting | ObjHealth::DataMissing => self.out.errors.push(format!(
@@ -1615,6 +1869,7 @@ impl<'a> Planner<'a> {
                 &backend,
                 size,
                 src,
+                None,
                 None,
                 policy,
                 format!("it is declared and does not exist; a point-in-time copy of volume.{vol}{cow_note}"),

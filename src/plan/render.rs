@@ -26,6 +26,12 @@ fn kind_word(k: RecordedKind) -> &'static str {
 
 /// The plan as text.
 pub fn text(plan: &Plan) -> String {
+    text_with(plan, "")
+}
+
+/// The plan as text with `extra` (a section the caller computed, such as
+/// backup schedules) just before the summary line.
+pub fn text_with(plan: &Plan, extra: &str) -> String {
     let mut s = String::new();
     if !plan.drift.is_empty() {
         s.push_str("Note: Objects have changed outside of cinderblock\n\n");
@@ -98,6 +104,7 @@ pub fn text(plan: &Plan) -> String {
     if !plan.errors.is_empty() {
         s.push('\n');
     }
+    s.push_str(extra);
     s.push_str(&summary(plan));
     s.push('\n');
     s
@@ -254,6 +261,8 @@ fn action(s: &mut String, a: &Action) {
             size,
             source,
             resume,
+            from_file,
+            backup,
             ..
         } => {
             attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
@@ -263,6 +272,25 @@ fn action(s: &mut String, a: &Action) {
                     "+".into(),
                     "source".into(),
                     format!("{}.{}", kind_word(src.kind), src.name),
+                ));
+            }
+            if let Some(f) = from_file {
+                attrs.push((
+                    "+".into(),
+                    "content".into(),
+                    format!("from {}", f.display()),
+                ));
+            }
+            if let Some(b) = backup {
+                attrs.push((
+                    "+".into(),
+                    "source".into(),
+                    format!(
+                        "backup {} of volume.{} ({})",
+                        b.id,
+                        b.volume,
+                        b.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
                 ));
             }
             if let Some(u) = resume {

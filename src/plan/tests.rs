@@ -82,7 +82,7 @@ fn world(views: Vec<BackendView>) -> World {
     World {
         backends: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
         missing: vec![],
-        exports: crate::observe::Exports::Absent,
+        ..World::default()
     }
 }
 
@@ -777,5 +777,60 @@ fn a_verified_copy_interrupted_before_the_switch_is_finished() {
         matches!(&p.actions[..], [a] if matches!(&a.op, Op::Migrate { from, to, resume: true, read: 0, .. } if from == "a" && to == "b")),
         "{:?}",
         p.actions
+    );
+}
+
+#[test]
+fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() {
+    let policy = "apiVersion: cinderblock.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {name: nightly}\nspec:\n  schedule: \"0 2 * * *\"\n  target: {path: /srv/repo}\n---\n";
+    let from = |id: &str, size: &str| {
+        manifests(
+            &(backend_yaml("pool", "")
+                + policy
+                + &vol_yaml(
+                    "copy",
+                    size,
+                    &format!("  source:\n    backup: {{policy: nightly, volume: db{id}}}\n"),
+                )),
+        )
+    };
+    let backup = |n: u128, day: u32| crate::observe::BackupSource {
+        id: Uuid::from_u128(n),
+        volume: "db".into(),
+        repository: "/srv/repo".into(),
+        size: GIB,
+        started_at: chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, day, 2, 0, 0)
+            .single()
+            .unwrap(),
+    };
+    let mut w = world(vec![view("pool", true, 20.0, 100 * GIB, vec![])]);
+    w.backups = vec![
+        backup(0xaaaa_0000_0000_4000_8000_0000_0000_0001, 23),
+        backup(0xbbbb_0000_0000_4000_8000_0000_0000_0002, 24),
+        backup(0xbbbc_0000_0000_4000_8000_0000_0000_0003, 22),
+    ];
+    w.backup_repos = [("nightly".parse().unwrap(), "/srv/repo".into())].into();
+    let chosen = |set: &ManifestSet| {
+        let p = plan(set, &w, &Recorded::default(), Options::default());
+        match p.actions.first().map(|a| &a.op) {
+            Some(Op::Create {
+                backup: Some(b), ..
+            }) => Ok(b.id.as_u128() >> 112),
+            _ => Err(p.errors),
+        }
+    };
+    assert_eq!(chosen(&from("", "1Gi")), Ok(0xbbbb), "latest by time");
+    assert_eq!(chosen(&from(", id: aaaa", "1Gi")), Ok(0xaaaa));
+    let err = chosen(&from(", id: bbb", "1Gi")).unwrap_err();
+    assert!(err[0].contains("matches 2 backups of volume db"), "{err:?}");
+    let err = chosen(&from("", "512Mi")).unwrap_err();
+    assert!(
+        err[0].contains("spec.size 512Mi is less than backup"),
+        "{err:?}"
+    );
+    let err = chosen(&from(", id: cccc", "1Gi")).unwrap_err();
+    assert!(
+        err[0].contains("no catalogued backup cccc of volume db"),
+        "{err:?}"
     );
 }

@@ -215,7 +215,7 @@ fn full_and_incremental_restore_identical_and_sparse() {
     let run = site.cbf(&["backup", "run", "data", "--full"]);
     let full = backup_id(&run);
     assert!(run.stdout.contains("full of data"), "{}", run.stdout);
-    assert!(run.stdout.contains("in 5 extent(s)"), "{}", run.stdout);
+    assert!(run.stdout.contains("in 5 range(s)"), "{}", run.stdout);
 
     change(&vol);
     let sum_inc = sha256(&vol);
@@ -544,7 +544,7 @@ fn errors_name_the_problem() {
     assert_eq!(run.code, 1);
     assert!(
         run.stderr
-            .contains("Volume data does not exist on any file back end yet"),
+            .contains("Volume data does not exist on any back end yet"),
         "{}",
         run.stderr
     );
@@ -629,6 +629,7 @@ fn regenerate_golden_repository() {
             codec: cinderblock::backup::Codec::Zstd,
             host: "golden-host",
             direct: false,
+            exported: false,
         },
         &cinderblock::backup::NoProgress,
     )
@@ -832,6 +833,7 @@ fn two_writers_at_once_share_one_repository() {
                         codec: Codec::Zstd,
                         host: if n == 0 { "a" } else { "b" },
                         direct: false,
+                        exported: false,
                     },
                     &NoProgress,
                 )
@@ -872,7 +874,7 @@ spec: {size: 64Mi, volumeType: standard, backupPolicy: nightly}
     assert!(run.stdout.contains("full of data") && run.stdout.contains("full of logs"));
     assert!(
         run.stderr
-            .contains("skipped later: Volume later does not exist on any file back end yet"),
+            .contains("skipped later: Volume later does not exist on any back end yet"),
         "{}",
         run.stderr
     );
@@ -960,4 +962,291 @@ fn a_volume_size_not_a_multiple_of_the_chunk_round_trips() {
     assert_eq!(fs::metadata(&copy).unwrap().len(), len);
     assert_eq!(fs::read(&copy).unwrap(), fs::read(&vol).unwrap());
     ok(&site.cb("state", &["backup", "verify", &id]));
+}
+
+/// `plan` with a fixed clock (`CINDERBLOCK_NOW`).
+fn plan_at(site: &Site, now: &str, json: bool) -> Run {
+    let mut cmd = assert_cmd::Command::cargo_bin("cinderblock").unwrap();
+    cmd.current_dir(site.path())
+        .env_remove("CINDERBLOCK_LOG")
+        .env("CINDERBLOCK_NOW", now)
+        .args([
+            "--state",
+            "state",
+            "plan",
+            "-f",
+            "site.yaml",
+            "-f",
+            "more.yaml",
+        ]);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The `Backups` section of a text plan.
+fn backups_section(text: &str) -> String {
+    text.lines()
+        .skip_while(|l| !l.starts_with("Backups"))
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn plan_shows_each_volume_policy_last_backup_and_when_the_next_is_due() {
+    use cinderblock::backup::catalog::{Catalog, Entry, Status};
+    use cinderblock::backup::format::{BackupKind, VolumeRef};
+    let site = Site::new("");
+    fs::write(
+        site.path().join("more.yaml"),
+        "apiVersion: cinderblock.dev/v1alpha1
+kind: BackupPolicy
+metadata: {name: hourly-berlin}
+spec:
+  schedule: \"30 * * * *\"
+  timezone: Europe/Berlin
+  target: {path: /nonexistent/repo}
+---
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {name: logs}
+spec:
+  size: 16Mi
+  volumeType: standard
+  backupPolicy: hourly-berlin
+---
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {name: scratch}
+spec:
+  size: 16Mi
+  volumeType: standard
+",
+    )
+    .unwrap();
+    // `data` was backed up at 02:00:05 on the 23rd (UTC).
+    let state = site.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let mut cat = Catalog::default();
+    let id = Uuid::from_u128(0x1a2b_3c4d_0000_4000_8000_0000_0000_0001);
+    cat.backups.insert(
+        id,
+        Entry {
+            id,
+            repository: site.repo(),
+            repository_id: None,
+            volume: VolumeRef {
+                uuid: Uuid::from_u128(7),
+                name: "data".into(),
+                backend: "local".into(),
+                size: 64 * MIB,
+            },
+            policy: Some("nightly".into()),
+            kind: Some(BackupKind::Full),
+            parent: None,
+            started_at: "2026-11-23T02:00:05Z".parse().unwrap(),
+            read_bytes: 0,
+            stored_bytes: 0,
+            status: Status::Ok,
+            detail: None,
+            verified_at: None,
+        },
+    );
+    cat.store(&state).unwrap();
+
+    // Before the next slot: data is due tonight at 02:00 UTC; logs (never
+    // backed up) at the next :30 of Berlin time (UTC+1 in November).
+    let before = plan_at(&site, "2026-11-24T01:10:00Z", false);
+    ok(&before);
+    // After a missed slot: data is due now.
+    let after = plan_at(&site, "2026-11-24T03:10:00Z", false);
+    ok(&after);
+    insta::assert_snapshot!(format!(
+        "{}\n\n{}",
+        backups_section(&before.stdout),
+        backups_section(&after.stdout)
+    ));
+    assert!(
+        before
+            .stdout
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("Plan:"),
+        "the summary stays last:\n{}",
+        before.stdout
+    );
+    assert!(!before.stdout.contains("scratch  "), "no policy, no row");
+
+    let json = plan_at(&site, "2026-11-24T01:10:00Z", true);
+    ok(&json);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let rows = v["backups"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{}", json.stdout);
+    assert_eq!(rows[0]["volume"], "data");
+    assert_eq!(rows[0]["next"], "2026-11-24T02:00:00Z");
+    assert_eq!(rows[0]["last"]["at"], "2026-11-23T02:00:05Z");
+    assert_eq!(rows[1]["volume"], "logs");
+    assert_eq!(rows[1]["timezone"], "Europe/Berlin");
+    assert_eq!(rows[1]["next"], "2026-11-24T01:30:00Z");
+    assert!(rows[1].get("last").is_none());
+    assert!(
+        v["resource_changes"].is_array() || v["resourceChanges"].is_array(),
+        "the plan is still there"
+    );
+}
+
+#[test]
+fn an_idle_volume_is_read_in_place_and_one_in_use_is_copied_first() {
+    let site = Site::new("");
+    let vol = site.create_volume("data", 64 * MIB);
+    fill(&vol);
+    let sum = sha256(&vol);
+    // The filesystem may reflink (XFS, btrfs): then that is what is used.
+    let reflink = |run: &Run| run.stdout.contains("point in time by reflink;");
+
+    let idle = site.cbf(&["backup", "run", "data", "--full"]);
+    let idle_id = backup_id(&idle);
+    assert!(
+        reflink(&idle)
+            || idle
+                .stdout
+                .contains("point in time by in-place read (no reflink here; volume not in use);"),
+        "{}",
+        idle.stdout
+    );
+
+    // qemu stands in: another process holds the volume open
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(File::open(&vol).unwrap())
+        .spawn()
+        .unwrap();
+    let busy = site.cbf(&["backup", "run", "data", "--full"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let busy_id = backup_id(&busy);
+    assert!(
+        reflink(&busy) || busy.stdout.contains("point in time by sparse copy;"),
+        "{}",
+        busy.stdout
+    );
+    // The JSON summary: what was read (data extents only, whole chunks).
+    let json = site.cbf(&["backup", "run", "data", "--incremental", "--json"]);
+    ok(&json);
+    let v: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(v["kind"], "incremental", "{v}");
+    assert_eq!(v["parent"].as_str(), Some(busy_id.as_str()), "{v}");
+    let read = v["readBytes"].as_u64().unwrap();
+    assert!((12 * MIB..=13 * MIB).contains(&read), "read {read}: {v}");
+    assert_eq!(v["newChunks"], 0, "nothing changed: {v}");
+    assert!(
+        [
+            "reflink",
+            "in-place read (no reflink here; volume not in use)"
+        ]
+        .contains(&v["pointInTime"].as_str().unwrap()),
+        "{v}"
+    );
+    for (id, to) in [(&idle_id, "r-idle"), (&busy_id, "r-busy")] {
+        ok(&site.cbf(&["backup", "restore", id, "--to", to]));
+        assert_eq!(sha256(&site.volume_path(to).unwrap()), sum, "{to}");
+    }
+}
+
+#[test]
+fn a_volume_declared_from_a_backup_is_restored_by_plan_and_apply() {
+    let site = Site::new("");
+    let vol = site.create_volume("data", 64 * MIB);
+    fill(&vol);
+    let sum = sha256(&vol);
+    let id = backup_id(&site.cbf(&["backup", "run", "data", "--full"]));
+    let declare = |size: &str, extra: &str| {
+        fs::write(
+            site.path().join("copy.yaml"),
+            format!(
+                "apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata: {{name: copy}}
+spec:
+  size: {size}
+  volumeType: standard
+  source:
+    backup: {{policy: nightly, volume: data{extra}}}
+"
+            ),
+        )
+        .unwrap();
+    };
+    let plan = |args: &[&str]| {
+        let mut v = vec!["plan", "-f", "site.yaml", "-f", "copy.yaml"];
+        v.extend_from_slice(args);
+        site.cb("state", &v)
+    };
+
+    // too small, and an id that matches nothing: refused in the plan
+    declare("32Mi", "");
+    let small = plan(&[]);
+    assert_eq!(small.code, 1, "{}{}", small.stdout, small.stderr);
+    assert!(
+        small
+            .stdout
+            .contains("spec.size 32 MiB is less than backup")
+            || small.stdout.contains("spec.size 32Mi is less than backup")
+            || small.stdout.contains("is less than backup"),
+        "{}",
+        small.stdout
+    );
+    declare("64Mi", ", id: \"0000\"");
+    let unknown = plan(&[]);
+    assert_eq!(unknown.code, 1, "{}{}", unknown.stdout, unknown.stderr);
+    assert!(
+        unknown
+            .stdout
+            .contains("no catalogued backup 0000 of volume data"),
+        "{}",
+        unknown.stdout
+    );
+
+    // the latest backup of data, by default
+    declare("64Mi", "");
+    let p = plan(&[]);
+    ok(&p);
+    assert!(
+        p.stdout.contains(&format!("backup {id} of volume.data")),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        p.stdout
+            .contains(&format!("restored from backup {id} of volume data")),
+        "{}",
+        p.stdout
+    );
+    let apply = site.cb(
+        "state",
+        &[
+            "apply",
+            "-f",
+            "site.yaml",
+            "-f",
+            "copy.yaml",
+            "--auto-approve",
+        ],
+    );
+    ok(&apply);
+    let copy = site.volume_path("copy").unwrap();
+    assert_eq!(sha256(&copy), sum);
+    assert!(allocated(&copy) <= allocated(&vol), "stays sparse");
+    // create-time only: now it exists, nothing more to do
+    let again = plan(&["--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
 }

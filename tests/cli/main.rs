@@ -18,6 +18,7 @@ mod converge;
 mod examples;
 mod export;
 mod fuzz;
+mod image;
 mod lvm_plan;
 mod migrate;
 mod plan;

@@ -141,7 +141,24 @@ fn the_quickstart_applies_and_a_second_plan_says_no_changes() {
         &["--state", state, "plan", "-f", quick, "--detailed-exitcode"],
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(r.stdout, "No changes. Storage matches the manifests.\n");
+    assert!(
+        r.stdout
+            .ends_with("\nNo changes. Storage matches the manifests.\n"),
+        "{}",
+        r.stdout
+    );
+    // The quickstart's volume has a backup policy: plan says when it is due.
+    assert!(
+        r.stdout
+            .starts_with("Backups (policy, schedule; last backup; next due):\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("no backup yet; next due "),
+        "{}",
+        r.stdout
+    );
     // The volumes are sparse files of the declared sizes under state/volumes.
     let mut sizes: Vec<u64> = fs::read_dir(tmp.path().join("state/volumes"))
         .unwrap()

@@ -8,8 +8,10 @@
 //! `LAB_VERBOSE=1` streams the VM console to stderr.
 
 mod agent;
+mod backup;
 mod export;
 mod harness;
+mod image;
 mod iscsi;
 mod lvm;
 mod lvm_backend;
