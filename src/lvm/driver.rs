@@ -462,6 +462,46 @@ impl<'r> LvmBackend<'r> {
         self.pool.is_some()
     }
 
+    /// Makes the interrupted, partly filled LV `lv` the empty volume `spec`
+    /// declares: a thin LV is removed and created again (unmapped blocks read
+    /// as zeros, and nothing is written into the pool); a thick LV is zeroed
+    /// in place. Then its `creating` mark goes. Idempotent: a crash between
+    /// the thin remove and create leaves no LV, and the next plan creates it.
+    fn empty_interrupted(
+        &self,
+        lv: &Lv,
+        owned: &Owned,
+        spec: &NewLv<'_>,
+    ) -> Result<Change, LvmError> {
+        tracing::warn!(uuid = %spec.uuid, lv = %lv.name, "an interrupted fill of a volume declared empty: emptying it");
+        if let (LvKind::Thin, Some(pool)) = (&lv.attr.kind, &self.pool) {
+            self.exec(
+                "remove",
+                self.target(&lv.name),
+                &cmd::remove(&self.vg, &lv.name),
+            )?;
+            let fresh = Owned {
+                state: None,
+                ..owned.clone()
+            };
+            let tags = tags::new_tags(&self.backend, &fresh);
+            self.exec(
+                "create",
+                self.target(&lv.name),
+                &cmd::create_thin(&self.vg, pool, &lv.name, lv.size.max(spec.size), &tags),
+            )?;
+            return Ok(Change::Changed);
+        }
+        self.ensure_active(lv)?;
+        let path = self.device(&lv.name);
+        let f = open(&path, true)?;
+        let len = blockdev::size(&f).map_err(io_err("size", &path))?;
+        blockdev::zero(&f, 0, len).map_err(io_err("zero", &path))?;
+        f.sync_all().map_err(io_err("sync", &path))?;
+        self.clear_state(&lv.name, InFlight::Creating)?;
+        Ok(Change::Changed)
+    }
+
     fn finish_create(
         &self,
         lvs: &[Lv],
@@ -489,10 +529,12 @@ impl<'r> LvmBackend<'r> {
             )),
             Some(InFlight::Creating) => {
                 let Some(source) = spec.source else {
-                    // Only copies have a creating phase; an empty volume has
-                    // nothing to redo.
-                    self.clear_state(&lv.name, InFlight::Creating)?;
-                    return Ok(Change::Changed);
+                    // An empty create never marks its LV `creating`: this one
+                    // stopped while being filled (a restore or a copy started
+                    // outside this plan), and what is declared now is an empty
+                    // volume. It is emptied before it is ready, never handed
+                    // out half-filled.
+                    return self.empty_interrupted(lv, owned, spec);
                 };
                 tracing::info!(uuid = %spec.uuid, "finishing an interrupted copy");
                 let (src, _) = self.ours(lvs, source.uuid)?;

@@ -1036,3 +1036,79 @@ fn a_thick_backup_snapshot_is_cow_and_its_store_is_zeroed_on_removal() {
     assert!(read(&cow).iter().all(|&x| x == 0), "exception store zeroed");
     assert!(b.backup_snapshot_state(&snap.name).unwrap().is_none());
 }
+
+/// Marks the LV of `uuid` `creating`, as a fill (restore, copy) that stopped
+/// leaves it.
+fn mark_creating(fake: &Fake, uuid: Uuid) {
+    let name = fake.by_uuid(uuid).unwrap().name;
+    fake.lvs
+        .borrow_mut()
+        .iter_mut()
+        .find(|l| l.name == name)
+        .unwrap()
+        .tags
+        .push("cinderblock.state=creating".into());
+}
+
+#[test]
+fn an_interrupted_fill_of_a_volume_declared_empty_is_emptied_not_handed_out() {
+    // Thick: zeroed in place, then ready.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let b = backend(&fake, None, Wipe::Zero);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    mark_creating(&fake, u(1));
+    let dev = fake.path(&fake.by_uuid(u(1)).unwrap().name);
+    OpenOptions::new()
+        .write(true)
+        .open(&dev)
+        .unwrap()
+        .write_all_at(&[9u8; 4096], MIB)
+        .unwrap();
+    assert_eq!(
+        b.create(&vol(u(1), "db", 4 * MIB)).unwrap(),
+        Change::Changed
+    );
+    assert!(
+        read(&dev).iter().all(|&b| b == 0),
+        "the partial fill is gone"
+    );
+    let lv = fake.by_uuid(u(1)).unwrap();
+    assert!(
+        !lv.tags.iter().any(|t| t.starts_with("cinderblock.state")),
+        "{:?}",
+        lv.tags
+    );
+    assert_eq!(
+        b.create(&vol(u(1), "db", 4 * MIB)).unwrap(),
+        Change::Unchanged
+    );
+
+    // Thin: removed and created again with its identity, nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    b.create(&vol(u(2), "web", 8 * MIB)).unwrap();
+    mark_creating(&fake, u(2));
+    let before = fake.changes().len();
+    assert_eq!(
+        b.create(&vol(u(2), "web", 8 * MIB)).unwrap(),
+        Change::Changed
+    );
+    let ran = fake.changes()[before..].to_vec();
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert!(ran[0].starts_with("lvremove"), "{ran:?}");
+    assert!(ran[1].starts_with("lvcreate -y -V 8388608b --thinpool vg0/pool0 -n volume-00000000-0000-0000-0000-000000000002"), "{ran:?}");
+    let lv = fake.by_uuid(u(2)).unwrap();
+    let mut tags = lv.tags.clone();
+    tags.sort();
+    assert_eq!(
+        tags,
+        [
+            "cinderblock.backend=lvm-a",
+            "cinderblock.kind=volume",
+            "cinderblock.name=web",
+            "cinderblock.uuid=00000000-0000-0000-0000-000000000002"
+        ]
+    );
+}
