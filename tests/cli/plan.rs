@@ -57,7 +57,14 @@ impl Site {
             if p.extension().is_none_or(|x| x != "json") {
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            // An agent may remove a sidecar between the listing and the read
+            // (a delete in flight): it is gone, not an error.
+            let bytes = match fs::read(&p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("{}: {e}", p.display()),
+            };
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             let kind = v["kind"].as_str().unwrap().to_owned();
             let uuid = v["uuid"].as_str().unwrap().to_owned();
             let name = format!("{kind}.{}", v["name"].as_str().unwrap());
