@@ -430,6 +430,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     p.unsupported();
     p.pools();
     p.images();
+    p.unexports();
     p.objects();
     p.exports();
     p.removals();
@@ -1889,12 +1890,33 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Objects of ours that no manifest declares any more.
-    #[allow(clippy::too_many_lines)] // one pass over every undeclared object, kept together
-    /// iSCSI exports of the declared volumes: new ones, changed ones (ACLs,
-    /// portals, CHAP, IQN) and removed ones, each compared with what LIO has.
-    /// An initiator that is logged in is never cut off: a change that would
+    /// Exports whose `spec.export` was removed from a volume that stays:
+    /// planned before the volumes' own actions, so a migration in the same
+    /// change moves a volume nothing holds open any more.
+    fn unexports(&mut self) {
+        for (name, doc) in &self.set.volumes {
+            if doc.spec.export.is_some() {
+                continue;
+            }
+            let Some(f) = self.found.get(&(ObjKind::Volume, name.as_str().to_owned())) else {
+                continue;
+            };
+            let Some(o) = self.world.exports.get(f.obj.uuid) else {
+                continue;
+            };
+            let a = addr(ObjKind::Volume, name.as_str());
+            match unexport_action(&a, name.as_str(), f.obj.uuid, o, "spec.export was removed") {
+                Ok(x) => self.out.actions.push(x),
+                Err(e) => self.out.errors.push(e),
+            }
+        }
+    }
+
+    /// iSCSI exports of the declared volumes: new ones and changed ones
+    /// (ACLs, portals, CHAP, IQN), each compared with what LIO has. An
+    /// initiator that is logged in is never cut off: a change that would
     /// remove its ACL or the whole export is a plan error naming it.
+    #[allow(clippy::too_many_lines)] // one pass over an export's fields, kept together
     fn exports(&mut self) {
         for (name, doc) in &self.set.volumes {
             let key = (ObjKind::Volume, name.as_str().to_owned());
@@ -1908,22 +1930,7 @@ impl<'a> Planner<'a> {
             let a = addr(ObjKind::Volume, name.as_str());
             let observed = uuid.and_then(|u| self.world.exports.get(u));
             let Some(want) = doc.spec.export.as_ref().map(|e| &e.iscsi) else {
-                if let (Some(o), Some(u)) = (observed, uuid) {
-                    match unexport_action(&a, name.as_str(), u, o, "spec.export was removed") {
-                        // Before a migration of the same volume: the export
-                        // holds its data open where it is now.
-                        Ok(x) => match self
-                            .out
-                            .actions
-                            .iter()
-                            .position(|m| m.address == a && matches!(m.op, Op::Migrate { .. }))
-                        {
-                            Some(i) => self.out.actions.insert(i, x),
-                            None => self.out.actions.push(x),
-                        },
-                        Err(e) => self.out.errors.push(e),
-                    }
-                }
+                // Unexported already, by `unexports`.
                 continue;
             };
             match &self.world.exports {
@@ -2065,7 +2072,9 @@ impl<'a> Planner<'a> {
         }
     }
 
-    #[allow(clippy::too_many_lines)] // one pass over the undeclared objects
+    /// Objects of ours that no manifest declares any more (a volume with an
+    /// export is unexported before it is deleted).
+    #[allow(clippy::too_many_lines)] // one pass over every undeclared object, kept together
     fn removals(&mut self) {
         let declared: BTreeSet<(ObjKind, String)> = self
             .set

@@ -253,18 +253,29 @@ fn a_changed_pin_plans_a_migration_never_a_create_or_delete() {
     );
 }
 
-/// A file back end "a" holding `db` and a back end "b".
-fn moving(b_objects: Vec<Observed>, extra: &str) -> (ManifestSet, World) {
+/// File back ends "a" and "b" holding `a` and `b`, and volume `db` pinned
+/// to `pin` (with `extra` spec lines).
+fn two_backends(
+    pin: &str,
+    extra: &str,
+    a: Vec<Observed>,
+    b: Vec<Observed>,
+) -> (ManifestSet, World) {
     let set = manifests(
         &(backend_yaml("a", "")
             + &backend_yaml("b", "")
-            + &vol_yaml("db", "1Gi", &format!("  backend: b\n{extra}"))),
+            + &vol_yaml("db", "1Gi", &format!("  backend: {pin}\n{extra}"))),
     );
     let w = world(vec![
-        view("a", true, 20.0, 100 * GIB, vec![obj("db", GIB, 1)]),
-        view("b", true, 20.0, 100 * GIB, b_objects),
+        view("a", true, 20.0, 100 * GIB, a),
+        view("b", true, 20.0, 100 * GIB, b),
     ]);
     (set, w)
+}
+
+/// A file back end "a" holding `db` and a back end "b".
+fn moving(b_objects: Vec<Observed>, extra: &str) -> (ManifestSet, World) {
+    two_backends("b", extra, vec![obj("db", GIB, 1)], b_objects)
 }
 
 fn target_of(n: u128, health: ObjHealth) -> Observed {
@@ -293,13 +304,13 @@ fn a_migration_target_is_not_a_duplicate_and_the_migration_resumes() {
 
 #[test]
 fn an_abandoned_migration_removes_its_target_only() {
-    let (set, w) = moving(vec![target_of(1, ObjHealth::Migrating)], "");
-    let set_back = manifests(
-        &(backend_yaml("a", "")
-            + &backend_yaml("b", "")
-            + &vol_yaml("db", "1Gi", "  backend: a\n")),
+    // The manifests pin db back to a while its target on b is in flight.
+    let (set_back, w) = two_backends(
+        "a",
+        "",
+        vec![obj("db", GIB, 1)],
+        vec![target_of(1, ObjHealth::Migrating)],
     );
-    drop(set);
     let p = plan(&set_back, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     let deletes: Vec<_> = p
@@ -317,21 +328,12 @@ fn an_abandoned_migration_removes_its_target_only() {
 #[test]
 fn a_verified_switch_interrupted_before_the_source_went_is_finished() {
     // The target on b is ready; the source on a is marked deleting.
-    let set = manifests(
-        &(backend_yaml("a", "")
-            + &backend_yaml("b", "")
-            + &vol_yaml("db", "1Gi", "  backend: b\n")),
+    let (set, w) = two_backends(
+        "b",
+        "",
+        vec![target_of(1, ObjHealth::Deleting)],
+        vec![obj("db", GIB, 1)],
     );
-    let w = world(vec![
-        view(
-            "a",
-            true,
-            20.0,
-            100 * GIB,
-            vec![target_of(1, ObjHealth::Deleting)],
-        ),
-        view("b", true, 20.0, 100 * GIB, vec![obj("db", GIB, 1)]),
-    ]);
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
@@ -386,21 +388,7 @@ fn a_move_to_another_hosts_back_end_is_not_supported_yet() {
 
 #[test]
 fn only_a_target_left_is_an_error_not_a_new_volume() {
-    let set = manifests(
-        &(backend_yaml("a", "")
-            + &backend_yaml("b", "")
-            + &vol_yaml("db", "1Gi", "  backend: b\n")),
-    );
-    let w = world(vec![
-        view("a", true, 20.0, 100 * GIB, vec![]),
-        view(
-            "b",
-            true,
-            20.0,
-            100 * GIB,
-            vec![target_of(1, ObjHealth::Migrating)],
-        ),
-    ]);
+    let (set, w) = two_backends("b", "", vec![], vec![target_of(1, ObjHealth::Migrating)]);
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
@@ -558,13 +546,12 @@ fn recorded_v() -> Recorded {
 }
 
 fn one_volume_world(exports: crate::observe::Exports, name: &str) -> World {
-    let mut w = world(vec![view(
-        "a",
-        true,
-        20.0,
-        100 * GIB,
-        vec![obj(name, GIB, 1)],
-    )]);
+    exported_world(exports, vec![obj(name, GIB, 1)])
+}
+
+/// Back end "a" holding `objects`, with LIO showing `exports`.
+fn exported_world(exports: crate::observe::Exports, objects: Vec<Observed>) -> World {
+    let mut w = world(vec![view("a", true, 20.0, 100 * GIB, objects)]);
     w.exports = exports;
     w
 }
@@ -651,10 +638,8 @@ fn a_logged_in_initiator_blocks_removing_its_acl_the_export_and_the_volume() {
 
     // The manifest removed with deletionPolicy Delete: no unexport, no delete.
     let set = manifests(&(backend_yaml("a", "") + &vol_yaml("keep", "1Gi", "")));
-    let mut w = w;
-    if let Discovery::Ok(inv) = &mut w.backends.values_mut().next().unwrap().discovery {
-        inv.objects.push(obj("keep", GIB, 2));
-    }
+    let v_and_keep = || vec![obj("v", GIB, 1), obj("keep", GIB, 2)];
+    let w = exported_world(exported(1, &[INI_A, INI_B], &[INI_B]), v_and_keep());
     let rec = Recorded {
         objects: [
             record(1, "v", "a", DeletionPolicy::Delete),
@@ -674,11 +659,7 @@ fn a_logged_in_initiator_blocks_removing_its_acl_the_export_and_the_volume() {
     assert!(p.errors[0].contains("in use"), "{:?}", p.errors);
 
     // Nobody logged in: unexport, then delete, in that order.
-    let w = one_volume_world(exported(1, &[INI_A], &[]), "v");
-    let mut w = w;
-    if let Discovery::Ok(inv) = &mut w.backends.values_mut().next().unwrap().discovery {
-        inv.objects.push(obj("keep", GIB, 2));
-    }
+    let w = exported_world(exported(1, &[INI_A], &[]), v_and_keep());
     let p = plan(&set, &w, &rec, Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     let ops: Vec<&str> = p.actions.iter().map(super::Action::symbol).collect();
@@ -750,27 +731,12 @@ fn an_exported_volume_is_not_migrated_and_the_error_says_how() {
 fn a_verified_copy_interrupted_before_the_switch_is_finished() {
     // The source on a is marked deleting (verified), the target on b still
     // migrating: the switch is finished, nothing copied again.
-    let set = manifests(
-        &(backend_yaml("a", "")
-            + &backend_yaml("b", "")
-            + &vol_yaml("db", "1Gi", "  backend: b\n")),
+    let (set, w) = two_backends(
+        "b",
+        "",
+        vec![target_of(1, ObjHealth::Deleting)],
+        vec![target_of(1, ObjHealth::Migrating)],
     );
-    let w = world(vec![
-        view(
-            "a",
-            true,
-            20.0,
-            100 * GIB,
-            vec![target_of(1, ObjHealth::Deleting)],
-        ),
-        view(
-            "b",
-            true,
-            20.0,
-            100 * GIB,
-            vec![target_of(1, ObjHealth::Migrating)],
-        ),
-    ]);
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(

@@ -92,12 +92,7 @@ fn main() {
         println!("backup benchmark: run it with `cargo bench --bench backup`");
         return;
     }
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    fs::create_dir_all(base).expect("target/tmp");
-    let dir = tempfile::Builder::new()
-        .prefix("cinderblock-backup-bench-")
-        .tempdir_in(base)
-        .expect("temp dir");
+    let dir = common::scratch("cinderblock-backup-bench-");
     let work = dir.path();
     println!("cinderblock backup benchmark in {}", work.display());
     let be_root = work.join("volumes");

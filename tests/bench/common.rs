@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cinderblock::exec::{Cmd, run};
+use tempfile::TempDir;
 
 /// Peak RSS (KiB) of this process so far (`VmHWM`).
 pub fn peak_rss_kib_self() -> u64 {
@@ -164,4 +165,23 @@ pub fn secs(d: Duration) -> String {
 /// Bytes in GiB for people.
 pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// A fresh scratch directory under cargo's target tmp dir (not /tmp, which
+/// may be a tmpfs), removed when dropped.
+pub fn scratch(prefix: &str) -> TempDir {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    fs::create_dir_all(base).expect("target/tmp");
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .expect("temp dir")
+}
+
+/// The file system type of `path` as `stat -f` names it.
+pub fn fs_type(path: &Path) -> String {
+    run(&Cmd::new("stat").args(["-f", "-c", "%T"]).arg(path)).map_or_else(
+        |_| "unknown".into(),
+        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+    )
 }

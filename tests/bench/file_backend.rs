@@ -35,16 +35,8 @@ const GIB: u64 = 1 << 30;
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
     // else either. Either way we run once.
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    fs::create_dir_all(base).expect("target/tmp");
-    let dir = tempfile::Builder::new()
-        .prefix("cinderblock-bench-")
-        .tempdir_in(base)
-        .expect("temp dir");
-    let fs_type = run(&Cmd::new("stat").args(["-f", "-c", "%T"]).arg(dir.path())).map_or_else(
-        |_| "unknown".into(),
-        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-    );
+    let dir = common::scratch("cinderblock-bench-");
+    let fs_type = common::fs_type(dir.path());
     println!(
         "cinderblock file back end benchmarks in {} ({fs_type})",
         dir.path().display()

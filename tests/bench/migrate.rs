@@ -62,16 +62,8 @@ impl Checkpoints for Memory {
 
 #[allow(clippy::too_many_lines)] // one run: set-up, the rounds, the report
 fn main() {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    fs::create_dir_all(base).expect("target/tmp");
-    let dir = tempfile::Builder::new()
-        .prefix("cinderblock-bench-migrate-")
-        .tempdir_in(base)
-        .expect("temp dir");
-    let fs_type = run(&Cmd::new("stat").args(["-f", "-c", "%T"]).arg(dir.path())).map_or_else(
-        |_| "unknown".into(),
-        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-    );
+    let dir = common::scratch("cinderblock-bench-migrate-");
+    let fs_type = common::fs_type(dir.path());
     println!(
         "cinderblock migrate benchmark in {} ({fs_type})",
         dir.path().display()

@@ -14,7 +14,6 @@
 #![allow(clippy::disallowed_methods)] // a benchmark runs the binary directly
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -26,12 +25,7 @@ const VOLUMES: usize = 10_000;
 const EXISTING: usize = 9_500;
 
 fn main() {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).unwrap();
-    let tmp = tempfile::Builder::new()
-        .prefix("cinderblock-plan-bench-")
-        .tempdir_in(base)
-        .unwrap();
+    let tmp = common::scratch("cinderblock-plan-bench-");
     let dir = tmp.path();
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();

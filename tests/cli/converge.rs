@@ -188,22 +188,7 @@ fn after_sigkill_at_any_step_the_next_apply_converges() {
         let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         assert_eq!(v["resource_changes"].as_array().unwrap().len(), 20);
         // The crashing run.
-        let out = assert_cmd::Command::cargo_bin("cinderblock")
-            .unwrap()
-            .current_dir(site.path())
-            .env("CINDERBLOCK_CRASH_AT", at)
-            .args([
-                "--state",
-                "state",
-                "--host",
-                "testhost",
-                "apply",
-                "-f",
-                "manifests",
-                "--auto-approve",
-            ])
-            .output()
-            .unwrap();
+        let out = site.apply_crashing_at(at);
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(
             out.status.signal(),

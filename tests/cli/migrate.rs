@@ -280,23 +280,7 @@ fn sigkill_halfway_through_the_copy_resumes_and_verifies() {
     let before = sha256(&src);
     pin(&site, "2Gi", "slow", "");
     let killed_at = 512 * MIB;
-    let out = assert_cmd::Command::cargo_bin("cinderblock")
-        .unwrap()
-        .current_dir(site.path())
-        .env("CINDERBLOCK_CRASH_AT", format!("migrate-copy:{killed_at}"))
-        .args([
-            "--state",
-            "state",
-            "--host",
-            "testhost",
-            "apply",
-            "-f",
-            "manifests",
-            "--auto-approve",
-        ])
-        .timeout(std::time::Duration::from_secs(120))
-        .output()
-        .unwrap();
+    let out = site.apply_crashing_at(&format!("migrate-copy:{killed_at}"));
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9), "killed mid-copy");
     // Halfway: the source is intact, the target marked as a migration's.
@@ -341,23 +325,7 @@ fn sigkill_between_the_steps_of_a_migration_converges() {
         let before = sha256(&src);
         let (uuid, _, _) = site.objects("a")["volume.db"].clone();
         pin(&site, "64Mi", "slow", "");
-        let out = assert_cmd::Command::cargo_bin("cinderblock")
-            .unwrap()
-            .current_dir(site.path())
-            .env("CINDERBLOCK_CRASH_AT", at)
-            .args([
-                "--state",
-                "state",
-                "--host",
-                "testhost",
-                "apply",
-                "-f",
-                "manifests",
-                "--auto-approve",
-            ])
-            .timeout(std::time::Duration::from_secs(60))
-            .output()
-            .unwrap();
+        let out = site.apply_crashing_at(at);
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(9), "{at}: not killed");
         let plan = site.run(&["plan", "-f", "manifests"]);

@@ -38,6 +38,28 @@ impl Site {
         assert_eq!(r.code, 0, "apply failed:\n{}\n{}", r.stdout, r.stderr);
         r
     }
+    /// `apply --auto-approve` with fault injection `CINDERBLOCK_CRASH_AT=at`
+    /// (the process kills itself there); its raw output.
+    pub fn apply_crashing_at(&self, at: &str) -> std::process::Output {
+        assert_cmd::Command::cargo_bin("cinderblock")
+            .unwrap()
+            .current_dir(self.path())
+            .env_remove("CINDERBLOCK_LOG")
+            .env("CINDERBLOCK_CRASH_AT", at)
+            .args([
+                "--state",
+                "state",
+                "--host",
+                "testhost",
+                "apply",
+                "-f",
+                "manifests",
+                "--auto-approve",
+            ])
+            .timeout(std::time::Duration::from_secs(120))
+            .output()
+            .unwrap()
+    }
     pub fn plan_code(&self) -> i32 {
         self.run(&["plan", "-f", "manifests", "--detailed-exitcode"])
             .code
