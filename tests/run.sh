@@ -7,20 +7,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Everything the tests install goes through tests/lib/install.sh (one apt
+# transaction per list, nothing removed silently, every tool checked by name).
+# shellcheck source=lib/install.sh
+. tests/lib/install.sh
+
 # The VM lab's packages (qemu, lvm2, thin-provisioning-tools, busybox, ...).
 bash tests/lab/install-deps.sh
 
 # check-jsonschema (PyPI): the outside validator that checks examples/
 # against schemas/.
-if ! command -v check-jsonschema >/dev/null 2>&1; then
-  echo "tests/run.sh: installing check-jsonschema from PyPI" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore check-jsonschema
-  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
-fi
-command -v check-jsonschema >/dev/null 2>&1 || {
-  echo "tests/run.sh: check-jsonschema is not on PATH after installing it" >&2
-  exit 1
-}
+need_pip run.sh check-jsonschema -- check-jsonschema
 
 cargo build --locked --all-targets
 cargo test --locked
