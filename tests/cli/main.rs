@@ -14,6 +14,7 @@
 
 mod agent;
 mod backup;
+mod backup_s3;
 mod converge;
 mod examples;
 mod export;
