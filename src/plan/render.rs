@@ -98,6 +98,12 @@ pub fn text_with(plan: &Plan, extra: &str) -> String {
     if !plan.notes.is_empty() {
         s.push('\n');
     }
+    for w in &plan.waiting {
+        let _ = writeln!(s, "Waiting: {}: {}", w.address, w.reason);
+    }
+    if !plan.waiting.is_empty() {
+        s.push('\n');
+    }
     for e in &plan.errors {
         let _ = writeln!(s, "Error: {e}");
     }
@@ -154,14 +160,21 @@ fn lvm_capacity(s: &mut String, width: usize, l: &super::LvmCapacityChange) {
 
 /// The summary line.
 pub fn summary(plan: &Plan) -> String {
+    let waiting = match plan.waiting.len() {
+        0 => String::new(),
+        1 => " 1 object waits (see above).".to_owned(),
+        n => format!(" {n} objects wait (see above)."),
+    };
     if plan.actions.is_empty() {
-        return if plan.errors.is_empty() {
-            "No changes. Storage matches the manifests.".to_owned()
-        } else {
+        return if !plan.errors.is_empty() {
             format!(
                 "Plan failed: {} error(s); nothing can be applied.",
                 plan.errors.len()
             )
+        } else if waiting.is_empty() {
+            "No changes. Storage matches the manifests.".to_owned()
+        } else {
+            format!("No changes now.{waiting}")
         };
     }
     let (add, change, destroy, forget) = plan.counts();
@@ -178,6 +191,7 @@ pub fn summary(plan: &Plan) -> String {
     if !plan.errors.is_empty() {
         let _ = write!(line, " Not applicable: {} error(s).", plan.errors.len());
     }
+    line.push_str(&waiting);
     line
 }
 
@@ -517,6 +531,8 @@ pub struct JsonPlan<'a> {
     resource_changes: Vec<JsonChange<'a>>,
     capacity: &'a [super::CapacityChange],
     notes: &'a [String],
+    #[serde(skip_serializing_if = "<[super::Waiting]>::is_empty")]
+    waiting: &'a [super::Waiting],
     errors: &'a [String],
     summary: JsonSummary,
 }
@@ -539,6 +555,13 @@ struct JsonSummary {
     migrate: usize,
     destroys_data: bool,
     applicable: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    waiting: usize,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The plan as a JSON document.
@@ -569,6 +592,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             .collect(),
         capacity: &plan.capacity,
         notes: &plan.notes,
+        waiting: &plan.waiting,
         errors: &plan.errors,
         summary: JsonSummary {
             add,
@@ -578,6 +602,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             migrate: plan.migrations(),
             destroys_data: plan.destroys_data(),
             applicable: plan.errors.is_empty(),
+            waiting: plan.waiting.len(),
         },
     }
 }
