@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::capacity::{human, percent};
-use super::{Action, Op, Plan, RecordedKind};
+use super::{Action, Op, Plan, RecordedKind, Tally};
 use crate::manifest::values::format_bytes_exact;
 
 fn kind_word(k: RecordedKind) -> &'static str {
@@ -160,26 +160,37 @@ fn lvm_capacity(s: &mut String, width: usize, l: &super::LvmCapacityChange) {
 
 /// The summary line.
 pub fn summary(plan: &Plan) -> String {
-    let waiting = match plan.waiting.len() {
+    summary_of(
+        Tally::of(&plan.actions),
+        plan.errors.len(),
+        plan.waiting.len(),
+    )
+}
+
+/// The summary line of `tally` with `errors` plan errors and `waiting`
+/// objects left for later (one host's plan, or a fleet's added up).
+pub fn summary_of(tally: Tally, errors: usize, waiting: usize) -> String {
+    let Tally {
+        add,
+        change,
+        destroy,
+        forget,
+        migrate,
+    } = tally;
+    let waiting = match waiting {
         0 => String::new(),
         1 => " 1 object waits (see above).".to_owned(),
         n => format!(" {n} objects wait (see above)."),
     };
-    if plan.actions.is_empty() {
-        return if !plan.errors.is_empty() {
-            format!(
-                "Plan failed: {} error(s); nothing can be applied.",
-                plan.errors.len()
-            )
+    if add + change + destroy + forget + migrate == 0 {
+        return if errors > 0 {
+            format!("Plan failed: {errors} error(s); nothing can be applied.")
         } else if waiting.is_empty() {
             "No changes. Storage matches the manifests.".to_owned()
         } else {
             format!("No changes now.{waiting}")
         };
     }
-    let (add, change, destroy, forget) = plan.counts();
-    let migrate = plan.migrations();
-    let change = change - migrate;
     let mut line = format!("Plan: {add} to add, {change} to change, {destroy} to destroy");
     if forget > 0 {
         let _ = write!(line, ", {forget} to forget");
@@ -188,8 +199,8 @@ pub fn summary(plan: &Plan) -> String {
         let _ = write!(line, ", {migrate} to migrate");
     }
     line.push('.');
-    if !plan.errors.is_empty() {
-        let _ = write!(line, " Not applicable: {} error(s).", plan.errors.len());
+    if errors > 0 {
+        let _ = write!(line, " Not applicable: {errors} error(s).");
     }
     line.push_str(&waiting);
     line
@@ -198,6 +209,14 @@ pub fn summary(plan: &Plan) -> String {
 fn trim(v: f64) -> String {
     let s = format!("{v:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// One action's block of the text plan (header, reason, attributes,
+/// impact), as `plan` prints it.
+pub fn action_block(a: &Action) -> String {
+    let mut s = String::new();
+    action(&mut s, a);
+    s
 }
 
 #[allow(clippy::too_many_lines)] // one arm per operation, each short
