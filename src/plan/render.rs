@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::capacity::{human, percent};
-use super::{Action, Op, Plan, RecordedKind};
+use super::{Action, Op, Plan, RecordedKind, Tally};
 use crate::manifest::values::format_bytes_exact;
 
 fn kind_word(k: RecordedKind) -> &'static str {
@@ -98,6 +98,12 @@ pub fn text_with(plan: &Plan, extra: &str) -> String {
     if !plan.notes.is_empty() {
         s.push('\n');
     }
+    for w in &plan.waiting {
+        let _ = writeln!(s, "Waiting: {}: {}", w.address, w.reason);
+    }
+    if !plan.waiting.is_empty() {
+        s.push('\n');
+    }
     for e in &plan.errors {
         let _ = writeln!(s, "Error: {e}");
     }
@@ -154,19 +160,37 @@ fn lvm_capacity(s: &mut String, width: usize, l: &super::LvmCapacityChange) {
 
 /// The summary line.
 pub fn summary(plan: &Plan) -> String {
-    if plan.actions.is_empty() {
-        return if plan.errors.is_empty() {
+    summary_of(
+        Tally::of(&plan.actions),
+        plan.errors.len(),
+        plan.waiting.len(),
+    )
+}
+
+/// The summary line of `tally` with `errors` plan errors and `waiting`
+/// objects left for later (one host's plan, or a fleet's added up).
+pub fn summary_of(tally: Tally, errors: usize, waiting: usize) -> String {
+    let Tally {
+        add,
+        change,
+        destroy,
+        forget,
+        migrate,
+    } = tally;
+    let waiting = match waiting {
+        0 => String::new(),
+        1 => " 1 object waits (see above).".to_owned(),
+        n => format!(" {n} objects wait (see above)."),
+    };
+    if add + change + destroy + forget + migrate == 0 {
+        return if errors > 0 {
+            format!("Plan failed: {errors} error(s); nothing can be applied.")
+        } else if waiting.is_empty() {
             "No changes. Storage matches the manifests.".to_owned()
         } else {
-            format!(
-                "Plan failed: {} error(s); nothing can be applied.",
-                plan.errors.len()
-            )
+            format!("No changes now.{waiting}")
         };
     }
-    let (add, change, destroy, forget) = plan.counts();
-    let migrate = plan.migrations();
-    let change = change - migrate;
     let mut line = format!("Plan: {add} to add, {change} to change, {destroy} to destroy");
     if forget > 0 {
         let _ = write!(line, ", {forget} to forget");
@@ -175,15 +199,24 @@ pub fn summary(plan: &Plan) -> String {
         let _ = write!(line, ", {migrate} to migrate");
     }
     line.push('.');
-    if !plan.errors.is_empty() {
-        let _ = write!(line, " Not applicable: {} error(s).", plan.errors.len());
+    if errors > 0 {
+        let _ = write!(line, " Not applicable: {errors} error(s).");
     }
+    line.push_str(&waiting);
     line
 }
 
 fn trim(v: f64) -> String {
     let s = format!("{v:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// One action's block of the text plan (header, reason, attributes,
+/// impact), as `plan` prints it.
+pub fn action_block(a: &Action) -> String {
+    let mut s = String::new();
+    action(&mut s, a);
+    s
 }
 
 #[allow(clippy::too_many_lines)] // one arm per operation, each short
@@ -517,6 +550,8 @@ pub struct JsonPlan<'a> {
     resource_changes: Vec<JsonChange<'a>>,
     capacity: &'a [super::CapacityChange],
     notes: &'a [String],
+    #[serde(skip_serializing_if = "<[super::Waiting]>::is_empty")]
+    waiting: &'a [super::Waiting],
     errors: &'a [String],
     summary: JsonSummary,
 }
@@ -539,6 +574,13 @@ struct JsonSummary {
     migrate: usize,
     destroys_data: bool,
     applicable: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    waiting: usize,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The plan as a JSON document.
@@ -569,6 +611,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             .collect(),
         capacity: &plan.capacity,
         notes: &plan.notes,
+        waiting: &plan.waiting,
         errors: &plan.errors,
         summary: JsonSummary {
             add,
@@ -578,6 +621,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             migrate: plan.migrations(),
             destroys_data: plan.destroys_data(),
             applicable: plan.errors.is_empty(),
+            waiting: plan.waiting.len(),
         },
     }
 }
