@@ -13,6 +13,7 @@
 )] // test data builders
 
 mod agent;
+mod architecture;
 mod backup;
 mod converge;
 mod examples;
