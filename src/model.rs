@@ -219,8 +219,10 @@ pub struct Capacity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolFill {
-    /// What the pool is, for people (`thin pool vg0/pool0`).
-    pub label: String,
+    /// What kind of pool (`thin pool`).
+    pub kind: String,
+    /// Its name (`vg0/pool0`).
+    pub name: String,
     /// Data use × 100.
     pub data_centi: Option<u32>,
     /// Metadata use × 100.

@@ -299,7 +299,8 @@ impl Inventory {
             None => self.capacity(),
         };
         let fill = cfg.thin_pool.map(|pool| PoolFill {
-            label: format!("thin pool {}/{pool}", cfg.vg),
+            kind: "thin pool".into(),
+            name: format!("{}/{pool}", cfg.vg),
             data_centi: self.pool.and_then(|p| centi(p.data_percent)),
             metadata_centi: self.pool.and_then(|p| centi(p.metadata_percent)),
         });

@@ -10,6 +10,7 @@
 //! snapshot (a failed listing or an empty tree never reads as "delete all").
 
 pub mod capacity;
+pub mod markdown;
 pub mod render;
 pub mod schedule;
 #[cfg(test)]
@@ -310,8 +311,10 @@ pub struct CapacityChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CapacityLine {
-    /// What the figures are about.
-    pub label: String,
+    /// What the figures are about (`volume group`, `thin pool`).
+    pub kind: String,
+    /// Its name (`vg0`, `vg0/pool0`).
+    pub name: String,
     /// The figures, in order.
     pub figures: Vec<Figure>,
     /// A remark after them (in parentheses).
@@ -369,23 +372,8 @@ impl Plan {
     /// Number of (add, change, destroy, forget) actions; a migration counts
     /// as a change (see [`Plan::migrations`]).
     pub fn counts(&self) -> (usize, usize, usize, usize) {
-        let mut c = (0, 0, 0, 0);
-        for a in &self.actions {
-            match a.op {
-                Op::Create { .. } | Op::CreatePool { .. } => c.0 += 1,
-                Op::Export { ref changes, .. } if changes.is_empty() => c.0 += 1,
-                Op::Extend { .. }
-                | Op::Record { .. }
-                | Op::Export { .. }
-                | Op::Unexport { .. }
-                | Op::Migrate { .. } => {
-                    c.1 += 1;
-                }
-                Op::Delete { .. } => c.2 += 1,
-                Op::Forget { .. } => c.3 += 1,
-            }
-        }
-        c
+        let t = Tally::of(&self.actions);
+        (t.add, t.change + t.migrate, t.destroy, t.forget)
     }
     /// Number of migrations.
     pub fn migrations(&self) -> usize {
@@ -399,6 +387,53 @@ impl Plan {
         self.actions
             .iter()
             .any(|a| a.impact == Impact::DestroysData)
+    }
+}
+
+/// Actions counted the way the summary line names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Creates (pools and new exports too).
+    pub add: usize,
+    /// In-place changes (extends, records, export changes, unexports).
+    pub change: usize,
+    /// Deletes.
+    pub destroy: usize,
+    /// Forgets (data kept, or already gone).
+    pub forget: usize,
+    /// Migrations.
+    pub migrate: usize,
+}
+
+impl Tally {
+    /// Counts `actions`.
+    pub fn of<'a>(actions: impl IntoIterator<Item = &'a Action>) -> Tally {
+        let mut t = Tally::default();
+        for a in actions {
+            match a.op {
+                Op::Create { .. } | Op::CreatePool { .. } => t.add += 1,
+                Op::Export { ref changes, .. } if changes.is_empty() => t.add += 1,
+                Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } | Op::Unexport { .. } => {
+                    t.change += 1;
+                }
+                Op::Migrate { .. } => t.migrate += 1,
+                Op::Delete { .. } => t.destroy += 1,
+                Op::Forget { .. } => t.forget += 1,
+            }
+        }
+        t
+    }
+
+    /// Adds another tally (a fleet's hosts).
+    #[must_use]
+    pub fn plus(self, o: Tally) -> Tally {
+        Tally {
+            add: self.add + o.add,
+            change: self.change + o.change,
+            destroy: self.destroy + o.destroy,
+            forget: self.forget + o.forget,
+            migrate: self.migrate + o.migrate,
+        }
     }
 }
 
@@ -2308,7 +2343,8 @@ impl<'a> Planner<'a> {
                     .unwrap_or(0);
                 let after_free = (i128::from(shared.free) - take).max(0);
                 details.push(CapacityLine {
-                    label: shared.label(),
+                    kind: shared.kind.clone(),
+                    name: shared.name.clone(),
                     figures: vec![Figure {
                         name: "free".into(),
                         value: FigureValue::Bytes {
@@ -2326,7 +2362,8 @@ impl<'a> Planner<'a> {
                     centi: if created { Some(0) } else { v },
                 };
                 details.push(CapacityLine {
-                    label: fill.label.clone(),
+                    kind: fill.kind.clone(),
+                    name: fill.name.clone(),
                     figures: vec![
                         Figure {
                             name: "data".into(),

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::capacity::{human, percent};
-use super::{Action, ObjKind, Op, Plan};
+use super::{Action, ObjKind, Op, Plan, Tally};
 use crate::manifest::values::format_bytes_exact;
 
 fn kind_word(k: ObjKind) -> &'static str {
@@ -139,24 +139,37 @@ fn detail(s: &mut String, width: usize, line: &super::CapacityLine) {
         .as_ref()
         .map(|n| format!(" ({n})"))
         .unwrap_or_default();
-    let _ = writeln!(s, "{pad}{}: {}{note}", line.label, figures.join(", "));
+    let _ = writeln!(
+        s,
+        "{pad}{} {}: {}{note}",
+        line.kind,
+        line.name,
+        figures.join(", ")
+    );
 }
 
 /// The summary line.
 pub fn summary(plan: &Plan) -> String {
-    if plan.actions.is_empty() {
-        return if plan.errors.is_empty() {
+    summary_of(Tally::of(&plan.actions), plan.errors.len())
+}
+
+/// The summary line of `tally` with `errors` plan errors (one host's plan,
+/// or a fleet's added up).
+pub fn summary_of(tally: Tally, errors: usize) -> String {
+    let Tally {
+        add,
+        change,
+        destroy,
+        forget,
+        migrate,
+    } = tally;
+    if add + change + destroy + forget + migrate == 0 {
+        return if errors == 0 {
             "No changes. Storage matches the manifests.".to_owned()
         } else {
-            format!(
-                "Plan failed: {} error(s); nothing can be applied.",
-                plan.errors.len()
-            )
+            format!("Plan failed: {errors} error(s); nothing can be applied.")
         };
     }
-    let (add, change, destroy, forget) = plan.counts();
-    let migrate = plan.migrations();
-    let change = change - migrate;
     let mut line = format!("Plan: {add} to add, {change} to change, {destroy} to destroy");
     if forget > 0 {
         let _ = write!(line, ", {forget} to forget");
@@ -165,8 +178,8 @@ pub fn summary(plan: &Plan) -> String {
         let _ = write!(line, ", {migrate} to migrate");
     }
     line.push('.');
-    if !plan.errors.is_empty() {
-        let _ = write!(line, " Not applicable: {} error(s).", plan.errors.len());
+    if errors > 0 {
+        let _ = write!(line, " Not applicable: {errors} error(s).");
     }
     line
 }
@@ -174,6 +187,14 @@ pub fn summary(plan: &Plan) -> String {
 fn trim(v: f64) -> String {
     let s = format!("{v:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// One action's block of the text plan (header, reason, attributes,
+/// impact), as `plan` prints it.
+pub fn action_block(a: &Action) -> String {
+    let mut s = String::new();
+    action(&mut s, a);
+    s
 }
 
 #[allow(clippy::too_many_lines)] // one arm per operation, each short

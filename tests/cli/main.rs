@@ -23,6 +23,7 @@ mod image;
 mod lvm_plan;
 mod migrate;
 mod plan;
+mod plan_markdown;
 mod schema;
 mod support;
 mod validate;
