@@ -504,6 +504,7 @@ fn run(
             from_file,
             backup,
             resume,
+            placement: _,
         } => {
             let uuid = new_uuid.ok_or("no identity")?;
             let source_uuid = match source {

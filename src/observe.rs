@@ -105,6 +105,40 @@ pub struct World {
     pub backups: Vec<BackupSource>,
     /// Each `BackupPolicy`'s repository directory, resolved.
     pub backup_repos: BTreeMap<Name, std::path::PathBuf>,
+    /// What the fleet says about placements (`Off` without `--etcd`).
+    pub fleet: Fleet,
+}
+
+/// The fleet's part of the world: where unpinned volumes are placed, as
+/// read from etcd before planning. The planner reads it like the rest of
+/// the world and never asks etcd itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fleet {
+    /// No `--etcd`: this host plans alone, and never creates an unpinned
+    /// volume that a back end of another host could also take (both hosts
+    /// would create it).
+    #[default]
+    Off,
+    /// etcd answered: every placement, by volume name.
+    On(BTreeMap<String, Placement>),
+    /// `--etcd` was given but the fleet's state could not be read (the
+    /// reason): volumes that need a placement wait; the rest goes on.
+    Unavailable(String),
+}
+
+/// Where the fleet placed a volume.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// The back end.
+    pub backend: String,
+    /// Its host.
+    pub host: String,
+    /// The placement record's etcd `mod_revision`, the fencing token an
+    /// executor checks right before it creates the volume; `None` for a
+    /// placement a fleet plan only proposes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// A raw image file an `Image` is made from.
@@ -397,48 +431,39 @@ pub fn discover_with(
 /// Back ends discovered at once.
 pub const DISCOVERY_THREADS: usize = 8;
 
-fn view_of(
+/// A back end as its manifest configures it, before (or without) discovery:
+/// `discovery` says why there is none. The extent is 1 until an LVM report
+/// says otherwise. Pure: used for other hosts' back ends, which this host
+/// never discovers.
+pub fn configured_view(
     doc: &Doc<BackendSpec>,
     state_dir: &Path,
-    lvm_reports: &lvm::cmd::Reports,
+    discovery: Discovery,
 ) -> BackendView {
     let spec = &doc.spec;
-    let capabilities = spec
-        .capabilities
-        .iter()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    let common = |driver, thin, extent, discovery| BackendView {
-        name: doc.name().clone(),
-        backend_name: backend_name(doc),
-        zone: backend_az(spec).to_owned(),
-        driver,
-        thin,
-        extent,
-        ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
-        reserved_percentage: spec
-            .reserved_percentage
-            .map_or(0, super::manifest::values::Percent::get),
-        capabilities,
-        discovery,
-    };
-    if let Some(f) = &spec.file {
-        let root = f.path.resolve(state_dir);
-        let discovery = discover_file(doc, &root, f.path.is_in_state());
-        let thin = f.allocation == Allocation::Sparse;
-        return common(
+    let (driver, thin) = if let Some(f) = &spec.file {
+        (
             Driver::File {
-                root,
+                root: f.path.resolve(state_dir),
                 allocation: f.allocation,
             },
-            thin,
-            1,
-            discovery,
-        );
-    }
-    let Some(l) = &spec.lvm else {
+            f.allocation == Allocation::Sparse,
+        )
+    } else if let Some(l) = &spec.lvm {
+        (
+            Driver::Lvm {
+                volume_group: l.volume_group.as_str().to_owned(),
+                thin_pool: l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
+                thin_pool_size: l
+                    .thin_pool_size
+                    .map(crate::manifest::values::Quantity::bytes),
+                volume_clear: spec.volume_clear.unwrap_or_default(),
+            },
+            l.thin_pool.is_some(),
+        )
+    } else {
         // Validation refuses such a back end; never guess a place to write.
-        return common(
+        (
             Driver::Lvm {
                 volume_group: String::new(),
                 thin_pool: None,
@@ -446,20 +471,48 @@ fn view_of(
                 volume_clear: VolumeClear::Zero,
             },
             false,
-            1,
-            Discovery::Failed("the back end declares neither lvm nor file".into()),
-        );
+        )
     };
-    let driver = Driver::Lvm {
-        volume_group: l.volume_group.as_str().to_owned(),
-        thin_pool: l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
-        thin_pool_size: l
-            .thin_pool_size
-            .map(crate::manifest::values::Quantity::bytes),
-        volume_clear: spec.volume_clear.unwrap_or_default(),
-    };
-    let (extent, discovery) = discover_lvm(doc, &driver, lvm_reports);
-    common(driver, l.thin_pool.is_some(), extent, discovery)
+    BackendView {
+        name: doc.name().clone(),
+        backend_name: backend_name(doc),
+        zone: backend_az(spec).to_owned(),
+        driver,
+        thin,
+        extent: 1,
+        ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
+        reserved_percentage: spec
+            .reserved_percentage
+            .map_or(0, super::manifest::values::Percent::get),
+        capabilities: spec
+            .capabilities
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+        discovery,
+    }
+}
+
+fn view_of(
+    doc: &Doc<BackendSpec>,
+    state_dir: &Path,
+    lvm_reports: &lvm::cmd::Reports,
+) -> BackendView {
+    let mut view = configured_view(doc, state_dir, Discovery::Failed(String::new()));
+    match (&doc.spec.file, &view.driver) {
+        (Some(f), Driver::File { root, .. }) => {
+            view.discovery = discover_file(doc, root, f.path.is_in_state());
+        }
+        (None, Driver::Lvm { .. }) if doc.spec.lvm.is_some() => {
+            let (extent, discovery) = discover_lvm(doc, &view.driver, lvm_reports);
+            view.extent = extent;
+            view.discovery = discovery;
+        }
+        _ => {
+            view.discovery = Discovery::Failed("the back end declares neither lvm nor file".into());
+        }
+    }
+    view
 }
 
 /// One LVM back end out of the discovery's report: (extent size, discovery).

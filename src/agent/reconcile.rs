@@ -233,6 +233,10 @@ impl Reconciler {
         run.status.planned = plan.actions.len();
         run.status.notes.clone_from(&plan.notes);
         run.status.plan_errors.clone_from(&plan.errors);
+        for w in &plan.waiting {
+            run.objects
+                .insert(w.address.clone(), ("waiting".into(), w.reason.clone()));
+        }
         for (name, why) in &lost {
             let state = if recreate { "pending" } else { "lost" };
             run.objects
@@ -1256,6 +1260,7 @@ mod tests {
                 backup: None,
                 deletion_policy: DeletionPolicy::Delete,
                 from_file: None,
+                placement: None,
             },
         )
     }

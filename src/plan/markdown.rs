@@ -51,7 +51,8 @@ pub fn markdown(hosts: &[HostPlan<'_>], extra: &str) -> String {
         .iter()
         .fold(Tally::default(), |t, h| t.plus(Tally::of(&h.plan.actions)));
     let errors: usize = hosts.iter().map(|h| h.plan.errors.len()).sum();
-    let _ = writeln!(s, "**{}**\n", text(&summary_of(tally, errors)));
+    let waiting: usize = hosts.iter().map(|h| h.plan.waiting.len()).sum();
+    let _ = writeln!(s, "**{}**\n", text(&summary_of(tally, errors, waiting)));
     if hosts.len() > 1 {
         for h in &hosts {
             let t = Tally::of(&h.plan.actions);
@@ -59,7 +60,7 @@ pub fn markdown(hosts: &[HostPlan<'_>], extra: &str) -> String {
                 s,
                 "- <code>{}</code>: {}",
                 text(h.host),
-                text(&summary_of(t, h.plan.errors.len()))
+                text(&summary_of(t, h.plan.errors.len(), h.plan.waiting.len()))
             );
         }
         s.push('\n');
@@ -80,6 +81,12 @@ pub fn markdown(hosts: &[HostPlan<'_>], extra: &str) -> String {
     });
     listed(&mut s, &hosts, "Notes", |p| {
         p.notes.iter().map(|n| text(n)).collect()
+    });
+    listed(&mut s, &hosts, "Waiting", |p| {
+        p.waiting
+            .iter()
+            .map(|w| format!("<code>{}</code> {}", text(&w.address), text(&w.reason)))
+            .collect()
     });
     listed(&mut s, &hosts, "⛔ Errors (nothing can be applied)", |p| {
         p.errors.iter().map(|e| text(e)).collect()
@@ -501,6 +508,7 @@ mod tests {
                         backup: None,
                         deletion_policy: DeletionPolicy::Retain,
                         from_file: None,
+                        placement: None,
                     },
                     "it is declared and does not exist; placed by the scheduler",
                     Impact::Grows,
@@ -572,6 +580,7 @@ mod tests {
             ],
             errors: vec![],
             notes: vec!["deletes of snapshot.x are held: back end <b> failed | twice".into()],
+            waiting: vec![],
             capacity: vec![
                 CapacityChange {
                     backend: "files".into(),
@@ -638,6 +647,7 @@ mod tests {
                     .into(),
             ],
             notes: vec![],
+            waiting: vec![],
             capacity: vec![],
         }
     }
@@ -723,6 +733,7 @@ mod tests {
             actions: vec![],
             errors: vec![],
             notes: vec![],
+            waiting: vec![],
             capacity: vec![],
         };
         assert_eq!(

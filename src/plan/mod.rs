@@ -25,7 +25,7 @@ use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeC
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
 pub use crate::model::ObjKind;
-use crate::observe::{BackendView, Discovery, Driver, Exports, Health, Observed, World};
+use crate::observe::{BackendView, Discovery, Driver, Exports, Fleet, Health, Observed, World};
 use crate::state::record::Recorded;
 
 use capacity::HIGH_WATER_CENTI;
@@ -100,6 +100,11 @@ pub enum Op {
         /// Images: copy the content of this raw file in.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from_file: Option<std::path::PathBuf>,
+        /// A volume placed by the fleet: the placement record's revision,
+        /// which the executor checks against etcd right before it creates
+        /// the volume (the fencing token).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        placement: Option<i64>,
     },
     /// Grow a volume.
     Extend {
@@ -364,8 +369,22 @@ pub struct Plan {
     pub errors: Vec<String>,
     /// Remarks that do not block (e.g. deletes held back).
     pub notes: Vec<String>,
+    /// Objects this host does not create now, and why (a placement the
+    /// fleet has not made yet, an unpinned volume several hosts could take
+    /// without `--etcd`); they do not block the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Waiting>,
     /// Capacity per back end.
     pub capacity: Vec<CapacityChange>,
+}
+
+/// An object left for later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// `volume.NAME`.
+    pub address: String,
+    /// Why, and what would let it go on.
+    pub reason: String,
 }
 
 impl Plan {
@@ -464,9 +483,11 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
             actions: Vec::new(),
             errors: Vec::new(),
             notes: Vec::new(),
+            waiting: Vec::new(),
             capacity: Vec::new(),
         },
         found: BTreeMap::new(),
+        waiting: BTreeSet::new(),
         failed: BTreeSet::new(),
         planned: BTreeMap::new(),
         migrating: BTreeMap::new(),
@@ -504,6 +525,29 @@ struct Planner<'a> {
     /// its target, then stopped: the volume itself (the target) is in
     /// `found`.
     half_moved: BTreeMap<(ObjKind, String), Found<'a>>,
+    /// Objects left for later (`Plan::waiting`): what depends on them
+    /// waits too.
+    waiting: BTreeSet<(ObjKind, String)>,
+}
+
+/// Where a new volume goes.
+struct Located {
+    /// The back end.
+    backend: String,
+    /// How it was chosen, for the reason (`pinned to its back end`).
+    how: String,
+    /// The fleet placement's revision (the fencing token).
+    fence: Option<i64>,
+}
+
+/// How a new volume's back end was fixed before the scheduler could have a
+/// say.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fixed {
+    Source,
+    Pin,
+    Group,
+    Fleet,
 }
 
 /// The removal of volume `uuid`'s export, or the error refusing it while an
@@ -1209,7 +1253,15 @@ impl<'a> Planner<'a> {
             ));
             return;
         }
-        if self.held_back(ObjKind::Volume, name.as_str(), doc.spec.backend.as_ref()) {
+        let placed: Option<Name> = match &self.world.fleet {
+            Fleet::On(p) => p.get(name.as_str()).and_then(|pl| pl.backend.parse().ok()),
+            Fleet::Off | Fleet::Unavailable(_) => None,
+        };
+        if self.held_back(
+            ObjKind::Volume,
+            name.as_str(),
+            doc.spec.backend.as_ref().or(placed.as_ref()),
+        ) {
             return;
         }
         if let Some((uuid, backend)) = self.lost(ObjKind::Volume, name.as_str())
@@ -1222,7 +1274,6 @@ impl<'a> Planner<'a> {
         }
         // A new volume: where?
         let req = Self::request(self.set, doc);
-        let source = doc.spec.source.as_ref();
         let backup = match self.backup_source(doc, name) {
             Ok(b) => b,
             Err(why) => {
@@ -1242,74 +1293,13 @@ impl<'a> Planner<'a> {
             ));
             return;
         }
-        let source_backend = source.and_then(|s| {
-            if let Some(v) = &s.volume {
-                return Some(self.backend_of(ObjKind::Volume, v.as_str()));
-            }
-            if let Some(i) = &s.image {
-                return Some(self.backend_of(ObjKind::Image, i.as_str()));
-            }
-            let snap = s.snapshot.as_ref()?;
-            Some(self.backend_of(ObjKind::Snapshot, snap.as_str()))
-        });
-        let chosen: String = if let Some(src) = source_backend {
-            let Some(sb) = src else {
-                self.out.errors.push(format!(
-                    "{a}: its source does not exist and is not created by this plan"
-                ));
-                return;
-            };
-            // Copies stay on the source's back end (as Cinder's drivers do).
-            if let Some(pin) = &doc.spec.backend
-                && pin.as_str() != sb
-            {
-                self.out.errors.push(format!("{a}: spec.backend is {pin} but its source lives on {sb}; a copy is made on the source's back end"));
-                return;
-            }
-            let Some(bn) = self
-                .world
-                .backends
-                .keys()
-                .find(|k| k.as_str() == sb)
-                .cloned()
-            else {
-                return;
-            };
-            if let Err(why) = self.sched.check(&bn, &req) {
-                self.out.errors.push(format!(
-                    "{a}: cannot be created on {sb}, where its source lives:{}",
-                    schedule::explain(&vec![(bn, why)])
-                ));
-                return;
-            }
-            self.sched.commit(&bn, req.size);
-            sb
-        } else if let Some(pin) = &doc.spec.backend {
-            if !self.world.backends.contains_key(pin) {
-                // Pinned to another host's back end: that host's business.
-                return;
-            }
-            if let Err(why) = self.sched.check(pin, &req) {
-                self.out.errors.push(format!(
-                    "{a}: cannot be placed on its pinned back end:{}",
-                    schedule::explain(&vec![(pin.clone(), why)])
-                ));
-                return;
-            }
-            self.sched.commit(pin, req.size);
-            pin.as_str().to_owned()
-        } else {
-            match self.sched.place(&req, None) {
-                Ok(b) => b.as_str().to_owned(),
-                Err(rej) => {
-                    self.out.errors.push(format!(
-                        "{a}: no back end can take it ({}):{}",
-                        format_bytes_exact(req.size),
-                        schedule::explain(&rej)
-                    ));
-                    return;
-                }
-            }
+        let Some(Located {
+            backend: chosen,
+            how,
+            fence,
+        }) = self.locate(name, doc, &a, &req)
+        else {
+            return;
         };
         let extent = self
             .world
@@ -1336,27 +1326,19 @@ impl<'a> Planner<'a> {
                 format_bytes_exact(extent)
             )
         };
-        let why = match (&source_ref, doc.spec.backend.is_some()) {
-            _ if backup.is_some() => format!(
+        let why = if let Some(b) = &backup {
+            format!(
                 "it is declared and does not exist; restored from backup {} of volume {}",
-                backup
-                    .as_ref()
-                    .map(|b| b.id.to_string())
-                    .unwrap_or_default(),
-                backup
-                    .as_ref()
-                    .map(|b| b.volume.as_str())
-                    .unwrap_or_default()
-            ),
-            (Some(s), _) => format!(
+                b.id, b.volume
+            )
+        } else if let Some(s) = &source_ref {
+            format!(
                 "it is declared and does not exist; copied from {} {}",
                 kind_word(s.kind),
                 s.name
-            ),
-            (None, true) => "it is declared and does not exist; pinned to its back end".to_owned(),
-            (None, false) => {
-                "it is declared and does not exist; placed by the scheduler".to_owned()
-            }
+            )
+        } else {
+            format!("it is declared and does not exist; {how}")
         } + &rounded;
         self.push_create(
             ObjKind::Volume,
@@ -1369,6 +1351,269 @@ impl<'a> Planner<'a> {
             policy,
             why,
         );
+        if let Some(Action {
+            op: Op::Create { placement, .. },
+            ..
+        }) = self.out.actions.last_mut()
+        {
+            *placement = fence;
+        }
+    }
+
+    /// Leaves an object for later: listed in the plan's `waiting`, and what
+    /// depends on it waits too.
+    fn wait(&mut self, kind: ObjKind, name: &str, reason: String) {
+        self.waiting.insert((kind, name.to_owned()));
+        self.out.waiting.push(Waiting {
+            address: addr(kind, name),
+            reason,
+        });
+    }
+
+    /// The object a new volume is copied from (`source.volume`,
+    /// `source.snapshot`, `source.image`).
+    fn copied_from(doc: &Doc<VolumeSpec>) -> Option<(ObjKind, &str)> {
+        let s = doc.spec.source.as_ref()?;
+        if let Some(v) = &s.volume {
+            return Some((ObjKind::Volume, v.as_str()));
+        }
+        if let Some(i) = &s.image {
+            return Some((ObjKind::Image, i.as_str()));
+        }
+        s.snapshot
+            .as_ref()
+            .map(|sn| (ObjKind::Snapshot, sn.as_str()))
+    }
+
+    /// The back end of a consistency group, from its other members: where
+    /// one lives, is created by this plan, or is pinned (Cinder's rule: a
+    /// group's volumes live on one back end).
+    fn group_location(&self, name: &Name, doc: &'a Doc<VolumeSpec>) -> Option<(&'a Name, String)> {
+        let set = self.set;
+        let g = doc.spec.consistency_group.as_ref()?;
+        set.volumes
+            .iter()
+            .filter(|(n, d)| *n != name && d.spec.consistency_group.as_ref() == Some(g))
+            .find_map(|(n, d)| {
+                self.backend_of(ObjKind::Volume, n.as_str())
+                    .or_else(|| d.spec.backend.as_ref().map(|b| b.as_str().to_owned()))
+            })
+            .map(|b| (g, b))
+    }
+
+    /// Back ends that could take a volume, by host, judged by what the
+    /// manifests say of them (zone, capabilities): this host's and other
+    /// hosts' alike, so every host reaches the same verdict. Other hosts'
+    /// back ends are the declared ones with a `spec.host` that this host
+    /// did not discover.
+    fn hosts_that_could_take(&self, req: &Request<'_>) -> BTreeMap<String, Vec<String>> {
+        let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, doc) in &self.set.backends {
+            let local = self.world.backends.get(name);
+            if local.is_none() && (doc.spec.host.is_none() || self.world.missing.contains(name)) {
+                continue;
+            }
+            let configured;
+            let view = if let Some(v) = local {
+                v
+            } else {
+                configured = crate::observe::configured_view(
+                    doc,
+                    std::path::Path::new("/"),
+                    Discovery::Failed("another host's back end".into()),
+                );
+                &configured
+            };
+            if self.sched.could_take(view, req).is_ok() {
+                let host = match (local, &doc.spec.host) {
+                    (Some(_), _) | (None, None) => String::new(),
+                    (None, Some(h)) => h.clone(),
+                };
+                by_host
+                    .entry(host)
+                    .or_default()
+                    .push(name.as_str().to_owned());
+            }
+        }
+        by_host
+    }
+
+    /// Where a new volume goes: with its source, on its pin, with its
+    /// consistency group, where the fleet placed it, or where the scheduler
+    /// puts it. `None` after a plan error or a wait saying why, or when the
+    /// volume belongs to another host's back end (that host creates it).
+    #[allow(clippy::too_many_lines)] // one decision, its cases kept together
+    fn locate(
+        &mut self,
+        name: &Name,
+        doc: &'a Doc<VolumeSpec>,
+        a: &str,
+        req: &Request<'a>,
+    ) -> Option<Located> {
+        let pin = doc.spec.backend.as_ref();
+        let mut fixed: Option<(String, Fixed, String)> = None;
+        if let Some((kind, src)) = Self::copied_from(doc) {
+            match self.backend_of(kind, src) {
+                Some(sb) => {
+                    // Copies stay on the source's back end (as Cinder's drivers do).
+                    if let Some(p) = pin
+                        && p.as_str() != sb
+                    {
+                        self.out.errors.push(format!("{a}: spec.backend is {p} but its source lives on {sb}; a copy is made on the source's back end"));
+                        return None;
+                    }
+                    fixed = Some((sb, Fixed::Source, String::new()));
+                }
+                None if self.waiting.contains(&(kind, src.to_owned())) => {
+                    self.wait(
+                        ObjKind::Volume,
+                        name.as_str(),
+                        format!("waits for its source {}.{src}", kind.as_str()),
+                    );
+                    return None;
+                }
+                None => {
+                    self.out.errors.push(format!(
+                        "{a}: its source does not exist and is not created by this plan"
+                    ));
+                    return None;
+                }
+            }
+        } else if let Some(p) = pin {
+            fixed = Some((
+                p.as_str().to_owned(),
+                Fixed::Pin,
+                "pinned to its back end".into(),
+            ));
+        } else if let Some((g, b)) = self.group_location(name, doc) {
+            fixed = Some((
+                b,
+                Fixed::Group,
+                format!("placed with its consistency group {g}"),
+            ));
+        }
+        let mut fence = None;
+        if pin.is_none() {
+            match &self.world.fleet {
+                Fleet::Off => {}
+                Fleet::On(placements) => {
+                    let Some(pl) = placements.get(name.as_str()) else {
+                        self.wait(
+                            ObjKind::Volume,
+                            name.as_str(),
+                            "waits for the fleet's leader to place it".into(),
+                        );
+                        return None;
+                    };
+                    if let Some((b, _, _)) = &fixed
+                        && *b != pl.backend
+                    {
+                        self.out.errors.push(format!(
+                            "{a}: the fleet placed it on {} (host {}), but it belongs on {b} with its source or consistency group; remove the placement with `etcdctl del` after checking that no host created it, and the leader places it again",
+                            pl.backend, pl.host
+                        ));
+                        return None;
+                    }
+                    if fixed.is_none() {
+                        fixed = Some((
+                            pl.backend.clone(),
+                            Fixed::Fleet,
+                            match pl.revision {
+                                Some(r) => format!(
+                                    "placed on host {} by the fleet's scheduler (placement revision {r})",
+                                    pl.host
+                                ),
+                                None => format!(
+                                    "to be placed on host {} by the fleet's scheduler",
+                                    pl.host
+                                ),
+                            },
+                        ));
+                    }
+                    fence = pl.revision;
+                }
+                Fleet::Unavailable(why) => {
+                    let why = why.clone();
+                    self.wait(
+                        ObjKind::Volume,
+                        name.as_str(),
+                        format!("waits for a placement, and the fleet is unavailable ({why})"),
+                    );
+                    return None;
+                }
+            }
+        }
+        let Some((backend, how, text)) = fixed else {
+            // Unpinned, no fleet: the scheduler, unless another host could
+            // take it too (each host would create its own).
+            let hosts = self.hosts_that_could_take(req);
+            let others: Vec<String> = hosts
+                .iter()
+                .filter(|(h, _)| !h.is_empty())
+                .flat_map(|(h, bs)| bs.iter().map(move |b| format!("{b} on host {h}")))
+                .collect();
+            if !others.is_empty() {
+                if hosts.contains_key("") {
+                    self.wait(
+                        ObjKind::Volume,
+                        name.as_str(),
+                        format!(
+                            "not created: back ends of other hosts could also take it ({}), and without a fleet each host would create its own; pin it with spec.backend, or run the agents with --etcd",
+                            others.join(", ")
+                        ),
+                    );
+                }
+                // Otherwise only other hosts can take it: theirs to create.
+                return None;
+            }
+            return match self.sched.place(req, None) {
+                Ok(b) => Some(Located {
+                    backend: b.as_str().to_owned(),
+                    how: "placed by the scheduler".into(),
+                    fence: None,
+                }),
+                Err(rej) => {
+                    self.out.errors.push(format!(
+                        "{a}: no back end can take it ({}):{}",
+                        format_bytes_exact(req.size),
+                        schedule::explain(&rej)
+                    ));
+                    None
+                }
+            };
+        };
+        let Some(bn) = self
+            .world
+            .backends
+            .keys()
+            .find(|k| k.as_str() == backend)
+            .cloned()
+        else {
+            // Another host's back end: that host's business.
+            return None;
+        };
+        if let Err(why) = self.sched.check(&bn, req) {
+            let rej = schedule::explain(&vec![(bn, why)]);
+            self.out.errors.push(match how {
+                Fixed::Source => {
+                    format!("{a}: cannot be created on {backend}, where its source lives:{rej}")
+                }
+                Fixed::Pin => format!("{a}: cannot be placed on its pinned back end:{rej}"),
+                Fixed::Group => format!(
+                    "{a}: cannot be created on {backend}, where its consistency group lives:{rej}"
+                ),
+                Fixed::Fleet => {
+                    format!("{a}: cannot be created on {backend}, where the fleet placed it:{rej}")
+                }
+            });
+            return None;
+        }
+        self.sched.commit(&bn, req.size);
+        Some(Located {
+            backend,
+            how: text,
+            fence,
+        })
     }
 
     /// Where the manifests want an existing volume, when not where it is:
@@ -1790,6 +2035,7 @@ impl<'a> Planner<'a> {
                 backup,
                 deletion_policy: policy,
                 from_file: None,
+                placement: None,
             },
             reason,
             impact: Impact::Grows,
@@ -1827,6 +2073,18 @@ impl<'a> Planner<'a> {
             }
             // A snapshot lives with its volume.
             let vol_backend = self.backend_of(ObjKind::Volume, vol.as_str());
+            if vol_backend.is_none()
+                && self
+                    .waiting
+                    .contains(&(ObjKind::Volume, vol.as_str().to_owned()))
+            {
+                self.wait(
+                    ObjKind::Snapshot,
+                    name.as_str(),
+                    format!("waits for its volume.{vol}"),
+                );
+                return;
+            }
             let pin = vol_backend.as_ref().and_then(|b| {
                 self.world
                     .backends

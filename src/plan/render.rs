@@ -98,6 +98,12 @@ pub fn text_with(plan: &Plan, extra: &str) -> String {
     if !plan.notes.is_empty() {
         s.push('\n');
     }
+    for w in &plan.waiting {
+        let _ = writeln!(s, "Waiting: {}: {}", w.address, w.reason);
+    }
+    if !plan.waiting.is_empty() {
+        s.push('\n');
+    }
     for e in &plan.errors {
         let _ = writeln!(s, "Error: {e}");
     }
@@ -150,12 +156,16 @@ fn detail(s: &mut String, width: usize, line: &super::CapacityLine) {
 
 /// The summary line.
 pub fn summary(plan: &Plan) -> String {
-    summary_of(Tally::of(&plan.actions), plan.errors.len())
+    summary_of(
+        Tally::of(&plan.actions),
+        plan.errors.len(),
+        plan.waiting.len(),
+    )
 }
 
-/// The summary line of `tally` with `errors` plan errors (one host's plan,
-/// or a fleet's added up).
-pub fn summary_of(tally: Tally, errors: usize) -> String {
+/// The summary line of `tally` with `errors` plan errors and `waiting`
+/// objects left for later (one host's plan, or a fleet's added up).
+pub fn summary_of(tally: Tally, errors: usize, waiting: usize) -> String {
     let Tally {
         add,
         change,
@@ -163,11 +173,18 @@ pub fn summary_of(tally: Tally, errors: usize) -> String {
         forget,
         migrate,
     } = tally;
+    let waiting = match waiting {
+        0 => String::new(),
+        1 => " 1 object waits (see above).".to_owned(),
+        n => format!(" {n} objects wait (see above)."),
+    };
     if add + change + destroy + forget + migrate == 0 {
-        return if errors == 0 {
+        return if errors > 0 {
+            format!("Plan failed: {errors} error(s); nothing can be applied.")
+        } else if waiting.is_empty() {
             "No changes. Storage matches the manifests.".to_owned()
         } else {
-            format!("Plan failed: {errors} error(s); nothing can be applied.")
+            format!("No changes now.{waiting}")
         };
     }
     let mut line = format!("Plan: {add} to add, {change} to change, {destroy} to destroy");
@@ -181,6 +198,7 @@ pub fn summary_of(tally: Tally, errors: usize) -> String {
     if errors > 0 {
         let _ = write!(line, " Not applicable: {errors} error(s).");
     }
+    line.push_str(&waiting);
     line
 }
 
@@ -528,6 +546,8 @@ pub struct JsonPlan<'a> {
     resource_changes: Vec<JsonChange<'a>>,
     capacity: &'a [super::CapacityChange],
     notes: &'a [String],
+    #[serde(skip_serializing_if = "<[super::Waiting]>::is_empty")]
+    waiting: &'a [super::Waiting],
     errors: &'a [String],
     summary: JsonSummary,
 }
@@ -550,6 +570,13 @@ struct JsonSummary {
     migrate: usize,
     destroys_data: bool,
     applicable: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    waiting: usize,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The plan as a JSON document.
@@ -580,6 +607,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             .collect(),
         capacity: &plan.capacity,
         notes: &plan.notes,
+        waiting: &plan.waiting,
         errors: &plan.errors,
         summary: JsonSummary {
             add,
@@ -589,6 +617,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             migrate: plan.migrations(),
             destroys_data: plan.destroys_data(),
             applicable: plan.errors.is_empty(),
+            waiting: plan.waiting.len(),
         },
     }
 }

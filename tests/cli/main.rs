@@ -18,6 +18,7 @@ mod backup;
 mod converge;
 mod examples;
 mod export;
+mod fleet;
 mod fuzz;
 mod image;
 mod lvm_plan;
