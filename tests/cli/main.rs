@@ -13,6 +13,7 @@
 )] // test data builders
 
 mod agent;
+mod architecture;
 mod backup;
 mod backup_s3;
 mod converge;
