@@ -199,7 +199,7 @@ impl Catalog {
         repo: &Repository,
         spec: &RepoSpec,
     ) -> Result<(usize, Vec<BackupError>), BackupError> {
-        let (manifests, bad) = repo.manifests()?;
+        let (manifests, bad) = repo.manifest_heads()?;
         let root = repo.location();
         let rid = repo.config().id;
         self.backups.retain(|_, e| {

@@ -755,7 +755,11 @@ fn retain(repo: &Repository, job: &BackupJob, volume: Uuid) -> anyhow::Result<us
         );
         plan.forget.len()
     } else {
-        match prune::execute(repo, &plan, false) {
+        match prune::execute(
+            repo,
+            &plan,
+            &prune::PruneOptions::new(&job.state_dir, false),
+        ) {
             Ok(r) => {
                 tracing::info!(
                     volume = %job.volume,
@@ -1513,7 +1517,7 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
             }
             Err(e) => return Err(e.into()),
         };
-        let (manifests, bad) = repo.manifests()?;
+        let (manifests, bad) = repo.manifest_heads()?;
         if let Some(e) = bad.into_iter().next() {
             return Err(anyhow::Error::from(e).context(format!(
                 "{path}: refusing to prune with an unreadable manifest"
@@ -1566,7 +1570,7 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
             )?;
             continue;
         }
-        let r = prune::execute(&repo, &plan, a.dry_run)?;
+        let r = prune::execute(&repo, &plan, &prune::PruneOptions::new(state, a.dry_run))?;
         if !a.dry_run {
             for m in &plan.forget {
                 cat.backups.remove(&m.id);
@@ -1598,6 +1602,20 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
                 String::new()
             }
         )?;
+        if r.packs_in_grace > 0 {
+            writeln!(
+                out,
+                "left {} pack(s) alone: written since a backup that may still be running started (its session is not over); a later prune frees what they hold",
+                r.packs_in_grace
+            )?;
+        }
+        if r.missing > 0 {
+            writeln!(
+                out,
+                "warning: kept backups reference {} chunk(s) that no pack holds: run backup verify --all",
+                r.missing
+            )?;
+        }
     }
     if !a.dry_run {
         cat.store(state)?;

@@ -67,7 +67,7 @@ use cinderblock::file::{Allocation, FileBackend, NewObject, ObjKind};
 use uuid::Uuid;
 
 mod common;
-use common::make_source;
+use common::{dir_bytes, make_source};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -614,24 +614,6 @@ fn hwm() -> u64 {
 
 fn allocated(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-/// Bytes of all files below `dir` (what a repository takes).
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => dir_bytes(&p),
-                Ok(_) => e.metadata().map_or(0, |m| m.len()),
-                Err(_) => 0,
-            }
-        })
-        .sum()
 }
 
 fn opt(v: Option<String>) -> String {

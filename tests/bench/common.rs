@@ -185,3 +185,21 @@ pub fn fs_type(path: &Path) -> String {
         |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
     )
 }
+
+/// Bytes of all files below `dir` (what a repository takes).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&p),
+                Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                Err(_) => 0,
+            }
+        })
+        .sum()
+}
