@@ -19,6 +19,10 @@ bash tests/lab/install-deps.sh
 # against schemas/.
 need_pip run.sh check-jsonschema -- check-jsonschema
 
+# chattr (e2fsprogs): the append-only directory test makes the kernel
+# refuse every unlink and rename in a repository (needs root).
+need_apt run.sh e2fsprogs -- chattr
+
 # moto's S3 server (PyPI): the real S3-compatible store the backup tests
 # write to (tests/lib/s3_server.py says why moto).
 need_pip run.sh 'moto[server]' boto3 -- moto_server

@@ -174,6 +174,18 @@ struct ImportArgs {
     /// The repository's path on this host, when it differs from the record's.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["scan", "policy"])]
     repository: Option<PathBuf>,
+    /// With --scan: the key of an encrypted repository, from this file
+    /// (the catalogue keeps the reference, never the key).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "scan",
+        conflicts_with = "key_env"
+    )]
+    key_file: Option<PathBuf>,
+    /// With --scan: the key from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "scan")]
+    key_env: Option<String>,
     #[command(flatten)]
     manifests: ManifestFiles,
 }
@@ -1343,7 +1355,15 @@ fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
     let mut cat = Catalog::load(state)?;
     let mut out = std::io::stdout().lock();
     let scan = match (&a.scan, &a.policy) {
-        (Some(path), _) => Some(RepoSpec::dir(path)),
+        (Some(path), _) => {
+            let mut spec = RepoSpec::dir(path);
+            spec.key = match (&a.key_file, &a.key_env) {
+                (Some(f), _) => Some(SecretSource::File(std::path::absolute(f)?)),
+                (None, Some(v)) => Some(SecretSource::Env(v.clone())),
+                (None, None) => None,
+            };
+            Some(spec)
+        }
         (None, Some(p)) => {
             let set = load_manifests(&a.manifests)?;
             let p = name(p, "policy")?;
@@ -1359,7 +1379,13 @@ fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
         (None, None) => None,
     };
     if let Some(spec) = scan {
-        let repo = spec.open()?;
+        let repo = match spec.open() {
+            Err(e @ BackupError::KeyNeeded { .. }) if a.scan.is_some() => {
+                return Err(anyhow::Error::from(e)
+                    .context("give its key with --key-file PATH or --key-env VAR"));
+            }
+            r => r?,
+        };
         let (n, bad) = cat.scan(&repo, &spec)?;
         cat.store(state)?;
         for e in &bad {

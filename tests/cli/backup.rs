@@ -1273,3 +1273,123 @@ spec:
     let again = plan(&["--detailed-exitcode"]);
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
 }
+
+/// Undoes `chattr -R +a` on drop, so the temp dir can be removed whatever
+/// the test did.
+struct AppendOnlyDir(PathBuf);
+
+impl AppendOnlyDir {
+    fn set(path: &Path) -> Self {
+        let out = std::process::Command::new("chattr")
+            .args(["-R", "+a"])
+            .arg(path)
+            .output()
+            .expect("chattr runs (e2fsprogs)");
+        assert!(
+            out.status.success(),
+            "chattr +a on {}: {} (needs root and a filesystem with the append-only attribute)",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(path.to_owned())
+    }
+
+    fn clear(&self) {
+        let _ = std::process::Command::new("chattr")
+            .args(["-R", "-a"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+impl Drop for AppendOnlyDir {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[test]
+#[ignore = "needs root and chattr +a (tests/run.sh runs it)"]
+fn append_only_directory_that_forbids_deletion_backs_up_forgets_then_the_sweep_frees() {
+    let site = Site::with_target(
+        "  retention: {keepLast: 1}",
+        "{path: ROOT/repo, appendOnly: true}",
+    );
+    let vol = site.create_volume("data", 16 * MIB);
+    let write_round = |round: u64| {
+        let f = File::options().write(true).open(&vol).unwrap();
+        f.write_all_at(&noise(10 + 2 * round, 2 * MIB), 0).unwrap();
+    };
+    write_round(0);
+    let mut ids = vec![backup_id(&site.cbf(&["backup", "run", "data"]))];
+    // From now on the kernel refuses every unlink and rename in the
+    // repository: only new names may appear.
+    let guard = AppendOnlyDir::set(&site.repo());
+    let probe = files_below(&site.repo().join("backups"))[0].clone();
+    assert!(
+        fs::remove_file(&probe).is_err(),
+        "the test's premise: deletion is forbidden"
+    );
+    for round in 1..3u64 {
+        write_round(round);
+        ids.push(backup_id(&site.cbf(&["backup", "run", "data"])));
+    }
+    let before = files_below(&site.repo());
+    assert!(
+        !before.iter().any(|p| p.to_string_lossy().contains(".tmp-")),
+        "no temp file left behind: {before:?}"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".end.json")),
+        "sessions end with a marker: {before:?}"
+    );
+    // Retention forgets in the catalogue only; not one file goes.
+    let run = site.cbf(&["backup", "prune"]);
+    ok(&run);
+    assert!(
+        run.stdout
+            .contains("forgot 2 backup(s) in the catalogue only"),
+        "{}",
+        run.stdout
+    );
+    let list = site.cb("state", &["backup", "list"]);
+    assert!(!list.stdout.contains(&ids[0]) && list.stdout.contains(&ids[2]));
+    // The permission, not cinderblock's good manners, is what stops a
+    // sweep here.
+    let run = site.cbf(&["backup", "prune", "--sweep"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("Operation not permitted"),
+        "{}",
+        run.stderr
+    );
+    let after: Vec<PathBuf> = files_below(&site.repo())
+        .into_iter()
+        .filter(|p| !p.starts_with(site.repo().join("locks")))
+        .collect();
+    let kept: Vec<&PathBuf> = before
+        .iter()
+        .filter(|p| !p.starts_with(site.repo().join("locks")))
+        .collect();
+    assert_eq!(after.iter().collect::<Vec<_>>(), kept, "nothing deleted");
+
+    // With deletion allowed again, the sweep frees the forgotten backups.
+    guard.clear();
+    let data_bytes = || -> u64 {
+        files_below(&site.repo().join("data"))
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let full = data_bytes();
+    let run = site.cbf(&["backup", "prune", "--sweep"]);
+    ok(&run);
+    assert!(run.stdout.contains("forgot 2 backup(s)"), "{}", run.stdout);
+    assert!(data_bytes() + 3 * MIB < full, "{full} -> {}", data_bytes());
+    let run = site.cb("state", &["backup", "verify", "--all"]);
+    ok(&run);
+    ok(&site.cbf(&["backup", "restore", &ids[2], "--to", "back"]));
+    assert_eq!(sha256(&site.volume_path("back").unwrap()), sha256(&vol));
+}
