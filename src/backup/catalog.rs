@@ -238,16 +238,8 @@ pub fn import(
     record: &Record,
     repo_path: Option<&Path>,
 ) -> Result<(Repository, bool), BackupError> {
-    if record.format != RECORD_FORMAT || record.version != 1 {
-        return Err(BackupError::ManifestVersion {
-            id: record.backup.id,
-            format: record.format.clone(),
-            version: record.version,
-        });
-    }
-    super::format::check_manifest(&record.backup)?;
     // The table must decode and match its digest before anything is written.
-    super::format::decode_table(&record.backup)?;
+    record.check()?;
     let path = repo_path.unwrap_or(&record.repository.path);
     let repo = Repository::open(path)?;
     if repo.config().id != record.repository.id || record.backup.repository != record.repository.id

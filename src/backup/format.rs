@@ -281,6 +281,42 @@ pub struct RepoConfig {
     pub created_at: DateTime<Utc>,
 }
 
+/// Parses and checks the bytes of the `config` of the repository at `root`
+/// (named in the errors): the format and version first, so a newer
+/// repository is reported as such rather than as a parse error, then the
+/// geometry this build reads.
+pub fn decode_config(root: &std::path::Path, bytes: &[u8]) -> Result<RepoConfig, BackupError> {
+    #[derive(Deserialize)]
+    struct Head {
+        format: String,
+        version: u32,
+    }
+    let bad = |source| BackupError::Json {
+        path: root.join("config"),
+        source,
+    };
+    let head: Head = serde_json::from_slice(bytes).map_err(bad)?;
+    if head.format != REPO_FORMAT || head.version != REPO_VERSION {
+        return Err(BackupError::RepoVersion {
+            path: root.to_owned(),
+            format: head.format,
+            version: head.version,
+        });
+    }
+    let config: RepoConfig = serde_json::from_slice(bytes).map_err(bad)?;
+    if config.chunk_size != CHUNK_SIZE || config.hash != HASH {
+        return Err(BackupError::RepoVersion {
+            path: root.to_owned(),
+            format: format!(
+                "{} (chunk {} {})",
+                head.format, config.chunk_size, config.hash
+            ),
+            version: head.version,
+        });
+    }
+    Ok(config)
+}
+
 /// One blob in a pack: identity, codec and lengths. Offsets are implied by
 /// the order (blobs are back to back from offset 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -579,6 +615,18 @@ pub fn check_manifest(m: &Manifest) -> Result<(), BackupError> {
     Ok(())
 }
 
+/// Parses the bytes of the manifest file at `path` and checks its header
+/// ([`check_manifest`]); the chunk table is decoded when it is used
+/// ([`decode_table`]).
+pub fn decode_manifest(path: &std::path::Path, bytes: &[u8]) -> Result<Manifest, BackupError> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|source| BackupError::Json {
+        path: path.to_owned(),
+        source,
+    })?;
+    check_manifest(&m)?;
+    Ok(m)
+}
+
 /// Where the repository of an export record lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -602,6 +650,24 @@ pub struct Record {
     pub repository: RecordRepository,
     /// The backup's manifest, byte-for-byte what the repository holds.
     pub backup: Manifest,
+}
+
+impl Record {
+    /// Checks a record on its own, before any repository is touched: its
+    /// format and version, its manifest's header, and that the chunk table
+    /// decodes and matches its digest.
+    pub fn check(&self) -> Result<(), BackupError> {
+        if self.format != RECORD_FORMAT || self.version != 1 {
+            return Err(BackupError::ManifestVersion {
+                id: self.backup.id,
+                format: self.format.clone(),
+                version: self.version,
+            });
+        }
+        check_manifest(&self.backup)?;
+        decode_table(&self.backup)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -53,11 +53,6 @@ pub struct Repository {
 impl Repository {
     /// Opens the repository at `root`.
     pub fn open(root: &Path) -> Result<Self, BackupError> {
-        #[derive(Deserialize)]
-        struct Head {
-            format: String,
-            version: u32,
-        }
         let path = root.join("config");
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -74,36 +69,10 @@ impl Repository {
                 });
             }
         };
-        let bad = |source| BackupError::Json {
-            path: path.clone(),
-            source,
-        };
-        let head: Head = serde_json::from_slice(&bytes).map_err(bad)?;
-        if head.format != REPO_FORMAT || head.version != REPO_VERSION {
-            return Err(BackupError::RepoVersion {
-                path: root.to_owned(),
-                format: head.format,
-                version: head.version,
-            });
-        }
-        let config: RepoConfig = serde_json::from_slice(&bytes).map_err(bad)?;
+        let config = format::decode_config(root, &bytes)?;
         // Absolute, so the catalogue's path works from any directory.
         let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
-        let root = root.as_path();
-        if config.chunk_size != CHUNK_SIZE || config.hash != HASH {
-            return Err(BackupError::RepoVersion {
-                path: root.to_owned(),
-                format: format!(
-                    "{} (chunk {} {})",
-                    head.format, config.chunk_size, config.hash
-                ),
-                version: head.version,
-            });
-        }
-        Ok(Self {
-            root: root.to_owned(),
-            config,
-        })
+        Ok(Self { root, config })
     }
 
     /// Opens the repository at `root`, creating it (with `compression` as
@@ -310,12 +279,7 @@ impl Repository {
     /// Reads one manifest file.
     pub fn read_manifest_file(path: &Path) -> Result<Manifest, BackupError> {
         let bytes = fs::read(path).map_err(io_err("read", path))?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| BackupError::Json {
-            path: path.to_owned(),
-            source,
-        })?;
-        format::check_manifest(&m)?;
-        Ok(m)
+        format::decode_manifest(path, &bytes)
     }
 
     /// The manifest of backup `id`, if the repository holds it.
