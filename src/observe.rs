@@ -91,9 +91,41 @@ pub struct Observed {
     pub parent: Option<Uuid>,
     /// Condition.
     pub health: ObjHealth,
-    /// In use: an LV that is open (mounted, mapped, exported). Files cannot
-    /// tell, and say `false`.
-    pub in_use: bool,
+    /// What holds it open, when something does. The planner refuses to
+    /// delete, replace or move such an object.
+    pub in_use: Option<InUse>,
+}
+
+/// Something holds an object open (found by [`crate::inuse`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase", tag = "by")]
+pub enum InUse {
+    /// A holder this host can name: a process (`pid 4242 (qemu-system-x86)`),
+    /// a loop device, a mount, a stacked device.
+    Named {
+        /// Who, worded to follow "in use by".
+        holder: String,
+    },
+    /// An LV that lvm2 reports open (`lv_device_open`) with no holder visible
+    /// from here: the kernel's users hold no descriptor (an iSCSI backstore,
+    /// a mount in another namespace), nor do other users' processes when
+    /// cinderblock is not root.
+    Unnamed {
+        /// The LV's device.
+        device: String,
+    },
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InUse::Named { holder } => f.write_str(holder),
+            InUse::Unnamed { device } => write!(
+                f,
+                "a holder not visible from this host (lvm2 reports {device} open: an iSCSI backstore, a mount in another namespace, or another user's process)"
+            ),
+        }
+    }
 }
 
 /// Capacity figures of one back end, in bytes.
@@ -426,14 +458,17 @@ impl World {
                 }
                 Discovery::Ok(inv) => {
                     for o in &inv.objects {
+                        // Whether it is in use, not by whom: a restarted
+                        // process does not make a saved plan stale.
                         let line = format!(
-                            "{}|{}|{}|{}|{:?}|{:?}\n",
+                            "{}|{}|{}|{}|{:?}|{:?}|{}\n",
                             o.uuid,
                             o.name,
                             o.kind.as_str(),
                             o.size,
                             o.parent,
-                            o.health
+                            o.health,
+                            if o.in_use.is_some() { "in-use" } else { "idle" }
                         );
                         h.update(line.as_bytes());
                     }
@@ -519,11 +554,19 @@ pub fn discover_with(
         .filter(|(_, doc)| is_local(&doc.spec, host))
         .collect();
     let mut world = World::default();
+    // Who holds what open: one pass over /proc and the loop devices for the
+    // whole discovery, whatever the number of back ends and volumes.
+    let holders = if local.is_empty() {
+        Ok(crate::inuse::Holders::default())
+    } else {
+        crate::inuse::Holders::scan().map_err(|e| format!("cannot read /proc: {e}"))
+    };
+    let holders = &holders;
     for chunk in local.chunks(DISCOVERY_THREADS) {
         std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
                 .iter()
-                .map(|(_, doc)| scope.spawn(move || view_of(doc, state_dir, lvm_reports)))
+                .map(|(_, doc)| scope.spawn(move || view_of(doc, state_dir, lvm_reports, holders)))
                 .collect();
             for (h, (name, _)) in handles.into_iter().zip(chunk) {
                 if let Ok(view) = h.join() {
@@ -547,10 +590,14 @@ pub fn discover_with(
 /// Back ends discovered at once.
 pub const DISCOVERY_THREADS: usize = 8;
 
+/// What one scan found holding files and devices open, or why it failed.
+type Scan = Result<crate::inuse::Holders, String>;
+
 fn view_of(
     doc: &Doc<BackendSpec>,
     state_dir: &Path,
     lvm_reports: &lvm::cmd::Reports,
+    holders: &Scan,
 ) -> BackendView {
     let spec = &doc.spec;
     let capabilities = spec
@@ -574,7 +621,7 @@ fn view_of(
     };
     if let Some(f) = &spec.file {
         let root = f.path.resolve(state_dir);
-        let discovery = discover_file(doc, &root, f.path.is_in_state());
+        let discovery = discover_file(doc, &root, f.path.is_in_state(), holders);
         let thin = f.allocation == Allocation::Sparse;
         return common(
             Driver::File {
@@ -608,7 +655,7 @@ fn view_of(
             .map(crate::manifest::values::Quantity::bytes),
         volume_clear: spec.volume_clear.unwrap_or_default(),
     };
-    let (extent, discovery) = discover_lvm(doc, &driver, lvm_reports);
+    let (extent, discovery) = discover_lvm(doc, &driver, lvm_reports, holders);
     common(driver, l.thin_pool.is_some(), extent, discovery)
 }
 
@@ -617,6 +664,7 @@ fn discover_lvm(
     doc: &Doc<BackendSpec>,
     driver: &Driver,
     reports: &lvm::cmd::Reports,
+    holders: &Scan,
 ) -> (u64, Discovery) {
     let Driver::Lvm {
         volume_group: vg,
@@ -659,7 +707,10 @@ fn discover_lvm(
             metadata: lvm::inventory::pool_metadata_size(data, extent),
         }
     });
-    (extent, Discovery::Ok(from_lvm_inventory(&inv, create_pool)))
+    (
+        extent,
+        Discovery::Ok(from_lvm_inventory(&inv, vg, create_pool, holders)),
+    )
 }
 
 /// Hundredths of a percent from lvm2's two-decimal percentage.
@@ -668,9 +719,24 @@ fn centi(p: Option<f64>) -> Option<u32> {
     p.map(|p| (p * 100.0).round().clamp(0.0, 10_000.0) as u32)
 }
 
+/// What holds an LV that lvm2 reports open (`lv_device_open`).
+fn lv_holder(vg: &str, lv: &str, holders: &Scan) -> InUse {
+    let device = Path::new("/dev").join(vg).join(lv);
+    match holders.as_ref().ok().and_then(|h| h.block_device(&device)) {
+        Some(h) => InUse::Named {
+            holder: h.to_string(),
+        },
+        None => InUse::Unnamed {
+            device: device.display().to_string(),
+        },
+    }
+}
+
 fn from_lvm_inventory(
     inv: &lvm::inventory::Inventory,
+    vg: &str,
     create_pool: Option<PoolSizes>,
+    holders: &Scan,
 ) -> Inventory {
     let objects = inv
         .objects
@@ -686,7 +752,7 @@ fn from_lvm_inventory(
             size: o.size,
             allocated: o.allocated,
             parent: o.owned.parent,
-            in_use: o.open,
+            in_use: o.open.then(|| lv_holder(vg, &o.lv, holders)),
             health: match o.owned.state {
                 Some(lvm::tags::InFlight::Creating) => ObjHealth::Creating,
                 Some(lvm::tags::InFlight::Deleting) => ObjHealth::Deleting,
@@ -722,7 +788,7 @@ fn from_lvm_inventory(
     }
 }
 
-fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discovery {
+fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool, holders: &Scan) -> Discovery {
     let spec = doc.spec.file.as_ref();
     if let Some(share) = spec.and_then(|f| f.share.as_ref()) {
         let options: Vec<String> = spec
@@ -747,12 +813,12 @@ fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discove
     }
     let backend = FileBackend::new(root, doc.name().as_str());
     match backend.discover() {
-        Ok(inv) => Discovery::Ok(from_file_inventory(&inv)),
+        Ok(inv) => Discovery::Ok(from_file_inventory(&inv, holders)),
         Err(e) => Discovery::Failed(crate::error_chain(&e)),
     }
 }
 
-fn from_file_inventory(inv: &file::Inventory) -> Inventory {
+fn from_file_inventory(inv: &file::Inventory, holders: &Scan) -> Inventory {
     let objects = inv
         .objects
         .iter()
@@ -767,7 +833,15 @@ fn from_file_inventory(inv: &file::Inventory) -> Inventory {
             size: o.meta.size,
             allocated: o.data.map(|d| d.allocated),
             parent: o.meta.parent,
-            in_use: false,
+            in_use: match holders {
+                Ok(h) => o
+                    .data
+                    .and_then(|d| h.file(d.id.0, d.id.1))
+                    .map(|h| InUse::Named {
+                        holder: h.to_string(),
+                    }),
+                Err(_) => None,
+            },
             health: match o.health {
                 Health::Ready => ObjHealth::Ready,
                 Health::Incomplete(file::Phase::Deleting) => ObjHealth::Deleting,
@@ -797,6 +871,14 @@ fn from_file_inventory(inv: &file::Inventory) -> Inventory {
             .problems
             .iter()
             .map(|p| format!("{}: {}", p.path.display(), p.message))
+            // Without the scan nothing tells whether a volume is in use:
+            // a partial view, which holds deletes back.
+            .chain(
+                holders
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("cannot tell which volume files are open ({e})")),
+            )
             .collect(),
         generation: None,
     }

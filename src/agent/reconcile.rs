@@ -1296,7 +1296,7 @@ mod tests {
             allocated: None,
             parent,
             health: ObjHealth::Ready,
-            in_use: false,
+            in_use: None,
         };
         let name: crate::manifest::Name = "local".parse().unwrap();
         let view = BackendView {

@@ -24,6 +24,9 @@ pub struct DataStat {
     pub len: u64,
     /// Allocated bytes (`st_blocks` × 512).
     pub allocated: u64,
+    /// The file's identity (`st_dev`, `st_ino`): what open descriptors are
+    /// matched against ([`crate::inuse`]).
+    pub id: (u64, u64),
 }
 
 /// How an object of ours looks.
@@ -264,6 +267,7 @@ fn scan_root(
                             DataStat {
                                 len: stat.len(),
                                 allocated: stat.blocks() * 512,
+                                id: (stat.dev(), stat.ino()),
                             },
                         );
                     } else {
