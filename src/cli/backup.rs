@@ -29,7 +29,7 @@ use crate::backup::engine::{self, Mode, RunSpec};
 use crate::backup::format::{self, Codec, Digest, Manifest, Record};
 use crate::backup::restore::{self, Target};
 use crate::backup::{BackupError, Progress, Repository, prune, repo};
-use crate::file::{self, FileBackend, ObjectKind, Phase};
+use crate::file::{self, FileBackend, Mark, ObjKind};
 use crate::manifest::{self, ManifestSet, Name};
 use crate::state::journal::{Journal, Outcome};
 use crate::state::lock::StateLock;
@@ -213,7 +213,7 @@ fn find_volume(
             .discover()
             .with_context(|| format!("cannot discover back end {n}"))?;
         for o in inv.objects {
-            if o.meta.kind == ObjectKind::Volume && o.meta.name == volume {
+            if o.meta.kind == ObjKind::Volume && o.meta.name == volume {
                 hits.push((be.clone(), o.meta));
             }
         }
@@ -352,7 +352,7 @@ fn find_lvm_volume(
     candidates: Vec<(Name, crate::lvm::LvmBackend<'static>)>,
     volume: &str,
 ) -> anyhow::Result<Option<(Found, FoundVolume)>> {
-    use crate::lvm::tags::{self, LvObjKind, Ownership};
+    use crate::lvm::tags::{self, Ownership};
     let mut hits = Vec::new();
     for (n, be) in candidates {
         let lvs = be
@@ -361,17 +361,17 @@ fn find_lvm_volume(
         let found = lvs
             .iter()
             .find_map(|lv| match tags::ownership(lv, n.as_str()) {
-                Ownership::Ours(o) if o.kind == LvObjKind::Volume && o.name == volume => {
+                Ownership::Ours(o) if o.kind == ObjKind::Volume && o.name == volume => {
                     Some((o, lv.size, lv.attr.open))
                 }
                 _ => None,
             });
         if let Some((o, size, open)) = found {
-            if let Some(state) = o.state {
+            if o.mark != crate::model::Mark::Ready {
                 bail!(
                     "Volume {volume} ({}) is {}, not ready",
                     o.uuid,
-                    state.as_str()
+                    o.mark.as_str()
                 );
             }
             hits.push((
@@ -429,7 +429,7 @@ fn run_one(
     }
     let (found, object) = match find_volume(&candidates, vol_name.as_str())? {
         Some((backend, object)) => {
-            if object.state != Phase::Ready {
+            if object.state != Mark::Ready {
                 bail!(
                     "Volume {vol_name} ({}) is {:?}, not ready",
                     object.uuid,
@@ -905,7 +905,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     let started = Instant::now();
     let bar = Bar::new(&format!("restore {to}"));
     let result = match existing {
-        Some((_, obj)) if obj.state != Phase::Ready && a.overwrite => {
+        Some((_, obj)) if obj.state != Mark::Ready && a.overwrite => {
             // An interrupted create or restore: nothing worth keeping in it
             // (it never became ready), so start over.
             tracing::info!(uuid = %obj.uuid, state = ?obj.state, "replacing an incomplete volume");
@@ -913,7 +913,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
             restore_fresh(&repo, &m, &backend, to.as_str(), allocation, &bar)
         }
         Some((_, obj)) => {
-            if obj.state != Phase::Ready {
+            if obj.state != Mark::Ready {
                 bar.finish();
                 bail!(
                     "volume {to} ({} on {backend_name}) is incomplete ({:?}: an interrupted create or restore); pass --overwrite to replace it",
@@ -1018,7 +1018,10 @@ fn restore_lvm(
     let bar = Bar::new(&format!("restore {to}"));
     let result = (|| -> anyhow::Result<(Uuid, restore::RestoreStats)> {
         if let Some(v) = existing {
-            let path = lvm.device(&crate::lvm::tags::LvObjKind::Volume.lv_name(v.uuid));
+            let path = lvm.device(&crate::lvm::tags::lv_name(
+                crate::model::ObjKind::Volume,
+                v.uuid,
+            ));
             if v.open {
                 let holder = crate::inuse::Holders::scan()
                     .ok()

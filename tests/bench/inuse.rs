@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cinderblock::file::{Allocation, FileBackend, NewObject, ObjectKind};
+use cinderblock::file::{Allocation, FileBackend, NewObject, ObjKind};
 use cinderblock::inuse::Holders;
 use cinderblock::observe::{Discovery, discover_with};
 use uuid::Uuid;
@@ -93,13 +93,13 @@ fn main() {
         be.create(&NewObject {
             uuid,
             name: &format!("v{i}"),
-            kind: ObjectKind::Volume,
+            kind: ObjKind::Volume,
             size: 1 << 20,
             allocation: Allocation::Sparse,
             source: None,
         })
         .expect("create");
-        paths.push(be.data_path(ObjectKind::Volume, uuid));
+        paths.push(be.data_path(ObjKind::Volume, uuid));
     }
     println!(
         "set-up: {volumes} volume files in {:.1} s; {open} held open by another process",
