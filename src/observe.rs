@@ -26,7 +26,8 @@ use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
 pub use crate::model::{
-    Capacity, Discovery, Health, InUse, Inventory, ObjKind, Observed, PoolFill, PoolSizes, SharedSpace,
+    Capacity, Discovery, Health, InUse, Inventory, ObjKind, Observed, PoolFill, PoolSizes,
+    SharedSpace,
 };
 
 /// How a back end stores volumes.
@@ -418,9 +419,7 @@ pub fn discover_with(
         std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
                 .iter()
-                .map(|(_, doc)| {
-                    scope.spawn(move || view_of(doc, state_dir, lvm_reports, holders))
-                })
+                .map(|(_, doc)| scope.spawn(move || view_of(doc, state_dir, lvm_reports, holders)))
                 .collect();
             for (h, (name, _)) in handles.into_iter().zip(chunk) {
                 if let Ok(view) = h.join() {
@@ -595,12 +594,7 @@ fn file_model(inv: &file::discover::Inventory, holders: &Scan) -> Inventory {
     model
 }
 
-fn discover_file(
-    doc: &Doc<BackendSpec>,
-    root: &Path,
-    in_state: bool,
-    holders: &Scan,
-) -> Discovery {
+fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool, holders: &Scan) -> Discovery {
     let spec = doc.spec.file.as_ref();
     if let Some(share) = spec.and_then(|f| f.share.as_ref()) {
         let options: Vec<String> = spec

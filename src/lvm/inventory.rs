@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use super::report::{FullReport, Lv, LvKind};
 use super::tags::{self, Owned, Ownership};
 use crate::model::{
-    self, Capacity, Discovery, Health, InUse, Mark, Observed, PoolFill, PoolSizes, SharedSpace, round_up,
+    self, Capacity, Discovery, Health, InUse, Mark, Observed, PoolFill, PoolSizes, SharedSpace,
+    round_up,
 };
 
 /// Which back end to read from a report.

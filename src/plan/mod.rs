@@ -24,8 +24,8 @@ use uuid::Uuid;
 use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeClear, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
-pub use crate::model::ObjKind;
 use crate::model::InUse;
+pub use crate::model::ObjKind;
 use crate::observe::{BackendView, Discovery, Driver, Exports, Fleet, Health, Observed, World};
 use crate::state::record::Recorded;
 

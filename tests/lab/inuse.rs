@@ -16,16 +16,17 @@ dev() { lvs --noheadings -o lv_path "@cinderblock.name=$1" | tr -d ' '; }
 "#;
 
 fn site(with_busy: bool) -> String {
-    let mut s = format!(
-        "{H}kind: Backend\nmetadata:\n  name: thick\nspec:\n  host: lab\n  lvm:\n    volumeGroup: vg0\n\
-         ---\n{H}kind: Volume\nmetadata:\n  name: keep\nspec:\n  size: 16Mi\n  backend: thick\n"
-    );
-    if with_busy {
-        s.push_str(&format!(
+    let busy = if with_busy {
+        format!(
             "---\n{H}kind: Volume\nmetadata:\n  name: busy\nspec:\n  size: 32Mi\n  backend: thick\n  deletionPolicy: Delete\n"
-        ));
-    }
-    s
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{H}kind: Backend\nmetadata:\n  name: thick\nspec:\n  host: lab\n  lvm:\n    volumeGroup: vg0\n\
+         ---\n{H}kind: Volume\nmetadata:\n  name: keep\nspec:\n  size: 16Mi\n  backend: thick\n{busy}"
+    )
 }
 
 #[test]
@@ -35,7 +36,10 @@ fn an_open_lv_is_not_planned_for_deletion_and_the_plan_names_its_holder() {
         .file("lib-inuse.sh", GUEST_LIB)
         .file("v1/site.yaml", site(true))
         .file("v2/site.yaml", site(false))
-        .step("setup", "pvcreate -y /dev/vda >/dev/null && vgcreate vg0 /dev/vda >/dev/null")
+        .step(
+            "setup",
+            "pvcreate -y /dev/vda >/dev/null && vgcreate vg0 /dev/vda >/dev/null",
+        )
         .step("apply", ". ./lib-inuse.sh; cb apply -f v1 --auto-approve")
         .step(
             "hold",
@@ -44,7 +48,10 @@ fn an_open_lv_is_not_planned_for_deletion_and_the_plan_names_its_holder() {
              echo $! > /tmp/holder; sleep 0.2; cat /tmp/holder",
         )
         .step_any("plan_held", ". ./lib-inuse.sh; cb plan -f v2")
-        .step_any("apply_held", ". ./lib-inuse.sh; cb apply -f v2 --auto-approve")
+        .step_any(
+            "apply_held",
+            ". ./lib-inuse.sh; cb apply -f v2 --auto-approve",
+        )
         .step(
             "mount",
             ". ./lib-inuse.sh
@@ -71,7 +78,8 @@ fn an_open_lv_is_not_planned_for_deletion_and_the_plan_names_its_holder() {
     );
     let line = plan.lines().find(|l| l.contains(&want));
     assert!(
-        line.is_some_and(|l| l.ends_with("); stop or detach it, then plan again (or declare it again to keep it)")),
+        line.is_some_and(|l| l
+            .ends_with("); stop or detach it, then plan again (or declare it again to keep it)")),
         "{}",
         out.report("plan_held")
     );
