@@ -275,6 +275,8 @@ fn full_and_incremental_restore_identical_and_sparse() {
     let mut chunk = vec![1u8; 64 * 1024];
     inc_file.read_exact_at(&mut chunk, 2 * MIB).unwrap();
     assert!(chunk.iter().all(|&b| b == 0));
+    // Let go of it: a volume something holds open is never restored over.
+    drop(inc_file);
 
     // Restoring onto an existing volume needs --overwrite, and then works.
     let run = site.cbf(&["backup", "restore", &full, "--to", "data-inc"]);

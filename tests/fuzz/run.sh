@@ -41,6 +41,10 @@ targets=("$@")
 need_cargo fuzz/run.sh cargo-fuzz "$CARGO_FUZZ_VERSION"
 
 export RUSTC_BOOTSTRAP=1
+# The instrumented build (every dependency with AddressSanitizer: some ten
+# CPU-minutes) is kept outside the checkout, so a fresh clone on the same
+# machine (CI) reuses it.
+export CARGO_TARGET_DIR="${CINDERBLOCK_FUZZ_TARGET:-$HOME/.cache/cinderblock/fuzz-target}"
 # One build of every target first (so each run below measures fuzzing only).
 cargo fuzz build --fuzz-dir tests/fuzz
 
