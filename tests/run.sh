@@ -19,6 +19,9 @@ bash tests/lab/install-deps.sh
 # against schemas/.
 need_pip run.sh check-jsonschema -- check-jsonschema
 
+# moto's S3 server (PyPI): the real S3-compatible store the backup tests
+# write to (tests/lib/s3_server.py says why moto).
+need_pip run.sh 'moto[server]' boto3 -- moto_server
 # Supply chain (deny.toml): every dependency's license is an allowed
 # permissive one, no wildcard requirements, crates.io only. Advisories are
 # not checked here: they need the advisory database from the network

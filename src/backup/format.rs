@@ -281,24 +281,24 @@ pub struct RepoConfig {
     pub created_at: DateTime<Utc>,
 }
 
-/// Parses and checks the bytes of the `config` of the repository at `root`
-/// (named in the errors): the format and version first, so a newer
-/// repository is reported as such rather than as a parse error, then the
-/// geometry this build reads.
-pub fn decode_config(root: &std::path::Path, bytes: &[u8]) -> Result<RepoConfig, BackupError> {
+/// Parses and checks the bytes of the `config` of the repository at
+/// `location` (named in the errors): the format and version first, so a
+/// newer repository is reported as such rather than as a parse error, then
+/// the geometry this build reads.
+pub fn decode_config(location: &str, bytes: &[u8]) -> Result<RepoConfig, BackupError> {
     #[derive(Deserialize)]
     struct Head {
         format: String,
         version: u32,
     }
     let bad = |source| BackupError::Json {
-        path: root.join("config"),
+        path: std::path::PathBuf::from(format!("{location}/config")),
         source,
     };
     let head: Head = serde_json::from_slice(bytes).map_err(bad)?;
     if head.format != REPO_FORMAT || head.version != REPO_VERSION {
         return Err(BackupError::RepoVersion {
-            path: root.to_owned(),
+            location: location.to_owned(),
             format: head.format,
             version: head.version,
         });
@@ -306,7 +306,7 @@ pub fn decode_config(root: &std::path::Path, bytes: &[u8]) -> Result<RepoConfig,
     let config: RepoConfig = serde_json::from_slice(bytes).map_err(bad)?;
     if config.chunk_size != CHUNK_SIZE || config.hash != HASH {
         return Err(BackupError::RepoVersion {
-            path: root.to_owned(),
+            location: location.to_owned(),
             format: format!(
                 "{} (chunk {} {})",
                 head.format, config.chunk_size, config.hash
@@ -631,10 +631,14 @@ pub fn decode_manifest(path: &std::path::Path, bytes: &[u8]) -> Result<Manifest,
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordRepository {
-    /// The repository path on the exporting host.
+    /// The repository path on the exporting host (or its location).
     pub path: std::path::PathBuf,
     /// The repository's id.
     pub id: Uuid,
+    /// How to open it, for a target that is not a plain directory (a
+    /// share, an S3 bucket; credentials as references, never values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<super::target::RepoSpec>,
 }
 
 /// `backup export`'s output: the whole manifest plus where its repository
