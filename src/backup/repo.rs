@@ -57,8 +57,6 @@ pub struct Repository {
 
 /// Key of the config object.
 const CONFIG: &str = "config";
-/// The chunk id of encrypted repositories.
-
 /// Writes `keys/<uuid>.json`: `master` of repository `id` wrapped under `key`.
 fn write_key_file(
     store: &dyn Store,
