@@ -239,11 +239,14 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
         return;
     }
     match a.op {
-        Op::Create { .. } | Op::CreatePool { .. } => r.added += 1,
+        Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+            r.added += 1;
+        }
         Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
         Op::Extend { .. }
         | Op::Record { .. }
         | Op::Export { .. }
+        | Op::DiscoveryAuth { .. }
         | Op::Unexport { .. }
         | Op::Migrate { .. } => {
             r.changed += 1;
@@ -302,6 +305,14 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
             "unexport {} id={uuid} {}",
             a.address,
             iqn.as_deref().unwrap_or_default()
+        ),
+        Op::DiscoveryAuth { mutual, .. } => format!(
+            "set iSCSI discovery authentication{}",
+            if mutual.is_some() {
+                " with mutual CHAP"
+            } else {
+                ""
+            }
         ),
         Op::Migrate {
             uuid,
@@ -480,6 +491,17 @@ fn from_lvm(c: lvm::Change) -> Change {
         lvm::Change::Unchanged => Change::Unchanged,
         lvm::Change::Changed => Change::Changed,
     }
+}
+
+/// Reads a CHAP secret where a manifest points (at apply time only; the
+/// error names the source, never the content).
+fn read_secret(r: &crate::manifest::kinds::SecretRef) -> Result<crate::iscsi::chap::Chap, String> {
+    crate::iscsi::chap::read(
+        r.file
+            .as_ref()
+            .map(crate::manifest::values::AbsPath::as_path),
+        r.env.as_deref(),
+    )
 }
 
 fn from_lio(c: lio::Change) -> Change {
@@ -670,6 +692,8 @@ fn run(
             initiators,
             portals,
             chap,
+            mutual,
+            rehome,
             ..
         } => {
             let uuid = uuid
@@ -701,24 +725,17 @@ fn run(
                     lio::Device::Block(lb.device(&lvm::tags::LvObjKind::Volume.lv_name(uuid)))
                 }
             };
-            let chap = chap
-                .as_ref()
-                .map(|r| {
-                    lio::read_chap(
-                        r.file
-                            .as_ref()
-                            .map(crate::manifest::values::AbsPath::as_path),
-                        r.env.as_deref(),
-                    )
-                })
-                .transpose()?;
             let spec = lio::ExportSpec {
                 uuid,
-                iqn: iqn.clone().unwrap_or_else(|| lio::default_iqn(uuid)),
+                iqn: iqn
+                    .clone()
+                    .unwrap_or_else(|| crate::iscsi::names::default_iqn(uuid)),
                 device,
                 initiators: initiators.clone(),
-                chap,
+                chap: chap.as_ref().map(read_secret).transpose()?,
+                mutual: mutual.as_ref().map(read_secret).transpose()?,
                 portals: portals.clone(),
+                rehome: *rehome,
             };
             lio::LioDriver::new(lio::root())
                 .export(&spec)
@@ -729,6 +746,14 @@ fn run(
             .unexport(*uuid, false)
             .map(from_lio)
             .map_err(|e| crate::error_chain(&e)),
+        Op::DiscoveryAuth { chap, mutual, .. } => {
+            let chap = read_secret(chap)?;
+            let mutual = mutual.as_ref().map(read_secret).transpose()?;
+            lio::LioDriver::new(lio::root())
+                .discovery_auth(&chap, mutual.as_ref())
+                .map(from_lio)
+                .map_err(|e| crate::error_chain(&e))
+        }
         Op::Delete { uuid, backend, .. } => {
             let change = match target(world, backend)? {
                 Target::File(fb, _) => fb.delete(*uuid).map_err(err)?,

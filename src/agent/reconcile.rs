@@ -995,6 +995,8 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         Op::CreatePool { backend, pool, .. } => {
             (RecordedKind::Volume, format!("pool:{backend}/{pool}"), None)
         }
+        // Host-wide, like a pool: a key no manifest name can take.
+        Op::DiscoveryAuth { .. } => (RecordedKind::Volume, "iscsi:discovery-auth".into(), None),
     }
 }
 
@@ -1295,6 +1297,7 @@ mod tests {
             size: 1,
             allocated: None,
             parent,
+            clone_of: None,
             health: ObjHealth::Ready,
             in_use: false,
         };

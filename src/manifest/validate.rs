@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use super::diag::{Diagnostic, Severity, suggest};
 use super::kinds::{
-    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, VolumeSpec, VolumeTypeSpec,
+    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, SecretRef, VolumeSpec,
+    VolumeTypeSpec,
 };
 use super::position::FieldPath;
 use super::values::{Name, StorePath, shown};
@@ -215,6 +216,16 @@ impl Checker<'_> {
                     "spec.migrationBandwidth",
                     "a bandwidth limit below 1Mi (bytes per second) would stall migrations",
                 );
+            }
+            if let Some(d) = s.iscsi.as_ref().and_then(|i| i.discovery_auth.as_ref()) {
+                let f = "spec.iscsi.discoveryAuth";
+                self.secret_ref(k, doc, &format!("{f}.chapSecretRef"), &d.chap_secret_ref);
+                if let Some(m) = &d.mutual_chap_secret_ref {
+                    self.secret_ref(k, doc, &format!("{f}.mutualChapSecretRef"), m);
+                    if *m == d.chap_secret_ref {
+                        self.error(k, doc, &format!("{f}.mutualChapSecretRef"), SAME_SECRET);
+                    }
+                }
             }
         }
         self.backend_overlaps();
@@ -550,31 +561,75 @@ impl Checker<'_> {
                 self.error(k, doc, &format!("spec.export.iscsi.portals[{i}]"), m);
             }
         }
+        if let Some(t) = &e.target_name
+            && let Some(why) = crate::iscsi::names::targetcli_problem(t.as_str())
+        {
+            self.warn(
+                k,
+                doc,
+                "spec.export.iscsi.targetName",
+                targetcli_warning(t.as_str(), why),
+            );
+        }
+        for (i, ini) in e.initiators.iter().enumerate() {
+            if let Some(why) = crate::iscsi::names::targetcli_problem(ini.as_str()) {
+                self.warn(
+                    k,
+                    doc,
+                    &format!("spec.export.iscsi.initiators[{i}]"),
+                    targetcli_warning(ini.as_str(), why),
+                );
+            }
+        }
         if let Some(r) = &e.chap_secret_ref {
-            match (&r.file, &r.env) {
-                (None, None) | (Some(_), Some(_)) => {
-                    self.error_at_key(
+            self.secret_ref(k, doc, "spec.export.iscsi.chapSecretRef", r);
+        }
+        if let Some(m) = &e.mutual_chap_secret_ref {
+            self.secret_ref(k, doc, "spec.export.iscsi.mutualChapSecretRef", m);
+            match &e.chap_secret_ref {
+                None => self.error_at_key(
+                    k,
+                    doc,
+                    "spec.export.iscsi.mutualChapSecretRef",
+                    "mutual CHAP is the target's answer to an initiator that authenticated with CHAP: give `chapSecretRef` too",
+                ),
+                Some(c) if c == m => self.error(
+                    k,
+                    doc,
+                    "spec.export.iscsi.mutualChapSecretRef",
+                    SAME_SECRET,
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// A secret reference: exactly one of `file` and `env`, and a variable
+    /// name a shell can set.
+    fn secret_ref<S>(&mut self, k: Kind, doc: &Doc<S>, field: &str, r: &SecretRef) {
+        match (&r.file, &r.env) {
+            (None, None) | (Some(_), Some(_)) => {
+                self.error_at_key(
+                    k,
+                    doc,
+                    field,
+                    "a secret reference has exactly one of `file` and `env`",
+                );
+            }
+            (None, Some(var)) => {
+                let ok = !var.is_empty()
+                    && !var.starts_with(|c: char| c.is_ascii_digit())
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    self.error(
                         k,
                         doc,
-                        "spec.export.iscsi.chapSecretRef",
-                        "a secret reference has exactly one of `file` and `env`",
+                        &format!("{field}.env"),
+                        format!("invalid environment variable name {}", shown(var)),
                     );
                 }
-                (None, Some(var)) => {
-                    let ok = !var.is_empty()
-                        && !var.starts_with(|c: char| c.is_ascii_digit())
-                        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                    if !ok {
-                        self.error(
-                            k,
-                            doc,
-                            "spec.export.iscsi.chapSecretRef.env",
-                            format!("invalid environment variable name {}", shown(var)),
-                        );
-                    }
-                }
-                (Some(_), None) => {}
             }
+            (Some(_), None) => {}
         }
     }
 
@@ -759,6 +814,17 @@ fn check_word(s: &str, what: &str, extra: &str) -> Option<String> {
             shown(s)
         )
     })
+}
+
+/// RFC 7143, section 12.1.3: a CHAP secret authenticates one direction only.
+const SAME_SECRET: &str = "the target's secret is the initiator's one: RFC 7143 (section 12.1.3) forbids using one CHAP secret in both directions; give the target a secret of its own";
+
+/// The warning for an iSCSI name targetcli cannot read.
+fn targetcli_warning(name: &str, why: &str) -> String {
+    format!(
+        "targetcli (rtslib-fb) cannot read {}: {why}; LIO accepts it, but `targetcli ls`, `saveconfig` and `clearconfig` will fail on this host's whole configuration",
+        shown(name)
+    )
 }
 
 fn check_portal(p: &str) -> Result<(), String> {

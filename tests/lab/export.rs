@@ -97,7 +97,7 @@ fn exports_serve_initiators_refuse_to_cut_them_off_and_leave_nothing_behind() {
         .step(
             "login_web",
             ". ./lib-exp.sh
-             d=$(login iqn.2010-10.dev.cinderblock:volume-$(uuid_of web) webuser web-secret-0001)
+             d=$(login iqn.2026-11.dev.cinderblock:volume-$(uuid_of web) webuser web-secret-0001)
              sha_head /dev/$d 16",
         )
         .step_any("plan_cut_off", ". ./lib-exp.sh; cb plan -f v3")
@@ -105,13 +105,13 @@ fn exports_serve_initiators_refuse_to_cut_them_off_and_leave_nothing_behind() {
         .step(
             "add_acl",
             ". ./lib-exp.sh; cb apply -f v2 --auto-approve
-             ls $T/iscsi/iqn.2010-10.dev.cinderblock:volume-$(uuid_of web)/tpgt_1/acls",
+             ls $T/iscsi/iqn.2026-11.dev.cinderblock:volume-$(uuid_of web)/tpgt_1/acls",
         )
         .step(
             "doc_io",
             ". ./lib-exp.sh
              u=$(ls /srv/files/.cinderblock | sed -n 's/\\.json$//p' | head -n1)
-             t=iqn.2010-10.dev.cinderblock:volume-$u
+             t=iqn.2026-11.dev.cinderblock:volume-$u
              d=$(login $t)
              dd if=/dev/urandom of=/tmp/pat bs=1M count=2 2>/dev/null
              dd if=/tmp/pat of=/dev/$d bs=1M oflag=direct conv=fsync 2>/dev/null
@@ -120,7 +120,7 @@ fn exports_serve_initiators_refuse_to_cut_them_off_and_leave_nothing_behind() {
         )
         .step(
             "logout_web",
-            ". ./lib-exp.sh; iscsiadm -m node -T iqn.2010-10.dev.cinderblock:volume-$(uuid_of web) --logout >&2",
+            ". ./lib-exp.sh; iscsiadm -m node -T iqn.2026-11.dev.cinderblock:volume-$(uuid_of web) --logout >&2",
         )
         .step(
             "unexport",
