@@ -702,7 +702,11 @@ impl LioDriver {
     /// those the target answers with, then enforces it.
     pub fn discovery_auth(&self, chap: &Chap, mutual: Option<&Chap>) -> Result<Change, LioError> {
         self.check()?;
-        let dir = self.root.join("iscsi").join("discovery_auth");
+        // configfs registers the iSCSI fabric (and `discovery_auth` in it)
+        // on the first mkdir of `iscsi`.
+        let fabric = self.root.join("iscsi");
+        fs::create_dir_all(&fabric).map_err(io_err("create", &fabric))?;
+        let dir = fabric.join("discovery_auth");
         if !dir.is_dir() {
             return Err(LioError::Unavailable { root: dir });
         }

@@ -1992,9 +1992,7 @@ impl<'a> Planner<'a> {
                     .found
                     .values()
                     .chain(self.migrating.values())
-                    .filter(|c| {
-                        c.obj.clone_of == Some(f.obj.uuid) && !going.contains(&c.obj.uuid)
-                    })
+                    .filter(|c| c.obj.clone_of == Some(f.obj.uuid) && !going.contains(&c.obj.uuid))
                     .map(|c| addr(c.obj.kind, &c.obj.name))
                     .collect::<BTreeSet<_>>()
                     .into_iter()

@@ -18,3 +18,4 @@ mod lvm_backend;
 mod migrate;
 mod nfs;
 mod smoke;
+mod targetcli;
