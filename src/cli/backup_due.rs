@@ -137,6 +137,45 @@ pub fn text(rows: &[BackupDue]) -> String {
     s
 }
 
+/// The backups section of the Markdown plan (empty without rows).
+pub fn markdown(rows: &[BackupDue]) -> String {
+    use crate::plan::markdown::text;
+    let mut s = String::new();
+    if rows.is_empty() {
+        return s;
+    }
+    s.push_str("#### Backups\n\n| volume | policy | schedule | last backup | next |\n| --- | --- | --- | --- | --- |\n");
+    for r in rows {
+        let last = r.last.as_ref().map_or_else(
+            || "no backup yet".to_owned(),
+            |l| {
+                format!(
+                    "{} {} (<code>{}</code>)",
+                    text(&l.kind),
+                    when(l.at),
+                    text(short(&l.id))
+                )
+            },
+        );
+        let due = match (&r.overdue_since, &r.next, &r.problem) {
+            (_, _, Some(p)) => format!("⚠️ not scheduled: {}", text(p)),
+            (Some(slot), _, _) => format!("⚠️ **due now** (the {} slot was not run)", when(*slot)),
+            (None, Some(next), _) => when(*next),
+            (None, None, None) => "not scheduled".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "| <code>{}</code> | <code>{}</code> | <code>{}</code> {} | {last} | {due} |",
+            text(&r.volume),
+            text(&r.policy),
+            text(&r.schedule),
+            text(&r.timezone)
+        );
+    }
+    s.push('\n');
+    s
+}
+
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }

@@ -22,8 +22,12 @@ pub(super) struct PlanArgs {
     /// Manifest file or directory (repeatable).
     #[arg(short = 'f', long = "file", value_name = "PATH", default_value = ".")]
     files: Vec<PathBuf>,
-    /// Print the plan as a JSON document.
-    #[arg(long)]
+    /// Output format: the text plan, a JSON document, or Markdown for a
+    /// pull-request comment.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    format: PlanFormat,
+    /// The same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
     /// Save the plan to FILE for `apply FILE` (refused there if the storage
     /// changed in between).
@@ -36,6 +40,27 @@ pub(super) struct PlanArgs {
     /// Recreate, empty, volumes that were deleted outside cinderblock.
     #[arg(long)]
     recreate_lost: bool,
+}
+
+/// `plan --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum PlanFormat {
+    /// Terraform-style text.
+    Text,
+    /// One JSON document (`--json`).
+    Json,
+    /// Markdown for a pull-request or merge-request comment.
+    Markdown,
+}
+
+impl PlanArgs {
+    fn format(&self) -> PlanFormat {
+        if self.json {
+            PlanFormat::Json
+        } else {
+            self.format
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -185,15 +210,31 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
     let p = prepare(&set, g, &host, args.recreate_lost)?;
     let backups = backup_schedule(&set, &g.state)?;
     let mut out = std::io::stdout().lock();
-    if args.json {
-        let doc = JsonPlanWithBackups {
-            plan: render::json(&p.plan),
-            backups,
-        };
-        serde_json::to_writer_pretty(&mut out, &doc)?;
-        writeln!(out)?;
-    } else {
-        out.write_all(render::text_with(&p.plan, &super::backup_due::text(&backups)).as_bytes())?;
+    let format = args.format();
+    match format {
+        PlanFormat::Json => {
+            let doc = JsonPlanWithBackups {
+                plan: render::json(&p.plan),
+                backups,
+            };
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            writeln!(out)?;
+        }
+        PlanFormat::Markdown => {
+            let hosts = [crate::plan::markdown::HostPlan {
+                host: &host,
+                plan: &p.plan,
+            }];
+            out.write_all(
+                crate::plan::markdown::markdown(&hosts, &super::backup_due::markdown(&backups))
+                    .as_bytes(),
+            )?;
+        }
+        PlanFormat::Text => {
+            out.write_all(
+                render::text_with(&p.plan, &super::backup_due::text(&backups)).as_bytes(),
+            )?;
+        }
     }
     if let Some(path) = &args.out {
         let manifests = args
@@ -211,7 +252,7 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
         let bytes = serde_json::to_vec_pretty(&saved)?;
         crate::state::atomic::write_atomic(path, &bytes)
             .with_context(|| format!("cannot save the plan to {}", path.display()))?;
-        if !args.json {
+        if format == PlanFormat::Text {
             writeln!(
                 out,
                 "\nSaved the plan to: {}\nTo perform exactly these actions, run: cinderblock apply {}",

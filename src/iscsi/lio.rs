@@ -392,24 +392,7 @@ pub struct ExportSpec {
     pub rehome: bool,
 }
 
-/// Whether a call changed anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// Something was written.
-    Changed,
-    /// It was so already.
-    Unchanged,
-}
-
-impl Change {
-    fn from(changed: bool) -> Change {
-        if changed {
-            Change::Changed
-        } else {
-            Change::Unchanged
-        }
-    }
-}
+pub use crate::model::Change;
 
 /// Writes exports into configfs at `root`.
 #[derive(Debug, Clone)]
@@ -694,7 +677,7 @@ impl LioDriver {
         Self::set(&attrib.join("demo_mode_write_protect"), "1", &mut changed)?;
         Self::set(&tpg.join("enable"), "1", &mut changed)?;
         tracing::info!(iqn = %spec.iqn, volume = %spec.uuid, initiators = spec.initiators.len(), chap = spec.chap.is_some(), mutual = mutual.is_some(), changed, "exported");
-        Ok(Change::from(changed))
+        Ok(Change::from_bool(changed))
     }
 
     /// Sets `SendTargets` discovery authentication (host-wide): the
@@ -718,7 +701,7 @@ impl LioDriver {
             changed,
             "discovery authentication set"
         );
-        Ok(Change::from(changed))
+        Ok(Change::from_bool(changed))
     }
 
     /// Removes every export of volume `uuid` (each target whose LUN uses its
@@ -795,7 +778,7 @@ impl LioDriver {
         if changed {
             tracing::info!(volume = %uuid, "unexported");
         }
-        Ok(Change::from(changed))
+        Ok(Change::from_bool(changed))
     }
 }
 

@@ -13,15 +13,18 @@
 )] // test data builders
 
 mod agent;
+mod architecture;
 mod backup;
 mod converge;
 mod examples;
 mod export;
+mod fleet;
 mod fuzz;
 mod image;
 mod lvm_plan;
 mod migrate;
 mod plan;
+mod plan_markdown;
 mod schema;
 mod support;
 mod validate;
