@@ -104,9 +104,9 @@ mod tests {
             "iqn.2010-10.org.openstack:volume-00000000-0000-0000-0000-000000000007",
             u
         ));
-        // The default is readable by targetcli, and valid for us.
+        // The default is readable by targetcli (and a valid `targetName`:
+        // `manifest::values` tests it, iscsi does not depend on manifest).
         assert_eq!(targetcli_problem(&iqn), None);
-        assert!(iqn.parse::<crate::manifest::values::IscsiName>().is_ok());
     }
 
     #[test]
