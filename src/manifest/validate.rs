@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use super::diag::{Diagnostic, Severity, suggest};
 use super::kinds::{
-    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, SecretRef, VolumeSpec,
-    VolumeTypeSpec,
+    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, VolumeSpec, VolumeTypeSpec,
 };
 use super::position::FieldPath;
 use super::values::{Name, StorePath, shown};
