@@ -1304,7 +1304,7 @@ mod tests {
             parent,
             clone_of: None,
             health: Health::Ready,
-            in_use: false,
+            in_use: None,
         };
         let name: crate::manifest::Name = "local".parse().unwrap();
         let view = BackendView {
