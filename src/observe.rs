@@ -20,8 +20,9 @@ use std::path::Path;
 use uuid::Uuid;
 
 use crate::file::{self, FileBackend};
+use crate::iscsi::chap::CredentialPrint;
 use crate::lvm;
-use crate::manifest::kinds::{Allocation, BackendSpec, VolumeClear};
+use crate::manifest::kinds::{Allocation, BackendSpec, SecretRef, VolumeClear};
 use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
@@ -98,6 +99,13 @@ pub struct World {
     pub missing: Vec<Name>,
     /// This host's iSCSI exports (LIO).
     pub exports: Exports,
+    /// This host's iSCSI discovery authentication (LIO), when the iSCSI
+    /// fabric is loaded.
+    pub discovery_auth: Option<crate::iscsi::configfs::DiscoveryAuth>,
+    /// The CHAP secrets the manifests name (`chapSecretRef`,
+    /// `mutualChapSecretRef`, discovery's), read and reduced to fingerprints
+    /// (never the values), or why they cannot be read.
+    pub secrets: BTreeMap<SecretRef, Result<CredentialPrint, String>>,
     /// The raw files named by this host's `Image` manifests (`source.path`).
     pub image_files: BTreeMap<std::path::PathBuf, Result<ImageFile, String>>,
     /// The catalogued backups (state directory), read only when a volume
@@ -227,14 +235,53 @@ impl Exports {
         }
     }
 
-    /// Reads LIO at `root`.
-    pub fn observe(root: &Path) -> Exports {
+    /// Reads LIO at `root`: our exports, and discovery authentication.
+    pub fn observe(root: &Path) -> (Exports, Option<crate::iscsi::configfs::DiscoveryAuth>) {
         match crate::iscsi::lio::observe(root) {
-            Ok(None) => Exports::Absent,
-            Ok(Some(m)) => Exports::Found(m),
-            Err(e) => Exports::Failed(crate::error_chain(&e)),
+            Ok(None) => (Exports::Absent, None),
+            Ok(Some(o)) => (Exports::Found(o.exports), o.discovery_auth),
+            Err(e) => (Exports::Failed(crate::error_chain(&e)), None),
         }
     }
+}
+
+/// The CHAP secrets `set` names for `host`: every export's (where a volume
+/// lands is the planner's to say, and reading a secret is cheap) and the
+/// discovery credentials of `host`'s back ends, as fingerprints.
+pub fn secrets(
+    set: &ManifestSet,
+    host: &str,
+) -> BTreeMap<SecretRef, Result<CredentialPrint, String>> {
+    let exports = set
+        .volumes
+        .values()
+        .filter_map(|v| v.spec.export.as_ref())
+        .flat_map(|e| {
+            [
+                e.iscsi.chap_secret_ref.as_ref(),
+                e.iscsi.mutual_chap_secret_ref.as_ref(),
+            ]
+        });
+    let discovery = set
+        .backends
+        .values()
+        .filter(|b| is_local(&b.spec, host))
+        .filter_map(|b| b.spec.iscsi.as_ref()?.discovery_auth.as_ref())
+        .flat_map(|d| [Some(&d.chap_secret_ref), d.mutual_chap_secret_ref.as_ref()]);
+    exports
+        .chain(discovery)
+        .flatten()
+        .map(|r| {
+            let read = crate::iscsi::chap::read(
+                r.file
+                    .as_ref()
+                    .map(crate::manifest::values::AbsPath::as_path),
+                r.env.as_deref(),
+            )
+            .map(|c| c.print());
+            (r.clone(), read)
+        })
+        .collect()
 }
 
 /// A backup a new volume can be restored from.
@@ -355,10 +402,16 @@ impl World {
                 h.update(e.as_bytes());
             }
             Exports::Found(m) => {
+                // Credentials show as `<fingerprint>`: their values are
+                // compared by the planner, not pinned here (the key is the
+                // process's own).
                 for e in m.values() {
                     h.update(format!("{e:?}\n").as_bytes());
                 }
             }
+        }
+        if let Some(d) = &self.discovery_auth {
+            h.update(format!("discovery-auth|{}\n", d.enforced).as_bytes());
         }
         h.finalize().to_hex()[..32].to_owned()
     }
@@ -376,7 +429,8 @@ pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
     let refs: Vec<&str> = vgs.iter().map(String::as_str).collect();
     let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &refs);
     let mut world = discover_with(set, host, state_dir, &reports);
-    world.exports = Exports::observe(&crate::iscsi::lio::root());
+    (world.exports, world.discovery_auth) = Exports::observe(&crate::iscsi::lio::root());
+    world.secrets = secrets(set, host);
     world.image_files = image_files(set, host);
     world
 }
