@@ -23,6 +23,7 @@ mod export;
 mod fleet;
 mod fuzz;
 mod image;
+mod inuse;
 mod lvm_plan;
 mod migrate;
 mod plan;
