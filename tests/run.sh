@@ -19,7 +19,18 @@ bash tests/lab/install-deps.sh
 # against schemas/.
 need_pip run.sh check-jsonschema -- check-jsonschema
 
+# Installing like a system tool: zsh and fish load the generated
+# completions; groff renders the man pages; dpkg-deb/dpkg-shlibdeps build the
+# package and systemd-analyze verifies its unit (most are on the image; the
+# check is by tool name).
+need_apt run.sh zsh fish groff-base dpkg-dev systemd man-db -- \
+  zsh fish groff dpkg-deb dpkg-shlibdeps systemd-analyze man
+
 cargo build --locked --all-targets
+# The Debian package (packaging/build-deb.sh), installed into a throwaway
+# root by an ignored test in tests/cli/install.rs.
+CINDERBLOCK_DEB=$(bash packaging/build-deb.sh --profile release --out target/debian | tail -1)
+export CINDERBLOCK_DEB
 cargo test --locked
 # The ignored tests, by target (the library's ignored helper tests are
 # children that other tests start themselves).

@@ -19,6 +19,7 @@ mod examples;
 mod export;
 mod fuzz;
 mod image;
+mod install;
 mod lvm_plan;
 mod migrate;
 mod plan;

@@ -60,7 +60,13 @@ fn json_is_an_alias_of_format_json_and_conflicts_with_format() {
     let site = changed_site();
     let alias = site.run(&["plan", "-f", "manifests", "--json"]);
     let long = site.run(&["plan", "-f", "manifests", "--format", "json"]);
-    assert_eq!((alias.code, long.code), (0, 0), "{}{}", alias.stderr, long.stderr);
+    assert_eq!(
+        (alias.code, long.code),
+        (0, 0),
+        "{}{}",
+        alias.stderr,
+        long.stderr
+    );
     assert_eq!(alias.stdout, long.stdout);
     let v: serde_json::Value = serde_json::from_str(&alias.stdout).unwrap();
     assert_eq!(v["summary"]["destroy"], 1);
@@ -75,7 +81,8 @@ fn json_is_an_alias_of_format_json_and_conflicts_with_format() {
     let bad = site.run(&["plan", "-f", "manifests", "--format", "html"]);
     assert_eq!(bad.code, 2);
     assert!(
-        bad.stderr.contains("[possible values: text, json, markdown]"),
+        bad.stderr
+            .contains("[possible values: text, json, markdown]"),
         "{}",
         bad.stderr
     );
