@@ -26,6 +26,15 @@ need_pip run.sh check-jsonschema -- check-jsonschema
 need_apt run.sh zsh fish groff-base dpkg-dev systemd man-db -- \
   zsh fish groff dpkg-deb dpkg-shlibdeps systemd-analyze man
 
+# promtool checks and unit-tests examples/prometheus: only that program out
+# of Debian's prometheus package (installing the package would add a 96 MB
+# server, a system user and, on hosts that run systemd, a started service).
+need_deb_bin run.sh prometheus target/tools promtool
+export PATH="$PWD/target/tools:$PATH"
+# Headless Chromium for the agent's status page (tests/cli/status_page.rs),
+# driven over the DevTools protocol by tests/browser/cdp.py (python3 only).
+need_apt run.sh chromium -- chromium python3
+
 cargo build --locked --all-targets
 # The Debian package (packaging/build-deb.sh), installed into a throwaway
 # root by an ignored test in tests/cli/install.rs.

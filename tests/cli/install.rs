@@ -175,6 +175,7 @@ fn built_deb() -> std::path::PathBuf {
 
 #[test]
 #[ignore = "needs the Debian package tests/run.sh builds (CINDERBLOCK_DEB)"]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn the_debian_package_installs_verifies_and_removes_cleanly() {
     let deb = built_deb();
     let tmp = tempfile::tempdir().unwrap();

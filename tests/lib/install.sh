@@ -111,3 +111,43 @@ need_pip() {
   hash -r
   _need_check_tools "$who" "${tools[@]}"
 }
+
+# need_deb_bin WHO PKG DIR TOOL...
+# One program out of a Debian package, without installing the package: the .deb is
+# fetched with `apt-get download` and only /usr/bin/TOOL is unpacked into DIR (add DIR
+# to PATH). For a package whose installation does more than the tests want: Debian's
+# prometheus (96 MB, a system user, a server started on hosts that run systemd) carries
+# promtool, the one program the tests need. Idempotent: nothing is fetched when DIR
+# already holds every TOOL that runs.
+need_deb_bin() {
+  local who=$1 pkg=$2 dir=$3 t missing=0
+  shift 3
+  for t in "$@"; do "$dir/$t" --version >/dev/null 2>&1 || missing=1; done
+  [ $missing = 0 ] && return 0
+  _need_log "$who" "apt-get download $pkg (unpacking only $*)"
+  local tmp deb
+  tmp=$(mktemp -d)
+  if [ -z "$(apt-cache madison "$pkg" 2>/dev/null)" ]; then apt-get update -qq; fi
+  (cd "$tmp" && apt-get download -qq "$pkg" 2>&1 | grep -v 'Download is performed unsandboxed' >&2 || true)
+  deb=$(ls "$tmp"/"${pkg}"_*.deb 2>/dev/null | head -1)
+  if [ -z "$deb" ]; then
+    _need_log "$who" "apt-get download $pkg failed"
+    rm -rf "$tmp"
+    return 1
+  fi
+  mkdir -p "$dir" "$tmp/x"
+  for t in "$@"; do
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/x" "./usr/bin/$t" || {
+      _need_log "$who" "$pkg has no /usr/bin/$t"
+      rm -rf "$tmp"
+      return 1
+    }
+    install -m 0755 "$tmp/x/usr/bin/$t" "$dir/$t"
+    "$dir/$t" --version >/dev/null 2>&1 || {
+      _need_log "$who" "$dir/$t from $pkg does not run"
+      rm -rf "$tmp"
+      return 1
+    }
+  done
+  rm -rf "$tmp"
+}
