@@ -19,165 +19,15 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::file::{self, FileBackend, Health};
+use crate::file::{self, FileBackend};
 use crate::lvm;
 use crate::manifest::kinds::{Allocation, BackendSpec, VolumeClear};
 use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
-
-/// What kind of object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ObjKind {
-    /// A volume.
-    Volume,
-    /// A snapshot.
-    Snapshot,
-    /// An image-volume.
-    Image,
-}
-
-impl ObjKind {
-    /// The kind as written in plan addresses (`volume.db`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjKind::Volume => "volume",
-            ObjKind::Snapshot => "snapshot",
-            ObjKind::Image => "image",
-        }
-    }
-}
-
-/// The condition of an observed object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase", tag = "state")]
-pub enum ObjHealth {
-    /// Complete.
-    Ready,
-    /// A create was interrupted; re-running it with the same uuid finishes it.
-    Creating,
-    /// A delete was interrupted; re-running it finishes it.
-    Deleting,
-    /// Recorded, but its data is gone (removed outside cinderblock).
-    DataMissing,
-    /// The target of a migration in progress: the volume still lives on
-    /// another back end (its source), where it shows as `Ready` (or
-    /// `Deleting` once the copy was verified).
-    Migrating,
-    /// The data's size differs from the recorded size.
-    SizeMismatch {
-        /// Recorded size.
-        recorded: u64,
-        /// Actual size.
-        actual: u64,
-    },
-}
-
-/// One object of ours on a back end.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Observed {
-    /// Identity.
-    pub uuid: Uuid,
-    /// The manifest name it was created for.
-    pub name: String,
-    /// Volume, snapshot or image.
-    pub kind: ObjKind,
-    /// Logical size in bytes (as recorded by the driver).
-    pub size: u64,
-    /// Bytes actually allocated, when known.
-    pub allocated: Option<u64>,
-    /// For snapshots: the volume.
-    pub parent: Option<Uuid>,
-    /// Condition.
-    pub health: ObjHealth,
-    /// In use: an LV that is open (mounted, mapped, exported). Files cannot
-    /// tell, and say `false`.
-    pub in_use: bool,
-}
-
-/// Capacity figures of one back end, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct Capacity {
-    /// Total size (LVM thin: the pool's data size; thick: the VG's size).
-    pub total: u64,
-    /// Free space (for files: available to unprivileged users; LVM thin: the
-    /// pool's unused data; thick: the VG's free extents).
-    pub free: u64,
-    /// Sum of logical sizes (files: ours; LVM thin: every thin LV in the pool;
-    /// LVM thick: every allocated extent).
-    pub provisioned: u64,
-    /// LVM figures, for `lvm` back ends.
-    pub lvm: Option<LvmCapacity>,
-}
-
-/// What an `lvm` back end adds to its capacity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LvmCapacity {
-    /// VG size, bytes.
-    pub vg_size: u64,
-    /// VG free, bytes.
-    pub vg_free: u64,
-    /// The thin pool's use, when the back end is thin and the pool exists.
-    pub pool: Option<PoolUsage>,
-    /// The back end's thin pool does not exist and `thinPoolSize` is declared:
-    /// the sizes to create it with (the capacity figures are those of the pool
-    /// to be created).
-    pub create_pool: Option<PoolSizes>,
-}
-
-/// The sizes of a thin pool to create, in bytes, multiples of the extent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct PoolSizes {
-    /// Data.
-    pub data: u64,
-    /// Metadata (lvm2 also keeps a spare of this size in the VG).
-    pub metadata: u64,
-}
-
-/// A thin pool's use, in hundredths of a percent (lvm2 prints two decimals, so
-/// these are exact). `None` while the pool is inactive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolUsage {
-    /// `data_percent` × 100.
-    pub data_centi: Option<u32>,
-    /// `metadata_percent` × 100.
-    pub metadata_centi: Option<u32>,
-}
-
-/// What discovery found on one back end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inventory {
-    /// Capacity.
-    pub capacity: Capacity,
-    /// Our objects, sorted by uuid.
-    pub objects: Vec<Observed>,
-    /// Entries that are not ours (names), sorted.
-    pub foreign: Vec<String>,
-    /// Problems that make the view partial (no deletes when any).
-    pub problems: Vec<String>,
-    /// A metadata generation that changes with every change of the back end
-    /// (LVM's `vg_seqno`), when it has one; part of the fingerprint.
-    pub generation: Option<u64>,
-}
-
-impl Inventory {
-    /// Whether the view is complete (deletes allowed).
-    pub fn complete(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-/// Discovery result of one back end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Discovery {
-    /// Discovered.
-    Ok(Inventory),
-    /// Discovery failed; the message says why.
-    Failed(String),
-}
+pub use crate::model::{
+    Capacity, Discovery, Health, Inventory, ObjKind, Observed, PoolFill, PoolSizes, SharedSpace,
+};
 
 /// How a back end stores volumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,6 +105,40 @@ pub struct World {
     pub backups: Vec<BackupSource>,
     /// Each `BackupPolicy`'s repository directory, resolved.
     pub backup_repos: BTreeMap<Name, std::path::PathBuf>,
+    /// What the fleet says about placements (`Off` without `--etcd`).
+    pub fleet: Fleet,
+}
+
+/// The fleet's part of the world: where unpinned volumes are placed, as
+/// read from etcd before planning. The planner reads it like the rest of
+/// the world and never asks etcd itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fleet {
+    /// No `--etcd`: this host plans alone, and never creates an unpinned
+    /// volume that a back end of another host could also take (both hosts
+    /// would create it).
+    #[default]
+    Off,
+    /// etcd answered: every placement, by volume name.
+    On(BTreeMap<String, Placement>),
+    /// `--etcd` was given but the fleet's state could not be read (the
+    /// reason): volumes that need a placement wait; the rest goes on.
+    Unavailable(String),
+}
+
+/// Where the fleet placed a volume.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// The back end.
+    pub backend: String,
+    /// Its host.
+    pub host: String,
+    /// The placement record's etcd `mod_revision`, the fencing token an
+    /// executor checks right before it creates the volume; `None` for a
+    /// placement a fleet plan only proposes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// A raw image file an `Image` is made from.
@@ -547,48 +431,39 @@ pub fn discover_with(
 /// Back ends discovered at once.
 pub const DISCOVERY_THREADS: usize = 8;
 
-fn view_of(
+/// A back end as its manifest configures it, before (or without) discovery:
+/// `discovery` says why there is none. The extent is 1 until an LVM report
+/// says otherwise. Pure: used for other hosts' back ends, which this host
+/// never discovers.
+pub fn configured_view(
     doc: &Doc<BackendSpec>,
     state_dir: &Path,
-    lvm_reports: &lvm::cmd::Reports,
+    discovery: Discovery,
 ) -> BackendView {
     let spec = &doc.spec;
-    let capabilities = spec
-        .capabilities
-        .iter()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    let common = |driver, thin, extent, discovery| BackendView {
-        name: doc.name().clone(),
-        backend_name: backend_name(doc),
-        zone: backend_az(spec).to_owned(),
-        driver,
-        thin,
-        extent,
-        ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
-        reserved_percentage: spec
-            .reserved_percentage
-            .map_or(0, super::manifest::values::Percent::get),
-        capabilities,
-        discovery,
-    };
-    if let Some(f) = &spec.file {
-        let root = f.path.resolve(state_dir);
-        let discovery = discover_file(doc, &root, f.path.is_in_state());
-        let thin = f.allocation == Allocation::Sparse;
-        return common(
+    let (driver, thin) = if let Some(f) = &spec.file {
+        (
             Driver::File {
-                root,
+                root: f.path.resolve(state_dir),
                 allocation: f.allocation,
             },
-            thin,
-            1,
-            discovery,
-        );
-    }
-    let Some(l) = &spec.lvm else {
+            f.allocation == Allocation::Sparse,
+        )
+    } else if let Some(l) = &spec.lvm {
+        (
+            Driver::Lvm {
+                volume_group: l.volume_group.as_str().to_owned(),
+                thin_pool: l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
+                thin_pool_size: l
+                    .thin_pool_size
+                    .map(crate::manifest::values::Quantity::bytes),
+                volume_clear: spec.volume_clear.unwrap_or_default(),
+            },
+            l.thin_pool.is_some(),
+        )
+    } else {
         // Validation refuses such a back end; never guess a place to write.
-        return common(
+        (
             Driver::Lvm {
                 volume_group: String::new(),
                 thin_pool: None,
@@ -596,20 +471,48 @@ fn view_of(
                 volume_clear: VolumeClear::Zero,
             },
             false,
-            1,
-            Discovery::Failed("the back end declares neither lvm nor file".into()),
-        );
+        )
     };
-    let driver = Driver::Lvm {
-        volume_group: l.volume_group.as_str().to_owned(),
-        thin_pool: l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
-        thin_pool_size: l
-            .thin_pool_size
-            .map(crate::manifest::values::Quantity::bytes),
-        volume_clear: spec.volume_clear.unwrap_or_default(),
-    };
-    let (extent, discovery) = discover_lvm(doc, &driver, lvm_reports);
-    common(driver, l.thin_pool.is_some(), extent, discovery)
+    BackendView {
+        name: doc.name().clone(),
+        backend_name: backend_name(doc),
+        zone: backend_az(spec).to_owned(),
+        driver,
+        thin,
+        extent: 1,
+        ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
+        reserved_percentage: spec
+            .reserved_percentage
+            .map_or(0, super::manifest::values::Percent::get),
+        capabilities: spec
+            .capabilities
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+        discovery,
+    }
+}
+
+fn view_of(
+    doc: &Doc<BackendSpec>,
+    state_dir: &Path,
+    lvm_reports: &lvm::cmd::Reports,
+) -> BackendView {
+    let mut view = configured_view(doc, state_dir, Discovery::Failed(String::new()));
+    match (&doc.spec.file, &view.driver) {
+        (Some(f), Driver::File { root, .. }) => {
+            view.discovery = discover_file(doc, root, f.path.is_in_state());
+        }
+        (None, Driver::Lvm { .. }) if doc.spec.lvm.is_some() => {
+            let (extent, discovery) = discover_lvm(doc, &view.driver, lvm_reports);
+            view.extent = extent;
+            view.discovery = discovery;
+        }
+        _ => {
+            view.discovery = Discovery::Failed("the back end declares neither lvm nor file".into());
+        }
+    }
+    view
 }
 
 /// One LVM back end out of the discovery's report: (extent size, discovery).
@@ -627,99 +530,12 @@ fn discover_lvm(
     else {
         return (1, Discovery::Failed("not an LVM back end".into()));
     };
-    if let Some(e) = reports.failed.get(vg) {
-        return (
-            1,
-            Discovery::Failed(format!("cannot read volume group {vg}: {e}")),
-        );
-    }
     let cfg = lvm::inventory::Config {
         backend: doc.name().as_str(),
         vg,
         thin_pool: thin_pool.as_deref(),
     };
-    let inv = match lvm::inventory::inventory(&reports.report, &cfg) {
-        Ok(inv) => inv,
-        Err(e) => return (1, Discovery::Failed(crate::error_chain(&e))),
-    };
-    let extent = inv.vg.extent.max(1);
-    if inv.pool_missing && thin_pool_size.is_none() {
-        return (
-            extent,
-            Discovery::Failed(format!(
-                "thin pool {vg}/{} does not exist; create it, or declare spec.lvm.thinPoolSize to have cinderblock create it",
-                thin_pool.as_deref().unwrap_or_default()
-            )),
-        );
-    }
-    let create_pool = thin_pool_size.filter(|_| inv.pool_missing).map(|s| {
-        let data = crate::plan::round_up(s, extent);
-        PoolSizes {
-            data,
-            metadata: lvm::inventory::pool_metadata_size(data, extent),
-        }
-    });
-    (extent, Discovery::Ok(from_lvm_inventory(&inv, create_pool)))
-}
-
-/// Hundredths of a percent from lvm2's two-decimal percentage.
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0..=100 × 100, rounded
-fn centi(p: Option<f64>) -> Option<u32> {
-    p.map(|p| (p * 100.0).round().clamp(0.0, 10_000.0) as u32)
-}
-
-fn from_lvm_inventory(
-    inv: &lvm::inventory::Inventory,
-    create_pool: Option<PoolSizes>,
-) -> Inventory {
-    let objects = inv
-        .objects
-        .iter()
-        .map(|o| Observed {
-            uuid: o.owned.uuid,
-            name: o.owned.name.clone(),
-            kind: match o.owned.kind {
-                lvm::tags::LvObjKind::Volume => ObjKind::Volume,
-                lvm::tags::LvObjKind::Snapshot => ObjKind::Snapshot,
-                lvm::tags::LvObjKind::Image => ObjKind::Image,
-            },
-            size: o.size,
-            allocated: o.allocated,
-            parent: o.owned.parent,
-            in_use: o.open,
-            health: match o.owned.state {
-                Some(lvm::tags::InFlight::Creating) => ObjHealth::Creating,
-                Some(lvm::tags::InFlight::Deleting) => ObjHealth::Deleting,
-                Some(lvm::tags::InFlight::Migrating) => ObjHealth::Migrating,
-                None if o.invalid => ObjHealth::DataMissing,
-                None => ObjHealth::Ready,
-            },
-        })
-        .collect();
-    let (total, free, provisioned) = match create_pool {
-        Some(p) => (p.data, p.data, 0),
-        None => inv.capacity(),
-    };
-    Inventory {
-        capacity: Capacity {
-            total,
-            free,
-            provisioned,
-            lvm: Some(LvmCapacity {
-                vg_size: inv.vg.size,
-                vg_free: inv.vg.free,
-                pool: inv.pool.map(|p| PoolUsage {
-                    data_centi: centi(p.data_percent),
-                    metadata_centi: centi(p.metadata_percent),
-                }),
-                create_pool,
-            }),
-        },
-        objects,
-        foreign: inv.foreign.clone(),
-        problems: inv.problems.clone(),
-        generation: Some(inv.vg.seqno),
-    }
+    lvm::inventory::discovery(reports, &cfg, *thin_pool_size)
 }
 
 fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discovery {
@@ -747,57 +563,7 @@ fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discove
     }
     let backend = FileBackend::new(root, doc.name().as_str());
     match backend.discover() {
-        Ok(inv) => Discovery::Ok(from_file_inventory(&inv)),
+        Ok(inv) => Discovery::Ok(inv.to_model()),
         Err(e) => Discovery::Failed(crate::error_chain(&e)),
-    }
-}
-
-fn from_file_inventory(inv: &file::Inventory) -> Inventory {
-    let objects = inv
-        .objects
-        .iter()
-        .map(|o| Observed {
-            uuid: o.meta.uuid,
-            name: o.meta.name.clone(),
-            kind: match o.meta.kind {
-                file::ObjectKind::Volume => ObjKind::Volume,
-                file::ObjectKind::Snapshot => ObjKind::Snapshot,
-                file::ObjectKind::Image => ObjKind::Image,
-            },
-            size: o.meta.size,
-            allocated: o.data.map(|d| d.allocated),
-            parent: o.meta.parent,
-            in_use: false,
-            health: match o.health {
-                Health::Ready => ObjHealth::Ready,
-                Health::Incomplete(file::Phase::Deleting) => ObjHealth::Deleting,
-                Health::Incomplete(file::Phase::Migrating) => ObjHealth::Migrating,
-                Health::Incomplete(_) => ObjHealth::Creating,
-                Health::DataMissing => ObjHealth::DataMissing,
-                Health::SizeMismatch { recorded, actual } => {
-                    ObjHealth::SizeMismatch { recorded, actual }
-                }
-            },
-        })
-        .collect();
-    Inventory {
-        capacity: Capacity {
-            total: inv.capacity.total,
-            free: inv.capacity.available,
-            provisioned: inv.capacity.provisioned,
-            lvm: None,
-        },
-        objects,
-        foreign: inv
-            .foreign
-            .iter()
-            .map(|f| f.name.display().to_string())
-            .collect(),
-        problems: inv
-            .problems
-            .iter()
-            .map(|p| format!("{}: {}", p.path.display(), p.message))
-            .collect(),
-        generation: None,
     }
 }

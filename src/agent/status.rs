@@ -311,7 +311,7 @@ pub struct ObjectStatus {
     /// `volume` or `snapshot`.
     pub kind: String,
     /// `ready`, `pending`, `failed`, `blocked`, `lost`, `deferred`,
-    /// `held`.
+    /// `held`, `waiting` (for a placement, see the message).
     pub state: String,
     /// The back end holding it, when it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -325,7 +325,7 @@ pub fn restore(
             return Err(problems.into_error(m.id));
         }
         // Seeking to the end sizes block devices too (their metadata says 0).
-        let len = crate::lvm::blockdev::size(target).map_err(io("size"))?;
+        let len = crate::blockio::size(target).map_err(io("size"))?;
         let mut pos = 0u64;
         for &(slot, _) in table {
             punch(target, target_path, pos, slot * c)?;
@@ -334,11 +334,11 @@ pub fn restore(
         punch(target, target_path, pos, len)?;
     } else if mode == Target::ZeroGaps {
         progress.stage("zeroing gaps");
-        let len = crate::lvm::blockdev::size(target).map_err(io("size"))?;
+        let len = crate::blockio::size(target).map_err(io("size"))?;
         let mut pos = 0u64;
         let zero = |from: u64, to: u64| {
             if to > from {
-                crate::lvm::blockdev::zero(target, from, to - from).map_err(io("zero"))
+                crate::blockio::zero(target, from, to - from).map_err(io("zero"))
             } else {
                 Ok(())
             }

@@ -29,7 +29,7 @@ use crate::backup::engine::{self, Mode, RunSpec};
 use crate::backup::format::{self, Codec, Digest, Manifest, Record};
 use crate::backup::restore::{self, Target};
 use crate::backup::{BackupError, Progress, Repository, prune, repo};
-use crate::file::{self, FileBackend, ObjectKind, Phase};
+use crate::file::{self, FileBackend, Mark, ObjKind};
 use crate::manifest::{self, ManifestSet, Name};
 use crate::state::journal::{Journal, Outcome};
 use crate::state::lock::StateLock;
@@ -213,7 +213,7 @@ fn find_volume(
             .discover()
             .with_context(|| format!("cannot discover back end {n}"))?;
         for o in inv.objects {
-            if o.meta.kind == ObjectKind::Volume && o.meta.name == volume {
+            if o.meta.kind == ObjKind::Volume && o.meta.name == volume {
                 hits.push((be.clone(), o.meta));
             }
         }
@@ -350,7 +350,7 @@ fn find_lvm_volume(
     candidates: Vec<(Name, crate::lvm::LvmBackend<'static>)>,
     volume: &str,
 ) -> anyhow::Result<Option<(Found, FoundVolume)>> {
-    use crate::lvm::tags::{self, LvObjKind, Ownership};
+    use crate::lvm::tags::{self, Ownership};
     let mut hits = Vec::new();
     for (n, be) in candidates {
         let lvs = be
@@ -359,17 +359,17 @@ fn find_lvm_volume(
         let found = lvs
             .iter()
             .find_map(|lv| match tags::ownership(lv, n.as_str()) {
-                Ownership::Ours(o) if o.kind == LvObjKind::Volume && o.name == volume => {
+                Ownership::Ours(o) if o.kind == ObjKind::Volume && o.name == volume => {
                     Some((o, lv.size))
                 }
                 _ => None,
             });
         if let Some((o, size)) = found {
-            if let Some(state) = o.state {
+            if o.mark != crate::model::Mark::Ready {
                 bail!(
                     "Volume {volume} ({}) is {}, not ready",
                     o.uuid,
-                    state.as_str()
+                    o.mark.as_str()
                 );
             }
             hits.push((
@@ -426,7 +426,7 @@ fn run_one(
     }
     let (found, object) = match find_volume(&candidates, vol_name.as_str())? {
         Some((backend, object)) => {
-            if object.state != Phase::Ready {
+            if object.state != Mark::Ready {
                 bail!(
                     "Volume {vol_name} ({}) is {:?}, not ready",
                     object.uuid,
@@ -892,7 +892,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     let started = Instant::now();
     let bar = Bar::new(&format!("restore {to}"));
     let result = match existing {
-        Some((_, obj)) if obj.state != Phase::Ready && a.overwrite => {
+        Some((_, obj)) if obj.state != Mark::Ready && a.overwrite => {
             // An interrupted create or restore: nothing worth keeping in it
             // (it never became ready), so start over.
             tracing::info!(uuid = %obj.uuid, state = ?obj.state, "replacing an incomplete volume");
@@ -900,7 +900,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
             restore_fresh(&repo, &m, &backend, to.as_str(), allocation, &bar)
         }
         Some((_, obj)) => {
-            if obj.state != Phase::Ready {
+            if obj.state != Mark::Ready {
                 bar.finish();
                 bail!(
                     "volume {to} ({} on {backend_name}) is incomplete ({:?}: an interrupted create or restore); pass --overwrite to replace it",
@@ -1001,7 +1001,10 @@ fn restore_lvm(
                     m.volume.size
                 );
             }
-            let path = lvm.device(&crate::lvm::tags::LvObjKind::Volume.lv_name(v.uuid));
+            let path = lvm.device(&crate::lvm::tags::lv_name(
+                crate::model::ObjKind::Volume,
+                v.uuid,
+            ));
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)

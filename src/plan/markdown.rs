@@ -51,7 +51,8 @@ pub fn markdown(hosts: &[HostPlan<'_>], extra: &str) -> String {
         .iter()
         .fold(Tally::default(), |t, h| t.plus(Tally::of(&h.plan.actions)));
     let errors: usize = hosts.iter().map(|h| h.plan.errors.len()).sum();
-    let _ = writeln!(s, "**{}**\n", text(&summary_of(tally, errors)));
+    let waiting: usize = hosts.iter().map(|h| h.plan.waiting.len()).sum();
+    let _ = writeln!(s, "**{}**\n", text(&summary_of(tally, errors, waiting)));
     if hosts.len() > 1 {
         for h in &hosts {
             let t = Tally::of(&h.plan.actions);
@@ -59,7 +60,7 @@ pub fn markdown(hosts: &[HostPlan<'_>], extra: &str) -> String {
                 s,
                 "- <code>{}</code>: {}",
                 text(h.host),
-                text(&summary_of(t, h.plan.errors.len()))
+                text(&summary_of(t, h.plan.errors.len(), h.plan.waiting.len()))
             );
         }
         s.push('\n');
@@ -80,6 +81,12 @@ pub fn markdown(hosts: &[HostPlan<'_>], extra: &str) -> String {
     });
     listed(&mut s, &hosts, "Notes", |p| {
         p.notes.iter().map(|n| text(n)).collect()
+    });
+    listed(&mut s, &hosts, "Waiting", |p| {
+        p.waiting
+            .iter()
+            .map(|w| format!("<code>{}</code> {}", text(&w.address), text(&w.reason)))
+            .collect()
     });
     listed(&mut s, &hosts, "⛔ Errors (nothing can be applied)", |p| {
         p.errors.iter().map(|e| text(e)).collect()
@@ -327,17 +334,17 @@ fn capacity(s: &mut String, hosts: &[HostPlan<'_>]) {
     }
     s.push_str("#### Capacity before → after\n\n");
     let many = hosts.len() > 1;
-    let any_lvm = rows.iter().any(|(_, c)| c.lvm.is_some());
+    let any_details = rows.iter().any(|(_, c)| !c.details.is_empty());
     if many {
         s.push_str("| host ");
     }
     s.push_str("| back end | type | provisioned | total | virtual free |");
-    s.push_str(if any_lvm { " LVM |\n" } else { "\n" });
+    s.push_str(if any_details { " details |\n" } else { "\n" });
     if many {
         s.push_str("| --- ");
     }
     s.push_str("| --- | --- | --: | --: | --: |");
-    s.push_str(if any_lvm { " --- |\n" } else { "\n" });
+    s.push_str(if any_details { " --- |\n" } else { "\n" });
     for (host, c) in rows {
         if many {
             let _ = write!(s, "| <code>{}</code> ", text(host));
@@ -347,39 +354,7 @@ fn capacity(s: &mut String, hosts: &[HostPlan<'_>]) {
         } else {
             "thick".to_owned()
         };
-        let lvm = c.lvm.as_ref().map_or_else(String::new, |l| {
-            let mut v = format!(
-                "VG <code>{}</code> free {}",
-                text(&l.volume_group),
-                arrow(
-                    human(l.vg_free_before as f64),
-                    &human(l.vg_free_after as f64)
-                )
-            );
-            if let Some(p) = &l.thin_pool {
-                let use_ = |x: Option<u32>| {
-                    if p.created {
-                        "0%".to_owned()
-                    } else {
-                        x.map_or_else(|| "unknown (pool inactive)".to_owned(), percent)
-                    }
-                };
-                let _ = write!(
-                    v,
-                    "; pool <code>{}</code> data {}, metadata {} (high-water mark {}{})",
-                    text(&p.name),
-                    use_(p.data_centi),
-                    use_(p.metadata_centi),
-                    percent(p.high_water_centi),
-                    if p.created {
-                        ", created by this plan"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            v
-        });
+        let details: Vec<String> = c.details.iter().map(detail).collect();
         let _ = write!(
             s,
             "| <code>{}</code> | {kind} | {} | {} | {} |",
@@ -391,12 +366,43 @@ fn capacity(s: &mut String, hosts: &[HostPlan<'_>]) {
             human(c.total as f64),
             arrow(human(c.virtual_free_before), &human(c.virtual_free_after)),
         );
-        if any_lvm {
-            let _ = write!(s, " {lvm} |");
+        if any_details {
+            let _ = write!(s, " {} |", details.join("; "));
         }
         s.push('\n');
     }
     s.push('\n');
+}
+
+/// One labelled line of a back end's capacity details: `volume group
+/// <code>vg0</code>: free 10 GiB → **8 GiB**`.
+#[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded
+fn detail(line: &super::CapacityLine) -> String {
+    let figures: Vec<String> = line
+        .figures
+        .iter()
+        .map(|f| {
+            let value = match f.value {
+                super::FigureValue::Bytes { before, after } => {
+                    arrow(human(before as f64), &human(after as f64))
+                }
+                super::FigureValue::Percent { centi } => {
+                    centi.map_or_else(|| "unknown (pool inactive)".to_owned(), percent)
+                }
+            };
+            format!("{} {value}", text(&f.name))
+        })
+        .collect();
+    format!(
+        "{} <code>{}</code>: {}{}",
+        text(&line.kind),
+        text(&line.name),
+        figures.join(", "),
+        line.note
+            .as_ref()
+            .map(|n| format!(" ({})", text(n)))
+            .unwrap_or_default()
+    )
 }
 
 fn arrow(before: String, after: &str) -> String {
@@ -464,7 +470,7 @@ pub fn text(raw: &str) -> String {
 mod tests {
     use super::*;
     use crate::manifest::kinds::DeletionPolicy;
-    use crate::plan::{Drift, LvmCapacityChange, RecordedKind, ThinPoolCapacity};
+    use crate::plan::{CapacityLine, Drift, Figure, FigureValue, ObjKind};
     use uuid::Uuid;
 
     const GIB: u64 = 1 << 30;
@@ -493,7 +499,7 @@ mod tests {
                 act(
                     "volume.db",
                     Op::Create {
-                        kind: RecordedKind::Volume,
+                        kind: ObjKind::Volume,
                         name: "db".into(),
                         backend: "thin".into(),
                         size: 10 * GIB,
@@ -502,6 +508,7 @@ mod tests {
                         backup: None,
                         deletion_policy: DeletionPolicy::Retain,
                         from_file: None,
+                        placement: None,
                     },
                     "it is declared and does not exist; placed by the scheduler",
                     Impact::Grows,
@@ -531,7 +538,7 @@ mod tests {
                 act(
                     "volume.old",
                     Op::Delete {
-                        kind: RecordedKind::Volume,
+                        kind: ObjKind::Volume,
                         name: "old".into(),
                         uuid: old,
                         backend: "files".into(),
@@ -561,7 +568,7 @@ mod tests {
                 act(
                     "volume.kept",
                     Op::Forget {
-                        kind: RecordedKind::Volume,
+                        kind: ObjKind::Volume,
                         name: "kept".into(),
                         uuid: Uuid::from_u128(4),
                         backend: "files".into(),
@@ -573,6 +580,7 @@ mod tests {
             ],
             errors: vec![],
             notes: vec!["deletes of snapshot.x are held: back end <b> failed | twice".into()],
+            waiting: vec![],
             capacity: vec![
                 CapacityChange {
                     backend: "files".into(),
@@ -583,7 +591,7 @@ mod tests {
                     virtual_free_before: (92 * GIB) as f64,
                     virtual_free_after: (94 * GIB) as f64,
                     ratio: 1.0,
-                    lvm: None,
+                    details: vec![],
                 },
                 CapacityChange {
                     backend: "thin".into(),
@@ -594,18 +602,35 @@ mod tests {
                     virtual_free_before: (80 * GIB) as f64,
                     virtual_free_after: (71 * GIB) as f64,
                     ratio: 2.0,
-                    lvm: Some(LvmCapacityChange {
-                        volume_group: "vg0".into(),
-                        vg_free_before: 10 * GIB,
-                        vg_free_after: 10 * GIB,
-                        thin_pool: Some(ThinPoolCapacity {
-                            name: "pool".into(),
-                            data_centi: Some(4_250),
-                            metadata_centi: Some(310),
-                            high_water_centi: 8_000,
-                            created: false,
-                        }),
-                    }),
+                    details: vec![
+                        CapacityLine {
+                            kind: "volume group".into(),
+                            name: "vg0".into(),
+                            figures: vec![Figure {
+                                name: "free".into(),
+                                value: FigureValue::Bytes {
+                                    before: 10 * GIB,
+                                    after: 10 * GIB,
+                                },
+                            }],
+                            note: None,
+                        },
+                        CapacityLine {
+                            kind: "thin pool".into(),
+                            name: "vg0/pool".into(),
+                            figures: vec![
+                                Figure {
+                                    name: "data".into(),
+                                    value: FigureValue::Percent { centi: Some(4_250) },
+                                },
+                                Figure {
+                                    name: "metadata".into(),
+                                    value: FigureValue::Percent { centi: Some(310) },
+                                },
+                            ],
+                            note: Some("high-water mark 80%".into()),
+                        },
+                    ],
                 },
             ],
         }
@@ -622,6 +647,7 @@ mod tests {
                     .into(),
             ],
             notes: vec![],
+            waiting: vec![],
             capacity: vec![],
         }
     }
@@ -707,6 +733,7 @@ mod tests {
             actions: vec![],
             errors: vec![],
             notes: vec![],
+            waiting: vec![],
             capacity: vec![],
         };
         assert_eq!(

@@ -24,11 +24,9 @@ use uuid::Uuid;
 use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeClear, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
-use crate::observe::{
-    BackendView, Discovery, Driver, Exports, ObjHealth, ObjKind, Observed, World,
-};
+pub use crate::model::ObjKind;
+use crate::observe::{BackendView, Discovery, Driver, Exports, Fleet, Health, Observed, World};
 use crate::state::record::Recorded;
-pub use crate::state::record::RecordedKind;
 
 use capacity::HIGH_WATER_CENTI;
 use schedule::{Request, Scheduler};
@@ -65,7 +63,7 @@ impl Impact {
 #[serde(rename_all = "camelCase")]
 pub struct SourceRef {
     /// A volume or a snapshot.
-    pub kind: RecordedKind,
+    pub kind: ObjKind,
     /// Its name.
     pub name: String,
     /// Its uuid when it exists already; otherwise it is created earlier in
@@ -81,7 +79,7 @@ pub enum Op {
     /// Create a volume or snapshot (or finish an interrupted create).
     Create {
         /// Volume or snapshot.
-        kind: RecordedKind,
+        kind: ObjKind,
         /// Manifest name.
         name: String,
         /// Back end.
@@ -102,6 +100,11 @@ pub enum Op {
         /// Images: copy the content of this raw file in.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from_file: Option<std::path::PathBuf>,
+        /// A volume placed by the fleet: the placement record's revision,
+        /// which the executor checks against etcd right before it creates
+        /// the volume (the fencing token).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        placement: Option<i64>,
     },
     /// Grow a volume.
     Extend {
@@ -119,7 +122,7 @@ pub enum Op {
     /// Record an object, or a new deletion policy, in the state directory.
     Record {
         /// Volume or snapshot.
-        kind: RecordedKind,
+        kind: ObjKind,
         /// Manifest name.
         name: String,
         /// Identity.
@@ -137,7 +140,7 @@ pub enum Op {
     /// Destroy an object and its data.
     Delete {
         /// Volume or snapshot.
-        kind: RecordedKind,
+        kind: ObjKind,
         /// Manifest name it had.
         name: String,
         /// Identity.
@@ -231,7 +234,7 @@ pub enum Op {
     /// of one that is gone.
     Forget {
         /// Volume or snapshot.
-        kind: RecordedKind,
+        kind: ObjKind,
         /// Manifest name it had.
         name: String,
         /// Identity.
@@ -300,41 +303,56 @@ pub struct CapacityChange {
     pub virtual_free_after: f64,
     /// Effective over-subscription ratio (thin).
     pub ratio: f64,
-    /// LVM figures: VG free and the thin pool's use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lvm: Option<LvmCapacityChange>,
+    /// Further lines under the back end's: the space it shares with other
+    /// back ends (a volume group's free bytes before → after), its pool's
+    /// fill against the high-water mark.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<CapacityLine>,
 }
 
-/// The LVM part of a back end's capacity before → after.
+/// One labelled line of figures under a back end's capacity line, e.g.
+/// `volume group vg0: free 7.1 GiB -> 6 GiB` or `thin pool vg0/pool0: data
+/// 6.45%, metadata 10.79% (high-water mark 90%)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LvmCapacityChange {
-    /// The volume group.
-    pub volume_group: String,
-    /// VG free bytes before.
-    pub vg_free_before: u64,
-    /// VG free bytes after.
-    pub vg_free_after: u64,
-    /// The thin pool, for thin back ends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thin_pool: Option<ThinPoolCapacity>,
-}
-
-/// A thin pool's use (creating thin volumes does not change it; writing
-/// does), against the high-water mark.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ThinPoolCapacity {
-    /// The pool's name.
+pub struct CapacityLine {
+    /// What the figures are about (`volume group`, `thin pool`).
+    pub kind: String,
+    /// Its name (`vg0`, `vg0/pool0`).
     pub name: String,
-    /// Data use in hundredths of a percent (`None`: inactive pool).
-    pub data_centi: Option<u32>,
-    /// Metadata use in hundredths of a percent.
-    pub metadata_centi: Option<u32>,
-    /// The high-water mark in hundredths of a percent.
-    pub high_water_centi: u32,
-    /// The plan creates the pool.
-    pub created: bool,
+    /// The figures, in order.
+    pub figures: Vec<Figure>,
+    /// A remark after them (in parentheses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One named figure of a [`CapacityLine`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figure {
+    /// Its name (`free`, `data`).
+    pub name: String,
+    /// Its value.
+    pub value: FigureValue,
+}
+
+/// A figure's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "unit")]
+pub enum FigureValue {
+    /// Bytes before → after the plan.
+    Bytes {
+        /// Before.
+        before: u64,
+        /// After.
+        after: u64,
+    },
+    /// Hundredths of a percent; `None` when unknown (an inactive pool).
+    Percent {
+        /// The value × 100.
+        centi: Option<u32>,
+    },
 }
 
 /// A plan.
@@ -351,8 +369,22 @@ pub struct Plan {
     pub errors: Vec<String>,
     /// Remarks that do not block (e.g. deletes held back).
     pub notes: Vec<String>,
+    /// Objects this host does not create now, and why (a placement the
+    /// fleet has not made yet, an unpinned volume several hosts could take
+    /// without `--etcd`); they do not block the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Waiting>,
     /// Capacity per back end.
     pub capacity: Vec<CapacityChange>,
+}
+
+/// An object left for later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// `volume.NAME`.
+    pub address: String,
+    /// Why, and what would let it go on.
+    pub reason: String,
 }
 
 impl Plan {
@@ -451,9 +483,11 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
             actions: Vec::new(),
             errors: Vec::new(),
             notes: Vec::new(),
+            waiting: Vec::new(),
             capacity: Vec::new(),
         },
         found: BTreeMap::new(),
+        waiting: BTreeSet::new(),
         failed: BTreeSet::new(),
         planned: BTreeMap::new(),
         migrating: BTreeMap::new(),
@@ -491,6 +525,29 @@ struct Planner<'a> {
     /// its target, then stopped: the volume itself (the target) is in
     /// `found`.
     half_moved: BTreeMap<(ObjKind, String), Found<'a>>,
+    /// Objects left for later (`Plan::waiting`): what depends on them
+    /// waits too.
+    waiting: BTreeSet<(ObjKind, String)>,
+}
+
+/// Where a new volume goes.
+struct Located {
+    /// The back end.
+    backend: String,
+    /// How it was chosen, for the reason (`pinned to its back end`).
+    how: String,
+    /// The fleet placement's revision (the fencing token).
+    fence: Option<i64>,
+}
+
+/// How a new volume's back end was fixed before the scheduler could have a
+/// say.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fixed {
+    Source,
+    Pin,
+    Group,
+    Fleet,
 }
 
 /// The removal of volume `uuid`'s export, or the error refusing it while an
@@ -567,13 +624,11 @@ impl<'a> Planner<'a> {
             let (targets, mut rest): (Vec<_>, Vec<_>) = list
                 .iter()
                 .copied()
-                .partition(|(_, o)| o.health == ObjHealth::Migrating);
+                .partition(|(_, o)| o.health == Health::Migrating);
             if rest.len() == 2
                 && rest[0].1.uuid == rest[1].1.uuid
-                && let Some(i) = rest
-                    .iter()
-                    .position(|(_, o)| o.health == ObjHealth::Deleting)
-                && rest[1 - i].1.health != ObjHealth::Deleting
+                && let Some(i) = rest.iter().position(|(_, o)| o.health == Health::Deleting)
+                && rest[1 - i].1.health != Health::Deleting
             {
                 let (backend, obj) = rest.remove(i);
                 self.half_moved.insert(key.clone(), Found { backend, obj });
@@ -607,12 +662,12 @@ impl<'a> Planner<'a> {
             .flat_map(|(n, inv)| {
                 inv.objects
                     .iter()
-                    .filter(|o| o.health != ObjHealth::DataMissing)
+                    .filter(|o| o.health != Health::DataMissing)
                     .map(move |o| (n, o.uuid))
             })
             .collect();
         for (uuid, rec) in &self.recorded.objects {
-            let kind: ObjKind = rec.kind.into();
+            let kind: ObjKind = rec.kind;
             let Some(b) = self.world.backends.get(rec.backend.as_str()) else {
                 continue;
             };
@@ -631,14 +686,14 @@ impl<'a> Planner<'a> {
         for f in self.found.values() {
             let a = addr(f.obj.kind, &f.obj.name);
             match f.obj.health {
-                ObjHealth::DataMissing => self.out.drift.push(Drift {
+                Health::DataMissing => self.out.drift.push(Drift {
                     address: a,
                     message: format!(
                         "its data was removed outside cinderblock ({} on {})",
                         f.obj.uuid, f.backend.name
                     ),
                 }),
-                ObjHealth::SizeMismatch { recorded, actual } if actual < recorded => {
+                Health::SizeMismatch { recorded, actual } if actual < recorded => {
                     self.out.drift.push(Drift {
                         address: a,
                         message: format!(
@@ -677,11 +732,12 @@ impl<'a> Planner<'a> {
             else {
                 continue;
             };
-            let Some(lvm) = b.inventory().and_then(|i| i.capacity.lvm) else {
+            let Some(cap) = b.inventory().map(|i| &i.capacity) else {
                 continue;
             };
+            let vg_free = cap.shared.as_ref().map_or(0, |s| s.free);
             let a = format!("pool.{name}");
-            let Some(sizes) = lvm.create_pool else {
+            let Some(sizes) = cap.create_pool else {
                 if let (Some(want), Some(inv)) = (thin_pool_size, b.inventory())
                     && round_up(*want, b.extent) > inv.capacity.total
                 {
@@ -694,13 +750,13 @@ impl<'a> Planner<'a> {
                 continue;
             };
             let need = sizes.data + 2 * sizes.metadata;
-            if need > lvm.vg_free {
+            if need > vg_free {
                 self.out.errors.push(format!(
                     "{a}: thin pool {volume_group}/{pool} needs {} ({} data, {} metadata and as much again for lvm2's metadata spare), but volume group {volume_group} has {} free; lower spec.lvm.thinPoolSize or grow the volume group",
                     format_bytes_exact(need),
                     format_bytes_exact(sizes.data),
                     format_bytes_exact(sizes.metadata),
-                    format_bytes_exact(lvm.vg_free)
+                    format_bytes_exact(vg_free)
                 ));
                 continue;
             }
@@ -740,7 +796,7 @@ impl<'a> Planner<'a> {
     /// discovered (on an undiscovered one, nothing can be said).
     fn lost(&self, kind: ObjKind, name: &str) -> Option<(Uuid, &str)> {
         self.recorded.objects.iter().find_map(|(u, r)| {
-            (ObjKind::from(r.kind) == kind
+            (r.kind == kind
                 && r.name == name
                 && !self.failed.contains(&r.backend)
                 && !self.found.contains_key(&(kind, name.to_owned())))
@@ -762,7 +818,7 @@ impl<'a> Planner<'a> {
             .recorded
             .objects
             .values()
-            .find(|r| ObjKind::from(r.kind) == kind && r.name == name)
+            .find(|r| r.kind == kind && r.name == name)
             .map(|r| r.backend.clone());
         let suspect = match (pinned, &recorded_on) {
             (Some(p), _) => self
@@ -803,7 +859,7 @@ impl<'a> Planner<'a> {
         self.out.actions.push(Action {
             address: addr(kind, name),
             op: Op::Record {
-                kind: kind.into(),
+                kind,
                 name: name.to_owned(),
                 uuid: f_uuid,
                 backend: backend.to_owned(),
@@ -908,7 +964,7 @@ impl<'a> Planner<'a> {
                 self.out.actions.push(Action {
                     address: a.clone(),
                     op: Op::Delete {
-                        kind: RecordedKind::Image,
+                        kind: ObjKind::Image,
                         name: name.as_str().to_owned(),
                         uuid: f.obj.uuid,
                         backend: f.backend.name.as_str().to_owned(),
@@ -1006,7 +1062,7 @@ impl<'a> Planner<'a> {
                     (
                         size,
                         Some(SourceRef {
-                            kind: RecordedKind::Volume,
+                            kind: ObjKind::Volume,
                             name: v.as_str().to_owned(),
                             uuid: self.found.get(&key).map(|f| f.obj.uuid),
                         }),
@@ -1073,7 +1129,7 @@ impl<'a> Planner<'a> {
             let bname = backend.name.as_str().to_owned();
             let want = round_up(doc.spec.size.bytes(), backend.extent);
             match obj.health {
-                ObjHealth::Creating => {
+                Health::Creating => {
                     self.push_create(
                         ObjKind::Volume,
                         name.as_str(),
@@ -1088,7 +1144,7 @@ impl<'a> Planner<'a> {
                     );
                     return;
                 }
-                ObjHealth::Deleting => {
+                Health::Deleting => {
                     // A migration verified its target and marked the source,
                     // then stopped before the switch: finish it.
                     if let Some(t) = self.migrating.get(&key) {
@@ -1099,21 +1155,21 @@ impl<'a> Planner<'a> {
                     self.out.errors.push(format!("{a}: an earlier delete of {} on {bname} was interrupted, but the manifests still declare it; remove the manifest to let the delete finish, or restore the volume from a backup", obj.uuid));
                     return;
                 }
-                ObjHealth::DataMissing => {
+                Health::DataMissing => {
                     self.out.errors.push(format!("{a}: its data on {bname} ({}) is gone; restore it from a backup, or remove the manifest", obj.uuid));
                     return;
                 }
-                ObjHealth::Migrating => {
+                Health::Migrating => {
                     // Not in `found` (see index); never here.
                     return;
                 }
-                ObjHealth::Ready | ObjHealth::SizeMismatch { .. } => {}
+                Health::Ready | Health::SizeMismatch { .. } => {}
             }
             if self.migration(name, doc, backend, obj) {
                 return;
             }
             let have = match obj.health {
-                ObjHealth::SizeMismatch { actual, recorded } => actual.max(recorded),
+                Health::SizeMismatch { actual, recorded } => actual.max(recorded),
                 _ => obj.size,
             };
             if want < have {
@@ -1123,7 +1179,7 @@ impl<'a> Planner<'a> {
                     format_bytes_exact(want),
                     format_bytes_exact(have)
                 ));
-            } else if want > have || matches!(obj.health, ObjHealth::SizeMismatch { .. }) {
+            } else if want > have || matches!(obj.health, Health::SizeMismatch { .. }) {
                 let growth = want - obj.size.min(want);
                 let thick_snaps: Vec<String> =
                     if matches!(backend.driver, Driver::Lvm { .. }) && !backend.thin {
@@ -1197,7 +1253,15 @@ impl<'a> Planner<'a> {
             ));
             return;
         }
-        if self.held_back(ObjKind::Volume, name.as_str(), doc.spec.backend.as_ref()) {
+        let placed: Option<Name> = match &self.world.fleet {
+            Fleet::On(p) => p.get(name.as_str()).and_then(|pl| pl.backend.parse().ok()),
+            Fleet::Off | Fleet::Unavailable(_) => None,
+        };
+        if self.held_back(
+            ObjKind::Volume,
+            name.as_str(),
+            doc.spec.backend.as_ref().or(placed.as_ref()),
+        ) {
             return;
         }
         if let Some((uuid, backend)) = self.lost(ObjKind::Volume, name.as_str())
@@ -1210,7 +1274,6 @@ impl<'a> Planner<'a> {
         }
         // A new volume: where?
         let req = Self::request(self.set, doc);
-        let source = doc.spec.source.as_ref();
         let backup = match self.backup_source(doc, name) {
             Ok(b) => b,
             Err(why) => {
@@ -1230,74 +1293,13 @@ impl<'a> Planner<'a> {
             ));
             return;
         }
-        let source_backend = source.and_then(|s| {
-            if let Some(v) = &s.volume {
-                return Some(self.backend_of(ObjKind::Volume, v.as_str()));
-            }
-            if let Some(i) = &s.image {
-                return Some(self.backend_of(ObjKind::Image, i.as_str()));
-            }
-            let snap = s.snapshot.as_ref()?;
-            Some(self.backend_of(ObjKind::Snapshot, snap.as_str()))
-        });
-        let chosen: String = if let Some(src) = source_backend {
-            let Some(sb) = src else {
-                self.out.errors.push(format!(
-                    "{a}: its source does not exist and is not created by this plan"
-                ));
-                return;
-            };
-            // Copies stay on the source's back end (as Cinder's drivers do).
-            if let Some(pin) = &doc.spec.backend
-                && pin.as_str() != sb
-            {
-                self.out.errors.push(format!("{a}: spec.backend is {pin} but its source lives on {sb}; a copy is made on the source's back end"));
-                return;
-            }
-            let Some(bn) = self
-                .world
-                .backends
-                .keys()
-                .find(|k| k.as_str() == sb)
-                .cloned()
-            else {
-                return;
-            };
-            if let Err(why) = self.sched.check(&bn, &req) {
-                self.out.errors.push(format!(
-                    "{a}: cannot be created on {sb}, where its source lives:{}",
-                    schedule::explain(&vec![(bn, why)])
-                ));
-                return;
-            }
-            self.sched.commit(&bn, req.size);
-            sb
-        } else if let Some(pin) = &doc.spec.backend {
-            if !self.world.backends.contains_key(pin) {
-                // Pinned to another host's back end: that host's business.
-                return;
-            }
-            if let Err(why) = self.sched.check(pin, &req) {
-                self.out.errors.push(format!(
-                    "{a}: cannot be placed on its pinned back end:{}",
-                    schedule::explain(&vec![(pin.clone(), why)])
-                ));
-                return;
-            }
-            self.sched.commit(pin, req.size);
-            pin.as_str().to_owned()
-        } else {
-            match self.sched.place(&req, None) {
-                Ok(b) => b.as_str().to_owned(),
-                Err(rej) => {
-                    self.out.errors.push(format!(
-                        "{a}: no back end can take it ({}):{}",
-                        format_bytes_exact(req.size),
-                        schedule::explain(&rej)
-                    ));
-                    return;
-                }
-            }
+        let Some(Located {
+            backend: chosen,
+            how,
+            fence,
+        }) = self.locate(name, doc, &a, &req)
+        else {
+            return;
         };
         let extent = self
             .world
@@ -1324,27 +1326,19 @@ impl<'a> Planner<'a> {
                 format_bytes_exact(extent)
             )
         };
-        let why = match (&source_ref, doc.spec.backend.is_some()) {
-            _ if backup.is_some() => format!(
+        let why = if let Some(b) = &backup {
+            format!(
                 "it is declared and does not exist; restored from backup {} of volume {}",
-                backup
-                    .as_ref()
-                    .map(|b| b.id.to_string())
-                    .unwrap_or_default(),
-                backup
-                    .as_ref()
-                    .map(|b| b.volume.as_str())
-                    .unwrap_or_default()
-            ),
-            (Some(s), _) => format!(
+                b.id, b.volume
+            )
+        } else if let Some(s) = &source_ref {
+            format!(
                 "it is declared and does not exist; copied from {} {}",
                 kind_word(s.kind),
                 s.name
-            ),
-            (None, true) => "it is declared and does not exist; pinned to its back end".to_owned(),
-            (None, false) => {
-                "it is declared and does not exist; placed by the scheduler".to_owned()
-            }
+            )
+        } else {
+            format!("it is declared and does not exist; {how}")
         } + &rounded;
         self.push_create(
             ObjKind::Volume,
@@ -1357,6 +1351,269 @@ impl<'a> Planner<'a> {
             policy,
             why,
         );
+        if let Some(Action {
+            op: Op::Create { placement, .. },
+            ..
+        }) = self.out.actions.last_mut()
+        {
+            *placement = fence;
+        }
+    }
+
+    /// Leaves an object for later: listed in the plan's `waiting`, and what
+    /// depends on it waits too.
+    fn wait(&mut self, kind: ObjKind, name: &str, reason: String) {
+        self.waiting.insert((kind, name.to_owned()));
+        self.out.waiting.push(Waiting {
+            address: addr(kind, name),
+            reason,
+        });
+    }
+
+    /// The object a new volume is copied from (`source.volume`,
+    /// `source.snapshot`, `source.image`).
+    fn copied_from(doc: &Doc<VolumeSpec>) -> Option<(ObjKind, &str)> {
+        let s = doc.spec.source.as_ref()?;
+        if let Some(v) = &s.volume {
+            return Some((ObjKind::Volume, v.as_str()));
+        }
+        if let Some(i) = &s.image {
+            return Some((ObjKind::Image, i.as_str()));
+        }
+        s.snapshot
+            .as_ref()
+            .map(|sn| (ObjKind::Snapshot, sn.as_str()))
+    }
+
+    /// The back end of a consistency group, from its other members: where
+    /// one lives, is created by this plan, or is pinned (Cinder's rule: a
+    /// group's volumes live on one back end).
+    fn group_location(&self, name: &Name, doc: &'a Doc<VolumeSpec>) -> Option<(&'a Name, String)> {
+        let set = self.set;
+        let g = doc.spec.consistency_group.as_ref()?;
+        set.volumes
+            .iter()
+            .filter(|(n, d)| *n != name && d.spec.consistency_group.as_ref() == Some(g))
+            .find_map(|(n, d)| {
+                self.backend_of(ObjKind::Volume, n.as_str())
+                    .or_else(|| d.spec.backend.as_ref().map(|b| b.as_str().to_owned()))
+            })
+            .map(|b| (g, b))
+    }
+
+    /// Back ends that could take a volume, by host, judged by what the
+    /// manifests say of them (zone, capabilities): this host's and other
+    /// hosts' alike, so every host reaches the same verdict. Other hosts'
+    /// back ends are the declared ones with a `spec.host` that this host
+    /// did not discover.
+    fn hosts_that_could_take(&self, req: &Request<'_>) -> BTreeMap<String, Vec<String>> {
+        let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, doc) in &self.set.backends {
+            let local = self.world.backends.get(name);
+            if local.is_none() && (doc.spec.host.is_none() || self.world.missing.contains(name)) {
+                continue;
+            }
+            let configured;
+            let view = if let Some(v) = local {
+                v
+            } else {
+                configured = crate::observe::configured_view(
+                    doc,
+                    std::path::Path::new("/"),
+                    Discovery::Failed("another host's back end".into()),
+                );
+                &configured
+            };
+            if self.sched.could_take(view, req).is_ok() {
+                let host = match (local, &doc.spec.host) {
+                    (Some(_), _) | (None, None) => String::new(),
+                    (None, Some(h)) => h.clone(),
+                };
+                by_host
+                    .entry(host)
+                    .or_default()
+                    .push(name.as_str().to_owned());
+            }
+        }
+        by_host
+    }
+
+    /// Where a new volume goes: with its source, on its pin, with its
+    /// consistency group, where the fleet placed it, or where the scheduler
+    /// puts it. `None` after a plan error or a wait saying why, or when the
+    /// volume belongs to another host's back end (that host creates it).
+    #[allow(clippy::too_many_lines)] // one decision, its cases kept together
+    fn locate(
+        &mut self,
+        name: &Name,
+        doc: &'a Doc<VolumeSpec>,
+        a: &str,
+        req: &Request<'a>,
+    ) -> Option<Located> {
+        let pin = doc.spec.backend.as_ref();
+        let mut fixed: Option<(String, Fixed, String)> = None;
+        if let Some((kind, src)) = Self::copied_from(doc) {
+            match self.backend_of(kind, src) {
+                Some(sb) => {
+                    // Copies stay on the source's back end (as Cinder's drivers do).
+                    if let Some(p) = pin
+                        && p.as_str() != sb
+                    {
+                        self.out.errors.push(format!("{a}: spec.backend is {p} but its source lives on {sb}; a copy is made on the source's back end"));
+                        return None;
+                    }
+                    fixed = Some((sb, Fixed::Source, String::new()));
+                }
+                None if self.waiting.contains(&(kind, src.to_owned())) => {
+                    self.wait(
+                        ObjKind::Volume,
+                        name.as_str(),
+                        format!("waits for its source {}.{src}", kind.as_str()),
+                    );
+                    return None;
+                }
+                None => {
+                    self.out.errors.push(format!(
+                        "{a}: its source does not exist and is not created by this plan"
+                    ));
+                    return None;
+                }
+            }
+        } else if let Some(p) = pin {
+            fixed = Some((
+                p.as_str().to_owned(),
+                Fixed::Pin,
+                "pinned to its back end".into(),
+            ));
+        } else if let Some((g, b)) = self.group_location(name, doc) {
+            fixed = Some((
+                b,
+                Fixed::Group,
+                format!("placed with its consistency group {g}"),
+            ));
+        }
+        let mut fence = None;
+        if pin.is_none() {
+            match &self.world.fleet {
+                Fleet::Off => {}
+                Fleet::On(placements) => {
+                    let Some(pl) = placements.get(name.as_str()) else {
+                        self.wait(
+                            ObjKind::Volume,
+                            name.as_str(),
+                            "waits for the fleet's leader to place it".into(),
+                        );
+                        return None;
+                    };
+                    if let Some((b, _, _)) = &fixed
+                        && *b != pl.backend
+                    {
+                        self.out.errors.push(format!(
+                            "{a}: the fleet placed it on {} (host {}), but it belongs on {b} with its source or consistency group; remove the placement with `etcdctl del` after checking that no host created it, and the leader places it again",
+                            pl.backend, pl.host
+                        ));
+                        return None;
+                    }
+                    if fixed.is_none() {
+                        fixed = Some((
+                            pl.backend.clone(),
+                            Fixed::Fleet,
+                            match pl.revision {
+                                Some(r) => format!(
+                                    "placed on host {} by the fleet's scheduler (placement revision {r})",
+                                    pl.host
+                                ),
+                                None => format!(
+                                    "to be placed on host {} by the fleet's scheduler",
+                                    pl.host
+                                ),
+                            },
+                        ));
+                    }
+                    fence = pl.revision;
+                }
+                Fleet::Unavailable(why) => {
+                    let why = why.clone();
+                    self.wait(
+                        ObjKind::Volume,
+                        name.as_str(),
+                        format!("waits for a placement, and the fleet is unavailable ({why})"),
+                    );
+                    return None;
+                }
+            }
+        }
+        let Some((backend, how, text)) = fixed else {
+            // Unpinned, no fleet: the scheduler, unless another host could
+            // take it too (each host would create its own).
+            let hosts = self.hosts_that_could_take(req);
+            let others: Vec<String> = hosts
+                .iter()
+                .filter(|(h, _)| !h.is_empty())
+                .flat_map(|(h, bs)| bs.iter().map(move |b| format!("{b} on host {h}")))
+                .collect();
+            if !others.is_empty() {
+                if hosts.contains_key("") {
+                    self.wait(
+                        ObjKind::Volume,
+                        name.as_str(),
+                        format!(
+                            "not created: back ends of other hosts could also take it ({}), and without a fleet each host would create its own; pin it with spec.backend, or run the agents with --etcd",
+                            others.join(", ")
+                        ),
+                    );
+                }
+                // Otherwise only other hosts can take it: theirs to create.
+                return None;
+            }
+            return match self.sched.place(req, None) {
+                Ok(b) => Some(Located {
+                    backend: b.as_str().to_owned(),
+                    how: "placed by the scheduler".into(),
+                    fence: None,
+                }),
+                Err(rej) => {
+                    self.out.errors.push(format!(
+                        "{a}: no back end can take it ({}):{}",
+                        format_bytes_exact(req.size),
+                        schedule::explain(&rej)
+                    ));
+                    None
+                }
+            };
+        };
+        let Some(bn) = self
+            .world
+            .backends
+            .keys()
+            .find(|k| k.as_str() == backend)
+            .cloned()
+        else {
+            // Another host's back end: that host's business.
+            return None;
+        };
+        if let Err(why) = self.sched.check(&bn, req) {
+            let rej = schedule::explain(&vec![(bn, why)]);
+            self.out.errors.push(match how {
+                Fixed::Source => {
+                    format!("{a}: cannot be created on {backend}, where its source lives:{rej}")
+                }
+                Fixed::Pin => format!("{a}: cannot be placed on its pinned back end:{rej}"),
+                Fixed::Group => format!(
+                    "{a}: cannot be created on {backend}, where its consistency group lives:{rej}"
+                ),
+                Fixed::Fleet => {
+                    format!("{a}: cannot be created on {backend}, where the fleet placed it:{rej}")
+                }
+            });
+            return None;
+        }
+        self.sched.commit(&bn, req.size);
+        Some(Located {
+            backend,
+            how: text,
+            fence,
+        })
     }
 
     /// Where the manifests want an existing volume, when not where it is:
@@ -1457,7 +1714,7 @@ impl<'a> Planner<'a> {
             self.out.actions.push(Action {
                 address: a.clone(),
                 op: Op::Delete {
-                    kind: RecordedKind::Volume,
+                    kind: ObjKind::Volume,
                     name: name.as_str().to_owned(),
                     uuid: to.uuid,
                     backend: tb.name.as_str().to_owned(),
@@ -1537,7 +1794,7 @@ impl<'a> Planner<'a> {
                 "it is in use (its LV on {cur} is open): stop or detach its users, then plan again"
             ));
         }
-        if matches!(obj.health, ObjHealth::SizeMismatch { .. }) {
+        if matches!(obj.health, Health::SizeMismatch { .. }) {
             refusals.push("its size differs from the recorded one; let the pending extend finish first (keep spec.backend for one apply)".to_owned());
         }
         if let (
@@ -1745,7 +2002,7 @@ impl<'a> Planner<'a> {
         };
         let uuid = self.found.get(&(kind, name.to_owned())).map(|f| f.obj.uuid);
         Some(SourceRef {
-            kind: kind.into(),
+            kind,
             name: name.to_owned(),
             uuid,
         })
@@ -1769,7 +2026,7 @@ impl<'a> Planner<'a> {
         self.out.actions.push(Action {
             address: addr(kind, name),
             op: Op::Create {
-                kind: kind.into(),
+                kind,
                 name: name.to_owned(),
                 backend: backend.to_owned(),
                 size,
@@ -1778,6 +2035,7 @@ impl<'a> Planner<'a> {
                 backup,
                 deletion_policy: policy,
                 from_file: None,
+                placement: None,
             },
             reason,
             impact: Impact::Grows,
@@ -1798,23 +2056,35 @@ impl<'a> Planner<'a> {
             if let Some(f) = self.found.get(&key) {
                 let (obj, bname) = (f.obj, f.backend.name.as_str().to_owned());
                 match obj.health {
-                    ObjHealth::Creating => {
+                    Health::Creating => {
                         let src = Some(self.snapshot_source(vol.as_str()));
                         self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), None, policy,
                             "an earlier create was interrupted; it is finished with the same identity".into());
                     }
-                    ObjHealth::Deleting | ObjHealth::DataMissing => self.out.errors.push(format!(
+                    Health::Deleting | Health::DataMissing => self.out.errors.push(format!(
                         "{a}: its data on {bname} ({}) is gone or half deleted, but the manifests still declare it; remove the manifest", obj.uuid)),
-                    ObjHealth::Ready | ObjHealth::SizeMismatch { .. } => {
+                    Health::Ready | Health::SizeMismatch { .. } => {
                         self.record_if_needed(ObjKind::Snapshot, name.as_str(), obj.uuid, &bname, obj.size, policy);
                     }
                     // Only volumes migrate, and targets are not in `found`.
-                    ObjHealth::Migrating => {}
+                    Health::Migrating => {}
                 }
                 return;
             }
             // A snapshot lives with its volume.
             let vol_backend = self.backend_of(ObjKind::Volume, vol.as_str());
+            if vol_backend.is_none()
+                && self
+                    .waiting
+                    .contains(&(ObjKind::Volume, vol.as_str().to_owned()))
+            {
+                self.wait(
+                    ObjKind::Snapshot,
+                    name.as_str(),
+                    format!("waits for its volume.{vol}"),
+                );
+                return;
+            }
             let pin = vol_backend.as_ref().and_then(|b| {
                 self.world
                     .backends
@@ -1917,7 +2187,7 @@ impl<'a> Planner<'a> {
             .get(&(ObjKind::Volume, vol.to_owned()))
             .map(|f| f.obj.uuid);
         SourceRef {
-            kind: RecordedKind::Volume,
+            kind: ObjKind::Volume,
             name: vol.to_owned(),
             uuid,
         }
@@ -2133,11 +2403,11 @@ impl<'a> Planner<'a> {
             let a = addr(*kind, name);
             let bname = f.backend.name.as_str().to_owned();
             let policy = self.recorded_policy(f.obj.uuid).unwrap_or_default();
-            let interrupted_delete = f.obj.health == ObjHealth::Deleting;
+            let interrupted_delete = f.obj.health == Health::Deleting;
             if policy == DeletionPolicy::Retain && !interrupted_delete {
                 forgets.push(Action {
                     address: a,
-                    op: Op::Forget { kind: (*kind).into(), name: name.clone(), uuid: f.obj.uuid, backend: bname.clone(), gone: false },
+                    op: Op::Forget { kind: *kind, name: name.clone(), uuid: f.obj.uuid, backend: bname.clone(), gone: false },
                     reason: match &f.backend.driver {
                         Driver::Lvm { volume_group, .. } => format!(
                             "its manifest was removed and its deletionPolicy is Retain: the LV tagged cinderblock.uuid={} stays in volume group {volume_group}, marked cinderblock.released={bname} and no longer managed",
@@ -2206,7 +2476,7 @@ impl<'a> Planner<'a> {
             deletes.push(Action {
                 address: a,
                 op: Op::Delete {
-                    kind: (*kind).into(),
+                    kind: *kind,
                     name: name.clone(),
                     uuid: f.obj.uuid,
                     backend: bname.clone(),
@@ -2239,7 +2509,7 @@ impl<'a> Planner<'a> {
             deletes.push(Action {
                 address: addr(*kind, name),
                 op: Op::Delete {
-                    kind: (*kind).into(),
+                    kind: *kind,
                     name: name.clone(),
                     uuid: t.obj.uuid,
                     backend: t.backend.name.as_str().to_owned(),
@@ -2253,7 +2523,7 @@ impl<'a> Planner<'a> {
         // Records of objects that are gone and no longer declared.
         let found_uuids: BTreeSet<Uuid> = self.found.values().map(|f| f.obj.uuid).collect();
         for (uuid, rec) in &self.recorded.objects {
-            let kind: ObjKind = rec.kind.into();
+            let kind: ObjKind = rec.kind;
             if declared.contains(&(kind, rec.name.clone())) || found_uuids.contains(uuid) {
                 continue;
             }
@@ -2286,7 +2556,7 @@ impl<'a> Planner<'a> {
         // Snapshots go before the volumes they were taken of.
         deletes.sort_by_key(|a| match &a.op {
             Op::Delete {
-                kind: RecordedKind::Snapshot,
+                kind: ObjKind::Snapshot,
                 ..
             } => 0,
             _ => 1,
@@ -2296,52 +2566,83 @@ impl<'a> Planner<'a> {
     }
 
     fn capacity(&mut self) {
-        // Several back ends may share a VG (a thick one and thin pools): its
-        // free space after the plan is what all of them take from it.
-        let mut vg_takes: BTreeMap<&str, i128> = BTreeMap::new();
+        // Several back ends may share space (a thick one and thin pools on
+        // one volume group): its free space after the plan is what all of
+        // them take from it.
+        let mut takes: BTreeMap<(&str, &str), i128> = BTreeMap::new();
         for (name, b) in &self.world.backends {
-            let (Driver::Lvm { volume_group, .. }, Some(inv)) = (&b.driver, b.inventory()) else {
+            let Some(inv) = b.inventory() else { continue };
+            let Some(shared) = &inv.capacity.shared else {
                 continue;
             };
-            let Some(l) = inv.capacity.lvm else { continue };
-            let mut take = i128::from(l.create_pool.map_or(0, |p| p.data + 2 * p.metadata));
-            if !b.thin {
+            let mut take = i128::from(
+                inv.capacity
+                    .create_pool
+                    .map_or(0, |p| p.data + 2 * p.metadata),
+            );
+            if shared.draws_provisioned {
                 let before = schedule::pool_of(b);
                 let after = self.sched.pool(name).unwrap_or(before);
                 take += i128::from(before.free) - i128::from(after.free);
             }
-            *vg_takes.entry(volume_group.as_str()).or_default() += take;
+            *takes
+                .entry((shared.kind.as_str(), shared.name.as_str()))
+                .or_default() += take;
         }
         for (name, b) in &self.world.backends {
             let Some(inv) = b.inventory() else { continue };
             let before = schedule::pool_of(b);
             let after = self.sched.pool(name).unwrap_or(before);
-            let lvm = match (&b.driver, inv.capacity.lvm) {
-                (
-                    Driver::Lvm {
-                        volume_group,
-                        thin_pool,
-                        ..
-                    },
-                    Some(l),
-                ) => {
-                    let take = vg_takes.get(volume_group.as_str()).copied().unwrap_or(0);
-                    let after_free = (i128::from(l.vg_free) - take).max(0);
-                    Some(LvmCapacityChange {
-                        volume_group: volume_group.clone(),
-                        vg_free_before: l.vg_free,
-                        vg_free_after: u64::try_from(after_free).unwrap_or(u64::MAX),
-                        thin_pool: thin_pool.as_ref().map(|p| ThinPoolCapacity {
-                            name: p.clone(),
-                            data_centi: l.pool.and_then(|u| u.data_centi),
-                            metadata_centi: l.pool.and_then(|u| u.metadata_centi),
-                            high_water_centi: HIGH_WATER_CENTI,
-                            created: l.create_pool.is_some(),
-                        }),
-                    })
-                }
-                _ => None,
-            };
+            let mut details = Vec::new();
+            if let Some(shared) = &inv.capacity.shared {
+                let take = takes
+                    .get(&(shared.kind.as_str(), shared.name.as_str()))
+                    .copied()
+                    .unwrap_or(0);
+                let after_free = (i128::from(shared.free) - take).max(0);
+                details.push(CapacityLine {
+                    kind: shared.kind.clone(),
+                    name: shared.name.clone(),
+                    figures: vec![Figure {
+                        name: "free".into(),
+                        value: FigureValue::Bytes {
+                            before: shared.free,
+                            after: u64::try_from(after_free).unwrap_or(u64::MAX),
+                        },
+                    }],
+                    note: None,
+                });
+            }
+            if let Some(fill) = &inv.capacity.fill {
+                // A pool the plan creates starts empty.
+                let created = inv.capacity.create_pool.is_some();
+                let centi = |v: Option<u32>| FigureValue::Percent {
+                    centi: if created { Some(0) } else { v },
+                };
+                details.push(CapacityLine {
+                    kind: fill.kind.clone(),
+                    name: fill.name.clone(),
+                    figures: vec![
+                        Figure {
+                            name: "data".into(),
+                            value: centi(fill.data_centi),
+                        },
+                        Figure {
+                            name: "metadata".into(),
+                            value: centi(fill.metadata_centi),
+                        },
+                    ],
+                    note: Some(format!(
+                        "high-water mark {}{}",
+                        capacity::percent(HIGH_WATER_CENTI),
+                        if created {
+                            ", created by this plan"
+                        } else {
+                            ""
+                        }
+                    )),
+                });
+            }
             self.out.capacity.push(CapacityChange {
                 backend: name.as_str().to_owned(),
                 thin: b.thin,
@@ -2351,17 +2652,17 @@ impl<'a> Planner<'a> {
                 virtual_free_before: before.virtual_free(),
                 virtual_free_after: after.virtual_free(),
                 ratio: before.effective_ratio(),
-                lvm,
+                details,
             });
         }
     }
 }
 
-fn kind_word(k: RecordedKind) -> &'static str {
+fn kind_word(k: ObjKind) -> &'static str {
     match k {
-        RecordedKind::Volume => "volume",
-        RecordedKind::Snapshot => "snapshot",
-        RecordedKind::Image => "image",
+        ObjKind::Volume => "volume",
+        ObjKind::Snapshot => "snapshot",
+        ObjKind::Image => "image",
     }
 }
 

@@ -13,14 +13,14 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::capacity::{human, percent};
-use super::{Action, Op, Plan, RecordedKind, Tally};
+use super::{Action, ObjKind, Op, Plan, Tally};
 use crate::manifest::values::format_bytes_exact;
 
-fn kind_word(k: RecordedKind) -> &'static str {
+fn kind_word(k: ObjKind) -> &'static str {
     match k {
-        RecordedKind::Volume => "volume",
-        RecordedKind::Snapshot => "snapshot",
-        RecordedKind::Image => "image",
+        ObjKind::Volume => "volume",
+        ObjKind::Snapshot => "snapshot",
+        ObjKind::Image => "image",
     }
 }
 
@@ -86,8 +86,8 @@ pub fn text_with(plan: &Plan, extra: &str) -> String {
                 "  {:<width$}  {prov} of {total} ({kind}); virtual free {vfree}",
                 c.backend
             );
-            if let Some(l) = &c.lvm {
-                lvm_capacity(&mut s, width, l);
+            for line in &c.details {
+                detail(&mut s, width, line);
             }
         }
         s.push('\n');
@@ -96,6 +96,12 @@ pub fn text_with(plan: &Plan, extra: &str) -> String {
         let _ = writeln!(s, "Note: {n}");
     }
     if !plan.notes.is_empty() {
+        s.push('\n');
+    }
+    for w in &plan.waiting {
+        let _ = writeln!(s, "Waiting: {}: {}", w.address, w.reason);
+    }
+    if !plan.waiting.is_empty() {
         s.push('\n');
     }
     for e in &plan.errors {
@@ -110,56 +116,56 @@ pub fn text_with(plan: &Plan, extra: &str) -> String {
     s
 }
 
-/// The LVM lines under a back end's capacity line: VG free before → after,
-/// and the thin pool's data and metadata use against the high-water mark.
+/// A labelled line under a back end's capacity line: `LABEL: NAME VALUE,
+/// ... (NOTE)`, bytes as `before -> after` when they change, percentages
+/// `unknown (pool inactive)` when not known.
 #[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded to 2 digits
-fn lvm_capacity(s: &mut String, width: usize, l: &super::LvmCapacityChange) {
+fn detail(s: &mut String, width: usize, line: &super::CapacityLine) {
     let pad = " ".repeat(width + 4);
-    let free = if l.vg_free_before == l.vg_free_after {
-        human(l.vg_free_before as f64)
-    } else {
-        format!(
-            "{} -> {}",
-            human(l.vg_free_before as f64),
-            human(l.vg_free_after as f64)
-        )
-    };
-    let _ = writeln!(s, "{pad}volume group {}: free {free}", l.volume_group);
-    if let Some(p) = &l.thin_pool {
-        let use_ = |v: Option<u32>| v.map_or_else(|| "unknown (pool inactive)".to_owned(), percent);
-        let made = if p.created {
-            ", created by this plan"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            s,
-            "{pad}thin pool {}/{}: data {}, metadata {} (high-water mark {}{made})",
-            l.volume_group,
-            p.name,
-            if p.created {
-                "0%".to_owned()
-            } else {
-                use_(p.data_centi)
-            },
-            if p.created {
-                "0%".to_owned()
-            } else {
-                use_(p.metadata_centi)
-            },
-            percent(p.high_water_centi)
-        );
-    }
+    let figures: Vec<String> = line
+        .figures
+        .iter()
+        .map(|f| {
+            let value = match f.value {
+                super::FigureValue::Bytes { before, after } if before == after => {
+                    human(before as f64)
+                }
+                super::FigureValue::Bytes { before, after } => {
+                    format!("{} -> {}", human(before as f64), human(after as f64))
+                }
+                super::FigureValue::Percent { centi } => {
+                    centi.map_or_else(|| "unknown (pool inactive)".to_owned(), percent)
+                }
+            };
+            format!("{} {value}", f.name)
+        })
+        .collect();
+    let note = line
+        .note
+        .as_ref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "{pad}{} {}: {}{note}",
+        line.kind,
+        line.name,
+        figures.join(", ")
+    );
 }
 
 /// The summary line.
 pub fn summary(plan: &Plan) -> String {
-    summary_of(Tally::of(&plan.actions), plan.errors.len())
+    summary_of(
+        Tally::of(&plan.actions),
+        plan.errors.len(),
+        plan.waiting.len(),
+    )
 }
 
-/// The summary line of `tally` with `errors` plan errors (one host's plan,
-/// or a fleet's added up).
-pub fn summary_of(tally: Tally, errors: usize) -> String {
+/// The summary line of `tally` with `errors` plan errors and `waiting`
+/// objects left for later (one host's plan, or a fleet's added up).
+pub fn summary_of(tally: Tally, errors: usize, waiting: usize) -> String {
     let Tally {
         add,
         change,
@@ -167,11 +173,18 @@ pub fn summary_of(tally: Tally, errors: usize) -> String {
         forget,
         migrate,
     } = tally;
+    let waiting = match waiting {
+        0 => String::new(),
+        1 => " 1 object waits (see above).".to_owned(),
+        n => format!(" {n} objects wait (see above)."),
+    };
     if add + change + destroy + forget + migrate == 0 {
-        return if errors == 0 {
+        return if errors > 0 {
+            format!("Plan failed: {errors} error(s); nothing can be applied.")
+        } else if waiting.is_empty() {
             "No changes. Storage matches the manifests.".to_owned()
         } else {
-            format!("Plan failed: {errors} error(s); nothing can be applied.")
+            format!("No changes now.{waiting}")
         };
     }
     let mut line = format!("Plan: {add} to add, {change} to change, {destroy} to destroy");
@@ -185,6 +198,7 @@ pub fn summary_of(tally: Tally, errors: usize) -> String {
     if errors > 0 {
         let _ = write!(line, " Not applicable: {errors} error(s).");
     }
+    line.push_str(&waiting);
     line
 }
 
@@ -532,6 +546,8 @@ pub struct JsonPlan<'a> {
     resource_changes: Vec<JsonChange<'a>>,
     capacity: &'a [super::CapacityChange],
     notes: &'a [String],
+    #[serde(skip_serializing_if = "<[super::Waiting]>::is_empty")]
+    waiting: &'a [super::Waiting],
     errors: &'a [String],
     summary: JsonSummary,
 }
@@ -554,6 +570,13 @@ struct JsonSummary {
     migrate: usize,
     destroys_data: bool,
     applicable: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    waiting: usize,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The plan as a JSON document.
@@ -584,6 +607,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             .collect(),
         capacity: &plan.capacity,
         notes: &plan.notes,
+        waiting: &plan.waiting,
         errors: &plan.errors,
         summary: JsonSummary {
             add,
@@ -593,6 +617,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             migrate: plan.migrations(),
             destroys_data: plan.destroys_data(),
             applicable: plan.errors.is_empty(),
+            waiting: plan.waiting.len(),
         },
     }
 }

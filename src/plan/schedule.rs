@@ -127,16 +127,7 @@ impl<'w> Scheduler<'w> {
         };
         for f in &self.filters {
             match f {
-                FilterName::AvailabilityZoneFilter => {
-                    if let Some(z) = req.zone
-                        && z != view.zone
-                    {
-                        return Err(format!(
-                            "AvailabilityZoneFilter: zone {:?}, the volume needs {z:?}",
-                            view.zone
-                        ));
-                    }
-                }
+                FilterName::AvailabilityZoneFilter => zone(view, req)?,
                 FilterName::CapacityFilter if capacity => {
                     let a = slot.pool.admit(req.size);
                     if let Some(r) = a.reason {
@@ -146,7 +137,27 @@ impl<'w> Scheduler<'w> {
                 FilterName::CapacityFilter => {}
                 FilterName::CapabilitiesFilter => {
                     if let Some(specs) = req.extra_specs {
-                        capabilities(view, slot, specs)?;
+                        capabilities(view, Some(slot), specs)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a back end could take a volume, judged only by what its
+    /// configuration says (availability zone, declared and derived
+    /// capabilities): figures only discovery knows (capacity, volume
+    /// counts) are taken to pass. Used for other hosts' back ends, which
+    /// this host cannot discover, so the answer means "could take it".
+    pub fn could_take(&self, view: &BackendView, req: &Request<'_>) -> Result<(), String> {
+        for f in &self.filters {
+            match f {
+                FilterName::AvailabilityZoneFilter => zone(view, req)?,
+                FilterName::CapacityFilter => {}
+                FilterName::CapabilitiesFilter => {
+                    if let Some(specs) = req.extra_specs {
+                        capabilities(view, None, specs)?;
                     }
                 }
             }
@@ -249,8 +260,18 @@ impl<'w> Scheduler<'w> {
 /// A back end's capacity state as the admission function reads it (for LVM
 /// thin back ends with the pool's data and metadata use).
 pub fn pool_of(b: &BackendView) -> Pool {
-    let cap = b.inventory().map(|i| i.capacity).unwrap_or_default();
-    let usage = cap.lvm.and_then(|l| l.pool);
+    let Some(cap) = b.inventory().map(|i| &i.capacity) else {
+        return Pool {
+            total: 0,
+            free: 0,
+            provisioned: 0,
+            thin: b.thin,
+            ratio: b.ratio,
+            reserved_percentage: b.reserved_percentage,
+            data_centi: None,
+            metadata_centi: None,
+        };
+    };
     Pool {
         total: cap.total,
         free: cap.free,
@@ -258,25 +279,50 @@ pub fn pool_of(b: &BackendView) -> Pool {
         thin: b.thin,
         ratio: b.ratio,
         reserved_percentage: b.reserved_percentage,
-        data_centi: usage.and_then(|u| u.data_centi),
-        metadata_centi: usage.and_then(|u| u.metadata_centi),
+        data_centi: cap.fill.as_ref().and_then(|f| f.data_centi),
+        metadata_centi: cap.fill.as_ref().and_then(|f| f.metadata_centi),
     }
 }
 
+/// Cinder's `AvailabilityZoneFilter`.
+fn zone(view: &BackendView, req: &Request<'_>) -> Result<(), String> {
+    match req.zone {
+        Some(z) if z != view.zone => Err(format!(
+            "AvailabilityZoneFilter: zone {:?}, the volume needs {z:?}",
+            view.zone
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Standard capabilities whose values only discovery knows.
+const DISCOVERED_CAPABILITIES: [&str; 4] = [
+    "total_volumes",
+    "total_capacity_gb",
+    "free_capacity_gb",
+    "provisioned_capacity_gb",
+];
+
 /// The capabilities a back end reports: its declared ones plus Cinder's
-/// standard ones.
+/// standard ones (without the discovered figures when there is no `slot`).
 #[allow(clippy::cast_precision_loss)]
-fn reported(view: &BackendView, slot: &Slot) -> BTreeMap<String, String> {
+fn reported(view: &BackendView, slot: Option<&Slot>) -> BTreeMap<String, String> {
     let gib = |b: u64| format!("{:.2}", b as f64 / f64::from(1u32 << 30));
     let mut caps = view.capabilities.clone();
+    if let Some(slot) = slot {
+        for (k, v) in [
+            ("total_volumes", slot.volumes.to_string()),
+            ("total_capacity_gb", gib(slot.pool.total)),
+            ("free_capacity_gb", gib(slot.pool.free)),
+            ("provisioned_capacity_gb", gib(slot.pool.provisioned)),
+        ] {
+            caps.entry(k.to_owned()).or_insert(v);
+        }
+    }
     let std_caps = [
         ("volume_backend_name", view.backend_name.clone()),
         ("thin_provisioning_support", title(view.thin)),
         ("thick_provisioning_support", title(!view.thin)),
-        ("total_volumes", slot.volumes.to_string()),
-        ("total_capacity_gb", gib(slot.pool.total)),
-        ("free_capacity_gb", gib(slot.pool.free)),
-        ("provisioned_capacity_gb", gib(slot.pool.provisioned)),
         ("max_over_subscription_ratio", view.ratio.to_string()),
         ("reserved_percentage", view.reserved_percentage.to_string()),
         ("availability_zone", view.zone.clone()),
@@ -303,7 +349,7 @@ fn title(b: bool) -> String {
 /// `thin_provisioning_support`.
 fn capabilities(
     view: &BackendView,
-    slot: &Slot,
+    slot: Option<&Slot>,
     specs: &BTreeMap<String, ScalarString>,
 ) -> Result<(), String> {
     let caps = reported(view, slot);
@@ -319,6 +365,10 @@ fn capabilities(
             key
         };
         let Some(have) = caps.get(cap_key) else {
+            if slot.is_none() && DISCOVERED_CAPABILITIES.contains(&cap_key) {
+                // Unknown without discovery: could pass.
+                continue;
+            }
             return Err(format!(
                 "CapabilitiesFilter: the type wants {key} {:?}, the back end does not report {cap_key}",
                 want.0

@@ -11,9 +11,9 @@ use crate::manifest::kinds::DeletionPolicy;
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{ManifestSet, load_source};
 use crate::observe::{
-    BackendView, Capacity, Discovery, Driver, Inventory, ObjHealth, ObjKind, Observed, World,
+    BackendView, Capacity, Discovery, Driver, Health, Inventory, ObjKind, Observed, World,
 };
-use crate::state::record::{Recorded, RecordedKind, RecordedObject};
+use crate::state::record::{Recorded, RecordedObject};
 
 const GIB: u64 = 1 << 30;
 
@@ -55,7 +55,7 @@ fn view(name: &str, thin: bool, ratio: f64, total: u64, objects: Vec<Observed>) 
                 total,
                 free: total,
                 provisioned,
-                lvm: None,
+                ..Capacity::default()
             },
             objects,
             foreign: vec![],
@@ -73,7 +73,7 @@ fn obj(name: &str, size: u64, n: u128) -> Observed {
         size,
         allocated: Some(0),
         parent: None,
-        health: ObjHealth::Ready,
+        health: Health::Ready,
         in_use: false,
     }
 }
@@ -90,7 +90,7 @@ fn record(n: u128, name: &str, backend: &str, policy: DeletionPolicy) -> (Uuid, 
     (
         Uuid::from_u128(n),
         RecordedObject {
-            kind: RecordedKind::Volume,
+            kind: ObjKind::Volume,
             name: name.into(),
             backend: backend.into(),
             size: GIB,
@@ -278,7 +278,7 @@ fn moving(b_objects: Vec<Observed>, extra: &str) -> (ManifestSet, World) {
     two_backends("b", extra, vec![obj("db", GIB, 1)], b_objects)
 }
 
-fn target_of(n: u128, health: ObjHealth) -> Observed {
+fn target_of(n: u128, health: Health) -> Observed {
     Observed {
         health,
         ..obj("db", GIB, n)
@@ -287,7 +287,7 @@ fn target_of(n: u128, health: ObjHealth) -> Observed {
 
 #[test]
 fn a_migration_target_is_not_a_duplicate_and_the_migration_resumes() {
-    let (set, w) = moving(vec![target_of(1, ObjHealth::Migrating)], "");
+    let (set, w) = moving(vec![target_of(1, Health::Migrating)], "");
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
@@ -309,7 +309,7 @@ fn an_abandoned_migration_removes_its_target_only() {
         "a",
         "",
         vec![obj("db", GIB, 1)],
-        vec![target_of(1, ObjHealth::Migrating)],
+        vec![target_of(1, Health::Migrating)],
     );
     let p = plan(&set_back, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
@@ -331,7 +331,7 @@ fn a_verified_switch_interrupted_before_the_source_went_is_finished() {
     let (set, w) = two_backends(
         "b",
         "",
-        vec![target_of(1, ObjHealth::Deleting)],
+        vec![target_of(1, Health::Deleting)],
         vec![obj("db", GIB, 1)],
     );
     let p = plan(&set, &w, &Recorded::default(), Options::default());
@@ -388,7 +388,7 @@ fn a_move_to_another_hosts_back_end_is_not_supported_yet() {
 
 #[test]
 fn only_a_target_left_is_an_error_not_a_new_volume() {
-    let (set, w) = two_backends("b", "", vec![], vec![target_of(1, ObjHealth::Migrating)]);
+    let (set, w) = two_backends("b", "", vec![], vec![target_of(1, Health::Migrating)]);
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
@@ -484,7 +484,7 @@ fn the_target_of_a_volume_no_longer_declared_is_removed() {
             true,
             20.0,
             100 * GIB,
-            vec![target_of(1, ObjHealth::Migrating)],
+            vec![target_of(1, Health::Migrating)],
         ),
     ]);
     let rec = Recorded {
@@ -734,8 +734,8 @@ fn a_verified_copy_interrupted_before_the_switch_is_finished() {
     let (set, w) = two_backends(
         "b",
         "",
-        vec![target_of(1, ObjHealth::Deleting)],
-        vec![target_of(1, ObjHealth::Migrating)],
+        vec![target_of(1, Health::Deleting)],
+        vec![target_of(1, Health::Migrating)],
     );
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
@@ -798,5 +798,220 @@ fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() 
     assert!(
         err[0].contains("no catalogued backup cccc of volume db"),
         "{err:?}"
+    );
+}
+
+/// Back ends `fa` (host stor-a) and `fb` (host stor-b), a volume type both
+/// can serve and one only `fb` can, and the volumes `vols`; seen from
+/// stor-a (only `fa` discovered) or stor-b.
+fn two_hosts(vols: &str, from: &str) -> (ManifestSet, World) {
+    let set = manifests(
+        &(backend_yaml("fa", "  host: stor-a\n")
+            + &backend_yaml("fb", "  host: stor-b\n  capabilities: {tier: gold}\n")
+            + "apiVersion: cinderblock.dev/v1alpha1\nkind: VolumeType\nmetadata: {name: any}\nspec: {}\n---\n"
+            + "apiVersion: cinderblock.dev/v1alpha1\nkind: VolumeType\nmetadata: {name: gold}\nspec:\n  extraSpecs: {tier: gold}\n---\n"
+            + vols),
+    );
+    let mut v = view(from, true, 20.0, 100 * GIB, vec![]);
+    if from == "fb" {
+        v.capabilities.insert("tier".into(), "gold".into());
+    }
+    (set, world(vec![v]))
+}
+
+fn created(p: &super::Plan) -> Vec<(String, String)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.op {
+            Op::Create { name, backend, .. } => Some((name.clone(), backend.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn without_a_fleet_an_unpinned_volume_two_hosts_could_take_is_created_on_neither() {
+    let vols = vol_yaml("db", "1Gi", "  volumeType: any\n")
+        + &vol_yaml("pa", "1Gi", "  backend: fa\n")
+        + &vol_yaml("pb", "1Gi", "  backend: fb\n")
+        + &vol_yaml("g", "1Gi", "  volumeType: gold\n");
+    for (host_view, other, mine) in [
+        ("fa", "fb on host stor-b", "pa"),
+        ("fb", "fa on host stor-a", "pb"),
+    ] {
+        let (set, w) = two_hosts(&vols, host_view);
+        let p = plan(&set, &w, &Recorded::default(), Options::default());
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let mut want = vec![(mine.to_owned(), host_view.to_owned())];
+        if host_view == "fb" {
+            // Only stor-b's back end serves `gold`: stor-b creates it,
+            // stor-a leaves it without an error.
+            want.insert(0, ("g".to_owned(), "fb".to_owned()));
+        }
+        assert_eq!(created(&p), want);
+        assert_eq!(p.waiting.len(), 1, "{:?}", p.waiting);
+        assert_eq!(p.waiting[0].address, "volume.db");
+        assert_eq!(
+            p.waiting[0].reason,
+            format!(
+                "not created: back ends of other hosts could also take it ({other}), and without a fleet each host would create its own; pin it with spec.backend, or run the agents with --etcd"
+            )
+        );
+        let text = render::text(&p);
+        assert!(text.contains(&format!("Waiting: volume.db: not created: back ends of other hosts could also take it ({other})")), "{text}");
+        assert!(text.ends_with(" 1 object waits (see above).\n"), "{text}");
+    }
+}
+
+#[test]
+fn a_snapshot_and_a_copy_of_a_waiting_volume_wait_too() {
+    let vols = vol_yaml("db", "1Gi", "  volumeType: any\n")
+        + &vol_yaml("copy", "1Gi", "  source: {volume: db}\n")
+        + "apiVersion: cinderblock.dev/v1alpha1\nkind: Snapshot\nmetadata: {name: s1}\nspec: {volume: db}\n---\n";
+    let (set, w) = two_hosts(&vols, "fa");
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    let waiting: Vec<(&str, &str)> = p
+        .waiting
+        .iter()
+        .map(|w| (w.address.as_str(), w.reason.as_str()))
+        .collect();
+    assert_eq!(
+        waiting[1..],
+        [
+            ("volume.copy", "waits for its source volume.db"),
+            ("snapshot.s1", "waits for its volume.db"),
+        ]
+    );
+    assert_eq!(
+        render::summary(&p),
+        "No changes now. 3 objects wait (see above)."
+    );
+}
+
+#[test]
+fn consistency_group_members_are_placed_together() {
+    let set = manifests(
+        &(backend_yaml("a", "")
+            + &backend_yaml("b", "")
+            + "apiVersion: cinderblock.dev/v1alpha1\nkind: SchedulerPolicy\nmetadata: {name: default}\nspec:\n  weighers: [{name: VolumeNumberWeigher}]\n---\n"
+            + "apiVersion: cinderblock.dev/v1alpha1\nkind: VolumeType\nmetadata: {name: t}\nspec: {}\n---\n"
+            + "apiVersion: cinderblock.dev/v1alpha1\nkind: ConsistencyGroup\nmetadata: {name: g}\nspec: {volumeTypes: [t]}\n---\n"
+            + &vol_yaml("m1", "1Gi", "  volumeType: t\n  consistencyGroup: g\n")
+            + &vol_yaml("m2", "1Gi", "  volumeType: t\n  consistencyGroup: g\n")
+            + &vol_yaml("m3", "1Gi", "  volumeType: t\n  consistencyGroup: g\n")
+            + &vol_yaml("x", "1Gi", "  volumeType: t\n")),
+    );
+    // `b` holds a member already: the new members join it, although the
+    // volume-number weigher alone would send them to the empty `a`.
+    let w = world(vec![
+        view("a", true, 20.0, 100 * GIB, vec![]),
+        view("b", true, 20.0, 100 * GIB, vec![obj("m2", GIB, 2)]),
+    ]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(
+        created(&p),
+        [
+            ("m1".into(), "b".into()),
+            ("m3".into(), "b".into()),
+            ("x".into(), "a".into())
+        ]
+    );
+    assert!(
+        p.actions[0]
+            .reason
+            .contains("placed with its consistency group g"),
+        "{}",
+        p.actions[0].reason
+    );
+}
+
+fn placed(entries: &[(&str, &str, &str, Option<i64>)]) -> crate::observe::Fleet {
+    crate::observe::Fleet::On(
+        entries
+            .iter()
+            .map(|(v, b, h, r)| {
+                (
+                    (*v).to_owned(),
+                    crate::observe::Placement {
+                        backend: (*b).to_owned(),
+                        host: (*h).to_owned(),
+                        revision: *r,
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn in_a_fleet_a_host_creates_what_is_placed_on_it_with_the_fencing_revision_and_waits_for_the_rest()
+{
+    let vols = vol_yaml("here", "1Gi", "  volumeType: any\n")
+        + &vol_yaml("there", "1Gi", "  volumeType: any\n")
+        + &vol_yaml("later", "1Gi", "  volumeType: any\n")
+        + &vol_yaml("pa", "1Gi", "  backend: fa\n");
+    let (set, mut w) = two_hosts(&vols, "fa");
+    w.fleet = placed(&[
+        ("here", "fa", "stor-a", Some(41)),
+        ("there", "fb", "stor-b", Some(42)),
+    ]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(
+        created(&p),
+        [("here".into(), "fa".into()), ("pa".into(), "fa".into())]
+    );
+    assert!(matches!(
+        p.actions[0].op,
+        Op::Create {
+            placement: Some(41),
+            ..
+        }
+    ));
+    assert!(matches!(
+        p.actions[1].op,
+        Op::Create {
+            placement: None,
+            ..
+        }
+    ));
+    assert_eq!(
+        p.actions[0].reason,
+        "it is declared and does not exist; placed on host stor-a by the fleet's scheduler (placement revision 41)"
+    );
+    assert_eq!(p.waiting.len(), 1);
+    assert_eq!(
+        (p.waiting[0].address.as_str(), p.waiting[0].reason.as_str()),
+        ("volume.later", "waits for the fleet's leader to place it")
+    );
+
+    // etcd unreachable: pinned work goes on, placements wait, with the reason.
+    w.fleet =
+        crate::observe::Fleet::Unavailable("etcd at http://127.0.0.1:1: connection refused".into());
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(created(&p), [("pa".into(), "fa".into())]);
+    assert_eq!(p.waiting.len(), 3);
+    assert_eq!(
+        p.waiting[0].reason,
+        "waits for a placement, and the fleet is unavailable (etcd at http://127.0.0.1:1: connection refused)"
+    );
+}
+
+#[test]
+fn a_placement_that_splits_a_copy_from_its_source_is_refused() {
+    let vols = vol_yaml("src", "1Gi", "  backend: fa\n")
+        + &vol_yaml("copy", "1Gi", "  source: {volume: src}\n");
+    let (set, mut w) = two_hosts(&vols, "fa");
+    w.fleet = placed(&[("copy", "fb", "stor-b", Some(7))]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    assert!(
+        p.errors[0].starts_with("volume.copy: the fleet placed it on fb (host stor-b), but it belongs on fa with its source or consistency group"),
+        "{}",
+        p.errors[0]
     );
 }

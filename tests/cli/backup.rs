@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use cinderblock::file::{Allocation, FileBackend, NewObject, ObjectKind};
+use cinderblock::file::{Allocation, FileBackend, NewObject, ObjKind};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -99,13 +99,13 @@ spec:
         be.create(&NewObject {
             uuid,
             name,
-            kind: ObjectKind::Volume,
+            kind: ObjKind::Volume,
             size,
             allocation: Allocation::Sparse,
             source: None,
         })
         .unwrap();
-        be.data_path(ObjectKind::Volume, uuid)
+        be.data_path(ObjKind::Volume, uuid)
     }
 
     /// The data file of the volume object named `name`, if any.
@@ -115,8 +115,8 @@ spec:
             .unwrap()
             .objects
             .into_iter()
-            .find(|o| o.meta.name == name && o.meta.kind == ObjectKind::Volume)
-            .map(|o| be.data_path(ObjectKind::Volume, o.meta.uuid))
+            .find(|o| o.meta.name == name && o.meta.kind == ObjKind::Volume)
+            .map(|o| be.data_path(ObjKind::Volume, o.meta.uuid))
     }
 }
 
@@ -598,7 +598,7 @@ fn regenerate_golden_repository() {
     be.create(&NewObject {
         uuid,
         name: "golden",
-        kind: ObjectKind::Volume,
+        kind: ObjKind::Volume,
         size: 8 * 64 * KIB,
         allocation: Allocation::Sparse,
         source: None,
@@ -606,7 +606,7 @@ fn regenerate_golden_repository() {
     .unwrap();
     let f = File::options()
         .write(true)
-        .open(be.data_path(ObjectKind::Volume, uuid))
+        .open(be.data_path(ObjKind::Volume, uuid))
         .unwrap();
     let v = golden_volume();
     for (slot, chunk) in v.chunks(64 * 1024).enumerate() {
@@ -803,7 +803,7 @@ fn two_writers_at_once_share_one_repository() {
         be.create(&NewObject {
             uuid,
             name: "data",
-            kind: ObjectKind::Volume,
+            kind: ObjKind::Volume,
             size: 32 * MIB,
             allocation: Allocation::Sparse,
             source: None,
@@ -811,7 +811,7 @@ fn two_writers_at_once_share_one_repository() {
         .unwrap();
         let f = File::options()
             .write(true)
-            .open(be.data_path(ObjectKind::Volume, uuid))
+            .open(be.data_path(ObjKind::Volume, uuid))
             .unwrap();
         f.write_all_at(&noise(42, 4 * MIB), 0).unwrap();
         f.write_all_at(&noise(2 * n + 51, 8 * MIB), 16 * MIB)
@@ -933,7 +933,7 @@ fn interrupted_restore_is_refused_then_started_over() {
         .find(|o| o.meta.name == "copy")
         .unwrap();
     let mut meta = obj.meta.clone();
-    meta.state = cinderblock::file::Phase::Creating;
+    meta.state = cinderblock::file::Mark::Creating;
     cinderblock::file::meta::write_sidecar(be.root(), &meta).unwrap();
     fs::write(site.volume_path("copy").unwrap(), b"torn").unwrap();
     let run = site.cbf(&["backup", "restore", &id, "--to", "copy"]);

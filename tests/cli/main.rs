@@ -13,10 +13,12 @@
 )] // test data builders
 
 mod agent;
+mod architecture;
 mod backup;
 mod converge;
 mod examples;
 mod export;
+mod fleet;
 mod fuzz;
 mod image;
 mod install;
