@@ -34,11 +34,17 @@ export PATH="$PWD/target/tools:$PATH"
 # Headless Chromium for the agent's status page (tests/cli/status_page.rs),
 # driven over the DevTools protocol by tests/browser/cdp.py (python3 only).
 need_apt run.sh chromium -- chromium python3
+# jq: the CI examples' steps (tests/cli/ci_examples.rs) run with it.
+need_apt run.sh jq -- jq
 
 cargo build --locked --all-targets
 # The Debian package (packaging/build-deb.sh), installed into a throwaway
-# root by an ignored test in tests/cli/install.rs.
-CINDERBLOCK_DEB=$(bash packaging/build-deb.sh --profile release --out target/debian | tail -1)
+# root by an ignored test in tests/cli/install.rs. Packaged from the dev build
+# just made: what the test checks (layout, unit, conffiles, man pages,
+# completions, maintainer scripts) does not depend on the optimisation level,
+# and a release build would compile every crate a second time. A release
+# package is `bash packaging/build-deb.sh` (its default profile).
+CINDERBLOCK_DEB=$(bash packaging/build-deb.sh --profile dev --out target/debian | tail -1)
 export CINDERBLOCK_DEB
 cargo test --locked
 # The ignored tests, by target (the library's ignored helper tests are
