@@ -362,7 +362,7 @@ fn restore_backup(
         }
     };
     let stats = restore_new_from(
-        &b.repository,
+        &b.target,
         b.id,
         &on,
         uuid,

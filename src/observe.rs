@@ -103,8 +103,9 @@ pub struct World {
     /// is declared with `source.backup`: what such a volume may be restored
     /// from.
     pub backups: Vec<BackupSource>,
-    /// Each `BackupPolicy`'s repository directory, resolved.
-    pub backup_repos: BTreeMap<Name, std::path::PathBuf>,
+    /// Each `BackupPolicy`'s repository location
+    /// ([`crate::backup::target::RepoSpec::location`]).
+    pub backup_repos: BTreeMap<Name, String>,
     /// What the fleet says about placements (`Off` without `--etcd`).
     pub fleet: Fleet,
 }
@@ -243,8 +244,10 @@ pub struct BackupSource {
     pub id: Uuid,
     /// The volume that was backed up (manifest name).
     pub volume: String,
-    /// Its repository directory.
-    pub repository: std::path::PathBuf,
+    /// Its repository's location.
+    pub repository: String,
+    /// How to open that repository.
+    pub target: crate::backup::target::RepoSpec,
     /// Bytes of the volume at the time.
     pub size: u64,
     /// When it was taken.
@@ -272,6 +275,7 @@ fn backup_sources(set: &ManifestSet, state_dir: &Path) -> Vec<BackupSource> {
                 id: e.id,
                 volume: e.volume.name.clone(),
                 repository: e.repository.clone(),
+                target: e.repo_spec(),
                 size: e.volume.size,
                 started_at: e.started_at,
             })
@@ -423,7 +427,10 @@ pub fn discover_with(
     world.backup_repos = set
         .backup_policies
         .iter()
-        .map(|(n, d)| (n.clone(), d.spec.target.path.resolve(state_dir)))
+        .filter_map(|(n, d)| {
+            crate::backup::target::RepoSpec::from_policy(&d.spec, state_dir)
+                .map(|r| (n.clone(), r.location()))
+        })
         .collect();
     world
 }

@@ -37,6 +37,10 @@ need_apt run.sh chromium -- chromium python3
 # jq: the CI examples' steps (tests/cli/ci_examples.rs) run with it.
 need_apt run.sh jq -- jq
 
+# moto's S3 server (PyPI): the real S3-compatible store the backup tests
+# write to (tests/lib/s3_server.py says why moto).
+need_pip run.sh 'moto[server]' boto3 -- moto_server
+
 cargo build --locked --all-targets
 # The Debian package (packaging/build-deb.sh), installed into a throwaway
 # root by an ignored test in tests/cli/install.rs. Packaged from the dev build

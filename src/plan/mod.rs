@@ -1977,7 +1977,7 @@ impl<'a> Planner<'a> {
         hit.cloned().map(Some).ok_or_else(|| {
             format!(
                 "no catalogued backup {id} of volume {vol} in {} (BackupPolicy {}): run `backup list`, or `backup import --scan` the repository",
-                repo.display(),
+                repo,
                 b.policy
             )
         })
