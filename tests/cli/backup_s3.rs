@@ -333,3 +333,44 @@ fn s3_append_only_backs_up_and_forgets_without_deleting_then_the_sweep_frees() {
     ok(&site.cbf(&["backup", "restore", &ids[2], "--to", "back"]));
     assert_eq!(sha256(&site.volume_path("back").unwrap()), sha256(&vol));
 }
+
+#[test]
+#[ignore = "needs moto (tests/run.sh installs it)"]
+fn s3_encrypted_objects_hold_no_plaintext_and_restore() {
+    let s3 = S3Server::start();
+    let probe = Site::new("");
+    let creds = credentials(&probe, "admin.key", &s3.admin);
+    let key = credentials(&probe, "backup.key", "an encryption key for this test");
+    let site = Site::with_target(
+        "",
+        &format!(
+            "{}\n  encryption: {{keyRef: {{file: {}}}}}",
+            s3.target("enc", &creds, ""),
+            key.display()
+        ),
+    );
+    let vol = site.create_volume("data", 16 * MIB);
+    let marker = b"CINDERBLOCK-S3-PLAINTEXT-MARKER-51c2";
+    let text: Vec<u8> = marker.iter().copied().cycle().take(MIB as usize).collect();
+    let f = File::options().write(true).open(&vol).unwrap();
+    f.write_all_at(&text, 4 * MIB).unwrap();
+    f.write_all_at(&noise(4, MIB), 10 * MIB).unwrap();
+    drop(f);
+    let id = backup_id(&site.cbf(&["backup", "run", "data"]));
+    let store = s3.store("enc");
+    let objects = s3.objects("enc");
+    assert!(
+        objects.iter().any(|o| o.0.starts_with("keys/")),
+        "{objects:?}"
+    );
+    for (key, _) in &objects {
+        let bytes = store.get(key).unwrap().unwrap();
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "plaintext in {key}"
+        );
+    }
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "back"]));
+    assert_eq!(sha256(&site.volume_path("back").unwrap()), sha256(&vol));
+    ok(&site.cb("state", &["backup", "verify", "--all"]));
+}
