@@ -9,6 +9,7 @@ pub mod cli;
 pub mod copy;
 pub mod exec;
 pub mod file;
+pub mod inuse;
 pub mod iscsi;
 pub mod lvm;
 pub mod manifest;

@@ -40,6 +40,12 @@ need_apt run.sh jq -- jq
 # moto's S3 server (PyPI): the real S3-compatible store the backup tests
 # write to (tests/lib/s3_server.py says why moto).
 need_pip run.sh 'moto[server]' boto3 -- moto_server
+# Supply chain (deny.toml): every dependency's license is an allowed
+# permissive one, no wildcard requirements, crates.io only. Advisories are
+# not checked here: they need the advisory database from the network
+# (README, "Supply chain").
+need_cargo run.sh cargo-deny 0.20.2
+cargo deny --offline --locked check licenses bans sources
 
 cargo build --locked --all-targets
 # The Debian package (packaging/build-deb.sh), installed into a throwaway
@@ -55,3 +61,6 @@ cargo test --locked
 # children that other tests start themselves).
 cargo test --locked --test cli -- --ignored
 cargo test --locked --test lab -- --ignored --test-threads=1
+# Fuzz smoke run: every target of tests/fuzz/ for a few seconds on its seed
+# corpus (installs cargo-fuzz when missing; longer runs: tests/fuzz/README.md).
+bash tests/fuzz/run.sh -t 5

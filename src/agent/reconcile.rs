@@ -1058,6 +1058,8 @@ fn subject(a: &Action) -> (ObjKind, String, Option<uuid::Uuid>) {
         Op::CreatePool { backend, pool, .. } => {
             (ObjKind::Volume, format!("pool:{backend}/{pool}"), None)
         }
+        // Host-wide, like a pool: a key no manifest name can take.
+        Op::DiscoveryAuth { .. } => (ObjKind::Volume, "iscsi:discovery-auth".into(), None),
     }
 }
 
@@ -1359,8 +1361,9 @@ mod tests {
             size: 1,
             allocated: None,
             parent,
+            clone_of: None,
             health: Health::Ready,
-            in_use: false,
+            in_use: None,
         };
         let name: crate::manifest::Name = "local".parse().unwrap();
         let view = BackendView {

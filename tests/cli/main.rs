@@ -25,6 +25,7 @@ mod fleet;
 mod fuzz;
 mod image;
 mod install;
+mod inuse;
 mod lvm_plan;
 mod migrate;
 mod monitoring;
