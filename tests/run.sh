@@ -48,13 +48,13 @@ need_cargo run.sh cargo-deny 0.20.2
 cargo deny --offline --locked check licenses bans sources
 
 cargo build --locked --all-targets
-# The Debian package (packaging/build-deb.sh), installed into a throwaway
+# The Debian package (tests/package/build-deb.sh), installed into a throwaway
 # root by an ignored test in tests/cli/install.rs. Packaged from the dev build
 # just made: what the test checks (layout, unit, conffiles, man pages,
 # completions, maintainer scripts) does not depend on the optimisation level,
 # and a release build would compile every crate a second time. A release
-# package is `bash packaging/build-deb.sh` (its default profile).
-CINDERBLOCK_DEB=$(bash packaging/build-deb.sh --profile dev --out target/debian | tail -1)
+# package is `bash tests/package/build-deb.sh` (its default profile).
+CINDERBLOCK_DEB=$(bash tests/package/build-deb.sh --profile dev --out target/debian | tail -1)
 export CINDERBLOCK_DEB
 cargo test --locked
 # The ignored tests, by target (the library's ignored helper tests are

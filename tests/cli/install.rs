@@ -1,5 +1,5 @@
 //! Installing like a system tool: shell completions, manual pages and the
-//! Debian package (`tests/package-deb.sh`).
+//! Debian package (`tests/package/build-deb.sh`).
 
 use std::fs;
 
@@ -164,13 +164,14 @@ fn zsh_and_fish_load_their_completions() {
     assert_eq!(names, ["plan", "json", "markdown", "text"], "{}", f.stdout);
 }
 
-/// The package `tests/run.sh` built (`packaging/build-deb.sh`), named by
+/// The package `tests/run.sh` built (`tests/package/build-deb.sh`), named by
 /// `CINDERBLOCK_DEB`.
 fn built_deb() -> std::path::PathBuf {
     let deb = std::env::var_os("CINDERBLOCK_DEB").expect(
-        "CINDERBLOCK_DEB names the package built by packaging/build-deb.sh (tests/run.sh sets it)",
+        "CINDERBLOCK_DEB names the package built by tests/package/build-deb.sh (tests/run.sh sets it)",
     );
-    std::path::PathBuf::from(deb)
+    // Absolute: the tools below run in a scratch directory.
+    std::path::absolute(deb).expect("CINDERBLOCK_DEB is a usable path")
 }
 
 #[test]
