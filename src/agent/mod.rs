@@ -12,7 +12,7 @@
 //! | git poller | [`git`] | fetch every interval or on webhook; export new commits |
 //! | resync timer | [`supervisor`] | a `resync` trigger every `--resync` |
 //! | reconciler | [`reconcile`] | read, discover, plan, apply; one at a time |
-//! | backup scheduler | [`schedule`] | due backups through a [`schedule::BackupRunner`] |
+//! | backup scheduler | [`schedule`] | due backups, and each policy's scheduled verify and drill ([`checks`]), through a [`schedule::BackupRunner`] |
 //! | http | [`http`] | `/healthz`, `/readyz`, `/status`, `/metrics`, `/hooks/git` |
 //! | signals | [`supervisor`] | SIGTERM/SIGINT stop, SIGHUP reconciles |
 //!
@@ -27,6 +27,7 @@
 //! than through [`crate::exec`] (git).
 
 pub mod backoff;
+pub mod checks;
 pub mod debounce;
 pub mod git;
 pub mod http;

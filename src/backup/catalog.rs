@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::engine::ReadRecord;
 use super::format::{BackupKind, Manifest, RECORD_FORMAT, Record, RecordRepository, VolumeRef};
 use super::target::{RepoSpec, Target};
 use super::{BackupError, Repository};
@@ -90,6 +91,11 @@ pub struct Entry {
     /// When verify last checked it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<DateTime<Utc>>,
+    /// How the run read its source and why (recorded by the run on this
+    /// host; the repository's manifests do not say, so entries rebuilt by
+    /// `import --scan` have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadRecord>,
 }
 
 impl Entry {
@@ -117,6 +123,7 @@ impl Entry {
             status: Status::Ok,
             detail: None,
             verified_at: None,
+            read: None,
         }
     }
 }
@@ -202,12 +209,19 @@ impl Catalog {
         let (manifests, bad) = repo.manifest_heads()?;
         let root = repo.location();
         let rid = repo.config().id;
+        // What only the runs on this host knew survives the rebuild.
+        let reads: BTreeMap<Uuid, ReadRecord> = self
+            .backups
+            .iter()
+            .filter_map(|(id, e)| e.read.clone().map(|r| (*id, r)))
+            .collect();
         self.backups.retain(|_, e| {
             e.status == Status::Failed || (e.repository != root && e.repository_id != Some(rid))
         });
         for m in &manifests {
-            self.backups
-                .insert(m.id, Entry::from_manifest(m, repo, spec));
+            let mut entry = Entry::from_manifest(m, repo, spec);
+            entry.read = reads.get(&m.id).cloned();
+            self.backups.insert(m.id, entry);
         }
         Ok((manifests.len(), bad))
     }
@@ -231,6 +245,7 @@ impl Catalog {
                 entry.detail.clone_from(&old.detail);
             }
             entry.verified_at = old.verified_at;
+            entry.read.clone_from(&old.read);
         }
         self.backups.insert(m.id, entry);
     }

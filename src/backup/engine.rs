@@ -33,6 +33,12 @@
 //!    by the buffer pool (6 × 4 MiB) and the channels, not by the volume.
 //! 5. Packs sealed → index file → manifest (the commit point).
 //!
+//! Every run reports how it read ([`ReadRecord`]: changed ranges, allocated
+//! scan or full scan, and why). A volume file is judged before its point in
+//! time is taken: one data extent over the whole of a sparse file means the
+//! filesystem reports no holes (NFS before 4.2), so the run reads every byte —
+//! a fallback, logged as a warning and counted by the agent.
+//!
 //! Must not: read holes, or write anything but packs, one index file and one
 //! manifest into the repository.
 
@@ -48,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::fcntl::{FallocateFlags, fallocate};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::format::{
@@ -114,6 +121,144 @@ pub struct RunSpec<'a> {
     pub exported: bool,
 }
 
+/// How a run read its source, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReadMethod {
+    /// Only the ranges that changed since the parent (a thin LV's
+    /// `thin_delta` against the parent's snapshot); every other chunk is the
+    /// parent's, unread.
+    ChangedRanges,
+    /// Every allocated range (a file's data extents, a thin LV's mapped
+    /// ranges), hash-compared with the parent.
+    AllocatedScan,
+    /// Every byte of the volume, holes too.
+    FullScan,
+}
+
+impl ReadMethod {
+    /// As printed and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChangedRanges => "changedRanges",
+            Self::AllocatedScan => "allocatedScan",
+            Self::FullScan => "fullScan",
+        }
+    }
+}
+
+/// How a run read its source and why: in the catalogue entry, `backup run`'s
+/// summary and the agent's status. A `fallback` is a run that read more than
+/// its source normally needs (a thin LV whose parent's snapshot is gone, a
+/// filesystem that reports no holes): a warning and a metric in the agent,
+/// never silent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadRecord {
+    /// What was read.
+    pub method: ReadMethod,
+    /// Why, in words.
+    pub reason: String,
+    /// It read more than this source normally needs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
+}
+
+impl ReadRecord {
+    fn new(method: ReadMethod, reason: impl Into<String>, fallback: bool) -> Self {
+        Self {
+            method,
+            reason: reason.into(),
+            fallback,
+        }
+    }
+
+    /// A thick LV: no allocation map, so every byte is read.
+    pub(crate) fn thick() -> Self {
+        Self::new(
+            ReadMethod::FullScan,
+            "a thick LV has no allocation map: read whole, zero chunks skipped",
+            false,
+        )
+    }
+
+    /// A thin LV's changes since the parent.
+    pub(crate) fn thin_changed() -> Self {
+        Self::new(
+            ReadMethod::ChangedRanges,
+            "thin_delta against the parent backup's thin snapshot",
+            false,
+        )
+    }
+
+    /// A thin LV's mapped ranges: a full backup, or an incremental whose
+    /// parent's snapshot is gone (the fallback).
+    pub(crate) fn thin_mapped(incremental: bool) -> Self {
+        if incremental {
+            Self::new(
+                ReadMethod::AllocatedScan,
+                "the parent backup's thin snapshot is gone (made on another host, or removed): \
+                 every mapped range read and compared with the parent instead of only the changes",
+                true,
+            )
+        } else {
+            Self::new(
+                ReadMethod::AllocatedScan,
+                "a full backup: the thin LV's mapped ranges",
+                false,
+            )
+        }
+    }
+}
+
+/// A hole-reporting filesystem may allocate this much more or less than a
+/// file's data extents say (metadata blocks, speculative preallocation).
+const HOLE_SLACK: u64 = 1 << 20;
+
+/// How a backup of a volume file reads it, from its data extents (`ranges`
+/// of its `len` bytes) and the bytes the filesystem allocated to it: one
+/// extent covering the whole of a file that is sparse means the filesystem
+/// reports no holes (no `SEEK_DATA`/`SEEK_HOLE`, as NFS before 4.2), so every
+/// byte is read, holes too.
+pub fn file_read(ranges: &[Range<u64>], len: u64, allocated: u64) -> ReadRecord {
+    let whole = matches!(ranges, [r] if r.start == 0 && r.end >= len);
+    if len > 0 && whole && allocated.saturating_add(HOLE_SLACK) < len {
+        return ReadRecord::new(
+            ReadMethod::FullScan,
+            format!(
+                "the filesystem reports no holes (SEEK_DATA/SEEK_HOLE) in a file with {allocated} of \
+                 {len} bytes allocated: every byte read, holes too"
+            ),
+            true,
+        );
+    }
+    ReadRecord::new(
+        ReadMethod::AllocatedScan,
+        "the file's data extents (SEEK_DATA/SEEK_HOLE)",
+        false,
+    )
+}
+
+/// [`file_read`] of the volume file at `path`.
+fn file_read_of(path: &Path) -> Result<ReadRecord, BackupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let io = |op: &'static str| {
+        move |source| BackupError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let file = File::open(path).map_err(io("open"))?;
+    let meta = file.metadata().map_err(io("stat"))?;
+    let ranges = crate::blockio::data_ranges(&file, meta.len()).map_err(io("seek data in"))?;
+    Ok(file_read(
+        &ranges,
+        meta.len(),
+        meta.blocks().saturating_mul(512),
+    ))
+}
+
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -121,6 +266,8 @@ pub struct RunReport {
     pub manifest: Manifest,
     /// How the point in time was taken.
     pub method: PointInTime,
+    /// How the source was read, and why.
+    pub read: ReadRecord,
     /// Time taken by the point-in-time copy.
     pub snapshot_time: Duration,
     /// Whole run.
@@ -174,6 +321,12 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
 
     let started_at = Utc::now();
     let vol_path = spec.backend.data_path(ObjKind::Volume, vol.uuid);
+    // Judged on the volume itself: a copy of it on a filesystem that
+    // reports no holes would be fully allocated.
+    let read = file_read_of(&vol_path)?;
+    if read.fallback {
+        tracing::warn!(volume = %vol.name, reason = %read.reason, "backup falls back to a full scan");
+    }
     let t = Instant::now();
     if !spec.direct {
         progress.stage("point-in-time copy");
@@ -214,6 +367,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
     Ok(RunReport {
         manifest,
         method,
+        read,
         snapshot_time,
         elapsed: started.elapsed(),
     })
@@ -840,6 +994,49 @@ pub fn is_zero(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_read_is_a_full_scan_only_when_the_filesystem_hides_holes() {
+        const M: u64 = 1 << 20;
+        // Sparse, holes reported: the data extents.
+        let r = file_read(&[0..4 * M, 60 * M..64 * M], 64 * M, 8 * M);
+        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, false));
+        let all = std::iter::once(0..64 * M).collect::<Vec<_>>();
+        // Fully allocated: one extent is the truth, not a fallback.
+        let r = file_read(&all, 64 * M, 64 * M);
+        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, false));
+        // Within the slack (metadata blocks, rounding).
+        let r = file_read(&all, 64 * M, 64 * M - M / 2);
+        assert!(!r.fallback);
+        // One extent over a file with 8 MiB of 64 allocated: no SEEK_HOLE.
+        let r = file_read(&all, 64 * M, 8 * M);
+        assert_eq!((r.method, r.fallback), (ReadMethod::FullScan, true));
+        assert!(
+            r.reason
+                .contains("reports no holes (SEEK_DATA/SEEK_HOLE) in a file with 8388608 of 67108864 bytes allocated"),
+            "{}",
+            r.reason
+        );
+        // Empty and all-hole files read nothing.
+        assert!(!file_read(&[], 0, 0).fallback);
+        assert!(!file_read(&[], 64 * M, 0).fallback);
+    }
+
+    #[test]
+    fn read_records_say_which_thin_reads_are_fallbacks() {
+        assert!(!ReadRecord::thin_changed().fallback);
+        assert!(!ReadRecord::thin_mapped(false).fallback);
+        assert!(!ReadRecord::thick().fallback);
+        let r = ReadRecord::thin_mapped(true);
+        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, true));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["method"], "allocatedScan");
+        assert_eq!(json["fallback"], true);
+        // Not a fallback: the field is left out.
+        let json = serde_json::to_value(ReadRecord::thick()).unwrap();
+        assert_eq!(json["method"], "fullScan");
+        assert!(json.get("fallback").is_none(), "{json}");
+    }
 
     fn m(kind: BackupKind, n: u128) -> Manifest {
         Manifest {

@@ -25,7 +25,7 @@ use std::time::Instant;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::engine::{self, Mode, PointInTime, ReadPlan, RunReport, Source};
+use super::engine::{self, Mode, PointInTime, ReadPlan, ReadRecord, RunReport, Source};
 use super::format::{Codec, Manifest, VolumeRef};
 use super::repo::SessionKind;
 use super::{BackupError, Progress, Repository};
@@ -91,9 +91,9 @@ impl Drop for SnapGuard<'_> {
     }
 }
 
-/// What to read of snapshot `snap` of volume `lv`: a thin LV's changes since
-/// the parent when the parent's snapshot is there, else its mapped ranges; a
-/// thick LV whole.
+/// What to read of snapshot `snap` of volume `lv`, and why: a thin LV's
+/// changes since the parent when the parent's snapshot is there, else its
+/// mapped ranges (a fallback for an incremental); a thick LV whole.
 fn read_plan(
     lvm: &LvmBackend<'_>,
     lv: &Lv,
@@ -101,22 +101,32 @@ fn read_plan(
     parent: Option<&Manifest>,
     bases: &[BackupSnap],
     snap: &str,
-) -> Result<ReadPlan, BackupError> {
+) -> Result<(ReadPlan, ReadRecord), BackupError> {
     if lv.attr.kind != LvKind::Thin {
-        return Ok(ReadPlan::Ranges(std::iter::once(0..lv.size).collect()));
-    }
-    if let Some(b) = parent.and_then(|p| bases.iter().find(|b| b.backup == p.id)) {
-        return Ok(ReadPlan::ChangedSinceParent(
-            lvm.thin_changed_ranges(&b.lv.name, snap)
-                .map_err(lvm_err(format!("changes of {name}")))?,
+        return Ok((
+            ReadPlan::Ranges(std::iter::once(0..lv.size).collect()),
+            ReadRecord::thick(),
         ));
     }
-    if parent.is_some() {
-        tracing::info!(volume = %name, "the parent's thin snapshot is gone: reading every mapped range");
+    if let Some(b) = parent.and_then(|p| bases.iter().find(|b| b.backup == p.id)) {
+        return Ok((
+            ReadPlan::ChangedSinceParent(
+                lvm.thin_changed_ranges(&b.lv.name, snap)
+                    .map_err(lvm_err(format!("changes of {name}")))?,
+            ),
+            ReadRecord::thin_changed(),
+        ));
     }
-    Ok(ReadPlan::Ranges(
-        lvm.thin_mapped_ranges(snap)
-            .map_err(lvm_err(format!("mapped ranges of {name}")))?,
+    let read = ReadRecord::thin_mapped(parent.is_some());
+    if read.fallback {
+        tracing::warn!(volume = %name, reason = %read.reason, "backup falls back to a scan of every mapped range");
+    }
+    Ok((
+        ReadPlan::Ranges(
+            lvm.thin_mapped_ranges(snap)
+                .map_err(lvm_err(format!("mapped ranges of {name}")))?,
+        ),
+        read,
     ))
 }
 
@@ -153,7 +163,7 @@ pub fn run(spec: &LvmRunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, 
         name: snap.name.clone(),
         keep: false,
     };
-    let plan = read_plan(lvm, &lv, &owned.name, parent, &bases, &snap.name)?;
+    let (plan, read) = read_plan(lvm, &lv, &owned.name, parent, &bases, &snap.name)?;
     let snapshot_time = t.elapsed();
     let path = lvm.device(&snap.name);
     let volume = VolumeRef {
@@ -214,6 +224,7 @@ pub fn run(spec: &LvmRunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, 
         } else {
             PointInTime::ThickSnapshot
         },
+        read,
         snapshot_time,
         elapsed: started.elapsed(),
     })

@@ -9,7 +9,8 @@
 //! `target` into one and opens it), backup runs ([`engine`] for `file` volumes and the shared
 //! pipeline, [`lvm_source`] for thin and thick LVs), restore and verify
 //! ([`restore`]; into a new volume of any back end: [`into_volume`]),
-//! retention ([`retention`], pure), prune ([`prune`]) and the state
+//! retention ([`retention`], pure), prune ([`prune`]), scheduled checks
+//! (a sampled verify and restore drills: [`checks`]) and the state
 //! directory's catalogue cache with export/import records ([`catalog`]).
 //!
 //! # The repository (format version 1)
@@ -119,6 +120,7 @@
 //! manifests into the plain values the engine takes).
 
 pub mod catalog;
+pub mod checks;
 pub mod crypto;
 pub mod engine;
 pub mod extsort;

@@ -1,15 +1,16 @@
-//! `cinderblock backup …`: run, list, restore, verify, export, import and
-//! prune backups by hand.
+//! `cinderblock backup …`: run, list, restore, verify, drill, export,
+//! import and prune backups by hand.
 //!
 //! Resolves names from the manifests (`-f`), the `file` back ends' sidecars
 //! and the `lvm` back ends' LV tags into the plain values [`crate::backup`]
 //! takes, draws progress bars on a terminal, and prints one summary line per
 //! operation (or, for `run --json`, one JSON object). Commands
-//! that change the state directory or a back end (run, restore, import,
-//! prune) hold the state lock; list, verify and export only read (verify
+//! that change the state directory or a back end (run, restore, drill,
+//! import, prune) hold the state lock; list, verify and export only read (verify
 //! records its findings if the lock is free).
 //!
-//! Exit codes: 0 success; 1 any error, including damage found by `verify`.
+//! Exit codes: 0 success; 1 any error, including damage found by `verify`
+//! or `drill`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
@@ -23,8 +24,10 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use uuid::Uuid;
 
-use crate::agent::schedule::{BackupJob, BackupRunner, BackupSummary};
+use crate::agent::checks::{CheckKind, CheckSummary};
+use crate::agent::schedule::{BackupJob, BackupRunner, BackupSummary, CheckJob};
 use crate::backup::catalog::{self, Catalog, Entry, Status};
+use crate::backup::checks::{self, Damage};
 use crate::backup::engine::{self, Mode, RunSpec};
 use crate::backup::format::{self, Codec, Digest, Manifest, Record};
 use crate::backup::restore::{self, Target};
@@ -51,6 +54,9 @@ enum BackupCommand {
     Restore(RestoreArgs),
     /// Read and check every chunk of a backup (or of all backups).
     Verify(VerifyArgs),
+    /// Restore drill: restore the newest backup of each volume of a policy
+    /// into scratch space, compare it with the backup's record, remove it.
+    Drill(DrillArgs),
     /// Print a backup's self-contained record (JSON) on stdout.
     Export(ExportArgs),
     /// Add a backup from an export record, or every backup of a repository.
@@ -154,6 +160,15 @@ struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
+struct DrillArgs {
+    /// The `BackupPolicy` whose repository and volumes to drill.
+    #[arg(long, value_name = "NAME")]
+    policy: String,
+    #[command(flatten)]
+    manifests: ManifestFiles,
+}
+
+#[derive(Debug, Args)]
 struct ExportArgs {
     /// The backup's id (or a unique prefix).
     id: String,
@@ -220,6 +235,7 @@ pub(super) fn run(args: &BackupArgs, state: &Path, host: Option<&str>) -> anyhow
         BackupCommand::List(a) => list(a, state),
         BackupCommand::Restore(a) => restore_cmd(a, state),
         BackupCommand::Verify(a) => verify(a, state),
+        BackupCommand::Drill(a) => drill_cmd(a, state),
         BackupCommand::Export(a) => export(a, state),
         BackupCommand::Import(a) => import(a, state),
         BackupCommand::Prune(a) => prune_cmd(a, state),
@@ -570,6 +586,9 @@ fn run_one(
         Ok((repo, report)) => {
             journal.outcome(&intent, Outcome::Changed, None)?;
             cat.add(&report.manifest, &repo, &spec);
+            if let Some(e) = cat.backups.get_mut(&report.manifest.id) {
+                e.read = Some(report.read.clone());
+            }
             cat.store(state)?;
             Ok((repo, report))
         }
@@ -598,6 +617,7 @@ fn run_one(
                     status: Status::Failed,
                     detail: Some(text),
                     verified_at: None,
+                    read: None,
                 },
             );
             cat.store(state)?;
@@ -630,6 +650,7 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
             "kind": m.kind.to_string(),
             "parent": m.parent,
             "pointInTime": report.method.as_str(),
+            "read": report.read,
             "size": m.volume.size,
             "readBytes": s.read_bytes,
             "extents": s.extents,
@@ -672,6 +693,22 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
         secs(report.elapsed),
         rate(s.read_bytes, report.elapsed),
     )?;
+    writeln!(
+        out,
+        "  read by {}: {}",
+        report.read.method.as_str(),
+        report.read.reason
+    )?;
+    if report.read.fallback {
+        writeln!(
+            std::io::stderr().lock(),
+            "warning: backup {} of {} fell back to {}: {}",
+            m.id,
+            m.volume.name,
+            report.read.method.as_str(),
+            report.read.reason
+        )?;
+    }
     Ok(())
 }
 
@@ -691,6 +728,19 @@ pub(crate) struct EngineRunner {
 }
 
 impl BackupRunner for EngineRunner {
+    fn check(&self, job: &CheckJob) -> Result<CheckSummary, String> {
+        let progress = LogProgress::new(&format!("{}/{}", job.policy, job.kind.as_str()));
+        run_check(
+            &job.spec,
+            &job.policy,
+            job.kind,
+            job.cursor,
+            &job.state_dir,
+            &progress,
+        )
+        .map_err(|e| format!("{e:#}"))
+    }
+
     fn run(&self, job: &BackupJob) -> Result<BackupSummary, String> {
         let fail = |e: anyhow::Error| format!("{e:#}");
         let vol = name(&job.volume, "volume").map_err(fail)?;
@@ -729,8 +779,155 @@ impl BackupRunner for EngineRunner {
             id: m.id.to_string(),
             stored_bytes: m.stats.stored_bytes,
             pruned,
+            read: Some(report.read.clone()),
         })
     }
+}
+
+/// Runs one check of `policy`'s repository: a sampled verify from `cursor`
+/// or restore drills into `STATE/drill/`; damaged backups are marked in the
+/// catalogue (retention then does not count them as good). The agent's
+/// scheduled checks and `backup drill` both come here.
+pub(crate) fn run_check(
+    spec: &manifest::kinds::BackupPolicySpec,
+    policy: &str,
+    kind: CheckKind,
+    cursor: u64,
+    state: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<CheckSummary> {
+    let rspec = RepoSpec::from_policy(spec, state)
+        .ok_or_else(|| anyhow!("BackupPolicy {policy} names no target"))?;
+    let repo = match rspec.open() {
+        Ok(r) => r,
+        Err(BackupError::NotARepository { .. }) => {
+            return Ok(CheckSummary {
+                text: format!(
+                    "no repository at {} yet: nothing to check",
+                    rspec.location()
+                ),
+                problems: Vec::new(),
+                cursor: None,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (text, damaged, next) = match kind {
+        CheckKind::Verify => {
+            let sample = spec.verify.as_ref().map_or(100, |v| v.sample.get());
+            let r = checks::verify_sample(&repo, sample, cursor, progress)?;
+            (
+                format!(
+                    "checked {} of {} chunk(s) ({} % of the id space, {}) in {}",
+                    r.chunks_checked,
+                    r.chunks_total,
+                    r.sample,
+                    bytes(r.bytes_checked),
+                    repo.location()
+                ),
+                r.damaged,
+                Some(r.next),
+            )
+        }
+        CheckKind::Drill => {
+            let results = checks::drill(&repo, policy, &state.join("drill"), progress)?;
+            let total: u64 = results.iter().map(|r| r.bytes).sum();
+            let damaged = results
+                .iter()
+                .filter_map(|r| {
+                    r.failure.as_ref().map(|f| Damage {
+                        backup: r.backup,
+                        volume: r.volume.clone(),
+                        started_at: r.started_at,
+                        detail: format!("restore drill: {f}"),
+                    })
+                })
+                .collect();
+            let each: Vec<String> = results
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} from {} ({}, {} chunk(s)): {}",
+                        r.volume,
+                        r.backup,
+                        bytes(r.bytes),
+                        r.chunks,
+                        r.failure.as_deref().unwrap_or("identical")
+                    )
+                })
+                .collect();
+            (
+                format!(
+                    "restored and compared the newest backup of {} volume(s), {} in all{}{}",
+                    results.len(),
+                    bytes(total),
+                    if each.is_empty() { "" } else { ": " },
+                    each.join("; ")
+                ),
+                damaged,
+                None,
+            )
+        }
+    };
+    mark_damaged(state, &damaged)?;
+    Ok(CheckSummary {
+        text,
+        problems: damaged
+            .iter()
+            .map(|d| {
+                format!(
+                    "volume {}, backup {} ({}): {}",
+                    d.volume,
+                    d.backup,
+                    d.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    d.detail
+                )
+            })
+            .collect(),
+        cursor: next,
+    })
+}
+
+/// Marks the backups a scheduled check found damaged in the catalogue.
+fn mark_damaged(state: &Path, damaged: &[Damage]) -> anyhow::Result<()> {
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    let _catalog = CATALOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cat = Catalog::load(state)?;
+    let now = Utc::now();
+    for d in damaged {
+        if let Some(e) = cat.backups.get_mut(&d.backup) {
+            e.status = Status::Damaged;
+            e.detail = Some(d.detail.clone());
+            e.verified_at = Some(now);
+        }
+    }
+    cat.store(state)?;
+    Ok(())
+}
+
+/// `backup drill --policy NAME`.
+fn drill_cmd(a: &DrillArgs, state: &Path) -> anyhow::Result<i32> {
+    let set = load_manifests(&a.manifests)?;
+    let p = name(&a.policy, "policy")?;
+    let doc = set
+        .backup_policies
+        .get(&p)
+        .ok_or_else(|| anyhow!("no BackupPolicy named {p} in the manifests"))?;
+    let _lock = StateLock::acquire(state, "backup drill")?;
+    let bar = Bar::new(&format!("drill {p}"));
+    let summary = run_check(&doc.spec, p.as_str(), CheckKind::Drill, 0, state, &bar);
+    bar.finish();
+    let summary = summary?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "drill of policy {p}: {}", summary.text)?;
+    for problem in &summary.problems {
+        writeln!(std::io::stderr().lock(), "error: damaged: {problem}")?;
+    }
+    Ok(i32::from(!summary.problems.is_empty()))
 }
 
 /// Applies `job`'s policy retention to the volume's backups in `repo`:
@@ -873,17 +1070,25 @@ fn list(a: &ListArgs, state: &Path) -> anyhow::Result<i32> {
     }
     writeln!(
         out,
-        "{:<36}  {:<20}  {:<16}  {:<11}  {:<8}  {:>10}  {:>10}  STATUS",
-        "ID", "TIME (UTC)", "VOLUME", "KIND", "PARENT", "LOGICAL", "STORED"
+        "{:<36}  {:<20}  {:<16}  {:<11}  {:<24}  {:<8}  {:>10}  {:>10}  STATUS",
+        "ID", "TIME (UTC)", "VOLUME", "KIND", "READ", "PARENT", "LOGICAL", "STORED"
     )?;
     for e in rows {
         writeln!(
             out,
-            "{:<36}  {:<20}  {:<16}  {:<11}  {:<8}  {:>10}  {:>10}  {}{}",
+            "{:<36}  {:<20}  {:<16}  {:<11}  {:<24}  {:<8}  {:>10}  {:>10}  {}{}",
             e.id,
             e.started_at.format("%Y-%m-%d %H:%M:%S"),
             e.volume.name,
             e.kind.map_or_else(|| "-".to_owned(), |k| k.to_string()),
+            e.read.as_ref().map_or_else(
+                || "-".to_owned(),
+                |r| if r.fallback {
+                    format!("{} (fallback)", r.method.as_str())
+                } else {
+                    r.method.as_str().to_owned()
+                }
+            ),
             e.parent.map_or_else(
                 || "-".to_owned(),
                 |p| p.simple().to_string()[..8].to_owned()

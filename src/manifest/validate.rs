@@ -335,6 +335,19 @@ impl Checker<'_> {
                     &e.key_ref,
                 );
             }
+            if doc
+                .spec
+                .verify
+                .as_ref()
+                .is_some_and(|v| v.sample.get() == 0)
+            {
+                self.error_at_key(
+                    Kind::BackupPolicy,
+                    doc,
+                    "spec.verify.sample",
+                    "a sample of 0 % checks nothing; give 1 to 100, or drop `verify`",
+                );
+            }
             if !doc.spec.incremental && doc.spec.full_every > 1 {
                 self.warn(
                     Kind::BackupPolicy,

@@ -1082,6 +1082,7 @@ spec:
             status: Status::Ok,
             detail: None,
             verified_at: None,
+            read: None,
         },
     );
     cat.store(&state).unwrap();
@@ -1180,6 +1181,35 @@ fn an_idle_volume_is_read_in_place_and_one_in_use_is_copied_first() {
         ]
         .contains(&v["pointInTime"].as_str().unwrap()),
         "{v}"
+    );
+    // How it read, and why: the file's data extents, no fallback.
+    assert_eq!(v["read"]["method"], "allocatedScan", "{v}");
+    assert_eq!(
+        v["read"]["reason"], "the file's data extents (SEEK_DATA/SEEK_HOLE)",
+        "{v}"
+    );
+    assert!(v["read"].get("fallback").is_none(), "{v}");
+    assert!(
+        idle.stdout
+            .contains("\n  read by allocatedScan: the file's data extents (SEEK_DATA/SEEK_HOLE)\n"),
+        "{}",
+        idle.stdout
+    );
+    assert!(!idle.stderr.contains("warning:"), "{}", idle.stderr);
+    // The catalogue keeps it: backup list's READ column.
+    let list = site.cb("state", &["backup", "list", "data"]);
+    ok(&list);
+    let header = list.stdout.lines().next().unwrap();
+    assert!(header.contains("  KIND         READ  "), "{}", list.stdout);
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&idle_id))
+        .unwrap();
+    assert!(
+        row.contains(" full         allocatedScan  "),
+        "{}",
+        list.stdout
     );
     for (id, to) in [(&idle_id, "r-idle"), (&busy_id, "r-busy")] {
         ok(&site.cbf(&["backup", "restore", id, "--to", to]));
@@ -1426,4 +1456,106 @@ fn a_restore_over_a_volume_in_use_is_refused_naming_the_holder() {
     // Nobody holds it any more: the same restore goes through.
     ok(&site.cbf(&["backup", "restore", &id, "--to", "data", "--overwrite"]));
     assert_ne!(sha256(&vol), changed);
+}
+
+/// Flips one byte at `offset` of `path`.
+pub(crate) fn flip_byte(path: &Path, offset: u64) {
+    let f = File::options().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], offset).unwrap();
+}
+
+#[test]
+fn a_drill_restores_the_newest_backup_of_each_volume_and_names_a_damaged_one() {
+    let site = Site::new("");
+    let yaml = site.path().join("site.yaml");
+    let mut text = fs::read_to_string(&yaml).unwrap();
+    text.push_str(
+        "---\napiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata: {name: logs}\nspec:\n  size: 16Mi\n  volumeType: standard\n  backupPolicy: nightly\n",
+    );
+    fs::write(&yaml, text).unwrap();
+    let data = site.create_volume("data", 16 * MIB);
+    let logs = site.create_volume("logs", 16 * MIB);
+    let write = |path: &Path, seed: u64, at: u64| {
+        let f = File::options().write(true).open(path).unwrap();
+        f.write_all_at(&noise(seed, 2 * MIB), at).unwrap();
+    };
+    write(&data, 3, 0);
+    let old = backup_id(&site.cbf(&["backup", "run", "data", "--full"]));
+    write(&data, 5, 4 * MIB);
+    let newest = backup_id(&site.cbf(&["backup", "run", "data"]));
+    let packs_before = files_below(&site.repo().join("data"));
+    write(&logs, 7, 8 * MIB);
+    let log_id = backup_id(&site.cbf(&["backup", "run", "logs"]));
+    let log_packs: Vec<PathBuf> = files_below(&site.repo().join("data"))
+        .into_iter()
+        .filter(|p| !packs_before.contains(p))
+        .collect();
+    assert!(!log_packs.is_empty());
+    let scratch = site.path().join("state/drill");
+    let left = || -> Vec<PathBuf> {
+        if scratch.exists() {
+            files_below(&scratch)
+        } else {
+            Vec::new()
+        }
+    };
+
+    let run = site.cbf(&["backup", "drill", "--policy", "nightly"]);
+    ok(&run);
+    assert!(
+        run.stdout.starts_with(
+            "drill of policy nightly: restored and compared the newest backup of 2 volume(s)"
+        ),
+        "{}",
+        run.stdout
+    );
+    for (volume, id) in [("data", &newest), ("logs", &log_id)] {
+        assert!(
+            run.stdout.contains(&format!("{volume} from {id} (")),
+            "{}",
+            run.stdout
+        );
+    }
+    assert!(
+        !run.stdout.contains(&old),
+        "only the newest: {}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.matches("): identical").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    assert!(left().is_empty(), "scratch left: {:?}", left());
+
+    // One byte of a pack only the logs backup uses, flipped on the target.
+    flip_byte(&log_packs[0], 100);
+    let run = site.cbf(&["backup", "drill", "--policy", "nightly"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("error: damaged: volume logs, backup {log_id} ("))
+            && run.stderr.contains("restore drill: the restore failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains(&format!("data from {newest} ("))
+            && run.stdout.contains("): identical"),
+        "the other volume is still drilled: {}",
+        run.stdout
+    );
+    assert!(left().is_empty(), "scratch left: {:?}", left());
+    // The catalogue knows: retention will not count it as good.
+    let list = site.cb("state", &["backup", "list", "logs"]);
+    ok(&list);
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&log_id))
+        .unwrap();
+    assert!(row.contains("damaged: restore drill"), "{}", list.stdout);
 }
