@@ -207,13 +207,7 @@ pub fn index_documents(src: &str) -> Vec<DocPositions> {
         let (event, span) = match item {
             Ok(ok) => ok,
             Err(e) => {
-                // The scanner's own limit (255 open flow levels) is met before
-                // it hands out the events that would pass MAX_NESTING.
-                if e.info() == "recursion limit exceeded" {
-                    let at = Pos {
-                        line: e.marker().line(),
-                        col: e.marker().col() + 1,
-                    };
+                if let Some(at) = scanner_too_deep(&e) {
                     cur.get_or_insert_with(DocPositions::default).too_deep = Some(at);
                 }
                 break;
@@ -253,25 +247,16 @@ pub fn index_documents(src: &str) -> Vec<DocPositions> {
                     docs.push(d);
                 }
             }
-            Event::Scalar(text, ..) => {
+            Event::Scalar(..) | Event::Alias(_) => {
                 if let Some(Frame::Map {
                     key: key @ None, ..
                 }) = stack.last_mut()
                 {
-                    *key = Some((text.into_owned(), Pos::of(&span)));
-                    continue;
-                }
-                if let Some(d) = cur.as_mut() {
-                    record(d, &stack, Pos::of(&span));
-                }
-                finish_value(&mut stack);
-            }
-            Event::Alias(_) => {
-                if let Some(Frame::Map {
-                    key: key @ None, ..
-                }) = stack.last_mut()
-                {
-                    *key = Some((String::from("*alias"), Pos::of(&span)));
+                    let text = match event {
+                        Event::Scalar(text, ..) => text.into_owned(),
+                        _ => String::from("*alias"),
+                    };
+                    *key = Some((text, Pos::of(&span)));
                     continue;
                 }
                 if let Some(d) = cur.as_mut() {
@@ -308,6 +293,16 @@ pub fn index_documents(src: &str) -> Vec<DocPositions> {
         docs.push(d);
     }
     docs
+}
+
+/// Where the scanner gave up on nesting, if that is its error: its own limit
+/// (255 open flow levels) is met before it hands out the events that would
+/// pass [`MAX_NESTING`].
+fn scanner_too_deep(e: &saphyr_parser::ScanError) -> Option<Pos> {
+    (e.info() == "recursion limit exceeded").then(|| Pos {
+        line: e.marker().line(),
+        col: e.marker().col() + 1,
+    })
 }
 
 /// Records a value at the current position of the stack; returns its path.
