@@ -29,5 +29,6 @@ mod migrate;
 mod plan;
 mod plan_markdown;
 mod schema;
+mod secrets;
 mod support;
 mod validate;
