@@ -20,6 +20,7 @@ mod backup_s3;
 mod converge;
 mod examples;
 mod export;
+mod faults;
 mod fleet;
 mod fuzz;
 mod image;
