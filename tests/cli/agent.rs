@@ -23,9 +23,9 @@ use crate::support::run_in;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A running agent.
-pub(crate) struct Agent {
+pub struct Agent {
     child: Option<Child>,
-    addr: String,
+    pub addr: String,
     log: PathBuf,
     state: PathBuf,
 }
@@ -33,12 +33,12 @@ pub(crate) struct Agent {
 impl Agent {
     /// Starts `cinderblock --state state --host testhost agent ARGS
     /// --listen 127.0.0.1:0` in `dir` and waits until it serves HTTP.
-    fn start(dir: &Path, args: &[&str]) -> Agent {
+    pub fn start(dir: &Path, args: &[&str]) -> Agent {
         Self::start_with_env(dir, args, &[])
     }
 
     /// [`Agent::start`] with more environment variables.
-    pub(crate) fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let log = dir.join(format!("agent-{}.log", rand_suffix()));
         let out = fs::File::create(&log).unwrap();
         let exe = assert_cmd::cargo::cargo_bin("cinderblock");
@@ -80,17 +80,17 @@ impl Agent {
         agent
     }
 
-    pub(crate) fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         i32::try_from(self.child.as_ref().unwrap().id()).unwrap()
     }
 
-    pub(crate) fn log(&self) -> String {
+    pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Polls `f` every 10 ms until it gives a value; panics with the agent's
     /// log after `timeout`.
-    fn poll<T>(
+    pub fn poll<T>(
         &mut self,
         what: &str,
         timeout: Duration,
@@ -118,23 +118,28 @@ impl Agent {
         }
     }
 
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
         http(&self.addr, method, path, headers)
     }
 
-    pub(crate) fn get(&self, path: &str) -> (u16, String) {
+    pub fn get(&self, path: &str) -> (u16, String) {
         let (code, _, body) = self.request("GET", path, &[]);
         (code, body)
     }
 
-    pub(crate) fn status(&self) -> Value {
+    pub fn status(&self) -> Value {
         let (code, body) = self.get("/status");
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
 
     /// Waits for `/status` to satisfy `cond`; returns it.
-    fn wait_status(&mut self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_status(&mut self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
         self.poll(what, WAIT, |a| {
             let s = a.status();
             cond(&s).then_some(s)
@@ -153,18 +158,18 @@ impl Agent {
         })
     }
 
-    pub(crate) fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         self.poll("/readyz to answer 200", WAIT, |a| {
             (a.get("/readyz").0 == 200).then_some(())
         });
     }
 
-    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
     }
 
     /// Waits for the process to exit.
-    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + timeout;
         loop {
@@ -225,7 +230,7 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16,
 }
 
 /// A site with one file back end `local` on `pool/`.
-fn site_with_backend() -> Site {
+pub fn site_with_backend() -> Site {
     let site = Site::new();
     let pool = site.path().join("pool");
     fs::create_dir_all(&pool).unwrap();
@@ -1096,7 +1101,7 @@ fn a_slow_http_client_is_cut_off_and_does_not_block_others() {
 }
 
 /// Writes `content` at the start of the volume file `path` of `size` bytes.
-fn write_volume(path: &Path, content: &[u8], size: u64) {
+pub fn write_volume(path: &Path, content: &[u8], size: u64) {
     fs::write(path, content).unwrap();
     fs::OpenOptions::new()
         .write(true)
