@@ -240,13 +240,13 @@ fn a_full_migration_target_fails_clearly_keeps_the_source_and_converges_after() 
     // slow's directory on a 96 MiB file system, which the ballast shares
     // (beside the back end's directory, not in it: a file there would be a
     // foreign entry of the back end).
-    let (a, fs_b) = (site.path().join("a"), site.path().join("fs"));
-    let b = fs_b.join("b");
-    fs::create_dir_all(&a).unwrap();
+    let (dir_a, fs_b) = (site.path().join("a"), site.path().join("fs"));
+    let dir_b = fs_b.join("b");
+    fs::create_dir_all(&dir_a).unwrap();
     tmpfs(&fs_b, "96m");
-    fs::create_dir_all(&b).unwrap();
-    site.write("fast.yaml", &backend("fast", &a, ""));
-    site.write("slow.yaml", &backend("slow", &b, ""));
+    fs::create_dir_all(&dir_b).unwrap();
+    site.write("fast.yaml", &backend("fast", &dir_a, ""));
+    site.write("slow.yaml", &backend("slow", &dir_b, ""));
     site.write("db.yaml", &volume("db", "64Mi", "  backend: fast\n"));
     site.apply();
     let src = site.data("a", "volume.db");

@@ -19,6 +19,7 @@
 //! are). The real kernel target is covered by `tests/lab/export.rs`. S3 is
 //! moto's server (`tests/lib/s3_server.py`).
 
+use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -52,14 +53,7 @@ fn found(hay: &[u8], needle: &str) -> Vec<&'static str> {
                 .as_bytes()
                 .to_vec(),
         ),
-        (
-            "hex",
-            needle
-                .bytes()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-                .into_bytes(),
-        ),
+        ("hex", hex(needle, false).into_bytes()),
     ];
     forms
         .into_iter()
@@ -174,7 +168,7 @@ fn the_search_finds_a_planted_secret_in_every_encoding() {
             "b64 {}",
             base64::engine::general_purpose::STANDARD.encode(PASSPHRASE)
         ),
-        format!("hex {}", hex_upper(PASSPHRASE)),
+        format!("hex {}", hex(PASSPHRASE, true)),
     ] {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("state.json"), &planted).unwrap();
@@ -187,8 +181,17 @@ fn the_search_finds_a_planted_secret_in_every_encoding() {
     assert!(leaks(&[("x".into(), b"repo passphrase".to_vec())], &secrets).is_empty());
 }
 
-fn hex_upper(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02X}")).collect()
+/// `s`'s bytes in hex.
+fn hex(s: &str, upper: bool) -> String {
+    let mut out = String::with_capacity(2 * s.len());
+    for b in s.bytes() {
+        let _ = if upper {
+            write!(out, "{b:02X}")
+        } else {
+            write!(out, "{b:02x}")
+        };
+    }
+    out
 }
 
 #[test]
