@@ -1182,7 +1182,14 @@ fn status_and_gauges_show_what_the_apply_did_without_waiting_for_a_resync() {
             "{b}:\n{text}"
         );
     }
-    // `cinderblock status` reads the same document.
+    // `cinderblock status` reads the same document from the status file,
+    // which the agent writes right after /status changes: wait for the
+    // migration's reconcile there, then read the volume's line.
+    agent.poll("the status file to hold the migration", WAIT, |_| {
+        let r = site.run(&["status", "--json"]);
+        let v: Value = serde_json::from_str(&r.stdout).ok()?;
+        (v["reconcileCount"].as_u64()? > before).then_some(())
+    });
     let r = site.run(&["status"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let line = r
