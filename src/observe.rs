@@ -8,9 +8,10 @@
 //! as [`Discovery::Failed`]: the planner then makes no deletes anywhere in that
 //! run (a failed listing must never read as "empty, delete all").
 //!
-//! LVM back ends are read from one `lvm fullreport` over every VG named in the
-//! manifests ([`crate::lvm::cmd::fullreport`]); a VG that cannot be read fails
-//! only the back ends on it.
+//! The back ends' own discovery is the registry's ([`Registry::discover`]:
+//! batched where one tool call reads many back ends); this module adds the
+//! manifests' configuration, the drivers' capabilities, this host's iSCSI
+//! exports, image files and catalogued backups.
 //!
 //! Must not: decide anything. It reports; the planner judges.
 
@@ -19,38 +20,16 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::file::{self, FileBackend};
-use crate::lvm;
-use crate::manifest::kinds::{Allocation, BackendSpec, VolumeClear};
+use crate::manifest::kinds::BackendSpec;
 use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
 pub use crate::model::{
-    Capacity, Discovery, Health, Inventory, ObjKind, Observed, PoolFill, PoolSizes, SharedSpace,
+    Capabilities, Capacity, Discovery, Health, Inventory, ObjKind, Observed, PoolFill, PoolSizes,
+    SharedSpace,
 };
-
-/// How a back end stores volumes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Driver {
-    /// Files in a directory.
-    File {
-        /// The directory, resolved against the state directory.
-        root: std::path::PathBuf,
-        /// Sparse or preallocated.
-        allocation: Allocation,
-    },
-    /// An LVM volume group.
-    Lvm {
-        /// The volume group.
-        volume_group: String,
-        /// The thin pool, for thin back ends.
-        thin_pool: Option<String>,
-        /// `thinPoolSize`: create the pool with this many bytes when missing.
-        thin_pool_size: Option<u64>,
-        /// How thick LVs are wiped when deleted.
-        volume_clear: VolumeClear,
-    },
-}
+use crate::registry::Registry;
+pub use crate::registry::is_local;
 
 /// One back end as the planner sees it: configuration plus discovery.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +40,8 @@ pub struct BackendView {
     pub backend_name: String,
     /// Availability zone.
     pub zone: String,
-    /// Driver and its parameters.
-    pub driver: Driver,
+    /// What its driver can do.
+    pub caps: Capabilities,
     /// Whether volumes are thin-provisioned (sparse files, thin LVs).
     pub thin: bool,
     /// Allocation granularity: volume sizes are rounded up to it.
@@ -190,15 +169,11 @@ pub fn inspect_image(path: &Path) -> Result<ImageFile, String> {
 /// The image files of `host`'s `Image` manifests, inspected.
 pub fn image_files(
     set: &ManifestSet,
-    host: &str,
+    registry: &Registry<'_>,
 ) -> BTreeMap<std::path::PathBuf, Result<ImageFile, String>> {
     set.images
         .values()
-        .filter(|d| {
-            set.backends
-                .get(&d.spec.backend)
-                .is_some_and(|b| is_local(&b.spec, host))
-        })
+        .filter(|d| registry.get(d.spec.backend.as_str()).is_some())
         .filter_map(|d| d.spec.source.path.as_ref())
         .map(|p| (p.as_path().to_owned(), inspect_image(p.as_path())))
         .collect()
@@ -356,69 +331,35 @@ impl World {
     }
 }
 
-/// Whether a back end belongs to `host`: unnamed hosts belong to whoever runs.
-pub fn is_local(spec: &BackendSpec, host: &str) -> bool {
-    spec.host.as_deref().is_none_or(|h| h == host)
-}
-
-/// Discovers every back end of `host` declared in `set`: LVM through one `lvm
-/// fullreport` of their VGs, files through the filesystem.
-pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
-    let vgs = lvm_volume_groups(set, host);
-    let refs: Vec<&str> = vgs.iter().map(String::as_str).collect();
-    let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &refs);
-    let mut world = discover_with(set, host, state_dir, &reports);
+/// Discovers every back end of `registry` (see [`Registry::discover`]),
+/// this host's exports, and what `set`'s images and backups need.
+pub fn discover(set: &ManifestSet, registry: &Registry<'_>, state_dir: &Path) -> World {
+    let mut world = world_of(set, registry, state_dir, registry.discover());
     world.exports = Exports::observe(&crate::iscsi::lio::root());
-    world.image_files = image_files(set, host);
+    world.image_files = image_files(set, registry);
     world
 }
 
-/// The VGs of `host`'s LVM back ends, sorted, each once.
-pub fn lvm_volume_groups(set: &ManifestSet, host: &str) -> Vec<String> {
-    let mut vgs: Vec<String> = set
-        .backends
-        .values()
-        .filter(|d| is_local(&d.spec, host))
-        .filter_map(|d| d.spec.lvm.as_ref())
-        .map(|l| l.volume_group.as_str().to_owned())
-        .collect();
-    vgs.sort();
-    vgs.dedup();
-    vgs
-}
-
-/// [`discover`] with the LVM report already read (benchmarks, tests).
-pub fn discover_with(
+/// The world of the back ends `found` (a discovery the caller ran:
+/// [`Registry::discover_with`] over a captured report, in benchmarks and
+/// tests), without exports or image files.
+pub fn world_of(
     set: &ManifestSet,
-    host: &str,
+    registry: &Registry<'_>,
     state_dir: &Path,
-    lvm_reports: &lvm::cmd::Reports,
+    found: crate::registry::Discovered,
 ) -> World {
-    // Back ends are discovered in parallel (at most DISCOVERY_THREADS at a
-    // time): each file back end is a directory walk, independent of the
-    // others, and a slow NFS share must not delay the rest.
-    let local: Vec<(&Name, &Doc<BackendSpec>)> = set
-        .backends
-        .iter()
-        .filter(|(_, doc)| is_local(&doc.spec, host))
-        .collect();
     let mut world = World::default();
-    for chunk in local.chunks(DISCOVERY_THREADS) {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(_, doc)| scope.spawn(move || view_of(doc, state_dir, lvm_reports)))
-                .collect();
-            for (h, (name, _)) in handles.into_iter().zip(chunk) {
-                if let Ok(view) = h.join() {
-                    world.backends.insert((*name).clone(), view);
-                } else {
-                    tracing::error!(backend = %name, "discovery panicked; the back end is left out of this run");
-                    world.missing.push((*name).clone());
-                }
-            }
-        });
+    for (name, (extent, discovery)) in found.backends {
+        let (Some(doc), Some(driver)) = (set.backends.get(&name), registry.get(name.as_str()))
+        else {
+            continue;
+        };
+        let mut view = configured_view(doc, driver.capabilities(), discovery);
+        view.extent = extent;
+        world.backends.insert(name, view);
     }
+    world.missing = found.missing;
     world.backups = backup_sources(set, state_dir);
     world.backup_repos = set
         .backup_policies
@@ -428,57 +369,21 @@ pub fn discover_with(
     world
 }
 
-/// Back ends discovered at once.
-pub const DISCOVERY_THREADS: usize = 8;
-
-/// A back end as its manifest configures it, before (or without) discovery:
-/// `discovery` says why there is none. The extent is 1 until an LVM report
-/// says otherwise. Pure: used for other hosts' back ends, which this host
-/// never discovers.
+/// A back end as its manifest configures it, with its driver's
+/// capabilities, before (or without) discovery: `discovery` says why there
+/// is none. The extent is 1 until discovery says otherwise. Pure.
 pub fn configured_view(
     doc: &Doc<BackendSpec>,
-    state_dir: &Path,
+    caps: Capabilities,
     discovery: Discovery,
 ) -> BackendView {
     let spec = &doc.spec;
-    let (driver, thin) = if let Some(f) = &spec.file {
-        (
-            Driver::File {
-                root: f.path.resolve(state_dir),
-                allocation: f.allocation,
-            },
-            f.allocation == Allocation::Sparse,
-        )
-    } else if let Some(l) = &spec.lvm {
-        (
-            Driver::Lvm {
-                volume_group: l.volume_group.as_str().to_owned(),
-                thin_pool: l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
-                thin_pool_size: l
-                    .thin_pool_size
-                    .map(crate::manifest::values::Quantity::bytes),
-                volume_clear: spec.volume_clear.unwrap_or_default(),
-            },
-            l.thin_pool.is_some(),
-        )
-    } else {
-        // Validation refuses such a back end; never guess a place to write.
-        (
-            Driver::Lvm {
-                volume_group: String::new(),
-                thin_pool: None,
-                thin_pool_size: None,
-                volume_clear: VolumeClear::Zero,
-            },
-            false,
-        )
-    };
     BackendView {
         name: doc.name().clone(),
         backend_name: backend_name(doc),
         zone: backend_az(spec).to_owned(),
-        driver,
-        thin,
+        thin: caps.thin,
+        caps,
         extent: 1,
         ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
         reserved_percentage: spec
@@ -493,77 +398,8 @@ pub fn configured_view(
     }
 }
 
-fn view_of(
-    doc: &Doc<BackendSpec>,
-    state_dir: &Path,
-    lvm_reports: &lvm::cmd::Reports,
-) -> BackendView {
-    let mut view = configured_view(doc, state_dir, Discovery::Failed(String::new()));
-    match (&doc.spec.file, &view.driver) {
-        (Some(f), Driver::File { root, .. }) => {
-            view.discovery = discover_file(doc, root, f.path.is_in_state());
-        }
-        (None, Driver::Lvm { .. }) if doc.spec.lvm.is_some() => {
-            let (extent, discovery) = discover_lvm(doc, &view.driver, lvm_reports);
-            view.extent = extent;
-            view.discovery = discovery;
-        }
-        _ => {
-            view.discovery = Discovery::Failed("the back end declares neither lvm nor file".into());
-        }
-    }
-    view
-}
-
-/// One LVM back end out of the discovery's report: (extent size, discovery).
-fn discover_lvm(
-    doc: &Doc<BackendSpec>,
-    driver: &Driver,
-    reports: &lvm::cmd::Reports,
-) -> (u64, Discovery) {
-    let Driver::Lvm {
-        volume_group: vg,
-        thin_pool,
-        thin_pool_size,
-        ..
-    } = driver
-    else {
-        return (1, Discovery::Failed("not an LVM back end".into()));
-    };
-    let cfg = lvm::inventory::Config {
-        backend: doc.name().as_str(),
-        vg,
-        thin_pool: thin_pool.as_deref(),
-    };
-    lvm::inventory::discovery(reports, &cfg, *thin_pool_size)
-}
-
-fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discovery {
-    let spec = doc.spec.file.as_ref();
-    if let Some(share) = spec.and_then(|f| f.share.as_ref()) {
-        let options: Vec<String> = spec
-            .and_then(|f| f.mount_options.as_ref())
-            .map(|o| o.as_str().split(',').map(str::to_owned).collect())
-            .unwrap_or_default();
-        if let Err(e) =
-            file::mount::ensure_mounted(crate::exec::Exec::host(), share.as_str(), root, &options)
-        {
-            // Tools' stderr spans lines; a plan note is one line.
-            let msg = crate::error_chain(&e);
-            return Discovery::Failed(msg.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-    } else if in_state && !root.exists() {
-        // A directory below the state directory is ours to create (the
-        // quickstart); an absolute path must exist (it may be a mount point
-        // whose file system is missing, and creating it would fill the root
-        // file system instead).
-        if let Err(e) = std::fs::create_dir_all(root) {
-            return Discovery::Failed(format!("cannot create {}: {e}", root.display()));
-        }
-    }
-    let backend = FileBackend::new(root, doc.name().as_str());
-    match backend.discover() {
-        Ok(inv) => Discovery::Ok(inv.to_model()),
-        Err(e) => Discovery::Failed(crate::error_chain(&e)),
-    }
+/// Another host's back end, as its manifest alone says (never discovered
+/// here; the capabilities are those its driver would have). Pure.
+pub fn declared_view(doc: &Doc<BackendSpec>, discovery: Discovery) -> BackendView {
+    configured_view(doc, crate::registry::capabilities(doc), discovery)
 }

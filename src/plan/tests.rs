@@ -11,7 +11,7 @@ use crate::manifest::kinds::DeletionPolicy;
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{ManifestSet, load_source};
 use crate::observe::{
-    BackendView, Capacity, Discovery, Driver, Health, Inventory, ObjKind, Observed, World,
+    BackendView, Capacity, Discovery, Health, Inventory, ObjKind, Observed, World,
 };
 use crate::state::record::{Recorded, RecordedObject};
 
@@ -41,10 +41,7 @@ fn view(name: &str, thin: bool, ratio: f64, total: u64, objects: Vec<Observed>) 
         name: name.parse().unwrap(),
         backend_name: name.to_owned(),
         zone: "nova".into(),
-        driver: Driver::File {
-            root: format!("/srv/{name}").into(),
-            allocation: crate::manifest::kinds::Allocation::Sparse,
-        },
+        caps: crate::driver::fake::capabilities(true),
         thin,
         extent: 1,
         ratio: OverSubscription::Ratio(ratio),
@@ -116,6 +113,9 @@ fn a_thin_pool_of_1gib_with_ratio_2_takes_2gib_and_refuses_the_next_with_the_num
             "volume.c: no back end can take it (1Gi):\n      - pool: CapacityFilter: needs 1Gi, virtual free 0 B (thin: (1 GiB total − 0 B reserved) × ratio 2 − 2 GiB provisioned)"
         ]
     );
+    // Typed: the agent marks the object by its address and reads the kind.
+    assert_eq!(p.errors[0].address.as_deref(), Some("volume.c"));
+    assert_eq!(p.errors[0].kind, super::PlanErrorKind::NoRoom);
 }
 
 #[test]
@@ -192,7 +192,9 @@ fn a_lost_volume_is_reported_not_silently_recreated() {
         p.drift
     );
     assert!(
-        p.errors[0].contains("plan with --recreate-lost to create it again, empty"),
+        p.errors[0]
+            .to_string()
+            .contains("plan with --recreate-lost to create it again, empty"),
         "{:?}",
         p.errors
     );
@@ -253,7 +255,7 @@ fn a_changed_pin_plans_a_migration_never_a_create_or_delete() {
     );
 }
 
-/// File back ends "a" and "b" holding `a` and `b`, and volume `db` pinned
+/// Back ends "a" and "b" holding `a` and `b`, and volume `db` pinned
 /// to `pin` (with `extra` spec lines).
 fn two_backends(
     pin: &str,
@@ -392,7 +394,9 @@ fn only_a_target_left_is_an_error_not_a_new_volume() {
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
-        p.errors[0].contains("only the target of an interrupted migration"),
+        p.errors[0]
+            .to_string()
+            .contains("only the target of an interrupted migration"),
         "{:?}",
         p.errors
     );
@@ -423,7 +427,9 @@ fn a_retype_in_place_changes_nothing_and_one_that_needs_a_move_follows_the_polic
     let set = manifests(&(base.clone() + &vol_yaml("db", "1Gi", "  volumeType: gold\n")));
     let p = plan(&set, &w, &rec, Options::default());
     assert!(
-        p.errors[0].contains("migrationPolicy: never (the default, as Cinder) forbids"),
+        p.errors[0]
+            .to_string()
+            .contains("migrationPolicy: never (the default, as Cinder) forbids"),
         "{:?}",
         p.errors
     );
@@ -631,6 +637,7 @@ fn a_logged_in_initiator_blocks_removing_its_acl_the_export_and_the_volume() {
     let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(
         p.errors[0]
+            .to_string()
             .starts_with("volume.v: in use: initiator(s) iqn.1994-05.com.example:b are logged in"),
         "{:?}",
         p.errors
@@ -656,7 +663,7 @@ fn a_logged_in_initiator_blocks_removing_its_acl_the_export_and_the_volume() {
         "{:?}",
         p.actions
     );
-    assert!(p.errors[0].contains("in use"), "{:?}", p.errors);
+    assert!(p.errors[0].to_string().contains("in use"), "{:?}", p.errors);
 
     // Nobody logged in: unexport, then delete, in that order.
     let w = exported_world(exported(1, &[INI_A], &[]), v_and_keep());
@@ -676,11 +683,16 @@ fn an_export_without_lio_is_a_plan_error_saying_how_to_load_it() {
     assert_eq!(p.errors.len(), 1);
     assert!(
         p.errors[0]
+            .to_string()
             .starts_with("volume.v: spec.export needs LIO, which is not loaded on this host"),
         "{:?}",
         p.errors
     );
-    assert!(p.errors[0].contains("modprobe target_core_mod iscsi_target_mod"));
+    assert!(
+        p.errors[0]
+            .to_string()
+            .contains("modprobe target_core_mod iscsi_target_mod")
+    );
 }
 
 #[test]
@@ -714,14 +726,16 @@ fn an_exported_volume_is_not_migrated_and_the_error_says_how() {
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     assert!(
-        p.errors[0].ends_with("it is exported over iSCSI as iqn.2010-10.dev.cinderblock:volume-00000000-0000-0000-0000-000000000001, and the export points at its data on a: remove spec.export for the move (no initiator is logged in) and add it back afterwards"),
+        p.errors[0].to_string().ends_with("it is exported over iSCSI as iqn.2010-10.dev.cinderblock:volume-00000000-0000-0000-0000-000000000001, and the export points at its data on a: remove spec.export for the move (no initiator is logged in) and add it back afterwards"),
         "{:?}",
         p.errors
     );
     w.exports = exported(1, &[INI_A], &[INI_A]);
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(
-        p.errors[0].contains("in use: initiator(s) iqn.1994-05.com.example:a are logged in"),
+        p.errors[0]
+            .to_string()
+            .contains("in use: initiator(s) iqn.1994-05.com.example:a are logged in"),
         "{:?}",
         p.errors
     );
@@ -788,15 +802,24 @@ fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() 
     assert_eq!(chosen(&from("", "1Gi")), Ok(0xbbbb), "latest by time");
     assert_eq!(chosen(&from(", id: aaaa", "1Gi")), Ok(0xaaaa));
     let err = chosen(&from(", id: bbb", "1Gi")).unwrap_err();
-    assert!(err[0].contains("matches 2 backups of volume db"), "{err:?}");
+    assert!(
+        err[0]
+            .to_string()
+            .contains("matches 2 backups of volume db"),
+        "{err:?}"
+    );
     let err = chosen(&from("", "512Mi")).unwrap_err();
     assert!(
-        err[0].contains("spec.size 512Mi is less than backup"),
+        err[0]
+            .to_string()
+            .contains("spec.size 512Mi is less than backup"),
         "{err:?}"
     );
     let err = chosen(&from(", id: cccc", "1Gi")).unwrap_err();
     assert!(
-        err[0].contains("no catalogued backup cccc of volume db"),
+        err[0]
+            .to_string()
+            .contains("no catalogued backup cccc of volume db"),
         "{err:?}"
     );
 }
@@ -1010,7 +1033,7 @@ fn a_placement_that_splits_a_copy_from_its_source_is_refused() {
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     assert!(
-        p.errors[0].starts_with("volume.copy: the fleet placed it on fb (host stor-b), but it belongs on fa with its source or consistency group"),
+        p.errors[0].to_string().starts_with("volume.copy: the fleet placed it on fb (host stor-b), but it belongs on fa with its source or consistency group"),
         "{}",
         p.errors[0]
     );

@@ -1,0 +1,168 @@
+//! Verifying backups: every chunk a backup lists is read and hashed, once
+//! per repository however many backups share it, and each backup gets a
+//! verdict (ok, or how many of its chunks are missing or corrupt and where
+//! the first one is), which the catalogue records.
+//!
+//! Must not: print (the CLI does), or change a repository (verify only
+//! reads, under a shared session).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+
+use super::catalog::{Catalog, Status};
+use super::format::{self, Digest, Manifest};
+use super::job::{self, JobError};
+use super::repo::SessionKind;
+use super::{BackupError, Progress, Repository};
+
+/// One backup's verdict.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The backup.
+    pub manifest: Manifest,
+    /// Slots its table lists.
+    pub chunks: usize,
+    /// What is wrong with it (`None`: nothing).
+    pub damage: Option<String>,
+}
+
+/// One repository's check.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The repository.
+    pub root: PathBuf,
+    /// A verdict per backup.
+    pub verdicts: Vec<Verdict>,
+    /// Unique chunks checked.
+    pub chunks: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Unique chunks missing.
+    pub missing: usize,
+    /// Unique chunks whose bytes do not hash to their id.
+    pub corrupt: usize,
+}
+
+/// What to verify: catalogued backup `id` (or a unique prefix), or every
+/// backup of every catalogued repository. A repository with an unreadable
+/// manifest is refused (its errors are in [`JobError::Unreadable`]).
+pub fn targets(
+    cat: &Catalog,
+    id: Option<&str>,
+) -> Result<Vec<(Repository, Vec<Manifest>)>, JobError> {
+    if let Some(id) = id {
+        let (repo, m) = job::locate(cat, id)?;
+        return Ok(vec![(repo, vec![m])]);
+    }
+    let repos: BTreeSet<PathBuf> = cat
+        .backups
+        .values()
+        .filter(|e| e.status != Status::Failed)
+        .map(|e| e.repository.clone())
+        .collect();
+    if repos.is_empty() {
+        return Err(JobError::NothingToVerify);
+    }
+    let mut out = Vec::new();
+    for path in repos {
+        let repo = Repository::open(&path)?;
+        let (ms, bad) = repo.manifests()?;
+        if !bad.is_empty() {
+            return Err(JobError::Unreadable {
+                repository: path,
+                errors: bad.iter().map(|e| crate::error_chain(e)).collect(),
+            });
+        }
+        out.push((repo, ms));
+    }
+    Ok(out)
+}
+
+/// Checks every chunk `manifests` of `repo` list, each once.
+pub fn check(
+    repo: &Repository,
+    manifests: &[Manifest],
+    progress: &dyn Progress,
+) -> Result<Checked, BackupError> {
+    let _session = repo.session(SessionKind::Shared, "backup verify")?;
+    let index = repo.load_index()?;
+    let mut tables = Vec::new();
+    let mut union: BTreeMap<Digest, u64> = BTreeMap::new();
+    for m in manifests {
+        let t = format::decode_table(m)?;
+        for &(slot, id) in &t {
+            union.entry(id).or_insert(slot);
+        }
+        tables.push(t);
+    }
+    let all: Vec<(u64, Digest)> = union.into_iter().map(|(id, slot)| (slot, id)).collect();
+    let (problems, read) = super::restore::check(repo, &index, &all, progress)?;
+    let missing: HashSet<Digest> = problems.missing.iter().copied().collect();
+    let corrupt: HashSet<Digest> = problems.corrupt.iter().copied().collect();
+    let verdicts = manifests
+        .iter()
+        .zip(&tables)
+        .map(|(m, t)| {
+            // Distinct chunks (one chunk may fill several slots).
+            let ids: HashSet<&Digest> = t.iter().map(|(_, id)| id).collect();
+            let miss = ids.iter().filter(|id| missing.contains(**id)).count();
+            let bad = ids.iter().filter(|id| corrupt.contains(**id)).count();
+            let damage = (miss + bad > 0).then(|| {
+                let first = t
+                    .iter()
+                    .find(|(_, id)| missing.contains(id) || corrupt.contains(id))
+                    .map(|(slot, id)| {
+                        let what = if missing.contains(id) {
+                            "missing"
+                        } else {
+                            "corrupt"
+                        };
+                        format!(
+                            "first: chunk {id} at byte {} {what}",
+                            slot * u64::from(m.chunk_size)
+                        )
+                    })
+                    .unwrap_or_default();
+                format!("{miss} missing, {bad} corrupt chunk(s); {first}")
+            });
+            Verdict {
+                manifest: m.clone(),
+                chunks: t.len(),
+                damage,
+            }
+        })
+        .collect();
+    Ok(Checked {
+        root: repo.root().to_owned(),
+        verdicts,
+        chunks: read.chunks + problems.corrupt.len() as u64 + problems.missing.len() as u64,
+        bytes: read.bytes,
+        missing: problems.missing.len(),
+        corrupt: problems.corrupt.len(),
+    })
+}
+
+/// Records verdicts in the catalogue of `state` (ok or damaged, when).
+/// The caller holds the state lock.
+pub fn record(state: &Path, checked: &[Checked]) -> Result<(), BackupError> {
+    let _catalog = job::catalog_lock();
+    let mut cat = Catalog::load(state)?;
+    let now = Utc::now();
+    for c in checked {
+        for v in &c.verdicts {
+            cat.add(&v.manifest, &c.root);
+            if let Some(e) = cat.backups.get_mut(&v.manifest.id) {
+                e.status = if v.damage.is_some() {
+                    Status::Damaged
+                } else {
+                    Status::Ok
+                };
+                e.detail.clone_from(&v.damage);
+                e.verified_at = Some(now);
+            }
+        }
+    }
+    cat.store(state)
+}

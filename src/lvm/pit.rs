@@ -1,0 +1,192 @@
+//! The point in time a backup of an `lvm` volume reads: an LV snapshot
+//! ([`super::backup_snap`]).
+//!
+//! * **thin LV** → thin snapshot. A full run reads only the ranges mapped in
+//!   the snapshot (`thin_dump`); an incremental whose parent's snapshot is
+//!   still there reads only the ranges `thin_delta` reports changed between
+//!   the two, and takes every other chunk from the parent's table unread.
+//!   Without that snapshot (the parent was made on another host, or the base
+//!   was removed by hand) it reads the mapped ranges and hash-compares
+//!   against the parent, which is still correct, only slower. After a
+//!   committed run the new snapshot is kept as the next base and the earlier
+//!   one removed; after a failed run the new one is removed and the old base
+//!   stays.
+//! * **thick LV** → copy-on-write snapshot (an in-use volume only with
+//!   `force`), read whole, zero chunks skipped, chunks hash-compared against
+//!   the parent; the snapshot is removed afterwards however the run ends. An
+//!   exception store that overflowed during the run invalidates the snapshot;
+//!   [`PointInTime::check`] then fails before the backup is committed.
+//!
+//! Must not: keep a thick snapshot (it slows every write to its origin).
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::backup_snap::BackupSnap;
+use super::report::{Lv, LvKind};
+use super::{LvmBackend, LvmError};
+use crate::driver::{PitMethod, PitRequest, PointInTime, Reads};
+
+/// The exception store of a thick backup snapshot: a quarter of the
+/// volume, at least 64 MiB and at most the volume. Writes to the volume
+/// during the run land there; if they outgrow it, the run fails cleanly.
+fn cow_size(size: u64) -> u64 {
+    (size / 4).max(64 << 20).min(size.max(4 << 20))
+}
+
+/// A backup snapshot, removed on drop unless committed as a thin base.
+pub(super) struct LvmPit<'a, 'r> {
+    lvm: &'a LvmBackend<'r>,
+    name: String,
+    path: PathBuf,
+    volume: String,
+    thin: bool,
+    cow: u64,
+    reads: Reads,
+    bases: Vec<BackupSnap>,
+    keep: bool,
+}
+
+impl Drop for LvmPit<'_, '_> {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if let Err(e) = self.lvm.remove_backup_snapshot(&self.name) {
+            tracing::warn!(lv = %self.name, error = %crate::error_chain(&e), "could not remove a backup snapshot; remove it with lvremove");
+        }
+    }
+}
+
+/// Takes the point in time of `req.volume`; see the module docs.
+pub(super) fn take<'a, 'r>(
+    lvm: &'a LvmBackend<'r>,
+    req: &PitRequest,
+) -> Result<LvmPit<'a, 'r>, LvmError> {
+    let (lv, owned) = lvm.volume_lv(req.volume)?;
+    if lv.attr.open && !req.force {
+        return Err(lvm.refused(
+            &lv.name,
+            format!(
+                "volume {} is in use (open) and the policy says force: false",
+                owned.name
+            ),
+        ));
+    }
+    let thin = lv.attr.kind == LvKind::Thin;
+    let bases = lvm.backup_snapshots(req.volume)?;
+    let cow = cow_size(lv.size);
+    let snap = lvm.backup_snapshot(req.volume, req.backup, cow)?;
+    let mut pit = LvmPit {
+        lvm,
+        path: lvm.device(&snap.name),
+        name: snap.name.clone(),
+        volume: owned.name.clone(),
+        thin,
+        cow,
+        reads: Reads::DataExtents,
+        bases,
+        keep: false,
+    };
+    // From here on, a failure drops `pit`, which removes the snapshot.
+    pit.reads = reads(lvm, &lv, &owned.name, req.parent, &pit.bases, &snap.name)?;
+    Ok(pit)
+}
+
+/// What to read of snapshot `snap` of volume `lv`: a thin LV's changes since
+/// the parent when the parent's snapshot is there, else its mapped ranges; a
+/// thick LV whole.
+fn reads(
+    lvm: &LvmBackend<'_>,
+    lv: &Lv,
+    name: &str,
+    parent: Option<Uuid>,
+    bases: &[BackupSnap],
+    snap: &str,
+) -> Result<Reads, LvmError> {
+    if lv.attr.kind != LvKind::Thin {
+        return Ok(Reads::Ranges(std::iter::once(0..lv.size).collect()));
+    }
+    if let Some(b) = parent.and_then(|p| bases.iter().find(|b| b.backup == p)) {
+        return Ok(Reads::ChangedSinceParent(
+            lvm.thin_changed_ranges(&b.lv.name, snap)?,
+        ));
+    }
+    if parent.is_some() {
+        tracing::info!(volume = %name, "the parent's thin snapshot is gone: reading every mapped range");
+    }
+    Ok(Reads::Ranges(lvm.thin_mapped_ranges(snap)?))
+}
+
+impl LvmPit<'_, '_> {
+    fn err(&self, e: LvmError) -> crate::driver::DriverError {
+        let retryable = e.is_retryable();
+        crate::driver::DriverError::new(
+            &self.lvm.backend,
+            crate::driver::Op::PointInTime,
+            e,
+            retryable,
+        )
+    }
+}
+
+impl PointInTime for LvmPit<'_, '_> {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn reads(&self) -> &Reads {
+        &self.reads
+    }
+    fn scratch(&self) -> bool {
+        false
+    }
+    fn method(&self) -> PitMethod {
+        if self.thin {
+            PitMethod::ThinSnapshot
+        } else {
+            PitMethod::CowSnapshot
+        }
+    }
+    fn check(&self) -> Result<(), crate::driver::DriverError> {
+        if self.thin {
+            return Ok(());
+        }
+        let now = self
+            .lvm
+            .backup_snapshot_state(&self.name)
+            .map_err(|e| self.err(e))?;
+        match now {
+            Some(l) if l.attr.kind == LvKind::ThickSnapshot => Ok(()),
+            _ => Err(crate::driver::DriverError::refused(
+                &self.lvm.backend,
+                crate::driver::Op::PointInTime,
+                format!(
+                    "the snapshot {} of volume {} overflowed (more than {} bytes written during the backup) and is invalid; nothing was stored",
+                    self.name, self.volume, self.cow
+                ),
+            )),
+        }
+    }
+    fn commit(mut self: Box<Self>) -> Result<(), crate::driver::DriverError> {
+        if self.thin {
+            self.keep = true;
+            for b in std::mem::take(&mut self.bases) {
+                if let Err(e) = self.lvm.remove_backup_snapshot(&b.lv.name) {
+                    tracing::warn!(lv = %b.lv.name, error = %crate::error_chain(&e), "could not remove the earlier backup base");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cow_size_is_a_quarter_within_bounds() {
+        assert_eq!(super::cow_size(1 << 30), 256 << 20);
+        assert_eq!(super::cow_size(64 << 20), 64 << 20);
+        assert_eq!(super::cow_size(8 << 20), 8 << 20);
+    }
+}
