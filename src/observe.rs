@@ -25,8 +25,8 @@ use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
 pub use crate::model::{
-    Capabilities, Capacity, Discovery, Health, Inventory, ObjKind, Observed, PoolFill, PoolSizes,
-    SharedSpace,
+    Capabilities, Capacity, Discovery, Health, InUse, Inventory, ObjKind, Observed, PoolFill,
+    PoolSizes, SharedSpace,
 };
 use crate::registry::Registry;
 pub use crate::registry::is_local;
@@ -82,8 +82,9 @@ pub struct World {
     /// is declared with `source.backup`: what such a volume may be restored
     /// from.
     pub backups: Vec<BackupSource>,
-    /// Each `BackupPolicy`'s repository directory, resolved.
-    pub backup_repos: BTreeMap<Name, std::path::PathBuf>,
+    /// Each `BackupPolicy`'s repository location
+    /// ([`crate::backup::target::RepoSpec::location`]).
+    pub backup_repos: BTreeMap<Name, String>,
     /// What the fleet says about placements (`Off` without `--etcd`).
     pub fleet: Fleet,
 }
@@ -218,8 +219,10 @@ pub struct BackupSource {
     pub id: Uuid,
     /// The volume that was backed up (manifest name).
     pub volume: String,
-    /// Its repository directory.
-    pub repository: std::path::PathBuf,
+    /// Its repository's location.
+    pub repository: String,
+    /// How to open that repository (boxed: plan actions carry it).
+    pub target: Box<crate::backup::target::RepoSpec>,
     /// Bytes of the volume at the time.
     pub size: u64,
     /// When it was taken.
@@ -247,6 +250,7 @@ fn backup_sources(set: &ManifestSet, state_dir: &Path) -> Vec<BackupSource> {
                 id: e.id,
                 volume: e.volume.name.clone(),
                 repository: e.repository.clone(),
+                target: Box::new(e.repo_spec()),
                 size: e.volume.size,
                 started_at: e.started_at,
             })
@@ -285,14 +289,17 @@ impl World {
                 }
                 Discovery::Ok(inv) => {
                     for o in &inv.objects {
+                        // Whether it is in use, not by whom: a restarted
+                        // process does not make a saved plan stale.
                         let line = format!(
-                            "{}|{}|{}|{}|{:?}|{:?}\n",
+                            "{}|{}|{}|{}|{:?}|{:?}|{}\n",
                             o.uuid,
                             o.name,
                             o.kind.as_str(),
                             o.size,
                             o.parent,
-                            o.health
+                            o.health,
+                            if o.in_use.is_some() { "in-use" } else { "idle" }
                         );
                         h.update(line.as_bytes());
                     }
@@ -364,7 +371,10 @@ pub fn world_of(
     world.backup_repos = set
         .backup_policies
         .iter()
-        .map(|(n, d)| (n.clone(), d.spec.target.path.resolve(state_dir)))
+        .filter_map(|(n, d)| {
+            crate::backup::target::RepoSpec::from_policy(&d.spec, state_dir)
+                .map(|r| (n.clone(), r.location()))
+        })
         .collect();
     world
 }

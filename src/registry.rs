@@ -23,10 +23,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::driver::{Capabilities, Discovery, Driver, fault};
+use crate::driver::{Capabilities, Discovery, Driver, Holders, fault};
 use crate::exec::Runner;
 use crate::file::{Allocation, FileBackend, FileDriver};
-use crate::lvm::{LvmBackend, LvmDriver, Wipe, cmd, inventory};
+use crate::lvm::{LvmBackend, LvmDriver, Wipe, cmd};
 use crate::manifest::kinds::{self, BackendSpec, VolumeClear};
 use crate::manifest::{Doc, ManifestSet, Name};
 
@@ -136,7 +136,8 @@ impl<'r> Registry<'r> {
         self.entries.keys()
     }
 
-    /// Discovers every back end (see the module docs).
+    /// Discovers every back end (see the module docs), with one scan of
+    /// what holds files and devices open for all of them.
     pub fn discover(&self) -> Discovered {
         let vgs: Vec<&str> = {
             let mut v: Vec<&str> = self
@@ -152,12 +153,23 @@ impl<'r> Registry<'r> {
             (Some(run), false) => cmd::fullreport(run, &vgs),
             _ => cmd::Reports::default(),
         };
-        self.discover_with(&reports)
+        // Who holds what open: one pass over /proc and the loop devices for
+        // the whole discovery, whatever the number of back ends and volumes.
+        let holders = if self.entries.is_empty() {
+            Ok(crate::inuse::Holders::default())
+        } else {
+            crate::inuse::Holders::scan().map_err(|e| format!("cannot read /proc: {e}"))
+        };
+        self.discover_all(&reports, &holders)
     }
 
-    /// [`Registry::discover`] with the volume groups' report read already
-    /// (benchmarks, tests).
+    /// [`Registry::discover`] with the volume groups' report read already and
+    /// nothing seen open (benchmarks, tests).
     pub fn discover_with(&self, reports: &cmd::Reports) -> Discovered {
+        self.discover_all(reports, &Ok(crate::inuse::Holders::default()))
+    }
+
+    fn discover_all(&self, reports: &cmd::Reports, holders: &Holders) -> Discovered {
         let mut out = Discovered::default();
         let all: Vec<(&Name, &Entry<'r>)> = self.entries.iter().collect();
         for chunk in all.chunks(DISCOVERY_THREADS) {
@@ -166,11 +178,8 @@ impl<'r> Registry<'r> {
                     .iter()
                     .map(|(_, e)| {
                         scope.spawn(move || match (&e.batch, &e.lvm) {
-                            (Batch::VolumeGroup, Some(l)) => {
-                                let (cfg, size) = l.discovery_config();
-                                inventory::discovery(reports, &cfg, size)
-                            }
-                            _ => e.driver.discover(),
+                            (Batch::VolumeGroup, Some(l)) => l.discover_from(reports, holders),
+                            _ => e.driver.discover(holders),
                         })
                     })
                     .collect();

@@ -1307,7 +1307,7 @@ mod tests {
             allocated: None,
             parent,
             health: Health::Ready,
-            in_use: false,
+            in_use: None,
         };
         let name: crate::manifest::Name = "local".parse().unwrap();
         let view = BackendView {

@@ -400,7 +400,7 @@ fn restore_backup(
         on.delete(uuid)?;
     }
     let stats = crate::backup::into_volume::restore_new_from(
-        &b.repository,
+        &b.target,
         b.id,
         on,
         uuid,

@@ -106,7 +106,7 @@ fn fill(
 /// and finds backup `id` there (the executor's entry point).
 #[allow(clippy::too_many_arguments)] // each piece named
 pub fn restore_new_from(
-    repository: &Path,
+    repository: &super::target::RepoSpec,
     id: Uuid,
     on: &dyn Driver,
     uuid: Uuid,
@@ -114,7 +114,7 @@ pub fn restore_new_from(
     size: u64,
     progress: &dyn Progress,
 ) -> Result<RestoreStats, BackupError> {
-    let repo = Repository::open(repository)?;
+    let repo = repository.open()?;
     let _session = repo.session(SessionKind::Shared, "restore into a new volume")?;
     let m = manifest(&repo, id)?;
     restore_new(&repo, &m, on, uuid, name, size, progress)

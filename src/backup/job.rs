@@ -30,6 +30,7 @@ use super::engine::{self, Mode, RunReport, RunSpec};
 use super::format::{self, Codec, Manifest};
 use super::repo::SessionKind;
 use super::restore::{self, RestoreStats, Target};
+use super::target::{RepoSpec, SecretSource};
 use super::{BackupError, Progress, Repository};
 use crate::driver::{Discovery, Driver, Mark, ObjKind};
 use crate::manifest::{ManifestSet, Name};
@@ -48,6 +49,15 @@ pub enum JobError {
     /// Its policy is not declared.
     #[error("BackupPolicy {0} is not in the manifests")]
     PolicyMissing(Name),
+    /// Its policy names no repository.
+    #[error("BackupPolicy {0} names no target")]
+    NoTarget(Name),
+    /// The policy to rotate the key of is not encrypted.
+    #[error("BackupPolicy {0} has no `encryption`: its repository has no key to rotate")]
+    NoKey(Name),
+    /// The new key is the current one.
+    #[error("the new key is the current key")]
+    SameKey,
     /// No back end of this host could hold it.
     #[error("Volume {0}: no back end of this host to look in")]
     NoBackend(Name),
@@ -109,6 +119,23 @@ pub enum JobError {
         /// Its mark.
         mark: Mark,
     },
+    /// The volume to restore over is held open by someone.
+    #[error(
+        "volume {to} ({uuid} on {backend}) is in use by {holder}; restoring over it would change its data under its user: stop or detach it first, or restore into a new volume (--to NAME)"
+    )]
+    InUse {
+        /// The volume.
+        to: Name,
+        /// Its identity.
+        uuid: Uuid,
+        /// Its back end.
+        backend: Name,
+        /// Who holds it, worded to follow "in use by".
+        holder: crate::model::InUse,
+    },
+    /// Whether the volume to restore over is in use cannot be told.
+    #[error("cannot tell whether the volume is in use (reading /proc): {0}")]
+    InUseUnknown(String),
     /// The restore target is smaller than the backup.
     #[error("volume {to} holds {have} bytes, less than the backup's {want}; extend it first")]
     TooSmall {
@@ -129,24 +156,22 @@ pub enum JobError {
     },
     /// The catalogued backup is gone from its repository.
     #[error(
-        "backup {id} is no longer in {} (pruned?); `backup import --scan {}` refreshes the catalogue",
-        repository.display(),
-        repository.display()
+        "backup {id} is no longer in {repository} (pruned?); `backup import --scan {repository}` refreshes the catalogue"
     )]
     Gone {
         /// The backup.
         id: Uuid,
-        /// Its repository.
-        repository: PathBuf,
+        /// Its repository's location.
+        repository: String,
     },
     /// The manifests declare no backup policy.
     #[error("no BackupPolicy in the manifests: nothing to prune")]
     NothingToPrune,
     /// A repository to prune holds a manifest that cannot be read.
-    #[error("{}: refusing to prune with an unreadable manifest: {error}", repository.display())]
+    #[error("{repository}: refusing to prune with an unreadable manifest: {error}")]
     PruneUnreadable {
-        /// The repository.
-        repository: PathBuf,
+        /// The repository's location.
+        repository: String,
         /// The manifest's error, in one line.
         error: String,
     },
@@ -154,10 +179,10 @@ pub enum JobError {
     #[error("no backups in the catalogue to verify")]
     NothingToVerify,
     /// A repository holds manifests that cannot be read.
-    #[error("{} unreadable manifest(s) in {}", errors.len(), repository.display())]
+    #[error("{} unreadable manifest(s) in {repository}", errors.len())]
     Unreadable {
-        /// The repository.
-        repository: PathBuf,
+        /// The repository's location.
+        repository: String,
         /// Each manifest's error, in one line.
         errors: Vec<String>,
     },
@@ -226,15 +251,20 @@ pub struct Found {
     pub size: u64,
     /// Its mark.
     pub mark: Mark,
+    /// What holds it open, as far as the holders given to [`find_volume`]
+    /// tell.
+    pub in_use: Option<crate::model::InUse>,
 }
 
 /// The volume object named `volume` on the back ends `among` of `registry`
 /// (discovered now). A back end that cannot be discovered is an error only
-/// when the volume is found nowhere else.
+/// when the volume is found nowhere else. `holders` names what holds it
+/// open (an empty scan: nothing asked).
 pub fn find_volume(
     registry: &Registry<'_>,
     among: &[Name],
     volume: &str,
+    holders: &crate::driver::Holders,
 ) -> Result<Option<Found>, JobError> {
     let mut hits = Vec::new();
     let mut failed = None;
@@ -242,7 +272,7 @@ pub fn find_volume(
         let Some(driver) = registry.get(backend.as_str()) else {
             continue;
         };
-        match driver.discover().1 {
+        match driver.discover(holders).1 {
             Discovery::Ok(inv) => hits.extend(
                 inv.objects
                     .into_iter()
@@ -258,6 +288,7 @@ pub fn find_volume(
                             crate::model::Health::Migrating => Mark::Migrating,
                             _ => Mark::Ready,
                         },
+                        in_use: o.in_use,
                     }),
             ),
             Discovery::Failed(why) => {
@@ -286,6 +317,41 @@ pub fn find_volume(
     }
 }
 
+/// The ready volume object of `vol_name` on this host's back ends (its pin,
+/// when it has one) and its driver.
+fn ready_volume<'a>(
+    registry: &'a Registry<'_>,
+    vol_name: &Name,
+    vol: &crate::manifest::kinds::VolumeSpec,
+) -> Result<(Found, &'a dyn Driver), JobError> {
+    let candidates: Vec<Name> = registry
+        .names()
+        .filter(|n| vol.backend.as_ref().is_none_or(|pin| pin == *n))
+        .cloned()
+        .collect();
+    if candidates.is_empty() {
+        return Err(JobError::NoBackend(vol_name.clone()));
+    }
+    let found = find_volume(
+        registry,
+        &candidates,
+        vol_name.as_str(),
+        &Ok(crate::inuse::Holders::default()),
+    )?
+    .ok_or_else(|| JobError::NotYet(vol_name.clone()))?;
+    if found.mark != Mark::Ready {
+        return Err(JobError::NotReady {
+            volume: vol_name.to_string(),
+            uuid: found.uuid,
+            mark: found.mark,
+        });
+    }
+    let driver = registry
+        .get(found.backend.as_str())
+        .ok_or_else(|| JobError::NoBackend(vol_name.clone()))?;
+    Ok((found, driver))
+}
+
 /// One backup of volume `vol_name` into its policy's repository, full or
 /// incremental as `mode` says (`None`: as the policy says): journalled, and
 /// catalogued whatever the outcome. The caller holds the state lock.
@@ -310,36 +376,18 @@ pub fn run(
         .backup_policies
         .get(&policy_name)
         .ok_or_else(|| JobError::PolicyMissing(policy_name.clone()))?;
-    let candidates: Vec<Name> = registry
-        .names()
-        .filter(|n| vol.spec.backend.as_ref().is_none_or(|pin| pin == *n))
-        .cloned()
-        .collect();
-    if candidates.is_empty() {
-        return Err(JobError::NoBackend(vol_name.clone()));
-    }
-    let found = find_volume(registry, &candidates, vol_name.as_str())?
-        .ok_or_else(|| JobError::NotYet(vol_name.clone()))?;
-    if found.mark != Mark::Ready {
-        return Err(JobError::NotReady {
-            volume: vol_name.to_string(),
-            uuid: found.uuid,
-            mark: found.mark,
-        });
-    }
-    let driver = registry
-        .get(found.backend.as_str())
-        .ok_or_else(|| JobError::NoBackend(vol_name.clone()))?;
+    let (found, driver) = ready_volume(registry, vol_name, &vol.spec)?;
     let mode = mode.unwrap_or(Mode::Policy {
         incremental: policy.spec.incremental,
         full_every: policy.spec.full_every,
     });
-    let repo_path = policy.spec.target.path.resolve(state);
+    let spec = RepoSpec::from_policy(&policy.spec, state)
+        .ok_or_else(|| JobError::NoTarget(policy_name.clone()))?;
     let codec = Codec::from(policy.spec.compression);
     let id = Uuid::new_v4();
     let intent = journal.intent(id, 0, &format!("backup run {vol_name} ({id})"))?;
     let started_at = Utc::now();
-    let result = Repository::open_or_init(&repo_path, codec).and_then(|repo| {
+    let result = spec.open_or_init(codec).and_then(|repo| {
         engine::run(
             &RunSpec {
                 id,
@@ -362,7 +410,7 @@ pub fn run(
     match result {
         Ok((repo, report)) => {
             journal.outcome(&intent, Outcome::Changed, None)?;
-            cat.add(&report.manifest, repo.root());
+            cat.add(&report.manifest, &repo, &spec);
             cat.store(state)?;
             Ok((repo, report))
         }
@@ -373,7 +421,8 @@ pub fn run(
                 id,
                 Entry {
                     id,
-                    repository: repo_path,
+                    repository: spec.location(),
+                    target: Some(spec.clone()),
                     repository_id: None,
                     volume: format::VolumeRef {
                         uuid: found.uuid,
@@ -398,9 +447,9 @@ pub fn run(
     }
 }
 
-/// The repository and manifest of a catalogued backup (`id` or a unique
-/// prefix).
-pub fn locate(cat: &Catalog, id: &str) -> Result<(Repository, Manifest), JobError> {
+/// The repository (and how it was opened) and manifest of a catalogued
+/// backup (`id` or a unique prefix).
+pub fn locate(cat: &Catalog, id: &str) -> Result<(Repository, RepoSpec, Manifest), JobError> {
     let entry = cat.resolve(id)?;
     if entry.status == Status::Failed {
         return Err(JobError::FailedRun {
@@ -408,12 +457,13 @@ pub fn locate(cat: &Catalog, id: &str) -> Result<(Repository, Manifest), JobErro
             detail: entry.detail.clone(),
         });
     }
-    let repo = Repository::open(&entry.repository)?;
+    let spec = entry.repo_spec();
+    let repo = spec.open()?;
     if let Some(rid) = entry.repository_id
         && rid != repo.config().id
     {
         return Err(BackupError::RepoMismatch {
-            path: entry.repository.clone(),
+            location: entry.repository.clone(),
             expected: rid,
             found: repo.config().id,
         }
@@ -425,37 +475,64 @@ pub fn locate(cat: &Catalog, id: &str) -> Result<(Repository, Manifest), JobErro
             id: entry.id,
             repository: entry.repository.clone(),
         })?;
-    Ok((repo, m))
+    Ok((repo, spec, m))
 }
 
 /// One policy repository's prune.
 #[derive(Debug)]
 pub struct Pruned {
-    /// The repository.
-    pub path: PathBuf,
+    /// Where the repository is.
+    pub location: String,
     /// The policies writing there.
     pub policies: Vec<String>,
-    /// Retention's verdicts and what the sweep did; `None` when there is no
-    /// repository there yet.
-    pub outcome: Option<(super::prune::PrunePlan, super::prune::PruneReport)>,
+    /// The repository only takes additions: retention forgot in the
+    /// catalogue only, and `--sweep` removes.
+    pub append_only: bool,
+    /// Retention's verdicts and, where the repository was swept, what the
+    /// sweep did; `None` when there is no repository there yet.
+    pub outcome: Option<(super::prune::PrunePlan, Option<super::prune::PruneReport>)>,
+}
+
+/// How [`prune`] treats append-only repositories.
+#[derive(Debug, Clone, Default)]
+pub struct Sweep {
+    /// Remove there too (`--sweep`: credentials or permissions that may
+    /// delete).
+    pub append_only_too: bool,
+    /// An S3 target's deleting credentials, instead of the policy's.
+    pub credentials: Option<SecretSource>,
 }
 
 /// Applies every policy's retention to its repository: forgets what the
-/// rules do not keep and sweeps the chunks nothing uses any more, or with
-/// `dry_run` only works out what it would do. `done` hears of each
-/// repository as it is finished. The caller holds the state lock.
+/// rules do not keep and sweeps the chunks nothing uses any more (on an
+/// append-only target only in the catalogue, unless `sweep` says
+/// otherwise), or with `dry_run` only works out what it would do. `done`
+/// hears of each repository as it is finished. The caller holds the state
+/// lock.
 pub fn prune(
     set: &ManifestSet,
     state: &Path,
     dry_run: bool,
+    sweep: &Sweep,
     done: &mut dyn FnMut(&Pruned) -> std::io::Result<()>,
 ) -> Result<(), JobError> {
-    let mut repos: std::collections::BTreeMap<PathBuf, Vec<String>> =
+    // By location: (how to open it, its policies).
+    let mut repos: std::collections::BTreeMap<String, (RepoSpec, Vec<String>)> =
         std::collections::BTreeMap::new();
     for (n, p) in &set.backup_policies {
+        let Some(mut spec) = RepoSpec::from_policy(&p.spec, state) else {
+            continue;
+        };
+        if sweep.append_only_too {
+            spec.append_only = false;
+            if let Some(k) = &sweep.credentials {
+                spec = spec.with_credentials(k.clone());
+            }
+        }
         repos
-            .entry(p.spec.target.path.resolve(state))
-            .or_default()
+            .entry(spec.location())
+            .or_insert_with(|| (spec, Vec::new()))
+            .1
             .push(n.to_string());
     }
     if repos.is_empty() {
@@ -470,25 +547,33 @@ pub fn prune(
             .and_then(|p| set.backup_policies.get(&p))
             .and_then(|d| d.spec.retention.clone())
     };
-    for (path, policies) in repos {
+    for (location, (spec, policies)) in repos {
         let mut pruned = Pruned {
-            path,
+            location,
             policies,
+            append_only: false,
             outcome: None,
         };
-        match Repository::open(&pruned.path) {
+        match spec.open() {
             Err(BackupError::NotARepository { .. }) => {}
             Err(e) => return Err(e.into()),
             Ok(repo) => {
                 let (manifests, bad) = repo.manifests()?;
                 if let Some(e) = bad.first() {
                     return Err(JobError::PruneUnreadable {
-                        repository: pruned.path,
+                        repository: pruned.location,
                         error: crate::error_chain(e),
                     });
                 }
                 let plan = super::prune::plan(&manifests, &rules, &|id| damaged.contains(&id));
-                let report = super::prune::execute(&repo, &plan, dry_run)?;
+                pruned.append_only = repo.is_append_only();
+                // Nothing is removed from an append-only target: forgotten
+                // here, swept later.
+                let report = if pruned.append_only {
+                    None
+                } else {
+                    Some(super::prune::execute(&repo, &plan, dry_run)?)
+                };
                 if !dry_run {
                     for m in &plan.forget {
                         cat.backups.remove(&m.id);
@@ -503,6 +588,64 @@ pub fn prune(
         cat.store(state)?;
     }
     Ok(())
+}
+
+/// What [`rotate_key`] did.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// Where the repository is.
+    pub location: String,
+    /// Where the new key came from.
+    pub from: String,
+    /// Key files of the old key removed (none on an append-only target).
+    pub removed: usize,
+    /// The repository only takes additions: the old key's file stays.
+    pub append_only: bool,
+}
+
+/// Wraps the data key of `policy`'s encrypted repository under the key
+/// `new` holds and retires the old one; no data is rewritten. The
+/// catalogue reopens the repository with the new key from then on. The
+/// caller holds the state lock.
+pub fn rotate_key(
+    set: &ManifestSet,
+    state: &Path,
+    policy: &Name,
+    new: &SecretSource,
+) -> Result<Rotated, JobError> {
+    let doc = set
+        .backup_policies
+        .get(policy)
+        .ok_or_else(|| JobError::PolicyMissing(policy.clone()))?;
+    let spec = RepoSpec::from_policy(&doc.spec, state)
+        .ok_or_else(|| JobError::NoTarget(policy.clone()))?;
+    let Some(old_src) = &spec.key else {
+        return Err(JobError::NoKey(policy.clone()));
+    };
+    let old = super::target::read_key(old_src)?;
+    let new_key = super::target::read_key(new)?;
+    if old.secret == new_key.secret {
+        return Err(JobError::SameKey);
+    }
+    let repo = spec.open()?;
+    let removed = repo.rotate_key(&old, &new_key)?;
+    let _catalog = catalog_lock();
+    let mut cat = Catalog::load(state)?;
+    let location = repo.location();
+    for e in cat.backups.values_mut() {
+        if e.repository == location
+            && let Some(t) = &mut e.target
+        {
+            t.key = Some(new.clone());
+        }
+    }
+    cat.store(state)?;
+    Ok(Rotated {
+        location,
+        from: new_key.from,
+        removed,
+        append_only: repo.is_append_only(),
+    })
 }
 
 /// What [`restore`] did.
@@ -532,7 +675,18 @@ pub fn restore(
     let driver = registry
         .get(backend.as_str())
         .ok_or_else(|| JobError::UnknownBackend(backend.clone()))?;
-    let existing = find_volume(registry, std::slice::from_ref(backend), to.as_str())?;
+    // Who holds what open matters only when writing over a volume.
+    let holders = if overwrite {
+        crate::inuse::Holders::scan().map_err(|e| JobError::InUseUnknown(e.to_string()))?
+    } else {
+        crate::inuse::Holders::default()
+    };
+    let existing = find_volume(
+        registry,
+        std::slice::from_ref(backend),
+        to.as_str(),
+        &Ok(holders),
+    )?;
     let _session = repo.session(SessionKind::Shared, "backup restore")?;
     let intent = journal.intent(
         Uuid::new_v4(),
@@ -591,6 +745,14 @@ fn restore_into(
             mark: obj.mark,
         }),
         (Mark::Ready, true) => {
+            if let Some(holder) = obj.in_use {
+                return Err(JobError::InUse {
+                    to: to.clone(),
+                    uuid: obj.uuid,
+                    backend: backend.clone(),
+                    holder,
+                });
+            }
             if obj.size < m.volume.size {
                 return Err(JobError::TooSmall {
                     to: to.clone(),

@@ -2,14 +2,21 @@
 //! images, and the engine that backs volumes of any back end up into it and
 //! restores them.
 //!
-//! Owns the repository format ([`format`](mod@format)), the repository directory
-//! ([`repo`]), backup runs ([`engine`]: a point in time from the volume's
-//! [`crate::driver::Driver`], then the shared chunk pipeline), restore and
-//! verify ([`restore`]; into a new volume of any back end: [`into_volume`]),
+//! Owns the repository format ([`format`](mod@format), sealed by
+//! [`crypto`] when encrypted), the repository
+//! ([`repo`]) over a storage layer ([`store`]: a directory, local or an NFS
+//! share, or an S3-compatible bucket; [`target`] resolves a policy's
+//! `target` into one and opens it), backup runs ([`engine`]: a point in time
+//! from the volume's [`crate::driver::Driver`], then the shared chunk
+//! pipeline), restore and verify ([`restore`], [`verify`]; into a new volume
+//! of any back end: [`into_volume`]), the transactions the CLI and the agent
+//! share ([`job`], [`scheduled`], [`due`]),
 //! retention ([`retention`], pure), prune ([`prune`]) and the state
 //! directory's catalogue cache with export/import records ([`catalog`]).
 //!
 //! # The repository (format version 1)
+//! The same keys on every target: files below a directory, or objects
+//! below a bucket's prefix.
 //! ```text
 //! REPO/config                           format, version, id, chunk size, hash, codec
 //! REPO/data/<00..ff>/<BLAKE3 of pack>   packs: blobs back to back + a trailer
@@ -58,9 +65,21 @@
 //!   another; "incremental" only means the run compared against a parent and
 //!   stored less. A full run trusts no parent: a chunk whose pack is gone is
 //!   stored again, which repairs every backup that shares it.
-//! - **Write order**: packs (fsynced, renamed) → index file → manifest. A
-//!   crash before the manifest leaves unreferenced packs that prune removes;
-//!   it never leaves a manifest pointing at nothing.
+//! - **Write order**: packs (fsynced, renamed; or uploaded, each upload
+//!   complete before the next step) → index file → manifest. A crash or a
+//!   failed upload before the manifest leaves unreferenced packs that prune
+//!   removes; it never leaves a manifest pointing at nothing.
+//!
+//! # Encrypted repositories (format version 2)
+//! With `encryption: {keyRef}` a repository is created encrypted
+//! ([`crypto`]): the same layout, with every pack blob, pack trailer
+//! (`CBPACKS1`), index file and manifest sealed with XChaCha20-Poly1305
+//! (associated data binding each to its place), chunk ids keyed BLAKE3, and
+//! `keys/<uuid>.json` holding the data key wrapped under the user's key
+//! (Argon2id). The config stays readable (format, version 2, id, the
+//! algorithms' names) so a missing or wrong key is one clear error at open,
+//! before anything is read or written. `backup key rotate` re-wraps the data
+//! key; no data is rewritten. Version 1 repositories are read as before.
 //!
 //! # Concurrency: lock-free writers, exclusive prune
 //! Writers never coordinate with each other: every name they create is
@@ -75,7 +94,15 @@
 //! naming the holder. Session files are refreshed every 5 minutes; one that
 //! is 30 minutes old, or whose pid is dead on this host, is stale and
 //! removed. Chosen over `flock` because it works the same on every NFS
-//! version and shows who holds the repository.
+//! version and on object stores, and shows who holds the repository.
+//!
+//! # Append-only targets
+//! With `appendOnly: true` nothing is deleted or replaced: every object is
+//! created with a conditional create, session files are never removed
+//! (a refresh is a new file, the end an `.end` marker), and retention only
+//! forgets in the catalogue. `backup prune --sweep`, run with credentials
+//! or permissions that may delete, removes what retention forgot and frees
+//! the space.
 //!
 //! # The catalogue
 //! The state directory keeps a cache (`backup-catalog.json`) of what `list`
@@ -90,6 +117,7 @@
 //! into the plain values the engine takes).
 
 pub mod catalog;
+pub mod crypto;
 pub mod due;
 pub mod engine;
 pub mod format;
@@ -100,6 +128,8 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod scheduled;
+pub mod store;
+pub mod target;
 pub mod verify;
 
 use std::io;
@@ -155,38 +185,108 @@ pub enum BackupError {
         source: io::Error,
     },
     /// No `config` where a repository was expected.
-    #[error("{path} is not a backup repository (no config)")]
+    #[error("{location} is not a backup repository (no config)")]
     NotARepository {
-        /// The directory.
-        path: PathBuf,
+        /// The directory or bucket and prefix.
+        location: String,
     },
     /// A repository of another format or a newer version.
     #[error(
-        "{path}: repository format {format:?} version {version} is not one this cinderblock reads"
+        "{location}: repository format {format:?} version {version} is not one this cinderblock reads"
     )]
     RepoVersion {
-        /// The directory.
-        path: PathBuf,
+        /// The directory or bucket and prefix.
+        location: String,
         /// Its format tag.
         format: String,
         /// Its version.
         version: u32,
     },
     /// A record or catalogue entry names another repository.
-    #[error("{path} is repository {found}, not {expected}")]
+    #[error("{location} is repository {found}, not {expected}")]
     RepoMismatch {
-        /// The directory.
-        path: PathBuf,
+        /// The directory or bucket and prefix.
+        location: String,
         /// The id asked for.
         expected: Uuid,
         /// The id found.
         found: Uuid,
     },
     /// A pack's trailer is unreadable.
-    #[error("{path}: damaged pack (unreadable trailer)")]
+    #[error("{pack}: damaged pack (unreadable trailer)")]
     BadPack {
-        /// The pack.
-        path: PathBuf,
+        /// The pack's key.
+        pack: String,
+    },
+    /// A call to an object store failed (after its retries).
+    #[error("cannot {op} {location}")]
+    Remote {
+        /// What we were doing.
+        op: &'static str,
+        /// The store and key.
+        location: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An encrypted repository opened without a key.
+    #[error(
+        "{location} is encrypted: its BackupPolicy needs `encryption: {{keyRef: {{file|env}}}}` with its key"
+    )]
+    KeyNeeded {
+        /// The repository.
+        location: String,
+    },
+    /// A key given for a repository that is not encrypted.
+    #[error(
+        "{location} is not encrypted, but the policy sets `encryption` (a repository is encrypted when it is created: point the policy at a new target, or drop `encryption`)"
+    )]
+    NotEncrypted {
+        /// The repository.
+        location: String,
+    },
+    /// The key does not open the repository.
+    #[error("the key in {from} does not open {location} (wrong key); nothing was read or written")]
+    WrongKey {
+        /// The repository.
+        location: String,
+        /// Where the key came from.
+        from: String,
+    },
+    /// A sealed object does not open: damaged, moved, or of another key.
+    #[error("{at}: damaged {what} (its seal does not open)")]
+    Sealed {
+        /// What it is.
+        what: String,
+        /// Where.
+        at: String,
+    },
+    /// A secret (credentials, key) could not be read.
+    #[error("cannot read the secret in {from}: {reason}")]
+    Secret {
+        /// Where it should be (never its content).
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// The target's NFS share could not be mounted.
+    #[error("backup target share {share}")]
+    Mount {
+        /// The share.
+        share: String,
+        /// Why.
+        #[source]
+        source: crate::file::mount::MountError,
+    },
+    /// A delete or replace on an append-only target.
+    #[error(
+        "{location} is append-only: this run may not {what} (`backup prune --sweep` with credentials that may delete does)"
+    )]
+    AppendOnly {
+        /// The repository.
+        location: String,
+        /// What was refused.
+        what: String,
     },
     /// A manifest is damaged.
     #[error("backup {id}: damaged manifest: {reason}")]
@@ -264,7 +364,10 @@ impl BackupError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Driver(e) => e.is_retryable(),
-            other => matches!(other, Self::Busy { .. } | Self::Io { .. }),
+            other => matches!(
+                other,
+                Self::Busy { .. } | Self::Io { .. } | Self::Remote { .. }
+            ),
         }
     }
 }

@@ -37,7 +37,7 @@ use nix::fcntl::{FallocateFlags, fallocate};
 use uuid::Uuid;
 
 use super::format::{self, CHUNK_SIZE, Digest, Manifest, Table};
-use super::repo::{Index, Location};
+use super::repo::{Index, Location, PackReader};
 use super::{BackupError, Progress, Repository};
 
 /// Threads reading packs.
@@ -113,11 +113,7 @@ struct Item {
 
 /// Resolves a table against the index and the packs present; chunks that
 /// cannot be found are returned as missing.
-fn plan(
-    repo: &Repository,
-    index: &Index,
-    table: &[(u64, Digest)],
-) -> (BTreeMap<u32, Vec<Item>>, Vec<Digest>) {
+fn plan(index: &Index, table: &[(u64, Digest)]) -> (BTreeMap<u32, Vec<Item>>, Vec<Digest>) {
     let mut by_pack: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
     let mut missing = Vec::new();
     let mut present: BTreeMap<u32, bool> = BTreeMap::new();
@@ -128,7 +124,7 @@ fn plan(
         };
         let here = *present
             .entry(loc.pack)
-            .or_insert_with(|| repo.pack_path(&index.pack_id(&loc)).is_file());
+            .or_insert_with(|| index.present.contains(&index.pack_id(&loc)));
         if here {
             by_pack
                 .entry(loc.pack)
@@ -177,19 +173,28 @@ fn read_all(
                         break;
                     };
                     let pack_id = index.packs[pack as usize];
-                    let path = repo.pack_path(&pack_id);
-                    let Ok(file) = File::open(&path) else {
-                        bad.missing.extend(items.iter().map(|i| i.id));
-                        if stop_early {
-                            stop.store(true, Ordering::Relaxed);
+                    let span = items.iter().map(|i| i.loc.offset).min().unwrap_or(0)
+                        ..items
+                            .iter()
+                            .map(|i| i.loc.offset + u64::from(i.loc.stored_len))
+                            .max()
+                            .unwrap_or(0);
+                    let file = match repo.open_pack(&pack_id, span) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(pack = %pack_id, error = %crate::error_chain(&e), "pack unreadable");
+                            bad.missing.extend(items.iter().map(|i| i.id));
+                            if stop_early {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            continue;
                         }
-                        continue;
                     };
                     for item in items {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        if let Some(raw) = check_one(&mut codecs, &file, &path, item, &mut buf) {
+                        if let Some(raw) = check_one(repo, &mut codecs, &file, item, &mut buf) {
                             local.chunks += 1;
                             local.bytes += raw.len() as u64;
                             if let Some(sink) = sink {
@@ -244,19 +249,17 @@ fn read_all(
 
 /// Reads one blob, decodes it, checks its hash; `None` when it is damaged.
 fn check_one(
+    repo: &Repository,
     codecs: &mut format::Codecs,
-    file: &File,
-    path: &Path,
+    pack: &PackReader,
     item: &Item,
     buf: &mut Vec<u8>,
 ) -> Option<Vec<u8>> {
     buf.resize(item.loc.stored_len as usize, 0);
-    if let Err(e) = file.read_exact_at(buf, item.loc.offset) {
-        tracing::warn!(pack = %path.display(), error = %e, "short pack");
+    if !pack.read_at(buf, item.loc.offset) {
         return None;
     }
-    let raw = codecs.decompress(item.loc.codec, buf, item.loc.raw_len as usize)?;
-    (Digest::of(&raw) == item.id).then_some(raw)
+    repo.decode_blob(codecs, &item.id, item.loc.codec, item.loc.raw_len, buf)
 }
 
 /// Checks every chunk of `table` (read, decode, hash) without writing.
@@ -266,7 +269,7 @@ pub fn check(
     table: &[(u64, Digest)],
     progress: &dyn Progress,
 ) -> Result<(Problems, RestoreStats), BackupError> {
-    let (by_pack, missing) = plan(repo, index, table);
+    let (by_pack, missing) = plan(index, table);
     progress.total(
         by_pack
             .values()
@@ -297,7 +300,7 @@ pub fn restore(
     mode: Target,
     progress: &dyn Progress,
 ) -> Result<RestoreStats, BackupError> {
-    let (by_pack, missing) = plan(repo, index, table);
+    let (by_pack, missing) = plan(index, table);
     if !missing.is_empty() {
         return Err(Problems {
             missing,

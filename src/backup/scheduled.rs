@@ -149,27 +149,37 @@ fn retain(repo: &Repository, job: &BackupJob, volume: Uuid) -> Result<usize, Bac
             tracing::debug!(volume = %v.volume.name, backup = %d.id, keep = d.keep(), reasons = %reasons.join(", "), "retention");
         }
     }
-    let forgotten = match prune::execute(repo, &plan, false) {
-        Ok(r) => {
-            tracing::info!(
-                volume = %job.volume,
-                forgotten = r.forgotten,
-                packs_deleted = r.packs_deleted,
-                bytes_freed = r.bytes_freed,
-                "retention applied and unused chunks swept"
-            );
-            r.forgotten
+    let forgotten = if repo.is_append_only() {
+        // Nothing is removed there: `backup prune --sweep` does that.
+        tracing::info!(
+            volume = %job.volume,
+            forgotten = plan.forget.len(),
+            "retention applied in the catalogue only (append-only target)"
+        );
+        plan.forget.len()
+    } else {
+        match prune::execute(repo, &plan, false) {
+            Ok(r) => {
+                tracing::info!(
+                    volume = %job.volume,
+                    forgotten = r.forgotten,
+                    packs_deleted = r.packs_deleted,
+                    bytes_freed = r.bytes_freed,
+                    "retention applied and unused chunks swept"
+                );
+                r.forgotten
+            }
+            Err(BackupError::Busy { .. }) => {
+                let n = prune::forget(repo, &plan)?;
+                tracing::info!(
+                    volume = %job.volume,
+                    forgotten = n,
+                    "retention applied; the repository is busy, so unused chunks wait for the next sweep"
+                );
+                n
+            }
+            Err(e) => return Err(e),
         }
-        Err(BackupError::Busy { .. }) => {
-            let n = prune::forget(repo, &plan)?;
-            tracing::info!(
-                volume = %job.volume,
-                forgotten = n,
-                "retention applied; the repository is busy, so unused chunks wait for the next sweep"
-            );
-            n
-        }
-        Err(e) => return Err(e),
     };
     for m in &plan.forget {
         cat.backups.remove(&m.id);

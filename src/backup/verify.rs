@@ -6,8 +6,8 @@
 //! Must not: print (the CLI does), or change a repository (verify only
 //! reads, under a shared session).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 
 use chrono::Utc;
 
@@ -15,6 +15,7 @@ use super::catalog::{Catalog, Status};
 use super::format::{self, Digest, Manifest};
 use super::job::{self, JobError};
 use super::repo::SessionKind;
+use super::target::RepoSpec;
 use super::{BackupError, Progress, Repository};
 
 /// One backup's verdict.
@@ -31,8 +32,8 @@ pub struct Verdict {
 /// One repository's check.
 #[derive(Debug, Clone)]
 pub struct Checked {
-    /// The repository.
-    pub root: PathBuf,
+    /// Where the repository is.
+    pub location: String,
     /// A verdict per backup.
     pub verdicts: Vec<Verdict>,
     /// Unique chunks checked.
@@ -43,47 +44,52 @@ pub struct Checked {
     pub missing: usize,
     /// Unique chunks whose bytes do not hash to their id.
     pub corrupt: usize,
+    /// Packs whose trailer cannot be read, with why (checked with `packs`).
+    pub damaged_packs: Vec<(Digest, String)>,
 }
+
+/// One repository to verify: how it was opened, and its backups to check.
+pub type Target = (Repository, RepoSpec, Vec<Manifest>);
 
 /// What to verify: catalogued backup `id` (or a unique prefix), or every
 /// backup of every catalogued repository. A repository with an unreadable
 /// manifest is refused (its errors are in [`JobError::Unreadable`]).
-pub fn targets(
-    cat: &Catalog,
-    id: Option<&str>,
-) -> Result<Vec<(Repository, Vec<Manifest>)>, JobError> {
+pub fn targets(cat: &Catalog, id: Option<&str>) -> Result<Vec<Target>, JobError> {
     if let Some(id) = id {
-        let (repo, m) = job::locate(cat, id)?;
-        return Ok(vec![(repo, vec![m])]);
+        let (repo, spec, m) = job::locate(cat, id)?;
+        return Ok(vec![(repo, spec, vec![m])]);
     }
-    let repos: BTreeSet<PathBuf> = cat
+    let repos: BTreeMap<String, RepoSpec> = cat
         .backups
         .values()
         .filter(|e| e.status != Status::Failed)
-        .map(|e| e.repository.clone())
+        .map(|e| (e.repository.clone(), e.repo_spec()))
         .collect();
     if repos.is_empty() {
         return Err(JobError::NothingToVerify);
     }
     let mut out = Vec::new();
-    for path in repos {
-        let repo = Repository::open(&path)?;
+    for (location, spec) in repos {
+        let repo = spec.open()?;
         let (ms, bad) = repo.manifests()?;
         if !bad.is_empty() {
             return Err(JobError::Unreadable {
-                repository: path,
+                repository: location,
                 errors: bad.iter().map(|e| crate::error_chain(e)).collect(),
             });
         }
-        out.push((repo, ms));
+        out.push((repo, spec, ms));
     }
     Ok(out)
 }
 
-/// Checks every chunk `manifests` of `repo` list, each once.
+/// Checks every chunk `manifests` of `repo` list, each once; with `packs`
+/// also every pack trailer (what prune reads, and a chunk check through the
+/// index never does).
 pub fn check(
     repo: &Repository,
     manifests: &[Manifest],
+    packs: bool,
     progress: &dyn Progress,
 ) -> Result<Checked, BackupError> {
     let _session = repo.session(SessionKind::Shared, "backup verify")?;
@@ -134,8 +140,17 @@ pub fn check(
             }
         })
         .collect();
+    let mut damaged_packs = Vec::new();
+    if packs {
+        for (pack, len) in repo.scan_packs()? {
+            if let Err(e) = repo.read_trailer(&pack, len) {
+                damaged_packs.push((pack, crate::error_chain(&e)));
+            }
+        }
+    }
     Ok(Checked {
-        root: repo.root().to_owned(),
+        location: repo.location(),
+        damaged_packs,
         verdicts,
         chunks: read.chunks + problems.corrupt.len() as u64 + problems.missing.len() as u64,
         bytes: read.bytes,
@@ -144,15 +159,16 @@ pub fn check(
     })
 }
 
-/// Records verdicts in the catalogue of `state` (ok or damaged, when).
-/// The caller holds the state lock.
-pub fn record(state: &Path, checked: &[Checked]) -> Result<(), BackupError> {
+/// Records verdicts in the catalogue of `state` (ok or damaged, when),
+/// each with the repository it was checked in. The caller holds the state
+/// lock.
+pub fn record(state: &Path, checked: &[(&Target, &Checked)]) -> Result<(), BackupError> {
     let _catalog = job::catalog_lock();
     let mut cat = Catalog::load(state)?;
     let now = Utc::now();
-    for c in checked {
+    for ((repo, spec, _), c) in checked {
         for v in &c.verdicts {
-            cat.add(&v.manifest, &c.root);
+            cat.add(&v.manifest, repo, spec);
             if let Some(e) = cat.backups.get_mut(&v.manifest.id) {
                 e.status = if v.damage.is_some() {
                     Status::Damaged

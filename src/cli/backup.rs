@@ -54,6 +54,8 @@ enum BackupCommand {
     Import(backup_repo::ImportArgs),
     /// Forget backups retention does not keep, then remove unused chunks.
     Prune(backup_repo::PruneArgs),
+    /// Manage the key of an encrypted repository.
+    Key(backup_repo::KeyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +114,7 @@ pub(super) fn run(args: &BackupArgs, state: &Path, host: Option<&str>) -> anyhow
         BackupCommand::Export(a) => backup_repo::export(a, state),
         BackupCommand::Import(a) => backup_repo::import(a, state),
         BackupCommand::Prune(a) => backup_repo::prune_cmd(a, state),
+        BackupCommand::Key(a) => backup_repo::key_cmd(a, state),
     }
 }
 
@@ -133,7 +136,7 @@ pub(super) fn load_manifests(files: &ManifestFiles) -> anyhow::Result<ManifestSe
     Ok(loaded.set)
 }
 
-fn name(text: &str, what: &str) -> anyhow::Result<Name> {
+pub(super) fn name(text: &str, what: &str) -> anyhow::Result<Name> {
     text.parse::<Name>()
         .map_err(|e| anyhow!("invalid {what} name: {e}"))
 }
@@ -166,7 +169,7 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
         let result = job::run(&set, v, mode, state, host, &registry, &mut journal, &bar);
         bar.finish();
         match result {
-            Ok((repo, report)) => print_run(&report, repo.root(), a.json)?,
+            Ok((repo, report)) => print_run(&report, &repo.location(), a.json)?,
             Err(e @ job::JobError::NotYet(_)) if a.policy.is_some() => {
                 writeln!(std::io::stderr().lock(), "skipped {v}: {e}")?;
             }
@@ -196,7 +199,7 @@ fn requested_mode(a: &RunArgs) -> Option<Mode> {
 }
 
 /// One run's summary: a line of text, or one JSON object per line.
-fn print_run(report: &engine::RunReport, repo: &Path, json: bool) -> anyhow::Result<()> {
+fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Result<()> {
     let m = &report.manifest;
     let s = &m.stats;
     let dedup = (s.unchanged_chunks + s.dedup_chunks) * u64::from(m.chunk_size);
@@ -215,7 +218,7 @@ fn print_run(report: &engine::RunReport, repo: &Path, json: bool) -> anyhow::Res
         m.kind,
         m.volume.name,
         bytes(m.volume.size),
-        repo.display(),
+        repo,
         report.method.as_str(),
         bytes(s.read_bytes),
         s.extents,
@@ -240,7 +243,7 @@ fn print_run(report: &engine::RunReport, repo: &Path, json: bool) -> anyhow::Res
 fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     let to = name(&a.to, "target volume")?;
     let cat = Catalog::load(state)?;
-    let (repo, m) = job::locate(&cat, &a.id)?;
+    let (repo, _, m) = job::locate(&cat, &a.id)?;
     let set = load_manifests(&a.manifests)?;
     let backend = match &a.backend {
         Some(b) => name(b, "back end")?,

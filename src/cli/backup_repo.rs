@@ -1,4 +1,4 @@
-//! `cinderblock backup list|verify|export|import|prune`: the catalogue and
+//! `cinderblock backup list|verify|export|import|prune|key`: the catalogue and
 //! repository maintenance commands, over [`crate::backup::catalog`],
 //! [`crate::backup::verify`] and [`crate::backup::job::prune`]; printing
 //! only.
@@ -6,13 +6,14 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 
-use super::backup::{Bar, ManifestFiles, bytes, load_manifests};
+use super::backup::{Bar, ManifestFiles, bytes, load_manifests, name};
 use crate::backup::catalog::{self, Catalog, Entry};
 use crate::backup::format::Record;
-use crate::backup::{Repository, job, verify};
+use crate::backup::target::{RepoSpec, SecretSource};
+use crate::backup::{job, verify};
 use crate::state::lock::StateLock;
 
 #[derive(Debug, Args)]
@@ -38,23 +39,73 @@ pub(super) struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["record", "scan"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["record", "scan", "policy"])))]
 pub(super) struct ImportArgs {
     /// An export record file (`-` for stdin).
     pub(super) record: Option<PathBuf>,
-    /// Rebuild the catalogue from the repository at PATH.
+    /// Rebuild the catalogue from the repository directory at PATH.
     #[arg(long, value_name = "PATH")]
     pub(super) scan: Option<PathBuf>,
+    /// Rebuild the catalogue from this `BackupPolicy`'s target (a share or an
+    /// S3 bucket as well as a directory), read from the manifests (`-f`).
+    #[arg(long, value_name = "NAME")]
+    pub(super) policy: Option<String>,
     /// The repository's path on this host, when it differs from the record's.
-    #[arg(long, value_name = "PATH", conflicts_with = "scan")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["scan", "policy"])]
     pub(super) repository: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) manifests: ManifestFiles,
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("sweep-key").args(["sweep_credentials_file", "sweep_credentials_env"])))]
 pub(super) struct PruneArgs {
     /// Show what would be forgotten and freed; change nothing.
     #[arg(long)]
     pub(super) dry_run: bool,
+    /// Also remove backups and free space on `appendOnly` targets (run
+    /// with credentials or permissions that may delete); without it, an
+    /// append-only target's backups are only forgotten in the catalogue.
+    #[arg(long)]
+    pub(super) sweep: bool,
+    /// With --sweep: an S3 target's credentials that may delete
+    /// (`ACCESS_KEY_ID:SECRET_ACCESS_KEY`) from this file, instead of the
+    /// policy's `credentialsRef`.
+    #[arg(long, value_name = "PATH", requires = "sweep")]
+    pub(super) sweep_credentials_file: Option<PathBuf>,
+    /// With --sweep: the same from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "sweep")]
+    pub(super) sweep_credentials_env: Option<String>,
+    #[command(flatten)]
+    pub(super) manifests: ManifestFiles,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct KeyArgs {
+    #[command(subcommand)]
+    pub(super) command: KeyCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum KeyCommand {
+    /// Wrap the repository's data key under a new key and retire the old
+    /// one: no data is rewritten, every backup stays restorable with the
+    /// new key. Then point the policy's `encryption.keyRef` at it.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("new").required(true).args(["new_key_file", "new_key_env"])))]
+pub(super) struct RotateArgs {
+    /// The `BackupPolicy` whose repository (and current key) this is.
+    #[arg(long, value_name = "NAME")]
+    pub(super) policy: String,
+    /// The new key, from this file.
+    #[arg(long, value_name = "PATH")]
+    pub(super) new_key_file: Option<PathBuf>,
+    /// The new key, from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub(super) new_key_env: Option<String>,
     #[command(flatten)]
     pub(super) manifests: ManifestFiles,
 }
@@ -129,9 +180,10 @@ pub(super) fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
     let mut damaged = 0usize;
     let mut out = std::io::stdout().lock();
     let mut checked = Vec::new();
-    for (repo, manifests) in &work {
-        let bar = Bar::new(&format!("verify {}", repo.root().display()));
-        let c = verify::check(repo, manifests, &bar);
+    for t in &work {
+        let (repo, _, manifests) = t;
+        let bar = Bar::new(&format!("verify {}", repo.location()));
+        let c = verify::check(repo, manifests, a.all, &bar);
         bar.finish();
         let c = c?;
         for v in &c.verdicts {
@@ -150,20 +202,27 @@ pub(super) fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
                 }
             }
         }
+        for (pack, why) in &c.damaged_packs {
+            damaged += 1;
+            writeln!(out, "DAMAGED  pack {pack}: {why}")?;
+        }
         writeln!(
             out,
             "checked {} unique chunks ({}) in {}: {} missing, {} corrupt",
             c.chunks,
             bytes(c.bytes),
-            c.root.display(),
+            c.location,
             c.missing,
             c.corrupt
         )?;
-        checked.push(c);
+        checked.push((t, c));
     }
     // Record what was found, if nobody else holds the state directory.
     match StateLock::acquire(state, "backup verify") {
-        Ok(_lock) => verify::record(state, &checked)?,
+        Ok(_lock) => {
+            let pairs: Vec<_> = checked.iter().map(|(t, c)| (*t, c)).collect();
+            verify::record(state, &pairs)?;
+        }
         Err(e) => tracing::warn!(error = %e, "verify results not recorded in the catalogue"),
     }
     Ok(i32::from(damaged > 0))
@@ -174,8 +233,8 @@ pub(super) fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
 
 pub(super) fn export(a: &ExportArgs, state: &Path) -> anyhow::Result<i32> {
     let cat = Catalog::load(state)?;
-    let (repo, m) = job::locate(&cat, &a.id)?;
-    let record = catalog::export(&repo, &m);
+    let (repo, spec, m) = job::locate(&cat, &a.id)?;
+    let record = catalog::export(&repo, &spec, &m);
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &record)?;
     writeln!(out)?;
@@ -186,9 +245,25 @@ pub(super) fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
     let _lock = StateLock::acquire(state, "backup import")?;
     let mut cat = Catalog::load(state)?;
     let mut out = std::io::stdout().lock();
-    if let Some(path) = &a.scan {
-        let repo = Repository::open(path)?;
-        let (n, bad) = cat.scan(&repo)?;
+    let scan = match (&a.scan, &a.policy) {
+        (Some(path), _) => Some(RepoSpec::dir(path)),
+        (None, Some(p)) => {
+            let set = load_manifests(&a.manifests)?;
+            let p = name(p, "policy")?;
+            let doc = set
+                .backup_policies
+                .get(&p)
+                .ok_or_else(|| anyhow!("no BackupPolicy named {p} in the manifests"))?;
+            Some(
+                RepoSpec::from_policy(&doc.spec, state)
+                    .ok_or_else(|| job::JobError::NoTarget(p.clone()))?,
+            )
+        }
+        (None, None) => None,
+    };
+    if let Some(spec) = scan {
+        let repo = spec.open()?;
+        let (n, bad) = cat.scan(&repo, &spec)?;
         cat.store(state)?;
         for e in &bad {
             writeln!(std::io::stderr().lock(), "error: {}", crate::error_chain(e))?;
@@ -196,7 +271,7 @@ pub(super) fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
         writeln!(
             out,
             "scanned {} (repository {}): {n} backup(s) in the catalogue{}",
-            path.display(),
+            repo.location(),
             repo.config().id,
             if bad.is_empty() {
                 String::new()
@@ -217,8 +292,8 @@ pub(super) fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
     }
     let record: Record = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a backup export record", path.display()))?;
-    let (repo, written) = catalog::import(&record, a.repository.as_deref())?;
-    cat.add(&record.backup, repo.root());
+    let (repo, spec, written) = catalog::import(&record, a.repository.as_deref())?;
+    cat.add(&record.backup, &repo, &spec);
     cat.store(state)?;
     writeln!(
         out,
@@ -226,7 +301,7 @@ pub(super) fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
         record.backup.id,
         record.backup.volume.name,
         record.backup.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-        repo.root().display(),
+        repo.location(),
         if written {
             "; its manifest was missing from the repository and has been written back"
         } else {
@@ -242,20 +317,32 @@ pub(super) fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
 #[allow(clippy::too_many_lines)] // as run_backup
 pub(super) fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
     let set = load_manifests(&a.manifests)?;
+    let sweep = job::Sweep {
+        append_only_too: a.sweep,
+        credentials: match (&a.sweep_credentials_file, &a.sweep_credentials_env) {
+            (Some(f), _) => Some(SecretSource::File(f.clone())),
+            (None, Some(v)) => Some(SecretSource::Env(v.clone())),
+            (None, None) => None,
+        },
+    };
     let _lock = StateLock::acquire(state, "backup prune")?;
     let dry = a.dry_run;
-    job::prune(&set, state, dry, &mut |p| print_prune(p, dry))?;
+    job::prune(&set, state, dry, &sweep, &mut |p| print_prune(p, dry))?;
     Ok(0)
 }
 
 /// One repository's prune: retention's verdicts, then what the sweep did.
 fn print_prune(p: &job::Pruned, dry: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let (path, policies) = (p.path.display(), p.policies.join(", "));
-    let Some((plan, r)) = &p.outcome else {
+    let (path, policies) = (&p.location, p.policies.join(", "));
+    let Some((plan, report)) = &p.outcome else {
         return writeln!(out, "repository {path} (policy {policies}): none yet");
     };
-    writeln!(out, "repository {path} (policy {policies})")?;
+    writeln!(
+        out,
+        "repository {path} (policy {policies}){}",
+        if p.append_only { " (append-only)" } else { "" }
+    )?;
     let verb = if dry { "would forget" } else { "forget" };
     for v in &plan.volumes {
         let keep = v.decisions.iter().filter(|d| d.keep()).count();
@@ -278,6 +365,14 @@ fn print_prune(p: &job::Pruned, dry: bool) -> std::io::Result<()> {
             )?;
         }
     }
+    let Some(r) = report else {
+        return writeln!(
+            out,
+            "{} {} backup(s) in the catalogue only: {path} is append-only; `backup prune --sweep` with credentials that may delete removes them and frees the space",
+            if dry { "would forget" } else { "forgot" },
+            plan.forget.len()
+        );
+    };
     writeln!(
         out,
         "{} {} backup(s); {} {} of {} pack(s) and {} {}{}, dropping {} unused chunk(s), {}{}",
@@ -304,4 +399,35 @@ fn print_prune(p: &job::Pruned, dry: bool) -> std::io::Result<()> {
             String::new()
         }
     )
+}
+
+// ---------------------------------------------------------------------------
+// key
+
+pub(super) fn key_cmd(a: &KeyArgs, state: &Path) -> anyhow::Result<i32> {
+    let KeyCommand::Rotate(r) = &a.command;
+    let set = load_manifests(&r.manifests)?;
+    let p = name(&r.policy, "policy")?;
+    if !set.backup_policies.contains_key(&p) {
+        bail!("no BackupPolicy named {p} in the manifests");
+    }
+    let new = match (&r.new_key_file, &r.new_key_env) {
+        (Some(f), _) => SecretSource::File(f.clone()),
+        (None, Some(v)) => SecretSource::Env(v.clone()),
+        (None, None) => bail!("give --new-key-file or --new-key-env"),
+    };
+    let _lock = StateLock::acquire(state, "backup key rotate")?;
+    let done = job::rotate_key(&set, state, &p, &new)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "rotated the key of {}: its data key is now wrapped under {}; {}; no data rewritten. Point BackupPolicy {p}'s encryption.keyRef at the new key.",
+        done.location,
+        done.from,
+        if done.append_only {
+            "the old key file stays (append-only target), so the old key opens it too".to_owned()
+        } else {
+            format!("{} key file(s) of the old key removed", done.removed)
+        }
+    )?;
+    Ok(0)
 }

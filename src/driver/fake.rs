@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
 use super::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Layout, Mark, NewMark,
+    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
     NewObject, ObjKind, Object, Op, PathKind, PitMethod, PitRequest, PointInTime, Reads,
     SnapshotSpace,
 };
-use crate::model::{Capacity, Health, Inventory, Observed};
+use crate::model::{Capacity, Health, InUse, Inventory, Observed};
 
 /// One object of the fake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +177,7 @@ impl Driver for FakeDriver {
         capabilities(self.thin)
     }
 
-    fn discover(&self) -> (u64, Discovery) {
+    fn discover(&self, _holders: &Holders) -> (u64, Discovery) {
         let objects = self
             .objects()
             .iter()
@@ -189,7 +189,9 @@ impl Driver for FakeDriver {
                 allocated: None,
                 parent: o.parent,
                 health: Health::of_mark(o.mark),
-                in_use: o.in_use,
+                in_use: o.in_use.then(|| InUse::Named {
+                    holder: "a test".into(),
+                }),
             })
             .collect();
         (

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use uuid::Uuid;
 
 use super::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Layout, Mark, NewMark,
+    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
     NewObject, Object, Op, PitRequest, PointInTime,
 };
 
@@ -182,11 +182,11 @@ impl Driver for Faulty<'_> {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    fn discover(&self) -> (u64, Discovery) {
+    fn discover(&self, holders: &Holders) -> (u64, Discovery) {
         if self.fired() {
             return (1, Discovery::Failed("injected crash".into()));
         }
-        self.inner.discover()
+        self.inner.discover(holders)
     }
     fn create(&self, new: &NewObject<'_>) -> Result<Change, DriverError> {
         let target = matches!(new.mark, NewMark::Migrating { .. });

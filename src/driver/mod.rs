@@ -57,9 +57,10 @@ pub trait Driver: Send + Sync {
     fn capabilities(&self) -> Capabilities;
 
     /// Discovers this back end alone: (allocation granularity in bytes,
-    /// what it holds). The registry batches back ends whose tool reads many
-    /// at once (one `lvm fullreport` for every volume group) instead.
-    fn discover(&self) -> (u64, Discovery);
+    /// what it holds, each object with what holds it open by `holders`).
+    /// The registry batches back ends whose tool reads many at once (one
+    /// `lvm fullreport` for every volume group) instead.
+    fn discover(&self, holders: &Holders) -> (u64, Discovery);
 
     /// Creates object `new` (a volume or an image), empty or copied from its
     /// source, carrying `new.mark`; idempotent by uuid: finishes an
@@ -116,6 +117,27 @@ pub trait Driver: Send + Sync {
             Op::CreatePool,
             "this back end has no pool to create".into(),
         ))
+    }
+}
+
+/// What one scan of this host found holding files and devices open
+/// ([`crate::inuse`]), or why it could not look: one per discovery, shared
+/// by every back end.
+pub type Holders = Result<crate::inuse::Holders, String>;
+
+/// Names the holder of each object that is open with no holder named yet
+/// (an LV lvm2 reports open), where `holders` sees one: a process, a loop
+/// device, a mount, a stacked device.
+pub fn name_block_holders(inv: &mut crate::model::Inventory, holders: &Holders) {
+    let Ok(h) = holders else { return };
+    for o in &mut inv.objects {
+        if let Some(crate::model::InUse::Unnamed { device }) = &o.in_use
+            && let Some(who) = h.block_device(Path::new(device))
+        {
+            o.in_use = Some(crate::model::InUse::Named {
+                holder: who.to_string(),
+            });
+        }
     }
 }
 

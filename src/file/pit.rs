@@ -3,7 +3,7 @@
 //! 1. a `FICLONE` reflink (atomic, O(1)) as a scratch file
 //!    `ROOT/.cinderblock/.backup-<id>.tmp-<pid>`;
 //! 2. where the file system has no reflink (ext4), the volume itself read in
-//!    place, when no process or loop device holds it ([`super::inuse`]) and
+//!    place, when no process or loop device holds it ([`crate::inuse`]) and
 //!    the manifests do not export it: the caller holds the state lock, so
 //!    nothing of ours writes it either, and a copy would only write every
 //!    data byte once more (measured: the copy was 5.5 s of an 8.1 s full
@@ -114,8 +114,8 @@ pub(super) fn take(
     let holder = if exported {
         Some("an iSCSI export in the manifests".to_owned())
     } else {
-        match super::inuse::holder(volume) {
-            Ok(h) => h,
+        match crate::inuse::holder(volume) {
+            Ok(h) => h.map(|h| h.to_string()),
             Err(e) => Some(format!("unknown (cannot read /proc: {e})")),
         }
     };

@@ -17,10 +17,34 @@ use super::{
     Allocation, FileBackend, FileError, MigrationMark, NewObject as FileObject, SourceRef,
 };
 use crate::driver::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Layout, Mark, NewMark,
+    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
     NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace,
 };
 use crate::exec::{Exec, Runner};
+use crate::model::InUse;
+
+/// The back end in the model, each object in use when the scan saw its
+/// data file (by device and inode) held open; without the scan the view is
+/// partial (a problem: no deletes).
+fn model_with_holders(inv: &super::Inventory, holders: &Holders) -> crate::model::Inventory {
+    let mut model = inv.to_model();
+    match holders {
+        Ok(h) => {
+            for o in &mut model.objects {
+                let data = inv.object(o.uuid).and_then(|f| f.data);
+                o.in_use = data
+                    .and_then(|d| h.file(d.id.0, d.id.1))
+                    .map(|h| InUse::Named {
+                        holder: h.to_string(),
+                    });
+            }
+        }
+        Err(e) => model
+            .problems
+            .push(format!("cannot tell which volume files are open ({e})")),
+    }
+    model
+}
 
 /// An NFS share a back end's root is mounted from.
 #[derive(Debug, Clone)]
@@ -148,12 +172,12 @@ impl Driver for FileDriver<'_> {
         }
     }
 
-    fn discover(&self) -> (u64, Discovery) {
+    fn discover(&self, holders: &Holders) -> (u64, Discovery) {
         if let Err(why) = self.reach_root() {
             return (1, Discovery::Failed(why));
         }
         match self.backend.discover() {
-            Ok(inv) => (1, Discovery::Ok(inv.to_model())),
+            Ok(inv) => (1, Discovery::Ok(model_with_holders(&inv, holders))),
             Err(e) => (1, Discovery::Failed(crate::error_chain(&e))),
         }
     }

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use super::report::{FullReport, Lv, LvKind};
 use super::tags::{self, Owned, Ownership};
 use crate::model::{
-    self, Capacity, Discovery, Health, Mark, Observed, PoolFill, PoolSizes, SharedSpace, round_up,
+    self, Capacity, Discovery, Health, InUse, Mark, Observed, PoolFill, PoolSizes, SharedSpace,
+    round_up,
 };
 
 /// Which back end to read from a report.
@@ -286,7 +287,11 @@ impl Inventory {
                 size: o.size,
                 allocated: o.allocated,
                 parent: o.owned.parent,
-                in_use: o.open,
+                // Who holds it is for discovery to find out (`observe`
+                // names the holder of `/dev/VG/LV` when it can).
+                in_use: o.open.then(|| InUse::Unnamed {
+                    device: format!("/dev/{}/{}", cfg.vg, o.lv),
+                }),
                 health: if o.invalid && o.owned.mark == Mark::Ready {
                     Health::DataMissing
                 } else {

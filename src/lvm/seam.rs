@@ -22,8 +22,8 @@ use super::driver::Wipe;
 use super::report::LvKind;
 use super::{LvmBackend, LvmError, NewLv, Source, cmd, inventory, tags};
 use crate::driver::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Layout, Mark, NewMark,
-    NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace,
+    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
+    NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace, name_block_holders,
 };
 use crate::model::{PoolDecl, Space};
 
@@ -61,6 +61,17 @@ impl<'r> LvmDriver<'r> {
             },
             self.pool_size,
         )
+    }
+
+    /// This back end out of a discovery's report over its volume group
+    /// (and maybe others), each open LV's holder named where one is seen.
+    pub fn discover_from(&self, reports: &cmd::Reports, holders: &Holders) -> (u64, Discovery) {
+        let (cfg, size) = self.discovery_config();
+        let (extent, mut discovery) = inventory::discovery(reports, &cfg, size);
+        if let Discovery::Ok(inv) = &mut discovery {
+            name_block_holders(inv, holders);
+        }
+        (extent, discovery)
     }
 
     fn err(&self, op: Op) -> impl FnOnce(LvmError) -> DriverError + '_ {
@@ -113,10 +124,9 @@ impl Driver for LvmDriver<'_> {
         }
     }
 
-    fn discover(&self) -> (u64, Discovery) {
+    fn discover(&self, holders: &Holders) -> (u64, Discovery) {
         let reports = cmd::fullreport(self.lvm.run, &[self.lvm.vg.as_str()]);
-        let (cfg, size) = self.discovery_config();
-        inventory::discovery(&reports, &cfg, size)
+        self.discover_from(&reports, holders)
     }
 
     fn create(&self, new: &NewObject<'_>) -> Result<Change, DriverError> {

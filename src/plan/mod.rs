@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
+use crate::model::InUse;
 pub use crate::model::ObjKind;
 use crate::model::SnapshotSpace;
 use crate::observe::{BackendView, Discovery, Exports, Fleet, Health, Observed, World};
@@ -1243,6 +1244,18 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// What holds `obj` open, when that forbids deleting, replacing or
+    /// moving it. An LV held by nothing visible while it is exported over
+    /// iSCSI is taken as held by its backstore: the exports pass removes
+    /// that first or refuses with the initiators named (and lvm2 still
+    /// refuses to remove an LV that stays open).
+    fn holder<'o>(&self, obj: &'o Observed) -> Option<&'o InUse> {
+        let h = obj.in_use.as_ref()?;
+        let by_export =
+            matches!(h, InUse::Unnamed { .. }) && self.world.exports.get(obj.uuid).is_some();
+        (!by_export).then_some(h)
+    }
+
     fn request(set: &'a ManifestSet, doc: &'a Doc<VolumeSpec>) -> Request<'a> {
         let zone = doc.spec.availability_zone.as_deref().or_else(|| {
             doc.spec
@@ -1274,6 +1287,10 @@ impl<'a> Planner<'a> {
             let want = round_up(doc.spec.size.bytes(), backend.extent);
             match obj.health {
                 Health::Creating => {
+                    if let Some(h) = self.holder(obj) {
+                        self.error(&a, PlanErrorKind::InUse, format!("an earlier create was interrupted, and finishing it may replace its content, but it is in use by {h}; stop or detach it, then plan again"));
+                        return;
+                    }
                     self.push_create(
                         ObjKind::Volume,
                         name.as_str(),
@@ -1962,9 +1979,10 @@ impl<'a> Planner<'a> {
             } else {
                 format!("it is in use: initiator(s) {} are logged in to {iqn}; log them out and remove spec.export for the move, then add it back", e.logged_in.join(", "))
             });
-        } else if obj.in_use {
+        }
+        if let Some(h) = self.holder(obj) {
             refusals.push(format!(
-                "it is in use (its LV on {cur} is open): stop or detach its users, then plan again"
+                "it is in use by {h}: stop or detach it, then plan again"
             ));
         }
         if matches!(obj.health, Health::SizeMismatch { .. }) {
@@ -2010,7 +2028,7 @@ impl<'a> Planner<'a> {
         if !refusals.is_empty() {
             // The first obstacle names the kind: in use, no room, or else
             // refused.
-            let kind = if obj.in_use || self.world.exports.get(obj.uuid).is_some() {
+            let kind = if obj.in_use.is_some() || self.world.exports.get(obj.uuid).is_some() {
                 PlanErrorKind::InUse
             } else if refusals.iter().any(|r| r.contains("cannot take it")) {
                 PlanErrorKind::NoRoom
@@ -2156,7 +2174,7 @@ impl<'a> Planner<'a> {
         hit.cloned().map(Some).ok_or_else(|| {
             format!(
                 "no catalogued backup {id} of volume {vol} in {} (BackupPolicy {}): run `backup list`, or `backup import --scan` the repository",
-                repo.display(),
+                repo,
                 b.policy
             )
         })
@@ -2235,6 +2253,9 @@ impl<'a> Planner<'a> {
             if let Some(f) = self.found.get(&key) {
                 let (obj, bname) = (f.obj, f.backend.name.as_str().to_owned());
                 match obj.health {
+                    Health::Creating if let Some(h) = self.holder(obj) => {
+                        self.error(&a, PlanErrorKind::InUse, format!("an earlier create was interrupted, and finishing it may replace its content, but it is in use by {h}; stop or detach it, then plan again"));
+                    }
                     Health::Creating => {
                         let src = Some(self.snapshot_source(vol.as_str()));
                         self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), None, policy,
@@ -2640,6 +2661,21 @@ impl<'a> Planner<'a> {
                         .push(PlanError::new(&a, PlanErrorKind::Refused, text));
                     continue;
                 }
+            }
+            if let Some(h) = self.holder(f.obj) {
+                let text = if interrupted_delete {
+                    format!(
+                        "an earlier delete was interrupted, but it is in use by {h}; stop or detach it, then plan again"
+                    )
+                } else {
+                    format!(
+                        "its manifest was removed and its deletionPolicy is Delete, but it is in use by {h}; stop or detach it, then plan again (or declare it again to keep it)"
+                    )
+                };
+                self.out
+                    .errors
+                    .push(PlanError::new(&a, PlanErrorKind::InUse, text));
+                continue;
             }
             if *kind == ObjKind::Volume
                 && let Some(o) = self.world.exports.get(f.obj.uuid)

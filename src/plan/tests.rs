@@ -71,7 +71,7 @@ fn obj(name: &str, size: u64, n: u128) -> Observed {
         allocated: Some(0),
         parent: None,
         health: Health::Ready,
-        in_use: false,
+        in_use: None,
     }
 }
 
@@ -353,14 +353,16 @@ fn an_open_volume_is_not_migrated() {
         .get_mut(&"a".parse::<crate::manifest::Name>().unwrap())
         .map(|b| &mut b.discovery)
     {
-        inv.objects[0].in_use = true;
+        inv.objects[0].in_use = Some(crate::model::InUse::Named {
+            holder: "pid 4242 (qemu-system-x86)".into(),
+        });
     }
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(
         p.errors,
         [
-            "volume.db: spec.backend changed: a -> b, but the volume cannot be migrated: it is in use (its LV on a is open): stop or detach its users, then plan again"
+            "volume.db: spec.backend changed: a -> b, but the volume cannot be migrated: it is in use by pid 4242 (qemu-system-x86): stop or detach it, then plan again"
         ]
     );
 }
@@ -778,6 +780,9 @@ fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() 
         id: Uuid::from_u128(n),
         volume: "db".into(),
         repository: "/srv/repo".into(),
+        target: Box::new(crate::backup::target::RepoSpec::dir(std::path::Path::new(
+            "/srv/repo",
+        ))),
         size: GIB,
         started_at: chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, day, 2, 0, 0)
             .single()
@@ -1036,5 +1041,184 @@ fn a_placement_that_splits_a_copy_from_its_source_is_refused() {
         p.errors[0].to_string().starts_with("volume.copy: the fleet placed it on fb (host stor-b), but it belongs on fa with its source or consistency group"),
         "{}",
         p.errors[0]
+    );
+}
+
+fn held_by(o: Observed, holder: &str) -> Observed {
+    Observed {
+        in_use: Some(crate::model::InUse::Named {
+            holder: holder.into(),
+        }),
+        ..o
+    }
+}
+
+fn lv_open(o: Observed) -> Observed {
+    Observed {
+        in_use: Some(crate::model::InUse::Unnamed {
+            device: "/dev/vg/volume-1".into(),
+        }),
+        ..o
+    }
+}
+
+/// `v` (uuid 1, deletionPolicy Delete, manifest removed) and `keep` (2).
+fn removing_v(v: Observed) -> (ManifestSet, Vec<Observed>, Recorded) {
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("keep", "1Gi", "")));
+    let rec = Recorded {
+        objects: [
+            record(1, "v", "a", DeletionPolicy::Delete),
+            record(2, "keep", "a", DeletionPolicy::Retain),
+        ]
+        .into(),
+        last_plan: None,
+    };
+    (set, vec![v, obj("keep", GIB, 2)], rec)
+}
+
+#[test]
+fn a_volume_in_use_is_not_deleted_and_the_error_names_the_holder() {
+    let (set, objects, rec) = removing_v(held_by(obj("v", GIB, 1), "pid 4242 (qemu-system-x86)"));
+    let p = plan(
+        &set,
+        &world(vec![view("a", true, 20.0, 100 * GIB, objects)]),
+        &rec,
+        Options::default(),
+    );
+    assert!(
+        p.actions.is_empty(),
+        "no destroy apply would refuse: {:?}",
+        p.actions
+    );
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: its manifest was removed and its deletionPolicy is Delete, but it is in use by pid 4242 (qemu-system-x86); stop or detach it, then plan again (or declare it again to keep it)"
+        ]
+    );
+    assert!(!p.destroys_data());
+
+    // An interrupted delete is not finished under its user either.
+    let v = Observed {
+        health: Health::Deleting,
+        ..held_by(obj("v", GIB, 1), "loop device loop3")
+    };
+    let (set, objects, rec) = removing_v(v);
+    let p = plan(
+        &set,
+        &world(vec![view("a", true, 20.0, 100 * GIB, objects)]),
+        &rec,
+        Options::default(),
+    );
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: an earlier delete was interrupted, but it is in use by loop device loop3; stop or detach it, then plan again"
+        ]
+    );
+
+    // A snapshot in use, likewise.
+    let snap = Observed {
+        kind: ObjKind::Snapshot,
+        parent: Some(Uuid::from_u128(2)),
+        ..held_by(obj("nightly", GIB, 3), "pid 7 (dd)")
+    };
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("keep", "1Gi", "")));
+    let rec = Recorded {
+        objects: [(
+            Uuid::from_u128(3),
+            RecordedObject {
+                kind: ObjKind::Snapshot,
+                name: "nightly".into(),
+                backend: "a".into(),
+                size: GIB,
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        )]
+        .into(),
+        last_plan: None,
+    };
+    let w = world(vec![view(
+        "a",
+        true,
+        20.0,
+        100 * GIB,
+        vec![obj("keep", GIB, 2), snap],
+    )]);
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(
+        p.actions.iter().all(|a| !matches!(a.op, Op::Delete { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(p.errors[0].to_string().starts_with("snapshot.nightly: its manifest was removed and its deletionPolicy is Delete, but it is in use by pid 7 (dd)"), "{:?}", p.errors);
+}
+
+#[test]
+fn an_open_lv_nothing_visible_holds_is_refused_unless_its_export_explains_it() {
+    // Open, not exported: the holder is not visible from here; refused.
+    let (set, objects, rec) = removing_v(lv_open(obj("v", GIB, 1)));
+    let p = plan(
+        &set,
+        &world(vec![view("a", true, 20.0, 100 * GIB, objects.clone())]),
+        &rec,
+        Options::default(),
+    );
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: its manifest was removed and its deletionPolicy is Delete, but it is in use by a holder not visible from this host (lvm2 reports /dev/vg/volume-1 open: an iSCSI backstore, a mount in another namespace, or another user's process); stop or detach it, then plan again (or declare it again to keep it)"
+        ]
+    );
+    // Open because LIO's backstore holds it, nobody logged in: unexported,
+    // then deleted (lvm2 refuses the remove if it is still open then).
+    let w = exported_world(exported(1, &[INI_A], &[]), objects.clone());
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(p.actions[0].op, Op::Unexport { .. }),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        matches!(p.actions[1].op, Op::Delete { .. }),
+        "{:?}",
+        p.actions
+    );
+    // A named holder is refused even when the volume is exported.
+    let (_, objects, _) = removing_v(held_by(obj("v", GIB, 1), "a file system mounted at /mnt"));
+    let w = exported_world(exported(1, &[INI_A], &[]), objects);
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(
+        p.actions.iter().all(|a| !matches!(a.op, Op::Delete { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        p.errors[0]
+            .to_string()
+            .contains("in use by a file system mounted at /mnt"),
+        "{:?}",
+        p.errors
+    );
+}
+
+#[test]
+fn an_interrupted_create_in_use_is_not_finished() {
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
+    let v = Observed {
+        health: Health::Creating,
+        ..held_by(obj("v", GIB, 1), "pid 99 (cat)")
+    };
+    let w = world(vec![view("a", true, 20.0, 100 * GIB, vec![v])]);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: an earlier create was interrupted, and finishing it may replace its content, but it is in use by pid 99 (cat); stop or detach it, then plan again"
+        ]
     );
 }

@@ -16,20 +16,26 @@ use uuid::Uuid;
 
 use crate::support::{Run, run_in};
 
-const MIB: u64 = 1 << 20;
-const KIB: u64 = 1 << 10;
+pub(crate) const MIB: u64 = 1 << 20;
+pub(crate) const KIB: u64 = 1 << 10;
 
 /// A site: one file back end, one volume type, a backup policy, a state
 /// directory, all in a temp dir.
-struct Site {
+pub(crate) struct Site {
     dir: TempDir,
 }
 
 impl Site {
-    fn new(retention: &str) -> Self {
+    pub(crate) fn new(retention: &str) -> Self {
+        Self::with_target(retention, "{path: ROOT/repo}")
+    }
+
+    /// A site whose policy's `target` is `target` (`ROOT` is the temp dir).
+    pub(crate) fn with_target(retention: &str, target: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("volumes")).unwrap();
         let root = dir.path().display().to_string();
+        let target = target.replace("ROOT", &root);
         fs::write(
             dir.path().join("site.yaml"),
             format!(
@@ -50,7 +56,7 @@ kind: BackupPolicy
 metadata: {{name: nightly}}
 spec:
   schedule: \"0 2 * * *\"
-  target: {{path: {root}/repo}}
+  target: {target}
 {retention}
 ---
 apiVersion: cinderblock.dev/v1alpha1
@@ -67,33 +73,33 @@ spec:
         Self { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn backend(&self) -> FileBackend {
+    pub(crate) fn backend(&self) -> FileBackend {
         FileBackend::new(self.path().join("volumes"), "local")
     }
 
-    fn repo(&self) -> PathBuf {
+    pub(crate) fn repo(&self) -> PathBuf {
         self.path().join("repo")
     }
 
     /// `cinderblock --state STATE ARGS -f site.yaml` (for commands taking -f).
-    fn cb(&self, state: &str, args: &[&str]) -> Run {
+    pub(crate) fn cb(&self, state: &str, args: &[&str]) -> Run {
         let mut v = vec!["--state", state];
         v.extend_from_slice(args);
         run_in(self.path(), &v)
     }
 
-    fn cbf(&self, args: &[&str]) -> Run {
+    pub(crate) fn cbf(&self, args: &[&str]) -> Run {
         let mut v = args.to_vec();
         v.extend_from_slice(&["-f", "site.yaml"]);
         self.cb("state", &v)
     }
 
     /// Creates the volume `name` through the file driver; returns its path.
-    fn create_volume(&self, name: &str, size: u64) -> PathBuf {
+    pub(crate) fn create_volume(&self, name: &str, size: u64) -> PathBuf {
         let be = self.backend();
         let uuid = Uuid::new_v4();
         be.create(&NewObject {
@@ -109,7 +115,7 @@ spec:
     }
 
     /// The data file of the volume object named `name`, if any.
-    fn volume_path(&self, name: &str) -> Option<PathBuf> {
+    pub(crate) fn volume_path(&self, name: &str) -> Option<PathBuf> {
         let be = self.backend();
         be.discover()
             .unwrap()
@@ -120,7 +126,7 @@ spec:
     }
 }
 
-fn ok(run: &Run) {
+pub(crate) fn ok(run: &Run) {
     assert_eq!(
         run.code, 0,
         "exit code\nstdout:\n{}\nstderr:\n{}",
@@ -129,7 +135,7 @@ fn ok(run: &Run) {
 }
 
 /// The backup id printed by `backup run`.
-fn backup_id(run: &Run) -> String {
+pub(crate) fn backup_id(run: &Run) -> String {
     ok(run);
     run.stdout
         .strip_prefix("backup ")
@@ -138,7 +144,7 @@ fn backup_id(run: &Run) -> String {
         .to_owned()
 }
 
-fn sha256(path: &Path) -> String {
+pub(crate) fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
         .output()
@@ -147,12 +153,12 @@ fn sha256(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout)[..64].to_owned()
 }
 
-fn allocated(path: &Path) -> u64 {
+pub(crate) fn allocated(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
 }
 
 /// Pseudo-random bytes; odd seeds give distinct streams (`seed | 1`).
-fn noise(seed: u64, len: u64) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, len: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -164,7 +170,7 @@ fn noise(seed: u64, len: u64) -> Vec<u8> {
         .collect()
 }
 
-fn text(len: u64) -> Vec<u8> {
+pub(crate) fn text(len: u64) -> Vec<u8> {
     (0..)
         .flat_map(|i: u64| {
             format!("2026-01-02 host-{} volume {} extended\n", i % 7, i * 31).into_bytes()
@@ -174,7 +180,7 @@ fn text(len: u64) -> Vec<u8> {
 }
 
 /// 64 MiB volume with 12 MiB of data in 5 extents, some not chunk-aligned.
-fn fill(path: &Path) {
+pub(crate) fn fill(path: &Path) {
     let f = File::options().write(true).open(path).unwrap();
     f.write_all_at(&noise(1, 4 * MIB), 0).unwrap();
     f.write_all_at(&text(3 * MIB), 20 * MIB).unwrap();
@@ -187,7 +193,7 @@ fn fill(path: &Path) {
 
 /// Changes about 1 % of the 4 KiB blocks (random data over data and holes),
 /// zeroes one 4 KiB block and one whole 64 KiB chunk that held data.
-fn change(path: &Path) {
+pub(crate) fn change(path: &Path) {
     let f = File::options().write(true).open(path).unwrap();
     let blocks = 64 * MIB / (4 * KIB);
     let mut x = 0x5eed_u64;
@@ -275,6 +281,8 @@ fn full_and_incremental_restore_identical_and_sparse() {
     let mut chunk = vec![1u8; 64 * 1024];
     inc_file.read_exact_at(&mut chunk, 2 * MIB).unwrap();
     assert!(chunk.iter().all(|&b| b == 0));
+    // Let go of it: a volume something holds open is never restored over.
+    drop(inc_file);
 
     // Restoring onto an existing volume needs --overwrite, and then works.
     let run = site.cbf(&["backup", "restore", &full, "--to", "data-inc"]);
@@ -571,7 +579,7 @@ fn errors_name_the_problem() {
 
 /// The golden volume: 8 slots of 64 KiB: text, hole, noise, the text again
 /// (deduplicated), three holes, 1000 bytes of text then zeros.
-fn golden_volume() -> Vec<u8> {
+pub(crate) fn golden_volume() -> Vec<u8> {
     let mut v = vec![0u8; 8 * 64 * 1024];
     let t = text(64 * KIB);
     v[..64 * 1024].copy_from_slice(&t);
@@ -589,9 +597,17 @@ fn golden_dir() -> PathBuf {
 /// with `CINDERBLOCK_REGENERATE_GOLDEN=1`. Only for a deliberate format
 /// change: then bump the version and keep the old fixture beside the new.
 fn regenerate_golden_repository() {
+    write_golden_repository(&golden_dir(), None);
+}
+
+/// Writes the golden volume's one full backup into a new repository at
+/// `out` (encrypted with `key`, when given).
+pub(crate) fn write_golden_repository(
+    out: &Path,
+    key: Option<&cinderblock::backup::crypto::RepoKey>,
+) {
     use cinderblock::backup::engine::{Mode, RunSpec, run};
-    let out = golden_dir();
-    let _ = fs::remove_dir_all(&out);
+    let _ = fs::remove_dir_all(out);
     let tmp = tempfile::tempdir().unwrap();
     let be = FileBackend::new(tmp.path(), "golden");
     let uuid = Uuid::from_u128(0x601d);
@@ -615,9 +631,12 @@ fn regenerate_golden_repository() {
         }
     }
     drop(f);
-    let repo =
-        cinderblock::backup::Repository::open_or_init(&out, cinderblock::backup::Codec::Zstd)
-            .unwrap();
+    let repo = cinderblock::backup::Repository::open_or_init_keyed(
+        out,
+        cinderblock::backup::Codec::Zstd,
+        key,
+    )
+    .unwrap();
     run(
         &RunSpec {
             id: Uuid::from_u128(0xb0),
@@ -643,8 +662,21 @@ fn regenerate_golden_repository() {
     }
 }
 
+/// A fixture's config text with its identity and creation time elided.
+pub(crate) fn pinned_config(dir: &Path) -> String {
+    let text = fs::read_to_string(dir.join("config")).unwrap();
+    let pinned: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((k @ ("  \"id\"" | "  \"createdAt\""), _)) => format!("{k}: …"),
+            _ => l.to_owned(),
+        })
+        .collect();
+    pinned.join("\n")
+}
+
 /// Every file of the fixture below `top`, recursively.
-fn files_below(top: &Path) -> Vec<PathBuf> {
+pub(crate) fn files_below(top: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in fs::read_dir(top).unwrap() {
         let p = e.unwrap().path();
@@ -668,16 +700,8 @@ fn golden_repository_v1_is_read_and_restored() {
     }
     let dir = golden_dir();
     // config: every field pinned except the identity and creation time.
-    let text = fs::read_to_string(dir.join("config")).unwrap();
-    let pinned: Vec<String> = text
-        .lines()
-        .map(|l| match l.split_once(':') {
-            Some((k @ ("  \"id\"" | "  \"createdAt\""), _)) => format!("{k}: …"),
-            _ => l.to_owned(),
-        })
-        .collect();
     assert_eq!(
-        pinned.join("\n"),
+        pinned_config(&dir),
         r#"{
   "format": "cinderblock.backup-repository",
   "version": 1,
@@ -841,7 +865,7 @@ fn two_writers_at_once_share_one_repository() {
             });
         }
     });
-    let scan = repo.root().display().to_string();
+    let scan = repo.location();
     ok(&site.cb("state", &["backup", "import", "--scan", &scan]));
     let run = site.cb("state", &["backup", "verify", "--all"]);
     ok(&run);
@@ -1040,7 +1064,8 @@ spec:
         id,
         Entry {
             id,
-            repository: site.repo(),
+            repository: site.repo().display().to_string(),
+            target: None,
             repository_id: None,
             volume: VolumeRef {
                 uuid: Uuid::from_u128(7),
@@ -1249,4 +1274,36 @@ spec:
     // create-time only: now it exists, nothing more to do
     let again = plan(&["--detailed-exitcode"]);
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+}
+
+#[test]
+fn a_restore_over_a_volume_in_use_is_refused_naming_the_holder() {
+    let site = Site::new("");
+    let vol = site.create_volume("data", 4 * MIB);
+    fill(&vol);
+    let id = backup_id(&site.cbf(&["backup", "run", "data", "--full"]));
+    fs::write(&vol, vec![7u8; 4 * MIB as usize]).unwrap();
+    let changed = sha256(&vol);
+    // qemu stands in: another process holds the volume open
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(File::open(&vol).unwrap())
+        .spawn()
+        .unwrap();
+    let run = site.cbf(&["backup", "restore", &id, "--to", "data", "--overwrite"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "is in use by pid {} (sleep); restoring over it would change its data under its user",
+            holder.id()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(sha256(&vol), changed, "nothing was written");
+    // Nobody holds it any more: the same restore goes through.
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "data", "--overwrite"]));
+    assert_ne!(sha256(&vol), changed);
 }

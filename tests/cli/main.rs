@@ -15,12 +15,15 @@
 mod agent;
 mod architecture;
 mod backup;
+mod backup_crypt;
+mod backup_s3;
 mod converge;
 mod examples;
 mod export;
 mod fleet;
 mod fuzz;
 mod image;
+mod inuse;
 mod lvm_plan;
 mod migrate;
 mod plan;

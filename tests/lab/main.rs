@@ -12,6 +12,7 @@ mod backup;
 mod export;
 mod harness;
 mod image;
+mod inuse;
 mod iscsi;
 mod lvm;
 mod lvm_backend;
