@@ -178,6 +178,10 @@ pub struct Observed {
     pub allocated: Option<u64>,
     /// For snapshots: the volume.
     pub parent: Option<Uuid>,
+    /// What a volume was made from and may still share data with: a file
+    /// clone's source (a reflink shares extents), a thin LV's origin.
+    /// `None` for thick LV copies and volumes made empty.
+    pub clone_of: Option<Uuid>,
     /// Condition.
     pub health: Health,
     /// What holds it open, when something does (discovery asks

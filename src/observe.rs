@@ -20,7 +20,8 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::manifest::kinds::BackendSpec;
+use crate::iscsi::chap::CredentialPrint;
+use crate::manifest::kinds::{BackendSpec, SecretRef};
 use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
@@ -76,6 +77,13 @@ pub struct World {
     pub missing: Vec<Name>,
     /// This host's iSCSI exports (LIO).
     pub exports: Exports,
+    /// This host's iSCSI discovery authentication (LIO), when the iSCSI
+    /// fabric is loaded.
+    pub discovery_auth: Option<crate::iscsi::configfs::DiscoveryAuth>,
+    /// The CHAP secrets the manifests name (`chapSecretRef`,
+    /// `mutualChapSecretRef`, discovery's), read and reduced to fingerprints
+    /// (never the values), or why they cannot be read.
+    pub secrets: BTreeMap<SecretRef, Result<CredentialPrint, String>>,
     /// The raw files named by this host's `Image` manifests (`source.path`).
     pub image_files: BTreeMap<std::path::PathBuf, Result<ImageFile, String>>,
     /// The catalogued backups (state directory), read only when a volume
@@ -201,14 +209,53 @@ impl Exports {
         }
     }
 
-    /// Reads LIO at `root`.
-    pub fn observe(root: &Path) -> Exports {
+    /// Reads LIO at `root`: our exports, and discovery authentication.
+    pub fn observe(root: &Path) -> (Exports, Option<crate::iscsi::configfs::DiscoveryAuth>) {
         match crate::iscsi::lio::observe(root) {
-            Ok(None) => Exports::Absent,
-            Ok(Some(m)) => Exports::Found(m),
-            Err(e) => Exports::Failed(crate::error_chain(&e)),
+            Ok(None) => (Exports::Absent, None),
+            Ok(Some(o)) => (Exports::Found(o.exports), o.discovery_auth),
+            Err(e) => (Exports::Failed(crate::error_chain(&e)), None),
         }
     }
+}
+
+/// The CHAP secrets `set` names for this host: every export's (where a
+/// volume lands is the planner's to say, and reading a secret is cheap) and
+/// the discovery credentials of `registry`'s back ends, as fingerprints.
+pub fn secrets(
+    set: &ManifestSet,
+    registry: &Registry<'_>,
+) -> BTreeMap<SecretRef, Result<CredentialPrint, String>> {
+    let exports = set
+        .volumes
+        .values()
+        .filter_map(|v| v.spec.export.as_ref())
+        .flat_map(|e| {
+            [
+                e.iscsi.chap_secret_ref.as_ref(),
+                e.iscsi.mutual_chap_secret_ref.as_ref(),
+            ]
+        });
+    let discovery = set
+        .backends
+        .values()
+        .filter(|b| registry.get(b.name().as_str()).is_some())
+        .filter_map(|b| b.spec.iscsi.as_ref()?.discovery_auth.as_ref())
+        .flat_map(|d| [Some(&d.chap_secret_ref), d.mutual_chap_secret_ref.as_ref()]);
+    exports
+        .chain(discovery)
+        .flatten()
+        .map(|r| {
+            let read = crate::iscsi::chap::read(
+                r.file
+                    .as_ref()
+                    .map(crate::manifest::values::AbsPath::as_path),
+                r.env.as_deref(),
+            )
+            .map(|c| c.print());
+            (r.clone(), read)
+        })
+        .collect()
 }
 
 /// A backup a new volume can be restored from.
@@ -329,20 +376,28 @@ impl World {
                 h.update(e.as_bytes());
             }
             Exports::Found(m) => {
+                // Credentials show as `<fingerprint>`: their values are
+                // compared by the planner, not pinned here (the key is the
+                // process's own).
                 for e in m.values() {
                     h.update(format!("{e:?}\n").as_bytes());
                 }
             }
+        }
+        if let Some(d) = &self.discovery_auth {
+            h.update(format!("discovery-auth|{}\n", d.enforced).as_bytes());
         }
         h.finalize().to_hex()[..32].to_owned()
     }
 }
 
 /// Discovers every back end of `registry` (see [`Registry::discover`]),
-/// this host's exports, and what `set`'s images and backups need.
+/// this host's exports and discovery authentication, the CHAP secrets the
+/// manifests name, and what `set`'s images and backups need.
 pub fn discover(set: &ManifestSet, registry: &Registry<'_>, state_dir: &Path) -> World {
     let mut world = world_of(set, registry, state_dir, registry.discover());
-    world.exports = Exports::observe(&crate::iscsi::lio::root());
+    (world.exports, world.discovery_auth) = Exports::observe(&crate::iscsi::lio::root());
+    world.secrets = secrets(set, registry);
     world.image_files = image_files(set, registry);
     world
 }

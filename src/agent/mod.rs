@@ -31,6 +31,7 @@ pub mod debounce;
 pub mod git;
 pub mod http;
 pub mod metrics;
+pub mod page;
 pub mod reconcile;
 pub mod schedule;
 pub mod source;

@@ -288,11 +288,14 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
         return;
     }
     match a.op {
-        Op::Create { .. } | Op::CreatePool { .. } => r.added += 1,
+        Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+            r.added += 1;
+        }
         Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
         Op::Extend { .. }
         | Op::Record { .. }
         | Op::Export { .. }
+        | Op::DiscoveryAuth { .. }
         | Op::Unexport { .. }
         | Op::Migrate { .. } => {
             r.changed += 1;
@@ -351,6 +354,14 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
             "unexport {} id={uuid} {}",
             a.address,
             iqn.as_deref().unwrap_or_default()
+        ),
+        Op::DiscoveryAuth { mutual, .. } => format!(
+            "set iSCSI discovery authentication{}",
+            if mutual.is_some() {
+                " with mutual CHAP"
+            } else {
+                ""
+            }
         ),
         Op::Migrate {
             uuid,
@@ -466,6 +477,20 @@ fn copy_image_in(path: &Path, on: &dyn Driver, uuid: Uuid, size: u64) -> Result<
     Ok(())
 }
 
+/// Reads a CHAP secret where a manifest points (at apply time only; the
+/// error names the source, never the content).
+fn read_secret(
+    r: &crate::manifest::kinds::SecretRef,
+) -> Result<crate::iscsi::chap::Chap, StepError> {
+    crate::iscsi::chap::read(
+        r.file
+            .as_ref()
+            .map(crate::manifest::values::AbsPath::as_path),
+        r.env.as_deref(),
+    )
+    .map_err(StepError::Invalid)
+}
+
 #[allow(clippy::too_many_lines)] // one arm per operation, each short
 fn run(
     action: &Action,
@@ -578,6 +603,8 @@ fn run(
             initiators,
             portals,
             chap,
+            mutual,
+            rehome,
             ..
         } => {
             let uuid = uuid
@@ -591,29 +618,26 @@ fn run(
                 },
                 PathKind::Block => lio::Device::Block(data.path),
             };
-            let chap = chap
-                .as_ref()
-                .map(|r| {
-                    lio::read_chap(
-                        r.file
-                            .as_ref()
-                            .map(crate::manifest::values::AbsPath::as_path),
-                        r.env.as_deref(),
-                    )
-                })
-                .transpose()
-                .map_err(StepError::Invalid)?;
             let spec = lio::ExportSpec {
                 uuid,
-                iqn: iqn.clone().unwrap_or_else(|| lio::default_iqn(uuid)),
+                iqn: iqn
+                    .clone()
+                    .unwrap_or_else(|| crate::iscsi::names::default_iqn(uuid)),
                 device,
                 initiators: initiators.clone(),
-                chap,
+                chap: chap.as_ref().map(read_secret).transpose()?,
+                mutual: mutual.as_ref().map(read_secret).transpose()?,
                 portals: portals.clone(),
+                rehome: *rehome,
             };
             Ok(lio::LioDriver::new(lio::root()).export(&spec)?)
         }
         Op::Unexport { uuid, .. } => Ok(lio::LioDriver::new(lio::root()).unexport(*uuid, false)?),
+        Op::DiscoveryAuth { chap, mutual, .. } => {
+            let chap = read_secret(chap)?;
+            let mutual = mutual.as_ref().map(read_secret).transpose()?;
+            Ok(lio::LioDriver::new(lio::root()).discovery_auth(&chap, mutual.as_ref())?)
+        }
         Op::Delete { uuid, backend, .. } => {
             let change = driver(registry, backend)?.delete(*uuid)?;
             // An abandoned migration's target carries the identity of a

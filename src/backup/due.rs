@@ -96,6 +96,28 @@ impl CronSpec {
             .ok()
             .map(|d| d.with_timezone(&Utc))
     }
+
+    /// The longest time between two consecutive slots after `t`, looked at
+    /// over the next 400 slots or 63 days (two months: a monthly schedule
+    /// has at least one gap in it): the age the newest backup may reach
+    /// before a slot has been missed. `None` with fewer than two slots.
+    pub fn longest_gap(&self, t: DateTime<Utc>) -> Option<chrono::Duration> {
+        let end = t + chrono::Duration::days(63);
+        let mut prev = self.next_after(t)?;
+        let mut longest: Option<chrono::Duration> = None;
+        for _ in 0..400 {
+            let Some(next) = self.next_after(prev) else {
+                break;
+            };
+            let gap = next - prev;
+            longest = Some(longest.map_or(gap, |l| l.max(gap)));
+            if next > end {
+                break;
+            }
+            prev = next;
+        }
+        longest
+    }
 }
 
 /// A volume's last successful backup.

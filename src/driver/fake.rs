@@ -188,6 +188,7 @@ impl Driver for FakeDriver {
                 size: o.size,
                 allocated: None,
                 parent: o.parent,
+                clone_of: None,
                 health: Health::of_mark(o.mark),
                 in_use: o.in_use.then(|| InUse::Named {
                     holder: "a test".into(),

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::FileError;
 use super::meta::{self, META_DIR, ObjectMeta};
 pub use crate::model::Health;
-use crate::model::{self, Mark, Observed};
+use crate::model::{self, Mark, ObjKind, Observed};
 
 /// Sizes of a data file as the filesystem reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +161,11 @@ impl Inventory {
                 size: o.meta.size,
                 allocated: o.data.map(|d| d.allocated),
                 parent: o.meta.parent,
+                clone_of: o
+                    .meta
+                    .source
+                    .filter(|_| o.meta.kind != ObjKind::Snapshot)
+                    .map(|s| s.uuid),
                 in_use: None,
                 health: o.health,
             })

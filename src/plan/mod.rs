@@ -10,11 +10,14 @@
 //! snapshot (a failed listing or an empty tree never reads as "delete all").
 
 pub mod capacity;
+mod exports;
 pub mod markdown;
 pub mod render;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
+
+use exports::unexport_action;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,7 +30,7 @@ use crate::manifest::{Doc, ManifestSet, Name};
 use crate::model::InUse;
 pub use crate::model::ObjKind;
 use crate::model::SnapshotSpace;
-use crate::observe::{BackendView, Discovery, Exports, Fleet, Health, Observed, World};
+use crate::observe::{BackendView, Discovery, Fleet, Health, Observed, World};
 use crate::state::record::Recorded;
 
 use capacity::HIGH_WATER_CENTI;
@@ -226,9 +229,37 @@ pub enum Op {
         /// secret itself).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chap: Option<SecretRef>,
+        /// Where the mutual CHAP credentials (the target's) are read at
+        /// apply time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mutual: Option<SecretRef>,
         /// What changes on an existing export (empty: a new one).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         changes: Vec<String>,
+        /// Logged-in initiators that keep their sessions, while the change
+        /// reaches them only at their next login (with new credentials,
+        /// when those changed).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        relogin: Vec<String>,
+        /// Move the backstore out of the HBA folder it shares (the layout of
+        /// versions up to 0.1) into one of its own: the target is made
+        /// again. Planned only while no initiator is logged in.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rehome: bool,
+    },
+    /// Set this host's `SendTargets` discovery authentication (LIO,
+    /// host-wide).
+    DiscoveryAuth {
+        /// Where the credentials initiators present are read at apply time.
+        chap: SecretRef,
+        /// Where the target's credentials (mutual CHAP) are read at apply
+        /// time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mutual: Option<SecretRef>,
+        /// What changes (the first entry says when it is new).
+        changes: Vec<String>,
+        /// Discovery authentication was not enforced before.
+        new: bool,
     },
     /// Remove a volume's iSCSI export.
     Unexport {
@@ -274,9 +305,12 @@ impl Action {
     /// Terraform's symbol for the action.
     pub fn symbol(&self) -> &'static str {
         match self.op {
-            Op::Create { .. } | Op::CreatePool { .. } => "+",
+            Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => "+",
             Op::Export { ref changes, .. } if changes.is_empty() => "+",
-            Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } => "~",
+            Op::Extend { .. }
+            | Op::Record { .. }
+            | Op::Export { .. }
+            | Op::DiscoveryAuth { .. } => "~",
             Op::Delete { .. } | Op::Unexport { .. } => "-",
             Op::Forget { .. } => ".",
             Op::Migrate { .. } => ">",
@@ -521,9 +555,15 @@ impl Tally {
         let mut t = Tally::default();
         for a in actions {
             match a.op {
-                Op::Create { .. } | Op::CreatePool { .. } => t.add += 1,
+                Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+                    t.add += 1;
+                }
                 Op::Export { ref changes, .. } if changes.is_empty() => t.add += 1,
-                Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } | Op::Unexport { .. } => {
+                Op::Extend { .. }
+                | Op::Record { .. }
+                | Op::Export { .. }
+                | Op::DiscoveryAuth { .. }
+                | Op::Unexport { .. } => {
                     t.change += 1;
                 }
                 Op::Migrate { .. } => t.migrate += 1,
@@ -591,6 +631,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     p.unexports();
     p.objects();
     p.exports();
+    p.discovery_auth();
     p.removals();
     p.capacity();
     p.out
@@ -639,44 +680,6 @@ enum Fixed {
     Pin,
     Group,
     Fleet,
-}
-
-/// The removal of volume `uuid`'s export, or the error refusing it while an
-/// initiator is logged in.
-fn unexport_action(
-    a: &str,
-    name: &str,
-    uuid: Uuid,
-    o: &crate::iscsi::lio::ObservedExport,
-    why: &str,
-) -> Result<Action, PlanError> {
-    let iqn = o.iqn.as_deref().unwrap_or_default();
-    if !o.logged_in.is_empty() {
-        return Err(PlanError::new(
-            a,
-            PlanErrorKind::InUse,
-            format!(
-                "in use: initiator(s) {} are logged in to {iqn}; log them out first (iscsiadm -m node -T {iqn} --logout on those hosts)",
-                o.logged_in.join(", "),
-            ),
-        ));
-    }
-    Ok(Action {
-        address: a.to_owned(),
-        op: Op::Unexport {
-            name: name.to_owned(),
-            uuid,
-            iqn: o.iqn.clone(),
-        },
-        reason: format!(
-            "{why}: the iSCSI target{} is removed (no initiator is logged in)",
-            o.iqn
-                .as_deref()
-                .map(|i| format!(" {i}"))
-                .unwrap_or_default()
-        ),
-        impact: Impact::MetadataOnly,
-    })
 }
 
 fn addr(kind: ObjKind, name: &str) -> String {
@@ -1085,11 +1088,20 @@ impl<'a> Planner<'a> {
                     || doc.spec.source.path.is_none();
                 if complete {
                     if f.backend.name != bn {
-                        self.error(&a, PlanErrorKind::Refused, format!(
+                        self.out.errors.push(PlanError::new(&a, PlanErrorKind::Refused, format!(
                             "spec.backend is {bn} but the image-volume lives on {}; an image is not moved: remove the Image and declare it again",
                             f.backend.name
-                        ));
+                        )));
                     }
+                    self.record_if_needed(
+                        ObjKind::Image,
+                        name.as_str(),
+                        f.obj.uuid,
+                        f.backend.name.as_str(),
+                        f.obj.size,
+                        None,
+                        doc.spec.deletion_policy,
+                    );
                     continue;
                 }
                 if !self.world.complete() {
@@ -1142,7 +1154,7 @@ impl<'a> Planner<'a> {
                 source,
                 None,
                 None,
-                DeletionPolicy::Retain,
+                doc.spec.deletion_policy,
                 why,
             );
             if let Some(Action {
@@ -2395,191 +2407,6 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Exports whose `spec.export` was removed from a volume that stays:
-    /// planned before the volumes' own actions, so a migration in the same
-    /// change moves a volume nothing holds open any more.
-    fn unexports(&mut self) {
-        for (name, doc) in &self.set.volumes {
-            if doc.spec.export.is_some() {
-                continue;
-            }
-            let Some(f) = self.found.get(&(ObjKind::Volume, name.as_str().to_owned())) else {
-                continue;
-            };
-            let Some(o) = self.world.exports.get(f.obj.uuid) else {
-                continue;
-            };
-            let a = addr(ObjKind::Volume, name.as_str());
-            match unexport_action(&a, name.as_str(), f.obj.uuid, o, "spec.export was removed") {
-                Ok(x) => self.out.actions.push(x),
-                Err(e) => self.out.errors.push(e),
-            }
-        }
-    }
-
-    /// iSCSI exports of the declared volumes: new ones and changed ones
-    /// (ACLs, portals, CHAP, IQN), each compared with what LIO has. An
-    /// initiator that is logged in is never cut off: a change that would
-    /// remove its ACL or the whole export is a plan error naming it.
-    #[allow(clippy::too_many_lines)] // one pass over an export's fields, kept together
-    fn exports(&mut self) {
-        for (name, doc) in &self.set.volumes {
-            let key = (ObjKind::Volume, name.as_str().to_owned());
-            let (uuid, backend) = match (self.found.get(&key), self.planned.get(&key)) {
-                (Some(f), _) => (Some(f.obj.uuid), f.backend.name.as_str().to_owned()),
-                (None, Some(b)) => (None, b.clone()),
-                // Not placed here (an error already says why, or it lives on
-                // another host).
-                (None, None) => continue,
-            };
-            let a = addr(ObjKind::Volume, name.as_str());
-            let observed = uuid.and_then(|u| self.world.exports.get(u));
-            let Some(want) = doc.spec.export.as_ref().map(|e| &e.iscsi) else {
-                // Unexported already, by `unexports`.
-                continue;
-            };
-            match &self.world.exports {
-                Exports::Absent => {
-                    self.error(&a, PlanErrorKind::Refused, format!(
-                        "spec.export needs LIO, which is not loaded on this host ({} does not exist): modprobe target_core_mod iscsi_target_mod, and mount configfs",
-                        crate::iscsi::lio::root().display()
-                    ));
-                    continue;
-                }
-                Exports::Failed(e) => {
-                    let e = e.clone();
-                    self.error(
-                        &a,
-                        PlanErrorKind::Refused,
-                        format!("cannot read LIO's exports: {e}"),
-                    );
-                    continue;
-                }
-                Exports::Found(_) => {}
-            }
-            let mut initiators: Vec<String> = want
-                .initiators
-                .iter()
-                .map(|i| i.as_str().to_owned())
-                .collect();
-            initiators.sort();
-            initiators.dedup();
-            let mut portals: Vec<String> = want.portals.clone();
-            portals.sort();
-            portals.dedup();
-            let iqn = want
-                .target_name
-                .as_ref()
-                .map(|t| t.as_str().to_owned())
-                .or_else(|| uuid.map(crate::iscsi::lio::default_iqn));
-            let op = |changes: Vec<String>| Op::Export {
-                name: name.as_str().to_owned(),
-                uuid,
-                backend: backend.clone(),
-                iqn: iqn.clone(),
-                initiators: initiators.clone(),
-                portals: portals.clone(),
-                chap: want.chap_secret_ref.clone(),
-                changes,
-            };
-            let new_export = Action {
-                address: a.clone(),
-                op: op(Vec::new()),
-                reason: format!(
-                    "spec.export: iSCSI target for {} initiator(s){}",
-                    initiators.len(),
-                    if want.chap_secret_ref.is_some() {
-                        ", CHAP required"
-                    } else {
-                        ""
-                    }
-                ),
-                impact: Impact::MetadataOnly,
-            };
-            let Some(o) = observed else {
-                self.out.actions.push(new_export);
-                continue;
-            };
-            let Some(u) = uuid else { continue };
-            if o.iqn.is_none() || o.iqn != iqn {
-                // Only the backstore is left (an interrupted export), or the
-                // IQN changes: tear down, then export anew.
-                if o.iqn.is_some() && !o.logged_in.is_empty() {
-                    self.error(&a, PlanErrorKind::InUse, format!(
-                        "changing the target name from {} cuts off the logged-in initiator(s) {}; log them out first",
-                        o.iqn.as_deref().unwrap_or_default(),
-                        o.logged_in.join(", ")
-                    ));
-                    continue;
-                }
-                match unexport_action(&a, name.as_str(), u, o, "the target name changes") {
-                    Ok(x) => self.out.actions.push(x),
-                    Err(e) => {
-                        self.out.errors.push(e);
-                        continue;
-                    }
-                }
-                self.out.actions.push(new_export);
-                continue;
-            }
-            let mut changes = Vec::new();
-            let have: BTreeSet<&str> = o.initiators.iter().map(String::as_str).collect();
-            let want_set: BTreeSet<&str> = initiators.iter().map(String::as_str).collect();
-            let added: Vec<&str> = want_set.difference(&have).copied().collect();
-            let removed: Vec<&str> = have.difference(&want_set).copied().collect();
-            let cut: Vec<&str> = removed
-                .iter()
-                .copied()
-                .filter(|i| o.logged_in.iter().any(|l| l == i))
-                .collect();
-            if !cut.is_empty() {
-                self.error(&a, PlanErrorKind::InUse, format!(
-                    "removing the ACL of {} cuts off a logged-in initiator; log it out first (iscsiadm -m node -T {} --logout on that host)",
-                    cut.join(", "),
-                    o.iqn.as_deref().unwrap_or_default()
-                ));
-                continue;
-            }
-            if !added.is_empty() {
-                changes.push(format!("allow {}", added.join(", ")));
-            }
-            if !removed.is_empty() {
-                changes.push(format!("deny {}", removed.join(", ")));
-            }
-            let want_portals = if portals.is_empty() {
-                vec![crate::iscsi::lio::DEFAULT_PORTAL.to_owned()]
-            } else {
-                portals.clone()
-            };
-            if o.portals != want_portals {
-                changes.push(format!(
-                    "portals {} -> {}",
-                    o.portals.join(","),
-                    want_portals.join(",")
-                ));
-            }
-            match (o.chap, want.chap_secret_ref.is_some()) {
-                (false, true) => changes.push("require CHAP".into()),
-                (true, false) => changes.push("stop requiring CHAP".into()),
-                _ => {}
-            }
-            if !o.enabled {
-                changes.push("enable the portal group".into());
-            }
-            if !changes.is_empty() {
-                self.out.actions.push(Action {
-                    address: a.clone(),
-                    reason: format!(
-                        "its export differs from spec.export: {}",
-                        changes.join("; ")
-                    ),
-                    op: op(changes),
-                    impact: Impact::MetadataOnly,
-                });
-            }
-        }
-    }
-
     /// Objects of ours that no manifest declares any more (a volume with an
     /// export is unexported before it is deleted).
     #[allow(clippy::too_many_lines)] // one pass over every undeclared object, kept together
@@ -2595,6 +2422,12 @@ impl<'a> Planner<'a> {
                     .keys()
                     .map(|n| (ObjKind::Snapshot, n.as_str().to_owned())),
             )
+            .chain(
+                self.set
+                    .images
+                    .keys()
+                    .map(|n| (ObjKind::Image, n.as_str().to_owned())),
+            )
             .collect();
         let may_delete = self.world.complete()
             && !(self.set.volumes.is_empty() && self.set.snapshots.is_empty());
@@ -2602,7 +2435,7 @@ impl<'a> Planner<'a> {
         let mut deletes = Vec::new();
         let mut forgets = Vec::new();
         for ((kind, name), f) in &self.found {
-            if *kind == ObjKind::Image || declared.contains(&(*kind, name.clone())) {
+            if declared.contains(&(*kind, name.clone())) {
                 continue;
             }
             let a = addr(*kind, name);
@@ -2676,6 +2509,35 @@ impl<'a> Planner<'a> {
                     .errors
                     .push(PlanError::new(&a, PlanErrorKind::InUse, text));
                 continue;
+            }
+            if *kind == ObjKind::Image {
+                // Volumes made from it that may share its data: file clones
+                // (reflinks) and thin LV clones; thick LV copies own theirs.
+                // Those deleted by this plan go first (images come last in
+                // `found`'s order).
+                let going: BTreeSet<Uuid> = deletes
+                    .iter()
+                    .filter_map(|d: &Action| match d.op {
+                        Op::Delete { uuid, .. } => Some(uuid),
+                        _ => None,
+                    })
+                    .collect();
+                let clones: Vec<String> = self
+                    .found
+                    .values()
+                    .chain(self.migrating.values())
+                    .filter(|c| c.obj.clone_of == Some(f.obj.uuid) && !going.contains(&c.obj.uuid))
+                    .map(|c| addr(c.obj.kind, &c.obj.name))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if !clones.is_empty() {
+                    self.out.errors.push(PlanError::new(&a, PlanErrorKind::InUse, format!(
+                        "cannot be deleted while volumes made from it may share its data ({}); delete them first, or keep the image-volume with deletionPolicy: Retain",
+                        clones.join(", ")
+                    )));
+                    continue;
+                }
             }
             if *kind == ObjKind::Volume
                 && let Some(o) = self.world.exports.get(f.obj.uuid)

@@ -19,3 +19,4 @@ mod lvm_backend;
 mod migrate;
 mod nfs;
 mod smoke;
+mod targetcli;
