@@ -90,16 +90,22 @@ fn conditions(s: &mut String, conds: &[Condition]) {
     for c in conds {
         // Stalled=True is the bad state; Ready and SourceReady are good
         // when true.
+        // The label says the status in words ("not Stalled"), so a green
+        // badge never reads as the bad state.
         let good = (c.status == "True") != (c.type_ == "Stalled");
+        let label = match c.status.as_str() {
+            "True" => esc(&c.type_),
+            "False" => format!("not {}", esc(&c.type_)),
+            other => format!("{} {}", esc(&c.type_), esc(other)),
+        };
         let _ = write!(
             s,
-            "<span class=\"badge {}\" title=\"{}\" data-condition=\"{}\" data-status=\"{}\">{} {}: {}</span>",
+            "<span class=\"badge {}\" title=\"{}\" data-condition=\"{}\" data-status=\"{}\">{} {label}: {}</span>",
             if good { "ok" } else { "bad" },
             esc(&c.message),
             esc(&c.type_),
             esc(&c.status),
             if good { "✔" } else { "✘" },
-            esc(&c.type_),
             esc(&c.reason)
         );
     }
@@ -170,8 +176,13 @@ fn rev(r: Option<&str>, id: &str) -> String {
 fn reconcile(s: &mut String, st: &Status, now: DateTime<Utc>) {
     let _ = writeln!(
         s,
-        "<section id=\"reconcile\"><h2>Last reconcile</h2>\n<p><span data-count=\"reconciles\">{}</span> reconciles since start; last success {}.</p>",
+        "<section id=\"reconcile\"><h2>Last reconcile</h2>\n<p><span data-count=\"reconciles\">{}</span> {} since start; last success {}.</p>",
         st.reconcile_count,
+        if st.reconcile_count == 1 {
+            "reconcile"
+        } else {
+            "reconciles"
+        },
         when(st.last_success, now)
     );
     let Some(r) = &st.last_reconcile else {
@@ -585,7 +596,8 @@ mod tests {
         let page = render(&status(), t(0));
         for needle in [
             "<h1>cinderblock on <span id=\"host\">stor-a &lt;b&gt;</span></h1>",
-            "data-condition=\"Ready\" data-status=\"True\"",
+            "data-condition=\"Ready\" data-status=\"True\">✔ Ready: ReconciliationSucceeded</span>",
+            "data-condition=\"Stalled\" data-status=\"False\">✔ not Stalled: Reconciling</span>",
             "<span data-count=\"reconciles\">7</span>",
             "<span data-bytes=\"26843545600\" data-of=\"free\">25 GiB</span>",
             "<span data-bytes=\"322122547200\" data-of=\"provisioned\">300 GiB</span>",

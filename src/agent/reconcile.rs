@@ -1200,6 +1200,7 @@ fn object_states(
                 o.size = Some(*size);
             }
             Op::Extend { to, .. } => o.size = Some(*to),
+            Op::Migrate { to, .. } => o.backend = Some(to.clone()),
             _ => {}
         }
     }

@@ -36,6 +36,13 @@ _need_archive_version() { # pkg -> the highest version an apt source (not dpkg's
   # sort -V is close to dpkg's ordering; the simulation below has the last word.
 }
 
+_need_apt_update() { # apt-get update once per test run (the variable is exported to
+  # the scripts tests/run.sh starts): later installs in the same run reuse the lists
+  [ -n "${CINDERBLOCK_APT_UPDATED:-}" ] && return 0
+  apt-get update -qq
+  export CINDERBLOCK_APT_UPDATED=1
+}
+
 _need_check_tools() { # who tool...
   local who=$1 t bad=()
   shift
@@ -63,7 +70,7 @@ need_apt() {
   fi
   export DEBIAN_FRONTEND=noninteractive
   _need_log "$who" "apt-get install ${missing[*]}"
-  apt-get update -qq
+  _need_apt_update
 
   # Simulate first: what would apt remove?
   local args=("${missing[@]}") extra=() sim removed r v
@@ -146,9 +153,15 @@ need_deb_bin() {
   _need_log "$who" "apt-get download $pkg (unpacking only $*)"
   local tmp deb
   tmp=$(mktemp -d)
-  if [ -z "$(apt-cache madison "$pkg" 2>/dev/null)" ]; then apt-get update -qq; fi
+  if [ -z "$(apt-cache madison "$pkg" 2>/dev/null)" ]; then _need_apt_update; fi
   (cd "$tmp" && apt-get download -qq "$pkg" 2>&1 | grep -v 'Download is performed unsandboxed' >&2 || true)
   deb=$(ls "$tmp"/"${pkg}"_*.deb 2>/dev/null | head -1)
+  if [ -z "$deb" ] && [ -z "${CINDERBLOCK_APT_UPDATED:-}" ]; then
+    # Lists older than the mirror name a version it no longer has: fetch them, retry.
+    _need_apt_update
+    (cd "$tmp" && apt-get download -qq "$pkg" 2>&1 | grep -v 'Download is performed unsandboxed' >&2 || true)
+    deb=$(ls "$tmp"/"${pkg}"_*.deb 2>/dev/null | head -1)
+  fi
   if [ -z "$deb" ]; then
     _need_log "$who" "apt-get download $pkg failed"
     rm -rf "$tmp"
