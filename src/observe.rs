@@ -434,6 +434,37 @@ pub fn world_of(
     world
 }
 
+/// Discovers again the back ends in `names` after an apply changed them, so
+/// what is published (status, gauges) is what the apply left, not what was
+/// there before it ([`Registry::discover_only`]: one `lvm fullreport` over
+/// their volume groups, one scan of the holders); the other back ends,
+/// exports and the rest of `world` are kept.
+pub fn rediscover(
+    set: &ManifestSet,
+    registry: &Registry<'_>,
+    names: &std::collections::BTreeSet<Name>,
+    world: &mut World,
+) {
+    if names.is_empty() {
+        return;
+    }
+    let found = registry.discover_only(names);
+    world.missing.retain(|n| !names.contains(n));
+    for (name, (extent, discovery)) in found.backends {
+        let (Some(doc), Some(driver)) = (set.backends.get(&name), registry.get(name.as_str()))
+        else {
+            continue;
+        };
+        let mut view = configured_view(doc, driver.capabilities(), discovery);
+        view.extent = extent;
+        world.backends.insert(name, view);
+    }
+    for name in found.missing {
+        world.backends.remove(&name);
+        world.missing.push(name);
+    }
+}
+
 /// A back end as its manifest configures it, with its driver's
 /// capabilities, before (or without) discovery: `discovery` says why there
 /// is none. The extent is 1 until discovery says otherwise. Pure.

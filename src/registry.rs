@@ -139,10 +139,24 @@ impl<'r> Registry<'r> {
     /// Discovers every back end (see the module docs), with one scan of
     /// what holds files and devices open for all of them.
     pub fn discover(&self) -> Discovered {
+        self.discover_where(None)
+    }
+
+    /// [`Registry::discover`] of the back ends in `names` only (after an
+    /// apply changed them): one report over their volume groups, one scan
+    /// of the holders.
+    pub fn discover_only(&self, names: &std::collections::BTreeSet<Name>) -> Discovered {
+        self.discover_where(Some(names))
+    }
+
+    fn discover_where(&self, only: Option<&std::collections::BTreeSet<Name>>) -> Discovered {
+        let picked = |n: &Name| only.is_none_or(|o| o.contains(n));
         let vgs: Vec<&str> = {
             let mut v: Vec<&str> = self
                 .entries
-                .values()
+                .iter()
+                .filter(|(n, _)| picked(n))
+                .map(|(_, e)| e)
                 .filter_map(|e| e.lvm.as_ref().map(LvmDriver::volume_group))
                 .collect();
             v.sort_unstable();
@@ -160,18 +174,27 @@ impl<'r> Registry<'r> {
         } else {
             crate::inuse::Holders::scan().map_err(|e| format!("cannot read /proc: {e}"))
         };
-        self.discover_all(&reports, &holders)
+        self.discover_all(&reports, &holders, only)
     }
 
     /// [`Registry::discover`] with the volume groups' report read already and
     /// nothing seen open (benchmarks, tests).
     pub fn discover_with(&self, reports: &cmd::Reports) -> Discovered {
-        self.discover_all(reports, &Ok(crate::inuse::Holders::default()))
+        self.discover_all(reports, &Ok(crate::inuse::Holders::default()), None)
     }
 
-    fn discover_all(&self, reports: &cmd::Reports, holders: &Holders) -> Discovered {
+    fn discover_all(
+        &self,
+        reports: &cmd::Reports,
+        holders: &Holders,
+        only: Option<&std::collections::BTreeSet<Name>>,
+    ) -> Discovered {
         let mut out = Discovered::default();
-        let all: Vec<(&Name, &Entry<'r>)> = self.entries.iter().collect();
+        let all: Vec<(&Name, &Entry<'r>)> = self
+            .entries
+            .iter()
+            .filter(|(n, _)| only.is_none_or(|o| o.contains(*n)))
+            .collect();
         for chunk in all.chunks(DISCOVERY_THREADS) {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = chunk

@@ -211,7 +211,7 @@ impl Reconciler {
         // 2. Discover and plan.
         let mut ledger = ledger;
         let registry = Registry::new(&good.set, &self.host, &self.state_dir, Exec::host());
-        let world = observe::discover(&good.set, &registry, &self.state_dir);
+        let mut world = observe::discover(&good.set, &registry, &self.state_dir);
         let lost = lost_volumes(&world, &ledger.recorded);
         let recreate = self.recreate_lost || self.consented(&good.set, &lost);
         let plan = plan::plan(
@@ -250,6 +250,12 @@ impl Reconciler {
         let mut next = Next::default();
         if plan.errors.is_empty() {
             next = self.apply(&plan, &world, &registry, &mut ledger, &good, &mut run);
+            // What is published is what the apply left: the back ends it
+            // touched are observed again (the others did not change).
+            if run.status.result != "no-changes" {
+                let touched = touched_backends(&plan.actions, &good.set);
+                observe::rediscover(&good.set, &registry, &touched, &mut world);
+            }
         } else {
             run.plan_blocked = true;
             run.status.result = "blocked".into();
@@ -1238,6 +1244,28 @@ fn object_states(
         }
     }
     out.into_values().collect()
+}
+
+/// The back ends an apply of `actions` may have changed: those its creates,
+/// extends, deletes, migrations (both ends) and pools name.
+fn touched_backends(actions: &[Action], set: &ManifestSet) -> BTreeSet<manifest::Name> {
+    let mut names = BTreeSet::new();
+    for a in actions {
+        let ends: &[&String] = match &a.op {
+            Op::Create { backend, .. }
+            | Op::Extend { backend, .. }
+            | Op::Delete { backend, .. }
+            | Op::CreatePool { backend, .. } => &[backend],
+            Op::Migrate { from, to, .. } => &[from, to],
+            _ => &[],
+        };
+        for e in ends {
+            if let Some((n, _)) = set.backends.iter().find(|(n, _)| n.as_str() == e.as_str()) {
+                names.insert(n.clone());
+            }
+        }
+    }
+    names
 }
 
 /// The reconciler task: waits for triggers (or a retry time), runs one
