@@ -270,6 +270,19 @@ pub struct Exec {
     resolved: Mutex<BTreeMap<String, PathBuf>>,
 }
 
+/// Runs commands: the host's [`Exec`], or a fake in tests. Whatever needs a
+/// command takes a runner, so tests inject fakes and only [`Exec`] spawns.
+pub trait Runner: Send + Sync {
+    /// Runs `cmd` to completion (see [`Exec::run`]).
+    fn run(&self, cmd: &Cmd) -> Result<Output, ExecError>;
+}
+
+impl Runner for Exec {
+    fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        Exec::run(self, cmd)
+    }
+}
+
 impl Exec {
     /// The host runner, searching [`SEARCH_DIRS`]. One per process.
     pub fn host() -> &'static Exec {

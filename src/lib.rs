@@ -7,6 +7,7 @@ pub mod backup;
 pub mod blockio;
 pub mod cli;
 pub mod copy;
+pub mod driver;
 pub mod exec;
 pub mod file;
 pub mod inuse;
@@ -17,6 +18,7 @@ pub mod migrate;
 pub mod model;
 pub mod observe;
 pub mod plan;
+pub mod registry;
 pub mod schema;
 pub mod state;
 

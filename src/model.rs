@@ -8,8 +8,8 @@
 //! [`Health`] (how discovery judges an object: its mark, plus what only a
 //! look at the data shows), [`Change`] (whether an idempotent step did
 //! anything), the inventory ([`Observed`] with what holds it open,
-//! [`InUse`], [`Inventory`], [`Discovery`]),
-//! capacity ([`Capacity`]) and [`round_up`].
+//! [`InUse`], [`Inventory`], [`Discovery`]), capacity ([`Capacity`]), what a
+//! back end can do ([`Capabilities`]) and [`round_up`].
 //!
 //! Invariants: a leaf. It uses nothing of this crate, so every module may
 //! use it without an import cycle (a unit test in `tests/cli/architecture.rs`
@@ -329,6 +329,89 @@ pub enum Discovery {
     Ok(Inventory),
     /// Discovery failed; the message says why.
     Failed(String),
+}
+
+/// What a back end can do, as plain data. Its driver says (it is known
+/// from the manifests alone, before any I/O); discovery puts it on the back
+/// end's view, and the planner reads it instead of asking which kind of back
+/// end it is.
+#[allow(clippy::struct_excessive_bools)] // independent facts, each read alone
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// Cinder's `storage_protocol` (`nfs`, `iSCSI`), for extra specs.
+    pub protocol: String,
+    /// Volumes are thin-provisioned (sparse files, thin LVs): Cinder's
+    /// capacity formulas and over-subscription apply.
+    pub thin: bool,
+    /// New volumes read as zeros where nothing was written (sparse files,
+    /// thin LVs): a copy or a restore may leave holes. Otherwise (thick
+    /// LVs, whose extents hold whatever was there) every byte not written
+    /// must be zeroed.
+    pub new_reads_zero: bool,
+    /// Discovery reports the bytes each object really holds (files, thin
+    /// LVs), so a migration reads only those; otherwise it reads the whole
+    /// volume.
+    pub knows_allocation: bool,
+    /// A volume can be extended while it has snapshots (files, thin LVs);
+    /// lvm2 resizes a thick origin of thick snapshots only while inactive,
+    /// which would cut off its users.
+    pub extends_with_snapshots: bool,
+    /// How snapshots take space.
+    pub snapshots: SnapshotSpace,
+    /// The space this back end draws from, which other back ends may share
+    /// (an LVM volume group); moving a volume within one space is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub space: Option<Space>,
+    /// The pool the back end's volumes live in, when the manifests declare
+    /// it (a thin pool): created by the plan when it is missing and sized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolDecl>,
+    /// The plan's words for what a delete does besides removing the data
+    /// (a thick LV is zeroed first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_note: Option<String>,
+    /// The plan's words for what stays of a released object (`Retain`), with
+    /// `{uuid}` and `{kind}` to fill in.
+    pub retained: String,
+}
+
+/// How a back end's snapshots take space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SnapshotSpace {
+    /// A copy (a reflink or a sparse copy) at the volume's size.
+    Copy,
+    /// Blocks shared with the volume (thin): the volume's size rounded to
+    /// the extent, taken from the pool only as they diverge.
+    Shared,
+    /// A copy-on-write store reserved up front (thick): the snapshot's
+    /// `spec.size`, or the volume's size as Cinder does.
+    CopyOnWrite,
+}
+
+/// A named space back ends draw from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Space {
+    /// What it is (`volume group`).
+    pub kind: String,
+    /// Its name (`vg0`).
+    pub name: String,
+}
+
+/// A pool the manifests declare for a back end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolDecl {
+    /// What it is (`thin pool`).
+    pub kind: String,
+    /// Its name inside its space (`pool0`).
+    pub name: String,
+    /// The size to create it with, when declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The manifest field that declares the size (`spec.lvm.thinPoolSize`).
+    pub field: String,
 }
 
 /// Rounds `bytes` up to a multiple of `extent`.

@@ -8,9 +8,10 @@
 //! as [`Discovery::Failed`]: the planner then makes no deletes anywhere in that
 //! run (a failed listing must never read as "empty, delete all").
 //!
-//! LVM back ends are read from one `lvm fullreport` over every VG named in the
-//! manifests ([`crate::lvm::cmd::fullreport`]); a VG that cannot be read fails
-//! only the back ends on it.
+//! The back ends' own discovery is the registry's ([`Registry::discover`]:
+//! batched where one tool call reads many back ends); this module adds the
+//! manifests' configuration, the drivers' capabilities, this host's iSCSI
+//! exports, image files and catalogued backups.
 //!
 //! Must not: decide anything. It reports; the planner judges.
 
@@ -19,40 +20,17 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::file::{self, FileBackend};
 use crate::iscsi::chap::CredentialPrint;
-use crate::lvm;
-use crate::manifest::kinds::{Allocation, BackendSpec, SecretRef, VolumeClear};
+use crate::manifest::kinds::{BackendSpec, SecretRef};
 use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
 pub use crate::model::{
-    Capacity, Discovery, Health, InUse, Inventory, ObjKind, Observed, PoolFill, PoolSizes,
-    SharedSpace,
+    Capabilities, Capacity, Discovery, Health, InUse, Inventory, ObjKind, Observed, PoolFill,
+    PoolSizes, SharedSpace,
 };
-
-/// How a back end stores volumes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Driver {
-    /// Files in a directory.
-    File {
-        /// The directory, resolved against the state directory.
-        root: std::path::PathBuf,
-        /// Sparse or preallocated.
-        allocation: Allocation,
-    },
-    /// An LVM volume group.
-    Lvm {
-        /// The volume group.
-        volume_group: String,
-        /// The thin pool, for thin back ends.
-        thin_pool: Option<String>,
-        /// `thinPoolSize`: create the pool with this many bytes when missing.
-        thin_pool_size: Option<u64>,
-        /// How thick LVs are wiped when deleted.
-        volume_clear: VolumeClear,
-    },
-}
+use crate::registry::Registry;
+pub use crate::registry::is_local;
 
 /// One back end as the planner sees it: configuration plus discovery.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,8 +41,8 @@ pub struct BackendView {
     pub backend_name: String,
     /// Availability zone.
     pub zone: String,
-    /// Driver and its parameters.
-    pub driver: Driver,
+    /// What its driver can do.
+    pub caps: Capabilities,
     /// Whether volumes are thin-provisioned (sparse files, thin LVs).
     pub thin: bool,
     /// Allocation granularity: volume sizes are rounded up to it.
@@ -200,15 +178,11 @@ pub fn inspect_image(path: &Path) -> Result<ImageFile, String> {
 /// The image files of `host`'s `Image` manifests, inspected.
 pub fn image_files(
     set: &ManifestSet,
-    host: &str,
+    registry: &Registry<'_>,
 ) -> BTreeMap<std::path::PathBuf, Result<ImageFile, String>> {
     set.images
         .values()
-        .filter(|d| {
-            set.backends
-                .get(&d.spec.backend)
-                .is_some_and(|b| is_local(&b.spec, host))
-        })
+        .filter(|d| registry.get(d.spec.backend.as_str()).is_some())
         .filter_map(|d| d.spec.source.path.as_ref())
         .map(|p| (p.as_path().to_owned(), inspect_image(p.as_path())))
         .collect()
@@ -245,12 +219,12 @@ impl Exports {
     }
 }
 
-/// The CHAP secrets `set` names for `host`: every export's (where a volume
-/// lands is the planner's to say, and reading a secret is cheap) and the
-/// discovery credentials of `host`'s back ends, as fingerprints.
+/// The CHAP secrets `set` names for this host: every export's (where a
+/// volume lands is the planner's to say, and reading a secret is cheap) and
+/// the discovery credentials of `registry`'s back ends, as fingerprints.
 pub fn secrets(
     set: &ManifestSet,
-    host: &str,
+    registry: &Registry<'_>,
 ) -> BTreeMap<SecretRef, Result<CredentialPrint, String>> {
     let exports = set
         .volumes
@@ -265,7 +239,7 @@ pub fn secrets(
     let discovery = set
         .backends
         .values()
-        .filter(|b| is_local(&b.spec, host))
+        .filter(|b| registry.get(b.name().as_str()).is_some())
         .filter_map(|b| b.spec.iscsi.as_ref()?.discovery_auth.as_ref())
         .flat_map(|d| [Some(&d.chap_secret_ref), d.mutual_chap_secret_ref.as_ref()]);
     exports
@@ -417,47 +391,37 @@ impl World {
     }
 }
 
-/// Whether a back end belongs to `host`: unnamed hosts belong to whoever runs.
-pub fn is_local(spec: &BackendSpec, host: &str) -> bool {
-    spec.host.as_deref().is_none_or(|h| h == host)
-}
-
-/// Discovers every back end of `host` declared in `set`: LVM through one `lvm
-/// fullreport` of their VGs, files through the filesystem.
-pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
-    let vgs = lvm_volume_groups(set, host);
-    let refs: Vec<&str> = vgs.iter().map(String::as_str).collect();
-    let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &refs);
-    let mut world = discover_with(set, host, state_dir, &reports);
+/// Discovers every back end of `registry` (see [`Registry::discover`]),
+/// this host's exports and discovery authentication, the CHAP secrets the
+/// manifests name, and what `set`'s images and backups need.
+pub fn discover(set: &ManifestSet, registry: &Registry<'_>, state_dir: &Path) -> World {
+    let mut world = world_of(set, registry, state_dir, registry.discover());
     (world.exports, world.discovery_auth) = Exports::observe(&crate::iscsi::lio::root());
-    world.secrets = secrets(set, host);
-    world.image_files = image_files(set, host);
+    world.secrets = secrets(set, registry);
+    world.image_files = image_files(set, registry);
     world
 }
 
-/// The VGs of `host`'s LVM back ends, sorted, each once.
-pub fn lvm_volume_groups(set: &ManifestSet, host: &str) -> Vec<String> {
-    let mut vgs: Vec<String> = set
-        .backends
-        .values()
-        .filter(|d| is_local(&d.spec, host))
-        .filter_map(|d| d.spec.lvm.as_ref())
-        .map(|l| l.volume_group.as_str().to_owned())
-        .collect();
-    vgs.sort();
-    vgs.dedup();
-    vgs
-}
-
-/// [`discover`] with the LVM report already read (benchmarks, tests).
-pub fn discover_with(
+/// The world of the back ends `found` (a discovery the caller ran:
+/// [`Registry::discover_with`] over a captured report, in benchmarks and
+/// tests), without exports or image files.
+pub fn world_of(
     set: &ManifestSet,
-    host: &str,
+    registry: &Registry<'_>,
     state_dir: &Path,
-    lvm_reports: &lvm::cmd::Reports,
+    found: crate::registry::Discovered,
 ) -> World {
     let mut world = World::default();
-    discover_backends(set, host, state_dir, lvm_reports, None, &mut world);
+    for (name, (extent, discovery)) in found.backends {
+        let (Some(doc), Some(driver)) = (set.backends.get(&name), registry.get(name.as_str()))
+        else {
+            continue;
+        };
+        let mut view = configured_view(doc, driver.capabilities(), discovery);
+        view.extent = extent;
+        world.backends.insert(name, view);
+    }
+    world.missing = found.missing;
     world.backups = backup_sources(set, state_dir);
     world.backup_repos = set
         .backup_policies
@@ -470,131 +434,52 @@ pub fn discover_with(
     world
 }
 
-/// Discovers `host`'s back ends (only those in `only` when given) into
-/// `world`, replacing their views.
-fn discover_backends(
-    set: &ManifestSet,
-    host: &str,
-    state_dir: &Path,
-    lvm_reports: &lvm::cmd::Reports,
-    only: Option<&std::collections::BTreeSet<Name>>,
-    world: &mut World,
-) {
-    // Back ends are discovered in parallel (at most DISCOVERY_THREADS at a
-    // time): each file back end is a directory walk, independent of the
-    // others, and a slow NFS share must not delay the rest.
-    let local: Vec<(&Name, &Doc<BackendSpec>)> = set
-        .backends
-        .iter()
-        .filter(|(_, doc)| is_local(&doc.spec, host))
-        .filter(|(name, _)| only.is_none_or(|o| o.contains(*name)))
-        .collect();
-    // Who holds what open: one pass over /proc and the loop devices for the
-    // whole discovery, whatever the number of back ends and volumes.
-    let holders = if local.is_empty() {
-        Ok(crate::inuse::Holders::default())
-    } else {
-        crate::inuse::Holders::scan().map_err(|e| format!("cannot read /proc: {e}"))
-    };
-    let holders = &holders;
-    for chunk in local.chunks(DISCOVERY_THREADS) {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(_, doc)| scope.spawn(move || view_of(doc, state_dir, lvm_reports, holders)))
-                .collect();
-            for (h, (name, _)) in handles.into_iter().zip(chunk) {
-                if let Ok(view) = h.join() {
-                    world.backends.insert((*name).clone(), view);
-                } else {
-                    tracing::error!(backend = %name, "discovery panicked; the back end is left out of this run");
-                    world.backends.remove(*name);
-                    world.missing.push((*name).clone());
-                }
-            }
-        });
-    }
-}
-
 /// Discovers again the back ends in `names` after an apply changed them, so
 /// what is published (status, gauges) is what the apply left, not what was
-/// there before it. One `lvm fullreport` over their VGs and one scan of the
-/// holders; the other back ends, exports and the rest of `world` are kept.
+/// there before it ([`Registry::discover_only`]: one `lvm fullreport` over
+/// their volume groups, one scan of the holders); the other back ends,
+/// exports and the rest of `world` are kept.
 pub fn rediscover(
     set: &ManifestSet,
-    host: &str,
-    state_dir: &Path,
+    registry: &Registry<'_>,
     names: &std::collections::BTreeSet<Name>,
     world: &mut World,
 ) {
     if names.is_empty() {
         return;
     }
-    let mut vgs: Vec<&str> = set
-        .backends
-        .iter()
-        .filter(|(n, d)| names.contains(*n) && is_local(&d.spec, host))
-        .filter_map(|(_, d)| d.spec.lvm.as_ref())
-        .map(|l| l.volume_group.as_str())
-        .collect();
-    vgs.sort_unstable();
-    vgs.dedup();
-    let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &vgs);
+    let found = registry.discover_only(names);
     world.missing.retain(|n| !names.contains(n));
-    discover_backends(set, host, state_dir, &reports, Some(names), world);
+    for (name, (extent, discovery)) in found.backends {
+        let (Some(doc), Some(driver)) = (set.backends.get(&name), registry.get(name.as_str()))
+        else {
+            continue;
+        };
+        let mut view = configured_view(doc, driver.capabilities(), discovery);
+        view.extent = extent;
+        world.backends.insert(name, view);
+    }
+    for name in found.missing {
+        world.backends.remove(&name);
+        world.missing.push(name);
+    }
 }
 
-/// Back ends discovered at once.
-pub const DISCOVERY_THREADS: usize = 8;
-
-/// A back end as its manifest configures it, before (or without) discovery:
-/// `discovery` says why there is none. The extent is 1 until an LVM report
-/// says otherwise. Pure: used for other hosts' back ends, which this host
-/// never discovers.
+/// A back end as its manifest configures it, with its driver's
+/// capabilities, before (or without) discovery: `discovery` says why there
+/// is none. The extent is 1 until discovery says otherwise. Pure.
 pub fn configured_view(
     doc: &Doc<BackendSpec>,
-    state_dir: &Path,
+    caps: Capabilities,
     discovery: Discovery,
 ) -> BackendView {
     let spec = &doc.spec;
-    let (driver, thin) = if let Some(f) = &spec.file {
-        (
-            Driver::File {
-                root: f.path.resolve(state_dir),
-                allocation: f.allocation,
-            },
-            f.allocation == Allocation::Sparse,
-        )
-    } else if let Some(l) = &spec.lvm {
-        (
-            Driver::Lvm {
-                volume_group: l.volume_group.as_str().to_owned(),
-                thin_pool: l.thin_pool.as_ref().map(|p| p.as_str().to_owned()),
-                thin_pool_size: l
-                    .thin_pool_size
-                    .map(crate::manifest::values::Quantity::bytes),
-                volume_clear: spec.volume_clear.unwrap_or_default(),
-            },
-            l.thin_pool.is_some(),
-        )
-    } else {
-        // Validation refuses such a back end; never guess a place to write.
-        (
-            Driver::Lvm {
-                volume_group: String::new(),
-                thin_pool: None,
-                thin_pool_size: None,
-                volume_clear: VolumeClear::Zero,
-            },
-            false,
-        )
-    };
     BackendView {
         name: doc.name().clone(),
         backend_name: backend_name(doc),
         zone: backend_az(spec).to_owned(),
-        driver,
-        thin,
+        thin: caps.thin,
+        caps,
         extent: 1,
         ratio: spec.max_over_subscription_ratio.unwrap_or_default(),
         reserved_percentage: spec
@@ -609,121 +494,8 @@ pub fn configured_view(
     }
 }
 
-/// What one scan found holding files and devices open, or why it failed.
-type Scan = Result<crate::inuse::Holders, String>;
-
-fn view_of(
-    doc: &Doc<BackendSpec>,
-    state_dir: &Path,
-    lvm_reports: &lvm::cmd::Reports,
-    holders: &Scan,
-) -> BackendView {
-    let mut view = configured_view(doc, state_dir, Discovery::Failed(String::new()));
-    match (&doc.spec.file, &view.driver) {
-        (Some(f), Driver::File { root, .. }) => {
-            view.discovery = discover_file(doc, root, f.path.is_in_state(), holders);
-        }
-        (None, Driver::Lvm { .. }) if doc.spec.lvm.is_some() => {
-            let (extent, mut discovery) = discover_lvm(doc, &view.driver, lvm_reports);
-            if let (Discovery::Ok(inv), Ok(h)) = (&mut discovery, holders) {
-                name_lv_holders(inv, h);
-            }
-            view.extent = extent;
-            view.discovery = discovery;
-        }
-        _ => {
-            view.discovery = Discovery::Failed("the back end declares neither lvm nor file".into());
-        }
-    }
-    view
-}
-
-/// One LVM back end out of the discovery's report: (extent size, discovery).
-fn discover_lvm(
-    doc: &Doc<BackendSpec>,
-    driver: &Driver,
-    reports: &lvm::cmd::Reports,
-) -> (u64, Discovery) {
-    let Driver::Lvm {
-        volume_group: vg,
-        thin_pool,
-        thin_pool_size,
-        ..
-    } = driver
-    else {
-        return (1, Discovery::Failed("not an LVM back end".into()));
-    };
-    let cfg = lvm::inventory::Config {
-        backend: doc.name().as_str(),
-        vg,
-        thin_pool: thin_pool.as_deref(),
-    };
-    lvm::inventory::discovery(reports, &cfg, *thin_pool_size)
-}
-
-/// Names the holder of each LV lvm2 reports open, where this host can see
-/// one (a process, a loop device, a mount, a stacked device).
-fn name_lv_holders(inv: &mut Inventory, holders: &crate::inuse::Holders) {
-    for o in &mut inv.objects {
-        if let Some(InUse::Unnamed { device }) = &o.in_use
-            && let Some(h) = holders.block_device(Path::new(device))
-        {
-            o.in_use = Some(InUse::Named {
-                holder: h.to_string(),
-            });
-        }
-    }
-}
-
-/// The `file` back end in the model, each object in use when the scan saw
-/// its data file (by device and inode) held open; without the scan the view
-/// is partial (a problem: no deletes).
-fn file_model(inv: &file::discover::Inventory, holders: &Scan) -> Inventory {
-    let mut model = inv.to_model();
-    match holders {
-        Ok(h) => {
-            for o in &mut model.objects {
-                let data = inv.object(o.uuid).and_then(|f| f.data);
-                o.in_use = data
-                    .and_then(|d| h.file(d.id.0, d.id.1))
-                    .map(|h| InUse::Named {
-                        holder: h.to_string(),
-                    });
-            }
-        }
-        Err(e) => model
-            .problems
-            .push(format!("cannot tell which volume files are open ({e})")),
-    }
-    model
-}
-
-fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool, holders: &Scan) -> Discovery {
-    let spec = doc.spec.file.as_ref();
-    if let Some(share) = spec.and_then(|f| f.share.as_ref()) {
-        let options: Vec<String> = spec
-            .and_then(|f| f.mount_options.as_ref())
-            .map(|o| o.as_str().split(',').map(str::to_owned).collect())
-            .unwrap_or_default();
-        if let Err(e) =
-            file::mount::ensure_mounted(crate::exec::Exec::host(), share.as_str(), root, &options)
-        {
-            // Tools' stderr spans lines; a plan note is one line.
-            let msg = crate::error_chain(&e);
-            return Discovery::Failed(msg.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-    } else if in_state && !root.exists() {
-        // A directory below the state directory is ours to create (the
-        // quickstart); an absolute path must exist (it may be a mount point
-        // whose file system is missing, and creating it would fill the root
-        // file system instead).
-        if let Err(e) = std::fs::create_dir_all(root) {
-            return Discovery::Failed(format!("cannot create {}: {e}", root.display()));
-        }
-    }
-    let backend = FileBackend::new(root, doc.name().as_str());
-    match backend.discover() {
-        Ok(inv) => Discovery::Ok(file_model(&inv, holders)),
-        Err(e) => Discovery::Failed(crate::error_chain(&e)),
-    }
+/// Another host's back end, as its manifest alone says (never discovered
+/// here; the capabilities are those its driver would have). Pure.
+pub fn declared_view(doc: &Doc<BackendSpec>, discovery: Discovery) -> BackendView {
+    configured_view(doc, crate::registry::capabilities(doc), discovery)
 }

@@ -11,6 +11,11 @@
 //! type so the reconciler can use the monotonic clock and the backup scheduler
 //! the wall clock (its slots are wall-clock times that are persisted).
 //!
+//! A failure says whether retrying can help ([`Retry`]): contention,
+//! timeouts and I/O double from `base`; a refusal or a conflict, which only
+//! a change can fix, waits `cap` at once (and is still retried then, since
+//! what must change may change outside cinderblock).
+//!
 //! Rejected: jitter. One agent per host retries its own storage, not a shared
 //! service, so there is no herd to spread; deterministic delays keep tests and
 //! logs exact.
@@ -47,6 +52,17 @@ pub struct Entry<I> {
     pub retry_at: I,
     /// The last failure's message.
     pub last_error: String,
+    /// The last failure said a retry alone cannot help.
+    pub permanent: bool,
+}
+
+/// Whether retrying a failure can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Yes (contention, a timeout, I/O): the delay doubles from `base`.
+    Soon,
+    /// Not until something changes (a refusal, a conflict): `cap` at once.
+    AfterChange,
 }
 
 /// Failing keys and when each may be tried again.
@@ -71,14 +87,24 @@ where
     /// Records a failure of `key` at `now`; returns the delay before the next
     /// attempt.
     pub fn fail(&mut self, key: &str, now: I, error: &str) -> Duration {
+        self.fail_as(key, now, error, Retry::Soon)
+    }
+
+    /// Records a failure of `key` at `now` that `retry` classifies; returns
+    /// the delay before the next attempt.
+    pub fn fail_as(&mut self, key: &str, now: I, error: &str, retry: Retry) -> Duration {
         let failures = self.entries.get(key).map_or(0, |e| e.failures) + 1;
-        let delay = self.policy.delay(failures);
+        let delay = match retry {
+            Retry::Soon => self.policy.delay(failures),
+            Retry::AfterChange => self.policy.cap,
+        };
         self.entries.insert(
             key.to_owned(),
             Entry {
                 failures,
                 retry_at: now + delay,
                 last_error: error.to_owned(),
+                permanent: retry == Retry::AfterChange,
             },
         );
         delay
@@ -164,6 +190,24 @@ mod tests {
         assert_eq!(b.fail("volume.a", t1, "again"), Duration::from_secs(1));
         b.clear();
         assert_eq!(b.next_retry(t1), None);
+    }
+
+    #[test]
+    fn a_failure_no_retry_can_fix_waits_the_cap_at_once() {
+        let t0 = Instant::now();
+        let mut b = Backoff::new(POLICY);
+        assert_eq!(
+            b.fail_as("volume.a", t0, "refused", Retry::AfterChange),
+            Duration::from_secs(60)
+        );
+        assert!(b.get("volume.a").unwrap().permanent);
+        assert!(b.waiting("volume.a", t0 + Duration::from_secs(59)));
+        // A later retryable failure doubles from where the count is.
+        assert_eq!(
+            b.fail_as("volume.a", t0, "busy", Retry::Soon),
+            Duration::from_secs(2)
+        );
+        assert!(!b.get("volume.a").unwrap().permanent);
     }
 
     #[test]

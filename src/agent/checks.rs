@@ -15,7 +15,7 @@
 //! repository unreachable) keeps its slot open and is retried with backoff.
 //!
 //! Pure: time is passed in. Must not: run a check itself (the
-//! [`super::schedule::BackupRunner`] does).
+//! [`crate::backup::scheduled::BackupRunner`] does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -25,26 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
 use super::schedule::{BACKOFF, CronSpec};
+pub use crate::backup::checks::{CheckKind, CheckSummary};
 use crate::manifest::ManifestSet;
-
-/// Which check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum CheckKind {
-    /// `spec.verify`: a sampled verify of the repository.
-    Verify,
-    /// `spec.drill`: restore drills of each volume's newest backup.
-    Drill,
-}
-
-impl CheckKind {
-    /// As in metric names, records and output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Verify => "verify",
-            Self::Drill => "drill",
-        }
-    }
-}
 
 /// A (policy, check) pair's key in records and backoff: `policy/verify`.
 pub fn key(policy: &str, kind: CheckKind) -> String {
@@ -79,18 +61,6 @@ pub struct CheckRecord {
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_zero(v: &u64) -> bool {
     *v == 0
-}
-
-/// What a check run produced.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckSummary {
-    /// What it did, in words (`checked 1,234 of 12,345 chunks …`).
-    pub text: String,
-    /// Damaged backups it found (one line each, naming volume and backup);
-    /// empty when all is well.
-    pub problems: Vec<String>,
-    /// The verify's next cursor.
-    pub cursor: Option<u64>,
 }
 
 /// A check to start now.

@@ -37,16 +37,18 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::backoff::{Backoff, Policy};
+use super::backoff::{Backoff, Policy, Retry};
 use super::source::{Candidate, Source};
 use super::status::{
     BackendStatus, BadRevision, DriftStatus, MigrationStatus, ObjectStatus, ReconcileStatus, Status,
 };
 use super::{Reason, Shared, lock};
 use crate::apply::{self, ApplyError, Progress};
+use crate::exec::Exec;
 use crate::manifest::{self, ManifestSet};
 use crate::observe::{self, Discovery, Health, ObjKind, World};
 use crate::plan::{self, Action, Op, Options, Plan};
+use crate::registry::Registry;
 use crate::state::record::{Ledger, Recorded};
 
 /// Backoff of failing objects.
@@ -208,7 +210,8 @@ impl Reconciler {
 
         // 2. Discover and plan.
         let mut ledger = ledger;
-        let mut world = observe::discover(&good.set, &self.host, &self.state_dir);
+        let registry = Registry::new(&good.set, &self.host, &self.state_dir, Exec::host());
+        let mut world = observe::discover(&good.set, &registry, &self.state_dir);
         let lost = lost_volumes(&world, &ledger.recorded);
         let recreate = self.recreate_lost || self.consented(&good.set, &lost);
         let plan = plan::plan(
@@ -232,7 +235,7 @@ impl Reconciler {
             .collect();
         run.status.planned = plan.actions.len();
         run.status.notes.clone_from(&plan.notes);
-        run.status.plan_errors.clone_from(&plan.errors);
+        run.status.plan_errors = plan.errors.iter().map(ToString::to_string).collect();
         for w in &plan.waiting {
             run.objects
                 .insert(w.address.clone(), ("waiting".into(), w.reason.clone()));
@@ -246,27 +249,26 @@ impl Reconciler {
         // 3. Apply.
         let mut next = Next::default();
         if plan.errors.is_empty() {
-            next = self.apply(&plan, &world, &mut ledger, &good, &mut run);
+            next = self.apply(&plan, &world, &registry, &mut ledger, &good, &mut run);
             // What is published is what the apply left: the back ends it
             // touched are observed again (the others did not change).
             if run.status.result != "no-changes" {
                 let touched = touched_backends(&plan.actions, &good.set);
-                observe::rediscover(&good.set, &self.host, &self.state_dir, &touched, &mut world);
+                observe::rediscover(&good.set, &registry, &touched, &mut world);
             }
         } else {
             run.plan_blocked = true;
             run.status.result = "blocked".into();
             for e in &plan.errors {
-                let address = error_address(e);
-                if let Some(a) = address {
+                if let Some(a) = &e.address {
                     let entry = run
                         .objects
-                        .entry(a)
+                        .entry(a.clone())
                         .or_insert_with(|| ("blocked".into(), String::new()));
                     if entry.0 != "lost" {
                         entry.0 = "blocked".into();
                     }
-                    entry.1.clone_from(e);
+                    entry.1 = e.to_string();
                 }
             }
             tracing::warn!(
@@ -432,6 +434,7 @@ impl Reconciler {
         &mut self,
         plan: &Plan,
         world: &World,
+        registry: &Registry<'_>,
         ledger: &mut Ledger,
         good: &Good,
         run: &mut Run,
@@ -463,7 +466,7 @@ impl Reconciler {
             shared: Arc::clone(&self.shared),
             done: Vec::new(),
         };
-        let result = apply::apply(&filtered, world, &self.state_dir, ledger, &mut progress);
+        let result = apply::apply(&filtered, registry, &self.state_dir, ledger, &mut progress);
         progress.clear_migrations();
         for address in &progress.done {
             self.backoff.succeed(address);
@@ -496,12 +499,22 @@ impl Reconciler {
             }
             Err(ApplyError::Step {
                 address,
-                message,
+                cause,
                 done,
             }) => {
-                let delay = self.backoff.fail(&address, Instant::now(), &message);
+                let message = crate::error_chain(&cause);
+                // Retrying soon helps only where the cause says so; a
+                // refusal waits the longest delay at once.
+                let retry = if cause.is_retryable() {
+                    Retry::Soon
+                } else {
+                    Retry::AfterChange
+                };
+                let delay = self
+                    .backoff
+                    .fail_as(&address, Instant::now(), &message, retry);
                 lock(&self.shared.metrics).step_failures += 1;
-                tracing::warn!(%address, error = %message, retry_in_s = delay.as_secs(), "step failed; retrying with backoff");
+                tracing::warn!(%address, error = %message, retryable = retry == Retry::Soon, retry_in_s = delay.as_secs(), "step failed; retrying with backoff");
                 run.status.result = "failed".into();
                 run.status.error = Some(format!("{address}: {message}"));
                 let e = self.backoff.get(&address).map_or(1, |e| e.failures);
@@ -510,8 +523,13 @@ impl Reconciler {
                     (
                         "failed".into(),
                         format!(
-                            "failed {e} time(s), retried in {}s: {message}",
-                            delay.as_secs()
+                            "failed {e} time(s), retried in {}s{}: {message}",
+                            delay.as_secs(),
+                            if retry == Retry::Soon {
+                                ""
+                            } else {
+                                " (a retry alone cannot help)"
+                            }
                         ),
                     ),
                 );
@@ -1100,18 +1118,6 @@ fn kind_word(k: ObjKind) -> &'static str {
     }
 }
 
-/// `volume.NAME` from a plan error that starts with an address.
-fn error_address(e: &str) -> Option<String> {
-    let (head, _) = e.split_once(": ")?;
-    let (kind, name) = head.split_once('.')?;
-    (matches!(kind, "volume" | "snapshot" | "image")
-        && !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
-    .then(|| head.to_owned())
-}
-
 /// Every declared or existing object with its state.
 #[allow(clippy::too_many_lines)] // gathers, then overlays plan, run and backoff
 fn object_states(
@@ -1316,7 +1322,7 @@ fn pool_percent(
 mod tests {
     use super::*;
     use crate::manifest::kinds::DeletionPolicy;
-    use crate::observe::{BackendView, Capacity, Driver, Inventory, Observed};
+    use crate::observe::{BackendView, Capacity, Inventory, Observed};
     use crate::plan::{Impact, SourceRef};
     use uuid::Uuid;
 
@@ -1399,10 +1405,7 @@ mod tests {
             name: name.clone(),
             backend_name: "local".into(),
             zone: "nova".into(),
-            driver: Driver::File {
-                root: "/srv".into(),
-                allocation: crate::manifest::kinds::Allocation::Sparse,
-            },
+            caps: crate::driver::fake::capabilities(true),
             thin: true,
             extent: 1,
             ratio: crate::manifest::values::OverSubscription::default(),
@@ -1558,20 +1561,6 @@ mod tests {
         assert_eq!(sel.deferred, busy);
     }
 
-    #[test]
-    fn plan_errors_name_their_object() {
-        assert_eq!(
-            error_address("volume.db: cannot shrink from 2 GiB to 1 GiB").as_deref(),
-            Some("volume.db")
-        );
-        assert_eq!(
-            error_address("snapshot.s-1: gone").as_deref(),
-            Some("snapshot.s-1")
-        );
-        assert_eq!(error_address("the manifests: x"), None);
-        assert_eq!(error_address("volume.A B: x"), None);
-    }
-
     /// Stops after `n` steps, as the agent's progress does at shutdown.
     struct StopAfter(usize);
 
@@ -1597,11 +1586,13 @@ mod tests {
         let loaded = manifest::load::load_source(std::path::Path::new("m.yaml"), &text);
         assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
         let state = dir.path().join("state");
-        let world = observe::discover(&loaded.set, "h", &state);
+        let registry = Registry::new(&loaded.set, "h", &state, Exec::host());
+        let world = observe::discover(&loaded.set, &registry, &state);
         let mut ledger = Ledger::default();
         let plan = plan::plan(&loaded.set, &world, &ledger.recorded, Options::default());
         assert_eq!(plan.actions.len(), 2);
-        let err = apply::apply(&plan, &world, &state, &mut ledger, &mut StopAfter(1)).unwrap_err();
+        let err =
+            apply::apply(&plan, &registry, &state, &mut ledger, &mut StopAfter(1)).unwrap_err();
         assert!(matches!(err, ApplyError::Stopped { done: 1 }), "{err:?}");
         assert_eq!(
             ledger.recorded.objects.len(),
@@ -1616,7 +1607,7 @@ mod tests {
         );
         assert!(journal.unfinished().is_empty());
         // The next run finishes the rest.
-        let world = observe::discover(&loaded.set, "h", &state);
+        let world = observe::discover(&loaded.set, &registry, &state);
         let again = plan::plan(&loaded.set, &world, &ledger.recorded, Options::default());
         assert_eq!(
             again

@@ -32,7 +32,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +46,9 @@ use super::checks::{self, CheckKind, CheckRecord, CheckScheduler, CheckSummary, 
 use super::reconcile::Desired;
 use super::status::{BackupsStatus, CheckStatus, PolicyStatus, VolumeBackupStatus};
 use super::{Reason, Shared, lock};
+pub use crate::backup::due::CronSpec;
 use crate::backup::engine::ReadRecord;
+pub use crate::backup::scheduled::{BackupJob, BackupRunner, BackupSummary, CheckJob};
 use crate::manifest::ManifestSet;
 use crate::manifest::kinds::BackupPolicySpec;
 use crate::state::atomic::{self, AtomicError};
@@ -62,133 +63,6 @@ pub const BACKOFF: Policy = Policy {
     base: Duration::from_secs(30),
     cap: Duration::from_secs(3600),
 };
-
-/// One backup to run.
-#[derive(Debug, Clone)]
-pub struct BackupJob {
-    /// The volume (manifest name).
-    pub volume: String,
-    /// The policy (manifest name).
-    pub policy: String,
-    /// The policy as declared.
-    pub spec: BackupPolicySpec,
-    /// The scheduled time this run is for.
-    pub slot: DateTime<Utc>,
-    /// The manifests in force (to find the volume's back end).
-    pub manifests: Arc<ManifestSet>,
-    /// The state directory.
-    pub state_dir: PathBuf,
-}
-
-/// What a successful backup produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupSummary {
-    /// The backup's id.
-    pub id: String,
-    /// Bytes stored by this run (after deduplication and compression).
-    pub stored_bytes: u64,
-    /// Backups removed by retention afterwards.
-    pub pruned: usize,
-    /// How it read the volume, and why.
-    pub read: Option<ReadRecord>,
-}
-
-/// Runs backups. Called on a blocking thread; may take hours.
-///
-/// The contract the engine implements: back up `job.volume` into the
-/// policy's repository (full or incremental as the policy says, from a
-/// snapshot when `force`), then apply the policy's retention; return an error
-/// message (one line, the whole cause chain) on failure.
-pub trait BackupRunner: Send + Sync + 'static {
-    /// Runs one backup and its retention.
-    fn run(&self, job: &BackupJob) -> Result<BackupSummary, String>;
-
-    /// Runs one scheduled check of a policy's repository (a sampled verify
-    /// from `job.cursor`, or restore drills): `Ok` when it ran, with what it
-    /// found; `Err` (one line) when it could not run.
-    fn check(&self, job: &CheckJob) -> Result<CheckSummary, String>;
-}
-
-/// One scheduled check to run.
-#[derive(Debug, Clone)]
-pub struct CheckJob {
-    /// The policy (manifest name).
-    pub policy: String,
-    /// Which check.
-    pub kind: CheckKind,
-    /// The policy as declared.
-    pub spec: BackupPolicySpec,
-    /// The scheduled time this run is for.
-    pub slot: DateTime<Utc>,
-    /// Where a sampled verify's window begins.
-    pub cursor: u64,
-    /// The manifests in force.
-    pub manifests: Arc<ManifestSet>,
-    /// The state directory.
-    pub state_dir: PathBuf,
-}
-
-/// A parsed schedule in its time zone.
-#[derive(Debug, Clone)]
-pub struct CronSpec {
-    cron: croner::Cron,
-    tz: chrono_tz::Tz,
-}
-
-impl CronSpec {
-    /// Parses a 5-field expression (or `@daily` and friends) read in `tz`.
-    pub fn parse(expr: &str, tz: &str) -> Result<Self, String> {
-        // croner knows @daily but not its synonym @midnight.
-        let expr = if expr.trim() == "@midnight" {
-            "@daily"
-        } else {
-            expr
-        };
-        let cron = croner::Cron::from_str(expr).map_err(|e| format!("schedule {expr:?}: {e}"))?;
-        let tz = chrono_tz::Tz::from_str(tz).map_err(|_| {
-            format!("unknown time zone {tz:?} (an IANA name such as UTC or Europe/Berlin)")
-        })?;
-        Ok(Self { cron, tz })
-    }
-
-    /// The first slot strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_next_occurrence(&t.with_timezone(&self.tz), false)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
-    }
-
-    /// The latest slot at or before `t`.
-    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_previous_occurrence(&t.with_timezone(&self.tz), true)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
-    }
-
-    /// The longest time between two consecutive slots after `t`, looked at
-    /// over the next 400 slots or 63 days (two months: a monthly schedule
-    /// has at least one gap in it): the age the newest backup may reach
-    /// before a slot has been missed. `None` with fewer than two slots.
-    pub fn longest_gap(&self, t: DateTime<Utc>) -> Option<chrono::Duration> {
-        let end = t + chrono::Duration::days(63);
-        let mut prev = self.next_after(t)?;
-        let mut longest: Option<chrono::Duration> = None;
-        for _ in 0..400 {
-            let Some(next) = self.next_after(prev) else {
-                break;
-            };
-            let gap = next - prev;
-            longest = Some(longest.map_or(gap, |l| l.max(gap)));
-            if next > end {
-                break;
-            }
-            prev = next;
-        }
-        longest
-    }
-}
 
 /// What is remembered of one job across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,37 @@ use super::repo::SessionKind;
 use super::restore::{self, Target};
 use super::{BackupError, Progress, Repository};
 
+/// Which check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CheckKind {
+    /// `spec.verify`: a sampled verify of the repository.
+    Verify,
+    /// `spec.drill`: restore drills of each volume's newest backup.
+    Drill,
+}
+
+impl CheckKind {
+    /// As in metric names, records and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+            Self::Drill => "drill",
+        }
+    }
+}
+
+/// What a check run produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckSummary {
+    /// What it did, in words (`checked 1,234 of 12,345 chunks …`).
+    pub text: String,
+    /// Damaged backups it found (one line each, naming volume and backup);
+    /// empty when all is well.
+    pub problems: Vec<String>,
+    /// The verify's next cursor.
+    pub cursor: Option<u64>,
+}
+
 /// One backup a check found damaged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {

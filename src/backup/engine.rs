@@ -1,60 +1,45 @@
-//! A backup run of one `file` volume, and the chunk pipeline every source
-//! goes through (`store`: `lvm` volumes come from [`super::lvm_source`]
-//! with a [`ReadPlan`] of byte ranges instead of data extents).
+//! A backup run of one volume of any back end, and the chunk pipeline every
+//! run goes through (`store`).
 //!
 //! 1. A shared session on the repository.
 //! 2. The parent: the volume's newest backup in the repository (never the
 //!    catalogue, so a host that lost its state directory still finds it).
-//! 3. The point in time ([`PointInTime`], printed by `backup run`), cheapest
-//!    first: a `FICLONE` reflink (atomic, O(1)) as a scratch file
-//!    `ROOT/.cinderblock/.backup-<id>.tmp-<pid>`; where the filesystem has
-//!    no reflink (ext4), the volume itself read in place when no process or
-//!    loop device holds it and the manifests do not export it — the state
-//!    lock keeps cinderblock off it, so nothing writes it, and a copy would
-//!    only write every data byte once more (it was 5.5 s of an 8.1 s full
-//!    backup); else a `SEEK_DATA`/`SEEK_HOLE` sparse copy there, which is
-//!    not atomic but narrows the window in which writes to an in-use volume
-//!    can tear the backup from the whole run to the copy (only a quiesced
-//!    volume or a reflink gives a true point in time). The scratch file is
-//!    not a snapshot object: it needs none of an object's guarantees — no
-//!    fsync (measured: the snapshot object's fsync of a 3 GiB copy was 4 of
-//!    its 6.6 s), no sidecar, never visible as a user's snapshot — and
-//!    discovery classifies a `.tmp-` file there, left by a crash, as ours
-//!    and harmless (the next run removes it). Each batch is punched out of a
-//!    copy once read, so its dirty pages are dropped rather than written
-//!    back. It is not kept as a base for the next run: the parent's chunk
-//!    table gives the same comparison for free. `force: false` in the policy
-//!    always reads the volume itself, as Cinder does for volumes not in use.
-//! 4. The source's data extents, rounded out to whole 64 KiB slots, are read
+//! 3. The point in time, from the volume's back end
+//!    ([`Driver::point_in_time`]; its [`PitMethod`] is printed by `backup
+//!    run`): a `file` volume's reflink, in-place read or sparse copy
+//!    (the `file` back end's `pit`), an `lvm` volume's thin or copy-on-write
+//!    snapshot (the `lvm` back end's). It says what to read ([`Reads`]): data extents, byte
+//!    ranges, or ranges changed since the parent.
+//! 4. What it says to read, rounded out to whole 64 KiB slots, is read
 //!    sequentially in 4 MiB batches by a reader thread; two workers hash each
 //!    chunk (BLAKE3), skip zero chunks, keep chunks equal to the parent's at
 //!    the same slot, look the rest up in the index and compress the truly
 //!    new ones; the calling thread appends those to packs. Memory is bounded
 //!    by the buffer pool (6 × 4 MiB) and the channels, not by the volume.
-//! 5. Packs sealed → index file → manifest (the commit point).
+//! 5. Packs sealed → index file → the point in time checked (a snapshot
+//!    that overflowed fails the run) → manifest (the commit point) → the
+//!    point in time committed (a thin snapshot kept as the next base).
 //!
-//! Every run reports how it read ([`ReadRecord`]: changed ranges, allocated
-//! scan or full scan, and why). A volume file is judged before its point in
-//! time is taken: one data extent over the whole of a sparse file means the
-//! filesystem reports no holes (NFS before 4.2), so the run reads every byte —
-//! a fallback, logged as a warning and counted by the agent.
+//! Every run reports how it read ([`ReadRecord`], from the point in time:
+//! changed ranges, allocated scan or full scan, why, and whether that is a
+//! fallback: a thin incremental whose parent's snapshot is gone, a volume
+//! file on a file system that reports no holes).
 //!
 //! Must not: read holes, or write anything but packs, one index file and one
 //! manifest into the repository.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::fcntl::{FallocateFlags, fallocate};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::format::{
@@ -63,8 +48,8 @@ use super::format::{
 };
 use super::repo::{Index, SessionKind};
 use super::{BackupError, Progress, Repository};
-use crate::file::copy::{CopyError, copy_file, next_extent, reflink_file};
-use crate::file::{FileBackend, Mark, ObjKind};
+use crate::driver::{Driver, Mark, ObjKind, PitRequest};
+pub use crate::driver::{PitMethod as PointInTime, ReadMethod, ReadRecord, Reads as ReadPlan};
 
 /// Slots per read batch (4 MiB).
 const BATCH_SLOTS: u64 = 64;
@@ -92,7 +77,7 @@ pub enum Mode {
 }
 
 /// What to back up, where.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RunSpec<'a> {
     /// The backup's id (the caller makes it, so a failure can be recorded
     /// under it): a random UUID, so 8 hex digits name it unambiguously.
@@ -100,7 +85,7 @@ pub struct RunSpec<'a> {
     /// The repository.
     pub repo: &'a Repository,
     /// The volume's back end.
-    pub backend: &'a FileBackend,
+    pub driver: &'a dyn Driver,
     /// The volume's uuid in that back end.
     pub volume: Uuid,
     /// The policy's name, recorded for retention.
@@ -111,152 +96,14 @@ pub struct RunSpec<'a> {
     pub codec: Codec,
     /// This host's name.
     pub host: &'a str,
-    /// Read the volume itself instead of a point-in-time copy (the
-    /// policy's `force: false`: for volumes not in use, as Cinder backs up
-    /// an available volume directly).
-    pub direct: bool,
+    /// The policy's `force`: take a point in time of a volume in use;
+    /// without it a `file` volume is read itself (as Cinder backs up an
+    /// available volume directly) and an open LV is refused.
+    pub force: bool,
     /// The manifests export the volume (iSCSI): the kernel may be writing
     /// it without any process holding it, so it is never read in place
-    /// while `direct` is false.
+    /// under `force`.
     pub exported: bool,
-}
-
-/// How a run read its source, cheapest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ReadMethod {
-    /// Only the ranges that changed since the parent (a thin LV's
-    /// `thin_delta` against the parent's snapshot); every other chunk is the
-    /// parent's, unread.
-    ChangedRanges,
-    /// Every allocated range (a file's data extents, a thin LV's mapped
-    /// ranges), hash-compared with the parent.
-    AllocatedScan,
-    /// Every byte of the volume, holes too.
-    FullScan,
-}
-
-impl ReadMethod {
-    /// As printed and in metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ChangedRanges => "changedRanges",
-            Self::AllocatedScan => "allocatedScan",
-            Self::FullScan => "fullScan",
-        }
-    }
-}
-
-/// How a run read its source and why: in the catalogue entry, `backup run`'s
-/// summary and the agent's status. A `fallback` is a run that read more than
-/// its source normally needs (a thin LV whose parent's snapshot is gone, a
-/// filesystem that reports no holes): a warning and a metric in the agent,
-/// never silent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReadRecord {
-    /// What was read.
-    pub method: ReadMethod,
-    /// Why, in words.
-    pub reason: String,
-    /// It read more than this source normally needs.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fallback: bool,
-}
-
-impl ReadRecord {
-    fn new(method: ReadMethod, reason: impl Into<String>, fallback: bool) -> Self {
-        Self {
-            method,
-            reason: reason.into(),
-            fallback,
-        }
-    }
-
-    /// A thick LV: no allocation map, so every byte is read.
-    pub(crate) fn thick() -> Self {
-        Self::new(
-            ReadMethod::FullScan,
-            "a thick LV has no allocation map: read whole, zero chunks skipped",
-            false,
-        )
-    }
-
-    /// A thin LV's changes since the parent.
-    pub(crate) fn thin_changed() -> Self {
-        Self::new(
-            ReadMethod::ChangedRanges,
-            "thin_delta against the parent backup's thin snapshot",
-            false,
-        )
-    }
-
-    /// A thin LV's mapped ranges: a full backup, or an incremental whose
-    /// parent's snapshot is gone (the fallback).
-    pub(crate) fn thin_mapped(incremental: bool) -> Self {
-        if incremental {
-            Self::new(
-                ReadMethod::AllocatedScan,
-                "the parent backup's thin snapshot is gone (made on another host, or removed): \
-                 every mapped range read and compared with the parent instead of only the changes",
-                true,
-            )
-        } else {
-            Self::new(
-                ReadMethod::AllocatedScan,
-                "a full backup: the thin LV's mapped ranges",
-                false,
-            )
-        }
-    }
-}
-
-/// A hole-reporting filesystem may allocate this much more or less than a
-/// file's data extents say (metadata blocks, speculative preallocation).
-const HOLE_SLACK: u64 = 1 << 20;
-
-/// How a backup of a volume file reads it, from its data extents (`ranges`
-/// of its `len` bytes) and the bytes the filesystem allocated to it: one
-/// extent covering the whole of a file that is sparse means the filesystem
-/// reports no holes (no `SEEK_DATA`/`SEEK_HOLE`, as NFS before 4.2), so every
-/// byte is read, holes too.
-pub fn file_read(ranges: &[Range<u64>], len: u64, allocated: u64) -> ReadRecord {
-    let whole = matches!(ranges, [r] if r.start == 0 && r.end >= len);
-    if len > 0 && whole && allocated.saturating_add(HOLE_SLACK) < len {
-        return ReadRecord::new(
-            ReadMethod::FullScan,
-            format!(
-                "the filesystem reports no holes (SEEK_DATA/SEEK_HOLE) in a file with {allocated} of \
-                 {len} bytes allocated: every byte read, holes too"
-            ),
-            true,
-        );
-    }
-    ReadRecord::new(
-        ReadMethod::AllocatedScan,
-        "the file's data extents (SEEK_DATA/SEEK_HOLE)",
-        false,
-    )
-}
-
-/// [`file_read`] of the volume file at `path`.
-fn file_read_of(path: &Path) -> Result<ReadRecord, BackupError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let io = |op: &'static str| {
-        move |source| BackupError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let file = File::open(path).map_err(io("open"))?;
-    let meta = file.metadata().map_err(io("stat"))?;
-    let ranges = crate::blockio::data_ranges(&file, meta.len()).map_err(io("seek data in"))?;
-    Ok(file_read(
-        &ranges,
-        meta.len(),
-        meta.blocks().saturating_mul(512),
-    ))
 }
 
 /// What a run did.
@@ -272,6 +119,36 @@ pub struct RunReport {
     pub snapshot_time: Duration,
     /// Whole run.
     pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// The run's figures as one JSON object (`backup run --json`), with the
+    /// location of the repository it went into.
+    pub fn summary(&self, repository: &str) -> serde_json::Value {
+        let m = &self.manifest;
+        let s = &m.stats;
+        serde_json::json!({
+            "id": m.id,
+            "volume": m.volume.name,
+            "kind": m.kind.to_string(),
+            "parent": m.parent,
+            "pointInTime": self.method.as_str(),
+            "read": self.read,
+            "size": m.volume.size,
+            "readBytes": s.read_bytes,
+            "extents": s.extents,
+            "storedBytes": s.stored_bytes,
+            "newChunks": s.new_chunks,
+            "newBytes": s.new_bytes,
+            "unchangedChunks": s.unchanged_chunks,
+            "dedupChunks": s.dedup_chunks,
+            "zeroChunks": s.zero_chunks,
+            "chunks": s.chunks,
+            "snapshotSecs": self.snapshot_time.as_secs_f64(),
+            "elapsedSecs": self.elapsed.as_secs_f64(),
+            "repository": repository,
+        })
+    }
 }
 
 /// Picks the parent for `mode` among a volume's backups (oldest first).
@@ -301,17 +178,15 @@ pub fn choose_parent(mode: Mode, history: &[Manifest]) -> Option<&Manifest> {
     }
 }
 
-/// Runs one backup of a `file` volume.
+/// Runs one backup of volume `spec.volume` of `spec.driver`.
 pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, BackupError> {
     let started = Instant::now();
     let repo = spec.repo;
     let _session = repo.session(SessionKind::Shared, "backup run")?;
-    let file_err = |what: String| move |source| BackupError::File { what, source };
     let vol = spec
-        .backend
-        .get(spec.volume)
-        .map_err(file_err(format!("volume {}", spec.volume)))?
-        .filter(|m| m.kind == ObjKind::Volume && m.state == Mark::Ready)
+        .driver
+        .object(spec.volume)?
+        .filter(|o| o.kind == ObjKind::Volume && o.mark == Mark::Ready)
         .ok_or_else(|| BackupError::Target {
             name: spec.volume.to_string(),
             reason: "no ready volume with this uuid in the back end".into(),
@@ -320,28 +195,20 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
     let parent = choose_parent(spec.mode, &history);
 
     let started_at = Utc::now();
-    let vol_path = spec.backend.data_path(ObjKind::Volume, vol.uuid);
-    // Judged on the volume itself: a copy of it on a filesystem that
-    // reports no holes would be fully allocated.
-    let read = file_read_of(&vol_path)?;
-    if read.fallback {
-        tracing::warn!(volume = %vol.name, reason = %read.reason, "backup falls back to a full scan");
-    }
     let t = Instant::now();
-    if !spec.direct {
-        progress.stage("point-in-time copy");
-    }
-    let (scratch, method) = if spec.direct {
-        (None, PointInTime::Direct)
-    } else {
-        point_in_time(spec, &vol_path)?
-    };
+    progress.stage("point in time");
+    let pit = spec.driver.point_in_time(&PitRequest {
+        volume: vol.uuid,
+        backup: spec.id,
+        parent: parent.map(|p| p.id),
+        force: spec.force,
+        exported: spec.exported,
+    })?;
     let snapshot_time = t.elapsed();
-    let read_path = scratch
-        .as_ref()
-        .map_or(vol_path.as_path(), |c| c.path.as_path());
-    tracing::info!(volume = %vol.name, copy = %read_path.display(), method = method.as_str(), secs = snapshot_time.as_secs_f64(), "point in time taken");
-
+    let method = pit.method();
+    let read = pit.read().clone();
+    tracing::info!(volume = %vol.name, read = %pit.path().display(), method = method.as_str(), secs = snapshot_time.as_secs_f64(), "point in time taken");
+    let check = || pit.check().map_err(BackupError::from);
     let manifest = store(
         &Source {
             repo,
@@ -349,21 +216,22 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
             volume: VolumeRef {
                 uuid: vol.uuid,
                 name: vol.name.clone(),
-                backend: spec.backend.backend().to_owned(),
+                backend: spec.driver.name().to_owned(),
                 size: vol.size,
             },
             policy: spec.policy,
             host: spec.host,
             codec: spec.codec,
             parent,
-            path: read_path,
-            scratch: scratch.is_some(),
-            plan: ReadPlan::DataExtents,
+            path: pit.path(),
+            scratch: pit.scratch(),
+            plan: pit.reads().clone(),
             started_at,
-            check: None,
+            check: Some(&check),
         },
         progress,
     )?;
+    pit.commit()?;
     Ok(RunReport {
         manifest,
         method,
@@ -371,51 +239,6 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
         snapshot_time,
         elapsed: started.elapsed(),
     })
-}
-
-/// How a run got its point in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PointInTime {
-    /// A `FICLONE` reflink of the volume file (atomic, O(1)).
-    Reflink,
-    /// A sparse copy of the volume file's data extents.
-    Copy,
-    /// The volume itself, read in place (`force: false`).
-    Direct,
-    /// The volume itself, read in place because the filesystem has no
-    /// reflink and nothing holds the volume (the state lock keeps us off it).
-    Idle,
-    /// A thin snapshot of a thin LV.
-    ThinSnapshot,
-    /// A copy-on-write snapshot of a thick LV.
-    ThickSnapshot,
-}
-
-impl PointInTime {
-    /// As printed in the run's summary.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PointInTime::Reflink => "reflink",
-            PointInTime::Copy => "sparse copy",
-            PointInTime::Direct => "direct read (force: false)",
-            PointInTime::Idle => "in-place read (no reflink here; volume not in use)",
-            PointInTime::ThinSnapshot => "thin snapshot",
-            PointInTime::ThickSnapshot => "COW snapshot",
-        }
-    }
-}
-
-/// Which parts of a source a run reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadPlan {
-    /// The file's data extents (`SEEK_DATA`/`SEEK_HOLE`); holes are zeros.
-    DataExtents,
-    /// These byte ranges; everything else is zeros (a thin LV's mapped
-    /// ranges, or `0..size` for a thick LV).
-    Ranges(Vec<Range<u64>>),
-    /// These byte ranges changed since the parent; every other slot is the
-    /// parent's (a thin LV's `thin_delta` against the parent's snapshot).
-    ChangedSinceParent(Vec<Range<u64>>),
 }
 
 /// A point-in-time source, ready to read, and where its backup goes.
@@ -428,7 +251,7 @@ pub(crate) struct Source<'a> {
     pub codec: Codec,
     /// The parent chosen by [`choose_parent`] (the caller needs it first).
     pub parent: Option<&'a Manifest>,
-    /// File or device to read.
+    /// The file or device to read.
     pub path: &'a Path,
     /// A scratch copy: punched as read.
     pub scratch: bool,
@@ -517,116 +340,6 @@ pub fn byte_ranges_to_slots(ranges: &[Range<u64>], size: u64) -> (Vec<(u64, u64)
     (out, n)
 }
 
-/// The scratch point-in-time copy; removed however the run ends.
-struct ScratchCopy {
-    path: PathBuf,
-}
-
-impl Drop for ScratchCopy {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not remove the point-in-time copy; remove it by hand");
-            }
-        }
-    }
-}
-
-/// Prefix of scratch copies in the back end's metadata directory. With the
-/// `.tmp-<pid>` suffix, discovery classifies one left by a crash as a
-/// harmless leftover of ours.
-const SCRATCH_PREFIX: &str = ".backup-";
-
-/// The point in time of `volume`, cheapest first:
-/// 1. a `FICLONE` reflink into `ROOT/.cinderblock/.backup-<id>.tmp-<pid>`
-///    (atomic, O(1));
-/// 2. where the filesystem has no reflink (ext4), the volume itself, when
-///    nothing else holds it ([`crate::inuse`]) and the manifests do not
-///    export it: the caller holds the state lock, so nothing of ours writes
-///    it either, and copying it first would only write every data byte once
-///    more (measured: the copy was 5.5 s of an 8.1 s full backup);
-/// 3. else a sparse copy there, which narrows the window in which writes
-///    can tear the backup to the copy itself.
-///
-/// Removes scratch copies left by dead runs first.
-fn point_in_time(
-    spec: &RunSpec<'_>,
-    volume: &Path,
-) -> Result<(Option<ScratchCopy>, PointInTime), BackupError> {
-    let scratch = scratch_path(spec.backend, spec.id)?;
-    if reflink_file(volume, &scratch.path).map_err(copy_err)? {
-        return Ok((Some(scratch), PointInTime::Reflink));
-    }
-    let holder = if spec.exported {
-        Some("an iSCSI export in the manifests".to_owned())
-    } else {
-        match crate::inuse::holder(volume) {
-            Ok(h) => h.map(|h| h.to_string()),
-            Err(e) => Some(format!("unknown (cannot read /proc: {e})")),
-        }
-    };
-    let Some(holder) = holder else {
-        tracing::info!(volume = %volume.display(), "no reflink here and nothing holds the volume: reading it in place");
-        return Ok((None, PointInTime::Idle));
-    };
-    tracing::info!(volume = %volume.display(), %holder, "no reflink here and the volume is in use: copying it first");
-    let stats = copy_file(volume, &scratch.path).map_err(copy_err)?;
-    tracing::debug!(method = ?stats.method, bytes = stats.bytes_copied, extents = stats.extents, "point-in-time copy");
-    let method = if stats.reflinked() {
-        PointInTime::Reflink
-    } else {
-        PointInTime::Copy
-    };
-    Ok((Some(scratch), method))
-}
-
-/// A fresh scratch path `ROOT/.cinderblock/.backup-<id>.tmp-<pid>` (removed
-/// on drop), after removing those left by dead runs.
-fn scratch_path(backend: &FileBackend, id: Uuid) -> Result<ScratchCopy, BackupError> {
-    let dir = crate::file::meta::meta_dir(backend.root());
-    fs::create_dir_all(&dir).map_err(|source| BackupError::Io {
-        op: "create",
-        path: dir.clone(),
-        source,
-    })?;
-    if let Ok(entries) = fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix(SCRATCH_PREFIX)
-                .and_then(|rest| rest.rsplit_once(".tmp-"))
-                .and_then(|(_, pid)| pid.parse::<i32>().ok());
-            if let Some(pid) = pid {
-                let dead = matches!(
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-                    Err(nix::errno::Errno::ESRCH)
-                );
-                if dead {
-                    tracing::info!(path = %e.path().display(), "removing a point-in-time copy left by a crashed run");
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-    }
-    let path = dir.join(format!(
-        "{SCRATCH_PREFIX}{}.tmp-{}",
-        id.simple(),
-        std::process::id()
-    ));
-    Ok(ScratchCopy { path })
-}
-
-fn copy_err(e: CopyError) -> BackupError {
-    match e {
-        CopyError::Io { op, path, source } => BackupError::Io { op, path, source },
-        CopyError::SourceShrank { path, .. } => BackupError::Io {
-            op: "read",
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank"),
-        },
-    }
-}
-
 /// Slot ranges `[start, end)` covering the data extents of `file`.
 pub fn data_slots(
     file: &File,
@@ -638,7 +351,13 @@ pub fn data_slots(
     let mut extents = 0;
     let mut offset = 0;
     while offset < len {
-        let Some((start, end)) = next_extent(file, path, offset, len).map_err(copy_err)? else {
+        let next =
+            crate::blockio::next_extent(file, offset, len).map_err(|source| BackupError::Io {
+                op: "seek data in",
+                path: path.to_owned(),
+                source,
+            })?;
+        let Some((start, end)) = next else {
             break;
         };
         extents += 1;
@@ -994,49 +713,6 @@ pub fn is_zero(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_file_read_is_a_full_scan_only_when_the_filesystem_hides_holes() {
-        const M: u64 = 1 << 20;
-        // Sparse, holes reported: the data extents.
-        let r = file_read(&[0..4 * M, 60 * M..64 * M], 64 * M, 8 * M);
-        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, false));
-        let all = std::iter::once(0..64 * M).collect::<Vec<_>>();
-        // Fully allocated: one extent is the truth, not a fallback.
-        let r = file_read(&all, 64 * M, 64 * M);
-        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, false));
-        // Within the slack (metadata blocks, rounding).
-        let r = file_read(&all, 64 * M, 64 * M - M / 2);
-        assert!(!r.fallback);
-        // One extent over a file with 8 MiB of 64 allocated: no SEEK_HOLE.
-        let r = file_read(&all, 64 * M, 8 * M);
-        assert_eq!((r.method, r.fallback), (ReadMethod::FullScan, true));
-        assert!(
-            r.reason
-                .contains("reports no holes (SEEK_DATA/SEEK_HOLE) in a file with 8388608 of 67108864 bytes allocated"),
-            "{}",
-            r.reason
-        );
-        // Empty and all-hole files read nothing.
-        assert!(!file_read(&[], 0, 0).fallback);
-        assert!(!file_read(&[], 64 * M, 0).fallback);
-    }
-
-    #[test]
-    fn read_records_say_which_thin_reads_are_fallbacks() {
-        assert!(!ReadRecord::thin_changed().fallback);
-        assert!(!ReadRecord::thin_mapped(false).fallback);
-        assert!(!ReadRecord::thick().fallback);
-        let r = ReadRecord::thin_mapped(true);
-        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, true));
-        let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["method"], "allocatedScan");
-        assert_eq!(json["fallback"], true);
-        // Not a fallback: the field is left out.
-        let json = serde_json::to_value(ReadRecord::thick()).unwrap();
-        assert_eq!(json["method"], "fullScan");
-        assert!(json.get("fallback").is_none(), "{json}");
-    }
 
     fn m(kind: BackupKind, n: u128) -> Manifest {
         Manifest {

@@ -1,13 +1,13 @@
 //! Restoring a backup into a **new** volume of a back end: the one way both
 //! `backup restore ID --to NEW` and a planned create with `source.backup` go.
 //!
-//! The volume is created marked incomplete (`file`: sidecar `creating`;
-//! `lvm`: tag `cinderblock.state=creating`), filled, then marked ready; a
-//! failed restore removes it again, and one interrupted by a crash is
-//! discovered as an interrupted create, which the next run removes and
-//! restores from scratch (a half-written volume holds nothing worth keeping).
-//! Files and thin LVs keep holes for zero chunks; a thick LV gets every gap
-//! zeroed ([`Target::ZeroGaps`]).
+//! One flow over the back end's [`Driver`]: the volume is created marked
+//! `creating` ([`NewMark::Filling`]), filled through its data path, then
+//! marked ready; a failed restore removes it again, and one interrupted by a
+//! crash is discovered as an interrupted create, which the next run removes
+//! and restores from scratch (a half-written volume holds nothing worth
+//! keeping). Where new volumes read zeros (files, thin LVs) zero chunks stay
+//! holes; elsewhere (thick LVs) every gap is zeroed ([`Target::ZeroGaps`]).
 //!
 //! Must not: leave a volume that looks ready with data that is not the
 //! backup's.
@@ -21,37 +21,12 @@ use super::format::{self, Manifest};
 use super::repo::SessionKind;
 use super::restore::{self, RestoreStats, Target};
 use super::{BackupError, Progress, Repository};
-use crate::file::{self, FileBackend, Mark, NewObject, ObjKind};
-use crate::lvm::{LvmBackend, NewLv};
-
-/// The back end a new volume is made on.
-pub enum NewVolume<'a> {
-    /// A `file` back end.
-    File {
-        /// The back end.
-        backend: &'a FileBackend,
-        /// Sparse or preallocated.
-        allocation: file::Allocation,
-    },
-    /// An `lvm` back end (thin when it has a pool).
-    Lvm(&'a LvmBackend<'a>),
-}
+use crate::driver::{Driver, Mark, NewMark, NewObject, ObjKind};
 
 /// The backup `id` as stored in `repo`.
 pub fn manifest(repo: &Repository, id: Uuid) -> Result<Manifest, BackupError> {
     repo.find_manifest(id)?
         .ok_or_else(|| BackupError::UnknownBackup(id.to_string()))
-}
-
-fn file_err(what: String) -> impl FnOnce(file::FileError) -> BackupError {
-    move |source| BackupError::File { what, source }
-}
-
-fn lvm_err(what: String) -> impl FnOnce(crate::lvm::LvmError) -> BackupError {
-    move |e| BackupError::Lvm {
-        what,
-        source: Box::new(e),
-    }
 }
 
 /// Creates volume `uuid` named `name` of `size` bytes (at least the
@@ -60,7 +35,7 @@ fn lvm_err(what: String) -> impl FnOnce(crate::lvm::LvmError) -> BackupError {
 pub fn restore_new(
     repo: &Repository,
     m: &Manifest,
-    on: &NewVolume<'_>,
+    on: &dyn Driver,
     uuid: Uuid,
     name: &str,
     size: u64,
@@ -77,76 +52,33 @@ pub fn restore_new(
     }
     let table = format::decode_table(m)?;
     let index = repo.load_index()?;
-    match on {
-        NewVolume::File {
-            backend,
-            allocation,
-        } => {
-            backend
-                .create(&NewObject {
-                    uuid,
-                    name,
-                    kind: ObjKind::Volume,
-                    size,
-                    allocation: *allocation,
-                    source: None,
-                })
-                .map_err(file_err(format!("create volume {name}")))?;
-            let mut meta = backend
-                .get(uuid)
-                .map_err(file_err(format!("volume {name}")))?
-                .ok_or_else(|| BackupError::Target {
-                    name: name.to_owned(),
-                    reason: "vanished after create".into(),
-                })?;
-            meta.state = Mark::Creating;
-            file::meta::write_sidecar(backend.root(), &meta)
-                .map_err(file_err(format!("mark volume {name} incomplete")))?;
-            let path = backend.data_path(ObjKind::Volume, uuid);
-            let filled = fill(repo, m, &table, &index, &path, Target::Fresh, progress);
-            match filled {
-                Ok(stats) => {
-                    meta.state = Mark::Ready;
-                    file::meta::write_sidecar(backend.root(), &meta)
-                        .map_err(file_err(format!("mark volume {name} ready")))?;
-                    Ok(stats)
-                }
-                Err(e) => {
-                    if let Err(del) = backend.delete(uuid) {
-                        tracing::warn!(%uuid, error = %crate::error_chain(&del), "could not remove the partly restored volume");
-                    }
-                    Err(e)
-                }
-            }
-        }
-        NewVolume::Lvm(lvm) => {
-            lvm.create_restoring(&NewLv {
-                uuid,
-                name,
-                kind: ObjKind::Volume,
-                size,
-                source: None,
-            })
-            .map_err(lvm_err(format!("create volume {name}")))?;
-            let path = lvm.device(&crate::lvm::tags::lv_name(ObjKind::Volume, uuid));
-            let mode = if lvm.is_thin() {
-                Target::Fresh
-            } else {
-                Target::ZeroGaps
-            };
-            let filled = fill(repo, m, &table, &index, &path, mode, progress).and_then(|s| {
-                lvm.mark_ready(uuid)
-                    .map(|()| s)
-                    .map_err(lvm_err(format!("mark volume {name} ready")))
-            });
-            if filled.is_err()
-                && let Err(del) = lvm.delete(uuid)
-            {
-                tracing::warn!(%uuid, error = %crate::error_chain(&del), "could not remove the partly restored volume");
-            }
-            filled
-        }
+    on.create(&NewObject {
+        uuid,
+        name,
+        kind: ObjKind::Volume,
+        size,
+        source: None,
+        mark: NewMark::Filling,
+    })?;
+    let mode = if on.capabilities().new_reads_zero {
+        Target::Fresh
+    } else {
+        Target::ZeroGaps
+    };
+    let filled = on
+        .data_path(uuid)
+        .map_err(BackupError::from)
+        .and_then(|data| fill(repo, m, &table, &index, &data.path, mode, progress))
+        .and_then(|stats| {
+            on.set_mark(uuid, Mark::Ready)?;
+            Ok(stats)
+        });
+    if filled.is_err()
+        && let Err(del) = on.delete(uuid)
+    {
+        tracing::warn!(%uuid, error = %crate::error_chain(&del), "could not remove the partly restored volume");
     }
+    filled
 }
 
 fn fill(
@@ -176,7 +108,7 @@ fn fill(
 pub fn restore_new_from(
     repository: &super::target::RepoSpec,
     id: Uuid,
-    on: &NewVolume<'_>,
+    on: &dyn Driver,
     uuid: Uuid,
     name: &str,
     size: u64,

@@ -1,16 +1,19 @@
 //! Backups: a deduplicating, compressed, verified repository of volume
-//! images, and the engine that backs `file` and `lvm` volumes up into it and
+//! images, and the engine that backs volumes of any back end up into it and
 //! restores them.
 //!
 //! Owns the repository format ([`format`](mod@format), sealed by
 //! [`crypto`] when encrypted), the repository
 //! ([`repo`]) over a storage layer ([`store`]: a directory, local or an NFS
 //! share, or an S3-compatible bucket; [`target`] resolves a policy's
-//! `target` into one and opens it), backup runs ([`engine`] for `file` volumes and the shared
-//! pipeline, [`lvm_source`] for thin and thick LVs), restore and verify
-//! ([`restore`]; into a new volume of any back end: [`into_volume`]),
-//! retention ([`retention`], pure), prune ([`prune`]), scheduled checks
-//! (a sampled verify and restore drills: [`checks`]) and the state
+//! `target` into one and opens it), backup runs ([`engine`]: a point in time
+//! from the volume's [`crate::driver::Driver`], then the shared chunk
+//! pipeline), restore and verify ([`restore`], [`verify`]; into a new volume
+//! of any back end: [`into_volume`]), the transactions the CLI and the agent
+//! share ([`job`], [`scheduled`], [`due`]),
+//! retention ([`retention`], pure), prune ([`prune`], in bounded memory
+//! through [`extsort`]), scheduled checks (a sampled verify and restore
+//! drills: [`checks`]) and the state
 //! directory's catalogue cache with export/import records ([`catalog`]).
 //!
 //! # The repository (format version 1)
@@ -115,31 +118,34 @@
 //!
 //! # Must not
 //! Print (the CLI does, through [`Progress`] and the returned reports), spawn
-//! processes (LVM snapshots and `thin_dump`/`thin_delta` go through the
-//! [`crate::lvm::LvmBackend`]'s runner), or decide which volume or policy is meant (the CLI resolves
-//! manifests into the plain values the engine takes).
+//! processes or touch a back end but through its [`crate::driver::Driver`],
+//! or decide which volume or policy is meant (the CLI resolves manifests
+//! into the plain values the engine takes).
 
 pub mod catalog;
 pub mod checks;
 pub mod crypto;
+pub mod due;
 pub mod engine;
 pub mod extsort;
 pub mod format;
 pub mod into_volume;
-pub mod lvm_source;
+pub mod job;
 pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod scheduled;
 pub mod store;
 pub mod target;
+pub mod verify;
 
 use std::io;
 use std::path::PathBuf;
 
 use uuid::Uuid;
 
-use crate::file::FileError;
+use crate::driver::DriverError;
 use crate::state::atomic::AtomicError;
 
 pub use format::{BackupKind, Codec, Digest, Manifest, Record};
@@ -316,24 +322,9 @@ pub enum BackupError {
         /// Who.
         holder: String,
     },
-    /// The back end refused an operation.
-    #[error("{what}")]
-    File {
-        /// What we were doing.
-        what: String,
-        /// Why.
-        #[source]
-        source: FileError,
-    },
-    /// The LVM back end refused an operation.
-    #[error("{what}")]
-    Lvm {
-        /// What we were doing.
-        what: String,
-        /// Why (boxed: it is large).
-        #[source]
-        source: Box<crate::lvm::LvmError>,
-    },
+    /// The volume's back end refused or failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
     /// Chunks of a backup are missing or corrupt: restoring it is refused.
     #[error(
         "backup {id} is damaged: {missing} missing and {corrupt} corrupt chunk(s){}; nothing was restored",
@@ -379,10 +370,13 @@ pub enum BackupError {
 impl BackupError {
     /// Contention and I/O are worth retrying; damage and bad input are not.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Busy { .. } | Self::Io { .. } | Self::Remote { .. }
-        )
+        match self {
+            Self::Driver(e) => e.is_retryable(),
+            other => matches!(
+                other,
+                Self::Busy { .. } | Self::Io { .. } | Self::Remote { .. }
+            ),
+        }
     }
 }
 

@@ -197,7 +197,7 @@ pub(super) fn run_agent(g: &GlobalArgs, args: &AgentArgs) -> anyhow::Result<i32>
         debounce: args.debounce,
         max_backups: usize::from(args.max_backups),
         shutdown_grace: args.shutdown_grace,
-        runner: Arc::new(super::backup::EngineRunner { host: host_name(g) }),
+        runner: Arc::new(crate::backup::scheduled::EngineRunner { host: host_name(g) }),
     };
     agent::run(config)?;
     Ok(0)

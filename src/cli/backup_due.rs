@@ -1,108 +1,11 @@
-//! What `plan` shows of backups: each volume's policy and when its next
-//! backup is due.
-//!
-//! Pure: the manifests, the last successful backup of each volume (from the
-//! state directory's catalogue, read by the caller) and `now` go in; rows
-//! come out. The due rule is the agent's scheduler's ([`CronSpec`], in the
-//! policy's time zone, UTC by default): a volume whose latest slot at or
-//! before `now` is newer than its last backup is due now (a missed slot); one
-//! that was never backed up waits for its next slot, as the agent does.
-//! Lives in the CLI layer so the planner stays free of clocks and catalogues.
+//! The `Backups` section of `plan`, as text and Markdown, from the rows
+//! [`crate::backup::due::schedule`] computes; and `now` (the clock, or
+//! `CINDERBLOCK_NOW` in tests).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+pub use crate::backup::due::BackupDue;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
-
-use crate::agent::schedule::CronSpec;
-use crate::manifest::ManifestSet;
-
-/// A volume's last successful backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LastBackup {
-    /// Its id.
-    pub id: String,
-    /// `full` or `incremental`.
-    pub kind: String,
-    /// When it started.
-    pub at: DateTime<Utc>,
-}
-
-/// One volume's backup schedule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupDue {
-    /// The volume.
-    pub volume: String,
-    /// Its policy (its own, or its consistency group's).
-    pub policy: String,
-    /// The cron expression.
-    pub schedule: String,
-    /// The time zone it is read in.
-    pub timezone: String,
-    /// The last successful backup, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last: Option<LastBackup>,
-    /// Due now: the slot that has not been run.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub overdue_since: Option<DateTime<Utc>>,
-    /// The next slot after now.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<DateTime<Utc>>,
-    /// Why there is no next slot (an unusable schedule or zone).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-}
-
-/// The rows, sorted by volume name.
-pub fn schedule(
-    set: &ManifestSet,
-    last: &BTreeMap<String, LastBackup>,
-    now: DateTime<Utc>,
-) -> Vec<BackupDue> {
-    let mut rows = Vec::new();
-    for (name, vol) in &set.volumes {
-        let Some(policy) = super::backup::policy_of(set, &vol.spec) else {
-            continue;
-        };
-        let Some(doc) = set.backup_policies.get(&policy) else {
-            continue;
-        };
-        let spec = &doc.spec;
-        let timezone = spec.timezone.as_str().to_owned();
-        let expr = spec.schedule.as_str().to_owned();
-        let last = last.get(name.as_str()).cloned();
-        let mut row = BackupDue {
-            volume: name.to_string(),
-            policy: policy.to_string(),
-            schedule: expr.clone(),
-            timezone: timezone.clone(),
-            last,
-            overdue_since: None,
-            next: None,
-            problem: None,
-        };
-        match CronSpec::parse(&expr, &timezone) {
-            Ok(cron) => {
-                if let Some(l) = &row.last
-                    && let Some(slot) = cron.latest_at_or_before(now)
-                    && slot > l.at
-                {
-                    row.overdue_since = Some(slot);
-                }
-                row.next = cron.next_after(now);
-                if row.next.is_none() {
-                    row.problem = Some("the schedule has no future slot".to_owned());
-                }
-            }
-            Err(e) => row.problem = Some(e),
-        }
-        rows.push(row);
-    }
-    rows
-}
 
 fn when(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)

@@ -10,6 +10,7 @@
 mod agent;
 mod backup;
 mod backup_due;
+mod backup_repo;
 mod install;
 mod plan;
 mod validate;

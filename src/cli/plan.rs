@@ -9,9 +9,11 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{self, ApplyError, Progress};
+use crate::exec::Exec;
 use crate::manifest::{self, ManifestSet};
-use crate::observe::{self, World};
+use crate::observe;
 use crate::plan::{self, Action, Op, Options, Plan, render};
+use crate::registry::Registry;
 use crate::state::lock::StateLock;
 use crate::state::record::Ledger;
 
@@ -110,43 +112,21 @@ fn backup_schedule(
     set: &ManifestSet,
     state: &Path,
 ) -> anyhow::Result<Vec<super::backup_due::BackupDue>> {
-    use crate::backup::catalog::{Catalog, Status};
+    use crate::backup::due;
     let mut last = std::collections::BTreeMap::new();
     if set
         .volumes
         .values()
-        .any(|v| super::backup::policy_of(set, &v.spec).is_some())
+        .any(|v| due::policy_of(set, &v.spec).is_some())
     {
-        match Catalog::load(state) {
-            Ok(cat) => {
-                for e in cat.backups.values().filter(|e| e.status == Status::Ok) {
-                    let newer = last
-                        .get(&e.volume.name)
-                        .is_none_or(|l: &super::backup_due::LastBackup| l.at < e.started_at);
-                    if newer {
-                        last.insert(
-                            e.volume.name.clone(),
-                            super::backup_due::LastBackup {
-                                id: e.id.to_string(),
-                                kind: e
-                                    .kind
-                                    .map_or_else(|| "backup".to_owned(), |k| k.to_string()),
-                                at: e.started_at,
-                            },
-                        );
-                    }
-                }
-            }
+        match crate::backup::catalog::Catalog::load(state) {
+            Ok(cat) => last = due::last_backups(&cat),
             Err(e) => {
-                tracing::warn!(error = %crate::lvm::cmd::chain(&e), "cannot read the backup catalogue; last backups not shown");
+                tracing::warn!(error = %crate::error_chain(&e), "cannot read the backup catalogue; last backups not shown");
             }
         }
     }
-    Ok(super::backup_due::schedule(
-        set,
-        &last,
-        super::backup_due::now()?,
-    ))
+    Ok(due::schedule(set, &last, super::backup_due::now()?))
 }
 
 const SAVED_FORMAT: &str = "cinderblock.plan";
@@ -178,7 +158,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<ManifestSet> {
 }
 
 struct Prepared {
-    world: World,
+    registry: Registry<'static>,
     ledger: Ledger,
     plan: Plan,
 }
@@ -190,10 +170,11 @@ fn prepare(
     recreate_lost: bool,
 ) -> anyhow::Result<Prepared> {
     let ledger = Ledger::load(&g.state).context("cannot read the recorded state")?;
-    let world = observe::discover(set, host, &g.state);
+    let registry = Registry::new(set, host, &g.state, Exec::host());
+    let world = observe::discover(set, &registry, &g.state);
     let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
     Ok(Prepared {
-        world,
+        registry,
         ledger,
         plan,
     })
@@ -482,7 +463,14 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
             .bandwidth_limit
             .map(crate::manifest::values::Quantity::bytes),
     };
-    match apply::apply_with(&plan, &p.world, &g.state, &mut p.ledger, &mut printer, opts) {
+    match apply::apply_with(
+        &plan,
+        &p.registry,
+        &g.state,
+        &mut p.ledger,
+        &mut printer,
+        opts,
+    ) {
         Ok(r) => {
             let mut line = format!(
                 "\nApply complete! Resources: {} added, {} changed, {} destroyed",
@@ -500,11 +488,11 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
         }
         Err(ApplyError::Step {
             address,
-            message,
+            cause,
             done,
         }) => {
             let mut err = std::io::stderr().lock();
-            writeln!(err, "\nError: {address}: {message}")?;
+            writeln!(err, "\nError: {address}: {}", crate::error_chain(&cause))?;
             writeln!(
                 err,
                 "\nApply stopped after {done} of {} step(s); the completed steps are recorded in {}. Run apply again to finish.",

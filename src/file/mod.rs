@@ -56,6 +56,8 @@ pub mod copy;
 pub mod discover;
 pub mod meta;
 pub mod mount;
+mod pit;
+pub mod seam;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -71,6 +73,7 @@ pub use crate::model::{Mark, ObjKind};
 pub use copy::{CopyError, CopyMethod, CopyStats};
 pub use discover::{Capacity, DataStat, Foreign, ForeignReason, Health, Inventory, Object};
 pub use meta::{Allocation, MigrationMark, ObjectMeta, Owner, SourceRef};
+pub use seam::FileDriver;
 
 use crate::state::atomic::{AtomicError, fsync_dir};
 use meta::{MANAGED_BY, META_FORMAT, META_VERSION};
@@ -197,6 +200,15 @@ impl FileError {
         let path = path.to_owned();
         move |source| Self::Io { op, path, source }
     }
+
+    /// I/O can be worth retrying (an NFS server that went away, a full file
+    /// system freed); refusals and conflicts need a change first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Io { .. } | Self::Metadata { .. } | Self::Copy { .. }
+        )
+    }
 }
 
 pub use crate::model::Change;
@@ -303,6 +315,49 @@ impl FileBackend {
     /// uuid: finishes an incomplete create, and reports `Unchanged` for a
     /// complete one of the same size.
     pub fn create(&self, spec: &NewObject<'_>) -> Result<Created, FileError> {
+        self.create_marked(spec, Mark::Ready)
+    }
+
+    /// Creates an empty volume left marked `creating`, for a restore to fill
+    /// and [`FileBackend::mark_ready`] to finish. An interrupted one of the
+    /// same uuid is emptied again; a ready one is refused (a fill never
+    /// writes over a volume someone may use).
+    pub fn create_filling(&self, spec: &NewObject<'_>) -> Result<Change, FileError> {
+        let conflict = |reason: &str| FileError::Conflict {
+            name: spec.name.to_owned(),
+            uuid: spec.uuid,
+            reason: reason.to_owned(),
+        };
+        if spec.source.is_some() {
+            return Err(conflict("a volume to fill is created empty"));
+        }
+        if self.get(spec.uuid)?.is_some_and(|m| m.state == Mark::Ready) {
+            return Err(conflict("exists already and is ready"));
+        }
+        Ok(self.create_marked(spec, Mark::Creating)?.change)
+    }
+
+    /// Clears a finished fill's `creating` mark, or promotes a migration's
+    /// target ([`FileBackend::promote`]); `Unchanged` when ready.
+    pub fn mark_ready(&self, uuid: Uuid) -> Result<Change, FileError> {
+        let mut meta = self.ours(uuid)?;
+        match meta.state {
+            Mark::Ready => Ok(Change::Unchanged),
+            Mark::Migrating => self.promote(uuid),
+            Mark::Creating => {
+                meta.state = Mark::Ready;
+                meta::write_sidecar(&self.root, &meta)?;
+                Ok(Change::Changed)
+            }
+            Mark::Deleting => Err(FileError::Conflict {
+                name: meta.name.clone(),
+                uuid,
+                reason: "is being deleted; finish the delete first".into(),
+            }),
+        }
+    }
+
+    fn create_marked(&self, spec: &NewObject<'_>, done: Mark) -> Result<Created, FileError> {
         self.check_root()?;
         let conflict = |reason: String| FileError::Conflict {
             name: spec.name.to_owned(),
@@ -338,7 +393,7 @@ impl FileBackend {
         spec.name.clone_into(&mut meta.name);
         meta.size = spec.size;
         meta.allocation = spec.allocation;
-        meta.state = Mark::Ready;
+        meta.state = done;
         meta::write_sidecar(&self.root, &meta)?;
         tracing::info!(uuid = %spec.uuid, kind = ?spec.kind, size = spec.size, "created");
         Ok(Created {

@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::exec::{Cmd, Exec, ExecError};
+use crate::exec::{Cmd, ExecError, Runner};
 
 /// The mount table we read.
 pub const PROC_MOUNTS: &str = "/proc/self/mounts";
@@ -248,7 +248,7 @@ pub enum MountOutcome {
 
 /// Mounts `share` at `path` unless it is mounted there already.
 pub fn ensure_mounted(
-    exec: &Exec,
+    exec: &dyn Runner,
     share: &str,
     path: &Path,
     options: &[String],
@@ -279,6 +279,7 @@ pub fn ensure_mounted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::Exec;
     use std::os::unix::fs::PermissionsExt;
 
     // Captured from a Debian 13 host (Linux 6.12) with an NFS 4.2 mount and a

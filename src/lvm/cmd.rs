@@ -12,24 +12,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::exec::{Cmd, Exec, ExecError, Output};
+use crate::exec::Cmd;
 
 use super::report::{
     self, FULLREPORT_LV_FIELDS, FULLREPORT_PVSEG_FIELDS, FULLREPORT_SEG_FIELDS, FullReport,
     LV_FIELDS, PV_FIELDS, VG_FIELDS,
 };
 
-/// Runs commands: the host's [`Exec`], or a fake in tests.
-pub trait Runner {
-    /// Runs `cmd` to completion (see [`Exec::run`]).
-    fn run(&self, cmd: &Cmd) -> Result<Output, ExecError>;
-}
-
-impl Runner for Exec {
-    fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
-        Exec::run(self, cmd)
-    }
-}
+pub use crate::exec::Runner;
 
 fn lvm(tool: &str) -> Cmd {
     Cmd::new(tool).env("LVM_SUPPRESS_FD_WARNINGS", "1")

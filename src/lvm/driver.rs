@@ -136,6 +136,19 @@ pub enum LvmError {
     },
 }
 
+impl LvmError {
+    /// A command that timed out (a slow device, lvm2's lock held) or I/O on
+    /// a device can be worth retrying; refusals, foreign or ambiguous LVs
+    /// and unreadable reports need a change first.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Command { source, .. } => source.is_retryable(),
+            Self::Io { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// Where a new volume's data comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
@@ -166,7 +179,7 @@ pub struct LvmBackend<'r> {
     pub(super) run: &'r dyn Runner,
     pub(super) backend: String,
     pub(super) vg: String,
-    pool: Option<String>,
+    pub(super) pool: Option<String>,
     pub(super) wipe: Wipe,
     pub(super) dev: PathBuf,
 }
@@ -413,18 +426,22 @@ impl<'r> LvmBackend<'r> {
             self.target(&lv_name),
             &cmd::create_thick(&self.vg, &lv_name, spec.size, &tags),
         )?;
-        crash_point("lvm-copy");
+        crate::driver::fault::named("lvm-copy");
         self.copy_into(src, &lv_name, spec.size)?;
         Ok(Change::Changed)
     }
 
     /// Creates an empty volume tagged `state=creating`, for a restore to
-    /// fill; [`Self::mark_ready`] clears the state when the data is in. A
-    /// volume that exists already is refused.
-    pub fn create_restoring(&self, spec: &NewLv<'_>) -> Result<(), LvmError> {
+    /// fill; [`Self::mark_ready`] clears the state when the data is in. One
+    /// of this identity still `creating` is found as it is (the caller fills
+    /// it from scratch); any other is refused.
+    pub fn create_restoring(&self, spec: &NewLv<'_>) -> Result<Change, LvmError> {
         let lvs = self.lvs()?;
         let lv_name = tags::lv_name(spec.kind, spec.uuid);
-        if let Some((lv, _)) = self.find(&lvs, spec.uuid)? {
+        if let Some((lv, owned)) = self.find(&lvs, spec.uuid)? {
+            if owned.mark == Mark::Creating && owned.kind == spec.kind && lv.size >= spec.size {
+                return Ok(Change::Unchanged);
+            }
             return Err(self.refused(&lv.name, "exists already".into()));
         }
         self.check_free_name(&lvs, &lv_name)?;
@@ -442,17 +459,26 @@ impl<'r> LvmBackend<'r> {
         };
         self.exec("create", self.target(&lv_name), &c)?;
         tracing::info!(uuid = %spec.uuid, lv = %lv_name, size = spec.size, "created for a restore");
-        Ok(())
+        Ok(Change::Changed)
     }
 
-    /// Clears `state=creating` from object `uuid` (a restore finished).
-    pub fn mark_ready(&self, uuid: Uuid) -> Result<(), LvmError> {
+    /// Clears `state=creating` from object `uuid` (a restore finished), or
+    /// promotes a migration's target ([`Self::promote`]); `Unchanged` when
+    /// ready.
+    pub fn mark_ready(&self, uuid: Uuid) -> Result<Change, LvmError> {
         let lvs = self.lvs()?;
         let (lv, owned) = self.ours(&lvs, uuid)?;
-        if owned.mark == Mark::Creating {
-            self.clear_state(&lv.name, Mark::Creating)?;
+        match owned.mark {
+            Mark::Ready => Ok(Change::Unchanged),
+            Mark::Creating => {
+                self.clear_state(&lv.name, Mark::Creating)?;
+                Ok(Change::Changed)
+            }
+            Mark::Migrating => self.promote(uuid),
+            Mark::Deleting => {
+                Err(self.refused(&lv.name, "is being deleted; finish the delete first".into()))
+            }
         }
-        Ok(())
     }
 
     /// Whether volumes of this back end are thin LVs.
@@ -955,24 +981,6 @@ impl LvmBackend<'_> {
             ),
         )?;
         Ok(Change::Changed)
-    }
-}
-
-/// Fault injection for the lab's crash test, like the executor's
-/// `CINDERBLOCK_CRASH_AT=STEP:POINT`: with `CINDERBLOCK_CRASH_AT=lvm-copy` the
-/// process kills itself (SIGKILL) between creating a thick clone's LV and
-/// copying its data, the one state inside a step that the executor's points
-/// cannot reach (and [`crate::migrate`]'s points between its steps). Unset,
-/// it costs one comparison.
-pub(crate) fn crash_point(point: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var("CINDERBLOCK_CRASH_AT").ok())
-        .as_deref()
-        == Some(point)
-    {
-        tracing::warn!(point, "CINDERBLOCK_CRASH_AT: killing this process");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
 

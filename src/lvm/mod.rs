@@ -34,12 +34,15 @@ pub mod backup_snap;
 pub mod cmd;
 pub mod driver;
 pub mod inventory;
+mod pit;
 pub mod report;
+pub mod seam;
 pub mod tags;
 pub mod thin;
 pub mod thinmap;
 
 pub use driver::{Change, LvmBackend, LvmError, MigrationLv, NewLv, Source, Wipe};
+pub use seam::LvmDriver;
 
 // A fake lvm2 is a long match over its commands.
 #[cfg(test)]

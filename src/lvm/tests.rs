@@ -3,10 +3,10 @@
 //! `lvremove`) the way lvm2 2.03 does, with device nodes as files in a temp
 //! dir. The real lvm2 is exercised in the VM lab (`tests/lab/lvm_backend.rs`).
 
-use std::cell::RefCell;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use uuid::Uuid;
 
@@ -33,16 +33,16 @@ struct FakeLv {
 
 struct Fake {
     dev: PathBuf,
-    lvs: RefCell<Vec<FakeLv>>,
-    log: RefCell<Vec<String>>,
+    lvs: Mutex<Vec<FakeLv>>,
+    log: Mutex<Vec<String>>,
     /// A command line containing this text fails (once).
-    fail: RefCell<Option<String>>,
+    fail: Mutex<Option<String>>,
     /// Thin ids handed out, by LV name, in order of first sight.
-    thin_ids: RefCell<Vec<String>>,
+    thin_ids: Mutex<Vec<String>>,
     /// Whether the pool's metadata snapshot is held (dmsetup message).
-    meta_held: RefCell<bool>,
+    meta_held: Mutex<bool>,
     /// What `thin_dump`/`thin_delta` print.
-    thin_xml: RefCell<Vec<u8>>,
+    thin_xml: Mutex<Vec<u8>>,
 }
 
 impl Fake {
@@ -51,18 +51,18 @@ impl Fake {
         fs::create_dir_all(dev.join("mapper")).unwrap();
         Fake {
             dev: dev.to_owned(),
-            lvs: RefCell::new(Vec::new()),
-            log: RefCell::new(Vec::new()),
-            fail: RefCell::new(None),
-            thin_ids: RefCell::new(Vec::new()),
-            meta_held: RefCell::new(false),
-            thin_xml: RefCell::new(Vec::new()),
+            lvs: Mutex::new(Vec::new()),
+            log: Mutex::new(Vec::new()),
+            fail: Mutex::new(None),
+            thin_ids: Mutex::new(Vec::new()),
+            meta_held: Mutex::new(false),
+            thin_xml: Mutex::new(Vec::new()),
         }
     }
 
     /// The thin id of a thin LV: 1, 2, ... in order of first sight.
     fn thin_id(&self, name: &str) -> usize {
-        let mut ids = self.thin_ids.borrow_mut();
+        let mut ids = self.thin_ids.lock().unwrap();
         if let Some(i) = ids.iter().position(|n| n == name) {
             return i + 1;
         }
@@ -72,7 +72,7 @@ impl Fake {
 
     /// dmsetup and the thin tools, over one pool's metadata snapshot.
     fn thin_tool(&self, tool: &str, args: &[String]) -> Result<Vec<u8>, String> {
-        let mut held = self.meta_held.borrow_mut();
+        let mut held = self.meta_held.lock().unwrap();
         match (tool, args.last().map(String::as_str)) {
             ("dmsetup", Some("reserve_metadata_snap")) => {
                 if *held {
@@ -93,7 +93,7 @@ impl Fake {
                 if !*held {
                     return Err("no metadata snapshot".into());
                 }
-                return Ok(self.thin_xml.borrow().clone());
+                return Ok(self.thin_xml.lock().unwrap().clone());
             }
             _ => return Err(format!("fake: unexpected {tool} {args:?}")),
         }
@@ -111,12 +111,13 @@ impl Fake {
                 },
             );
         }
-        self.lvs.borrow_mut().push(lv);
+        self.lvs.lock().unwrap().push(lv);
     }
 
     fn size_of(&self, name: &str) -> u64 {
         self.lvs
-            .borrow()
+            .lock()
+            .unwrap()
             .iter()
             .find(|l| l.name == name)
             .unwrap()
@@ -138,13 +139,19 @@ impl Fake {
     }
 
     fn get(&self, name: &str) -> Option<FakeLv> {
-        self.lvs.borrow().iter().find(|l| l.name == name).cloned()
+        self.lvs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.name == name)
+            .cloned()
     }
 
     fn by_uuid(&self, uuid: Uuid) -> Option<FakeLv> {
         let tag = format!("cinderblock.uuid={uuid}");
         self.lvs
-            .borrow()
+            .lock()
+            .unwrap()
             .iter()
             .find(|l| l.tags.contains(&tag))
             .cloned()
@@ -153,7 +160,8 @@ impl Fake {
     /// Mutating commands sent so far (lvs excluded).
     fn changes(&self) -> Vec<String> {
         self.log
-            .borrow()
+            .lock()
+            .unwrap()
             .iter()
             .filter(|l| !l.starts_with("lvs "))
             .cloned()
@@ -163,7 +171,7 @@ impl Fake {
     fn lvs_json(&self) -> Vec<u8> {
         let rows: Vec<serde_json::Value> = self
             .lvs
-            .borrow()
+            .lock().unwrap()
             .iter()
             .map(|l| {
                 let attr = format!(
@@ -273,7 +281,7 @@ impl Fake {
                             .join("mapper")
                             .join(format!("{VG}-{}-cow", lv.name.replace('-', "--")));
                         fs::write(&cow, vec![0xc0; usize::try_from(lv.size).unwrap()]).unwrap();
-                        for l in self.lvs.borrow_mut().iter_mut() {
+                        for l in self.lvs.lock().unwrap().iter_mut() {
                             if l.name == origin.name {
                                 l.kind = 'o';
                             }
@@ -314,11 +322,11 @@ impl Fake {
                         open: false,
                     }
                 };
-                self.lvs.borrow_mut().push(lv);
+                self.lvs.lock().unwrap().push(lv);
             }
             "lvextend" => {
                 let lv = lv_of(&target).unwrap();
-                let mut lvs = self.lvs.borrow_mut();
+                let mut lvs = self.lvs.lock().unwrap();
                 if lvs
                     .iter()
                     .any(|l| l.kind == 's' && l.origin.as_deref() == Some(&lv))
@@ -335,7 +343,7 @@ impl Fake {
             }
             "lvchange" => {
                 let lv = lv_of(&target).unwrap();
-                let mut lvs = self.lvs.borrow_mut();
+                let mut lvs = self.lvs.lock().unwrap();
                 let l = lvs.iter_mut().find(|l| l.name == lv).ok_or("no such LV")?;
                 if args.iter().any(|a| a == "-ay") {
                     l.active = true;
@@ -346,7 +354,7 @@ impl Fake {
             }
             "lvremove" => {
                 let lv = lv_of(&target).unwrap();
-                let mut lvs = self.lvs.borrow_mut();
+                let mut lvs = self.lvs.lock().unwrap();
                 // like lvm2: removing a thick origin removes its snapshots
                 lvs.retain(|l| {
                     l.name != lv && !(l.kind == 's' && l.origin.as_deref() == Some(&lv))
@@ -370,7 +378,7 @@ impl Runner for Fake {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let line = format!("{} {}", cmd.tool(), args.join(" "));
-        self.log.borrow_mut().push(line.clone());
+        self.log.lock().unwrap().push(line.clone());
         let fail = |stderr: String| ExecError::Failed {
             argv: args.clone(),
             command: line.clone(),
@@ -378,11 +386,11 @@ impl Runner for Fake {
             stderr,
             stdout: Vec::new(),
         };
-        let armed = self.fail.borrow().clone();
+        let armed = self.fail.lock().unwrap().clone();
         if let Some(f) = armed
             && line.contains(&f)
         {
-            *self.fail.borrow_mut() = None;
+            *self.fail.lock().unwrap() = None;
             return Err(fail("injected failure".into()));
         }
         let stdout = if cmd.tool() == "lvs" {
@@ -618,7 +626,7 @@ fn an_interrupted_delete_is_finished_and_open_lvs_stay() {
     let fake = Fake::new(dir.path());
     let b = backend(&fake, None, Wipe::Zero);
     b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
-    *fake.fail.borrow_mut() = Some("lvremove".into());
+    *fake.fail.lock().unwrap() = Some("lvremove".into());
     assert!(b.delete(u(1)).is_err(), "crash stand-in after the mark");
     assert!(
         fake.by_uuid(u(1))
@@ -631,7 +639,8 @@ fn an_interrupted_delete_is_finished_and_open_lvs_stay() {
     b.create(&vol(u(2), "busy", 4 * MIB)).unwrap();
     let name = fake.by_uuid(u(2)).unwrap().name;
     fake.lvs
-        .borrow_mut()
+        .lock()
+        .unwrap()
         .iter_mut()
         .find(|l| l.name == name)
         .unwrap()
@@ -664,7 +673,7 @@ fn thick_clone_copies_zeroes_stale_bytes_and_resumes_after_a_crash() {
         ..vol(u(3), "copy", 6 * MIB)
     };
     // the tag update after the copy fails: the LV stays `creating`
-    *fake.fail.borrow_mut() = Some("--deltag cinderblock.state=creating".into());
+    *fake.fail.lock().unwrap() = Some("--deltag cinderblock.state=creating".into());
     assert!(b.create(&clone).is_err());
     let lv = fake.by_uuid(u(3)).unwrap();
     assert!(lv.tags.contains(&"cinderblock.state=creating".to_owned()));
@@ -700,7 +709,8 @@ fn thick_clone_of_an_open_volume_is_refused() {
     b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
     let name = fake.by_uuid(u(1)).unwrap().name;
     fake.lvs
-        .borrow_mut()
+        .lock()
+        .unwrap()
         .iter_mut()
         .find(|l| l.name == name)
         .unwrap()
@@ -831,15 +841,15 @@ fn thin_mapped_ranges_reads_a_held_metadata_snapshot_and_releases_it() {
     let fake = thin_fake(dir.path());
     let b = backend(&fake, Some("pool0"), Wipe::Zero);
     let (v, s) = thin_pair(&fake, &b);
-    *fake.thin_xml.borrow_mut() = DUMP.as_bytes().to_vec();
-    let before = fake.log.borrow().len();
+    *fake.thin_xml.lock().unwrap() = DUMP.as_bytes().to_vec();
+    let before = fake.log.lock().unwrap().len();
     assert_eq!(
         b.thin_mapped_ranges(&v).unwrap(),
         vec![0..3 * K64, 16 * K64..18 * K64],
         "blocks 0-2 merged, 16-17"
     );
     assert_eq!(b.thin_mapped_ranges(&s).unwrap(), vec![7 * K64..8 * K64]);
-    let log: Vec<String> = fake.log.borrow()[before..]
+    let log: Vec<String> = fake.log.lock().unwrap()[before..]
         .iter()
         .filter(|l| !l.starts_with("lvs "))
         .cloned()
@@ -855,7 +865,7 @@ fn thin_mapped_ranges_reads_a_held_metadata_snapshot_and_releases_it() {
             "dmsetup message vg0-pool0-tpool 0 release_metadata_snap".to_owned(),
         ]
     );
-    assert!(!*fake.meta_held.borrow(), "released");
+    assert!(!*fake.meta_held.lock().unwrap(), "released");
 }
 
 #[test]
@@ -864,27 +874,27 @@ fn the_metadata_snapshot_is_released_when_the_reader_fails_and_a_stale_one_is_re
     let fake = thin_fake(dir.path());
     let b = backend(&fake, Some("pool0"), Wipe::Zero);
     let (v, _) = thin_pair(&fake, &b);
-    *fake.thin_xml.borrow_mut() = b"<superblock".to_vec();
+    *fake.thin_xml.lock().unwrap() = b"<superblock".to_vec();
     let err = b.thin_mapped_ranges(&v).unwrap_err();
     assert!(matches!(err, LvmError::ThinXml { .. }), "{err}");
-    assert!(!*fake.meta_held.borrow(), "released after bad XML");
+    assert!(!*fake.meta_held.lock().unwrap(), "released after bad XML");
 
-    *fake.fail.borrow_mut() = Some("thin_dump".into());
+    *fake.fail.lock().unwrap() = Some("thin_dump".into());
     assert!(matches!(
         b.thin_mapped_ranges(&v).unwrap_err(),
         LvmError::Command { .. }
     ));
     assert!(
-        !*fake.meta_held.borrow(),
+        !*fake.meta_held.lock().unwrap(),
         "released after a failed thin_dump"
     );
 
     // a crashed run left one held
-    *fake.meta_held.borrow_mut() = true;
-    *fake.thin_xml.borrow_mut() = DUMP.as_bytes().to_vec();
+    *fake.meta_held.lock().unwrap() = true;
+    *fake.thin_xml.lock().unwrap() = DUMP.as_bytes().to_vec();
     assert_eq!(b.thin_mapped_ranges(&v).unwrap().len(), 2);
-    assert!(!*fake.meta_held.borrow());
-    let log = fake.log.borrow();
+    assert!(!*fake.meta_held.lock().unwrap());
+    let log = fake.log.lock().unwrap();
     let dm: Vec<&str> = log
         .iter()
         .filter(|l| l.starts_with("dmsetup"))
@@ -907,7 +917,7 @@ fn thin_changed_ranges_come_from_thin_delta_between_the_two_thin_ids() {
     let fake = thin_fake(dir.path());
     let b = backend(&fake, Some("pool0"), Wipe::Zero);
     let (v, s) = thin_pair(&fake, &b);
-    *fake.thin_xml.borrow_mut() = fs::read(concat!(
+    *fake.thin_xml.lock().unwrap() = fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/thin/thin_delta.xml"
     ))
@@ -919,14 +929,15 @@ fn thin_changed_ranges_come_from_thin_delta_between_the_two_thin_ids() {
     );
     assert!(
         fake.log
-            .borrow()
+            .lock()
+            .unwrap()
             .iter()
             .any(|l| l.starts_with("thin_delta -m --snap1 2 --snap2 1 ")),
         "base first"
     );
-    assert!(!*fake.meta_held.borrow());
+    assert!(!*fake.meta_held.lock().unwrap());
     // thick LVs and unknown names are refused before any dmsetup
-    let before = fake.log.borrow().len();
+    let before = fake.log.lock().unwrap().len();
     assert!(matches!(
         b.thin_changed_ranges("nope", &v).unwrap_err(),
         LvmError::Refused { .. }
@@ -936,7 +947,7 @@ fn thin_changed_ranges_come_from_thin_delta_between_the_two_thin_ids() {
         LvmError::Refused { .. }
     ));
     assert!(
-        fake.log.borrow()[before..]
+        fake.log.lock().unwrap()[before..]
             .iter()
             .all(|l| l.starts_with("lvs ")),
         "nothing but lvs ran"
@@ -1042,7 +1053,8 @@ fn a_thick_backup_snapshot_is_cow_and_its_store_is_zeroed_on_removal() {
 fn mark_creating(fake: &Fake, uuid: Uuid) {
     let name = fake.by_uuid(uuid).unwrap().name;
     fake.lvs
-        .borrow_mut()
+        .lock()
+        .unwrap()
         .iter_mut()
         .find(|l| l.name == name)
         .unwrap()

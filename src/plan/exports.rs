@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 
 use uuid::Uuid;
 
-use super::{Action, Impact, Op, Planner, addr};
+use super::{Action, Impact, Op, PlanError, PlanErrorKind, Planner, addr};
 use crate::iscsi::chap::CredentialPrint;
 use crate::iscsi::configfs::{BackstoreKind, ChapPresence};
 use crate::iscsi::lio::{self, ObservedExport};
@@ -44,12 +44,16 @@ pub(super) fn unexport_action(
     uuid: Uuid,
     o: &ObservedExport,
     why: &str,
-) -> Result<Action, String> {
+) -> Result<Action, PlanError> {
     let iqn = o.iqn.as_deref().unwrap_or_default();
     if !o.logged_in.is_empty() {
-        return Err(format!(
-            "{a}: in use: initiator(s) {} are logged in to {iqn}; log them out first (iscsiadm -m node -T {iqn} --logout on those hosts)",
-            o.logged_in.join(", "),
+        return Err(PlanError::new(
+            a,
+            PlanErrorKind::InUse,
+            format!(
+                "in use: initiator(s) {} are logged in to {iqn}; log them out first (iscsiadm -m node -T {iqn} --logout on those hosts)",
+                o.logged_in.join(", "),
+            ),
         ));
     }
     Ok(Action {
@@ -117,14 +121,15 @@ impl Planner<'_> {
         match self.world.secrets.get(r) {
             Some(Ok(p)) => Some(*p),
             Some(Err(e)) => {
-                self.out.errors.push(format!("{a}: {field}: {e}"));
+                self.error(a, PlanErrorKind::Refused, format!("{field}: {e}"));
                 None
             }
             None => {
-                self.out.errors.push(format!(
-                    "{a}: {field}: the secret in {} was not read",
-                    secret_source(r)
-                ));
+                self.error(
+                    a,
+                    PlanErrorKind::Refused,
+                    format!("{field}: the secret in {} was not read", secret_source(r)),
+                );
                 None
             }
         }
@@ -157,8 +162,7 @@ impl Planner<'_> {
         if let (Some(c), Some(m)) = (c, m)
             && c.password == m.password
         {
-            self.out.errors.push(format!(
-                "{a}: {field}.mutualChapSecretRef: its password is the one of chapSecretRef; RFC 7143 (section 12.1.3) forbids using one secret in both directions: give the target a secret of its own"
+            self.error(a, PlanErrorKind::Refused, format!("{field}.mutualChapSecretRef: its password is the one of chapSecretRef; RFC 7143 (section 12.1.3) forbids using one secret in both directions: give the target a secret of its own"
             ));
             return Err(());
         }
@@ -169,16 +173,17 @@ impl Planner<'_> {
     fn lio_ready(&mut self, a: &str, what: &str) -> bool {
         match &self.world.exports {
             Exports::Absent => {
-                self.out.errors.push(format!(
-                    "{a}: {what} needs LIO, which is not loaded on this host ({} does not exist): modprobe target_core_mod iscsi_target_mod, and mount configfs",
+                self.error(a, PlanErrorKind::Refused, format!("{what} needs LIO, which is not loaded on this host ({} does not exist): modprobe target_core_mod iscsi_target_mod, and mount configfs",
                     lio::root().display()
                 ));
                 false
             }
             Exports::Failed(e) => {
-                self.out
-                    .errors
-                    .push(format!("{a}: cannot read LIO's exports: {e}"));
+                self.error(
+                    a,
+                    PlanErrorKind::Refused,
+                    format!("cannot read LIO's exports: {e}"),
+                );
                 false
             }
             Exports::Found(_) => true,
@@ -329,8 +334,7 @@ impl Planner<'_> {
                 // Only the backstore is left (an interrupted export), or the
                 // IQN changes: tear down, then export anew.
                 if o.iqn.is_some() && !o.logged_in.is_empty() {
-                    self.out.errors.push(format!(
-                        "{a}: changing the target name from {} cuts off the logged-in initiator(s) {}; log them out first",
+                    self.error(&a, PlanErrorKind::InUse, format!("changing the target name from {} cuts off the logged-in initiator(s) {}; log them out first",
                         o.iqn.as_deref().unwrap_or_default(),
                         o.logged_in.join(", ")
                     ));
@@ -360,8 +364,7 @@ impl Planner<'_> {
                 .filter(|i| o.logged_in.iter().any(|l| l == i))
                 .collect();
             if !cut.is_empty() {
-                self.out.errors.push(format!(
-                    "{a}: removing the ACL of {} cuts off a logged-in initiator; log it out first (iscsiadm -m node -T {iqn_text} --logout on that host)",
+                self.error(&a, PlanErrorKind::InUse, format!("removing the ACL of {} cuts off a logged-in initiator; log it out first (iscsiadm -m node -T {iqn_text} --logout on that host)",
                     cut.join(", "),
                 ));
                 continue;
@@ -431,8 +434,7 @@ impl Planner<'_> {
                 && let (Some(have), Some(size)) = (o.size, volume_size)
             {
                 if have > size {
-                    self.out.errors.push(format!(
-                        "{a}: LIO gives its LUN {}, more than the volume's {}: the file was shrunk outside cinderblock, and a LUN is never shrunk under an initiator; grow spec.size back to at least {}, or remove spec.export (with no initiator logged in), apply, and add it back",
+                    self.error(&a, PlanErrorKind::Refused, format!("LIO gives its LUN {}, more than the volume's {}: the file was shrunk outside cinderblock, and a LUN is never shrunk under an initiator; grow spec.size back to at least {}, or remove spec.export (with no initiator logged in), apply, and add it back",
                         format_bytes_exact(have),
                         format_bytes_exact(size),
                         format_bytes_exact(have)
@@ -543,8 +545,7 @@ impl Planner<'_> {
             return;
         };
         if let Some((other, _)) = declared.iter().find(|(_, d)| **d != first) {
-            self.out.errors.push(format!(
-                "{A}: backend.{first_name} and backend.{other} declare different spec.iscsi.discoveryAuth; LIO has one discovery setting per host: declare the same on both, or on one only"
+            self.error(A, PlanErrorKind::Refused, format!("backend.{first_name} and backend.{other} declare different spec.iscsi.discoveryAuth; LIO has one discovery setting per host: declare the same on both, or on one only"
             ));
             return;
         }

@@ -89,7 +89,7 @@ pub fn markdown(hosts: &[HostPlan<'_>], extra: &str) -> String {
             .collect()
     });
     listed(&mut s, &hosts, "⛔ Errors (nothing can be applied)", |p| {
-        p.errors.iter().map(|e| text(e)).collect()
+        p.errors.iter().map(|e| text(&e.to_string())).collect()
     });
     s.push_str(extra);
     if tally.add + tally.change + tally.destroy + tally.forget + tally.migrate > 0 {
@@ -645,10 +645,11 @@ mod tests {
             fingerprint: "g".into(),
             drift: vec![],
             actions: vec![],
-            errors: vec![
-                "volume.big: no back end can take it (1Ti):\n      - b1: CapacityFilter: needs 1Ti"
-                    .into(),
-            ],
+            errors: vec![crate::plan::PlanError::new(
+                "volume.big",
+                crate::plan::PlanErrorKind::NoRoom,
+                "no back end can take it (1Ti):\n      - b1: CapacityFilter: needs 1Ti".into(),
+            )],
             notes: vec![],
             waiting: vec![],
             capacity: vec![],

@@ -24,12 +24,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeClear, VolumeSpec};
+use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
 use crate::model::InUse;
 pub use crate::model::ObjKind;
-use crate::observe::{BackendView, Discovery, Driver, Fleet, Health, Observed, World};
+use crate::model::SnapshotSpace;
+use crate::observe::{BackendView, Discovery, Fleet, Health, Observed, World};
 use crate::state::record::Recorded;
 
 use capacity::HIGH_WATER_CENTI;
@@ -140,6 +141,14 @@ pub enum Op {
         previous: Option<DeletionPolicy>,
         /// The policy to record.
         deletion_policy: DeletionPolicy,
+        /// The back end the record named, when the object is elsewhere now
+        /// (a migration that finished after its last record).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        moved_from: Option<String>,
+        /// The size the record named, when the volume holds another now (an
+        /// extend that finished after its last record).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resized_from: Option<u64>,
     },
     /// Destroy an object and its data.
     Delete {
@@ -390,6 +399,87 @@ pub enum FigureValue {
     },
 }
 
+/// Why a plan (or part of it) cannot be applied: the object, what kind of
+/// obstacle, and what to do. Shown as `ADDRESS: MESSAGE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanError {
+    /// The object it concerns (`volume.db`), when one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// What kind of obstacle.
+    pub kind: PlanErrorKind,
+    /// What is wrong and what to do, without the address.
+    pub message: String,
+}
+
+impl PlanError {
+    /// An error about the object at `address`.
+    pub fn new(address: &str, kind: PlanErrorKind, message: String) -> Self {
+        Self {
+            address: Some(address.to_owned()),
+            kind,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.address {
+            Some(a) => write!(f, "{a}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl PlanError {
+    /// Whether `text` is this error as shown (`ADDRESS: MESSAGE`).
+    fn shown_as(&self, text: &str) -> bool {
+        match &self.address {
+            Some(a) => {
+                text.strip_prefix(a.as_str())
+                    .and_then(|rest| rest.strip_prefix(": "))
+                    == Some(self.message.as_str())
+            }
+            None => text == self.message,
+        }
+    }
+}
+
+/// Compares the text as shown (`ADDRESS: MESSAGE`).
+impl PartialEq<&str> for PlanError {
+    fn eq(&self, other: &&str) -> bool {
+        self.shown_as(other)
+    }
+}
+
+/// Compares the text as shown (`ADDRESS: MESSAGE`).
+impl PartialEq<String> for PlanError {
+    fn eq(&self, other: &String) -> bool {
+        self.shown_as(other)
+    }
+}
+
+/// What kind of obstacle a [`PlanError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanErrorKind {
+    /// The manifests ask for what would lose data or what cannot be done
+    /// from here (a shrink, a delete blocked by snapshots, a move its policy
+    /// forbids): change them.
+    Refused,
+    /// Nothing can take it (capacity, filters, the high-water mark).
+    NoRoom,
+    /// It is in use (an open volume, a logged-in initiator): its users must
+    /// stop first.
+    InUse,
+    /// Its data is gone, or it exists twice, or an earlier operation left it
+    /// in a state only a person can settle.
+    Lost,
+    /// This version of cinderblock cannot do it yet.
+    Unsupported,
+}
+
 /// A plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -401,7 +491,7 @@ pub struct Plan {
     /// The steps, in order.
     pub actions: Vec<Action>,
     /// Why the plan cannot be applied (any error blocks apply).
-    pub errors: Vec<String>,
+    pub errors: Vec<PlanError>,
     /// Remarks that do not block (e.g. deletes held back).
     pub notes: Vec<String>,
     /// Objects this host does not create now, and why (a placement the
@@ -646,11 +736,14 @@ impl<'a> Planner<'a> {
                     .iter()
                     .map(|(b, o)| format!("{} on {}", o.uuid, b.name))
                     .collect();
-                self.out.errors.push(format!(
-                    "{} exists more than once ({}); remove the extra copies by hand or rename them",
-                    addr(kind, &name),
-                    where_.join(", ")
-                ));
+                self.error(
+                    &addr(kind, &name),
+                    PlanErrorKind::Lost,
+                    format!(
+                        "exists more than once ({}); remove the extra copies by hand or rename them",
+                        where_.join(", ")
+                    ),
+                );
                 continue;
             }
             if let Some((backend, obj)) = targets.first().copied() {
@@ -721,7 +814,11 @@ impl<'a> Planner<'a> {
     fn unsupported(&mut self) {
         for (name, doc) in &self.set.snapshots {
             if doc.spec.consistency_group.is_some() {
-                self.out.errors.push(format!("snapshot.{name}: group snapshots are not supported by this version of cinderblock yet"));
+                self.error(
+                    &addr(ObjKind::Snapshot, name.as_str()),
+                    PlanErrorKind::Unsupported,
+                    "group snapshots are not supported by this version of cinderblock yet".into(),
+                );
             }
         }
     }
@@ -731,15 +828,10 @@ impl<'a> Planner<'a> {
     /// is never sized by guesswork (Cinder takes 95 % of the VG).
     fn pools(&mut self) {
         for (name, b) in &self.world.backends {
-            let Driver::Lvm {
-                volume_group,
-                thin_pool: Some(pool),
-                thin_pool_size,
-                ..
-            } = &b.driver
-            else {
+            let (Some(decl), Some(space)) = (&b.caps.pool, &b.caps.space) else {
                 continue;
             };
+            let (volume_group, pool, thin_pool_size) = (&space.name, &decl.name, &decl.size);
             let Some(cap) = b.inventory().map(|i| &i.capacity) else {
                 continue;
             };
@@ -750,7 +842,8 @@ impl<'a> Planner<'a> {
                     && round_up(*want, b.extent) > inv.capacity.total
                 {
                     self.out.notes.push(format!(
-                        "{a}: spec.lvm.thinPoolSize ({}) is only used to create the pool; {volume_group}/{pool} exists with {} and is left as it is",
+                        "{a}: {} ({}) is only used to create the pool; {volume_group}/{pool} exists with {} and is left as it is",
+                        decl.field,
                         format_bytes_exact(*want),
                         format_bytes_exact(inv.capacity.total)
                     ));
@@ -759,12 +852,16 @@ impl<'a> Planner<'a> {
             };
             let need = sizes.data + 2 * sizes.metadata;
             if need > vg_free {
-                self.out.errors.push(format!(
-                    "{a}: thin pool {volume_group}/{pool} needs {} ({} data, {} metadata and as much again for lvm2's metadata spare), but volume group {volume_group} has {} free; lower spec.lvm.thinPoolSize or grow the volume group",
+                self.error(&a, PlanErrorKind::NoRoom, format!(
+                    "{} {volume_group}/{pool} needs {} ({} data, {} metadata and as much again for lvm2's metadata spare), but {} {volume_group} has {} free; lower {} or grow the {}",
+                    decl.kind,
                     format_bytes_exact(need),
                     format_bytes_exact(sizes.data),
                     format_bytes_exact(sizes.metadata),
-                    format_bytes_exact(vg_free)
+                    space.kind,
+                    format_bytes_exact(vg_free),
+                    decl.field,
+                    space.kind
                 ));
                 continue;
             }
@@ -788,7 +885,9 @@ impl<'a> Planner<'a> {
                     metadata_size: sizes.metadata,
                 },
                 reason: format!(
-                    "thin pool {volume_group}/{pool} does not exist and spec.lvm.thinPoolSize declares {}{rounded}",
+                    "{} {volume_group}/{pool} does not exist and {} declares {}{rounded}",
+                    decl.kind,
+                    decl.field,
                     format_bytes_exact(sizes.data)
                 ),
                 impact: Impact::Grows,
@@ -844,6 +943,16 @@ impl<'a> Planner<'a> {
         true
     }
 
+    /// A plan error about the object at `address`.
+    fn error(&mut self, address: &str, kind: PlanErrorKind, message: String) {
+        self.out.errors.push(PlanError::new(address, kind, message));
+    }
+
+    /// Records an object found on `backend` when the record is missing or
+    /// out of date: another deletion policy, another back end (a migration
+    /// that finished after its last record), or, for a volume, another size
+    /// than the one `observed` (an extend that finished after it).
+    #[allow(clippy::too_many_arguments)] // each piece named
     fn record_if_needed(
         &mut self,
         kind: ObjKind,
@@ -851,18 +960,37 @@ impl<'a> Planner<'a> {
         f_uuid: Uuid,
         backend: &str,
         size: u64,
+        observed: Option<u64>,
         policy: DeletionPolicy,
     ) {
         let previous = self.recorded_policy(f_uuid);
-        if previous == Some(policy) {
+        let rec = self.recorded.objects.get(&f_uuid);
+        let moved_from = rec
+            .map(|r| r.backend.as_str())
+            .filter(|b| *b != backend)
+            .map(str::to_owned);
+        let resized_from = rec
+            .map(|r| r.size)
+            .filter(|s| observed.is_some_and(|o| o != *s));
+        if previous == Some(policy) && moved_from.is_none() && resized_from.is_none() {
             return;
         }
-        let reason = match previous {
-            None => {
+        let reason = match (previous, &moved_from) {
+            (None, _) => {
                 "the state directory has no record of it (new state directory, or it was adopted)"
                     .to_owned()
             }
-            Some(old) => format!("deletionPolicy changed: {old:?} -> {policy:?}"),
+            (Some(old), _) if old != policy => {
+                format!("deletionPolicy changed: {old:?} -> {policy:?}")
+            }
+            (Some(_), Some(from)) => format!(
+                "the record says it lives on {from}, but it is on {backend} (a migration finished after the last record)"
+            ),
+            (Some(_), None) => format!(
+                "the record says {}, but it holds {} (an extend finished after the last record)",
+                format_bytes_exact(resized_from.unwrap_or_default()),
+                format_bytes_exact(observed.unwrap_or_default())
+            ),
         };
         self.out.actions.push(Action {
             address: addr(kind, name),
@@ -874,6 +1002,8 @@ impl<'a> Planner<'a> {
                 size,
                 previous,
                 deletion_policy: policy,
+                moved_from,
+                resized_from,
             },
             reason,
             impact: Impact::MetadataOnly,
@@ -958,10 +1088,10 @@ impl<'a> Planner<'a> {
                     || doc.spec.source.path.is_none();
                 if complete {
                     if f.backend.name != bn {
-                        self.out.errors.push(format!(
-                            "{a}: spec.backend is {bn} but the image-volume lives on {}; an image is not moved: remove the Image and declare it again",
+                        self.out.errors.push(PlanError::new(&a, PlanErrorKind::Refused, format!(
+                            "spec.backend is {bn} but the image-volume lives on {}; an image is not moved: remove the Image and declare it again",
                             f.backend.name
-                        ));
+                        )));
                     }
                     self.record_if_needed(
                         ObjKind::Image,
@@ -969,6 +1099,7 @@ impl<'a> Planner<'a> {
                         f.obj.uuid,
                         f.backend.name.as_str(),
                         f.obj.size,
+                        None,
                         doc.spec.deletion_policy,
                     );
                     continue;
@@ -1004,10 +1135,14 @@ impl<'a> Planner<'a> {
                 extra_specs: None,
             };
             if let Err(why) = self.sched.check(&bn, &req) {
-                self.out.errors.push(format!(
-                    "{a}: cannot be created on {bn}:{}",
-                    schedule::explain(&vec![(bn.clone(), why)])
-                ));
+                self.error(
+                    &a,
+                    PlanErrorKind::NoRoom,
+                    format!(
+                        "cannot be created on {bn}:{}",
+                        schedule::explain(&vec![(bn.clone(), why)])
+                    ),
+                );
                 continue;
             }
             self.sched.commit(&bn, size);
@@ -1056,14 +1191,18 @@ impl<'a> Planner<'a> {
                     ),
                 ),
                 Some(Err(e)) => {
-                    self.out.errors.push(format!("{a}: spec.source.path: {e}"));
+                    self.error(a, PlanErrorKind::Refused, format!("spec.source.path: {e}"));
                     return None;
                 }
                 None => {
-                    self.out.errors.push(format!(
-                        "{a}: spec.source.path {} was not looked at",
-                        p.as_path().display()
-                    ));
+                    self.error(
+                        a,
+                        PlanErrorKind::Refused,
+                        format!(
+                            "spec.source.path {} was not looked at",
+                            p.as_path().display()
+                        ),
+                    );
                     return None;
                 }
             }
@@ -1087,13 +1226,15 @@ impl<'a> Planner<'a> {
                     )
                 }
                 Some(vb) => {
-                    self.out.errors.push(format!("{a}: spec.backend is {bn} but volume {v} lives on {vb}; an image is a clone made on its volume's back end"));
+                    self.error(a, PlanErrorKind::Refused, format!("spec.backend is {bn} but volume {v} lives on {vb}; an image is a clone made on its volume's back end"));
                     return None;
                 }
                 None => {
-                    self.out.errors.push(format!(
-                        "{a}: volume {v} does not exist and is not created by this plan"
-                    ));
+                    self.error(
+                        a,
+                        PlanErrorKind::Refused,
+                        format!("volume {v} does not exist and is not created by this plan"),
+                    );
                     return None;
                 }
             }
@@ -1159,7 +1300,7 @@ impl<'a> Planner<'a> {
             match obj.health {
                 Health::Creating => {
                     if let Some(h) = self.holder(obj) {
-                        self.out.errors.push(format!("{a}: an earlier create was interrupted, and finishing it may replace its content, but it is in use by {h}; stop or detach it, then plan again"));
+                        self.error(&a, PlanErrorKind::InUse, format!("an earlier create was interrupted, and finishing it may replace its content, but it is in use by {h}; stop or detach it, then plan again"));
                         return;
                     }
                     self.push_create(
@@ -1184,11 +1325,11 @@ impl<'a> Planner<'a> {
                         self.finish_migration(name, policy, (backend, obj), (tb, to));
                         return;
                     }
-                    self.out.errors.push(format!("{a}: an earlier delete of {} on {bname} was interrupted, but the manifests still declare it; remove the manifest to let the delete finish, or restore the volume from a backup", obj.uuid));
+                    self.error(&a, PlanErrorKind::Lost, format!("an earlier delete of {} on {bname} was interrupted, but the manifests still declare it; remove the manifest to let the delete finish, or restore the volume from a backup", obj.uuid));
                     return;
                 }
                 Health::DataMissing => {
-                    self.out.errors.push(format!("{a}: its data on {bname} ({}) is gone; restore it from a backup, or remove the manifest", obj.uuid));
+                    self.error(&a, PlanErrorKind::Lost, format!("its data on {bname} ({}) is gone; restore it from a backup, or remove the manifest", obj.uuid));
                     return;
                 }
                 Health::Migrating => {
@@ -1205,29 +1346,28 @@ impl<'a> Planner<'a> {
                 _ => obj.size,
             };
             if want < have {
-                self.out.errors.push(format!(
-                    "{a}: cannot shrink from {} to {}: shrinking a volume destroys data; set spec.size back to at least {}",
+                self.error(&a, PlanErrorKind::Refused, format!(
+                    "cannot shrink from {} to {}: shrinking a volume destroys data; set spec.size back to at least {}",
                     format_bytes_exact(have),
                     format_bytes_exact(want),
                     format_bytes_exact(have)
                 ));
             } else if want > have || matches!(obj.health, Health::SizeMismatch { .. }) {
                 let growth = want - obj.size.min(want);
-                let thick_snaps: Vec<String> =
-                    if matches!(backend.driver, Driver::Lvm { .. }) && !backend.thin {
-                        self.found
-                            .values()
-                            .filter(|c| {
-                                c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid)
-                            })
-                            .map(|c| format!("snapshot.{}", c.obj.name))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
+                let thick_snaps: Vec<String> = if backend.caps.extends_with_snapshots {
+                    Vec::new()
+                } else {
+                    self.found
+                        .values()
+                        .filter(|c| {
+                            c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid)
+                        })
+                        .map(|c| format!("snapshot.{}", c.obj.name))
+                        .collect()
+                };
                 if !thick_snaps.is_empty() && want > have {
-                    self.out.errors.push(format!(
-                        "{a}: cannot extend to {} on {bname}: it is the origin of thick snapshot(s) {}, and lvm2 resizes such an origin only while it is inactive, which would cut off its users; delete the snapshots first (thin pools resize origins live)",
+                    self.error(&a, PlanErrorKind::Refused, format!(
+                        "cannot extend to {} on {bname}: it is the origin of thick snapshot(s) {}, and lvm2 resizes such an origin only while it is inactive, which would cut off its users; delete the snapshots first (thin pools resize origins live)",
                         format_bytes_exact(want),
                         thick_snaps.join(", ")
                     ));
@@ -1235,10 +1375,14 @@ impl<'a> Planner<'a> {
                     && let Some(why) = pool.admit(growth).reason
                     && growth > 0
                 {
-                    self.out.errors.push(format!(
-                        "{a}: cannot extend to {} on {bname}: {why}",
-                        format_bytes_exact(want)
-                    ));
+                    self.error(
+                        &a,
+                        PlanErrorKind::NoRoom,
+                        format!(
+                            "cannot extend to {} on {bname}: {why}",
+                            format_bytes_exact(want)
+                        ),
+                    );
                 } else {
                     self.sched.grow(&backend.name, growth);
                     let note = if want % backend.extent == 0 && want == doc.spec.size.bytes() {
@@ -1274,13 +1418,14 @@ impl<'a> Planner<'a> {
                 obj.uuid,
                 &bname,
                 want.max(have),
+                Some(obj.size),
                 policy,
             );
             return;
         }
         if let Some(t) = self.migrating.get(&key) {
-            self.out.errors.push(format!(
-                "{a}: only the target of an interrupted migration ({} on {}) exists; its source is gone, so the copy cannot be finished or trusted: restore the volume from a backup, or remove the target's LV/file by hand after checking it",
+            self.error(&a, PlanErrorKind::Lost, format!(
+                "only the target of an interrupted migration ({} on {}) exists; its source is gone, so the copy cannot be finished or trusted: restore the volume from a backup, or remove the target's LV/file by hand after checking it",
                 t.obj.uuid, t.backend.name
             ));
             return;
@@ -1299,8 +1444,8 @@ impl<'a> Planner<'a> {
         if let Some((uuid, backend)) = self.lost(ObjKind::Volume, name.as_str())
             && !self.opts.recreate_lost
         {
-            self.out.errors.push(format!(
-                "{a}: the volume ({uuid} on {backend}) was deleted outside cinderblock; restore it from a backup, remove its manifest, or plan with --recreate-lost to create it again, empty"
+            self.error(&a, PlanErrorKind::Lost, format!(
+                "the volume ({uuid} on {backend}) was deleted outside cinderblock; restore it from a backup, remove its manifest, or plan with --recreate-lost to create it again, empty"
             ));
             return;
         }
@@ -1309,15 +1454,15 @@ impl<'a> Planner<'a> {
         let backup = match self.backup_source(doc, name) {
             Ok(b) => b,
             Err(why) => {
-                self.out.errors.push(format!("{a}: {why}"));
+                self.error(&a, PlanErrorKind::Refused, why);
                 return;
             }
         };
         if let Some(b) = &backup
             && b.size > req.size
         {
-            self.out.errors.push(format!(
-                "{a}: spec.size {} is less than backup {}'s {} (of volume {}); declare at least that",
+            self.error(&a, PlanErrorKind::Refused, format!(
+                "spec.size {} is less than backup {}'s {} (of volume {}); declare at least that",
                 format_bytes_exact(req.size),
                 b.id,
                 format_bytes_exact(b.size),
@@ -1449,9 +1594,8 @@ impl<'a> Planner<'a> {
             let view = if let Some(v) = local {
                 v
             } else {
-                configured = crate::observe::configured_view(
+                configured = crate::observe::declared_view(
                     doc,
-                    std::path::Path::new("/"),
                     Discovery::Failed("another host's back end".into()),
                 );
                 &configured
@@ -1491,7 +1635,7 @@ impl<'a> Planner<'a> {
                     if let Some(p) = pin
                         && p.as_str() != sb
                     {
-                        self.out.errors.push(format!("{a}: spec.backend is {p} but its source lives on {sb}; a copy is made on the source's back end"));
+                        self.error(a, PlanErrorKind::Refused, format!("spec.backend is {p} but its source lives on {sb}; a copy is made on the source's back end"));
                         return None;
                     }
                     fixed = Some((sb, Fixed::Source, String::new()));
@@ -1505,9 +1649,11 @@ impl<'a> Planner<'a> {
                     return None;
                 }
                 None => {
-                    self.out.errors.push(format!(
-                        "{a}: its source does not exist and is not created by this plan"
-                    ));
+                    self.error(
+                        a,
+                        PlanErrorKind::Refused,
+                        "its source does not exist and is not created by this plan".into(),
+                    );
                     return None;
                 }
             }
@@ -1540,8 +1686,8 @@ impl<'a> Planner<'a> {
                     if let Some((b, _, _)) = &fixed
                         && *b != pl.backend
                     {
-                        self.out.errors.push(format!(
-                            "{a}: the fleet placed it on {} (host {}), but it belongs on {b} with its source or consistency group; remove the placement with `etcdctl del` after checking that no host created it, and the leader places it again",
+                        self.error(a, PlanErrorKind::Refused, format!(
+                            "the fleet placed it on {} (host {}), but it belongs on {b} with its source or consistency group; remove the placement with `etcdctl del` after checking that no host created it, and the leader places it again",
                             pl.backend, pl.host
                         ));
                         return None;
@@ -1605,11 +1751,15 @@ impl<'a> Planner<'a> {
                     fence: None,
                 }),
                 Err(rej) => {
-                    self.out.errors.push(format!(
-                        "{a}: no back end can take it ({}):{}",
-                        format_bytes_exact(req.size),
-                        schedule::explain(&rej)
-                    ));
+                    self.error(
+                        a,
+                        PlanErrorKind::NoRoom,
+                        format!(
+                            "no back end can take it ({}):{}",
+                            format_bytes_exact(req.size),
+                            schedule::explain(&rej)
+                        ),
+                    );
                     None
                 }
             };
@@ -1626,18 +1776,19 @@ impl<'a> Planner<'a> {
         };
         if let Err(why) = self.sched.check(&bn, req) {
             let rej = schedule::explain(&vec![(bn, why)]);
-            self.out.errors.push(match how {
+            let text = match how {
                 Fixed::Source => {
-                    format!("{a}: cannot be created on {backend}, where its source lives:{rej}")
+                    format!("cannot be created on {backend}, where its source lives:{rej}")
                 }
-                Fixed::Pin => format!("{a}: cannot be placed on its pinned back end:{rej}"),
+                Fixed::Pin => format!("cannot be placed on its pinned back end:{rej}"),
                 Fixed::Group => format!(
-                    "{a}: cannot be created on {backend}, where its consistency group lives:{rej}"
+                    "cannot be created on {backend}, where its consistency group lives:{rej}"
                 ),
                 Fixed::Fleet => {
-                    format!("{a}: cannot be created on {backend}, where the fleet placed it:{rej}")
+                    format!("cannot be created on {backend}, where the fleet placed it:{rej}")
                 }
-            });
+            };
+            self.error(a, PlanErrorKind::NoRoom, text);
             return None;
         }
         self.sched.commit(&bn, req.size);
@@ -1657,7 +1808,7 @@ impl<'a> Planner<'a> {
         doc: &'a Doc<VolumeSpec>,
         cur: &Name,
         in_flight: Option<&Name>,
-    ) -> Result<Option<(Name, String)>, String> {
+    ) -> Result<Option<(Name, String)>, PlanError> {
         if let Some(pin) = &doc.spec.backend {
             return Ok((pin != cur)
                 .then(|| (pin.clone(), format!("spec.backend changed: {cur} -> {pin}"))));
@@ -1673,8 +1824,12 @@ impl<'a> Planner<'a> {
             return Ok(None);
         };
         if doc.spec.migration_policy == MigrationPolicy::Never {
-            return Err(format!(
-                "{a}: its back end {cur} does not satisfy volumeType {vt} ({why}), and moving it needs a migration, which migrationPolicy: never (the default, as Cinder) forbids; set migrationPolicy: on-demand to migrate it, pin spec.backend: {cur} to keep it where it is, or set volumeType back"
+            return Err(PlanError::new(
+                a,
+                PlanErrorKind::Refused,
+                format!(
+                    "its back end {cur} does not satisfy volumeType {vt} ({why}), and moving it needs a migration, which migrationPolicy: never (the default, as Cinder) forbids; set migrationPolicy: on-demand to migrate it, pin spec.backend: {cur} to keep it where it is, or set volumeType back"
+                ),
             ));
         }
         // An interrupted migration to a back end that fits goes on there.
@@ -1703,9 +1858,13 @@ impl<'a> Planner<'a> {
                     "its back end {cur} does not satisfy volumeType {vt} ({why}); migrationPolicy: on-demand, so it moves to the back end the scheduler picks"
                 ),
             ))),
-            Err(rej) => Err(format!(
-                "{a}: its back end {cur} does not satisfy volumeType {vt} ({why}), and no other back end can take it:{}",
-                schedule::explain(&rej)
+            Err(rej) => Err(PlanError::new(
+                a,
+                PlanErrorKind::NoRoom,
+                format!(
+                    "its back end {cur} does not satisfy volumeType {vt} ({why}), and no other back end can take it:{}",
+                    schedule::explain(&rej)
+                ),
             )),
         }
     }
@@ -1766,15 +1925,26 @@ impl<'a> Planner<'a> {
         let resume = in_flight.is_some_and(|(b, _)| b.name == to);
         let Some(tview) = self.world.backends.get(&to) else {
             let elsewhere = self.set.backends.get(&to).and_then(|b| b.spec.host.clone());
-            self.out.errors.push(match elsewhere {
-                Some(h) => format!("{a}: {why}, but {to} is a back end of host {h}: moving a volume between hosts is not supported by this version of cinderblock yet; set spec.backend back to {cur}"),
-                None => format!("{a}: {why}, but {to} is not a back end of this host; set spec.backend back to {cur}"),
-            });
+            let (kind, text) = match elsewhere {
+                Some(h) => (
+                    PlanErrorKind::Unsupported,
+                    format!(
+                        "{why}, but {to} is a back end of host {h}: moving a volume between hosts is not supported by this version of cinderblock yet; set spec.backend back to {cur}"
+                    ),
+                ),
+                None => (
+                    PlanErrorKind::Refused,
+                    format!(
+                        "{why}, but {to} is not a back end of this host; set spec.backend back to {cur}"
+                    ),
+                ),
+            };
+            self.error(&a, kind, text);
             return true;
         };
         if self.failed.contains(to.as_str()) || tview.inventory().is_none() {
-            self.out.errors.push(format!(
-                "{a}: {why}, but back end {to} could not be discovered; nothing is moved to a back end whose content is unknown"
+            self.error(&a, PlanErrorKind::Refused, format!(
+                "{why}, but back end {to} could not be discovered; nothing is moved to a back end whose content is unknown"
             ));
             return true;
         }
@@ -1830,17 +2000,10 @@ impl<'a> Planner<'a> {
         if matches!(obj.health, Health::SizeMismatch { .. }) {
             refusals.push("its size differs from the recorded one; let the pending extend finish first (keep spec.backend for one apply)".to_owned());
         }
-        if let (
-            Driver::Lvm {
-                volume_group: v1, ..
-            },
-            Driver::Lvm {
-                volume_group: v2, ..
-            },
-        ) = (&backend.driver, &tview.driver)
-            && v1 == v2
+        if let (Some(s1), Some(s2)) = (&backend.caps.space, &tview.caps.space)
+            && s1 == s2
         {
-            refusals.push(format!("{cur} and {to} share volume group {v1}, and moving a volume within one volume group is not supported by this version of cinderblock yet"));
+            refusals.push(format!("{cur} and {to} share {} {}, and moving a volume within one {} is not supported by this version of cinderblock yet", s1.kind, s1.name, s1.kind));
         }
         let want = round_up(doc.spec.size.bytes(), tview.extent);
         let target_size = round_up(obj.size, tview.extent).max(want);
@@ -1875,10 +2038,23 @@ impl<'a> Planner<'a> {
             }
         }
         if !refusals.is_empty() {
-            self.out.errors.push(format!(
-                "{a}: {why}, but the volume cannot be migrated: {}",
-                refusals.join("; ")
-            ));
+            // The first obstacle names the kind: in use, no room, or else
+            // refused.
+            let kind = if obj.in_use.is_some() || self.world.exports.get(obj.uuid).is_some() {
+                PlanErrorKind::InUse
+            } else if refusals.iter().any(|r| r.contains("cannot take it")) {
+                PlanErrorKind::NoRoom
+            } else {
+                PlanErrorKind::Refused
+            };
+            self.error(
+                &a,
+                kind,
+                format!(
+                    "{why}, but the volume cannot be migrated: {}",
+                    refusals.join("; ")
+                ),
+            );
             return true;
         }
         let before = self.virtual_free(&to);
@@ -1889,7 +2065,7 @@ impl<'a> Planner<'a> {
         self.sched.release(cur, obj.size, true);
         // Files and thin LVs say what they hold (thin: the pool's
         // data_percent, an estimate to 0.01 %); a thick LV is read whole.
-        let read = if backend.thin || matches!(backend.driver, Driver::File { .. }) {
+        let read = if backend.caps.knows_allocation {
             obj.allocated.unwrap_or(obj.size).min(obj.size)
         } else {
             obj.size
@@ -2090,17 +2266,17 @@ impl<'a> Planner<'a> {
                 let (obj, bname) = (f.obj, f.backend.name.as_str().to_owned());
                 match obj.health {
                     Health::Creating if let Some(h) = self.holder(obj) => {
-                        self.out.errors.push(format!("{a}: an earlier create was interrupted, and finishing it may replace its content, but it is in use by {h}; stop or detach it, then plan again"));
+                        self.error(&a, PlanErrorKind::InUse, format!("an earlier create was interrupted, and finishing it may replace its content, but it is in use by {h}; stop or detach it, then plan again"));
                     }
                     Health::Creating => {
                         let src = Some(self.snapshot_source(vol.as_str()));
                         self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), None, policy,
                             "an earlier create was interrupted; it is finished with the same identity".into());
                     }
-                    Health::Deleting | Health::DataMissing => self.out.errors.push(format!(
-                        "{a}: its data on {bname} ({}) is gone or half deleted, but the manifests still declare it; remove the manifest", obj.uuid)),
+                    Health::Deleting | Health::DataMissing => self.error(&a, PlanErrorKind::Lost, format!(
+                        "its data on {bname} ({}) is gone or half deleted, but the manifests still declare it; remove the manifest", obj.uuid)),
                     Health::Ready | Health::SizeMismatch { .. } => {
-                        self.record_if_needed(ObjKind::Snapshot, name.as_str(), obj.uuid, &bname, obj.size, policy);
+                        self.record_if_needed(ObjKind::Snapshot, name.as_str(), obj.uuid, &bname, obj.size, None, policy);
                     }
                     // Only volumes migrate, and targets are not in `found`.
                     Health::Migrating => {}
@@ -2137,15 +2313,17 @@ impl<'a> Planner<'a> {
                 return;
             }
             if let Some((uuid, backend)) = self.lost(ObjKind::Snapshot, name.as_str()) {
-                self.out.errors.push(format!(
-                    "{a}: the snapshot ({uuid} on {backend}) was deleted outside cinderblock; a new one would hold today's data, not the old point in time: remove the manifest, or give the new snapshot another name"
+                self.error(&a, PlanErrorKind::Lost, format!(
+                    "the snapshot ({uuid} on {backend}) was deleted outside cinderblock; a new one would hold today's data, not the old point in time: remove the manifest, or give the new snapshot another name"
                 ));
                 return;
             }
             let Some(backend) = self.backend_of(ObjKind::Volume, vol.as_str()) else {
-                self.out.errors.push(format!(
-                    "{a}: volume.{vol} does not exist and is not created by this plan"
-                ));
+                self.error(
+                    &a,
+                    PlanErrorKind::Refused,
+                    format!("volume.{vol} does not exist and is not created by this plan"),
+                );
                 return;
             };
             let size = self
@@ -2154,9 +2332,9 @@ impl<'a> Planner<'a> {
                 .map(|f| f.obj.size)
                 .or_else(|| self.set.volumes.get(vol).map(|v| v.spec.size.bytes()))
                 .unwrap_or(0);
-            // LVM: thin snapshots have their volume's (extent-rounded) size;
-            // thick ones reserve copy-on-write space, spec.size or, as Cinder
-            // does, the volume's size.
+            // Shared (thin) snapshots have their volume's (extent-rounded)
+            // size; copy-on-write ones reserve their space, spec.size or, as
+            // Cinder does, the volume's size.
             let mut cow_note = String::new();
             let size = match self
                 .world
@@ -2164,10 +2342,8 @@ impl<'a> Planner<'a> {
                 .values()
                 .find(|b| b.name.as_str() == backend)
             {
-                Some(b) if matches!(b.driver, Driver::Lvm { .. }) && b.thin => {
-                    round_up(size, b.extent)
-                }
-                Some(b) if matches!(b.driver, Driver::Lvm { .. }) => {
+                Some(b) if b.caps.snapshots == SnapshotSpace::Shared => round_up(size, b.extent),
+                Some(b) if b.caps.snapshots == SnapshotSpace::CopyOnWrite => {
                     let cow = round_up(
                         doc.spec
                             .size
@@ -2195,9 +2371,11 @@ impl<'a> Planner<'a> {
                 .cloned()
             {
                 if let Some(why) = self.sched.pool(&bn).and_then(|p| p.admit(size).reason) {
-                    self.out
-                        .errors
-                        .push(format!("{a}: no room on {backend}: {why}"));
+                    self.error(
+                        &a,
+                        PlanErrorKind::NoRoom,
+                        format!("no room on {backend}: {why}"),
+                    );
                     return;
                 }
                 self.sched.grow(&bn, size);
@@ -2267,17 +2445,21 @@ impl<'a> Planner<'a> {
             if policy == DeletionPolicy::Retain && !interrupted_delete {
                 forgets.push(Action {
                     address: a,
-                    op: Op::Forget { kind: *kind, name: name.clone(), uuid: f.obj.uuid, backend: bname.clone(), gone: false },
-                    reason: match &f.backend.driver {
-                        Driver::Lvm { volume_group, .. } => format!(
-                            "its manifest was removed and its deletionPolicy is Retain: the LV tagged cinderblock.uuid={} stays in volume group {volume_group}, marked cinderblock.released={bname} and no longer managed",
-                            f.obj.uuid
-                        ),
-                        Driver::File { .. } => format!(
-                            "its manifest was removed and its deletionPolicy is Retain: the data stays on {bname} as {}-{}, no longer managed",
-                            kind.as_str(), f.obj.uuid
-                        ),
+                    op: Op::Forget {
+                        kind: *kind,
+                        name: name.clone(),
+                        uuid: f.obj.uuid,
+                        backend: bname.clone(),
+                        gone: false,
                     },
+                    reason: format!(
+                        "its manifest was removed and its deletionPolicy is Retain: {}",
+                        f.backend
+                            .caps
+                            .retained
+                            .replace("{uuid}", &f.obj.uuid.to_string())
+                            .replace("{kind}", kind.as_str())
+                    ),
                     impact: Impact::MetadataOnly,
                 });
                 continue;
@@ -2287,7 +2469,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             if *kind == ObjKind::Volume {
-                let children: Vec<&str> = self
+                let children: Vec<String> = self
                     .found
                     .values()
                     .filter(|c| c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(f.obj.uuid))
@@ -2296,22 +2478,36 @@ impl<'a> Planner<'a> {
                             || self.recorded_policy(c.obj.uuid).unwrap_or_default()
                                 == DeletionPolicy::Retain
                     })
-                    .map(|c| c.obj.name.as_str())
+                    .map(|c| c.obj.name.clone())
                     .collect();
                 if !children.is_empty() {
-                    self.out.errors.push(format!(
-                        "{a}: cannot be deleted while it has snapshots ({}); delete them first (deletionPolicy: Delete and remove their manifests)",
-                        children.iter().map(|c| format!("snapshot.{c}")).collect::<Vec<_>>().join(", ")
-                    ));
+                    let text = format!(
+                        "cannot be deleted while it has snapshots ({}); delete them first (deletionPolicy: Delete and remove their manifests)",
+                        children
+                            .iter()
+                            .map(|c| format!("snapshot.{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    self.out
+                        .errors
+                        .push(PlanError::new(&a, PlanErrorKind::Refused, text));
                     continue;
                 }
             }
             if let Some(h) = self.holder(f.obj) {
-                self.out.errors.push(if interrupted_delete {
-                    format!("{a}: an earlier delete was interrupted, but it is in use by {h}; stop or detach it, then plan again")
+                let text = if interrupted_delete {
+                    format!(
+                        "an earlier delete was interrupted, but it is in use by {h}; stop or detach it, then plan again"
+                    )
                 } else {
-                    format!("{a}: its manifest was removed and its deletionPolicy is Delete, but it is in use by {h}; stop or detach it, then plan again (or declare it again to keep it)")
-                });
+                    format!(
+                        "its manifest was removed and its deletionPolicy is Delete, but it is in use by {h}; stop or detach it, then plan again (or declare it again to keep it)"
+                    )
+                };
+                self.out
+                    .errors
+                    .push(PlanError::new(&a, PlanErrorKind::InUse, text));
                 continue;
             }
             if *kind == ObjKind::Image {
@@ -2336,10 +2532,10 @@ impl<'a> Planner<'a> {
                     .into_iter()
                     .collect();
                 if !clones.is_empty() {
-                    self.out.errors.push(format!(
-                        "{a}: cannot be deleted while volumes made from it may share its data ({}); delete them first, or keep the image-volume with deletionPolicy: Retain",
+                    self.out.errors.push(PlanError::new(&a, PlanErrorKind::InUse, format!(
+                        "cannot be deleted while volumes made from it may share its data ({}); delete them first, or keep the image-volume with deletionPolicy: Retain",
                         clones.join(", ")
-                    ));
+                    )));
                     continue;
                 }
             }
@@ -2359,16 +2555,9 @@ impl<'a> Planner<'a> {
             } else {
                 "its manifest was removed and its deletionPolicy is Delete".to_owned()
             };
-            if !f.backend.thin
-                && matches!(
-                    f.backend.driver,
-                    Driver::Lvm {
-                        volume_clear: VolumeClear::Zero,
-                        ..
-                    }
-                )
-            {
-                reason.push_str("; the LV is zeroed before it is removed (volumeClear: zero)");
+            if let Some(note) = &f.backend.caps.delete_note {
+                reason.push_str("; ");
+                reason.push_str(note);
             }
             deletes.push(Action {
                 address: a,

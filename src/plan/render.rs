@@ -357,15 +357,44 @@ fn action(s: &mut String, a: &Action) {
         }
         Op::Record {
             uuid,
+            backend,
             previous,
             deletion_policy,
+            moved_from,
+            resized_from,
             ..
         } => {
-            let v = match previous {
-                Some(p) => format!("{p:?} -> {deletion_policy:?}"),
-                None => format!("(none) -> {deletion_policy:?}"),
-            };
-            attrs.push(("~".into(), "deletionPolicy".into(), v));
+            match previous {
+                Some(p) if p == deletion_policy => {}
+                Some(p) => attrs.push((
+                    "~".into(),
+                    "deletionPolicy".into(),
+                    format!("{p:?} -> {deletion_policy:?}"),
+                )),
+                None => attrs.push((
+                    "~".into(),
+                    "deletionPolicy".into(),
+                    format!("(none) -> {deletion_policy:?}"),
+                )),
+            }
+            if let Some(from) = moved_from {
+                attrs.push((
+                    "~".into(),
+                    "backend".into(),
+                    format!("{from:?} -> {backend:?}"),
+                ));
+            }
+            if let (Some(from), Op::Record { size, .. }) = (resized_from, &a.op) {
+                attrs.push((
+                    "~".into(),
+                    "size".into(),
+                    format!(
+                        "{} -> {}",
+                        format_bytes_exact(*from),
+                        format_bytes_exact(*size)
+                    ),
+                ));
+            }
             attrs.push((" ".into(), "id".into(), uuid.to_string()));
         }
         Op::Delete {
@@ -595,7 +624,7 @@ pub struct JsonPlan<'a> {
     notes: &'a [String],
     #[serde(skip_serializing_if = "<[super::Waiting]>::is_empty")]
     waiting: &'a [super::Waiting],
-    errors: &'a [String],
+    errors: Vec<String>,
     summary: JsonSummary,
 }
 
@@ -660,7 +689,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
         capacity: &plan.capacity,
         notes: &plan.notes,
         waiting: &plan.waiting,
-        errors: &plan.errors,
+        errors: plan.errors.iter().map(ToString::to_string).collect(),
         summary: JsonSummary {
             add,
             change,

@@ -326,13 +326,7 @@ fn reported(view: &BackendView, slot: Option<&Slot>) -> BTreeMap<String, String>
         ("max_over_subscription_ratio", view.ratio.to_string()),
         ("reserved_percentage", view.reserved_percentage.to_string()),
         ("availability_zone", view.zone.clone()),
-        (
-            "storage_protocol",
-            match view.driver {
-                crate::observe::Driver::File { .. } => "nfs".into(),
-                crate::observe::Driver::Lvm { .. } => "iSCSI".into(),
-            },
-        ),
+        ("storage_protocol", view.caps.protocol.clone()),
     ];
     for (k, v) in std_caps {
         caps.entry(k.to_owned()).or_insert(v);

@@ -11,7 +11,7 @@ use crate::manifest::kinds::DeletionPolicy;
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{ManifestSet, load_source};
 use crate::observe::{
-    BackendView, Capacity, Discovery, Driver, Health, Inventory, ObjKind, Observed, World,
+    BackendView, Capacity, Discovery, Health, Inventory, ObjKind, Observed, World,
 };
 use crate::state::record::{Recorded, RecordedObject};
 
@@ -41,10 +41,7 @@ fn view(name: &str, thin: bool, ratio: f64, total: u64, objects: Vec<Observed>) 
         name: name.parse().unwrap(),
         backend_name: name.to_owned(),
         zone: "nova".into(),
-        driver: Driver::File {
-            root: format!("/srv/{name}").into(),
-            allocation: crate::manifest::kinds::Allocation::Sparse,
-        },
+        caps: crate::driver::fake::capabilities(true),
         thin,
         extent: 1,
         ratio: OverSubscription::Ratio(ratio),
@@ -117,6 +114,9 @@ fn a_thin_pool_of_1gib_with_ratio_2_takes_2gib_and_refuses_the_next_with_the_num
             "volume.c: no back end can take it (1Gi):\n      - pool: CapacityFilter: needs 1Gi, virtual free 0 B (thin: (1 GiB total − 0 B reserved) × ratio 2 − 2 GiB provisioned)"
         ]
     );
+    // Typed: the agent marks the object by its address and reads the kind.
+    assert_eq!(p.errors[0].address.as_deref(), Some("volume.c"));
+    assert_eq!(p.errors[0].kind, super::PlanErrorKind::NoRoom);
 }
 
 #[test]
@@ -193,7 +193,9 @@ fn a_lost_volume_is_reported_not_silently_recreated() {
         p.drift
     );
     assert!(
-        p.errors[0].contains("plan with --recreate-lost to create it again, empty"),
+        p.errors[0]
+            .to_string()
+            .contains("plan with --recreate-lost to create it again, empty"),
         "{:?}",
         p.errors
     );
@@ -254,7 +256,7 @@ fn a_changed_pin_plans_a_migration_never_a_create_or_delete() {
     );
 }
 
-/// File back ends "a" and "b" holding `a` and `b`, and volume `db` pinned
+/// Back ends "a" and "b" holding `a` and `b`, and volume `db` pinned
 /// to `pin` (with `extra` spec lines).
 fn two_backends(
     pin: &str,
@@ -395,7 +397,9 @@ fn only_a_target_left_is_an_error_not_a_new_volume() {
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
-        p.errors[0].contains("only the target of an interrupted migration"),
+        p.errors[0]
+            .to_string()
+            .contains("only the target of an interrupted migration"),
         "{:?}",
         p.errors
     );
@@ -426,7 +430,9 @@ fn a_retype_in_place_changes_nothing_and_one_that_needs_a_move_follows_the_polic
     let set = manifests(&(base.clone() + &vol_yaml("db", "1Gi", "  volumeType: gold\n")));
     let p = plan(&set, &w, &rec, Options::default());
     assert!(
-        p.errors[0].contains("migrationPolicy: never (the default, as Cinder) forbids"),
+        p.errors[0]
+            .to_string()
+            .contains("migrationPolicy: never (the default, as Cinder) forbids"),
         "{:?}",
         p.errors
     );
@@ -649,6 +655,7 @@ fn a_logged_in_initiator_blocks_removing_its_acl_the_export_and_the_volume() {
     let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(
         p.errors[0]
+            .to_string()
             .starts_with("volume.v: in use: initiator(s) iqn.1994-05.com.example:b are logged in"),
         "{:?}",
         p.errors
@@ -674,7 +681,7 @@ fn a_logged_in_initiator_blocks_removing_its_acl_the_export_and_the_volume() {
         "{:?}",
         p.actions
     );
-    assert!(p.errors[0].contains("in use"), "{:?}", p.errors);
+    assert!(p.errors[0].to_string().contains("in use"), "{:?}", p.errors);
 
     // Nobody logged in: unexport, then delete, in that order.
     let w = exported_world(exported(1, &[INI_A], &[]), v_and_keep());
@@ -694,11 +701,16 @@ fn an_export_without_lio_is_a_plan_error_saying_how_to_load_it() {
     assert_eq!(p.errors.len(), 1);
     assert!(
         p.errors[0]
+            .to_string()
             .starts_with("volume.v: spec.export needs LIO, which is not loaded on this host"),
         "{:?}",
         p.errors
     );
-    assert!(p.errors[0].contains("modprobe target_core_mod iscsi_target_mod"));
+    assert!(
+        p.errors[0]
+            .to_string()
+            .contains("modprobe target_core_mod iscsi_target_mod")
+    );
 }
 
 #[test]
@@ -732,14 +744,16 @@ fn an_exported_volume_is_not_migrated_and_the_error_says_how() {
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     assert!(
-        p.errors[0].ends_with("it is exported over iSCSI as iqn.2026-11.dev.cinderblock:volume-00000000-0000-0000-0000-000000000001, and the export points at its data on a: remove spec.export for the move (no initiator is logged in) and add it back afterwards"),
+        p.errors[0].to_string().ends_with("it is exported over iSCSI as iqn.2026-11.dev.cinderblock:volume-00000000-0000-0000-0000-000000000001, and the export points at its data on a: remove spec.export for the move (no initiator is logged in) and add it back afterwards"),
         "{:?}",
         p.errors
     );
     w.exports = exported(1, &[INI_A], &[INI_A]);
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(
-        p.errors[0].contains("in use: initiator(s) iqn.1994-05.com.example:a are logged in"),
+        p.errors[0]
+            .to_string()
+            .contains("in use: initiator(s) iqn.1994-05.com.example:a are logged in"),
         "{:?}",
         p.errors
     );
@@ -809,15 +823,24 @@ fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() 
     assert_eq!(chosen(&from("", "1Gi")), Ok(0xbbbb), "latest by time");
     assert_eq!(chosen(&from(", id: aaaa", "1Gi")), Ok(0xaaaa));
     let err = chosen(&from(", id: bbb", "1Gi")).unwrap_err();
-    assert!(err[0].contains("matches 2 backups of volume db"), "{err:?}");
+    assert!(
+        err[0]
+            .to_string()
+            .contains("matches 2 backups of volume db"),
+        "{err:?}"
+    );
     let err = chosen(&from("", "512Mi")).unwrap_err();
     assert!(
-        err[0].contains("spec.size 512Mi is less than backup"),
+        err[0]
+            .to_string()
+            .contains("spec.size 512Mi is less than backup"),
         "{err:?}"
     );
     let err = chosen(&from(", id: cccc", "1Gi")).unwrap_err();
     assert!(
-        err[0].contains("no catalogued backup cccc of volume db"),
+        err[0]
+            .to_string()
+            .contains("no catalogued backup cccc of volume db"),
         "{err:?}"
     );
 }
@@ -1031,7 +1054,7 @@ fn a_placement_that_splits_a_copy_from_its_source_is_refused() {
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     assert!(
-        p.errors[0].starts_with("volume.copy: the fleet placed it on fb (host stor-b), but it belongs on fa with its source or consistency group"),
+        p.errors[0].to_string().starts_with("volume.copy: the fleet placed it on fb (host stor-b), but it belongs on fa with its source or consistency group"),
         "{}",
         p.errors[0]
     );
@@ -1145,7 +1168,7 @@ fn a_volume_in_use_is_not_deleted_and_the_error_names_the_holder() {
         "{:?}",
         p.actions
     );
-    assert!(p.errors[0].starts_with("snapshot.nightly: its manifest was removed and its deletionPolicy is Delete, but it is in use by pid 7 (dd)"), "{:?}", p.errors);
+    assert!(p.errors[0].to_string().starts_with("snapshot.nightly: its manifest was removed and its deletionPolicy is Delete, but it is in use by pid 7 (dd)"), "{:?}", p.errors);
 }
 
 #[test]
@@ -1190,7 +1213,9 @@ fn an_open_lv_nothing_visible_holds_is_refused_unless_its_export_explains_it() {
         p.actions
     );
     assert!(
-        p.errors[0].contains("in use by a file system mounted at /mnt"),
+        p.errors[0]
+            .to_string()
+            .contains("in use by a file system mounted at /mnt"),
         "{:?}",
         p.errors
     );
@@ -1393,7 +1418,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
     let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
-        p.errors[0].starts_with("volume.v: spec.export.iscsi.mutualChapSecretRef: its password is the one of chapSecretRef; RFC 7143"),
+        p.errors[0].to_string().starts_with("volume.v: spec.export.iscsi.mutualChapSecretRef: its password is the one of chapSecretRef; RFC 7143"),
         "{:?}",
         p.errors
     );
@@ -1465,7 +1490,7 @@ fn a_file_volumes_lun_follows_its_extend_and_the_plan_says_initiators_rescan() {
     }
     let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(
-        p.errors.iter().any(|e| e.starts_with("volume.v: LIO gives its LUN 1Gi, more than the volume's 512Mi")
+        p.errors.iter().map(ToString::to_string).any(|e| e.starts_with("volume.v: LIO gives its LUN 1Gi, more than the volume's 512Mi")
             && e.ends_with("grow spec.size back to at least 1Gi, or remove spec.export (with no initiator logged in), apply, and add it back")),
         "{:?}",
         p.errors

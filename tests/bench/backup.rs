@@ -426,18 +426,19 @@ fn ours_backup(
 ) -> (Duration, u64, engine::RunReport) {
     sync_and_drop();
     reset_hwm();
+    let driver = cinderblock::file::FileDriver::local(be.clone(), Allocation::Sparse);
     let t = Instant::now();
     let report = engine::run(
         &RunSpec {
             id: Uuid::new_v4(),
             repo,
-            backend: be,
+            driver: &driver,
             volume: vol,
             policy: None,
             mode,
             codec: Codec::Zstd,
             host: "bench",
-            direct,
+            force: !direct,
             exported,
         },
         &NoProgress,

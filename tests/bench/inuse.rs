@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use cinderblock::file::{Allocation, FileBackend, NewObject, ObjKind};
 use cinderblock::inuse::Holders;
-use cinderblock::observe::{Discovery, discover_with};
+use cinderblock::observe::{Discovery, world_of};
+use cinderblock::registry::Registry;
 use uuid::Uuid;
 
 mod common;
@@ -123,11 +124,11 @@ fn main() {
         root.display()
     );
     let set = cinderblock::manifest::load_source(Path::new("bench.yaml"), &manifest).set;
-    let reports = cinderblock::lvm::cmd::Reports::default();
+    let registry = Registry::new(&set, "bench", dir.path(), cinderblock::exec::Exec::host());
     let mut discover_best = Duration::MAX;
     for _ in 0..3 {
         let t = Instant::now();
-        let world = discover_with(&set, "bench", dir.path(), &reports);
+        let world = world_of(&set, &registry, dir.path(), registry.discover());
         discover_best = discover_best.min(t.elapsed());
         let view = world.backends.values().next().expect("the back end");
         let Discovery::Ok(inv) = &view.discovery else {

@@ -7,7 +7,7 @@
 //! the agent's steady state, where every refresh must find "no changes".
 //!
 //! Timed (best of 5): parsing the report's bytes, turning it into the observed
-//! world (`observe::discover_with`, which reads the back end's inventory out of
+//! world (`Registry::discover_with` and `observe::world_of`, which reads the back end's inventory out of
 //! the report), planning, and rendering the plan text. Target (issue 5): under
 //! 0.2 s for discovery parse + plan. Figures are printed, never asserted.
 //!
@@ -24,7 +24,7 @@ use cinderblock::lvm::cmd::Reports;
 use cinderblock::lvm::report::parse_fullreport;
 use cinderblock::manifest::kinds::DeletionPolicy;
 use cinderblock::manifest::load_source;
-use cinderblock::observe::discover_with;
+use cinderblock::observe::world_of;
 use cinderblock::plan::{self, ObjKind, Options, render};
 use cinderblock::state::record::{Recorded, RecordedObject};
 use serde_json::Value;
@@ -118,6 +118,12 @@ fn main() {
 
     let mut best = [Duration::MAX; 4];
     let mut plan_len = 0;
+    let registry = cinderblock::registry::Registry::new(
+        &set,
+        "lab",
+        Path::new("/nonexistent"),
+        cinderblock::exec::Exec::host(),
+    );
     for _ in 0..5 {
         let t0 = Instant::now();
         let report = parse_fullreport(&bytes).unwrap();
@@ -126,7 +132,12 @@ fn main() {
             report,
             failed: std::collections::BTreeMap::default(),
         };
-        let world = discover_with(&set, "lab", Path::new("/nonexistent"), &reports);
+        let world = world_of(
+            &set,
+            &registry,
+            Path::new("/nonexistent"),
+            registry.discover_with(&reports),
+        );
         let t2 = Instant::now();
         let p = plan::plan(&set, &world, &recorded, Options::default());
         let t3 = Instant::now();

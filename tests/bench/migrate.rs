@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use cinderblock::copy::{Observer, Position};
 use cinderblock::exec::{Cmd, run};
-use cinderblock::file::{Allocation, FileBackend, ObjKind};
-use cinderblock::migrate::{Checkpoints, Endpoint, MigrateError, Move};
+use cinderblock::file::{Allocation, FileBackend, FileDriver, ObjKind};
+use cinderblock::migrate::{Checkpoints, MigrateError, Move};
 use uuid::Uuid;
 
 mod common;
@@ -120,8 +120,8 @@ fn main() {
                             size: 16 * GIB,
                             bandwidth: None,
                         },
-                        &Endpoint::File(from.clone(), Allocation::Sparse),
-                        &Endpoint::File(to.clone(), Allocation::Sparse),
+                        &FileDriver::local(from.clone(), Allocation::Sparse),
+                        &FileDriver::local(to.clone(), Allocation::Sparse),
                         &mut Memory(0),
                     )
                     .expect("migrate");

@@ -95,7 +95,13 @@ fn main() {
     std::fs::create_dir_all(&state).unwrap();
     ledger.save(&state).unwrap();
     let t = Instant::now();
-    let world = cinderblock::observe::discover(&loaded.set, "bench", &state);
+    let registry = cinderblock::registry::Registry::new(
+        &loaded.set,
+        "bench",
+        &state,
+        cinderblock::exec::Exec::host(),
+    );
+    let world = cinderblock::observe::discover(&loaded.set, &registry, &state);
     let discover = t.elapsed();
     let mut actions = 0;
     let planner = best_of(5, || {

@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use cinderblock::file::{Allocation, FileBackend, NewObject, ObjKind};
+use cinderblock::file::{Allocation, FileBackend, FileDriver, NewObject, ObjKind};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -641,13 +641,13 @@ pub(crate) fn write_golden_repository(
         &RunSpec {
             id: Uuid::from_u128(0xb0),
             repo: &repo,
-            backend: &be,
+            driver: &FileDriver::local(be.clone(), Allocation::Sparse),
             volume: uuid,
             policy: Some("nightly"),
             mode: Mode::Full,
             codec: cinderblock::backup::Codec::Zstd,
             host: "golden-host",
-            direct: false,
+            force: true,
             exported: false,
         },
         &cinderblock::backup::NoProgress,
@@ -850,13 +850,13 @@ fn two_writers_at_once_share_one_repository() {
                     &RunSpec {
                         id: Uuid::new_v4(),
                         repo,
-                        backend: be,
+                        driver: &FileDriver::local(be.clone(), Allocation::Sparse),
                         volume: *uuid,
                         policy: None,
                         mode: Mode::Full,
                         codec: Codec::Zstd,
                         host: if n == 0 { "a" } else { "b" },
-                        direct: false,
+                        force: true,
                         exported: false,
                     },
                     &NoProgress,

@@ -7,9 +7,11 @@ use std::fs;
 use std::path::Path;
 
 use cinderblock::apply::{self, Silent};
+use cinderblock::exec::Exec;
 use cinderblock::manifest::load_paths;
 use cinderblock::observe;
 use cinderblock::plan::{self, Options, render};
+use cinderblock::registry::Registry;
 use cinderblock::state::record::Ledger;
 use proptest::prelude::*;
 
@@ -87,14 +89,15 @@ fn plan_and_apply(dir: &Path) -> (String, usize) {
     assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
     let state = dir.join("state");
     let mut ledger = Ledger::load(&state).unwrap();
-    let world = observe::discover(&loaded.set, "testhost", &state);
+    let registry = Registry::new(&loaded.set, "testhost", &state, Exec::host());
+    let world = observe::discover(&loaded.set, &registry, &state);
     let p1 = plan::plan(&loaded.set, &world, &ledger.recorded, Options::default());
     let p2 = plan::plan(&loaded.set, &world, &ledger.recorded, Options::default());
     let text = render::text(&p1);
     assert_eq!(text, render::text(&p2), "planning is not deterministic");
     assert!(p1.errors.is_empty(), "{text}");
     let n = p1.actions.len();
-    apply::apply(&p1, &world, &state, &mut ledger, &mut Silent).unwrap();
+    apply::apply(&p1, &registry, &state, &mut ledger, &mut Silent).unwrap();
     (text, n)
 }
 
@@ -102,7 +105,8 @@ fn replan(dir: &Path) -> String {
     let loaded = load_paths(&[dir.join("manifests")]);
     let state = dir.join("state");
     let ledger = Ledger::load(&state).unwrap();
-    let world = observe::discover(&loaded.set, "testhost", &state);
+    let registry = Registry::new(&loaded.set, "testhost", &state, Exec::host());
+    let world = observe::discover(&loaded.set, &registry, &state);
     let p = plan::plan(&loaded.set, &world, &ledger.recorded, Options::default());
     if p.actions.is_empty() && p.errors.is_empty() {
         String::new()
@@ -134,7 +138,8 @@ proptest! {
         // Volumes with Delete whose snapshot stays Retain cannot be deleted; skip those cases.
         let state = tmp.path().join("state");
         let ledger = Ledger::load(&state).unwrap();
-        let world = observe::discover(&loaded.set, "testhost", &state);
+        let registry = Registry::new(&loaded.set, "testhost", &state, Exec::host());
+        let world = observe::discover(&loaded.set, &registry, &state);
         let p = plan::plan(&loaded.set, &world, &ledger.recorded, Options::default());
         prop_assume!(p.errors.is_empty());
         plan_and_apply(tmp.path());

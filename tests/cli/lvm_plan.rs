@@ -1,15 +1,17 @@
 //! Planning over LVM back ends on the host, where there is no device-mapper:
 //! the lab's captured `lvm fullreport` stands in for discovery
-//! (`observe::discover_with`), then the real planner and renderer run. The same
+//! (`Registry::discover_with`, `observe::world_of`), then the real planner and renderer run. The same
 //! paths run against live LVM in `tests/lab/lvm_backend.rs`.
 
 use std::path::Path;
 
+use cinderblock::exec::Exec;
 use cinderblock::lvm::cmd::Reports;
 use cinderblock::lvm::report::{FullReport, parse_fullreport};
 use cinderblock::manifest::{ManifestSet, load_source};
-use cinderblock::observe::{Discovery, World, discover_with};
+use cinderblock::observe::{Discovery, World, world_of};
 use cinderblock::plan::{self, Op, Options, render};
+use cinderblock::registry::Registry;
 use cinderblock::state::record::Recorded;
 
 const FULLREPORT: &[u8] = include_bytes!("../fixtures/lvm/fullreport.json");
@@ -38,7 +40,13 @@ fn world(set: &ManifestSet, r: FullReport) -> World {
         report: r,
         failed: std::collections::BTreeMap::default(),
     };
-    discover_with(set, "lab", Path::new("/nonexistent-state"), &reports)
+    let registry = Registry::new(set, "lab", Path::new("/nonexistent-state"), Exec::host());
+    world_of(
+        set,
+        &registry,
+        Path::new("/nonexistent-state"),
+        registry.discover_with(&reports),
+    )
 }
 
 fn backend(name: &str, lvm: &str, extra: &str) -> String {
@@ -146,7 +154,7 @@ fn a_thin_pool_is_created_only_when_declared() {
         Options::default(),
     );
     assert!(
-        p.errors[0].starts_with("pool.thin: thin pool labvg/pool9 needs 8224Mi (8Gi data, 16Mi metadata and as much again for lvm2's metadata spare), but volume group labvg has 7272Mi free"),
+        p.errors[0].to_string().starts_with("pool.thin: thin pool labvg/pool9 needs 8224Mi (8Gi data, 16Mi metadata and as much again for lvm2's metadata spare), but volume group labvg has 7272Mi free"),
         "{:?}",
         p.errors
     );
@@ -188,7 +196,13 @@ fn thick_back_end_deletes_note_the_wipe_and_failed_vgs_hold_deletes() {
         "labvg".into(),
         "`lvm fullreport ...` failed with exit status 5: Volume group \"labvg\" not found".into(),
     );
-    let w = discover_with(&s, "lab", Path::new("/nonexistent"), &failed);
+    let registry = Registry::new(&s, "lab", Path::new("/nonexistent"), Exec::host());
+    let w = world_of(
+        &s,
+        &registry,
+        Path::new("/nonexistent"),
+        registry.discover_with(&failed),
+    );
     let p = plan::plan(&s, &w, &rec, Options::default());
     assert!(!p.actions.iter().any(|a| matches!(a.op, Op::Delete { .. })));
     assert!(
@@ -238,7 +252,7 @@ fn thick_snapshots_reserve_cow_space_and_block_extending_their_origin() {
     ];
     let p = plan::plan(&s, &world(&s, r), &Recorded::default(), Options::default());
     assert!(
-        p.errors[0].starts_with("volume.vol-thick: cannot extend to 512Mi on thick: it is the origin of thick snapshot(s) snapshot.old"),
+        p.errors[0].to_string().starts_with("volume.vol-thick: cannot extend to 512Mi on thick: it is the origin of thick snapshot(s) snapshot.old"),
         "{:?}",
         p.errors
     );

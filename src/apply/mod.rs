@@ -7,6 +7,11 @@
 //! interrupted create shows as a `creating` object that the planner resumes
 //! with the same uuid; an interrupted delete as a `deleting` one.
 //!
+//! Each step goes to its back end's [`Driver`] from the [`Registry`] built
+//! from the manifests; the executor names no back-end kind. A failed step is
+//! an [`ApplyError::Step`] whose [`StepError`] says whether retrying can
+//! help, which the agent's backoff reads.
+//!
 //! Must not: decide anything the plan did not say. It resolves only the
 //! uuids of objects created earlier in the same run.
 
@@ -16,14 +21,11 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::exec::Exec;
-use crate::file::{self, Change, FileBackend, NewObject};
+use crate::driver::{Change, Driver, DriverError, NewMark, NewObject, PathKind, fault};
 use crate::iscsi::lio;
-use crate::lvm::{self, LvmBackend, NewLv, Wipe};
-use crate::manifest::kinds::{Allocation, VolumeClear};
 use crate::model::ObjKind;
-use crate::observe::{Driver, World};
 use crate::plan::{Action, Op, Plan};
+use crate::registry::Registry;
 use crate::state::journal::{Journal, JournalError, Outcome};
 use crate::state::record::{Ledger, RecordedObject};
 
@@ -55,15 +57,77 @@ pub enum ApplyError {
         done: usize,
     },
     /// A step failed.
-    #[error("{address}: {message}")]
+    #[error("{address}")]
     Step {
         /// The action's address.
         address: String,
-        /// What failed (the driver's error chain).
-        message: String,
+        /// What failed (boxed: it is large).
+        #[source]
+        cause: Box<StepError>,
         /// Steps completed before it.
         done: usize,
     },
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Its back end refused or failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The migration failed.
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
+    /// The restore of a volume declared from a backup failed.
+    #[error(transparent)]
+    Restore(#[from] crate::backup::BackupError),
+    /// The iSCSI export failed.
+    #[error(transparent)]
+    Export(#[from] lio::LioError),
+    /// Copying an image file in failed.
+    #[error("cannot copy the image file {} in", path.display())]
+    ImageCopy {
+        /// The image file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: crate::copy::CopyError,
+    },
+    /// What the step needs is missing or contradicts the world (a source
+    /// gone, a back end not of this host, an unreadable secret): the plan
+    /// must change first.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StepError {
+    /// Whether running the step again later can help (contention, a
+    /// timeout, I/O); otherwise something must change first. The agent's
+    /// backoff reads this.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Driver(e) => e.is_retryable(),
+            Self::Migrate(e) => e.is_retryable(),
+            Self::Restore(e) => e.is_retryable(),
+            Self::Export(_) | Self::ImageCopy { .. } => true,
+            Self::Invalid(_) => false,
+        }
+    }
+}
+
+impl ApplyError {
+    /// For a failed step: its address, its cause in one line, and whether a
+    /// retry can help.
+    pub fn step(&self) -> Option<(&str, String, bool)> {
+        match self {
+            Self::Step { address, cause, .. } => Some((
+                address.as_str(),
+                crate::error_chain(cause),
+                cause.is_retryable(),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// What an apply did.
@@ -115,18 +179,18 @@ impl Progress for Silent {
     fn done(&mut self, _: &Action, _: bool, _: Duration) {}
 }
 
-/// Applies `plan` against the back ends of `world`, journalling in
-/// `state_dir` and updating `ledger`. The caller holds the state lock.
+/// Applies `plan` against the back ends of `registry`, journalling in `state_dir` and updating `ledger`. The caller holds the
+/// state lock.
 pub fn apply(
     plan: &Plan,
-    world: &World,
+    registry: &Registry<'_>,
     state_dir: &Path,
     ledger: &mut Ledger,
     progress: &mut dyn Progress,
 ) -> Result<Report, ApplyError> {
     apply_with(
         plan,
-        world,
+        registry,
         state_dir,
         ledger,
         progress,
@@ -137,7 +201,7 @@ pub fn apply(
 /// [`apply`] with options.
 pub fn apply_with(
     plan: &Plan,
-    world: &World,
+    registry: &Registry<'_>,
     state_dir: &Path,
     ledger: &mut Ledger,
     progress: &mut dyn Progress,
@@ -167,7 +231,7 @@ pub fn apply_with(
         };
         let text = describe(action, new_uuid);
         let intent = journal.intent(plan_id, step, &text)?;
-        crash_point(step, "intent");
+        fault::step(step, "intent");
         progress.start(action, &text);
         let started = Instant::now();
         let result = if let Op::Migrate { .. } = &action.op {
@@ -178,14 +242,13 @@ pub fn apply_with(
                 progress: &mut *progress,
                 action,
                 id: None,
-                crash_after: crash_after_bytes(),
                 logged: Instant::now(),
             };
-            migrate(action, world, ledger, &mut ctx, opts)
+            migrate(action, registry, ledger, &mut ctx, opts)
         } else {
-            run(action, new_uuid, world, &created, ledger)
+            run(action, new_uuid, registry, &created, ledger)
         };
-        crash_point(step, "driver");
+        fault::step(step, "driver");
         match result {
             Ok(change) => {
                 let changed = change == Change::Changed;
@@ -195,7 +258,7 @@ pub fn apply_with(
                     Outcome::Unchanged
                 };
                 journal.outcome(&intent, outcome, None)?;
-                crash_point(step, "outcome");
+                fault::step(step, "outcome");
                 if let (Op::Create { kind, name, .. }, Some(u)) = (&action.op, new_uuid) {
                     created.insert((*kind, name.clone()), u);
                 }
@@ -204,34 +267,19 @@ pub fn apply_with(
                 count(&mut report, action, changed);
                 progress.done(action, changed, started.elapsed());
             }
-            Err(message) => {
-                journal.outcome(&intent, Outcome::Failed, Some(message.clone()))?;
+            Err(cause) => {
+                journal.outcome(&intent, Outcome::Failed, Some(crate::error_chain(&cause)))?;
                 // Keep what earlier steps recorded.
                 ledger.save(state_dir)?;
                 return Err(ApplyError::Step {
                     address: action.address.clone(),
-                    message,
+                    cause: Box::new(cause),
                     done: i,
                 });
             }
         }
     }
     Ok(report)
-}
-
-/// Fault injection for the crash tests: with `CINDERBLOCK_CRASH_AT=STEP:POINT`
-/// (POINT is `intent`, `driver` or `outcome`) the process kills itself with
-/// SIGKILL at that point, exactly as a power cut or `kill -9` would stop it.
-/// Unset, it costs one comparison per step.
-fn crash_point(step: u32, point: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let at = AT.get_or_init(|| std::env::var("CINDERBLOCK_CRASH_AT").ok());
-    if let Some(at) = at
-        && at.split_once(':') == Some((&step.to_string(), point))
-    {
-        tracing::warn!(step, point, "CINDERBLOCK_CRASH_AT: killing this process");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
 }
 
 fn count(r: &mut Report, a: &Action, changed: bool) {
@@ -340,181 +388,118 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
     }
 }
 
-/// Creates volume `uuid` on `backend` from backup `b`
+/// The driver of back end `name`.
+fn driver<'a>(registry: &'a Registry<'_>, name: &str) -> Result<&'a dyn Driver, StepError> {
+    registry.get(name).ok_or_else(|| {
+        StepError::Invalid(format!("back end {name} is not a back end of this host"))
+    })
+}
+
+/// Creates volume `uuid` on `on` from backup `b`
 /// ([`crate::backup::into_volume`]). An interrupted earlier attempt
 /// (`resume`) holds nothing worth keeping: it is removed and the restore
 /// starts over.
 fn restore_backup(
-    world: &World,
-    backend: &str,
+    on: &dyn Driver,
     b: &crate::observe::BackupSource,
     uuid: Uuid,
     resume: Option<Uuid>,
     name: &str,
     size: u64,
-) -> Result<(), String> {
-    use crate::backup::into_volume::{NewVolume, restore_new_from};
-    let t = target(world, backend)?;
-    let on = match &t {
-        Target::File(fb, alloc) => {
-            if resume.is_some() {
-                fb.delete(uuid).map_err(|e| crate::error_chain(&e))?;
-            }
-            NewVolume::File {
-                backend: fb,
-                allocation: file_alloc(*alloc),
-            }
-        }
-        Target::Lvm(lb) => {
-            if resume.is_some() {
-                lb.delete(uuid).map_err(|e| crate::error_chain(&e))?;
-            }
-            NewVolume::Lvm(lb)
-        }
-    };
-    let stats = restore_new_from(
+) -> Result<(), StepError> {
+    if resume.is_some() {
+        on.delete(uuid)?;
+    }
+    let stats = crate::backup::into_volume::restore_new_from(
         &b.target,
         b.id,
-        &on,
+        on,
         uuid,
         name,
         size,
         &crate::backup::NoProgress,
-    )
-    .map_err(|e| crate::error_chain(&e))?;
+    )?;
     tracing::info!(%uuid, backup = %b.id, bytes = stats.bytes, written = stats.written, "restored into a new volume");
     Ok(())
 }
 
-/// Where an action's back end keeps its data.
-enum Target {
-    File(FileBackend, Allocation),
-    Lvm(LvmBackend<'static>),
-}
-
-fn target(world: &World, name: &str) -> Result<Target, String> {
-    let view = world
-        .backends
-        .values()
-        .find(|b| b.name.as_str() == name)
-        .ok_or_else(|| format!("back end {name} is not a back end of this host"))?;
-    Ok(match &view.driver {
-        Driver::File { root, allocation } => {
-            Target::File(FileBackend::new(root, name), *allocation)
-        }
-        Driver::Lvm {
-            volume_group,
-            thin_pool,
-            volume_clear,
-            ..
-        } => Target::Lvm(LvmBackend::new(
-            Exec::host(),
-            name,
-            volume_group.clone(),
-            thin_pool.clone(),
-            match volume_clear {
-                VolumeClear::Zero => Wipe::Zero,
-                VolumeClear::None => Wipe::None,
-            },
-        )),
-    })
-}
-
 /// Copies the raw image file `path` into the new image-volume `uuid` of
-/// `backend` (`size` bytes): only the file's data extents are read, holes
-/// are left as holes on a sparse file or thin LV, and a thick LV's blocks
-/// that the file does not cover are zeroed.
-fn copy_image_in(
-    path: &Path,
-    world: &World,
-    backend: &str,
-    uuid: Uuid,
-    size: u64,
-) -> Result<(), String> {
-    let view = world
-        .backends
-        .values()
-        .find(|b| b.name.as_str() == backend)
-        .ok_or_else(|| format!("back end {backend} is not a back end of this host"))?;
-    let is_file = matches!(view.driver, Driver::File { .. });
-    let (target_path, kind) = match (&view.driver, target(world, backend)?) {
-        (_, Target::File(fb, _)) => (
-            fb.data_path(ObjKind::Image, uuid),
-            crate::copy::Target::Holes,
-        ),
-        (Driver::Lvm { thin_pool, .. }, Target::Lvm(lb)) => (
-            lb.device(&lvm::tags::lv_name(crate::model::ObjKind::Image, uuid)),
-            if thin_pool.is_some() {
-                crate::copy::Target::Holes
-            } else {
-                crate::copy::Target::MustZero
-            },
-        ),
-        (Driver::File { .. }, Target::Lvm(_)) => return Err("back end kinds disagree".into()),
+/// `on` (`size` bytes): only the file's data extents are read, holes are
+/// left as holes where the back end reads zeros unwritten, and every block
+/// the file does not cover is zeroed where it does not.
+fn copy_image_in(path: &Path, on: &dyn Driver, uuid: Uuid, size: u64) -> Result<(), StepError> {
+    let target = on.data_path(uuid)?;
+    let copy_err = |source| StepError::ImageCopy {
+        path: path.to_owned(),
+        source,
     };
-    let src =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let len = src
-        .metadata()
-        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
-        .len();
+    let io_err = |op: &'static str, p: &Path| {
+        let p = p.to_owned();
+        move |source| {
+            copy_err(crate::copy::CopyError::Io {
+                op,
+                path: p,
+                source,
+            })
+        }
+    };
+    let src = std::fs::File::open(path).map_err(io_err("open", path))?;
+    let len = src.metadata().map_err(io_err("stat", path))?.len();
     let dst = std::fs::OpenOptions::new()
         .write(true)
-        .open(&target_path)
-        .map_err(|e| format!("cannot open {}: {e}", target_path.display()))?;
-    let extents =
-        crate::copy::Extents::of_file(&src, path, len).map_err(|e| crate::error_chain(&e))?;
+        .open(&target.path)
+        .map_err(io_err("open", &target.path))?;
+    let extents = crate::copy::Extents::of_file(&src, path, len).map_err(copy_err)?;
     let stats = crate::copy::copy(
         &crate::copy::Job {
             source: &src,
             source_path: path,
             target: &dst,
-            target_path: &target_path,
+            target_path: &target.path,
             len,
             target_len: size,
             extents: &extents,
-            kind,
+            kind: if on.capabilities().new_reads_zero {
+                crate::copy::Target::Holes
+            } else {
+                crate::copy::Target::MustZero
+            },
             start: 0,
             bandwidth: None,
             hash_source: false,
             read_back: false,
-            writeback: is_file,
+            writeback: target.kind == PathKind::File,
         },
         &mut crate::copy::Quiet,
     )
-    .map_err(|e| crate::error_chain(&e))?;
+    .map_err(copy_err)?;
     tracing::info!(image = %uuid, from = %path.display(), read = stats.read, written = stats.written, zeroed = stats.zeroed, "image content copied in");
     Ok(())
 }
 
 /// Reads a CHAP secret where a manifest points (at apply time only; the
 /// error names the source, never the content).
-fn read_secret(r: &crate::manifest::kinds::SecretRef) -> Result<crate::iscsi::chap::Chap, String> {
+fn read_secret(
+    r: &crate::manifest::kinds::SecretRef,
+) -> Result<crate::iscsi::chap::Chap, StepError> {
     crate::iscsi::chap::read(
         r.file
             .as_ref()
             .map(crate::manifest::values::AbsPath::as_path),
         r.env.as_deref(),
     )
-}
-
-fn file_alloc(a: Allocation) -> file::Allocation {
-    match a {
-        Allocation::Sparse => file::Allocation::Sparse,
-        Allocation::Preallocated => file::Allocation::Preallocated,
-    }
+    .map_err(StepError::Invalid)
 }
 
 #[allow(clippy::too_many_lines)] // one arm per operation, each short
 fn run(
     action: &Action,
     new_uuid: Option<Uuid>,
-    world: &World,
+    registry: &Registry<'_>,
     created: &BTreeMap<(ObjKind, String), Uuid>,
     ledger: &mut Ledger,
-) -> Result<Change, String> {
-    let err = |e: file::FileError| crate::error_chain(&e);
-    let lerr = |e: lvm::LvmError| crate::error_chain(&e);
+) -> Result<Change, StepError> {
+    let invalid = |what: &str| StepError::Invalid(what.to_owned());
     match &action.op {
         Op::Create {
             kind,
@@ -526,80 +511,43 @@ fn run(
             from_file,
             backup,
             resume,
-            placement: _,
+            ..
         } => {
-            let uuid = new_uuid.ok_or("no identity")?;
+            let uuid = new_uuid.ok_or_else(|| invalid("no identity"))?;
             let source_uuid = match source {
                 None => None,
                 Some(s) => Some(
                     s.uuid
                         .or_else(|| created.get(&(s.kind, s.name.clone())).copied())
                         .ok_or_else(|| {
-                            format!("its source {}.{} does not exist", kind_word(s.kind), s.name)
+                            StepError::Invalid(format!(
+                                "its source {}.{} does not exist",
+                                s.kind, s.name
+                            ))
                         })?,
                 ),
             };
+            let on = driver(registry, backend)?;
             let change = if let Some(b) = backup {
-                restore_backup(world, backend, b, uuid, *resume, name, *size)?;
+                restore_backup(on, b, uuid, *resume, name, *size)?;
                 Change::Changed
+            } else if *kind == ObjKind::Snapshot {
+                let vol = source_uuid.ok_or_else(|| invalid("a snapshot needs its volume"))?;
+                // `size` is the copy-on-write space where the back end
+                // reserves one; the others ignore it.
+                on.snapshot(vol, uuid, name, *size)?
             } else {
-                match (target(world, backend)?, kind) {
-                    (Target::File(fb, _), ObjKind::Snapshot) => {
-                        let vol = source_uuid.ok_or("a snapshot needs its volume")?;
-                        fb.snapshot(vol, uuid, name).map_err(err)?.change
-                    }
-                    (Target::File(fb, alloc), ObjKind::Volume | ObjKind::Image) => {
-                        let src = match (source, source_uuid) {
-                            (Some(s), Some(u)) => Some(file::SourceRef {
-                                kind: s.kind,
-                                uuid: u,
-                            }),
-                            _ => None,
-                        };
-                        let obj_kind = if *kind == ObjKind::Image {
-                            ObjKind::Image
-                        } else {
-                            ObjKind::Volume
-                        };
-                        fb.create(&NewObject {
-                            uuid,
-                            name,
-                            kind: obj_kind,
-                            size: *size,
-                            allocation: file_alloc(alloc),
-                            source: src,
-                        })
-                        .map_err(err)?
-                        .change
-                    }
-                    (Target::Lvm(lb), ObjKind::Snapshot) => {
-                        let vol = source_uuid.ok_or("a snapshot needs its volume")?;
-                        // `size` is the copy-on-write space of a thick snapshot;
-                        // a thin one ignores it.
-                        lb.snapshot(vol, uuid, name, *size).map_err(lerr)?
-                    }
-                    (Target::Lvm(lb), ObjKind::Volume | ObjKind::Image) => {
-                        let src = match (source, source_uuid) {
-                            (Some(s), Some(u)) => Some(lvm::Source {
-                                kind: s.kind,
-                                uuid: u,
-                            }),
-                            _ => None,
-                        };
-
-                        lb.create(&NewLv {
-                            uuid,
-                            name,
-                            kind: *kind,
-                            size: *size,
-                            source: src,
-                        })
-                        .map_err(lerr)?
-                    }
-                }
+                on.create(&NewObject {
+                    uuid,
+                    name,
+                    kind: *kind,
+                    size: *size,
+                    source: source.as_ref().zip(source_uuid).map(|(s, u)| (s.kind, u)),
+                    mark: NewMark::Ready,
+                })?
             };
             if let Some(path) = from_file {
-                copy_image_in(path, world, backend, uuid, *size)?;
+                copy_image_in(path, on, uuid, *size)?;
             }
             ledger.recorded.objects.insert(
                 uuid,
@@ -618,17 +566,11 @@ fn run(
             size,
             metadata_size,
             ..
-        } => match target(world, backend)? {
-            Target::Lvm(lb) => Ok(lb.create_pool(*size, *metadata_size).map_err(lerr)?),
-            Target::File(..) => Err(format!("back end {backend} is not an LVM back end")),
-        },
+        } => Ok(driver(registry, backend)?.create_pool(*size, *metadata_size)?),
         Op::Extend {
             uuid, backend, to, ..
         } => {
-            let change = match target(world, backend)? {
-                Target::File(fb, alloc) => fb.extend(*uuid, *to, file_alloc(alloc)).map_err(err)?,
-                Target::Lvm(lb) => lb.extend(*uuid, *to).map_err(lerr)?,
-            };
+            let change = driver(registry, backend)?.extend(*uuid, *to)?;
             if let Some(r) = ledger.recorded.objects.get_mut(uuid) {
                 r.size = *to;
             }
@@ -651,11 +593,7 @@ fn run(
                 deletion_policy: *deletion_policy,
             };
             let old = ledger.recorded.objects.insert(*uuid, new.clone());
-            Ok(if old.as_ref() == Some(&new) {
-                Change::Unchanged
-            } else {
-                Change::Changed
-            })
+            Ok(Change::from_bool(old.as_ref() != Some(&new)))
         }
         Op::Export {
             name,
@@ -671,32 +609,14 @@ fn run(
         } => {
             let uuid = uuid
                 .or_else(|| created.get(&(ObjKind::Volume, name.clone())).copied())
-                .ok_or_else(|| format!("volume {name} does not exist"))?;
-            let device = match target(world, backend)? {
-                Target::File(fb, _) => {
-                    let size = ledger
-                        .recorded
-                        .objects
-                        .get(&uuid)
-                        .map(|r| r.size)
-                        .or_else(|| {
-                            world
-                                .backends
-                                .values()
-                                .filter_map(|b| b.inventory())
-                                .flat_map(|i| i.objects.iter())
-                                .find(|o| o.uuid == uuid)
-                                .map(|o| o.size)
-                        })
-                        .ok_or_else(|| format!("the size of volume {name} is unknown"))?;
-                    lio::Device::File {
-                        path: fb.data_path(ObjKind::Volume, uuid),
-                        size,
-                    }
-                }
-                Target::Lvm(lb) => lio::Device::Block(
-                    lb.device(&lvm::tags::lv_name(crate::model::ObjKind::Volume, uuid)),
-                ),
+                .ok_or_else(|| StepError::Invalid(format!("volume {name} does not exist")))?;
+            let data = driver(registry, backend)?.data_path(uuid)?;
+            let device = match data.kind {
+                PathKind::File => lio::Device::File {
+                    path: data.path,
+                    size: data.len,
+                },
+                PathKind::Block => lio::Device::Block(data.path),
             };
             let spec = lio::ExportSpec {
                 uuid,
@@ -710,25 +630,16 @@ fn run(
                 portals: portals.clone(),
                 rehome: *rehome,
             };
-            lio::LioDriver::new(lio::root())
-                .export(&spec)
-                .map_err(|e| crate::error_chain(&e))
+            Ok(lio::LioDriver::new(lio::root()).export(&spec)?)
         }
-        Op::Unexport { uuid, .. } => lio::LioDriver::new(lio::root())
-            .unexport(*uuid, false)
-            .map_err(|e| crate::error_chain(&e)),
+        Op::Unexport { uuid, .. } => Ok(lio::LioDriver::new(lio::root()).unexport(*uuid, false)?),
         Op::DiscoveryAuth { chap, mutual, .. } => {
             let chap = read_secret(chap)?;
             let mutual = mutual.as_ref().map(read_secret).transpose()?;
-            lio::LioDriver::new(lio::root())
-                .discovery_auth(&chap, mutual.as_ref())
-                .map_err(|e| crate::error_chain(&e))
+            Ok(lio::LioDriver::new(lio::root()).discovery_auth(&chap, mutual.as_ref())?)
         }
         Op::Delete { uuid, backend, .. } => {
-            let change = match target(world, backend)? {
-                Target::File(fb, _) => fb.delete(*uuid).map_err(err)?,
-                Target::Lvm(lb) => lb.delete(*uuid).map_err(lerr)?,
-            };
+            let change = driver(registry, backend)?.delete(*uuid)?;
             // An abandoned migration's target carries the identity of a
             // volume that lives on: its record stays.
             if ledger
@@ -741,7 +652,7 @@ fn run(
             }
             Ok(change)
         }
-        Op::Migrate { .. } => Err("a migration is not a driver step".into()),
+        Op::Migrate { .. } => Err(invalid("a migration is not a driver step")),
         Op::Forget {
             uuid,
             backend,
@@ -751,25 +662,12 @@ fn run(
             let change = if *gone {
                 Change::Changed
             } else {
-                match target(world, backend)? {
-                    Target::File(fb, _) => fb.release(*uuid).map_err(err)?,
-                    Target::Lvm(lb) => lb.release(*uuid).map_err(lerr)?,
-                }
+                driver(registry, backend)?.release(*uuid)?
             };
             ledger.recorded.objects.remove(uuid);
             Ok(change)
         }
     }
-}
-
-/// `CINDERBLOCK_CRASH_AT=migrate-copy:N`: SIGKILL once a migration's copy
-/// has read N bytes (the crash test's "halfway").
-fn crash_after_bytes() -> Option<u64> {
-    std::env::var("CINDERBLOCK_CRASH_AT")
-        .ok()?
-        .strip_prefix("migrate-copy:")?
-        .parse()
-        .ok()
 }
 
 /// A migration step's link to the journal and the progress display.
@@ -780,7 +678,6 @@ struct MigrateCtx<'a> {
     progress: &'a mut dyn Progress,
     action: &'a Action,
     id: Option<Uuid>,
-    crash_after: Option<u64>,
     /// When progress was last logged.
     logged: Instant,
 }
@@ -799,10 +696,7 @@ impl crate::copy::Observer for MigrateCtx<'_> {
                 "copying"
             );
         }
-        if self.crash_after.is_some_and(|n| at.read >= n) {
-            tracing::warn!(read = at.read, "CINDERBLOCK_CRASH_AT: killing this process");
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-        }
+        fault::copied(at.read);
     }
     fn checkpoint(&mut self, at: &crate::copy::Position) -> Result<(), String> {
         let id = self.id.ok_or("no migration id")?;
@@ -826,20 +720,13 @@ impl crate::migrate::Checkpoints for MigrateCtx<'_> {
     }
 }
 
-fn endpoint(world: &World, name: &str) -> Result<crate::migrate::Endpoint<'static>, String> {
-    Ok(match target(world, name)? {
-        Target::File(fb, alloc) => crate::migrate::Endpoint::File(fb, file_alloc(alloc)),
-        Target::Lvm(lb) => crate::migrate::Endpoint::Lvm(lb),
-    })
-}
-
 fn migrate(
     action: &Action,
-    world: &World,
+    registry: &Registry<'_>,
     ledger: &mut Ledger,
     ctx: &mut MigrateCtx<'_>,
     opts: ApplyOptions,
-) -> Result<Change, String> {
+) -> Result<Change, StepError> {
     let Op::Migrate {
         name,
         uuid,
@@ -851,10 +738,10 @@ fn migrate(
         ..
     } = &action.op
     else {
-        return Err("not a migration".into());
+        return Err(StepError::Invalid("not a migration".into()));
     };
-    let src = endpoint(world, from)?;
-    let dst = endpoint(world, to)?;
+    let src = driver(registry, from)?;
+    let dst = driver(registry, to)?;
     let limit = match (*bandwidth, opts.bandwidth_limit) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -865,7 +752,7 @@ fn migrate(
         size: *target_size,
         bandwidth: limit,
     };
-    let report = crate::migrate::run(&mv, &src, &dst, ctx).map_err(|e| crate::error_chain(&e))?;
+    let report = crate::migrate::run(&mv, src, dst, ctx)?;
     if let Some(c) = &report.copy {
         let text = format!(
             "read {} bytes, wrote {}, zeroed {}{} in {:.1}s; verified (blake3 {})",
@@ -893,17 +780,10 @@ fn migrate(
             deletion_policy: *deletion_policy,
         },
     );
-    Ok(if report.changed {
-        Change::Changed
-    } else {
-        Change::Unchanged
-    })
+    Ok(Change::from_bool(report.changed))
 }
 
-fn kind_word(k: ObjKind) -> &'static str {
-    match k {
-        ObjKind::Volume => "volume",
-        ObjKind::Snapshot => "snapshot",
-        ObjKind::Image => "image",
-    }
-}
+// Test data builders narrow sizes to buffer lengths on purpose.
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests;

@@ -1,0 +1,330 @@
+//! Migration: moving a volume from one back end of this host to another,
+//! keeping its name and uuid, resumable at any byte and verified before the
+//! source goes.
+//!
+//! Owns the sequence of one migration step. Each state is visible on the
+//! back ends, so a re-run after a crash anywhere continues from where it is:
+//!
+//! | step | what | a crash after it leaves | the re-run |
+//! | --- | --- | --- | --- |
+//! | 1 | target created, marked `migrating` with a fresh migration id ([`NewMark::Migrating`]: LV tags `cinderblock.state=migrating`, `cinderblock.migration=<id>`, `cinderblock.from=<back end>`; file sidecar `state: migrating` + `migration`) | source ready + target migrating | finds the target, resumes the copy |
+//! | 2 | copy (see [`crate::copy`]), checkpoints in the journal every 256 MiB or 5 s, each after the target's data was synced | the same | resumes at the last checkpoint of this migration id |
+//! | 3 | verify: content hash of source and target | the same | copies from the checkpoint, verifies again |
+//! | 4 | source marked `deleting` | source deleting + target migrating | promotes, deletes |
+//! | 5 | target promoted (marks removed) | source deleting + target ready | deletes the source |
+//! | 6 | source deleted (thick LVs zeroed first per `volumeClear`) | target ready | nothing left |
+//!
+//! A failed verification keeps the source as it was, resets the checkpoint
+//! (the next run copies from the start) and says so. The source must not be
+//! written while it moves: an open LV is refused (the planner refuses it too),
+//! and a write during the copy fails the verification rather than being lost.
+//!
+//! Works on any two [`Driver`]s: where the source holds data comes from its
+//! [`Layout`], what a new target reads where nothing is written from its
+//! capabilities (`new_reads_zero`: holes left, else every gap zeroed), and a
+//! target that is a regular file ([`PathKind::File`]) is read back while it
+//! is written and verified by its own data extents; a block device by the
+//! source's.
+//!
+//! Must not: decide whether to migrate (the planner's), print (progress goes
+//! through [`crate::copy::Observer`]), touch anything without our marks, or
+//! branch on a back end's kind.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::copy::{self, Extents, Target};
+use crate::driver::{
+    DataPath, Driver, DriverError, Layout, Mark, NewMark, NewObject, ObjKind, PathKind,
+};
+
+/// Errors of a migration.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// A back end operation failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// Opening a device or file failed.
+    #[error("cannot open {}", path.display())]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The copy failed.
+    #[error("copy from {from} to {to} failed")]
+    Copy {
+        /// Source back end.
+        from: String,
+        /// Target back end.
+        to: String,
+        /// Why.
+        #[source]
+        source: copy::CopyError,
+    },
+    /// The target's content differs from the source's.
+    #[error(
+        "verification failed: the source hashes {source_hash}, the target {target_hash}; the source on {from} is kept and unchanged, and the next apply copies again from the start (was the volume written during the copy?)"
+    )]
+    Verify {
+        /// Source back end.
+        from: String,
+        /// Hash of the source.
+        source_hash: String,
+        /// Hash of the target.
+        target_hash: String,
+    },
+    /// The volume is in neither place, or in a state that is not a migration.
+    #[error("{0}")]
+    State(String),
+    /// The journal could not be read or written.
+    #[error("journal")]
+    Journal(#[from] crate::state::journal::JournalError),
+}
+
+impl MigrateError {
+    /// I/O, a failed copy or verification (the next run copies again) and
+    /// the back ends' retryable failures can be tried again; a state that is
+    /// no migration cannot.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Driver(e) => e.is_retryable(),
+            Self::Open { .. } | Self::Copy { .. } | Self::Verify { .. } | Self::Journal(_) => true,
+            Self::State(_) => false,
+        }
+    }
+}
+
+/// What to move.
+#[derive(Debug, Clone, Copy)]
+pub struct Move<'a> {
+    /// The volume's identity (kept).
+    pub uuid: Uuid,
+    /// Its manifest name (kept).
+    pub name: &'a str,
+    /// The target's size (at least the source's).
+    pub size: u64,
+    /// Read at most this many bytes per second.
+    pub bandwidth: Option<u64>,
+}
+
+/// Where checkpoints go and come from.
+pub trait Checkpoints: copy::Observer {
+    /// The last checkpoint's offset for migration `id` (0: none).
+    fn last(&self, id: Uuid) -> Result<u64, MigrateError>;
+    /// Which migration the next checkpoints belong to.
+    fn begin(&mut self, id: Uuid);
+    /// Forget progress: the next run starts at 0.
+    fn reset(&mut self, id: Uuid) -> Result<(), MigrateError>;
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Whether anything was done.
+    pub changed: bool,
+    /// The copy's figures, when this run copied.
+    pub copy: Option<copy::Stats>,
+    /// The verified content hash, when this run verified.
+    pub hash: Option<String>,
+}
+
+impl Report {
+    fn nothing_to_copy(changed: bool) -> Self {
+        Report {
+            changed,
+            copy: None,
+            hash: None,
+        }
+    }
+}
+
+/// Finishes the switch: promote the target, delete the source.
+fn switch(src: &dyn Driver, dst: &dyn Driver, uuid: Uuid) -> Result<(), MigrateError> {
+    dst.set_mark(uuid, Mark::Ready)?;
+    src.delete(uuid)?;
+    Ok(())
+}
+
+fn open(path: &Path, write: bool) -> Result<File, MigrateError> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(|source| MigrateError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Runs (or resumes) one migration of `mv` from `src` to `dst`; see the
+/// module docs for the steps.
+#[allow(clippy::too_many_lines)] // the steps of the module docs' table, in order
+pub fn run(
+    mv: &Move<'_>,
+    src: &dyn Driver,
+    dst: &dyn Driver,
+    cp: &mut dyn Checkpoints,
+) -> Result<Report, MigrateError> {
+    let uuid = mv.uuid;
+    let Some(info) = src.object(uuid)? else {
+        // Gone from the source: done, if the target holds the volume.
+        return match dst.object(uuid)? {
+            Some(o) if o.mark == Mark::Ready => Ok(Report::nothing_to_copy(false)),
+            _ => Err(MigrateError::State(format!(
+                "volume {uuid} is neither on {} nor, ready, on {}",
+                src.name(),
+                dst.name()
+            ))),
+        };
+    };
+    if info.kind != ObjKind::Volume {
+        return Err(MigrateError::State(format!(
+            "{uuid} on {} is a {}, not a volume",
+            src.name(),
+            info.kind
+        )));
+    }
+    if info.in_use && info.mark != Mark::Deleting {
+        return Err(MigrateError::State(format!(
+            "volume {uuid} on {} is open (in use); stop its users and apply again",
+            src.name()
+        )));
+    }
+    match info.mark {
+        Mark::Ready => {}
+        Mark::Deleting => {
+            // Verified in an earlier run, which then crashed.
+            tracing::info!(%uuid, "finishing a verified migration");
+            switch(src, dst, uuid)?;
+            return Ok(Report::nothing_to_copy(true));
+        }
+        other => {
+            return Err(MigrateError::State(format!(
+                "volume {uuid} on {} is {}, not ready",
+                src.name(),
+                other.as_str()
+            )));
+        }
+    }
+    if mv.size < info.size {
+        return Err(MigrateError::State(format!(
+            "the target's {} bytes are fewer than the source's {}",
+            mv.size, info.size
+        )));
+    }
+    let from = src.name().to_owned();
+    dst.create(&NewObject {
+        uuid,
+        name: mv.name,
+        kind: ObjKind::Volume,
+        size: mv.size,
+        source: None,
+        mark: NewMark::Migrating {
+            id: Uuid::new_v4(),
+            from: &from,
+        },
+    })?;
+    // A resumed migration keeps the id its checkpoints carry.
+    let id = dst.object(uuid)?.and_then(|o| o.migration).ok_or_else(|| {
+        MigrateError::State(format!(
+            "the target of {uuid} on {} lost its migration mark",
+            dst.name()
+        ))
+    })?;
+    cp.begin(id);
+    let start = cp.last(id)?;
+    let layout = src.layout(uuid)?;
+    let from_data: DataPath = src.data_path(uuid)?;
+    let to_data: DataPath = dst.data_path(uuid)?;
+    let len = info.size;
+    let source = open(&from_data.path, false)?;
+    let target = open(&to_data.path, true)?;
+    let target_len = crate::blockio::size(&target).map_err(|source| MigrateError::Open {
+        path: to_data.path.clone(),
+        source,
+    })?;
+    let copy_err = |source| MigrateError::Copy {
+        from: from.clone(),
+        to: dst.name().to_owned(),
+        source,
+    };
+    let extents = match layout {
+        Layout::Seek => Extents::of_file(&source, &from_data.path, len).map_err(copy_err)?,
+        Layout::Ranges(r) => Extents::new(r, len),
+        Layout::Everything => Extents::all(len),
+    };
+    if start > 0 {
+        tracing::info!(%uuid, %id, offset = start, "resuming a migration at its last checkpoint");
+    }
+    let file_target = to_data.kind == PathKind::File;
+    let stats = copy::copy(
+        &copy::Job {
+            source: &source,
+            source_path: &from_data.path,
+            target: &target,
+            target_path: &to_data.path,
+            len,
+            target_len,
+            extents: &extents,
+            kind: if dst.capabilities().new_reads_zero {
+                Target::Holes
+            } else {
+                Target::MustZero
+            },
+            start,
+            bandwidth: mv.bandwidth,
+            hash_source: true,
+            // A target file is read back while copying (their holes are
+            // checked after it); block devices after the copy.
+            read_back: file_target,
+            writeback: file_target,
+        },
+        cp,
+    )
+    .map_err(copy_err)?;
+    tracing::info!(%uuid, read = stats.read, written = stats.written, zeroed = stats.zeroed, resumed_at = stats.started_at, "copied; verifying");
+    let source_hash = match stats.source_hash {
+        Some(h) => h,
+        None => copy::content_hash(&source, &from_data.path, len, &extents).map_err(copy_err)?,
+    };
+    // The target is read where it holds data by its own account (a file's
+    // SEEK_DATA), else where the source does: a target that must be zeroed
+    // had its gaps zeroed explicitly, and one that reads zeros unwritten
+    // does. A file target read back during the copy needs only its holes
+    // checked: no data outside the blocks the source has.
+    let target_hash = if file_target {
+        let own = Extents::of_file(&target, &to_data.path, len).map_err(copy_err)?;
+        match stats.target_hash {
+            Some(h) if extents.covers(&own, len) => h,
+            _ => copy::content_hash(&target, &to_data.path, len, &own).map_err(copy_err)?,
+        }
+    } else {
+        copy::content_hash(&target, &to_data.path, len, &extents).map_err(copy_err)?
+    };
+    if source_hash != target_hash {
+        cp.reset(id)?;
+        return Err(MigrateError::Verify {
+            from,
+            source_hash: source_hash.to_hex().to_string(),
+            target_hash: target_hash.to_hex().to_string(),
+        });
+    }
+    drop((source, target));
+    src.set_mark(uuid, Mark::Deleting)?;
+    switch(src, dst, uuid)?;
+    Ok(Report {
+        changed: true,
+        copy: Some(stats),
+        hash: Some(source_hash.to_hex().to_string()),
+    })
+}
+
+// Test data builders narrow sizes to buffer lengths on purpose.
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests;
