@@ -153,27 +153,40 @@ impl RunReport {
 
 /// Picks the parent for `mode` among a volume's backups (oldest first).
 pub fn choose_parent(mode: Mode, history: &[Manifest]) -> Option<&Manifest> {
-    let newest = history.last()?;
+    let kinds: Vec<BackupKind> = history.iter().map(|m| m.kind).collect();
+    next_is_incremental(mode, &kinds)
+        .then(|| history.last())
+        .flatten()
+}
+
+/// Whether the next backup under `mode` is an incremental (against the
+/// newest), given the kinds of a volume's backups so far, oldest first:
+/// the rule [`choose_parent`] applies, for what `plan` says the next run
+/// will do.
+pub fn next_is_incremental(mode: Mode, kinds: &[BackupKind]) -> bool {
+    if kinds.is_empty() {
+        return false;
+    }
     match mode {
         Mode::Full
         | Mode::Policy {
             incremental: false, ..
-        } => None,
-        Mode::Incremental => Some(newest),
+        } => false,
+        Mode::Incremental => true,
         Mode::Policy {
             incremental: true,
             full_every,
         } => {
             if full_every == 0 {
-                return Some(newest);
+                return true;
             }
-            let since_full = history
+            let since_full = kinds
                 .iter()
                 .rev()
-                .take_while(|m| m.kind == BackupKind::Incremental)
+                .take_while(|k| **k == BackupKind::Incremental)
                 .count();
             let since_full = u32::try_from(since_full).unwrap_or(u32::MAX);
-            (since_full + 1 < full_every).then_some(newest)
+            since_full + 1 < full_every
         }
     }
 }

@@ -1131,6 +1131,153 @@ spec:
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one catalogue and schedule file, then text, JSON and Markdown
+fn plan_says_what_the_next_backup_does_how_the_last_read_and_each_policys_checks() {
+    use cinderblock::agent::checks::CheckRecord;
+    use cinderblock::agent::schedule::{Records, store_records};
+    use cinderblock::backup::catalog::{Catalog, Entry, Status};
+    use cinderblock::backup::engine::{ReadMethod, ReadRecord};
+    use cinderblock::backup::format::{BackupKind, VolumeRef};
+    let site = Site::new(
+        "  fullEvery: 3\n  verify: {schedule: \"0 4 * * *\", sample: 5}\n  drill: {schedule: \"0 5 * * 0\"}",
+    );
+    fs::write(site.path().join("more.yaml"), "").unwrap();
+    let state = site.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let entry =
+        |n: u128, day: u32, kind, status, read: Option<ReadRecord>, detail: Option<&str>| {
+            let id = Uuid::from_u128(0x1a2b_3c4d_0000_4000_8000_0000_0000_0000 + n);
+            Entry {
+                id,
+                repository: site.repo().display().to_string(),
+                target: None,
+                repository_id: None,
+                volume: VolumeRef {
+                    uuid: Uuid::from_u128(7),
+                    name: "data".into(),
+                    backend: "local".into(),
+                    size: 64 * MIB,
+                },
+                policy: Some("nightly".into()),
+                kind: Some(kind),
+                parent: None,
+                started_at: format!("2026-11-{day:02}T02:00:05Z").parse().unwrap(),
+                read_bytes: 0,
+                stored_bytes: 0,
+                status,
+                detail: detail.map(str::to_owned),
+                verified_at: None,
+                read,
+            }
+        };
+    let fell_back = ReadRecord {
+        method: ReadMethod::FullScan,
+        reason: "the filesystem reports no holes (SEEK_DATA/SEEK_HOLE)".into(),
+        fallback: true,
+    };
+    // A full, an incremental that fell back to a full scan, then an
+    // incremental a drill found damaged.
+    let mut cat = Catalog::default();
+    for e in [
+        entry(1, 21, BackupKind::Full, Status::Ok, None, None),
+        entry(
+            2,
+            22,
+            BackupKind::Incremental,
+            Status::Ok,
+            Some(fell_back.clone()),
+            None,
+        ),
+        entry(
+            3,
+            23,
+            BackupKind::Incremental,
+            Status::Damaged,
+            Some(fell_back),
+            Some("restore drill: 1 chunk(s) differ"),
+        ),
+    ] {
+        cat.backups.insert(e.id, e);
+    }
+    cat.store(&state).unwrap();
+    // The agent's records: the verify passed, the drill found the damage.
+    let mut records = Records::default();
+    records.checks.insert(
+        "nightly/verify".into(),
+        CheckRecord {
+            last_run: Some("2026-11-24T04:00:09Z".parse().unwrap()),
+            last_success: Some("2026-11-24T04:00:09Z".parse().unwrap()),
+            last_result: Some("checked 12 of 240 chunk(s)".into()),
+            ..CheckRecord::default()
+        },
+    );
+    records.checks.insert(
+        "nightly/drill".into(),
+        CheckRecord {
+            last_run: Some("2026-11-22T05:01:00Z".parse().unwrap()),
+            last_result: Some("restored and compared 1 volume(s)".into()),
+            problems: vec![
+                "volume data, backup 1a2b3c4d-0000-4000-8000-000000000003: 1 chunk(s) differ"
+                    .into(),
+            ],
+            ..CheckRecord::default()
+        },
+    );
+    store_records(&state, 1, &records).unwrap();
+
+    let run = plan_at(&site, "2026-11-24T12:00:00Z", false);
+    ok(&run);
+    let section = backups_section(&run.stdout);
+    // Two incrementals since the full (the damaged one counts: it is in the
+    // repository) and fullEvery 3: the next run is a full.
+    assert!(
+        section.contains("  data  nightly (0 2 * * * UTC); last incremental 2026-11-22T02:00:05Z (1a2b3c4d), read by fullScan; due now (the 2026-11-24T02:00:00Z slot was not run)\n")
+            && section.contains("    next run: full, reading every byte, as the last run: the filesystem reports no holes")
+            && section.contains("    warning: the last backup fell back to fullScan: the filesystem reports no holes (SEEK_DATA/SEEK_HOLE)"),
+        "{section}"
+    );
+    assert!(
+        section.contains("Backup checks (policy, check, schedule; last passed; next due):\n  nightly verify 5 % a run (0 4 * * * UTC); last passed 2026-11-24T04:00:09Z; next due 2026-11-25T04:00:00Z\n      last run 2026-11-24T04:00:09Z: checked 12 of 240 chunk(s)\n")
+            && section.contains("  nightly drill (0 5 * * 0 UTC); last passed never; next due 2026-11-29T05:00:00Z\n      last run 2026-11-22T05:01:00Z: restored and compared 1 volume(s)\n      problem: volume data, backup 1a2b3c4d-0000-4000-8000-000000000003: 1 chunk(s) differ\n")
+            && section.contains("  nightly damaged: volume data, backup 1a2b3c4d-0000-4000-8000-000000000003 (2026-11-23 02:00:05 UTC): restore drill: 1 chunk(s) differ"),
+        "{section}"
+    );
+
+    // One full fewer in history: an incremental against the newest, even
+    // though it is the damaged one (that is the backup the engine compares
+    // with).
+    let mut cat = Catalog::load(&state).unwrap();
+    cat.backups
+        .retain(|id, _| *id != Uuid::from_u128(0x1a2b_3c4d_0000_4000_8000_0000_0000_0002));
+    cat.store(&state).unwrap();
+    let json = plan_at(&site, "2026-11-24T12:00:00Z", true);
+    ok(&json);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let row = &v["backups"][0];
+    assert_eq!(row["nextRun"]["kind"], "incremental", "{row}");
+    assert_eq!(
+        row["nextRun"]["parent"], "1a2b3c4d-0000-4000-8000-000000000003",
+        "{row}"
+    );
+    assert_eq!(row["last"]["kind"], "full", "{row}");
+    assert!(
+        row.get("warning").is_none(),
+        "the last good one read normally: {row}"
+    );
+    let checks = &v["backupChecks"][0];
+    assert_eq!(checks["policy"], "nightly");
+    assert_eq!(checks["checks"][0]["check"], "verify");
+    assert_eq!(checks["checks"][0]["sample"], 5);
+    assert_eq!(checks["checks"][1]["check"], "drill");
+    assert!(checks["checks"][1].get("lastSuccess").is_none());
+    assert_eq!(
+        checks["damaged"].as_array().map(Vec::len),
+        Some(1),
+        "{checks}"
+    );
+}
+
+#[test]
 fn an_idle_volume_is_read_in_place_and_one_in_use_is_copied_first() {
     let site = Site::new("");
     let vol = site.create_volume("data", 64 * MIB);
