@@ -5,9 +5,20 @@
 //!    wall time and peak RSS (`VmHWM` of the child, sampled until it
 //!    exits; the target is < 512 MiB).
 //!
-//! Run with `cargo bench --bench backup_store`. `CB_BENCH_PRUNE_CHUNKS=N`
-//! makes a smaller repository (for a quick check that it runs);
-//! `CB_BENCH_ONLY=prune` runs only that part.
+//! 2. **S3 against restic**: the benchmarks' 16 GiB volume with 3 GiB of
+//!    data (`common::make_source`), a full backup and a 1 % incremental
+//!    (64 random writes inside the data, 1 % of it) by cinderblock's engine
+//!    in process into an S3 repository, and by restic (Debian's) into the
+//!    same server, a loopback moto server (`tests/lib/s3_server.py`, from `PyPI`:
+//!    the same S3 server the tests use, on a free port): wall time, bytes
+//!    stored on the server, our peak RSS; then our incremental restored and
+//!    compared with the source.
+//!
+//! Run with `cargo bench --bench backup_store` (tests/run.sh's packages:
+//! moto, restic; a missing restic is reported and skipped).
+//! `CB_BENCH_PRUNE_CHUNKS=N` makes a smaller repository and
+//! `CB_BENCH_S3_MIB=N` a smaller volume (for a quick check that it runs);
+//! `CB_BENCH_ONLY=prune` or `=s3` runs only that part.
 //!
 //! The synthetic repository: 40 volumes of 250,000 chunks each (16 GiB
 //! volumes full of unique data), each with two backups: the older lists
@@ -56,6 +67,9 @@ fn main() {
     println!("load average at start: {}", load());
     if only.is_empty() || only == "prune" {
         prune_bench();
+    }
+    if only.is_empty() || only == "s3" {
+        s3_bench();
     }
     println!("load average at the end: {}", load());
 }
@@ -297,4 +311,307 @@ fn prune_bench() {
     }
     assert_eq!(left, stored - volumes * n_own - real / 2, "chunks left");
     println!("left {left} chunks described in the index, as expected");
+}
+
+/// A moto server on a free port; stopped when dropped (stdin closed).
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+    bucket: String,
+    admin: String,
+}
+
+impl S3Server {
+    fn start() -> Self {
+        use std::io::BufRead as _;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lib/s3_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs tests/lib/s3_server.py (tests/run.sh installs moto)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the server's first line");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the S3 server did not start ({e}): {line:?}"));
+        let s = |k: &str| v[k].as_str().expect("a string").to_owned();
+        Self {
+            endpoint: s("endpoint"),
+            bucket: s("bucket"),
+            admin: s("admin"),
+            child,
+        }
+    }
+
+    /// Bytes stored under `prefix/`.
+    fn stored(&self, prefix: &str) -> u64 {
+        let (access_key, secret_key) = self.admin.split_once(':').expect("KEY:SECRET");
+        let store =
+            cinderblock::backup::store::S3Store::new(&cinderblock::backup::store::S3Config {
+                endpoint: Some(self.endpoint.clone()),
+                bucket: self.bucket.clone(),
+                prefix: prefix.to_owned(),
+                region: "us-east-1".into(),
+                access_key: access_key.into(),
+                secret_key: secret_key.into(),
+                path_style: true,
+            })
+            .expect("store");
+        cinderblock::backup::store::Store::list(&store, "")
+            .expect("list")
+            .iter()
+            .map(|l| l.size)
+            .sum()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 64 writes of random data inside the data extents, together 1 % of the
+/// data (4 KiB aligned). Returns the bytes written.
+fn change_one_percent(path: &Path, size: u64) -> u64 {
+    use std::os::unix::fs::FileExt as _;
+    const KIB: u64 = 1 << 10;
+    let (extents, stride, extent) = common::source_layout(size);
+    let data = extents * extent;
+    let each = (data / 100 / 64 / (4 * KIB)).max(1) * 4 * KIB;
+    let file = File::options().write(true).open(path).expect("open");
+    let mut rng = 0x0123_4567_89AB_CDEF_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut buf = vec![0u8; usize::try_from(each).expect("fits")];
+    for _ in 0..64 {
+        for c in buf.chunks_exact_mut(8) {
+            c.copy_from_slice(&next().to_le_bytes());
+        }
+        let at = (next() % extents) * stride
+            + (next() % ((extent - each.min(extent)) / (4 * KIB) + 1)) * 4 * KIB;
+        file.write_all_at(&buf[..usize::try_from(each.min(extent)).expect("fits")], at)
+            .expect("write");
+    }
+    file.sync_all().expect("sync");
+    64 * each.min(extent)
+}
+
+/// One of our runs into `repo`: wall time, peak RSS (KiB) of this process
+/// during it, the report.
+fn ours_run(
+    repo: &Repository,
+    driver: &dyn cinderblock::driver::Driver,
+    vol: Uuid,
+    mode: cinderblock::backup::engine::Mode,
+) -> (
+    std::time::Duration,
+    u64,
+    cinderblock::backup::engine::RunReport,
+) {
+    let _ = Command::new("sync").status();
+    common::drop_caches();
+    common::reset_peak_rss();
+    let t = Instant::now();
+    let report = cinderblock::backup::engine::run(
+        &cinderblock::backup::engine::RunSpec {
+            id: Uuid::new_v4(),
+            repo,
+            driver,
+            volume: vol,
+            policy: None,
+            mode,
+            codec: Codec::Zstd,
+            host: "bench",
+            force: true,
+            exported: false,
+        },
+        &cinderblock::backup::NoProgress,
+    )
+    .expect("our backup");
+    (t.elapsed(), common::peak_rss_kib_self(), report)
+}
+
+#[allow(clippy::too_many_lines)] // one linear report
+fn s3_bench() {
+    use cinderblock::backup::engine::Mode;
+    use cinderblock::backup::target::{RepoSpec, S3Spec, SecretSource, Target};
+    use cinderblock::file::{Allocation, FileBackend, FileDriver, ObjKind};
+    let size = std::env::var("CB_BENCH_S3_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(16 << 30, |m| m << 20);
+    let dir = common::scratch("cinderblock-s3-bench-");
+    let work = dir.path();
+    println!(
+        "\n## full and 1 % incremental of a {} MiB volume into S3 (loopback moto), against restic",
+        size >> 20
+    );
+    let server = S3Server::start();
+    let be_root = work.join("volumes");
+    fs::create_dir_all(&be_root).expect("mkdir");
+    let be = FileBackend::new(&be_root, "bench");
+    let vol = Uuid::new_v4();
+    let data = common::make_source_sized(&be, vol, size);
+    let src = be.data_path(ObjKind::Volume, vol);
+    println!(
+        "source: {} MiB logical, {} MiB of data in 70 extents; server {}",
+        size >> 20,
+        data / MIB,
+        server.endpoint
+    );
+    let creds = work.join("s3.credentials");
+    fs::write(&creds, format!("{}\n", server.admin)).expect("credentials");
+    let spec = RepoSpec {
+        target: Target::S3(S3Spec {
+            endpoint: Some(server.endpoint.clone()),
+            bucket: server.bucket.clone(),
+            prefix: "ours".into(),
+            region: "us-east-1".into(),
+            credentials: SecretSource::File(creds.clone()),
+            path_style: true,
+        }),
+        append_only: false,
+        key: None,
+    };
+    let repo = spec.open_or_init(Codec::Zstd).expect("S3 repository");
+    let driver = FileDriver::local(be.clone(), Allocation::Sparse);
+    let (full_t, full_rss, full) = ours_run(&repo, &driver, vol, Mode::Full);
+    let full_stored = server.stored("ours");
+    println!(
+        "ours full: {} wall, read {} MiB, {} MiB on the server, peak RSS {:.1} MiB",
+        common::secs(full_t),
+        full.manifest.stats.read_bytes / MIB,
+        full_stored / MIB,
+        full_rss as f64 / 1024.0
+    );
+    let restic = Command::new("restic")
+        .arg("version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let (access, secret) = server.admin.split_once(':').expect("KEY:SECRET");
+    let restic_repo = format!("s3:{}/{}/restic", server.endpoint, server.bucket);
+    let cache = work.join("restic-cache");
+    let restic_cmd = |args: &[&str]| {
+        let mut c = Command::new("restic");
+        c.current_dir(work)
+            .args(args)
+            .env("RESTIC_REPOSITORY", &restic_repo)
+            .env("RESTIC_PASSWORD", "bench")
+            .env("AWS_ACCESS_KEY_ID", access)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("XDG_CACHE_HOME", &cache)
+            .stdout(Stdio::null());
+        c
+    };
+    let timed_restic = |args: &[&str]| {
+        let _ = Command::new("sync").status();
+        common::drop_caches();
+        let (t, _, ok) = common::measure(&mut restic_cmd(args));
+        assert!(ok, "restic {args:?} failed");
+        t
+    };
+    let restic_full = restic.as_ref().map(|v| {
+        println!("peer: {v}");
+        let (_, _, ok) = common::measure(&mut restic_cmd(&["init"]));
+        assert!(ok, "restic init failed");
+        let t = timed_restic(&["backup", "--quiet", src.to_str().expect("UTF-8")]);
+        let stored = server.stored("restic");
+        println!(
+            "restic full: {} wall, {} MiB on the server",
+            common::secs(t),
+            stored / MIB
+        );
+        (t, stored)
+    });
+    if restic.is_none() {
+        println!("peer: restic missing (apt-get install restic): skipped");
+    }
+
+    let changed = change_one_percent(&src, size);
+    let (inc_t, inc_rss, inc) = ours_run(&repo, &driver, vol, Mode::Incremental);
+    let inc_stored = server.stored("ours") - full_stored;
+    println!(
+        "ours 1 % incremental ({} MiB written): {} wall, read {} MiB, +{} MiB on the server ({:.2}x the changed bytes), peak RSS {:.1} MiB",
+        changed / MIB,
+        common::secs(inc_t),
+        inc.manifest.stats.read_bytes / MIB,
+        inc_stored / MIB,
+        inc_stored as f64 / changed.max(1) as f64,
+        inc_rss as f64 / 1024.0
+    );
+    if let Some((full_rt, full_rs)) = restic_full {
+        let t = timed_restic(&["backup", "--quiet", src.to_str().expect("UTF-8")]);
+        let stored = server.stored("restic") - full_rs;
+        println!(
+            "restic 1 % incremental: {} wall, +{} MiB on the server ({:.2}x the changed bytes)",
+            common::secs(t),
+            stored / MIB,
+            stored as f64 / changed.max(1) as f64
+        );
+        println!(
+            "ratios: full {:.1}x restic's speed, incremental {:.1}x",
+            full_rt.as_secs_f64() / full_t.as_secs_f64(),
+            t.as_secs_f64() / inc_t.as_secs_f64()
+        );
+    }
+
+    // Our incremental restores the changed volume exactly.
+    let m = &inc.manifest;
+    let out = work.join("restored");
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&out)
+        .expect("restore target");
+    f.set_len(m.volume.size).expect("size");
+    let index = repo.load_index().expect("index");
+    let table = format::decode_table(m).expect("table");
+    cinderblock::backup::restore::restore(
+        &repo,
+        &index,
+        m,
+        &table,
+        &f,
+        &out,
+        cinderblock::backup::restore::Target::Fresh,
+        &cinderblock::backup::NoProgress,
+    )
+    .expect("restore");
+    assert_eq!(
+        content_hash(&out),
+        content_hash(&src),
+        "the incremental restores the volume exactly"
+    );
+    println!("ours: the incremental restored from S3 is identical to the volume");
+}
+
+/// BLAKE3 of a file's content, holes read as zeros.
+fn content_hash(path: &Path) -> String {
+    use std::io::Read as _;
+    let mut f = File::open(path).expect("open");
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_hex().to_string()
 }
