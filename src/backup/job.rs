@@ -618,10 +618,9 @@ pub fn check(
     state: &Path,
     progress: &dyn Progress,
 ) -> Result<CheckSummary, JobError> {
-    let bytes = |n: u64| {
-        #[allow(clippy::cast_precision_loss)] // a figure for people
-        crate::plan::capacity::human(n as f64)
-    };
+    // A figure for people, in MiB (precision loss is irrelevant there).
+    #[allow(clippy::cast_precision_loss)]
+    let bytes = |n: u64| format!("{:.2} MiB", n as f64 / f64::from(1u32 << 20));
     let rspec =
         RepoSpec::from_policy(spec, state).ok_or_else(|| JobError::NoTarget(policy.clone()))?;
     let repo = match rspec.open() {
