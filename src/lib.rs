@@ -8,6 +8,7 @@ pub mod cli;
 pub mod copy;
 pub mod exec;
 pub mod file;
+pub mod fleet;
 pub mod iscsi;
 pub mod lvm;
 pub mod manifest;
