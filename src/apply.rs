@@ -21,8 +21,9 @@ use crate::file::{self, Change, FileBackend, NewObject};
 use crate::iscsi::lio;
 use crate::lvm::{self, LvmBackend, NewLv, Wipe};
 use crate::manifest::kinds::{Allocation, VolumeClear};
+use crate::model::ObjKind;
 use crate::observe::{Driver, World};
-use crate::plan::{Action, Op, Plan, RecordedKind};
+use crate::plan::{Action, Op, Plan};
 use crate::state::journal::{Journal, JournalError, Outcome};
 use crate::state::record::{Ledger, RecordedObject};
 
@@ -151,7 +152,7 @@ pub fn apply_with(
     })?;
     let mut journal = Journal::open(state_dir)?;
     let plan_id = Uuid::new_v4();
-    let mut created: BTreeMap<(RecordedKind, String), Uuid> = BTreeMap::new();
+    let mut created: BTreeMap<(ObjKind, String), Uuid> = BTreeMap::new();
     let mut report = Report::default();
     for (i, action) in plan.actions.iter().enumerate() {
         if !progress.proceed() {
@@ -361,7 +362,7 @@ fn restore_backup(
         }
     };
     let stats = restore_new_from(
-        &b.repository,
+        &b.target,
         b.id,
         &on,
         uuid,
@@ -427,11 +428,11 @@ fn copy_image_in(
     let is_file = matches!(view.driver, Driver::File { .. });
     let (target_path, kind) = match (&view.driver, target(world, backend)?) {
         (_, Target::File(fb, _)) => (
-            fb.data_path(file::ObjectKind::Image, uuid),
+            fb.data_path(ObjKind::Image, uuid),
             crate::copy::Target::Holes,
         ),
         (Driver::Lvm { thin_pool, .. }, Target::Lvm(lb)) => (
-            lb.device(&lvm::tags::LvObjKind::Image.lv_name(uuid)),
+            lb.device(&lvm::tags::lv_name(crate::model::ObjKind::Image, uuid)),
             if thin_pool.is_some() {
                 crate::copy::Target::Holes
             } else {
@@ -475,28 +476,6 @@ fn copy_image_in(
     Ok(())
 }
 
-fn from_lvm(c: lvm::Change) -> Change {
-    match c {
-        lvm::Change::Unchanged => Change::Unchanged,
-        lvm::Change::Changed => Change::Changed,
-    }
-}
-
-fn from_lio(c: lio::Change) -> Change {
-    match c {
-        lio::Change::Unchanged => Change::Unchanged,
-        lio::Change::Changed => Change::Changed,
-    }
-}
-
-fn lvm_kind(k: RecordedKind) -> lvm::tags::LvObjKind {
-    match k {
-        RecordedKind::Volume => lvm::tags::LvObjKind::Volume,
-        RecordedKind::Snapshot => lvm::tags::LvObjKind::Snapshot,
-        RecordedKind::Image => lvm::tags::LvObjKind::Image,
-    }
-}
-
 fn file_alloc(a: Allocation) -> file::Allocation {
     match a {
         Allocation::Sparse => file::Allocation::Sparse,
@@ -509,7 +488,7 @@ fn run(
     action: &Action,
     new_uuid: Option<Uuid>,
     world: &World,
-    created: &BTreeMap<(RecordedKind, String), Uuid>,
+    created: &BTreeMap<(ObjKind, String), Uuid>,
     ledger: &mut Ledger,
 ) -> Result<Change, String> {
     let err = |e: file::FileError| crate::error_chain(&e);
@@ -543,26 +522,22 @@ fn run(
                 Change::Changed
             } else {
                 match (target(world, backend)?, kind) {
-                    (Target::File(fb, _), RecordedKind::Snapshot) => {
+                    (Target::File(fb, _), ObjKind::Snapshot) => {
                         let vol = source_uuid.ok_or("a snapshot needs its volume")?;
                         fb.snapshot(vol, uuid, name).map_err(err)?.change
                     }
-                    (Target::File(fb, alloc), RecordedKind::Volume | RecordedKind::Image) => {
+                    (Target::File(fb, alloc), ObjKind::Volume | ObjKind::Image) => {
                         let src = match (source, source_uuid) {
                             (Some(s), Some(u)) => Some(file::SourceRef {
-                                kind: match s.kind {
-                                    RecordedKind::Snapshot => file::ObjectKind::Snapshot,
-                                    RecordedKind::Volume => file::ObjectKind::Volume,
-                                    RecordedKind::Image => file::ObjectKind::Image,
-                                },
+                                kind: s.kind,
                                 uuid: u,
                             }),
                             _ => None,
                         };
-                        let obj_kind = if *kind == RecordedKind::Image {
-                            file::ObjectKind::Image
+                        let obj_kind = if *kind == ObjKind::Image {
+                            ObjKind::Image
                         } else {
-                            file::ObjectKind::Volume
+                            ObjKind::Volume
                         };
                         fb.create(&NewObject {
                             uuid,
@@ -575,30 +550,29 @@ fn run(
                         .map_err(err)?
                         .change
                     }
-                    (Target::Lvm(lb), RecordedKind::Snapshot) => {
+                    (Target::Lvm(lb), ObjKind::Snapshot) => {
                         let vol = source_uuid.ok_or("a snapshot needs its volume")?;
                         // `size` is the copy-on-write space of a thick snapshot;
                         // a thin one ignores it.
-                        from_lvm(lb.snapshot(vol, uuid, name, *size).map_err(lerr)?)
+                        lb.snapshot(vol, uuid, name, *size).map_err(lerr)?
                     }
-                    (Target::Lvm(lb), RecordedKind::Volume | RecordedKind::Image) => {
+                    (Target::Lvm(lb), ObjKind::Volume | ObjKind::Image) => {
                         let src = match (source, source_uuid) {
                             (Some(s), Some(u)) => Some(lvm::Source {
-                                kind: lvm_kind(s.kind),
+                                kind: s.kind,
                                 uuid: u,
                             }),
                             _ => None,
                         };
-                        from_lvm(
-                            lb.create(&NewLv {
-                                uuid,
-                                name,
-                                kind: lvm_kind(*kind),
-                                size: *size,
-                                source: src,
-                            })
-                            .map_err(lerr)?,
-                        )
+
+                        lb.create(&NewLv {
+                            uuid,
+                            name,
+                            kind: *kind,
+                            size: *size,
+                            source: src,
+                        })
+                        .map_err(lerr)?
                     }
                 }
             };
@@ -623,9 +597,7 @@ fn run(
             metadata_size,
             ..
         } => match target(world, backend)? {
-            Target::Lvm(lb) => Ok(from_lvm(
-                lb.create_pool(*size, *metadata_size).map_err(lerr)?,
-            )),
+            Target::Lvm(lb) => Ok(lb.create_pool(*size, *metadata_size).map_err(lerr)?),
             Target::File(..) => Err(format!("back end {backend} is not an LVM back end")),
         },
         Op::Extend {
@@ -633,7 +605,7 @@ fn run(
         } => {
             let change = match target(world, backend)? {
                 Target::File(fb, alloc) => fb.extend(*uuid, *to, file_alloc(alloc)).map_err(err)?,
-                Target::Lvm(lb) => from_lvm(lb.extend(*uuid, *to).map_err(lerr)?),
+                Target::Lvm(lb) => lb.extend(*uuid, *to).map_err(lerr)?,
             };
             if let Some(r) = ledger.recorded.objects.get_mut(uuid) {
                 r.size = *to;
@@ -674,7 +646,7 @@ fn run(
             ..
         } => {
             let uuid = uuid
-                .or_else(|| created.get(&(RecordedKind::Volume, name.clone())).copied())
+                .or_else(|| created.get(&(ObjKind::Volume, name.clone())).copied())
                 .ok_or_else(|| format!("volume {name} does not exist"))?;
             let device = match target(world, backend)? {
                 Target::File(fb, _) => {
@@ -694,13 +666,13 @@ fn run(
                         })
                         .ok_or_else(|| format!("the size of volume {name} is unknown"))?;
                     lio::Device::File {
-                        path: fb.data_path(file::ObjectKind::Volume, uuid),
+                        path: fb.data_path(ObjKind::Volume, uuid),
                         size,
                     }
                 }
-                Target::Lvm(lb) => {
-                    lio::Device::Block(lb.device(&lvm::tags::LvObjKind::Volume.lv_name(uuid)))
-                }
+                Target::Lvm(lb) => lio::Device::Block(
+                    lb.device(&lvm::tags::lv_name(crate::model::ObjKind::Volume, uuid)),
+                ),
             };
             let chap = chap
                 .as_ref()
@@ -723,17 +695,15 @@ fn run(
             };
             lio::LioDriver::new(lio::root())
                 .export(&spec)
-                .map(from_lio)
                 .map_err(|e| crate::error_chain(&e))
         }
         Op::Unexport { uuid, .. } => lio::LioDriver::new(lio::root())
             .unexport(*uuid, false)
-            .map(from_lio)
             .map_err(|e| crate::error_chain(&e)),
         Op::Delete { uuid, backend, .. } => {
             let change = match target(world, backend)? {
                 Target::File(fb, _) => fb.delete(*uuid).map_err(err)?,
-                Target::Lvm(lb) => from_lvm(lb.delete(*uuid).map_err(lerr)?),
+                Target::Lvm(lb) => lb.delete(*uuid).map_err(lerr)?,
             };
             // An abandoned migration's target carries the identity of a
             // volume that lives on: its record stays.
@@ -759,7 +729,7 @@ fn run(
             } else {
                 match target(world, backend)? {
                     Target::File(fb, _) => fb.release(*uuid).map_err(err)?,
-                    Target::Lvm(lb) => from_lvm(lb.release(*uuid).map_err(lerr)?),
+                    Target::Lvm(lb) => lb.release(*uuid).map_err(lerr)?,
                 }
             };
             ledger.recorded.objects.remove(uuid);
@@ -892,7 +862,7 @@ fn migrate(
     ledger.recorded.objects.insert(
         *uuid,
         RecordedObject {
-            kind: RecordedKind::Volume,
+            kind: ObjKind::Volume,
             name: name.clone(),
             backend: to.clone(),
             size: *target_size,
@@ -906,10 +876,10 @@ fn migrate(
     })
 }
 
-fn kind_word(k: RecordedKind) -> &'static str {
+fn kind_word(k: ObjKind) -> &'static str {
     match k {
-        RecordedKind::Volume => "volume",
-        RecordedKind::Snapshot => "snapshot",
-        RecordedKind::Image => "image",
+        ObjKind::Volume => "volume",
+        ObjKind::Snapshot => "snapshot",
+        ObjKind::Image => "image",
     }
 }

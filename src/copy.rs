@@ -122,20 +122,11 @@ impl Extents {
     /// A file's data extents (`SEEK_DATA`/`SEEK_HOLE`; a file system without
     /// them reports everything as data).
     pub fn of_file(file: &File, path: &Path, len: u64) -> Result<Self, CopyError> {
-        let mut ranges = Vec::new();
-        let mut offset = 0;
-        while offset < len {
-            let next = crate::file::copy::next_extent(file, path, offset, len).map_err(|e| {
-                CopyError::Io {
-                    op: "list the data extents of",
-                    path: path.to_owned(),
-                    source: io::Error::other(crate::error_chain(&e)),
-                }
-            })?;
-            let Some((start, end)) = next else { break };
-            ranges.push(start..end);
-            offset = end;
-        }
+        let ranges = crate::blockio::data_ranges(file, len).map_err(|source| CopyError::Io {
+            op: "list the data extents of",
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Extents::new(ranges, len))
     }
 
@@ -414,7 +405,7 @@ impl Pace {
 /// Zeroes `[from, to)` of a [`Target::MustZero`] target.
 fn zero(job: &Job<'_>, from: u64, to: u64, stats: &mut Stats) -> Result<(), CopyError> {
     if to > from && job.kind == Target::MustZero {
-        crate::lvm::blockdev::zero(job.target, from, to - from)
+        crate::blockio::zero(job.target, from, to - from)
             .map_err(io_err("zero", job.target_path))?;
         stats.zeroed += to - from;
     }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 pub mod backup;
+pub mod blockio;
 pub mod cli;
 pub mod copy;
 pub mod exec;
@@ -13,6 +14,7 @@ pub mod iscsi;
 pub mod lvm;
 pub mod manifest;
 pub mod migrate;
+pub mod model;
 pub mod observe;
 pub mod plan;
 pub mod schema;

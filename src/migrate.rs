@@ -28,9 +28,8 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::copy::{self, Extents, Target};
-use crate::file::{self, FileBackend, MigrationMark, Phase};
+use crate::file::{self, FileBackend, Mark, MigrationMark};
 use crate::lvm::LvmBackend;
-use crate::lvm::tags::InFlight;
 
 /// Errors of a migration.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +146,7 @@ pub struct Report {
 struct SourceInfo {
     path: PathBuf,
     len: u64,
-    state: Phase,
+    state: Mark,
     layout: Layout,
 }
 
@@ -192,7 +191,7 @@ fn source_info(src: &Endpoint<'_>, uuid: Uuid) -> Result<Option<SourceInfo>, Mig
             let Some(lv) = lb.migration_source(uuid).map_err(lvm_err(lb))? else {
                 return Ok(None);
             };
-            if lv.open && lv.state != Some(InFlight::Deleting) {
+            if lv.open && lv.mark != Mark::Deleting {
                 return Err(MigrateError::State(format!(
                     "{} is open (in use); stop its users and apply again",
                     lv.device.display()
@@ -201,7 +200,7 @@ fn source_info(src: &Endpoint<'_>, uuid: Uuid) -> Result<Option<SourceInfo>, Mig
             // A thin LV reads zeros where unmapped: read only its mapped
             // ranges (from a metadata snapshot of the pool). Should that
             // fail, zero-detection over the whole LV is slower but correct.
-            let layout = if lv.thin && lv.state.is_none() {
+            let layout = if lv.thin && lv.mark == Mark::Ready {
                 match lb.thin_mapped_ranges(&lv.lv) {
                     Ok(r) => Layout::Known(Extents::new(r, lv.size)),
                     Err(e) => {
@@ -215,12 +214,7 @@ fn source_info(src: &Endpoint<'_>, uuid: Uuid) -> Result<Option<SourceInfo>, Mig
             Ok(Some(SourceInfo {
                 path: lv.device,
                 len: lv.size,
-                state: match lv.state {
-                    Some(InFlight::Deleting) => Phase::Deleting,
-                    Some(InFlight::Creating) => Phase::Creating,
-                    Some(InFlight::Migrating) => Phase::Migrating,
-                    None => Phase::Ready,
-                },
+                state: lv.mark,
                 layout,
             }))
         }
@@ -268,11 +262,11 @@ pub fn run(
             Endpoint::File(fb, _) => fb
                 .get(uuid)
                 .map_err(file_err(fb))?
-                .map(|m| m.state == Phase::Ready),
+                .map(|m| m.state == Mark::Ready),
             Endpoint::Lvm(lb) => lb
                 .migration_source(uuid)
                 .map_err(lvm_err(lb))?
-                .map(|l| l.state.is_none()),
+                .map(|l| l.mark == Mark::Ready),
         };
         return match here {
             Some(true) => Ok(Report {
@@ -288,8 +282,8 @@ pub fn run(
         };
     };
     match info.state {
-        Phase::Ready => {}
-        Phase::Deleting => {
+        Mark::Ready => {}
+        Mark::Deleting => {
             // Verified in an earlier run, which then crashed.
             tracing::info!(%uuid, "finishing a verified migration");
             switch(src, dst, uuid)?;
@@ -349,7 +343,7 @@ pub fn run(
     let start = cp.last(id)?;
     let source = open(&info.path, false)?;
     let target = open(&dst_path, true)?;
-    let target_len = crate::lvm::blockdev::size(&target).map_err(|source| MigrateError::Open {
+    let target_len = crate::blockio::size(&target).map_err(|source| MigrateError::Open {
         path: dst_path.clone(),
         source,
     })?;

@@ -19,165 +19,15 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::file::{self, FileBackend, Health};
+use crate::file::{self, FileBackend};
 use crate::lvm;
 use crate::manifest::kinds::{Allocation, BackendSpec, VolumeClear};
 use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
-
-/// What kind of object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ObjKind {
-    /// A volume.
-    Volume,
-    /// A snapshot.
-    Snapshot,
-    /// An image-volume.
-    Image,
-}
-
-impl ObjKind {
-    /// The kind as written in plan addresses (`volume.db`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjKind::Volume => "volume",
-            ObjKind::Snapshot => "snapshot",
-            ObjKind::Image => "image",
-        }
-    }
-}
-
-/// The condition of an observed object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase", tag = "state")]
-pub enum ObjHealth {
-    /// Complete.
-    Ready,
-    /// A create was interrupted; re-running it with the same uuid finishes it.
-    Creating,
-    /// A delete was interrupted; re-running it finishes it.
-    Deleting,
-    /// Recorded, but its data is gone (removed outside cinderblock).
-    DataMissing,
-    /// The target of a migration in progress: the volume still lives on
-    /// another back end (its source), where it shows as `Ready` (or
-    /// `Deleting` once the copy was verified).
-    Migrating,
-    /// The data's size differs from the recorded size.
-    SizeMismatch {
-        /// Recorded size.
-        recorded: u64,
-        /// Actual size.
-        actual: u64,
-    },
-}
-
-/// One object of ours on a back end.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Observed {
-    /// Identity.
-    pub uuid: Uuid,
-    /// The manifest name it was created for.
-    pub name: String,
-    /// Volume, snapshot or image.
-    pub kind: ObjKind,
-    /// Logical size in bytes (as recorded by the driver).
-    pub size: u64,
-    /// Bytes actually allocated, when known.
-    pub allocated: Option<u64>,
-    /// For snapshots: the volume.
-    pub parent: Option<Uuid>,
-    /// Condition.
-    pub health: ObjHealth,
-    /// In use: an LV that is open (mounted, mapped, exported). Files cannot
-    /// tell, and say `false`.
-    pub in_use: bool,
-}
-
-/// Capacity figures of one back end, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct Capacity {
-    /// Total size (LVM thin: the pool's data size; thick: the VG's size).
-    pub total: u64,
-    /// Free space (for files: available to unprivileged users; LVM thin: the
-    /// pool's unused data; thick: the VG's free extents).
-    pub free: u64,
-    /// Sum of logical sizes (files: ours; LVM thin: every thin LV in the pool;
-    /// LVM thick: every allocated extent).
-    pub provisioned: u64,
-    /// LVM figures, for `lvm` back ends.
-    pub lvm: Option<LvmCapacity>,
-}
-
-/// What an `lvm` back end adds to its capacity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LvmCapacity {
-    /// VG size, bytes.
-    pub vg_size: u64,
-    /// VG free, bytes.
-    pub vg_free: u64,
-    /// The thin pool's use, when the back end is thin and the pool exists.
-    pub pool: Option<PoolUsage>,
-    /// The back end's thin pool does not exist and `thinPoolSize` is declared:
-    /// the sizes to create it with (the capacity figures are those of the pool
-    /// to be created).
-    pub create_pool: Option<PoolSizes>,
-}
-
-/// The sizes of a thin pool to create, in bytes, multiples of the extent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct PoolSizes {
-    /// Data.
-    pub data: u64,
-    /// Metadata (lvm2 also keeps a spare of this size in the VG).
-    pub metadata: u64,
-}
-
-/// A thin pool's use, in hundredths of a percent (lvm2 prints two decimals, so
-/// these are exact). `None` while the pool is inactive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolUsage {
-    /// `data_percent` × 100.
-    pub data_centi: Option<u32>,
-    /// `metadata_percent` × 100.
-    pub metadata_centi: Option<u32>,
-}
-
-/// What discovery found on one back end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inventory {
-    /// Capacity.
-    pub capacity: Capacity,
-    /// Our objects, sorted by uuid.
-    pub objects: Vec<Observed>,
-    /// Entries that are not ours (names), sorted.
-    pub foreign: Vec<String>,
-    /// Problems that make the view partial (no deletes when any).
-    pub problems: Vec<String>,
-    /// A metadata generation that changes with every change of the back end
-    /// (LVM's `vg_seqno`), when it has one; part of the fingerprint.
-    pub generation: Option<u64>,
-}
-
-impl Inventory {
-    /// Whether the view is complete (deletes allowed).
-    pub fn complete(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-/// Discovery result of one back end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Discovery {
-    /// Discovered.
-    Ok(Inventory),
-    /// Discovery failed; the message says why.
-    Failed(String),
-}
+pub use crate::model::{
+    Capacity, Discovery, Health, Inventory, ObjKind, Observed, PoolFill, PoolSizes, SharedSpace,
+};
 
 /// How a back end stores volumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,8 +103,9 @@ pub struct World {
     /// is declared with `source.backup`: what such a volume may be restored
     /// from.
     pub backups: Vec<BackupSource>,
-    /// Each `BackupPolicy`'s repository directory, resolved.
-    pub backup_repos: BTreeMap<Name, std::path::PathBuf>,
+    /// Each `BackupPolicy`'s repository location
+    /// ([`crate::backup::target::RepoSpec::location`]).
+    pub backup_repos: BTreeMap<Name, String>,
     /// What the fleet says about placements (`Off` without `--etcd`).
     pub fleet: Fleet,
 }
@@ -393,8 +244,10 @@ pub struct BackupSource {
     pub id: Uuid,
     /// The volume that was backed up (manifest name).
     pub volume: String,
-    /// Its repository directory.
-    pub repository: std::path::PathBuf,
+    /// Its repository's location.
+    pub repository: String,
+    /// How to open that repository.
+    pub target: crate::backup::target::RepoSpec,
     /// Bytes of the volume at the time.
     pub size: u64,
     /// When it was taken.
@@ -422,6 +275,7 @@ fn backup_sources(set: &ManifestSet, state_dir: &Path) -> Vec<BackupSource> {
                 id: e.id,
                 volume: e.volume.name.clone(),
                 repository: e.repository.clone(),
+                target: e.repo_spec(),
                 size: e.volume.size,
                 started_at: e.started_at,
             })
@@ -573,7 +427,10 @@ pub fn discover_with(
     world.backup_repos = set
         .backup_policies
         .iter()
-        .map(|(n, d)| (n.clone(), d.spec.target.path.resolve(state_dir)))
+        .filter_map(|(n, d)| {
+            crate::backup::target::RepoSpec::from_policy(&d.spec, state_dir)
+                .map(|r| (n.clone(), r.location()))
+        })
         .collect();
     world
 }
@@ -680,99 +537,12 @@ fn discover_lvm(
     else {
         return (1, Discovery::Failed("not an LVM back end".into()));
     };
-    if let Some(e) = reports.failed.get(vg) {
-        return (
-            1,
-            Discovery::Failed(format!("cannot read volume group {vg}: {e}")),
-        );
-    }
     let cfg = lvm::inventory::Config {
         backend: doc.name().as_str(),
         vg,
         thin_pool: thin_pool.as_deref(),
     };
-    let inv = match lvm::inventory::inventory(&reports.report, &cfg) {
-        Ok(inv) => inv,
-        Err(e) => return (1, Discovery::Failed(crate::error_chain(&e))),
-    };
-    let extent = inv.vg.extent.max(1);
-    if inv.pool_missing && thin_pool_size.is_none() {
-        return (
-            extent,
-            Discovery::Failed(format!(
-                "thin pool {vg}/{} does not exist; create it, or declare spec.lvm.thinPoolSize to have cinderblock create it",
-                thin_pool.as_deref().unwrap_or_default()
-            )),
-        );
-    }
-    let create_pool = thin_pool_size.filter(|_| inv.pool_missing).map(|s| {
-        let data = crate::plan::round_up(s, extent);
-        PoolSizes {
-            data,
-            metadata: lvm::inventory::pool_metadata_size(data, extent),
-        }
-    });
-    (extent, Discovery::Ok(from_lvm_inventory(&inv, create_pool)))
-}
-
-/// Hundredths of a percent from lvm2's two-decimal percentage.
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0..=100 × 100, rounded
-fn centi(p: Option<f64>) -> Option<u32> {
-    p.map(|p| (p * 100.0).round().clamp(0.0, 10_000.0) as u32)
-}
-
-fn from_lvm_inventory(
-    inv: &lvm::inventory::Inventory,
-    create_pool: Option<PoolSizes>,
-) -> Inventory {
-    let objects = inv
-        .objects
-        .iter()
-        .map(|o| Observed {
-            uuid: o.owned.uuid,
-            name: o.owned.name.clone(),
-            kind: match o.owned.kind {
-                lvm::tags::LvObjKind::Volume => ObjKind::Volume,
-                lvm::tags::LvObjKind::Snapshot => ObjKind::Snapshot,
-                lvm::tags::LvObjKind::Image => ObjKind::Image,
-            },
-            size: o.size,
-            allocated: o.allocated,
-            parent: o.owned.parent,
-            in_use: o.open,
-            health: match o.owned.state {
-                Some(lvm::tags::InFlight::Creating) => ObjHealth::Creating,
-                Some(lvm::tags::InFlight::Deleting) => ObjHealth::Deleting,
-                Some(lvm::tags::InFlight::Migrating) => ObjHealth::Migrating,
-                None if o.invalid => ObjHealth::DataMissing,
-                None => ObjHealth::Ready,
-            },
-        })
-        .collect();
-    let (total, free, provisioned) = match create_pool {
-        Some(p) => (p.data, p.data, 0),
-        None => inv.capacity(),
-    };
-    Inventory {
-        capacity: Capacity {
-            total,
-            free,
-            provisioned,
-            lvm: Some(LvmCapacity {
-                vg_size: inv.vg.size,
-                vg_free: inv.vg.free,
-                pool: inv.pool.map(|p| PoolUsage {
-                    data_centi: centi(p.data_percent),
-                    metadata_centi: centi(p.metadata_percent),
-                }),
-                create_pool,
-            }),
-        },
-        objects,
-        foreign: inv.foreign.clone(),
-        problems: inv.problems.clone(),
-        generation: Some(inv.vg.seqno),
-    }
+    lvm::inventory::discovery(reports, &cfg, *thin_pool_size)
 }
 
 fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discovery {
@@ -800,57 +570,7 @@ fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discove
     }
     let backend = FileBackend::new(root, doc.name().as_str());
     match backend.discover() {
-        Ok(inv) => Discovery::Ok(from_file_inventory(&inv)),
+        Ok(inv) => Discovery::Ok(inv.to_model()),
         Err(e) => Discovery::Failed(crate::error_chain(&e)),
-    }
-}
-
-fn from_file_inventory(inv: &file::Inventory) -> Inventory {
-    let objects = inv
-        .objects
-        .iter()
-        .map(|o| Observed {
-            uuid: o.meta.uuid,
-            name: o.meta.name.clone(),
-            kind: match o.meta.kind {
-                file::ObjectKind::Volume => ObjKind::Volume,
-                file::ObjectKind::Snapshot => ObjKind::Snapshot,
-                file::ObjectKind::Image => ObjKind::Image,
-            },
-            size: o.meta.size,
-            allocated: o.data.map(|d| d.allocated),
-            parent: o.meta.parent,
-            in_use: false,
-            health: match o.health {
-                Health::Ready => ObjHealth::Ready,
-                Health::Incomplete(file::Phase::Deleting) => ObjHealth::Deleting,
-                Health::Incomplete(file::Phase::Migrating) => ObjHealth::Migrating,
-                Health::Incomplete(_) => ObjHealth::Creating,
-                Health::DataMissing => ObjHealth::DataMissing,
-                Health::SizeMismatch { recorded, actual } => {
-                    ObjHealth::SizeMismatch { recorded, actual }
-                }
-            },
-        })
-        .collect();
-    Inventory {
-        capacity: Capacity {
-            total: inv.capacity.total,
-            free: inv.capacity.available,
-            provisioned: inv.capacity.provisioned,
-            lvm: None,
-        },
-        objects,
-        foreign: inv
-            .foreign
-            .iter()
-            .map(|f| f.name.display().to_string())
-            .collect(),
-        problems: inv
-            .problems
-            .iter()
-            .map(|p| format!("{}: {}", p.path.display(), p.message))
-            .collect(),
-        generation: None,
     }
 }

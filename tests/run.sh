@@ -19,6 +19,10 @@ bash tests/lab/install-deps.sh
 # against schemas/.
 need_pip run.sh check-jsonschema -- check-jsonschema
 
+# moto's S3 server (PyPI): the real S3-compatible store the backup tests
+# write to (tests/lib/s3_server.py says why moto).
+need_pip run.sh 'moto[server]' boto3 -- moto_server
+
 cargo build --locked --all-targets
 cargo test --locked
 # The ignored tests, by target (the library's ignored helper tests are

@@ -45,8 +45,8 @@ use super::status::{
 use super::{Reason, Shared, lock};
 use crate::apply::{self, ApplyError, Progress};
 use crate::manifest::{self, ManifestSet};
-use crate::observe::{self, Discovery, ObjHealth, ObjKind, World};
-use crate::plan::{self, Action, Op, Options, Plan, RecordedKind};
+use crate::observe::{self, Discovery, Health, ObjKind, World};
+use crate::plan::{self, Action, Op, Options, Plan};
 use crate::state::record::{Ledger, Recorded};
 
 /// Backoff of failing objects.
@@ -287,7 +287,7 @@ impl Reconciler {
                 .recorded
                 .objects
                 .values()
-                .filter(|o| o.kind == RecordedKind::Volume)
+                .filter(|o| o.kind == ObjKind::Volume)
                 .map(|o| o.name.clone())
                 .collect(),
         });
@@ -795,7 +795,7 @@ pub fn select(
 ) -> Selection {
     let mut sel = Selection::default();
     // (kind, name) of objects whose steps are skipped this run.
-    let mut skipped: BTreeSet<(RecordedKind, String)> = BTreeSet::new();
+    let mut skipped: BTreeSet<(ObjKind, String)> = BTreeSet::new();
     let mut skipped_uuids = BTreeSet::new();
     for a in actions {
         let (kind, name, uuid) = subject(a);
@@ -819,7 +819,7 @@ pub fn select(
                         e.last_error
                     ),
                 ))
-            } else if kind == RecordedKind::Volume
+            } else if kind == ObjKind::Volume
                 && busy.contains(&name)
                 && matches!(
                     a.op,
@@ -836,7 +836,7 @@ pub fn select(
             } else if matches!(
                 a.op,
                 Op::Delete {
-                    kind: RecordedKind::Volume,
+                    kind: ObjKind::Volume,
                     ..
                 }
             ) && has_skipped_child(world, uuid, &skipped_uuids)
@@ -912,7 +912,7 @@ impl Progress for AgentProgress {
 pub fn lost_volumes(world: &World, recorded: &Recorded) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (uuid, rec) in &recorded.objects {
-        if rec.kind != RecordedKind::Volume {
+        if rec.kind != ObjKind::Volume {
             continue;
         }
         let Some(b) = world
@@ -936,7 +936,7 @@ pub fn lost_volumes(world: &World, recorded: &Recorded) -> BTreeMap<String, Stri
                 i.objects.iter().any(|o| {
                     o.kind == ObjKind::Volume
                         && o.name == rec.name
-                        && o.health != ObjHealth::DataMissing
+                        && o.health != Health::DataMissing
                 })
             });
         if elsewhere {
@@ -949,7 +949,7 @@ pub fn lost_volumes(world: &World, recorded: &Recorded) -> BTreeMap<String, Stri
                     format!("{uuid} on {} was deleted outside cinderblock", rec.backend),
                 );
             }
-            Some(o) if o.health == ObjHealth::DataMissing => {
+            Some(o) if o.health == Health::DataMissing => {
                 out.insert(
                     rec.name.clone(),
                     format!(
@@ -976,14 +976,14 @@ fn spec_hash(set: &ManifestSet, volume: &str) -> String {
 }
 
 /// The object an action is about.
-fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
+fn subject(a: &Action) -> (ObjKind, String, Option<uuid::Uuid>) {
     match &a.op {
         Op::Create {
             kind, name, resume, ..
         } => (*kind, name.clone(), *resume),
         Op::Extend { name, uuid, .. }
         | Op::Unexport { name, uuid, .. }
-        | Op::Migrate { name, uuid, .. } => (RecordedKind::Volume, name.clone(), Some(*uuid)),
+        | Op::Migrate { name, uuid, .. } => (ObjKind::Volume, name.clone(), Some(*uuid)),
         Op::Record {
             kind, name, uuid, ..
         }
@@ -993,16 +993,16 @@ fn subject(a: &Action) -> (RecordedKind, String, Option<uuid::Uuid>) {
         | Op::Forget {
             kind, name, uuid, ..
         } => (*kind, name.clone(), Some(*uuid)),
-        Op::Export { name, uuid, .. } => (RecordedKind::Volume, name.clone(), *uuid),
+        Op::Export { name, uuid, .. } => (ObjKind::Volume, name.clone(), *uuid),
         // A thin pool is not a manifest object; its key cannot collide with
         // a DNS-1123 name (':' and '/').
         Op::CreatePool { backend, pool, .. } => {
-            (RecordedKind::Volume, format!("pool:{backend}/{pool}"), None)
+            (ObjKind::Volume, format!("pool:{backend}/{pool}"), None)
         }
     }
 }
 
-fn source_of(a: &Action) -> Option<(RecordedKind, String)> {
+fn source_of(a: &Action) -> Option<(ObjKind, String)> {
     match &a.op {
         Op::Create {
             source: Some(s), ..
@@ -1025,11 +1025,11 @@ fn has_skipped_child(
         .any(|o| o.parent == Some(v) && skipped.contains(&o.uuid))
 }
 
-fn kind_word(k: RecordedKind) -> &'static str {
+fn kind_word(k: ObjKind) -> &'static str {
     match k {
-        RecordedKind::Volume => "volume",
-        RecordedKind::Snapshot => "snapshot",
-        RecordedKind::Image => "image",
+        ObjKind::Volume => "volume",
+        ObjKind::Snapshot => "snapshot",
+        ObjKind::Image => "image",
     }
 }
 
@@ -1216,10 +1216,10 @@ async fn sleep_until(at: Option<Instant>) {
 /// A thin pool figure of `inv` in percent, when it has a pool.
 fn pool_percent(
     inv: &crate::observe::Inventory,
-    pick: impl Fn(&crate::observe::PoolUsage) -> Option<u32>,
+    pick: impl Fn(&crate::model::PoolFill) -> Option<u32>,
 ) -> Option<f64> {
-    let pool = inv.capacity.lvm.as_ref()?.pool.as_ref()?;
-    pick(pool).map(|c| f64::from(c) / 100.0)
+    let fill = inv.capacity.fill.as_ref()?;
+    pick(fill).map(|c| f64::from(c) / 100.0)
 }
 
 #[cfg(test)]
@@ -1242,7 +1242,7 @@ mod tests {
         }
     }
 
-    fn create(kind: RecordedKind, name: &str, source: Option<&str>) -> Action {
+    fn create(kind: ObjKind, name: &str, source: Option<&str>) -> Action {
         let word = kind_word(kind);
         action(
             &format!("{word}.{name}"),
@@ -1252,7 +1252,7 @@ mod tests {
                 backend: "local".into(),
                 size: 1,
                 source: source.map(|s| SourceRef {
-                    kind: RecordedKind::Volume,
+                    kind: ObjKind::Volume,
                     name: s.into(),
                     uuid: None,
                 }),
@@ -1265,7 +1265,7 @@ mod tests {
         )
     }
 
-    fn delete(kind: RecordedKind, name: &str, uuid: Uuid) -> Action {
+    fn delete(kind: ObjKind, name: &str, uuid: Uuid) -> Action {
         action(
             &format!("{}.{name}", kind_word(kind)),
             Op::Delete {
@@ -1300,7 +1300,7 @@ mod tests {
             size: 1,
             allocated: None,
             parent,
-            health: ObjHealth::Ready,
+            health: Health::Ready,
             in_use: false,
         };
         let name: crate::manifest::Name = "local".parse().unwrap();
@@ -1347,7 +1347,7 @@ mod tests {
 
     #[test]
     fn nothing_in_the_way_keeps_every_action() {
-        let actions = [create(RecordedKind::Volume, "a", None), extend("old")];
+        let actions = [create(ObjKind::Volume, "a", None), extend("old")];
         let b = Backoff::new(BACKOFF);
         let sel = select(
             &actions,
@@ -1366,10 +1366,10 @@ mod tests {
         let mut b = Backoff::new(BACKOFF);
         b.fail("volume.a", now, "disk full");
         let actions = [
-            create(RecordedKind::Volume, "a", None),
-            create(RecordedKind::Snapshot, "s", Some("a")),
-            create(RecordedKind::Volume, "clone", Some("a")),
-            create(RecordedKind::Volume, "other", None),
+            create(ObjKind::Volume, "a", None),
+            create(ObjKind::Snapshot, "s", Some("a")),
+            create(ObjKind::Volume, "clone", Some("a")),
+            create(ObjKind::Volume, "other", None),
         ];
         let sel = select(&actions, &world(), false, &b, &BTreeSet::new(), now);
         assert_eq!(
@@ -1403,8 +1403,8 @@ mod tests {
     #[test]
     fn deletes_are_held_while_the_source_is_bad() {
         let actions = [
-            create(RecordedKind::Volume, "a", None),
-            delete(RecordedKind::Volume, "gone", Uuid::from_u128(9)),
+            create(ObjKind::Volume, "a", None),
+            delete(ObjKind::Volume, "gone", Uuid::from_u128(9)),
         ];
         let sel = select(
             &actions,
@@ -1426,8 +1426,8 @@ mod tests {
         let mut b = Backoff::new(BACKOFF);
         b.fail("snapshot.snap", now, "busy");
         let actions = [
-            delete(RecordedKind::Snapshot, "snap", SNAP),
-            delete(RecordedKind::Volume, "old", VOL),
+            delete(ObjKind::Snapshot, "snap", SNAP),
+            delete(ObjKind::Volume, "old", VOL),
         ];
         let sel = select(&actions, &world(), false, &b, &BTreeSet::new(), now);
         assert_eq!(
@@ -1444,8 +1444,8 @@ mod tests {
         let busy = BTreeSet::from(["old".to_owned()]);
         let actions = [
             extend("old"),
-            create(RecordedKind::Snapshot, "s2", Some("old")),
-            create(RecordedKind::Volume, "a", None),
+            create(ObjKind::Snapshot, "s2", Some("old")),
+            create(ObjKind::Volume, "a", None),
         ];
         let sel = select(
             &actions,

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::format::{BackupKind, Manifest, RECORD_FORMAT, Record, RecordRepository, VolumeRef};
+use super::target::{RepoSpec, Target};
 use super::{BackupError, Repository};
 use crate::state::atomic;
 
@@ -55,8 +56,12 @@ impl std::fmt::Display for Status {
 pub struct Entry {
     /// The backup's id.
     pub id: Uuid,
-    /// The repository directory.
-    pub repository: PathBuf,
+    /// Where the repository is ([`Repository::location`]).
+    pub repository: String,
+    /// How to open it again (absent in entries of older versions: a
+    /// directory at `repository`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RepoSpec>,
     /// The repository's id (`None` for a run that failed before opening it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_id: Option<Uuid>,
@@ -88,11 +93,19 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry of a committed manifest.
-    pub fn from_manifest(m: &Manifest, repository: &Path) -> Self {
+    /// How to open the entry's repository.
+    pub fn repo_spec(&self) -> RepoSpec {
+        self.target
+            .clone()
+            .unwrap_or_else(|| RepoSpec::dir(Path::new(&self.repository)))
+    }
+
+    /// The entry of a committed manifest of `repo`, opened from `spec`.
+    pub fn from_manifest(m: &Manifest, repo: &Repository, spec: &RepoSpec) -> Self {
         Self {
             id: m.id,
-            repository: repository.to_owned(),
+            repository: repo.location(),
+            target: Some(spec.clone()),
             repository_id: Some(m.repository),
             volume: m.volume.clone(),
             policy: m.policy.clone(),
@@ -181,15 +194,20 @@ impl Catalog {
     /// Replaces this catalogue's entries of `repo` with its manifests
     /// (failed runs recorded here are kept). Returns how many backups the
     /// repository holds and the manifests it could not read.
-    pub fn scan(&mut self, repo: &Repository) -> Result<(usize, Vec<BackupError>), BackupError> {
+    pub fn scan(
+        &mut self,
+        repo: &Repository,
+        spec: &RepoSpec,
+    ) -> Result<(usize, Vec<BackupError>), BackupError> {
         let (manifests, bad) = repo.manifests()?;
-        let root = repo.root().to_owned();
+        let root = repo.location();
         let rid = repo.config().id;
         self.backups.retain(|_, e| {
             e.status == Status::Failed || (e.repository != root && e.repository_id != Some(rid))
         });
         for m in &manifests {
-            self.backups.insert(m.id, Entry::from_manifest(m, &root));
+            self.backups
+                .insert(m.id, Entry::from_manifest(m, repo, spec));
         }
         Ok((manifests.len(), bad))
     }
@@ -205,8 +223,8 @@ impl Catalog {
     }
 
     /// Adds (or refreshes) a committed backup, keeping what verify recorded.
-    pub fn add(&mut self, m: &Manifest, repository: &Path) {
-        let mut entry = Entry::from_manifest(m, repository);
+    pub fn add(&mut self, m: &Manifest, repo: &Repository, spec: &RepoSpec) {
+        let mut entry = Entry::from_manifest(m, repo, spec);
         if let Some(old) = self.backups.get(&m.id) {
             if old.status == Status::Damaged {
                 entry.status = old.status;
@@ -218,14 +236,18 @@ impl Catalog {
     }
 }
 
-/// Builds the export record of `m`.
-pub fn export(repo: &Repository, m: &Manifest) -> Record {
+/// Builds the export record of `m` (of `repo`, opened from `spec`).
+pub fn export(repo: &Repository, spec: &RepoSpec, m: &Manifest) -> Record {
     Record {
         format: RECORD_FORMAT.to_owned(),
         version: 1,
         repository: RecordRepository {
-            path: repo.root().to_owned(),
+            path: PathBuf::from(repo.location()),
             id: repo.config().id,
+            target: match spec.target {
+                Target::Dir(_) => None,
+                _ => Some(spec.clone()),
+            },
         },
         backup: m.clone(),
     }
@@ -237,7 +259,7 @@ pub fn export(repo: &Repository, m: &Manifest) -> Record {
 pub fn import(
     record: &Record,
     repo_path: Option<&Path>,
-) -> Result<(Repository, bool), BackupError> {
+) -> Result<(Repository, RepoSpec, bool), BackupError> {
     if record.format != RECORD_FORMAT || record.version != 1 {
         return Err(BackupError::ManifestVersion {
             id: record.backup.id,
@@ -248,12 +270,16 @@ pub fn import(
     super::format::check_manifest(&record.backup)?;
     // The table must decode and match its digest before anything is written.
     super::format::decode_table(&record.backup)?;
-    let path = repo_path.unwrap_or(&record.repository.path);
-    let repo = Repository::open(path)?;
+    let spec = match (repo_path, &record.repository.target) {
+        (Some(p), _) => RepoSpec::dir(p),
+        (None, Some(t)) => t.clone(),
+        (None, None) => RepoSpec::dir(&record.repository.path),
+    };
+    let repo = spec.open()?;
     if repo.config().id != record.repository.id || record.backup.repository != record.repository.id
     {
         return Err(BackupError::RepoMismatch {
-            path: path.to_owned(),
+            location: repo.location(),
             expected: record.repository.id,
             found: repo.config().id,
         });
@@ -272,5 +298,5 @@ pub fn import(
             true
         }
     };
-    Ok((repo, written))
+    Ok((repo, spec, written))
 }

@@ -57,7 +57,7 @@ use super::format::{
 use super::repo::{Index, SessionKind};
 use super::{BackupError, Progress, Repository};
 use crate::file::copy::{CopyError, copy_file, next_extent, reflink_file};
-use crate::file::{FileBackend, ObjectKind, Phase};
+use crate::file::{FileBackend, Mark, ObjKind};
 
 /// Slots per read batch (4 MiB).
 const BATCH_SLOTS: u64 = 64;
@@ -164,7 +164,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
         .backend
         .get(spec.volume)
         .map_err(file_err(format!("volume {}", spec.volume)))?
-        .filter(|m| m.kind == ObjectKind::Volume && m.state == Phase::Ready)
+        .filter(|m| m.kind == ObjKind::Volume && m.state == Mark::Ready)
         .ok_or_else(|| BackupError::Target {
             name: spec.volume.to_string(),
             reason: "no ready volume with this uuid in the back end".into(),
@@ -173,7 +173,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
     let parent = choose_parent(spec.mode, &history);
 
     let started_at = Utc::now();
-    let vol_path = spec.backend.data_path(ObjectKind::Volume, vol.uuid);
+    let vol_path = spec.backend.data_path(ObjKind::Volume, vol.uuid);
     let t = Instant::now();
     if !spec.direct {
         progress.stage("point-in-time copy");

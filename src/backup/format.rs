@@ -583,10 +583,14 @@ pub fn check_manifest(m: &Manifest) -> Result<(), BackupError> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordRepository {
-    /// The repository path on the exporting host.
+    /// The repository path on the exporting host (or its location).
     pub path: std::path::PathBuf,
     /// The repository's id.
     pub id: Uuid,
+    /// How to open it, for a target that is not a plain directory (a
+    /// share, an S3 bucket; credentials as references, never values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<super::target::RepoSpec>,
 }
 
 /// `backup export`'s output: the whole manifest plus where its repository

@@ -21,8 +21,8 @@ use super::format::{self, Manifest};
 use super::repo::SessionKind;
 use super::restore::{self, RestoreStats, Target};
 use super::{BackupError, Progress, Repository};
-use crate::file::{self, FileBackend, NewObject, ObjectKind, Phase};
-use crate::lvm::{LvmBackend, NewLv, tags::LvObjKind};
+use crate::file::{self, FileBackend, Mark, NewObject, ObjKind};
+use crate::lvm::{LvmBackend, NewLv};
 
 /// The back end a new volume is made on.
 pub enum NewVolume<'a> {
@@ -86,7 +86,7 @@ pub fn restore_new(
                 .create(&NewObject {
                     uuid,
                     name,
-                    kind: ObjectKind::Volume,
+                    kind: ObjKind::Volume,
                     size,
                     allocation: *allocation,
                     source: None,
@@ -99,14 +99,14 @@ pub fn restore_new(
                     name: name.to_owned(),
                     reason: "vanished after create".into(),
                 })?;
-            meta.state = Phase::Creating;
+            meta.state = Mark::Creating;
             file::meta::write_sidecar(backend.root(), &meta)
                 .map_err(file_err(format!("mark volume {name} incomplete")))?;
-            let path = backend.data_path(ObjectKind::Volume, uuid);
+            let path = backend.data_path(ObjKind::Volume, uuid);
             let filled = fill(repo, m, &table, &index, &path, Target::Fresh, progress);
             match filled {
                 Ok(stats) => {
-                    meta.state = Phase::Ready;
+                    meta.state = Mark::Ready;
                     file::meta::write_sidecar(backend.root(), &meta)
                         .map_err(file_err(format!("mark volume {name} ready")))?;
                     Ok(stats)
@@ -123,12 +123,12 @@ pub fn restore_new(
             lvm.create_restoring(&NewLv {
                 uuid,
                 name,
-                kind: LvObjKind::Volume,
+                kind: ObjKind::Volume,
                 size,
                 source: None,
             })
             .map_err(lvm_err(format!("create volume {name}")))?;
-            let path = lvm.device(&LvObjKind::Volume.lv_name(uuid));
+            let path = lvm.device(&crate::lvm::tags::lv_name(ObjKind::Volume, uuid));
             let mode = if lvm.is_thin() {
                 Target::Fresh
             } else {
@@ -174,7 +174,7 @@ fn fill(
 /// and finds backup `id` there (the executor's entry point).
 #[allow(clippy::too_many_arguments)] // each piece named
 pub fn restore_new_from(
-    repository: &Path,
+    repository: &super::target::RepoSpec,
     id: Uuid,
     on: &NewVolume<'_>,
     uuid: Uuid,
@@ -182,7 +182,7 @@ pub fn restore_new_from(
     size: u64,
     progress: &dyn Progress,
 ) -> Result<RestoreStats, BackupError> {
-    let repo = Repository::open(repository)?;
+    let repo = repository.open()?;
     let _session = repo.session(SessionKind::Shared, "restore into a new volume")?;
     let m = manifest(&repo, id)?;
     restore_new(&repo, &m, on, uuid, name, size, progress)

@@ -2,14 +2,18 @@
 //! images, and the engine that backs `file` and `lvm` volumes up into it and
 //! restores them.
 //!
-//! Owns the repository format ([`format`](mod@format)), the repository directory
-//! ([`repo`]), backup runs ([`engine`] for `file` volumes and the shared
+//! Owns the repository format ([`format`](mod@format)), the repository
+//! ([`repo`]) over a storage layer ([`store`]: a directory, local or an NFS
+//! share, or an S3-compatible bucket; [`target`] resolves a policy's
+//! `target` into one and opens it), backup runs ([`engine`] for `file` volumes and the shared
 //! pipeline, [`lvm_source`] for thin and thick LVs), restore and verify
 //! ([`restore`]; into a new volume of any back end: [`into_volume`]),
 //! retention ([`retention`], pure), prune ([`prune`]) and the state
 //! directory's catalogue cache with export/import records ([`catalog`]).
 //!
 //! # The repository (format version 1)
+//! The same keys on every target: files below a directory, or objects
+//! below a bucket's prefix.
 //! ```text
 //! REPO/config                           format, version, id, chunk size, hash, codec
 //! REPO/data/<00..ff>/<BLAKE3 of pack>   packs: blobs back to back + a trailer
@@ -58,9 +62,10 @@
 //!   another; "incremental" only means the run compared against a parent and
 //!   stored less. A full run trusts no parent: a chunk whose pack is gone is
 //!   stored again, which repairs every backup that shares it.
-//! - **Write order**: packs (fsynced, renamed) → index file → manifest. A
-//!   crash before the manifest leaves unreferenced packs that prune removes;
-//!   it never leaves a manifest pointing at nothing.
+//! - **Write order**: packs (fsynced, renamed; or uploaded, each upload
+//!   complete before the next step) → index file → manifest. A crash or a
+//!   failed upload before the manifest leaves unreferenced packs that prune
+//!   removes; it never leaves a manifest pointing at nothing.
 //!
 //! # Concurrency: lock-free writers, exclusive prune
 //! Writers never coordinate with each other: every name they create is
@@ -75,7 +80,15 @@
 //! naming the holder. Session files are refreshed every 5 minutes; one that
 //! is 30 minutes old, or whose pid is dead on this host, is stale and
 //! removed. Chosen over `flock` because it works the same on every NFS
-//! version and shows who holds the repository.
+//! version and on object stores, and shows who holds the repository.
+//!
+//! # Append-only targets
+//! With `appendOnly: true` nothing is deleted or replaced: every object is
+//! created with a conditional create, session files are never removed
+//! (a refresh is a new file, the end an `.end` marker), and retention only
+//! forgets in the catalogue. `backup prune --sweep`, run with credentials
+//! or permissions that may delete, removes what retention forgot and frees
+//! the space.
 //!
 //! # The catalogue
 //! The state directory keeps a cache (`backup-catalog.json`) of what `list`
@@ -98,6 +111,8 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod store;
+pub mod target;
 
 use std::io;
 use std::path::PathBuf;
@@ -152,38 +167,76 @@ pub enum BackupError {
         source: io::Error,
     },
     /// No `config` where a repository was expected.
-    #[error("{path} is not a backup repository (no config)")]
+    #[error("{location} is not a backup repository (no config)")]
     NotARepository {
-        /// The directory.
-        path: PathBuf,
+        /// The directory or bucket and prefix.
+        location: String,
     },
     /// A repository of another format or a newer version.
     #[error(
-        "{path}: repository format {format:?} version {version} is not one this cinderblock reads"
+        "{location}: repository format {format:?} version {version} is not one this cinderblock reads"
     )]
     RepoVersion {
-        /// The directory.
-        path: PathBuf,
+        /// The directory or bucket and prefix.
+        location: String,
         /// Its format tag.
         format: String,
         /// Its version.
         version: u32,
     },
     /// A record or catalogue entry names another repository.
-    #[error("{path} is repository {found}, not {expected}")]
+    #[error("{location} is repository {found}, not {expected}")]
     RepoMismatch {
-        /// The directory.
-        path: PathBuf,
+        /// The directory or bucket and prefix.
+        location: String,
         /// The id asked for.
         expected: Uuid,
         /// The id found.
         found: Uuid,
     },
     /// A pack's trailer is unreadable.
-    #[error("{path}: damaged pack (unreadable trailer)")]
+    #[error("{pack}: damaged pack (unreadable trailer)")]
     BadPack {
-        /// The pack.
-        path: PathBuf,
+        /// The pack's key.
+        pack: String,
+    },
+    /// A call to an object store failed (after its retries).
+    #[error("cannot {op} {location}")]
+    Remote {
+        /// What we were doing.
+        op: &'static str,
+        /// The store and key.
+        location: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A secret (credentials, key) could not be read.
+    #[error("cannot read the secret in {from}: {reason}")]
+    Secret {
+        /// Where it should be (never its content).
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// The target's NFS share could not be mounted.
+    #[error("backup target share {share}")]
+    Mount {
+        /// The share.
+        share: String,
+        /// Why.
+        #[source]
+        source: crate::file::mount::MountError,
+    },
+    /// A delete or replace on an append-only target.
+    #[error(
+        "{location} is append-only: this run may not {what} (`backup prune --sweep` with credentials that may delete does)"
+    )]
+    AppendOnly {
+        /// The repository.
+        location: String,
+        /// What was refused.
+        what: String,
     },
     /// A manifest is damaged.
     #[error("backup {id}: damaged manifest: {reason}")]
@@ -274,7 +327,10 @@ pub enum BackupError {
 impl BackupError {
     /// Contention and I/O are worth retrying; damage and bad input are not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Busy { .. } | Self::Io { .. })
+        matches!(
+            self,
+            Self::Busy { .. } | Self::Io { .. } | Self::Remote { .. }
+        )
     }
 }
 

@@ -19,8 +19,6 @@
 //! `--dry-run` runs the same classification and reports, writing nothing.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -171,8 +169,8 @@ pub fn execute(
     }
     let index = repo.load_index()?;
     let mut packs: BTreeMap<Digest, Vec<format::BlobEntry>> = BTreeMap::new();
-    for (id, _) in repo.scan_packs()? {
-        match repo.read_trailer(&id) {
+    for (id, len) in repo.scan_packs()? {
+        match repo.read_trailer(&id, len) {
             Ok(entries) => {
                 packs.insert(id, entries);
             }
@@ -224,23 +222,15 @@ pub fn execute(
     let mut buf = Vec::new();
     let mut codecs = format::Codecs::default();
     for (pack, live) in &repack {
-        let path = repo.pack_path(pack);
-        let file = File::open(&path).map_err(|source| BackupError::Io {
-            op: "open",
-            path: path.clone(),
-            source,
-        })?;
+        let span = live.first().map_or(0, |(o, _)| *o)
+            ..live.last().map_or(0, |(o, e)| o + u64::from(e.stored_len));
+        let reader = repo.open_pack(pack, span)?;
         for (offset, e) in live {
             buf.resize(e.stored_len as usize, 0);
-            file.read_exact_at(&mut buf, *offset)
-                .map_err(|source| BackupError::Io {
-                    op: "read",
-                    path: path.clone(),
-                    source,
-                })?;
-            let good = codecs
-                .decompress(e.codec, &buf, e.raw_len as usize)
-                .is_some_and(|raw| Digest::of(&raw) == e.id);
+            let good = reader.read_at(&mut buf, *offset)
+                && codecs
+                    .decompress(e.codec, &buf, e.raw_len as usize)
+                    .is_some_and(|raw| Digest::of(&raw) == e.id);
             if !good {
                 tracing::warn!(chunk = %e.id, pack = %pack, "corrupt chunk dropped while repacking");
                 report.corrupt += 1;

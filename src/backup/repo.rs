@@ -16,9 +16,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
@@ -31,7 +32,8 @@ use super::format::{
     self, BlobEntry, CHUNK_SIZE, Codec, Digest, HASH, Manifest, PACK_SIZE, REPO_FORMAT,
     REPO_VERSION, RepoConfig,
 };
-use crate::state::atomic::{fsync_dir, write_atomic};
+use super::store::{Created, DirStore, Put, Store};
+use crate::state::atomic::fsync_dir;
 
 /// A session file not refreshed for this long belongs to a dead process.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -43,56 +45,69 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BackupErro
     move |source| BackupError::Io { op, path, source }
 }
 
-/// An open repository.
+/// An open repository: its config and the store it lives in.
 #[derive(Debug, Clone)]
 pub struct Repository {
-    root: PathBuf,
+    store: Arc<dyn Store>,
     config: RepoConfig,
+    append_only: bool,
+}
+
+/// Key of the config object.
+const CONFIG: &str = "config";
+
+fn pack_key(id: &Digest) -> String {
+    format!("data/{}/{}", id.shard(), id.to_hex())
+}
+
+fn index_key(id: &Digest) -> String {
+    format!("index/{}/{}", id.shard(), id.to_hex())
+}
+
+fn manifest_key(volume: Uuid, id: Uuid) -> String {
+    format!("backups/{}/{}.json", volume.hyphenated(), id.hyphenated())
 }
 
 impl Repository {
-    /// Opens the repository at `root`.
+    /// Opens the repository directory `root`.
     pub fn open(root: &Path) -> Result<Self, BackupError> {
+        if !root.join(CONFIG).is_file() {
+            return Err(BackupError::NotARepository {
+                location: root.display().to_string(),
+            });
+        }
+        // Absolute, so the catalogue's path works from any directory.
+        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
+        Self::open_store(Arc::new(DirStore::new(&root)))
+    }
+
+    /// Opens the repository in `store`.
+    pub fn open_store(store: Arc<dyn Store>) -> Result<Self, BackupError> {
         #[derive(Deserialize)]
         struct Head {
             format: String,
             version: u32,
         }
-        let path = root.join("config");
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(BackupError::NotARepository {
-                    path: root.to_owned(),
-                });
-            }
-            Err(source) => {
-                return Err(BackupError::Io {
-                    op: "read",
-                    path,
-                    source,
-                });
-            }
+        let location = store.location();
+        let Some(bytes) = store.get(CONFIG)? else {
+            return Err(BackupError::NotARepository { location });
         };
         let bad = |source| BackupError::Json {
-            path: path.clone(),
+            path: PathBuf::from(format!("{location}/{CONFIG}")),
             source,
         };
         let head: Head = serde_json::from_slice(&bytes).map_err(bad)?;
         if head.format != REPO_FORMAT || head.version != REPO_VERSION {
             return Err(BackupError::RepoVersion {
-                path: root.to_owned(),
+                location,
                 format: head.format,
                 version: head.version,
             });
         }
         let config: RepoConfig = serde_json::from_slice(&bytes).map_err(bad)?;
-        // Absolute, so the catalogue's path works from any directory.
-        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
-        let root = root.as_path();
         if config.chunk_size != CHUNK_SIZE || config.hash != HASH {
             return Err(BackupError::RepoVersion {
-                path: root.to_owned(),
+                location,
                 format: format!(
                     "{} (chunk {} {})",
                     head.format, config.chunk_size, config.hash
@@ -101,29 +116,42 @@ impl Repository {
             });
         }
         Ok(Self {
-            root: root.to_owned(),
+            store,
             config,
+            append_only: false,
         })
     }
 
-    /// Opens the repository at `root`, creating it (with `compression` as
-    /// its default codec) when there is none. Two hosts creating the same
-    /// repository at once end up with one config: it is linked into place,
-    /// which fails for the second.
+    /// Opens the repository directory `root`, creating it (with
+    /// `compression` as its default codec) when there is none.
     pub fn open_or_init(root: &Path, compression: Codec) -> Result<Self, BackupError> {
-        match Self::open(root) {
+        fs::create_dir_all(root).map_err(io_err("create", root))?;
+        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
+        Self::open_or_init_store(Arc::new(DirStore::new(&root)), compression)
+    }
+
+    /// Opens the repository in `store`, creating it when there is none. Two
+    /// hosts creating the same repository at once end up with one config:
+    /// it is created with [`Put::Create`], which leaves the first one.
+    pub fn open_or_init_store(
+        store: Arc<dyn Store>,
+        compression: Codec,
+    ) -> Result<Self, BackupError> {
+        match Self::open_store(Arc::clone(&store)) {
             Err(BackupError::NotARepository { .. }) => {}
             other => return other,
         }
-        fs::create_dir_all(root).map_err(io_err("create", root))?;
-        for top in ["data", "index", "backups", "locks", "tmp"] {
-            let dir = root.join(top);
-            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        }
-        for i in 0..=255u8 {
-            for top in ["data", "index"] {
-                let dir = root.join(top).join(format!("{i:02x}"));
+        if let Some(root) = store.dir() {
+            // The directory tree up front (object stores have no directories).
+            for top in ["data", "index", "backups", "locks", "tmp"] {
+                let dir = root.join(top);
                 fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            }
+            for i in 0..=255u8 {
+                for top in ["data", "index"] {
+                    let dir = root.join(top).join(format!("{i:02x}"));
+                    fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+                }
             }
         }
         let config = RepoConfig {
@@ -137,42 +165,49 @@ impl Repository {
             created_at: Utc::now(),
         };
         let mut bytes = serde_json::to_vec_pretty(&config).map_err(|source| BackupError::Json {
-            path: root.join("config"),
+            path: PathBuf::from(format!("{}/{CONFIG}", store.location())),
             source,
         })?;
         bytes.push(b'\n');
-        let tmp = root.join("tmp").join(format!("config-{}", Uuid::new_v4()));
-        write_atomic(&tmp, &bytes).map_err(|source| BackupError::Write {
-            path: tmp.clone(),
-            source,
-        })?;
-        let target = root.join("config");
-        let linked = fs::hard_link(&tmp, &target);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {
-                fsync_dir(root).map_err(|source| BackupError::Write {
-                    path: root.to_owned(),
-                    source,
-                })?;
-                tracing::info!(repo = %root.display(), id = %config.id, "repository created");
+        match store.put(CONFIG, &bytes, Put::Create)? {
+            Created::New => {
+                tracing::info!(repo = %store.location(), id = %config.id, "repository created");
                 Ok(Self {
-                    root: root.to_owned(),
+                    store,
                     config,
+                    append_only: false,
                 })
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::open(root),
-            Err(source) => Err(BackupError::Io {
-                op: "link",
-                path: target,
-                source,
-            }),
+            Created::AlreadyThere => Self::open_store(store),
         }
     }
 
-    /// The repository directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Never delete or replace anything in this repository (its target is
+    /// `appendOnly`): prune refuses to run, sessions leave their files.
+    #[must_use]
+    pub fn append_only(mut self, yes: bool) -> Self {
+        self.append_only = yes;
+        self
+    }
+
+    /// Whether this handle may delete or replace.
+    pub fn is_append_only(&self) -> bool {
+        self.append_only
+    }
+
+    /// Where the repository is (a directory, or `s3://bucket/prefix …`).
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    /// The repository directory, when it is one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.store.dir()
+    }
+
+    /// The store under it.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Its config.
@@ -180,27 +215,15 @@ impl Repository {
         &self.config
     }
 
-    /// `data/<shard>/<id>`.
-    pub fn pack_path(&self, id: &Digest) -> PathBuf {
-        self.root.join("data").join(id.shard()).join(id.to_hex())
+    /// `data/<shard>/<id>`, the key of a pack.
+    pub fn pack_key(id: &Digest) -> String {
+        pack_key(id)
     }
 
-    fn index_path(&self, id: &Digest) -> PathBuf {
-        self.root.join("index").join(id.shard()).join(id.to_hex())
-    }
-
-    /// `backups/<volume>/<id>.json`.
-    pub fn manifest_path(&self, volume: Uuid, id: Uuid) -> PathBuf {
-        self.root
-            .join("backups")
-            .join(volume.hyphenated().to_string())
-            .join(format!("{}.json", id.hyphenated()))
-    }
-
-    /// Starts a pack writer (packs are written to `tmp/` and renamed into
-    /// `data/` when sealed).
+    /// Starts a pack writer: into `tmp/` and renamed into `data/` on a
+    /// directory, uploaded from memory on an object store.
     pub fn pack_writer(&self) -> PackWriter {
-        PackWriter::new(&self.root)
+        PackWriter::new(self)
     }
 
     /// Loads every index file into memory. A damaged index file (its bytes do
@@ -209,14 +232,16 @@ impl Repository {
     pub fn load_index(&self) -> Result<Index, BackupError> {
         let mut index = Index::default();
         let mut found = Vec::new();
-        for (id, path) in list_sharded(&self.root.join("index"))? {
-            let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+        for (id, key) in self.list_sharded("index/")? {
+            let Some(bytes) = self.store.get(&key)? else {
+                continue;
+            };
             if Digest::of(&bytes) != id {
-                tracing::warn!(path = %path.display(), "index file does not match its name; ignored");
+                tracing::warn!(key, "index file does not match its name; ignored");
                 continue;
             }
             let Some(packs) = format::decode_index(&bytes) else {
-                tracing::warn!(path = %path.display(), "unreadable index file; ignored");
+                tracing::warn!(key, "unreadable index file; ignored");
                 continue;
             };
             index.files.push(id);
@@ -233,99 +258,139 @@ impl Repository {
         Ok(index)
     }
 
-    /// Every pack file present, by id.
-    pub fn scan_packs(&self) -> Result<Vec<(Digest, PathBuf)>, BackupError> {
-        list_sharded(&self.root.join("data"))
+    fn list_sharded(&self, top: &str) -> Result<Vec<(Digest, String)>, BackupError> {
+        Ok(self
+            .store
+            .list(top)?
+            .into_iter()
+            .filter_map(|l| {
+                let id = l.key.rsplit('/').next()?.parse::<Digest>().ok()?;
+                Some((id, l.key))
+            })
+            .collect())
     }
 
-    /// Reads a pack's trailer.
-    pub fn read_trailer(&self, id: &Digest) -> Result<Vec<BlobEntry>, BackupError> {
-        let path = self.pack_path(id);
-        let file = File::open(&path).map_err(io_err("open", &path))?;
-        let len = file.metadata().map_err(io_err("stat", &path))?.len();
-        let bad = || BackupError::BadPack { path: path.clone() };
-        let mut footer = [0u8; 12];
+    /// Every pack present, by id, with its size.
+    pub fn scan_packs(&self) -> Result<Vec<(Digest, u64)>, BackupError> {
+        Ok(self
+            .store
+            .list("data/")?
+            .into_iter()
+            .filter_map(|l| Some((l.key.rsplit('/').next()?.parse::<Digest>().ok()?, l.size)))
+            .collect())
+    }
+
+    /// Reads the trailer of pack `id` of `len` bytes (from [`Self::scan_packs`]).
+    pub fn read_trailer(&self, id: &Digest, len: u64) -> Result<Vec<BlobEntry>, BackupError> {
+        let key = pack_key(id);
+        let bad = || BackupError::BadPack { pack: key.clone() };
         if len < 12 {
             return Err(bad());
         }
-        file.read_exact_at(&mut footer, len - 12)
-            .map_err(io_err("read", &path))?;
+        let footer: [u8; 12] = self
+            .store
+            .get_range(&key, len - 12..len)?
+            .try_into()
+            .map_err(|_| bad())?;
         let tlen = format::pack_trailer_len(&footer, len).ok_or_else(bad)?;
-        let mut trailer = vec![0u8; usize::try_from(tlen).map_err(|_| bad())?];
-        file.read_exact_at(&mut trailer, len - tlen)
-            .map_err(io_err("read", &path))?;
+        let trailer = self.store.get_range(&key, len - tlen..len)?;
         format::decode_pack_trailer(&trailer, len).ok_or_else(bad)
+    }
+
+    /// Opens pack `id` to read blobs within `span` (byte offsets): the file
+    /// itself on a directory, the span fetched in one request otherwise.
+    pub fn open_pack(&self, id: &Digest, span: Range<u64>) -> Result<PackReader, BackupError> {
+        let key = pack_key(id);
+        if let Some(root) = self.store.dir() {
+            let path = root.join(&key);
+            let file = File::open(&path).map_err(io_err("open", &path))?;
+            return Ok(PackReader::File(file, path));
+        }
+        let bytes = self.store.get_range(&key, span.clone())?;
+        Ok(PackReader::Span {
+            key,
+            base: span.start,
+            bytes,
+        })
     }
 
     /// Writes an index file describing `packs`; returns its id.
     pub fn write_index(&self, packs: &[(Digest, Vec<BlobEntry>)]) -> Result<Digest, BackupError> {
         let bytes = format::encode_index(packs);
         let id = Digest::of(&bytes);
-        let path = self.index_path(&id);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-        }
-        write_atomic(&path, &bytes).map_err(|source| BackupError::Write { path, source })?;
+        // Named by its content: an existing one is this one.
+        self.store.put(&index_key(&id), &bytes, Put::Create)?;
         Ok(id)
     }
 
     /// Removes an index file.
     pub fn remove_index(&self, id: &Digest) -> Result<(), BackupError> {
-        remove_if_present(&self.index_path(id))
+        self.deny_if_append_only("remove an index file")?;
+        self.store.delete(&index_key(id))
     }
 
     /// Removes a pack.
     pub fn remove_pack(&self, id: &Digest) -> Result<(), BackupError> {
-        remove_if_present(&self.pack_path(id))
+        self.deny_if_append_only("remove a pack")?;
+        self.store.delete(&pack_key(id))
     }
 
-    /// Writes a manifest (temp + fsync + rename + fsync dir): the commit
+    fn deny_if_append_only(&self, what: &str) -> Result<(), BackupError> {
+        if self.append_only {
+            return Err(BackupError::AppendOnly {
+                location: self.location(),
+                what: what.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a manifest (atomically, never over another): the commit
     /// point of a backup.
     pub fn write_manifest(&self, m: &Manifest) -> Result<(), BackupError> {
-        let path = self.manifest_path(m.volume.uuid, m.id);
-        if let Some(dir) = path.parent() {
-            if !dir.is_dir() {
-                fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-                if let Some(up) = dir.parent() {
-                    fsync_dir(up).map_err(|source| BackupError::Write {
-                        path: up.to_owned(),
-                        source,
-                    })?;
-                }
-            }
-        }
+        let key = manifest_key(m.volume.uuid, m.id);
         let mut bytes = serde_json::to_vec_pretty(m).map_err(|source| BackupError::Json {
-            path: path.clone(),
+            path: PathBuf::from(&key),
             source,
         })?;
         bytes.push(b'\n');
-        write_atomic(&path, &bytes).map_err(|source| BackupError::Write { path, source })
+        match self.store.put(&key, &bytes, Put::Create)? {
+            Created::New => Ok(()),
+            Created::AlreadyThere => match self.store.get(&key)? {
+                Some(b) if b == bytes => Ok(()),
+                _ => Err(BackupError::BadManifest {
+                    id: m.id,
+                    reason: "the repository holds a different manifest under this id".into(),
+                }),
+            },
+        }
     }
 
     /// Removes a manifest (the backup is gone; its chunks stay until prune).
     pub fn remove_manifest(&self, m: &Manifest) -> Result<(), BackupError> {
-        remove_if_present(&self.manifest_path(m.volume.uuid, m.id))
+        self.deny_if_append_only("remove a manifest")?;
+        self.store.delete(&manifest_key(m.volume.uuid, m.id))
     }
 
-    /// Reads one manifest file.
+    /// Reads one manifest file of a repository directory.
     pub fn read_manifest_file(path: &Path) -> Result<Manifest, BackupError> {
         let bytes = fs::read(path).map_err(io_err("read", path))?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| BackupError::Json {
-            path: path.to_owned(),
-            source,
-        })?;
-        format::check_manifest(&m)?;
-        Ok(m)
+        parse_manifest(&bytes, &path.display().to_string())
+    }
+
+    fn read_manifest(&self, key: &str) -> Result<Option<Manifest>, BackupError> {
+        self.store
+            .get(key)?
+            .map(|b| parse_manifest(&b, &format!("{}: {key}", self.location())))
+            .transpose()
     }
 
     /// The manifest of backup `id`, if the repository holds it.
     pub fn find_manifest(&self, id: Uuid) -> Result<Option<Manifest>, BackupError> {
-        let name = format!("{}.json", id.hyphenated());
-        let backups = self.root.join("backups");
-        for dir in read_dir_sorted(&backups)? {
-            let path = dir.join(&name);
-            if path.is_file() {
-                return Self::read_manifest_file(&path).map(Some);
+        let name = format!("/{}.json", id.hyphenated());
+        for l in self.store.list("backups/")? {
+            if l.key.ends_with(&name) {
+                return self.read_manifest(&l.key);
             }
         }
         Ok(None)
@@ -336,15 +401,14 @@ impl Repository {
     pub fn manifests(&self) -> Result<(Vec<Manifest>, Vec<BackupError>), BackupError> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        for dir in read_dir_sorted(&self.root.join("backups"))? {
-            for path in read_dir_sorted(&dir)? {
-                if !is_manifest_file(&path) {
-                    continue;
-                }
-                match Self::read_manifest_file(&path) {
-                    Ok(m) => good.push(m),
-                    Err(e) => bad.push(e),
-                }
+        for l in self.store.list("backups/")? {
+            if !is_manifest_key(&l.key) {
+                continue;
+            }
+            match self.read_manifest(&l.key) {
+                Ok(Some(m)) => good.push(m),
+                Ok(None) => {}
+                Err(e) => bad.push(e),
             }
         }
         good.sort_by_key(|m| (m.started_at, m.id));
@@ -354,18 +418,19 @@ impl Repository {
     /// The readable manifests of one volume, oldest first (an unreadable
     /// one is logged and skipped: it must not stop the next backup).
     pub fn volume_manifests(&self, volume: Uuid) -> Result<Vec<Manifest>, BackupError> {
-        let dir = self
-            .root
-            .join("backups")
-            .join(volume.hyphenated().to_string());
         let mut out = Vec::new();
-        for path in read_dir_sorted(&dir)? {
-            if is_manifest_file(&path) {
-                match Self::read_manifest_file(&path) {
-                    Ok(m) => out.push(m),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "unreadable manifest skipped");
-                    }
+        for l in self
+            .store
+            .list(&format!("backups/{}/", volume.hyphenated()))?
+        {
+            if !is_manifest_key(&l.key) {
+                continue;
+            }
+            match self.read_manifest(&l.key) {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(key = %l.key, error = %e, "unreadable manifest skipped");
                 }
             }
         }
@@ -377,13 +442,20 @@ impl Repository {
     /// at once, from any host), `Exclusive` for prune (alone). Fails at once,
     /// naming the holder, when the other kind is live.
     pub fn session(&self, kind: SessionKind, command: &str) -> Result<Session, BackupError> {
-        Session::open(&self.root.join("locks"), kind, command)
+        Session::open(Arc::clone(&self.store), kind, command, self.append_only)
     }
 
-    /// Removes temp files older than `age` from `tmp/` (crashed writers).
+    /// Removes temp files older than `age` from a directory's `tmp/`
+    /// (crashed writers; an object store has none).
     pub fn clean_tmp(&self, age: Duration) -> Result<u64, BackupError> {
+        let Some(root) = self.store.dir() else {
+            return Ok(0);
+        };
+        if self.append_only {
+            return Ok(0);
+        }
         let mut removed = 0;
-        for path in read_dir_sorted(&self.root.join("tmp"))? {
+        for path in read_dir_sorted(&root.join("tmp"))? {
             let old = fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
@@ -398,12 +470,65 @@ impl Repository {
     }
 }
 
-/// `<id>.json`, not a hidden temp file of an atomic write.
-fn is_manifest_file(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "json")
-        && !path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+fn parse_manifest(bytes: &[u8], at: &str) -> Result<Manifest, BackupError> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|source| BackupError::Json {
+        path: PathBuf::from(at),
+        source,
+    })?;
+    format::check_manifest(&m)?;
+    Ok(m)
+}
+
+/// A pack opened for reading blobs.
+#[derive(Debug)]
+pub enum PackReader {
+    /// A pack file of a repository directory.
+    File(File, PathBuf),
+    /// Bytes `base..` of a remote pack.
+    Span {
+        /// The pack's key.
+        key: String,
+        /// Offset of `bytes[0]` in the pack.
+        base: u64,
+        /// The bytes fetched.
+        bytes: Vec<u8>,
+    },
+}
+
+impl PackReader {
+    /// Fills `buf` from `offset`; false when the pack is too short there.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        match self {
+            PackReader::File(f, path) => match f.read_exact_at(buf, offset) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(pack = %path.display(), error = %e, "short pack");
+                    false
+                }
+            },
+            PackReader::Span { key, base, bytes } => {
+                let start = offset
+                    .checked_sub(*base)
+                    .and_then(|s| usize::try_from(s).ok());
+                if let Some(src) = start.and_then(|s| bytes.get(s..s + buf.len())) {
+                    buf.copy_from_slice(src);
+                    true
+                } else {
+                    tracing::warn!(pack = %key, "short pack");
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// `backups/<volume>/<id>.json`, not a hidden temp file of an atomic write.
+fn is_manifest_key(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    Path::new(name)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        && !name.starts_with('.')
 }
 
 fn remove_if_present(path: &Path) -> Result<(), BackupError> {
@@ -435,23 +560,6 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, BackupError> {
         out.push(e.map_err(io_err("read directory", dir))?.path());
     }
     out.sort();
-    Ok(out)
-}
-
-/// `(id, path)` of every `<top>/<shard>/<64 hex>` file.
-fn list_sharded(top: &Path) -> Result<Vec<(Digest, PathBuf)>, BackupError> {
-    let mut out = Vec::new();
-    for shard in read_dir_sorted(top)? {
-        for path in read_dir_sorted(&shard)? {
-            if let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse::<Digest>().ok())
-            {
-                out.push((id, path));
-            }
-        }
-    }
     Ok(out)
 }
 
@@ -531,14 +639,65 @@ impl Index {
 }
 
 /// Writes blobs into packs of about [`PACK_SIZE`] bytes.
+///
+/// On a repository directory a pack is written to `tmp/`, fsynced by a
+/// background thread and renamed into `data/` (no pack is held in memory).
+/// On an object store, or an append-only directory (where nothing may be
+/// renamed away), a pack is assembled in memory and handed to an uploader
+/// thread through a channel of [`UPLOADS_QUEUED`]: at most that many sealed
+/// packs wait, one uploads and one fills, so memory is bounded (some 64 MiB)
+/// whatever the volume. Each upload is a conditional create of the pack's
+/// content-named key, retried with backoff by the store.
 #[derive(Debug)]
 pub struct PackWriter {
-    root: PathBuf,
+    root: Option<PathBuf>,
+    store: Arc<dyn Store>,
     current: Option<OpenPack>,
     /// Packs finished (durable, in `data/`), with their entries.
     pub sealed: Vec<(Digest, Vec<BlobEntry>)>,
     pending: Vec<(PathBuf, Digest, Vec<BlobEntry>)>,
     syncer: Option<Syncer>,
+    uploader: Option<Uploader>,
+}
+
+/// Sealed packs waiting for the uploader, at most.
+pub const UPLOADS_QUEUED: usize = 2;
+
+type Upload = (Digest, Vec<u8>, Vec<BlobEntry>);
+type Uploaded = Result<Vec<(Digest, Vec<BlobEntry>)>, BackupError>;
+
+/// A thread that uploads sealed packs in order.
+#[derive(Debug)]
+struct Uploader {
+    tx: mpsc::SyncSender<Upload>,
+    thread: thread::JoinHandle<Uploaded>,
+}
+
+impl Uploader {
+    fn start(store: Arc<dyn Store>) -> Result<Self, BackupError> {
+        let (tx, rx) = mpsc::sync_channel::<Upload>(UPLOADS_QUEUED);
+        let thread = thread::Builder::new()
+            .name("pack-upload".into())
+            .spawn(move || {
+                let mut done = Vec::new();
+                for (id, bytes, entries) in rx {
+                    store.put(&pack_key(&id), &bytes, Put::Create)?;
+                    tracing::debug!(pack = %id, bytes = bytes.len(), "pack uploaded");
+                    done.push((id, entries));
+                }
+                Ok(done)
+            })
+            .map_err(io_err("start a thread for", Path::new("pack upload")))?;
+        Ok(Self { tx, thread })
+    }
+
+    /// Waits for every upload; the packs that are stored.
+    fn finish(self) -> Result<Vec<(Digest, Vec<BlobEntry>)>, BackupError> {
+        drop(self.tx);
+        self.thread
+            .join()
+            .map_err(|_| BackupError::Panicked("pack upload"))?
+    }
 }
 
 /// A thread that fsyncs closed packs while the next ones fill, so their
@@ -577,22 +736,44 @@ impl Syncer {
 }
 
 #[derive(Debug)]
+enum PackOut {
+    File(PathBuf, BufWriter<File>),
+    Memory(Vec<u8>),
+}
+
+#[derive(Debug)]
 struct OpenPack {
-    tmp: PathBuf,
-    out: BufWriter<File>,
+    out: PackOut,
     hasher: blake3::Hasher,
     entries: Vec<BlobEntry>,
     len: u64,
 }
 
+impl OpenPack {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), BackupError> {
+        match &mut self.out {
+            PackOut::File(tmp, out) => out.write_all(bytes).map_err(io_err("write", tmp))?,
+            PackOut::Memory(buf) => buf.extend_from_slice(bytes),
+        }
+        self.hasher.update(bytes);
+        Ok(())
+    }
+}
+
 impl PackWriter {
-    fn new(root: &Path) -> Self {
+    fn new(repo: &Repository) -> Self {
         Self {
-            root: root.to_owned(),
+            root: repo
+                .store
+                .dir()
+                .filter(|_| !repo.append_only)
+                .map(Path::to_path_buf),
+            store: Arc::clone(&repo.store),
             current: None,
             sealed: Vec::new(),
             pending: Vec::new(),
             syncer: None,
+            uploader: None,
         }
     }
 
@@ -605,17 +786,23 @@ impl PackWriter {
         stored: &[u8],
     ) -> Result<(), BackupError> {
         if self.current.is_none() {
-            let tmp_dir = self.root.join("tmp");
-            fs::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir))?;
-            let tmp = tmp_dir.join(format!("pack-{}", Uuid::new_v4()));
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
+            let out = if let Some(root) = &self.root {
+                let tmp_dir = root.join("tmp");
+                fs::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir))?;
+                let tmp = tmp_dir.join(format!("pack-{}", Uuid::new_v4()));
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(io_err("create", &tmp))?;
+                PackOut::File(tmp, BufWriter::with_capacity(1 << 20, file))
+            } else {
+                PackOut::Memory(Vec::with_capacity(
+                    usize::try_from(PACK_SIZE).unwrap_or(0) + (1 << 20),
+                ))
+            };
             self.current = Some(OpenPack {
-                tmp,
-                out: BufWriter::with_capacity(1 << 20, file),
+                out,
                 hasher: blake3::Hasher::new(),
                 entries: Vec::new(),
                 len: 0,
@@ -624,10 +811,7 @@ impl PackWriter {
         let Some(pack) = self.current.as_mut() else {
             return Ok(());
         };
-        pack.out
-            .write_all(stored)
-            .map_err(io_err("write", &pack.tmp))?;
-        pack.hasher.update(stored);
+        pack.write(stored)?;
         pack.len += stored.len() as u64;
         pack.entries.push(BlobEntry {
             id,
@@ -641,50 +825,71 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Closes the open pack, if any: its trailer is written, the fsync
-    /// thread is told to make it durable, and it waits in `tmp/` for
-    /// [`PackWriter::finish`]. No fsync on this thread: it would stall the
-    /// pipeline once per 16 MiB (measured: the per-pack fsync made a 2 GiB
-    /// backup write-bound in lock step).
+    /// Closes the open pack, if any: its trailer is written, and it is
+    /// handed on — to the fsync thread, waiting in `tmp/` for
+    /// [`PackWriter::finish`] (no fsync on this thread: it would stall the
+    /// pipeline once per 16 MiB; measured, the per-pack fsync made a 2 GiB
+    /// backup write-bound in lock step), or to the uploader, which blocks
+    /// here while [`UPLOADS_QUEUED`] packs wait.
     pub fn seal(&mut self) -> Result<(), BackupError> {
         let Some(mut pack) = self.current.take() else {
             return Ok(());
         };
         let trailer = format::encode_pack_trailer(&pack.entries);
-        pack.out
-            .write_all(&trailer)
-            .map_err(io_err("write", &pack.tmp))?;
-        pack.hasher.update(&trailer);
-        let file = pack.out.into_inner().map_err(|e| BackupError::Io {
-            op: "write",
-            path: pack.tmp.clone(),
-            source: e.into_error(),
-        })?;
-        drop(file);
+        pack.write(&trailer)?;
         let id = Digest(*pack.hasher.finalize().as_bytes());
         tracing::debug!(pack = %id, blobs = pack.entries.len(), bytes = pack.len, "pack closed");
-        if self.syncer.is_none() {
-            self.syncer = Some(Syncer::start()?);
-        }
-        if let Some(s) = &self.syncer {
-            // A closed channel means the thread failed; publish() reports it.
-            let _ = s.tx.send(pack.tmp.clone());
-        }
-        self.pending.push((pack.tmp, id, pack.entries));
-        // Bounded: by 64 packs (1 GiB) back the first ones are long written
-        // back, so making them durable now costs little and keeps `tmp/`
-        // and the list short on huge volumes.
-        if self.pending.len() >= 64 {
-            self.publish()?;
+        match pack.out {
+            PackOut::File(tmp, out) => {
+                let file = out.into_inner().map_err(|e| BackupError::Io {
+                    op: "write",
+                    path: tmp.clone(),
+                    source: e.into_error(),
+                })?;
+                drop(file);
+                if self.syncer.is_none() {
+                    self.syncer = Some(Syncer::start()?);
+                }
+                if let Some(s) = &self.syncer {
+                    // A closed channel means the thread failed; publish() reports it.
+                    let _ = s.tx.send(tmp.clone());
+                }
+                self.pending.push((tmp, id, pack.entries));
+                // Bounded: by 64 packs (1 GiB) back the first ones are long
+                // written back, so making them durable now costs little and
+                // keeps `tmp/` and the list short on huge volumes.
+                if self.pending.len() >= 64 {
+                    self.publish()?;
+                }
+            }
+            PackOut::Memory(bytes) => {
+                if self.uploader.is_none() {
+                    self.uploader = Some(Uploader::start(Arc::clone(&self.store))?);
+                }
+                let sent = self
+                    .uploader
+                    .as_ref()
+                    .is_some_and(|u| u.tx.send((id, bytes, pack.entries)).is_ok());
+                if !sent {
+                    // The uploader stopped on an error: report it now.
+                    if let Some(u) = self.uploader.take() {
+                        self.sealed.extend(u.finish()?);
+                    }
+                    return Err(BackupError::Panicked("pack upload"));
+                }
+            }
         }
         Ok(())
     }
 
-    /// Makes every pack durable and visible: seal the open one, fsync each,
-    /// rename each into `data/<shard>/<id>`, fsync those directories. Only
-    /// after this may an index file name them.
+    /// Makes every pack durable and visible: seal the open one; fsync each
+    /// and rename it into `data/<shard>/<id>`, fsync those directories; or
+    /// wait for every upload. Only after this may an index file name them.
     pub fn finish(&mut self) -> Result<(), BackupError> {
         self.seal()?;
+        if let Some(u) = self.uploader.take() {
+            self.sealed.extend(u.finish()?);
+        }
         self.publish()
     }
 
@@ -693,9 +898,12 @@ impl PackWriter {
         if let Some(s) = self.syncer.take() {
             s.finish()?;
         }
+        let Some(root) = &self.root else {
+            return Ok(());
+        };
         let mut dirs = std::collections::BTreeSet::new();
         for (tmp, id, entries) in std::mem::take(&mut self.pending) {
-            let dir = self.root.join("data").join(id.shard());
+            let dir = root.join("data").join(id.shard());
             // Made at init; made again here for repositories copied by tools
             // that drop empty directories (git, some sync tools).
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
@@ -710,14 +918,21 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Removes the packs not yet finished (on failure).
+    /// Drops the packs not yet finished (on failure). Packs already uploaded
+    /// stay, unreferenced: no index or manifest names them, and prune
+    /// removes them.
     pub fn abandon(&mut self) {
         if let Some(s) = self.syncer.take() {
             let _ = s.finish();
         }
-        if let Some(pack) = self.current.take() {
-            drop(pack.out);
-            let _ = fs::remove_file(&pack.tmp);
+        if let Some(u) = self.uploader.take() {
+            let _ = u.finish();
+        }
+        if let Some(pack) = self.current.take()
+            && let PackOut::File(tmp, out) = pack.out
+        {
+            drop(out);
+            let _ = fs::remove_file(&tmp);
         }
         for (tmp, ..) in self.pending.drain(..) {
             let _ = fs::remove_file(&tmp);
@@ -765,10 +980,14 @@ impl SessionInfo {
 }
 
 /// A live session: its file exists (and is refreshed by a thread) until
-/// dropped.
+/// dropped. In an append-only repository nothing may be replaced or
+/// removed, so a refresh writes a new file (`<uuid>.<n>.json`) and the end
+/// writes `<uuid>.end.json`; the sweep, which may delete, removes them.
 #[derive(Debug)]
 pub struct Session {
-    path: PathBuf,
+    store: Arc<dyn Store>,
+    key: String,
+    append_only: bool,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<thread::JoinHandle<()>>,
 }
@@ -782,8 +1001,12 @@ pub fn hostname() -> String {
 }
 
 impl Session {
-    fn open(dir: &Path, kind: SessionKind, command: &str) -> Result<Self, BackupError> {
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    fn open(
+        store: Arc<dyn Store>,
+        kind: SessionKind,
+        command: &str,
+        append_only: bool,
+    ) -> Result<Self, BackupError> {
         let info = SessionInfo {
             kind,
             host: hostname(),
@@ -791,43 +1014,86 @@ impl Session {
             command: command.to_owned(),
             started_at: Utc::now(),
         };
-        let path = dir.join(format!("{}.json", Uuid::new_v4()));
+        let uuid = Uuid::new_v4();
+        let key = format!("locks/{uuid}.json");
         let bytes = serde_json::to_vec(&info).map_err(|source| BackupError::Json {
-            path: path.clone(),
+            path: PathBuf::from(&key),
             source,
         })?;
-        write_atomic(&path, &bytes).map_err(|source| BackupError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        store.put(&key, &bytes, Put::Create)?;
         // Write ours first, then look: of two racing sessions of
         // conflicting kinds at least one sees the other and backs off.
-        let conflict = live_sessions(dir)?.into_iter().find(|(p, other)| {
-            *p != path && (kind == SessionKind::Exclusive || other.kind == SessionKind::Exclusive)
-        });
+        let conflict = live_sessions(store.as_ref(), !append_only)?
+            .into_iter()
+            .find(|(id, other)| {
+                *id != uuid.to_string()
+                    && (kind == SessionKind::Exclusive || other.kind == SessionKind::Exclusive)
+            });
         if let Some((_, holder)) = conflict {
-            let _ = fs::remove_file(&path);
+            end_session(store.as_ref(), &key, &uuid, append_only);
             return Err(BackupError::Busy {
                 holder: holder.describe(),
             });
         }
         let (stop, rx) = mpsc::channel::<()>();
-        let refresh_path = path.clone();
+        let (refresh_store, refresh_key) = (Arc::clone(&store), key.clone());
         let refresher = thread::Builder::new()
             .name("backup-session".into())
             .spawn(move || {
+                let mut n = 0u64;
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
-                    if let Ok(f) = File::options().append(true).open(&refresh_path) {
-                        let _ = f.set_modified(SystemTime::now());
-                    }
+                    n += 1;
+                    refresh(
+                        refresh_store.as_ref(),
+                        &refresh_key,
+                        &uuid,
+                        n,
+                        &bytes,
+                        append_only,
+                    );
                 }
             })
             .ok();
         Ok(Self {
-            path,
+            store,
+            key,
+            append_only,
             stop: Some(stop),
             refresher,
         })
+    }
+}
+
+/// Marks session `uuid` as alive now.
+fn refresh(store: &dyn Store, key: &str, uuid: &Uuid, n: u64, bytes: &[u8], append_only: bool) {
+    let r = if append_only {
+        store
+            .put(&format!("locks/{uuid}.{n}.json"), bytes, Put::Create)
+            .map(drop)
+    } else if let Some(root) = store.dir() {
+        File::options()
+            .append(true)
+            .open(root.join(key))
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(io_err("refresh", &root.join(key)))
+    } else {
+        store.put(key, bytes, Put::Replace).map(drop)
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot refresh the repository session");
+    }
+}
+
+fn end_session(store: &dyn Store, key: &str, uuid: &Uuid, append_only: bool) {
+    let r = if append_only {
+        store
+            .put(&format!("locks/{uuid}.end.json"), b"{}", Put::Create)
+            .map(drop)
+    } else {
+        store.delete(key)
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot end the repository session; it goes stale in 30 minutes");
     }
 }
 
@@ -837,37 +1103,82 @@ impl Drop for Session {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        let _ = fs::remove_file(&self.path);
+        let uuid = self
+            .key
+            .trim_start_matches("locks/")
+            .trim_end_matches(".json")
+            .parse::<Uuid>()
+            .unwrap_or_default();
+        end_session(self.store.as_ref(), &self.key, &uuid, self.append_only);
     }
 }
 
-/// Live sessions in `dir`; stale files (a dead pid on this host, or not
-/// refreshed for [`STALE_AFTER`]) are removed on the way.
-fn live_sessions(dir: &Path) -> Result<Vec<(PathBuf, SessionInfo)>, BackupError> {
+/// Live sessions by uuid. A session's files are `<uuid>.json` (its
+/// info), in append-only repositories also `<uuid>.<n>.json` (refreshes)
+/// and `<uuid>.end.json` (ended). It is dead when ended, when its pid is
+/// gone on this host, or when its newest file is older than
+/// [`STALE_AFTER`]; with `clean`, a dead session's files are removed on
+/// the way.
+fn live_sessions(
+    store: &dyn Store,
+    clean: bool,
+) -> Result<Vec<(String, SessionInfo)>, BackupError> {
+    use std::collections::BTreeMap;
     let me = hostname();
-    let mut out = Vec::new();
-    for path in read_dir_sorted(dir)? {
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let Ok(bytes) = fs::read(&path) else { continue };
-        let Ok(info) = serde_json::from_slice::<SessionInfo>(&bytes) else {
+    let now = SystemTime::now();
+    // uuid → (keys, newest modification, ended)
+    let mut by: BTreeMap<String, (Vec<String>, SystemTime, bool)> = BTreeMap::new();
+    for l in store.list("locks/")? {
+        let name = l.key.trim_start_matches("locks/");
+        let Some(stem) = name.strip_suffix(".json") else {
             continue;
         };
-        let age = fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .unwrap_or_default();
-        let dead_here = info.host == me && info.pid != std::process::id() && !pid_alive(info.pid);
-        if dead_here || age > STALE_AFTER {
-            tracing::info!(path = %path.display(), holder = %info.describe(), "removing a stale session file");
-            let _ = fs::remove_file(&path);
+        let (uuid, tail) = stem.split_once('.').unwrap_or((stem, ""));
+        let e = by
+            .entry(uuid.to_owned())
+            .or_insert((Vec::new(), SystemTime::UNIX_EPOCH, false));
+        e.0.push(l.key.clone());
+        e.1 = e.1.max(l.modified);
+        e.2 |= tail == "end";
+    }
+    let mut out = Vec::new();
+    for (uuid, (keys, newest, ended)) in by {
+        let key = format!("locks/{uuid}.json");
+        let info = if keys.contains(&key) {
+            store
+                .get(&key)?
+                .and_then(|b| serde_json::from_slice::<SessionInfo>(&b).ok())
+        } else {
+            None
+        };
+        let age = now.duration_since(newest).unwrap_or_default();
+        let dead_here = info
+            .as_ref()
+            .is_some_and(|i| i.host == me && i.pid != std::process::id() && !pid_alive(i.pid));
+        if ended || dead_here || age > STALE_AFTER || info.is_none() {
+            if clean && (info.is_some() || age > STALE_AFTER) {
+                if let Some(i) = &info {
+                    tracing::info!(session = %uuid, holder = %i.describe(), "removing a finished or stale session");
+                }
+                for k in &keys {
+                    let _ = store.delete(k);
+                }
+            }
             continue;
         }
-        out.push((path, info));
+        if let Some(info) = info {
+            out.push((uuid, info));
+        }
     }
     Ok(out)
+}
+
+/// The sessions live now (for the sweep's grace period and for status).
+pub fn sessions(repo: &Repository) -> Result<Vec<SessionInfo>, BackupError> {
+    Ok(live_sessions(repo.store.as_ref(), false)?
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect())
 }
 
 fn pid_alive(pid: u32) -> bool {

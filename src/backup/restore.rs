@@ -37,7 +37,7 @@ use nix::fcntl::{FallocateFlags, fallocate};
 use uuid::Uuid;
 
 use super::format::{self, CHUNK_SIZE, Digest, Manifest, Table};
-use super::repo::{Index, Location};
+use super::repo::{Index, Location, PackReader};
 use super::{BackupError, Progress, Repository};
 
 /// Threads reading packs.
@@ -113,11 +113,7 @@ struct Item {
 
 /// Resolves a table against the index and the packs present; chunks that
 /// cannot be found are returned as missing.
-fn plan(
-    repo: &Repository,
-    index: &Index,
-    table: &[(u64, Digest)],
-) -> (BTreeMap<u32, Vec<Item>>, Vec<Digest>) {
+fn plan(index: &Index, table: &[(u64, Digest)]) -> (BTreeMap<u32, Vec<Item>>, Vec<Digest>) {
     let mut by_pack: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
     let mut missing = Vec::new();
     let mut present: BTreeMap<u32, bool> = BTreeMap::new();
@@ -128,7 +124,7 @@ fn plan(
         };
         let here = *present
             .entry(loc.pack)
-            .or_insert_with(|| repo.pack_path(&index.pack_id(&loc)).is_file());
+            .or_insert_with(|| index.present.contains(&index.pack_id(&loc)));
         if here {
             by_pack
                 .entry(loc.pack)
@@ -177,19 +173,28 @@ fn read_all(
                         break;
                     };
                     let pack_id = index.packs[pack as usize];
-                    let path = repo.pack_path(&pack_id);
-                    let Ok(file) = File::open(&path) else {
-                        bad.missing.extend(items.iter().map(|i| i.id));
-                        if stop_early {
-                            stop.store(true, Ordering::Relaxed);
+                    let span = items.iter().map(|i| i.loc.offset).min().unwrap_or(0)
+                        ..items
+                            .iter()
+                            .map(|i| i.loc.offset + u64::from(i.loc.stored_len))
+                            .max()
+                            .unwrap_or(0);
+                    let file = match repo.open_pack(&pack_id, span) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(pack = %pack_id, error = %crate::error_chain(&e), "pack unreadable");
+                            bad.missing.extend(items.iter().map(|i| i.id));
+                            if stop_early {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            continue;
                         }
-                        continue;
                     };
                     for item in items {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        if let Some(raw) = check_one(&mut codecs, &file, &path, item, &mut buf) {
+                        if let Some(raw) = check_one(&mut codecs, &file, item, &mut buf) {
                             local.chunks += 1;
                             local.bytes += raw.len() as u64;
                             if let Some(sink) = sink {
@@ -245,14 +250,12 @@ fn read_all(
 /// Reads one blob, decodes it, checks its hash; `None` when it is damaged.
 fn check_one(
     codecs: &mut format::Codecs,
-    file: &File,
-    path: &Path,
+    pack: &PackReader,
     item: &Item,
     buf: &mut Vec<u8>,
 ) -> Option<Vec<u8>> {
     buf.resize(item.loc.stored_len as usize, 0);
-    if let Err(e) = file.read_exact_at(buf, item.loc.offset) {
-        tracing::warn!(pack = %path.display(), error = %e, "short pack");
+    if !pack.read_at(buf, item.loc.offset) {
         return None;
     }
     let raw = codecs.decompress(item.loc.codec, buf, item.loc.raw_len as usize)?;
@@ -266,7 +269,7 @@ pub fn check(
     table: &[(u64, Digest)],
     progress: &dyn Progress,
 ) -> Result<(Problems, RestoreStats), BackupError> {
-    let (by_pack, missing) = plan(repo, index, table);
+    let (by_pack, missing) = plan(index, table);
     progress.total(
         by_pack
             .values()
@@ -297,7 +300,7 @@ pub fn restore(
     mode: Target,
     progress: &dyn Progress,
 ) -> Result<RestoreStats, BackupError> {
-    let (by_pack, missing) = plan(repo, index, table);
+    let (by_pack, missing) = plan(index, table);
     if !missing.is_empty() {
         return Err(Problems {
             missing,
@@ -325,7 +328,7 @@ pub fn restore(
             return Err(problems.into_error(m.id));
         }
         // Seeking to the end sizes block devices too (their metadata says 0).
-        let len = crate::lvm::blockdev::size(target).map_err(io("size"))?;
+        let len = crate::blockio::size(target).map_err(io("size"))?;
         let mut pos = 0u64;
         for &(slot, _) in table {
             punch(target, target_path, pos, slot * c)?;
@@ -334,11 +337,11 @@ pub fn restore(
         punch(target, target_path, pos, len)?;
     } else if mode == Target::ZeroGaps {
         progress.stage("zeroing gaps");
-        let len = crate::lvm::blockdev::size(target).map_err(io("size"))?;
+        let len = crate::blockio::size(target).map_err(io("size"))?;
         let mut pos = 0u64;
         let zero = |from: u64, to: u64| {
             if to > from {
-                crate::lvm::blockdev::zero(target, from, to - from).map_err(io("zero"))
+                crate::blockio::zero(target, from, to - from).map_err(io("zero"))
             } else {
                 Ok(())
             }

@@ -11,7 +11,7 @@
 //!
 //! Exit codes: 0 success; 1 any error, including damage found by `verify`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -28,8 +28,9 @@ use crate::backup::catalog::{self, Catalog, Entry, Status};
 use crate::backup::engine::{self, Mode, RunSpec};
 use crate::backup::format::{self, Codec, Digest, Manifest, Record};
 use crate::backup::restore::{self, Target};
+use crate::backup::target::{RepoSpec, SecretSource};
 use crate::backup::{BackupError, Progress, Repository, prune, repo};
-use crate::file::{self, FileBackend, ObjectKind, Phase};
+use crate::file::{self, FileBackend, Mark, ObjKind};
 use crate::manifest::{self, ManifestSet, Name};
 use crate::state::journal::{Journal, Outcome};
 use crate::state::lock::StateLock;
@@ -127,23 +128,43 @@ struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["record", "scan"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["record", "scan", "policy"])))]
 struct ImportArgs {
     /// An export record file (`-` for stdin).
     record: Option<PathBuf>,
-    /// Rebuild the catalogue from the repository at PATH.
+    /// Rebuild the catalogue from the repository directory at PATH.
     #[arg(long, value_name = "PATH")]
     scan: Option<PathBuf>,
+    /// Rebuild the catalogue from this `BackupPolicy`'s target (a share or an
+    /// S3 bucket as well as a directory), read from the manifests (`-f`).
+    #[arg(long, value_name = "NAME")]
+    policy: Option<String>,
     /// The repository's path on this host, when it differs from the record's.
-    #[arg(long, value_name = "PATH", conflicts_with = "scan")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["scan", "policy"])]
     repository: Option<PathBuf>,
+    #[command(flatten)]
+    manifests: ManifestFiles,
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("sweep-key").args(["sweep_credentials_file", "sweep_credentials_env"])))]
 struct PruneArgs {
     /// Show what would be forgotten and freed; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Also remove backups and free space on `appendOnly` targets (run
+    /// with credentials or permissions that may delete); without it, an
+    /// append-only target's backups are only forgotten in the catalogue.
+    #[arg(long)]
+    sweep: bool,
+    /// With --sweep: an S3 target's credentials that may delete
+    /// (`ACCESS_KEY_ID:SECRET_ACCESS_KEY`) from this file, instead of the
+    /// policy's `credentialsRef`.
+    #[arg(long, value_name = "PATH", requires = "sweep")]
+    sweep_credentials_file: Option<PathBuf>,
+    /// With --sweep: the same from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "sweep")]
+    sweep_credentials_env: Option<String>,
     #[command(flatten)]
     manifests: ManifestFiles,
 }
@@ -213,7 +234,7 @@ fn find_volume(
             .discover()
             .with_context(|| format!("cannot discover back end {n}"))?;
         for o in inv.objects {
-            if o.meta.kind == ObjectKind::Volume && o.meta.name == volume {
+            if o.meta.kind == ObjKind::Volume && o.meta.name == volume {
                 hits.push((be.clone(), o.meta));
             }
         }
@@ -263,7 +284,7 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
         let result = run_one(&set, v, requested_mode(a), state, host, &mut journal, &bar);
         bar.finish();
         match result {
-            Ok((repo, report)) => print_run(&report, repo.root(), a.json)?,
+            Ok((repo, report)) => print_run(&report, &repo.location(), a.json)?,
             Err(e) if a.policy.is_some() => {
                 if e.downcast_ref::<NotYet>().is_some() {
                     writeln!(std::io::stderr().lock(), "skipped {v}: {e}")?;
@@ -350,7 +371,7 @@ fn find_lvm_volume(
     candidates: Vec<(Name, crate::lvm::LvmBackend<'static>)>,
     volume: &str,
 ) -> anyhow::Result<Option<(Found, FoundVolume)>> {
-    use crate::lvm::tags::{self, LvObjKind, Ownership};
+    use crate::lvm::tags::{self, Ownership};
     let mut hits = Vec::new();
     for (n, be) in candidates {
         let lvs = be
@@ -359,17 +380,17 @@ fn find_lvm_volume(
         let found = lvs
             .iter()
             .find_map(|lv| match tags::ownership(lv, n.as_str()) {
-                Ownership::Ours(o) if o.kind == LvObjKind::Volume && o.name == volume => {
+                Ownership::Ours(o) if o.kind == ObjKind::Volume && o.name == volume => {
                     Some((o, lv.size))
                 }
                 _ => None,
             });
         if let Some((o, size)) = found {
-            if let Some(state) = o.state {
+            if o.mark != crate::model::Mark::Ready {
                 bail!(
                     "Volume {volume} ({}) is {}, not ready",
                     o.uuid,
-                    state.as_str()
+                    o.mark.as_str()
                 );
             }
             hits.push((
@@ -426,7 +447,7 @@ fn run_one(
     }
     let (found, object) = match find_volume(&candidates, vol_name.as_str())? {
         Some((backend, object)) => {
-            if object.state != Phase::Ready {
+            if object.state != Mark::Ready {
                 bail!(
                     "Volume {vol_name} ({}) is {:?}, not ready",
                     object.uuid,
@@ -451,12 +472,13 @@ fn run_one(
         incremental: policy.spec.incremental,
         full_every: policy.spec.full_every,
     });
-    let repo_path = policy.spec.target.path.resolve(state);
+    let spec = RepoSpec::from_policy(&policy.spec, state)
+        .ok_or_else(|| anyhow!("BackupPolicy {policy_name} names no target"))?;
     let codec = Codec::from(policy.spec.compression);
     let id = Uuid::new_v4();
     let intent = journal.intent(id, 0, &format!("backup run {vol_name} ({id})"))?;
     let started_at = Utc::now();
-    let result = Repository::open_or_init(&repo_path, codec).and_then(|repo| {
+    let result = spec.open_or_init(codec).and_then(|repo| {
         let r = match &found {
             Found::File(backend) => engine::run(
                 &RunSpec {
@@ -498,7 +520,7 @@ fn run_one(
     match result {
         Ok((repo, report)) => {
             journal.outcome(&intent, Outcome::Changed, None)?;
-            cat.add(&report.manifest, repo.root());
+            cat.add(&report.manifest, &repo, &spec);
             cat.store(state)?;
             Ok((repo, report))
         }
@@ -509,7 +531,8 @@ fn run_one(
                 id,
                 Entry {
                     id,
-                    repository: repo_path,
+                    repository: spec.location(),
+                    target: Some(spec.clone()),
                     repository_id: None,
                     volume: format::VolumeRef {
                         uuid: object.uuid,
@@ -546,7 +569,7 @@ fn requested_mode(a: &RunArgs) -> Option<Mode> {
 }
 
 /// One run's summary: a line of text, or one JSON object per line.
-fn print_run(report: &engine::RunReport, repo: &Path, json: bool) -> anyhow::Result<()> {
+fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Result<()> {
     let m = &report.manifest;
     let s = &m.stats;
     let dedup = (s.unchanged_chunks + s.dedup_chunks) * u64::from(m.chunk_size);
@@ -585,7 +608,7 @@ fn print_run(report: &engine::RunReport, repo: &Path, json: bool) -> anyhow::Res
         m.kind,
         m.volume.name,
         bytes(m.volume.size),
-        repo.display(),
+        repo,
         report.method.as_str(),
         bytes(s.read_bytes),
         s.extents,
@@ -690,27 +713,37 @@ fn retain(repo: &Repository, job: &BackupJob, volume: Uuid) -> anyhow::Result<us
             tracing::debug!(volume = %v.volume.name, backup = %d.id, keep = d.keep(), reasons = %reasons.join(", "), "retention");
         }
     }
-    let forgotten = match prune::execute(repo, &plan, false) {
-        Ok(r) => {
-            tracing::info!(
-                volume = %job.volume,
-                forgotten = r.forgotten,
-                packs_deleted = r.packs_deleted,
-                bytes_freed = r.bytes_freed,
-                "retention applied and unused chunks swept"
-            );
-            r.forgotten
+    let forgotten = if repo.is_append_only() {
+        // Nothing is removed there: `backup prune --sweep` does that.
+        tracing::info!(
+            volume = %job.volume,
+            forgotten = plan.forget.len(),
+            "retention applied in the catalogue only (append-only target)"
+        );
+        plan.forget.len()
+    } else {
+        match prune::execute(repo, &plan, false) {
+            Ok(r) => {
+                tracing::info!(
+                    volume = %job.volume,
+                    forgotten = r.forgotten,
+                    packs_deleted = r.packs_deleted,
+                    bytes_freed = r.bytes_freed,
+                    "retention applied and unused chunks swept"
+                );
+                r.forgotten
+            }
+            Err(BackupError::Busy { .. }) => {
+                let n = prune::forget(repo, &plan)?;
+                tracing::info!(
+                    volume = %job.volume,
+                    forgotten = n,
+                    "retention applied; the repository is busy, so unused chunks wait for the next sweep"
+                );
+                n
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(BackupError::Busy { .. }) => {
-            let n = prune::forget(repo, &plan)?;
-            tracing::info!(
-                volume = %job.volume,
-                forgotten = n,
-                "retention applied; the repository is busy, so unused chunks wait for the next sweep"
-            );
-            n
-        }
-        Err(e) => return Err(e.into()),
     };
     for m in &plan.forget {
         cat.backups.remove(&m.id);
@@ -817,8 +850,9 @@ fn list(a: &ListArgs, state: &Path) -> anyhow::Result<i32> {
 // ---------------------------------------------------------------------------
 // restore
 
-/// The repository and manifest of a catalogued backup.
-fn locate(cat: &Catalog, id: &str) -> anyhow::Result<(Repository, Manifest)> {
+/// The repository (and how it was opened) and manifest of a catalogued
+/// backup.
+fn locate(cat: &Catalog, id: &str) -> anyhow::Result<(Repository, RepoSpec, Manifest)> {
     let entry = cat.resolve(id)?;
     if entry.status == Status::Failed {
         bail!(
@@ -831,11 +865,12 @@ fn locate(cat: &Catalog, id: &str) -> anyhow::Result<(Repository, Manifest)> {
                 .unwrap_or_default()
         );
     }
-    let repo = Repository::open(&entry.repository)?;
+    let spec = entry.repo_spec();
+    let repo = spec.open()?;
     if let Some(rid) = entry.repository_id {
         if rid != repo.config().id {
             return Err(BackupError::RepoMismatch {
-                path: entry.repository.clone(),
+                location: entry.repository.clone(),
                 expected: rid,
                 found: repo.config().id,
             }
@@ -846,18 +881,18 @@ fn locate(cat: &Catalog, id: &str) -> anyhow::Result<(Repository, Manifest)> {
         anyhow!(
             "backup {} is no longer in {} (pruned?); `backup import --scan {}` refreshes the catalogue",
             entry.id,
-            entry.repository.display(),
-            entry.repository.display()
+            entry.repository,
+            entry.repository
         )
     })?;
-    Ok((repo, m))
+    Ok((repo, spec, m))
 }
 
 #[allow(clippy::too_many_lines)] // as run_backup
 fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     let to = name(&a.to, "target volume")?;
     let cat = Catalog::load(state)?;
-    let (repo, m) = locate(&cat, &a.id)?;
+    let (repo, _, m) = locate(&cat, &a.id)?;
     let set = load_manifests(&a.manifests)?;
     let backend_name = match &a.backend {
         Some(b) => name(b, "back end")?,
@@ -892,7 +927,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     let started = Instant::now();
     let bar = Bar::new(&format!("restore {to}"));
     let result = match existing {
-        Some((_, obj)) if obj.state != Phase::Ready && a.overwrite => {
+        Some((_, obj)) if obj.state != Mark::Ready && a.overwrite => {
             // An interrupted create or restore: nothing worth keeping in it
             // (it never became ready), so start over.
             tracing::info!(uuid = %obj.uuid, state = ?obj.state, "replacing an incomplete volume");
@@ -900,7 +935,7 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
             restore_fresh(&repo, &m, &backend, to.as_str(), allocation, &bar)
         }
         Some((_, obj)) => {
-            if obj.state != Phase::Ready {
+            if obj.state != Mark::Ready {
                 bar.finish();
                 bail!(
                     "volume {to} ({} on {backend_name}) is incomplete ({:?}: an interrupted create or restore); pass --overwrite to replace it",
@@ -1001,7 +1036,10 @@ fn restore_lvm(
                     m.volume.size
                 );
             }
-            let path = lvm.device(&crate::lvm::tags::LvObjKind::Volume.lv_name(v.uuid));
+            let path = lvm.device(&crate::lvm::tags::lv_name(
+                crate::model::ObjKind::Volume,
+                v.uuid,
+            ));
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -1123,37 +1161,37 @@ fn restore_fresh(
 #[allow(clippy::too_many_lines)] // as run_backup
 fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
     let mut cat = Catalog::load(state)?;
-    // (repository, manifests to check)
-    let mut work: Vec<(Repository, Vec<Manifest>)> = Vec::new();
+    // (repository, how it was opened, manifests to check)
+    let mut work: Vec<(Repository, RepoSpec, Vec<Manifest>)> = Vec::new();
     if let Some(id) = &a.id {
-        let (repo, m) = locate(&cat, id)?;
-        work.push((repo, vec![m]));
+        let (repo, spec, m) = locate(&cat, id)?;
+        work.push((repo, spec, vec![m]));
     } else {
-        let repos: BTreeSet<PathBuf> = cat
+        let repos: BTreeMap<String, RepoSpec> = cat
             .backups
             .values()
             .filter(|e| e.status != Status::Failed)
-            .map(|e| e.repository.clone())
+            .map(|e| (e.repository.clone(), e.repo_spec()))
             .collect();
         if repos.is_empty() {
             bail!("no backups in the catalogue to verify");
         }
-        for path in repos {
-            let repo = Repository::open(&path)?;
+        for (location, spec) in repos {
+            let repo = spec.open()?;
             let (ms, bad) = repo.manifests()?;
             for e in &bad {
                 writeln!(std::io::stderr().lock(), "error: {}", chain(e))?;
             }
             if !bad.is_empty() {
-                bail!("{} unreadable manifest(s) in {}", bad.len(), path.display());
+                bail!("{} unreadable manifest(s) in {location}", bad.len());
             }
-            work.push((repo, ms));
+            work.push((repo, spec, ms));
         }
     }
     let mut damaged = 0usize;
     let mut out = std::io::stdout().lock();
-    let mut findings: Vec<(Manifest, PathBuf, Option<String>)> = Vec::new();
-    for (repo, manifests) in &work {
+    let mut findings: Vec<(Manifest, usize, Option<String>)> = Vec::new();
+    for (w, (repo, _, manifests)) in work.iter().enumerate() {
         let _session = repo.session(repo::SessionKind::Shared, "backup verify")?;
         let index = repo.load_index()?;
         let mut tables = Vec::new();
@@ -1166,7 +1204,7 @@ fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
             tables.push(t);
         }
         let all: Vec<(u64, Digest)> = union.into_iter().map(|(id, slot)| (slot, id)).collect();
-        let bar = Bar::new(&format!("verify {}", repo.root().display()));
+        let bar = Bar::new(&format!("verify {}", repo.location()));
         let (problems, checked) = restore::check(repo, &index, &all, &bar)?;
         bar.finish();
         let missing: HashSet<Digest> = problems.missing.iter().copied().collect();
@@ -1184,7 +1222,7 @@ fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
             );
             if miss + bad == 0 {
                 writeln!(out, "ok       {line}: {} chunks", t.len())?;
-                findings.push((m.clone(), repo.root().to_owned(), None));
+                findings.push((m.clone(), w, None));
             } else {
                 damaged += 1;
                 let first = t
@@ -1204,7 +1242,7 @@ fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
                     .unwrap_or_default();
                 let detail = format!("{miss} missing, {bad} corrupt chunk(s); {first}");
                 writeln!(out, "DAMAGED  {line}: {detail}")?;
-                findings.push((m.clone(), repo.root().to_owned(), Some(detail)));
+                findings.push((m.clone(), w, Some(detail)));
             }
         }
         writeln!(
@@ -1212,7 +1250,7 @@ fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
             "checked {} unique chunks ({}) in {}: {} missing, {} corrupt",
             checked.chunks + problems.corrupt.len() as u64 + problems.missing.len() as u64,
             bytes(checked.bytes),
-            repo.root().display(),
+            repo.location(),
             problems.missing.len(),
             problems.corrupt.len()
         )?;
@@ -1221,8 +1259,8 @@ fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
     match StateLock::acquire(state, "backup verify") {
         Ok(_lock) => {
             let now = Utc::now();
-            for (m, root, detail) in findings {
-                cat.add(&m, &root);
+            for (m, w, detail) in findings {
+                cat.add(&m, &work[w].0, &work[w].1);
                 if let Some(e) = cat.backups.get_mut(&m.id) {
                     e.status = if detail.is_some() {
                         Status::Damaged
@@ -1245,8 +1283,8 @@ fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
 
 fn export(a: &ExportArgs, state: &Path) -> anyhow::Result<i32> {
     let cat = Catalog::load(state)?;
-    let (repo, m) = locate(&cat, &a.id)?;
-    let record = catalog::export(&repo, &m);
+    let (repo, spec, m) = locate(&cat, &a.id)?;
+    let record = catalog::export(&repo, &spec, &m);
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &record)?;
     writeln!(out)?;
@@ -1257,9 +1295,25 @@ fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
     let _lock = StateLock::acquire(state, "backup import")?;
     let mut cat = Catalog::load(state)?;
     let mut out = std::io::stdout().lock();
-    if let Some(path) = &a.scan {
-        let repo = Repository::open(path)?;
-        let (n, bad) = cat.scan(&repo)?;
+    let scan = match (&a.scan, &a.policy) {
+        (Some(path), _) => Some(RepoSpec::dir(path)),
+        (None, Some(p)) => {
+            let set = load_manifests(&a.manifests)?;
+            let p = name(p, "policy")?;
+            let doc = set
+                .backup_policies
+                .get(&p)
+                .ok_or_else(|| anyhow!("no BackupPolicy named {p} in the manifests"))?;
+            Some(
+                RepoSpec::from_policy(&doc.spec, state)
+                    .ok_or_else(|| anyhow!("BackupPolicy {p} names no target"))?,
+            )
+        }
+        (None, None) => None,
+    };
+    if let Some(spec) = scan {
+        let repo = spec.open()?;
+        let (n, bad) = cat.scan(&repo, &spec)?;
         cat.store(state)?;
         for e in &bad {
             writeln!(std::io::stderr().lock(), "error: {}", chain(e))?;
@@ -1267,7 +1321,7 @@ fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
         writeln!(
             out,
             "scanned {} (repository {}): {n} backup(s) in the catalogue{}",
-            path.display(),
+            repo.location(),
             repo.config().id,
             if bad.is_empty() {
                 String::new()
@@ -1288,8 +1342,8 @@ fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
     }
     let record: Record = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a backup export record", path.display()))?;
-    let (repo, written) = catalog::import(&record, a.repository.as_deref())?;
-    cat.add(&record.backup, repo.root());
+    let (repo, spec, written) = catalog::import(&record, a.repository.as_deref())?;
+    cat.add(&record.backup, &repo, &spec);
     cat.store(state)?;
     writeln!(
         out,
@@ -1297,7 +1351,7 @@ fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
         record.backup.id,
         record.backup.volume.name,
         record.backup.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-        repo.root().display(),
+        repo.location(),
         if written {
             "; its manifest was missing from the repository and has been written back"
         } else {
@@ -1313,11 +1367,27 @@ fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
 #[allow(clippy::too_many_lines)] // as run_backup
 fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
     let set = load_manifests(&a.manifests)?;
-    let mut repos: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    let sweep_key = match (&a.sweep_credentials_file, &a.sweep_credentials_env) {
+        (Some(f), _) => Some(SecretSource::File(f.clone())),
+        (None, Some(v)) => Some(SecretSource::Env(v.clone())),
+        (None, None) => None,
+    };
+    // By location: (how to open it, its policies).
+    let mut repos: BTreeMap<String, (RepoSpec, Vec<String>)> = BTreeMap::new();
     for (n, p) in &set.backup_policies {
+        let Some(mut spec) = RepoSpec::from_policy(&p.spec, state) else {
+            continue;
+        };
+        if a.sweep {
+            spec.append_only = false;
+            if let Some(k) = &sweep_key {
+                spec = spec.with_credentials(k.clone());
+            }
+        }
         repos
-            .entry(p.spec.target.path.resolve(state))
-            .or_default()
+            .entry(spec.location())
+            .or_insert_with(|| (spec, Vec::new()))
+            .1
             .push(n.to_string());
     }
     if repos.is_empty() {
@@ -1334,14 +1404,13 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
     };
     let mut out = std::io::stdout().lock();
     let verb = if a.dry_run { "would forget" } else { "forget" };
-    for (path, policies) in repos {
-        let repo = match Repository::open(&path) {
+    for (path, (spec, policies)) in repos {
+        let repo = match spec.open() {
             Ok(r) => r,
             Err(BackupError::NotARepository { .. }) => {
                 writeln!(
                     out,
-                    "repository {} (policy {}): none yet",
-                    path.display(),
+                    "repository {path} (policy {}): none yet",
                     policies.join(", ")
                 )?;
                 continue;
@@ -1351,16 +1420,19 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
         let (manifests, bad) = repo.manifests()?;
         if let Some(e) = bad.into_iter().next() {
             return Err(anyhow::Error::from(e).context(format!(
-                "{}: refusing to prune with an unreadable manifest",
-                path.display()
+                "{path}: refusing to prune with an unreadable manifest"
             )));
         }
         let plan = prune::plan(&manifests, &rules, &|id| damaged.contains(&id));
         writeln!(
             out,
-            "repository {} (policy {})",
-            path.display(),
-            policies.join(", ")
+            "repository {path} (policy {}){}",
+            policies.join(", "),
+            if repo.is_append_only() {
+                " (append-only)"
+            } else {
+                ""
+            }
         )?;
         for v in &plan.volumes {
             let keep = v.decisions.iter().filter(|d| d.keep()).count();
@@ -1382,6 +1454,21 @@ fn prune_cmd(a: &PruneArgs, state: &Path) -> anyhow::Result<i32> {
                     reasons.join(", ")
                 )?;
             }
+        }
+        if repo.is_append_only() {
+            // Nothing is removed there: forgotten here, swept later.
+            if !a.dry_run {
+                for m in &plan.forget {
+                    cat.backups.remove(&m.id);
+                }
+            }
+            writeln!(
+                out,
+                "{} {} backup(s) in the catalogue only: {path} is append-only; `backup prune --sweep` with credentials that may delete removes them and frees the space",
+                if a.dry_run { "would forget" } else { "forgot" },
+                plan.forget.len()
+            )?;
+            continue;
         }
         let r = prune::execute(&repo, &plan, a.dry_run)?;
         if !a.dry_run {

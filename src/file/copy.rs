@@ -25,12 +25,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::unistd::{Whence, lseek};
 
 /// Largest single `copy_file_range` request (the kernel caps one call near
 /// 2 GiB anyway).
@@ -118,7 +117,7 @@ pub fn reflink_file(src: &Path, dst: &Path) -> Result<bool, CopyError> {
         .truncate(true)
         .open(dst)
         .map_err(io_err("create", dst))?;
-    match reflink::ficlone(target.as_fd(), source.as_fd()) {
+    match crate::blockio::ficlone(&target, &source) {
         Ok(()) => Ok(true),
         Err(errno) => {
             tracing::debug!(%errno, src = %src.display(), "no reflink here");
@@ -139,7 +138,7 @@ pub fn copy_open(
 ) -> Result<CopyStats, CopyError> {
     let len = source.metadata().map_err(io_err("stat", src))?.len();
     target.set_len(0).map_err(io_err("truncate", dst))?;
-    match reflink::ficlone(target.as_fd(), source.as_fd()) {
+    match crate::blockio::ficlone(target, source) {
         Ok(()) => {
             tracing::debug!(src = %src.display(), dst = %dst.display(), len, "reflinked");
             return Ok(CopyStats {
@@ -191,32 +190,15 @@ fn sparse_copy(
 }
 
 /// The next data extent at or after `offset`, clamped to `len` (`None` past
-/// the last one); a filesystem without `SEEK_DATA` reports everything as data.
-/// Shared with the backup reader, which walks a snapshot the same way.
+/// the last one); see [`crate::blockio::next_extent`]. Shared with the backup
+/// reader, which walks a snapshot the same way.
 pub fn next_extent(
     source: &File,
     src: &Path,
     offset: u64,
     len: u64,
 ) -> Result<Option<(u64, u64)>, CopyError> {
-    let at = to_off(offset);
-    let start = match lseek(source.as_fd(), at, Whence::SeekData) {
-        Ok(pos) => from_off(pos),
-        // No data past `offset`.
-        Err(Errno::ENXIO) => return Ok(None),
-        // No SEEK_DATA here: everything is data.
-        Err(Errno::EINVAL | Errno::EOPNOTSUPP) => return Ok(Some((offset, len))),
-        Err(e) => return Err(errno_err("seek data in", src, e)),
-    };
-    if start >= len {
-        return Ok(None);
-    }
-    let end = match lseek(source.as_fd(), to_off(start), Whence::SeekHole) {
-        Ok(pos) => from_off(pos).min(len),
-        Err(Errno::ENXIO) => len,
-        Err(e) => return Err(errno_err("seek hole in", src, e)),
-    };
-    Ok(Some((start, end)))
+    crate::blockio::next_extent(source, offset, len).map_err(io_err("seek data in", src))
 }
 
 fn copy_range(
@@ -303,14 +285,10 @@ fn read_write(
     Ok(())
 }
 
-// Offsets: files here are < 8 EiB, so u64 <-> i64 never truncates; saturate
+// Offsets: files here are < 8 EiB, so u64 -> i64 never truncates; saturate
 // rather than wrap should that ever change.
 fn to_off(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn from_off(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CopyError {
@@ -326,37 +304,10 @@ fn errno_err(op: &'static str, path: &Path, errno: Errno) -> CopyError {
     }
 }
 
-/// The crate's one `unsafe` block: the `FICLONE` ioctl, which nix does not wrap.
-mod reflink {
-    #![allow(unsafe_code)]
-
-    use super::{AsRawFd, BorrowedFd};
-
-    /// `FICLONE` = `_IOW(0x94, 9, int)` from `<linux/fs.h>`.
-    pub(super) const FICLONE: nix::sys::ioctl::ioctl_num_type =
-        nix::request_code_write!(0x94, 9, std::mem::size_of::<nix::libc::c_int>());
-
-    nix::ioctl_write_int_bad!(ficlone_raw, FICLONE);
-
-    /// Makes `dst` share `src`'s blocks (whole file).
-    pub(super) fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> nix::Result<()> {
-        // SAFETY: FICLONE's argument is an integer file descriptor passed by
-        // value; the kernel reads no memory of ours. Both descriptors are
-        // borrowed, hence open for the whole call. A wrong or unsupported fd
-        // yields an errno, never undefined behaviour.
-        unsafe { ficlone_raw(dst.as_raw_fd(), src.as_raw_fd()) }.map(drop)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn ficlone_request_code_matches_linux_header() {
-        assert_eq!(reflink::FICLONE, 0x4004_9409);
-    }
 
     fn pattern(seed: u8, len: usize) -> Vec<u8> {
         (0..len)

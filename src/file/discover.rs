@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::FileError;
-use super::meta::{self, META_DIR, ObjectKind, ObjectMeta, Phase};
+use super::meta::{self, META_DIR, ObjectMeta};
+pub use crate::model::Health;
+use crate::model::{self, Mark, Observed};
 
 /// Sizes of a data file as the filesystem reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,25 +28,6 @@ pub struct DataStat {
     pub allocated: u64,
 }
 
-/// How an object of ours looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// Complete and as recorded.
-    Ready,
-    /// A create or delete was interrupted; re-running it finishes it.
-    Incomplete(Phase),
-    /// Recorded ready, but the data file is gone (removed outside cinderblock).
-    DataMissing,
-    /// The data file's length differs from the recorded size (an interrupted
-    /// extend, or a change outside cinderblock).
-    SizeMismatch {
-        /// Size in the metadata.
-        recorded: u64,
-        /// Length of the data file.
-        actual: u64,
-    },
-}
-
 /// An object carrying our metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
@@ -52,7 +35,8 @@ pub struct Object {
     pub meta: ObjectMeta,
     /// Its data file, when present.
     pub data: Option<DataStat>,
-    /// Its condition.
+    /// Its condition (a recorded size that differs from the data file's
+    /// length: an interrupted extend, or a change outside cinderblock).
     pub health: Health,
 }
 
@@ -148,9 +132,54 @@ impl Inventory {
 
     /// Objects that need their create or delete finished.
     pub fn incomplete(&self) -> impl Iterator<Item = &Object> {
-        self.objects
+        self.objects.iter().filter(|o| {
+            matches!(
+                o.health,
+                Health::Creating | Health::Deleting | Health::Migrating
+            )
+        })
+    }
+}
+
+impl Inventory {
+    /// This back end in the shared model: our objects (files cannot tell
+    /// whether they are in use), capacity as unprivileged users see it,
+    /// foreign entries by name, problems with their paths.
+    pub fn to_model(&self) -> model::Inventory {
+        let objects = self
+            .objects
             .iter()
-            .filter(|o| matches!(o.health, Health::Incomplete(_)))
+            .map(|o| Observed {
+                uuid: o.meta.uuid,
+                name: o.meta.name.clone(),
+                kind: o.meta.kind,
+                size: o.meta.size,
+                allocated: o.data.map(|d| d.allocated),
+                parent: o.meta.parent,
+                in_use: false,
+                health: o.health,
+            })
+            .collect();
+        model::Inventory {
+            capacity: model::Capacity {
+                total: self.capacity.total,
+                free: self.capacity.available,
+                provisioned: self.capacity.provisioned,
+                ..model::Capacity::default()
+            },
+            objects,
+            foreign: self
+                .foreign
+                .iter()
+                .map(|f| f.name.display().to_string())
+                .collect(),
+            problems: self
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path.display(), p.message))
+                .collect(),
+            generation: None,
+        }
     }
 }
 
@@ -183,17 +212,15 @@ pub fn discover(root: &Path, backend: &str) -> Result<Inventory, FileError> {
         };
         let stat = data.get(&uuid).copied();
         let health = match (meta.state, stat) {
-            (Phase::Creating | Phase::Deleting | Phase::Migrating, _) => {
-                Health::Incomplete(meta.state)
-            }
-            (Phase::Ready, None) => Health::DataMissing,
-            (Phase::Ready, Some(s)) if s.len != meta.size => Health::SizeMismatch {
+            (Mark::Creating | Mark::Deleting | Mark::Migrating, _) => Health::of_mark(meta.state),
+            (Mark::Ready, None) => Health::DataMissing,
+            (Mark::Ready, Some(s)) if s.len != meta.size => Health::SizeMismatch {
                 recorded: meta.size,
                 actual: s.len,
             },
-            (Phase::Ready, Some(_)) => Health::Ready,
+            (Mark::Ready, Some(_)) => Health::Ready,
         };
-        if meta.state != Phase::Deleting {
+        if meta.state != Mark::Deleting {
             inv.capacity.provisioned += meta.size;
         }
         inv.capacity.allocated += stat.map_or(0, |s| s.allocated);
@@ -253,7 +280,7 @@ fn scan_root(
                 continue;
             }
         };
-        let parsed = name.to_str().and_then(ObjectKind::parse_file_name);
+        let parsed = name.to_str().and_then(meta::parse_file_name);
         let mut reason = ForeignReason::NoMetadata;
         if let Some((kind, uuid)) = parsed {
             match sidecars.get(&uuid) {

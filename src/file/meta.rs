@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::FileError;
+use crate::model::{Mark, ObjKind};
 use crate::state::atomic::write_atomic;
 
 /// Hidden directory holding the sidecars, in the back end root.
@@ -32,43 +33,19 @@ pub const MANAGED_BY: &str = "cinderblock";
 /// (`deletionPolicy: Retain`): kept for people to read, foreign to us.
 pub const RELEASED_BY: &str = "cinderblock-released";
 
-/// What an object is; decides the data file's prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ObjectKind {
-    /// A volume (`volume-<uuid>`).
-    Volume,
-    /// A snapshot (`snapshot-<uuid>`).
-    Snapshot,
-    /// A volume-backed image (`image-<uuid>`).
-    Image,
+/// The data file name of an object of kind `kind`: `volume-<uuid>`,
+/// `snapshot-<uuid>`, `image-<uuid>` (Cinder's naming).
+pub fn file_name(kind: ObjKind, uuid: Uuid) -> String {
+    format!("{}-{}", kind.as_str(), uuid.hyphenated())
 }
 
-impl ObjectKind {
-    /// The data file prefix (Cinder's naming).
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Self::Volume => "volume",
-            Self::Snapshot => "snapshot",
-            Self::Image => "image",
-        }
-    }
-
-    /// The data file name for `uuid`.
-    pub fn file_name(self, uuid: Uuid) -> String {
-        format!("{}-{}", self.prefix(), uuid.hyphenated())
-    }
-
-    /// Parses a data file name (`volume-<uuid>` etc., lowercase hyphenated).
-    pub fn parse_file_name(name: &str) -> Option<(Self, Uuid)> {
-        let (prefix, id) = name.split_once('-')?;
-        let kind = [Self::Volume, Self::Snapshot, Self::Image]
-            .into_iter()
-            .find(|k| k.prefix() == prefix)?;
-        let uuid = Uuid::try_parse(id).ok()?;
-        // Only the exact spelling we write counts as ours.
-        (uuid.hyphenated().to_string() == id).then_some((kind, uuid))
-    }
+/// Parses a data file name (`volume-<uuid>` etc., lowercase hyphenated).
+pub fn parse_file_name(name: &str) -> Option<(ObjKind, Uuid)> {
+    let (prefix, id) = name.split_once('-')?;
+    let kind = ObjKind::parse(prefix)?;
+    let uuid = Uuid::try_parse(id).ok()?;
+    // Only the exact spelling we write counts as ours.
+    (uuid.hyphenated().to_string() == id).then_some((kind, uuid))
 }
 
 /// How space is reserved for a volume file.
@@ -79,21 +56,6 @@ pub enum Allocation {
     Sparse,
     /// `fallocate`: every block reserved up front.
     Preallocated,
-}
-
-/// Where an object's data is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Metadata written, data not complete yet.
-    Creating,
-    /// Complete.
-    Ready,
-    /// Being removed: data may already be gone.
-    Deleting,
-    /// The target of a migration in progress (see [`ObjectMeta::migration`]):
-    /// the volume still lives on its source back end.
-    Migrating,
 }
 
 /// What marks an object as a migration's target.
@@ -121,7 +83,7 @@ pub struct Owner {
 #[serde(deny_unknown_fields)]
 pub struct SourceRef {
     /// Its kind.
-    pub kind: ObjectKind,
+    pub kind: ObjKind,
     /// Its uuid.
     pub uuid: Uuid,
 }
@@ -139,7 +101,7 @@ pub struct ObjectMeta {
     /// The manifest name: data only, never part of a path.
     pub name: String,
     /// Volume, snapshot or image.
-    pub kind: ObjectKind,
+    pub kind: ObjKind,
     /// Ownership mark.
     pub owner: Owner,
     /// Logical size in bytes.
@@ -154,8 +116,8 @@ pub struct ObjectMeta {
     pub parent: Option<Uuid>,
     /// When creation started (UTC).
     pub created_at: DateTime<Utc>,
-    /// Life-cycle phase.
-    pub state: Phase,
+    /// Its mark: where it is in its life.
+    pub state: Mark,
     /// Set while the object is a migration's target; gone once the volume
     /// has moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,7 +127,7 @@ pub struct ObjectMeta {
 impl ObjectMeta {
     /// The data file name.
     pub fn file_name(&self) -> String {
-        self.kind.file_name(self.uuid)
+        file_name(self.kind, self.uuid)
     }
 
     /// Whether `backend` owns this object.
@@ -239,12 +201,9 @@ mod tests {
     #[test]
     fn file_names_round_trip_and_reject_lookalikes() {
         let id = Uuid::from_u128(0xabcd);
-        let name = ObjectKind::Snapshot.file_name(id);
+        let name = file_name(ObjKind::Snapshot, id);
         assert_eq!(name, "snapshot-00000000-0000-0000-0000-00000000abcd");
-        assert_eq!(
-            ObjectKind::parse_file_name(&name),
-            Some((ObjectKind::Snapshot, id))
-        );
+        assert_eq!(parse_file_name(&name), Some((ObjKind::Snapshot, id)));
         for other in [
             "volume-00000000-0000-0000-0000-00000000ABCD",
             "volume-0000000000000000000000000000abcd",
@@ -253,7 +212,7 @@ mod tests {
             "volume-",
             "notes.txt",
         ] {
-            assert_eq!(ObjectKind::parse_file_name(other), None, "{other}");
+            assert_eq!(parse_file_name(other), None, "{other}");
         }
     }
 
@@ -265,7 +224,7 @@ mod tests {
             version: 1,
             uuid: Uuid::from_u128(2),
             name: "db-snap".into(),
-            kind: ObjectKind::Snapshot,
+            kind: ObjKind::Snapshot,
             owner: Owner {
                 managed_by: MANAGED_BY.into(),
                 backend: "nfs-a".into(),
@@ -273,12 +232,12 @@ mod tests {
             size: 10_737_418_240,
             allocation: Allocation::Sparse,
             source: Some(SourceRef {
-                kind: ObjectKind::Volume,
+                kind: ObjKind::Volume,
                 uuid: Uuid::from_u128(1),
             }),
             parent: Some(Uuid::from_u128(1)),
             created_at: "2026-01-02T03:04:05Z".parse().unwrap(),
-            state: Phase::Ready,
+            state: Mark::Ready,
             migration: None,
         };
         let golden = r#"{

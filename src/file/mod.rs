@@ -61,7 +61,6 @@ pub mod mount;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -69,15 +68,13 @@ use nix::errno::Errno;
 use nix::fcntl::{FallocateFlags, fallocate};
 use uuid::Uuid;
 
+pub use crate::model::{Mark, ObjKind};
 pub use copy::{CopyError, CopyMethod, CopyStats};
 pub use discover::{Capacity, DataStat, Foreign, ForeignReason, Health, Inventory, Object};
-pub use meta::{Allocation, MigrationMark, ObjectKind, ObjectMeta, Owner, Phase, SourceRef};
+pub use meta::{Allocation, MigrationMark, ObjectMeta, Owner, SourceRef};
 
 use crate::state::atomic::{AtomicError, fsync_dir};
 use meta::{MANAGED_BY, META_FORMAT, META_VERSION};
-
-/// Block size for zero-filling where `fallocate` is refused.
-const ZERO_BLOCK: usize = 8 << 20;
 
 /// Errors of the `file` back end.
 #[derive(Debug, thiserror::Error)]
@@ -195,14 +192,7 @@ impl FileError {
     }
 }
 
-/// Whether an operation changed anything (journalled as the step outcome).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// Already as asked.
-    Unchanged,
-    /// Done now.
-    Changed,
-}
+pub use crate::model::Change;
 
 /// What to create.
 #[derive(Debug, Clone, Copy)]
@@ -212,7 +202,7 @@ pub struct NewObject<'a> {
     /// The manifest name (data only).
     pub name: &'a str,
     /// Volume, snapshot or image.
-    pub kind: ObjectKind,
+    pub kind: ObjKind,
     /// Logical size in bytes (at least the source's size for copies).
     pub size: u64,
     /// Sparse or preallocated.
@@ -259,8 +249,8 @@ impl FileBackend {
     }
 
     /// The data file path of an object.
-    pub fn data_path(&self, kind: ObjectKind, uuid: Uuid) -> PathBuf {
-        self.root.join(kind.file_name(uuid))
+    pub fn data_path(&self, kind: ObjKind, uuid: Uuid) -> PathBuf {
+        self.root.join(meta::file_name(kind, uuid))
     }
 
     /// Lists what is in the root; see [`discover::discover`].
@@ -312,9 +302,7 @@ impl FileBackend {
             uuid: spec.uuid,
             reason,
         };
-        if spec.kind == ObjectKind::Snapshot
-            && spec.source.is_none_or(|s| s.kind != ObjectKind::Volume)
-        {
+        if spec.kind == ObjKind::Snapshot && spec.source.is_none_or(|s| s.kind != ObjKind::Volume) {
             return Err(conflict("a snapshot needs a volume as its source".into()));
         }
         let Some(mut meta) = self.begin_create(spec)? else {
@@ -343,7 +331,7 @@ impl FileBackend {
         spec.name.clone_into(&mut meta.name);
         meta.size = spec.size;
         meta.allocation = spec.allocation;
-        meta.state = Phase::Ready;
+        meta.state = Mark::Ready;
         meta::write_sidecar(&self.root, &meta)?;
         tracing::info!(uuid = %spec.uuid, kind = ?spec.kind, size = spec.size, "created");
         Ok(Created {
@@ -369,18 +357,16 @@ impl FileBackend {
                 )));
             }
             match existing.state {
-                Phase::Ready if existing.size == spec.size => Ok(None),
-                Phase::Ready => Err(conflict(format!(
+                Mark::Ready if existing.size == spec.size => Ok(None),
+                Mark::Ready => Err(conflict(format!(
                     "exists with {} bytes, not {}; extend it instead",
                     existing.size, spec.size
                 ))),
-                Phase::Deleting => {
-                    Err(conflict("is being deleted; finish the delete first".into()))
-                }
-                Phase::Migrating => Err(conflict(
+                Mark::Deleting => Err(conflict("is being deleted; finish the delete first".into())),
+                Mark::Migrating => Err(conflict(
                     "is the target of a migration; finish or abandon the migration first".into(),
                 )),
-                Phase::Creating => {
+                Mark::Creating => {
                     tracing::info!(uuid = %spec.uuid, "finishing an interrupted create");
                     self.check_source(spec)?;
                     Ok(Some(existing))
@@ -406,11 +392,11 @@ impl FileBackend {
                 size: spec.size,
                 allocation: spec.allocation,
                 source: spec.source,
-                parent: (spec.kind == ObjectKind::Snapshot)
+                parent: (spec.kind == ObjKind::Snapshot)
                     .then_some(spec.source.map(|s| s.uuid))
                     .flatten(),
                 created_at: Utc::now(),
-                state: Phase::Creating,
+                state: Mark::Creating,
                 migration: None,
             };
             meta::write_sidecar(&self.root, &fresh)?;
@@ -430,7 +416,7 @@ impl FileBackend {
             uuid: spec.uuid,
             reason,
         };
-        if src_meta.kind != source.kind || src_meta.state != Phase::Ready {
+        if src_meta.kind != source.kind || src_meta.state != Mark::Ready {
             return Err(conflict(format!(
                 "source {:?} {} is a {:?} in state {:?}, not a ready {:?}",
                 src_meta.name, source.uuid, src_meta.kind, src_meta.state, source.kind
@@ -477,11 +463,11 @@ impl FileBackend {
         self.create(&NewObject {
             uuid,
             name,
-            kind: ObjectKind::Snapshot,
+            kind: ObjKind::Snapshot,
             size: vol.size,
             allocation: Allocation::Sparse,
             source: Some(SourceRef {
-                kind: ObjectKind::Volume,
+                kind: ObjKind::Volume,
                 uuid: volume,
             }),
         })
@@ -502,10 +488,10 @@ impl FileBackend {
             uuid,
             reason,
         };
-        if meta.state != Phase::Ready {
+        if meta.state != Mark::Ready {
             return Err(conflict(format!("is {:?}, not ready", meta.state)));
         }
-        if meta.kind != ObjectKind::Volume {
+        if meta.kind != ObjKind::Volume {
             return Err(conflict(format!("a {:?} cannot be extended", meta.kind)));
         }
         if size < meta.size {
@@ -578,8 +564,8 @@ impl FileBackend {
         let Some(mut meta) = self.get(uuid)? else {
             return Ok(Change::Unchanged);
         };
-        if meta.state != Phase::Deleting {
-            meta.state = Phase::Deleting;
+        if meta.state != Mark::Deleting {
+            meta.state = Mark::Deleting;
             meta::write_sidecar(&self.root, &meta)?;
         }
         let data = self.data_path(meta.kind, uuid);
@@ -621,10 +607,10 @@ impl FileBackend {
         mark: MigrationMark,
     ) -> Result<(MigrationMark, PathBuf), FileError> {
         self.check_root()?;
-        let path = self.data_path(ObjectKind::Volume, uuid);
+        let path = self.data_path(ObjKind::Volume, uuid);
         if let Some(existing) = self.get(uuid)? {
             return match (existing.state, existing.migration) {
-                (Phase::Migrating, Some(m)) if existing.size == size => Ok((m, path)),
+                (Mark::Migrating, Some(m)) if existing.size == size => Ok((m, path)),
                 (state, _) => Err(FileError::Conflict {
                     name: name.to_owned(),
                     uuid,
@@ -644,7 +630,7 @@ impl FileBackend {
             version: META_VERSION,
             uuid,
             name: name.to_owned(),
-            kind: ObjectKind::Volume,
+            kind: ObjKind::Volume,
             owner: Owner {
                 managed_by: MANAGED_BY.to_owned(),
                 backend: self.backend.clone(),
@@ -654,7 +640,7 @@ impl FileBackend {
             source: None,
             parent: None,
             created_at: Utc::now(),
-            state: Phase::Migrating,
+            state: Mark::Migrating,
             migration: Some(mark.clone()),
         };
         meta::write_sidecar(&self.root, &meta)?;
@@ -674,10 +660,10 @@ impl FileBackend {
     /// mark. `Unchanged` when it is the volume already.
     pub fn promote(&self, uuid: Uuid) -> Result<Change, FileError> {
         let mut meta = self.ours(uuid)?;
-        if meta.state == Phase::Ready && meta.migration.is_none() {
+        if meta.state == Mark::Ready && meta.migration.is_none() {
             return Ok(Change::Unchanged);
         }
-        if meta.state != Phase::Migrating {
+        if meta.state != Mark::Migrating {
             return Err(FileError::Conflict {
                 name: meta.name.clone(),
                 uuid,
@@ -693,7 +679,7 @@ impl FileBackend {
             fill(&file, &path, 0, meta.size, Allocation::Preallocated)?;
         }
         sync(&file, &path)?;
-        meta.state = Phase::Ready;
+        meta.state = Mark::Ready;
         meta.migration = None;
         meta::write_sidecar(&self.root, &meta)?;
         tracing::info!(%uuid, "migration target promoted");
@@ -705,10 +691,10 @@ impl FileBackend {
     /// is verified. `Unchanged` when it is marked already.
     pub fn mark_deleting(&self, uuid: Uuid) -> Result<Change, FileError> {
         let mut meta = self.ours(uuid)?;
-        if meta.state == Phase::Deleting {
+        if meta.state == Mark::Deleting {
             return Ok(Change::Unchanged);
         }
-        meta.state = Phase::Deleting;
+        meta.state = Mark::Deleting;
         meta::write_sidecar(&self.root, &meta)?;
         Ok(Change::Changed)
     }
@@ -793,17 +779,7 @@ fn fill(
 }
 
 fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileError> {
-    let zeros = vec![0u8; ZERO_BLOCK];
-    let mut pos = from;
-    while pos < to {
-        let n = usize::try_from(to - pos)
-            .unwrap_or(ZERO_BLOCK)
-            .min(ZERO_BLOCK);
-        file.write_all_at(&zeros[..n], pos)
-            .map_err(FileError::io("write zeros to", path))?;
-        pos += n as u64;
-    }
-    Ok(())
+    crate::blockio::write_zeros(file, from, to).map_err(FileError::io("write zeros to", path))
 }
 
 // Test data generators narrow integers on purpose.

@@ -4,6 +4,7 @@
 use super::*;
 use std::hash::Hasher;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 
 const MIB: u64 = 1 << 20;
@@ -23,7 +24,7 @@ fn volume(uuid: Uuid, name: &str, size: u64, allocation: Allocation) -> NewObjec
     NewObject {
         uuid,
         name,
-        kind: ObjectKind::Volume,
+        kind: ObjKind::Volume,
         size,
         allocation,
         source: None,
@@ -88,7 +89,7 @@ fn sparse_create_allocates_nothing_and_is_idempotent() {
         .create(&volume(id(1), "db", GIB, Allocation::Sparse))
         .unwrap();
     assert_eq!(created.change, Change::Changed);
-    let path = be.data_path(ObjectKind::Volume, id(1));
+    let path = be.data_path(ObjKind::Volume, id(1));
     assert_eq!(
         path.file_name().unwrap(),
         "volume-00000000-0000-0000-0000-000000000001"
@@ -125,7 +126,7 @@ fn preallocated_create_reserves_every_block() {
     let (_dir, be) = backend();
     be.create(&volume(id(1), "db", 256 * MIB, Allocation::Preallocated))
         .unwrap();
-    let path = be.data_path(ObjectKind::Volume, id(1));
+    let path = be.data_path(ObjKind::Volume, id(1));
     assert_eq!(fs::metadata(&path).unwrap().len(), 256 * MIB);
     assert!(allocated(&path) >= 256 * MIB, "{}", allocated(&path));
     // Reads as zeros.
@@ -150,7 +151,7 @@ fn extend_preserves_data_and_refuses_to_shrink() {
         let (_dir, be) = backend();
         be.create(&volume(id(7), "web", 64 * MIB, allocation))
             .unwrap();
-        let path = be.data_path(ObjectKind::Volume, id(7));
+        let path = be.data_path(ObjKind::Volume, id(7));
         scribble(&path, 0, MIB, 1);
         scribble(&path, 63 * MIB, MIB, 2);
         let before = checksum(&path);
@@ -203,7 +204,7 @@ fn snapshot_copies_only_data_and_stays_sparse() {
     let (_dir, be) = backend();
     be.create(&volume(id(1), "db", GIB, Allocation::Sparse))
         .unwrap();
-    let vol = be.data_path(ObjectKind::Volume, id(1));
+    let vol = be.data_path(ObjKind::Volume, id(1));
     scribble(&vol, 0, 2 * MIB, 1);
     scribble(&vol, 300 * MIB, 3 * MIB, 2);
     scribble(&vol, GIB - MIB, MIB, 3);
@@ -211,7 +212,7 @@ fn snapshot_copies_only_data_and_stays_sparse() {
     let created = be.snapshot(id(1), id(2), "db-snap").unwrap();
     assert_eq!(created.change, Change::Changed);
     let stats = created.copy.unwrap();
-    let snap = be.data_path(ObjectKind::Snapshot, id(2));
+    let snap = be.data_path(ObjKind::Snapshot, id(2));
     assert_eq!(fs::metadata(&snap).unwrap().len(), GIB);
     assert_eq!(checksum(&snap), checksum(&vol));
     if !stats.reflinked() {
@@ -226,12 +227,12 @@ fn snapshot_copies_only_data_and_stays_sparse() {
     }
 
     let meta = be.get(id(2)).unwrap().unwrap();
-    assert_eq!(meta.kind, ObjectKind::Snapshot);
+    assert_eq!(meta.kind, ObjKind::Snapshot);
     assert_eq!(meta.parent, Some(id(1)));
     assert_eq!(
         meta.source,
         Some(SourceRef {
-            kind: ObjectKind::Volume,
+            kind: ObjKind::Volume,
             uuid: id(1)
         })
     );
@@ -250,10 +251,10 @@ fn clone_from_snapshot_can_be_larger_and_preallocated() {
     let (_dir, be) = backend();
     be.create(&volume(id(1), "db", 64 * MIB, Allocation::Sparse))
         .unwrap();
-    scribble(&be.data_path(ObjectKind::Volume, id(1)), 10 * MIB, MIB, 5);
+    scribble(&be.data_path(ObjKind::Volume, id(1)), 10 * MIB, MIB, 5);
     be.snapshot(id(1), id(2), "snap").unwrap();
     let src = SourceRef {
-        kind: ObjectKind::Snapshot,
+        kind: ObjKind::Snapshot,
         uuid: id(2),
     };
     let created = be
@@ -263,14 +264,14 @@ fn clone_from_snapshot_can_be_larger_and_preallocated() {
         })
         .unwrap();
     assert!(created.copy.is_some());
-    let clone = be.data_path(ObjectKind::Volume, id(3));
+    let clone = be.data_path(ObjKind::Volume, id(3));
     assert_eq!(fs::metadata(&clone).unwrap().len(), 96 * MIB);
     assert!(allocated(&clone) >= 96 * MIB);
     let mut head = vec![0u8; (64 * MIB) as usize];
     File::open(&clone).unwrap().read_exact(&mut head).unwrap();
     assert_eq!(
         head,
-        fs::read(be.data_path(ObjectKind::Snapshot, id(2))).unwrap()
+        fs::read(be.data_path(ObjKind::Snapshot, id(2))).unwrap()
     );
 
     let err = be
@@ -299,7 +300,7 @@ fn foreign_files_are_listed_and_never_touched() {
     be.create(&volume(id(1), "ours", MIB, Allocation::Sparse))
         .unwrap();
     // Cinder's own volume on the same export, notes, a directory, a symlink.
-    let cinder = root.join(ObjectKind::Volume.file_name(id(9)));
+    let cinder = root.join(meta::file_name(ObjKind::Volume, id(9)));
     fs::write(&cinder, b"cinder data").unwrap();
     fs::write(root.join("README"), b"hands off").unwrap();
     fs::create_dir(root.join("lost+found")).unwrap();
@@ -372,7 +373,7 @@ fn another_backends_objects_are_foreign_and_refused() {
         "{err}"
     );
     assert!(be.extend(id(5), 2 * MIB, Allocation::Sparse).is_err());
-    assert!(other.data_path(ObjectKind::Volume, id(5)).exists());
+    assert!(other.data_path(ObjKind::Volume, id(5)).exists());
 }
 
 #[test]
@@ -381,7 +382,7 @@ fn delete_removes_data_then_metadata() {
     be.create(&volume(id(1), "db", MIB, Allocation::Sparse))
         .unwrap();
     assert_eq!(be.delete(id(1)).unwrap(), Change::Changed);
-    assert!(!be.data_path(ObjectKind::Volume, id(1)).exists());
+    assert!(!be.data_path(ObjKind::Volume, id(1)).exists());
     assert!(!meta::sidecar_path(be.root(), id(1)).exists());
     assert_eq!(be.delete(id(1)).unwrap(), Change::Unchanged);
     assert!(be.discover().unwrap().objects.is_empty());
@@ -392,7 +393,7 @@ fn rename_rewrites_only_the_name() {
     let (_dir, be) = backend();
     be.create(&volume(id(1), "old", 8 * MIB, Allocation::Sparse))
         .unwrap();
-    let path = be.data_path(ObjectKind::Volume, id(1));
+    let path = be.data_path(ObjKind::Volume, id(1));
     scribble(&path, 0, MIB, 4);
     let (sum, ino) = (checksum(&path), fs::metadata(&path).unwrap().ino());
     assert_eq!(be.rename(id(1), "new").unwrap(), Change::Changed);
@@ -414,12 +415,12 @@ fn every_crash_point_is_visible_and_finished_by_a_rerun() {
     // create: sidecar `creating`, no data yet.
     be.create(&spec).unwrap();
     let mut m = be.get(id(1)).unwrap().unwrap();
-    m.state = Phase::Creating;
+    m.state = Mark::Creating;
     meta::write_sidecar(be.root(), &m).unwrap();
-    let data = be.data_path(ObjectKind::Volume, id(1));
+    let data = be.data_path(ObjKind::Volume, id(1));
     fs::remove_file(&data).unwrap();
     let inv = be.discover().unwrap();
-    assert_eq!(inv.objects[0].health, Health::Incomplete(Phase::Creating));
+    assert_eq!(inv.objects[0].health, Health::Creating);
     assert_eq!(inv.incomplete().count(), 1);
     assert!(inv.foreign.is_empty());
     assert_eq!(be.create(&spec).unwrap().change, Change::Changed);
@@ -461,11 +462,11 @@ fn every_crash_point_is_visible_and_finished_by_a_rerun() {
 
     // delete: sidecar `deleting`, data already gone.
     let mut m = be.get(id(1)).unwrap().unwrap();
-    m.state = Phase::Deleting;
+    m.state = Mark::Deleting;
     meta::write_sidecar(be.root(), &m).unwrap();
     fs::remove_file(&data).unwrap();
     let inv = be.discover().unwrap();
-    assert_eq!(inv.objects[0].health, Health::Incomplete(Phase::Deleting));
+    assert_eq!(inv.objects[0].health, Health::Deleting);
     assert_eq!(inv.capacity.provisioned, 0);
     let err = be
         .create(&volume(id(1), "db", 48 * MIB, Allocation::Sparse))
@@ -484,7 +485,7 @@ fn ready_object_without_data_is_reported_missing() {
     let (_dir, be) = backend();
     be.create(&volume(id(1), "db", MIB, Allocation::Sparse))
         .unwrap();
-    fs::remove_file(be.data_path(ObjectKind::Volume, id(1))).unwrap();
+    fs::remove_file(be.data_path(ObjKind::Volume, id(1))).unwrap();
     let inv = be.discover().unwrap();
     assert_eq!(inv.objects[0].health, Health::DataMissing);
     assert_eq!(inv.objects[0].data, None);
@@ -540,7 +541,7 @@ fn snapshot_needs_a_ready_volume() {
         .create(&NewObject {
             uuid: id(2),
             name: "s",
-            kind: ObjectKind::Snapshot,
+            kind: ObjKind::Snapshot,
             size: MIB,
             allocation: Allocation::Sparse,
             source: None,

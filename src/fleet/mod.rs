@@ -162,7 +162,7 @@ impl Snapshot {
                 if let Some(inv) = v.inventory() {
                     for o in &inv.objects {
                         if o.kind == crate::observe::ObjKind::Volume
-                            && o.health != crate::observe::ObjHealth::Migrating
+                            && o.health != crate::observe::Health::Migrating
                         {
                             input
                                 .existing

@@ -20,8 +20,8 @@ use crate::manifest::Name;
 use crate::manifest::kinds::{Allocation, VolumeClear};
 use crate::manifest::values::OverSubscription;
 use crate::observe::{
-    BackendView, Capacity, Discovery, Driver, Exports, ImageFile, Inventory, LvmCapacity,
-    ObjHealth, ObjKind, Observed, PoolSizes, PoolUsage, World,
+    BackendView, Capacity, Discovery, Driver, Exports, Health, ImageFile, Inventory, ObjKind,
+    Observed, PoolFill, PoolSizes, SharedSpace, World,
 };
 use crate::state::record::RecordedObject;
 
@@ -200,7 +200,7 @@ pub struct HostView {
     pub backups: Vec<crate::observe::BackupSource>,
     /// Each backup policy's repository.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub backup_repos: BTreeMap<String, PathBuf>,
+    pub backup_repos: BTreeMap<String, String>,
     /// Its last plan, in short.
     pub plan: PlanSummary,
 }
@@ -342,6 +342,7 @@ pub enum WireDriver {
 }
 
 /// Discovery's outcome.
+#[allow(clippy::large_enum_variant)] // one per back end: boxing would buy nothing
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "state")]
 pub enum WireDiscovery {
@@ -373,7 +374,7 @@ pub enum WireDiscovery {
 pub const MAX_FOREIGN: usize = 100;
 
 /// Capacity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WireCapacity {
     /// Total.
@@ -382,30 +383,46 @@ pub struct WireCapacity {
     pub free: u64,
     /// Provisioned.
     pub provisioned: u64,
-    /// LVM: VG size and free, pool use (hundredths of a percent), pool to create.
+    /// The fill of its pool: (kind, name, data, metadata in hundredths of
+    /// a percent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lvm: Option<WireLvm>,
-}
-
-/// LVM capacity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WireLvm {
-    /// VG size.
-    pub vg_size: u64,
-    /// VG free.
-    pub vg_free: u64,
-    /// Pool data use.
+    pub fill: Option<WireFill>,
+    /// The space it shares with other back ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_centi: Option<u32>,
-    /// Pool metadata use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata_centi: Option<u32>,
-    /// Whether the pool exists (its use is known).
-    pub pool: bool,
+    pub shared: Option<WireShared>,
     /// Pool to create: (data, metadata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_pool: Option<(u64, u64)>,
+}
+
+/// A pool's fill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireFill {
+    /// `thin pool`.
+    pub kind: String,
+    /// `vg/pool`.
+    pub name: String,
+    /// Data use × 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_centi: Option<u32>,
+    /// Metadata use × 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_centi: Option<u32>,
+}
+
+/// Shared space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireShared {
+    /// `volume group`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Free bytes.
+    pub free: u64,
+    /// Whether all provisioned bytes come out of it.
+    pub draws_provisioned: bool,
 }
 
 /// One object.
@@ -461,35 +478,26 @@ pub struct PlacementRecord {
     pub reason: String,
 }
 
-fn health_word(h: ObjHealth) -> (&'static str, Option<(u64, u64)>) {
+fn health_word(h: Health) -> (&'static str, Option<(u64, u64)>) {
     match h {
-        ObjHealth::Ready => ("ready", None),
-        ObjHealth::Creating => ("creating", None),
-        ObjHealth::Deleting => ("deleting", None),
-        ObjHealth::DataMissing => ("dataMissing", None),
-        ObjHealth::Migrating => ("migrating", None),
-        ObjHealth::SizeMismatch { recorded, actual } => ("sizeMismatch", Some((recorded, actual))),
+        Health::Ready => ("ready", None),
+        Health::Creating => ("creating", None),
+        Health::Deleting => ("deleting", None),
+        Health::DataMissing => ("dataMissing", None),
+        Health::Migrating => ("migrating", None),
+        Health::SizeMismatch { recorded, actual } => ("sizeMismatch", Some((recorded, actual))),
     }
 }
 
-fn health_of(word: &str, mismatch: Option<(u64, u64)>) -> ObjHealth {
+fn health_of(word: &str, mismatch: Option<(u64, u64)>) -> Health {
     match (word, mismatch) {
-        ("ready", _) => ObjHealth::Ready,
-        ("creating", _) => ObjHealth::Creating,
-        ("deleting", _) => ObjHealth::Deleting,
-        ("migrating", _) => ObjHealth::Migrating,
-        ("sizeMismatch", Some((recorded, actual))) => ObjHealth::SizeMismatch { recorded, actual },
+        ("ready", _) => Health::Ready,
+        ("creating", _) => Health::Creating,
+        ("deleting", _) => Health::Deleting,
+        ("migrating", _) => Health::Migrating,
+        ("sizeMismatch", Some((recorded, actual))) => Health::SizeMismatch { recorded, actual },
         // Unknown states read as missing data: never as ready.
-        _ => ObjHealth::DataMissing,
-    }
-}
-
-fn kind_of(word: &str) -> Option<ObjKind> {
-    match word {
-        "volume" => Some(ObjKind::Volume),
-        "snapshot" => Some(ObjKind::Snapshot),
-        "image" => Some(ObjKind::Image),
-        _ => None,
+        _ => Health::DataMissing,
     }
 }
 
@@ -527,14 +535,19 @@ impl BackendRecord {
                     total: inv.capacity.total,
                     free: inv.capacity.free,
                     provisioned: inv.capacity.provisioned,
-                    lvm: inv.capacity.lvm.map(|l| WireLvm {
-                        vg_size: l.vg_size,
-                        vg_free: l.vg_free,
-                        data_centi: l.pool.and_then(|p| p.data_centi),
-                        metadata_centi: l.pool.and_then(|p| p.metadata_centi),
-                        pool: l.pool.is_some(),
-                        create_pool: l.create_pool.map(|p| (p.data, p.metadata)),
+                    fill: inv.capacity.fill.as_ref().map(|f| WireFill {
+                        kind: f.kind.clone(),
+                        name: f.name.clone(),
+                        data_centi: f.data_centi,
+                        metadata_centi: f.metadata_centi,
                     }),
+                    shared: inv.capacity.shared.as_ref().map(|x| WireShared {
+                        kind: x.kind.clone(),
+                        name: x.name.clone(),
+                        free: x.free,
+                        draws_provisioned: x.draws_provisioned,
+                    }),
+                    create_pool: inv.capacity.create_pool.map(|p| (p.data, p.metadata)),
                 },
                 objects: inv
                     .objects
@@ -647,7 +660,7 @@ impl BackendRecord {
                 }
                 let mut list = Vec::with_capacity(objects.len());
                 for o in objects {
-                    let Some(kind) = kind_of(&o.kind) else {
+                    let Some(kind) = ObjKind::parse(&o.kind) else {
                         problems.push(format!("object {} of unknown kind {:?}", o.uuid, o.kind));
                         continue;
                     };
@@ -667,17 +680,21 @@ impl BackendRecord {
                         total: capacity.total,
                         free: capacity.free,
                         provisioned: capacity.provisioned,
-                        lvm: capacity.lvm.map(|l| LvmCapacity {
-                            vg_size: l.vg_size,
-                            vg_free: l.vg_free,
-                            pool: l.pool.then_some(PoolUsage {
-                                data_centi: l.data_centi,
-                                metadata_centi: l.metadata_centi,
-                            }),
-                            create_pool: l
-                                .create_pool
-                                .map(|(data, metadata)| PoolSizes { data, metadata }),
+                        fill: capacity.fill.as_ref().map(|f| PoolFill {
+                            kind: f.kind.clone(),
+                            name: f.name.clone(),
+                            data_centi: f.data_centi,
+                            metadata_centi: f.metadata_centi,
                         }),
+                        shared: capacity.shared.as_ref().map(|x| SharedSpace {
+                            kind: x.kind.clone(),
+                            name: x.name.clone(),
+                            free: x.free,
+                            draws_provisioned: x.draws_provisioned,
+                        }),
+                        create_pool: capacity
+                            .create_pool
+                            .map(|(data, metadata)| PoolSizes { data, metadata }),
                     },
                     objects: list,
                     foreign: foreign.clone(),
@@ -852,7 +869,7 @@ mod tests {
                     total: 100,
                     free: 60,
                     provisioned: 40,
-                    lvm: None,
+                    ..Capacity::default()
                 },
                 objects: (0..3u128)
                     .map(|i| Observed {
@@ -863,12 +880,12 @@ mod tests {
                         allocated: Some(1),
                         parent: None,
                         health: if i == 2 {
-                            ObjHealth::SizeMismatch {
+                            Health::SizeMismatch {
                                 recorded: 10,
                                 actual: 9,
                             }
                         } else {
-                            ObjHealth::Ready
+                            Health::Ready
                         },
                         in_use: false,
                     })

@@ -370,14 +370,7 @@ pub struct ExportSpec {
     pub portals: Vec<String>,
 }
 
-/// Whether a call changed anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// Something was written.
-    Changed,
-    /// It was so already.
-    Unchanged,
-}
+pub use crate::model::Change;
 
 /// Writes exports into configfs at `root`.
 #[derive(Debug, Clone)]

@@ -20,11 +20,12 @@
 
 use uuid::Uuid;
 
-use super::blockdev;
 use super::cmd;
 use super::driver::{LvmBackend, LvmError, io_err, open};
 use super::report::{Lv, LvKind};
-use super::tags::{self, LvObjKind, Owned};
+use super::tags::{self, Owned};
+use crate::blockio;
+use crate::model::{Mark, ObjKind};
 
 /// Tag key: the back end a backup snapshot belongs to.
 pub const BACKUP_OF: &str = "cinderblock.backup-of";
@@ -47,7 +48,7 @@ impl LvmBackend<'_> {
     pub fn volume_lv(&self, uuid: Uuid) -> Result<(Lv, Owned), LvmError> {
         let lvs = self.lvs()?;
         let (lv, owned) = self.ours(&lvs, uuid)?;
-        if owned.kind != LvObjKind::Volume || owned.state.is_some() {
+        if owned.kind != ObjKind::Volume || owned.mark != Mark::Ready {
             return Err(self.refused(&lv.name, "is not a ready volume".into()));
         }
         Ok((lv.clone(), owned))
@@ -138,8 +139,8 @@ impl LvmBackend<'_> {
             self.ensure_active(lv)?;
             let path = self.cow_device(name);
             let f = open(&path, true)?;
-            let len = blockdev::size(&f).map_err(io_err("size", &path))?;
-            blockdev::zero(&f, 0, len).map_err(io_err("zero", &path))?;
+            let len = blockio::size(&f).map_err(io_err("size", &path))?;
+            blockio::zero(&f, 0, len).map_err(io_err("zero", &path))?;
             f.sync_all().map_err(io_err("sync", &path))?;
         }
         self.exec("remove", self.target(name), &cmd::remove(&self.vg, name))?;

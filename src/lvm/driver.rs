@@ -31,20 +31,14 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::blockdev;
 use super::cmd::{self, Runner};
 use super::report::{self, Lv, LvKind, ReportError};
-use super::tags::{self, InFlight, LvObjKind, Owned, Ownership};
+use super::tags::{self, Owned, Ownership};
+use crate::blockio;
 use crate::exec::{Cmd, ExecError};
+use crate::model::{Mark, ObjKind};
 
-/// Whether an operation changed anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// Already as asked.
-    Unchanged,
-    /// Done now.
-    Changed,
-}
+pub use crate::model::Change;
 
 /// How thick LVs are wiped before removal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +140,7 @@ pub enum LvmError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
     /// A volume, snapshot or image of ours.
-    pub kind: LvObjKind,
+    pub kind: ObjKind,
     /// Its identity.
     pub uuid: Uuid,
 }
@@ -159,7 +153,7 @@ pub struct NewLv<'a> {
     /// Manifest name.
     pub name: &'a str,
     /// Volume or image.
-    pub kind: LvObjKind,
+    pub kind: ObjKind,
     /// Size in bytes, a multiple of the extent size.
     pub size: u64,
     /// Copy of this object, if any.
@@ -334,7 +328,7 @@ impl<'r> LvmBackend<'r> {
     /// interrupted create of the same uuid.
     pub fn create(&self, spec: &NewLv<'_>) -> Result<Change, LvmError> {
         let lvs = self.lvs()?;
-        let lv_name = spec.kind.lv_name(spec.uuid);
+        let lv_name = tags::lv_name(spec.kind, spec.uuid);
         if let Some((lv, owned)) = self.find(&lvs, spec.uuid)? {
             return self.finish_create(&lvs, lv, &owned, spec);
         }
@@ -344,7 +338,7 @@ impl<'r> LvmBackend<'r> {
             name: spec.name.to_owned(),
             kind: spec.kind,
             parent: None,
-            state: None,
+            mark: Mark::Ready,
         };
         let Some(source) = spec.source else {
             let tags = tags::new_tags(&self.backend, &owned);
@@ -357,13 +351,17 @@ impl<'r> LvmBackend<'r> {
             return Ok(Change::Changed);
         };
         let (src, src_owned) = self.ours(&lvs, source.uuid)?;
-        if src_owned.kind != source.kind || src_owned.state.is_some() {
+        if src_owned.kind != source.kind || src_owned.mark != Mark::Ready {
             return Err(self.refused(
                 &src.name,
                 format!(
                     "the source is a {} {}, not a ready {}",
                     src_owned.kind.as_str(),
-                    src_owned.state.map_or("", InFlight::as_str),
+                    if src_owned.mark == Mark::Ready {
+                        ""
+                    } else {
+                        src_owned.mark.as_str()
+                    },
                     source.kind.as_str()
                 ),
             ));
@@ -402,13 +400,13 @@ impl<'r> LvmBackend<'r> {
                 "a thick source cannot be cloned into a thin pool by this version".into(),
             ));
         }
-        if src_owned.kind != LvObjKind::Snapshot && src.attr.open {
+        if src_owned.kind != ObjKind::Snapshot && src.attr.open {
             return Err(self.refused(
                 &src.name,
                 "is open (in use): a copy of it would not be from one point in time; snapshot it and clone the snapshot".into(),
             ));
         }
-        owned.state = Some(InFlight::Creating);
+        owned.mark = Mark::Creating;
         let tags = tags::new_tags(&self.backend, &owned);
         self.exec(
             "create",
@@ -425,7 +423,7 @@ impl<'r> LvmBackend<'r> {
     /// volume that exists already is refused.
     pub fn create_restoring(&self, spec: &NewLv<'_>) -> Result<(), LvmError> {
         let lvs = self.lvs()?;
-        let lv_name = spec.kind.lv_name(spec.uuid);
+        let lv_name = tags::lv_name(spec.kind, spec.uuid);
         if let Some((lv, _)) = self.find(&lvs, spec.uuid)? {
             return Err(self.refused(&lv.name, "exists already".into()));
         }
@@ -435,7 +433,7 @@ impl<'r> LvmBackend<'r> {
             name: spec.name.to_owned(),
             kind: spec.kind,
             parent: None,
-            state: Some(InFlight::Creating),
+            mark: Mark::Creating,
         };
         let tags = tags::new_tags(&self.backend, &owned);
         let c = match &self.pool {
@@ -451,8 +449,8 @@ impl<'r> LvmBackend<'r> {
     pub fn mark_ready(&self, uuid: Uuid) -> Result<(), LvmError> {
         let lvs = self.lvs()?;
         let (lv, owned) = self.ours(&lvs, uuid)?;
-        if owned.state == Some(InFlight::Creating) {
-            self.clear_state(&lv.name, InFlight::Creating)?;
+        if owned.mark == Mark::Creating {
+            self.clear_state(&lv.name, Mark::Creating)?;
         }
         Ok(())
     }
@@ -481,7 +479,7 @@ impl<'r> LvmBackend<'r> {
                 &cmd::remove(&self.vg, &lv.name),
             )?;
             let fresh = Owned {
-                state: None,
+                mark: Mark::Ready,
                 ..owned.clone()
             };
             let tags = tags::new_tags(&self.backend, &fresh);
@@ -495,10 +493,10 @@ impl<'r> LvmBackend<'r> {
         self.ensure_active(lv)?;
         let path = self.device(&lv.name);
         let f = open(&path, true)?;
-        let len = blockdev::size(&f).map_err(io_err("size", &path))?;
-        blockdev::zero(&f, 0, len).map_err(io_err("zero", &path))?;
+        let len = blockio::size(&f).map_err(io_err("size", &path))?;
+        blockio::zero(&f, 0, len).map_err(io_err("zero", &path))?;
         f.sync_all().map_err(io_err("sync", &path))?;
-        self.clear_state(&lv.name, InFlight::Creating)?;
+        self.clear_state(&lv.name, Mark::Creating)?;
         Ok(Change::Changed)
     }
 
@@ -519,15 +517,15 @@ impl<'r> LvmBackend<'r> {
                 ),
             ));
         }
-        match owned.state {
-            Some(InFlight::Deleting) => {
+        match owned.mark {
+            Mark::Deleting => {
                 Err(self.refused(&lv.name, "is being deleted; finish the delete first".into()))
             }
-            Some(InFlight::Migrating) => Err(self.refused(
+            Mark::Migrating => Err(self.refused(
                 &lv.name,
                 "is the target of a migration; finish or abandon the migration first".into(),
             )),
-            Some(InFlight::Creating) => {
+            Mark::Creating => {
                 let Some(source) = spec.source else {
                     // An empty create never marks its LV `creating`: this one
                     // stopped while being filled (a restore or a copy started
@@ -541,7 +539,7 @@ impl<'r> LvmBackend<'r> {
                 self.copy_into(src, &lv.name, lv.size)?;
                 Ok(Change::Changed)
             }
-            None if lv.size < spec.size => {
+            Mark::Ready if lv.size < spec.size => {
                 self.exec(
                     "extend",
                     self.target(&lv.name),
@@ -549,7 +547,7 @@ impl<'r> LvmBackend<'r> {
                 )?;
                 Ok(Change::Changed)
             }
-            None => Ok(Change::Unchanged),
+            Mark::Ready => Ok(Change::Unchanged),
         }
     }
 
@@ -588,7 +586,7 @@ impl<'r> LvmBackend<'r> {
         let dst_path = self.device(dst);
         let src_file = open(&src_path, false)?;
         let dst_file = open(&dst_path, true)?;
-        let src_len = blockdev::size(&src_file).map_err(io_err("size", &src_path))?;
+        let src_len = blockio::size(&src_file).map_err(io_err("size", &src_path))?;
         let extents = crate::copy::Extents::all(src_len);
         let stats = crate::copy::copy(
             &crate::copy::Job {
@@ -615,10 +613,10 @@ impl<'r> LvmBackend<'r> {
             source: std::io::Error::other(crate::error_chain(&e)),
         })?;
         tracing::info!(lv = %dst, source = %src.name, written = stats.written, zeroed = stats.zeroed, "copied");
-        self.clear_state(dst, InFlight::Creating)
+        self.clear_state(dst, Mark::Creating)
     }
 
-    fn clear_state(&self, lv: &str, state: InFlight) -> Result<(), LvmError> {
+    fn clear_state(&self, lv: &str, state: Mark) -> Result<(), LvmError> {
         self.exec(
             "update the tags of",
             self.target(lv),
@@ -638,21 +636,19 @@ impl<'r> LvmBackend<'r> {
     ) -> Result<Change, LvmError> {
         let lvs = self.lvs()?;
         if let Some((lv, owned)) = self.find(&lvs, uuid)? {
-            return match (owned.kind, owned.state) {
-                (LvObjKind::Snapshot, None) => Ok(Change::Unchanged),
-                (LvObjKind::Snapshot, Some(s)) => {
-                    Err(self.refused(&lv.name, format!("is {}", s.as_str())))
-                }
+            return match (owned.kind, owned.mark) {
+                (ObjKind::Snapshot, Mark::Ready) => Ok(Change::Unchanged),
+                (ObjKind::Snapshot, m) => Err(self.refused(&lv.name, format!("is {}", m.as_str()))),
                 (k, _) => Err(self.refused(
                     &lv.name,
                     format!("exists as a {}, not a snapshot", k.as_str()),
                 )),
             };
         }
-        let lv_name = LvObjKind::Snapshot.lv_name(uuid);
+        let lv_name = tags::lv_name(ObjKind::Snapshot, uuid);
         self.check_free_name(&lvs, &lv_name)?;
         let (vol, vol_owned) = self.ours(&lvs, volume)?;
-        if vol_owned.kind == LvObjKind::Snapshot || vol_owned.state.is_some() {
+        if vol_owned.kind == ObjKind::Snapshot || vol_owned.mark != Mark::Ready {
             return Err(self.refused(&vol.name, "is not a ready volume".into()));
         }
         let tags = tags::new_tags(
@@ -660,9 +656,9 @@ impl<'r> LvmBackend<'r> {
             &Owned {
                 uuid,
                 name: name.to_owned(),
-                kind: LvObjKind::Snapshot,
+                kind: ObjKind::Snapshot,
                 parent: Some(volume),
-                state: None,
+                mark: Mark::Ready,
             },
         );
         let c = if vol.attr.kind == LvKind::Thin {
@@ -680,10 +676,10 @@ impl<'r> LvmBackend<'r> {
     pub fn extend(&self, uuid: Uuid, size: u64) -> Result<Change, LvmError> {
         let lvs = self.lvs()?;
         let (lv, owned) = self.ours(&lvs, uuid)?;
-        if let Some(s) = owned.state {
-            return Err(self.refused(&lv.name, format!("is {}", s.as_str())));
+        if owned.mark != Mark::Ready {
+            return Err(self.refused(&lv.name, format!("is {}", owned.mark.as_str())));
         }
-        if owned.kind == LvObjKind::Snapshot {
+        if owned.kind == ObjKind::Snapshot {
             return Err(self.refused(&lv.name, "snapshots are not extended".into()));
         }
         if lv.size > size {
@@ -749,8 +745,8 @@ impl<'r> LvmBackend<'r> {
                 self.device(&lv.name)
             };
             let f = open(&path, true)?;
-            let len = blockdev::size(&f).map_err(io_err("size", &path))?;
-            blockdev::zero(&f, 0, len).map_err(io_err("zero", &path))?;
+            let len = blockio::size(&f).map_err(io_err("size", &path))?;
+            blockio::zero(&f, 0, len).map_err(io_err("zero", &path))?;
             f.sync_all().map_err(io_err("sync", &path))?;
             tracing::info!(lv = %lv.name, bytes = len, "zeroed");
         }
@@ -805,8 +801,8 @@ pub struct MigrationLv {
     pub open: bool,
     /// The migration identity, for a target.
     pub migration: Option<Uuid>,
-    /// The state tag.
-    pub state: Option<InFlight>,
+    /// Its mark (the state tag).
+    pub mark: Mark,
 }
 
 impl LvmBackend<'_> {
@@ -818,7 +814,7 @@ impl LvmBackend<'_> {
             lv: lv.name.clone(),
             open: lv.attr.open,
             migration: tags::migration_of(lv).map(|(id, _)| id),
-            state: owned.state,
+            mark: owned.mark,
         }
     }
 
@@ -829,7 +825,7 @@ impl LvmBackend<'_> {
         let Some((lv, owned)) = self.find(&lvs, uuid)? else {
             return Ok(None);
         };
-        if owned.kind != LvObjKind::Volume {
+        if owned.kind != ObjKind::Volume {
             return Err(self.refused(
                 &lv.name,
                 format!("is a {}, not a volume", owned.kind.as_str()),
@@ -855,12 +851,12 @@ impl LvmBackend<'_> {
     ) -> Result<MigrationLv, LvmError> {
         let lvs = self.lvs()?;
         if let Some((lv, owned)) = self.find(&lvs, uuid)? {
-            if owned.state != Some(InFlight::Migrating) || lv.size != size {
+            if owned.mark != Mark::Migrating || lv.size != size {
                 return Err(self.refused(
                     &lv.name,
                     format!(
                         "carries volume {uuid} but is not a migration target of {size} bytes (state {}, {} bytes)",
-                        owned.state.map_or("ready", InFlight::as_str),
+                        owned.mark.as_str(),
                         lv.size
                     ),
                 ));
@@ -868,14 +864,14 @@ impl LvmBackend<'_> {
             self.ensure_active(lv)?;
             return Ok(Self::migration_lv(lv, &owned, self.device(&lv.name)));
         }
-        let lv_name = LvObjKind::Volume.lv_name(uuid);
+        let lv_name = tags::lv_name(ObjKind::Volume, uuid);
         self.check_free_name(&lvs, &lv_name)?;
         let owned = Owned {
             uuid,
             name: name.to_owned(),
-            kind: LvObjKind::Volume,
+            kind: ObjKind::Volume,
             parent: None,
-            state: Some(InFlight::Migrating),
+            mark: Mark::Migrating,
         };
         let mut t = tags::new_tags(&self.backend, &owned);
         t.push(tags::tag(tags::MIGRATION, &id.to_string()));
@@ -897,10 +893,10 @@ impl LvmBackend<'_> {
     pub fn promote(&self, uuid: Uuid) -> Result<Change, LvmError> {
         let lvs = self.lvs()?;
         let (lv, owned) = self.ours(&lvs, uuid)?;
-        match owned.state {
-            None => return Ok(Change::Unchanged),
-            Some(InFlight::Migrating) => {}
-            Some(s) => {
+        match owned.mark {
+            Mark::Ready => return Ok(Change::Unchanged),
+            Mark::Migrating => {}
+            s => {
                 return Err(self.refused(
                     &lv.name,
                     format!("is {}, not a migration target", s.as_str()),
@@ -917,7 +913,7 @@ impl LvmBackend<'_> {
             .cloned()
             .chain(std::iter::once(tags::tag(
                 tags::STATE,
-                InFlight::Migrating.as_str(),
+                Mark::Migrating.as_str(),
             )))
             .collect();
         self.exec(
@@ -940,12 +936,12 @@ impl LvmBackend<'_> {
 
     /// Swaps the state tag for `deleting` in one `lvchange`.
     fn mark_lv_deleting(&self, lv: &Lv, owned: &Owned) -> Result<Change, LvmError> {
-        if owned.state == Some(InFlight::Deleting) {
+        if owned.mark == Mark::Deleting {
             return Ok(Change::Unchanged);
         }
-        let del: Vec<String> = owned
-            .state
-            .map(|s| tags::tag(tags::STATE, s.as_str()))
+        let del: Vec<String> = Some(owned.mark)
+            .filter(|m| *m != Mark::Ready)
+            .map(|m| tags::tag(tags::STATE, m.as_str()))
             .into_iter()
             .collect();
         self.exec(
@@ -954,7 +950,7 @@ impl LvmBackend<'_> {
             &cmd::retag(
                 &self.vg,
                 &lv.name,
-                &[tags::tag(tags::STATE, InFlight::Deleting.as_str())],
+                &[tags::tag(tags::STATE, Mark::Deleting.as_str())],
                 &del,
             ),
         )?;

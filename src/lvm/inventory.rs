@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 
 use super::report::{FullReport, Lv, LvKind};
 use super::tags::{self, Owned, Ownership};
+use crate::model::{
+    self, Capacity, Discovery, Health, Mark, Observed, PoolFill, PoolSizes, SharedSpace, round_up,
+};
 
 /// Which back end to read from a report.
 #[derive(Debug, Clone, Copy)]
@@ -219,6 +222,108 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
         foreign,
         problems,
     })
+}
+
+/// One back end's discovery out of a discovery run's reports, in the shared
+/// model: (extent size, what was found). A VG that could not be read, a
+/// pool name that is not a pool, or a missing pool without `thinPoolSize`
+/// fails this back end only.
+pub fn discovery(
+    reports: &super::cmd::Reports,
+    cfg: &Config<'_>,
+    thin_pool_size: Option<u64>,
+) -> (u64, Discovery) {
+    let vg = cfg.vg;
+    if let Some(e) = reports.failed.get(vg) {
+        return (
+            1,
+            Discovery::Failed(format!("cannot read volume group {vg}: {e}")),
+        );
+    }
+    let inv = match inventory(&reports.report, cfg) {
+        Ok(inv) => inv,
+        Err(e) => return (1, Discovery::Failed(crate::error_chain(&e))),
+    };
+    let extent = inv.vg.extent.max(1);
+    if inv.pool_missing && thin_pool_size.is_none() {
+        return (
+            extent,
+            Discovery::Failed(format!(
+                "thin pool {vg}/{} does not exist; create it, or declare spec.lvm.thinPoolSize to have cinderblock create it",
+                cfg.thin_pool.unwrap_or_default()
+            )),
+        );
+    }
+    let create_pool = thin_pool_size.filter(|_| inv.pool_missing).map(|s| {
+        let data = round_up(s, extent);
+        PoolSizes {
+            data,
+            metadata: pool_metadata_size(data, extent),
+        }
+    });
+    (extent, Discovery::Ok(inv.to_model(cfg, create_pool)))
+}
+
+/// Hundredths of a percent from lvm2's two-decimal percentage.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0..=100 × 100, rounded
+fn centi(p: Option<f64>) -> Option<u32> {
+    p.map(|p| (p * 100.0).round().clamp(0.0, 10_000.0) as u32)
+}
+
+impl Inventory {
+    /// This back end in the shared model: our LVs as objects (their mark
+    /// read from the state tag, an overflowed thick snapshot as lost data),
+    /// the capacity (a pool to create counts as empty and full size), the
+    /// VG as the space back ends on it share, the pool's fill.
+    pub fn to_model(&self, cfg: &Config<'_>, create_pool: Option<PoolSizes>) -> model::Inventory {
+        let objects = self
+            .objects
+            .iter()
+            .map(|o| Observed {
+                uuid: o.owned.uuid,
+                name: o.owned.name.clone(),
+                kind: o.owned.kind,
+                size: o.size,
+                allocated: o.allocated,
+                parent: o.owned.parent,
+                in_use: o.open,
+                health: if o.invalid && o.owned.mark == Mark::Ready {
+                    Health::DataMissing
+                } else {
+                    Health::of_mark(o.owned.mark)
+                },
+            })
+            .collect();
+        let (total, free, provisioned) = match create_pool {
+            Some(p) => (p.data, p.data, 0),
+            None => self.capacity(),
+        };
+        let fill = cfg.thin_pool.map(|pool| PoolFill {
+            kind: "thin pool".into(),
+            name: format!("{}/{pool}", cfg.vg),
+            data_centi: self.pool.and_then(|p| centi(p.data_percent)),
+            metadata_centi: self.pool.and_then(|p| centi(p.metadata_percent)),
+        });
+        model::Inventory {
+            capacity: Capacity {
+                total,
+                free,
+                provisioned,
+                fill,
+                shared: Some(SharedSpace {
+                    kind: "volume group".into(),
+                    name: cfg.vg.to_owned(),
+                    free: self.vg.free,
+                    draws_provisioned: cfg.thin_pool.is_none(),
+                }),
+                create_pool,
+            },
+            objects,
+            foreign: self.foreign.clone(),
+            problems: self.problems.clone(),
+            generation: Some(self.vg.seqno),
+        }
+    }
 }
 
 /// Whether `lv` is a backup snapshot of back end `backend`.

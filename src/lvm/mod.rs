@@ -18,8 +18,8 @@
 //!   [`LvmBackend::thin_changed_ranges`];
 //! * [`backup_snap`] takes, lists and removes the snapshots backups read (thin ones
 //!   kept as the base of the next incremental);
-//! * [`blockdev`] zeroes devices (`FALLOC_FL_ZERO_RANGE`, the kernel's zero-out path)
-//!   and copies data for thick clones, writing only blocks that hold data.
+//! * devices are zeroed and sized through [`crate::blockio`], and thick clones
+//!   copied through [`crate::copy`] (data blocks written, every other byte zeroed).
 //!
 //! Invariants:
 //! * Processes are spawned only through [`cmd::Runner`] ([`crate::exec::Exec`] on a
@@ -31,7 +31,6 @@
 //!   in unit tests and on the real one in `tests/lab/lvm_backend.rs`.
 
 pub mod backup_snap;
-pub mod blockdev;
 pub mod cmd;
 pub mod driver;
 pub mod inventory;

@@ -18,7 +18,7 @@
 //! | `cinderblock.kind=volume\|snapshot\|image` | kind |
 //! | `cinderblock.backend=<backend>` | the owner mark: the back end's manifest name |
 //! | `cinderblock.parent=<uuid>` | snapshots: the volume they were taken of |
-//! | `cinderblock.state=creating\|deleting` | only while a multi-step operation is in flight |
+//! | `cinderblock.state=creating\|deleting\|migrating` | the [`Mark`], only while a multi-step operation is in flight |
 //!
 //! An LV is ours exactly when it carries `cinderblock.backend=` with this back
 //! end's name; everything else (no tags, another back end's mark, or
@@ -41,6 +41,7 @@ use std::fmt::Write as _;
 use uuid::Uuid;
 
 use super::report::Lv;
+use crate::model::{Mark, ObjKind};
 
 /// Prefix of every tag key we write.
 pub const PREFIX: &str = "cinderblock.";
@@ -63,68 +64,14 @@ pub const MIGRATION: &str = "cinderblock.migration";
 /// A migration target's source back end.
 pub const MIGRATING_FROM: &str = "cinderblock.from";
 
-/// What an LV of ours is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LvObjKind {
-    /// A volume.
-    Volume,
-    /// A snapshot of a volume.
-    Snapshot,
-    /// A volume-backed image.
-    Image,
-}
-
-impl LvObjKind {
-    /// As written in the kind tag.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LvObjKind::Volume => "volume",
-            LvObjKind::Snapshot => "snapshot",
-            LvObjKind::Image => "image",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "volume" => Some(LvObjKind::Volume),
-            "snapshot" => Some(LvObjKind::Snapshot),
-            "image" => Some(LvObjKind::Image),
-            _ => None,
-        }
-    }
-
-    /// The LV name of an object of this kind.
-    pub fn lv_name(self, uuid: Uuid) -> String {
-        match self {
-            LvObjKind::Volume => format!("volume-{uuid}"),
-            // lvm2 refuses names starting with "snapshot" ("reserved"); Cinder's
-            // `_snapshot-` works and is what admins of Cinder hosts know.
-            LvObjKind::Snapshot => format!("_snapshot-{uuid}"),
-            LvObjKind::Image => format!("image-{uuid}"),
-        }
-    }
-}
-
-/// A multi-step operation in flight on an LV.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InFlight {
-    /// Created, data not yet complete (a thick copy).
-    Creating,
-    /// Being wiped and removed.
-    Deleting,
-    /// The target of a migration: the volume still lives on its source
-    /// (see [`MIGRATION`]).
-    Migrating,
-}
-
-impl InFlight {
-    /// As written in the state tag.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InFlight::Creating => "creating",
-            InFlight::Deleting => "deleting",
-            InFlight::Migrating => "migrating",
-        }
+/// The LV name of an object of kind `kind` (Cinder's naming).
+pub fn lv_name(kind: ObjKind, uuid: Uuid) -> String {
+    match kind {
+        ObjKind::Volume => format!("volume-{uuid}"),
+        // lvm2 refuses names starting with "snapshot" ("reserved"); Cinder's
+        // `_snapshot-` works and is what admins of Cinder hosts know.
+        ObjKind::Snapshot => format!("_snapshot-{uuid}"),
+        ObjKind::Image => format!("image-{uuid}"),
     }
 }
 
@@ -136,11 +83,12 @@ pub struct Owned {
     /// Manifest name.
     pub name: String,
     /// Kind.
-    pub kind: LvObjKind,
+    pub kind: ObjKind,
     /// For snapshots: the volume.
     pub parent: Option<Uuid>,
-    /// An operation in flight, if any.
-    pub state: Option<InFlight>,
+    /// Its mark: [`Mark::Ready`] without a state tag, else the operation in
+    /// flight.
+    pub mark: Mark,
 }
 
 /// How an LV relates to a back end.
@@ -214,8 +162,8 @@ pub fn new_tags(backend: &str, owned: &Owned) -> Vec<String> {
     if let Some(p) = owned.parent {
         tags.push(tag(PARENT, &p.to_string()));
     }
-    if let Some(s) = owned.state {
-        tags.push(tag(STATE, s.as_str()));
+    if owned.mark != Mark::Ready {
+        tags.push(tag(STATE, owned.mark.as_str()));
     }
     tags
 }
@@ -244,7 +192,7 @@ pub fn ownership(lv: &Lv, backend: &str) -> Ownership {
     let Some(kind) = value(KIND) else {
         return damaged(format!("no {KIND} tag"));
     };
-    let Some(kind) = LvObjKind::parse(&kind) else {
+    let Some(kind) = ObjKind::parse(&kind) else {
         return damaged(format!("{KIND}={kind} is not volume, snapshot or image"));
     };
     let Some(name) = value(NAME) else {
@@ -257,11 +205,12 @@ pub fn ownership(lv: &Lv, backend: &str) -> Ownership {
             Err(_) => return damaged(format!("{PARENT}={p} is not a uuid")),
         },
     };
-    let state = match value(STATE).as_deref() {
-        None => None,
-        Some("creating") => Some(InFlight::Creating),
-        Some("deleting") => Some(InFlight::Deleting),
-        Some("migrating") => Some(InFlight::Migrating),
+    let mark = match value(STATE) {
+        None => Mark::Ready,
+        // `ready` is never written: a ready LV has no state tag.
+        Some(s) if Mark::parse(&s).is_some_and(|m| m != Mark::Ready) => {
+            Mark::parse(&s).unwrap_or(Mark::Ready)
+        }
         Some(other) => {
             return damaged(format!(
                 "{STATE}={other} is not creating, deleting or migrating"
@@ -273,7 +222,7 @@ pub fn ownership(lv: &Lv, backend: &str) -> Ownership {
         name,
         kind,
         parent,
-        state,
+        mark,
     })
 }
 
@@ -312,11 +261,11 @@ mod tests {
     fn names_come_from_kind_and_uuid() {
         let u = Uuid::parse_str("9b8e7d6c-5a4b-4c3d-8e2f-1a0b9c8d7e6f").unwrap();
         assert_eq!(
-            LvObjKind::Volume.lv_name(u),
+            lv_name(ObjKind::Volume, u),
             "volume-9b8e7d6c-5a4b-4c3d-8e2f-1a0b9c8d7e6f"
         );
-        assert!(LvObjKind::Snapshot.lv_name(u).starts_with("_snapshot-"));
-        let name = LvObjKind::Image.lv_name(u);
+        assert!(lv_name(ObjKind::Snapshot, u).starts_with("_snapshot-"));
+        let name = lv_name(ObjKind::Image, u);
         assert!(
             name.parse::<crate::manifest::values::LvmName>().is_ok(),
             "{name}"
@@ -328,9 +277,9 @@ mod tests {
         let owned = Owned {
             uuid: Uuid::from_u128(7),
             name: "db".into(),
-            kind: LvObjKind::Snapshot,
+            kind: ObjKind::Snapshot,
             parent: Some(Uuid::from_u128(3)),
-            state: Some(InFlight::Creating),
+            mark: Mark::Creating,
         };
         let tags = new_tags("lvm-a", &owned);
         assert_eq!(

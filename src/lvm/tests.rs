@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::cmd::Runner;
 use super::driver::{Change, LvmBackend, LvmError, NewLv, Source, Wipe};
-use super::tags::LvObjKind;
 use crate::exec::{Cmd, ExecError, Output, Termination};
+use crate::model::ObjKind;
 
 const MIB: u64 = 1 << 20;
 const K64: u64 = 64 << 10;
@@ -415,7 +415,7 @@ fn vol(uuid: Uuid, name: &str, size: u64) -> NewLv<'_> {
     NewLv {
         uuid,
         name,
-        kind: LvObjKind::Volume,
+        kind: ObjKind::Volume,
         size,
         source: None,
     }
@@ -493,7 +493,7 @@ fn thin_snapshot_and_clone_are_o1_and_tagged_themselves() {
     // a clone larger than its source: thin snapshot, then lvextend
     let clone = NewLv {
         source: Some(Source {
-            kind: LvObjKind::Snapshot,
+            kind: ObjKind::Snapshot,
             uuid: u(2),
         }),
         ..vol(u(3), "copy", 16 * MIB)
@@ -658,7 +658,7 @@ fn thick_clone_copies_zeroes_stale_bytes_and_resumes_after_a_crash() {
     b.snapshot(u(1), u(2), "snap", 2 * MIB).unwrap();
     let clone = NewLv {
         source: Some(Source {
-            kind: LvObjKind::Snapshot,
+            kind: ObjKind::Snapshot,
             uuid: u(2),
         }),
         ..vol(u(3), "copy", 6 * MIB)
@@ -707,7 +707,7 @@ fn thick_clone_of_an_open_volume_is_refused() {
         .open = true;
     let clone = NewLv {
         source: Some(Source {
-            kind: LvObjKind::Volume,
+            kind: ObjKind::Volume,
             uuid: u(1),
         }),
         ..vol(u(3), "copy", 4 * MIB)

@@ -439,14 +439,67 @@ fn default_full_every() -> u32 {
     7
 }
 
-/// `spec.target` of a `BackupPolicy`.
+/// `spec.target` of a `BackupPolicy`: a directory (`path`), an NFS share
+/// that cinderblock mounts at `path` (`share`, Cinder's `backup_share`), or
+/// an S3-compatible object store (`s3`). The repository format is the same
+/// on each.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackupTarget {
-    /// The repository directory (local, or an NFS mount): absolute, or
-    /// relative to the state directory (for trying things out only: a
-    /// repository belongs outside the state directory it protects).
-    pub path: StorePath,
+    /// The repository directory (local, or the mount point of `share`):
+    /// absolute, or relative to the state directory (for trying things out
+    /// only: a repository belongs outside the state directory it protects).
+    /// Required unless `s3` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<StorePath>,
+    /// An NFS share (`HOST:/EXPORT`) mounted at `path` when not mounted yet,
+    /// as a `file` back end's share is. Default: none (`path` is a local
+    /// directory or mounted by someone else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<NfsShare>,
+    /// Options for mounting `share`, comma-separated (`vers=4.2,noatime`).
+    /// Default: the kernel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_options: Option<MountOptions>,
+    /// An S3-compatible object store (AWS, Ceph RGW, `MinIO`, Garage, …)
+    /// instead of a directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Target>,
+    /// Never delete or overwrite anything on this target: retention only
+    /// forgets backups in the catalogue, and `backup prune --sweep`, run
+    /// with credentials that may delete, removes them and frees the space.
+    /// Give cinderblock credentials (or permissions) that cannot delete, and
+    /// a compromised host cannot destroy its backups. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append_only: bool,
+}
+
+/// `spec.target.s3` of a `BackupPolicy`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3Target {
+    /// The store's URL, `https://host[:port]` (`http://` only for a store on
+    /// this machine or a trusted network). Default: AWS's endpoint for
+    /// `region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// Key prefix of the repository inside the bucket, e.g. `cinderblock/site-a`
+    /// (no leading or trailing `/`). Default: the bucket's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The region. Default: `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Where the access key is: a file or environment variable holding
+    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY`. Never printed or logged.
+    pub credentials_ref: SecretRef,
+    /// Address the bucket in the path (`https://host/bucket/key`, what
+    /// `MinIO`, Ceph RGW and Garage expect) rather than in the host name
+    /// (`https://bucket.host/key`, AWS's preference). Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
 }
 
 /// Chunk compression.

@@ -316,6 +316,7 @@ impl Checker<'_> {
             {
                 self.error_at_key(Kind::BackupPolicy, doc, "spec.retention", "these retention rules keep no backup at all; give at least one keep rule above 0, or drop `retention` to keep everything");
             }
+            self.backup_target(doc);
             if !doc.spec.incremental && doc.spec.full_every > 1 {
                 self.warn(
                     Kind::BackupPolicy,
@@ -324,6 +325,106 @@ impl Checker<'_> {
                     "`fullEvery` has no effect when `incremental` is false (every backup is full)",
                 );
             }
+        }
+    }
+
+    /// `spec.target`: a directory, a share mounted at a directory, or an
+    /// S3 bucket; each field only where it means something.
+    fn backup_target(&mut self, doc: &Doc<crate::manifest::kinds::BackupPolicySpec>) {
+        let k = Kind::BackupPolicy;
+        let t = &doc.spec.target;
+        match (&t.path, &t.s3) {
+            (None, None) => self.error_at_key(
+                k,
+                doc,
+                "spec.target",
+                "a backup target needs `path` (a directory, or the mount point of `share`) or `s3` (an S3-compatible bucket)",
+            ),
+            (Some(_), Some(_)) => self.error_at_key(
+                k,
+                doc,
+                "spec.target.s3",
+                "a backup target is either a directory (`path`) or an S3 bucket (`s3`), not both",
+            ),
+            _ => {}
+        }
+        if t.s3.is_some() && t.share.is_some() {
+            self.error_at_key(
+                k,
+                doc,
+                "spec.target.share",
+                "`share` is an NFS share mounted at `path`; an S3 target has neither",
+            );
+        }
+        if t.mount_options.is_some() && t.share.is_none() {
+            self.error_at_key(
+                k,
+                doc,
+                "spec.target.mountOptions",
+                "`mountOptions` applies to an NFS `share`; none is given",
+            );
+        }
+        if t.share.is_some() && t.path.as_ref().is_some_and(StorePath::is_in_state) {
+            self.error(
+                k,
+                doc,
+                "spec.target.path",
+                "the mount point of a share must be an absolute path",
+            );
+        }
+        let Some(s3) = &t.s3 else { return };
+        if let Some(m) = check_bucket(&s3.bucket) {
+            self.error(k, doc, "spec.target.s3.bucket", m);
+        }
+        if let Some(e) = &s3.endpoint
+            && let Some(m) = check_endpoint(e)
+        {
+            self.error(k, doc, "spec.target.s3.endpoint", m);
+        }
+        if let Some(p) = &s3.prefix
+            && let Some(m) = check_prefix(p)
+        {
+            self.error(k, doc, "spec.target.s3.prefix", m);
+        }
+        if let Some(r) = &s3.region
+            && let Some(m) = check_word(r, "region", "-_")
+        {
+            self.error(k, doc, "spec.target.s3.region", m);
+        }
+        self.secret_ref(k, doc, "spec.target.s3.credentialsRef", &s3.credentials_ref);
+    }
+
+    /// A `{file|env}` secret reference: exactly one, and a valid variable name.
+    fn secret_ref<S>(
+        &mut self,
+        k: Kind,
+        doc: &Doc<S>,
+        field: &str,
+        r: &crate::manifest::kinds::SecretRef,
+    ) {
+        match (&r.file, &r.env) {
+            (None, None) | (Some(_), Some(_)) => {
+                self.error_at_key(
+                    k,
+                    doc,
+                    field,
+                    "a secret reference has exactly one of `file` and `env`",
+                );
+            }
+            (None, Some(var)) => {
+                let ok = !var.is_empty()
+                    && !var.starts_with(|c: char| c.is_ascii_digit())
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    self.error(
+                        k,
+                        doc,
+                        &format!("{field}.env"),
+                        format!("invalid environment variable name {}", shown(var)),
+                    );
+                }
+            }
+            (Some(_), None) => {}
         }
     }
 
@@ -551,30 +652,7 @@ impl Checker<'_> {
             }
         }
         if let Some(r) = &e.chap_secret_ref {
-            match (&r.file, &r.env) {
-                (None, None) | (Some(_), Some(_)) => {
-                    self.error_at_key(
-                        k,
-                        doc,
-                        "spec.export.iscsi.chapSecretRef",
-                        "a secret reference has exactly one of `file` and `env`",
-                    );
-                }
-                (None, Some(var)) => {
-                    let ok = !var.is_empty()
-                        && !var.starts_with(|c: char| c.is_ascii_digit())
-                        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                    if !ok {
-                        self.error(
-                            k,
-                            doc,
-                            "spec.export.iscsi.chapSecretRef.env",
-                            format!("invalid environment variable name {}", shown(var)),
-                        );
-                    }
-                }
-                (Some(_), None) => {}
-            }
+            self.secret_ref(k, doc, "spec.export.iscsi.chapSecretRef", r);
         }
     }
 
@@ -852,6 +930,63 @@ fn check_extra_spec(key: &str, value: &str) -> Result<(), String> {
 /// Path of a file back end, for callers that compare back ends.
 pub fn file_path(b: &BackendSpec) -> Option<&StorePath> {
     b.file.as_ref().map(|f| &f.path)
+}
+
+/// S3's bucket naming rules (3-63 characters: lowercase letters, digits,
+/// dots and hyphens, starting and ending with a letter or digit).
+fn check_bucket(b: &str) -> Option<String> {
+    let ok = (3..=63).contains(&b.len())
+        && b.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !b.contains("..");
+    (!ok).then(|| {
+        format!(
+            "invalid bucket name {}: 3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit",
+            shown(b)
+        )
+    })
+}
+
+/// `http(s)://host[:port]` with nothing after it but an optional `/`.
+fn check_endpoint(e: &str) -> Option<String> {
+    let rest = e
+        .strip_prefix("https://")
+        .or_else(|| e.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        return Some(format!(
+            "invalid endpoint {}: write the store's URL, e.g. https://s3.example.com or http://127.0.0.1:9000",
+            shown(e)
+        ));
+    };
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]_".contains(c));
+    (!ok).then(|| {
+        format!(
+            "invalid endpoint {}: only scheme, host and port (the bucket goes in `bucket`, the path in `prefix`)",
+            shown(e)
+        )
+    })
+}
+
+/// A key prefix: `a/b`, no empty, `.` or `..` segments, no leading or
+/// trailing `/`, printable.
+fn check_prefix(p: &str) -> Option<String> {
+    let ok = !p.is_empty()
+        && p.len() <= 512
+        && !p.chars().any(char::is_control)
+        && p.split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    (!ok).then(|| {
+        format!(
+            "invalid prefix {}: key segments separated by single '/', no '.' or '..', no leading or trailing '/'",
+            shown(p)
+        )
+    })
 }
 
 #[cfg(test)]

@@ -757,6 +757,9 @@ impl StorePath {
 impl FromStr for StorePath {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(m) = url_or_share(s) {
+            return Err(m);
+        }
         if s.starts_with('/') {
             return s.parse().map(StorePath::Absolute);
         }
@@ -777,6 +780,36 @@ impl FromStr for StorePath {
             .unwrap_or_default();
         Ok(StorePath::InState(rel))
     }
+}
+
+/// A URL or an NFS share written where a directory belongs: said so,
+/// with what to write instead (a relative `s3://b/x` would otherwise be the
+/// directory `s3:/b/x` below the state directory).
+fn url_or_share(s: &str) -> Option<String> {
+    let quoted = shown(s);
+    if let Some((scheme, _)) = s.split_once("://") {
+        let hint = match scheme.to_ascii_lowercase().as_str() {
+            "s3" | "http" | "https" => {
+                "an S3-compatible store is `target: {s3: {endpoint, bucket, prefix, credentialsRef}}`"
+            }
+            "nfs" => "an NFS share is `share: HOST:/EXPORT` beside `path` (the mount point)",
+            _ => "write a directory",
+        };
+        return Some(format!(
+            "invalid path {quoted}: a URL is not a directory; {hint}"
+        ));
+    }
+    let (head, rest) = s.split_once(':')?;
+    let hostlike = !head.is_empty()
+        && !head.contains('/')
+        && head
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_[]".contains(c));
+    (hostlike && rest.starts_with('/')).then(|| {
+        format!(
+            "invalid path {quoted}: HOST:/EXPORT is an NFS share, not a directory; write it as `share:` beside `path` (the mount point)"
+        )
+    })
 }
 
 impl JsonSchema for StorePath {
@@ -1236,6 +1269,18 @@ mod tests {
         for bad in ["../x", "a/../../b", "-x", ""] {
             assert!(bad.parse::<StorePath>().is_err(), "{bad:?}");
         }
+        // A URL or a share where a directory belongs says what to write.
+        let err = "s3://bucket/x".parse::<StorePath>().unwrap_err();
+        assert!(
+            err.contains("a URL is not a directory") && err.contains("target: {s3:"),
+            "{err}"
+        );
+        let err = "nfs1.example:/srv/b".parse::<StorePath>().unwrap_err();
+        assert!(err.contains("is an NFS share"), "{err}");
+        assert!("https://x/y".parse::<StorePath>().is_err());
+        // A colon elsewhere is still a path.
+        assert!("/srv/a:b".parse::<StorePath>().is_ok());
+        assert!("dir/a:/b".parse::<StorePath>().is_ok());
     }
 
     #[test]

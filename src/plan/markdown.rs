@@ -334,17 +334,17 @@ fn capacity(s: &mut String, hosts: &[HostPlan<'_>]) {
     }
     s.push_str("#### Capacity before → after\n\n");
     let many = hosts.len() > 1;
-    let any_lvm = rows.iter().any(|(_, c)| c.lvm.is_some());
+    let any_details = rows.iter().any(|(_, c)| !c.details.is_empty());
     if many {
         s.push_str("| host ");
     }
     s.push_str("| back end | type | provisioned | total | virtual free |");
-    s.push_str(if any_lvm { " LVM |\n" } else { "\n" });
+    s.push_str(if any_details { " details |\n" } else { "\n" });
     if many {
         s.push_str("| --- ");
     }
     s.push_str("| --- | --- | --: | --: | --: |");
-    s.push_str(if any_lvm { " --- |\n" } else { "\n" });
+    s.push_str(if any_details { " --- |\n" } else { "\n" });
     for (host, c) in rows {
         if many {
             let _ = write!(s, "| <code>{}</code> ", text(host));
@@ -354,39 +354,7 @@ fn capacity(s: &mut String, hosts: &[HostPlan<'_>]) {
         } else {
             "thick".to_owned()
         };
-        let lvm = c.lvm.as_ref().map_or_else(String::new, |l| {
-            let mut v = format!(
-                "VG <code>{}</code> free {}",
-                text(&l.volume_group),
-                arrow(
-                    human(l.vg_free_before as f64),
-                    &human(l.vg_free_after as f64)
-                )
-            );
-            if let Some(p) = &l.thin_pool {
-                let use_ = |x: Option<u32>| {
-                    if p.created {
-                        "0%".to_owned()
-                    } else {
-                        x.map_or_else(|| "unknown (pool inactive)".to_owned(), percent)
-                    }
-                };
-                let _ = write!(
-                    v,
-                    "; pool <code>{}</code> data {}, metadata {} (high-water mark {}{})",
-                    text(&p.name),
-                    use_(p.data_centi),
-                    use_(p.metadata_centi),
-                    percent(p.high_water_centi),
-                    if p.created {
-                        ", created by this plan"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            v
-        });
+        let details: Vec<String> = c.details.iter().map(detail).collect();
         let _ = write!(
             s,
             "| <code>{}</code> | {kind} | {} | {} | {} |",
@@ -398,12 +366,43 @@ fn capacity(s: &mut String, hosts: &[HostPlan<'_>]) {
             human(c.total as f64),
             arrow(human(c.virtual_free_before), &human(c.virtual_free_after)),
         );
-        if any_lvm {
-            let _ = write!(s, " {lvm} |");
+        if any_details {
+            let _ = write!(s, " {} |", details.join("; "));
         }
         s.push('\n');
     }
     s.push('\n');
+}
+
+/// One labelled line of a back end's capacity details: `volume group
+/// <code>vg0</code>: free 10 GiB → **8 GiB**`.
+#[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded
+fn detail(line: &super::CapacityLine) -> String {
+    let figures: Vec<String> = line
+        .figures
+        .iter()
+        .map(|f| {
+            let value = match f.value {
+                super::FigureValue::Bytes { before, after } => {
+                    arrow(human(before as f64), &human(after as f64))
+                }
+                super::FigureValue::Percent { centi } => {
+                    centi.map_or_else(|| "unknown (pool inactive)".to_owned(), percent)
+                }
+            };
+            format!("{} {value}", text(&f.name))
+        })
+        .collect();
+    format!(
+        "{} <code>{}</code>: {}{}",
+        text(&line.kind),
+        text(&line.name),
+        figures.join(", "),
+        line.note
+            .as_ref()
+            .map(|n| format!(" ({})", text(n)))
+            .unwrap_or_default()
+    )
 }
 
 fn arrow(before: String, after: &str) -> String {
@@ -471,7 +470,7 @@ pub fn text(raw: &str) -> String {
 mod tests {
     use super::*;
     use crate::manifest::kinds::DeletionPolicy;
-    use crate::plan::{Drift, LvmCapacityChange, RecordedKind, ThinPoolCapacity};
+    use crate::plan::{CapacityLine, Drift, Figure, FigureValue, ObjKind};
     use uuid::Uuid;
 
     const GIB: u64 = 1 << 30;
@@ -500,7 +499,7 @@ mod tests {
                 act(
                     "volume.db",
                     Op::Create {
-                        kind: RecordedKind::Volume,
+                        kind: ObjKind::Volume,
                         name: "db".into(),
                         backend: "thin".into(),
                         size: 10 * GIB,
@@ -539,7 +538,7 @@ mod tests {
                 act(
                     "volume.old",
                     Op::Delete {
-                        kind: RecordedKind::Volume,
+                        kind: ObjKind::Volume,
                         name: "old".into(),
                         uuid: old,
                         backend: "files".into(),
@@ -569,7 +568,7 @@ mod tests {
                 act(
                     "volume.kept",
                     Op::Forget {
-                        kind: RecordedKind::Volume,
+                        kind: ObjKind::Volume,
                         name: "kept".into(),
                         uuid: Uuid::from_u128(4),
                         backend: "files".into(),
@@ -592,7 +591,7 @@ mod tests {
                     virtual_free_before: (92 * GIB) as f64,
                     virtual_free_after: (94 * GIB) as f64,
                     ratio: 1.0,
-                    lvm: None,
+                    details: vec![],
                 },
                 CapacityChange {
                     backend: "thin".into(),
@@ -603,18 +602,35 @@ mod tests {
                     virtual_free_before: (80 * GIB) as f64,
                     virtual_free_after: (71 * GIB) as f64,
                     ratio: 2.0,
-                    lvm: Some(LvmCapacityChange {
-                        volume_group: "vg0".into(),
-                        vg_free_before: 10 * GIB,
-                        vg_free_after: 10 * GIB,
-                        thin_pool: Some(ThinPoolCapacity {
-                            name: "pool".into(),
-                            data_centi: Some(4_250),
-                            metadata_centi: Some(310),
-                            high_water_centi: 8_000,
-                            created: false,
-                        }),
-                    }),
+                    details: vec![
+                        CapacityLine {
+                            kind: "volume group".into(),
+                            name: "vg0".into(),
+                            figures: vec![Figure {
+                                name: "free".into(),
+                                value: FigureValue::Bytes {
+                                    before: 10 * GIB,
+                                    after: 10 * GIB,
+                                },
+                            }],
+                            note: None,
+                        },
+                        CapacityLine {
+                            kind: "thin pool".into(),
+                            name: "vg0/pool".into(),
+                            figures: vec![
+                                Figure {
+                                    name: "data".into(),
+                                    value: FigureValue::Percent { centi: Some(4_250) },
+                                },
+                                Figure {
+                                    name: "metadata".into(),
+                                    value: FigureValue::Percent { centi: Some(310) },
+                                },
+                            ],
+                            note: Some("high-water mark 80%".into()),
+                        },
+                    ],
                 },
             ],
         }

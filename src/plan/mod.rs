@@ -25,11 +25,9 @@ use uuid::Uuid;
 use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeClear, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
-use crate::observe::{
-    BackendView, Discovery, Driver, Exports, Fleet, ObjHealth, ObjKind, Observed, World,
-};
+pub use crate::model::ObjKind;
+use crate::observe::{BackendView, Discovery, Driver, Exports, Fleet, Health, Observed, World};
 use crate::state::record::Recorded;
-pub use crate::state::record::RecordedKind;
 
 use capacity::HIGH_WATER_CENTI;
 use schedule::{Request, Scheduler};
@@ -66,7 +64,7 @@ impl Impact {
 #[serde(rename_all = "camelCase")]
 pub struct SourceRef {
     /// A volume or a snapshot.
-    pub kind: RecordedKind,
+    pub kind: ObjKind,
     /// Its name.
     pub name: String,
     /// Its uuid when it exists already; otherwise it is created earlier in
@@ -82,7 +80,7 @@ pub enum Op {
     /// Create a volume or snapshot (or finish an interrupted create).
     Create {
         /// Volume or snapshot.
-        kind: RecordedKind,
+        kind: ObjKind,
         /// Manifest name.
         name: String,
         /// Back end.
@@ -125,7 +123,7 @@ pub enum Op {
     /// Record an object, or a new deletion policy, in the state directory.
     Record {
         /// Volume or snapshot.
-        kind: RecordedKind,
+        kind: ObjKind,
         /// Manifest name.
         name: String,
         /// Identity.
@@ -143,7 +141,7 @@ pub enum Op {
     /// Destroy an object and its data.
     Delete {
         /// Volume or snapshot.
-        kind: RecordedKind,
+        kind: ObjKind,
         /// Manifest name it had.
         name: String,
         /// Identity.
@@ -237,7 +235,7 @@ pub enum Op {
     /// of one that is gone.
     Forget {
         /// Volume or snapshot.
-        kind: RecordedKind,
+        kind: ObjKind,
         /// Manifest name it had.
         name: String,
         /// Identity.
@@ -306,41 +304,56 @@ pub struct CapacityChange {
     pub virtual_free_after: f64,
     /// Effective over-subscription ratio (thin).
     pub ratio: f64,
-    /// LVM figures: VG free and the thin pool's use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lvm: Option<LvmCapacityChange>,
+    /// Further lines under the back end's: the space it shares with other
+    /// back ends (a volume group's free bytes before → after), its pool's
+    /// fill against the high-water mark.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<CapacityLine>,
 }
 
-/// The LVM part of a back end's capacity before → after.
+/// One labelled line of figures under a back end's capacity line, e.g.
+/// `volume group vg0: free 7.1 GiB -> 6 GiB` or `thin pool vg0/pool0: data
+/// 6.45%, metadata 10.79% (high-water mark 90%)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LvmCapacityChange {
-    /// The volume group.
-    pub volume_group: String,
-    /// VG free bytes before.
-    pub vg_free_before: u64,
-    /// VG free bytes after.
-    pub vg_free_after: u64,
-    /// The thin pool, for thin back ends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thin_pool: Option<ThinPoolCapacity>,
-}
-
-/// A thin pool's use (creating thin volumes does not change it; writing
-/// does), against the high-water mark.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ThinPoolCapacity {
-    /// The pool's name.
+pub struct CapacityLine {
+    /// What the figures are about (`volume group`, `thin pool`).
+    pub kind: String,
+    /// Its name (`vg0`, `vg0/pool0`).
     pub name: String,
-    /// Data use in hundredths of a percent (`None`: inactive pool).
-    pub data_centi: Option<u32>,
-    /// Metadata use in hundredths of a percent.
-    pub metadata_centi: Option<u32>,
-    /// The high-water mark in hundredths of a percent.
-    pub high_water_centi: u32,
-    /// The plan creates the pool.
-    pub created: bool,
+    /// The figures, in order.
+    pub figures: Vec<Figure>,
+    /// A remark after them (in parentheses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One named figure of a [`CapacityLine`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figure {
+    /// Its name (`free`, `data`).
+    pub name: String,
+    /// Its value.
+    pub value: FigureValue,
+}
+
+/// A figure's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "unit")]
+pub enum FigureValue {
+    /// Bytes before → after the plan.
+    Bytes {
+        /// Before.
+        before: u64,
+        /// After.
+        after: u64,
+    },
+    /// Hundredths of a percent; `None` when unknown (an inactive pool).
+    Percent {
+        /// The value × 100.
+        centi: Option<u32>,
+    },
 }
 
 /// A plan.
@@ -612,13 +625,11 @@ impl<'a> Planner<'a> {
             let (targets, mut rest): (Vec<_>, Vec<_>) = list
                 .iter()
                 .copied()
-                .partition(|(_, o)| o.health == ObjHealth::Migrating);
+                .partition(|(_, o)| o.health == Health::Migrating);
             if rest.len() == 2
                 && rest[0].1.uuid == rest[1].1.uuid
-                && let Some(i) = rest
-                    .iter()
-                    .position(|(_, o)| o.health == ObjHealth::Deleting)
-                && rest[1 - i].1.health != ObjHealth::Deleting
+                && let Some(i) = rest.iter().position(|(_, o)| o.health == Health::Deleting)
+                && rest[1 - i].1.health != Health::Deleting
             {
                 let (backend, obj) = rest.remove(i);
                 self.half_moved.insert(key.clone(), Found { backend, obj });
@@ -652,12 +663,12 @@ impl<'a> Planner<'a> {
             .flat_map(|(n, inv)| {
                 inv.objects
                     .iter()
-                    .filter(|o| o.health != ObjHealth::DataMissing)
+                    .filter(|o| o.health != Health::DataMissing)
                     .map(move |o| (n, o.uuid))
             })
             .collect();
         for (uuid, rec) in &self.recorded.objects {
-            let kind: ObjKind = rec.kind.into();
+            let kind: ObjKind = rec.kind;
             let Some(b) = self.world.backends.get(rec.backend.as_str()) else {
                 continue;
             };
@@ -676,14 +687,14 @@ impl<'a> Planner<'a> {
         for f in self.found.values() {
             let a = addr(f.obj.kind, &f.obj.name);
             match f.obj.health {
-                ObjHealth::DataMissing => self.out.drift.push(Drift {
+                Health::DataMissing => self.out.drift.push(Drift {
                     address: a,
                     message: format!(
                         "its data was removed outside cinderblock ({} on {})",
                         f.obj.uuid, f.backend.name
                     ),
                 }),
-                ObjHealth::SizeMismatch { recorded, actual } if actual < recorded => {
+                Health::SizeMismatch { recorded, actual } if actual < recorded => {
                     self.out.drift.push(Drift {
                         address: a,
                         message: format!(
@@ -731,11 +742,12 @@ impl<'a> Planner<'a> {
             else {
                 continue;
             };
-            let Some(lvm) = b.inventory().and_then(|i| i.capacity.lvm) else {
+            let Some(cap) = b.inventory().map(|i| &i.capacity) else {
                 continue;
             };
+            let vg_free = cap.shared.as_ref().map_or(0, |s| s.free);
             let a = format!("pool.{name}");
-            let Some(sizes) = lvm.create_pool else {
+            let Some(sizes) = cap.create_pool else {
                 if let (Some(want), Some(inv)) = (thin_pool_size, b.inventory())
                     && round_up(*want, b.extent) > inv.capacity.total
                 {
@@ -748,13 +760,13 @@ impl<'a> Planner<'a> {
                 continue;
             };
             let need = sizes.data + 2 * sizes.metadata;
-            if need > lvm.vg_free {
+            if need > vg_free {
                 self.out.errors.push(format!(
                     "{a}: thin pool {volume_group}/{pool} needs {} ({} data, {} metadata and as much again for lvm2's metadata spare), but volume group {volume_group} has {} free; lower spec.lvm.thinPoolSize or grow the volume group",
                     format_bytes_exact(need),
                     format_bytes_exact(sizes.data),
                     format_bytes_exact(sizes.metadata),
-                    format_bytes_exact(lvm.vg_free)
+                    format_bytes_exact(vg_free)
                 ));
                 continue;
             }
@@ -794,7 +806,7 @@ impl<'a> Planner<'a> {
     /// discovered (on an undiscovered one, nothing can be said).
     fn lost(&self, kind: ObjKind, name: &str) -> Option<(Uuid, &str)> {
         self.recorded.objects.iter().find_map(|(u, r)| {
-            (ObjKind::from(r.kind) == kind
+            (r.kind == kind
                 && r.name == name
                 && !self.failed.contains(&r.backend)
                 && !self.found.contains_key(&(kind, name.to_owned())))
@@ -816,7 +828,7 @@ impl<'a> Planner<'a> {
             .recorded
             .objects
             .values()
-            .find(|r| ObjKind::from(r.kind) == kind && r.name == name)
+            .find(|r| r.kind == kind && r.name == name)
             .map(|r| r.backend.clone());
         let suspect = match (pinned, &recorded_on) {
             (Some(p), _) => self
@@ -857,7 +869,7 @@ impl<'a> Planner<'a> {
         self.out.actions.push(Action {
             address: addr(kind, name),
             op: Op::Record {
-                kind: kind.into(),
+                kind,
                 name: name.to_owned(),
                 uuid: f_uuid,
                 backend: backend.to_owned(),
@@ -931,7 +943,7 @@ impl<'a> Planner<'a> {
                 self.out.actions.push(Action {
                     address: a.clone(),
                     op: Op::Delete {
-                        kind: RecordedKind::Image,
+                        kind: ObjKind::Image,
                         name: name.as_str().to_owned(),
                         uuid: f.obj.uuid,
                         backend: f.backend.name.as_str().to_owned(),
@@ -1029,7 +1041,7 @@ impl<'a> Planner<'a> {
                     (
                         size,
                         Some(SourceRef {
-                            kind: RecordedKind::Volume,
+                            kind: ObjKind::Volume,
                             name: v.as_str().to_owned(),
                             uuid: self.found.get(&key).map(|f| f.obj.uuid),
                         }),
@@ -1080,7 +1092,7 @@ impl<'a> Planner<'a> {
             let bname = backend.name.as_str().to_owned();
             let want = round_up(doc.spec.size.bytes(), backend.extent);
             match obj.health {
-                ObjHealth::Creating => {
+                Health::Creating => {
                     self.push_create(
                         ObjKind::Volume,
                         name.as_str(),
@@ -1095,7 +1107,7 @@ impl<'a> Planner<'a> {
                     );
                     return;
                 }
-                ObjHealth::Deleting => {
+                Health::Deleting => {
                     // A migration verified its target and marked the source,
                     // then stopped before the switch: finish it.
                     if let Some(t) = self.migrating.get(&key) {
@@ -1106,21 +1118,21 @@ impl<'a> Planner<'a> {
                     self.out.errors.push(format!("{a}: an earlier delete of {} on {bname} was interrupted, but the manifests still declare it; remove the manifest to let the delete finish, or restore the volume from a backup", obj.uuid));
                     return;
                 }
-                ObjHealth::DataMissing => {
+                Health::DataMissing => {
                     self.out.errors.push(format!("{a}: its data on {bname} ({}) is gone; restore it from a backup, or remove the manifest", obj.uuid));
                     return;
                 }
-                ObjHealth::Migrating => {
+                Health::Migrating => {
                     // Not in `found` (see index); never here.
                     return;
                 }
-                ObjHealth::Ready | ObjHealth::SizeMismatch { .. } => {}
+                Health::Ready | Health::SizeMismatch { .. } => {}
             }
             if self.migration(name, doc, backend, obj) {
                 return;
             }
             let have = match obj.health {
-                ObjHealth::SizeMismatch { actual, recorded } => actual.max(recorded),
+                Health::SizeMismatch { actual, recorded } => actual.max(recorded),
                 _ => obj.size,
             };
             if want < have {
@@ -1130,7 +1142,7 @@ impl<'a> Planner<'a> {
                     format_bytes_exact(want),
                     format_bytes_exact(have)
                 ));
-            } else if want > have || matches!(obj.health, ObjHealth::SizeMismatch { .. }) {
+            } else if want > have || matches!(obj.health, Health::SizeMismatch { .. }) {
                 let growth = want - obj.size.min(want);
                 let thick_snaps: Vec<String> =
                     if matches!(backend.driver, Driver::Lvm { .. }) && !backend.thin {
@@ -1665,7 +1677,7 @@ impl<'a> Planner<'a> {
             self.out.actions.push(Action {
                 address: a.clone(),
                 op: Op::Delete {
-                    kind: RecordedKind::Volume,
+                    kind: ObjKind::Volume,
                     name: name.as_str().to_owned(),
                     uuid: to.uuid,
                     backend: tb.name.as_str().to_owned(),
@@ -1745,7 +1757,7 @@ impl<'a> Planner<'a> {
                 "it is in use (its LV on {cur} is open): stop or detach its users, then plan again"
             ));
         }
-        if matches!(obj.health, ObjHealth::SizeMismatch { .. }) {
+        if matches!(obj.health, Health::SizeMismatch { .. }) {
             refusals.push("its size differs from the recorded one; let the pending extend finish first (keep spec.backend for one apply)".to_owned());
         }
         if let (
@@ -1928,7 +1940,7 @@ impl<'a> Planner<'a> {
         hit.cloned().map(Some).ok_or_else(|| {
             format!(
                 "no catalogued backup {id} of volume {vol} in {} (BackupPolicy {}): run `backup list`, or `backup import --scan` the repository",
-                repo.display(),
+                repo,
                 b.policy
             )
         })
@@ -1953,7 +1965,7 @@ impl<'a> Planner<'a> {
         };
         let uuid = self.found.get(&(kind, name.to_owned())).map(|f| f.obj.uuid);
         Some(SourceRef {
-            kind: kind.into(),
+            kind,
             name: name.to_owned(),
             uuid,
         })
@@ -1977,7 +1989,7 @@ impl<'a> Planner<'a> {
         self.out.actions.push(Action {
             address: addr(kind, name),
             op: Op::Create {
-                kind: kind.into(),
+                kind,
                 name: name.to_owned(),
                 backend: backend.to_owned(),
                 size,
@@ -2007,18 +2019,18 @@ impl<'a> Planner<'a> {
             if let Some(f) = self.found.get(&key) {
                 let (obj, bname) = (f.obj, f.backend.name.as_str().to_owned());
                 match obj.health {
-                    ObjHealth::Creating => {
+                    Health::Creating => {
                         let src = Some(self.snapshot_source(vol.as_str()));
                         self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), None, policy,
                             "an earlier create was interrupted; it is finished with the same identity".into());
                     }
-                    ObjHealth::Deleting | ObjHealth::DataMissing => self.out.errors.push(format!(
+                    Health::Deleting | Health::DataMissing => self.out.errors.push(format!(
                         "{a}: its data on {bname} ({}) is gone or half deleted, but the manifests still declare it; remove the manifest", obj.uuid)),
-                    ObjHealth::Ready | ObjHealth::SizeMismatch { .. } => {
+                    Health::Ready | Health::SizeMismatch { .. } => {
                         self.record_if_needed(ObjKind::Snapshot, name.as_str(), obj.uuid, &bname, obj.size, policy);
                     }
                     // Only volumes migrate, and targets are not in `found`.
-                    ObjHealth::Migrating => {}
+                    Health::Migrating => {}
                 }
                 return;
             }
@@ -2138,7 +2150,7 @@ impl<'a> Planner<'a> {
             .get(&(ObjKind::Volume, vol.to_owned()))
             .map(|f| f.obj.uuid);
         SourceRef {
-            kind: RecordedKind::Volume,
+            kind: ObjKind::Volume,
             name: vol.to_owned(),
             uuid,
         }
@@ -2354,11 +2366,11 @@ impl<'a> Planner<'a> {
             let a = addr(*kind, name);
             let bname = f.backend.name.as_str().to_owned();
             let policy = self.recorded_policy(f.obj.uuid).unwrap_or_default();
-            let interrupted_delete = f.obj.health == ObjHealth::Deleting;
+            let interrupted_delete = f.obj.health == Health::Deleting;
             if policy == DeletionPolicy::Retain && !interrupted_delete {
                 forgets.push(Action {
                     address: a,
-                    op: Op::Forget { kind: (*kind).into(), name: name.clone(), uuid: f.obj.uuid, backend: bname.clone(), gone: false },
+                    op: Op::Forget { kind: *kind, name: name.clone(), uuid: f.obj.uuid, backend: bname.clone(), gone: false },
                     reason: match &f.backend.driver {
                         Driver::Lvm { volume_group, .. } => format!(
                             "its manifest was removed and its deletionPolicy is Retain: the LV tagged cinderblock.uuid={} stays in volume group {volume_group}, marked cinderblock.released={bname} and no longer managed",
@@ -2427,7 +2439,7 @@ impl<'a> Planner<'a> {
             deletes.push(Action {
                 address: a,
                 op: Op::Delete {
-                    kind: (*kind).into(),
+                    kind: *kind,
                     name: name.clone(),
                     uuid: f.obj.uuid,
                     backend: bname.clone(),
@@ -2460,7 +2472,7 @@ impl<'a> Planner<'a> {
             deletes.push(Action {
                 address: addr(*kind, name),
                 op: Op::Delete {
-                    kind: (*kind).into(),
+                    kind: *kind,
                     name: name.clone(),
                     uuid: t.obj.uuid,
                     backend: t.backend.name.as_str().to_owned(),
@@ -2474,7 +2486,7 @@ impl<'a> Planner<'a> {
         // Records of objects that are gone and no longer declared.
         let found_uuids: BTreeSet<Uuid> = self.found.values().map(|f| f.obj.uuid).collect();
         for (uuid, rec) in &self.recorded.objects {
-            let kind: ObjKind = rec.kind.into();
+            let kind: ObjKind = rec.kind;
             if declared.contains(&(kind, rec.name.clone())) || found_uuids.contains(uuid) {
                 continue;
             }
@@ -2507,7 +2519,7 @@ impl<'a> Planner<'a> {
         // Snapshots go before the volumes they were taken of.
         deletes.sort_by_key(|a| match &a.op {
             Op::Delete {
-                kind: RecordedKind::Snapshot,
+                kind: ObjKind::Snapshot,
                 ..
             } => 0,
             _ => 1,
@@ -2517,52 +2529,83 @@ impl<'a> Planner<'a> {
     }
 
     fn capacity(&mut self) {
-        // Several back ends may share a VG (a thick one and thin pools): its
-        // free space after the plan is what all of them take from it.
-        let mut vg_takes: BTreeMap<&str, i128> = BTreeMap::new();
+        // Several back ends may share space (a thick one and thin pools on
+        // one volume group): its free space after the plan is what all of
+        // them take from it.
+        let mut takes: BTreeMap<(&str, &str), i128> = BTreeMap::new();
         for (name, b) in &self.world.backends {
-            let (Driver::Lvm { volume_group, .. }, Some(inv)) = (&b.driver, b.inventory()) else {
+            let Some(inv) = b.inventory() else { continue };
+            let Some(shared) = &inv.capacity.shared else {
                 continue;
             };
-            let Some(l) = inv.capacity.lvm else { continue };
-            let mut take = i128::from(l.create_pool.map_or(0, |p| p.data + 2 * p.metadata));
-            if !b.thin {
+            let mut take = i128::from(
+                inv.capacity
+                    .create_pool
+                    .map_or(0, |p| p.data + 2 * p.metadata),
+            );
+            if shared.draws_provisioned {
                 let before = schedule::pool_of(b);
                 let after = self.sched.pool(name).unwrap_or(before);
                 take += i128::from(before.free) - i128::from(after.free);
             }
-            *vg_takes.entry(volume_group.as_str()).or_default() += take;
+            *takes
+                .entry((shared.kind.as_str(), shared.name.as_str()))
+                .or_default() += take;
         }
         for (name, b) in &self.world.backends {
             let Some(inv) = b.inventory() else { continue };
             let before = schedule::pool_of(b);
             let after = self.sched.pool(name).unwrap_or(before);
-            let lvm = match (&b.driver, inv.capacity.lvm) {
-                (
-                    Driver::Lvm {
-                        volume_group,
-                        thin_pool,
-                        ..
-                    },
-                    Some(l),
-                ) => {
-                    let take = vg_takes.get(volume_group.as_str()).copied().unwrap_or(0);
-                    let after_free = (i128::from(l.vg_free) - take).max(0);
-                    Some(LvmCapacityChange {
-                        volume_group: volume_group.clone(),
-                        vg_free_before: l.vg_free,
-                        vg_free_after: u64::try_from(after_free).unwrap_or(u64::MAX),
-                        thin_pool: thin_pool.as_ref().map(|p| ThinPoolCapacity {
-                            name: p.clone(),
-                            data_centi: l.pool.and_then(|u| u.data_centi),
-                            metadata_centi: l.pool.and_then(|u| u.metadata_centi),
-                            high_water_centi: HIGH_WATER_CENTI,
-                            created: l.create_pool.is_some(),
-                        }),
-                    })
-                }
-                _ => None,
-            };
+            let mut details = Vec::new();
+            if let Some(shared) = &inv.capacity.shared {
+                let take = takes
+                    .get(&(shared.kind.as_str(), shared.name.as_str()))
+                    .copied()
+                    .unwrap_or(0);
+                let after_free = (i128::from(shared.free) - take).max(0);
+                details.push(CapacityLine {
+                    kind: shared.kind.clone(),
+                    name: shared.name.clone(),
+                    figures: vec![Figure {
+                        name: "free".into(),
+                        value: FigureValue::Bytes {
+                            before: shared.free,
+                            after: u64::try_from(after_free).unwrap_or(u64::MAX),
+                        },
+                    }],
+                    note: None,
+                });
+            }
+            if let Some(fill) = &inv.capacity.fill {
+                // A pool the plan creates starts empty.
+                let created = inv.capacity.create_pool.is_some();
+                let centi = |v: Option<u32>| FigureValue::Percent {
+                    centi: if created { Some(0) } else { v },
+                };
+                details.push(CapacityLine {
+                    kind: fill.kind.clone(),
+                    name: fill.name.clone(),
+                    figures: vec![
+                        Figure {
+                            name: "data".into(),
+                            value: centi(fill.data_centi),
+                        },
+                        Figure {
+                            name: "metadata".into(),
+                            value: centi(fill.metadata_centi),
+                        },
+                    ],
+                    note: Some(format!(
+                        "high-water mark {}{}",
+                        capacity::percent(HIGH_WATER_CENTI),
+                        if created {
+                            ", created by this plan"
+                        } else {
+                            ""
+                        }
+                    )),
+                });
+            }
             self.out.capacity.push(CapacityChange {
                 backend: name.as_str().to_owned(),
                 thin: b.thin,
@@ -2572,7 +2615,7 @@ impl<'a> Planner<'a> {
                 virtual_free_before: before.virtual_free(),
                 virtual_free_after: after.virtual_free(),
                 ratio: before.effective_ratio(),
-                lvm,
+                details,
             });
         }
     }
@@ -2644,11 +2687,11 @@ pub(crate) fn request<'s>(set: &'s ManifestSet, doc: &'s Doc<VolumeSpec>) -> Req
     }
 }
 
-fn kind_word(k: RecordedKind) -> &'static str {
+fn kind_word(k: ObjKind) -> &'static str {
     match k {
-        RecordedKind::Volume => "volume",
-        RecordedKind::Snapshot => "snapshot",
-        RecordedKind::Image => "image",
+        ObjKind::Volume => "volume",
+        ObjKind::Snapshot => "snapshot",
+        ObjKind::Image => "image",
     }
 }
 

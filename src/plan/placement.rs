@@ -348,7 +348,7 @@ mod tests {
     use crate::manifest::load_source;
     use crate::manifest::values::OverSubscription;
     use crate::observe::{
-        BackendView, Capacity, Discovery, Driver, Inventory, ObjHealth, ObjKind, Observed,
+        BackendView, Capacity, Discovery, Driver, Health, Inventory, ObjKind, Observed,
     };
 
     const GIB: u64 = 1 << 30;
@@ -384,7 +384,7 @@ mod tests {
                     total: 100 * GIB,
                     free: 100 * GIB,
                     provisioned: GIB * objects.len() as u64,
-                    lvm: None,
+                    ..Capacity::default()
                 },
                 objects: objects
                     .iter()
@@ -396,7 +396,7 @@ mod tests {
                         size: GIB,
                         allocated: None,
                         parent: None,
-                        health: ObjHealth::Ready,
+                        health: Health::Ready,
                         in_use: false,
                     })
                     .collect(),

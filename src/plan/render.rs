@@ -13,14 +13,14 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::capacity::{human, percent};
-use super::{Action, Op, Plan, RecordedKind, Tally};
+use super::{Action, ObjKind, Op, Plan, Tally};
 use crate::manifest::values::format_bytes_exact;
 
-fn kind_word(k: RecordedKind) -> &'static str {
+fn kind_word(k: ObjKind) -> &'static str {
     match k {
-        RecordedKind::Volume => "volume",
-        RecordedKind::Snapshot => "snapshot",
-        RecordedKind::Image => "image",
+        ObjKind::Volume => "volume",
+        ObjKind::Snapshot => "snapshot",
+        ObjKind::Image => "image",
     }
 }
 
@@ -86,8 +86,8 @@ pub fn text_with(plan: &Plan, extra: &str) -> String {
                 "  {:<width$}  {prov} of {total} ({kind}); virtual free {vfree}",
                 c.backend
             );
-            if let Some(l) = &c.lvm {
-                lvm_capacity(&mut s, width, l);
+            for line in &c.details {
+                detail(&mut s, width, line);
             }
         }
         s.push('\n');
@@ -116,46 +116,42 @@ pub fn text_with(plan: &Plan, extra: &str) -> String {
     s
 }
 
-/// The LVM lines under a back end's capacity line: VG free before → after,
-/// and the thin pool's data and metadata use against the high-water mark.
+/// A labelled line under a back end's capacity line: `LABEL: NAME VALUE,
+/// ... (NOTE)`, bytes as `before -> after` when they change, percentages
+/// `unknown (pool inactive)` when not known.
 #[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded to 2 digits
-fn lvm_capacity(s: &mut String, width: usize, l: &super::LvmCapacityChange) {
+fn detail(s: &mut String, width: usize, line: &super::CapacityLine) {
     let pad = " ".repeat(width + 4);
-    let free = if l.vg_free_before == l.vg_free_after {
-        human(l.vg_free_before as f64)
-    } else {
-        format!(
-            "{} -> {}",
-            human(l.vg_free_before as f64),
-            human(l.vg_free_after as f64)
-        )
-    };
-    let _ = writeln!(s, "{pad}volume group {}: free {free}", l.volume_group);
-    if let Some(p) = &l.thin_pool {
-        let use_ = |v: Option<u32>| v.map_or_else(|| "unknown (pool inactive)".to_owned(), percent);
-        let made = if p.created {
-            ", created by this plan"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            s,
-            "{pad}thin pool {}/{}: data {}, metadata {} (high-water mark {}{made})",
-            l.volume_group,
-            p.name,
-            if p.created {
-                "0%".to_owned()
-            } else {
-                use_(p.data_centi)
-            },
-            if p.created {
-                "0%".to_owned()
-            } else {
-                use_(p.metadata_centi)
-            },
-            percent(p.high_water_centi)
-        );
-    }
+    let figures: Vec<String> = line
+        .figures
+        .iter()
+        .map(|f| {
+            let value = match f.value {
+                super::FigureValue::Bytes { before, after } if before == after => {
+                    human(before as f64)
+                }
+                super::FigureValue::Bytes { before, after } => {
+                    format!("{} -> {}", human(before as f64), human(after as f64))
+                }
+                super::FigureValue::Percent { centi } => {
+                    centi.map_or_else(|| "unknown (pool inactive)".to_owned(), percent)
+                }
+            };
+            format!("{} {value}", f.name)
+        })
+        .collect();
+    let note = line
+        .note
+        .as_ref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "{pad}{} {}: {}{note}",
+        line.kind,
+        line.name,
+        figures.join(", ")
+    );
 }
 
 /// The summary line.

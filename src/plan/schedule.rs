@@ -260,8 +260,18 @@ impl<'w> Scheduler<'w> {
 /// A back end's capacity state as the admission function reads it (for LVM
 /// thin back ends with the pool's data and metadata use).
 pub fn pool_of(b: &BackendView) -> Pool {
-    let cap = b.inventory().map(|i| i.capacity).unwrap_or_default();
-    let usage = cap.lvm.and_then(|l| l.pool);
+    let Some(cap) = b.inventory().map(|i| &i.capacity) else {
+        return Pool {
+            total: 0,
+            free: 0,
+            provisioned: 0,
+            thin: b.thin,
+            ratio: b.ratio,
+            reserved_percentage: b.reserved_percentage,
+            data_centi: None,
+            metadata_centi: None,
+        };
+    };
     Pool {
         total: cap.total,
         free: cap.free,
@@ -269,8 +279,8 @@ pub fn pool_of(b: &BackendView) -> Pool {
         thin: b.thin,
         ratio: b.ratio,
         reserved_percentage: b.reserved_percentage,
-        data_centi: usage.and_then(|u| u.data_centi),
-        metadata_centi: usage.and_then(|u| u.metadata_centi),
+        data_centi: cap.fill.as_ref().and_then(|f| f.data_centi),
+        metadata_centi: cap.fill.as_ref().and_then(|f| f.metadata_centi),
     }
 }
 

@@ -11,9 +11,9 @@ use crate::manifest::kinds::DeletionPolicy;
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{ManifestSet, load_source};
 use crate::observe::{
-    BackendView, Capacity, Discovery, Driver, Inventory, ObjHealth, ObjKind, Observed, World,
+    BackendView, Capacity, Discovery, Driver, Health, Inventory, ObjKind, Observed, World,
 };
-use crate::state::record::{Recorded, RecordedKind, RecordedObject};
+use crate::state::record::{Recorded, RecordedObject};
 
 const GIB: u64 = 1 << 30;
 
@@ -55,7 +55,7 @@ fn view(name: &str, thin: bool, ratio: f64, total: u64, objects: Vec<Observed>) 
                 total,
                 free: total,
                 provisioned,
-                lvm: None,
+                ..Capacity::default()
             },
             objects,
             foreign: vec![],
@@ -73,7 +73,7 @@ fn obj(name: &str, size: u64, n: u128) -> Observed {
         size,
         allocated: Some(0),
         parent: None,
-        health: ObjHealth::Ready,
+        health: Health::Ready,
         in_use: false,
     }
 }
@@ -90,7 +90,7 @@ fn record(n: u128, name: &str, backend: &str, policy: DeletionPolicy) -> (Uuid, 
     (
         Uuid::from_u128(n),
         RecordedObject {
-            kind: RecordedKind::Volume,
+            kind: ObjKind::Volume,
             name: name.into(),
             backend: backend.into(),
             size: GIB,
@@ -278,7 +278,7 @@ fn moving(b_objects: Vec<Observed>, extra: &str) -> (ManifestSet, World) {
     two_backends("b", extra, vec![obj("db", GIB, 1)], b_objects)
 }
 
-fn target_of(n: u128, health: ObjHealth) -> Observed {
+fn target_of(n: u128, health: Health) -> Observed {
     Observed {
         health,
         ..obj("db", GIB, n)
@@ -287,7 +287,7 @@ fn target_of(n: u128, health: ObjHealth) -> Observed {
 
 #[test]
 fn a_migration_target_is_not_a_duplicate_and_the_migration_resumes() {
-    let (set, w) = moving(vec![target_of(1, ObjHealth::Migrating)], "");
+    let (set, w) = moving(vec![target_of(1, Health::Migrating)], "");
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
@@ -309,7 +309,7 @@ fn an_abandoned_migration_removes_its_target_only() {
         "a",
         "",
         vec![obj("db", GIB, 1)],
-        vec![target_of(1, ObjHealth::Migrating)],
+        vec![target_of(1, Health::Migrating)],
     );
     let p = plan(&set_back, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
@@ -331,7 +331,7 @@ fn a_verified_switch_interrupted_before_the_source_went_is_finished() {
     let (set, w) = two_backends(
         "b",
         "",
-        vec![target_of(1, ObjHealth::Deleting)],
+        vec![target_of(1, Health::Deleting)],
         vec![obj("db", GIB, 1)],
     );
     let p = plan(&set, &w, &Recorded::default(), Options::default());
@@ -388,7 +388,7 @@ fn a_move_to_another_hosts_back_end_is_not_supported_yet() {
 
 #[test]
 fn only_a_target_left_is_an_error_not_a_new_volume() {
-    let (set, w) = two_backends("b", "", vec![], vec![target_of(1, ObjHealth::Migrating)]);
+    let (set, w) = two_backends("b", "", vec![], vec![target_of(1, Health::Migrating)]);
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
@@ -484,7 +484,7 @@ fn the_target_of_a_volume_no_longer_declared_is_removed() {
             true,
             20.0,
             100 * GIB,
-            vec![target_of(1, ObjHealth::Migrating)],
+            vec![target_of(1, Health::Migrating)],
         ),
     ]);
     let rec = Recorded {
@@ -734,8 +734,8 @@ fn a_verified_copy_interrupted_before_the_switch_is_finished() {
     let (set, w) = two_backends(
         "b",
         "",
-        vec![target_of(1, ObjHealth::Deleting)],
-        vec![target_of(1, ObjHealth::Migrating)],
+        vec![target_of(1, Health::Deleting)],
+        vec![target_of(1, Health::Migrating)],
     );
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
@@ -764,6 +764,7 @@ fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() 
         id: Uuid::from_u128(n),
         volume: "db".into(),
         repository: "/srv/repo".into(),
+        target: crate::backup::target::RepoSpec::dir(std::path::Path::new("/srv/repo")),
         size: GIB,
         started_at: chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, day, 2, 0, 0)
             .single()

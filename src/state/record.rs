@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::atomic::{self, AtomicError};
 use crate::manifest::kinds::DeletionPolicy;
-use crate::observe::ObjKind;
+use crate::model::ObjKind;
 
 /// File name in the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -31,7 +31,7 @@ pub const STATE_VERSION: u32 = 1;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordedObject {
     /// Volume, snapshot or image.
-    pub kind: RecordedKind,
+    pub kind: ObjKind,
     /// The manifest name.
     pub name: String,
     /// The back end (manifest name) holding it.
@@ -40,39 +40,6 @@ pub struct RecordedObject {
     pub size: u64,
     /// The deletion policy it was last applied with.
     pub deletion_policy: DeletionPolicy,
-}
-
-/// Kinds as persisted (kept separate from in-memory enums on purpose: this is
-/// a file format).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordedKind {
-    /// A volume.
-    Volume,
-    /// A snapshot.
-    Snapshot,
-    /// An image-volume.
-    Image,
-}
-
-impl From<ObjKind> for RecordedKind {
-    fn from(k: ObjKind) -> Self {
-        match k {
-            ObjKind::Volume => RecordedKind::Volume,
-            ObjKind::Snapshot => RecordedKind::Snapshot,
-            ObjKind::Image => RecordedKind::Image,
-        }
-    }
-}
-
-impl From<RecordedKind> for ObjKind {
-    fn from(k: RecordedKind) -> Self {
-        match k {
-            RecordedKind::Volume => ObjKind::Volume,
-            RecordedKind::Snapshot => ObjKind::Snapshot,
-            RecordedKind::Image => ObjKind::Image,
-        }
-    }
 }
 
 /// The whole record.
@@ -134,7 +101,7 @@ mod tests {
         let app = &ledger.recorded.objects[&"0b1e9b5a-4f51-4d43-9c7c-6f6f1f2f3f4f"
             .parse::<Uuid>()
             .unwrap()];
-        assert_eq!(app.kind, RecordedKind::Volume);
+        assert_eq!(app.kind, ObjKind::Volume);
         assert_eq!(app.size, 1 << 30);
         assert_eq!(app.deletion_policy, DeletionPolicy::Retain);
         ledger.save(dir.path()).unwrap();

@@ -63,7 +63,7 @@ use cinderblock::backup::engine::{self, Mode, RunSpec};
 use cinderblock::backup::restore::{self, Target};
 use cinderblock::backup::{Codec, NoProgress, Repository, format};
 use cinderblock::file::copy::next_extent;
-use cinderblock::file::{Allocation, FileBackend, NewObject, ObjectKind};
+use cinderblock::file::{Allocation, FileBackend, NewObject, ObjKind};
 use uuid::Uuid;
 
 mod common;
@@ -101,7 +101,7 @@ fn main() {
     let vol = Uuid::new_v4();
     let t = Instant::now();
     let data = make_source(&be, vol);
-    let src = be.data_path(ObjectKind::Volume, vol);
+    let src = be.data_path(ObjKind::Volume, vol);
     println!(
         "source: {} logical, {} of data in 70 extents, {} allocated (written in {})",
         gib(fs::metadata(&src).expect("stat").len()),
@@ -458,13 +458,13 @@ fn ours_restore(
     be.create(&NewObject {
         uuid,
         name: "restored",
-        kind: ObjectKind::Volume,
+        kind: ObjKind::Volume,
         size: m.volume.size,
         allocation: Allocation::Sparse,
         source: None,
     })
     .expect("create target");
-    let path = be.data_path(ObjectKind::Volume, uuid);
+    let path = be.data_path(ObjKind::Volume, uuid);
     let index = repo.load_index().expect("index");
     let table = format::decode_table(m).expect("table");
     let f = OpenOptions::new().write(true).open(&path).expect("open");

@@ -60,7 +60,7 @@ pub fn best_of(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
 /// 70 extents of 44 MiB spread over 16 GiB, 47 of random bytes (~2 GiB) and
 /// 23 of log-like text (~1 GiB). Returns the data bytes written.
 pub fn make_source(be: &cinderblock::file::FileBackend, uuid: uuid::Uuid) -> u64 {
-    use cinderblock::file::{Allocation, NewObject, ObjectKind};
+    use cinderblock::file::{Allocation, NewObject, ObjKind};
     use std::fs::File;
     use std::os::unix::fs::FileExt;
     const MIB: u64 = 1 << 20;
@@ -71,13 +71,13 @@ pub fn make_source(be: &cinderblock::file::FileBackend, uuid: uuid::Uuid) -> u64
     be.create(&NewObject {
         uuid,
         name: "source",
-        kind: ObjectKind::Volume,
+        kind: ObjKind::Volume,
         size: 16 * GIB,
         allocation: Allocation::Sparse,
         source: None,
     })
     .expect("create source");
-    let path = be.data_path(ObjectKind::Volume, uuid);
+    let path = be.data_path(ObjKind::Volume, uuid);
     let file = File::options()
         .write(true)
         .open(&path)

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use cinderblock::exec::{Cmd, run};
 use cinderblock::file::copy::copy_file;
-use cinderblock::file::{Allocation, FileBackend, NewObject, ObjectKind};
+use cinderblock::file::{Allocation, FileBackend, NewObject, ObjKind};
 use uuid::Uuid;
 
 mod common;
@@ -55,14 +55,14 @@ fn create_vs_dd(dir: &Path) {
     be.create(&NewObject {
         uuid,
         name: "bench",
-        kind: ObjectKind::Volume,
+        kind: ObjKind::Volume,
         size: 10 * GIB,
         allocation: Allocation::Preallocated,
         source: None,
     })
     .expect("create");
     let ours = started.elapsed();
-    let ours_alloc = allocated(&be.data_path(ObjectKind::Volume, uuid));
+    let ours_alloc = allocated(&be.data_path(ObjKind::Volume, uuid));
     be.delete(uuid).expect("delete");
 
     let sparse = Uuid::new_v4();
@@ -70,7 +70,7 @@ fn create_vs_dd(dir: &Path) {
     be.create(&NewObject {
         uuid: sparse,
         name: "bench-sparse",
-        kind: ObjectKind::Volume,
+        kind: ObjKind::Volume,
         size: 10 * GIB,
         allocation: Allocation::Sparse,
         source: None,
@@ -118,7 +118,7 @@ fn snapshot_vs_cp(dir: &Path) {
     let vol = Uuid::new_v4();
     let started = Instant::now();
     let data = make_source(&be, vol);
-    let src = be.data_path(ObjectKind::Volume, vol);
+    let src = be.data_path(ObjKind::Volume, vol);
     println!(
         "source: {} logical, {} of data, {} allocated (written in {})",
         gib(fs::metadata(&src).expect("stat").len()),

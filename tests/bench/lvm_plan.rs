@@ -25,7 +25,7 @@ use cinderblock::lvm::report::parse_fullreport;
 use cinderblock::manifest::kinds::DeletionPolicy;
 use cinderblock::manifest::load_source;
 use cinderblock::observe::discover_with;
-use cinderblock::plan::{self, Options, RecordedKind, render};
+use cinderblock::plan::{self, ObjKind, Options, render};
 use cinderblock::state::record::{Recorded, RecordedObject};
 use serde_json::Value;
 use uuid::Uuid;
@@ -107,7 +107,7 @@ fn main() {
         recorded.objects.insert(
             uuid_of(i),
             RecordedObject {
-                kind: RecordedKind::Volume,
+                kind: ObjKind::Volume,
                 name: format!("v-{i:05}"),
                 backend: "bench".into(),
                 size: GIB,

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use cinderblock::copy::{Observer, Position};
 use cinderblock::exec::{Cmd, run};
-use cinderblock::file::{Allocation, FileBackend, ObjectKind};
+use cinderblock::file::{Allocation, FileBackend, ObjKind};
 use cinderblock::migrate::{Checkpoints, Endpoint, MigrateError, Move};
 use uuid::Uuid;
 
@@ -76,7 +76,7 @@ fn main() {
     let vol = Uuid::new_v4();
     let started = Instant::now();
     let data = make_source(&a, vol);
-    let mut src = a.data_path(ObjectKind::Volume, vol);
+    let mut src = a.data_path(ObjKind::Volume, vol);
     println!(
         "source: {} logical, {} of data, {} allocated (written in {})",
         gib(fs::metadata(&src).expect("stat").len()),
@@ -128,7 +128,7 @@ fn main() {
                     times[0].push(started.elapsed());
                     read = report.copy.map_or(0, |c| c.read);
                     on_a = !on_a;
-                    src = if on_a { &a } else { &b }.data_path(ObjectKind::Volume, vol);
+                    src = if on_a { &a } else { &b }.data_path(ObjKind::Volume, vol);
                     alloc[0] = allocated(&src);
                 }
                 1 | 2 => {

@@ -84,7 +84,7 @@ fn main() {
         ledger.recorded.objects.insert(
             uuid,
             cinderblock::state::record::RecordedObject {
-                kind: cinderblock::state::record::RecordedKind::Volume,
+                kind: cinderblock::model::ObjKind::Volume,
                 name: format!("vol-{n:05}"),
                 backend: format!("b{:02}", n % BACKENDS),
                 size: ((1 + n % 8) as u64) << 30,

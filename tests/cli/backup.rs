@@ -10,26 +10,32 @@ use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use cinderblock::file::{Allocation, FileBackend, NewObject, ObjectKind};
+use cinderblock::file::{Allocation, FileBackend, NewObject, ObjKind};
 use tempfile::TempDir;
 use uuid::Uuid;
 
 use crate::support::{Run, run_in};
 
-const MIB: u64 = 1 << 20;
-const KIB: u64 = 1 << 10;
+pub(crate) const MIB: u64 = 1 << 20;
+pub(crate) const KIB: u64 = 1 << 10;
 
 /// A site: one file back end, one volume type, a backup policy, a state
 /// directory, all in a temp dir.
-struct Site {
+pub(crate) struct Site {
     dir: TempDir,
 }
 
 impl Site {
-    fn new(retention: &str) -> Self {
+    pub(crate) fn new(retention: &str) -> Self {
+        Self::with_target(retention, "{path: ROOT/repo}")
+    }
+
+    /// A site whose policy's `target` is `target` (`ROOT` is the temp dir).
+    pub(crate) fn with_target(retention: &str, target: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("volumes")).unwrap();
         let root = dir.path().display().to_string();
+        let target = target.replace("ROOT", &root);
         fs::write(
             dir.path().join("site.yaml"),
             format!(
@@ -50,7 +56,7 @@ kind: BackupPolicy
 metadata: {{name: nightly}}
 spec:
   schedule: \"0 2 * * *\"
-  target: {{path: {root}/repo}}
+  target: {target}
 {retention}
 ---
 apiVersion: cinderblock.dev/v1alpha1
@@ -67,60 +73,60 @@ spec:
         Self { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn backend(&self) -> FileBackend {
+    pub(crate) fn backend(&self) -> FileBackend {
         FileBackend::new(self.path().join("volumes"), "local")
     }
 
-    fn repo(&self) -> PathBuf {
+    pub(crate) fn repo(&self) -> PathBuf {
         self.path().join("repo")
     }
 
     /// `cinderblock --state STATE ARGS -f site.yaml` (for commands taking -f).
-    fn cb(&self, state: &str, args: &[&str]) -> Run {
+    pub(crate) fn cb(&self, state: &str, args: &[&str]) -> Run {
         let mut v = vec!["--state", state];
         v.extend_from_slice(args);
         run_in(self.path(), &v)
     }
 
-    fn cbf(&self, args: &[&str]) -> Run {
+    pub(crate) fn cbf(&self, args: &[&str]) -> Run {
         let mut v = args.to_vec();
         v.extend_from_slice(&["-f", "site.yaml"]);
         self.cb("state", &v)
     }
 
     /// Creates the volume `name` through the file driver; returns its path.
-    fn create_volume(&self, name: &str, size: u64) -> PathBuf {
+    pub(crate) fn create_volume(&self, name: &str, size: u64) -> PathBuf {
         let be = self.backend();
         let uuid = Uuid::new_v4();
         be.create(&NewObject {
             uuid,
             name,
-            kind: ObjectKind::Volume,
+            kind: ObjKind::Volume,
             size,
             allocation: Allocation::Sparse,
             source: None,
         })
         .unwrap();
-        be.data_path(ObjectKind::Volume, uuid)
+        be.data_path(ObjKind::Volume, uuid)
     }
 
     /// The data file of the volume object named `name`, if any.
-    fn volume_path(&self, name: &str) -> Option<PathBuf> {
+    pub(crate) fn volume_path(&self, name: &str) -> Option<PathBuf> {
         let be = self.backend();
         be.discover()
             .unwrap()
             .objects
             .into_iter()
-            .find(|o| o.meta.name == name && o.meta.kind == ObjectKind::Volume)
-            .map(|o| be.data_path(ObjectKind::Volume, o.meta.uuid))
+            .find(|o| o.meta.name == name && o.meta.kind == ObjKind::Volume)
+            .map(|o| be.data_path(ObjKind::Volume, o.meta.uuid))
     }
 }
 
-fn ok(run: &Run) {
+pub(crate) fn ok(run: &Run) {
     assert_eq!(
         run.code, 0,
         "exit code\nstdout:\n{}\nstderr:\n{}",
@@ -129,7 +135,7 @@ fn ok(run: &Run) {
 }
 
 /// The backup id printed by `backup run`.
-fn backup_id(run: &Run) -> String {
+pub(crate) fn backup_id(run: &Run) -> String {
     ok(run);
     run.stdout
         .strip_prefix("backup ")
@@ -138,7 +144,7 @@ fn backup_id(run: &Run) -> String {
         .to_owned()
 }
 
-fn sha256(path: &Path) -> String {
+pub(crate) fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
         .output()
@@ -147,12 +153,12 @@ fn sha256(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout)[..64].to_owned()
 }
 
-fn allocated(path: &Path) -> u64 {
+pub(crate) fn allocated(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
 }
 
 /// Pseudo-random bytes; odd seeds give distinct streams (`seed | 1`).
-fn noise(seed: u64, len: u64) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, len: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -164,7 +170,7 @@ fn noise(seed: u64, len: u64) -> Vec<u8> {
         .collect()
 }
 
-fn text(len: u64) -> Vec<u8> {
+pub(crate) fn text(len: u64) -> Vec<u8> {
     (0..)
         .flat_map(|i: u64| {
             format!("2026-01-02 host-{} volume {} extended\n", i % 7, i * 31).into_bytes()
@@ -174,7 +180,7 @@ fn text(len: u64) -> Vec<u8> {
 }
 
 /// 64 MiB volume with 12 MiB of data in 5 extents, some not chunk-aligned.
-fn fill(path: &Path) {
+pub(crate) fn fill(path: &Path) {
     let f = File::options().write(true).open(path).unwrap();
     f.write_all_at(&noise(1, 4 * MIB), 0).unwrap();
     f.write_all_at(&text(3 * MIB), 20 * MIB).unwrap();
@@ -187,7 +193,7 @@ fn fill(path: &Path) {
 
 /// Changes about 1 % of the 4 KiB blocks (random data over data and holes),
 /// zeroes one 4 KiB block and one whole 64 KiB chunk that held data.
-fn change(path: &Path) {
+pub(crate) fn change(path: &Path) {
     let f = File::options().write(true).open(path).unwrap();
     let blocks = 64 * MIB / (4 * KIB);
     let mut x = 0x5eed_u64;
@@ -598,7 +604,7 @@ fn regenerate_golden_repository() {
     be.create(&NewObject {
         uuid,
         name: "golden",
-        kind: ObjectKind::Volume,
+        kind: ObjKind::Volume,
         size: 8 * 64 * KIB,
         allocation: Allocation::Sparse,
         source: None,
@@ -606,7 +612,7 @@ fn regenerate_golden_repository() {
     .unwrap();
     let f = File::options()
         .write(true)
-        .open(be.data_path(ObjectKind::Volume, uuid))
+        .open(be.data_path(ObjKind::Volume, uuid))
         .unwrap();
     let v = golden_volume();
     for (slot, chunk) in v.chunks(64 * 1024).enumerate() {
@@ -803,7 +809,7 @@ fn two_writers_at_once_share_one_repository() {
         be.create(&NewObject {
             uuid,
             name: "data",
-            kind: ObjectKind::Volume,
+            kind: ObjKind::Volume,
             size: 32 * MIB,
             allocation: Allocation::Sparse,
             source: None,
@@ -811,7 +817,7 @@ fn two_writers_at_once_share_one_repository() {
         .unwrap();
         let f = File::options()
             .write(true)
-            .open(be.data_path(ObjectKind::Volume, uuid))
+            .open(be.data_path(ObjKind::Volume, uuid))
             .unwrap();
         f.write_all_at(&noise(42, 4 * MIB), 0).unwrap();
         f.write_all_at(&noise(2 * n + 51, 8 * MIB), 16 * MIB)
@@ -841,7 +847,7 @@ fn two_writers_at_once_share_one_repository() {
             });
         }
     });
-    let scan = repo.root().display().to_string();
+    let scan = repo.location();
     ok(&site.cb("state", &["backup", "import", "--scan", &scan]));
     let run = site.cb("state", &["backup", "verify", "--all"]);
     ok(&run);
@@ -933,7 +939,7 @@ fn interrupted_restore_is_refused_then_started_over() {
         .find(|o| o.meta.name == "copy")
         .unwrap();
     let mut meta = obj.meta.clone();
-    meta.state = cinderblock::file::Phase::Creating;
+    meta.state = cinderblock::file::Mark::Creating;
     cinderblock::file::meta::write_sidecar(be.root(), &meta).unwrap();
     fs::write(site.volume_path("copy").unwrap(), b"torn").unwrap();
     let run = site.cbf(&["backup", "restore", &id, "--to", "copy"]);
@@ -1040,7 +1046,8 @@ spec:
         id,
         Entry {
             id,
-            repository: site.repo(),
+            repository: site.repo().display().to_string(),
+            target: None,
             repository_id: None,
             volume: VolumeRef {
                 uuid: Uuid::from_u128(7),

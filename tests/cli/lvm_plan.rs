@@ -164,7 +164,7 @@ fn thick_back_end_deletes_note_the_wipe_and_failed_vgs_hold_deletes() {
     rec.objects.insert(
         uuid,
         cinderblock::state::record::RecordedObject {
-            kind: plan::RecordedKind::Volume,
+            kind: plan::ObjKind::Volume,
             name: "vol-thick".into(),
             backend: "thick".into(),
             size: 256 << 20,

@@ -13,7 +13,9 @@
 )] // test data builders
 
 mod agent;
+mod architecture;
 mod backup;
+mod backup_s3;
 mod converge;
 mod examples;
 mod export;

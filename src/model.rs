@@ -1,0 +1,333 @@
+//! The shared object model: the plain values every layer speaks — what kind
+//! an object is, the mark it carries on its back end, how it looks to
+//! discovery, what a back end holds and how much room it has.
+//!
+//! Owns: [`ObjKind`] (the one object kind: plan addresses, the recorded
+//! state, sidecars and LV tags all spell it the same), [`Mark`] (the state a
+//! back end stores with an object: `ready`, or an operation in flight),
+//! [`Health`] (how discovery judges an object: its mark, plus what only a
+//! look at the data shows), [`Change`] (whether an idempotent step did
+//! anything), the inventory ([`Observed`], [`Inventory`], [`Discovery`]),
+//! capacity ([`Capacity`]) and [`round_up`].
+//!
+//! Invariants: a leaf. It uses nothing of this crate, so every module may
+//! use it without an import cycle (a unit test in `tests/cli/architecture.rs`
+//! checks there is none). Plain data: no I/O, no back-end knowledge; the
+//! serde spellings here are file formats (sidecars, `state.json`), so they
+//! never change.
+//!
+//! Must not: grow behaviour. Anything that needs a back end, a clock or a
+//! path belongs to the modules that own those.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What kind of object: the same word in plan addresses (`volume.db`), the
+/// recorded state, `file` sidecars and `lvm` tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjKind {
+    /// A volume.
+    Volume,
+    /// A snapshot of a volume.
+    Snapshot,
+    /// A volume-backed image.
+    Image,
+}
+
+impl ObjKind {
+    /// Every kind, in order.
+    pub const ALL: [ObjKind; 3] = [ObjKind::Volume, ObjKind::Snapshot, ObjKind::Image];
+
+    /// The kind as written everywhere (`volume`, `snapshot`, `image`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjKind::Volume => "volume",
+            ObjKind::Snapshot => "snapshot",
+            ObjKind::Image => "image",
+        }
+    }
+
+    /// Parses [`ObjKind::as_str`]'s spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ObjKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state a back end stores with an object (a sidecar's `state`, an LV's
+/// `cinderblock.state` tag, absent when ready): where the object is in its
+/// life. Every multi-step operation marks its object first, so a crash
+/// anywhere leaves a mark the next run finishes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mark {
+    /// Created, data not complete yet (a copy or a restore being filled).
+    Creating,
+    /// Complete.
+    Ready,
+    /// Being removed: its data may be gone already.
+    Deleting,
+    /// The target of a migration in progress: the volume still lives on its
+    /// source back end.
+    Migrating,
+}
+
+impl Mark {
+    /// As written in sidecars and tags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Creating => "creating",
+            Mark::Ready => "ready",
+            Mark::Deleting => "deleting",
+            Mark::Migrating => "migrating",
+        }
+    }
+
+    /// Parses [`Mark::as_str`]'s spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Mark::Creating, Mark::Ready, Mark::Deleting, Mark::Migrating]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// How discovery judges an object of ours: its [`Mark`], plus what only a
+/// look at its data shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum Health {
+    /// Complete.
+    Ready,
+    /// A create was interrupted; re-running it with the same uuid finishes it.
+    Creating,
+    /// A delete was interrupted; re-running it finishes it.
+    Deleting,
+    /// Recorded, but its data is gone (removed outside cinderblock).
+    DataMissing,
+    /// The target of a migration in progress: the volume still lives on
+    /// another back end (its source), where it shows as `Ready` (or
+    /// `Deleting` once the copy was verified).
+    Migrating,
+    /// The data's size differs from the recorded size.
+    SizeMismatch {
+        /// Recorded size.
+        recorded: u64,
+        /// Actual size.
+        actual: u64,
+    },
+}
+
+impl Health {
+    /// The health of an object whose mark is `mark` and whose data is there
+    /// and of the recorded size.
+    pub fn of_mark(mark: Mark) -> Self {
+        match mark {
+            Mark::Creating => Health::Creating,
+            Mark::Ready => Health::Ready,
+            Mark::Deleting => Health::Deleting,
+            Mark::Migrating => Health::Migrating,
+        }
+    }
+}
+
+/// Whether an idempotent step changed anything (journalled as its outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Already as asked.
+    Unchanged,
+    /// Done now.
+    Changed,
+}
+
+impl Change {
+    /// `Changed` when `changed`.
+    pub fn from_bool(changed: bool) -> Self {
+        if changed {
+            Change::Changed
+        } else {
+            Change::Unchanged
+        }
+    }
+
+    /// Either changed anything.
+    #[must_use]
+    pub fn or(self, other: Change) -> Change {
+        Change::from_bool(self == Change::Changed || other == Change::Changed)
+    }
+}
+
+/// One object of ours on a back end, as discovery saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Observed {
+    /// Identity.
+    pub uuid: Uuid,
+    /// The manifest name it was created for.
+    pub name: String,
+    /// Volume, snapshot or image.
+    pub kind: ObjKind,
+    /// Logical size in bytes (as recorded by the back end).
+    pub size: u64,
+    /// Bytes actually allocated, when known.
+    pub allocated: Option<u64>,
+    /// For snapshots: the volume.
+    pub parent: Option<Uuid>,
+    /// Condition.
+    pub health: Health,
+    /// In use: an LV that is open (mounted, mapped, exported). Files cannot
+    /// tell, and say `false`.
+    pub in_use: bool,
+}
+
+/// Capacity figures of one back end, in bytes, plus what the planner needs
+/// to show and share them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    /// Total size (a thin pool's data size; a thick back end's whole space;
+    /// a file system's size).
+    pub total: u64,
+    /// Free space (files: available to unprivileged users; a thin pool's
+    /// unused data; thick: free extents).
+    pub free: u64,
+    /// Sum of logical sizes (files: ours; thin: every thin volume in the
+    /// pool; thick: every allocated extent).
+    pub provisioned: u64,
+    /// The fill of the pool the volumes live in, where the back end has one
+    /// (a thin pool): the planner refuses new volumes above its high-water
+    /// mark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fill: Option<PoolFill>,
+    /// Space this back end draws from and may share with other back ends
+    /// (an LVM volume group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedSpace>,
+    /// The back end's pool does not exist and its manifest declares a size:
+    /// the sizes to create it with (the figures above are those of the pool
+    /// to be created).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_pool: Option<PoolSizes>,
+}
+
+/// A pool's fill, in hundredths of a percent (exact for lvm2's two
+/// decimals). `None` while the pool is inactive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolFill {
+    /// What kind of pool (`thin pool`).
+    pub kind: String,
+    /// Its name (`vg0/pool0`).
+    pub name: String,
+    /// Data use × 100.
+    pub data_centi: Option<u32>,
+    /// Metadata use × 100.
+    pub metadata_centi: Option<u32>,
+}
+
+/// Space a back end draws from that other back ends may share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedSpace {
+    /// What it is (`volume group`).
+    pub kind: String,
+    /// Its name (`vg0`): back ends with equal `kind` and `name` share it.
+    pub name: String,
+    /// Free bytes in it now.
+    pub free: u64,
+    /// Whether every byte this back end provisions comes out of it (thick
+    /// volumes); otherwise only creating its pool does.
+    pub draws_provisioned: bool,
+}
+
+impl SharedSpace {
+    /// As people read it: `volume group vg0`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.kind, self.name)
+    }
+}
+
+/// The sizes of a pool to create, in bytes, multiples of the extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolSizes {
+    /// Data.
+    pub data: u64,
+    /// Metadata (lvm2 also keeps a spare of this size in the volume group).
+    pub metadata: u64,
+}
+
+/// What discovery found on one back end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    /// Capacity.
+    pub capacity: Capacity,
+    /// Our objects, sorted by uuid.
+    pub objects: Vec<Observed>,
+    /// Entries that are not ours (names), sorted.
+    pub foreign: Vec<String>,
+    /// Problems that make the view partial (no deletes when any).
+    pub problems: Vec<String>,
+    /// A metadata generation that changes with every change of the back end
+    /// (LVM's `vg_seqno`), when it has one; part of the fingerprint.
+    pub generation: Option<u64>,
+}
+
+impl Inventory {
+    /// Whether the view is complete (deletes allowed).
+    pub fn complete(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Discovery result of one back end.
+#[allow(clippy::large_enum_variant)] // one per back end: boxing would buy nothing
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// Discovered.
+    Ok(Inventory),
+    /// Discovery failed; the message says why.
+    Failed(String),
+}
+
+/// Rounds `bytes` up to a multiple of `extent`.
+pub fn round_up(bytes: u64, extent: u64) -> u64 {
+    if extent <= 1 {
+        return bytes;
+    }
+    bytes.div_ceil(extent).saturating_mul(extent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_marks_keep_their_file_spellings() {
+        for k in ObjKind::ALL {
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+            assert_eq!(ObjKind::parse(k.as_str()), Some(k));
+        }
+        for m in [Mark::Creating, Mark::Ready, Mark::Deleting, Mark::Migrating] {
+            assert_eq!(
+                serde_json::to_string(&m).unwrap(),
+                format!("\"{}\"", m.as_str())
+            );
+            assert_eq!(Mark::parse(m.as_str()), Some(m));
+        }
+    }
+
+    #[test]
+    fn round_up_to_the_extent() {
+        assert_eq!(round_up(5, 4), 8);
+        assert_eq!(round_up(8, 4), 8);
+        assert_eq!(round_up(5, 1), 5);
+        assert_eq!(round_up(u64::MAX, 4), u64::MAX);
+    }
+}
