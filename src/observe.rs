@@ -246,8 +246,8 @@ pub struct BackupSource {
     pub volume: String,
     /// Its repository's location.
     pub repository: String,
-    /// How to open that repository.
-    pub target: crate::backup::target::RepoSpec,
+    /// How to open that repository (boxed: plan actions carry it).
+    pub target: Box<crate::backup::target::RepoSpec>,
     /// Bytes of the volume at the time.
     pub size: u64,
     /// When it was taken.
@@ -275,7 +275,7 @@ fn backup_sources(set: &ManifestSet, state_dir: &Path) -> Vec<BackupSource> {
                 id: e.id,
                 volume: e.volume.name.clone(),
                 repository: e.repository.clone(),
-                target: e.repo_spec(),
+                target: Box::new(e.repo_spec()),
                 size: e.volume.size,
                 started_at: e.started_at,
             })

@@ -592,7 +592,8 @@ fn chunk_and_store(
             let (abort, claimed) = (&abort, &claimed);
             workers.push(s.spawn(move || {
                 work(
-                    &work_rx, &pool_tx, &blob_tx, index, parent, codec, claimed, abort, progress,
+                    repo, &work_rx, &pool_tx, &blob_tx, index, parent, codec, claimed, abort,
+                    progress,
                 )
             }));
         }
@@ -742,6 +743,7 @@ fn read_batches(
 
 #[allow(clippy::too_many_arguments)] // the pipeline's shared pieces, named
 fn work(
+    repo: &Repository,
     rx: &Mutex<mpsc::Receiver<Batch>>,
     pool: &mpsc::Sender<Vec<u8>>,
     blobs: &mpsc::SyncSender<Blob>,
@@ -777,7 +779,7 @@ fn work(
                 out.stats.zero_chunks += 1;
                 continue;
             }
-            let id = Digest::of(chunk);
+            let id = repo.chunk_id(chunk);
             out.table.push((slot, id));
             let same = parent.is_some_and(|p| {
                 p.binary_search_by_key(&slot, |e| e.0)
@@ -797,6 +799,7 @@ fn work(
                 continue;
             }
             let (used, stored) = codecs.compress(codec, chunk);
+            let stored = repo.seal_blob(&id, stored);
             out.stats.new_chunks += 1;
             out.stats.new_bytes += chunk.len() as u64;
             out.stats.stored_bytes += stored.len() as u64;

@@ -20,8 +20,13 @@ use super::BackupError;
 
 /// `format` of the repository's `config`.
 pub const REPO_FORMAT: &str = "cinderblock.backup-repository";
-/// The repository format version this build reads and writes.
+/// The repository format version of unencrypted repositories (read and
+/// written by this build).
 pub const REPO_VERSION: u32 = 1;
+/// The version of encrypted repositories ([`super::crypto`]): version 1's
+/// layout with every pack blob, trailer, index file and manifest sealed and
+/// chunk ids keyed.
+pub const REPO_VERSION_ENCRYPTED: u32 = 2;
 /// Bytes per chunk (see the module docs of [`crate::backup`] for why 64 KiB).
 pub const CHUNK_SIZE: u32 = 64 * 1024;
 /// The only chunk hash of version 1.
@@ -30,6 +35,9 @@ pub const HASH: &str = "blake3";
 pub const PACK_SIZE: u64 = 16 << 20;
 /// Last 8 bytes of every pack file.
 pub const PACK_MAGIC: &[u8; 8] = b"CBPACK01";
+/// Last 8 bytes of a pack of an encrypted repository, whose trailer is
+/// sealed: `sealed entries | sealed length (u32 LE) | PACK_MAGIC_SEALED`.
+pub const PACK_MAGIC_SEALED: &[u8; 8] = b"CBPACKS1";
 /// First 8 bytes of every index file.
 pub const INDEX_MAGIC: &[u8; 8] = b"CBINDX01";
 /// `format` of a backup manifest.
@@ -279,6 +287,20 @@ pub struct RepoConfig {
     pub pack_size: u64,
     /// When the repository was created.
     pub created_at: DateTime<Utc>,
+    /// How it is encrypted (version 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// The encryption of a version 2 repository (names of the algorithms; the
+/// keys are in `keys/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Encryption {
+    /// The AEAD ([`super::crypto::AEAD`]).
+    pub aead: String,
+    /// The chunk id: `blake3-keyed`.
+    pub chunk_id: String,
 }
 
 /// One blob in a pack: identity, codec and lengths. Offsets are implied by
@@ -329,6 +351,50 @@ pub fn encode_pack_trailer(entries: &[BlobEntry]) -> Vec<u8> {
     out.extend_from_slice(&count.to_le_bytes());
     out.extend_from_slice(PACK_MAGIC);
     out
+}
+
+/// The sealed trailer of an encrypted repository's pack (`sealed` is the
+/// sealed [`encode_entries`] of its blobs).
+pub fn encode_sealed_trailer(sealed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sealed.len() + 12);
+    out.extend_from_slice(sealed);
+    out.extend_from_slice(
+        &u32::try_from(sealed.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(PACK_MAGIC_SEALED);
+    out
+}
+
+/// Blob entries back to back (what a sealed trailer seals).
+pub fn encode_entries(entries: &[BlobEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    for e in entries {
+        e.encode(&mut out);
+    }
+    out
+}
+
+/// Parses entries back to back; `None` when they are not whole entries.
+pub fn decode_entries(bytes: &[u8]) -> Option<Vec<BlobEntry>> {
+    if bytes.len() % ENTRY_LEN != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(ENTRY_LEN)
+        .map(BlobEntry::decode)
+        .collect()
+}
+
+/// Length of the sealed part of a sealed trailer given the pack's last 12
+/// bytes; `None` when they are not a sealed trailer's footer.
+pub fn sealed_trailer_len(footer: &[u8; 12], file_len: u64) -> Option<u64> {
+    if &footer[4..] != PACK_MAGIC_SEALED {
+        return None;
+    }
+    let len = u64::from(u32::from_le_bytes(footer[..4].try_into().ok()?));
+    (len + 12 <= file_len).then_some(len)
 }
 
 /// Length of the trailer of a pack of `file_len` bytes given its last 12

@@ -2,7 +2,8 @@
 //! images, and the engine that backs `file` and `lvm` volumes up into it and
 //! restores them.
 //!
-//! Owns the repository format ([`format`](mod@format)), the repository
+//! Owns the repository format ([`format`](mod@format), sealed by
+//! [`crypto`] when encrypted), the repository
 //! ([`repo`]) over a storage layer ([`store`]: a directory, local or an NFS
 //! share, or an S3-compatible bucket; [`target`] resolves a policy's
 //! `target` into one and opens it), backup runs ([`engine`] for `file` volumes and the shared
@@ -67,6 +68,17 @@
 //!   failed upload before the manifest leaves unreferenced packs that prune
 //!   removes; it never leaves a manifest pointing at nothing.
 //!
+//! # Encrypted repositories (format version 2)
+//! With `encryption: {keyRef}` a repository is created encrypted
+//! ([`crypto`]): the same layout, with every pack blob, pack trailer
+//! (`CBPACKS1`), index file and manifest sealed with XChaCha20-Poly1305
+//! (associated data binding each to its place), chunk ids keyed BLAKE3, and
+//! `keys/<uuid>.json` holding the data key wrapped under the user's key
+//! (Argon2id). The config stays readable (format, version 2, id, the
+//! algorithms' names) so a missing or wrong key is one clear error at open,
+//! before anything is read or written. `backup key rotate` re-wraps the data
+//! key; no data is rewritten. Version 1 repositories are read as before.
+//!
 //! # Concurrency: lock-free writers, exclusive prune
 //! Writers never coordinate with each other: every name they create is
 //! unique (packs and index files are named by their content, manifests by a
@@ -103,6 +115,7 @@
 //! manifests into the plain values the engine takes).
 
 pub mod catalog;
+pub mod crypto;
 pub mod engine;
 pub mod format;
 pub mod into_volume;
@@ -210,6 +223,38 @@ pub enum BackupError {
         /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An encrypted repository opened without a key.
+    #[error(
+        "{location} is encrypted: its BackupPolicy needs `encryption: {{keyRef: {{file|env}}}}` with its key"
+    )]
+    KeyNeeded {
+        /// The repository.
+        location: String,
+    },
+    /// A key given for a repository that is not encrypted.
+    #[error(
+        "{location} is not encrypted, but the policy sets `encryption` (a repository is encrypted when it is created: point the policy at a new target, or drop `encryption`)"
+    )]
+    NotEncrypted {
+        /// The repository.
+        location: String,
+    },
+    /// The key does not open the repository.
+    #[error("the key in {from} does not open {location} (wrong key); nothing was read or written")]
+    WrongKey {
+        /// The repository.
+        location: String,
+        /// Where the key came from.
+        from: String,
+    },
+    /// A sealed object does not open: damaged, moved, or of another key.
+    #[error("{at}: damaged {what} (its seal does not open)")]
+    Sealed {
+        /// What it is.
+        what: String,
+        /// Where.
+        at: String,
     },
     /// A secret (credentials, key) could not be read.
     #[error("cannot read the secret in {from}: {reason}")]

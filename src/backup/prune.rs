@@ -228,9 +228,9 @@ pub fn execute(
         for (offset, e) in live {
             buf.resize(e.stored_len as usize, 0);
             let good = reader.read_at(&mut buf, *offset)
-                && codecs
-                    .decompress(e.codec, &buf, e.raw_len as usize)
-                    .is_some_and(|raw| Digest::of(&raw) == e.id);
+                && repo
+                    .decode_blob(&mut codecs, &e.id, e.codec, e.raw_len, &buf)
+                    .is_some();
             if !good {
                 tracing::warn!(chunk = %e.id, pack = %pack, "corrupt chunk dropped while repacking");
                 report.corrupt += 1;

@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::BackupError;
+use super::crypto::{self, Crypto, DataKey, KeyFile, Place, RepoKey};
 use super::format::{
     self, BlobEntry, CHUNK_SIZE, Codec, Digest, HASH, Manifest, PACK_SIZE, REPO_FORMAT,
-    REPO_VERSION, RepoConfig,
+    REPO_VERSION, REPO_VERSION_ENCRYPTED, RepoConfig,
 };
 use super::store::{Created, DirStore, Put, Store};
 use crate::state::atomic::fsync_dir;
@@ -51,10 +52,33 @@ pub struct Repository {
     store: Arc<dyn Store>,
     config: RepoConfig,
     append_only: bool,
+    crypto: Option<Arc<Crypto>>,
 }
 
 /// Key of the config object.
 const CONFIG: &str = "config";
+/// The chunk id of encrypted repositories.
+const CHUNK_ID_KEYED: &str = "blake3-keyed";
+
+/// Writes `keys/<uuid>.json`: `master` of repository `id` wrapped under `key`.
+fn write_key_file(
+    store: &dyn Store,
+    id: Uuid,
+    master: &DataKey,
+    key: &RepoKey,
+) -> Result<(), BackupError> {
+    let kf = crypto::wrap(master, &key.secret, id).ok_or_else(|| BackupError::Secret {
+        from: key.from.clone(),
+        reason: "cannot derive a key from it".into(),
+    })?;
+    let k = format!("keys/{}.json", Uuid::new_v4());
+    let bytes = serde_json::to_vec_pretty(&kf).map_err(|source| BackupError::Json {
+        path: PathBuf::from(&k),
+        source,
+    })?;
+    store.put(&k, &bytes, Put::Create)?;
+    Ok(())
+}
 
 fn pack_key(id: &Digest) -> String {
     format!("data/{}/{}", id.shard(), id.to_hex())
@@ -69,8 +93,14 @@ fn manifest_key(volume: Uuid, id: Uuid) -> String {
 }
 
 impl Repository {
-    /// Opens the repository directory `root`.
+    /// Opens the unencrypted repository directory `root`.
     pub fn open(root: &Path) -> Result<Self, BackupError> {
+        Self::open_keyed(root, None)
+    }
+
+    /// Opens the repository directory `root` with `key` (needed when it is
+    /// encrypted).
+    pub fn open_keyed(root: &Path, key: Option<&RepoKey>) -> Result<Self, BackupError> {
         if !root.join(CONFIG).is_file() {
             return Err(BackupError::NotARepository {
                 location: root.display().to_string(),
@@ -78,11 +108,13 @@ impl Repository {
         }
         // Absolute, so the catalogue's path works from any directory.
         let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
-        Self::open_store(Arc::new(DirStore::new(&root)))
+        Self::open_store(Arc::new(DirStore::new(&root)), key)
     }
 
-    /// Opens the repository in `store`.
-    pub fn open_store(store: Arc<dyn Store>) -> Result<Self, BackupError> {
+    /// Opens the repository in `store`; an encrypted one needs `key`, and
+    /// a key that does not open it is refused here, before anything is
+    /// read or written.
+    pub fn open_store(store: Arc<dyn Store>, key: Option<&RepoKey>) -> Result<Self, BackupError> {
         #[derive(Deserialize)]
         struct Head {
             format: String,
@@ -97,7 +129,9 @@ impl Repository {
             source,
         };
         let head: Head = serde_json::from_slice(&bytes).map_err(bad)?;
-        if head.format != REPO_FORMAT || head.version != REPO_VERSION {
+        if head.format != REPO_FORMAT
+            || (head.version != REPO_VERSION && head.version != REPO_VERSION_ENCRYPTED)
+        {
             return Err(BackupError::RepoVersion {
                 location,
                 format: head.format,
@@ -105,7 +139,15 @@ impl Repository {
             });
         }
         let config: RepoConfig = serde_json::from_slice(&bytes).map_err(bad)?;
-        if config.chunk_size != CHUNK_SIZE || config.hash != HASH {
+        let encrypted = head.version == REPO_VERSION_ENCRYPTED;
+        if config.chunk_size != CHUNK_SIZE
+            || config.hash != HASH
+            || encrypted != config.encryption.is_some()
+            || config
+                .encryption
+                .as_ref()
+                .is_some_and(|e| e.aead != crypto::AEAD || e.chunk_id != CHUNK_ID_KEYED)
+        {
             return Err(BackupError::RepoVersion {
                 location,
                 format: format!(
@@ -115,29 +157,121 @@ impl Repository {
                 version: head.version,
             });
         }
+        let crypto = match (&config.encryption, key) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(BackupError::NotEncrypted { location }),
+            (Some(_), None) => return Err(BackupError::KeyNeeded { location }),
+            (Some(_), Some(k)) => Some(Arc::new(Crypto::new(&Self::find_key(
+                store.as_ref(),
+                config.id,
+                k,
+            )?))),
+        };
         Ok(Self {
             store,
             config,
             append_only: false,
+            crypto,
         })
     }
 
-    /// Opens the repository directory `root`, creating it (with
-    /// `compression` as its default codec) when there is none.
-    pub fn open_or_init(root: &Path, compression: Codec) -> Result<Self, BackupError> {
-        fs::create_dir_all(root).map_err(io_err("create", root))?;
-        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
-        Self::open_or_init_store(Arc::new(DirStore::new(&root)), compression)
+    /// The data key of repository `id` that `key` unwraps, from `keys/`.
+    fn find_key(store: &dyn Store, id: Uuid, key: &RepoKey) -> Result<DataKey, BackupError> {
+        Ok(Self::key_files(store, id, key)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| BackupError::WrongKey {
+                location: store.location(),
+                from: key.from.clone(),
+            })?
+            .1)
     }
 
-    /// Opens the repository in `store`, creating it when there is none. Two
-    /// hosts creating the same repository at once end up with one config:
-    /// it is created with [`Put::Create`], which leaves the first one.
+    /// The key files `key` opens, with the data key.
+    fn key_files(
+        store: &dyn Store,
+        id: Uuid,
+        key: &RepoKey,
+    ) -> Result<Vec<(String, DataKey)>, BackupError> {
+        let mut out = Vec::new();
+        for l in store.list("keys/")? {
+            let Some(bytes) = store.get(&l.key)? else {
+                continue;
+            };
+            let Ok(kf) = serde_json::from_slice::<KeyFile>(&bytes) else {
+                tracing::warn!(key = %l.key, "unreadable key file ignored");
+                continue;
+            };
+            if let Some(master) = crypto::unwrap(&kf, &key.secret, id) {
+                out.push((l.key, master));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a key file wrapping this repository's data key under `new`,
+    /// then removes the key files `old` opened (unless append-only): the
+    /// data is not touched, and every backup stays readable with `new`.
+    /// Returns the key files removed.
+    pub fn rotate_key(&self, old: &RepoKey, new: &RepoKey) -> Result<usize, BackupError> {
+        if self.crypto.is_none() {
+            return Err(BackupError::NotEncrypted {
+                location: self.location(),
+            });
+        }
+        let found = Self::key_files(self.store.as_ref(), self.config.id, old)?;
+        let Some((_, master)) = found.first() else {
+            return Err(BackupError::WrongKey {
+                location: self.location(),
+                from: old.from.clone(),
+            });
+        };
+        self.write_key_file(master, new)?;
+        // The new one must open before the old ones go.
+        Self::find_key(self.store.as_ref(), self.config.id, new)?;
+        if self.append_only {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for (k, _) in &found {
+            self.store.delete(k)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    fn write_key_file(&self, master: &DataKey, key: &RepoKey) -> Result<(), BackupError> {
+        write_key_file(self.store.as_ref(), self.config.id, master, key)
+    }
+
+    /// Opens the unencrypted repository directory `root`, creating it (with
+    /// `compression` as its default codec) when there is none.
+    pub fn open_or_init(root: &Path, compression: Codec) -> Result<Self, BackupError> {
+        Self::open_or_init_keyed(root, compression, None)
+    }
+
+    /// [`Self::open_or_init`], encrypted with `key` when created with one.
+    pub fn open_or_init_keyed(
+        root: &Path,
+        compression: Codec,
+        key: Option<&RepoKey>,
+    ) -> Result<Self, BackupError> {
+        fs::create_dir_all(root).map_err(io_err("create", root))?;
+        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
+        Self::open_or_init_store(Arc::new(DirStore::new(&root)), compression, key)
+    }
+
+    /// Opens the repository in `store`, creating it when there is none
+    /// (encrypted when `key` is given: its data key is wrapped under `key`
+    /// in `keys/` before the config is written). Two hosts creating the
+    /// same repository at once end up with one config: it is created with
+    /// [`Put::Create`], which leaves the first one.
     pub fn open_or_init_store(
         store: Arc<dyn Store>,
         compression: Codec,
+        key: Option<&RepoKey>,
     ) -> Result<Self, BackupError> {
-        match Self::open_store(Arc::clone(&store)) {
+        match Self::open_store(Arc::clone(&store), key) {
             Err(BackupError::NotARepository { .. }) => {}
             other => return other,
         }
@@ -156,14 +290,27 @@ impl Repository {
         }
         let config = RepoConfig {
             format: REPO_FORMAT.to_owned(),
-            version: REPO_VERSION,
+            version: if key.is_some() {
+                REPO_VERSION_ENCRYPTED
+            } else {
+                REPO_VERSION
+            },
             id: Uuid::new_v4(),
             chunk_size: CHUNK_SIZE,
             hash: HASH.to_owned(),
             compression,
             pack_size: PACK_SIZE,
             created_at: Utc::now(),
+            encryption: key.map(|_| format::Encryption {
+                aead: crypto::AEAD.to_owned(),
+                chunk_id: CHUNK_ID_KEYED.to_owned(),
+            }),
         };
+        let master = key.map(|k| {
+            let m = Crypto::generate_key();
+            write_key_file(store.as_ref(), config.id, &m, k).map(|()| m)
+        });
+        let master = master.transpose()?;
         let mut bytes = serde_json::to_vec_pretty(&config).map_err(|source| BackupError::Json {
             path: PathBuf::from(format!("{}/{CONFIG}", store.location())),
             source,
@@ -171,14 +318,15 @@ impl Repository {
         bytes.push(b'\n');
         match store.put(CONFIG, &bytes, Put::Create)? {
             Created::New => {
-                tracing::info!(repo = %store.location(), id = %config.id, "repository created");
+                tracing::info!(repo = %store.location(), id = %config.id, encrypted = key.is_some(), "repository created");
                 Ok(Self {
                     store,
                     config,
                     append_only: false,
+                    crypto: master.map(|m| Arc::new(Crypto::new(&m))),
                 })
             }
-            Created::AlreadyThere => Self::open_store(store),
+            Created::AlreadyThere => Self::open_store(store, key),
         }
     }
 
@@ -215,6 +363,49 @@ impl Repository {
         &self.config
     }
 
+    /// Its keys, when it is encrypted.
+    pub fn crypto(&self) -> Option<&Crypto> {
+        self.crypto.as_deref()
+    }
+
+    /// The id of a chunk: BLAKE3 of its bytes, keyed when encrypted.
+    pub fn chunk_id(&self, bytes: &[u8]) -> Digest {
+        match &self.crypto {
+            Some(c) => c.chunk_id(bytes),
+            None => Digest::of(bytes),
+        }
+    }
+
+    /// The bytes of a (compressed) chunk as stored in a pack.
+    pub fn seal_blob(&self, id: &Digest, stored: Vec<u8>) -> Vec<u8> {
+        match &self.crypto {
+            Some(c) => c.seal(Place::Blob(id), &stored),
+            None => stored,
+        }
+    }
+
+    /// A chunk's bytes from a pack blob: opened, decompressed and checked
+    /// against its id; `None` when anything is wrong.
+    pub fn decode_blob(
+        &self,
+        codecs: &mut format::Codecs,
+        id: &Digest,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Option<Vec<u8>> {
+        let opened;
+        let data = match &self.crypto {
+            Some(c) => {
+                opened = c.open(Place::Blob(id), stored)?;
+                &opened[..]
+            }
+            None => stored,
+        };
+        let raw = codecs.decompress(codec, data, raw_len as usize)?;
+        (self.chunk_id(&raw) == *id).then_some(raw)
+    }
+
     /// `data/<shard>/<id>`, the key of a pack.
     pub fn pack_key(id: &Digest) -> String {
         pack_key(id)
@@ -240,6 +431,20 @@ impl Repository {
                 tracing::warn!(key, "index file does not match its name; ignored");
                 continue;
             }
+            let bytes = match &self.crypto {
+                Some(c) => {
+                    if let Some(b) = c.open(Place::Index, &bytes) {
+                        b
+                    } else {
+                        tracing::warn!(
+                            key,
+                            "index file does not open with the repository's key; ignored"
+                        );
+                        continue;
+                    }
+                }
+                None => bytes,
+            };
             let Some(packs) = format::decode_index(&bytes) else {
                 tracing::warn!(key, "unreadable index file; ignored");
                 continue;
@@ -292,6 +497,18 @@ impl Repository {
             .get_range(&key, len - 12..len)?
             .try_into()
             .map_err(|_| bad())?;
+        if let Some(c) = &self.crypto {
+            let slen = format::sealed_trailer_len(&footer, len).ok_or_else(bad)?;
+            let sealed = self.store.get_range(&key, len - 12 - slen..len - 12)?;
+            let entries = c
+                .open(Place::Trailer, &sealed)
+                .and_then(|b| format::decode_entries(&b))
+                .ok_or_else(bad)?;
+            let blobs: u64 = entries.iter().map(|e| u64::from(e.stored_len)).sum();
+            return (blobs + slen + 12 == len)
+                .then_some(entries)
+                .ok_or_else(bad);
+        }
         let tlen = format::pack_trailer_len(&footer, len).ok_or_else(bad)?;
         let trailer = self.store.get_range(&key, len - tlen..len)?;
         format::decode_pack_trailer(&trailer, len).ok_or_else(bad)
@@ -317,6 +534,10 @@ impl Repository {
     /// Writes an index file describing `packs`; returns its id.
     pub fn write_index(&self, packs: &[(Digest, Vec<BlobEntry>)]) -> Result<Digest, BackupError> {
         let bytes = format::encode_index(packs);
+        let bytes = match &self.crypto {
+            Some(c) => c.seal(Place::Index, &bytes),
+            None => bytes,
+        };
         let id = Digest::of(&bytes);
         // Named by its content: an existing one is this one.
         self.store.put(&index_key(&id), &bytes, Put::Create)?;
@@ -354,10 +575,14 @@ impl Repository {
             source,
         })?;
         bytes.push(b'\n');
+        let bytes = match &self.crypto {
+            Some(c) => c.seal(Place::Manifest(m.id), &bytes),
+            None => bytes,
+        };
         match self.store.put(&key, &bytes, Put::Create)? {
             Created::New => Ok(()),
-            Created::AlreadyThere => match self.store.get(&key)? {
-                Some(b) if b == bytes => Ok(()),
+            Created::AlreadyThere => match self.read_manifest(&key)? {
+                Some(b) if b == *m => Ok(()),
                 _ => Err(BackupError::BadManifest {
                     id: m.id,
                     reason: "the repository holds a different manifest under this id".into(),
@@ -379,10 +604,31 @@ impl Repository {
     }
 
     fn read_manifest(&self, key: &str) -> Result<Option<Manifest>, BackupError> {
-        self.store
-            .get(key)?
-            .map(|b| parse_manifest(&b, &format!("{}: {key}", self.location())))
-            .transpose()
+        let Some(bytes) = self.store.get(key)? else {
+            return Ok(None);
+        };
+        let at = format!("{}: {key}", self.location());
+        let bytes = match &self.crypto {
+            Some(c) => {
+                // The backup id is the key's name: the seal is bound to it.
+                let id = key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .and_then(|n| n.parse::<Uuid>().ok());
+                match id.and_then(|id| c.open(Place::Manifest(id), &bytes)) {
+                    Some(b) => b,
+                    None => {
+                        return Err(BackupError::Sealed {
+                            what: "manifest".into(),
+                            at,
+                        });
+                    }
+                }
+            }
+            None => bytes,
+        };
+        parse_manifest(&bytes, &at).map(Some)
     }
 
     /// The manifest of backup `id`, if the repository holds it.
@@ -650,6 +896,7 @@ impl Index {
 /// content-named key, retried with backoff by the store.
 #[derive(Debug)]
 pub struct PackWriter {
+    crypto: Option<Arc<Crypto>>,
     root: Option<PathBuf>,
     store: Arc<dyn Store>,
     current: Option<OpenPack>,
@@ -763,6 +1010,7 @@ impl OpenPack {
 impl PackWriter {
     fn new(repo: &Repository) -> Self {
         Self {
+            crypto: repo.crypto.clone(),
             root: repo
                 .store
                 .dir()
@@ -835,7 +1083,12 @@ impl PackWriter {
         let Some(mut pack) = self.current.take() else {
             return Ok(());
         };
-        let trailer = format::encode_pack_trailer(&pack.entries);
+        let trailer = match &self.crypto {
+            Some(c) => format::encode_sealed_trailer(
+                &c.seal(Place::Trailer, &format::encode_entries(&pack.entries)),
+            ),
+            None => format::encode_pack_trailer(&pack.entries),
+        };
         pack.write(&trailer)?;
         let id = Digest(*pack.hasher.finalize().as_bytes());
         tracing::debug!(pack = %id, blobs = pack.entries.len(), bytes = pack.len, "pack closed");

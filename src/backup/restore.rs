@@ -194,7 +194,7 @@ fn read_all(
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        if let Some(raw) = check_one(&mut codecs, &file, item, &mut buf) {
+                        if let Some(raw) = check_one(repo, &mut codecs, &file, item, &mut buf) {
                             local.chunks += 1;
                             local.bytes += raw.len() as u64;
                             if let Some(sink) = sink {
@@ -249,6 +249,7 @@ fn read_all(
 
 /// Reads one blob, decodes it, checks its hash; `None` when it is damaged.
 fn check_one(
+    repo: &Repository,
     codecs: &mut format::Codecs,
     pack: &PackReader,
     item: &Item,
@@ -258,8 +259,7 @@ fn check_one(
     if !pack.read_at(buf, item.loc.offset) {
         return None;
     }
-    let raw = codecs.decompress(item.loc.codec, buf, item.loc.raw_len as usize)?;
-    (Digest::of(&raw) == item.id).then_some(raw)
+    repo.decode_blob(codecs, &item.id, item.loc.codec, item.loc.raw_len, buf)
 }
 
 /// Checks every chunk of `table` (read, decode, hash) without writing.

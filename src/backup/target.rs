@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::crypto::RepoKey;
 use super::format::Codec;
 use super::store::{DirStore, S3Config, S3Store, Store};
 use super::{BackupError, Repository};
@@ -141,6 +142,9 @@ pub struct RepoSpec {
     /// Never delete or replace there.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub append_only: bool,
+    /// Where the key of an encrypted repository is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SecretSource>,
 }
 
 impl RepoSpec {
@@ -149,6 +153,7 @@ impl RepoSpec {
         Self {
             target: Target::Dir(path.to_owned()),
             append_only: false,
+            key: None,
         }
     }
 
@@ -184,6 +189,10 @@ impl RepoSpec {
         Some(Self {
             target,
             append_only: t.append_only,
+            key: match &spec.encryption {
+                Some(e) => Some(SecretSource::from_ref(&e.key_ref)?),
+                None => None,
+            },
         })
     }
 
@@ -239,29 +248,57 @@ impl RepoSpec {
         self
     }
 
+    /// The repository key, read from its reference.
+    pub fn repo_key(&self) -> Result<Option<RepoKey>, BackupError> {
+        self.key.as_ref().map(read_key).transpose()
+    }
+
     /// Opens the repository.
     pub fn open(&self) -> Result<Repository, BackupError> {
+        let key = self.repo_key()?;
+        let key = key.as_ref();
         let repo = match &self.target {
-            Target::Dir(p) => Repository::open(p)?,
+            Target::Dir(p) => Repository::open_keyed(p, key)?,
             Target::Share { path, .. } => {
                 self.store()?;
-                Repository::open(path)?
+                Repository::open_keyed(path, key)?
             }
-            Target::S3(_) => Repository::open_store(self.store()?)?,
+            Target::S3(_) => Repository::open_store(self.store()?, key)?,
         };
         Ok(repo.append_only(self.append_only))
     }
 
     /// Opens the repository, creating it when there is none.
     pub fn open_or_init(&self, codec: Codec) -> Result<Repository, BackupError> {
+        let key = self.repo_key()?;
+        let key = key.as_ref();
         let repo = match &self.target {
-            Target::Dir(p) => Repository::open_or_init(p, codec)?,
+            Target::Dir(p) => Repository::open_or_init_keyed(p, codec, key)?,
             Target::Share { path, .. } => {
                 self.store()?;
-                Repository::open_or_init(path, codec)?
+                Repository::open_or_init_keyed(path, codec, key)?
             }
-            Target::S3(_) => Repository::open_or_init_store(self.store()?, codec)?,
+            Target::S3(_) => Repository::open_or_init_store(self.store()?, codec, key)?,
         };
         Ok(repo.append_only(self.append_only))
     }
+}
+
+/// Keys shorter than this are refused: a key file holds a passphrase or,
+/// better, random bytes (`head -c 32 /dev/urandom | base64`).
+pub const MIN_KEY_LEN: usize = 16;
+
+/// Reads a repository key from `src`.
+pub fn read_key(src: &SecretSource) -> Result<RepoKey, BackupError> {
+    let secret = src.read()?;
+    if secret.len() < MIN_KEY_LEN {
+        return Err(BackupError::Secret {
+            from: src.describe(),
+            reason: format!("a key needs at least {MIN_KEY_LEN} bytes"),
+        });
+    }
+    Ok(RepoKey {
+        secret,
+        from: src.describe(),
+    })
 }

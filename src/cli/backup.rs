@@ -57,6 +57,38 @@ enum BackupCommand {
     Import(ImportArgs),
     /// Forget backups retention does not keep, then remove unused chunks.
     Prune(PruneArgs),
+    /// Manage the key of an encrypted repository.
+    Key(KeyArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeyArgs {
+    #[command(subcommand)]
+    command: KeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Wrap the repository's data key under a new key and retire the old
+    /// one: no data is rewritten, every backup stays restorable with the
+    /// new key. Then point the policy's `encryption.keyRef` at it.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("new").required(true).args(["new_key_file", "new_key_env"])))]
+struct RotateArgs {
+    /// The `BackupPolicy` whose repository (and current key) this is.
+    #[arg(long, value_name = "NAME")]
+    policy: String,
+    /// The new key, from this file.
+    #[arg(long, value_name = "PATH")]
+    new_key_file: Option<PathBuf>,
+    /// The new key, from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    new_key_env: Option<String>,
+    #[command(flatten)]
+    manifests: ManifestFiles,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +211,7 @@ pub(super) fn run(args: &BackupArgs, state: &Path, host: Option<&str>) -> anyhow
         BackupCommand::Export(a) => export(a, state),
         BackupCommand::Import(a) => import(a, state),
         BackupCommand::Prune(a) => prune_cmd(a, state),
+        BackupCommand::Key(a) => key_cmd(a, state),
     }
 }
 
@@ -1245,6 +1278,16 @@ fn verify(a: &VerifyArgs, state: &Path) -> anyhow::Result<i32> {
                 findings.push((m.clone(), w, Some(detail)));
             }
         }
+        if a.all {
+            // Pack trailers too: what prune reads (a damaged one would
+            // stop it), which checking chunks through the index never does.
+            for (pack, len) in repo.scan_packs()? {
+                if let Err(e) = repo.read_trailer(&pack, len) {
+                    damaged += 1;
+                    writeln!(out, "DAMAGED  pack {pack}: {}", chain(&e))?;
+                }
+            }
+        }
         writeln!(
             out,
             "checked {} unique chunks ({}) in {}: {} missing, {} corrupt",
@@ -1356,6 +1399,59 @@ fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
             "; its manifest was missing from the repository and has been written back"
         } else {
             ""
+        }
+    )?;
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// key
+
+fn key_cmd(a: &KeyArgs, state: &Path) -> anyhow::Result<i32> {
+    let KeyCommand::Rotate(r) = &a.command;
+    let set = load_manifests(&r.manifests)?;
+    let p = name(&r.policy, "policy")?;
+    let doc = set
+        .backup_policies
+        .get(&p)
+        .ok_or_else(|| anyhow!("no BackupPolicy named {p} in the manifests"))?;
+    let spec = RepoSpec::from_policy(&doc.spec, state)
+        .ok_or_else(|| anyhow!("BackupPolicy {p} names no target"))?;
+    let Some(old_src) = &spec.key else {
+        bail!("BackupPolicy {p} has no `encryption`: its repository has no key to rotate");
+    };
+    let new_src = match (&r.new_key_file, &r.new_key_env) {
+        (Some(f), _) => SecretSource::File(f.clone()),
+        (None, Some(v)) => SecretSource::Env(v.clone()),
+        (None, None) => bail!("give --new-key-file or --new-key-env"),
+    };
+    let old = crate::backup::target::read_key(old_src)?;
+    let new = crate::backup::target::read_key(&new_src)?;
+    if old.secret == new.secret {
+        bail!("the new key is the current key");
+    }
+    let _lock = StateLock::acquire(state, "backup key rotate")?;
+    let repo = spec.open()?;
+    let removed = repo.rotate_key(&old, &new)?;
+    // The catalogue reopens this repository with the new key from now on.
+    let mut cat = Catalog::load(state)?;
+    let location = repo.location();
+    for e in cat.backups.values_mut() {
+        if e.repository == location
+            && let Some(t) = &mut e.target
+        {
+            t.key = Some(new_src.clone());
+        }
+    }
+    cat.store(state)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "rotated the key of {location}: its data key is now wrapped under {}; {}; no data rewritten. Point BackupPolicy {p}'s encryption.keyRef at the new key.",
+        new.from,
+        if repo.is_append_only() {
+            "the old key file stays (append-only target), so the old key opens it too".to_owned()
+        } else {
+            format!("{removed} key file(s) of the old key removed")
         }
     )?;
     Ok(0)

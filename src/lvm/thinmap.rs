@@ -15,10 +15,17 @@
 //!   guard that releases on drop), whatever the reader did: the kernel holds at
 //!   most one metadata snapshot per pool, and a held one also pins metadata
 //!   blocks.
-//! * A snapshot left held by a crashed run makes the reserve fail (`EBUSY`);
-//!   we then release it and reserve once more. Releasing someone else's live
-//!   snapshot is possible in principle, but only cinderblock reads this pool's
-//!   metadata (one agent per host, state lock), so a held one is stale.
+//! * Readers of one pool in this process share one metadata snapshot,
+//!   counted: the first reserves, the last releases, and a reader joins a
+//!   held one only if it was reserved after the reader asked (so it shows the
+//!   reader's thin snapshots); otherwise it waits for the release and the
+//!   next reservation serves all who waited. Concurrent backups of one
+//!   pool's volumes therefore never see `EBUSY` from each other.
+//! * A snapshot left held by a crashed run makes the reserve fail (`EBUSY`)
+//!   while this process holds none; we then release it and reserve once
+//!   more. Releasing someone else's live snapshot is possible in principle,
+//!   but only cinderblock reads this pool's metadata (one agent per host,
+//!   state lock), so a held one is stale.
 //! * Results are byte ranges of the thin device, sorted, adjacent ones merged.
 //!   Mappings are only as fresh as the pool's last commit; the kernel commits
 //!   before reserving, and callers pass LVs nobody writes (snapshots), so the
@@ -26,24 +33,120 @@
 //!
 //! Processes go through the back end's [`super::cmd::Runner`] only.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use super::cmd;
 use super::driver::{LvmBackend, LvmError};
 use super::report::{Lv, LvKind};
 use super::thin;
 
-/// A held metadata snapshot of one pool; released on drop.
+/// A held metadata snapshot of one pool; released on drop by its last
+/// user.
 struct MetadataSnap<'b, 'r> {
     backend: &'b LvmBackend<'r>,
     pool: String,
 }
 
+/// The pools whose metadata snapshot this process holds: `(dev, vg, pool)`
+/// → when it was reserved and how many readers use it. The kernel keeps at
+/// most one per pool, so concurrent readers of one pool (the agent's
+/// backups of several thin volumes at once) share it instead of failing
+/// with `EBUSY` or releasing each other's.
+type PoolKey = (PathBuf, String, String);
+
+#[derive(Debug)]
+struct Held {
+    reserved_at: Instant,
+    readers: usize,
+}
+
+static HELD: LazyLock<Mutex<HashMap<PoolKey, Held>>> = LazyLock::new(Mutex::default);
+static RELEASED: Condvar = Condvar::new();
+
+fn held() -> MutexGuard<'static, HashMap<PoolKey, Held>> {
+    HELD.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Joins the pool's held metadata snapshot, or reserves one. A reader may
+/// only read a metadata snapshot reserved after its thin LVs were made —
+/// after `since`, when it asked — so it joins a held one only if that was
+/// reserved since; an older one it waits out (its readers finish in the
+/// time of a `thin_dump`), and the next reservation serves every reader
+/// that waited. `reserve` runs under the registry's lock, so one reserve
+/// per pool is ever in flight.
+fn join_or_reserve<E>(
+    key: &PoolKey,
+    since: Instant,
+    reserve: impl FnOnce() -> Result<(), E>,
+) -> Result<(), E> {
+    let mut map = held();
+    loop {
+        match map.get_mut(key) {
+            Some(h) if h.reserved_at >= since => {
+                h.readers += 1;
+                return Ok(());
+            }
+            Some(_) => {
+                map = RELEASED.wait(map).unwrap_or_else(PoisonError::into_inner);
+            }
+            None => {
+                let at = Instant::now();
+                reserve()?;
+                map.insert(
+                    key.clone(),
+                    Held {
+                        reserved_at: at,
+                        readers: 1,
+                    },
+                );
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Leaves the pool's metadata snapshot; the last reader runs `release`.
+fn leave(key: &PoolKey, release: impl FnOnce()) {
+    let mut map = held();
+    let last = match map.get_mut(key) {
+        Some(h) => {
+            h.readers = h.readers.saturating_sub(1);
+            h.readers == 0
+        }
+        None => false,
+    };
+    if last {
+        release();
+        map.remove(key);
+        RELEASED.notify_all();
+    }
+}
+
 impl<'b, 'r> MetadataSnap<'b, 'r> {
-    /// Reserves the pool's metadata snapshot, releasing a stale one first
-    /// when the reserve is refused.
+    fn key(backend: &LvmBackend<'_>, pool: &str) -> PoolKey {
+        (backend.dev.clone(), backend.vg.clone(), pool.to_owned())
+    }
+
+    /// Joins or reserves the pool's metadata snapshot ([`join_or_reserve`]);
+    /// a reserve the kernel refuses while this process holds none means a
+    /// stale one left by a crashed run: it is released and the reserve
+    /// retried once.
     fn reserve(backend: &'b LvmBackend<'r>, pool: &str) -> Result<Self, LvmError> {
+        let since = Instant::now();
+        join_or_reserve(&Self::key(backend, pool), since, || {
+            Self::reserve_now(backend, pool)
+        })?;
+        Ok(MetadataSnap {
+            backend,
+            pool: pool.to_owned(),
+        })
+    }
+
+    fn reserve_now(backend: &LvmBackend<'_>, pool: &str) -> Result<(), LvmError> {
         let target = format!("{}/{pool}", backend.vg);
         let reserve = cmd::reserve_metadata_snap(&backend.vg, pool);
         if let Err(first) = backend.exec("reserve a metadata snapshot of", target.clone(), &reserve)
@@ -62,24 +165,24 @@ impl<'b, 'r> MetadataSnap<'b, 'r> {
             }
             backend.exec("reserve a metadata snapshot of", target, &reserve)?;
         }
-        Ok(MetadataSnap {
-            backend,
-            pool: pool.to_owned(),
-        })
+        Ok(())
     }
 }
 
 impl Drop for MetadataSnap<'_, '_> {
     fn drop(&mut self) {
-        let target = format!("{}/{}", self.backend.vg, self.pool);
-        if let Err(e) = self.backend.exec(
-            "release the metadata snapshot of",
-            target.clone(),
-            &cmd::release_metadata_snap(&self.backend.vg, &self.pool),
-        ) {
-            // The next reserve releases it (see the module docs).
-            tracing::warn!(pool = %target, error = %cmd::chain(&e), "metadata snapshot not released");
-        }
+        let key = Self::key(self.backend, &self.pool);
+        leave(&key, || {
+            let target = format!("{}/{}", self.backend.vg, self.pool);
+            if let Err(e) = self.backend.exec(
+                "release the metadata snapshot of",
+                target.clone(),
+                &cmd::release_metadata_snap(&self.backend.vg, &self.pool),
+            ) {
+                // The next reserve releases it (see the module docs).
+                tracing::warn!(pool = %target, error = %cmd::chain(&e), "metadata snapshot not released");
+            }
+        });
     }
 }
 
@@ -198,4 +301,61 @@ pub fn merge(ranges: impl IntoIterator<Item = Range<u64>>) -> Vec<Range<u64>> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Eight readers of one pool at once against a kernel that refuses a
+    /// second reserve (`EBUSY`): none fails, none reads without a held
+    /// snapshot, none reads one reserved before it asked, and the last one
+    /// out releases.
+    #[test]
+    fn concurrent_readers_of_one_pool_share_one_reservation() {
+        let key: PoolKey = (
+            PathBuf::from(format!("/test/{}", std::process::id())),
+            "vg".into(),
+            "pool".into(),
+        );
+        let kernel_held = AtomicBool::new(false);
+        let reserves = AtomicUsize::new(0);
+        let reserved_at = Mutex::new(None::<Instant>);
+        std::thread::scope(|s| {
+            for i in 0..8u64 {
+                let (key, kernel_held, reserves, reserved_at) =
+                    (&key, &kernel_held, &reserves, &reserved_at);
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(3 * i));
+                    let since = Instant::now();
+                    join_or_reserve(key, since, || {
+                        if kernel_held.swap(true, Ordering::SeqCst) {
+                            return Err("EBUSY");
+                        }
+                        reserves.fetch_add(1, Ordering::SeqCst);
+                        *reserved_at.lock().unwrap() = Some(Instant::now());
+                        Ok(())
+                    })
+                    .unwrap();
+                    assert!(
+                        kernel_held.load(Ordering::SeqCst),
+                        "reading a held snapshot"
+                    );
+                    let at = reserved_at.lock().unwrap().unwrap();
+                    assert!(at >= since, "a snapshot reserved after the reader asked");
+                    std::thread::sleep(Duration::from_millis(20)); // thin_dump
+                    leave(key, || kernel_held.store(false, Ordering::SeqCst));
+                });
+            }
+        });
+        assert!(!kernel_held.load(Ordering::SeqCst), "released at the end");
+        let n = reserves.load(Ordering::SeqCst);
+        assert!(
+            (1..8).contains(&n),
+            "shared: {n} reservations for 8 readers"
+        );
+        assert!(held().get(&key).is_none());
+    }
 }

@@ -429,6 +429,11 @@ pub struct BackupPolicySpec {
     /// Back up in-use volumes from a snapshot. Default: true.
     #[serde(default = "default_true")]
     pub force: bool,
+    /// Encrypt and authenticate everything written to the target
+    /// (XChaCha20-Poly1305; chunk ids keyed, so the target learns no content
+    /// hashes). Set when the repository is created. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<BackupEncryption>,
 }
 
 fn default_true() -> bool {
@@ -500,6 +505,17 @@ pub struct S3Target {
     /// (`https://bucket.host/key`, AWS's preference). Default: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_style: Option<bool>,
+}
+
+/// `spec.encryption` of a `BackupPolicy`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackupEncryption {
+    /// Where the key is: a file or environment variable holding a passphrase
+    /// or key (at least 16 bytes). It unwraps the repository's data key;
+    /// `backup key rotate` re-wraps that under a new one. Never printed or
+    /// logged.
+    pub key_ref: SecretRef,
 }
 
 /// Chunk compression.

@@ -317,6 +317,14 @@ impl Checker<'_> {
                 self.error_at_key(Kind::BackupPolicy, doc, "spec.retention", "these retention rules keep no backup at all; give at least one keep rule above 0, or drop `retention` to keep everything");
             }
             self.backup_target(doc);
+            if let Some(e) = &doc.spec.encryption {
+                self.secret_ref(
+                    Kind::BackupPolicy,
+                    doc,
+                    "spec.encryption.keyRef",
+                    &e.key_ref,
+                );
+            }
             if !doc.spec.incremental && doc.spec.full_every > 1 {
                 self.warn(
                     Kind::BackupPolicy,

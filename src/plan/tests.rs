@@ -764,7 +764,9 @@ fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() 
         id: Uuid::from_u128(n),
         volume: "db".into(),
         repository: "/srv/repo".into(),
-        target: crate::backup::target::RepoSpec::dir(std::path::Path::new("/srv/repo")),
+        target: Box::new(crate::backup::target::RepoSpec::dir(std::path::Path::new(
+            "/srv/repo",
+        ))),
         size: GIB,
         started_at: chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, day, 2, 0, 0)
             .single()

@@ -577,7 +577,7 @@ fn errors_name_the_problem() {
 
 /// The golden volume: 8 slots of 64 KiB: text, hole, noise, the text again
 /// (deduplicated), three holes, 1000 bytes of text then zeros.
-fn golden_volume() -> Vec<u8> {
+pub(crate) fn golden_volume() -> Vec<u8> {
     let mut v = vec![0u8; 8 * 64 * 1024];
     let t = text(64 * KIB);
     v[..64 * 1024].copy_from_slice(&t);
@@ -595,9 +595,17 @@ fn golden_dir() -> PathBuf {
 /// with `CINDERBLOCK_REGENERATE_GOLDEN=1`. Only for a deliberate format
 /// change: then bump the version and keep the old fixture beside the new.
 fn regenerate_golden_repository() {
+    write_golden_repository(&golden_dir(), None);
+}
+
+/// Writes the golden volume's one full backup into a new repository at
+/// `out` (encrypted with `key`, when given).
+pub(crate) fn write_golden_repository(
+    out: &Path,
+    key: Option<&cinderblock::backup::crypto::RepoKey>,
+) {
     use cinderblock::backup::engine::{Mode, RunSpec, run};
-    let out = golden_dir();
-    let _ = fs::remove_dir_all(&out);
+    let _ = fs::remove_dir_all(out);
     let tmp = tempfile::tempdir().unwrap();
     let be = FileBackend::new(tmp.path(), "golden");
     let uuid = Uuid::from_u128(0x601d);
@@ -621,9 +629,12 @@ fn regenerate_golden_repository() {
         }
     }
     drop(f);
-    let repo =
-        cinderblock::backup::Repository::open_or_init(&out, cinderblock::backup::Codec::Zstd)
-            .unwrap();
+    let repo = cinderblock::backup::Repository::open_or_init_keyed(
+        out,
+        cinderblock::backup::Codec::Zstd,
+        key,
+    )
+    .unwrap();
     run(
         &RunSpec {
             id: Uuid::from_u128(0xb0),
@@ -649,8 +660,21 @@ fn regenerate_golden_repository() {
     }
 }
 
+/// A fixture's config text with its identity and creation time elided.
+pub(crate) fn pinned_config(dir: &Path) -> String {
+    let text = fs::read_to_string(dir.join("config")).unwrap();
+    let pinned: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((k @ ("  \"id\"" | "  \"createdAt\""), _)) => format!("{k}: …"),
+            _ => l.to_owned(),
+        })
+        .collect();
+    pinned.join("\n")
+}
+
 /// Every file of the fixture below `top`, recursively.
-fn files_below(top: &Path) -> Vec<PathBuf> {
+pub(crate) fn files_below(top: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in fs::read_dir(top).unwrap() {
         let p = e.unwrap().path();
@@ -674,16 +698,8 @@ fn golden_repository_v1_is_read_and_restored() {
     }
     let dir = golden_dir();
     // config: every field pinned except the identity and creation time.
-    let text = fs::read_to_string(dir.join("config")).unwrap();
-    let pinned: Vec<String> = text
-        .lines()
-        .map(|l| match l.split_once(':') {
-            Some((k @ ("  \"id\"" | "  \"createdAt\""), _)) => format!("{k}: …"),
-            _ => l.to_owned(),
-        })
-        .collect();
     assert_eq!(
-        pinned.join("\n"),
+        pinned_config(&dir),
         r#"{
   "format": "cinderblock.backup-repository",
   "version": 1,

@@ -333,3 +333,128 @@ fn s3_append_only_backs_up_and_forgets_without_deleting_then_the_sweep_frees() {
     ok(&site.cbf(&["backup", "restore", &ids[2], "--to", "back"]));
     assert_eq!(sha256(&site.volume_path("back").unwrap()), sha256(&vol));
 }
+
+#[test]
+#[ignore = "needs moto (tests/run.sh installs it)"]
+fn s3_encrypted_objects_hold_no_plaintext_and_restore() {
+    let s3 = S3Server::start();
+    let probe = Site::new("");
+    let creds = credentials(&probe, "admin.key", &s3.admin);
+    let key = credentials(&probe, "backup.key", "an encryption key for this test");
+    let site = Site::with_target(
+        "",
+        &format!(
+            "{}\n  encryption: {{keyRef: {{file: {}}}}}",
+            s3.target("enc", &creds, ""),
+            key.display()
+        ),
+    );
+    let vol = site.create_volume("data", 16 * MIB);
+    let marker = b"CINDERBLOCK-S3-PLAINTEXT-MARKER-51c2";
+    let text: Vec<u8> = marker.iter().copied().cycle().take(MIB as usize).collect();
+    let f = File::options().write(true).open(&vol).unwrap();
+    f.write_all_at(&text, 4 * MIB).unwrap();
+    f.write_all_at(&noise(4, MIB), 10 * MIB).unwrap();
+    drop(f);
+    let id = backup_id(&site.cbf(&["backup", "run", "data"]));
+    let store = s3.store("enc");
+    let objects = s3.objects("enc");
+    assert!(
+        objects.iter().any(|o| o.0.starts_with("keys/")),
+        "{objects:?}"
+    );
+    for (key, _) in &objects {
+        let bytes = store.get(key).unwrap().unwrap();
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "plaintext in {key}"
+        );
+    }
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "back"]));
+    assert_eq!(sha256(&site.volume_path("back").unwrap()), sha256(&vol));
+    ok(&site.cb("state", &["backup", "verify", "--all"]));
+}
+
+/// Starts `backup run data` and SIGKILLs it once `ready` says so (polled
+/// on the bucket), or fails the test if it finishes first.
+fn kill_backup_when(site: &Site, s3: &S3Server, what: &str, ready: &dyn Fn(&[String]) -> bool) {
+    let exe = assert_cmd::cargo::cargo_bin("cinderblock");
+    let mut child = Command::new(exe)
+        .current_dir(site.path())
+        .args([
+            "--state",
+            "state",
+            "backup",
+            "run",
+            "data",
+            "-f",
+            "site.yaml",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let keys: Vec<String> = s3.objects("kill").into_iter().map(|o| o.0).collect();
+        if ready(&keys) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before the kill point ({what})"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: never reached"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "needs moto (tests/run.sh installs it)"]
+fn s3_upload_killed_at_several_points_then_the_next_run_succeeds_and_verify_is_clean() {
+    let s3 = S3Server::start();
+    let probe = Site::new("");
+    let creds = credentials(&probe, "admin.key", &s3.admin);
+    let site = Site::with_target("", &s3.target("kill", &creds, ""));
+    // 96 MiB of random data: six packs, uploaded one by one.
+    let vol = site.create_volume("data", 128 * MIB);
+    let f = File::options().write(true).open(&vol).unwrap();
+    for i in 0..6 {
+        f.write_all_at(&noise(40 + 2 * i, 16 * MIB), i * 16 * MIB)
+            .unwrap();
+    }
+    drop(f);
+    let packs = |keys: &[String]| keys.iter().filter(|k| k.starts_with("data/")).count();
+    type Ready<'a> = &'a dyn Fn(&[String]) -> bool;
+    let points: [(&str, Ready); 3] = [
+        ("session open, nothing uploaded", &|k| {
+            k.iter().any(|k| k.starts_with("locks/"))
+        }),
+        ("first pack uploaded", &|k| packs(k) >= 1),
+        ("three packs uploaded", &|k| packs(k) >= 3),
+    ];
+    for (what, ready) in points {
+        kill_backup_when(&site, &s3, what, ready);
+        let keys: Vec<String> = s3.objects("kill").into_iter().map(|o| o.0).collect();
+        assert!(
+            !keys.iter().any(|k| k.starts_with("backups/")),
+            "{what}: a manifest was written before its data: {keys:?}"
+        );
+    }
+    let id = backup_id(&site.cbf(&["backup", "run", "data"]));
+    let run = site.cb("state", &["backup", "verify", "--all"]);
+    ok(&run);
+    assert_eq!(run.stdout.matches("ok ").count(), 1, "{}", run.stdout);
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "back"]));
+    assert_eq!(sha256(&site.volume_path("back").unwrap()), sha256(&vol));
+    // The killed runs' packs are unreferenced: prune removes them.
+    let run = site.cbf(&["backup", "prune"]);
+    ok(&run);
+    let run = site.cb("state", &["backup", "verify", "--all"]);
+    ok(&run);
+}

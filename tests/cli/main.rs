@@ -15,6 +15,7 @@
 mod agent;
 mod architecture;
 mod backup;
+mod backup_crypt;
 mod backup_s3;
 mod converge;
 mod examples;
