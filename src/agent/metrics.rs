@@ -112,6 +112,8 @@ pub struct Metrics {
     pub backups_running: u64,
     /// Per policy: unix time of the next run.
     pub backup_next_run: BTreeMap<String, f64>,
+    /// The fleet, with `--etcd`.
+    pub fleet: Option<super::fleet::FleetStatus>,
 }
 
 impl Default for Metrics {
@@ -136,6 +138,7 @@ impl Default for Metrics {
             backup_duration: Histogram::new(BACKUP_BUCKETS),
             backups_running: 0,
             backup_next_run: BTreeMap::new(),
+            fleet: None,
         }
     }
 }
@@ -445,6 +448,9 @@ impl Metrics {
                 *t,
             );
         }
+        if let Some(f) = &self.fleet {
+            fleet(&mut o, f);
+        }
         o.0
     }
 
@@ -460,6 +466,117 @@ impl Metrics {
         *self.backup_runs.entry(key).or_default() += 1;
         self.backup_duration.observe(seconds);
     }
+}
+
+/// The fleet's families (only with `--etcd`).
+#[allow(clippy::too_many_lines)] // one block per family, in output order
+fn fleet(o: &mut Out, f: &super::fleet::FleetStatus) {
+    o.family(
+        "cinderblock_fleet_up",
+        "gauge",
+        "1 while etcd answers; 0 is FleetUnavailable (the reason is in /status and /readyz).",
+    );
+    o.sample(
+        "cinderblock_fleet_up",
+        &[],
+        f64::from(u8::from(f.available)),
+    );
+    o.family(
+        "cinderblock_fleet_unavailable_info",
+        "gauge",
+        "FleetUnavailable with its reason, while etcd does not answer.",
+    );
+    if !f.available {
+        let reason = f.reason.as_deref().unwrap_or("etcd is unreachable");
+        o.sample(
+            "cinderblock_fleet_unavailable_info",
+            &[("reason", "FleetUnavailable"), ("message", reason)],
+            1.0,
+        );
+    }
+    o.family(
+        "cinderblock_fleet_leader",
+        "gauge",
+        "1 while this agent is the fleet's elected placer.",
+    );
+    o.sample(
+        "cinderblock_fleet_leader",
+        &[],
+        f64::from(u8::from(f.is_leader)),
+    );
+    o.family(
+        "cinderblock_fleet_leader_info",
+        "gauge",
+        "The host whose agent places volumes.",
+    );
+    if let Some(l) = &f.leader {
+        o.sample("cinderblock_fleet_leader_info", &[("host", l)], 1.0);
+    }
+    o.family(
+        "cinderblock_fleet_hosts",
+        "gauge",
+        "Hosts of the fleet by state (up: lease held; down: published, lease expired).",
+    );
+    o.sample(
+        "cinderblock_fleet_hosts",
+        &[("state", "up")],
+        as_f64(f.hosts_up.len() as u64),
+    );
+    o.sample(
+        "cinderblock_fleet_hosts",
+        &[("state", "down")],
+        as_f64(f.hosts_down.len() as u64),
+    );
+    o.family(
+        "cinderblock_fleet_placements",
+        "gauge",
+        "Placements recorded in etcd.",
+    );
+    o.sample(
+        "cinderblock_fleet_placements",
+        &[],
+        as_f64(f.placements as u64),
+    );
+    o.family(
+        "cinderblock_fleet_placements_made_total",
+        "counter",
+        "Placements this agent wrote as the placer.",
+    );
+    o.sample(
+        "cinderblock_fleet_placements_made_total",
+        &[],
+        as_f64(f.placed_here),
+    );
+    o.family(
+        "cinderblock_fleet_unavailable_volumes",
+        "gauge",
+        "Volumes placed on or held by hosts that are down.",
+    );
+    o.sample(
+        "cinderblock_fleet_unavailable_volumes",
+        &[],
+        as_f64(f.unavailable_volumes.len() as u64),
+    );
+    o.family(
+        "cinderblock_fleet_etcd_requests_total",
+        "counter",
+        "Requests sent to etcd.",
+    );
+    o.sample(
+        "cinderblock_fleet_etcd_requests_total",
+        &[],
+        as_f64(f.etcd_requests),
+    );
+    o.family(
+        "cinderblock_fleet_etcd_errors_total",
+        "counter",
+        "etcd requests that failed or timed out.",
+    );
+    o.sample(
+        "cinderblock_fleet_etcd_errors_total",
+        &[],
+        as_f64(f.etcd_errors),
+    );
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub struct Status {
     pub last_success: Option<DateTime<Utc>>,
     /// Reconciles run since the agent started.
     pub reconcile_count: u64,
-    /// `Ready`, `Stalled`, `SourceReady`.
+    /// `Ready`, `Stalled`, `SourceReady`, and `FleetReady` with `--etcd`.
     pub conditions: Vec<Condition>,
     /// Per-object state, sorted by address.
     pub objects: Vec<ObjectStatus>,
@@ -54,6 +54,9 @@ pub struct Status {
     pub backends: Vec<BackendStatus>,
     /// Backup schedules and per-volume results.
     pub backups: BackupsStatus,
+    /// The fleet, when the agent runs with `--etcd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::FleetStatus>,
 }
 
 /// The process behind the document.
@@ -271,9 +274,19 @@ impl Status {
         if self.reconcile_count == 0 {
             return Some("the first reconcile has not finished".to_owned());
         }
-        let stalled = self.conditions.iter().find(|c| c.type_ == "Stalled")?;
-        (stalled.status == "True")
-            .then(|| format!("stalled: {}: {}", stalled.reason, stalled.message))
+        if let Some(stalled) = self
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True")
+        {
+            return Some(format!("stalled: {}: {}", stalled.reason, stalled.message));
+        }
+        // Local work goes on without etcd, but new placements and
+        // cross-host steps wait: not ready, and why.
+        self.conditions
+            .iter()
+            .find(|c| c.type_ == "FleetReady" && c.status == "False")
+            .map(|c| format!("{}: {}", c.reason, c.message))
     }
 }
 

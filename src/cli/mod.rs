@@ -10,6 +10,7 @@
 mod agent;
 mod backup;
 mod backup_due;
+mod fleet;
 mod plan;
 mod validate;
 
@@ -51,6 +52,8 @@ pub(crate) struct GlobalArgs {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    pub(crate) etcd: fleet::EtcdArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -240,3 +240,14 @@ pub fn backends_of<'s>(set: &'s ManifestSet, host: &str) -> Vec<&'s Name> {
         .map(|(n, _)| n)
         .collect()
 }
+
+/// This host's iSCSI initiator name (`/etc/iscsi/initiatorname.iscsi`),
+/// published for cross-host migrations; `None` without open-iscsi.
+pub fn local_initiator() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/iscsi/initiatorname.iscsi").ok()?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("InitiatorName="))
+        .map(str::trim)
+        .find(|n| n.parse::<crate::manifest::values::IscsiName>().is_ok())
+        .map(str::to_owned)
+}

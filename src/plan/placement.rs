@@ -195,6 +195,13 @@ impl<'a> Placer<'a> {
         let v = name.as_str();
         if let Some(pin) = &doc.spec.backend {
             self.location.insert(v, pin.as_str().to_owned());
+            // A pinned volume to be made counts on its back end, as a
+            // placed one does.
+            if !self.input.existing.contains_key(v) && self.input.world.backends.contains_key(pin) {
+                let extent = self.input.world.backends.get(pin).map_or(1, |b| b.extent);
+                self.sched
+                    .commit(pin, round_up(doc.spec.size.bytes(), extent));
+            }
             return;
         }
         if let Some(pl) = self.input.placements.get(v) {
