@@ -275,11 +275,14 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
         return;
     }
     match a.op {
-        Op::Create { .. } | Op::CreatePool { .. } => r.added += 1,
+        Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+            r.added += 1;
+        }
         Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
         Op::Extend { .. }
         | Op::Record { .. }
         | Op::Export { .. }
+        | Op::DiscoveryAuth { .. }
         | Op::Unexport { .. }
         | Op::Migrate { .. } => {
             r.changed += 1;
@@ -338,6 +341,14 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
             "unexport {} id={uuid} {}",
             a.address,
             iqn.as_deref().unwrap_or_default()
+        ),
+        Op::DiscoveryAuth { mutual, .. } => format!(
+            "set iSCSI discovery authentication{}",
+            if mutual.is_some() {
+                " with mutual CHAP"
+            } else {
+                ""
+            }
         ),
         Op::Migrate {
             uuid,
@@ -511,6 +522,17 @@ fn copy_image_in(
     Ok(())
 }
 
+/// Reads a CHAP secret where a manifest points (at apply time only; the
+/// error names the source, never the content).
+fn read_secret(r: &crate::manifest::kinds::SecretRef) -> Result<crate::iscsi::chap::Chap, String> {
+    crate::iscsi::chap::read(
+        r.file
+            .as_ref()
+            .map(crate::manifest::values::AbsPath::as_path),
+        r.env.as_deref(),
+    )
+}
+
 fn file_alloc(a: Allocation) -> file::Allocation {
     match a {
         Allocation::Sparse => file::Allocation::Sparse,
@@ -678,6 +700,8 @@ fn run(
             initiators,
             portals,
             chap,
+            mutual,
+            rehome,
             ..
         } => {
             let uuid = uuid
@@ -709,24 +733,17 @@ fn run(
                     lb.device(&lvm::tags::lv_name(crate::model::ObjKind::Volume, uuid)),
                 ),
             };
-            let chap = chap
-                .as_ref()
-                .map(|r| {
-                    lio::read_chap(
-                        r.file
-                            .as_ref()
-                            .map(crate::manifest::values::AbsPath::as_path),
-                        r.env.as_deref(),
-                    )
-                })
-                .transpose()?;
             let spec = lio::ExportSpec {
                 uuid,
-                iqn: iqn.clone().unwrap_or_else(|| lio::default_iqn(uuid)),
+                iqn: iqn
+                    .clone()
+                    .unwrap_or_else(|| crate::iscsi::names::default_iqn(uuid)),
                 device,
                 initiators: initiators.clone(),
-                chap,
+                chap: chap.as_ref().map(read_secret).transpose()?,
+                mutual: mutual.as_ref().map(read_secret).transpose()?,
                 portals: portals.clone(),
+                rehome: *rehome,
             };
             lio::LioDriver::new(lio::root())
                 .export(&spec)
@@ -735,6 +752,13 @@ fn run(
         Op::Unexport { uuid, .. } => lio::LioDriver::new(lio::root())
             .unexport(*uuid, false)
             .map_err(|e| crate::error_chain(&e)),
+        Op::DiscoveryAuth { chap, mutual, .. } => {
+            let chap = read_secret(chap)?;
+            let mutual = mutual.as_ref().map(read_secret).transpose()?;
+            lio::LioDriver::new(lio::root())
+                .discovery_auth(&chap, mutual.as_ref())
+                .map_err(|e| crate::error_chain(&e))
+        }
         Op::Delete { uuid, backend, .. } => {
             let change = match target(world, backend)? {
                 Target::File(fb, _) => fb.delete(*uuid).map_err(err)?,

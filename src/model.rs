@@ -7,7 +7,8 @@
 //! back end stores with an object: `ready`, or an operation in flight),
 //! [`Health`] (how discovery judges an object: its mark, plus what only a
 //! look at the data shows), [`Change`] (whether an idempotent step did
-//! anything), the inventory ([`Observed`], [`Inventory`], [`Discovery`]),
+//! anything), the inventory ([`Observed`] with what holds it open,
+//! [`InUse`], [`Inventory`], [`Discovery`]),
 //! capacity ([`Capacity`]) and [`round_up`].
 //!
 //! Invariants: a leaf. It uses nothing of this crate, so every module may
@@ -177,11 +178,48 @@ pub struct Observed {
     pub allocated: Option<u64>,
     /// For snapshots: the volume.
     pub parent: Option<Uuid>,
+    /// What a volume was made from and may still share data with: a file
+    /// clone's source (a reflink shares extents), a thin LV's origin.
+    /// `None` for thick LV copies and volumes made empty.
+    pub clone_of: Option<Uuid>,
     /// Condition.
     pub health: Health,
-    /// In use: an LV that is open (mounted, mapped, exported). Files cannot
-    /// tell, and say `false`.
-    pub in_use: bool,
+    /// What holds it open, when something does (discovery asks
+    /// `crate::inuse`). The planner refuses to delete, replace or move such
+    /// an object.
+    pub in_use: Option<InUse>,
+}
+
+/// Something holds an object open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "by")]
+pub enum InUse {
+    /// A holder this host can name: a process (`pid 4242 (qemu-system-x86)`),
+    /// a loop device, a mount, a stacked device.
+    Named {
+        /// Who, worded to follow "in use by".
+        holder: String,
+    },
+    /// An LV that lvm2 reports open (`lv_device_open`) with no holder visible
+    /// from here: the kernel's users hold no descriptor (an iSCSI backstore,
+    /// a mount in another namespace), nor do other users' processes when
+    /// cinderblock is not root.
+    Unnamed {
+        /// The LV's device.
+        device: String,
+    },
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InUse::Named { holder } => f.write_str(holder),
+            InUse::Unnamed { device } => write!(
+                f,
+                "a holder not visible from this host (lvm2 reports {device} open: an iSCSI backstore, a mount in another namespace, or another user's process)"
+            ),
+        }
+    }
 }
 
 /// Capacity figures of one back end, in bytes, plus what the planner needs

@@ -20,13 +20,15 @@ use std::path::Path;
 use uuid::Uuid;
 
 use crate::file::{self, FileBackend};
+use crate::iscsi::chap::CredentialPrint;
 use crate::lvm;
-use crate::manifest::kinds::{Allocation, BackendSpec, VolumeClear};
+use crate::manifest::kinds::{Allocation, BackendSpec, SecretRef, VolumeClear};
 use crate::manifest::validate::{backend_az, backend_name};
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{Doc, ManifestSet, Name};
 pub use crate::model::{
-    Capacity, Discovery, Health, Inventory, ObjKind, Observed, PoolFill, PoolSizes, SharedSpace,
+    Capacity, Discovery, Health, InUse, Inventory, ObjKind, Observed, PoolFill, PoolSizes,
+    SharedSpace,
 };
 
 /// How a back end stores volumes.
@@ -97,6 +99,13 @@ pub struct World {
     pub missing: Vec<Name>,
     /// This host's iSCSI exports (LIO).
     pub exports: Exports,
+    /// This host's iSCSI discovery authentication (LIO), when the iSCSI
+    /// fabric is loaded.
+    pub discovery_auth: Option<crate::iscsi::configfs::DiscoveryAuth>,
+    /// The CHAP secrets the manifests name (`chapSecretRef`,
+    /// `mutualChapSecretRef`, discovery's), read and reduced to fingerprints
+    /// (never the values), or why they cannot be read.
+    pub secrets: BTreeMap<SecretRef, Result<CredentialPrint, String>>,
     /// The raw files named by this host's `Image` manifests (`source.path`).
     pub image_files: BTreeMap<std::path::PathBuf, Result<ImageFile, String>>,
     /// The catalogued backups (state directory), read only when a volume
@@ -226,14 +235,53 @@ impl Exports {
         }
     }
 
-    /// Reads LIO at `root`.
-    pub fn observe(root: &Path) -> Exports {
+    /// Reads LIO at `root`: our exports, and discovery authentication.
+    pub fn observe(root: &Path) -> (Exports, Option<crate::iscsi::configfs::DiscoveryAuth>) {
         match crate::iscsi::lio::observe(root) {
-            Ok(None) => Exports::Absent,
-            Ok(Some(m)) => Exports::Found(m),
-            Err(e) => Exports::Failed(crate::error_chain(&e)),
+            Ok(None) => (Exports::Absent, None),
+            Ok(Some(o)) => (Exports::Found(o.exports), o.discovery_auth),
+            Err(e) => (Exports::Failed(crate::error_chain(&e)), None),
         }
     }
+}
+
+/// The CHAP secrets `set` names for `host`: every export's (where a volume
+/// lands is the planner's to say, and reading a secret is cheap) and the
+/// discovery credentials of `host`'s back ends, as fingerprints.
+pub fn secrets(
+    set: &ManifestSet,
+    host: &str,
+) -> BTreeMap<SecretRef, Result<CredentialPrint, String>> {
+    let exports = set
+        .volumes
+        .values()
+        .filter_map(|v| v.spec.export.as_ref())
+        .flat_map(|e| {
+            [
+                e.iscsi.chap_secret_ref.as_ref(),
+                e.iscsi.mutual_chap_secret_ref.as_ref(),
+            ]
+        });
+    let discovery = set
+        .backends
+        .values()
+        .filter(|b| is_local(&b.spec, host))
+        .filter_map(|b| b.spec.iscsi.as_ref()?.discovery_auth.as_ref())
+        .flat_map(|d| [Some(&d.chap_secret_ref), d.mutual_chap_secret_ref.as_ref()]);
+    exports
+        .chain(discovery)
+        .flatten()
+        .map(|r| {
+            let read = crate::iscsi::chap::read(
+                r.file
+                    .as_ref()
+                    .map(crate::manifest::values::AbsPath::as_path),
+                r.env.as_deref(),
+            )
+            .map(|c| c.print());
+            (r.clone(), read)
+        })
+        .collect()
 }
 
 /// A backup a new volume can be restored from.
@@ -314,14 +362,17 @@ impl World {
                 }
                 Discovery::Ok(inv) => {
                     for o in &inv.objects {
+                        // Whether it is in use, not by whom: a restarted
+                        // process does not make a saved plan stale.
                         let line = format!(
-                            "{}|{}|{}|{}|{:?}|{:?}\n",
+                            "{}|{}|{}|{}|{:?}|{:?}|{}\n",
                             o.uuid,
                             o.name,
                             o.kind.as_str(),
                             o.size,
                             o.parent,
-                            o.health
+                            o.health,
+                            if o.in_use.is_some() { "in-use" } else { "idle" }
                         );
                         h.update(line.as_bytes());
                     }
@@ -351,10 +402,16 @@ impl World {
                 h.update(e.as_bytes());
             }
             Exports::Found(m) => {
+                // Credentials show as `<fingerprint>`: their values are
+                // compared by the planner, not pinned here (the key is the
+                // process's own).
                 for e in m.values() {
                     h.update(format!("{e:?}\n").as_bytes());
                 }
             }
+        }
+        if let Some(d) = &self.discovery_auth {
+            h.update(format!("discovery-auth|{}\n", d.enforced).as_bytes());
         }
         h.finalize().to_hex()[..32].to_owned()
     }
@@ -372,7 +429,8 @@ pub fn discover(set: &ManifestSet, host: &str, state_dir: &Path) -> World {
     let refs: Vec<&str> = vgs.iter().map(String::as_str).collect();
     let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &refs);
     let mut world = discover_with(set, host, state_dir, &reports);
-    world.exports = Exports::observe(&crate::iscsi::lio::root());
+    (world.exports, world.discovery_auth) = Exports::observe(&crate::iscsi::lio::root());
+    world.secrets = secrets(set, host);
     world.image_files = image_files(set, host);
     world
 }
@@ -407,11 +465,19 @@ pub fn discover_with(
         .filter(|(_, doc)| is_local(&doc.spec, host))
         .collect();
     let mut world = World::default();
+    // Who holds what open: one pass over /proc and the loop devices for the
+    // whole discovery, whatever the number of back ends and volumes.
+    let holders = if local.is_empty() {
+        Ok(crate::inuse::Holders::default())
+    } else {
+        crate::inuse::Holders::scan().map_err(|e| format!("cannot read /proc: {e}"))
+    };
+    let holders = &holders;
     for chunk in local.chunks(DISCOVERY_THREADS) {
         std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
                 .iter()
-                .map(|(_, doc)| scope.spawn(move || view_of(doc, state_dir, lvm_reports)))
+                .map(|(_, doc)| scope.spawn(move || view_of(doc, state_dir, lvm_reports, holders)))
                 .collect();
             for (h, (name, _)) in handles.into_iter().zip(chunk) {
                 if let Ok(view) = h.join() {
@@ -500,18 +566,25 @@ pub fn configured_view(
     }
 }
 
+/// What one scan found holding files and devices open, or why it failed.
+type Scan = Result<crate::inuse::Holders, String>;
+
 fn view_of(
     doc: &Doc<BackendSpec>,
     state_dir: &Path,
     lvm_reports: &lvm::cmd::Reports,
+    holders: &Scan,
 ) -> BackendView {
     let mut view = configured_view(doc, state_dir, Discovery::Failed(String::new()));
     match (&doc.spec.file, &view.driver) {
         (Some(f), Driver::File { root, .. }) => {
-            view.discovery = discover_file(doc, root, f.path.is_in_state());
+            view.discovery = discover_file(doc, root, f.path.is_in_state(), holders);
         }
         (None, Driver::Lvm { .. }) if doc.spec.lvm.is_some() => {
-            let (extent, discovery) = discover_lvm(doc, &view.driver, lvm_reports);
+            let (extent, mut discovery) = discover_lvm(doc, &view.driver, lvm_reports);
+            if let (Discovery::Ok(inv), Ok(h)) = (&mut discovery, holders) {
+                name_lv_holders(inv, h);
+            }
             view.extent = extent;
             view.discovery = discovery;
         }
@@ -545,7 +618,44 @@ fn discover_lvm(
     lvm::inventory::discovery(reports, &cfg, *thin_pool_size)
 }
 
-fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discovery {
+/// Names the holder of each LV lvm2 reports open, where this host can see
+/// one (a process, a loop device, a mount, a stacked device).
+fn name_lv_holders(inv: &mut Inventory, holders: &crate::inuse::Holders) {
+    for o in &mut inv.objects {
+        if let Some(InUse::Unnamed { device }) = &o.in_use
+            && let Some(h) = holders.block_device(Path::new(device))
+        {
+            o.in_use = Some(InUse::Named {
+                holder: h.to_string(),
+            });
+        }
+    }
+}
+
+/// The `file` back end in the model, each object in use when the scan saw
+/// its data file (by device and inode) held open; without the scan the view
+/// is partial (a problem: no deletes).
+fn file_model(inv: &file::discover::Inventory, holders: &Scan) -> Inventory {
+    let mut model = inv.to_model();
+    match holders {
+        Ok(h) => {
+            for o in &mut model.objects {
+                let data = inv.object(o.uuid).and_then(|f| f.data);
+                o.in_use = data
+                    .and_then(|d| h.file(d.id.0, d.id.1))
+                    .map(|h| InUse::Named {
+                        holder: h.to_string(),
+                    });
+            }
+        }
+        Err(e) => model
+            .problems
+            .push(format!("cannot tell which volume files are open ({e})")),
+    }
+    model
+}
+
+fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool, holders: &Scan) -> Discovery {
     let spec = doc.spec.file.as_ref();
     if let Some(share) = spec.and_then(|f| f.share.as_ref()) {
         let options: Vec<String> = spec
@@ -570,7 +680,7 @@ fn discover_file(doc: &Doc<BackendSpec>, root: &Path, in_state: bool) -> Discove
     }
     let backend = FileBackend::new(root, doc.name().as_str());
     match backend.discover() {
-        Ok(inv) => Discovery::Ok(inv.to_model()),
+        Ok(inv) => Discovery::Ok(file_model(&inv, holders)),
         Err(e) => Discovery::Failed(crate::error_chain(&e)),
     }
 }

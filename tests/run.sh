@@ -22,6 +22,12 @@ need_pip run.sh check-jsonschema -- check-jsonschema
 # moto's S3 server (PyPI): the real S3-compatible store the backup tests
 # write to (tests/lib/s3_server.py says why moto).
 need_pip run.sh 'moto[server]' boto3 -- moto_server
+# Supply chain (deny.toml): every dependency's license is an allowed
+# permissive one, no wildcard requirements, crates.io only. Advisories are
+# not checked here: they need the advisory database from the network
+# (README, "Supply chain").
+need_cargo run.sh cargo-deny 0.20.2
+cargo deny --offline --locked check licenses bans sources
 
 # etcd for the fleet tests (tests/cli/fleet_etcd.rs start their own clusters
 # on free loopback ports). Where a service manager runs, Debian's package
@@ -41,3 +47,6 @@ cargo test --locked
 # children that other tests start themselves).
 cargo test --locked --test cli -- --ignored
 cargo test --locked --test lab -- --ignored --test-threads=1
+# Fuzz smoke run: every target of tests/fuzz/ for a few seconds on its seed
+# corpus (installs cargo-fuzz when missing; longer runs: tests/fuzz/README.md).
+bash tests/fuzz/run.sh -t 5

@@ -1041,6 +1041,8 @@ fn subject(a: &Action) -> (ObjKind, String, Option<uuid::Uuid>) {
         Op::CreatePool { backend, pool, .. } => {
             (ObjKind::Volume, format!("pool:{backend}/{pool}"), None)
         }
+        // Host-wide, like a pool: a key no manifest name can take.
+        Op::DiscoveryAuth { .. } => (ObjKind::Volume, "iscsi:discovery-auth".into(), None),
     }
 }
 
@@ -1342,8 +1344,9 @@ mod tests {
             size: 1,
             allocated: None,
             parent,
+            clone_of: None,
             health: Health::Ready,
-            in_use: false,
+            in_use: None,
         };
         let name: crate::manifest::Name = "local".parse().unwrap();
         let view = BackendView {

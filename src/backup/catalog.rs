@@ -260,16 +260,8 @@ pub fn import(
     record: &Record,
     repo_path: Option<&Path>,
 ) -> Result<(Repository, RepoSpec, bool), BackupError> {
-    if record.format != RECORD_FORMAT || record.version != 1 {
-        return Err(BackupError::ManifestVersion {
-            id: record.backup.id,
-            format: record.format.clone(),
-            version: record.version,
-        });
-    }
-    super::format::check_manifest(&record.backup)?;
     // The table must decode and match its digest before anything is written.
-    super::format::decode_table(&record.backup)?;
+    record.check()?;
     let spec = match (repo_path, &record.repository.target) {
         (Some(p), _) => RepoSpec::dir(p),
         (None, Some(t)) => t.clone(),

@@ -387,7 +387,7 @@ const SCRATCH_PREFIX: &str = ".backup-";
 /// 1. a `FICLONE` reflink into `ROOT/.cinderblock/.backup-<id>.tmp-<pid>`
 ///    (atomic, O(1));
 /// 2. where the filesystem has no reflink (ext4), the volume itself, when
-///    nothing else holds it ([`crate::file::inuse`]) and the manifests do not
+///    nothing else holds it ([`crate::inuse`]) and the manifests do not
 ///    export it: the caller holds the state lock, so nothing of ours writes
 ///    it either, and copying it first would only write every data byte once
 ///    more (measured: the copy was 5.5 s of an 8.1 s full backup);
@@ -406,8 +406,8 @@ fn point_in_time(
     let holder = if spec.exported {
         Some("an iSCSI export in the manifests".to_owned())
     } else {
-        match crate::file::inuse::holder(volume) {
-            Ok(h) => h,
+        match crate::inuse::holder(volume) {
+            Ok(h) => h.map(|h| h.to_string()),
             Err(e) => Some(format!("unknown (cannot read /proc: {e})")),
         }
     };

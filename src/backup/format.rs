@@ -27,6 +27,9 @@ pub const REPO_VERSION: u32 = 1;
 /// layout with every pack blob, trailer, index file and manifest sealed and
 /// chunk ids keyed.
 pub const REPO_VERSION_ENCRYPTED: u32 = 2;
+/// The chunk id of an encrypted repository (`encryption.chunkId`): keyed
+/// BLAKE3.
+pub const CHUNK_ID_KEYED: &str = "blake3-keyed";
 /// Bytes per chunk (see the module docs of [`crate::backup`] for why 64 KiB).
 pub const CHUNK_SIZE: u32 = 64 * 1024;
 /// The only chunk hash of version 1.
@@ -301,6 +304,52 @@ pub struct Encryption {
     pub aead: String,
     /// The chunk id: `blake3-keyed`.
     pub chunk_id: String,
+}
+
+/// Parses and checks the bytes of the `config` of the repository at
+/// `location` (named in the errors): the format and version first, so a
+/// newer repository is reported as such rather than as a parse error, then
+/// the geometry this build reads.
+pub fn decode_config(location: &str, bytes: &[u8]) -> Result<RepoConfig, BackupError> {
+    #[derive(Deserialize)]
+    struct Head {
+        format: String,
+        version: u32,
+    }
+    let bad = |source| BackupError::Json {
+        path: std::path::PathBuf::from(format!("{location}/config")),
+        source,
+    };
+    let head: Head = serde_json::from_slice(bytes).map_err(bad)?;
+    if head.format != REPO_FORMAT
+        || (head.version != REPO_VERSION && head.version != REPO_VERSION_ENCRYPTED)
+    {
+        return Err(BackupError::RepoVersion {
+            location: location.to_owned(),
+            format: head.format,
+            version: head.version,
+        });
+    }
+    let config: RepoConfig = serde_json::from_slice(bytes).map_err(bad)?;
+    let encrypted = head.version == REPO_VERSION_ENCRYPTED;
+    if config.chunk_size != CHUNK_SIZE
+        || config.hash != HASH
+        || encrypted != config.encryption.is_some()
+        || config
+            .encryption
+            .as_ref()
+            .is_some_and(|e| e.aead != super::crypto::AEAD || e.chunk_id != CHUNK_ID_KEYED)
+    {
+        return Err(BackupError::RepoVersion {
+            location: location.to_owned(),
+            format: format!(
+                "{} (chunk {} {})",
+                head.format, config.chunk_size, config.hash
+            ),
+            version: head.version,
+        });
+    }
+    Ok(config)
 }
 
 /// One blob in a pack: identity, codec and lengths. Offsets are implied by
@@ -645,6 +694,18 @@ pub fn check_manifest(m: &Manifest) -> Result<(), BackupError> {
     Ok(())
 }
 
+/// Parses the bytes of the manifest file at `path` and checks its header
+/// ([`check_manifest`]); the chunk table is decoded when it is used
+/// ([`decode_table`]).
+pub fn decode_manifest(path: &std::path::Path, bytes: &[u8]) -> Result<Manifest, BackupError> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|source| BackupError::Json {
+        path: path.to_owned(),
+        source,
+    })?;
+    check_manifest(&m)?;
+    Ok(m)
+}
+
 /// Where the repository of an export record lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -672,6 +733,24 @@ pub struct Record {
     pub repository: RecordRepository,
     /// The backup's manifest, byte-for-byte what the repository holds.
     pub backup: Manifest,
+}
+
+impl Record {
+    /// Checks a record on its own, before any repository is touched: its
+    /// format and version, its manifest's header, and that the chunk table
+    /// decodes and matches its digest.
+    pub fn check(&self) -> Result<(), BackupError> {
+        if self.format != RECORD_FORMAT || self.version != 1 {
+            return Err(BackupError::ManifestVersion {
+                id: self.backup.id,
+                format: self.format.clone(),
+                version: self.version,
+            });
+        }
+        check_manifest(&self.backup)?;
+        decode_table(&self.backup)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -30,8 +30,8 @@ use uuid::Uuid;
 use super::BackupError;
 use super::crypto::{self, Crypto, DataKey, KeyFile, Place, RepoKey};
 use super::format::{
-    self, BlobEntry, CHUNK_SIZE, Codec, Digest, HASH, Manifest, PACK_SIZE, REPO_FORMAT,
-    REPO_VERSION, REPO_VERSION_ENCRYPTED, RepoConfig,
+    self, BlobEntry, CHUNK_ID_KEYED, CHUNK_SIZE, Codec, Digest, HASH, Manifest, PACK_SIZE,
+    REPO_FORMAT, REPO_VERSION, REPO_VERSION_ENCRYPTED, RepoConfig,
 };
 use super::store::{Created, DirStore, Put, Store};
 use crate::state::atomic::fsync_dir;
@@ -57,9 +57,6 @@ pub struct Repository {
 
 /// Key of the config object.
 const CONFIG: &str = "config";
-/// The chunk id of encrypted repositories.
-const CHUNK_ID_KEYED: &str = "blake3-keyed";
-
 /// Writes `keys/<uuid>.json`: `master` of repository `id` wrapped under `key`.
 fn write_key_file(
     store: &dyn Store,
@@ -115,48 +112,11 @@ impl Repository {
     /// a key that does not open it is refused here, before anything is
     /// read or written.
     pub fn open_store(store: Arc<dyn Store>, key: Option<&RepoKey>) -> Result<Self, BackupError> {
-        #[derive(Deserialize)]
-        struct Head {
-            format: String,
-            version: u32,
-        }
         let location = store.location();
         let Some(bytes) = store.get(CONFIG)? else {
             return Err(BackupError::NotARepository { location });
         };
-        let bad = |source| BackupError::Json {
-            path: PathBuf::from(format!("{location}/{CONFIG}")),
-            source,
-        };
-        let head: Head = serde_json::from_slice(&bytes).map_err(bad)?;
-        if head.format != REPO_FORMAT
-            || (head.version != REPO_VERSION && head.version != REPO_VERSION_ENCRYPTED)
-        {
-            return Err(BackupError::RepoVersion {
-                location,
-                format: head.format,
-                version: head.version,
-            });
-        }
-        let config: RepoConfig = serde_json::from_slice(&bytes).map_err(bad)?;
-        let encrypted = head.version == REPO_VERSION_ENCRYPTED;
-        if config.chunk_size != CHUNK_SIZE
-            || config.hash != HASH
-            || encrypted != config.encryption.is_some()
-            || config
-                .encryption
-                .as_ref()
-                .is_some_and(|e| e.aead != crypto::AEAD || e.chunk_id != CHUNK_ID_KEYED)
-        {
-            return Err(BackupError::RepoVersion {
-                location,
-                format: format!(
-                    "{} (chunk {} {})",
-                    head.format, config.chunk_size, config.hash
-                ),
-                version: head.version,
-            });
-        }
+        let config = format::decode_config(&location, &bytes)?;
         let crypto = match (&config.encryption, key) {
             (None, None) => None,
             (None, Some(_)) => return Err(BackupError::NotEncrypted { location }),
@@ -717,12 +677,7 @@ impl Repository {
 }
 
 fn parse_manifest(bytes: &[u8], at: &str) -> Result<Manifest, BackupError> {
-    let m: Manifest = serde_json::from_slice(bytes).map_err(|source| BackupError::Json {
-        path: PathBuf::from(at),
-        source,
-    })?;
-    format::check_manifest(&m)?;
-    Ok(m)
+    format::decode_manifest(Path::new(at), bytes)
 }
 
 /// A pack opened for reading blobs.

@@ -359,6 +359,8 @@ struct FoundVolume {
     name: String,
     backend: String,
     size: u64,
+    /// lvm2 reports its LV open (files: always `false`; ask `inuse`).
+    open: bool,
 }
 
 /// Every `lvm` back end of this host in the manifests: (name, driver).
@@ -414,11 +416,11 @@ fn find_lvm_volume(
             .iter()
             .find_map(|lv| match tags::ownership(lv, n.as_str()) {
                 Ownership::Ours(o) if o.kind == ObjKind::Volume && o.name == volume => {
-                    Some((o, lv.size))
+                    Some((o, lv.size, lv.attr.open))
                 }
                 _ => None,
             });
-        if let Some((o, size)) = found {
+        if let Some((o, size, open)) = found {
             if o.mark != crate::model::Mark::Ready {
                 bail!(
                     "Volume {volume} ({}) is {}, not ready",
@@ -433,6 +435,7 @@ fn find_lvm_volume(
                     name: o.name,
                     backend: n.to_string(),
                     size,
+                    open,
                 },
             ));
         }
@@ -492,6 +495,7 @@ fn run_one(
                 name: object.name.clone(),
                 backend: backend.backend().to_owned(),
                 size: object.size,
+                open: false,
             };
             (Found::File(backend), v)
         }
@@ -949,6 +953,15 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     let table = format::decode_table(&m)?;
     let _lock = StateLock::acquire(state, "backup restore")?;
     let existing = find_volume(&[(backend_name.clone(), backend.clone())], to.as_str())?;
+    if a.overwrite
+        && let Some((_, obj)) = &existing
+        && let Some(holder) = in_use(&backend.data_path(obj.kind, obj.uuid))?
+    {
+        bail!(
+            "volume {to} ({} on {backend_name}) is in use by {holder}; restoring over it would change its data under its user: stop or detach it first, or restore into a new volume (--to NAME)",
+            obj.uuid
+        );
+    }
     let _session = repo.session(repo::SessionKind::Shared, "backup restore")?;
     let index = repo.load_index()?;
     let mut journal = Journal::open(state)?;
@@ -1025,6 +1038,17 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
     )
 }
 
+/// Who else holds the file at `path` open ([`crate::inuse`]), as text.
+fn in_use(path: &Path) -> anyhow::Result<Option<String>> {
+    match crate::inuse::holder(path) {
+        Ok(h) => Ok(h.map(|h| h.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => {
+            Err(anyhow!(e).context("cannot tell whether the volume is in use (reading /proc)"))
+        }
+    }
+}
+
 /// `backup restore` into an `lvm` back end: a new LV (thin: holes stay
 /// unprovisioned; thick: every gap zeroed), tagged `creating` until the data
 /// is in and removed again if the restore fails; or, with `--overwrite`, an
@@ -1062,6 +1086,28 @@ fn restore_lvm(
     let bar = Bar::new(&format!("restore {to}"));
     let result = (|| -> anyhow::Result<(Uuid, restore::RestoreStats)> {
         if let Some(v) = existing {
+            let path = lvm.device(&crate::lvm::tags::lv_name(
+                crate::model::ObjKind::Volume,
+                v.uuid,
+            ));
+            if v.open {
+                let holder = crate::inuse::Holders::scan()
+                    .ok()
+                    .and_then(|h| h.block_device(&path))
+                    .map_or_else(
+                        || {
+                            format!(
+                                "a holder not visible from this host (lvm2 reports {} open)",
+                                path.display()
+                            )
+                        },
+                        |h| h.to_string(),
+                    );
+                bail!(
+                    "volume {to} ({} on {backend_name}) is in use by {holder}; restoring over it would change its data under its user: stop or detach it first, or restore into a new volume (--to NAME)",
+                    v.uuid
+                );
+            }
             if v.size < m.volume.size {
                 bail!(
                     "volume {to} holds {} bytes, less than the backup's {}; extend it first",
@@ -1069,10 +1115,6 @@ fn restore_lvm(
                     m.volume.size
                 );
             }
-            let path = lvm.device(&crate::lvm::tags::lv_name(
-                crate::model::ObjKind::Volume,
-                v.uuid,
-            ));
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)

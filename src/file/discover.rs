@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::FileError;
 use super::meta::{self, META_DIR, ObjectMeta};
 pub use crate::model::Health;
-use crate::model::{self, Mark, Observed};
+use crate::model::{self, Mark, ObjKind, Observed};
 
 /// Sizes of a data file as the filesystem reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,9 @@ pub struct DataStat {
     pub len: u64,
     /// Allocated bytes (`st_blocks` × 512).
     pub allocated: u64,
+    /// The file's identity (`st_dev`, `st_ino`): what open descriptors are
+    /// matched against ([`crate::inuse`]).
+    pub id: (u64, u64),
 }
 
 /// An object carrying our metadata.
@@ -142,8 +145,10 @@ impl Inventory {
 }
 
 impl Inventory {
-    /// This back end in the shared model: our objects (files cannot tell
-    /// whether they are in use), capacity as unprivileged users see it,
+    /// This back end in the shared model: our objects (whether one is in
+    /// use is for discovery to say: `observe` matches each data file's
+    /// identity against one scan of open files), capacity as unprivileged
+    /// users see it,
     /// foreign entries by name, problems with their paths.
     pub fn to_model(&self) -> model::Inventory {
         let objects = self
@@ -156,7 +161,12 @@ impl Inventory {
                 size: o.meta.size,
                 allocated: o.data.map(|d| d.allocated),
                 parent: o.meta.parent,
-                in_use: false,
+                clone_of: o
+                    .meta
+                    .source
+                    .filter(|_| o.meta.kind != ObjKind::Snapshot)
+                    .map(|s| s.uuid),
+                in_use: None,
                 health: o.health,
             })
             .collect();
@@ -291,6 +301,7 @@ fn scan_root(
                             DataStat {
                                 len: stat.len(),
                                 allocated: stat.blocks() * 512,
+                                id: (stat.dev(), stat.ino()),
                             },
                         );
                     } else {

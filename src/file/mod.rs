@@ -54,7 +54,6 @@
 
 pub mod copy;
 pub mod discover;
-pub mod inuse;
 pub mod meta;
 pub mod mount;
 
@@ -173,6 +172,14 @@ pub enum FileError {
         uuid: Uuid,
         /// What contradicts.
         reason: String,
+    },
+    /// Something else holds the object's data file open.
+    #[error("{path} is in use by {holder}; not removing it")]
+    InUse {
+        /// The data file.
+        path: PathBuf,
+        /// Who holds it ([`crate::inuse::Holder`], or why that cannot be told).
+        holder: String,
     },
     /// Copying data for a snapshot or clone failed.
     #[error("cannot copy data for {uuid}")]
@@ -558,17 +565,29 @@ impl FileBackend {
     }
 
     /// Deletes an object carrying our mark: data, then metadata. Absent is
-    /// `Unchanged`; another owner's object is refused.
+    /// `Unchanged`; another owner's object is refused, and so is one whose
+    /// data file another process or a loop device holds open
+    /// ([`FileError::InUse`]).
     pub fn delete(&self, uuid: Uuid) -> Result<Change, FileError> {
         self.check_root()?;
         let Some(mut meta) = self.get(uuid)? else {
             return Ok(Change::Unchanged);
         };
+        let data = self.data_path(meta.kind, uuid);
+        // The planner refuses this already; the check here closes the gap
+        // between plan and apply (as lvremove refuses an open LV).
+        let holder = match crate::inuse::holder(&data) {
+            Ok(h) => h.map(|h| h.to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!("an unknown holder (cannot read /proc: {e})")),
+        };
+        if let Some(holder) = holder {
+            return Err(FileError::InUse { path: data, holder });
+        }
         if meta.state != Mark::Deleting {
             meta.state = Mark::Deleting;
             meta::write_sidecar(&self.root, &meta)?;
         }
-        let data = self.data_path(meta.kind, uuid);
         match fs::remove_file(&data) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

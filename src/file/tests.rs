@@ -108,11 +108,13 @@ fn sparse_create_allocates_nothing_and_is_idempotent() {
     assert_eq!(obj.health, Health::Ready);
     assert_eq!(obj.meta.name, "db");
     assert_eq!(obj.meta.owner.backend, "local");
+    let file = std::fs::metadata(be.data_path(ObjKind::Volume, id(1))).unwrap();
     assert_eq!(
         obj.data,
         Some(DataStat {
             len: GIB,
-            allocated: 0
+            allocated: 0,
+            id: (file.dev(), file.ino()),
         })
     );
     assert_eq!(inv.capacity.provisioned, GIB);
@@ -551,4 +553,36 @@ fn snapshot_needs_a_ready_volume() {
         err.to_string()
             .ends_with("a snapshot needs a volume as its source")
     );
+}
+
+#[test]
+fn a_delete_of_a_file_another_process_holds_is_refused_and_changes_nothing() {
+    let (_dir, be) = backend();
+    be.create(&volume(id(1), "db", 4 * MIB, Allocation::Sparse))
+        .unwrap();
+    let path = be.data_path(ObjKind::Volume, id(1));
+    // qemu stands in: another process holds the volume open
+    #[allow(clippy::disallowed_methods)]
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .stdin(fs::File::open(&path).unwrap())
+        .spawn()
+        .unwrap();
+    let err = be.delete(id(1));
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = err.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{} is in use by pid {} (sleep); not removing it",
+            path.display(),
+            child.id()
+        )
+    );
+    assert!(path.exists());
+    let inv = be.discover().unwrap();
+    assert_eq!(inv.objects[0].health, Health::Ready, "not marked deleting");
+    assert_eq!(be.delete(id(1)).unwrap(), Change::Changed);
+    assert!(!path.exists());
 }

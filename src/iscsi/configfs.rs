@@ -8,8 +8,10 @@
 //!   (in the `exec` side, later) and the text dump used for fixtures both produce a
 //!   `Vec<Entry>`, so the model is built the same way from either.
 //!   Entries hold raw values, CHAP secrets included: never log them.
-//! * [`Lio::from_entries`]: backstores, iSCSI targets, TPGs, portals, LUNs, ACLs with
-//!   mapped LUNs, and whether CHAP credentials are set.
+//! * [`Lio::from_entries`]: backstores (with a `fileio` backstore's size), iSCSI
+//!   targets, TPGs, portals, LUNs, ACLs with mapped LUNs and their CHAP
+//!   credentials, and discovery authentication. Credentials become
+//!   [`Fingerprint`]s as they are read (see [`super::chap`]).
 //!
 //! The text dump ([`parse_dump`]) has one entry per line, sorted:
 //!
@@ -22,13 +24,16 @@
 //!
 //! It is written by `configfs_dump` in `tests/lab/guest/lib.sh`.
 //!
-//! Invariants: the model never holds a CHAP secret (only whether one is set); entries
+//! Invariants: the model never holds a CHAP secret or user name, only their
+//! fingerprints (`NULL`, LIO's "not set", reads as absent); entries
 //! it does not know are ignored (the kernel adds attributes over time) but a known
 //! attribute with a value that does not parse is an error naming its path; the model's
 //! lists are sorted (backstores by HBA and name, targets by IQN, TPGs by tag, LUNs by
 //! index), so equal trees give equal models.
 
 use std::collections::BTreeMap;
+
+use super::chap::{CredentialPrint, Fingerprint, NULL};
 
 /// One node of the configfs tree, its path relative to `/sys/kernel/config/target`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +215,10 @@ pub struct Backstore {
     pub udev_path: Option<String>,
     /// `wwn/vpd_unit_serial`, without its `T10 VPD Unit Serial Number: ` label.
     pub unit_serial: Option<String>,
+    /// The size LIO gives the LUN, for `fileio` (`Size:` in `info`: the
+    /// `fd_dev_size` it was configured with; it does not follow the file).
+    /// `None` for block devices, whose size LIO reads from the device.
+    pub size: Option<u64>,
 }
 
 impl Backstore {
@@ -284,18 +293,25 @@ pub struct MappedLun {
     pub write_protect: bool,
 }
 
-/// CHAP settings of an ACL (`auth/`): the user names, and only *whether* the secrets
-/// are set, so that a model can be printed or logged safely.
+/// CHAP settings of an ACL or of discovery (`auth/`), as fingerprints, so that
+/// a model can be printed or logged safely.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChapPresence {
-    /// `auth/userid`, if set.
-    pub userid: Option<String>,
-    /// `auth/password` is non-empty.
-    pub password_set: bool,
-    /// `auth/userid_mutual`, if set.
-    pub mutual_userid: Option<String>,
-    /// `auth/password_mutual` is non-empty.
-    pub mutual_password_set: bool,
+    /// `userid` and `password`, when both are set: what the initiator must
+    /// present.
+    pub one_way: Option<CredentialPrint>,
+    /// `userid_mutual` and `password_mutual`, when both are set: what the
+    /// target answers with when the initiator asks it to authenticate itself.
+    pub mutual: Option<CredentialPrint>,
+}
+
+/// `iscsi/discovery_auth`: `SendTargets` discovery's authentication, host-wide.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiscoveryAuth {
+    /// `enforce_discovery_auth` is 1.
+    pub enforced: bool,
+    /// The credentials.
+    pub chap: ChapPresence,
 }
 
 /// The LIO configuration seen in configfs.
@@ -305,9 +321,8 @@ pub struct Lio {
     pub backstores: Vec<Backstore>,
     /// iSCSI targets, by name.
     pub iscsi_targets: Vec<IscsiTarget>,
-    /// `iscsi/discovery_auth/enforce_discovery_auth` is 1; `None` when the iSCSI
-    /// fabric is not loaded.
-    pub discovery_auth_enforced: Option<bool>,
+    /// `iscsi/discovery_auth`; `None` when the iSCSI fabric is not loaded.
+    pub discovery_auth: Option<DiscoveryAuth>,
 }
 
 /// Entries indexed by path, with typed readers that name the path on error.
@@ -373,6 +388,27 @@ impl<'a> Tree<'a> {
     fn nonempty(&self, path: &str) -> Option<String> {
         self.text(path).filter(|v| !v.is_empty()).map(str::to_owned)
     }
+
+    /// A secret attribute as a fingerprint: `None` when empty or `NULL`. The
+    /// value is not trimmed (LIO keeps what was written, and so compares).
+    fn print(&self, path: &str) -> Option<Fingerprint> {
+        let v = self.attrs.get(path)?;
+        (!v.is_empty() && *v != NULL).then(|| Fingerprint::of(v.as_bytes()))
+    }
+
+    /// The credentials in `dir` (`auth/` of an ACL, or `discovery_auth`).
+    fn chap(&self, dir: &str) -> ChapPresence {
+        let pair = |user: &str, password: &str| {
+            Some(CredentialPrint {
+                user: self.print(&format!("{dir}/{user}"))?,
+                password: self.print(&format!("{dir}/{password}"))?,
+            })
+        };
+        ChapPresence {
+            one_way: pair("userid", "password"),
+            mutual: pair("userid_mutual", "password_mutual"),
+        }
+    }
 }
 
 fn child_name<'a>(path: &'a str, parent: &str) -> Option<&'a str> {
@@ -427,9 +463,15 @@ impl Lio {
     /// Builds the model from a tree walk or a parsed dump.
     pub fn from_entries(entries: &[Entry]) -> Result<Lio, ConfigfsError> {
         let tree = Tree::new(entries);
+        let discovery_auth = tree
+            .flag("iscsi/discovery_auth/enforce_discovery_auth")?
+            .map(|enforced| DiscoveryAuth {
+                enforced,
+                chap: tree.chap("iscsi/discovery_auth"),
+            });
         let mut lio = Lio {
             backstores: backstores(&tree)?,
-            discovery_auth_enforced: tree.flag("iscsi/discovery_auth/enforce_discovery_auth")?,
+            discovery_auth,
             ..Lio::default()
         };
         for name in tree.children("iscsi") {
@@ -478,6 +520,10 @@ fn backstores(tree: &Tree<'_>) -> Result<Vec<Backstore>, ConfigfsError> {
                         .trim();
                     (!v.is_empty()).then(|| v.to_owned())
                 });
+            let size = match kind {
+                BackstoreKind::File => tree.text(&format!("{dir}/info")).and_then(fileio_size),
+                _ => None,
+            };
             out.push(Backstore {
                 kind,
                 hba_index,
@@ -485,11 +531,24 @@ fn backstores(tree: &Tree<'_>) -> Result<Vec<Backstore>, ConfigfsError> {
                 enabled,
                 udev_path: tree.nonempty(&format!("{dir}/udev_path")),
                 unit_serial,
+                size,
             });
         }
     }
     out.sort_by(|a, b| (a.kind, a.hba_index, &a.name).cmp(&(b.kind, b.hba_index, &b.name)));
     Ok(out)
+}
+
+/// `Size: N` from a `fileio` backstore's `info`
+/// (`... TCM FILEIO ID: 0        File: /srv/f1  Size: 33554432  Mode: O_DSYNC ...`).
+fn fileio_size(info: &str) -> Option<u64> {
+    let mut words = info.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "Size:" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
 }
 
 fn tpg(tree: &Tree<'_>, dir: &str, tag: u16) -> Result<Tpg, ConfigfsError> {
@@ -553,7 +612,6 @@ fn tpg(tree: &Tree<'_>, dir: &str, tag: u16) -> Result<Tpg, ConfigfsError> {
             });
         }
         mapped_luns.sort_by_key(|m| m.index);
-        let auth = |f: &str| format!("{adir}/auth/{f}");
         let logged_in = tree
             .text(&format!("{adir}/info"))
             .is_some_and(|t| !t.is_empty() && !t.starts_with("No active iSCSI Session"));
@@ -561,12 +619,7 @@ fn tpg(tree: &Tree<'_>, dir: &str, tag: u16) -> Result<Tpg, ConfigfsError> {
             initiator: initiator.to_owned(),
             logged_in,
             mapped_luns,
-            chap: ChapPresence {
-                userid: tree.nonempty(&auth("userid")),
-                password_set: tree.nonempty(&auth("password")).is_some(),
-                mutual_userid: tree.nonempty(&auth("userid_mutual")),
-                mutual_password_set: tree.nonempty(&auth("password_mutual")).is_some(),
-            },
+            chap: tree.chap(&format!("{adir}/auth")),
         });
     }
 
@@ -636,6 +689,7 @@ mod tests {
                 enabled: true,
                 udev_path: Some("/dev/labvg/vol1".into()),
                 unit_serial: Some("lab-vol1-0001".into()),
+                size: None,
             }]
         );
     }
@@ -643,7 +697,13 @@ mod tests {
     #[test]
     fn target_tpg_lun_acl_and_chap_from_the_fixture() {
         let lio = fixture();
-        assert_eq!(lio.discovery_auth_enforced, Some(false));
+        assert_eq!(
+            lio.discovery_auth,
+            Some(DiscoveryAuth {
+                enforced: false,
+                chap: ChapPresence::default()
+            })
+        );
         assert_eq!(
             lio.iscsi_targets,
             [IscsiTarget {
@@ -670,10 +730,12 @@ mod tests {
                             write_protect: false
                         }],
                         chap: ChapPresence {
-                            userid: Some("lab-chap-user".into()),
-                            password_set: true,
-                            mutual_userid: None,
-                            mutual_password_set: false,
+                            one_way: Some(
+                                crate::iscsi::chap::Chap::parse("lab-chap-user:FAKE-lab-secret0")
+                                    .unwrap()
+                                    .print()
+                            ),
+                            mutual: None,
                         },
                     }],
                 }],
@@ -688,7 +750,31 @@ mod tests {
     #[test]
     fn the_model_never_holds_the_secret() {
         assert!(DUMP.contains("auth/password = FAKE-lab-secret0"));
-        assert!(!format!("{:?}", fixture()).contains("FAKE-lab-secret0"));
+        let shown = format!("{:?}", fixture());
+        assert!(!shown.contains("FAKE-lab-secret0"), "{shown}");
+        assert!(!shown.contains("lab-chap-user"), "{shown}");
+    }
+
+    #[test]
+    fn null_credentials_are_unset_and_fileio_sizes_are_read() {
+        let lio = edited(|l| {
+            Some(
+                l.replace("auth/password = FAKE-lab-secret0", "auth/password = NULL")
+                    .replace("d core/iblock_0", "d core/fileio_3")
+                    .replace("core/iblock_0/", "core/fileio_3/"),
+            )
+        })
+        .unwrap();
+        assert_eq!(lio.iscsi_targets[0].tpgs[0].acls[0].chap.one_way, None);
+        assert_eq!(lio.backstores[0].kind, BackstoreKind::File);
+        // The fixture's info is an iblock one: no size in it.
+        assert_eq!(lio.backstores[0].size, None);
+        assert_eq!(
+            fileio_size(
+                "Status: ACTIVATED  Max Queue Depth: 0  SectorSize: 512  HwMaxSectors: 16384\n        TCM FILEIO ID: 0        File: /srv/f1  Size: 67108864  Mode: O_DSYNC Async: 0"
+            ),
+            Some(64 << 20)
+        );
     }
 
     /// The fixture with `edit` applied to its lines.

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use super::report::{FullReport, Lv, LvKind};
 use super::tags::{self, Owned, Ownership};
 use crate::model::{
-    self, Capacity, Discovery, Health, Mark, Observed, PoolFill, PoolSizes, SharedSpace, round_up,
+    self, Capacity, Discovery, Health, InUse, Mark, ObjKind, Observed, PoolFill, PoolSizes,
+    SharedSpace, round_up,
 };
 
 /// Which back end to read from a report.
@@ -72,6 +73,9 @@ pub struct LvObject {
     pub invalid: bool,
     /// Open (in use: mounted, mapped, exported).
     pub open: bool,
+    /// The object of ours this LV is a snapshot of (`origin`): for a thin
+    /// clone, what it shares blocks with. `None` for thick copies.
+    pub origin: Option<uuid::Uuid>,
 }
 
 /// What the report says about one back end.
@@ -203,9 +207,24 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
                     invalid: lv.attr.kind == LvKind::InvalidSnapshot,
                     open: lv.attr.open,
                     owned,
+                    origin: None,
                 });
             }
         }
+    }
+    let origins: BTreeMap<&str, &str> = lvs
+        .iter()
+        .filter_map(|lv| Some((lv.name.as_str(), lv.origin.as_deref()?)))
+        .collect();
+    let uuid_of: BTreeMap<String, uuid::Uuid> = objects
+        .iter()
+        .map(|o| (o.lv.clone(), o.owned.uuid))
+        .collect();
+    for o in &mut objects {
+        o.origin = origins
+            .get(o.lv.as_str())
+            .and_then(|n| uuid_of.get(*n))
+            .copied();
     }
     objects.sort_by_key(|o| o.owned.uuid);
     foreign.sort();
@@ -286,7 +305,12 @@ impl Inventory {
                 size: o.size,
                 allocated: o.allocated,
                 parent: o.owned.parent,
-                in_use: o.open,
+                clone_of: o.origin.filter(|_| o.owned.kind != ObjKind::Snapshot),
+                // Who holds it is for discovery to find out (`observe`
+                // names the holder of `/dev/VG/LV` when it can).
+                in_use: o.open.then(|| InUse::Unnamed {
+                    device: format!("/dev/{}/{}", cfg.vg, o.lv),
+                }),
                 health: if o.invalid && o.owned.mark == Mark::Ready {
                     Health::DataMissing
                 } else {

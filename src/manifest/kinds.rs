@@ -85,6 +85,36 @@ pub struct BackendSpec {
     /// per second (a quantity such as `200Mi`). Default: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_bandwidth: Option<Quantity>,
+    /// iSCSI settings of the host this back end lives on (LIO). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi: Option<BackendIscsi>,
+}
+
+/// `spec.iscsi` of a `Backend`: settings of the host's iSCSI target (LIO).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackendIscsi {
+    /// CHAP for `SendTargets` discovery. LIO has one such setting per host, for
+    /// every target on it (others' included): every back end of a host that
+    /// declares it must declare the same. Removing it leaves the host's
+    /// setting as it is (cinderblock does not turn off what others may rely
+    /// on). Default: none (discovery as the host has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_auth: Option<DiscoveryAuth>,
+}
+
+/// CHAP credentials for discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DiscoveryAuth {
+    /// Where the credentials an initiator must present to discover come from
+    /// (`USER:PASSWORD`); never printed.
+    pub chap_secret_ref: SecretRef,
+    /// Where the credentials the target answers with come from, when an
+    /// initiator asks it to authenticate itself (mutual CHAP); they must
+    /// differ from `chapSecretRef`'s. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap_secret_ref: Option<SecretRef>,
 }
 
 /// `spec.lvm` of a `Backend`.
@@ -328,12 +358,22 @@ pub struct Export {
 pub struct IscsiExport {
     /// Initiator IQNs allowed to log in (one ACL each, LUN 0 mapped).
     pub initiators: Vec<IscsiName>,
-    /// Where the CHAP credentials come from (`USER:PASSWORD`); they are never
-    /// printed. Default: no CHAP.
+    /// Where the CHAP credentials every initiator must present come from
+    /// (`USER:PASSWORD`); they are never printed. Changing the secret rotates
+    /// it: logged-in initiators keep their sessions and need the new one at
+    /// their next login. Default: no CHAP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap_secret_ref: Option<SecretRef>,
-    /// The target's IQN. Default: `iqn.2010-10.org.openstack:volume-<uuid>` style,
-    /// derived from the volume's identity.
+    /// Where the credentials the target answers with come from when an
+    /// initiator asks it to authenticate itself (mutual CHAP,
+    /// `USER:PASSWORD`, different from `chapSecretRef`'s); only with
+    /// `chapSecretRef`. LIO leaves it to each initiator whether to ask.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap_secret_ref: Option<SecretRef>,
+    /// The target's IQN. Default: `iqn.2026-11.dev.cinderblock:volume-<uuid>`,
+    /// from the volume's identity (exports made by versions up to 0.1 keep
+    /// their `iqn.2010-10.dev.cinderblock:volume-<uuid>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_name: Option<IscsiName>,
     /// Portals (`ADDRESS:PORT`) the target listens on. Default: `0.0.0.0:3260`.
@@ -342,7 +382,7 @@ pub struct IscsiExport {
 }
 
 /// A secret read from a file or the environment. Exactly one field.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecretRef {
     /// Absolute path of a file holding the secret.
@@ -608,6 +648,12 @@ pub struct ImageSpec {
     pub source: ImageSource,
     /// The `Backend` that holds the image-volume.
     pub backend: Name,
+    /// What happens when the manifest is removed: `Retain` forgets the
+    /// image-volume and keeps its data; `Delete` destroys it, refused while
+    /// volumes made from it may still share its data (file clones, thin LV
+    /// clones; thick LV copies own theirs). Default: `Retain`.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
 }
 
 /// Where an image's content comes from. Exactly one field.

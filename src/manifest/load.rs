@@ -179,6 +179,22 @@ fn load_file(path: &Path, loaded: &mut Loaded) {
             return;
         }
     };
+    check_bytes(&file, bytes, loaded);
+}
+
+/// Loads and validates manifests from a file's bytes, as if read from
+/// `file`: what reading a file does after its size check (the fuzz target's
+/// entry point).
+pub fn load_bytes(file: &Path, bytes: Vec<u8>) -> Loaded {
+    let mut loaded = Loaded::default();
+    let file: Arc<Path> = Arc::from(file);
+    check_bytes(&file, bytes, &mut loaded);
+    loaded.files.push(file.to_path_buf());
+    finish(loaded)
+}
+
+/// Refuses bytes that are not UTF-8, then checks the text.
+fn check_bytes(file: &Arc<Path>, bytes: Vec<u8>, loaded: &mut Loaded) {
     let src = match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => {
@@ -186,11 +202,11 @@ fn load_file(path: &Path, loaded: &mut Loaded) {
             let pos = pos_of_byte(&String::from_utf8_lossy(&e.as_bytes()[..at]), at);
             loaded
                 .diagnostics
-                .push(located(&file, pos, "the file is not valid UTF-8"));
+                .push(located(file, pos, "the file is not valid UTF-8"));
             return;
         }
     };
-    check_text(&file, &src, loaded);
+    check_text(file, &src, loaded);
 }
 
 /// Refuses control characters, then parses.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use diag::{Diagnostic, Severity};
 pub use kinds::*;
-pub use load::{Loaded, load_paths, load_source};
+pub use load::{Loaded, load_bytes, load_paths, load_source};
 pub use position::{DocPositions, FieldPath, Pos};
 pub use values::{Name, Quantity};
 

@@ -216,6 +216,16 @@ impl Checker<'_> {
                     "a bandwidth limit below 1Mi (bytes per second) would stall migrations",
                 );
             }
+            if let Some(d) = s.iscsi.as_ref().and_then(|i| i.discovery_auth.as_ref()) {
+                let f = "spec.iscsi.discoveryAuth";
+                self.secret_ref(k, doc, &format!("{f}.chapSecretRef"), &d.chap_secret_ref);
+                if let Some(m) = &d.mutual_chap_secret_ref {
+                    self.secret_ref(k, doc, &format!("{f}.mutualChapSecretRef"), m);
+                    if *m == d.chap_secret_ref {
+                        self.error(k, doc, &format!("{f}.mutualChapSecretRef"), SAME_SECRET);
+                    }
+                }
+            }
         }
         self.backend_overlaps();
     }
@@ -659,8 +669,46 @@ impl Checker<'_> {
                 self.error(k, doc, &format!("spec.export.iscsi.portals[{i}]"), m);
             }
         }
+        if let Some(t) = &e.target_name
+            && let Some(why) = crate::iscsi::names::targetcli_problem(t.as_str())
+        {
+            self.warn(
+                k,
+                doc,
+                "spec.export.iscsi.targetName",
+                targetcli_warning(t.as_str(), why),
+            );
+        }
+        for (i, ini) in e.initiators.iter().enumerate() {
+            if let Some(why) = crate::iscsi::names::targetcli_problem(ini.as_str()) {
+                self.warn(
+                    k,
+                    doc,
+                    &format!("spec.export.iscsi.initiators[{i}]"),
+                    targetcli_warning(ini.as_str(), why),
+                );
+            }
+        }
         if let Some(r) = &e.chap_secret_ref {
             self.secret_ref(k, doc, "spec.export.iscsi.chapSecretRef", r);
+        }
+        if let Some(m) = &e.mutual_chap_secret_ref {
+            self.secret_ref(k, doc, "spec.export.iscsi.mutualChapSecretRef", m);
+            match &e.chap_secret_ref {
+                None => self.error_at_key(
+                    k,
+                    doc,
+                    "spec.export.iscsi.mutualChapSecretRef",
+                    "mutual CHAP is the target's answer to an initiator that authenticated with CHAP: give `chapSecretRef` too",
+                ),
+                Some(c) if c == m => self.error(
+                    k,
+                    doc,
+                    "spec.export.iscsi.mutualChapSecretRef",
+                    SAME_SECRET,
+                ),
+                Some(_) => {}
+            }
         }
     }
 
@@ -845,6 +893,17 @@ fn check_word(s: &str, what: &str, extra: &str) -> Option<String> {
             shown(s)
         )
     })
+}
+
+/// RFC 7143, section 12.1.3: a CHAP secret authenticates one direction only.
+const SAME_SECRET: &str = "the target's secret is the initiator's one: RFC 7143 (section 12.1.3) forbids using one CHAP secret in both directions; give the target a secret of its own";
+
+/// The warning for an iSCSI name targetcli cannot read.
+fn targetcli_warning(name: &str, why: &str) -> String {
+    format!(
+        "targetcli (rtslib-fb) cannot read {}: {why}; LIO accepts it, but `targetcli ls`, `saveconfig` and `clearconfig` will fail on this host's whole configuration",
+        shown(name)
+    )
 }
 
 fn check_portal(p: &str) -> Result<(), String> {

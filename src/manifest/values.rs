@@ -1223,6 +1223,9 @@ mod tests {
 
     #[test]
     fn iscsi_names() {
+        // The default target name is one a manifest could write too.
+        let default = crate::iscsi::names::default_iqn(uuid::Uuid::from_u128(7));
+        assert!(default.parse::<IscsiName>().is_ok(), "{default}");
         for good in [
             "iqn.1994-05.com.example:host1",
             "eui.02004567A425678D",

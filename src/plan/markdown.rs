@@ -186,6 +186,8 @@ fn backend_of<'a>(a: &'a Action, plan: &'a Plan) -> Option<&'a str> {
             Op::Migrate { uuid: u, from, .. } if u == uuid => Some(from.as_str()),
             _ => None,
         }),
+        // Host-wide: no back end's.
+        Op::DiscoveryAuth { .. } => None,
     }
 }
 

@@ -10,12 +10,15 @@
 //! snapshot (a failed listing or an empty tree never reads as "delete all").
 
 pub mod capacity;
+mod exports;
 pub mod markdown;
 pub mod placement;
 pub mod render;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
+
+use exports::unexport_action;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,8 +28,9 @@ use uuid::Uuid;
 use crate::manifest::kinds::{DeletionPolicy, MigrationPolicy, SecretRef, VolumeClear, VolumeSpec};
 use crate::manifest::values::format_bytes_exact;
 use crate::manifest::{Doc, ManifestSet, Name};
+use crate::model::InUse;
 pub use crate::model::ObjKind;
-use crate::observe::{BackendView, Discovery, Driver, Exports, Fleet, Health, Observed, World};
+use crate::observe::{BackendView, Discovery, Driver, Fleet, Health, Observed, World};
 use crate::state::record::Recorded;
 
 use capacity::HIGH_WATER_CENTI;
@@ -217,9 +221,37 @@ pub enum Op {
         /// secret itself).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chap: Option<SecretRef>,
+        /// Where the mutual CHAP credentials (the target's) are read at
+        /// apply time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mutual: Option<SecretRef>,
         /// What changes on an existing export (empty: a new one).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         changes: Vec<String>,
+        /// Logged-in initiators that keep their sessions, while the change
+        /// reaches them only at their next login (with new credentials,
+        /// when those changed).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        relogin: Vec<String>,
+        /// Move the backstore out of the HBA folder it shares (the layout of
+        /// versions up to 0.1) into one of its own: the target is made
+        /// again. Planned only while no initiator is logged in.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rehome: bool,
+    },
+    /// Set this host's `SendTargets` discovery authentication (LIO,
+    /// host-wide).
+    DiscoveryAuth {
+        /// Where the credentials initiators present are read at apply time.
+        chap: SecretRef,
+        /// Where the target's credentials (mutual CHAP) are read at apply
+        /// time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mutual: Option<SecretRef>,
+        /// What changes (the first entry says when it is new).
+        changes: Vec<String>,
+        /// Discovery authentication was not enforced before.
+        new: bool,
     },
     /// Remove a volume's iSCSI export.
     Unexport {
@@ -265,9 +297,12 @@ impl Action {
     /// Terraform's symbol for the action.
     pub fn symbol(&self) -> &'static str {
         match self.op {
-            Op::Create { .. } | Op::CreatePool { .. } => "+",
+            Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => "+",
             Op::Export { ref changes, .. } if changes.is_empty() => "+",
-            Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } => "~",
+            Op::Extend { .. }
+            | Op::Record { .. }
+            | Op::Export { .. }
+            | Op::DiscoveryAuth { .. } => "~",
             Op::Delete { .. } | Op::Unexport { .. } => "-",
             Op::Forget { .. } => ".",
             Op::Migrate { .. } => ">",
@@ -431,9 +466,15 @@ impl Tally {
         let mut t = Tally::default();
         for a in actions {
             match a.op {
-                Op::Create { .. } | Op::CreatePool { .. } => t.add += 1,
+                Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+                    t.add += 1;
+                }
                 Op::Export { ref changes, .. } if changes.is_empty() => t.add += 1,
-                Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } | Op::Unexport { .. } => {
+                Op::Extend { .. }
+                | Op::Record { .. }
+                | Op::Export { .. }
+                | Op::DiscoveryAuth { .. }
+                | Op::Unexport { .. } => {
                     t.change += 1;
                 }
                 Op::Migrate { .. } => t.migrate += 1,
@@ -501,6 +542,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
     p.unexports();
     p.objects();
     p.exports();
+    p.discovery_auth();
     p.removals();
     p.capacity();
     p.out
@@ -549,40 +591,6 @@ enum Fixed {
     Pin,
     Group,
     Fleet,
-}
-
-/// The removal of volume `uuid`'s export, or the error refusing it while an
-/// initiator is logged in.
-fn unexport_action(
-    a: &str,
-    name: &str,
-    uuid: Uuid,
-    o: &crate::iscsi::lio::ObservedExport,
-    why: &str,
-) -> Result<Action, String> {
-    let iqn = o.iqn.as_deref().unwrap_or_default();
-    if !o.logged_in.is_empty() {
-        return Err(format!(
-            "{a}: in use: initiator(s) {} are logged in to {iqn}; log them out first (iscsiadm -m node -T {iqn} --logout on those hosts)",
-            o.logged_in.join(", "),
-        ));
-    }
-    Ok(Action {
-        address: a.to_owned(),
-        op: Op::Unexport {
-            name: name.to_owned(),
-            uuid,
-            iqn: o.iqn.clone(),
-        },
-        reason: format!(
-            "{why}: the iSCSI target{} is removed (no initiator is logged in)",
-            o.iqn
-                .as_deref()
-                .map(|i| format!(" {i}"))
-                .unwrap_or_default()
-        ),
-        impact: Impact::MetadataOnly,
-    })
 }
 
 fn addr(kind: ObjKind, name: &str) -> String {
@@ -934,6 +942,14 @@ impl<'a> Planner<'a> {
                             f.backend.name
                         ));
                     }
+                    self.record_if_needed(
+                        ObjKind::Image,
+                        name.as_str(),
+                        f.obj.uuid,
+                        f.backend.name.as_str(),
+                        f.obj.size,
+                        doc.spec.deletion_policy,
+                    );
                     continue;
                 }
                 if !self.world.complete() {
@@ -982,7 +998,7 @@ impl<'a> Planner<'a> {
                 source,
                 None,
                 None,
-                DeletionPolicy::Retain,
+                doc.spec.deletion_policy,
                 why,
             );
             if let Some(Action {
@@ -1078,6 +1094,18 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// What holds `obj` open, when that forbids deleting, replacing or
+    /// moving it. An LV held by nothing visible while it is exported over
+    /// iSCSI is taken as held by its backstore: the exports pass removes
+    /// that first or refuses with the initiators named (and lvm2 still
+    /// refuses to remove an LV that stays open).
+    fn holder<'o>(&self, obj: &'o Observed) -> Option<&'o InUse> {
+        let h = obj.in_use.as_ref()?;
+        let by_export =
+            matches!(h, InUse::Unnamed { .. }) && self.world.exports.get(obj.uuid).is_some();
+        (!by_export).then_some(h)
+    }
+
     fn request(set: &'a ManifestSet, doc: &'a Doc<VolumeSpec>) -> Request<'a> {
         request(set, doc)
     }
@@ -1093,6 +1121,10 @@ impl<'a> Planner<'a> {
             let want = round_up(doc.spec.size.bytes(), backend.extent);
             match obj.health {
                 Health::Creating => {
+                    if let Some(h) = self.holder(obj) {
+                        self.out.errors.push(format!("{a}: an earlier create was interrupted, and finishing it may replace its content, but it is in use by {h}; stop or detach it, then plan again"));
+                        return;
+                    }
                     self.push_create(
                         ObjKind::Volume,
                         name.as_str(),
@@ -1752,9 +1784,10 @@ impl<'a> Planner<'a> {
             } else {
                 format!("it is in use: initiator(s) {} are logged in to {iqn}; log them out and remove spec.export for the move, then add it back", e.logged_in.join(", "))
             });
-        } else if obj.in_use {
+        }
+        if let Some(h) = self.holder(obj) {
             refusals.push(format!(
-                "it is in use (its LV on {cur} is open): stop or detach its users, then plan again"
+                "it is in use by {h}: stop or detach it, then plan again"
             ));
         }
         if matches!(obj.health, Health::SizeMismatch { .. }) {
@@ -2019,6 +2052,9 @@ impl<'a> Planner<'a> {
             if let Some(f) = self.found.get(&key) {
                 let (obj, bname) = (f.obj, f.backend.name.as_str().to_owned());
                 match obj.health {
+                    Health::Creating if let Some(h) = self.holder(obj) => {
+                        self.out.errors.push(format!("{a}: an earlier create was interrupted, and finishing it may replace its content, but it is in use by {h}; stop or detach it, then plan again"));
+                    }
                     Health::Creating => {
                         let src = Some(self.snapshot_source(vol.as_str()));
                         self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), None, policy,
@@ -2156,188 +2192,6 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Exports whose `spec.export` was removed from a volume that stays:
-    /// planned before the volumes' own actions, so a migration in the same
-    /// change moves a volume nothing holds open any more.
-    fn unexports(&mut self) {
-        for (name, doc) in &self.set.volumes {
-            if doc.spec.export.is_some() {
-                continue;
-            }
-            let Some(f) = self.found.get(&(ObjKind::Volume, name.as_str().to_owned())) else {
-                continue;
-            };
-            let Some(o) = self.world.exports.get(f.obj.uuid) else {
-                continue;
-            };
-            let a = addr(ObjKind::Volume, name.as_str());
-            match unexport_action(&a, name.as_str(), f.obj.uuid, o, "spec.export was removed") {
-                Ok(x) => self.out.actions.push(x),
-                Err(e) => self.out.errors.push(e),
-            }
-        }
-    }
-
-    /// iSCSI exports of the declared volumes: new ones and changed ones
-    /// (ACLs, portals, CHAP, IQN), each compared with what LIO has. An
-    /// initiator that is logged in is never cut off: a change that would
-    /// remove its ACL or the whole export is a plan error naming it.
-    #[allow(clippy::too_many_lines)] // one pass over an export's fields, kept together
-    fn exports(&mut self) {
-        for (name, doc) in &self.set.volumes {
-            let key = (ObjKind::Volume, name.as_str().to_owned());
-            let (uuid, backend) = match (self.found.get(&key), self.planned.get(&key)) {
-                (Some(f), _) => (Some(f.obj.uuid), f.backend.name.as_str().to_owned()),
-                (None, Some(b)) => (None, b.clone()),
-                // Not placed here (an error already says why, or it lives on
-                // another host).
-                (None, None) => continue,
-            };
-            let a = addr(ObjKind::Volume, name.as_str());
-            let observed = uuid.and_then(|u| self.world.exports.get(u));
-            let Some(want) = doc.spec.export.as_ref().map(|e| &e.iscsi) else {
-                // Unexported already, by `unexports`.
-                continue;
-            };
-            match &self.world.exports {
-                Exports::Absent => {
-                    self.out.errors.push(format!(
-                        "{a}: spec.export needs LIO, which is not loaded on this host ({} does not exist): modprobe target_core_mod iscsi_target_mod, and mount configfs",
-                        crate::iscsi::lio::root().display()
-                    ));
-                    continue;
-                }
-                Exports::Failed(e) => {
-                    self.out
-                        .errors
-                        .push(format!("{a}: cannot read LIO's exports: {e}"));
-                    continue;
-                }
-                Exports::Found(_) => {}
-            }
-            let mut initiators: Vec<String> = want
-                .initiators
-                .iter()
-                .map(|i| i.as_str().to_owned())
-                .collect();
-            initiators.sort();
-            initiators.dedup();
-            let mut portals: Vec<String> = want.portals.clone();
-            portals.sort();
-            portals.dedup();
-            let iqn = want
-                .target_name
-                .as_ref()
-                .map(|t| t.as_str().to_owned())
-                .or_else(|| uuid.map(crate::iscsi::lio::default_iqn));
-            let op = |changes: Vec<String>| Op::Export {
-                name: name.as_str().to_owned(),
-                uuid,
-                backend: backend.clone(),
-                iqn: iqn.clone(),
-                initiators: initiators.clone(),
-                portals: portals.clone(),
-                chap: want.chap_secret_ref.clone(),
-                changes,
-            };
-            let new_export = Action {
-                address: a.clone(),
-                op: op(Vec::new()),
-                reason: format!(
-                    "spec.export: iSCSI target for {} initiator(s){}",
-                    initiators.len(),
-                    if want.chap_secret_ref.is_some() {
-                        ", CHAP required"
-                    } else {
-                        ""
-                    }
-                ),
-                impact: Impact::MetadataOnly,
-            };
-            let Some(o) = observed else {
-                self.out.actions.push(new_export);
-                continue;
-            };
-            let Some(u) = uuid else { continue };
-            if o.iqn.is_none() || o.iqn != iqn {
-                // Only the backstore is left (an interrupted export), or the
-                // IQN changes: tear down, then export anew.
-                if o.iqn.is_some() && !o.logged_in.is_empty() {
-                    self.out.errors.push(format!(
-                        "{a}: changing the target name from {} cuts off the logged-in initiator(s) {}; log them out first",
-                        o.iqn.as_deref().unwrap_or_default(),
-                        o.logged_in.join(", ")
-                    ));
-                    continue;
-                }
-                match unexport_action(&a, name.as_str(), u, o, "the target name changes") {
-                    Ok(x) => self.out.actions.push(x),
-                    Err(e) => {
-                        self.out.errors.push(e);
-                        continue;
-                    }
-                }
-                self.out.actions.push(new_export);
-                continue;
-            }
-            let mut changes = Vec::new();
-            let have: BTreeSet<&str> = o.initiators.iter().map(String::as_str).collect();
-            let want_set: BTreeSet<&str> = initiators.iter().map(String::as_str).collect();
-            let added: Vec<&str> = want_set.difference(&have).copied().collect();
-            let removed: Vec<&str> = have.difference(&want_set).copied().collect();
-            let cut: Vec<&str> = removed
-                .iter()
-                .copied()
-                .filter(|i| o.logged_in.iter().any(|l| l == i))
-                .collect();
-            if !cut.is_empty() {
-                self.out.errors.push(format!(
-                    "{a}: removing the ACL of {} cuts off a logged-in initiator; log it out first (iscsiadm -m node -T {} --logout on that host)",
-                    cut.join(", "),
-                    o.iqn.as_deref().unwrap_or_default()
-                ));
-                continue;
-            }
-            if !added.is_empty() {
-                changes.push(format!("allow {}", added.join(", ")));
-            }
-            if !removed.is_empty() {
-                changes.push(format!("deny {}", removed.join(", ")));
-            }
-            let want_portals = if portals.is_empty() {
-                vec![crate::iscsi::lio::DEFAULT_PORTAL.to_owned()]
-            } else {
-                portals.clone()
-            };
-            if o.portals != want_portals {
-                changes.push(format!(
-                    "portals {} -> {}",
-                    o.portals.join(","),
-                    want_portals.join(",")
-                ));
-            }
-            match (o.chap, want.chap_secret_ref.is_some()) {
-                (false, true) => changes.push("require CHAP".into()),
-                (true, false) => changes.push("stop requiring CHAP".into()),
-                _ => {}
-            }
-            if !o.enabled {
-                changes.push("enable the portal group".into());
-            }
-            if !changes.is_empty() {
-                self.out.actions.push(Action {
-                    address: a.clone(),
-                    reason: format!(
-                        "its export differs from spec.export: {}",
-                        changes.join("; ")
-                    ),
-                    op: op(changes),
-                    impact: Impact::MetadataOnly,
-                });
-            }
-        }
-    }
-
     /// Objects of ours that no manifest declares any more (a volume with an
     /// export is unexported before it is deleted).
     #[allow(clippy::too_many_lines)] // one pass over every undeclared object, kept together
@@ -2353,6 +2207,12 @@ impl<'a> Planner<'a> {
                     .keys()
                     .map(|n| (ObjKind::Snapshot, n.as_str().to_owned())),
             )
+            .chain(
+                self.set
+                    .images
+                    .keys()
+                    .map(|n| (ObjKind::Image, n.as_str().to_owned())),
+            )
             .collect();
         let may_delete = self.world.complete()
             && !(self.set.volumes.is_empty() && self.set.snapshots.is_empty());
@@ -2360,7 +2220,7 @@ impl<'a> Planner<'a> {
         let mut deletes = Vec::new();
         let mut forgets = Vec::new();
         for ((kind, name), f) in &self.found {
-            if *kind == ObjKind::Image || declared.contains(&(*kind, name.clone())) {
+            if declared.contains(&(*kind, name.clone())) {
                 continue;
             }
             let a = addr(*kind, name);
@@ -2405,6 +2265,43 @@ impl<'a> Planner<'a> {
                     self.out.errors.push(format!(
                         "{a}: cannot be deleted while it has snapshots ({}); delete them first (deletionPolicy: Delete and remove their manifests)",
                         children.iter().map(|c| format!("snapshot.{c}")).collect::<Vec<_>>().join(", ")
+                    ));
+                    continue;
+                }
+            }
+            if let Some(h) = self.holder(f.obj) {
+                self.out.errors.push(if interrupted_delete {
+                    format!("{a}: an earlier delete was interrupted, but it is in use by {h}; stop or detach it, then plan again")
+                } else {
+                    format!("{a}: its manifest was removed and its deletionPolicy is Delete, but it is in use by {h}; stop or detach it, then plan again (or declare it again to keep it)")
+                });
+                continue;
+            }
+            if *kind == ObjKind::Image {
+                // Volumes made from it that may share its data: file clones
+                // (reflinks) and thin LV clones; thick LV copies own theirs.
+                // Those deleted by this plan go first (images come last in
+                // `found`'s order).
+                let going: BTreeSet<Uuid> = deletes
+                    .iter()
+                    .filter_map(|d: &Action| match d.op {
+                        Op::Delete { uuid, .. } => Some(uuid),
+                        _ => None,
+                    })
+                    .collect();
+                let clones: Vec<String> = self
+                    .found
+                    .values()
+                    .chain(self.migrating.values())
+                    .filter(|c| c.obj.clone_of == Some(f.obj.uuid) && !going.contains(&c.obj.uuid))
+                    .map(|c| addr(c.obj.kind, &c.obj.name))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if !clones.is_empty() {
+                    self.out.errors.push(format!(
+                        "{a}: cannot be deleted while volumes made from it may share its data ({}); delete them first, or keep the image-volume with deletionPolicy: Retain",
+                        clones.join(", ")
                     ));
                     continue;
                 }

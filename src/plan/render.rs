@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::capacity::{human, percent};
+use super::exports::secret_source;
 use super::{Action, ObjKind, Op, Plan, Tally};
 use crate::manifest::values::format_bytes_exact;
 
@@ -252,6 +253,15 @@ fn action(s: &mut String, a: &Action) {
             name.clone(),
         ),
         Op::Unexport { name, .. } => ("will no longer be exported", "iscsi_export", name.clone()),
+        Op::DiscoveryAuth { new, .. } => (
+            if *new {
+                "will be enforced"
+            } else {
+                "will be updated in-place"
+            },
+            "iscsi_discovery_auth",
+            "host".to_owned(),
+        ),
         Op::Migrate { name, resume, .. } => (
             if *resume {
                 "will be migrated (resumed)"
@@ -375,7 +385,9 @@ fn action(s: &mut String, a: &Action) {
             initiators,
             portals,
             chap,
+            mutual,
             changes,
+            relogin,
             ..
         } => {
             let mark = if changes.is_empty() { "+" } else { " " };
@@ -386,7 +398,7 @@ fn action(s: &mut String, a: &Action) {
                 iqn.clone().unwrap_or_else(|| {
                     format!(
                         "{}volume-(known after apply)",
-                        crate::iscsi::lio::IQN_PREFIX
+                        crate::iscsi::names::IQN_PREFIX
                     )
                 }),
             ));
@@ -407,16 +419,27 @@ fn action(s: &mut String, a: &Action) {
                 mark.into(),
                 "chap".into(),
                 match chap {
-                    Some(r) => match (&r.file, &r.env) {
-                        (Some(f), _) => {
-                            format!("required (secret from file {})", f.as_path().display())
-                        }
-                        (None, Some(e)) => format!("required (secret from ${e})"),
-                        (None, None) => "required".into(),
-                    },
+                    Some(r) => format!("required (secret from {})", secret_source(r)),
                     None => "none".into(),
                 },
             ));
+            if let Some(r) = mutual {
+                attrs.push((
+                    mark.into(),
+                    "mutual_chap".into(),
+                    format!("answered (secret from {})", secret_source(r)),
+                ));
+            }
+            if !relogin.is_empty() {
+                attrs.push((
+                    "!".into(),
+                    "relogin".into(),
+                    format!(
+                        "{} (logged in: keeps its session; the change applies at its next login)",
+                        relogin.join(", ")
+                    ),
+                ));
+            }
             if let Some(u) = uuid {
                 attrs.push((" ".into(), "id".into(), u.to_string()));
             }
@@ -428,6 +451,30 @@ fn action(s: &mut String, a: &Action) {
                 iqn.clone().unwrap_or_else(|| "(backstore only)".into()),
             ));
             attrs.push((" ".into(), "id".into(), uuid.to_string()));
+        }
+        Op::DiscoveryAuth {
+            chap,
+            mutual,
+            changes,
+            new,
+        } => {
+            let mark = if *new { "+" } else { " " };
+            for c in changes {
+                attrs.push(("~".into(), "change".into(), c.clone()));
+            }
+            attrs.push((
+                mark.into(),
+                "chap".into(),
+                format!("required (secret from {})", secret_source(chap)),
+            ));
+            attrs.push((
+                mark.into(),
+                "mutual_chap".into(),
+                match mutual {
+                    Some(r) => format!("answered (secret from {})", secret_source(r)),
+                    None => "none".into(),
+                },
+            ));
         }
         Op::Forget {
             uuid,
@@ -593,9 +640,14 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
             .map(|a| JsonChange {
                 address: &a.address,
                 action: match a.op {
-                    Op::Create { .. } | Op::CreatePool { .. } => "create",
+                    Op::Create { .. }
+                    | Op::CreatePool { .. }
+                    | Op::DiscoveryAuth { new: true, .. } => "create",
                     Op::Export { ref changes, .. } if changes.is_empty() => "create",
-                    Op::Extend { .. } | Op::Record { .. } | Op::Export { .. } => "update",
+                    Op::Extend { .. }
+                    | Op::Record { .. }
+                    | Op::Export { .. }
+                    | Op::DiscoveryAuth { .. } => "update",
                     Op::Migrate { .. } => "migrate",
                     Op::Delete { .. } | Op::Unexport { .. } => "delete",
                     Op::Forget { .. } => "forget",

@@ -73,8 +73,9 @@ fn obj(name: &str, size: u64, n: u128) -> Observed {
         size,
         allocated: Some(0),
         parent: None,
+        clone_of: None,
         health: Health::Ready,
-        in_use: false,
+        in_use: None,
     }
 }
 
@@ -351,14 +352,16 @@ fn an_open_volume_is_not_migrated() {
         .get_mut(&"a".parse::<crate::manifest::Name>().unwrap())
         .map(|b| &mut b.discovery)
     {
-        inv.objects[0].in_use = true;
+        inv.objects[0].in_use = Some(crate::model::InUse::Named {
+            holder: "pid 4242 (qemu-system-x86)".into(),
+        });
     }
     let p = plan(&set, &w, &Recorded::default(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(
         p.errors,
         [
-            "volume.db: spec.backend changed: a -> b, but the volume cannot be migrated: it is in use (its LV on a is open): stop or detach its users, then plan again"
+            "volume.db: spec.backend changed: a -> b, but the volume cannot be migrated: it is in use by pid 4242 (qemu-system-x86): stop or detach it, then plan again"
         ]
     );
 }
@@ -526,8 +529,23 @@ fn exported(uuid: u128, initiators: &[&str], logged_in: &[&str]) -> crate::obser
     let u = Uuid::from_u128(uuid);
     let e = crate::iscsi::lio::ObservedExport {
         uuid: u,
-        iqn: Some(crate::iscsi::lio::default_iqn(u)),
+        iqn: Some(crate::iscsi::names::default_iqn(u)),
         device: None,
+        backstore: crate::iscsi::lio::Placement {
+            hba: "iblock_0".into(),
+            kind: crate::iscsi::configfs::BackstoreKind::Block,
+            neighbours: vec![],
+        },
+        size: None,
+        credentials: initiators
+            .iter()
+            .map(|s| {
+                (
+                    (*s).to_owned(),
+                    crate::iscsi::configfs::ChapPresence::default(),
+                )
+            })
+            .collect(),
         initiators: initiators.iter().map(|s| (*s).to_owned()).collect(),
         logged_in: logged_in.iter().map(|s| (*s).to_owned()).collect(),
         portals: vec!["0.0.0.0:3260".into()],
@@ -614,7 +632,7 @@ fn exports_are_planned_new_then_updated_then_removed() {
 #[test]
 fn a_logged_in_initiator_blocks_removing_its_acl_the_export_and_the_volume() {
     let uuid = Uuid::from_u128(1);
-    let iqn = crate::iscsi::lio::default_iqn(uuid);
+    let iqn = crate::iscsi::names::default_iqn(uuid);
     let w = one_volume_world(exported(1, &[INI_A, INI_B], &[INI_B]), "v");
 
     let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A]))));
@@ -714,7 +732,7 @@ fn an_exported_volume_is_not_migrated_and_the_error_says_how() {
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     assert!(
-        p.errors[0].ends_with("it is exported over iSCSI as iqn.2010-10.dev.cinderblock:volume-00000000-0000-0000-0000-000000000001, and the export points at its data on a: remove spec.export for the move (no initiator is logged in) and add it back afterwards"),
+        p.errors[0].ends_with("it is exported over iSCSI as iqn.2026-11.dev.cinderblock:volume-00000000-0000-0000-0000-000000000001, and the export points at its data on a: remove spec.export for the move (no initiator is logged in) and add it back afterwards"),
         "{:?}",
         p.errors
     );
@@ -1016,5 +1034,698 @@ fn a_placement_that_splits_a_copy_from_its_source_is_refused() {
         p.errors[0].starts_with("volume.copy: the fleet placed it on fb (host stor-b), but it belongs on fa with its source or consistency group"),
         "{}",
         p.errors[0]
+    );
+}
+
+fn held_by(o: Observed, holder: &str) -> Observed {
+    Observed {
+        in_use: Some(crate::model::InUse::Named {
+            holder: holder.into(),
+        }),
+        ..o
+    }
+}
+
+fn lv_open(o: Observed) -> Observed {
+    Observed {
+        in_use: Some(crate::model::InUse::Unnamed {
+            device: "/dev/vg/volume-1".into(),
+        }),
+        ..o
+    }
+}
+
+/// `v` (uuid 1, deletionPolicy Delete, manifest removed) and `keep` (2).
+fn removing_v(v: Observed) -> (ManifestSet, Vec<Observed>, Recorded) {
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("keep", "1Gi", "")));
+    let rec = Recorded {
+        objects: [
+            record(1, "v", "a", DeletionPolicy::Delete),
+            record(2, "keep", "a", DeletionPolicy::Retain),
+        ]
+        .into(),
+        last_plan: None,
+    };
+    (set, vec![v, obj("keep", GIB, 2)], rec)
+}
+
+#[test]
+fn a_volume_in_use_is_not_deleted_and_the_error_names_the_holder() {
+    let (set, objects, rec) = removing_v(held_by(obj("v", GIB, 1), "pid 4242 (qemu-system-x86)"));
+    let p = plan(
+        &set,
+        &world(vec![view("a", true, 20.0, 100 * GIB, objects)]),
+        &rec,
+        Options::default(),
+    );
+    assert!(
+        p.actions.is_empty(),
+        "no destroy apply would refuse: {:?}",
+        p.actions
+    );
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: its manifest was removed and its deletionPolicy is Delete, but it is in use by pid 4242 (qemu-system-x86); stop or detach it, then plan again (or declare it again to keep it)"
+        ]
+    );
+    assert!(!p.destroys_data());
+
+    // An interrupted delete is not finished under its user either.
+    let v = Observed {
+        health: Health::Deleting,
+        ..held_by(obj("v", GIB, 1), "loop device loop3")
+    };
+    let (set, objects, rec) = removing_v(v);
+    let p = plan(
+        &set,
+        &world(vec![view("a", true, 20.0, 100 * GIB, objects)]),
+        &rec,
+        Options::default(),
+    );
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: an earlier delete was interrupted, but it is in use by loop device loop3; stop or detach it, then plan again"
+        ]
+    );
+
+    // A snapshot in use, likewise.
+    let snap = Observed {
+        kind: ObjKind::Snapshot,
+        parent: Some(Uuid::from_u128(2)),
+        ..held_by(obj("nightly", GIB, 3), "pid 7 (dd)")
+    };
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("keep", "1Gi", "")));
+    let rec = Recorded {
+        objects: [(
+            Uuid::from_u128(3),
+            RecordedObject {
+                kind: ObjKind::Snapshot,
+                name: "nightly".into(),
+                backend: "a".into(),
+                size: GIB,
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        )]
+        .into(),
+        last_plan: None,
+    };
+    let w = world(vec![view(
+        "a",
+        true,
+        20.0,
+        100 * GIB,
+        vec![obj("keep", GIB, 2), snap],
+    )]);
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(
+        p.actions.iter().all(|a| !matches!(a.op, Op::Delete { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(p.errors[0].starts_with("snapshot.nightly: its manifest was removed and its deletionPolicy is Delete, but it is in use by pid 7 (dd)"), "{:?}", p.errors);
+}
+
+#[test]
+fn an_open_lv_nothing_visible_holds_is_refused_unless_its_export_explains_it() {
+    // Open, not exported: the holder is not visible from here; refused.
+    let (set, objects, rec) = removing_v(lv_open(obj("v", GIB, 1)));
+    let p = plan(
+        &set,
+        &world(vec![view("a", true, 20.0, 100 * GIB, objects.clone())]),
+        &rec,
+        Options::default(),
+    );
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: its manifest was removed and its deletionPolicy is Delete, but it is in use by a holder not visible from this host (lvm2 reports /dev/vg/volume-1 open: an iSCSI backstore, a mount in another namespace, or another user's process); stop or detach it, then plan again (or declare it again to keep it)"
+        ]
+    );
+    // Open because LIO's backstore holds it, nobody logged in: unexported,
+    // then deleted (lvm2 refuses the remove if it is still open then).
+    let w = exported_world(exported(1, &[INI_A], &[]), objects.clone());
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(p.actions[0].op, Op::Unexport { .. }),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        matches!(p.actions[1].op, Op::Delete { .. }),
+        "{:?}",
+        p.actions
+    );
+    // A named holder is refused even when the volume is exported.
+    let (_, objects, _) = removing_v(held_by(obj("v", GIB, 1), "a file system mounted at /mnt"));
+    let w = exported_world(exported(1, &[INI_A], &[]), objects);
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(
+        p.actions.iter().all(|a| !matches!(a.op, Op::Delete { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        p.errors[0].contains("in use by a file system mounted at /mnt"),
+        "{:?}",
+        p.errors
+    );
+}
+
+#[test]
+fn an_interrupted_create_in_use_is_not_finished() {
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
+    let v = Observed {
+        health: Health::Creating,
+        ..held_by(obj("v", GIB, 1), "pid 99 (cat)")
+    };
+    let w = world(vec![view("a", true, 20.0, 100 * GIB, vec![v])]);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: an earlier create was interrupted, and finishing it may replace its content, but it is in use by pid 99 (cat); stop or detach it, then plan again"
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// iSCSI: credentials, mutual CHAP, discovery, LUN sizes, the old layout
+
+fn chap_export_yaml(initiators: &[&str], mutual: bool) -> String {
+    let mut s = export_yaml(initiators);
+    s.push_str("      chapSecretRef: {env: WEB_CHAP}\n");
+    if mutual {
+        s.push_str("      mutualChapSecretRef: {env: WEB_TARGET_CHAP}\n");
+    }
+    s
+}
+
+fn env_ref(var: &str) -> crate::manifest::kinds::SecretRef {
+    crate::manifest::kinds::SecretRef {
+        file: None,
+        env: Some(var.into()),
+    }
+}
+
+fn print(secret: &str) -> crate::iscsi::chap::CredentialPrint {
+    crate::iscsi::chap::Chap::parse(secret).unwrap().print()
+}
+
+/// Volume `v` exported to `initiators` (`logged_in` of them logged in) with
+/// CHAP `have` in configfs on every ACL, the manifests' secret being `want`.
+fn chap_world(
+    initiators: &[&str],
+    logged_in: &[&str],
+    have: (&str, Option<&str>),
+    want: (&str, Option<&str>),
+) -> World {
+    let mut exports = exported(1, initiators, logged_in);
+    if let crate::observe::Exports::Found(m) = &mut exports {
+        for e in m.values_mut() {
+            e.chap = true;
+            for c in e.credentials.values_mut() {
+                c.one_way = Some(print(have.0));
+                c.mutual = have.1.map(print);
+            }
+        }
+    }
+    let mut w = one_volume_world(exports, "v");
+    w.secrets.insert(env_ref("WEB_CHAP"), Ok(print(want.0)));
+    if let Some(m) = want.1 {
+        w.secrets.insert(env_ref("WEB_TARGET_CHAP"), Ok(print(m)));
+    }
+    w
+}
+
+#[test]
+fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_keep_their_sessions() {
+    let set = manifests(
+        &(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &chap_export_yaml(&[INI_A, INI_B], false))),
+    );
+    // The same secret: nothing to do.
+    let w = chap_world(
+        &[INI_A, INI_B],
+        &[INI_A],
+        ("web:old-secret-1", None),
+        ("web:old-secret-1", None),
+    );
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
+
+    // A new password, INI_A logged in: changed in place, INI_A named.
+    let w = chap_world(
+        &[INI_A, INI_B],
+        &[INI_A],
+        ("web:old-secret-1", None),
+        ("web:new-secret-2", None),
+    );
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, rehome: false, .. }, .. }]
+            if changes == &["new CHAP password".to_owned()] && relogin == &[INI_A.to_owned()]),
+        "{:?}",
+        p.actions
+    );
+    let text = render::text(&p);
+    assert!(text.contains("~ change     = new CHAP password"), "{text}");
+    assert!(
+        text.contains(&format!("! relogin    = {INI_A} (logged in: keeps its session; the change applies at its next login)")),
+        "{text}"
+    );
+    assert!(
+        text.contains("chap       = required (secret from $WEB_CHAP)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret-1") && !text.contains("secret-2") && !text.contains("web:"),
+        "{text}"
+    );
+    assert_eq!(p.counts(), (0, 1, 0, 0));
+
+    // A new user name only.
+    let w = chap_world(
+        &[INI_A, INI_B],
+        &[],
+        ("web:old-secret-1", None),
+        ("www:old-secret-1", None),
+    );
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, .. }, .. }]
+            if changes == &["new CHAP user name".to_owned()] && relogin.is_empty()),
+        "{:?}",
+        p.actions
+    );
+
+    // The secret cannot be read: a plan error naming where it was looked for.
+    let mut w = chap_world(
+        &[INI_A, INI_B],
+        &[],
+        ("web:old-secret-1", None),
+        ("web:x", None),
+    );
+    w.secrets.insert(
+        env_ref("WEB_CHAP"),
+        Err("the CHAP secret's environment variable WEB_CHAP is not set for this process".into()),
+    );
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [
+            "volume.v: spec.export.iscsi.chapSecretRef: the CHAP secret's environment variable WEB_CHAP is not set for this process"
+        ]
+    );
+}
+
+#[test]
+fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
+    let set = manifests(
+        &(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &chap_export_yaml(&[INI_A], true))),
+    );
+    let w = chap_world(
+        &[INI_A],
+        &[INI_A],
+        ("web:secret-1", None),
+        ("web:secret-1", Some("tgt:tsecret-9")),
+    );
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, mutual: Some(_), .. }, .. }]
+            if changes == &["set mutual CHAP credentials".to_owned()] && relogin == &[INI_A.to_owned()]),
+        "{:?}",
+        p.actions
+    );
+    let text = render::text(&p);
+    assert!(
+        text.contains("mutual_chap = answered (secret from $WEB_TARGET_CHAP)"),
+        "{text}"
+    );
+
+    let w = chap_world(
+        &[INI_A],
+        &[],
+        ("web:secret-1", Some("tgt:tsecret-9")),
+        ("web:secret-1", Some("tgt:tsecret-8")),
+    );
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::Export { changes, .. }, .. }]
+            if changes == &["new mutual CHAP password".to_owned()]),
+        "{:?}",
+        p.actions
+    );
+
+    // One secret for both directions: refused (RFC 7143, 12.1.3).
+    let w = chap_world(
+        &[INI_A],
+        &[],
+        ("web:secret-1", None),
+        ("web:secret-1", Some("tgt:secret-1")),
+    );
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!(
+        p.errors[0].starts_with("volume.v: spec.export.iscsi.mutualChapSecretRef: its password is the one of chapSecretRef; RFC 7143"),
+        "{:?}",
+        p.errors
+    );
+}
+
+#[test]
+fn an_export_under_the_old_default_target_name_keeps_it() {
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A]))));
+    let mut exports = exported(1, &[INI_A], &[INI_A]);
+    let old = format!("iqn.2010-10.dev.cinderblock:volume-{}", Uuid::from_u128(1));
+    if let crate::observe::Exports::Found(m) = &mut exports {
+        for e in m.values_mut() {
+            e.iqn = Some(old.clone());
+        }
+    }
+    let w = one_volume_world(exports, "v");
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
+    // A change to it goes to that target, not a new one.
+    let set =
+        manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A, INI_B]))));
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::Export { iqn: Some(i), .. }, .. }] if *i == old),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn a_file_volumes_lun_follows_its_extend_and_the_plan_says_initiators_rescan() {
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "2Gi", &export_yaml(&[INI_A]))));
+    let mut exports = exported(1, &[INI_A], &[INI_A]);
+    if let crate::observe::Exports::Found(m) = &mut exports {
+        for e in m.values_mut() {
+            e.backstore.kind = crate::iscsi::configfs::BackstoreKind::File;
+            e.backstore.hba = "fileio_0".into();
+            e.size = Some(GIB);
+        }
+    }
+    let w = one_volume_world(exports.clone(), "v");
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(p.actions[0].op, Op::Extend { to, .. } if to == 2 * GIB),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        p.actions[0].reason.ends_with(&format!(
+            "; its iSCSI export {} follows, and the logged-in initiator(s) {INI_A} see the new size after a rescan (iscsiadm -m session --rescan)",
+            crate::iscsi::names::default_iqn(Uuid::from_u128(1))
+        )),
+        "{}",
+        p.actions[0].reason
+    );
+    assert!(
+        matches!(&p.actions[1].op, Op::Export { changes, relogin, .. }
+            if changes == &["LUN size 1Gi -> 2Gi (LIO's fileio backstore does not follow its file; initiators see it after a rescan: iscsiadm -m session --rescan)".to_owned()]
+            && relogin.is_empty()),
+        "{:?}",
+        p.actions
+    );
+    // Its LUN bigger than the volume (shrunk outside): refused, with the way out.
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "512Mi", &export_yaml(&[INI_A]))));
+    let mut w = one_volume_world(exports, "v");
+    if let Discovery::Ok(inv) = &mut w.backends.values_mut().next().unwrap().discovery {
+        inv.objects[0].size = 512 << 20;
+    }
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(
+        p.errors.iter().any(|e| e.starts_with("volume.v: LIO gives its LUN 1Gi, more than the volume's 512Mi")
+            && e.ends_with("grow spec.size back to at least 1Gi, or remove spec.export (with no initiator logged in), apply, and add it back")),
+        "{:?}",
+        p.errors
+    );
+}
+
+/// Volumes `v` (uuid 1) and `w` (uuid 2) exported from one shared
+/// `iblock_0`, as versions up to 0.1 left them.
+fn shared_folder_world(logged_in: &[(u128, &str)], foreign: bool) -> World {
+    let mut map = BTreeMap::new();
+    for n in [1u128, 2] {
+        let ini: Vec<&str> = logged_in
+            .iter()
+            .filter(|(u, _)| *u == n)
+            .map(|(_, i)| *i)
+            .collect();
+        let crate::observe::Exports::Found(m) = exported(n, &[INI_A], &ini) else {
+            unreachable!()
+        };
+        let mut e = m.into_values().next().unwrap();
+        e.backstore.neighbours = vec![crate::iscsi::lio::backstore_name(Uuid::from_u128(3 - n))];
+        if foreign {
+            e.backstore.neighbours.push("tc1".into());
+        }
+        map.insert(e.uuid, e);
+    }
+    let mut w = exported_world(
+        crate::observe::Exports::Found(map),
+        vec![obj("v", GIB, 1), obj("w", GIB, 2)],
+    );
+    w.secrets.clear();
+    w
+}
+
+fn rehomed(p: &super::Plan) -> Vec<String> {
+    p.actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::Export { rehome: true, .. }))
+        .map(|a| a.address.clone())
+        .collect()
+}
+
+#[test]
+fn a_backstore_in_the_old_shared_folder_moves_only_while_nobody_is_logged_in() {
+    let set = manifests(
+        &(backend_yaml("a", "")
+            + &vol_yaml("v", "1Gi", &export_yaml(&[INI_A]))
+            + &vol_yaml("w", "1Gi", &export_yaml(&[INI_A]))),
+    );
+    let rec = Recorded {
+        objects: [
+            record(1, "v", "a", DeletionPolicy::Retain),
+            record(2, "w", "a", DeletionPolicy::Retain),
+        ]
+        .into(),
+        last_plan: None,
+    };
+    // Nobody logged in: one stays (the first by uuid), the other moves.
+    let p = plan(
+        &set,
+        &shared_folder_world(&[], false),
+        &rec,
+        Options::default(),
+    );
+    assert!(p.errors.is_empty() && p.notes.is_empty(), "{p:?}");
+    assert_eq!(rehomed(&p), ["volume.w"]);
+    assert!(
+        p.actions[0].reason.contains("move the backstore from core/iblock_0 to a folder of its own (the target is made again; no initiator is logged in)"),
+        "{}",
+        p.actions[0].reason
+    );
+    // The one with a session stays; the other moves.
+    let p = plan(
+        &set,
+        &shared_folder_world(&[(2, INI_A)], false),
+        &rec,
+        Options::default(),
+    );
+    assert_eq!(rehomed(&p), ["volume.v"]);
+    // Both busy: neither moves, and the plan says why and when.
+    let p = plan(
+        &set,
+        &shared_folder_world(&[(1, INI_A), (2, INI_A)], false),
+        &rec,
+        Options::default(),
+    );
+    assert!(rehomed(&p).is_empty() && p.errors.is_empty(), "{p:?}");
+    assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
+    assert!(
+        p.notes[0].starts_with("volume.w: its backstore shares core/iblock_0 with cinderblock-00000000-0000-0000-0000-000000000001 (the layout of cinderblock up to 0.1, which targetcli cannot manage); it moves to a folder of its own at the first apply with no initiator logged in"),
+        "{:?}",
+        p.notes
+    );
+    // A foreign object in the folder: both must leave it.
+    let p = plan(
+        &set,
+        &shared_folder_world(&[], true),
+        &rec,
+        Options::default(),
+    );
+    assert_eq!(rehomed(&p), ["volume.v", "volume.w"]);
+}
+
+#[test]
+fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
+    let disc = "  iscsi:\n    discoveryAuth:\n      chapSecretRef: {env: DISC_CHAP}\n";
+    let set = manifests(&(backend_yaml("a", disc) + &vol_yaml("v", "1Gi", "")));
+    let mut w = one_volume_world(crate::observe::Exports::Found(BTreeMap::new()), "v");
+    w.discovery_auth = Some(crate::iscsi::configfs::DiscoveryAuth::default());
+    w.secrets
+        .insert(env_ref("DISC_CHAP"), Ok(print("disc:discovery-1")));
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::DiscoveryAuth { changes, new: true, mutual: None, .. }, address, .. }]
+            if address == "iscsi.discovery-auth"
+            && changes == &["enforce discovery authentication".to_owned(), "set CHAP credentials".to_owned()]),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.counts(), (1, 0, 0, 0));
+    // In place: nothing to do; a rotated secret: an update.
+    w.discovery_auth = Some(crate::iscsi::configfs::DiscoveryAuth {
+        enforced: true,
+        chap: crate::iscsi::configfs::ChapPresence {
+            one_way: Some(print("disc:discovery-1")),
+            mutual: None,
+        },
+    });
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
+    w.secrets
+        .insert(env_ref("DISC_CHAP"), Ok(print("disc:discovery-2")));
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::DiscoveryAuth { changes, new: false, .. }, .. }]
+            if changes == &["new CHAP password".to_owned()]),
+        "{:?}",
+        p.actions
+    );
+    // Two back ends of this host that disagree.
+    let other = "  iscsi:\n    discoveryAuth:\n      chapSecretRef: {env: OTHER}\n";
+    let set = manifests(
+        &(backend_yaml("a", disc) + &backend_yaml("b", other) + &vol_yaml("v", "1Gi", "")),
+    );
+    let mut w2 = w.clone();
+    let b = view("b", true, 20.0, 100 * GIB, vec![]);
+    w2.backends.insert(b.name.clone(), b);
+    let p = plan(&set, &w2, &recorded_v(), Options::default());
+    assert_eq!(
+        p.errors,
+        [
+            "iscsi.discovery-auth: backend.a and backend.b declare different spec.iscsi.discoveryAuth; LIO has one discovery setting per host: declare the same on both, or on one only"
+        ]
+    );
+    // Not declared: the host's setting is left alone.
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
+    let p = plan(&set, &w, &recorded_v(), Options::default());
+    assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
+}
+
+fn image_yaml(policy: &str) -> String {
+    format!(
+        "apiVersion: cinderblock.dev/v1alpha1\nkind: Image\nmetadata: {{name: base}}\nspec:\n  diskFormat: raw\n  containerFormat: bare\n  source: {{volume: v}}\n  backend: a\n  deletionPolicy: {policy}\n---\n"
+    )
+}
+
+#[test]
+fn a_removed_image_is_forgotten_or_deleted_but_not_under_its_clones() {
+    let image = Observed {
+        kind: ObjKind::Image,
+        ..obj("base", GIB, 5)
+    };
+    let clone = Observed {
+        clone_of: Some(Uuid::from_u128(5)),
+        ..obj("vm", GIB, 6)
+    };
+    let rec = |policy| Recorded {
+        objects: [
+            record(1, "v", "a", DeletionPolicy::Retain),
+            (
+                Uuid::from_u128(5),
+                RecordedObject {
+                    kind: ObjKind::Image,
+                    name: "base".into(),
+                    backend: "a".into(),
+                    size: GIB,
+                    deletion_policy: policy,
+                },
+            ),
+        ]
+        .into(),
+        last_plan: None,
+    };
+    let w = exported_world(
+        crate::observe::Exports::Absent,
+        vec![obj("v", GIB, 1), image.clone()],
+    );
+    // Declared with Delete: its policy is recorded.
+    let set =
+        manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "") + &image_yaml("Delete")));
+    let p = plan(&set, &w, &rec(DeletionPolicy::Retain), Options::default());
+    assert!(
+        matches!(
+            &p.actions[..],
+            [super::Action {
+                op: Op::Record {
+                    kind: ObjKind::Image,
+                    deletion_policy: DeletionPolicy::Delete,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{:?}",
+        p.actions
+    );
+    // Removed, Retain: forgotten, data kept.
+    let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
+    let p = plan(&set, &w, &rec(DeletionPolicy::Retain), Options::default());
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::Forget { kind: ObjKind::Image, gone: false, .. }, address, .. }] if address == "image.base"),
+        "{:?}",
+        p.actions
+    );
+    // Removed, Delete: destroyed...
+    let p = plan(&set, &w, &rec(DeletionPolicy::Delete), Options::default());
+    assert!(
+        matches!(
+            &p.actions[..],
+            [super::Action {
+                op: Op::Delete {
+                    kind: ObjKind::Image,
+                    ..
+                },
+                impact: Impact::DestroysData,
+                ..
+            }]
+        ),
+        "{:?}",
+        p.actions
+    );
+    // ...but not while a volume made from it may share its data.
+    let w = exported_world(
+        crate::observe::Exports::Absent,
+        vec![obj("v", GIB, 1), image, clone],
+    );
+    let set = manifests(
+        &(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "") + &vol_yaml("vm", "1Gi", "")),
+    );
+    let p = plan(&set, &w, &rec(DeletionPolicy::Delete), Options::default());
+    assert!(
+        p.actions.iter().all(|a| !matches!(a.op, Op::Delete { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(
+        p.errors,
+        [
+            "image.base: cannot be deleted while volumes made from it may share its data (volume.vm); delete them first, or keep the image-volume with deletionPolicy: Retain"
+        ]
     );
 }

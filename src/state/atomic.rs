@@ -211,13 +211,23 @@ pub fn load<T: DeserializeOwned>(
     let Some(bytes) = read_optional(path)? else {
         return Ok(None);
     };
+    decode(path, &bytes, version).map(Some)
+}
+
+/// Parses the bytes of the state file `path` (named in errors) as schema
+/// `version`: what [`load`] does once the file is read.
+pub fn decode<T: DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    version: u32,
+) -> Result<Envelope<T>, AtomicError> {
     let parse_err = |source| AtomicError::Parse {
         path: path.to_owned(),
         source,
     };
     // Header first, so a newer version is reported as such rather than as a
     // payload parse error.
-    let header: Header = serde_json::from_slice(&bytes).map_err(parse_err)?;
+    let header: Header = serde_json::from_slice(bytes).map_err(parse_err)?;
     check_format(path, &header.format)?;
     if header.version != version {
         return Err(AtomicError::Version {
@@ -226,7 +236,7 @@ pub fn load<T: DeserializeOwned>(
             expected: version,
         });
     }
-    serde_json::from_slice(&bytes).map(Some).map_err(parse_err)
+    serde_json::from_slice(bytes).map_err(parse_err)
 }
 
 /// Stores `payload` as `version`/`generation`, refusing to go backwards.

@@ -399,13 +399,19 @@ fn valid_len(file: &File, path: &Path, len: u64) -> Result<u64, TailError> {
     }
 }
 
-struct Parsed {
-    records: Vec<Record>,
+/// What [`parse`] found in one journal file's bytes.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The records of the whole, valid lines.
+    pub records: Vec<Record>,
     /// Length of the prefix made of whole, valid lines.
-    valid_len: usize,
+    pub valid_len: usize,
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, JournalError> {
+/// Parses the bytes of journal file `path` (named in errors): every line
+/// before the last must be a record; a torn or garbled last line is left
+/// out of `valid_len`.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, JournalError> {
     let mut records = Vec::new();
     let mut offset = 0;
     let mut line_no = 0;

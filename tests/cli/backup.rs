@@ -281,6 +281,8 @@ fn full_and_incremental_restore_identical_and_sparse() {
     let mut chunk = vec![1u8; 64 * 1024];
     inc_file.read_exact_at(&mut chunk, 2 * MIB).unwrap();
     assert!(chunk.iter().all(|&b| b == 0));
+    // Let go of it: a volume something holds open is never restored over.
+    drop(inc_file);
 
     // Restoring onto an existing volume needs --overwrite, and then works.
     let run = site.cbf(&["backup", "restore", &full, "--to", "data-inc"]);
@@ -1272,4 +1274,36 @@ spec:
     // create-time only: now it exists, nothing more to do
     let again = plan(&["--detailed-exitcode"]);
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+}
+
+#[test]
+fn a_restore_over_a_volume_in_use_is_refused_naming_the_holder() {
+    let site = Site::new("");
+    let vol = site.create_volume("data", 4 * MIB);
+    fill(&vol);
+    let id = backup_id(&site.cbf(&["backup", "run", "data", "--full"]));
+    fs::write(&vol, vec![7u8; 4 * MIB as usize]).unwrap();
+    let changed = sha256(&vol);
+    // qemu stands in: another process holds the volume open
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(File::open(&vol).unwrap())
+        .spawn()
+        .unwrap();
+    let run = site.cbf(&["backup", "restore", &id, "--to", "data", "--overwrite"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "is in use by pid {} (sleep); restoring over it would change its data under its user",
+            holder.id()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(sha256(&vol), changed, "nothing was written");
+    // Nobody holds it any more: the same restore goes through.
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "data", "--overwrite"]));
+    assert_ne!(sha256(&vol), changed);
 }

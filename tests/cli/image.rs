@@ -114,3 +114,85 @@ fn a_qcow2_file_is_refused_with_the_conversion_to_run() {
     );
     assert!(site.objects("pool").is_empty());
 }
+
+#[test]
+fn a_removed_image_is_forgotten_or_deleted_but_never_under_its_clones() {
+    let site = Site::new();
+    let pool = site.path().join("pool");
+    fs::create_dir_all(&pool).unwrap();
+    let raw = site.path().join("base.raw");
+    raw_file(&raw);
+    site.write("backend.yaml", &backend("local", &pool, ""));
+    site.write("image.yaml", &image("base", &raw));
+    site.write(
+        "vm.yaml",
+        &volume(
+            "vm1",
+            "128Mi",
+            "  deletionPolicy: Delete\n  source:\n    image: base\n",
+        ),
+    );
+    site.apply();
+    let kept = site.objects("pool")["image.base"].1.clone();
+
+    // Removed with the default Retain: forgotten, its data kept. (The
+    // volume's create-time source goes too: it names the image.)
+    site.write(
+        "vm.yaml",
+        &volume("vm1", "128Mi", "  deletionPolicy: Delete\n"),
+    );
+    site.remove("image.yaml");
+    let r = site.run(&["plan", "-f", "manifests", "--detailed-exitcode"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("# image.base will be forgotten"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("its deletionPolicy is Retain"),
+        "{}",
+        r.stdout
+    );
+
+    // Declared again with Delete: the policy is recorded...
+    site.write(
+        "image.yaml",
+        &(image("base", &raw) + "  deletionPolicy: Delete\n"),
+    );
+    let r = site.run(&["plan", "-f", "manifests"]);
+    assert!(
+        r.stdout.contains("~ deletionPolicy = Retain -> Delete"),
+        "{}",
+        r.stdout
+    );
+    site.apply();
+    // ...and removing it is refused while vm1, its clone, may share its data.
+    site.remove("image.yaml");
+    let r = site.run(&["apply", "-f", "manifests", "--auto-approve"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("image.base: cannot be deleted while volumes made from it may share its data (volume.vm1); delete them first, or keep the image-volume with deletionPolicy: Retain"),
+        "{}",
+        r.stdout
+    );
+    assert!(kept.exists());
+    // The clone deleted too: both go.
+    site.remove("vm.yaml");
+    site.write("other.yaml", &volume("other", "16Mi", ""));
+    let r = site.run(&["plan", "-f", "manifests", "--detailed-exitcode"]);
+    assert_eq!(r.code, 3, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("# image.base will be destroyed"),
+        "{}",
+        r.stdout
+    );
+    site.apply();
+    let objects = site.objects("pool");
+    assert!(
+        !objects.contains_key("image.base") && !objects.contains_key("volume.vm1"),
+        "{objects:?}"
+    );
+    assert!(!kept.exists());
+    assert_eq!(site.plan_code(), 0);
+}

@@ -25,6 +25,7 @@ mod fleet;
 mod fleet_etcd;
 mod fuzz;
 mod image;
+mod inuse;
 mod lvm_plan;
 mod migrate;
 mod plan;

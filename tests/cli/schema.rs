@@ -98,3 +98,25 @@ fn an_outside_validator_accepts_every_example() {
         "the schema accepted an unknown field"
     );
 }
+
+/// The default target name the code gives is the one the schema and the
+/// README document (they once disagreed: `org.openstack` in the schema).
+#[test]
+fn the_default_target_name_is_documented_as_the_code_makes_it() {
+    let uuid = uuid::Uuid::from_u128(7);
+    let made = cinderblock::iscsi::names::default_iqn(uuid);
+    let documented = format!("{}volume-<uuid>", cinderblock::iscsi::names::IQN_PREFIX);
+    assert_eq!(made.replace(&uuid.to_string(), "<uuid>"), documented);
+    let schema = std::fs::read_to_string(root().join("schemas/volume.json")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for (what, text) in [("schemas/volume.json", &schema), ("README.md", &readme)] {
+        assert!(
+            text.contains(&documented),
+            "{what} does not name {documented}"
+        );
+        assert!(
+            !text.contains("org.openstack"),
+            "{what} names OpenStack's IQN authority"
+        );
+    }
+}

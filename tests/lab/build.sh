@@ -2,6 +2,8 @@
 # Build the storage lab's boot image: a Debian cloud kernel and an initramfs.
 #
 #   bash tests/lab/build.sh [LAB_DIR]        (default LAB_DIR: <repo>/target/lab)
+#   LAB_TARGETCLI=1 bash tests/lab/build.sh  the same plus python3 and targetcli-fb
+#                                            (initrd-tcli-<hash>.img, ~9 MB more)
 #
 # Prints, as its last two lines on stdout:  KERNEL=<path>  and  INITRD=<path>.
 # Progress goes to stderr. Needs the host packages of tests/lab/install-deps.sh.
@@ -97,6 +99,17 @@ fetch_debs nfs $NFS_DEBS
 fetch_debs iscsi $ISCSI_DEBS
 NFSROOT=$LAB_DIR/extra-nfs
 ISCSIROOT=$LAB_DIR/extra-iscsi
+# targetcli-fb and the python it runs on, for the scenarios that check what an
+# admin's targetcli makes of our exports (LAB.md section 5.7); only in the
+# LAB_TARGETCLI=1 variant, which the other scenarios do not pay for.
+WITH_TARGETCLI=${LAB_TARGETCLI:-0}
+TCLI_DEBS="targetcli-fb python3-rtslib-fb python3-configshell-fb python3-pyparsing python3-six
+ python3-urwid python3-pyudev python3.11-minimal libpython3.11-minimal libpython3.11-stdlib"
+TCLIROOT=$LAB_DIR/extra-targetcli
+if [ "$WITH_TARGETCLI" = 1 ]; then
+  # shellcheck disable=SC2086
+  fetch_debs targetcli $TCLI_DEBS
+fi
 
 # ------------------------------------------------------------------ cache key
 WANT_MODS="virtio_pci virtio_blk dm-mod dm-bufio dm-persistent-data dm-bio-prison dm-thin-pool
@@ -108,8 +121,11 @@ KEY=$( {
   echo "$KVER"
   dpkg-query -W busybox-static lvm2 dmsetup libdevmapper1.02.1 thin-provisioning-tools e2fsprogs libc6 2>/dev/null
   ls "$LAB_DIR"/dl/nfs "$LAB_DIR"/dl/iscsi
+  if [ "$WITH_TARGETCLI" = 1 ]; then ls "$LAB_DIR"/dl/targetcli; fi
 } | sha256sum | cut -c1-16)
-INITRD=$LAB_DIR/initrd-$KEY.img
+# Base images are initrd-<hex>.img, the targetcli variant initrd-tcli-<hex>.img.
+if [ "$WITH_TARGETCLI" = 1 ]; then VARIANT=tcli-; STALE='initrd-tcli-*.img'; else VARIANT=; STALE='initrd-[0-9a-f]*.img'; fi
+INITRD=$LAB_DIR/initrd-$VARIANT$KEY.img
 if [ -f "$INITRD" ]; then
   echo "KERNEL=$KDIR/boot/vmlinuz-$KVER"
   echo "INITRD=$INITRD"
@@ -186,6 +202,52 @@ copy_extra_bin "$ISCSIROOT" sbin/iscsid
 copy_extra_bin "$ISCSIROOT" sbin/iscsiadm
 mkdir -p "$R/etc/iscsi"
 sed -e 's/^node.startup = .*/node.startup = manual/' "$ISCSIROOT/etc/iscsi/iscsid.conf" > "$R/etc/iscsi/iscsid.conf"
+
+# python3 + targetcli-fb, from the downloaded debs (not the host's python)
+if [ "$WITH_TARGETCLI" = 1 ]; then
+  copy_extra_bin "$TCLIROOT" usr/bin/python3.11
+  mkdir -p "$R/usr/lib/python3.11" "$R/usr/lib/python3/dist-packages"
+  (cd "$TCLIROOT/usr/lib/python3.11" && tar -cf - --exclude=test --exclude=tests --exclude=idlelib \
+     --exclude=tkinter --exclude=turtledemo --exclude=ensurepip --exclude=lib2to3 --exclude=__pycache__ \
+     --exclude=pydoc_data --exclude='config-3.11*' .) | tar -xf - -C "$R/usr/lib/python3.11"
+  cp -a "$TCLIROOT/usr/lib/python3/dist-packages/." "$R/usr/lib/python3/dist-packages/"
+  rm -rf "$R/usr/lib/python3/dist-packages/urwid/tests"
+  # targetcli 2.1.53 calls Gio.bus_get_sync() (the system D-Bus, to find
+  # tcmu-runner) outside its try block and dies without a D-Bus daemon
+  # (LAB.md pitfall 27): a stub "no bus" gi.repository instead of python3-gi
+  mkdir -p "$R/usr/lib/python3/dist-packages/gi"
+  : > "$R/usr/lib/python3/dist-packages/gi/__init__.py"
+  cat > "$R/usr/lib/python3/dist-packages/gi/repository.py" <<'GI'
+class Gio:
+    class BusType:
+        SYSTEM = 1
+    class DBusProxyFlags:
+        NONE = 0
+    @staticmethod
+    def bus_get_sync(*a, **k):
+        return None
+    class DBusProxy:
+        @staticmethod
+        def new_sync(*a, **k):
+            raise RuntimeError("no D-Bus in the storage lab")
+GI
+  # extension modules whose libraries the host lacks are not needed by
+  # targetcli (sqlite, dbm, tk...): dropped rather than failing the build
+  while IFS= read -r so; do
+    if LD_LIBRARY_PATH=$TCLIROOT/usr/lib/$ARCH_LIB ldd "$so" 2>&1 | grep -q 'not found'; then
+      rm -f "$so"
+    else
+      copy_libs "$so" "$TCLIROOT/usr/lib/$ARCH_LIB"
+    fi
+  done < <(find "$R/usr/lib/python3.11/lib-dynload" "$R/usr/lib/python3/dist-packages" -name '*.so')
+  for b in targetcli targetctl; do
+    [ -f "$TCLIROOT/usr/bin/$b" ] || continue
+    sed '1s|.*|#!/usr/bin/python3|' "$TCLIROOT/usr/bin/$b" > "$R/usr/bin/$b"
+    chmod +x "$R/usr/bin/$b"
+  done
+  ln -sf /usr/sbin/python3.11 "$R/usr/bin/python3"
+  mkdir -p "$R/etc/rtslib-fb-target" "$R/root/.targetcli"
+fi
 
 # users rpcbind and statd need (rpcbind exits without _rpc: LAB.md pitfall 22)
 printf 'root:x:0:0:root:/root:/bin/sh\n_rpc:x:100:65534::/run/rpcbind:/usr/sbin/nologin\nstatd:x:101:65534::/var/lib/nfs:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$R/etc/passwd"
@@ -274,8 +336,8 @@ install -m 0644 "$HERE/guest/lib.sh" "$R/lab/lib.sh"
 
 (cd "$R" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) > "$INITRD.tmp"
 mv "$INITRD.tmp" "$INITRD"
-# keep one initramfs: older ones are stale by construction
-find "$LAB_DIR" -maxdepth 1 -name 'initrd-*.img' ! -name "${INITRD##*/}" -delete
+# keep one initramfs per variant: older ones are stale by construction
+find "$LAB_DIR" -maxdepth 1 -name "$STALE" ! -name "${INITRD##*/}" -delete
 rm -rf "$R"
 log "initramfs $(du -h "$INITRD" | cut -f1) with $(echo $LOAD_ORDER | wc -w) modules"
 echo "KERNEL=$KDIR/boot/vmlinuz-$KVER"

@@ -40,9 +40,12 @@ struct Image {
 }
 
 static IMAGE: OnceLock<Result<Image, String>> = OnceLock::new();
+/// The variant with python3 and targetcli-fb (`LAB_TARGETCLI=1`).
+static IMAGE_TARGETCLI: OnceLock<Result<Image, String>> = OnceLock::new();
 
-fn image() -> &'static Image {
-    match IMAGE.get_or_init(build_image) {
+fn image(targetcli: bool) -> &'static Image {
+    let cell = if targetcli { &IMAGE_TARGETCLI } else { &IMAGE };
+    match cell.get_or_init(|| build_image(targetcli)) {
         Ok(image) => image,
         Err(e) => panic!("the VM lab cannot start: {e}"),
     }
@@ -63,7 +66,7 @@ fn on_path(name: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
-fn build_image() -> Result<Image, String> {
+fn build_image(targetcli: bool) -> Result<Image, String> {
     for tool in ["qemu-system-x86_64", "tar", "ldd", "bash"] {
         if !on_path(tool) {
             return Err(format!("`{tool}` is not on PATH: {FIX_HINT}"));
@@ -74,6 +77,7 @@ fn build_image() -> Result<Image, String> {
     let out = Command::new("bash")
         .arg(repo_root().join("tests/lab/build.sh"))
         .arg(&lab_dir)
+        .env("LAB_TARGETCLI", if targetcli { "1" } else { "0" })
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run tests/lab/build.sh: {e}"))?;
@@ -136,6 +140,7 @@ pub struct Scenario {
     files: Vec<(String, Vec<u8>)>,
     steps: Vec<StepSpec>,
     timeout: Duration,
+    targetcli: bool,
 }
 
 impl Scenario {
@@ -154,7 +159,16 @@ impl Scenario {
             files: Vec::new(),
             steps: Vec::new(),
             timeout: Duration::from_secs(300),
+            targetcli: false,
         }
+    }
+
+    /// Boots the image with python3 and targetcli-fb in it (`targetcli` on
+    /// `PATH`, about 2 s per call), built as its own variant so the other
+    /// scenarios do not carry it.
+    pub fn with_targetcli(mut self) -> Self {
+        self.targetcli = true;
+        self
     }
 
     /// A file for the guest, relative to the steps' working directory.
@@ -205,7 +219,7 @@ impl Scenario {
     /// the step's output and the console tail) when the lab cannot start, the VM times
     /// out, or a [`Scenario::step`] exits non-zero.
     pub fn run(self) -> Outcome {
-        let image = image();
+        let image = image(self.targetcli);
         let run_dir = image.lab_dir.join("runs").join(&self.name);
         let outcome = self
             .run_in(image, &run_dir)

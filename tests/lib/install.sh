@@ -4,6 +4,9 @@
 #
 #   need_apt WHO PKG... -- TOOL...    Debian packages, then each TOOL checked by name
 #   need_pip WHO PKG... -- TOOL...    PyPI packages (for the current python3), likewise
+#   need_cargo WHO CRATE VERSION      a cargo subcommand from crates.io (`cargo install
+#                                     --locked`), unless `cargo-CRATE --version` already
+#                                     prints VERSION; ~/.cargo/bin keeps it for later runs
 #
 # Both are idempotent and quiet when everything is present: nothing is asked of apt
 # or pip unless a package is missing, and a tool still missing afterwards is an error
@@ -110,4 +113,18 @@ need_pip() {
   command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1
   hash -r
   _need_check_tools "$who" "${tools[@]}"
+}
+
+need_cargo() {
+  local who=$1 crate=$2 version=$3
+  if "$crate" --version 2>/dev/null | grep -qF " $version"; then
+    return 0
+  fi
+  _need_log "$who" "cargo install --locked $crate --version $version (crates.io; builds from source, minutes)"
+  cargo install --quiet --locked "$crate" --version "$version"
+  hash -r
+  "$crate" --version 2>/dev/null | grep -qF " $version" || {
+    _need_log "$who" "$crate $version still missing after install"
+    return 1
+  }
 }
