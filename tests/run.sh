@@ -19,6 +19,24 @@ bash tests/lab/install-deps.sh
 # against schemas/.
 need_pip run.sh check-jsonschema -- check-jsonschema
 
+# Installing like a system tool: zsh and fish load the generated
+# completions; groff renders the man pages; dpkg-deb/dpkg-shlibdeps build the
+# package and systemd-analyze verifies its unit (most are on the image; the
+# check is by tool name).
+need_apt run.sh zsh fish groff-base dpkg-dev systemd man-db -- \
+  zsh fish groff dpkg-deb dpkg-shlibdeps systemd-analyze man
+
+# promtool checks and unit-tests examples/prometheus: only that program out
+# of Debian's prometheus package (installing the package would add a 96 MB
+# server, a system user and, on hosts that run systemd, a started service).
+need_deb_bin run.sh prometheus target/tools promtool
+export PATH="$PWD/target/tools:$PATH"
+# Headless Chromium for the agent's status page (tests/cli/status_page.rs),
+# driven over the DevTools protocol by tests/browser/cdp.py (python3 only).
+need_apt run.sh chromium -- chromium python3
+# jq: the CI examples' steps (tests/cli/ci_examples.rs) run with it.
+need_apt run.sh jq -- jq
+
 # moto's S3 server (PyPI): the real S3-compatible store the backup tests
 # write to (tests/lib/s3_server.py says why moto).
 need_pip run.sh 'moto[server]' boto3 -- moto_server
@@ -42,6 +60,14 @@ if [ "$etcd_was_installed" != installed ] && command -v systemctl >/dev/null 2>&
 fi
 
 cargo build --locked --all-targets
+# The Debian package (tests/package/build-deb.sh), installed into a throwaway
+# root by an ignored test in tests/cli/install.rs. Packaged from the dev build
+# just made: what the test checks (layout, unit, conffiles, man pages,
+# completions, maintainer scripts) does not depend on the optimisation level,
+# and a release build would compile every crate a second time. A release
+# package is `bash tests/package/build-deb.sh` (its default profile).
+CINDERBLOCK_DEB=$(bash tests/package/build-deb.sh --profile dev --out target/debian | tail -1)
+export CINDERBLOCK_DEB
 cargo test --locked
 # The ignored tests, by target (the library's ignored helper tests are
 # children that other tests start themselves).

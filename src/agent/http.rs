@@ -2,6 +2,7 @@
 //!
 //! | route | answers |
 //! | --- | --- |
+//! | `GET /` | the status page: HTML for people ([`super::page`]), self-contained, under a `Content-Security-Policy` that allows nothing external |
 //! | `GET /healthz` | 200 while the process serves requests |
 //! | `GET /readyz` | 200 once the first reconcile finished and the agent is not stalled; 503 with the reason otherwise |
 //! | `GET /status` | the status document (JSON), as also written to the state directory |
@@ -39,6 +40,7 @@ use super::{Shared, lock};
 /// The router.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
@@ -111,6 +113,24 @@ pub async fn serve(
     conns.abort_all();
     while conns.join_next().await.is_some() {}
     Ok(())
+}
+
+async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    let doc = lock(&shared.status).clone();
+    let html = super::page::render(&doc, chrono::Utc::now());
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                super::page::CONTENT_SECURITY_POLICY,
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -112,6 +112,11 @@ pub struct Metrics {
     pub backups_running: u64,
     /// Per policy: unix time of the next run.
     pub backup_next_run: BTreeMap<String, f64>,
+    /// Per volume: (policy, longest gap between its schedule's slots in
+    /// seconds): how old its newest backup may be before a slot was missed.
+    pub backup_max_age: BTreeMap<String, (String, f64)>,
+    /// Migrations in flight by volume address: (from, to, read, to read).
+    pub migrations: BTreeMap<String, (String, String, u64, u64)>,
     /// The fleet, with `--etcd`.
     pub fleet: Option<super::fleet::FleetStatus>,
 }
@@ -138,6 +143,8 @@ impl Default for Metrics {
             backup_duration: Histogram::new(BACKUP_BUCKETS),
             backups_running: 0,
             backup_next_run: BTreeMap::new(),
+            backup_max_age: BTreeMap::new(),
+            migrations: BTreeMap::new(),
             fleet: None,
         }
     }
@@ -448,6 +455,49 @@ impl Metrics {
                 *t,
             );
         }
+        o.family(
+            "cinderblock_backup_max_age_seconds",
+            "gauge",
+            "Per volume: the longest time between two slots of its policy's schedule; a newest backup older than this missed a slot.",
+        );
+        for (volume, (policy, secs)) in &self.backup_max_age {
+            o.sample(
+                "cinderblock_backup_max_age_seconds",
+                &[("volume", volume), ("policy", policy)],
+                *secs,
+            );
+        }
+        o.family(
+            "cinderblock_migrations_running",
+            "gauge",
+            "Migrations in flight.",
+        );
+        o.sample(
+            "cinderblock_migrations_running",
+            &[],
+            as_f64(self.migrations.len() as u64),
+        );
+        for (family, help, pick) in [
+            (
+                "cinderblock_migration_read_bytes",
+                "Bytes a migration in flight has read so far.",
+                0,
+            ),
+            (
+                "cinderblock_migration_to_read_bytes",
+                "Bytes a migration in flight reads in all (its allocated data, or the whole volume).",
+                1,
+            ),
+        ] {
+            o.family(family, "gauge", help);
+            for (volume, (from, to, read, to_read)) in &self.migrations {
+                o.sample(
+                    family,
+                    &[("volume", volume), ("from", from), ("to", to)],
+                    as_f64([*read, *to_read][pick]),
+                );
+            }
+        }
         if let Some(f) = &self.fleet {
             fleet(&mut o, f);
         }
@@ -638,6 +688,12 @@ mod tests {
         );
         m.backup_run("db", "nightly", "success", 3.0);
         m.backup_last_success.insert("db".into(), (1.7e9, 1234));
+        m.backup_max_age
+            .insert("db".into(), ("nightly".into(), 86_400.0));
+        m.migrations.insert(
+            "volume.db".into(),
+            ("thin".into(), "files".into(), 1 << 20, 4 << 20),
+        );
         let text = m.render();
         for line in text.lines() {
             assert!(!line.is_empty());
@@ -656,6 +712,10 @@ mod tests {
             "cinderblock_backup_runs_total{volume=\"db\",policy=\"nightly\",result=\"success\"} 1",
             "cinderblock_backup_last_size_bytes{volume=\"db\"} 1234",
             "cinderblock_backup_last_success_timestamp_seconds{volume=\"db\"} 1700000000",
+            "cinderblock_backup_max_age_seconds{volume=\"db\",policy=\"nightly\"} 86400",
+            "cinderblock_migrations_running 1",
+            "cinderblock_migration_read_bytes{volume=\"volume.db\",from=\"thin\",to=\"files\"} 1048576",
+            "cinderblock_migration_to_read_bytes{volume=\"volume.db\",from=\"thin\",to=\"files\"} 4194304",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -33,6 +33,7 @@ pub mod fleet;
 pub mod git;
 pub mod http;
 pub mod metrics;
+pub mod page;
 pub mod reconcile;
 pub mod schedule;
 pub mod source;

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use super::backoff::{Backoff, Policy};
 use super::source::{Candidate, Source};
 use super::status::{
-    BackendStatus, BadRevision, DriftStatus, ObjectStatus, ReconcileStatus, Status,
+    BackendStatus, BadRevision, DriftStatus, MigrationStatus, ObjectStatus, ReconcileStatus, Status,
 };
 use super::{Reason, Shared, lock};
 use crate::apply::{self, ApplyError, Progress};
@@ -500,6 +500,7 @@ impl Reconciler {
                 fence,
             },
         );
+        progress.clear_migrations();
         for address in &progress.done {
             self.backoff.succeed(address);
             run.objects
@@ -936,13 +937,71 @@ struct AgentProgress {
     done: Vec<String>,
 }
 
+impl AgentProgress {
+    /// Forgets the migrations shown as in flight (the apply returned).
+    fn clear_migrations(&self) {
+        lock(&self.shared.status).migrations.clear();
+        lock(&self.shared.metrics).migrations.clear();
+    }
+}
+
 impl Progress for AgentProgress {
     fn start(&mut self, action: &Action, detail: &str) {
         tracing::info!(address = %action.address, step = %detail, "step started");
+        if let Op::Migrate {
+            from,
+            to,
+            size,
+            read,
+            ..
+        } = &action.op
+        {
+            let mut s = lock(&self.shared.status);
+            s.migrations.retain(|m| m.address != action.address);
+            s.migrations.push(MigrationStatus {
+                address: action.address.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                size: *size,
+                started_at: Utc::now(),
+                read: 0,
+                to_read: *read,
+                written: 0,
+            });
+            lock(&self.shared.metrics)
+                .migrations
+                .insert(action.address.clone(), (from.clone(), to.clone(), 0, *read));
+        }
+    }
+    fn copy(&mut self, action: &Action, at: &crate::copy::Position) {
+        if let Some(m) = lock(&self.shared.status)
+            .migrations
+            .iter_mut()
+            .find(|m| m.address == action.address)
+        {
+            m.read = at.read;
+            m.to_read = at.to_read;
+            m.written = at.written;
+        }
+        if let Some(m) = lock(&self.shared.metrics)
+            .migrations
+            .get_mut(&action.address)
+        {
+            m.2 = at.read;
+            m.3 = at.to_read;
+        }
     }
     fn done(&mut self, action: &Action, changed: bool, elapsed: Duration) {
         tracing::info!(address = %action.address, changed, elapsed_ms = elapsed.as_millis(), "step done");
         self.done.push(action.address.clone());
+        if matches!(action.op, Op::Migrate { .. }) {
+            lock(&self.shared.status)
+                .migrations
+                .retain(|m| m.address != action.address);
+            lock(&self.shared.metrics)
+                .migrations
+                .remove(&action.address);
+        }
     }
     fn proceed(&mut self) -> bool {
         !self.shared.stop.load(Ordering::SeqCst)

@@ -138,6 +138,28 @@ impl CronSpec {
             .ok()
             .map(|d| d.with_timezone(&Utc))
     }
+
+    /// The longest time between two consecutive slots after `t`, looked at
+    /// over the next 400 slots or 63 days (two months: a monthly schedule
+    /// has at least one gap in it): the age the newest backup may reach
+    /// before a slot has been missed. `None` with fewer than two slots.
+    pub fn longest_gap(&self, t: DateTime<Utc>) -> Option<chrono::Duration> {
+        let end = t + chrono::Duration::days(63);
+        let mut prev = self.next_after(t)?;
+        let mut longest: Option<chrono::Duration> = None;
+        for _ in 0..400 {
+            let Some(next) = self.next_after(prev) else {
+                break;
+            };
+            let gap = next - prev;
+            longest = Some(longest.map_or(gap, |l| l.max(gap)));
+            if next > end {
+                break;
+            }
+            prev = next;
+        }
+        longest
+    }
 }
 
 /// What is remembered of one job across restarts.
@@ -610,7 +632,15 @@ fn finish(
 fn report(sched: &Scheduler, shared: &Shared, now: DateTime<Utc>) {
     let mut policies = Vec::new();
     let mut next_runs = BTreeMap::new();
+    let mut gaps = BTreeMap::new();
     for (name, schedule, timezone, next) in sched.policies(now) {
+        if let Some(gap) = CronSpec::parse(&schedule, &timezone)
+            .ok()
+            .and_then(|c| c.longest_gap(now))
+        {
+            #[allow(clippy::cast_precision_loss)] // seconds fit in f64
+            gaps.insert(name.clone(), gap.num_seconds() as f64);
+        }
         let volumes = sched
             .jobs()
             .iter()
@@ -667,6 +697,11 @@ fn report(sched: &Scheduler, shared: &Shared, now: DateTime<Utc>) {
         let mut m = lock(&shared.metrics);
         m.backups_running = sched.running() as u64;
         m.backup_next_run = next_runs;
+        m.backup_max_age = sched
+            .jobs()
+            .iter()
+            .filter_map(|(v, p)| gaps.get(p).map(|g| (v.clone(), (p.clone(), *g))))
+            .collect();
     }
     if changed {
         shared.publish();
@@ -707,6 +742,28 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_longest_gap_is_what_a_newest_backup_may_reach() {
+        let now = at("2026-11-24T10:00:00Z");
+        let gap = |expr: &str, tz: &str| {
+            CronSpec::parse(expr, tz)
+                .unwrap()
+                .longest_gap(now)
+                .unwrap()
+                .num_seconds()
+        };
+        assert_eq!(gap("0 2 * * *", "UTC"), 86_400);
+        assert_eq!(gap("*/15 * * * *", "UTC"), 900);
+        // Weekdays only: Friday to Monday.
+        assert_eq!(gap("0 2 * * 1-5", "UTC"), 3 * 86_400);
+        // Monthly: the longest month in the next two.
+        assert_eq!(gap("0 0 1 * *", "UTC"), 31 * 86_400);
+        // Across the end of daylight saving time in Berlin a daily slot is
+        // 25 hours after the one before (2026-10-25 is behind; 2027-03-28
+        // is past 63 days), so a plain day here.
+        assert_eq!(gap("30 1 * * *", "Europe/Berlin"), 86_400);
     }
 
     fn manifests(volumes: &[(&str, &str)], schedule: &str, tz: &str) -> ManifestSet {

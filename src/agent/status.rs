@@ -54,9 +54,34 @@ pub struct Status {
     pub backends: Vec<BackendStatus>,
     /// Backup schedules and per-volume results.
     pub backups: BackupsStatus,
+    /// Migrations running now (a step of the apply in flight).
+    #[serde(default)]
+    pub migrations: Vec<MigrationStatus>,
     /// The fleet, when the agent runs with `--etcd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<super::fleet::FleetStatus>,
+}
+
+/// A migration in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    /// `volume.NAME`.
+    pub address: String,
+    /// The back end it moves from.
+    pub from: String,
+    /// The back end it moves to.
+    pub to: String,
+    /// The volume's size in bytes.
+    pub size: u64,
+    /// When the step started.
+    pub started_at: DateTime<Utc>,
+    /// Bytes read so far by this run.
+    pub read: u64,
+    /// Bytes this run reads in all (allocated data, or the whole volume).
+    pub to_read: u64,
+    /// Bytes written to the target so far.
+    pub written: u64,
 }
 
 /// The process behind the document.

@@ -11,6 +11,7 @@ mod agent;
 mod backup;
 mod backup_due;
 mod fleet;
+mod install;
 mod plan;
 mod validate;
 
@@ -79,6 +80,10 @@ enum Command {
     Agent(agent::AgentArgs),
     /// What the agent last applied (from the state directory).
     Status(agent::StatusArgs),
+    /// Write a shell completion script (bash, zsh, fish) to stdout.
+    Completions(install::CompletionsArgs),
+    /// Write the manual pages (roff) into a directory.
+    Manpages(install::ManpagesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +113,8 @@ pub fn run() -> i32 {
         Command::Backup(args) => backup::run(&args, &cli.global.state, cli.global.host.as_deref()),
         Command::Agent(args) => agent::run_agent(&cli.global, &args),
         Command::Status(args) => agent::run_status(&cli.global, &args),
+        Command::Completions(args) => install::completions(&args),
+        Command::Manpages(args) => install::manpages(&args),
     };
     match result {
         Ok(code) => code,

@@ -283,7 +283,8 @@ fn headline(a: &Action) -> String {
 
 /// The text plan's block with each line's change mark moved to the first
 /// column, where a `diff` fence colours it: `+` green, `-` red, `~` shown
-/// as `!` (changed). Other lines are indented by one space.
+/// as `!` (changed). Every line gains that one column and a mark's old place
+/// becomes a space, so the block keeps the text plan's alignment.
 fn diff_lines(block: &str) -> String {
     let mut out = String::new();
     for line in block.lines() {
@@ -297,7 +298,7 @@ fn diff_lines(block: &str) -> String {
         };
         match mark {
             Some(m) => {
-                let _ = writeln!(out, "{m}{}{}", " ".repeat(indent), &body[1..]);
+                let _ = writeln!(out, "{m}{} {}", " ".repeat(indent), &body[1..]);
             }
             None => {
                 let _ = writeln!(out, " {line}");
@@ -772,7 +773,7 @@ mod tests {
         let block = "  # volume.a will be created\n  + volume \"a\" {\n      + size = 1Gi\n      ~ x = 1 -> 2\n    }\n";
         assert_eq!(
             diff_lines(block),
-            "   # volume.a will be created\n+   volume \"a\" {\n+       size = 1Gi\n!       x = 1 -> 2\n     }\n"
+            "   # volume.a will be created\n+    volume \"a\" {\n+        size = 1Gi\n!        x = 1 -> 2\n     }\n"
         );
     }
 }

@@ -23,9 +23,9 @@ use crate::support::run_in;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A running agent.
-struct Agent {
+pub struct Agent {
     child: Option<Child>,
-    addr: String,
+    pub addr: String,
     log: PathBuf,
     state: PathBuf,
 }
@@ -33,7 +33,7 @@ struct Agent {
 impl Agent {
     /// Starts `cinderblock --state state --host testhost agent ARGS
     /// --listen 127.0.0.1:0` in `dir` and waits until it serves HTTP.
-    fn start(dir: &Path, args: &[&str]) -> Agent {
+    pub fn start(dir: &Path, args: &[&str]) -> Agent {
         let log = dir.join(format!("agent-{}.log", rand_suffix()));
         let out = fs::File::create(&log).unwrap();
         let exe = assert_cmd::cargo::cargo_bin("cinderblock");
@@ -84,7 +84,7 @@ impl Agent {
 
     /// Polls `f` every 10 ms until it gives a value; panics with the agent's
     /// log after `timeout`.
-    fn poll<T>(
+    pub fn poll<T>(
         &mut self,
         what: &str,
         timeout: Duration,
@@ -112,23 +112,28 @@ impl Agent {
         }
     }
 
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
         http(&self.addr, method, path, headers)
     }
 
-    fn get(&self, path: &str) -> (u16, String) {
+    pub fn get(&self, path: &str) -> (u16, String) {
         let (code, _, body) = self.request("GET", path, &[]);
         (code, body)
     }
 
-    fn status(&self) -> Value {
+    pub fn status(&self) -> Value {
         let (code, body) = self.get("/status");
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
 
     /// Waits for `/status` to satisfy `cond`; returns it.
-    fn wait_status(&mut self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_status(&mut self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
         self.poll(what, WAIT, |a| {
             let s = a.status();
             cond(&s).then_some(s)
@@ -147,7 +152,7 @@ impl Agent {
         })
     }
 
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         self.poll("/readyz to answer 200", WAIT, |a| {
             (a.get("/readyz").0 == 200).then_some(())
         });
@@ -224,7 +229,7 @@ pub(crate) fn http(
 }
 
 /// A site with one file back end `local` on `pool/`.
-fn site_with_backend() -> Site {
+pub fn site_with_backend() -> Site {
     let site = Site::new();
     let pool = site.path().join("pool");
     fs::create_dir_all(&pool).unwrap();
@@ -1095,7 +1100,7 @@ fn a_slow_http_client_is_cut_off_and_does_not_block_others() {
 }
 
 /// Writes `content` at the start of the volume file `path` of `size` bytes.
-fn write_volume(path: &Path, content: &[u8], size: u64) {
+pub fn write_volume(path: &Path, content: &[u8], size: u64) {
     fs::write(path, content).unwrap();
     fs::OpenOptions::new()
         .write(true)

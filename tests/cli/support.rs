@@ -32,3 +32,20 @@ pub fn run_in(dir: &Path, args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Runs an outside tool (installed by tests/run.sh) with `args` in `dir`;
+/// panics naming the tool when it is not installed.
+pub fn tool(dir: &Path, program: &str, args: &[&str]) -> Run {
+    #[allow(clippy::disallowed_methods)] // a test tool, not a host command
+    let out = std::process::Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} cannot run ({e}); tests/run.sh installs it"));
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

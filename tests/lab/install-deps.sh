@@ -29,5 +29,5 @@ if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
     echo "install-deps: need root to fetch apt's package lists" >&2
     exit 1
   fi
-  apt-get update -qq
+  _need_apt_update
 fi

@@ -7,8 +7,10 @@
 #   need_cargo WHO CRATE VERSION      a cargo subcommand from crates.io (`cargo install
 #                                     --locked`), unless `cargo-CRATE --version` already
 #                                     prints VERSION; ~/.cargo/bin keeps it for later runs
+#   need_deb_bin WHO PKG DIR TOOL...  only /usr/bin/TOOL unpacked from PKG's .deb into DIR,
+#                                     without installing PKG (see below)
 #
-# Both are idempotent and quiet when everything is present: nothing is asked of apt
+# All are idempotent and quiet when everything is present: nothing is asked of apt
 # or pip unless a package is missing, and a tool still missing afterwards is an error
 # that names it.
 #
@@ -32,6 +34,13 @@ _need_archive_version() { # pkg -> the highest version an apt source (not dpkg's
     awk -F'|' '$3 !~ /dpkg\/status/ { gsub(/ /, "", $2); print $2 }' |
     sort -V -r | head -1
   # sort -V is close to dpkg's ordering; the simulation below has the last word.
+}
+
+_need_apt_update() { # apt-get update once per test run (the variable is exported to
+  # the scripts tests/run.sh starts): later installs in the same run reuse the lists
+  [ -n "${CINDERBLOCK_APT_UPDATED:-}" ] && return 0
+  apt-get update -qq
+  export CINDERBLOCK_APT_UPDATED=1
 }
 
 _need_check_tools() { # who tool...
@@ -61,7 +70,7 @@ need_apt() {
   fi
   export DEBIAN_FRONTEND=noninteractive
   _need_log "$who" "apt-get install ${missing[*]}"
-  apt-get update -qq
+  _need_apt_update
 
   # Simulate first: what would apt remove?
   local args=("${missing[@]}") extra=() sim removed r v
@@ -127,4 +136,44 @@ need_cargo() {
     _need_log "$who" "$crate $version still missing after install"
     return 1
   }
+}
+
+# need_deb_bin WHO PKG DIR TOOL...
+# One program out of a Debian package, without installing the package: the .deb is
+# fetched with `apt-get download` and only /usr/bin/TOOL is unpacked into DIR (add DIR
+# to PATH). For a package whose installation does more than the tests want: Debian's
+# prometheus (96 MB, a system user, a server started on hosts that run systemd) carries
+# promtool, the one program the tests need. Idempotent: nothing is fetched when DIR
+# already holds every TOOL that runs.
+need_deb_bin() {
+  local who=$1 pkg=$2 dir=$3 t missing=0
+  shift 3
+  for t in "$@"; do "$dir/$t" --version >/dev/null 2>&1 || missing=1; done
+  [ $missing = 0 ] && return 0
+  _need_log "$who" "apt-get download $pkg (unpacking only $*)"
+  local tmp deb
+  tmp=$(mktemp -d)
+  if [ -z "$(apt-cache madison "$pkg" 2>/dev/null)" ]; then _need_apt_update; fi
+  (cd "$tmp" && apt-get download -qq "$pkg" 2>&1 | grep -v 'Download is performed unsandboxed' >&2 || true)
+  deb=$(ls "$tmp"/"${pkg}"_*.deb 2>/dev/null | head -1)
+  if [ -z "$deb" ]; then
+    _need_log "$who" "apt-get download $pkg failed"
+    rm -rf "$tmp"
+    return 1
+  fi
+  mkdir -p "$dir" "$tmp/x"
+  for t in "$@"; do
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/x" "./usr/bin/$t" || {
+      _need_log "$who" "$pkg has no /usr/bin/$t"
+      rm -rf "$tmp"
+      return 1
+    }
+    install -m 0755 "$tmp/x/usr/bin/$t" "$dir/$t"
+    "$dir/$t" --version >/dev/null 2>&1 || {
+      _need_log "$who" "$dir/$t from $pkg does not run"
+      rm -rf "$tmp"
+      return 1
+    }
+  done
+  rm -rf "$tmp"
 }

@@ -1,0 +1,268 @@
+//! The agent's status page (`GET /`) in headless Chromium, driven over the
+//! `DevTools` protocol by `tests/browser/cdp.py`: it loads without console
+//! errors, failed loads or policy violations, and shows the numbers
+//! `/status` has. The screenshot it takes is the reference under
+//! `tests/screenshots/` (refreshed with `CINDERBLOCK_UPDATE_SCREENSHOTS=1`).
+
+use std::fs;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::agent::{Agent, site_with_backend, write_volume};
+use crate::plan::{H, volume};
+use crate::support::{root, tool};
+
+/// The part of `html` from the element carrying `attr` to the end of its
+/// table row.
+fn row<'a>(html: &'a str, attr: &str) -> &'a str {
+    let at = html
+        .find(attr)
+        .unwrap_or_else(|| panic!("no {attr} in the page:\n{html}"));
+    let end = html[at..].find("</tr>").map_or(html.len(), |e| at + e);
+    &html[at..end]
+}
+
+/// The exact bytes the page gives for `of` in `part`.
+fn bytes_of(part: &str, of: &str) -> u64 {
+    let tag = format!("\" data-of=\"{of}\"");
+    let end = part
+        .find(&tag)
+        .unwrap_or_else(|| panic!("no {of} in {part}"));
+    let start = part[..end].rfind("data-bytes=\"").unwrap() + "data-bytes=\"".len();
+    part[start..end].parse().unwrap()
+}
+
+fn count_of(html: &str, what: &str) -> u64 {
+    let tag = format!("data-count=\"{what}\">");
+    let at = html.find(&tag).unwrap_or_else(|| panic!("no count {what}")) + tag.len();
+    html[at..html[at..].find('<').unwrap() + at]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs Debian's chromium (tests/run.sh installs it)"]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn the_status_page_loads_cleanly_in_chromium_and_shows_what_status_has() {
+    let site = site_with_backend();
+    let archive = site.path().join("archive");
+    fs::create_dir_all(&archive).unwrap();
+    site.write(
+        "archive.yaml",
+        &crate::plan::backend("archive", &archive, "  maxOverSubscriptionRatio: 1.0\n"),
+    );
+    let repo = site.path().join("repo");
+    site.write(
+        "policy.yaml",
+        &format!(
+            "{H}kind: BackupPolicy\nmetadata:\n  name: minutely\nspec:\n  schedule: \"* * * * *\"\n  \
+             target:\n    path: {}\n  retention:\n    keepLast: 3\n",
+            repo.display()
+        ),
+    );
+    site.write(
+        "volumes.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            volume("db", "64Mi", "  backend: local\n  backupPolicy: minutely\n"),
+            volume("logs", "16Mi", "  backend: local\n"),
+            volume("media", "48Mi", "  backend: archive\n")
+        ),
+    );
+    site.write(
+        "snap.yaml",
+        &format!("{H}kind: Snapshot\nmetadata:\n  name: db-before-upgrade\nspec:\n  volume: db\n"),
+    );
+    // Applied first, with data in db, so the agent's discovery sees every
+    // object and the backup stores something.
+    site.apply();
+    let db_file = site.data("pool", "volume.db");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    write_volume(&db_file, &data, 64 << 20);
+    let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);
+    agent.wait_ready();
+    // The first scheduled backup (every minute), so the page has one.
+    agent.poll(
+        "the first scheduled backup of db",
+        Duration::from_secs(100),
+        |a| {
+            std::thread::sleep(Duration::from_millis(200));
+            let s = a.status();
+            let v = s["backups"]["volumes"]
+                .as_array()?
+                .iter()
+                .find(|v| v["volume"] == "db")?
+                .clone();
+            (v["lastSize"].as_u64()? > 0 && v["running"] == false).then_some(())
+        },
+    );
+
+    // The route: HTML, self-contained by policy.
+    let (code, head, body) = agent.request("GET", "/", &[]);
+    assert_eq!(code, 200, "{head}");
+    let head_l = head.to_ascii_lowercase();
+    assert!(
+        head_l.contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    assert!(
+        head_l.contains(
+            "content-security-policy: default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+        ),
+        "{head}"
+    );
+    assert!(body.starts_with("<!DOCTYPE html>"), "{body}");
+
+    // In the browser, compared with /status read just before and after.
+    let out = tempfile::tempdir().unwrap();
+    let shot = out.path().join("status-page.png");
+    let (page, status) = (0..3)
+        .find_map(|_| {
+            let before = agent.status();
+            let r = tool(
+                site.path(),
+                "python3",
+                &[
+                    root().join("tests/browser/cdp.py").to_str().unwrap(),
+                    &format!("http://{}/", agent.addr),
+                    shot.to_str().unwrap(),
+                    "1280",
+                    "900",
+                ],
+            );
+            assert_eq!(r.code, 0, "cdp.py failed:\n{}", r.stderr);
+            let after = agent.status();
+            let same = |s: &Value| {
+                (
+                    s["reconcileCount"].clone(),
+                    s["backends"].clone(),
+                    s["objects"].clone(),
+                    s["backups"]["volumes"].clone(),
+                )
+            };
+            (same(&before) == same(&after))
+                .then(|| (serde_json::from_str::<Value>(&r.stdout).unwrap(), after))
+        })
+        .expect("the status kept changing while the page loaded");
+    assert_eq!(
+        page["problems"],
+        serde_json::json!([]),
+        "the page had problems"
+    );
+    assert_eq!(page["status"], 200);
+    assert_eq!(page["title"], "cinderblock · testhost");
+    let html = page["html"].as_str().unwrap();
+
+    assert_eq!(
+        count_of(html, "reconciles"),
+        status["reconcileCount"].as_u64().unwrap()
+    );
+    let backends = status["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2);
+    for b in backends {
+        let name = b["name"].as_str().unwrap();
+        let part = row(html, &format!("data-backend=\"{name}\""));
+        for (of, key) in [
+            ("free", "free"),
+            ("total", "total"),
+            ("provisioned", "provisioned"),
+        ] {
+            assert_eq!(
+                bytes_of(part, of),
+                b[key].as_u64().unwrap(),
+                "{name} {of}: {part}"
+            );
+        }
+        assert!(part.contains("<meter "), "{part}");
+    }
+    let objects = status["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 4, "{status:#}");
+    let local = backends.iter().find(|b| b["name"] == "local").unwrap();
+    assert_eq!(local["provisioned"], (64 + 64 + 16) << 20, "{local}");
+    assert_eq!(count_of(html, "objects"), 4);
+    for o in objects {
+        let address = o["address"].as_str().unwrap();
+        let part = row(html, &format!("data-object=\"{address}\""));
+        assert!(
+            part.contains(&format!("data-state=\"{}\"", o["state"].as_str().unwrap())),
+            "{address}: {part}"
+        );
+        if let Some(size) = o["size"].as_u64() {
+            assert_eq!(bytes_of(part, "size"), size, "{address}");
+        }
+    }
+    let db = status["backups"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["volume"] == "db")
+        .unwrap();
+    let part = row(html, "data-backup=\"db\"");
+    assert_eq!(
+        bytes_of(part, "stored"),
+        db["lastSize"].as_u64().unwrap(),
+        "{part}"
+    );
+    assert!(
+        part.contains(" s ago</time>") || part.contains(" min ago</time>"),
+        "{part}"
+    );
+    let applied = status["source"]["appliedRevision"].as_str().unwrap();
+    assert!(
+        html.contains(&format!("<code data-revision=\"applied\">{applied}</code>")),
+        "{applied}"
+    );
+    assert!(html.contains("data-condition=\"Ready\" data-status=\"True\""));
+
+    // The screenshot: a PNG of the page's full height at 1280 px.
+    let png = fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!(width, 1280);
+    assert!(height >= 900, "{height}");
+    let fresh = root().join("target/screenshots");
+    fs::create_dir_all(&fresh).unwrap();
+    fs::copy(&shot, fresh.join("status-page.png")).unwrap();
+    let reference = root().join("tests/screenshots/status-page.png");
+    if std::env::var_os("CINDERBLOCK_UPDATE_SCREENSHOTS").is_some() {
+        fs::create_dir_all(reference.parent().unwrap()).unwrap();
+        fs::copy(&shot, &reference).unwrap();
+    }
+    let checked_in = fs::read(&reference).expect("tests/screenshots/status-page.png is checked in");
+    assert_eq!(&checked_in[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(
+        u32::from_be_bytes(checked_in[16..20].try_into().unwrap()),
+        1280
+    );
+}
+
+/// The page's checks can fail: a page with a console error, a failed load
+/// and no favicon is reported by the same driver.
+#[test]
+#[ignore = "needs Debian's chromium (tests/run.sh installs it)"]
+fn the_browser_driver_reports_console_errors_and_failed_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("bad.html");
+    fs::write(
+        &page,
+        "<!DOCTYPE html><title>bad</title><script>console.error('boom')</script><img src=\"missing.png\">",
+    )
+    .unwrap();
+    let shot = dir.path().join("bad.png");
+    let r = tool(
+        dir.path(),
+        "python3",
+        &[
+            root().join("tests/browser/cdp.py").to_str().unwrap(),
+            &format!("file://{}", page.display()),
+            shot.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let problems = v["problems"].to_string();
+    assert!(problems.contains("console.error: boom"), "{problems}");
+    assert!(problems.contains("missing.png"), "{problems}");
+}
