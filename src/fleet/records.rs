@@ -16,9 +16,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::iscsi::configfs::BackstoreKind;
 use crate::manifest::Name;
 use crate::manifest::kinds::{Allocation, VolumeClear};
 use crate::manifest::values::OverSubscription;
+use crate::model::InUse;
 use crate::observe::{
     BackendView, Capacity, Discovery, Driver, Exports, Health, ImageFile, Inventory, ObjKind,
     Observed, PoolFill, PoolSizes, SharedSpace, World,
@@ -263,6 +265,16 @@ pub struct WireExport {
     /// The device behind it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The backstore's HBA folder (`iblock_3`).
+    pub hba: String,
+    /// Its kind, as the HBA prefix (`iblock`, `fileio`, ...).
+    pub backstore: String,
+    /// The other storage objects in that folder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<String>,
+    /// The LUN's size as LIO has it (`fileio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// Initiators with an ACL.
     pub initiators: Vec<String>,
     /// Those logged in.
@@ -449,9 +461,52 @@ pub struct WireObject {
     /// For `sizeMismatch`: (recorded, actual).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<(u64, u64)>,
-    /// Open.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub in_use: bool,
+    /// What a volume was made from and may share data with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_of: Option<Uuid>,
+    /// What holds it open, when something does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<WireInUse>,
+}
+
+/// What holds an object open (`model::InUse` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "by")]
+pub enum WireInUse {
+    /// A holder the host named.
+    Named {
+        /// Who.
+        holder: String,
+    },
+    /// An open LV with no holder visible from the host.
+    Unnamed {
+        /// The LV's device.
+        device: String,
+    },
+}
+
+impl WireInUse {
+    fn of(u: &InUse) -> Self {
+        match u {
+            InUse::Named { holder } => WireInUse::Named {
+                holder: holder.clone(),
+            },
+            InUse::Unnamed { device } => WireInUse::Unnamed {
+                device: device.clone(),
+            },
+        }
+    }
+
+    fn to_model(&self) -> InUse {
+        match self {
+            WireInUse::Named { holder } => InUse::Named {
+                holder: holder.clone(),
+            },
+            WireInUse::Unnamed { device } => InUse::Unnamed {
+                device: device.clone(),
+            },
+        }
+    }
 }
 
 /// A placement (`placements/VOLUME`): written once, in a transaction that
@@ -476,6 +531,19 @@ pub struct PlacementRecord {
     pub at: DateTime<Utc>,
     /// Why there, in words.
     pub reason: String,
+}
+
+/// The backstore kind whose HBA prefix is `prefix`.
+fn backstore_kind(prefix: &str) -> Option<BackstoreKind> {
+    [
+        BackstoreKind::Block,
+        BackstoreKind::File,
+        BackstoreKind::Ramdisk,
+        BackstoreKind::Pscsi,
+        BackstoreKind::User,
+    ]
+    .into_iter()
+    .find(|k| k.hba_prefix() == prefix)
 }
 
 fn health_word(h: Health) -> (&'static str, Option<(u64, u64)>) {
@@ -563,7 +631,8 @@ impl BackendRecord {
                             parent: o.parent,
                             state: state.to_owned(),
                             mismatch,
-                            in_use: o.in_use,
+                            clone_of: o.clone_of,
+                            in_use: o.in_use.as_ref().map(WireInUse::of),
                         }
                     })
                     .collect(),
@@ -671,8 +740,9 @@ impl BackendRecord {
                         size: o.size,
                         allocated: o.allocated,
                         parent: o.parent,
+                        clone_of: o.clone_of,
                         health: health_of(&o.state, o.mismatch),
-                        in_use: o.in_use,
+                        in_use: o.in_use.as_ref().map(WireInUse::to_model),
                     });
                 }
                 Discovery::Ok(Inventory {
@@ -756,6 +826,10 @@ impl HostView {
                             uuid: e.uuid,
                             iqn: e.iqn.clone(),
                             device: e.device.clone(),
+                            hba: e.backstore.hba.clone(),
+                            backstore: e.backstore.kind.hba_prefix().to_owned(),
+                            neighbours: e.backstore.neighbours.clone(),
+                            size: e.size,
                             initiators: e.initiators.clone(),
                             logged_in: e.logged_in.clone(),
                             portals: e.portals.clone(),
@@ -814,21 +888,37 @@ impl HostView {
                 exports
                     .iter()
                     .map(|e| {
-                        (
+                        let kind = backstore_kind(&e.backstore).ok_or_else(|| {
+                            format!(
+                                "export of {}: unknown backstore kind {:?}",
+                                e.uuid, e.backstore
+                            )
+                        })?;
+                        Ok((
                             e.uuid,
                             crate::iscsi::lio::ObservedExport {
                                 uuid: e.uuid,
                                 iqn: e.iqn.clone(),
                                 device: e.device.clone(),
+                                backstore: crate::iscsi::lio::Placement {
+                                    hba: e.hba.clone(),
+                                    kind,
+                                    neighbours: e.neighbours.clone(),
+                                },
+                                size: e.size,
+                                // Credential fingerprints are keyed per
+                                // process: another host's cannot be compared,
+                                // so none are published.
+                                credentials: BTreeMap::new(),
                                 initiators: e.initiators.clone(),
                                 logged_in: e.logged_in.clone(),
                                 portals: e.portals.clone(),
                                 chap: e.chap,
                                 enabled: e.enabled,
                             },
-                        )
+                        ))
                     })
-                    .collect(),
+                    .collect::<Result<_, String>>()?,
             ),
         };
         world.image_files = self
@@ -887,7 +977,10 @@ mod tests {
                         } else {
                             Health::Ready
                         },
-                        in_use: false,
+                        clone_of: None,
+                        in_use: (i == 1).then(|| InUse::Named {
+                            holder: "pid 42 (qemu)".into(),
+                        }),
                     })
                     .collect(),
                 foreign: vec!["junk".into()],

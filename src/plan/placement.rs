@@ -403,8 +403,9 @@ mod tests {
                         size: GIB,
                         allocated: None,
                         parent: None,
+                        clone_of: None,
                         health: Health::Ready,
-                        in_use: false,
+                        in_use: None,
                     })
                     .collect(),
                 foreign: vec![],

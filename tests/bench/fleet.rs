@@ -93,8 +93,9 @@ fn main() {
                 size: 64 << 20,
                 allocated: Some(0),
                 parent: None,
+                clone_of: None,
                 health: Health::Ready,
-                in_use: false,
+                in_use: None,
             })
             .collect();
         let view = BackendView {
