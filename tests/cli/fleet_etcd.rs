@@ -363,6 +363,37 @@ fn thirty_unpinned_volumes_added_in_one_commit_exist_exactly_once_over_three_hos
         "{v:?}"
     );
 
+    // Every fleet metric the dashboard and the alerts name has samples on
+    // an agent in a fleet (without --etcd they are only declared).
+    let mut fleet_metrics = std::collections::BTreeSet::new();
+    for e in crate::monitoring::dashboard_exprs(&crate::monitoring::dashboard())
+        .into_iter()
+        .chain(crate::monitoring::rule_exprs().into_iter().map(|(_, e)| e))
+    {
+        fleet_metrics.extend(
+            crate::monitoring::metric_names(&e)
+                .into_iter()
+                .filter(|m| m.starts_with("cinderblock_fleet_")),
+        );
+    }
+    assert!(fleet_metrics.len() >= 6, "{fleet_metrics:?}");
+    f.wait("the fleet metrics on host a", WAIT, |f| {
+        f.hosts[0].get("/metrics").is_some_and(|(_, text)| {
+            fleet_metrics.iter().all(|m| {
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{m} ")) || l.starts_with(&format!("{m}{{")))
+            })
+        })
+    });
+    let (_, text) = f.hosts[0].get("/metrics").unwrap();
+    for h in ["a", "b", "c"] {
+        assert!(
+            text.contains(&format!("cinderblock_fleet_host_up{{host=\"{h}\"}} 1\n")),
+            "{text}"
+        );
+    }
+    assert!(text.contains("cinderblock_fleet_placements 30\n"), "{text}");
+
     // The fleet as an operator sees it.
     let r = f.cli(&["status", "--fleet"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
