@@ -23,7 +23,7 @@ use super::kinds::{
     API_VERSION, BackendSpec, BackupPolicySpec, ConsistencyGroupSpec, ImageSpec, Metadata,
     SchedulerPolicySpec, SnapshotSpec, VolumeSpec, VolumeTypeSpec,
 };
-use super::position::{DocPositions, FieldPath, Pos, Seg, index_documents};
+use super::position::{DocPositions, FieldPath, MAX_NESTING, Pos, Seg, index_documents};
 use super::{Doc, Kind, KindSpec, ManifestSet, Origin};
 
 /// Largest manifest file read (bigger ones are refused: split them).
@@ -244,7 +244,22 @@ fn pos_of_byte(src: &str, at: usize) -> Pos {
 }
 
 fn parse_stream(file: &Arc<Path>, src: &str, loaded: &mut Loaded) {
-    let mut positions = index_documents(src).into_iter();
+    let positions = index_documents(src);
+    // serde_yaml reads a whole document's events before its recursion limit
+    // applies, and its scanner slows with every open flow level (seconds for
+    // a 20 KB line of `[`): a document nested past that limit is refused here,
+    // with serde_yaml's words, before serde_yaml sees the file.
+    if let Some(at) = positions.iter().find_map(DocPositions::too_deep) {
+        loaded.diagnostics.push(located(
+            file,
+            at,
+            format!(
+                "YAML syntax: recursion limit exceeded (nested deeper than {MAX_NESTING} levels)"
+            ),
+        ));
+        return;
+    }
+    let mut positions = positions.into_iter();
     for de in serde_yaml::Deserializer::from_str(src) {
         let pos = Arc::new(positions.next().unwrap_or_default());
         let value = match Value::deserialize(de) {

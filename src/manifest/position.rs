@@ -7,7 +7,12 @@
 //!
 //! Invariants: the index never expands aliases (an alias bomb costs one entry),
 //! and it stops recording below [`MAX_DEPTH`] so a 10,000-deep document cannot
-//! make it quadratic. Lookups fall back to the nearest recorded ancestor.
+//! make it quadratic. Past [`MAX_NESTING`] it stops reading the stream and
+//! marks the document too deep, so the loader refuses it without handing it to
+//! `serde_yaml`, whose scanner reads a whole document before its own recursion
+//! limit applies and slows with every open flow level (a 20 KB line of `[`
+//! took seconds).
+//! Lookups fall back to the nearest recorded ancestor.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,6 +21,10 @@ use saphyr_parser::{Event, Parser, Span};
 
 /// Deeper fields than this are not indexed (the manifest schema is ~6 deep).
 pub const MAX_DEPTH: usize = 24;
+
+/// Nesting past which the stream is not read further: `serde_yaml`'s own
+/// recursion limit, so such a document is always an error of its own.
+pub const MAX_NESTING: usize = 128;
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -125,12 +134,19 @@ pub struct DocPositions {
     entries: HashMap<FieldPath, Entry>,
     /// Keys that appear twice in one mapping: path of the second occurrence.
     duplicates: Vec<(FieldPath, Pos)>,
+    /// Where the nesting passed [`MAX_NESTING`]; the stream was not read
+    /// further.
+    too_deep: Option<Pos>,
 }
 
 impl DocPositions {
     /// Where the document starts.
     pub fn start(&self) -> Pos {
         self.start
+    }
+    /// Where the document nests deeper than [`MAX_NESTING`], if it does.
+    pub fn too_deep(&self) -> Option<Pos> {
+        self.too_deep
     }
     /// The position of a field's value, or of its nearest recorded ancestor.
     pub fn value(&self, path: &FieldPath) -> Pos {
@@ -188,10 +204,27 @@ pub fn index_documents(src: &str) -> Vec<DocPositions> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut skip_depth = 0usize;
     for item in Parser::new_from_str(src) {
-        let Ok((event, span)) = item else { break };
+        let (event, span) = match item {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Some(at) = scanner_too_deep(&e) {
+                    cur.get_or_insert_with(DocPositions::default).too_deep = Some(at);
+                }
+                break;
+            }
+        };
         if skip_depth > 0 {
             match event {
-                Event::MappingStart(..) | Event::SequenceStart(..) => skip_depth += 1,
+                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                    skip_depth += 1;
+                    // The skipped container is both on the stack and in skip_depth.
+                    if stack.len() + skip_depth - 1 > MAX_NESTING {
+                        if let Some(d) = cur.as_mut() {
+                            d.too_deep = Some(Pos::of(&span));
+                        }
+                        break;
+                    }
+                }
                 Event::MappingEnd | Event::SequenceEnd => skip_depth -= 1,
                 _ => {}
             }
@@ -214,25 +247,16 @@ pub fn index_documents(src: &str) -> Vec<DocPositions> {
                     docs.push(d);
                 }
             }
-            Event::Scalar(text, ..) => {
+            Event::Scalar(..) | Event::Alias(_) => {
                 if let Some(Frame::Map {
                     key: key @ None, ..
                 }) = stack.last_mut()
                 {
-                    *key = Some((text.into_owned(), Pos::of(&span)));
-                    continue;
-                }
-                if let Some(d) = cur.as_mut() {
-                    record(d, &stack, Pos::of(&span));
-                }
-                finish_value(&mut stack);
-            }
-            Event::Alias(_) => {
-                if let Some(Frame::Map {
-                    key: key @ None, ..
-                }) = stack.last_mut()
-                {
-                    *key = Some((String::from("*alias"), Pos::of(&span)));
+                    let text = match event {
+                        Event::Scalar(text, ..) => text.into_owned(),
+                        _ => String::from("*alias"),
+                    };
+                    *key = Some((text, Pos::of(&span)));
                     continue;
                 }
                 if let Some(d) = cur.as_mut() {
@@ -269,6 +293,16 @@ pub fn index_documents(src: &str) -> Vec<DocPositions> {
         docs.push(d);
     }
     docs
+}
+
+/// Where the scanner gave up on nesting, if that is its error: its own limit
+/// (255 open flow levels) is met before it hands out the events that would
+/// pass [`MAX_NESTING`].
+fn scanner_too_deep(e: &saphyr_parser::ScanError) -> Option<Pos> {
+    (e.info() == "recursion limit exceeded").then(|| Pos {
+        line: e.marker().line(),
+        col: e.marker().col() + 1,
+    })
 }
 
 /// Records a value at the current position of the stack; returns its path.
@@ -352,6 +386,36 @@ mod tests {
         let docs = index_documents(&deep);
         assert!(docs.len() <= 1);
         assert!(docs.iter().all(|d| d.entries.len() <= MAX_DEPTH + 1));
+    }
+
+    #[test]
+    fn the_stream_is_not_read_past_serde_yamls_nesting_limit() {
+        let n = MAX_NESTING + 1;
+        let src = format!("a: {}{}\n---\nb: 1\n", "[".repeat(n), "]".repeat(n));
+        let docs = index_documents(&src);
+        // The first document is cut where the nesting passes the limit, and
+        // nothing after it is read: the second document is not indexed.
+        assert_eq!(docs.len(), 1, "documents indexed");
+        assert_eq!(
+            docs[0].too_deep(),
+            Some(Pos {
+                line: 1,
+                col: 4 + MAX_NESTING - 1
+            })
+        );
+        let shallow = format!("a: {}{}\n---\nb: 1\n", "[".repeat(40), "]".repeat(40));
+        let docs = index_documents(&shallow);
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].too_deep(), None);
+    }
+
+    #[test]
+    fn a_flow_deeper_than_the_scanner_allows_is_marked_too_deep() {
+        let src = format!("a: {}", "[".repeat(1_000));
+        let docs = index_documents(&src);
+        assert_eq!(docs.len(), 1);
+        let at = docs[0].too_deep().map(|p| p.line);
+        assert_eq!(at, Some(1));
     }
 
     #[test]

@@ -212,9 +212,21 @@ fn fake_tools(dir: &Path, gh_existing_comment: &str) -> String {
          for a in \"$@\"; do case $a in body=@*) cp \"${{a#body=@}}\" \"$LOG.body\";; esac; done\n\
          prev=; for a in \"$@\"; do [ \"$prev\" = --body-file ] && cp \"$a\" \"$LOG.body\"; prev=$a; done\nexit 0\n"
     );
-    let curl = "#!/bin/bash\necho \"curl $*\" >> \"$LOG\"\n\
-         for a in \"$@\"; do case $a in body@*) cp \"${a#body@}\" \"$LOG.body\";; esac; done\nexit 0\n";
-    for (name, text) in [("gh", gh.as_str()), ("curl", curl)] {
+    // curl: a GET (no --request) lists the merge request's notes, one of
+    // them this host's plan when an existing id is given.
+    let notes = if gh_existing_comment.is_empty() {
+        "[{\"id\": 1, \"body\": \"LGTM\"}]".to_owned()
+    } else {
+        format!(
+            "[{{\"id\": 1, \"body\": \"LGTM\"}}, {{\"id\": {gh_existing_comment}, \"body\": \"<!-- cinderblock-plan testhost -->\\nold plan\"}}]"
+        )
+    };
+    let curl = format!(
+        "#!/bin/bash\necho \"curl $*\" >> \"$LOG\"\n\
+         case \" $* \" in *' --request '*) ;; *) echo '{notes}';; esac\n\
+         for a in \"$@\"; do case $a in body@*) cp \"${{a#body@}}\" \"$LOG.body\";; esac; done\nexit 0\n"
+    );
+    for (name, text) in [("gh", gh.as_str()), ("curl", curl.as_str())] {
         let p = bin.join(name);
         fs::write(&p, text).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -335,16 +347,37 @@ fn the_github_workflow_steps_validate_plan_and_comment() {
         ),
         "{calls}"
     );
-    // A plan too long for a comment is cut below GitHub's limit.
-    fs::write(repo.join("plan-zz.md"), "x".repeat(70_000)).unwrap();
+    // A plan too long for a comment is cut below GitHub's limit, at a line
+    // boundary (⛔ is 3 bytes: a byte cut would split it) and with the code
+    // fence it cuts into closed.
+    let mut long = String::from("<details open>\n<summary>⛔ zz</summary>\n\n````diff\n");
+    for i in 0..3000 {
+        long.push_str(&format!("-    volume \"v{i}\" ⛔ {{\n"));
+    }
+    long.push_str("````\n\n</details>\n");
+    fs::write(repo.join("plan-zz.md"), &long).unwrap();
     let r = sh(&repo, &runs["comment"][0], &env2);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let body = fs::read_to_string(format!("{}.body", log.display())).unwrap();
+    let body = String::from_utf8(fs::read(format!("{}.body", log.display())).unwrap())
+        .expect("the cut comment is UTF-8");
+    assert!(body.len() < 65_536, "{}", body.len());
+    assert!(body.contains("The plan is cut here"), "{body}");
+    let (kept, note) = body
+        .split_once("\n\n</details>\n\n**The plan is cut here**")
+        .unwrap();
+    assert!(kept.starts_with(&format!("<!-- cinderblock-plan -->\n{plan}")));
+    // Whole lines up to the limit, then the fence closed.
+    let mut last = kept.lines().rev();
+    assert_eq!(last.next(), Some("````"));
+    let line = last.next().unwrap();
     assert!(
-        body.len() < 65_536 && body.contains("The plan is cut here"),
-        "{}",
-        body.len()
+        line.starts_with("-    volume \"v") && line.ends_with("\" ⛔ {"),
+        "{line}"
     );
+    assert!(kept.len() > 63_900, "{}", kept.len());
+    let fences = kept.lines().filter(|l| l.starts_with("```")).count();
+    assert_eq!(fences % 2, 0, "a code fence is left open");
+    assert!(note.contains("summary of its plan job"), "{note}");
 }
 
 #[test]
@@ -355,6 +388,8 @@ fn the_gitlab_jobs_validate_into_code_quality_and_post_the_plan() {
     let t = site.path();
     let log = t.join("calls.log");
     let path = fake_tools(t, "");
+    let tmp = t.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
     let env = [
         ("PATH", path.as_str()),
         ("MANIFESTS", "storage"),
@@ -365,6 +400,7 @@ fn the_gitlab_jobs_validate_into_code_quality_and_post_the_plan() {
         ("CI_MERGE_REQUEST_IID", "7"),
         ("CINDERBLOCK_BOT_TOKEN", "secret"),
         ("LOG", log.to_str().unwrap()),
+        ("TMPDIR", tmp.to_str().unwrap()),
     ];
     fs::write(
         repo.join("storage/bad.yaml"),
@@ -390,16 +426,43 @@ fn the_gitlab_jobs_validate_into_code_quality_and_post_the_plan() {
     let r = sh(&repo, &scripts["cinderblock-validate"], &env);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 
+    // No note of this host's yet: one is posted.
     let r = sh(&repo, &scripts["cinderblock-plan"], &env);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let notes = "https://gitlab.example.org/api/v4/projects/12/merge_requests/7/notes";
+    let calls = fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.contains(&format!("curl -fsS --request POST --header PRIVATE-TOKEN: secret --data-urlencode body@note-testhost.md {notes}\n")),
+        "{calls}"
+    );
+    assert!(!calls.contains("--request PUT"), "{calls}");
+    let body = fs::read_to_string(format!("{}.body", log.display())).unwrap();
+    assert!(
+        body.starts_with("<!-- cinderblock-plan testhost -->\n### cinderblock plan for <code>testhost</code>\n\n**Plan: 1 to add, 0 to change, 0 to destroy.**"),
+        "{body}"
+    );
+    // The copy of the agent's state is removed when the job ends.
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "left in TMPDIR");
+
+    // The next push: the host's note (id 4242) is updated, not repeated.
+    let path2 = fake_tools(&t.join("again"), "4242");
+    let env2: Vec<(&str, &str)> = env
+        .iter()
+        .map(|&(k, v)| {
+            if k == "PATH" {
+                (k, path2.as_str())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    fs::remove_file(&log).unwrap();
+    let r = sh(&repo, &scripts["cinderblock-plan"], &env2);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let calls = fs::read_to_string(&log).unwrap();
     assert!(
-        calls.contains("--header PRIVATE-TOKEN: secret --data-urlencode body@plan-testhost.md https://gitlab.example.org/api/v4/projects/12/merge_requests/7/notes"),
+        calls.contains(&format!("curl -fsS --request PUT --header PRIVATE-TOKEN: secret --data-urlencode body@note-testhost.md {notes}/4242\n")),
         "{calls}"
     );
-    let body = fs::read_to_string(format!("{}.body", log.display())).unwrap();
-    assert!(
-        body.contains("**Plan: 1 to add, 0 to change, 0 to destroy.**"),
-        "{body}"
-    );
+    assert!(!calls.contains("--request POST"), "{calls}");
 }

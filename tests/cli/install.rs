@@ -36,6 +36,7 @@ fn subcommands() -> Vec<Vec<String>> {
 }
 
 #[test]
+#[ignore = "needs groff (tests/run.sh installs groff-base)"]
 fn a_manual_page_per_command_and_groff_renders_each_without_warnings() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("man");

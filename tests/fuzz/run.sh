@@ -65,13 +65,17 @@ seeds() {
     [ -d "tests/fuzz/seeds/$1" ] && echo "tests/fuzz/seeds/$1"/* || true
 }
 
+shopt -s nullglob
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 for t in "${targets[@]}"; do
     if [ $keep = 1 ]; then corpus=tests/fuzz/corpus/$t; else corpus=$scratch/$t; fi
     mkdir -p "$corpus" "tests/fuzz/artifacts/$t"
-    # shellcheck disable=SC2046 # globs, one word each
-    cp $(seeds "$t") "$corpus/"
+    # Seeds from different directories share names (examples/*/volumes.yaml):
+    # each is copied under its path, slashes turned into underscores.
+    for f in $(seeds "$t"); do
+        if [ -f "$f" ]; then cp -- "$f" "$corpus/${f//\//_}"; fi
+    done
     log=$scratch/$t.log
     # -fork/-jobs stay off: one process, one core (the machine is shared).
     if ! cargo fuzz run --fuzz-dir tests/fuzz "$t" "$corpus" -- \

@@ -156,6 +156,12 @@ need_deb_bin() {
   if [ -z "$(apt-cache madison "$pkg" 2>/dev/null)" ]; then _need_apt_update; fi
   (cd "$tmp" && apt-get download -qq "$pkg" 2>&1 | grep -v 'Download is performed unsandboxed' >&2 || true)
   deb=$(ls "$tmp"/"${pkg}"_*.deb 2>/dev/null | head -1)
+  if [ -z "$deb" ] && [ -z "${CINDERBLOCK_APT_UPDATED:-}" ]; then
+    # Lists older than the mirror name a version it no longer has: fetch them, retry.
+    _need_apt_update
+    (cd "$tmp" && apt-get download -qq "$pkg" 2>&1 | grep -v 'Download is performed unsandboxed' >&2 || true)
+    deb=$(ls "$tmp"/"${pkg}"_*.deb 2>/dev/null | head -1)
+  fi
   if [ -z "$deb" ]; then
     _need_log "$who" "apt-get download $pkg failed"
     rm -rf "$tmp"
