@@ -1236,6 +1236,7 @@ fn object_states(
                 o.size = Some(*size);
             }
             Op::Extend { to, .. } => o.size = Some(*to),
+            Op::Migrate { to, .. } => o.backend = Some(to.clone()),
             _ => {}
         }
     }

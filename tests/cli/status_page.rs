@@ -266,3 +266,144 @@ fn the_browser_driver_reports_console_errors_and_failed_loads() {
     assert!(problems.contains("console.error: boom"), "{problems}");
     assert!(problems.contains("missing.png"), "{problems}");
 }
+
+/// A migration in flight, end to end: while the agent moves a volume (paced
+/// by its back end's `migrationBandwidth`), `/status`, `/metrics` and the
+/// page show it with the same progress; when it ends, all three say none.
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn a_migration_in_flight_shows_on_status_metrics_and_page_until_it_ends() {
+    let site = crate::plan::Site::new();
+    let (pool, archive) = (site.path().join("pool"), site.path().join("archive"));
+    fs::create_dir_all(&pool).unwrap();
+    fs::create_dir_all(&archive).unwrap();
+    // 32 MiB of data read at 4 MiB/s: about 8 s in flight.
+    site.write(
+        "backend.yaml",
+        &crate::plan::backend("local", &pool, "  migrationBandwidth: 4Mi\n"),
+    );
+    site.write(
+        "archive.yaml",
+        &crate::plan::backend("archive", &archive, ""),
+    );
+    site.write("v.yaml", &volume("db", "64Mi", "  backend: local\n"));
+    site.apply();
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 253) as u8).collect();
+    write_volume(&site.data("pool", "volume.db"), &data, 64 << 20);
+    let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);
+    agent.wait_ready();
+    let (_, metrics) = agent.get("/metrics");
+    assert!(
+        metrics.contains("\ncinderblock_migrations_running 0\n"),
+        "{metrics}"
+    );
+
+    site.write("v.yaml", &volume("db", "64Mi", "  backend: archive\n"));
+    // Part way: some bytes read, at most half (the other half, some 4 s, is
+    // the time left to read /metrics and the page while it is in flight).
+    let m = agent.poll(
+        "the migration of db part way",
+        Duration::from_secs(60),
+        |a| {
+            std::thread::sleep(Duration::from_millis(40));
+            let s = a.status();
+            let m = s["migrations"].as_array()?.first()?.clone();
+            let (read, to_read) = (m["read"].as_u64()?, m["toRead"].as_u64()?);
+            (read > 0 && read <= to_read / 2).then_some(m)
+        },
+    );
+    assert_eq!(m["address"], "volume.db", "{m}");
+    assert_eq!(m["from"], "local", "{m}");
+    assert_eq!(m["to"], "archive", "{m}");
+    assert_eq!(m["size"], 64u64 << 20, "{m}");
+    assert_eq!(m["toRead"], 32u64 << 20, "only the allocated data: {m}");
+    // /metrics and the page, each compared with /status read around it
+    // (progress moves on in between: a read's number lies between them).
+    let between = |get: &dyn Fn() -> u64, a: &Agent| {
+        let before = a.status()["migrations"][0]["read"].as_u64();
+        let got = get();
+        let after = a.status()["migrations"][0]["read"].as_u64();
+        (before, got, after)
+    };
+    let (before, from_metrics, after) = between(
+        &|| {
+            let (_, text) = agent.get("/metrics");
+            assert!(
+                text.contains("\ncinderblock_migrations_running 1\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    "\ncinderblock_migration_to_read_bytes{volume=\"volume.db\",from=\"local\",to=\"archive\"} 33554432\n"
+                ),
+                "{text}"
+            );
+            let at = text
+                .find("\ncinderblock_migration_read_bytes{volume=\"volume.db\",from=\"local\",to=\"archive\"} ")
+                .unwrap_or_else(|| panic!("no read bytes in\n{text}"));
+            let line = text[at + 1..].lines().next().unwrap();
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        },
+        &agent,
+    );
+    if let (Some(b), Some(a)) = (before, after) {
+        assert!(
+            b <= from_metrics && from_metrics <= a,
+            "{b} {from_metrics} {a}"
+        );
+    }
+    let (before, from_page, after) = between(
+        &|| {
+            let (code, html) = agent.get("/");
+            assert_eq!(code, 200);
+            let part = row(&html, "data-migration=\"volume.db\"");
+            assert!(
+                part.contains("<code>local</code> → <code>archive</code>"),
+                "{part}"
+            );
+            assert!(
+                part.contains("<progress max=\"33554432\" value=\""),
+                "{part}"
+            );
+            assert_eq!(bytes_of(part, "to-read"), 32 << 20, "{part}");
+            assert_eq!(bytes_of(part, "size"), 64 << 20, "{part}");
+            bytes_of(part, "read")
+        },
+        &agent,
+    );
+    if let (Some(b), Some(a)) = (before, after) {
+        assert!(b <= from_page && from_page <= a, "{b} {from_page} {a}");
+    }
+
+    // The end: moved, and no migration in flight anywhere.
+    let s = agent.poll(
+        "the migration of db to end",
+        Duration::from_secs(120),
+        |a| {
+            std::thread::sleep(Duration::from_millis(100));
+            let s = a.status();
+            let moved = s["objects"].as_array()?.iter().any(|o| {
+                o["address"] == "volume.db" && o["backend"] == "archive" && o["state"] == "ready"
+            });
+            (moved && s["migrations"].as_array()?.is_empty()).then_some(s)
+        },
+    );
+    assert_eq!(s["migrations"], serde_json::json!([]));
+    // Shown where it is now, without waiting for the next discovery.
+    assert_eq!(s["reconcileCount"], 2, "{s:#}");
+    let (_, metrics) = agent.get("/metrics");
+    assert!(
+        metrics.contains("\ncinderblock_migrations_running 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("cinderblock_migration_read_bytes{"),
+        "{metrics}"
+    );
+    let (_, html) = agent.get("/");
+    assert!(!html.contains("data-migration="), "{html}");
+    let moved = fs::read(site.data("archive", "volume.db")).unwrap();
+    assert_eq!(moved.len(), 64 << 20);
+    assert_eq!(&moved[..data.len()], &data[..]);
+    assert!(moved[data.len()..].iter().all(|b| *b == 0));
+}
