@@ -20,7 +20,7 @@
 //! deletes a storage object together with its folder, so a folder holding two
 //! makes `targetcli clearconfig` and `/backstores/... delete` fail. A new
 //! backstore takes the lowest folder number no HBA folder of any type uses
-//! (rtslib's numbering). Versions up to 0.1 put every backstore into
+//! (rtslib's numbering). Earlier versions put every backstore into
 //! `core/iblock_0` or `core/fileio_0`; such exports keep working where they are
 //! (discovery finds ours by name in any folder), the planner moves one to a
 //! folder of its own ([`ExportSpec::rehome`]: unexport, then export again) only
@@ -249,7 +249,7 @@ pub struct Placement {
     pub kind: BackstoreKind,
     /// The other storage objects in the same folder, sorted (empty in the
     /// layout targetcli can manage; ours and foreign ones in the shared
-    /// folder of versions up to 0.1).
+    /// folder of earlier versions).
     pub neighbours: Vec<String>,
 }
 

@@ -24,7 +24,7 @@ use uuid::Uuid;
 /// The naming authority of the default target names.
 pub const IQN_PREFIX: &str = "iqn.2026-11.dev.cinderblock:";
 /// The naming authority of the default target names before November 2026
-/// (versions up to 0.1); exports made then keep it.
+/// (earlier versions); exports made then keep it.
 pub const LEGACY_IQN_PREFIX: &str = "iqn.2010-10.dev.cinderblock:";
 
 /// The default target name of volume `uuid`.

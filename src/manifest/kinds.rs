@@ -372,7 +372,7 @@ pub struct IscsiExport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutual_chap_secret_ref: Option<SecretRef>,
     /// The target's IQN. Default: `iqn.2026-11.dev.cinderblock:volume-<uuid>`,
-    /// from the volume's identity (exports made by versions up to 0.1 keep
+    /// from the volume's identity (exports made by earlier versions keep
     /// their `iqn.2010-10.dev.cinderblock:volume-<uuid>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_name: Option<IscsiName>,

@@ -6,7 +6,7 @@
 //! (required or not, and whether the credentials behind `chapSecretRef` and
 //! `mutualChapSecretRef` still match configfs: fingerprints, see
 //! [`crate::iscsi::chap`]), a `fileio` backstore's size against its volume's,
-//! the backstore's HBA folder (the shared folder of versions up to 0.1), and
+//! the backstore's HBA folder (the shared folder of earlier versions), and
 //! whether the portal group is enabled.
 //!
 //! Invariants: a logged-in initiator is never cut off. A change that would
@@ -447,11 +447,11 @@ impl Planner<'_> {
                     ));
                 }
             }
-            // The shared HBA folder of versions up to 0.1.
+            // The shared HBA folder of earlier versions.
             let mut rehome = false;
             if self.must_rehome(o) {
                 let shared = format!(
-                    "its backstore shares core/{} with {} (the layout of cinderblock up to 0.1, which targetcli cannot manage)",
+                    "its backstore shares core/{} with {} (the layout of earlier versions, which targetcli cannot manage)",
                     o.backstore.hba,
                     o.backstore.neighbours.join(", ")
                 );

@@ -234,7 +234,7 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         relogin: Vec<String>,
         /// Move the backstore out of the HBA folder it shares (the layout of
-        /// versions up to 0.1) into one of its own: the target is made
+        /// earlier versions) into one of its own: the target is made
         /// again. Planned only while no initiator is logged in.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rehome: bool,

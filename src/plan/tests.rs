@@ -1473,7 +1473,7 @@ fn a_file_volumes_lun_follows_its_extend_and_the_plan_says_initiators_rescan() {
 }
 
 /// Volumes `v` (uuid 1) and `w` (uuid 2) exported from one shared
-/// `iblock_0`, as versions up to 0.1 left them.
+/// `iblock_0`, as earlier versions left them.
 fn shared_folder_world(logged_in: &[(u128, &str)], foreign: bool) -> World {
     let mut map = BTreeMap::new();
     for n in [1u128, 2] {
@@ -1555,7 +1555,7 @@ fn a_backstore_in_the_old_shared_folder_moves_only_while_nobody_is_logged_in() {
     assert!(rehomed(&p).is_empty() && p.errors.is_empty(), "{p:?}");
     assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
     assert!(
-        p.notes[0].starts_with("volume.w: its backstore shares core/iblock_0 with cinderblock-00000000-0000-0000-0000-000000000001 (the layout of cinderblock up to 0.1, which targetcli cannot manage); it moves to a folder of its own at the first apply with no initiator logged in"),
+        p.notes[0].starts_with("volume.w: its backstore shares core/iblock_0 with cinderblock-00000000-0000-0000-0000-000000000001 (the layout of earlier versions, which targetcli cannot manage); it moves to a folder of its own at the first apply with no initiator logged in"),
         "{:?}",
         p.notes
     );

@@ -1,8 +1,8 @@
 //! What an admin's targetcli (targetcli-fb 2.1.53, rtslib-fb) makes of our
-//! exports, and how the layout of cinderblock 0.1 is moved out from under it
+//! exports, and how the layout of earlier versions is moved out from under it
 //! without cutting off a logged-in initiator. One VM boot, the targetcli image.
 //!
-//! 0.1 put every backstore into `core/iblock_0` and named targets
+//! Earlier versions put every backstore into `core/iblock_0` and named targets
 //! `iqn.2010-10.dev.cinderblock:volume-<uuid>`; rtslib deletes a storage
 //! object together with its HBA folder, so `targetcli clearconfig` failed
 //! there. Here: two exports in that layout, both logged in (nothing moves, a
@@ -19,7 +19,7 @@ const H: &str = "apiVersion: cinderblock.dev/v1alpha1\n";
 const CLIENT: &str = "iqn.1994-05.com.example:client1";
 const HANDMADE: &str = "iqn.2003-01.org.example.lab:tc";
 
-/// What cinderblock 0.1 wrote for an export of volume `$1` on device `$2`:
+/// What earlier versions wrote for an export of volume `$1` on device `$2`:
 /// the backstore in the one shared `core/iblock_0`, the target under the old
 /// default name, an ACL for CLIENT, no CHAP.
 const OLD_EXPORT: &str = r#"
@@ -171,7 +171,7 @@ fn targetcli_manages_our_exports_and_the_old_shared_folder_moves_without_a_cut()
             assert_eq!(a, b, "{}", out.report(step));
         }
     };
-    // 0.1's layout: both backstores in iblock_0.
+    // The earlier layout: both backstores in iblock_0.
     let old = out.stdout("old_layout");
     assert_eq!(old.lines().count(), 1, "{old}");
     assert_eq!(old.matches("cinderblock-").count(), 2, "{old}");
@@ -193,7 +193,7 @@ fn targetcli_manages_our_exports_and_the_old_shared_folder_moves_without_a_cut()
     );
 
     // The first logged out: it moves, the second keeps its session and data,
-    // and both keep their 0.1 target names.
+    // and both keep their earlier target names.
     let moved = out.stdout("move");
     assert!(
         moved.contains("move the backstore from core/iblock_0 to a folder of its own"),
