@@ -456,6 +456,30 @@ pub fn discover_with(
     state_dir: &Path,
     lvm_reports: &lvm::cmd::Reports,
 ) -> World {
+    let mut world = World::default();
+    discover_backends(set, host, state_dir, lvm_reports, None, &mut world);
+    world.backups = backup_sources(set, state_dir);
+    world.backup_repos = set
+        .backup_policies
+        .iter()
+        .filter_map(|(n, d)| {
+            crate::backup::target::RepoSpec::from_policy(&d.spec, state_dir)
+                .map(|r| (n.clone(), r.location()))
+        })
+        .collect();
+    world
+}
+
+/// Discovers `host`'s back ends (only those in `only` when given) into
+/// `world`, replacing their views.
+fn discover_backends(
+    set: &ManifestSet,
+    host: &str,
+    state_dir: &Path,
+    lvm_reports: &lvm::cmd::Reports,
+    only: Option<&std::collections::BTreeSet<Name>>,
+    world: &mut World,
+) {
     // Back ends are discovered in parallel (at most DISCOVERY_THREADS at a
     // time): each file back end is a directory walk, independent of the
     // others, and a slow NFS share must not delay the rest.
@@ -463,8 +487,8 @@ pub fn discover_with(
         .backends
         .iter()
         .filter(|(_, doc)| is_local(&doc.spec, host))
+        .filter(|(name, _)| only.is_none_or(|o| o.contains(*name)))
         .collect();
-    let mut world = World::default();
     // Who holds what open: one pass over /proc and the loop devices for the
     // whole discovery, whatever the number of back ends and volumes.
     let holders = if local.is_empty() {
@@ -484,21 +508,40 @@ pub fn discover_with(
                     world.backends.insert((*name).clone(), view);
                 } else {
                     tracing::error!(backend = %name, "discovery panicked; the back end is left out of this run");
+                    world.backends.remove(*name);
                     world.missing.push((*name).clone());
                 }
             }
         });
     }
-    world.backups = backup_sources(set, state_dir);
-    world.backup_repos = set
-        .backup_policies
+}
+
+/// Discovers again the back ends in `names` after an apply changed them, so
+/// what is published (status, gauges) is what the apply left, not what was
+/// there before it. One `lvm fullreport` over their VGs and one scan of the
+/// holders; the other back ends, exports and the rest of `world` are kept.
+pub fn rediscover(
+    set: &ManifestSet,
+    host: &str,
+    state_dir: &Path,
+    names: &std::collections::BTreeSet<Name>,
+    world: &mut World,
+) {
+    if names.is_empty() {
+        return;
+    }
+    let mut vgs: Vec<&str> = set
+        .backends
         .iter()
-        .filter_map(|(n, d)| {
-            crate::backup::target::RepoSpec::from_policy(&d.spec, state_dir)
-                .map(|r| (n.clone(), r.location()))
-        })
+        .filter(|(n, d)| names.contains(*n) && is_local(&d.spec, host))
+        .filter_map(|(_, d)| d.spec.lvm.as_ref())
+        .map(|l| l.volume_group.as_str())
         .collect();
-    world
+    vgs.sort_unstable();
+    vgs.dedup();
+    let reports = lvm::cmd::fullreport(crate::exec::Exec::host(), &vgs);
+    world.missing.retain(|n| !names.contains(n));
+    discover_backends(set, host, state_dir, &reports, Some(names), world);
 }
 
 /// Back ends discovered at once.

@@ -261,6 +261,12 @@ impl Reconciler {
         let mut next = Next::default();
         if plan.errors.is_empty() {
             next = self.apply(&plan, &world, &mut ledger, &good, &mut run);
+            // What is published is what the apply left: the back ends it
+            // touched are observed again (the others did not change).
+            if run.status.result != "no-changes" {
+                let touched = touched_backends(&plan.actions, &good.set);
+                observe::rediscover(&good.set, &self.host, &self.state_dir, &touched, &mut world);
+            }
         } else {
             run.plan_blocked = true;
             run.status.result = "blocked".into();
@@ -1274,6 +1280,28 @@ fn object_states(
         }
     }
     out.into_values().collect()
+}
+
+/// The back ends an apply of `actions` may have changed: those its creates,
+/// extends, deletes, migrations (both ends) and pools name.
+fn touched_backends(actions: &[Action], set: &ManifestSet) -> BTreeSet<manifest::Name> {
+    let mut names = BTreeSet::new();
+    for a in actions {
+        let ends: &[&String] = match &a.op {
+            Op::Create { backend, .. }
+            | Op::Extend { backend, .. }
+            | Op::Delete { backend, .. }
+            | Op::CreatePool { backend, .. } => &[backend],
+            Op::Migrate { from, to, .. } => &[from, to],
+            _ => &[],
+        };
+        for e in ends {
+            if let Some((n, _)) = set.backends.iter().find(|(n, _)| n.as_str() == e.as_str()) {
+                names.insert(n.clone());
+            }
+        }
+    }
+    names
 }
 
 /// The reconciler task: waits for triggers (or a retry time), runs one

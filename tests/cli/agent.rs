@@ -34,6 +34,11 @@ impl Agent {
     /// Starts `cinderblock --state state --host testhost agent ARGS
     /// --listen 127.0.0.1:0` in `dir` and waits until it serves HTTP.
     pub fn start(dir: &Path, args: &[&str]) -> Agent {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    /// [`Agent::start`] with more environment variables.
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let log = dir.join(format!("agent-{}.log", rand_suffix()));
         let out = fs::File::create(&log).unwrap();
         let exe = assert_cmd::cargo::cargo_bin("cinderblock");
@@ -52,6 +57,7 @@ impl Agent {
                 "127.0.0.1:0",
             ])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -74,11 +80,11 @@ impl Agent {
         agent
     }
 
-    fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         i32::try_from(self.child.as_ref().unwrap().id()).unwrap()
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -158,12 +164,12 @@ impl Agent {
         });
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
     }
 
     /// Waits for the process to exit.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + timeout;
         loop {
@@ -1108,4 +1114,97 @@ pub fn write_volume(path: &Path, content: &[u8], size: u64) {
         .unwrap()
         .set_len(size)
         .unwrap();
+}
+
+/// Waits for the first reconcile after `before` and returns its status; it
+/// must be the one that applied (a later resync would re-observe anyway and
+/// hide a status that was stale after the apply).
+fn status_of_the_apply(agent: &mut Agent, before: u64) -> Value {
+    let s = agent.wait_status("the apply to be reported", |s| {
+        s["reconcileCount"].as_u64().unwrap() > before
+    });
+    assert_eq!(s["reconcileCount"].as_u64().unwrap(), before + 1, "{s:#}");
+    assert_eq!(s["lastReconcile"]["result"], "applied", "{s:#}");
+    s
+}
+
+fn backend_status<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no back end {name} in {status:#}"))
+}
+
+#[test]
+fn status_and_gauges_show_what_the_apply_did_without_waiting_for_a_resync() {
+    let site = Site::new();
+    for d in ["a", "b"] {
+        fs::create_dir_all(site.path().join(d)).unwrap();
+    }
+    site.write("fast.yaml", &backend("fast", &site.path().join("a"), ""));
+    site.write("slow.yaml", &backend("slow", &site.path().join("b"), ""));
+    site.write("db.yaml", &volume("db", "16Mi", "  backend: fast\n"));
+    // A resync is an hour away: what is published comes from the apply.
+    let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);
+    agent.wait_ready();
+
+    // The first apply created the volume: fast's provisioned bytes say so.
+    let s = status_of_the_apply(&mut agent, 0);
+    assert_eq!(backend_status(&s, "fast")["provisioned"], 16 << 20, "{s:#}");
+    assert_eq!(backend_status(&s, "slow")["provisioned"], 0, "{s:#}");
+    let (_, text) = agent.get("/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "cinderblock_backend_provisioned_bytes{backend=\"fast\"}"
+        ),
+        Some(f64::from(16 << 20)),
+        "{text}"
+    );
+
+    // Pinned to slow: the volume migrates, and the apply's status shows it
+    // there, with the gauges of both back ends following.
+    let before = agent.reconciles();
+    site.write("db.yaml", &volume("db", "16Mi", "  backend: slow\n"));
+    let s = status_of_the_apply(&mut agent, before);
+    assert!(has_in(&site, "b", "volume.db") && !has_in(&site, "a", "volume.db"));
+    let db = object(&s, "volume.db").unwrap();
+    assert_eq!(db["backend"], "slow", "{s:#}");
+    assert_eq!(db["size"], 16 << 20, "{s:#}");
+    assert_eq!(db["state"], "ready", "{s:#}");
+    assert_eq!(backend_status(&s, "fast")["provisioned"], 0, "{s:#}");
+    assert_eq!(backend_status(&s, "slow")["provisioned"], 16 << 20, "{s:#}");
+    let (_, text) = agent.get("/metrics");
+    for (b, want) in [("fast", 0), ("slow", 16 << 20)] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("cinderblock_backend_provisioned_bytes{{backend=\"{b}\"}}")
+            ),
+            Some(f64::from(want)),
+            "{b}:\n{text}"
+        );
+    }
+    // `cinderblock status` reads the same document from the status file,
+    // which the agent writes right after /status changes: wait for the
+    // migration's reconcile there, then read the volume's line.
+    agent.poll("the status file to hold the migration", WAIT, |_| {
+        let r = site.run(&["status", "--json"]);
+        let v: Value = serde_json::from_str(&r.stdout).ok()?;
+        (v["reconcileCount"].as_u64()? > before).then_some(())
+    });
+    let r = site.run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("volume.db "))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(line.contains("slow, 16Mi"), "{line}\n{}", r.stdout);
+}
+
+fn has_in(site: &Site, dir: &str, name: &str) -> bool {
+    site.objects(dir).contains_key(name)
 }

@@ -18,10 +18,16 @@ pub struct Run {
 
 /// Runs `cinderblock ARGS` in `dir`.
 pub fn run_in(dir: &Path, args: &[&str]) -> Run {
+    run_in_env(dir, args, &[])
+}
+
+/// [`run_in`] with more environment variables.
+pub fn run_in_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::cargo_bin("cinderblock")
         .expect("binary built")
         .current_dir(dir)
         .env_remove("CINDERBLOCK_LOG")
+        .envs(env.iter().copied())
         .args(args)
         .timeout(std::time::Duration::from_secs(60))
         .output()

@@ -32,7 +32,7 @@ done
 shift $((OPTIND - 1))
 
 all=(manifest lvm_report thin_xml configfs backup_config backup_pack backup_index
-    backup_manifest backup_record backup_catalog journal state_record)
+    backup_manifest backup_record backup_catalog journal state_record backup_repo backup_key)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
@@ -61,6 +61,7 @@ seeds() {
     backup_index) echo $f/backup/repo-v1/index/*/* ;;
     backup_manifest) echo $f/backup/repo-v1/backups/*/*.json ;;
     state_record) echo $f/state/*.json ;;
+    backup_key) echo $f/backup/repo-v2-encrypted/keys/*.json ;;
     esac
     [ -d "tests/fuzz/seeds/$1" ] && echo "tests/fuzz/seeds/$1"/* || true
 }
