@@ -8,6 +8,6 @@
 //! first command would then need too.
 
 fn main() {
-    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/build.rs");
     println!("cargo:rerun-if-changed=.cargo/protoc");
 }
