@@ -358,10 +358,8 @@ async fn session(
         elect_client
             .campaign(election, host, lease)
             .await
-            .map_err(|source| FleetError::Request {
-                what: "campaign for the placer election",
-                endpoints: String::new(),
-                source: Box::new(source),
+            .map_err(|source| {
+                FleetError::request("campaign for the placer election", String::new(), source)
             })
     };
     tokio::pin!(campaign);
@@ -380,11 +378,7 @@ async fn session(
                 match ack {
                     Ok(Some(r)) if r.ttl() > 0 => {}
                     Ok(_) => return Err(lease_lost(&etcd)),
-                    Err(source) => return Err(FleetError::Request {
-                        what: "keep the lease alive",
-                        endpoints: etcd.endpoints().to_owned(),
-                        source: Box::new(source),
-                    }),
+                    Err(source) => return Err(FleetError::request("keep the lease alive", etcd.endpoints().to_owned(), source)),
                 }
             }
             r = &mut campaign, if leader.is_none() => {
@@ -396,18 +390,10 @@ async fn session(
                 link.wake.notify_one();
             }
             msg = stream.message() => {
-                let resp = msg.map_err(|source| FleetError::Request {
-                    what: "watch the fleet",
-                    endpoints: etcd.endpoints().to_owned(),
-                    source: Box::new(source),
-                })?;
+                let resp = msg.map_err(|source| FleetError::request("watch the fleet", etcd.endpoints().to_owned(), source))?;
                 let Some(resp) = resp else { return Err(lease_lost(&etcd)) };
                 if resp.canceled() {
-                    return Err(FleetError::Request {
-                        what: "watch the fleet",
-                        endpoints: etcd.endpoints().to_owned(),
-                        source: Box::new(etcd_client::Error::WatchError("the watch was cancelled".into())),
-                    });
+                    return Err(FleetError::request("watch the fleet", etcd.endpoints().to_owned(), etcd_client::Error::WatchError("the watch was cancelled".into())));
                 }
                 let mut placements = false;
                 let mut others = false;
@@ -472,13 +458,11 @@ fn placing(link: &FleetLink, r: Result<(), FleetError>) -> Result<(), FleetError
 }
 
 fn lease_lost(etcd: &Etcd) -> FleetError {
-    FleetError::Request {
-        what: "keep the lease alive",
-        endpoints: etcd.endpoints().to_owned(),
-        source: Box::new(etcd_client::Error::LeaseKeepAliveError(
-            "the lease expired or the stream ended".into(),
-        )),
-    }
+    FleetError::request(
+        "keep the lease alive",
+        etcd.endpoints().to_owned(),
+        etcd_client::Error::LeaseKeepAliveError("the lease expired or the stream ended".into()),
+    )
 }
 
 /// Revokes the lease when a session ends cleanly or not (best effort, in
