@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::etcd::{Cluster, Proxy};
+use crate::etcd::{Cluster, Proxy, Secure};
 use crate::plan::H;
 
 /// Bound for convergence on a busy machine.
-const WAIT: Duration = Duration::from_secs(120);
+pub(crate) const WAIT: Duration = Duration::from_secs(120);
 /// The hosts' lease in these tests (production: 15 s).
 const TTL: &str = "3s";
 
@@ -348,7 +348,7 @@ impl Fleet {
     }
 }
 
-fn volumes_yaml(names: &[String], extra: &str) -> String {
+pub(crate) fn volumes_yaml(names: &[String], extra: &str) -> String {
     names
         .iter()
         .map(|n| {
@@ -357,12 +357,32 @@ fn volumes_yaml(names: &[String], extra: &str) -> String {
         .collect()
 }
 
+/// The options of user `agent` over TLS: CA `ca`, the client certificate,
+/// the password in `password_file`.
+pub(crate) fn secure_args(sec: &Secure, ca: &Path, password_file: &Path) -> Vec<String> {
+    [
+        "--etcd-ca",
+        &ca.display().to_string(),
+        "--etcd-cert",
+        &sec.cert.display().to_string(),
+        "--etcd-key",
+        &sec.key.display().to_string(),
+        "--etcd-user",
+        "agent",
+        "--etcd-password-file",
+        &password_file.display().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
 /// Whether `line` of `status --fleet` says `host` is `state` (up, down).
 fn is_host_line(line: &str, host: &str, state: &str) -> bool {
     line.starts_with(&format!("  {host} ")) && line.contains(&format!(" {state} "))
 }
 
-fn names(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn names(prefix: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
 
@@ -679,7 +699,9 @@ fn a_host_down_for_good_hands_over_the_placer_and_gets_nothing_new() {
         WAIT,
         |f| {
             let r = f.cli(&["status", "--fleet"]);
-            r.stdout.lines().any(|l| is_host_line(l, &dead_name, "down"))
+            r.stdout
+                .lines()
+                .any(|l| is_host_line(l, &dead_name, "down"))
         },
     );
     let r = f.cli(&["status", "--fleet"]);
@@ -739,23 +761,7 @@ fn agents_reach_etcd_over_client_tls_as_a_user_and_a_wrong_password_or_ca_is_one
     fs::write(&pw, format!("{}\n", sec.agent_password)).unwrap();
     let wrong_pw = f.path().join("wrong-password");
     fs::write(&wrong_pw, "not-the-password\n").unwrap();
-    let tls = |ca: &Path, pw: &Path| -> Vec<String> {
-        [
-            "--etcd-ca",
-            &ca.display().to_string(),
-            "--etcd-cert",
-            &sec.cert.display().to_string(),
-            "--etcd-key",
-            &sec.key.display().to_string(),
-            "--etcd-user",
-            "agent",
-            "--etcd-password-file",
-            &pw.display().to_string(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
-    };
+    let tls = |ca: &Path, pw: &Path| secure_args(&sec, ca, pw);
     assert!(f.etcd.endpoints().starts_with("https://"));
 
     // Wrong password, wrong CA, no user: each one error that says what is
