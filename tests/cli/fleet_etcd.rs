@@ -46,7 +46,7 @@ impl Host {
     }
 
     /// The agent's address from its status file (while it runs).
-    fn addr(&self) -> Option<String> {
+    pub(crate) fn addr(&self) -> Option<String> {
         let pid = self.pid()?;
         let text = fs::read_to_string(self.state.join("agent-status.json")).ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
