@@ -515,6 +515,13 @@ fn with_etcd_the_page_and_status_show_the_fleet_hosts_placements_and_pending_cha
         &format!("{H}kind: Volume\nmetadata:\n  name: pinned-b\nspec:\n  size: 64Mi\n  backend: fb\n---\n"),
     );
     f.wait_exactly_once(&["pinned-b".to_owned()], WAIT);
+    let on_b = placed.get("b").copied().unwrap_or(0) + 1;
+    f.wait("b to publish its view with pinned-b", WAIT, |f| {
+        f.cli(&["status", "--fleet"])
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("    fb ") && l.ends_with(&format!("; {on_b} volume(s)")))
+    });
 
     // b goes down: a's status and page say so.
     f.hosts[1].kill();
