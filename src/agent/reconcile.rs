@@ -1357,6 +1357,7 @@ mod tests {
                 deletion_policy: DeletionPolicy::Delete,
                 from_file: None,
                 placement: None,
+                consistency_group: None,
             },
         )
     }

@@ -24,6 +24,7 @@ mod export;
 mod faults;
 mod fleet;
 mod fuzz;
+mod groups;
 mod image;
 mod install;
 mod inuse;
