@@ -1494,13 +1494,26 @@ impl<'a> Planner<'a> {
                 .get(&obj.uuid)
                 .and_then(|r| r.consistency_group.as_deref())
                 != doc.spec.consistency_group.as_ref().map(Name::as_str);
-            if joining
+            let group_pin = doc
+                .spec
+                .consistency_group
+                .as_ref()
+                .and_then(|g| self.set.consistency_groups.get(g))
+                .and_then(|cg| cg.spec.backend.as_ref());
+            if (joining || group_pin.is_some())
                 && let Some((g, gb)) = self.group_location(name, doc)
                 && gb != bname
             {
-                self.error(&a, PlanErrorKind::Refused, format!(
-                    "it lives on {bname}, but consistency group {g} lives on {gb}, and a group's volumes live on one back end: remove spec.consistencyGroup, or migrate it to {gb} first (spec.backend: {gb}) and add it to the group after"
-                ));
+                let text = if group_pin.is_some() && !joining {
+                    format!(
+                        "it lives on {bname}, but consistency group {g} is pinned to {gb}, and a member is not migrated: set spec.backend of ConsistencyGroup/{g} back to {bname}, or remove spec.consistencyGroup, move the volume (spec.backend: {gb}) and add it to the group after"
+                    )
+                } else {
+                    format!(
+                        "it lives on {bname}, but consistency group {g} lives on {gb}, and a group's volumes live on one back end: remove spec.consistencyGroup, or migrate it to {gb} first (spec.backend: {gb}) and add it to the group after"
+                    )
+                };
+                self.error(&a, PlanErrorKind::Refused, text);
                 return;
             }
             self.record_if_needed(

@@ -1205,6 +1205,21 @@ fn a_volume_joins_a_group_only_on_the_groups_back_end() {
             "volume.m2: it lives on fb, but consistency group g lives on fa, and a group's volumes live on one back end: remove spec.consistencyGroup, or migrate it to fa first (spec.backend: fa) and add it to the group after"
         ]
     );
+    // A pin set on a group later does not move its members: it is refused.
+    let set = manifests(
+        &(backend_yaml("fa", "")
+            + &backend_yaml("fb", "")
+            + GROUP_TYPES
+            + &group_yaml("  backend: fb\n")
+            + &vol_yaml("m1", "1Gi", "  volumeType: t\n  consistencyGroup: g\n")),
+    );
+    let p = plan(&set, &w, &recorded, Options::default());
+    assert_eq!(
+        p.errors,
+        [
+            "volume.m1: it lives on fa, but consistency group g is pinned to fb, and a member is not migrated: set spec.backend of ConsistencyGroup/g back to fa, or remove spec.consistencyGroup, move the volume (spec.backend: fb) and add it to the group after"
+        ]
+    );
 }
 
 fn placed(entries: &[(&str, &str, &str, Option<i64>)]) -> crate::observe::Fleet {
