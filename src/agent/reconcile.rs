@@ -1399,6 +1399,7 @@ mod tests {
                 deletion_policy: DeletionPolicy::Delete,
                 from_file: None,
                 placement: None,
+                consistency_group: None,
             },
         )
     }

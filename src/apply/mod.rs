@@ -550,6 +550,7 @@ fn run(
             from_file,
             backup,
             resume,
+            consistency_group,
             ..
         } => {
             let uuid = new_uuid.ok_or_else(|| invalid("no identity"))?;
@@ -596,6 +597,7 @@ fn run(
                     backend: backend.clone(),
                     size: *size,
                     deletion_policy: *deletion_policy,
+                    consistency_group: consistency_group.clone(),
                 },
             );
             Ok(change)
@@ -622,6 +624,7 @@ fn run(
             backend,
             size,
             deletion_policy,
+            consistency_group,
             ..
         } => {
             let new = RecordedObject {
@@ -630,6 +633,7 @@ fn run(
                 backend: backend.clone(),
                 size: *size,
                 deletion_policy: *deletion_policy,
+                consistency_group: consistency_group.clone(),
             };
             let old = ledger.recorded.objects.insert(*uuid, new.clone());
             Ok(Change::from_bool(old.as_ref() != Some(&new)))
@@ -809,6 +813,11 @@ fn migrate(
         tracing::info!(volume = %name, %uuid, %from, %to, "{text}");
         ctx.progress.note(action, &text);
     }
+    let consistency_group = ledger
+        .recorded
+        .objects
+        .get(uuid)
+        .and_then(|r| r.consistency_group.clone());
     ledger.recorded.objects.insert(
         *uuid,
         RecordedObject {
@@ -817,6 +826,7 @@ fn migrate(
             backend: to.clone(),
             size: *target_size,
             deletion_policy: *deletion_policy,
+            consistency_group,
         },
     );
     Ok(Change::from_bool(report.changed))

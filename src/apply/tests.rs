@@ -317,6 +317,7 @@ fn volume_on_a(site: &Site) -> (Uuid, Vec<u8>) {
             backend: "a".into(),
             size: 4 * MIB,
             deletion_policy: crate::manifest::kinds::DeletionPolicy::Retain,
+            consistency_group: None,
         },
     );
     std::fs::create_dir_all(site.state()).unwrap();

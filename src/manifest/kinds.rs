@@ -624,9 +624,14 @@ pub struct ConsistencyGroupSpec {
     /// The availability zone of the group. Default: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
-    /// Back up all members together under this `BackupPolicy`. Default: none.
+    /// Back up all members together under this `BackupPolicy`; a member
+    /// may only name the same policy. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_policy: Option<Name>,
+    /// Pin the whole group to this `Backend`. Default: none (the group is
+    /// placed as one unit on a back end that can take every member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Name>,
     /// What the group is for. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

@@ -466,6 +466,9 @@ impl Checker<'_> {
                     t,
                 );
             }
+            if let Some(b) = &doc.spec.backend {
+                self.reference(k, doc, "spec.backend", Kind::Backend, b);
+            }
             if let Some(p) = &doc.spec.backup_policy {
                 self.reference(k, doc, "spec.backupPolicy", Kind::BackupPolicy, p);
             }
@@ -713,7 +716,8 @@ impl Checker<'_> {
     }
 
     /// Cinder's group rules: members use one of the group's types and live on
-    /// one back end.
+    /// one back end (the group's pin when it has one); and ours: a member is
+    /// backed up with its group, under the group's policy only.
     fn group_members(&mut self) {
         let mut pinned: BTreeMap<&Name, (&Name, &Name)> = BTreeMap::new();
         for doc in self.set.volumes.values() {
@@ -754,6 +758,32 @@ impl Checker<'_> {
                     "spec.availabilityZone",
                     format!("zone {az:?} differs from zone {gaz:?} of ConsistencyGroup/{cg_name}"),
                 );
+            }
+            match (&doc.spec.backup_policy, &cg_spec.backup_policy) {
+                (Some(p), Some(gp)) if p != gp => self.error(
+                    Kind::Volume,
+                    doc,
+                    "spec.backupPolicy",
+                    format!("ConsistencyGroup/{cg_name} backs its members up together under BackupPolicy/{gp}; a member cannot have a policy of its own (BackupPolicy/{p}): remove spec.backupPolicy (the member follows its group)"),
+                ),
+                (Some(p), None) => self.error(
+                    Kind::Volume,
+                    doc,
+                    "spec.backupPolicy",
+                    format!("members of ConsistencyGroup/{cg_name} are backed up together, from one group snapshot: set backupPolicy: {p} on the group and remove it here"),
+                ),
+                _ => {}
+            }
+            if let (Some(b), Some(gb)) = (&doc.spec.backend, &cg_spec.backend)
+                && b != gb
+            {
+                self.error(
+                    Kind::Volume,
+                    doc,
+                    "spec.backend",
+                    format!("ConsistencyGroup/{cg_name} is pinned to Backend/{gb}, and its members live with it: remove spec.backend or set it to {gb}"),
+                );
+                continue;
             }
             if let Some(b) = &doc.spec.backend {
                 match pinned.get(cg_name) {

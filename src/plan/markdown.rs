@@ -512,6 +512,7 @@ mod tests {
                         deletion_policy: DeletionPolicy::Retain,
                         from_file: None,
                         placement: None,
+                        consistency_group: None,
                     },
                     "it is declared and does not exist; placed by the scheduler",
                     Impact::Grows,

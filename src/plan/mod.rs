@@ -78,6 +78,18 @@ pub struct SourceRef {
     pub uuid: Option<Uuid>,
 }
 
+/// A volume's consistency group before and after a `Record` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupChange {
+    /// The group the record named (none: not a member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The group the manifest names (none: leaving the group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
 /// One step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "op")]
@@ -111,6 +123,9 @@ pub enum Op {
         /// the volume (the fencing token).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         placement: Option<i64>,
+        /// A volume's consistency group, recorded with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consistency_group: Option<String>,
     },
     /// Grow a volume.
     Extend {
@@ -150,6 +165,13 @@ pub enum Op {
         /// extend that finished after its last record).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resized_from: Option<u64>,
+        /// A volume's consistency group to record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consistency_group: Option<String>,
+        /// The group the record named, when the manifest names another (a
+        /// volume joining or leaving a group).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        regrouped: Option<GroupChange>,
     },
     /// Destroy an object and its data.
     Delete {
@@ -984,10 +1006,35 @@ impl<'a> Planner<'a> {
         let resized_from = rec
             .map(|r| r.size)
             .filter(|s| observed.is_some_and(|o| o != *s));
-        if previous == Some(policy) && moved_from.is_none() && resized_from.is_none() {
+        let group = self.group_of(kind, name);
+        let regrouped = rec
+            .filter(|r| r.consistency_group != group)
+            .map(|r| GroupChange {
+                from: r.consistency_group.clone(),
+                to: group.clone(),
+            });
+        if previous == Some(policy)
+            && moved_from.is_none()
+            && resized_from.is_none()
+            && regrouped.is_none()
+        {
             return;
         }
         let reason = match (previous, &moved_from) {
+            (Some(old), None) if old == policy && resized_from.is_none() => {
+                match regrouped.as_ref().map(|g| (&g.from, &g.to)) {
+                    Some((Some(g), None)) => format!(
+                        "spec.consistencyGroup was removed: it leaves consistency group {g}"
+                    ),
+                    Some((None, Some(g))) => {
+                        format!("spec.consistencyGroup names {g}: it joins that consistency group")
+                    }
+                    Some((Some(f), Some(t))) => format!(
+                        "spec.consistencyGroup changed: it leaves consistency group {f} for {t}"
+                    ),
+                    _ => "the record is out of date".to_owned(),
+                }
+            }
             (None, _) => {
                 "the state directory has no record of it (new state directory, or it was adopted)"
                     .to_owned()
@@ -1016,10 +1063,38 @@ impl<'a> Planner<'a> {
                 deletion_policy: policy,
                 moved_from,
                 resized_from,
+                consistency_group: group,
+                regrouped,
             },
             reason,
             impact: Impact::MetadataOnly,
         });
+    }
+
+    /// The consistency group a declared volume names.
+    fn group_of(&self, kind: ObjKind, name: &str) -> Option<String> {
+        if kind != ObjKind::Volume {
+            return None;
+        }
+        let doc = self.set.volumes.iter().find(|(n, _)| n.as_str() == name)?.1;
+        doc.spec
+            .consistency_group
+            .as_ref()
+            .map(|g| g.as_str().to_owned())
+    }
+
+    /// Sets the consistency group on the create just pushed.
+    fn group_last_create(&mut self, name: &Name) {
+        let group = self.group_of(ObjKind::Volume, name.as_str());
+        if let Some(Action {
+            op: Op::Create {
+                consistency_group, ..
+            },
+            ..
+        }) = self.out.actions.last_mut()
+        {
+            *consistency_group = group;
+        }
     }
 
     /// Volumes and snapshots in dependency order: a snapshot after its
@@ -1280,6 +1355,7 @@ impl<'a> Planner<'a> {
                         "an earlier create was interrupted; it is finished with the same identity"
                             .into(),
                     );
+                    self.group_last_create(name);
                     return;
                 }
                 Health::Deleting => {
@@ -1376,6 +1452,34 @@ impl<'a> Planner<'a> {
                         impact: Impact::Grows,
                     });
                 }
+            }
+            let joining = self
+                .recorded
+                .objects
+                .get(&obj.uuid)
+                .and_then(|r| r.consistency_group.as_deref())
+                != doc.spec.consistency_group.as_ref().map(Name::as_str);
+            let group_pin = doc
+                .spec
+                .consistency_group
+                .as_ref()
+                .and_then(|g| self.set.consistency_groups.get(g))
+                .and_then(|cg| cg.spec.backend.as_ref());
+            if (joining || group_pin.is_some())
+                && let Some((g, gb)) = self.group_location(name, doc)
+                && gb != bname
+            {
+                let text = if group_pin.is_some() && !joining {
+                    format!(
+                        "it lives on {bname}, but consistency group {g} is pinned to {gb}, and a member is not migrated: set spec.backend of ConsistencyGroup/{g} back to {bname}, or remove spec.consistencyGroup, move the volume (spec.backend: {gb}) and add it to the group after"
+                    )
+                } else {
+                    format!(
+                        "it lives on {bname}, but consistency group {g} lives on {gb}, and a group's volumes live on one back end: remove spec.consistencyGroup, or migrate it to {gb} first (spec.backend: {gb}) and add it to the group after"
+                    )
+                };
+                self.error(&a, PlanErrorKind::Refused, text);
+                return;
             }
             self.record_if_needed(
                 ObjKind::Volume,
@@ -1500,6 +1604,7 @@ impl<'a> Planner<'a> {
         {
             *placement = fence;
         }
+        self.group_last_create(name);
     }
 
     /// Leaves an object for later: listed in the plan's `waiting`, and what
@@ -1527,20 +1632,112 @@ impl<'a> Planner<'a> {
             .map(|sn| (ObjKind::Snapshot, sn.as_str()))
     }
 
-    /// The back end of a consistency group, from its other members: where
-    /// one lives, is created by this plan, or is pinned (Cinder's rule: a
-    /// group's volumes live on one back end).
+    /// The back end of a consistency group: its pin, or from its other
+    /// members: where one lives, is created by this plan, or is pinned
+    /// (Cinder's rule: a group's volumes live on one back end).
     fn group_location(&self, name: &Name, doc: &'a Doc<VolumeSpec>) -> Option<(&'a Name, String)> {
         let set = self.set;
         let g = doc.spec.consistency_group.as_ref()?;
-        set.volumes
+        if let Some(b) = set
+            .consistency_groups
+            .get(g)
+            .and_then(|cg| cg.spec.backend.as_ref())
+        {
+            return Some((g, b.as_str().to_owned()));
+        }
+        // Members the record says are in the group first: a volume joining
+        // it follows them, not the other way round.
+        let recorded_in_group = |n: &Name| {
+            self.recorded.objects.values().any(|r| {
+                r.kind == ObjKind::Volume
+                    && r.name == n.as_str()
+                    && r.consistency_group.as_deref() == Some(g.as_str())
+            })
+        };
+        let others: Vec<(&Name, &Doc<VolumeSpec>)> = set
+            .volumes
             .iter()
             .filter(|(n, d)| *n != name && d.spec.consistency_group.as_ref() == Some(g))
+            .collect();
+        let (first, rest): (Vec<_>, Vec<_>) =
+            others.into_iter().partition(|(n, _)| recorded_in_group(n));
+        first
+            .into_iter()
+            .chain(rest)
             .find_map(|(n, d)| {
                 self.backend_of(ObjKind::Volume, n.as_str())
                     .or_else(|| d.spec.backend.as_ref().map(|b| b.as_str().to_owned()))
             })
             .map(|b| (g, b))
+    }
+
+    /// The first member of a consistency group to be placed places the
+    /// whole group: on one back end that passes every filter for each
+    /// member still to be created, with room for all of them together;
+    /// the other members then follow it (`group_location`).
+    fn place_group(&mut self, a: &str, g: &Name, req: &Request<'a>) -> Option<Located> {
+        let set = self.set;
+        let members: Vec<(&Name, Request<'a>)> = set
+            .volumes
+            .iter()
+            .filter(|(n, d)| {
+                d.spec.consistency_group.as_ref() == Some(g)
+                    && self.backend_of(ObjKind::Volume, n.as_str()).is_none()
+            })
+            .map(|(n, d)| (n, Self::request(set, d)))
+            .collect();
+        let total: u64 = members.iter().map(|(_, r)| r.size).sum();
+        let whole = Request {
+            size: total.max(req.size),
+            zone: req.zone,
+            extra_specs: req.extra_specs,
+        };
+        let mut candidates = Vec::new();
+        let mut rejected = Vec::new();
+        for b in self.world.backends.keys() {
+            let why = members
+                .iter()
+                .find_map(|(n, r)| {
+                    self.sched
+                        .check(b, r)
+                        .err()
+                        .map(|w| format!("volume.{n}: {w}"))
+                })
+                .or_else(|| {
+                    self.sched
+                        .check(b, &whole)
+                        .err()
+                        .map(|w| format!("the whole group: {w}"))
+                });
+            match why {
+                None => candidates.push(b.clone()),
+                Some(w) => rejected.push((b.clone(), w)),
+            }
+        }
+        let names: Vec<String> = members.iter().map(|(n, _)| format!("volume.{n}")).collect();
+        let Ok(b) = self.sched.pick(&whole, Some(&candidates)) else {
+            self.error(
+                a,
+                PlanErrorKind::NoRoom,
+                format!(
+                    "no back end can take consistency group {g} as one unit ({}: {} together), and a group's volumes live on one back end; free room, split the group, or pin it with spec.backend on ConsistencyGroup/{g}:{}",
+                    names.join(", "),
+                    format_bytes_exact(total),
+                    schedule::explain(&rejected)
+                ),
+            );
+            return None;
+        };
+        self.sched.commit(&b, req.size);
+        Some(Located {
+            backend: b.as_str().to_owned(),
+            how: format!(
+                "placed by the scheduler with its consistency group {g} ({}: {} together)",
+                names.join(", "),
+                format_bytes_exact(total)
+            ),
+            fence: None,
+        })
     }
 
     /// Back ends that could take a volume, by host, judged by what the
@@ -1708,6 +1905,9 @@ impl<'a> Planner<'a> {
                 }
                 // Otherwise only other hosts can take it: theirs to create.
                 return None;
+            }
+            if let Some(g) = &doc.spec.consistency_group {
+                return self.place_group(a, g, req);
             }
             return match self.sched.place(req, None) {
                 Ok(b) => Some(Located {
@@ -2210,6 +2410,7 @@ impl<'a> Planner<'a> {
                 deletion_policy: policy,
                 from_file: None,
                 placement: None,
+                consistency_group: None,
             },
             reason,
             impact: Impact::Grows,
@@ -2431,6 +2632,18 @@ impl<'a> Planner<'a> {
             }
             if !may_delete {
                 held += 1;
+                continue;
+            }
+            if *kind == ObjKind::Volume
+                && let Some(g) = self
+                    .recorded
+                    .objects
+                    .get(&f.obj.uuid)
+                    .and_then(|r| r.consistency_group.as_ref())
+            {
+                self.out.errors.push(PlanError::new(&a, PlanErrorKind::Refused, format!(
+                    "cannot be deleted: it is a member of consistency group {g}, and a member is not deleted while it is in the group; declare it again without spec.consistencyGroup and apply (it leaves the group, a ~ change), then remove its manifest"
+                )));
                 continue;
             }
             if *kind == ObjKind::Volume {

@@ -362,6 +362,7 @@ fn action(s: &mut String, a: &Action) {
             deletion_policy,
             moved_from,
             resized_from,
+            regrouped,
             ..
         } => {
             match previous {
@@ -393,6 +394,16 @@ fn action(s: &mut String, a: &Action) {
                         format_bytes_exact(*from),
                         format_bytes_exact(*size)
                     ),
+                ));
+            }
+            if let Some(g) = regrouped {
+                let shown = |g: &Option<String>| {
+                    g.as_ref().map_or("(none)".to_owned(), |g| format!("{g:?}"))
+                };
+                attrs.push((
+                    "~".into(),
+                    "consistencyGroup".into(),
+                    format!("{} -> {}", shown(&g.from), shown(&g.to)),
                 ));
             }
             attrs.push((" ".into(), "id".into(), uuid.to_string()));

@@ -177,6 +177,14 @@ impl<'w> Scheduler<'w> {
         req: &Request<'_>,
         candidates: Option<&[Name]>,
     ) -> Result<Name, Rejections> {
+        let chosen = self.pick(req, candidates)?;
+        self.commit(&chosen, req.size);
+        Ok(chosen)
+    }
+
+    /// Picks a back end for a volume among `candidates` (all discovered back
+    /// ends when `None`) without counting it.
+    pub fn pick(&self, req: &Request<'_>, candidates: Option<&[Name]>) -> Result<Name, Rejections> {
         let mut passed = Vec::new();
         let mut rejected = Vec::new();
         let names: Vec<Name> = match candidates {
@@ -192,9 +200,7 @@ impl<'w> Scheduler<'w> {
         if passed.is_empty() {
             return Err(rejected);
         }
-        let chosen = self.weigh(&passed);
-        self.commit(&chosen, req.size);
-        Ok(chosen)
+        Ok(self.weigh(&passed))
     }
 
     /// Counts `size` more bytes and one more volume on `backend`.

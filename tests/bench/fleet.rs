@@ -157,6 +157,7 @@ fn main() {
                             backend: format!("b{h:02}"),
                             size: o.size,
                             deletion_policy: DeletionPolicy::default(),
+                            consistency_group: None,
                         },
                     )
                 })

@@ -89,6 +89,7 @@ fn main() {
                 backend: format!("b{:02}", n % BACKENDS),
                 size: ((1 + n % 8) as u64) << 30,
                 deletion_policy: cinderblock::manifest::kinds::DeletionPolicy::Retain,
+                consistency_group: None,
             },
         );
     }

@@ -177,6 +177,7 @@ fn thick_back_end_deletes_note_the_wipe_and_failed_vgs_hold_deletes() {
             backend: "thick".into(),
             size: 256 << 20,
             deletion_policy: cinderblock::manifest::kinds::DeletionPolicy::Delete,
+            consistency_group: None,
         },
     );
     let w = world(&s, report("thick"));

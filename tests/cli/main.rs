@@ -26,6 +26,7 @@ mod faults;
 mod fleet;
 mod fleet_etcd;
 mod fuzz;
+mod groups;
 mod image;
 mod install;
 mod inuse;
