@@ -142,7 +142,7 @@ pub(super) fn host_name(g: &GlobalArgs) -> String {
 }
 
 /// Loads manifests; prints findings; fails on errors.
-fn load(files: &[PathBuf]) -> anyhow::Result<ManifestSet> {
+pub(super) fn load(files: &[PathBuf]) -> anyhow::Result<ManifestSet> {
     let loaded = manifest::load_paths(files);
     let mut err = std::io::stderr().lock();
     for d in &loaded.diagnostics {

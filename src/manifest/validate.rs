@@ -21,6 +21,20 @@ use super::{Doc, Kind, ManifestSet};
 /// forgotten unit.
 const MIN_VOLUME_BYTES: u64 = 1 << 20;
 
+/// Why `size` bytes cannot be a volume's `spec.size`, if it cannot: under
+/// 1Mi, or not a whole number of 512-byte sectors.
+pub fn volume_size_problem(size: u64) -> Option<String> {
+    if size < MIN_VOLUME_BYTES {
+        Some(format!("{size} bytes, under the smallest volume (1Mi)"))
+    } else if size % 512 != 0 {
+        Some(format!(
+            "{size} bytes, not a multiple of 512 bytes (one sector)"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Runs every cross-document check, appending findings to `out`.
 pub fn validate(set: &ManifestSet, out: &mut Vec<Diagnostic>) {
     let mut v = Checker { set, out };
