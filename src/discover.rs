@@ -375,10 +375,14 @@ fn foreign_docs(
     let mut header = String::new();
     let mut body = String::new();
     for f in &inv.foreign {
-        let unfit = f.unfit.clone().or_else(|| match f.size {
-            None => Some("no size".to_owned()),
-            Some(s) => crate::manifest::validate::volume_size_problem(s),
-        });
+        let unfit = f
+            .unfit
+            .clone()
+            .or_else(|| crate::manifest::validate::entry_problem(&f.name).map(str::to_owned))
+            .or_else(|| match f.size {
+                None => Some("no size".to_owned()),
+                Some(s) => crate::manifest::validate::volume_size_problem(s),
+            });
         let (Some(size), None) = (f.size, &unfit) else {
             let _ = writeln!(
                 header,

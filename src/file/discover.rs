@@ -53,6 +53,8 @@ pub enum ForeignReason {
     Released {
         /// The identity it had.
         uuid: Uuid,
+        /// Its kind.
+        kind: ObjKind,
         /// The manifest name it had.
         name: String,
     },
@@ -276,6 +278,14 @@ fn scan_root(
     inv: &mut Inventory,
 ) -> Result<BTreeMap<Uuid, DataStat>, FileError> {
     let mut data: BTreeMap<Uuid, DataStat> = BTreeMap::new();
+    // Adopted files keep their names: their sidecars name them.
+    let adopted: BTreeMap<&str, (ObjKind, Uuid)> = sidecars
+        .iter()
+        .filter_map(|(u, s)| match s {
+            Sidecar::Ours(m) | Sidecar::Other(m) => Some((m.file.as_deref()?, (m.kind, *u))),
+            Sidecar::Broken => None,
+        })
+        .collect();
     for entry in read_dir(root)? {
         let entry = entry.map_err(FileError::io("read directory", root))?;
         let name = entry.file_name();
@@ -295,7 +305,9 @@ fn scan_root(
                 continue;
             }
         };
-        let parsed = name.to_str().and_then(meta::parse_file_name);
+        let parsed = name
+            .to_str()
+            .and_then(|n| adopted.get(n).copied().or_else(|| meta::parse_file_name(n)));
         let mut reason = ForeignReason::NoMetadata;
         if let Some((kind, uuid)) = parsed {
             match sidecars.get(&uuid) {
@@ -325,6 +337,7 @@ fn scan_root(
                 {
                     reason = ForeignReason::Released {
                         uuid,
+                        kind,
                         name: m.name.clone(),
                     };
                 }
@@ -430,15 +443,11 @@ impl Foreign {
             )
         });
         let released = match &self.reason {
-            ForeignReason::Released { uuid, name } => {
-                meta::parse_file_name(&self.name.to_string_lossy()).map(|(kind, _)| {
-                    model::Released {
-                        uuid: *uuid,
-                        kind,
-                        name: name.clone(),
-                    }
-                })
-            }
+            ForeignReason::Released { uuid, kind, name } => Some(model::Released {
+                uuid: *uuid,
+                kind: *kind,
+                name: name.clone(),
+            }),
             _ => None,
         };
         model::Foreign {

@@ -354,7 +354,7 @@ impl Inventory {
 /// A foreign LV as the pipeline sees it: its size, whether it could be a
 /// volume of this back end (a thin LV of its pool, or a plain LV when it is
 /// thick), and the identity it kept when this back end released it.
-fn foreign_lv(lv: &Lv, cfg: &Config<'_>) -> model::Foreign {
+pub(super) fn foreign_lv(lv: &Lv, cfg: &Config<'_>) -> model::Foreign {
     let unfit = match (lv.attr.kind, cfg.thin_pool) {
         _ if lv.is_hidden() => Some("a hidden LV (lvm2's own)".to_owned()),
         (LvKind::Thin, Some(p)) if lv.pool.as_deref() == Some(p) => None,

@@ -320,3 +320,231 @@ spec:
     assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
     assert_eq!(p.stdout, "No changes. Storage matches the manifests.\n");
 }
+
+/// A site with back end `local` holding foreign file `Legacy_Disk.img` (4 MiB
+/// of data) and `other.img` (1 MiB); returns (site, pool dir).
+fn foreign_site() -> (Site, std::path::PathBuf) {
+    let site = Site::new();
+    let pool = site.path().join("pool");
+    fs::create_dir_all(&pool).unwrap();
+    site.write("backends.yaml", &backend("local", &pool, ""));
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(pool.join("Legacy_Disk.img"), data).unwrap();
+    fs::write(pool.join("other.img"), vec![9u8; 1 << 20]).unwrap();
+    (site, pool)
+}
+
+fn adopting(name: &str, entry: &str, size: &str) -> String {
+    format!(
+        "{H}kind: Volume\nmetadata:\n  name: {name}\n  annotations:\n    cinderblock.dev/adopt: {entry}\nspec:\n  size: {size}\n  backend: local\n"
+    )
+}
+
+#[test]
+fn adopt_marks_a_foreign_file_keeping_its_name_and_data() {
+    let (site, pool) = foreign_site();
+    let file = pool.join("Legacy_Disk.img");
+    let (before, other) = (sha256(&file), sha256(&pool.join("other.img")));
+    site.write("legacy.yaml", &adopting("legacy", "Legacy_Disk.img", "4Mi"));
+    let p = site.run(&["plan", "-f", "manifests", "--detailed-exitcode"]);
+    assert_eq!(p.code, 2, "{}{}", p.stdout, p.stderr);
+    assert!(
+        p.stdout.contains("  # volume.legacy will be adopted\n")
+            && p.stdout
+                .contains("  + adopt           = \"Legacy_Disk.img\"\n")
+            && p.stdout
+                .contains("Plan: 1 to add, 0 to change, 0 to destroy."),
+        "{}",
+        p.stdout
+    );
+    assert!(!p.stdout.contains("will be created"), "{}", p.stdout);
+    let r = site.apply();
+    assert!(
+        r.stdout
+            .contains("Apply complete! Resources: 1 added, 0 changed, 0 destroyed."),
+        "{}",
+        r.stdout
+    );
+    // Marked only: the same name, the same bytes; its sidecar names it.
+    assert_eq!(sha256(&file), before);
+    let objects = site.objects("pool");
+    let (uuid, _, meta) = &objects["volume.legacy"];
+    assert_eq!(meta["file"], "Legacy_Disk.img");
+    assert_eq!(meta["size"], 4 << 20);
+    assert!(
+        !pool.join(format!("volume-{uuid}")).exists(),
+        "never renamed"
+    );
+    // The foreign file nobody annotated is left alone.
+    assert_eq!(sha256(&pool.join("other.img")), other);
+    assert_eq!(objects.len(), 1);
+    let p = site.run(&["plan", "-f", "manifests", "--detailed-exitcode"]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    assert_eq!(p.stdout, "No changes. Storage matches the manifests.\n");
+
+    // An adopted volume is a volume: a snapshot of it, then an extend.
+    site.write(
+        "snap.yaml",
+        &snapshot("legacy-snap", "legacy", "  deletionPolicy: Delete\n"),
+    );
+    site.write("legacy.yaml", &adopting("legacy", "Legacy_Disk.img", "8Mi"));
+    let r = site.apply();
+    assert!(
+        r.stdout
+            .contains("Apply complete! Resources: 1 added, 1 changed, 0 destroyed."),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(fs::metadata(&file).unwrap().len(), 8 << 20);
+    // The volume grew first (volumes are planned before their snapshots).
+    let snap = fs::read(site.data("pool", "snapshot.legacy-snap")).unwrap();
+    let head: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    assert_eq!(snap.len(), 8 << 20);
+    assert!(
+        snap[..4 << 20] == head[..],
+        "the snapshot holds the adopted data"
+    );
+    // discover now writes it as ours, and plan on that says nothing changes.
+    let r = site.run(&[
+        "discover",
+        "-f",
+        "manifests/backends.yaml",
+        "--out",
+        "found",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let p = site.run(&[
+        "plan",
+        "-f",
+        "manifests/backends.yaml",
+        "-f",
+        "found",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+}
+
+#[test]
+fn adopt_grows_a_larger_declaration_as_its_own_step_and_refuses_a_smaller_one() {
+    let (site, pool) = foreign_site();
+    let file = pool.join("Legacy_Disk.img");
+    let before = sha256(&file);
+    site.write("legacy.yaml", &adopting("legacy", "Legacy_Disk.img", "2Mi"));
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 1, "{}{}", p.stdout, p.stderr);
+    assert!(
+        p.stdout.contains("volume.legacy: spec.size 2Mi is less than the 4Mi that \"Legacy_Disk.img\" on local holds; adopting never shrinks: declare at least 4Mi"),
+        "{}",
+        p.stdout
+    );
+    let r = site.run(&["apply", "-f", "manifests", "--auto-approve"]);
+    assert_eq!(r.code, 1);
+    assert!(site.objects("pool").is_empty(), "nothing applied");
+    assert_eq!(sha256(&file), before);
+
+    site.write("legacy.yaml", &adopting("legacy", "Legacy_Disk.img", "6Mi"));
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    let adopt = p.stdout.find("will be adopted").unwrap();
+    let extend = p.stdout.find("will be updated in-place").unwrap();
+    assert!(adopt < extend, "{}", p.stdout);
+    assert!(
+        p.stdout
+            .contains("spec.size 6Mi is more than the 4Mi it holds when adopted"),
+        "{}",
+        p.stdout
+    );
+    site.apply();
+    assert_eq!(fs::metadata(&file).unwrap().len(), 6 << 20);
+    let data = fs::read(&file).unwrap();
+    let head: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    assert_eq!(&data[..4 << 20], head.as_slice(), "the data is kept");
+    assert!(data[4 << 20..].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn adopt_refuses_hostile_and_missing_names_with_file_and_line() {
+    let (site, pool) = foreign_site();
+    site.write(
+        "bad.yaml",
+        &[
+            adopting("up", "../../etc/passwd", "4Mi"),
+            adopting("opt", "-rf", "4Mi"),
+            adopting("meta", ".cinderblock", "4Mi"),
+            adopting("space", "'a b'", "4Mi"),
+        ]
+        .join("---\n"),
+    );
+    let v = site.run(&["validate", "-f", "manifests"]);
+    assert_eq!(v.code, 1, "{}{}", v.stdout, v.stderr);
+    for line in [
+        "manifests/bad.yaml:6:28: Volume/up: metadata.annotations[\"cinderblock.dev/adopt\"]: \"../../etc/passwd\" cannot be adopted: a name with '/' reaches outside the back end",
+        "manifests/bad.yaml:16:28: Volume/opt: metadata.annotations[\"cinderblock.dev/adopt\"]: \"-rf\" cannot be adopted: a name starting with '-' reads as an option",
+        "manifests/bad.yaml:26:28: Volume/meta: metadata.annotations[\"cinderblock.dev/adopt\"]: \".cinderblock\" cannot be adopted: names starting with '.' are hidden or reach outside the back end",
+        "manifests/bad.yaml:36:28: Volume/space: metadata.annotations[\"cinderblock.dev/adopt\"]: \"a b\" cannot be adopted: the name holds whitespace or a control character",
+    ] {
+        assert!(v.stderr.contains(line), "{line}\n{}", v.stderr);
+    }
+    site.remove("bad.yaml");
+    site.write("missing.yaml", &adopting("gone", "nope.img", "4Mi"));
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 1);
+    assert!(
+        p.stdout.contains("volume.gone: cinderblock.dev/adopt: back end local has no foreign LV or file named \"nope.img\""),
+        "{}",
+        p.stdout
+    );
+    assert!(site.objects("pool").is_empty());
+    assert!(!pool.join("nope.img").exists(), "never created");
+}
+
+#[test]
+fn a_kill_at_each_step_of_an_adopt_and_extend_ends_with_it_adopted_once() {
+    use std::os::unix::process::ExitStatusExt;
+    for at in [
+        "1:intent",
+        "1:driver",
+        "1:outcome",
+        "2:intent",
+        "2:driver",
+        "2:outcome",
+    ] {
+        let (site, pool) = foreign_site();
+        let file = pool.join("Legacy_Disk.img");
+        let head: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        site.write("legacy.yaml", &adopting("legacy", "Legacy_Disk.img", "6Mi"));
+        let out = site.apply_crashing_at(at);
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{at}: the process was not killed"
+        );
+        let r = site.apply();
+        assert!(r.stdout.contains("Apply complete!"), "{at}: {}", r.stdout);
+        assert_eq!(
+            site.plan_code(),
+            0,
+            "{at}: not converged:\n{}",
+            site.run(&["plan", "-f", "manifests"]).stdout
+        );
+        // Adopted once (objects() panics on two sidecars of one name), under
+        // its own name, its data kept and grown.
+        let objects = site.objects("pool");
+        assert_eq!(objects.len(), 1, "{at}");
+        assert_eq!(
+            objects["volume.legacy"].2["file"], "Legacy_Disk.img",
+            "{at}"
+        );
+        let data = fs::read(&file).unwrap();
+        assert_eq!(data.len(), 6 << 20, "{at}");
+        assert!(data[..4 << 20] == head[..], "{at}: data changed");
+        let names: Vec<String> = fs::read_dir(&pool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(names, ["Legacy_Disk.img", "other.img"], "{at}");
+    }
+}
