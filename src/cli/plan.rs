@@ -302,6 +302,7 @@ impl Progress for Printer {
         let (verb, still) = match (&action.op, action.symbol()) {
             (Op::Export { .. }, _) => ("Exporting...", "Still exporting..."),
             (Op::Unexport { .. }, _) => ("Unexporting...", "Still unexporting..."),
+            (Op::Adopt { .. }, _) => ("Adopting...", "Still adopting..."),
             (_, "+") => ("Creating...", "Still creating..."),
             (_, "~") => ("Modifying...", "Still modifying..."),
             (_, "-") => ("Destroying...", "Still destroying..."),
@@ -364,6 +365,7 @@ impl Progress for Printer {
         let verb = match (&action.op, action.symbol()) {
             (Op::Export { .. }, _) => "Export complete",
             (Op::Unexport { .. }, _) => "Unexport complete",
+            (Op::Adopt { .. }, _) => "Adoption complete",
             (_, "+") => "Creation complete",
             (_, "~") => "Modifications complete",
             (_, "-") => "Destruction complete",

@@ -1498,6 +1498,7 @@ impl<'a> Planner<'a> {
             self.adopt(name, doc, &entry.0);
             return;
         }
+        self.released_namesake(name);
         // A new volume: where?
         let req = Self::request(self.set, doc);
         let backup = match self.backup_source(doc, name) {
@@ -1611,7 +1612,28 @@ impl<'a> Planner<'a> {
             return;
         };
         let shown = crate::manifest::values::shown(entry);
-        let Some(f) = inv.foreign.iter().find(|f| f.name == entry) else {
+        // By its LV or file name; a released one also by the uuid or the
+        // name it had.
+        let released_as =
+            |f: &&crate::model::Foreign, what: &dyn Fn(&crate::model::Released) -> bool| {
+                f.released.as_ref().is_some_and(what)
+            };
+        let by_old_name: Vec<_> = inv
+            .foreign
+            .iter()
+            .filter(|f| released_as(f, &|r| r.name == entry && r.kind == ObjKind::Volume))
+            .collect();
+        let found = inv
+            .foreign
+            .iter()
+            .find(|f| f.name == entry)
+            .or_else(|| {
+                inv.foreign
+                    .iter()
+                    .find(|f| released_as(f, &|r| r.uuid.to_string() == entry))
+            })
+            .or_else(|| (by_old_name.len() == 1).then(|| by_old_name[0]));
+        let Some(f) = found else {
             self.error(&a, PlanErrorKind::Refused, format!(
                 "cinderblock.dev/adopt: back end {pin} has no foreign LV or file named {shown} (`cinderblock discover --include-foreign` lists what it has)"
             ));
@@ -1690,7 +1712,7 @@ impl<'a> Planner<'a> {
                 kind: ObjKind::Volume,
                 name: name.as_str().to_owned(),
                 backend: pin.as_str().to_owned(),
-                entry: entry.to_owned(),
+                entry: f.name.clone(),
                 uuid,
                 size,
                 released: released.is_some(),
@@ -1717,6 +1739,29 @@ impl<'a> Planner<'a> {
                 ),
                 impact: Impact::Grows,
             });
+        }
+    }
+
+    /// A new volume with the name of one a back end released (`Retain`):
+    /// the plan says so, and how to take that one back instead of creating
+    /// an empty one.
+    fn released_namesake(&mut self, name: &Name) {
+        for (b, view) in &self.world.backends {
+            let Some(inv) = view.inventory() else {
+                continue;
+            };
+            for f in &inv.foreign {
+                if let Some(r) = &f.released
+                    && r.kind == ObjKind::Volume
+                    && r.name == name.as_str()
+                {
+                    self.out.notes.push(format!(
+                        "volume.{name}: back end {b} holds a volume {name} it released earlier ({}); to take it back with its data instead of creating a new, empty one, annotate the volume cinderblock.dev/adopt: {} and pin it with spec.backend: {b}",
+                        r.uuid,
+                        f.name
+                    ));
+                }
+            }
         }
     }
 

@@ -548,3 +548,54 @@ fn a_kill_at_each_step_of_an_adopt_and_extend_ends_with_it_adopted_once() {
         assert_eq!(names, ["Legacy_Disk.img", "other.img"], "{at}");
     }
 }
+
+#[test]
+fn a_volume_released_by_retain_is_taken_back_with_its_identity_and_data() {
+    let site = Site::new();
+    let pool = site.path().join("pool");
+    fs::create_dir_all(&pool).unwrap();
+    site.write("backends.yaml", &backend("local", &pool, ""));
+    site.write("db.yaml", &volume("db", "4Mi", "  backend: local\n"));
+    site.apply();
+    let (uuid, data, _) = site.objects("pool").remove("volume.db").unwrap();
+    fs::write(&data, vec![5u8; 4 << 20]).unwrap();
+    let before = sha256(&data);
+    // Removed from the manifests with Retain: released, data kept.
+    site.remove("db.yaml");
+    site.write("keep.yaml", &volume("keep", "1Mi", "  backend: local\n"));
+    site.apply();
+    assert_eq!(
+        site.objects("pool")["volume.db"].2["owner"]["managedBy"],
+        "cinderblock-released"
+    );
+    assert_eq!(sha256(&data), before);
+    // Declared again by name alone: the plan says how to take it back.
+    site.write("db.yaml", &volume("db", "4Mi", "  backend: local\n"));
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    let file = format!("volume-{uuid}");
+    assert!(
+        p.stdout.contains(&format!(
+            "volume.db: back end local holds a volume db it released earlier ({uuid}); to take it back with its data instead of creating a new, empty one, annotate the volume cinderblock.dev/adopt: {file} and pin it with spec.backend: local"
+        )),
+        "{}",
+        p.stdout
+    );
+    // By its old name: taken back, the same identity and bytes.
+    site.write("db.yaml", &adopting("db", "db", "4Mi"));
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert!(
+        p.stdout
+            .contains("  # volume.db will be taken back (adopted again)\n")
+            && p.stdout
+                .contains(&format!("  + id              = {uuid}\n")),
+        "{}",
+        p.stdout
+    );
+    site.apply();
+    let (again, path, meta) = site.objects("pool").remove("volume.db").unwrap();
+    assert_eq!((again, path), (uuid, data.clone()));
+    assert_eq!(meta["owner"]["managedBy"], "cinderblock");
+    assert_eq!(sha256(&data), before);
+    assert_eq!(site.plan_code(), 0);
+}
