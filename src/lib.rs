@@ -11,6 +11,7 @@ pub mod discover;
 pub mod driver;
 pub mod exec;
 pub mod file;
+pub mod fleet;
 pub mod inuse;
 pub mod iscsi;
 pub mod lvm;
