@@ -8,7 +8,7 @@
 //! [`Health`] (how discovery judges an object: its mark, plus what only a
 //! look at the data shows), [`Change`] (whether an idempotent step did
 //! anything), the inventory ([`Observed`] with what holds it open,
-//! [`InUse`], [`Inventory`], [`Discovery`]), capacity ([`Capacity`]), what a
+//! [`InUse`], [`Inventory`] with its [`Foreign`] entries, [`Discovery`]), capacity ([`Capacity`]), what a
 //! back end can do ([`Capabilities`]) and [`round_up`].
 //!
 //! Invariants: a leaf. It uses nothing of this crate, so every module may
@@ -305,13 +305,53 @@ pub struct Inventory {
     pub capacity: Capacity,
     /// Our objects, sorted by uuid.
     pub objects: Vec<Observed>,
-    /// Entries that are not ours (names), sorted.
-    pub foreign: Vec<String>,
+    /// Entries that are not ours, sorted by name.
+    pub foreign: Vec<Foreign>,
     /// Problems that make the view partial (no deletes when any).
     pub problems: Vec<String>,
     /// A metadata generation that changes with every change of the back end
     /// (LVM's `vg_seqno`), when it has one; part of the fingerprint.
     pub generation: Option<u64>,
+}
+
+/// An entry of a back end that is not ours: listed, never touched unless a
+/// manifest adopts it (`cinderblock.dev/adopt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Foreign {
+    /// Its name in the back end: an LV name, or a path relative to a `file`
+    /// back end's root.
+    pub name: String,
+    /// Its logical size in bytes, when it has one (an LV, a regular file).
+    pub size: Option<u64>,
+    /// Why it cannot become a volume of this back end (a directory, a thin
+    /// pool, a thin LV of another pool), when it cannot.
+    pub unfit: Option<String>,
+    /// An object of ours this back end let go (`deletionPolicy: Retain`):
+    /// the identity it still carries.
+    pub released: Option<Released>,
+}
+
+impl Foreign {
+    /// An entry known only by its name (nothing to adopt).
+    pub fn named(name: impl Into<String>, unfit: impl Into<String>) -> Self {
+        Foreign {
+            name: name.into(),
+            size: None,
+            unfit: Some(unfit.into()),
+            released: None,
+        }
+    }
+}
+
+/// The identity a released object still carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// Identity.
+    pub uuid: Uuid,
+    /// Volume, snapshot or image.
+    pub kind: ObjKind,
+    /// The manifest name it had.
+    pub name: String,
 }
 
 impl Inventory {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::driver::{Change, Driver, DriverError, NewMark, NewObject, PathKind, fault};
+use crate::driver::{Adoption, Change, Driver, DriverError, NewMark, NewObject, PathKind, fault};
 use crate::iscsi::lio;
 use crate::model::ObjKind;
 use crate::plan::{Action, Op, Plan};
@@ -301,6 +301,12 @@ pub fn apply_with(
                 if let (Op::Create { kind, name, .. }, Some(u)) = (&action.op, new_uuid) {
                     created.insert((*kind, name.clone()), u);
                 }
+                if let Op::Adopt {
+                    kind, name, uuid, ..
+                } = &action.op
+                {
+                    created.insert((*kind, name.clone()), *uuid);
+                }
                 ledger.recorded.last_plan = Some(plan_id);
                 ledger.save(state_dir)?;
                 count(&mut report, action, changed);
@@ -327,7 +333,10 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
         return;
     }
     match a.op {
-        Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+        Op::Create { .. }
+        | Op::Adopt { .. }
+        | Op::CreatePool { .. }
+        | Op::DiscoveryAuth { new: true, .. } => {
             r.added += 1;
         }
         Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
@@ -361,6 +370,17 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
         } => format!(
             "create {} thin pool {volume_group}/{pool} on {backend} size={size} metadata={metadata_size}",
             a.address
+        ),
+        Op::Adopt {
+            uuid,
+            backend,
+            entry,
+            size,
+            ..
+        } => format!(
+            "adopt {} id={uuid} on {backend} entry={} size={size}",
+            a.address,
+            crate::manifest::values::shown(entry)
         ),
         Op::Extend {
             uuid, backend, to, ..
@@ -608,6 +628,36 @@ fn run(
             metadata_size,
             ..
         } => Ok(driver(registry, backend)?.create_pool(*size, *metadata_size)?),
+        Op::Adopt {
+            kind,
+            name,
+            backend,
+            entry,
+            uuid,
+            size,
+            deletion_policy,
+            ..
+        } => {
+            let change = driver(registry, backend)?.adopt(&Adoption {
+                entry,
+                uuid: *uuid,
+                name,
+                kind: *kind,
+                parent: None,
+                size: *size,
+            })?;
+            ledger.recorded.objects.insert(
+                *uuid,
+                RecordedObject {
+                    kind: *kind,
+                    name: name.clone(),
+                    backend: backend.clone(),
+                    size: *size,
+                    deletion_policy: *deletion_policy,
+                },
+            );
+            Ok(change)
+        }
         Op::Extend {
             uuid, backend, to, ..
         } => {

@@ -149,7 +149,7 @@ pub(super) fn host_name(g: &GlobalArgs) -> String {
 }
 
 /// Loads manifests; prints findings; fails on errors.
-fn load(files: &[PathBuf]) -> anyhow::Result<ManifestSet> {
+pub(super) fn load(files: &[PathBuf]) -> anyhow::Result<ManifestSet> {
     let loaded = manifest::load_paths(files);
     let mut err = std::io::stderr().lock();
     for d in &loaded.diagnostics {
@@ -341,6 +341,7 @@ impl Progress for Printer {
         let (verb, still) = match (&action.op, action.symbol()) {
             (Op::Export { .. }, _) => ("Exporting...", "Still exporting..."),
             (Op::Unexport { .. }, _) => ("Unexporting...", "Still unexporting..."),
+            (Op::Adopt { .. }, _) => ("Adopting...", "Still adopting..."),
             (_, "+") => ("Creating...", "Still creating..."),
             (_, "~") => ("Modifying...", "Still modifying..."),
             (_, "-") => ("Destroying...", "Still destroying..."),
@@ -403,6 +404,7 @@ impl Progress for Printer {
         let verb = match (&action.op, action.symbol()) {
             (Op::Export { .. }, _) => "Export complete",
             (Op::Unexport { .. }, _) => "Unexport complete",
+            (Op::Adopt { .. }, _) => "Adoption complete",
             (_, "+") => "Creation complete",
             (_, "~") => "Modifications complete",
             (_, "-") => "Destruction complete",

@@ -316,6 +316,18 @@ impl Driver for FakeDriver {
         Ok(Change::Changed)
     }
 
+    fn adopt(&self, a: &super::Adoption<'_>) -> Result<Change, DriverError> {
+        if self.objects().contains_key(&a.uuid) {
+            return Ok(Change::Unchanged);
+        }
+        // The fake holds nothing foreign: there is never anything to adopt.
+        Err(DriverError::refused(
+            &self.name,
+            Op::Adopt,
+            format!("no foreign entry {} here", a.entry),
+        ))
+    }
+
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {
         if self.objects().remove(&uuid).is_none() {
             return Ok(Change::Unchanged);

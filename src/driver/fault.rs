@@ -41,8 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use uuid::Uuid;
 
 use super::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
-    NewObject, Object, Op, PitRequest, PointInTime,
+    Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
+    Mark, NewMark, NewObject, Object, Op, PitRequest, PointInTime,
 };
 
 /// The variable's value, read once.
@@ -320,6 +320,9 @@ impl Driver for Faulty<'_> {
     }
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.changing(Op::Release, |n| self.nth(n), || self.inner.release(uuid))
+    }
+    fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError> {
+        self.changing(Op::Adopt, |n| self.nth(n), || self.inner.adopt(a))
     }
     fn delete(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.changing(Op::Delete, |n| self.nth(n), || self.inner.delete(uuid))

@@ -122,12 +122,18 @@ pub struct ObjectMeta {
     /// has moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationMark>,
+    /// The data file's name when it is not `<kind>-<uuid>`: an adopted
+    /// file keeps the name it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 impl ObjectMeta {
     /// The data file name.
     pub fn file_name(&self) -> String {
-        file_name(self.kind, self.uuid)
+        self.file
+            .clone()
+            .unwrap_or_else(|| file_name(self.kind, self.uuid))
     }
 
     /// Whether `backend` owns this object.
@@ -239,6 +245,7 @@ mod tests {
             created_at: "2026-01-02T03:04:05Z".parse().unwrap(),
             state: Mark::Ready,
             migration: None,
+            file: None,
         };
         let golden = r#"{
   "format": "cinderblock.file-object",

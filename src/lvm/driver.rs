@@ -812,6 +812,93 @@ impl<'r> LvmBackend<'r> {
     }
 }
 
+impl LvmBackend<'_> {
+    /// Marks foreign LV `a.entry` as ours (see [`crate::driver::Driver::adopt`]):
+    /// the identity tags and the owner mark in one `lvchange`, a released
+    /// mark of this back end dropped in the same call. Its data and name
+    /// stay. `Unchanged` once `a.uuid` is ours.
+    pub fn adopt(&self, a: &crate::driver::Adoption<'_>) -> Result<Change, LvmError> {
+        let lvs = self.lvs()?;
+        if self.find(&lvs, a.uuid)?.is_some() {
+            return Ok(Change::Unchanged);
+        }
+        let Some(lv) = lvs.iter().find(|l| l.name == a.entry) else {
+            return Err(self.refused(
+                a.entry,
+                "no such LV (it was removed or renamed since the plan)".into(),
+            ));
+        };
+        let value = |key: &str| lv.tag_value(key).and_then(tags::decode);
+        if let Some(owner) = value(tags::BACKEND) {
+            return Err(self.refused(
+                &lv.name,
+                format!(
+                    "it is marked as back end {owner}'s ({}={owner})",
+                    tags::BACKEND
+                ),
+            ));
+        }
+        let released = value(tags::RELEASED).as_deref() == Some(self.backend.as_str());
+        if let Some(id) = value(tags::UUID)
+            && id != a.uuid.to_string()
+        {
+            return Err(self.refused(
+                &lv.name,
+                format!("it carries another identity ({}={id})", tags::UUID),
+            ));
+        }
+        if lv.size != a.size {
+            return Err(self.refused(
+                &lv.name,
+                format!(
+                    "it is {} bytes, not the {} bytes planned (it changed since the plan)",
+                    lv.size, a.size
+                ),
+            ));
+        }
+        let cfg = super::inventory::Config {
+            backend: &self.backend,
+            vg: &self.vg,
+            thin_pool: self.pool.as_deref(),
+        };
+        if let Some(why) = super::inventory::foreign_lv(lv, &cfg).unfit {
+            return Err(self.refused(&lv.name, format!("it is {why}")));
+        }
+        let owned = Owned {
+            uuid: a.uuid,
+            name: a.name.to_owned(),
+            kind: a.kind,
+            parent: a.parent,
+            mark: Mark::Ready,
+        };
+        let add: Vec<String> = tags::new_tags(&self.backend, &owned)
+            .into_iter()
+            .filter(|t| !lv.tags.contains(t))
+            .collect();
+        // Tags of our keys that would contradict the new identity (a
+        // released object's old name or state) go in the same commit.
+        let del: Vec<String> = lv
+            .tags
+            .iter()
+            .filter(|t| t.starts_with(tags::PREFIX) && !add.contains(t))
+            .filter(|t| {
+                let key = t.split('=').next().unwrap_or_default();
+                (key == tags::RELEASED && released)
+                    || key == tags::STATE
+                    || add.iter().any(|n| n.split('=').next() == Some(key))
+            })
+            .cloned()
+            .collect();
+        self.exec(
+            "adopt",
+            self.target(&lv.name),
+            &cmd::retag(&self.vg, &lv.name, &add, &del),
+        )?;
+        tracing::info!(uuid = %a.uuid, lv = %lv.name, released, "adopted");
+        Ok(Change::Changed)
+    }
+}
+
 /// A migration's source or target on an LVM back end, opened for I/O.
 #[derive(Debug, Clone)]
 pub struct MigrationLv {

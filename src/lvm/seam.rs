@@ -22,8 +22,9 @@ use super::driver::Wipe;
 use super::report::LvKind;
 use super::{LvmBackend, LvmError, NewLv, Source, cmd, inventory, tags};
 use crate::driver::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
-    NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace, name_block_holders,
+    Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
+    Mark, NewMark, NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace,
+    name_block_holders,
 };
 use crate::model::{PoolDecl, Space};
 
@@ -167,6 +168,10 @@ impl Driver for LvmDriver<'_> {
 
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.lvm.release(uuid).map_err(self.err(Op::Release))
+    }
+
+    fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError> {
+        self.lvm.adopt(a).map_err(self.err(Op::Adopt))
     }
 
     fn delete(&self, uuid: Uuid) -> Result<Change, DriverError> {

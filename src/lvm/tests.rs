@@ -1124,3 +1124,93 @@ fn an_interrupted_fill_of_a_volume_declared_empty_is_emptied_not_handed_out() {
         ]
     );
 }
+
+fn adoption<'a>(
+    entry: &'a str,
+    uuid: Uuid,
+    name: &'a str,
+    size: u64,
+) -> crate::driver::Adoption<'a> {
+    crate::driver::Adoption {
+        entry,
+        uuid,
+        name,
+        kind: ObjKind::Volume,
+        parent: None,
+        size,
+    }
+}
+
+#[test]
+fn adopt_tags_a_foreign_lv_in_one_lvchange_and_takes_a_released_one_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    fake.add(FakeLv {
+        name: "volume-0b5e7a52-7e0c-4a8e-9d39-2f6f1f4a6a11".into(),
+        size: 8 * MIB,
+        kind: '-',
+        pool: None,
+        origin: None,
+        tags: vec![],
+        active: true,
+        open: true,
+    });
+    let b = backend(&fake, None, Wipe::Zero);
+    let cinder = "volume-0b5e7a52-7e0c-4a8e-9d39-2f6f1f4a6a11";
+    // The wrong size is refused: it changed since the plan.
+    let e = b.adopt(&adoption(cinder, u(7), "db", 4 * MIB)).unwrap_err();
+    assert!(
+        matches!(&e, LvmError::Refused { reason, .. } if reason == "it is 8388608 bytes, not the 4194304 bytes planned (it changed since the plan)"),
+        "{e:?}"
+    );
+    assert!(fake.changes().is_empty());
+    // In use is no obstacle: it is only marked, in one metadata commit.
+    assert_eq!(
+        b.adopt(&adoption(cinder, u(7), "db", 8 * MIB)).unwrap(),
+        Change::Changed
+    );
+    assert_eq!(
+        fake.changes(),
+        [format!(
+            "lvchange --addtag cinderblock.uuid=00000000-0000-0000-0000-000000000007 --addtag cinderblock.name=db \
+             --addtag cinderblock.kind=volume --addtag cinderblock.backend=lvm-a -- vg0/{cinder}"
+        )]
+    );
+    assert_eq!(
+        b.adopt(&adoption(cinder, u(7), "db", 8 * MIB)).unwrap(),
+        Change::Unchanged,
+        "adopted once"
+    );
+    let lv = fake.get(cinder).unwrap();
+    assert_eq!(lv.name, cinder, "never renamed");
+    // Released, then taken back under a new name: the same identity, the
+    // released mark and the old name gone in the same lvchange.
+    assert_eq!(b.release(u(7)).unwrap(), Change::Changed);
+    assert_eq!(
+        b.adopt(&adoption(cinder, u(7), "db2", 8 * MIB)).unwrap(),
+        Change::Changed
+    );
+    let tags = fake.get(cinder).unwrap().tags;
+    assert!(
+        tags.contains(&"cinderblock.backend=lvm-a".to_owned()),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&"cinderblock.name=db2".to_owned()),
+        "{tags:?}"
+    );
+    assert!(
+        !tags.iter().any(|t| t.starts_with("cinderblock.released")),
+        "{tags:?}"
+    );
+    assert!(
+        !tags.contains(&"cinderblock.name=db".to_owned()),
+        "{tags:?}"
+    );
+    // Marked ours under another identity: refused.
+    let e = b.adopt(&adoption(cinder, u(8), "x", 8 * MIB)).unwrap_err();
+    assert!(
+        matches!(&e, LvmError::Refused { reason, .. } if reason == "it is marked as back end lvm-a's (cinderblock.backend=lvm-a)"),
+        "{e:?}"
+    );
+}

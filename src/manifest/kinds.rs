@@ -22,6 +22,13 @@ use super::values::{
 /// The one supported `apiVersion`.
 pub const API_VERSION: &str = "cinderblock.dev/v1alpha1";
 
+/// The annotation that takes an existing LV or file into management
+/// (Terraform's import): its value is the LV or file name.
+pub const ADOPT: &str = "cinderblock.dev/adopt";
+/// The annotation that renames a volume, keeping its identity and data:
+/// its value is the old name.
+pub const RENAMED_FROM: &str = "cinderblock.dev/renamed-from";
+
 /// `metadata` of every manifest.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

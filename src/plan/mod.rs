@@ -127,6 +127,30 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         consistency_group: Option<String>,
     },
+    /// Take a foreign LV or file into management as a volume, or take
+    /// back one this back end released (`Retain`): marked ours, its data
+    /// and its name kept.
+    Adopt {
+        /// Volume.
+        kind: ObjKind,
+        /// Manifest name.
+        name: String,
+        /// Back end.
+        backend: String,
+        /// The LV or file name (`cinderblock.dev/adopt`).
+        entry: String,
+        /// Its identity: the one a released object kept, else one derived
+        /// from the back end and the entry (so planning stays pure and a
+        /// re-run after a crash finds it).
+        uuid: Uuid,
+        /// Its size in bytes (apply refuses another).
+        size: u64,
+        /// Released by this back end earlier: taken back.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        released: bool,
+        /// Deletion policy to record.
+        deletion_policy: DeletionPolicy,
+    },
     /// Grow a volume.
     Extend {
         /// Manifest name.
@@ -328,7 +352,10 @@ impl Action {
     /// Terraform's symbol for the action.
     pub fn symbol(&self) -> &'static str {
         match self.op {
-            Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => "+",
+            Op::Create { .. }
+            | Op::Adopt { .. }
+            | Op::CreatePool { .. }
+            | Op::DiscoveryAuth { new: true, .. } => "+",
             Op::Export { ref changes, .. } if changes.is_empty() => "+",
             Op::Extend { .. }
             | Op::Record { .. }
@@ -578,7 +605,10 @@ impl Tally {
         let mut t = Tally::default();
         for a in actions {
             match a.op {
-                Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+                Op::Create { .. }
+                | Op::Adopt { .. }
+                | Op::CreatePool { .. }
+                | Op::DiscoveryAuth { new: true, .. } => {
                     t.add += 1;
                 }
                 Op::Export { ref changes, .. } if changes.is_empty() => t.add += 1,
@@ -703,6 +733,21 @@ enum Fixed {
     Pin,
     Group,
     Fleet,
+}
+
+/// The identity an adopted entry gets: derived from its back end and its
+/// name (the first 16 bytes of a BLAKE3 hash, as a version-8 uuid), so the
+/// plan stays a pure function and a re-run after a crash adopts the same
+/// entry under the same identity.
+pub fn adopted_uuid(backend: &str, entry: &str) -> Uuid {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cinderblock adopt\0");
+    h.update(backend.as_bytes());
+    h.update(b"\0");
+    h.update(entry.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 fn addr(kind: ObjKind, name: &str) -> String {
@@ -1518,6 +1563,11 @@ impl<'a> Planner<'a> {
             ));
             return;
         }
+        if let Some(entry) = doc.meta.annotations.get(crate::manifest::kinds::ADOPT) {
+            self.adopt(name, doc, &entry.0);
+            return;
+        }
+        self.released_namesake(name);
         // A new volume: where?
         let req = Self::request(self.set, doc);
         let backup = match self.backup_source(doc, name) {
@@ -1605,6 +1655,184 @@ impl<'a> Planner<'a> {
             *placement = fence;
         }
         self.group_last_create(name);
+    }
+
+    /// A volume declared with `cinderblock.dev/adopt: ENTRY` that is not
+    /// ours yet: `ENTRY`, a foreign LV or file of its pinned back end, is
+    /// adopted (never created), then extended when `spec.size` asks for
+    /// more; a smaller `spec.size`, a missing entry or one that cannot be
+    /// a volume there is a plan error.
+    #[allow(clippy::too_many_lines)] // one pass over an adoption's cases, kept together
+    fn adopt(&mut self, name: &Name, doc: &'a Doc<VolumeSpec>, entry: &str) {
+        let a = addr(ObjKind::Volume, name.as_str());
+        let Some(pin) = &doc.spec.backend else {
+            // Validation refuses it; never guess a back end.
+            self.error(
+                &a,
+                PlanErrorKind::Refused,
+                "cinderblock.dev/adopt needs spec.backend".into(),
+            );
+            return;
+        };
+        let Some(view) = self.world.backends.get(pin) else {
+            // Another host's back end: its own plan adopts it.
+            return;
+        };
+        let Some(inv) = view.inventory() else {
+            return;
+        };
+        let shown = crate::manifest::values::shown(entry);
+        // By its LV or file name; a released one also by the uuid or the
+        // name it had.
+        let released_as =
+            |f: &&crate::model::Foreign, what: &dyn Fn(&crate::model::Released) -> bool| {
+                f.released.as_ref().is_some_and(what)
+            };
+        let by_old_name: Vec<_> = inv
+            .foreign
+            .iter()
+            .filter(|f| released_as(f, &|r| r.name == entry && r.kind == ObjKind::Volume))
+            .collect();
+        let found = inv
+            .foreign
+            .iter()
+            .find(|f| f.name == entry)
+            .or_else(|| {
+                inv.foreign
+                    .iter()
+                    .find(|f| released_as(f, &|r| r.uuid.to_string() == entry))
+            })
+            .or_else(|| (by_old_name.len() == 1).then(|| by_old_name[0]));
+        let Some(f) = found else {
+            self.error(&a, PlanErrorKind::Refused, format!(
+                "cinderblock.dev/adopt: back end {pin} has no foreign LV or file named {shown} (`cinderblock discover --include-foreign` lists what it has)"
+            ));
+            return;
+        };
+        let (Some(size), None) = (f.size, &f.unfit) else {
+            self.error(
+                &a,
+                PlanErrorKind::Refused,
+                format!(
+                    "cinderblock.dev/adopt: {shown} on {pin} cannot be adopted: it is {}",
+                    f.unfit.as_deref().unwrap_or("of no known size")
+                ),
+            );
+            return;
+        };
+        if let Some(r) = &f.released
+            && r.kind != ObjKind::Volume
+        {
+            self.error(
+                &a,
+                PlanErrorKind::Refused,
+                format!(
+                    "cinderblock.dev/adopt: {shown} on {pin} was {} {} ({}), not a volume",
+                    kind_word(r.kind),
+                    r.name,
+                    r.uuid
+                ),
+            );
+            return;
+        }
+        let want = round_up(doc.spec.size.bytes(), view.extent);
+        if want < size {
+            self.error(&a, PlanErrorKind::Refused, format!(
+                "spec.size {} is less than the {} that {shown} on {pin} holds; adopting never shrinks: declare at least {}",
+                doc.spec.size,
+                format_bytes_exact(size),
+                format_bytes_exact(size)
+            ));
+            return;
+        }
+        let growth = want - size;
+        if growth > 0
+            && let Some(pool) = self.sched.pool(pin)
+            && let Some(why) = pool.admit(growth).reason
+        {
+            self.error(
+                &a,
+                PlanErrorKind::NoRoom,
+                format!(
+                    "cannot extend {shown} to {} after adopting it: {why}",
+                    format_bytes_exact(want)
+                ),
+            );
+            return;
+        }
+        let released = f.released.as_ref().map(|r| (r.uuid, r.name.clone()));
+        let uuid = released
+            .as_ref()
+            .map_or_else(|| adopted_uuid(pin.as_str(), entry), |(u, _)| *u);
+        let reason = match &released {
+            Some((u, old)) => format!(
+                "cinderblock.dev/adopt names {shown}, which {pin} released (deletionPolicy: Retain) as volume {old} ({u}): it is taken back, its data and name kept"
+            ),
+            None => format!(
+                "cinderblock.dev/adopt names {shown}, which is not managed on {pin}: it is marked as ours, its data and name kept"
+            ),
+        };
+        self.planned.insert(
+            (ObjKind::Volume, name.as_str().to_owned()),
+            pin.as_str().to_owned(),
+        );
+        self.out.actions.push(Action {
+            address: a.clone(),
+            op: Op::Adopt {
+                kind: ObjKind::Volume,
+                name: name.as_str().to_owned(),
+                backend: pin.as_str().to_owned(),
+                entry: f.name.clone(),
+                uuid,
+                size,
+                released: released.is_some(),
+                deletion_policy: doc.spec.deletion_policy,
+            },
+            reason,
+            impact: Impact::MetadataOnly,
+        });
+        if growth > 0 {
+            self.sched.grow(pin, growth);
+            self.out.actions.push(Action {
+                address: a,
+                op: Op::Extend {
+                    name: name.as_str().to_owned(),
+                    uuid,
+                    backend: pin.as_str().to_owned(),
+                    from: size,
+                    to: want,
+                },
+                reason: format!(
+                    "spec.size {} is more than the {} it holds when adopted",
+                    doc.spec.size,
+                    format_bytes_exact(size)
+                ),
+                impact: Impact::Grows,
+            });
+        }
+    }
+
+    /// A new volume with the name of one a back end released (`Retain`):
+    /// the plan says so, and how to take that one back instead of creating
+    /// an empty one.
+    fn released_namesake(&mut self, name: &Name) {
+        for (b, view) in &self.world.backends {
+            let Some(inv) = view.inventory() else {
+                continue;
+            };
+            for f in &inv.foreign {
+                if let Some(r) = &f.released
+                    && r.kind == ObjKind::Volume
+                    && r.name == name.as_str()
+                {
+                    self.out.notes.push(format!(
+                        "volume.{name}: back end {b} holds a volume {name} it released earlier ({}); to take it back with its data instead of creating a new, empty one, annotate the volume cinderblock.dev/adopt: {} and pin it with spec.backend: {b}",
+                        r.uuid,
+                        f.name
+                    ));
+                }
+            }
+        }
     }
 
     /// Leaves an object for later: listed in the plan's `waiting`, and what

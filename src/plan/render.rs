@@ -237,6 +237,20 @@ fn action(s: &mut String, a: &Action) {
             "thin_pool",
             format!("{volume_group}/{pool}"),
         ),
+        Op::Adopt {
+            kind,
+            name,
+            released,
+            ..
+        } => (
+            if *released {
+                "will be taken back (adopted again)"
+            } else {
+                "will be adopted"
+            },
+            kind_word(*kind),
+            name.clone(),
+        ),
         Op::Extend { name, .. } => ("will be updated in-place", "volume", name.clone()),
         Op::Record { kind, name, .. } => {
             ("will be updated in-place", kind_word(*kind), name.clone())
@@ -278,6 +292,25 @@ fn action(s: &mut String, a: &Action) {
     let _ = writeln!(s, "  {sym} {word} {name:?} {{");
     let mut attrs: Attrs = Vec::new(); // (mark, key, value)
     match &a.op {
+        Op::Adopt {
+            backend,
+            entry,
+            uuid,
+            size,
+            deletion_policy,
+            ..
+        } => {
+            attrs.push(("+".into(), "adopt".into(), format!("{entry:?}")));
+            attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push(("+".into(), "size".into(), format_bytes_exact(*size)));
+            attrs.push(("+".into(), "id".into(), uuid.to_string()));
+            attrs.push((
+                "+".into(),
+                "deletion_policy".into(),
+                format!("{deletion_policy:?}"),
+            ));
+            attrs.push((" ".into(), "data".into(), "(kept as it is)".into()));
+        }
         Op::CreatePool {
             backend,
             size,
@@ -683,6 +716,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
                     Op::Create { .. }
                     | Op::CreatePool { .. }
                     | Op::DiscoveryAuth { new: true, .. } => "create",
+                    Op::Adopt { .. } => "adopt",
                     Op::Export { ref changes, .. } if changes.is_empty() => "create",
                     Op::Extend { .. }
                     | Op::Record { .. }

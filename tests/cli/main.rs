@@ -19,6 +19,7 @@ mod backup_crypt;
 mod backup_s3;
 mod ci_examples;
 mod converge;
+mod discover;
 mod etcd;
 mod examples;
 mod export;
