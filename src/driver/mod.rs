@@ -108,6 +108,20 @@ pub trait Driver: Send + Sync {
     /// A point in time of volume `req.volume` for backup `req.backup`.
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError>;
 
+    /// Gives object `uuid` to back end `to`, which shares this back end's
+    /// space and relabels too ([`Capabilities::relabel`]), by changing its
+    /// owner mark in one metadata update: no data moves. Only a ready,
+    /// unused object is handed over; absent is `Unchanged` (handed over
+    /// already, the caller checks `to`).
+    fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
+        let _ = (uuid, to);
+        Err(DriverError::refused(
+            self.name(),
+            Op::HandOver,
+            "this back end's objects move only by a copy".into(),
+        ))
+    }
+
     /// Creates the back end's declared pool of `size` data and `metadata`
     /// metadata bytes; `Unchanged` when it exists.
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {
@@ -341,6 +355,8 @@ pub enum Op {
     PointInTime,
     /// [`Driver::create_pool`].
     CreatePool,
+    /// [`Driver::hand_over`].
+    HandOver,
 }
 
 impl Op {
@@ -359,6 +375,7 @@ impl Op {
             Op::Layout => "map",
             Op::PointInTime => "take a point in time",
             Op::CreatePool => "create the pool",
+            Op::HandOver => "hand over",
         }
     }
 }
