@@ -60,6 +60,9 @@ if [ "$etcd_was_installed" != installed ] && command -v systemctl >/dev/null 2>&
   echo "run.sh: stopping the etcd service Debian's package started (the tests run their own)" >&2
   systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
+# openssl makes the TLS certificates of the fleet's TLS/authentication test
+# (tests/cli/etcd.rs, Cluster::start_secure) at run time.
+need_apt run.sh openssl -- openssl
 
 cargo build --locked --all-targets
 # The Debian package (tests/package/build-deb.sh), installed into a throwaway

@@ -159,6 +159,7 @@ impl Etcd {
             Ok(Err(source)) => {
                 return Err(FleetError::Connect {
                     endpoints,
+                    hint: super::hint(&source),
                     source: Box::new(source),
                 });
             }
@@ -207,11 +208,7 @@ impl Etcd {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let r = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(FleetError::Request {
-                what,
-                endpoints: self.endpoints.clone(),
-                source: Box::new(source),
-            }),
+            Ok(Err(source)) => Err(FleetError::request(what, self.endpoints.clone(), source)),
             Err(_) => Err(FleetError::Timeout {
                 what,
                 endpoints: self.endpoints.clone(),
