@@ -400,9 +400,15 @@ pub struct Capabilities {
     /// How snapshots take space.
     pub snapshots: SnapshotSpace,
     /// The space this back end draws from, which other back ends may share
-    /// (an LVM volume group); moving a volume within one space is refused.
+    /// (an LVM volume group); a migration between two of them copies inside
+    /// it, or relabels (below).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub space: Option<Space>,
+    /// Its objects are not bound to anything inside `space` but their owner
+    /// mark (thick LVs; a thin LV belongs to its pool): a migration to
+    /// another back end of the same space that relabels too changes the
+    /// owner mark ([`crate::driver::Driver::hand_over`]) and copies nothing.
+    pub relabel: bool,
     /// The pool the back end's volumes live in, when the manifests declare
     /// it (a thin pool): created by the plan when it is missing and sized.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -414,6 +420,28 @@ pub struct Capabilities {
     /// The plan's words for what stays of a released object (`Retain`), with
     /// `{uuid}` and `{kind}` to fill in.
     pub retained: String,
+}
+
+impl Capabilities {
+    /// The space this back end shares with one of `other`'s capabilities.
+    pub fn shared_space(&self, other: &Capabilities) -> Option<&Space> {
+        self.space
+            .as_ref()
+            .filter(|s| other.space.as_ref() == Some(*s))
+    }
+
+    /// Whether an object moves from a back end with these capabilities to
+    /// one with `to`'s by a new owner mark alone: both relabel and draw
+    /// from one space.
+    pub fn relabels_to(&self, to: &Capabilities) -> bool {
+        self.relabel && to.relabel && self.shared_space(to).is_some()
+    }
+}
+
+impl std::fmt::Display for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.name)
+    }
 }
 
 /// How a back end's snapshots take space.

@@ -162,6 +162,7 @@ pub fn capabilities(thin: bool) -> Capabilities {
         extends_with_snapshots: true,
         snapshots: SnapshotSpace::Copy,
         space: None,
+        relabel: false,
         pool: None,
         delete_note: None,
         retained: "the fake object {kind}-{uuid} stays, no longer managed".into(),

@@ -362,6 +362,13 @@ impl Driver for Faulty<'_> {
         self.alive(Op::PointInTime)?;
         self.inner.point_in_time(req)
     }
+    fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
+        self.changing(
+            Op::HandOver,
+            |n| self.nth(n),
+            || self.inner.hand_over(uuid, to),
+        )
+    }
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {
         self.changing(
             Op::CreatePool,

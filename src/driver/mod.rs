@@ -118,6 +118,19 @@ pub trait Driver: Send + Sync {
     /// since the plan), carries another identity or owner, or cannot be an
     /// object of this back end.
     fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError>;
+    /// Gives object `uuid` to back end `to`, which shares this back end's
+    /// space and relabels too ([`Capabilities::relabel`]), by changing its
+    /// owner mark in one metadata update: no data moves. Only a ready,
+    /// unused object is handed over; absent is `Unchanged` (handed over
+    /// already, the caller checks `to`).
+    fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
+        let _ = (uuid, to);
+        Err(DriverError::refused(
+            self.name(),
+            Op::HandOver,
+            "this back end's objects move only by a copy".into(),
+        ))
+    }
 
     /// Creates the back end's declared pool of `size` data and `metadata`
     /// metadata bytes; `Unchanged` when it exists.
@@ -371,6 +384,8 @@ pub enum Op {
     CreatePool,
     /// [`Driver::adopt`].
     Adopt,
+    /// [`Driver::hand_over`].
+    HandOver,
 }
 
 impl Op {
@@ -390,6 +405,7 @@ impl Op {
             Op::PointInTime => "take a point in time",
             Op::CreatePool => "create the pool",
             Op::Adopt => "adopt",
+            Op::HandOver => "hand over",
         }
     }
 }

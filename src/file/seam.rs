@@ -163,6 +163,7 @@ impl Driver for FileDriver<'_> {
             extends_with_snapshots: true,
             snapshots: SnapshotSpace::Copy,
             space: None,
+            relabel: false,
             pool: None,
             delete_note: None,
             retained: format!(

@@ -349,6 +349,10 @@ pub struct WireCaps {
     /// The shared space (kind, name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<(String, String)>,
+    /// Objects move within the space by a new owner mark (older records
+    /// lack it: false, a copy).
+    #[serde(default)]
+    pub relabel: bool,
     /// The declared pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<WirePool>,
@@ -389,6 +393,7 @@ impl WireCaps {
             }
             .to_owned(),
             space: c.space.as_ref().map(|s| (s.kind.clone(), s.name.clone())),
+            relabel: c.relabel,
             pool: c.pool.as_ref().map(|p| WirePool {
                 kind: p.kind.clone(),
                 name: p.name.clone(),
@@ -417,6 +422,7 @@ impl WireCaps {
                 kind: kind.clone(),
                 name: name.clone(),
             }),
+            relabel: self.relabel,
             pool: self.pool.as_ref().map(|p| PoolDecl {
                 kind: p.kind.clone(),
                 name: p.name.clone(),

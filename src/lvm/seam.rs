@@ -110,6 +110,7 @@ impl Driver for LvmDriver<'_> {
                 kind: "volume group".into(),
                 name: vg.clone(),
             }),
+            relabel: !thin,
             pool: self.lvm.pool.as_ref().map(|p| PoolDecl {
                 kind: "thin pool".into(),
                 name: p.clone(),
@@ -244,6 +245,10 @@ impl Driver for LvmDriver<'_> {
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError> {
         let pit = super::pit::take(&self.lvm, req).map_err(self.err(Op::PointInTime))?;
         Ok(Box::new(pit))
+    }
+
+    fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
+        self.lvm.hand_over(uuid, to).map_err(self.err(Op::HandOver))
     }
 
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {

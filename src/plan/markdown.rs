@@ -566,6 +566,8 @@ mod tests {
                         bandwidth: Some(100 << 20),
                         resume: false,
                         deletion_policy: DeletionPolicy::Retain,
+                        carry: crate::plan::Carry::Copy,
+                        within: None,
                     },
                     "spec.backend changed: thin -> files",
                     Impact::Moves,

@@ -64,6 +64,18 @@ impl Impact {
     }
 }
 
+/// How a migration moves a volume's data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Carry {
+    /// Copied, verified, then the source removed.
+    #[default]
+    Copy,
+    /// Handed over inside the space both back ends share (a new owner
+    /// mark, [`crate::model::Capabilities::relabels_to`]): nothing is copied.
+    HandOver,
+}
+
 /// Where a new object's data comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -240,6 +252,13 @@ pub enum Op {
         resume: bool,
         /// Deletion policy to record.
         deletion_policy: DeletionPolicy,
+        /// How the data moves (older saved plans: a copy).
+        #[serde(default)]
+        carry: Carry,
+        /// The space both back ends draw from, in words (`volume group
+        /// vg0`), when they share one: the move stays inside it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        within: Option<String>,
     },
     /// Create a back end's declared thin pool (`spec.lvm.thinPoolSize`).
     CreatePool {
@@ -2393,11 +2412,17 @@ impl<'a> Planner<'a> {
         if matches!(obj.health, Health::SizeMismatch { .. }) {
             refusals.push("its size differs from the recorded one; let the pending extend finish first (keep spec.backend for one apply)".to_owned());
         }
-        if let (Some(s1), Some(s2)) = (&backend.caps.space, &tview.caps.space)
-            && s1 == s2
-        {
-            refusals.push(format!("{cur} and {to} share {} {}, and moving a volume within one {} is not supported by this version of cinderblock yet", s1.kind, s1.name, s1.kind));
-        }
+        // Two back ends of one space: the move stays inside it, and needs
+        // no copy where both bind an object by its owner mark alone.
+        let within = backend
+            .caps
+            .shared_space(&tview.caps)
+            .map(ToString::to_string);
+        let carry = if backend.caps.relabels_to(&tview.caps) && !resume {
+            Carry::HandOver
+        } else {
+            Carry::Copy
+        };
         let want = round_up(doc.spec.size.bytes(), tview.extent);
         let target_size = round_up(obj.size, tview.extent).max(want);
         if want < obj.size {
@@ -2458,7 +2483,9 @@ impl<'a> Planner<'a> {
         self.sched.release(cur, obj.size, true);
         // Files and thin LVs say what they hold (thin: the pool's
         // data_percent, an estimate to 0.01 %); a thick LV is read whole.
-        let read = if backend.caps.knows_allocation {
+        let read = if carry == Carry::HandOver {
+            0
+        } else if backend.caps.knows_allocation {
             obj.allocated.unwrap_or(obj.size).min(obj.size)
         } else {
             obj.size
@@ -2483,13 +2510,19 @@ impl<'a> Planner<'a> {
                 bandwidth,
                 resume,
                 deletion_policy: policy,
+                carry,
+                within,
             },
             reason: if resume {
                 format!("{why}; an interrupted migration resumes from its last checkpoint")
             } else {
                 why
             },
-            impact: Impact::Moves,
+            impact: if carry == Carry::HandOver {
+                Impact::MetadataOnly
+            } else {
+                Impact::Moves
+            },
         });
         true
     }
@@ -2519,6 +2552,8 @@ impl<'a> Planner<'a> {
                 bandwidth: None,
                 resume: true,
                 deletion_policy: policy,
+                carry: Carry::Copy,
+                within: fb.caps.shared_space(&tb.caps).map(ToString::to_string),
             },
             reason: format!("an earlier migration from {src} was verified, then interrupted before the switch; it is finished (nothing is copied again)"),
             impact: Impact::Moves,

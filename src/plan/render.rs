@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::capacity::{human, percent};
 use super::exports::secret_source;
-use super::{Action, ObjKind, Op, Plan, Tally};
+use super::{Action, Carry, ObjKind, Op, Plan, Tally};
 use crate::manifest::values::format_bytes_exact;
 
 fn kind_word(k: ObjKind) -> &'static str {
@@ -572,13 +572,15 @@ fn action(s: &mut String, a: &Action) {
             read,
             target_free,
             bandwidth,
+            carry,
+            within,
             ..
         } => migrate_attrs(
             &mut attrs,
             *uuid,
             (from, to),
             (*size, *target_size),
-            *read,
+            (*read, *carry, within.as_deref()),
             *target_free,
             *bandwidth,
         ),
@@ -599,7 +601,7 @@ fn migrate_attrs(
     uuid: uuid::Uuid,
     (from, to): (&str, &str),
     (size, target_size): (u64, u64),
-    read: u64,
+    (read, carry, within): (u64, Carry, Option<&str>),
     (free_before, free_after): (u64, u64),
     bandwidth: Option<u64>,
 ) {
@@ -616,6 +618,29 @@ fn migrate_attrs(
                 format_bytes_exact(size),
                 format_bytes_exact(target_size)
             ),
+        ));
+    }
+    if carry == Carry::HandOver {
+        let within = within.unwrap_or("one space");
+        attrs.push((
+            " ".into(),
+            "read".into(),
+            format!(
+                "0 B (handed over inside {within}: only its owner mark changes, nothing is copied)"
+            ),
+        ));
+        attrs.push((
+            " ".into(),
+            "disruption".into(),
+            "none: name, id and data stay where they are; the volume must be unused for the one metadata update".into(),
+        ));
+        return;
+    }
+    if let Some(w) = within {
+        attrs.push((
+            " ".into(),
+            "within".into(),
+            format!("{w} (the copy stays inside it)"),
         ));
     }
     attrs.push((

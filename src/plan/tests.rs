@@ -6,7 +6,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::{Impact, Op, Options, plan, render};
+use super::{Carry, Impact, Op, Options, plan, render};
 use crate::manifest::kinds::DeletionPolicy;
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{ManifestSet, load_source};
@@ -210,6 +210,56 @@ fn a_lost_volume_is_reported_not_silently_recreated() {
     );
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(matches!(p.actions[0].op, Op::Create { .. }));
+}
+
+#[test]
+fn a_move_inside_one_space_is_a_hand_over_where_both_relabel_else_a_copy_inside_it() {
+    let set = manifests(
+        &(backend_yaml("a", "")
+            + &backend_yaml("b", "")
+            + &vol_yaml("db", "1Gi", "  backend: b\n")),
+    );
+    let space = crate::model::Space {
+        kind: "volume group".into(),
+        name: "vg0".into(),
+    };
+    let views = |relabel: bool| {
+        let mut db = obj("db", GIB, 1);
+        db.allocated = Some(GIB / 4);
+        let mut a = view("a", false, 1.0, 100 * GIB, vec![db]);
+        let mut b = view("b", false, 1.0, 100 * GIB, vec![]);
+        for v in [&mut a, &mut b] {
+            v.caps.space = Some(space.clone());
+            v.caps.relabel = relabel;
+        }
+        world(vec![a, b])
+    };
+    let p = plan(&set, &views(true), &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let [a] = &p.actions[..] else {
+        panic!("{:?}", p.actions)
+    };
+    assert!(
+        matches!(&a.op, Op::Migrate { read: 0, carry: Carry::HandOver, within: Some(w), .. } if w == "volume group vg0"),
+        "{:?}",
+        a.op
+    );
+    assert_eq!(a.impact, Impact::MetadataOnly);
+    let text = render::text(&p);
+    assert!(text.contains("read       = 0 B (handed over inside volume group vg0: only its owner mark changes, nothing is copied)"), "{text}");
+    let p = plan(
+        &set,
+        &views(false),
+        &Recorded::default(),
+        Options::default(),
+    );
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(&p.actions[0].op, Op::Migrate { carry: Carry::Copy, within: Some(_), read, .. } if *read == GIB / 4),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.actions[0].impact, Impact::Moves);
 }
 
 #[test]

@@ -111,6 +111,7 @@ fn main() {
                 extends_with_snapshots: true,
                 snapshots: SnapshotSpace::Copy,
                 space: None,
+                relabel: false,
                 pool: None,
                 delete_note: None,
                 retained: String::new(),
