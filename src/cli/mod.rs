@@ -13,6 +13,7 @@ mod backup_due;
 mod backup_repo;
 mod install;
 mod plan;
+mod timings;
 mod validate;
 
 use std::io::Write;

@@ -18,8 +18,10 @@ use crate::state::lock::StateLock;
 use crate::state::record::Ledger;
 
 use super::GlobalArgs;
+use super::timings::Timings;
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // command-line flags
 pub(super) struct PlanArgs {
     /// Manifest file or directory (repeatable).
     #[arg(short = 'f', long = "file", value_name = "PATH", default_value = ".")]
@@ -42,6 +44,10 @@ pub(super) struct PlanArgs {
     /// Recreate, empty, volumes that were deleted outside cinderblock.
     #[arg(long)]
     recreate_lost: bool,
+    /// Print how long each phase took (wall and CPU time, peak memory) to
+    /// stderr after the plan.
+    #[arg(long)]
+    timings: bool,
 }
 
 /// `plan --format`.
@@ -168,11 +174,15 @@ fn prepare(
     g: &GlobalArgs,
     host: &str,
     recreate_lost: bool,
+    clock: &mut Timings,
 ) -> anyhow::Result<Prepared> {
     let ledger = Ledger::load(&g.state).context("cannot read the recorded state")?;
+    clock.mark("recorded state");
     let registry = Registry::new(set, host, &g.state, Exec::host());
     let world = observe::discover(set, &registry, &g.state);
+    clock.mark("discover");
     let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
+    clock.mark("plan");
     Ok(Prepared {
         registry,
         ledger,
@@ -185,11 +195,15 @@ fn lock(g: &GlobalArgs, command: &str) -> anyhow::Result<StateLock> {
 }
 
 pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
+    let mut clock = Timings::new(args.timings);
     let set = load(&args.files)?;
+    clock.mark("load manifests");
     let host = host_name(g);
     let _lock = lock(g, "plan")?;
-    let p = prepare(&set, g, &host, args.recreate_lost)?;
+    clock.mark("lock");
+    let p = prepare(&set, g, &host, args.recreate_lost, &mut clock)?;
     let backups = backup_schedule(&set, &g.state)?;
+    clock.mark("backup schedule");
     let mut out = std::io::stdout().lock();
     let format = args.format();
     match format {
@@ -242,6 +256,9 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
             )?;
         }
     }
+    out.flush()?;
+    clock.mark("render");
+    clock.report()?;
     if !p.plan.errors.is_empty() {
         return Ok(1);
     }
@@ -428,7 +445,7 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
         (set, host_name(g), None)
     };
     let _lock = lock(g, "apply")?;
-    let mut p = prepare(&set, g, &host, args.recreate_lost)?;
+    let mut p = prepare(&set, g, &host, args.recreate_lost, &mut Timings::off())?;
     let mut out = std::io::stdout().lock();
     let from_file = saved.is_some();
     let plan = if let Some(s) = saved {
