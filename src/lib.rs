@@ -10,6 +10,7 @@ pub mod copy;
 pub mod driver;
 pub mod exec;
 pub mod file;
+pub mod fleet;
 pub mod inuse;
 pub mod iscsi;
 pub mod lvm;

@@ -53,6 +53,18 @@ need_pip run.sh 'moto[server]' boto3 -- moto_server
 need_cargo run.sh cargo-deny 0.20.2
 cargo deny --offline --locked check licenses bans sources
 
+# etcd for the fleet tests (tests/cli/fleet_etcd.rs start their own clusters
+# on free loopback ports). Where a service manager runs, Debian's package
+# starts a single-member etcd on 127.0.0.1:2379 when it is installed: one we
+# installed just now is stopped and disabled, so nothing is left listening.
+etcd_was_installed=$(dpkg-query -W -f='${db:Status-Status}' etcd-server 2>/dev/null || true)
+need_apt run.sh etcd-server etcd-client -- etcd etcdctl
+if [ "$etcd_was_installed" != installed ] && command -v systemctl >/dev/null 2>&1 &&
+    systemctl is-active --quiet etcd 2>/dev/null; then
+  echo "run.sh: stopping the etcd service Debian's package started (the tests run their own)" >&2
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
 cargo build --locked --all-targets
 # The Debian package (tests/package/build-deb.sh), installed into a throwaway
 # root by an ignored test in tests/cli/install.rs. Packaged from the dev build

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub backup_max_age: BTreeMap<String, (String, f64)>,
     /// Migrations in flight by volume address: (from, to, read, to read).
     pub migrations: BTreeMap<String, (String, String, u64, u64)>,
+    /// The fleet, with `--etcd`.
+    pub fleet: Option<super::fleet::FleetStatus>,
 }
 
 impl Default for Metrics {
@@ -143,6 +145,7 @@ impl Default for Metrics {
             backup_next_run: BTreeMap::new(),
             backup_max_age: BTreeMap::new(),
             migrations: BTreeMap::new(),
+            fleet: None,
         }
     }
 }
@@ -495,6 +498,7 @@ impl Metrics {
                 );
             }
         }
+        fleet(&mut o, self.fleet.as_ref());
         o.0
     }
 
@@ -509,6 +513,134 @@ impl Metrics {
         let key = (volume.to_owned(), policy.to_owned(), result.to_owned());
         *self.backup_runs.entry(key).or_default() += 1;
         self.backup_duration.observe(seconds);
+    }
+}
+
+/// The fleet's families. Always declared, so dashboards and alerts find
+/// them; samples only with `--etcd` (`f`), and the fleet's view of other
+/// hosts (leader, hosts, placements) only while etcd answers: a cut-off
+/// agent reports its own trouble, not a stale fleet.
+#[allow(clippy::too_many_lines)] // one block per family, in output order
+fn fleet(o: &mut Out, f: Option<&super::fleet::FleetStatus>) {
+    let fresh = f.filter(|f| f.available);
+    o.family(
+        "cinderblock_fleet_up",
+        "gauge",
+        "1 while etcd answers; 0 is FleetUnavailable (the reason is in /status and /readyz). Absent without --etcd.",
+    );
+    if let Some(f) = f {
+        o.sample(
+            "cinderblock_fleet_up",
+            &[],
+            f64::from(u8::from(f.available)),
+        );
+    }
+    o.family(
+        "cinderblock_fleet_unavailable_info",
+        "gauge",
+        "FleetUnavailable with its reason, while etcd does not answer.",
+    );
+    if let Some(f) = f.filter(|f| !f.available) {
+        let reason = f.reason.as_deref().unwrap_or("etcd is unreachable");
+        o.sample(
+            "cinderblock_fleet_unavailable_info",
+            &[("reason", "FleetUnavailable"), ("message", reason)],
+            1.0,
+        );
+    }
+    o.family(
+        "cinderblock_fleet_leader",
+        "gauge",
+        "1 while this agent is the fleet's elected placer.",
+    );
+    if let Some(f) = f {
+        o.sample(
+            "cinderblock_fleet_leader",
+            &[],
+            f64::from(u8::from(f.is_leader)),
+        );
+    }
+    o.family(
+        "cinderblock_fleet_leader_info",
+        "gauge",
+        "The host whose agent places volumes.",
+    );
+    if let Some(l) = fresh.and_then(|f| f.leader.as_deref()) {
+        o.sample("cinderblock_fleet_leader_info", &[("host", l)], 1.0);
+    }
+    o.family(
+        "cinderblock_fleet_hosts",
+        "gauge",
+        "Hosts of the fleet by state (up: lease held; down: published, lease expired).",
+    );
+    o.family(
+        "cinderblock_fleet_host_up",
+        "gauge",
+        "Per host of the fleet: 1 while its agent's lease holds, 0 when it published a view and its lease expired.",
+    );
+    if let Some(f) = fresh {
+        o.sample(
+            "cinderblock_fleet_hosts",
+            &[("state", "up")],
+            as_f64(f.hosts_up.len() as u64),
+        );
+        o.sample(
+            "cinderblock_fleet_hosts",
+            &[("state", "down")],
+            as_f64(f.hosts_down.len() as u64),
+        );
+        for (hosts, up) in [(&f.hosts_up, 1.0), (&f.hosts_down, 0.0)] {
+            for h in hosts {
+                o.sample("cinderblock_fleet_host_up", &[("host", h)], up);
+            }
+        }
+    }
+    o.family(
+        "cinderblock_fleet_placements",
+        "gauge",
+        "Placements recorded in etcd.",
+    );
+    o.family(
+        "cinderblock_fleet_unavailable_volumes",
+        "gauge",
+        "Volumes placed on or held by hosts that are down.",
+    );
+    if let Some(f) = fresh {
+        o.sample(
+            "cinderblock_fleet_placements",
+            &[],
+            as_f64(f.placements as u64),
+        );
+        o.sample(
+            "cinderblock_fleet_unavailable_volumes",
+            &[],
+            as_f64(f.unavailable_volumes.len() as u64),
+        );
+    }
+    for (family, kind, help, value) in [
+        (
+            "cinderblock_fleet_placements_made_total",
+            "counter",
+            "Placements this agent wrote as the placer.",
+            f.map(|f| f.placed_here),
+        ),
+        (
+            "cinderblock_fleet_etcd_requests_total",
+            "counter",
+            "Requests sent to etcd.",
+            f.map(|f| f.etcd_requests),
+        ),
+        (
+            "cinderblock_fleet_etcd_errors_total",
+            "counter",
+            "etcd requests that failed or timed out.",
+            f.map(|f| f.etcd_errors),
+        ),
+    ] {
+        o.family(family, kind, help);
+        if let Some(v) = value {
+            o.sample(family, &[], as_f64(v));
+        }
     }
 }
 
@@ -604,5 +736,88 @@ mod tests {
         }
         // A back end without a thin pool has no pool gauges.
         assert!(!text.contains("cinderblock_backend_thin_data_percent{backend=\"local\"}"));
+    }
+
+    #[test]
+    fn fleet_families_are_declared_always_and_sampled_from_a_fresh_view_only() {
+        // Without --etcd: declared, no samples.
+        let text = Metrics::default().render();
+        assert!(text.contains("# TYPE cinderblock_fleet_up gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE cinderblock_fleet_host_up gauge"),
+            "{text}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("cinderblock_fleet")),
+            "{text}"
+        );
+
+        let up = super::super::fleet::FleetStatus {
+            available: true,
+            leader: Some("a".into()),
+            is_leader: true,
+            hosts_up: vec!["a".into(), "b".into()],
+            hosts_down: vec!["c".into()],
+            placements: 7,
+            placed_here: 5,
+            unavailable_volumes: vec!["volume.x (host c)".into()],
+            etcd_requests: 40,
+            etcd_errors: 2,
+            ..Default::default()
+        };
+        let m = Metrics {
+            fleet: Some(up.clone()),
+            ..Metrics::default()
+        };
+        let text = m.render();
+        for needle in [
+            "cinderblock_fleet_up 1\n",
+            "cinderblock_fleet_leader 1\n",
+            "cinderblock_fleet_leader_info{host=\"a\"} 1\n",
+            "cinderblock_fleet_hosts{state=\"up\"} 2\n",
+            "cinderblock_fleet_hosts{state=\"down\"} 1\n",
+            "cinderblock_fleet_host_up{host=\"b\"} 1\n",
+            "cinderblock_fleet_host_up{host=\"c\"} 0\n",
+            "cinderblock_fleet_placements 7\n",
+            "cinderblock_fleet_unavailable_volumes 1\n",
+            "cinderblock_fleet_placements_made_total 5\n",
+            "cinderblock_fleet_etcd_requests_total 40\n",
+            "cinderblock_fleet_etcd_errors_total 2\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("cinderblock_fleet_unavailable_info{"),
+            "{text}"
+        );
+
+        // etcd gone: the agent says so and no longer vouches for the others.
+        let m = Metrics {
+            fleet: Some(super::super::fleet::FleetStatus {
+                available: false,
+                is_leader: false,
+                reason: Some("etcd at http://e:2379: deadline exceeded".into()),
+                ..up
+            }),
+            ..Metrics::default()
+        };
+        let text = m.render();
+        assert!(text.contains("cinderblock_fleet_up 0\n"), "{text}");
+        assert!(
+            text.contains("cinderblock_fleet_unavailable_info{reason=\"FleetUnavailable\",message=\"etcd at http://e:2379: deadline exceeded\"} 1"),
+            "{text}"
+        );
+        for gone in [
+            "cinderblock_fleet_host_up{",
+            "cinderblock_fleet_hosts{",
+            "cinderblock_fleet_leader_info{",
+            "cinderblock_fleet_placements ",
+            "cinderblock_fleet_unavailable_volumes ",
+        ] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(gone)),
+                "{gone} while etcd is gone:\n{text}"
+            );
+        }
     }
 }

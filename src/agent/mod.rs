@@ -14,6 +14,7 @@
 //! | reconciler | [`reconcile`] | read, discover, plan, apply; one at a time |
 //! | backup scheduler | [`schedule`] | due backups through a [`schedule::BackupRunner`] |
 //! | http | [`http`] | `/healthz`, `/readyz`, `/status`, `/metrics`, `/hooks/git` |
+//! | fleet (`--etcd`) | [`fleet`] | lease, placer election, placements, watch of the fleet |
 //! | signals | [`supervisor`] | SIGTERM/SIGINT stop, SIGHUP reconciles |
 //!
 //! Every trigger lands in one [`TriggerQueue`]; triggers that arrive while a
@@ -28,6 +29,7 @@
 
 pub mod backoff;
 pub mod debounce;
+pub mod fleet;
 pub mod git;
 pub mod http;
 pub mod metrics;
@@ -101,6 +103,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Runs the backups.
     pub runner: Arc<dyn BackupRunner>,
+    /// The fleet's etcd, with `--etcd`.
+    pub fleet: Option<crate::fleet::EtcdConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -116,6 +120,7 @@ impl std::fmt::Debug for Config {
                 &self.webhook_token.as_ref().map(|_| "<set>"),
             )
             .field("recreate_lost", &self.recreate_lost)
+            .field("fleet", &self.fleet)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +175,8 @@ pub enum Reason {
     Retry,
     /// A backup finished on a volume whose changes were deferred.
     BackupFinished,
+    /// The fleet changed: a placement was made, or etcd came back.
+    Fleet,
 }
 
 impl Reason {
@@ -184,6 +191,7 @@ impl Reason {
             Reason::Sighup => "sighup",
             Reason::Retry => "retry",
             Reason::BackupFinished => "backup-finished",
+            Reason::Fleet => "fleet",
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct Reconciler {
     persisted_good: Option<String>,
     /// Lost volume → hash of its spec when the loss was first seen.
     lost_specs: BTreeMap<String, String>,
+    /// The fleet, with `--etcd`.
+    fleet: Option<Arc<super::fleet::FleetLink>>,
 }
 
 /// The outcome of one run, for the status and metrics.
@@ -147,7 +149,16 @@ impl Reconciler {
             good: None,
             persisted_good,
             lost_specs: BTreeMap::new(),
+            fleet: None,
         }
+    }
+
+    /// This reconciler in a fleet: placements come from etcd, creates of
+    /// placed volumes are fenced, and each run publishes this host's view.
+    #[must_use]
+    pub fn with_fleet(mut self, link: Option<Arc<super::fleet::FleetLink>>) -> Self {
+        self.fleet = link;
+        self
     }
 
     /// One reconcile.
@@ -212,6 +223,9 @@ impl Reconciler {
         let mut ledger = ledger;
         let registry = Registry::new(&good.set, &self.host, &self.state_dir, Exec::host());
         let mut world = observe::discover(&good.set, &registry, &self.state_dir);
+        if let Some(l) = &self.fleet {
+            world.fleet = l.placements();
+        }
         let lost = lost_volumes(&world, &ledger.recorded);
         let recreate = self.recreate_lost || self.consented(&good.set, &lost);
         let plan = plan::plan(
@@ -288,7 +302,24 @@ impl Reconciler {
             }
             g.repo.prune_trees(&keep);
         }
+        let changed = run.status.added + run.status.changed + run.status.destroyed > 0;
         self.finish(run, t0, Some(&plan), Some(&world), Some(&ledger.recorded));
+        if let Some(l) = &self.fleet {
+            let applied = lock(&self.shared.status).source.applied_revision.clone();
+            l.publish(
+                &world,
+                &ledger.recorded,
+                Some(good.revision.clone()),
+                applied,
+                crate::fleet::records::PlanSummary::of(&plan),
+            );
+            super::fleet::publish_status(l, &self.shared);
+            if changed {
+                // The view just published predates this apply: the next
+                // run publishes what it made.
+                self.shared.triggers.push(Reason::Fleet);
+            }
+        }
         let _ = self.desired.send(Desired {
             set: Arc::clone(&good.set),
             local_volumes: ledger
@@ -466,7 +497,18 @@ impl Reconciler {
             shared: Arc::clone(&self.shared),
             done: Vec::new(),
         };
-        let result = apply::apply(&filtered, registry, &self.state_dir, ledger, &mut progress);
+        let fence = self.fleet.as_deref().map(|l| l as &dyn crate::apply::Fence);
+        let result = apply::apply_with(
+            &filtered,
+            registry,
+            &self.state_dir,
+            ledger,
+            &mut progress,
+            apply::ApplyOptions {
+                bandwidth_limit: None,
+                fence,
+            },
+        );
         progress.clear_migrations();
         for address in &progress.done {
             self.backoff.succeed(address);

@@ -42,7 +42,7 @@ pub struct Status {
     pub last_success: Option<DateTime<Utc>>,
     /// Reconciles run since the agent started.
     pub reconcile_count: u64,
-    /// `Ready`, `Stalled`, `SourceReady`.
+    /// `Ready`, `Stalled`, `SourceReady`, and `FleetReady` with `--etcd`.
     pub conditions: Vec<Condition>,
     /// Per-object state, sorted by address.
     pub objects: Vec<ObjectStatus>,
@@ -57,6 +57,9 @@ pub struct Status {
     /// Migrations running now (a step of the apply in flight).
     #[serde(default)]
     pub migrations: Vec<MigrationStatus>,
+    /// The fleet, when the agent runs with `--etcd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::FleetStatus>,
 }
 
 /// A migration in flight.
@@ -296,9 +299,19 @@ impl Status {
         if self.reconcile_count == 0 {
             return Some("the first reconcile has not finished".to_owned());
         }
-        let stalled = self.conditions.iter().find(|c| c.type_ == "Stalled")?;
-        (stalled.status == "True")
-            .then(|| format!("stalled: {}: {}", stalled.reason, stalled.message))
+        if let Some(stalled) = self
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True")
+        {
+            return Some(format!("stalled: {}: {}", stalled.reason, stalled.message));
+        }
+        // Local work goes on without etcd, but new placements and
+        // cross-host steps wait: not ready, and why.
+        self.conditions
+            .iter()
+            .find(|c| c.type_ == "FleetReady" && c.status == "False")
+            .map(|c| format!("{}: {}", c.reason, c.message))
     }
 }
 

@@ -231,6 +231,31 @@ pub async fn run(
             (Source::Git(g), None, Some(t))
         }
     };
+    let link = cfg.fleet.clone().map(|fc| {
+        Arc::new(super::fleet::FleetLink::new(
+            fc,
+            cfg.host.clone(),
+            tokio::runtime::Handle::current(),
+        ))
+    });
+    let mut fleet: Option<Task> = link.as_ref().map(|l| {
+        super::fleet::publish_status(l, &shared);
+        tokio::spawn(super::fleet::run(
+            Arc::clone(l),
+            Arc::clone(&shared),
+            desired_rx.clone(),
+            shutdown_rx.clone(),
+            crate::fleet::records::HostRecord {
+                v: crate::fleet::records::VERSION,
+                host: cfg.host.clone(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: started,
+                listen: Some(listen.clone()),
+                iscsi_initiator: crate::fleet::local_initiator(),
+            },
+        ))
+    });
     let reconciler = Reconciler::new(
         cfg.state_dir.clone(),
         cfg.host.clone(),
@@ -239,7 +264,8 @@ pub async fn run(
         Arc::clone(&shared),
         desired_tx,
         persisted_good,
-    );
+    )
+    .with_fleet(link);
     shared.triggers.push(Reason::Startup);
     let mut rec: Task = tokio::spawn(super::reconcile::task(
         reconciler,
@@ -276,6 +302,7 @@ pub async fn run(
         r = &mut backups => Err(("backup scheduler", ended(r))),
         r = join_opt(&mut watcher) => Err(("watcher", ended(r))),
         r = join_opt(&mut git) => Err(("git poller", ended(r))),
+        r = join_opt(&mut fleet) => Err(("fleet", ended(r))),
     }
     .map_err(|(task, message)| {
         tracing::error!(task, error = %message, "a task ended; stopping the agent");
@@ -297,6 +324,7 @@ pub async fn run(
     ];
     rest.extend(watcher.take().map(|t| ("watcher", t)));
     rest.extend(git.take().map(|t| ("git poller", t)));
+    rest.extend(fleet.take().map(|t| ("fleet", t)));
     for (name, mut task) in rest {
         if task.is_finished() {
             continue;

@@ -98,6 +98,10 @@ pub enum StepError {
     /// must change first.
     #[error("{0}")]
     Invalid(String),
+    /// The fleet's placement of the volume is no longer the one the plan
+    /// used (or cannot be checked): a new plan decides again.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl StepError {
@@ -109,7 +113,7 @@ impl StepError {
             Self::Driver(e) => e.is_retryable(),
             Self::Migrate(e) => e.is_retryable(),
             Self::Restore(e) => e.is_retryable(),
-            Self::Export(_) | Self::ImageCopy { .. } => true,
+            Self::Export(_) | Self::ImageCopy { .. } | Self::Fenced(_) => true,
             Self::Invalid(_) => false,
         }
     }
@@ -164,11 +168,30 @@ pub trait Progress {
 }
 
 /// Options of an apply.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ApplyOptions {
+#[derive(Clone, Copy, Default)]
+pub struct ApplyOptions<'a> {
     /// Read at most this many bytes per second in copies (migrations); the
     /// smaller of this and a back end's `migrationBandwidth` applies.
     pub bandwidth_limit: Option<u64>,
+    /// Checks a fleet placement right before the volume is created.
+    pub fence: Option<&'a dyn Fence>,
+}
+
+impl std::fmt::Debug for ApplyOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyOptions")
+            .field("bandwidth_limit", &self.bandwidth_limit)
+            .field("fence", &self.fence.is_some())
+            .finish()
+    }
+}
+
+/// The fleet's fencing check: a create of a volume the fleet placed runs
+/// only if the placement is, right then, still the one the plan used.
+pub trait Fence {
+    /// `Ok` when `volume`'s placement is on `backend` at `revision`;
+    /// otherwise why not (the step fails and is retried after a new plan).
+    fn check(&self, volume: &str, backend: &str, revision: i64) -> Result<(), String>;
 }
 
 /// Progress that shows nothing.
@@ -245,6 +268,22 @@ pub fn apply_with(
                 logged: Instant::now(),
             };
             migrate(action, registry, ledger, &mut ctx, opts)
+        } else if let Op::Create {
+            name,
+            backend,
+            placement: Some(rev),
+            ..
+        } = &action.op
+        {
+            // Fenced: nothing is created on a placement that is not
+            // current right now.
+            match opts.fence {
+                Some(f) => f.check(name, backend, *rev).map_err(StepError::Fenced),
+                None => Err(StepError::Fenced(format!(
+                    "the fleet placed it (revision {rev}), and this run cannot check that the placement is current; run with --etcd"
+                ))),
+            }
+            .and_then(|()| run(action, new_uuid, registry, &created, ledger))
         } else {
             run(action, new_uuid, registry, &created, ledger)
         };

@@ -74,10 +74,14 @@ pub(super) struct StatusArgs {
     /// Print the whole status document as JSON.
     #[arg(long)]
     json: bool,
+    /// The whole fleet from etcd (needs --etcd): every host, its liveness,
+    /// revision and back ends, the placements, the volumes of down hosts.
+    #[arg(long)]
+    fleet: bool,
 }
 
 /// `300ms`, `30s`, `5m`, `1h`, `1d`, or combinations (`1m30s`).
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
@@ -198,7 +202,11 @@ pub(super) fn run_agent(g: &GlobalArgs, args: &AgentArgs) -> anyhow::Result<i32>
         max_backups: usize::from(args.max_backups),
         shutdown_grace: args.shutdown_grace,
         runner: Arc::new(crate::backup::scheduled::EngineRunner { host: host_name(g) }),
+        fleet: super::fleet::etcd_config(g)?,
     };
+    if config.fleet.is_some() {
+        crate::fleet::keys::check_host(&config.host).map_err(anyhow::Error::msg)?;
+    }
     agent::run(config)?;
     Ok(0)
 }
@@ -230,6 +238,9 @@ fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 
 #[allow(clippy::too_many_lines)] // one block per section of the report
 pub(super) fn run_status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<i32> {
+    if args.fleet {
+        return super::fleet::status(g, args.json);
+    }
     let loaded = status::load(&g.state)
         .with_context(|| format!("cannot read {}", status::path(&g.state).display()))?;
     let Some((_, s)) = loaded else {
@@ -332,6 +343,41 @@ pub(super) fn run_status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<i3
             "Condition {}={} ({}){msg}",
             c.type_, c.status, c.reason
         )?;
+    }
+    if let Some(f) = &s.fleet {
+        let state = if f.available {
+            "available".to_owned()
+        } else {
+            format!(
+                "UNAVAILABLE ({})",
+                f.reason.as_deref().unwrap_or("etcd does not answer")
+            )
+        };
+        writeln!(
+            out,
+            "Fleet:   etcd at {} (prefix {}): {state}",
+            f.endpoints, f.prefix
+        )?;
+        writeln!(
+            out,
+            "  placer {}{}; hosts up: {}; down: {}; {} placement(s)",
+            f.leader.as_deref().unwrap_or("none elected"),
+            if f.is_leader { " (this agent)" } else { "" },
+            if f.hosts_up.is_empty() {
+                "none".to_owned()
+            } else {
+                f.hosts_up.join(", ")
+            },
+            if f.hosts_down.is_empty() {
+                "none".to_owned()
+            } else {
+                f.hosts_down.join(", ")
+            },
+            f.placements
+        )?;
+        for v in &f.unavailable_volumes {
+            writeln!(out, "  unavailable: {v}")?;
+        }
     }
     if !s.objects.is_empty() {
         writeln!(out, "\nObjects:")?;

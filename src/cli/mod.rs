@@ -11,6 +11,7 @@ mod agent;
 mod backup;
 mod backup_due;
 mod backup_repo;
+mod fleet;
 mod install;
 mod plan;
 mod timings;
@@ -54,6 +55,8 @@ pub(crate) struct GlobalArgs {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    pub(crate) etcd: fleet::EtcdArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

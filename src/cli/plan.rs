@@ -48,6 +48,12 @@ pub(super) struct PlanArgs {
     /// stderr after the plan.
     #[arg(long)]
     timings: bool,
+    /// Plan every host of the fleet (needs --etcd): each host's plan
+    /// against what it last published, and the placements the manifests
+    /// would get. Works from any machine that reaches etcd; reads no
+    /// storage and takes no lock.
+    #[arg(long, conflicts_with_all = ["out", "recreate_lost"])]
+    fleet: bool,
 }
 
 /// `plan --format`.
@@ -174,12 +180,16 @@ fn prepare(
     g: &GlobalArgs,
     host: &str,
     recreate_lost: bool,
+    fleet: Option<&super::fleet::CliFleet>,
     clock: &mut Timings,
 ) -> anyhow::Result<Prepared> {
     let ledger = Ledger::load(&g.state).context("cannot read the recorded state")?;
     clock.mark("recorded state");
     let registry = Registry::new(set, host, &g.state, Exec::host());
-    let world = observe::discover(set, &registry, &g.state);
+    let mut world = observe::discover(set, &registry, &g.state);
+    if let Some(f) = fleet {
+        world.fleet = f.placements();
+    }
     clock.mark("discover");
     let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
     clock.mark("plan");
@@ -194,14 +204,49 @@ fn lock(g: &GlobalArgs, command: &str) -> anyhow::Result<StateLock> {
     Ok(StateLock::acquire(&g.state, command)?)
 }
 
+/// Connects to the fleet's etcd when `--etcd` is given.
+fn fleet_conn(g: &GlobalArgs) -> anyhow::Result<Option<super::fleet::CliFleet>> {
+    super::fleet::etcd_config(g)?
+        .map(|c| super::fleet::CliFleet::connect(&c))
+        .transpose()
+}
+
+fn run_fleet_plan(g: &GlobalArgs, args: &PlanArgs, set: &ManifestSet) -> anyhow::Result<i32> {
+    let Some(conn) = fleet_conn(g)? else {
+        bail!("plan --fleet reads the fleet from etcd: give --etcd URLS (or CINDERBLOCK_ETCD)");
+    };
+    let fp = super::fleet::fleet_plan(set, &conn)?;
+    let mut out = std::io::stdout().lock();
+    match args.format() {
+        PlanFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &fp.json())?;
+            writeln!(out)?;
+        }
+        PlanFormat::Markdown => out.write_all(fp.markdown().as_bytes())?,
+        PlanFormat::Text => out.write_all(fp.text().as_bytes())?,
+    }
+    Ok(fp.code(args.detailed_exitcode))
+}
+
 pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
     let mut clock = Timings::new(args.timings);
     let set = load(&args.files)?;
     clock.mark("load manifests");
+    if args.fleet {
+        return run_fleet_plan(g, args, &set);
+    }
     let host = host_name(g);
+    let conn = fleet_conn(g)?;
     let _lock = lock(g, "plan")?;
     clock.mark("lock");
-    let p = prepare(&set, g, &host, args.recreate_lost, &mut clock)?;
+    let p = prepare(
+        &set,
+        g,
+        &host,
+        args.recreate_lost,
+        conn.as_ref(),
+        &mut clock,
+    )?;
     let backups = backup_schedule(&set, &g.state)?;
     clock.mark("backup schedule");
     let mut out = std::io::stdout().lock();
@@ -444,8 +489,16 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
         let set = load(&args.files)?;
         (set, host_name(g), None)
     };
+    let conn = fleet_conn(g)?;
     let _lock = lock(g, "apply")?;
-    let mut p = prepare(&set, g, &host, args.recreate_lost, &mut Timings::off())?;
+    let mut p = prepare(
+        &set,
+        g,
+        &host,
+        args.recreate_lost,
+        conn.as_ref(),
+        &mut Timings::off(),
+    )?;
     let mut out = std::io::stdout().lock();
     let from_file = saved.is_some();
     let plan = if let Some(s) = saved {
@@ -479,6 +532,7 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
         bandwidth_limit: args
             .bandwidth_limit
             .map(crate::manifest::values::Quantity::bytes),
+        fence: conn.as_ref().map(|c| c as &dyn crate::apply::Fence),
     };
     match apply::apply_with(
         &plan,

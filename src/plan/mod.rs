@@ -12,6 +12,7 @@
 pub mod capacity;
 mod exports;
 pub mod markdown;
+pub mod placement;
 pub mod render;
 pub mod schedule;
 #[cfg(test)]
@@ -827,6 +828,17 @@ impl<'a> Planner<'a> {
     /// Kinds and fields this version cannot carry out yet are refused, not
     /// ignored: a plan that silently skipped an export would lie.
     fn unsupported(&mut self) {
+        if !matches!(self.world.fleet, Fleet::Off) {
+            for (name, doc) in &self.set.backends {
+                if doc.spec.host.is_none() {
+                    self.error(
+                        &format!("backend.{name}"),
+                        PlanErrorKind::Refused,
+                        "spec.host is not set, and in a fleet every host would take it as its own; name its host".into(),
+                    );
+                }
+            }
+        }
         for (name, doc) in &self.set.snapshots {
             if doc.spec.consistency_group.is_some() {
                 self.error(
@@ -1029,37 +1041,6 @@ impl<'a> Planner<'a> {
     /// Volumes and snapshots in dependency order: a snapshot after its
     /// volume, a copy after its source; then by kind and name.
     fn order(&self) -> Vec<(usize, ObjKind, &'a Name)> {
-        fn vol_depth<'s>(
-            set: &'s ManifestSet,
-            n: &'s Name,
-            memo: &mut BTreeMap<&'s Name, usize>,
-            guard: usize,
-        ) -> usize {
-            if let Some(v) = memo.get(n) {
-                return *v;
-            }
-            let Some(doc) = set.volumes.get(n) else {
-                return 0;
-            };
-            let parent = doc.spec.source.as_ref().and_then(|s| {
-                if let Some(v) = &s.volume {
-                    return Some((v, 1));
-                }
-                // A snapshot sits one level below its volume.
-                s.snapshot
-                    .as_ref()
-                    .and_then(|sn| set.snapshots.get(sn)?.spec.volume.as_ref())
-                    .map(|v| (v, 2))
-            });
-            let v = match parent {
-                Some((p, step)) if guard < 64 && p != n => {
-                    vol_depth(set, p, memo, guard + 1) + step
-                }
-                _ => 0,
-            };
-            memo.insert(n, v);
-            v
-        }
         let set = self.set;
         let mut memo = BTreeMap::new();
         let mut items: Vec<(usize, ObjKind, &Name)> = Vec::new();
@@ -1285,23 +1266,7 @@ impl<'a> Planner<'a> {
     }
 
     fn request(set: &'a ManifestSet, doc: &'a Doc<VolumeSpec>) -> Request<'a> {
-        let zone = doc.spec.availability_zone.as_deref().or_else(|| {
-            doc.spec
-                .consistency_group
-                .as_ref()
-                .and_then(|g| set.consistency_groups.get(g))
-                .and_then(|g| g.spec.availability_zone.as_deref())
-        });
-        Request {
-            size: doc.spec.size.bytes(),
-            zone,
-            extra_specs: doc
-                .spec
-                .volume_type
-                .as_ref()
-                .and_then(|t| set.volume_types.get(t))
-                .map(|t| &t.spec.extra_specs),
-        }
+        request(set, doc)
     }
 
     #[allow(clippy::too_many_lines)]
@@ -2757,6 +2722,72 @@ impl<'a> Planner<'a> {
                 details,
             });
         }
+    }
+}
+
+/// How deep a volume sits in its chain of sources: 0 for a volume made
+/// from nothing, its source's depth + 1 for a copy, + 2 for a volume from a
+/// snapshot (which sits one level below its volume).
+fn vol_depth<'s>(
+    set: &'s ManifestSet,
+    n: &'s Name,
+    memo: &mut BTreeMap<&'s Name, usize>,
+    guard: usize,
+) -> usize {
+    if let Some(v) = memo.get(n) {
+        return *v;
+    }
+    let Some(doc) = set.volumes.get(n) else {
+        return 0;
+    };
+    let parent = doc.spec.source.as_ref().and_then(|s| {
+        if let Some(v) = &s.volume {
+            return Some((v, 1));
+        }
+        s.snapshot
+            .as_ref()
+            .and_then(|sn| set.snapshots.get(sn)?.spec.volume.as_ref())
+            .map(|v| (v, 2))
+    });
+    let v = match parent {
+        Some((p, step)) if guard < 64 && p != n => vol_depth(set, p, memo, guard + 1) + step,
+        _ => 0,
+    };
+    memo.insert(n, v);
+    v
+}
+
+/// The declared volumes, sources before their copies, then by name.
+pub(crate) fn volume_order(set: &ManifestSet) -> Vec<&Name> {
+    let mut memo = BTreeMap::new();
+    let mut items: Vec<(usize, &Name)> = set
+        .volumes
+        .keys()
+        .map(|n| (vol_depth(set, n, &mut memo, 0), n))
+        .collect();
+    items.sort();
+    items.into_iter().map(|(_, n)| n).collect()
+}
+
+/// What a volume asks of a back end: size, zone (its own or its group's),
+/// and its type's extra specs.
+pub(crate) fn request<'s>(set: &'s ManifestSet, doc: &'s Doc<VolumeSpec>) -> Request<'s> {
+    let zone = doc.spec.availability_zone.as_deref().or_else(|| {
+        doc.spec
+            .consistency_group
+            .as_ref()
+            .and_then(|g| set.consistency_groups.get(g))
+            .and_then(|g| g.spec.availability_zone.as_deref())
+    });
+    Request {
+        size: doc.spec.size.bytes(),
+        zone,
+        extra_specs: doc
+            .spec
+            .volume_type
+            .as_ref()
+            .and_then(|t| set.volume_types.get(t))
+            .map(|t| &t.spec.extra_specs),
     }
 }
 

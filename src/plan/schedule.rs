@@ -123,7 +123,12 @@ impl<'w> Scheduler<'w> {
             return Err("not a back end of this host".into());
         };
         let Some(slot) = self.slots.get(backend) else {
-            return Err("discovery failed".into());
+            return Err(match &view.discovery {
+                crate::observe::Discovery::Failed(e) if !e.is_empty() => {
+                    format!("not discovered: {e}")
+                }
+                _ => "discovery failed".into(),
+            });
         };
         for f in &self.filters {
             match f {

@@ -205,7 +205,12 @@ fn rand_suffix() -> String {
 }
 
 /// One HTTP/1.1 request on a fresh connection; (status, headers, body).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+pub(crate) fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let mut req = format!(

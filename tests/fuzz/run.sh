@@ -41,6 +41,8 @@ targets=("$@")
 need_cargo fuzz/run.sh cargo-fuzz "$CARGO_FUZZ_VERSION"
 
 export RUSTC_BOOTSTRAP=1
+# glibc's per-thread destructor list is not a leak (tests/fuzz/lsan.supp).
+export LSAN_OPTIONS="suppressions=$PWD/tests/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 # The instrumented build (every dependency with AddressSanitizer: some ten
 # CPU-minutes) is kept outside the checkout, so a fresh clone on the same
 # machine (CI) reuses it.
