@@ -491,8 +491,15 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
     };
     let conn = fleet_conn(g)?;
     let _lock = lock(g, "apply")?;
-    let (conn, mut clock) = (conn.as_ref(), Timings::off());
-    let mut p = prepare(&set, g, &host, args.recreate_lost, conn, &mut clock)?;
+    let mut clock = Timings::off();
+    let mut p = prepare(
+        &set,
+        g,
+        &host,
+        args.recreate_lost,
+        conn.as_ref(),
+        &mut clock,
+    )?;
     let mut out = std::io::stdout().lock();
     let from_file = saved.is_some();
     let plan = if let Some(s) = saved {
