@@ -36,6 +36,10 @@ export PATH="$PWD/target/tools:$PATH"
 # Headless Chromium for the agent's status page (tests/cli/status_page.rs),
 # driven over the DevTools protocol by tests/browser/cdp.py (python3 only).
 need_apt run.sh chromium -- chromium python3
+# xfsprogs: mkfs.xfs makes the XFS (reflink) file system on a loop device
+# that the file back end's changed-block tracking is tested on
+# (tests/cli/backup_reflink.rs) and the backup benchmark measures.
+need_apt run.sh xfsprogs -- mkfs.xfs
 # jq: the CI examples' steps (tests/cli/ci_examples.rs) run with it.
 need_apt run.sh jq -- jq
 

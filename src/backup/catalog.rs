@@ -90,6 +90,15 @@ pub struct Entry {
     /// When verify last checked it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<DateTime<Utc>>,
+    /// How this host's run took the point in time (`reflink`, `thin
+    /// snapshot`, ...); absent for backups only read from a repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<String>,
+    /// How this host's run found what changed since the parent
+    /// ([`super::engine::Changes`]); absent for backups only read from a
+    /// repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<String>,
 }
 
 impl Entry {
@@ -117,6 +126,8 @@ impl Entry {
             status: Status::Ok,
             detail: None,
             verified_at: None,
+            point_in_time: None,
+            changes: None,
         }
     }
 }
@@ -202,12 +213,22 @@ impl Catalog {
         let (manifests, bad) = repo.manifests()?;
         let root = repo.location();
         let rid = repo.config().id;
+        // What only this host's runs recorded survives the rescan.
+        let ran: BTreeMap<Uuid, (Option<String>, Option<String>)> = self
+            .backups
+            .iter()
+            .map(|(id, e)| (*id, (e.point_in_time.clone(), e.changes.clone())))
+            .collect();
         self.backups.retain(|_, e| {
             e.status == Status::Failed || (e.repository != root && e.repository_id != Some(rid))
         });
         for m in &manifests {
-            self.backups
-                .insert(m.id, Entry::from_manifest(m, repo, spec));
+            let mut entry = Entry::from_manifest(m, repo, spec);
+            if let Some((pit, changes)) = ran.get(&m.id) {
+                entry.point_in_time.clone_from(pit);
+                entry.changes.clone_from(changes);
+            }
+            self.backups.insert(m.id, entry);
         }
         Ok((manifests.len(), bad))
     }
@@ -231,6 +252,8 @@ impl Catalog {
                 entry.detail.clone_from(&old.detail);
             }
             entry.verified_at = old.verified_at;
+            entry.point_in_time.clone_from(&old.point_in_time);
+            entry.changes.clone_from(&old.changes);
         }
         self.backups.insert(m.id, entry);
     }

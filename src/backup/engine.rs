@@ -101,6 +101,45 @@ pub struct RunSpec<'a> {
     pub exported: bool,
 }
 
+/// How a run found what changed since its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    /// A full backup: every data extent read.
+    Full,
+    /// Every data extent (or mapped range) read and hash-compared with the
+    /// parent's chunks.
+    HashCompare,
+    /// Only the ranges `thin_delta` reports changed against the parent's
+    /// kept thin snapshot.
+    ThinDelta,
+    /// Only the ranges whose blocks the parent's kept reflinked copy no
+    /// longer shares (`FS_IOC_FIEMAP`).
+    Fiemap,
+}
+
+impl Changes {
+    /// What a point in time taken with `method` and read as `reads` means
+    /// for a run with or without a parent.
+    pub fn of(method: PointInTime, reads: &ReadPlan, parent: bool) -> Self {
+        match (reads, method) {
+            _ if !parent => Changes::Full,
+            (ReadPlan::ChangedSinceParent(_), PointInTime::Reflink) => Changes::Fiemap,
+            (ReadPlan::ChangedSinceParent(_), _) => Changes::ThinDelta,
+            _ => Changes::HashCompare,
+        }
+    }
+
+    /// As the run's summary and the catalogue say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Changes::Full => "full read",
+            Changes::HashCompare => "all data read, hash-compared with the parent",
+            Changes::ThinDelta => "thin_delta against the parent's snapshot",
+            Changes::Fiemap => "FIEMAP against the parent's reflinked copy",
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -108,6 +147,8 @@ pub struct RunReport {
     pub manifest: Manifest,
     /// How the point in time was taken.
     pub method: PointInTime,
+    /// How what changed since the parent was found.
+    pub changes: Changes,
     /// Time taken by the point-in-time copy.
     pub snapshot_time: Duration,
     /// Whole run.
@@ -126,6 +167,7 @@ impl RunReport {
             "kind": m.kind.to_string(),
             "parent": m.parent,
             "pointInTime": self.method.as_str(),
+            "changes": self.changes.as_str(),
             "size": m.volume.size,
             "readBytes": s.read_bytes,
             "extents": s.extents,
@@ -198,6 +240,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
     })?;
     let snapshot_time = t.elapsed();
     let method = pit.method();
+    let changes = Changes::of(method, pit.reads(), parent.is_some());
     tracing::info!(volume = %vol.name, read = %pit.path().display(), method = method.as_str(), secs = snapshot_time.as_secs_f64(), "point in time taken");
     let check = || pit.check().map_err(BackupError::from);
     let manifest = store(
@@ -226,6 +269,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
     Ok(RunReport {
         manifest,
         method,
+        changes,
         snapshot_time,
         elapsed: started.elapsed(),
     })

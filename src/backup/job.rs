@@ -411,6 +411,10 @@ pub fn run(
         Ok((repo, report)) => {
             journal.outcome(&intent, Outcome::Changed, None)?;
             cat.add(&report.manifest, &repo, &spec);
+            if let Some(e) = cat.backups.get_mut(&report.manifest.id) {
+                e.point_in_time = Some(report.method.as_str().to_owned());
+                e.changes = Some(report.changes.as_str().to_owned());
+            }
             cat.store(state)?;
             Ok((repo, report))
         }
@@ -439,6 +443,8 @@ pub fn run(
                     status: Status::Failed,
                     detail: Some(text),
                     verified_at: None,
+                    point_in_time: None,
+                    changes: None,
                 },
             );
             cat.store(state)?;

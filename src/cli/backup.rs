@@ -211,7 +211,7 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
     }
     writeln!(
         out,
-        "backup {}: {} of {} ({} logical) into {}: point in time by {}; read {} in {} range(s), \
+        "backup {}: {} of {} ({} logical) into {}: point in time by {}; changes by {}; read {} in {} range(s), \
          stored {} ({} new chunks, {} before compression), deduplicated {} ({} unchanged, {} \
          already stored), zeros {}; snapshot {}, total {}, {}/s",
         m.id,
@@ -220,6 +220,7 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
         bytes(m.volume.size),
         repo,
         report.method.as_str(),
+        report.changes.as_str(),
         bytes(s.read_bytes),
         s.extents,
         bytes(s.stored_bytes),

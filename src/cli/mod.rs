@@ -15,6 +15,7 @@ mod discover;
 mod fleet;
 mod install;
 mod plan;
+mod timings;
 mod validate;
 
 use std::io::Write;

@@ -18,6 +18,7 @@ use crate::state::lock::StateLock;
 use crate::state::record::Ledger;
 
 use super::GlobalArgs;
+use super::timings::Timings;
 
 #[derive(Debug, Args)]
 #[allow(clippy::struct_excessive_bools)] // command-line flags
@@ -43,6 +44,10 @@ pub(super) struct PlanArgs {
     /// Recreate, empty, volumes that were deleted outside cinderblock.
     #[arg(long)]
     recreate_lost: bool,
+    /// Print how long each phase took (wall and CPU time, peak memory) to
+    /// stderr after the plan.
+    #[arg(long)]
+    timings: bool,
     /// Plan every host of the fleet (needs --etcd): each host's plan
     /// against what it last published, and the placements the manifests
     /// would get. Works from any machine that reaches etcd; reads no
@@ -176,14 +181,18 @@ fn prepare(
     host: &str,
     recreate_lost: bool,
     fleet: Option<&super::fleet::CliFleet>,
+    clock: &mut Timings,
 ) -> anyhow::Result<Prepared> {
     let ledger = Ledger::load(&g.state).context("cannot read the recorded state")?;
+    clock.mark("recorded state");
     let registry = Registry::new(set, host, &g.state, Exec::host());
     let mut world = observe::discover(set, &registry, &g.state);
     if let Some(f) = fleet {
         world.fleet = f.placements();
     }
+    clock.mark("discover");
     let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
+    clock.mark("plan");
     Ok(Prepared {
         registry,
         ledger,
@@ -220,15 +229,26 @@ fn run_fleet_plan(g: &GlobalArgs, args: &PlanArgs, set: &ManifestSet) -> anyhow:
 }
 
 pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
+    let mut clock = Timings::new(args.timings);
     let set = load(&args.files)?;
+    clock.mark("load manifests");
     if args.fleet {
         return run_fleet_plan(g, args, &set);
     }
     let host = host_name(g);
     let conn = fleet_conn(g)?;
     let _lock = lock(g, "plan")?;
-    let p = prepare(&set, g, &host, args.recreate_lost, conn.as_ref())?;
+    clock.mark("lock");
+    let p = prepare(
+        &set,
+        g,
+        &host,
+        args.recreate_lost,
+        conn.as_ref(),
+        &mut clock,
+    )?;
     let backups = backup_schedule(&set, &g.state)?;
+    clock.mark("backup schedule");
     let mut out = std::io::stdout().lock();
     let format = args.format();
     match format {
@@ -281,6 +301,9 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
             )?;
         }
     }
+    out.flush()?;
+    clock.mark("render");
+    clock.report()?;
     if !p.plan.errors.is_empty() {
         return Ok(1);
     }
@@ -470,7 +493,15 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
     };
     let conn = fleet_conn(g)?;
     let _lock = lock(g, "apply")?;
-    let mut p = prepare(&set, g, &host, args.recreate_lost, conn.as_ref())?;
+    let mut clock = Timings::off();
+    let mut p = prepare(
+        &set,
+        g,
+        &host,
+        args.recreate_lost,
+        conn.as_ref(),
+        &mut clock,
+    )?;
     let mut out = std::io::stdout().lock();
     let from_file = saved.is_some();
     let plan = if let Some(s) = saved {

@@ -380,6 +380,8 @@ fn read_sidecars(
             });
         }
     };
+    // One buffer for every sidecar (thousands per discovery).
+    let mut buf = Vec::with_capacity(4096);
     for entry in entries {
         let entry = entry.map_err(FileError::io("read directory", &dir))?;
         let name = entry.file_name();
@@ -393,6 +395,8 @@ fn read_sidecars(
         let Some(uuid) = uuid else {
             if text.starts_with('.') && text.contains(".tmp-") {
                 inv.leftovers.push(path);
+            } else if super::pit::is_base(&text) {
+                // A backup's kept base ([`super::pit`]): ours, not an object.
             } else if let Ok(stat) = entry.metadata() {
                 // Not ours to judge: list it like any foreign entry.
                 let rel = Path::new(META_DIR).join(&name);
@@ -401,9 +405,9 @@ fn read_sidecars(
             }
             continue;
         };
-        let parsed = fs::read(&path)
+        let parsed = read_into(&path, &mut buf)
             .map_err(FileError::io("read", &path))
-            .and_then(|bytes| meta::parse_sidecar(&path, &bytes));
+            .and_then(|()| meta::parse_sidecar(&path, &buf));
         let sidecar = match parsed {
             Ok(m) if m.uuid != uuid => {
                 inv.problems.push(Problem {
@@ -455,6 +459,34 @@ impl Foreign {
             size: (self.file_type == "file").then_some(self.len),
             unfit,
             released,
+        }
+    }
+}
+
+/// Reads the file at `path` into `buf` (replacing its content): open, read
+/// to the end, close, without the size query `fs::read` makes first.
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::io::Read;
+    buf.clear();
+    let mut f = fs::File::open(path)?;
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        let start = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        match f.read(&mut buf[start..]) {
+            Ok(0) => {
+                buf.truncate(start);
+                return Ok(());
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
         }
     }
 }

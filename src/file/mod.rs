@@ -625,6 +625,7 @@ impl FileBackend {
         }
         meta::RELEASED_BY.clone_into(&mut meta.owner.managed_by);
         meta::write_sidecar(&self.root, &meta)?;
+        pit::remove_bases(&self.root, uuid)?;
         tracing::info!(%uuid, "released");
         Ok(Change::Changed)
     }
@@ -802,6 +803,7 @@ impl FileBackend {
             move |source| FileError::Metadata { path, source }
         };
         fsync_dir(&self.root).map_err(sync_err(&self.root))?;
+        pit::remove_bases(&self.root, uuid)?;
         let sidecar = meta::sidecar_path(&self.root, uuid);
         fs::remove_file(&sidecar).map_err(FileError::io("remove", &sidecar))?;
         let dir = meta::meta_dir(&self.root);

@@ -312,7 +312,12 @@ impl Driver for FileDriver<'_> {
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError> {
         let m = self.find(req.volume, Op::PointInTime)?;
         let path = self.backend.path_of(&m);
-        let pit = super::pit::take(&self.backend, &path, req.backup, !req.force, req.exported)
+        let of = super::pit::For {
+            volume: req.volume,
+            backup: req.backup,
+            parent: req.parent,
+        };
+        let pit = super::pit::take(&self.backend, &path, &of, !req.force, req.exported)
             .map_err(self.err(Op::PointInTime))?;
         Ok(Box::new(pit))
     }

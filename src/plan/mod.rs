@@ -20,7 +20,7 @@ mod tests;
 
 use exports::unexport_action;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -32,7 +32,7 @@ use crate::model::InUse;
 pub use crate::model::ObjKind;
 use crate::model::SnapshotSpace;
 use crate::observe::{BackendView, Discovery, Fleet, Health, Observed, World};
-use crate::state::record::Recorded;
+use crate::state::record::{Recorded, RecordedObject};
 
 use capacity::HIGH_WATER_CENTI;
 use schedule::{Request, Scheduler};
@@ -695,6 +695,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
         planned: BTreeMap::new(),
         migrating: BTreeMap::new(),
         half_moved: BTreeMap::new(),
+        recorded_by_name: recorded_by_name(recorded),
     };
     p.index();
     p.unsupported();
@@ -732,6 +733,20 @@ struct Planner<'a> {
     /// Objects left for later (`Plan::waiting`): what depends on them
     /// waits too.
     waiting: BTreeSet<(ObjKind, String)>,
+    /// The recorded objects by kind and name, in uuid order (a lookup per
+    /// new object, not a scan of ten thousand records).
+    recorded_by_name: HashMap<(ObjKind, &'a str), Vec<(Uuid, &'a RecordedObject)>>,
+}
+
+/// [`Planner::recorded_by_name`].
+fn recorded_by_name(recorded: &Recorded) -> HashMap<(ObjKind, &str), Vec<(Uuid, &RecordedObject)>> {
+    let mut by: HashMap<(ObjKind, &str), Vec<(Uuid, &RecordedObject)>> = HashMap::new();
+    for (u, r) in &recorded.objects {
+        by.entry((r.kind, r.name.as_str()))
+            .or_default()
+            .push((*u, r));
+    }
+    by
 }
 
 /// Where a new volume goes.
@@ -1000,13 +1015,15 @@ impl<'a> Planner<'a> {
     /// A recorded object of this name that is gone from a back end that was
     /// discovered (on an undiscovered one, nothing can be said).
     fn lost(&self, kind: ObjKind, name: &str) -> Option<(Uuid, &str)> {
-        self.recorded.objects.iter().find_map(|(u, r)| {
-            (r.kind == kind
-                && r.name == name
-                && !self.failed.contains(&r.backend)
-                && !self.found.contains_key(&(kind, name.to_owned())))
-            .then_some((*u, r.backend.as_str()))
-        })
+        if self.found.contains_key(&(kind, name.to_owned())) {
+            return None;
+        }
+        self.recorded_by_name
+            .get(&(kind, name))?
+            .iter()
+            .find_map(|(u, r)| {
+                (!self.failed.contains(&r.backend)).then_some((*u, r.backend.as_str()))
+            })
     }
 
     /// For an object not found: whether it may live on a back end that could
@@ -1020,11 +1037,10 @@ impl<'a> Planner<'a> {
             return false;
         }
         let recorded_on = self
-            .recorded
-            .objects
-            .values()
-            .find(|r| r.kind == kind && r.name == name)
-            .map(|r| r.backend.clone());
+            .recorded_by_name
+            .get(&(kind, name))
+            .and_then(|v| v.first())
+            .map(|(_, r)| r.backend.clone());
         let suspect = match (pinned, &recorded_on) {
             (Some(p), _) => self
                 .failed

@@ -1082,6 +1082,8 @@ spec:
             status: Status::Ok,
             detail: None,
             verified_at: None,
+            point_in_time: None,
+            changes: None,
         },
     );
     cat.store(&state).unwrap();

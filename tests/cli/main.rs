@@ -16,6 +16,7 @@ mod agent;
 mod architecture;
 mod backup;
 mod backup_crypt;
+mod backup_reflink;
 mod backup_s3;
 mod ci_examples;
 mod converge;
