@@ -654,6 +654,9 @@ fn run(
                     backend: backend.clone(),
                     size: *size,
                     deletion_policy: *deletion_policy,
+                    // A member's group is recorded by the next plan's
+                    // `~ consistencyGroup` change, after the adopt.
+                    consistency_group: None,
                 },
             );
             Ok(change)

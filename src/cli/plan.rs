@@ -470,20 +470,26 @@ fn confirm() -> anyhow::Result<bool> {
     Ok(line.trim() == "yes")
 }
 
+/// Reads a plan saved by `plan -out`, refusing another format or version.
+fn read_saved(path: &std::path::Path) -> anyhow::Result<SavedPlan> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
+    let saved: SavedPlan = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a saved cinderblock plan", path.display()))?;
+    if saved.format != SAVED_FORMAT || saved.version != SAVED_VERSION {
+        bail!(
+            "{} is a {} v{} file; this cinderblock applies {SAVED_FORMAT} v{SAVED_VERSION}",
+            path.display(),
+            saved.format,
+            saved.version
+        );
+    }
+    Ok(saved)
+}
+
 pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32> {
     let (set, host, saved) = if let Some(path) = &args.plan_file {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
-        let saved: SavedPlan = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a saved cinderblock plan", path.display()))?;
-        if saved.format != SAVED_FORMAT || saved.version != SAVED_VERSION {
-            bail!(
-                "{} is a {} v{} file; this cinderblock applies {SAVED_FORMAT} v{SAVED_VERSION}",
-                path.display(),
-                saved.format,
-                saved.version
-            );
-        }
+        let saved = read_saved(path)?;
         let set = load(&saved.manifests)?;
         let host = saved.host.clone();
         (set, host, Some(saved))

@@ -1213,6 +1213,8 @@ fn adopt_tags_a_foreign_lv_in_one_lvchange_and_takes_a_released_one_back() {
         matches!(&e, LvmError::Refused { reason, .. } if reason == "it is marked as back end lvm-a's (cinderblock.backend=lvm-a)"),
         "{e:?}"
     );
+}
+
 /// Two back ends of `fake`'s VG as drivers: `a` thick, `b` thin in pool0
 /// when `thin`, else thick too.
 fn same_vg(fake: &Fake, thin: bool) -> (super::LvmDriver<'_>, super::LvmDriver<'_>) {
