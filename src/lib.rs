@@ -7,6 +7,7 @@ pub mod backup;
 pub mod blockio;
 pub mod cli;
 pub mod copy;
+pub mod discover;
 pub mod driver;
 pub mod exec;
 pub mod file;

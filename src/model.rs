@@ -8,7 +8,7 @@
 //! [`Health`] (how discovery judges an object: its mark, plus what only a
 //! look at the data shows), [`Change`] (whether an idempotent step did
 //! anything), the inventory ([`Observed`] with what holds it open,
-//! [`InUse`], [`Inventory`], [`Discovery`]), capacity ([`Capacity`]), what a
+//! [`InUse`], [`Inventory`] with its [`Foreign`] entries, [`Discovery`]), capacity ([`Capacity`]), what a
 //! back end can do ([`Capabilities`]) and [`round_up`].
 //!
 //! Invariants: a leaf. It uses nothing of this crate, so every module may
@@ -305,13 +305,53 @@ pub struct Inventory {
     pub capacity: Capacity,
     /// Our objects, sorted by uuid.
     pub objects: Vec<Observed>,
-    /// Entries that are not ours (names), sorted.
-    pub foreign: Vec<String>,
+    /// Entries that are not ours, sorted by name.
+    pub foreign: Vec<Foreign>,
     /// Problems that make the view partial (no deletes when any).
     pub problems: Vec<String>,
     /// A metadata generation that changes with every change of the back end
     /// (LVM's `vg_seqno`), when it has one; part of the fingerprint.
     pub generation: Option<u64>,
+}
+
+/// An entry of a back end that is not ours: listed, never touched unless a
+/// manifest adopts it (`cinderblock.dev/adopt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Foreign {
+    /// Its name in the back end: an LV name, or a path relative to a `file`
+    /// back end's root.
+    pub name: String,
+    /// Its logical size in bytes, when it has one (an LV, a regular file).
+    pub size: Option<u64>,
+    /// Why it cannot become a volume of this back end (a directory, a thin
+    /// pool, a thin LV of another pool), when it cannot.
+    pub unfit: Option<String>,
+    /// An object of ours this back end let go (`deletionPolicy: Retain`):
+    /// the identity it still carries.
+    pub released: Option<Released>,
+}
+
+impl Foreign {
+    /// An entry known only by its name (nothing to adopt).
+    pub fn named(name: impl Into<String>, unfit: impl Into<String>) -> Self {
+        Foreign {
+            name: name.into(),
+            size: None,
+            unfit: Some(unfit.into()),
+            released: None,
+        }
+    }
+}
+
+/// The identity a released object still carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// Identity.
+    pub uuid: Uuid,
+    /// Volume, snapshot or image.
+    pub kind: ObjKind,
+    /// The manifest name it had.
+    pub name: String,
 }
 
 impl Inventory {
@@ -360,9 +400,15 @@ pub struct Capabilities {
     /// How snapshots take space.
     pub snapshots: SnapshotSpace,
     /// The space this back end draws from, which other back ends may share
-    /// (an LVM volume group); moving a volume within one space is refused.
+    /// (an LVM volume group); a migration between two of them copies inside
+    /// it, or relabels (below).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub space: Option<Space>,
+    /// Its objects are not bound to anything inside `space` but their owner
+    /// mark (thick LVs; a thin LV belongs to its pool): a migration to
+    /// another back end of the same space that relabels too changes the
+    /// owner mark ([`crate::driver::Driver::hand_over`]) and copies nothing.
+    pub relabel: bool,
     /// The pool the back end's volumes live in, when the manifests declare
     /// it (a thin pool): created by the plan when it is missing and sized.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -374,6 +420,28 @@ pub struct Capabilities {
     /// The plan's words for what stays of a released object (`Retain`), with
     /// `{uuid}` and `{kind}` to fill in.
     pub retained: String,
+}
+
+impl Capabilities {
+    /// The space this back end shares with one of `other`'s capabilities.
+    pub fn shared_space(&self, other: &Capabilities) -> Option<&Space> {
+        self.space
+            .as_ref()
+            .filter(|s| other.space.as_ref() == Some(*s))
+    }
+
+    /// Whether an object moves from a back end with these capabilities to
+    /// one with `to`'s by a new owner mark alone: both relabel and draw
+    /// from one space.
+    pub fn relabels_to(&self, to: &Capabilities) -> bool {
+        self.relabel && to.relabel && self.shared_space(to).is_some()
+    }
+}
+
+impl std::fmt::Display for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.name)
+    }
 }
 
 /// How a back end's snapshots take space.

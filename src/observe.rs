@@ -352,8 +352,11 @@ impl World {
                     }
                     for f in &inv.foreign {
                         h.update(b"foreign|");
-                        h.update(f.as_bytes());
-                        h.update(b"\n");
+                        h.update(f.name.as_bytes());
+                        h.update(
+                            format!("|{:?}|{:?}\n", f.size, f.released.as_ref().map(|r| r.uuid))
+                                .as_bytes(),
+                        );
                     }
                     for p in &inv.problems {
                         h.update(b"problem|");

@@ -234,6 +234,7 @@ pub fn capabilities(doc: &Doc<BackendSpec>) -> Capabilities {
             extends_with_snapshots: false,
             snapshots: crate::model::SnapshotSpace::Copy,
             space: None,
+            relabel: false,
             pool: None,
             delete_note: None,
             retained: String::new(),

@@ -40,6 +40,10 @@ export PATH="$PWD/target/tools:$PATH"
 # Headless Chromium for the agent's status page (tests/cli/status_page.rs),
 # driven over the DevTools protocol by tests/browser/cdp.py (python3 only).
 need_apt run.sh chromium -- chromium python3
+# xfsprogs: mkfs.xfs makes the XFS (reflink) file system on a loop device
+# that the file back end's changed-block tracking is tested on
+# (tests/cli/backup_reflink.rs) and the backup benchmark measures.
+need_apt run.sh xfsprogs -- mkfs.xfs
 # jq: the CI examples' steps (tests/cli/ci_examples.rs) run with it.
 need_apt run.sh jq -- jq
 
@@ -64,6 +68,9 @@ if [ "$etcd_was_installed" != installed ] && command -v systemctl >/dev/null 2>&
   echo "run.sh: stopping the etcd service Debian's package started (the tests run their own)" >&2
   systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
+# openssl makes the TLS certificates of the fleet's TLS/authentication test
+# (tests/cli/etcd.rs, Cluster::start_secure) at run time.
+need_apt run.sh openssl -- openssl
 
 cargo build --locked --all-targets
 # The Debian package (tests/package/build-deb.sh), installed into a throwaway

@@ -77,10 +77,37 @@ pub struct FleetStatus {
     /// Volumes the placer could not place, and why (leader only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub not_placed: BTreeMap<String, String>,
+    /// Every host the fleet knows (live, or down with a published view),
+    /// sorted by name: what the status page's fleet table shows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<FleetHostStatus>,
     /// etcd requests and failures.
     pub etcd_requests: u64,
     /// Failed etcd requests.
     pub etcd_errors: u64,
+}
+
+/// One host of the fleet, as its last published view has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetHostStatus {
+    /// The host.
+    pub host: String,
+    /// Whether its lease holds.
+    pub up: bool,
+    /// When it last published its view (none yet: `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<DateTime<Utc>>,
+    /// The manifests revision in force there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The revision it last applied completely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<String>,
+    /// Its pending changes: its last plan in short.
+    pub pending: PlanSummary,
+    /// Placements on its back ends.
+    pub placements: usize,
 }
 
 /// The link between the agent's tasks and etcd.
@@ -358,10 +385,8 @@ async fn session(
         elect_client
             .campaign(election, host, lease)
             .await
-            .map_err(|source| FleetError::Request {
-                what: "campaign for the placer election",
-                endpoints: String::new(),
-                source: Box::new(source),
+            .map_err(|source| {
+                FleetError::request("campaign for the placer election", String::new(), source)
             })
     };
     tokio::pin!(campaign);
@@ -380,11 +405,7 @@ async fn session(
                 match ack {
                     Ok(Some(r)) if r.ttl() > 0 => {}
                     Ok(_) => return Err(lease_lost(&etcd)),
-                    Err(source) => return Err(FleetError::Request {
-                        what: "keep the lease alive",
-                        endpoints: etcd.endpoints().to_owned(),
-                        source: Box::new(source),
-                    }),
+                    Err(source) => return Err(FleetError::request("keep the lease alive", etcd.endpoints().to_owned(), source)),
                 }
             }
             r = &mut campaign, if leader.is_none() => {
@@ -396,18 +417,10 @@ async fn session(
                 link.wake.notify_one();
             }
             msg = stream.message() => {
-                let resp = msg.map_err(|source| FleetError::Request {
-                    what: "watch the fleet",
-                    endpoints: etcd.endpoints().to_owned(),
-                    source: Box::new(source),
-                })?;
+                let resp = msg.map_err(|source| FleetError::request("watch the fleet", etcd.endpoints().to_owned(), source))?;
                 let Some(resp) = resp else { return Err(lease_lost(&etcd)) };
                 if resp.canceled() {
-                    return Err(FleetError::Request {
-                        what: "watch the fleet",
-                        endpoints: etcd.endpoints().to_owned(),
-                        source: Box::new(etcd_client::Error::WatchError("the watch was cancelled".into())),
-                    });
+                    return Err(FleetError::request("watch the fleet", etcd.endpoints().to_owned(), etcd_client::Error::WatchError("the watch was cancelled".into())));
                 }
                 let mut placements = false;
                 let mut others = false;
@@ -472,13 +485,11 @@ fn placing(link: &FleetLink, r: Result<(), FleetError>) -> Result<(), FleetError
 }
 
 fn lease_lost(etcd: &Etcd) -> FleetError {
-    FleetError::Request {
-        what: "keep the lease alive",
-        endpoints: etcd.endpoints().to_owned(),
-        source: Box::new(etcd_client::Error::LeaseKeepAliveError(
-            "the lease expired or the stream ended".into(),
-        )),
-    }
+    FleetError::request(
+        "keep the lease alive",
+        etcd.endpoints().to_owned(),
+        etcd_client::Error::LeaseKeepAliveError("the lease expired or the stream ended".into()),
+    )
 }
 
 /// Revokes the lease when a session ends cleanly or not (best effort, in
@@ -516,7 +527,32 @@ async fn refresh(link: &FleetLink, etcd: &Etcd) -> Result<(), FleetError> {
         .collect();
     s.placements = snap.placements.len();
     s.unavailable_volumes = unavailable_volumes(&snap);
+    s.hosts = fleet_hosts(&snap);
     Ok(())
+}
+
+/// Every known host of `snap`: liveness, its view's revisions and pending
+/// changes, and its placements.
+pub fn fleet_hosts(snap: &Snapshot) -> Vec<FleetHostStatus> {
+    snap.known_hosts()
+        .into_iter()
+        .map(|h| {
+            let view = snap.views.get(&h).map(|(v, _)| v);
+            FleetHostStatus {
+                up: snap.is_up(&h),
+                published_at: view.map(|v| v.published_at),
+                revision: view.and_then(|v| v.revision.clone()),
+                applied_revision: view.and_then(|v| v.applied_revision.clone()),
+                pending: view.map(|v| v.plan.clone()).unwrap_or_default(),
+                placements: snap
+                    .placements
+                    .values()
+                    .filter(|(p, _)| p.host == h)
+                    .count(),
+                host: h,
+            }
+        })
+        .collect()
 }
 
 /// Volumes placed on, or found on, hosts that are down.

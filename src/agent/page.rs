@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use super::fleet::FleetStatus;
 use super::status::{BackendStatus, Condition, Status};
 use crate::plan::capacity::human;
 
@@ -70,6 +71,9 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
     );
     conditions(&mut s, &status.conditions);
     s.push_str("</header>\n");
+    if let Some(f) = &status.fleet {
+        fleet(&mut s, f, &status.agent.host, now);
+    }
     source(&mut s, status, now);
     reconcile(&mut s, status, now);
     backends(&mut s, &status.backends);
@@ -273,6 +277,115 @@ fn backends(s: &mut String, list: &[BackendStatus]) {
         );
     }
     s.push_str("</table></section>\n");
+}
+
+/// The fleet (agent with `--etcd`): etcd's state, the placer, and every
+/// host — up or down, its placements, its pending changes (its last plan
+/// in short), the revisions it has, when it last published — then the
+/// volumes of down hosts.
+fn fleet(s: &mut String, f: &FleetStatus, this: &str, now: DateTime<Utc>) {
+    let _ = writeln!(
+        s,
+        "<section id=\"fleet\"><h2>Fleet (<span data-count=\"fleet-hosts\">{}</span> hosts, <span data-count=\"fleet-placements\">{}</span> placements)</h2>",
+        f.hosts.len(),
+        f.placements
+    );
+    let etcd = if f.available {
+        "<span class=\"ok\" data-fleet=\"available\">etcd answers</span>".to_owned()
+    } else {
+        format!(
+            "<span class=\"bad\" data-fleet=\"unavailable\">etcd unavailable: {}</span>",
+            esc(f.reason.as_deref().unwrap_or("unknown"))
+        )
+    };
+    let leader = match &f.leader {
+        Some(l) if f.is_leader => format!(
+            "<code data-leader=\"{}\">{}</code> (this agent)",
+            esc(l),
+            esc(l)
+        ),
+        Some(l) => format!("<code data-leader=\"{}\">{}</code>", esc(l), esc(l)),
+        None => "<span class=\"warn\">none elected</span>".to_owned(),
+    };
+    let _ = writeln!(
+        s,
+        "<p>{etcd} · prefix <code>{}</code> · placer {leader} · as of {}</p>",
+        esc(&f.prefix),
+        when(f.since, now)
+    );
+    if f.hosts.is_empty() {
+        s.push_str("<p class=\"mute\">No host known yet.</p></section>\n");
+        return;
+    }
+    s.push_str(
+        "<table>\n<tr><th>host</th><th>state</th><th class=\"n\">placements</th><th>pending changes</th>\
+         <th>manifests</th><th>applied</th><th>published</th></tr>\n",
+    );
+    for h in &f.hosts {
+        let state = if h.up {
+            "<td class=\"ok\" data-host-state=\"up\">up</td>"
+        } else {
+            "<td class=\"bad\" data-host-state=\"down\">down</td>"
+        };
+        let p = &h.pending;
+        let pending = if h.published_at.is_none() {
+            "<span class=\"mute\">no view published yet</span>".to_owned()
+        } else if p.actions == 0 && p.waiting == 0 && p.errors.is_empty() {
+            "<span class=\"ok\" data-count=\"pending-actions\">0</span> none".to_owned()
+        } else {
+            let mut t = format!(
+                "<span data-count=\"pending-actions\">{}</span> action(s), <span data-count=\"pending-waiting\">{}</span> waiting, <span data-count=\"pending-errors\">{}</span> error(s)",
+                p.actions,
+                p.waiting,
+                p.errors.len()
+            );
+            for e in &p.errors {
+                let _ = write!(t, "<div class=\"errors bad\">{}</div>", esc(e));
+            }
+            t
+        };
+        let this_host = if h.host == this {
+            " <span class=\"mute\">(this host)</span>"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "<tr data-host=\"{}\"><td><code>{}</code>{this_host}</td>{state}<td class=\"n\" data-count=\"host-placements\">{}</td><td>{pending}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&h.host),
+            esc(&h.host),
+            h.placements,
+            short_rev(h.revision.as_deref()),
+            short_rev(h.applied_revision.as_deref()),
+            when(h.published_at, now)
+        );
+    }
+    s.push_str("</table>\n");
+    if !f.unavailable_volumes.is_empty() {
+        let _ = writeln!(
+            s,
+            "<h2>Unavailable volumes (<span data-count=\"unavailable\">{}</span>): their host is down</h2>\n<ul>",
+            f.unavailable_volumes.len()
+        );
+        for v in &f.unavailable_volumes {
+            let _ = writeln!(s, "<li class=\"bad\"><code>{}</code></li>", esc(v));
+        }
+        s.push_str("</ul>\n");
+    }
+    s.push_str("</section>\n");
+}
+
+/// A revision for a table cell: its first 12 characters, the whole in the
+/// title.
+fn short_rev(r: Option<&str>) -> String {
+    match r {
+        Some(r) => format!(
+            "<code title=\"{}\">{}</code>",
+            esc(r),
+            esc(&r.chars().take(12).collect::<String>())
+        ),
+        None => "<span class=\"mute\">none</span>".to_owned(),
+    }
 }
 
 fn pool_meter(what: &str, pct: Option<f64>) -> String {
@@ -635,6 +748,78 @@ mod tests {
         assert!(!page.contains("<script"));
         assert!(!page.contains("http://") && !page.contains("https://"));
         assert!(!page.contains(" src="));
+    }
+
+    #[test]
+    fn the_fleet_shows_hosts_liveness_placements_and_pending_changes() {
+        use crate::agent::fleet::FleetHostStatus;
+        use crate::fleet::records::PlanSummary;
+        let mut st = status();
+        assert!(!render(&st, t(0)).contains("id=\"fleet\""));
+        st.fleet = Some(FleetStatus {
+            prefix: "/cinderblock".into(),
+            available: true,
+            since: Some(t(-30)),
+            leader: Some("stor-a <b>".into()),
+            is_leader: true,
+            placements: 5,
+            unavailable_volumes: vec!["volume.logs (host stor-c)".into()],
+            hosts: vec![
+                FleetHostStatus {
+                    host: "stor-a <b>".into(),
+                    up: true,
+                    published_at: Some(t(-5)),
+                    revision: Some("manifests dir:0123456789abcdef".into()),
+                    applied_revision: Some("manifests dir:0123456789abcdef".into()),
+                    pending: PlanSummary::default(),
+                    placements: 3,
+                },
+                FleetHostStatus {
+                    host: "stor-b".into(),
+                    up: true,
+                    published_at: Some(t(-8)),
+                    revision: None,
+                    applied_revision: None,
+                    pending: PlanSummary {
+                        actions: 2,
+                        waiting: 1,
+                        errors: vec!["volume.x: <too big>".into()],
+                    },
+                    placements: 1,
+                },
+                FleetHostStatus {
+                    host: "stor-c".into(),
+                    up: false,
+                    published_at: Some(t(-600)),
+                    placements: 1,
+                    ..FleetHostStatus::default()
+                },
+            ],
+            ..FleetStatus::default()
+        });
+        let page = render(&st, t(0));
+        for needle in [
+            "<h2>Fleet (<span data-count=\"fleet-hosts\">3</span> hosts, <span data-count=\"fleet-placements\">5</span> placements)</h2>",
+            "<span class=\"ok\" data-fleet=\"available\">etcd answers</span> · prefix <code>/cinderblock</code> · placer <code data-leader=\"stor-a &lt;b&gt;\">stor-a &lt;b&gt;</code> (this agent)",
+            "<tr data-host=\"stor-a &lt;b&gt;\"><td><code>stor-a &lt;b&gt;</code> <span class=\"mute\">(this host)</span></td><td class=\"ok\" data-host-state=\"up\">up</td><td class=\"n\" data-count=\"host-placements\">3</td><td><span class=\"ok\" data-count=\"pending-actions\">0</span> none</td><td><code title=\"manifests dir:0123456789abcdef\">manifests di</code></td>",
+            "<tr data-host=\"stor-b\"><td><code>stor-b</code></td><td class=\"ok\" data-host-state=\"up\">up</td><td class=\"n\" data-count=\"host-placements\">1</td><td><span data-count=\"pending-actions\">2</span> action(s), <span data-count=\"pending-waiting\">1</span> waiting, <span data-count=\"pending-errors\">1</span> error(s)<div class=\"errors bad\">volume.x: &lt;too big&gt;</div></td>",
+            "<tr data-host=\"stor-c\"><td><code>stor-c</code></td><td class=\"bad\" data-host-state=\"down\">down</td>",
+            "data-age-seconds=\"600\">10 min ago</time>",
+            "<li class=\"bad\"><code>volume.logs (host stor-c)</code></li>",
+        ] {
+            assert!(page.contains(needle), "missing {needle:?} in\n{page}");
+        }
+        // etcd gone: the reason, and no placer.
+        let f = st.fleet.as_mut().unwrap();
+        f.available = false;
+        f.reason = Some("etcd at http://127.0.0.1:1: no answer".into());
+        f.leader = None;
+        let page = render(&st, t(0));
+        assert!(page.contains("<span class=\"bad\" data-fleet=\"unavailable\">etcd unavailable: etcd at http://127.0.0.1:1: no answer</span>"), "{page}");
+        assert!(
+            page.contains("placer <span class=\"warn\">none elected</span>"),
+            "{page}"
+        );
     }
 
     #[test]

@@ -1112,6 +1112,9 @@ fn subject(a: &Action) -> (ObjKind, String, Option<uuid::Uuid>) {
         Op::Record {
             kind, name, uuid, ..
         }
+        | Op::Adopt {
+            kind, name, uuid, ..
+        }
         | Op::Delete {
             kind, name, uuid, ..
         }
@@ -1243,7 +1246,7 @@ fn object_states(
             continue;
         }
         match &a.op {
-            Op::Create { backend, size, .. } => {
+            Op::Create { backend, size, .. } | Op::Adopt { backend, size, .. } => {
                 o.backend = Some(backend.clone());
                 o.size = Some(*size);
             }
@@ -1289,12 +1292,13 @@ fn object_states(
 }
 
 /// The back ends an apply of `actions` may have changed: those its creates,
-/// extends, deletes, migrations (both ends) and pools name.
+/// adoptions, extends, deletes, migrations (both ends) and pools name.
 fn touched_backends(actions: &[Action], set: &ManifestSet) -> BTreeSet<manifest::Name> {
     let mut names = BTreeSet::new();
     for a in actions {
         let ends: &[&String] = match &a.op {
             Op::Create { backend, .. }
+            | Op::Adopt { backend, .. }
             | Op::Extend { backend, .. }
             | Op::Delete { backend, .. }
             | Op::CreatePool { backend, .. } => &[backend],
@@ -1399,6 +1403,7 @@ mod tests {
                 deletion_policy: DeletionPolicy::Delete,
                 from_file: None,
                 placement: None,
+                consistency_group: None,
             },
         )
     }

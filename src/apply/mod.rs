@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::driver::{Change, Driver, DriverError, NewMark, NewObject, PathKind, fault};
+use crate::driver::{Adoption, Change, Driver, DriverError, NewMark, NewObject, PathKind, fault};
 use crate::iscsi::lio;
 use crate::model::ObjKind;
 use crate::plan::{Action, Op, Plan};
@@ -301,6 +301,12 @@ pub fn apply_with(
                 if let (Op::Create { kind, name, .. }, Some(u)) = (&action.op, new_uuid) {
                     created.insert((*kind, name.clone()), u);
                 }
+                if let Op::Adopt {
+                    kind, name, uuid, ..
+                } = &action.op
+                {
+                    created.insert((*kind, name.clone()), *uuid);
+                }
                 ledger.recorded.last_plan = Some(plan_id);
                 ledger.save(state_dir)?;
                 count(&mut report, action, changed);
@@ -327,7 +333,10 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
         return;
     }
     match a.op {
-        Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+        Op::Create { .. }
+        | Op::Adopt { .. }
+        | Op::CreatePool { .. }
+        | Op::DiscoveryAuth { new: true, .. } => {
             r.added += 1;
         }
         Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
@@ -361,6 +370,17 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
         } => format!(
             "create {} thin pool {volume_group}/{pool} on {backend} size={size} metadata={metadata_size}",
             a.address
+        ),
+        Op::Adopt {
+            uuid,
+            backend,
+            entry,
+            size,
+            ..
+        } => format!(
+            "adopt {} id={uuid} on {backend} entry={} size={size}",
+            a.address,
+            crate::manifest::values::shown(entry)
         ),
         Op::Extend {
             uuid, backend, to, ..
@@ -550,6 +570,7 @@ fn run(
             from_file,
             backup,
             resume,
+            consistency_group,
             ..
         } => {
             let uuid = new_uuid.ok_or_else(|| invalid("no identity"))?;
@@ -596,6 +617,7 @@ fn run(
                     backend: backend.clone(),
                     size: *size,
                     deletion_policy: *deletion_policy,
+                    consistency_group: consistency_group.clone(),
                 },
             );
             Ok(change)
@@ -606,6 +628,39 @@ fn run(
             metadata_size,
             ..
         } => Ok(driver(registry, backend)?.create_pool(*size, *metadata_size)?),
+        Op::Adopt {
+            kind,
+            name,
+            backend,
+            entry,
+            uuid,
+            size,
+            deletion_policy,
+            ..
+        } => {
+            let change = driver(registry, backend)?.adopt(&Adoption {
+                entry,
+                uuid: *uuid,
+                name,
+                kind: *kind,
+                parent: None,
+                size: *size,
+            })?;
+            ledger.recorded.objects.insert(
+                *uuid,
+                RecordedObject {
+                    kind: *kind,
+                    name: name.clone(),
+                    backend: backend.clone(),
+                    size: *size,
+                    deletion_policy: *deletion_policy,
+                    // A member's group is recorded by the next plan's
+                    // `~ consistencyGroup` change, after the adopt.
+                    consistency_group: None,
+                },
+            );
+            Ok(change)
+        }
         Op::Extend {
             uuid, backend, to, ..
         } => {
@@ -622,6 +677,7 @@ fn run(
             backend,
             size,
             deletion_policy,
+            consistency_group,
             ..
         } => {
             let new = RecordedObject {
@@ -630,6 +686,7 @@ fn run(
                 backend: backend.clone(),
                 size: *size,
                 deletion_policy: *deletion_policy,
+                consistency_group: consistency_group.clone(),
             };
             let old = ledger.recorded.objects.insert(*uuid, new.clone());
             Ok(Change::from_bool(old.as_ref() != Some(&new)))
@@ -809,6 +866,11 @@ fn migrate(
         tracing::info!(volume = %name, %uuid, %from, %to, "{text}");
         ctx.progress.note(action, &text);
     }
+    let consistency_group = ledger
+        .recorded
+        .objects
+        .get(uuid)
+        .and_then(|r| r.consistency_group.clone());
     ledger.recorded.objects.insert(
         *uuid,
         RecordedObject {
@@ -817,6 +879,7 @@ fn migrate(
             backend: to.clone(),
             size: *target_size,
             deletion_policy: *deletion_policy,
+            consistency_group,
         },
     );
     Ok(Change::from_bool(report.changed))

@@ -91,6 +91,10 @@ pub struct Entry {
     /// When verify last checked it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<DateTime<Utc>>,
+    /// How this host's run took the point in time (`reflink`, `thin
+    /// snapshot`, ...); absent for backups only read from a repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<String>,
     /// How the run read its source and why (recorded by the run on this
     /// host; the repository's manifests do not say, so entries rebuilt by
     /// `import --scan` have none).
@@ -123,6 +127,7 @@ impl Entry {
             status: Status::Ok,
             detail: None,
             verified_at: None,
+            point_in_time: None,
             read: None,
         }
     }
@@ -209,18 +214,21 @@ impl Catalog {
         let (manifests, bad) = repo.manifest_heads()?;
         let root = repo.location();
         let rid = repo.config().id;
-        // What only the runs on this host knew survives the rebuild.
-        let reads: BTreeMap<Uuid, ReadRecord> = self
+        // What only this host's runs recorded survives the rescan.
+        let ran: BTreeMap<Uuid, (Option<String>, Option<ReadRecord>)> = self
             .backups
             .iter()
-            .filter_map(|(id, e)| e.read.clone().map(|r| (*id, r)))
+            .map(|(id, e)| (*id, (e.point_in_time.clone(), e.read.clone())))
             .collect();
         self.backups.retain(|_, e| {
             e.status == Status::Failed || (e.repository != root && e.repository_id != Some(rid))
         });
         for m in &manifests {
             let mut entry = Entry::from_manifest(m, repo, spec);
-            entry.read = reads.get(&m.id).cloned();
+            if let Some((pit, read)) = ran.get(&m.id) {
+                entry.point_in_time.clone_from(pit);
+                entry.read.clone_from(read);
+            }
             self.backups.insert(m.id, entry);
         }
         Ok((manifests.len(), bad))
@@ -245,6 +253,7 @@ impl Catalog {
                 entry.detail.clone_from(&old.detail);
             }
             entry.verified_at = old.verified_at;
+            entry.point_in_time.clone_from(&old.point_in_time);
             entry.read.clone_from(&old.read);
         }
         self.backups.insert(m.id, entry);

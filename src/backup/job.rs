@@ -417,6 +417,7 @@ pub fn run(
             journal.outcome(&intent, Outcome::Changed, None)?;
             cat.add(&report.manifest, &repo, &spec);
             if let Some(e) = cat.backups.get_mut(&report.manifest.id) {
+                e.point_in_time = Some(report.method.as_str().to_owned());
                 e.read = Some(report.read.clone());
             }
             cat.store(state)?;
@@ -447,6 +448,7 @@ pub fn run(
                     status: Status::Failed,
                     detail: Some(text),
                     verified_at: None,
+                    point_in_time: None,
                     read: None,
                 },
             );

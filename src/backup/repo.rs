@@ -77,6 +77,28 @@ fn write_key_file(
     Ok(())
 }
 
+/// Writes an object named by its content (a pack, an index file). One
+/// already there under that name must be these bytes; a store that kept a
+/// write cut short (an uploader killed mid-request) or lists a key it does
+/// not hold has fewer, and the object is written whole again. Never trusts
+/// a name alone: a backup must not point at data that is not there.
+fn put_content_named(store: &dyn Store, key: &str, bytes: &[u8]) -> Result<(), BackupError> {
+    if store.put(key, bytes, Put::Create)? == Created::AlreadyThere {
+        let want = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        let have = store.size(key)?;
+        if have != Some(want) {
+            tracing::warn!(
+                key,
+                have = ?have,
+                want,
+                "an object named by its content is not whole; writing it again"
+            );
+            store.put(key, bytes, Put::Replace)?;
+        }
+    }
+    Ok(())
+}
+
 fn pack_key(id: &Digest) -> String {
     format!("data/{}/{}", id.shard(), id.to_hex())
 }
@@ -632,7 +654,7 @@ impl Repository {
         };
         let id = Digest::of(&bytes);
         // Named by its content: an existing one is this one.
-        self.store.put(&index_key(&id), &bytes, Put::Create)?;
+        put_content_named(self.store.as_ref(), &index_key(&id), &bytes)?;
         Ok(id)
     }
 
@@ -1142,7 +1164,7 @@ impl Uploader {
             .name("pack-upload".into())
             .spawn(move || {
                 for (id, bytes, entries) in rx {
-                    store.put(&pack_key(&id), &bytes, Put::Create)?;
+                    put_content_named(store.as_ref(), &pack_key(&id), &bytes)?;
                     tracing::debug!(pack = %id, bytes = bytes.len(), "pack uploaded");
                     out.lock()
                         .map_err(|_| BackupError::Panicked("pack upload"))?
@@ -1754,6 +1776,22 @@ fn pid_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_content_named_object_cut_short_or_missing_is_written_whole_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        let key = "data/ab/abcd";
+        let bytes = vec![7u8; 4096];
+        // A write cut short left 100 bytes under the name.
+        fs::create_dir_all(dir.path().join("data/ab")).unwrap();
+        fs::write(dir.path().join(key), &bytes[..100]).unwrap();
+        put_content_named(&store, key, &bytes).unwrap();
+        assert_eq!(fs::read(dir.path().join(key)).unwrap(), bytes);
+        // Whole already: left alone.
+        put_content_named(&store, key, &bytes).unwrap();
+        assert_eq!(store.size(key).unwrap(), Some(4096));
+    }
 
     #[test]
     fn sessions_shared_together_exclusive_alone() {

@@ -46,13 +46,25 @@ pub(crate) struct EtcdArgs {
     )]
     pub(crate) etcd_prefix: Prefix,
     /// CA certificate (PEM) of the etcd servers (TLS).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "CINDERBLOCK_ETCD_CA", value_name = "FILE")]
     etcd_ca: Option<PathBuf>,
     /// Client certificate (PEM), for clusters that require one.
-    #[arg(long, global = true, value_name = "FILE", requires = "etcd_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "CINDERBLOCK_ETCD_CERT",
+        value_name = "FILE",
+        requires = "etcd_key"
+    )]
     etcd_cert: Option<PathBuf>,
     /// Client key (PEM).
-    #[arg(long, global = true, value_name = "FILE", requires = "etcd_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "CINDERBLOCK_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
     etcd_key: Option<PathBuf>,
     /// etcd user (the password comes from --etcd-password-file or
     /// `CINDERBLOCK_ETCD_PASSWORD`, never from the command line).
@@ -64,7 +76,13 @@ pub(crate) struct EtcdArgs {
     )]
     etcd_user: Option<String>,
     /// File whose first line is the etcd password.
-    #[arg(long, global = true, value_name = "FILE", requires = "etcd_user")]
+    #[arg(
+        long,
+        global = true,
+        env = "CINDERBLOCK_ETCD_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "etcd_user"
+    )]
     etcd_password_file: Option<PathBuf>,
     /// Time limit of each etcd request.
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]

@@ -11,9 +11,11 @@ mod agent;
 mod backup;
 mod backup_due;
 mod backup_repo;
+mod discover;
 mod fleet;
 mod install;
 mod plan;
+mod timings;
 mod validate;
 
 use std::io::Write;
@@ -72,6 +74,9 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Plan, then carry it out (or carry out a saved plan).
     Apply(plan::ApplyArgs),
+    /// Print what exists on this host's back ends as manifests (foreign LVs
+    /// and files too, to adopt, with --include-foreign).
+    Discover(discover::DiscoverArgs),
     /// Write the JSON Schemas of the manifests (one per kind, plus manifest.json).
     Schema(SchemaArgs),
     /// Operate backups by hand: run, list, restore, verify, export, import, prune.
@@ -110,6 +115,7 @@ pub fn run() -> i32 {
         Command::Validate(args) => validate::run(&args),
         Command::Plan(args) => plan::run_plan(&cli.global, &args),
         Command::Apply(args) => plan::run_apply(&cli.global, &args),
+        Command::Discover(args) => discover::run(&cli.global, &args),
         Command::Schema(args) => schema(&args),
         Command::Backup(args) => backup::run(&args, &cli.global.state, cli.global.host.as_deref()),
         Command::Agent(args) => agent::run_agent(&cli.global, &args),

@@ -18,6 +18,7 @@ use crate::state::lock::StateLock;
 use crate::state::record::Ledger;
 
 use super::GlobalArgs;
+use super::timings::Timings;
 
 #[derive(Debug, Args)]
 #[allow(clippy::struct_excessive_bools)] // command-line flags
@@ -43,6 +44,10 @@ pub(super) struct PlanArgs {
     /// Recreate, empty, volumes that were deleted outside cinderblock.
     #[arg(long)]
     recreate_lost: bool,
+    /// Print how long each phase took (wall and CPU time, peak memory) to
+    /// stderr after the plan.
+    #[arg(long)]
+    timings: bool,
     /// Plan every host of the fleet (needs --etcd): each host's plan
     /// against what it last published, and the placements the manifests
     /// would get. Works from any machine that reaches etcd; reads no
@@ -125,7 +130,7 @@ pub(super) fn host_name(g: &GlobalArgs) -> String {
 }
 
 /// Loads manifests; prints findings; fails on errors.
-fn load(files: &[PathBuf]) -> anyhow::Result<ManifestSet> {
+pub(super) fn load(files: &[PathBuf]) -> anyhow::Result<ManifestSet> {
     let loaded = manifest::load_paths(files);
     let mut err = std::io::stderr().lock();
     for d in &loaded.diagnostics {
@@ -152,14 +157,18 @@ fn prepare(
     host: &str,
     recreate_lost: bool,
     fleet: Option<&super::fleet::CliFleet>,
+    clock: &mut Timings,
 ) -> anyhow::Result<Prepared> {
     let ledger = Ledger::load(&g.state).context("cannot read the recorded state")?;
+    clock.mark("recorded state");
     let registry = Registry::new(set, host, &g.state, Exec::host());
     let mut world = observe::discover(set, &registry, &g.state);
     if let Some(f) = fleet {
         world.fleet = f.placements();
     }
+    clock.mark("discover");
     let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
+    clock.mark("plan");
     Ok(Prepared {
         registry,
         ledger,
@@ -196,15 +205,26 @@ fn run_fleet_plan(g: &GlobalArgs, args: &PlanArgs, set: &ManifestSet) -> anyhow:
 }
 
 pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
+    let mut clock = Timings::new(args.timings);
     let set = load(&args.files)?;
+    clock.mark("load manifests");
     if args.fleet {
         return run_fleet_plan(g, args, &set);
     }
     let host = host_name(g);
     let conn = fleet_conn(g)?;
     let _lock = lock(g, "plan")?;
-    let p = prepare(&set, g, &host, args.recreate_lost, conn.as_ref())?;
+    clock.mark("lock");
+    let p = prepare(
+        &set,
+        g,
+        &host,
+        args.recreate_lost,
+        conn.as_ref(),
+        &mut clock,
+    )?;
     let backups = super::backup_due::section(&set, &g.state)?;
+    clock.mark("backup schedule");
     let mut out = std::io::stdout().lock();
     let format = args.format();
     match format {
@@ -257,6 +277,9 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
             )?;
         }
     }
+    out.flush()?;
+    clock.mark("render");
+    clock.report()?;
     if !p.plan.errors.is_empty() {
         return Ok(1);
     }
@@ -317,6 +340,7 @@ impl Progress for Printer {
         let (verb, still) = match (&action.op, action.symbol()) {
             (Op::Export { .. }, _) => ("Exporting...", "Still exporting..."),
             (Op::Unexport { .. }, _) => ("Unexporting...", "Still unexporting..."),
+            (Op::Adopt { .. }, _) => ("Adopting...", "Still adopting..."),
             (_, "+") => ("Creating...", "Still creating..."),
             (_, "~") => ("Modifying...", "Still modifying..."),
             (_, "-") => ("Destroying...", "Still destroying..."),
@@ -379,6 +403,7 @@ impl Progress for Printer {
         let verb = match (&action.op, action.symbol()) {
             (Op::Export { .. }, _) => "Export complete",
             (Op::Unexport { .. }, _) => "Unexport complete",
+            (Op::Adopt { .. }, _) => "Adoption complete",
             (_, "+") => "Creation complete",
             (_, "~") => "Modifications complete",
             (_, "-") => "Destruction complete",
@@ -421,20 +446,26 @@ fn confirm() -> anyhow::Result<bool> {
     Ok(line.trim() == "yes")
 }
 
+/// Reads a plan saved by `plan -out`, refusing another format or version.
+fn read_saved(path: &std::path::Path) -> anyhow::Result<SavedPlan> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
+    let saved: SavedPlan = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a saved cinderblock plan", path.display()))?;
+    if saved.format != SAVED_FORMAT || saved.version != SAVED_VERSION {
+        bail!(
+            "{} is a {} v{} file; this cinderblock applies {SAVED_FORMAT} v{SAVED_VERSION}",
+            path.display(),
+            saved.format,
+            saved.version
+        );
+    }
+    Ok(saved)
+}
+
 pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32> {
     let (set, host, saved) = if let Some(path) = &args.plan_file {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
-        let saved: SavedPlan = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a saved cinderblock plan", path.display()))?;
-        if saved.format != SAVED_FORMAT || saved.version != SAVED_VERSION {
-            bail!(
-                "{} is a {} v{} file; this cinderblock applies {SAVED_FORMAT} v{SAVED_VERSION}",
-                path.display(),
-                saved.format,
-                saved.version
-            );
-        }
+        let saved = read_saved(path)?;
         let set = load(&saved.manifests)?;
         let host = saved.host.clone();
         (set, host, Some(saved))
@@ -444,7 +475,15 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
     };
     let conn = fleet_conn(g)?;
     let _lock = lock(g, "apply")?;
-    let mut p = prepare(&set, g, &host, args.recreate_lost, conn.as_ref())?;
+    let mut clock = Timings::off();
+    let mut p = prepare(
+        &set,
+        g,
+        &host,
+        args.recreate_lost,
+        conn.as_ref(),
+        &mut clock,
+    )?;
     let mut out = std::io::stdout().lock();
     let from_file = saved.is_some();
     let plan = if let Some(s) = saved {

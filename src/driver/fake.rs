@@ -162,6 +162,7 @@ pub fn capabilities(thin: bool) -> Capabilities {
         extends_with_snapshots: true,
         snapshots: SnapshotSpace::Copy,
         space: None,
+        relabel: false,
         pool: None,
         delete_note: None,
         retained: "the fake object {kind}-{uuid} stays, no longer managed".into(),
@@ -314,6 +315,18 @@ impl Driver for FakeDriver {
         drop(objects);
         let _ = self.file(uuid, false).set_len(size);
         Ok(Change::Changed)
+    }
+
+    fn adopt(&self, a: &super::Adoption<'_>) -> Result<Change, DriverError> {
+        if self.objects().contains_key(&a.uuid) {
+            return Ok(Change::Unchanged);
+        }
+        // The fake holds nothing foreign: there is never anything to adopt.
+        Err(DriverError::refused(
+            &self.name,
+            Op::Adopt,
+            format!("no foreign entry {} here", a.entry),
+        ))
     }
 
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {

@@ -16,7 +16,18 @@
 //!
 //! The driver points are [`Faulty`]'s: the registry wraps every driver in
 //! one ([`wrap_from_env`]) when the variable names such a point, so they
-//! hold for every back end alike. Unit tests use [`Faulty`] directly with
+//! hold for every back end alike.
+//!
+//! `CINDERBLOCK_FAULT=BACKEND:OP:ERRNO[:N]` injects an error instead: the
+//! N-th (from 1; default the first) call of `OP` on back end `BACKEND`
+//! fails with `ERRNO` before it does anything, as a full disk or a failing
+//! device would make it fail, and the process goes on (later calls run).
+//! `OP` is one of `create`, `snapshot`, `extend`, `release`, `delete`,
+//! `mark`, `lookup`, `open` (the data path a copy, an export or a backup
+//! opens), `layout`, `pit` (a backup's point in time), `pool`; `ERRNO` one
+//! of `ENOSPC`, `EIO`, `EDQUOT`, `EROFS`. The fault tests use it to check
+//! that each such error is one clear message, leaves every source and
+//! backup intact, and that the next run converges. Unit tests use [`Faulty`] directly with
 //! [`Action::Fail`] and [`Trigger::Call`]: the chosen call completes, then
 //! fails, and so does every call after it, as if the process had died
 //! there; the test then runs again without faults and checks that it
@@ -30,8 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use uuid::Uuid;
 
 use super::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
-    NewObject, Object, Op, PitRequest, PointInTime,
+    Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
+    Mark, NewMark, NewObject, Object, Op, PitRequest, PointInTime,
 };
 
 /// The variable's value, read once.
@@ -88,6 +99,8 @@ pub enum Trigger {
     /// After the n-th (from 0) call that changes something: create,
     /// snapshot, extend, release, delete, set mark, create pool.
     Call(usize),
+    /// At the n-th (from 0) call of one operation, changing or not.
+    OpCall(Op, usize),
 }
 
 /// What happens at the trigger.
@@ -98,6 +111,9 @@ pub enum Action {
     /// The call fails, and every later one: a simulated death, for unit
     /// tests that must go on running.
     Fail,
+    /// The call fails with this error number before doing anything (a
+    /// full disk, a failing device); later calls run as usual.
+    Errno(nix::errno::Errno),
 }
 
 /// A driver that stops at a [`Trigger`].
@@ -106,12 +122,69 @@ pub struct Faulty<'d> {
     trigger: Trigger,
     action: Action,
     calls: AtomicUsize,
+    op_calls: AtomicUsize,
     dead: AtomicBool,
 }
 
+/// `CINDERBLOCK_FAULT`, read once per process.
+fn injected() -> Option<&'static str> {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    AT.get_or_init(|| std::env::var("CINDERBLOCK_FAULT").ok())
+        .as_deref()
+}
+
+/// Parses `BACKEND:OP:ERRNO[:N]` into the back end, the trigger and the
+/// action; `None` (and a warning) when it does not parse.
+fn parse_fault(text: &str) -> Option<(&str, Trigger, Action)> {
+    let mut parts = text.split(':');
+    let (backend, op, errno) = (parts.next()?, parts.next()?, parts.next()?);
+    let nth = match parts.next() {
+        Some(n) => n.parse::<usize>().ok().filter(|n| *n >= 1)? - 1,
+        None => 0,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    let op = match op {
+        "create" => Op::Create,
+        "snapshot" => Op::Snapshot,
+        "extend" => Op::Extend,
+        "release" => Op::Release,
+        "delete" => Op::Delete,
+        "mark" => Op::SetMark,
+        "lookup" => Op::Lookup,
+        "open" => Op::Open,
+        "layout" => Op::Layout,
+        "pit" => Op::PointInTime,
+        "pool" => Op::CreatePool,
+        _ => return None,
+    };
+    let errno = match errno {
+        "ENOSPC" => nix::errno::Errno::ENOSPC,
+        "EIO" => nix::errno::Errno::EIO,
+        "EDQUOT" => nix::errno::Errno::EDQUOT,
+        "EROFS" => nix::errno::Errno::EROFS,
+        _ => return None,
+    };
+    Some((backend, Trigger::OpCall(op, nth), Action::Errno(errno)))
+}
+
 /// Wraps `driver` in a [`Faulty`] when `CINDERBLOCK_CRASH_AT` names a driver
-/// point; else returns it as it is.
+/// point or `CINDERBLOCK_FAULT` a fault of this back end; else returns it as
+/// it is.
 pub fn wrap_from_env<'d>(driver: Box<dyn Driver + 'd>) -> Box<dyn Driver + 'd> {
+    if let Some(text) = injected() {
+        match parse_fault(text) {
+            Some((backend, trigger, action)) if backend == driver.name() => {
+                return Box::new(Faulty::new(driver, trigger, action));
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                value = text,
+                "CINDERBLOCK_FAULT is not BACKEND:OP:ERRNO[:N]; ignored"
+            ),
+        }
+    }
     let trigger = match armed() {
         Some("migrate-target") => Trigger::MigrateTarget,
         Some("migrate-verified") => Trigger::MigrateVerified,
@@ -129,6 +202,7 @@ impl<'d> Faulty<'d> {
             trigger,
             action,
             calls: AtomicUsize::new(0),
+            op_calls: AtomicUsize::new(0),
             dead: AtomicBool::new(false),
         }
     }
@@ -138,11 +212,32 @@ impl<'d> Faulty<'d> {
         self.dead.load(Ordering::SeqCst)
     }
 
+    /// Before any call: fails when dead, or with the injected error when
+    /// this is the call to fail.
     fn alive(&self, op: Op) -> Result<(), DriverError> {
         if self.fired() {
             return Err(self.crashed(op));
         }
+        if let Action::Errno(errno) = self.action
+            && self.op_hit(op)
+        {
+            return Err(DriverError::new(
+                self.inner.name(),
+                op,
+                std::io::Error::from_raw_os_error(errno as i32),
+                true,
+            ));
+        }
         Ok(())
+    }
+
+    /// Counts a call of `op`; whether it is the one [`Trigger::OpCall`]
+    /// names.
+    fn op_hit(&self, op: Op) -> bool {
+        match self.trigger {
+            Trigger::OpCall(o, n) if o == op => self.op_calls.fetch_add(1, Ordering::SeqCst) == n,
+            _ => false,
+        }
     }
 
     fn crashed(&self, op: Op) -> DriverError {
@@ -161,10 +256,17 @@ impl<'d> Faulty<'d> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let out = call()?;
         if hit(n) {
-            self.dead.store(true, Ordering::SeqCst);
             match self.action {
-                Action::Kill => kill(&format!("{:?}", self.trigger)),
-                Action::Fail => return Err(self.crashed(op)),
+                Action::Kill => {
+                    self.dead.store(true, Ordering::SeqCst);
+                    kill(&format!("{:?}", self.trigger));
+                }
+                Action::Fail => {
+                    self.dead.store(true, Ordering::SeqCst);
+                    return Err(self.crashed(op));
+                }
+                // Injected before the call, by `alive`.
+                Action::Errno(_) => {}
             }
         }
         Ok(out)
@@ -219,6 +321,9 @@ impl Driver for Faulty<'_> {
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.changing(Op::Release, |n| self.nth(n), || self.inner.release(uuid))
     }
+    fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError> {
+        self.changing(Op::Adopt, |n| self.nth(n), || self.inner.adopt(a))
+    }
     fn delete(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.changing(Op::Delete, |n| self.nth(n), || self.inner.delete(uuid))
     }
@@ -256,6 +361,13 @@ impl Driver for Faulty<'_> {
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError> {
         self.alive(Op::PointInTime)?;
         self.inner.point_in_time(req)
+    }
+    fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
+        self.changing(
+            Op::HandOver,
+            |n| self.nth(n),
+            || self.inner.hand_over(uuid, to),
+        )
     }
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {
         self.changing(

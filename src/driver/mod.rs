@@ -109,6 +109,30 @@ pub trait Driver: Send + Sync {
     /// A point in time of volume `req.volume` for backup `req.backup`.
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError>;
 
+    /// Takes foreign entry `a.entry` of this back end (an LV or a file, as
+    /// it is) into management as object `a.uuid`: its identity and owner
+    /// mark are written in one step (one `lvchange`, one atomic sidecar
+    /// write), its data is never touched and its name never changed. An
+    /// entry this back end released (`Retain`) and that still carries
+    /// `a.uuid` is taken back. `Unchanged` when `a.uuid` is ours already;
+    /// refused when the entry is gone, is not `a.size` bytes (it changed
+    /// since the plan), carries another identity or owner, or cannot be an
+    /// object of this back end.
+    fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError>;
+    /// Gives object `uuid` to back end `to`, which shares this back end's
+    /// space and relabels too ([`Capabilities::relabel`]), by changing its
+    /// owner mark in one metadata update: no data moves. Only a ready,
+    /// unused object is handed over; absent is `Unchanged` (handed over
+    /// already, the caller checks `to`).
+    fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
+        let _ = (uuid, to);
+        Err(DriverError::refused(
+            self.name(),
+            Op::HandOver,
+            "this back end's objects move only by a copy".into(),
+        ))
+    }
+
     /// Creates the back end's declared pool of `size` data and `metadata`
     /// metadata bytes; `Unchanged` when it exists.
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {
@@ -176,6 +200,23 @@ pub struct NewObject<'a> {
     pub source: Option<(ObjKind, Uuid)>,
     /// Its mark.
     pub mark: NewMark<'a>,
+}
+
+/// A foreign entry to take into management ([`Driver::adopt`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Adoption<'a> {
+    /// The LV or file name, as discovery listed it.
+    pub entry: &'a str,
+    /// The identity it gets (or keeps, when it was released).
+    pub uuid: Uuid,
+    /// The manifest name (data only).
+    pub name: &'a str,
+    /// Volume or snapshot.
+    pub kind: ObjKind,
+    /// For a snapshot: its volume.
+    pub parent: Option<Uuid>,
+    /// Its size in bytes when planned: a different size is refused.
+    pub size: u64,
 }
 
 /// An object of a back end, as it is now.
@@ -401,6 +442,10 @@ pub enum Op {
     PointInTime,
     /// [`Driver::create_pool`].
     CreatePool,
+    /// [`Driver::adopt`].
+    Adopt,
+    /// [`Driver::hand_over`].
+    HandOver,
 }
 
 impl Op {
@@ -419,6 +464,8 @@ impl Op {
             Op::Layout => "map",
             Op::PointInTime => "take a point in time",
             Op::CreatePool => "create the pool",
+            Op::Adopt => "adopt",
+            Op::HandOver => "hand over",
         }
     }
 }

@@ -48,6 +48,16 @@ pub struct Object {
 pub enum ForeignReason {
     /// No sidecar of ours names it.
     NoMetadata,
+    /// Its sidecar says this back end let it go (`deletionPolicy:
+    /// Retain`); it keeps its identity, so it can be adopted again.
+    Released {
+        /// The identity it had.
+        uuid: Uuid,
+        /// Its kind.
+        kind: ObjKind,
+        /// The manifest name it had.
+        name: String,
+    },
     /// Its sidecar names another owner (another back end on the same
     /// directory, or another tool).
     OtherOwner {
@@ -178,11 +188,7 @@ impl Inventory {
                 ..model::Capacity::default()
             },
             objects,
-            foreign: self
-                .foreign
-                .iter()
-                .map(|f| f.name.display().to_string())
-                .collect(),
+            foreign: self.foreign.iter().map(Foreign::model).collect(),
             problems: self
                 .problems
                 .iter()
@@ -214,7 +220,7 @@ pub fn discover(root: &Path, backend: &str) -> Result<Inventory, FileError> {
 
     let sidecars = read_sidecars(root, backend, &mut inv)?;
 
-    let data = scan_root(root, &sidecars, &mut inv)?;
+    let data = scan_root(root, backend, &sidecars, &mut inv)?;
 
     for (uuid, sidecar) in sidecars {
         let Sidecar::Ours(meta) = sidecar else {
@@ -267,10 +273,19 @@ pub fn discover(root: &Path, backend: &str) -> Result<Inventory, FileError> {
 /// everything else to `inv.foreign`.
 fn scan_root(
     root: &Path,
+    backend: &str,
     sidecars: &BTreeMap<Uuid, Sidecar>,
     inv: &mut Inventory,
 ) -> Result<BTreeMap<Uuid, DataStat>, FileError> {
     let mut data: BTreeMap<Uuid, DataStat> = BTreeMap::new();
+    // Adopted files keep their names: their sidecars name them.
+    let adopted: BTreeMap<&str, (ObjKind, Uuid)> = sidecars
+        .iter()
+        .filter_map(|(u, s)| match s {
+            Sidecar::Ours(m) | Sidecar::Other(m) => Some((m.file.as_deref()?, (m.kind, *u))),
+            Sidecar::Broken => None,
+        })
+        .collect();
     for entry in read_dir(root)? {
         let entry = entry.map_err(FileError::io("read directory", root))?;
         let name = entry.file_name();
@@ -290,7 +305,9 @@ fn scan_root(
                 continue;
             }
         };
-        let parsed = name.to_str().and_then(meta::parse_file_name);
+        let parsed = name
+            .to_str()
+            .and_then(|n| adopted.get(n).copied().or_else(|| meta::parse_file_name(n)));
         let mut reason = ForeignReason::NoMetadata;
         if let Some((kind, uuid)) = parsed {
             match sidecars.get(&uuid) {
@@ -313,6 +330,17 @@ fn scan_root(
                     continue;
                 }
                 Some(Sidecar::Broken) => continue, // reported with its sidecar
+                Some(Sidecar::Other(m))
+                    if m.kind == kind
+                        && m.owner.managed_by == meta::RELEASED_BY
+                        && m.owner.backend == backend =>
+                {
+                    reason = ForeignReason::Released {
+                        uuid,
+                        kind,
+                        name: m.name.clone(),
+                    };
+                }
                 Some(Sidecar::Other(m)) if m.kind == kind => {
                     reason = ForeignReason::OtherOwner {
                         managed_by: m.owner.managed_by.clone(),
@@ -352,6 +380,8 @@ fn read_sidecars(
             });
         }
     };
+    // One buffer for every sidecar (thousands per discovery).
+    let mut buf = Vec::with_capacity(4096);
     for entry in entries {
         let entry = entry.map_err(FileError::io("read directory", &dir))?;
         let name = entry.file_name();
@@ -365,6 +395,8 @@ fn read_sidecars(
         let Some(uuid) = uuid else {
             if text.starts_with('.') && text.contains(".tmp-") {
                 inv.leftovers.push(path);
+            } else if super::pit::is_base(&text) {
+                // A backup's kept base ([`super::pit`]): ours, not an object.
             } else if let Ok(stat) = entry.metadata() {
                 // Not ours to judge: list it like any foreign entry.
                 let rel = Path::new(META_DIR).join(&name);
@@ -373,9 +405,9 @@ fn read_sidecars(
             }
             continue;
         };
-        let parsed = fs::read(&path)
+        let parsed = read_into(&path, &mut buf)
             .map_err(FileError::io("read", &path))
-            .and_then(|bytes| meta::parse_sidecar(&path, &bytes));
+            .and_then(|()| meta::parse_sidecar(&path, &buf));
         let sidecar = match parsed {
             Ok(m) if m.uuid != uuid => {
                 inv.problems.push(Problem {
@@ -398,6 +430,65 @@ fn read_sidecars(
     }
     inv.leftovers.sort();
     Ok(sidecars)
+}
+
+impl Foreign {
+    /// As the pipeline sees it: a regular file is a volume's data as it is
+    /// (its length is its size); anything else cannot be one.
+    pub fn model(&self) -> model::Foreign {
+        let unfit = (self.file_type != "file").then(|| {
+            format!(
+                "a {} (only a regular file can hold a volume)",
+                match self.file_type {
+                    "dir" => "directory",
+                    "symlink" => "symbolic link",
+                    _ => "special file",
+                }
+            )
+        });
+        let released = match &self.reason {
+            ForeignReason::Released { uuid, kind, name } => Some(model::Released {
+                uuid: *uuid,
+                kind: *kind,
+                name: name.clone(),
+            }),
+            _ => None,
+        };
+        model::Foreign {
+            name: self.name.display().to_string(),
+            size: (self.file_type == "file").then_some(self.len),
+            unfit,
+            released,
+        }
+    }
+}
+
+/// Reads the file at `path` into `buf` (replacing its content): open, read
+/// to the end, close, without the size query `fs::read` makes first.
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::io::Read;
+    buf.clear();
+    let mut f = fs::File::open(path)?;
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        let start = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        match f.read(&mut buf[start..]) {
+            Ok(0) => {
+                buf.truncate(start);
+                return Ok(());
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    }
 }
 
 fn read_dir(root: &Path) -> Result<fs::ReadDir, FileError> {

@@ -122,12 +122,18 @@ pub struct ObjectMeta {
     /// has moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationMark>,
+    /// The data file's name when it is not `<kind>-<uuid>`: an adopted
+    /// file keeps the name it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 impl ObjectMeta {
     /// The data file name.
     pub fn file_name(&self) -> String {
-        file_name(self.kind, self.uuid)
+        self.file
+            .clone()
+            .unwrap_or_else(|| file_name(self.kind, self.uuid))
     }
 
     /// Whether `backend` owns this object.
@@ -162,7 +168,7 @@ pub fn read_sidecar(root: &Path, uuid: Uuid) -> Result<Option<ObjectMeta>, FileE
 
 /// Parses and checks a sidecar's bytes.
 pub fn parse_sidecar(path: &Path, bytes: &[u8]) -> Result<ObjectMeta, FileError> {
-    // Check the header first so a newer schema is named as such.
+    // A newer schema is named as such, not as a parse error.
     #[derive(Deserialize)]
     struct Header {
         format: String,
@@ -172,15 +178,24 @@ pub fn parse_sidecar(path: &Path, bytes: &[u8]) -> Result<ObjectMeta, FileError>
         path: path.to_owned(),
         source,
     };
-    let header: Header = serde_json::from_slice(bytes).map_err(bad)?;
-    if header.format != META_FORMAT || header.version != META_VERSION {
-        return Err(FileError::MetadataVersion {
-            path: path.to_owned(),
-            format: header.format,
-            version: header.version,
-        });
+    let version_error = |format: String, version: u32| FileError::MetadataVersion {
+        path: path.to_owned(),
+        format,
+        version,
+    };
+    // One parse for the common case (thousands per discovery); the header
+    // alone only when the whole does not parse.
+    match serde_json::from_slice::<ObjectMeta>(bytes) {
+        Ok(m) if m.format == META_FORMAT && m.version == META_VERSION => Ok(m),
+        Ok(m) => Err(version_error(m.format, m.version)),
+        Err(whole) => {
+            let header: Header = serde_json::from_slice(bytes).map_err(bad)?;
+            if header.format != META_FORMAT || header.version != META_VERSION {
+                return Err(version_error(header.format, header.version));
+            }
+            Err(bad(whole))
+        }
     }
-    serde_json::from_slice(bytes).map_err(bad)
 }
 
 /// Writes a sidecar atomically (temp, fsync, rename, fsync directory).
@@ -239,6 +254,7 @@ mod tests {
             created_at: "2026-01-02T03:04:05Z".parse().unwrap(),
             state: Mark::Ready,
             migration: None,
+            file: None,
         };
         let golden = r#"{
   "format": "cinderblock.file-object",

@@ -76,7 +76,7 @@ pub use meta::{Allocation, MigrationMark, ObjectMeta, Owner, SourceRef};
 pub use seam::FileDriver;
 
 use crate::state::atomic::{AtomicError, fsync_dir};
-use meta::{MANAGED_BY, META_FORMAT, META_VERSION};
+use meta::{MANAGED_BY, META_DIR, META_FORMAT, META_VERSION};
 
 /// Errors of the `file` back end.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +272,12 @@ impl FileBackend {
         self.root.join(meta::file_name(kind, uuid))
     }
 
+    /// The data file path of an object of ours: `<kind>-<uuid>`, or the
+    /// name an adopted file kept.
+    pub fn path_of(&self, meta: &ObjectMeta) -> PathBuf {
+        self.root.join(meta.file_name())
+    }
+
     /// Lists what is in the root; see [`discover::discover`].
     pub fn discover(&self) -> Result<Inventory, FileError> {
         discover::discover(&self.root, &self.backend)
@@ -460,6 +466,7 @@ impl FileBackend {
                 created_at: Utc::now(),
                 state: Mark::Creating,
                 migration: None,
+                file: None,
             };
             meta::write_sidecar(&self.root, &fresh)?;
             Ok(Some(fresh))
@@ -499,7 +506,10 @@ impl FileBackend {
         spec: &NewObject<'_>,
         path: &Path,
     ) -> Result<CopyStats, FileError> {
-        let src_path = self.data_path(source.kind, source.uuid);
+        let src_path = match self.get(source.uuid)? {
+            Some(m) => self.path_of(&m),
+            None => self.data_path(source.kind, source.uuid),
+        };
         let src_file = File::open(&src_path).map_err(FileError::io("open", &src_path))?;
         let file = open_data(path)?;
         let stats = copy::copy_open(&src_file, &src_path, &file, path).map_err(|source| {
@@ -564,7 +574,7 @@ impl FileBackend {
                 to: size,
             });
         }
-        let path = self.data_path(meta.kind, uuid);
+        let path = self.path_of(&meta);
         let file = OpenOptions::new()
             .write(true)
             .open(&path)
@@ -615,8 +625,142 @@ impl FileBackend {
         }
         meta::RELEASED_BY.clone_into(&mut meta.owner.managed_by);
         meta::write_sidecar(&self.root, &meta)?;
+        pit::remove_bases(&self.root, uuid)?;
         tracing::info!(%uuid, "released");
         Ok(Change::Changed)
+    }
+
+    /// Marks foreign file `entry` of the root as object `uuid` of ours: one
+    /// atomic sidecar write naming it (its data and name stay). A file this
+    /// back end released and whose sidecar still names `uuid` is taken
+    /// back by rewriting its owner. `Unchanged` once `uuid` is ours.
+    /// Refused: a name that is not a plain entry of the root, a missing or
+    /// non-regular file, a size other than `size` (it changed since the
+    /// plan), or a file another sidecar claims.
+    #[allow(clippy::too_many_arguments)] // each piece named
+    pub fn adopt(
+        &self,
+        entry: &str,
+        uuid: Uuid,
+        name: &str,
+        kind: ObjKind,
+        parent: Option<Uuid>,
+        size: u64,
+        allocation: Allocation,
+    ) -> Result<Change, FileError> {
+        self.check_root()?;
+        let conflict = |reason: String| FileError::Conflict {
+            name: name.to_owned(),
+            uuid,
+            reason,
+        };
+        if entry.is_empty()
+            || entry.contains('/')
+            || entry == "."
+            || entry == ".."
+            || entry == META_DIR
+        {
+            return Err(conflict(format!(
+                "{entry:?} is not a file name in the back end's root"
+            )));
+        }
+        let existing = meta::read_sidecar(&self.root, uuid)?;
+        if let Some(m) = &existing
+            && m.owned_by(&self.backend)
+        {
+            return Ok(Change::Unchanged);
+        }
+        let path = self.root.join(entry);
+        let stat = fs::symlink_metadata(&path).map_err(FileError::io("stat", &path))?;
+        if !stat.file_type().is_file() {
+            return Err(conflict(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        if stat.len() != size {
+            return Err(conflict(format!(
+                "{} is {} bytes, not the {size} bytes planned (it changed since the plan)",
+                path.display(),
+                stat.len()
+            )));
+        }
+        let meta = match existing {
+            Some(mut m)
+                if m.owner.managed_by == meta::RELEASED_BY
+                    && m.owner.backend == self.backend
+                    && m.file_name() == entry =>
+            {
+                MANAGED_BY.clone_into(&mut m.owner.managed_by);
+                name.clone_into(&mut m.name);
+                m
+            }
+            Some(m) => return Err(self.not_ours(&m)),
+            None => {
+                // Another sidecar naming this file (ours or not) owns it.
+                if let Some(other) = self.claimant(entry)? {
+                    return Err(conflict(format!(
+                        "{} is the data of object {other}",
+                        path.display()
+                    )));
+                }
+                self.ensure_meta_dir()?;
+                ObjectMeta {
+                    format: META_FORMAT.to_owned(),
+                    version: META_VERSION,
+                    uuid,
+                    name: name.to_owned(),
+                    kind,
+                    owner: Owner {
+                        managed_by: MANAGED_BY.to_owned(),
+                        backend: self.backend.clone(),
+                    },
+                    size,
+                    allocation,
+                    source: None,
+                    parent,
+                    created_at: Utc::now(),
+                    state: Mark::Ready,
+                    migration: None,
+                    file: (entry != meta::file_name(kind, uuid)).then(|| entry.to_owned()),
+                }
+            }
+        };
+        meta::write_sidecar(&self.root, &meta)?;
+        tracing::info!(%uuid, file = %path.display(), "adopted");
+        Ok(Change::Changed)
+    }
+
+    /// The object whose sidecar names data file `entry`, if any.
+    fn claimant(&self, entry: &str) -> Result<Option<Uuid>, FileError> {
+        if let Some((_, u)) = meta::parse_file_name(entry)
+            && meta::read_sidecar(&self.root, u)?.is_some()
+        {
+            return Ok(Some(u));
+        }
+        let dir = meta::meta_dir(&self.root);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileError::io("read directory", &dir)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(FileError::io("read directory", &dir))?;
+            let Some(u) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| Uuid::try_parse(n).ok())
+            else {
+                continue;
+            };
+            if let Ok(Some(m)) = meta::read_sidecar(&self.root, u)
+                && m.file.as_deref() == Some(entry)
+            {
+                return Ok(Some(u));
+            }
+        }
+        Ok(None)
     }
 
     /// Deletes an object carrying our mark: data, then metadata. Absent is
@@ -628,7 +772,7 @@ impl FileBackend {
         let Some(mut meta) = self.get(uuid)? else {
             return Ok(Change::Unchanged);
         };
-        let data = self.data_path(meta.kind, uuid);
+        let data = self.path_of(&meta);
         // The planner refuses this already; the check here closes the gap
         // between plan and apply (as lvremove refuses an open LV).
         let holder = match crate::inuse::holder(&data) {
@@ -659,6 +803,7 @@ impl FileBackend {
             move |source| FileError::Metadata { path, source }
         };
         fsync_dir(&self.root).map_err(sync_err(&self.root))?;
+        pit::remove_bases(&self.root, uuid)?;
         let sidecar = meta::sidecar_path(&self.root, uuid);
         fs::remove_file(&sidecar).map_err(FileError::io("remove", &sidecar))?;
         let dir = meta::meta_dir(&self.root);
@@ -716,6 +861,7 @@ impl FileBackend {
             created_at: Utc::now(),
             state: Mark::Migrating,
             migration: Some(mark.clone()),
+            file: None,
         };
         meta::write_sidecar(&self.root, &meta)?;
         let file = open_data(&path)?;
@@ -744,7 +890,7 @@ impl FileBackend {
                 reason: format!("is {:?}, not a migration's target", meta.state),
             });
         }
-        let path = self.data_path(meta.kind, uuid);
+        let path = self.path_of(&meta);
         let file = OpenOptions::new()
             .write(true)
             .open(&path)

@@ -1,7 +1,8 @@
 //! The point in time a backup of a `file` volume reads, cheapest first:
 //!
 //! 1. a `FICLONE` reflink (atomic, O(1)) as a scratch file
-//!    `ROOT/.cinderblock/.backup-<id>.tmp-<pid>`;
+//!    `ROOT/.cinderblock/.backup-<id>.tmp-<pid>`, which a committed run
+//!    keeps as the volume's base (see below);
 //! 2. where the file system has no reflink (ext4), the volume itself read in
 //!    place, when no process or loop device holds it ([`crate::inuse`]) and
 //!    the manifests do not export it: the caller holds the state lock, so
@@ -21,9 +22,27 @@
 //! copy was 4 of its 6.6 s), no sidecar, never visible as a user's
 //! snapshot — and discovery classifies a `.tmp-` file there, left by a
 //! crash, as ours and harmless (the next run removes it). The backup reader
-//! punches each batch out of it once read, so its dirty pages are dropped
-//! rather than written back. It is not kept as a base for the next run: the
-//! parent's chunk table gives the same comparison for free.
+//! punches each batch out of a sparse copy once read, so its dirty pages are
+//! dropped rather than written back. A copy is never kept: the parent's
+//! chunk table gives the same comparison for free.
+//!
+//! Changed-block tracking on reflink file systems (XFS, btrfs), as thin LVs
+//! keep a base snapshot: a committed run renames its reflinked copy to
+//! `ROOT/.cinderblock/.backup-base-<volume>-<backup>` (both uuids in simple
+//! form) and removes the volume's earlier bases. The next incremental whose
+//! parent is that backup compares the extent maps (`FS_IOC_FIEMAP`) of its
+//! new reflinked copy and the base, and reads only the ranges whose blocks
+//! are no longer shared at the same offset ([`crate::blockio::unshared`]):
+//! every other chunk is the parent's, unread. Reflinked blocks are copied
+//! on write, never written in place, and the base holds a reference to its
+//! own, so a block both still map at the same offset has the content it had
+//! at the parent's point in time. Without that base (the parent was made
+//! elsewhere, by a run without reflink, or the base was removed by hand), or
+//! when the file system gives no extent map, the run reads every data
+//! extent and hash-compares against the parent: slower, equally correct. A
+//! base costs the space of the blocks the volume rewrote since its backup.
+//! A reflinked copy is not punched while read (it is the next base, and
+//! holds no dirty pages).
 //!
 //! Every point in time says how the backup reads it ([`ReadRecord`]): the
 //! volume's data extents, judged on the volume itself before the point in
@@ -33,7 +52,8 @@
 //! byte — a fallback, logged as a warning and counted by the agent.
 //!
 //! Must not: leave a scratch file behind (removed on drop, and those of dead
-//! runs before each new one).
+//! runs before each new one), or a base of a volume that is gone (removed
+//! with the volume: [`remove_bases`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -64,6 +84,71 @@ impl Drop for ScratchCopy {
     }
 }
 
+/// Prefix of kept bases in the back end's metadata directory.
+const BASE_PREFIX: &str = ".backup-base-";
+
+/// `ROOT/.cinderblock/.backup-base-<volume>-<backup>`.
+fn base_path(root: &Path, volume: Uuid, backup: Uuid) -> PathBuf {
+    super::meta::meta_dir(root).join(format!(
+        "{BASE_PREFIX}{}-{}",
+        volume.simple(),
+        backup.simple()
+    ))
+}
+
+/// Whether `name` (in the metadata directory) is a kept base: ours, for
+/// discovery to leave out of the foreign entries.
+pub(super) fn is_base(name: &str) -> bool {
+    name.strip_prefix(BASE_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(v, b)| Uuid::try_parse(v).is_ok() && Uuid::try_parse(b).is_ok())
+}
+
+/// The kept bases of `volume`.
+fn bases_of(root: &Path, volume: Uuid) -> Vec<PathBuf> {
+    let prefix = format!("{BASE_PREFIX}{}-", volume.simple());
+    fs::read_dir(super::meta::meta_dir(root))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the kept bases of `volume` (it is deleted, released or gone).
+pub(super) fn remove_bases(root: &Path, volume: Uuid) -> Result<(), FileError> {
+    for path in bases_of(root, volume) {
+        match fs::remove_file(&path) {
+            Ok(()) => tracing::debug!(path = %path.display(), "removed a backup base"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(FileError::io("remove", &path)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The ranges of `copy` whose blocks `base` no longer shares.
+fn changed_since(base: &Path, copy: &Path) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+    let base = fs::File::open(base)?;
+    let copy = fs::File::open(copy)?;
+    let len = copy.metadata()?.len();
+    let (new, old) = (
+        crate::blockio::extent_map(&copy)?,
+        crate::blockio::extent_map(&base)?,
+    );
+    Ok(crate::blockio::unshared(&new, &old, len))
+}
+
+/// What a committed run keeps: its reflinked copy as the volume's base.
+struct Keep {
+    root: PathBuf,
+    volume: Uuid,
+    backup: Uuid,
+}
+
 /// A point in time of a `file` volume.
 pub(super) struct FilePit {
     path: PathBuf,
@@ -71,6 +156,7 @@ pub(super) struct FilePit {
     method: PitMethod,
     reads: Reads,
     read: ReadRecord,
+    keep: Option<Keep>,
 }
 
 impl PointInTime for FilePit {
@@ -81,7 +167,8 @@ impl PointInTime for FilePit {
         &self.reads
     }
     fn scratch(&self) -> bool {
-        self.scratch.is_some()
+        // A reflinked copy is kept as the next base: never punched.
+        self.scratch.is_some() && self.keep.is_none()
     }
     fn method(&self) -> PitMethod {
         self.method
@@ -93,21 +180,54 @@ impl PointInTime for FilePit {
         Ok(())
     }
     fn commit(self: Box<Self>) -> Result<(), DriverError> {
-        // The scratch copy goes on drop; nothing is kept.
+        // A sparse copy goes on drop; a reflinked one becomes the base of
+        // the next incremental, and the earlier bases go. A base that
+        // cannot be kept costs the next run its shortcut, not the backup.
+        let (Some(keep), Some(scratch)) = (&self.keep, &self.scratch) else {
+            return Ok(());
+        };
+        let base = base_path(&keep.root, keep.volume, keep.backup);
+        let old: Vec<PathBuf> = bases_of(&keep.root, keep.volume)
+            .into_iter()
+            .filter(|p| *p != base)
+            .collect();
+        match fs::rename(&scratch.path, &base) {
+            Ok(()) => {
+                for p in old {
+                    if let Err(e) = fs::remove_file(&p) {
+                        tracing::warn!(path = %p.display(), error = %e, "could not remove an earlier backup base");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %base.display(), error = %e, "could not keep the reflinked copy as the next base; the next incremental reads every data extent");
+            }
+        }
         Ok(())
     }
 }
 
-/// The point in time of `volume` (its data file) for backup `id`; see the
-/// module docs. `direct`: read the volume itself (`force: false`);
-/// `exported`: never read it in place otherwise.
+/// Which backup of which volume a point in time is for.
+pub(super) struct For {
+    /// The volume's uuid.
+    pub volume: Uuid,
+    /// The backup's id.
+    pub backup: Uuid,
+    /// The parent backup an incremental compares against.
+    pub parent: Option<Uuid>,
+}
+
+/// The point in time of `volume` (its data file) for `of`; see the module
+/// docs. `direct`: read the volume itself (`force: false`); `exported`:
+/// never read it in place otherwise.
 pub(super) fn take(
     backend: &FileBackend,
     volume: &Path,
-    id: Uuid,
+    of: &For,
     direct: bool,
     exported: bool,
 ) -> Result<FilePit, FileError> {
+    let id = of.backup;
     let read = file_read_of(volume)?;
     if read.fallback {
         tracing::warn!(volume = %volume.display(), reason = %read.reason, "backup falls back to a full scan");
@@ -118,6 +238,7 @@ pub(super) fn take(
         method,
         reads: Reads::DataExtents,
         read: read.clone(),
+        keep: None,
     };
     if direct {
         return Ok(pit(volume.to_owned(), None, PitMethod::Direct));
@@ -125,7 +246,41 @@ pub(super) fn take(
     let scratch = scratch_path(backend, id)?;
     let copy_err = |source| FileError::Copy { uuid: id, source };
     if reflink_file(volume, &scratch.path).map_err(copy_err)? {
-        return Ok(pit(scratch.path.clone(), Some(scratch), PitMethod::Reflink));
+        let root = backend.root();
+        let base = of
+            .parent
+            .map(|p| base_path(root, of.volume, p))
+            .filter(|b| b.exists());
+        let (reads, read) = match base {
+            None => (Reads::DataExtents, read),
+            Some(base) => match changed_since(&base, &scratch.path) {
+                Ok(ranges) => {
+                    tracing::info!(base = %base.display(), ranges = ranges.len(), bytes = ranges.iter().map(|r| r.end - r.start).sum::<u64>(), "changed since the parent's base (FIEMAP)");
+                    (
+                        Reads::ChangedSinceParent(ranges),
+                        ReadRecord::new(
+                            ReadMethod::ChangedRanges,
+                            "FIEMAP against the parent's reflinked copy: only the ranges no longer shared with it",
+                            false,
+                        ),
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(base = %base.display(), error = %e, "cannot compare extent maps; reading every data extent");
+                    (Reads::DataExtents, read)
+                }
+            },
+        };
+        return Ok(FilePit {
+            reads,
+            read,
+            keep: Some(Keep {
+                root: root.to_owned(),
+                volume: of.volume,
+                backup: id,
+            }),
+            ..pit(scratch.path.clone(), Some(scratch), PitMethod::Reflink)
+        });
     }
     let holder = if exported {
         Some("an iSCSI export in the manifests".to_owned())

@@ -17,8 +17,8 @@ use super::{
     Allocation, FileBackend, FileError, MigrationMark, NewObject as FileObject, SourceRef,
 };
 use crate::driver::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
-    NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace,
+    Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
+    Mark, NewMark, NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace,
 };
 use crate::exec::{Exec, Runner};
 use crate::model::InUse;
@@ -163,6 +163,7 @@ impl Driver for FileDriver<'_> {
             extends_with_snapshots: true,
             snapshots: SnapshotSpace::Copy,
             space: None,
+            relabel: false,
             pool: None,
             delete_note: None,
             retained: format!(
@@ -240,6 +241,20 @@ impl Driver for FileDriver<'_> {
             .map_err(self.err(Op::Extend))
     }
 
+    fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError> {
+        self.backend
+            .adopt(
+                a.entry,
+                a.uuid,
+                a.name,
+                a.kind,
+                a.parent,
+                a.size,
+                self.allocation,
+            )
+            .map_err(self.err(Op::Adopt))
+    }
+
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.backend.release(uuid).map_err(self.err(Op::Release))
     }
@@ -284,7 +299,7 @@ impl Driver for FileDriver<'_> {
     fn data_path(&self, uuid: Uuid) -> Result<DataPath, DriverError> {
         let m = self.find(uuid, Op::Open)?;
         Ok(DataPath {
-            path: self.backend.data_path(m.kind, uuid),
+            path: self.backend.path_of(&m),
             len: m.size,
             kind: PathKind::File,
         })
@@ -296,8 +311,13 @@ impl Driver for FileDriver<'_> {
 
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError> {
         let m = self.find(req.volume, Op::PointInTime)?;
-        let path = self.backend.data_path(m.kind, req.volume);
-        let pit = super::pit::take(&self.backend, &path, req.backup, !req.force, req.exported)
+        let path = self.backend.path_of(&m);
+        let of = super::pit::For {
+            volume: req.volume,
+            backup: req.backup,
+            parent: req.parent,
+        };
+        let pit = super::pit::take(&self.backend, &path, &of, !req.force, req.exported)
             .map_err(self.err(Op::PointInTime))?;
         Ok(Box::new(pit))
     }

@@ -22,6 +22,10 @@ use super::keys::{Key, Keys, Prefix};
 use super::records::{self, BackendRecord, HostRecord, HostView, PlacementRecord};
 use super::{FleetError, Snapshot};
 
+/// The largest snapshot answer read (the fleet's data is a few MiB; etcd
+/// itself caps a range answer far above).
+const SNAPSHOT_LIMIT: usize = 256 << 20;
+
 /// How to reach etcd.
 #[derive(Clone)]
 pub struct EtcdConfig {
@@ -159,6 +163,7 @@ impl Etcd {
             Ok(Err(source)) => {
                 return Err(FleetError::Connect {
                     endpoints,
+                    hint: super::hint(&source),
                     source: Box::new(source),
                 });
             }
@@ -207,11 +212,7 @@ impl Etcd {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let r = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(FleetError::Request {
-                what,
-                endpoints: self.endpoints.clone(),
-                source: Box::new(source),
-            }),
+            Ok(Err(source)) => Err(FleetError::request(what, self.endpoints.clone(), source)),
             Err(_) => Err(FleetError::Timeout {
                 what,
                 endpoints: self.endpoints.clone(),
@@ -232,11 +233,16 @@ impl Etcd {
     /// Everything the fleet holds, read at one revision (one range
     /// request): live hosts, published views, placements, the placer.
     pub async fn snapshot(&self) -> Result<Snapshot, FleetError> {
-        let mut c = self.client.clone();
+        // One answer holds the whole fleet: 50 hosts × 200 volumes is
+        // ~4.5 MiB, over gRPC's default 4 MiB limit on a message received.
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(SNAPSHOT_LIMIT);
         let resp = self
             .call(
                 "read the fleet",
-                c.get(self.keys.all(), Some(GetOptions::new().with_prefix())),
+                kv.get(self.keys.all(), Some(GetOptions::new().with_prefix())),
             )
             .await?;
         self.count_read(resp.kvs());

@@ -44,21 +44,25 @@ use crate::plan::placement::PlacerInput;
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     /// No connection.
-    #[error("cannot connect to etcd at {endpoints}")]
+    #[error("cannot connect to etcd at {endpoints}{hint}")]
     Connect {
         /// The endpoints.
         endpoints: String,
+        /// What to check, when the cause is known ([`hint`]).
+        hint: &'static str,
         /// Why.
         #[source]
         source: Box<etcd_client::Error>,
     },
     /// A request failed.
-    #[error("etcd at {endpoints}: cannot {what}")]
+    #[error("etcd at {endpoints}: cannot {what}{hint}")]
     Request {
         /// What was asked.
         what: &'static str,
         /// The endpoints.
         endpoints: String,
+        /// What to check, when the cause is known ([`hint`]).
+        hint: &'static str,
         /// Why.
         #[source]
         source: Box<etcd_client::Error>,
@@ -88,6 +92,49 @@ pub enum FleetError {
     /// This agent no longer holds the placer election.
     #[error("this agent is no longer the fleet's placer (its election key is gone)")]
     NotLeader,
+}
+
+impl FleetError {
+    /// A failed request, with the [`hint`] its cause gives.
+    pub fn request(
+        what: &'static str,
+        endpoints: String,
+        source: etcd_client::Error,
+    ) -> FleetError {
+        FleetError::Request {
+            what,
+            endpoints,
+            hint: hint(&source),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// What the user should check for an etcd error whose cause is a setting
+/// (credentials, certificates), in words; empty for other errors (their
+/// source says the rest).
+pub fn hint(e: &etcd_client::Error) -> &'static str {
+    let text = e.to_string();
+    let has = |s: &str| text.contains(s);
+    if has("authentication failed") || has("invalid auth token") {
+        " (etcd refused the user name or password: check --etcd-user and --etcd-password-file)"
+    } else if has("UnknownIssuer") || has("BadSignature") {
+        " (the server's certificate is not signed by the CA of --etcd-ca)"
+    } else if has("NotValidForName") {
+        " (the server's certificate is not valid for the endpoint's host name)"
+    } else if has("Expired") || has("NotValidYet") {
+        " (a certificate is expired or not valid yet)"
+    } else if has("CertificateRequired") || has("bad certificate") || has("UnknownCA") {
+        " (etcd wants a client certificate it trusts: check --etcd-cert and --etcd-key)"
+    } else if has("InvalidContentType") || has("CorruptMessage") || has("http2 error") {
+        " (does the endpoint speak TLS? use https:// with TLS, http:// without)"
+    } else if has("permission denied") {
+        " (the etcd user may not use this prefix: grant its role readwrite on --etcd-prefix)"
+    } else if has("user name is empty") || has("user name not found") {
+        " (etcd has authentication on: give --etcd-user and --etcd-password-file)"
+    } else {
+        ""
+    }
 }
 
 /// Everything the fleet holds, at one etcd revision.

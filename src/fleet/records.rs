@@ -349,6 +349,10 @@ pub struct WireCaps {
     /// The shared space (kind, name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<(String, String)>,
+    /// Objects move within the space by a new owner mark (older records
+    /// lack it: false, a copy).
+    #[serde(default)]
+    pub relabel: bool,
     /// The declared pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<WirePool>,
@@ -389,6 +393,7 @@ impl WireCaps {
             }
             .to_owned(),
             space: c.space.as_ref().map(|s| (s.kind.clone(), s.name.clone())),
+            relabel: c.relabel,
             pool: c.pool.as_ref().map(|p| WirePool {
                 kind: p.kind.clone(),
                 name: p.name.clone(),
@@ -417,6 +422,7 @@ impl WireCaps {
                 kind: kind.clone(),
                 name: name.clone(),
             }),
+            relabel: self.relabel,
             pool: self.pool.as_ref().map(|p| PoolDecl {
                 kind: p.kind.clone(),
                 name: p.name.clone(),
@@ -441,7 +447,7 @@ pub enum WireDiscovery {
         capacity: WireCapacity,
         /// Our objects.
         objects: Vec<WireObject>,
-        /// Entries not ours (at most [`MAX_FOREIGN`]).
+        /// Entries not ours, by name (at most [`MAX_FOREIGN`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         foreign: Vec<String>,
         /// Problems.
@@ -458,6 +464,9 @@ pub enum WireDiscovery {
     },
 }
 
+/// What another host's view says of a foreign entry it published: only
+/// its name travels, so it is never offered for adoption from there.
+const PUBLISHED_FOREIGN: &str = "known here only by its name (published by its host)";
 /// Foreign entries kept per back end.
 pub const MAX_FOREIGN: usize = 100;
 
@@ -696,7 +705,12 @@ impl BackendRecord {
                         }
                     })
                     .collect(),
-                foreign: inv.foreign.iter().take(MAX_FOREIGN).cloned().collect(),
+                foreign: inv
+                    .foreign
+                    .iter()
+                    .take(MAX_FOREIGN)
+                    .map(|f| f.name.clone())
+                    .collect(),
                 problems: inv.problems.clone(),
                 generation: inv.generation,
             },
@@ -814,7 +828,10 @@ impl BackendRecord {
                             .map(|(data, metadata)| PoolSizes { data, metadata }),
                     },
                     objects: list,
-                    foreign: foreign.clone(),
+                    foreign: foreign
+                        .iter()
+                        .map(|n| crate::model::Foreign::named(n.clone(), PUBLISHED_FOREIGN))
+                        .collect(),
                     problems,
                     generation: *generation,
                 })
@@ -1027,7 +1044,7 @@ mod tests {
                         }),
                     })
                     .collect(),
-                foreign: vec!["junk".into()],
+                foreign: vec![crate::model::Foreign::named("junk", PUBLISHED_FOREIGN)],
                 problems: vec![],
                 generation: None,
             }),

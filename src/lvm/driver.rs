@@ -13,6 +13,8 @@
 //! | thick clone | `lvcreate` tagged `state=creating`, copy, `--deltag` | a `creating` LV (discovered as an interrupted create) | copies again from scratch, then clears the tag |
 //! | delete | `--addtag state=deleting`, zero (thick), `lvremove` | a `deleting` LV (discovered as an interrupted delete) | zeroes and removes |
 //! | release (`Retain`) | one `lvchange` swapping the owner mark for `cinderblock.released` | either mark | `Unchanged` once released |
+//! | hand over (a thick LV to another thick back end of the VG) | one `lvchange` swapping `cinderblock.backend=<this>` for `=<to>` | either owner | `Unchanged` (absent here) |
+//! | migration target in the source's VG | one tagged `lvcreate` under the second name (`volume-<uuid>-m`) while the source holds the first | the same as any target | found by its identity tag |
 //!
 //! Tags go on in the *same* `lvcreate` that makes the LV: there is no moment
 //! when an LV of ours exists untagged, so there is nothing to guess on the next
@@ -812,6 +814,93 @@ impl<'r> LvmBackend<'r> {
     }
 }
 
+impl LvmBackend<'_> {
+    /// Marks foreign LV `a.entry` as ours (see [`crate::driver::Driver::adopt`]):
+    /// the identity tags and the owner mark in one `lvchange`, a released
+    /// mark of this back end dropped in the same call. Its data and name
+    /// stay. `Unchanged` once `a.uuid` is ours.
+    pub fn adopt(&self, a: &crate::driver::Adoption<'_>) -> Result<Change, LvmError> {
+        let lvs = self.lvs()?;
+        if self.find(&lvs, a.uuid)?.is_some() {
+            return Ok(Change::Unchanged);
+        }
+        let Some(lv) = lvs.iter().find(|l| l.name == a.entry) else {
+            return Err(self.refused(
+                a.entry,
+                "no such LV (it was removed or renamed since the plan)".into(),
+            ));
+        };
+        let value = |key: &str| lv.tag_value(key).and_then(tags::decode);
+        if let Some(owner) = value(tags::BACKEND) {
+            return Err(self.refused(
+                &lv.name,
+                format!(
+                    "it is marked as back end {owner}'s ({}={owner})",
+                    tags::BACKEND
+                ),
+            ));
+        }
+        let released = value(tags::RELEASED).as_deref() == Some(self.backend.as_str());
+        if let Some(id) = value(tags::UUID)
+            && id != a.uuid.to_string()
+        {
+            return Err(self.refused(
+                &lv.name,
+                format!("it carries another identity ({}={id})", tags::UUID),
+            ));
+        }
+        if lv.size != a.size {
+            return Err(self.refused(
+                &lv.name,
+                format!(
+                    "it is {} bytes, not the {} bytes planned (it changed since the plan)",
+                    lv.size, a.size
+                ),
+            ));
+        }
+        let cfg = super::inventory::Config {
+            backend: &self.backend,
+            vg: &self.vg,
+            thin_pool: self.pool.as_deref(),
+        };
+        if let Some(why) = super::inventory::foreign_lv(lv, &cfg).unfit {
+            return Err(self.refused(&lv.name, format!("it is {why}")));
+        }
+        let owned = Owned {
+            uuid: a.uuid,
+            name: a.name.to_owned(),
+            kind: a.kind,
+            parent: a.parent,
+            mark: Mark::Ready,
+        };
+        let add: Vec<String> = tags::new_tags(&self.backend, &owned)
+            .into_iter()
+            .filter(|t| !lv.tags.contains(t))
+            .collect();
+        // Tags of our keys that would contradict the new identity (a
+        // released object's old name or state) go in the same commit.
+        let del: Vec<String> = lv
+            .tags
+            .iter()
+            .filter(|t| t.starts_with(tags::PREFIX) && !add.contains(t))
+            .filter(|t| {
+                let key = t.split('=').next().unwrap_or_default();
+                (key == tags::RELEASED && released)
+                    || key == tags::STATE
+                    || add.iter().any(|n| n.split('=').next() == Some(key))
+            })
+            .cloned()
+            .collect();
+        self.exec(
+            "adopt",
+            self.target(&lv.name),
+            &cmd::retag(&self.vg, &lv.name, &add, &del),
+        )?;
+        tracing::info!(uuid = %a.uuid, lv = %lv.name, released, "adopted");
+        Ok(Change::Changed)
+    }
+}
+
 /// A migration's source or target on an LVM back end, opened for I/O.
 #[derive(Debug, Clone)]
 pub struct MigrationLv {
@@ -890,8 +979,7 @@ impl LvmBackend<'_> {
             self.ensure_active(lv)?;
             return Ok(Self::migration_lv(lv, &owned, self.device(&lv.name)));
         }
-        let lv_name = tags::lv_name(ObjKind::Volume, uuid);
-        self.check_free_name(&lvs, &lv_name)?;
+        let lv_name = self.target_name(&lvs, ObjKind::Volume, uuid, from)?;
         let owned = Owned {
             uuid,
             name: name.to_owned(),
@@ -912,6 +1000,83 @@ impl LvmBackend<'_> {
         let (lv, owned) = self.ours(&lvs, uuid)?;
         self.ensure_active(lv)?;
         Ok(Self::migration_lv(lv, &owned, self.device(&lv.name)))
+    }
+
+    /// The name of a migration target of object `uuid` from back end
+    /// `from`: the usual one, or the second one while the source (an LV of
+    /// `from` carrying `uuid`, in this volume group) holds it. Anything else
+    /// holding the name is foreign: refused.
+    fn target_name(
+        &self,
+        lvs: &[Lv],
+        kind: ObjKind,
+        uuid: Uuid,
+        from: &str,
+    ) -> Result<String, LvmError> {
+        let first = tags::lv_name(kind, uuid);
+        let source_holds_it = lvs.iter().any(|l| {
+            l.name == first
+                && matches!(tags::ownership(l, from), Ownership::Ours(o) if o.uuid == uuid)
+        });
+        let name = if source_holds_it {
+            tags::second_lv_name(kind, uuid)
+        } else {
+            first
+        };
+        self.check_free_name(lvs, &name)?;
+        Ok(name)
+    }
+
+    /// Gives volume `uuid` to back end `to` on this volume group: one
+    /// `lvchange` swapping the owner mark `cinderblock.backend=<this>` for
+    /// `cinderblock.backend=<to>` (one metadata commit: the LV is this
+    /// back end's or `to`'s, never both or neither). Thick LVs only (a thin
+    /// LV belongs to its pool); refused while it is open, not ready, or the
+    /// origin of thick snapshots (they would stay behind). Absent is
+    /// `Unchanged`.
+    pub fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, LvmError> {
+        let lvs = self.lvs()?;
+        let Some((lv, owned)) = self.find(&lvs, uuid)? else {
+            return Ok(Change::Unchanged);
+        };
+        let refuse = |why: String| Err(self.refused(&lv.name, why));
+        if to == self.backend {
+            return refuse(format!("is back end {to}'s already"));
+        }
+        if owned.mark != Mark::Ready || owned.kind != ObjKind::Volume {
+            return refuse(format!(
+                "is a {} {}, not a ready volume",
+                owned.mark.as_str(),
+                owned.kind.as_str()
+            ));
+        }
+        if lv.attr.open {
+            return refuse("is open (in use); not handing it over".into());
+        }
+        let snaps = thick_snapshots_of(&lvs, lv);
+        if !snaps.is_empty() {
+            return refuse(format!(
+                "is the origin of thick snapshot(s) {}, which would stay behind",
+                snaps.join(", ")
+            ));
+        }
+        if self.pool.is_some() || lv.attr.kind != LvKind::Plain {
+            return refuse(
+                "is not a plain thick LV: a thin LV belongs to its pool and moves by a copy".into(),
+            );
+        }
+        self.exec(
+            "hand over",
+            self.target(&lv.name),
+            &cmd::retag(
+                &self.vg,
+                &lv.name,
+                &[tags::tag(tags::BACKEND, to)],
+                &[tags::tag(tags::BACKEND, &self.backend)],
+            ),
+        )?;
+        tracing::info!(%uuid, lv = %lv.name, from = %self.backend, %to, "handed over");
+        Ok(Change::Changed)
     }
 
     /// Makes a migration's target the volume: one `lvchange` removing the

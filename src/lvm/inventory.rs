@@ -89,8 +89,9 @@ pub struct Inventory {
     pub pool_missing: bool,
     /// Our LVs, sorted by uuid.
     pub objects: Vec<LvObject>,
-    /// Other LVs of the VG (names), sorted; the back end's own pool excluded.
-    pub foreign: Vec<String>,
+    /// Other LVs of the VG, sorted by name; the back end's own pool
+    /// excluded.
+    pub foreign: Vec<model::Foreign>,
     /// Things that make the view partial (no deletes in the run).
     pub problems: Vec<String>,
 }
@@ -187,7 +188,7 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
             // Backup snapshots are the backup code's, not objects of the
             // manifests (see `backup_snap`).
             Ownership::Foreign if backup_snapshot(lv, cfg.backend) => {}
-            Ownership::Foreign => foreign.push(lv.name.clone()),
+            Ownership::Foreign => foreign.push(foreign_lv(lv, cfg)),
             Ownership::Damaged(why) => problems.push(why),
             Ownership::Ours(owned) => {
                 if let Some(first) = by_uuid.get(&owned.uuid) {
@@ -227,7 +228,7 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
             .copied();
     }
     objects.sort_by_key(|o| o.owned.uuid);
-    foreign.sort();
+    foreign.sort_by(|a: &model::Foreign, b| a.name.cmp(&b.name));
     Ok(Inventory {
         vg: VgState {
             size: vg.size,
@@ -350,6 +351,52 @@ impl Inventory {
     }
 }
 
+/// A foreign LV as the pipeline sees it: its size, whether it could be a
+/// volume of this back end (a thin LV of its pool, or a plain LV when it is
+/// thick), and the identity it kept when this back end released it.
+pub(super) fn foreign_lv(lv: &Lv, cfg: &Config<'_>) -> model::Foreign {
+    let unfit = match (lv.attr.kind, cfg.thin_pool) {
+        _ if lv.is_hidden() => Some("a hidden LV (lvm2's own)".to_owned()),
+        (LvKind::Thin, Some(p)) if lv.pool.as_deref() == Some(p) => None,
+        (LvKind::Thin, Some(p)) => Some(format!(
+            "a thin LV of pool {}, not of this back end's pool {p}",
+            lv.pool.as_deref().unwrap_or("?")
+        )),
+        (LvKind::Thin, None) => Some(format!(
+            "a thin LV (of pool {}), and this back end is thick",
+            lv.pool.as_deref().unwrap_or("?")
+        )),
+        (LvKind::Plain | LvKind::ThickOrigin, None) => None,
+        (LvKind::Plain | LvKind::ThickOrigin, Some(p)) => Some(format!(
+            "a thick LV, and this back end's volumes are thin LVs of pool {p}"
+        )),
+        (LvKind::ThickSnapshot | LvKind::InvalidSnapshot, _) => Some(format!(
+            "a thick snapshot of {}",
+            lv.origin.as_deref().unwrap_or("?")
+        )),
+        (LvKind::ThinPool | LvKind::PoolData | LvKind::PoolMetadata, _) => {
+            Some("a thin pool or a part of one".to_owned())
+        }
+        (LvKind::Other(c), _) => Some(format!("an LV of type '{c}' (mirror, RAID, cache, ...)")),
+    };
+    let value = |key: &str| lv.tag_value(key).and_then(tags::decode);
+    let released = (value(tags::RELEASED).as_deref() == Some(cfg.backend))
+        .then(|| {
+            Some(model::Released {
+                uuid: uuid::Uuid::parse_str(&value(tags::UUID)?).ok()?,
+                kind: ObjKind::parse(&value(tags::KIND)?)?,
+                name: value(tags::NAME)?,
+            })
+        })
+        .flatten();
+    model::Foreign {
+        name: lv.name.clone(),
+        size: Some(lv.size),
+        unfit,
+        released,
+    }
+}
+
 /// Whether `lv` is a backup snapshot of back end `backend`.
 fn backup_snapshot(lv: &Lv, backend: &str) -> bool {
     lv.tag_value(super::backup_snap::BACKUP_OF)
@@ -464,7 +511,10 @@ mod tests {
         );
         assert_eq!(snap.allocated, Some((GIB as f64 * 0.0156).round() as u64));
         assert_eq!(
-            inv.foreign,
+            inv.foreign
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>(),
             [
                 "legacy",
                 "pool0",
@@ -501,7 +551,7 @@ mod tests {
         // vol-big 8 GiB (foreign) + vol-thin 1 GiB + two 1 GiB snapshots
         assert_eq!(pool.provisioned, 11 * GIB);
         assert!(
-            !inv.foreign.contains(&"pool0".to_owned()),
+            !inv.foreign.iter().any(|f| f.name == "pool0"),
             "the pool is the back end's own"
         );
         let (total, free, prov) = inv.capacity();
@@ -592,5 +642,87 @@ mod tests {
             "cinderblock.kind=volume".into(),
             "cinderblock.backend=lvm".into(),
         ]
+    }
+
+    #[test]
+    fn foreign_lvs_say_whether_they_can_be_adopted_and_what_they_were() {
+        let mut report = marked();
+        for lv in &mut report.lvs {
+            if lv.name == "legacy" {
+                lv.tags = vec![
+                    "cinderblock.released=lvm".into(),
+                    "cinderblock.uuid=00000000-0000-0000-0000-000000000009".into(),
+                    "cinderblock.name=old-db".into(),
+                    "cinderblock.kind=volume".into(),
+                ];
+            }
+        }
+        let view = |pool| {
+            inventory(
+                &report,
+                &Config {
+                    backend: "lvm",
+                    vg: "labvg",
+                    thin_pool: pool,
+                },
+            )
+            .unwrap()
+            .foreign
+            .into_iter()
+            .map(|f| {
+                (
+                    f.name,
+                    f.unfit,
+                    f.released.map(|r| (r.uuid, r.kind, r.name)),
+                )
+            })
+            .collect::<Vec<_>>()
+        };
+        let old_db = Some((
+            uuid::Uuid::from_u128(9),
+            ObjKind::Volume,
+            "old-db".to_owned(),
+        ));
+        let thin_lv = Some("a thin LV (of pool pool0), and this back end is thick".to_owned());
+        assert_eq!(
+            view(None),
+            [
+                ("legacy".to_owned(), None, old_db.clone()),
+                (
+                    "pool0".to_owned(),
+                    Some("a thin pool or a part of one".to_owned()),
+                    None
+                ),
+                ("vol-big".to_owned(), thin_lv.clone(), None),
+                (
+                    "vol-thick-snap".to_owned(),
+                    Some("a thick snapshot of vol-thick".to_owned()),
+                    None
+                ),
+                ("vol-thin-snap2".to_owned(), thin_lv, None),
+            ],
+            "a thick back end adopts plain LVs; the released one keeps its identity"
+        );
+        assert_eq!(
+            view(Some("pool0")),
+            [
+                (
+                    "legacy".to_owned(),
+                    Some(
+                        "a thick LV, and this back end's volumes are thin LVs of pool pool0"
+                            .to_owned()
+                    ),
+                    old_db
+                ),
+                ("vol-big".to_owned(), None, None),
+                (
+                    "vol-thick-snap".to_owned(),
+                    Some("a thick snapshot of vol-thick".to_owned()),
+                    None
+                ),
+                ("vol-thin-snap2".to_owned(), None, None),
+            ],
+            "a thin back end adopts thin LVs of its pool, snapshots included"
+        );
     }
 }

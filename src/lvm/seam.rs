@@ -22,8 +22,9 @@ use super::driver::Wipe;
 use super::report::LvKind;
 use super::{LvmBackend, LvmError, NewLv, Source, cmd, inventory, tags};
 use crate::driver::{
-    Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
-    NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace, name_block_holders,
+    Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
+    Mark, NewMark, NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace,
+    name_block_holders,
 };
 use crate::model::{PoolDecl, Space};
 
@@ -109,6 +110,7 @@ impl Driver for LvmDriver<'_> {
                 kind: "volume group".into(),
                 name: vg.clone(),
             }),
+            relabel: !thin,
             pool: self.lvm.pool.as_ref().map(|p| PoolDecl {
                 kind: "thin pool".into(),
                 name: p.clone(),
@@ -167,6 +169,10 @@ impl Driver for LvmDriver<'_> {
 
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.lvm.release(uuid).map_err(self.err(Op::Release))
+    }
+
+    fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError> {
+        self.lvm.adopt(a).map_err(self.err(Op::Adopt))
     }
 
     fn delete(&self, uuid: Uuid) -> Result<Change, DriverError> {
@@ -239,6 +245,10 @@ impl Driver for LvmDriver<'_> {
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError> {
         let pit = super::pit::take(&self.lvm, req).map_err(self.err(Op::PointInTime))?;
         Ok(Box::new(pit))
+    }
+
+    fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
+        self.lvm.hand_over(uuid, to).map_err(self.err(Op::HandOver))
     }
 
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {

@@ -5,7 +5,11 @@
 //! LV names come from the object's kind and uuid only, as Cinder's driver names
 //! them: `volume-<uuid>`, `_snapshot-<uuid>` (lvm2 reserves names *starting*
 //! with `snapshot`), `image-<uuid>`. Manifest text never reaches an LV name, so a
-//! rename in the manifests is a change of one tag, never an `lvrename`.
+//! rename in the manifests is a change of one tag, never an `lvrename`. A
+//! migration between two back ends of one volume group makes its target while
+//! the source holds that name: the target is `<name>-m` ([`second_lv_name`]),
+//! and a later move back takes the first name again. Nothing finds an LV by
+//! its name, only by its identity tag.
 //!
 //! # Tags
 //! Every LV we create carries, set in the same `lvcreate` call that creates it
@@ -73,6 +77,13 @@ pub fn lv_name(kind: ObjKind, uuid: Uuid) -> String {
         ObjKind::Snapshot => format!("_snapshot-{uuid}"),
         ObjKind::Image => format!("image-{uuid}"),
     }
+}
+
+/// The second name of an object of kind `kind`: a migration's target
+/// inside the volume group its source is in, while the source holds
+/// [`lv_name`] (the names alternate with each such move).
+pub fn second_lv_name(kind: ObjKind, uuid: Uuid) -> String {
+    format!("{}-m", lv_name(kind, uuid))
 }
 
 /// The identity an LV of ours carries.

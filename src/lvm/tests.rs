@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::cmd::Runner;
 use super::driver::{Change, LvmBackend, LvmError, NewLv, Source, Wipe};
 use crate::exec::{Cmd, ExecError, Output, Termination};
-use crate::model::ObjKind;
+use crate::model::{Mark, ObjKind};
 
 const MIB: u64 = 1 << 20;
 const K64: u64 = 64 << 10;
@@ -1123,4 +1123,261 @@ fn an_interrupted_fill_of_a_volume_declared_empty_is_emptied_not_handed_out() {
             "cinderblock.uuid=00000000-0000-0000-0000-000000000002"
         ]
     );
+}
+
+fn adoption<'a>(
+    entry: &'a str,
+    uuid: Uuid,
+    name: &'a str,
+    size: u64,
+) -> crate::driver::Adoption<'a> {
+    crate::driver::Adoption {
+        entry,
+        uuid,
+        name,
+        kind: ObjKind::Volume,
+        parent: None,
+        size,
+    }
+}
+
+#[test]
+fn adopt_tags_a_foreign_lv_in_one_lvchange_and_takes_a_released_one_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    fake.add(FakeLv {
+        name: "volume-0b5e7a52-7e0c-4a8e-9d39-2f6f1f4a6a11".into(),
+        size: 8 * MIB,
+        kind: '-',
+        pool: None,
+        origin: None,
+        tags: vec![],
+        active: true,
+        open: true,
+    });
+    let b = backend(&fake, None, Wipe::Zero);
+    let cinder = "volume-0b5e7a52-7e0c-4a8e-9d39-2f6f1f4a6a11";
+    // The wrong size is refused: it changed since the plan.
+    let e = b.adopt(&adoption(cinder, u(7), "db", 4 * MIB)).unwrap_err();
+    assert!(
+        matches!(&e, LvmError::Refused { reason, .. } if reason == "it is 8388608 bytes, not the 4194304 bytes planned (it changed since the plan)"),
+        "{e:?}"
+    );
+    assert!(fake.changes().is_empty());
+    // In use is no obstacle: it is only marked, in one metadata commit.
+    assert_eq!(
+        b.adopt(&adoption(cinder, u(7), "db", 8 * MIB)).unwrap(),
+        Change::Changed
+    );
+    assert_eq!(
+        fake.changes(),
+        [format!(
+            "lvchange --addtag cinderblock.uuid=00000000-0000-0000-0000-000000000007 --addtag cinderblock.name=db \
+             --addtag cinderblock.kind=volume --addtag cinderblock.backend=lvm-a -- vg0/{cinder}"
+        )]
+    );
+    assert_eq!(
+        b.adopt(&adoption(cinder, u(7), "db", 8 * MIB)).unwrap(),
+        Change::Unchanged,
+        "adopted once"
+    );
+    let lv = fake.get(cinder).unwrap();
+    assert_eq!(lv.name, cinder, "never renamed");
+    // Released, then taken back under a new name: the same identity, the
+    // released mark and the old name gone in the same lvchange.
+    assert_eq!(b.release(u(7)).unwrap(), Change::Changed);
+    assert_eq!(
+        b.adopt(&adoption(cinder, u(7), "db2", 8 * MIB)).unwrap(),
+        Change::Changed
+    );
+    let tags = fake.get(cinder).unwrap().tags;
+    assert!(
+        tags.contains(&"cinderblock.backend=lvm-a".to_owned()),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&"cinderblock.name=db2".to_owned()),
+        "{tags:?}"
+    );
+    assert!(
+        !tags.iter().any(|t| t.starts_with("cinderblock.released")),
+        "{tags:?}"
+    );
+    assert!(
+        !tags.contains(&"cinderblock.name=db".to_owned()),
+        "{tags:?}"
+    );
+    // Marked ours under another identity: refused.
+    let e = b.adopt(&adoption(cinder, u(8), "x", 8 * MIB)).unwrap_err();
+    assert!(
+        matches!(&e, LvmError::Refused { reason, .. } if reason == "it is marked as back end lvm-a's (cinderblock.backend=lvm-a)"),
+        "{e:?}"
+    );
+}
+
+/// Two back ends of `fake`'s VG as drivers: `a` thick, `b` thin in pool0
+/// when `thin`, else thick too.
+fn same_vg(fake: &Fake, thin: bool) -> (super::LvmDriver<'_>, super::LvmDriver<'_>) {
+    let a = LvmBackend::new(fake, "thick-a", VG, None, Wipe::Zero).with_dev_root(&fake.dev);
+    let b = LvmBackend::new(
+        fake,
+        "other-b",
+        VG,
+        thin.then(|| "pool0".to_owned()),
+        Wipe::Zero,
+    )
+    .with_dev_root(&fake.dev);
+    (
+        super::LvmDriver::new(a, None),
+        super::LvmDriver::new(b, None),
+    )
+}
+
+/// A thick volume of 8 MiB on `d`, zeroed but for a pattern at 1 MiB and
+/// 5 MiB; its content.
+fn patterned(fake: &Fake, d: &super::LvmDriver<'_>, uuid: Uuid) -> Vec<u8> {
+    d.backend().create(&vol(uuid, "db", 8 * MIB)).unwrap();
+    let mut data = vec![0u8; usize::try_from(8 * MIB).unwrap()];
+    data[usize::try_from(MIB).unwrap()..usize::try_from(MIB + 4096).unwrap()].fill(0x5a);
+    data[usize::try_from(5 * MIB + 7).unwrap()] = 1;
+    fs::write(
+        fake.path(&super::tags::lv_name(ObjKind::Volume, uuid)),
+        &data,
+    )
+    .unwrap();
+    data
+}
+
+fn move_of(uuid: Uuid, size: u64) -> crate::migrate::Move<'static> {
+    crate::migrate::Move {
+        uuid,
+        name: "db",
+        size,
+        bandwidth: None,
+    }
+}
+
+/// The LVs carrying identity `uuid`: (name, owner mark).
+fn carriers(fake: &Fake, uuid: Uuid) -> Vec<(String, String)> {
+    let tag = format!("cinderblock.uuid={uuid}");
+    fake.lvs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.tags.contains(&tag))
+        .map(|l| {
+            let owner = l
+                .tags
+                .iter()
+                .find_map(|t| t.strip_prefix("cinderblock.backend="))
+                .unwrap_or("")
+                .to_owned();
+            (l.name.clone(), owner)
+        })
+        .collect()
+}
+
+#[test]
+fn same_vg_thick_to_thick_is_one_hand_over_and_nothing_is_copied() {
+    use crate::driver::Driver;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let (a, b) = same_vg(&fake, false);
+    assert!(a.capabilities().relabels_to(&b.capabilities()));
+    let data = patterned(&fake, &a, u(1));
+    let before = fake.changes().len();
+    let r = crate::migrate::run(&move_of(u(1), 8 * MIB), &a, &b, &mut crate::copy::Quiet).unwrap();
+    assert!(r.changed && r.copy.is_none() && r.hash.is_none(), "{r:?}");
+    let name = super::tags::lv_name(ObjKind::Volume, u(1));
+    assert_eq!(
+        fake.changes()[before..],
+        [format!(
+            "lvchange --deltag cinderblock.backend=thick-a --addtag cinderblock.backend=other-b -- vg0/{name}"
+        )],
+        "one metadata update, no lvcreate, no copy"
+    );
+    assert_eq!(
+        carriers(&fake, u(1)),
+        [(name.clone(), "other-b".to_owned())]
+    );
+    assert_eq!(
+        read(&fake.path(&name)),
+        data,
+        "the data stayed where it was"
+    );
+    assert!(a.object(u(1)).unwrap().is_none());
+    assert_eq!(b.object(u(1)).unwrap().unwrap().mark, Mark::Ready);
+    // A re-run finds it done.
+    let again =
+        crate::migrate::run(&move_of(u(1), 8 * MIB), &a, &b, &mut crate::copy::Quiet).unwrap();
+    assert!(!again.changed);
+    // A larger size is grown on the way, and a crash between the hand-over
+    // and the extend is finished by the re-run.
+    patterned(&fake, &a, u(2));
+    fake.fail.lock().unwrap().replace("lvextend".into());
+    let err =
+        crate::migrate::run(&move_of(u(2), 12 * MIB), &a, &b, &mut crate::copy::Quiet).unwrap_err();
+    assert!(
+        crate::error_chain(&err).contains("injected failure"),
+        "{err}"
+    );
+    assert_eq!(b.object(u(2)).unwrap().unwrap().size, 8 * MIB);
+    let r = crate::migrate::run(&move_of(u(2), 12 * MIB), &a, &b, &mut crate::copy::Quiet).unwrap();
+    assert!(r.changed);
+    assert_eq!(b.object(u(2)).unwrap().unwrap().size, 12 * MIB);
+    // Refusals: a thin LV, an open one.
+    fake.lvs.lock().unwrap().iter_mut().for_each(|l| {
+        if l.name == name {
+            l.open = true;
+        }
+    });
+    let err = b.hand_over(u(1), "thick-a").unwrap_err();
+    let text = crate::error_chain(&err);
+    assert!(text.contains("is open (in use)"), "{text}");
+    assert!(!err.is_retryable());
+}
+
+#[test]
+fn same_vg_thick_to_thin_pool_copies_under_a_second_name_and_back() {
+    use crate::driver::Driver;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let (a, t) = same_vg(&fake, true);
+    assert!(!a.capabilities().relabels_to(&t.capabilities()));
+    let data = patterned(&fake, &a, u(1));
+    let first = super::tags::lv_name(ObjKind::Volume, u(1));
+    let second = super::tags::second_lv_name(ObjKind::Volume, u(1));
+    let r = crate::migrate::run(&move_of(u(1), 8 * MIB), &a, &t, &mut crate::copy::Quiet).unwrap();
+    assert!(r.changed && r.hash.is_some(), "{r:?}");
+    assert_eq!(
+        carriers(&fake, u(1)),
+        [(second.clone(), "other-b".to_owned())],
+        "the source is gone; the target took the second name while the source held the first"
+    );
+    assert_eq!(read(&fake.path(&second)), data);
+    let lv = fake.get(&second).unwrap();
+    assert_eq!(
+        (lv.kind, lv.pool.as_deref()),
+        ('V', Some("pool0")),
+        "a thin LV in the pool"
+    );
+    assert!(
+        !lv.tags.iter().any(|t| t.starts_with("cinderblock.state=")),
+        "{:?}",
+        lv.tags
+    );
+    // Back to thick: the first name is free again.
+    let r = crate::migrate::run(&move_of(u(1), 8 * MIB), &t, &a, &mut crate::copy::Quiet).unwrap();
+    assert!(r.changed && r.copy.is_some());
+    assert_eq!(
+        carriers(&fake, u(1)),
+        [(first.clone(), "thick-a".to_owned())]
+    );
+    assert_eq!(read(&fake.path(&first)), data);
+    // A thin LV is bound to its pool: never handed over, even when asked.
+    t.backend().create(&vol(u(3), "thin", 8 * MIB)).unwrap();
+    let err = t.hand_over(u(3), "thick-a").unwrap_err();
+    let text = crate::error_chain(&err);
+    assert!(text.contains("a thin LV belongs to its pool"), "{text}");
+    assert_eq!(carriers(&fake, u(3))[0].1, "other-b");
 }

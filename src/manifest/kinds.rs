@@ -22,6 +22,13 @@ use super::values::{
 /// The one supported `apiVersion`.
 pub const API_VERSION: &str = "cinderblock.dev/v1alpha1";
 
+/// The annotation that takes an existing LV or file into management
+/// (Terraform's import): its value is the LV or file name.
+pub const ADOPT: &str = "cinderblock.dev/adopt";
+/// The annotation that renames a volume, keeping its identity and data:
+/// its value is the old name.
+pub const RENAMED_FROM: &str = "cinderblock.dev/renamed-from";
+
 /// `metadata` of every manifest.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -662,9 +669,14 @@ pub struct ConsistencyGroupSpec {
     /// The availability zone of the group. Default: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
-    /// Back up all members together under this `BackupPolicy`. Default: none.
+    /// Back up all members together under this `BackupPolicy`; a member
+    /// may only name the same policy. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_policy: Option<Name>,
+    /// Pin the whole group to this `Backend`. Default: none (the group is
+    /// placed as one unit on a back end that can take every member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Name>,
     /// What the group is for. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

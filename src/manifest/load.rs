@@ -23,7 +23,10 @@ use super::kinds::{
     API_VERSION, BackendSpec, BackupPolicySpec, ConsistencyGroupSpec, ImageSpec, Metadata,
     SchedulerPolicySpec, SnapshotSpec, VolumeSpec, VolumeTypeSpec,
 };
-use super::position::{DocPositions, FieldPath, MAX_NESTING, Pos, Seg, index_documents};
+use super::position::{
+    DocPositions, FieldPath, FilePositions, MAX_NESTING, Pos, Seg, index_documents,
+    may_nest_too_deep,
+};
 use super::{Doc, Kind, KindSpec, ManifestSet, Origin};
 
 /// Largest manifest file read (bigger ones are refused: split them).
@@ -244,30 +247,38 @@ fn pos_of_byte(src: &str, at: usize) -> Pos {
 }
 
 fn parse_stream(file: &Arc<Path>, src: &str, loaded: &mut Loaded) {
-    let positions = index_documents(src);
-    // serde_yaml reads a whole document's events before its recursion limit
-    // applies, and its scanner slows with every open flow level (seconds for
-    // a 20 KB line of `[`): a document nested past that limit is refused here,
-    // with serde_yaml's words, before serde_yaml sees the file.
-    if let Some(at) = positions.iter().find_map(DocPositions::too_deep) {
-        loaded.diagnostics.push(located(
-            file,
-            at,
-            format!(
-                "YAML syntax: recursion limit exceeded (nested deeper than {MAX_NESTING} levels)"
-            ),
-        ));
-        return;
-    }
-    let mut positions = positions.into_iter();
-    for de in serde_yaml::Deserializer::from_str(src) {
-        let pos = Arc::new(positions.next().unwrap_or_default());
+    let text: Arc<str> = Arc::from(src);
+    let positions = if may_nest_too_deep(src) {
+        let docs = index_documents(src);
+        // serde_yaml reads a whole document's events before its recursion
+        // limit applies, and its scanner slows with every open flow level
+        // (seconds for a 20 KB line of `[`): a document nested past that
+        // limit is refused here, with serde_yaml's words, before serde_yaml
+        // sees the file.
+        if let Some(at) = docs.iter().find_map(DocPositions::too_deep) {
+            loaded.diagnostics.push(located(
+                file,
+                at,
+                format!(
+                    "YAML syntax: recursion limit exceeded (nested deeper than {MAX_NESTING} levels)"
+                ),
+            ));
+            return;
+        }
+        FilePositions::indexed(text, docs)
+    } else {
+        FilePositions::lazy(text)
+    };
+    let positions = Arc::new(positions);
+    let none = DocPositions::default();
+    for (i, de) in serde_yaml::Deserializer::from_str(src).enumerate() {
         let value = match Value::deserialize(de) {
             Ok(v) => v,
             Err(e) => {
                 // After a syntax error serde_yaml's stream cannot go on (it would
                 // repeat the error forever); nothing later in the file is read.
-                loaded.diagnostics.push(yaml_error(file, &pos, &e));
+                let pos = positions.doc(i).unwrap_or(&none);
+                loaded.diagnostics.push(yaml_error(file, pos, &e));
                 return;
             }
         };
@@ -275,10 +286,7 @@ fn parse_stream(file: &Arc<Path>, src: &str, loaded: &mut Loaded) {
             continue;
         }
         loaded.documents += 1;
-        let origin = Origin {
-            file: Arc::clone(file),
-            positions: pos,
-        };
+        let origin = Origin::new(Arc::clone(file), Arc::clone(&positions), i);
         load_document(value, &origin, loaded);
     }
 }

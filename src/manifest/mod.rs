@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub use diag::{Diagnostic, Severity};
 pub use kinds::*;
 pub use load::{Loaded, load_bytes, load_paths, load_source};
-pub use position::{DocPositions, FieldPath, Pos};
+pub use position::{DocPositions, FieldPath, FilePositions, Pos};
 pub use values::{Name, Quantity};
 
 /// Every manifest kind.
@@ -93,22 +93,41 @@ impl fmt::Display for Kind {
 pub struct Origin {
     /// The file.
     pub file: Arc<Path>,
-    /// Positions of the document's fields.
-    pub positions: Arc<DocPositions>,
+    /// Positions of the fields of the file's documents (indexed when first
+    /// asked for).
+    positions: Arc<FilePositions>,
+    /// Which document of the file's stream this is.
+    doc: usize,
 }
 
 impl Origin {
+    /// Document `doc` of `file`'s stream, whose positions are `positions`.
+    pub fn new(file: Arc<Path>, positions: Arc<FilePositions>, doc: usize) -> Self {
+        Self {
+            file,
+            positions,
+            doc,
+        }
+    }
+    /// The positions of the document's fields.
+    fn positions(&self) -> Option<&DocPositions> {
+        self.positions.doc(self.doc)
+    }
     /// The position of `field`'s key (or nearest ancestor).
     pub fn key_pos(&self, field: &FieldPath) -> Pos {
-        self.positions.key(field)
+        self.positions().map_or_else(Pos::default, |p| p.key(field))
     }
     /// The position of `field`'s value (or nearest ancestor).
     pub fn value_pos(&self, field: &FieldPath) -> Pos {
-        self.positions.value(field)
+        self.positions()
+            .map_or_else(Pos::default, |p| p.value(field))
     }
     /// `FILE:LINE:COL` of the document start.
     pub fn describe(&self) -> String {
-        let p = self.positions.start();
+        let p = self
+            .positions()
+            .map(DocPositions::start)
+            .unwrap_or_default();
         format!("{}:{}:{}", self.file.display(), p.line, p.col)
     }
 }

@@ -13,9 +13,16 @@
 //! limit applies and slows with every open flow level (a 20 KB line of `[`
 //! took seconds).
 //! Lookups fall back to the nearest recorded ancestor.
+//!
+//! The index is only needed when there is something to report, so a file
+//! is indexed on the first lookup ([`FilePositions`]), not while it loads:
+//! ten thousand clean documents never pay for it. Loading still runs the
+//! pass first wherever a document could nest past [`MAX_NESTING`]
+//! ([`may_nest_too_deep`]).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use saphyr_parser::{Event, Parser, Span};
 
@@ -181,6 +188,55 @@ impl DocPositions {
             }
         }
     }
+}
+
+/// The positions of the documents of one file, indexed on first use.
+pub struct FilePositions {
+    src: Arc<str>,
+    docs: OnceLock<Vec<DocPositions>>,
+}
+
+impl fmt::Debug for FilePositions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilePositions")
+            .field("bytes", &self.src.len())
+            .field("indexed", &self.docs.get().is_some())
+            .finish()
+    }
+}
+
+impl FilePositions {
+    /// The positions of `src`'s documents, indexed when first asked for.
+    pub fn lazy(src: Arc<str>) -> Self {
+        Self {
+            src,
+            docs: OnceLock::new(),
+        }
+    }
+    /// The positions of `src`'s documents, indexed already (`docs` is
+    /// [`index_documents`] of `src`).
+    pub fn indexed(src: Arc<str>, docs: Vec<DocPositions>) -> Self {
+        Self {
+            src,
+            docs: OnceLock::from(docs),
+        }
+    }
+    /// The positions of the `i`-th document of the stream (counting empty
+    /// ones), if the index reached it.
+    pub fn doc(&self, i: usize) -> Option<&DocPositions> {
+        self.docs.get_or_init(|| index_documents(&self.src)).get(i)
+    }
+}
+
+/// Whether a document of `src` could nest deeper than [`MAX_NESTING`]:
+/// each flow collection opens with its own `[` or `{`, and each block
+/// collection inside another starts at a greater column of a line, so no
+/// document nests deeper than the file's flow indicators plus its longest
+/// line. `false` is a proof; `true` means "index now and look".
+pub fn may_nest_too_deep(src: &str) -> bool {
+    let flow = src.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
+    let longest = src.split('\n').map(str::len).max().unwrap_or(0);
+    flow + longest + 1 >= MAX_NESTING
 }
 
 enum Frame {
@@ -416,6 +472,44 @@ mod tests {
         assert_eq!(docs.len(), 1);
         let at = docs[0].too_deep().map(|p| p.line);
         assert_eq!(at, Some(1));
+    }
+
+    #[test]
+    fn a_file_that_nests_deep_is_always_indexed_before_it_loads() {
+        let n = MAX_NESTING + 1;
+        let flow = format!("a: {}{}\n", "[".repeat(n), "]".repeat(n));
+        assert!(may_nest_too_deep(&flow));
+        let mut block = String::new();
+        for i in 0..n {
+            block.push_str(&" ".repeat(i));
+            block.push('k');
+            block.push_str(&i.to_string());
+            block.push_str(":\n");
+        }
+        assert!(may_nest_too_deep(&block));
+        assert!(index_documents(&block)[0].too_deep().is_some());
+        let seqs = format!("{}x\n", "- ".repeat(n));
+        assert!(may_nest_too_deep(&seqs));
+        assert!(index_documents(&seqs)[0].too_deep().is_some());
+        // An ordinary manifest needs no index to load.
+        let plain = "apiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata:\n  name: a\nspec:\n  size: 1Gi\n  initiators: [a, b]\n";
+        assert!(!may_nest_too_deep(plain));
+    }
+
+    #[test]
+    fn lazy_positions_are_those_of_the_index() {
+        let src = "a: 1\n---\n---\nb:\n  c: 2\n";
+        let lazy = FilePositions::lazy(Arc::from(src));
+        let eager = index_documents(src);
+        for (i, d) in eager.iter().enumerate() {
+            let l = lazy.doc(i).unwrap();
+            assert_eq!(l.start(), d.start());
+            assert_eq!(
+                l.value(&FieldPath::parse("b.c")),
+                d.value(&FieldPath::parse("b.c"))
+            );
+        }
+        assert!(lazy.doc(eager.len()).is_none());
     }
 
     #[test]

@@ -13,13 +13,49 @@ use super::diag::{Diagnostic, Severity, suggest};
 use super::kinds::{
     BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, VolumeSpec, VolumeTypeSpec,
 };
-use super::position::FieldPath;
+use super::position::{FieldPath, Seg};
 use super::values::{Name, StorePath, shown};
 use super::{Doc, Kind, ManifestSet};
 
 /// Smallest volume size accepted: below it, `size: 10` (10 bytes) is surely a
 /// forgotten unit.
 const MIN_VOLUME_BYTES: u64 = 1 << 20;
+
+/// Why `entry` cannot name an LV or a file of a back end's root to adopt,
+/// if it cannot: it reaches a path or a command line, so only a plain
+/// name is taken (no `/`, no `.`/`..` or hidden name, no leading `-`, no
+/// whitespace or control character, at most 255 bytes).
+pub fn entry_problem(entry: &str) -> Option<&'static str> {
+    if entry.is_empty() {
+        Some("the name is empty")
+    } else if entry.len() > 255 {
+        Some("the name is longer than 255 bytes")
+    } else if entry.contains('/') {
+        Some("a name with '/' reaches outside the back end")
+    } else if entry.starts_with('.') {
+        Some("names starting with '.' are hidden or reach outside the back end")
+    } else if entry.starts_with('-') {
+        Some("a name starting with '-' reads as an option")
+    } else if entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("the name holds whitespace or a control character")
+    } else {
+        None
+    }
+}
+
+/// Why `size` bytes cannot be a volume's `spec.size`, if it cannot: under
+/// 1Mi, or not a whole number of 512-byte sectors.
+pub fn volume_size_problem(size: u64) -> Option<String> {
+    if size < MIN_VOLUME_BYTES {
+        Some(format!("{size} bytes, under the smallest volume (1Mi)"))
+    } else if size % 512 != 0 {
+        Some(format!(
+            "{size} bytes, not a multiple of 512 bytes (one sector)"
+        ))
+    } else {
+        None
+    }
+}
 
 /// Runs every cross-document check, appending findings to `out`.
 pub fn validate(set: &ManifestSet, out: &mut Vec<Diagnostic>) {
@@ -483,6 +519,9 @@ impl Checker<'_> {
                     t,
                 );
             }
+            if let Some(b) = &doc.spec.backend {
+                self.reference(k, doc, "spec.backend", Kind::Backend, b);
+            }
             if let Some(p) = &doc.spec.backup_policy {
                 self.reference(k, doc, "spec.backupPolicy", Kind::BackupPolicy, p);
             }
@@ -521,9 +560,44 @@ impl Checker<'_> {
         }
     }
 
+    /// `cinderblock.dev/adopt` on a volume: a plain LV or file name, on a
+    /// volume pinned to its back end and made from nothing.
+    fn adopt_annotation(&mut self, doc: &Doc<VolumeSpec>) {
+        let Some(entry) = doc.meta.annotations.get(super::kinds::ADOPT) else {
+            return;
+        };
+        let path = FieldPath(vec![
+            Seg::Key("metadata".into()),
+            Seg::Key("annotations".into()),
+            Seg::Key(super::kinds::ADOPT.into()),
+        ]);
+        let refuse = |me: &mut Self, msg: String| {
+            me.push_path(Severity::Error, Kind::Volume, doc, path.clone(), false, msg);
+        };
+        if let Some(why) = entry_problem(&entry.0) {
+            refuse(
+                self,
+                format!("{} cannot be adopted: {why}", shown(&entry.0)),
+            );
+        }
+        if doc.spec.backend.is_none() {
+            refuse(
+                self,
+                "an adopted volume names the back end that holds it: set spec.backend".into(),
+            );
+        }
+        if doc.spec.source.is_some() {
+            refuse(
+                self,
+                "an adopted volume keeps the data it has: remove spec.source".into(),
+            );
+        }
+    }
+
     fn volumes(&mut self) {
         let k = Kind::Volume;
         for doc in self.set.volumes.values() {
+            self.adopt_annotation(doc);
             let s: &VolumeSpec = &doc.spec;
             let size = s.size.bytes();
             if size < MIN_VOLUME_BYTES {
@@ -730,7 +804,8 @@ impl Checker<'_> {
     }
 
     /// Cinder's group rules: members use one of the group's types and live on
-    /// one back end.
+    /// one back end (the group's pin when it has one); and ours: a member is
+    /// backed up with its group, under the group's policy only.
     fn group_members(&mut self) {
         let mut pinned: BTreeMap<&Name, (&Name, &Name)> = BTreeMap::new();
         for doc in self.set.volumes.values() {
@@ -771,6 +846,32 @@ impl Checker<'_> {
                     "spec.availabilityZone",
                     format!("zone {az:?} differs from zone {gaz:?} of ConsistencyGroup/{cg_name}"),
                 );
+            }
+            match (&doc.spec.backup_policy, &cg_spec.backup_policy) {
+                (Some(p), Some(gp)) if p != gp => self.error(
+                    Kind::Volume,
+                    doc,
+                    "spec.backupPolicy",
+                    format!("ConsistencyGroup/{cg_name} backs its members up together under BackupPolicy/{gp}; a member cannot have a policy of its own (BackupPolicy/{p}): remove spec.backupPolicy (the member follows its group)"),
+                ),
+                (Some(p), None) => self.error(
+                    Kind::Volume,
+                    doc,
+                    "spec.backupPolicy",
+                    format!("members of ConsistencyGroup/{cg_name} are backed up together, from one group snapshot: set backupPolicy: {p} on the group and remove it here"),
+                ),
+                _ => {}
+            }
+            if let (Some(b), Some(gb)) = (&doc.spec.backend, &cg_spec.backend)
+                && b != gb
+            {
+                self.error(
+                    Kind::Volume,
+                    doc,
+                    "spec.backend",
+                    format!("ConsistencyGroup/{cg_name} is pinned to Backend/{gb}, and its members live with it: remove spec.backend or set it to {gb}"),
+                );
+                continue;
             }
             if let Some(b) = &doc.spec.backend {
                 match pinned.get(cg_name) {

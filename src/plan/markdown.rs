@@ -169,6 +169,7 @@ impl Section<'_> {
 fn backend_of<'a>(a: &'a Action, plan: &'a Plan) -> Option<&'a str> {
     match &a.op {
         Op::Create { backend, .. }
+        | Op::Adopt { backend, .. }
         | Op::CreatePool { backend, .. }
         | Op::Extend { backend, .. }
         | Op::Record { backend, .. }
@@ -512,6 +513,7 @@ mod tests {
                         deletion_policy: DeletionPolicy::Retain,
                         from_file: None,
                         placement: None,
+                        consistency_group: None,
                     },
                     "it is declared and does not exist; placed by the scheduler",
                     Impact::Grows,
@@ -564,6 +566,8 @@ mod tests {
                         bandwidth: Some(100 << 20),
                         resume: false,
                         deletion_policy: DeletionPolicy::Retain,
+                        carry: crate::plan::Carry::Copy,
+                        within: None,
                     },
                     "spec.backend changed: thin -> files",
                     Impact::Moves,

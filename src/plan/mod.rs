@@ -20,7 +20,7 @@ mod tests;
 
 use exports::unexport_action;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -32,7 +32,7 @@ use crate::model::InUse;
 pub use crate::model::ObjKind;
 use crate::model::SnapshotSpace;
 use crate::observe::{BackendView, Discovery, Fleet, Health, Observed, World};
-use crate::state::record::Recorded;
+use crate::state::record::{Recorded, RecordedObject};
 
 use capacity::HIGH_WATER_CENTI;
 use schedule::{Request, Scheduler};
@@ -64,6 +64,18 @@ impl Impact {
     }
 }
 
+/// How a migration moves a volume's data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Carry {
+    /// Copied, verified, then the source removed.
+    #[default]
+    Copy,
+    /// Handed over inside the space both back ends share (a new owner
+    /// mark, [`crate::model::Capabilities::relabels_to`]): nothing is copied.
+    HandOver,
+}
+
 /// Where a new object's data comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -76,6 +88,18 @@ pub struct SourceRef {
     /// the same plan and the executor knows it by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<Uuid>,
+}
+
+/// A volume's consistency group before and after a `Record` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupChange {
+    /// The group the record named (none: not a member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The group the manifest names (none: leaving the group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 /// One step.
@@ -111,6 +135,33 @@ pub enum Op {
         /// the volume (the fencing token).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         placement: Option<i64>,
+        /// A volume's consistency group, recorded with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consistency_group: Option<String>,
+    },
+    /// Take a foreign LV or file into management as a volume, or take
+    /// back one this back end released (`Retain`): marked ours, its data
+    /// and its name kept.
+    Adopt {
+        /// Volume.
+        kind: ObjKind,
+        /// Manifest name.
+        name: String,
+        /// Back end.
+        backend: String,
+        /// The LV or file name (`cinderblock.dev/adopt`).
+        entry: String,
+        /// Its identity: the one a released object kept, else one derived
+        /// from the back end and the entry (so planning stays pure and a
+        /// re-run after a crash finds it).
+        uuid: Uuid,
+        /// Its size in bytes (apply refuses another).
+        size: u64,
+        /// Released by this back end earlier: taken back.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        released: bool,
+        /// Deletion policy to record.
+        deletion_policy: DeletionPolicy,
     },
     /// Grow a volume.
     Extend {
@@ -150,6 +201,13 @@ pub enum Op {
         /// extend that finished after its last record).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resized_from: Option<u64>,
+        /// A volume's consistency group to record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consistency_group: Option<String>,
+        /// The group the record named, when the manifest names another (a
+        /// volume joining or leaving a group).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        regrouped: Option<GroupChange>,
     },
     /// Destroy an object and its data.
     Delete {
@@ -194,6 +252,13 @@ pub enum Op {
         resume: bool,
         /// Deletion policy to record.
         deletion_policy: DeletionPolicy,
+        /// How the data moves (older saved plans: a copy).
+        #[serde(default)]
+        carry: Carry,
+        /// The space both back ends draw from, in words (`volume group
+        /// vg0`), when they share one: the move stays inside it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        within: Option<String>,
     },
     /// Create a back end's declared thin pool (`spec.lvm.thinPoolSize`).
     CreatePool {
@@ -306,7 +371,10 @@ impl Action {
     /// Terraform's symbol for the action.
     pub fn symbol(&self) -> &'static str {
         match self.op {
-            Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => "+",
+            Op::Create { .. }
+            | Op::Adopt { .. }
+            | Op::CreatePool { .. }
+            | Op::DiscoveryAuth { new: true, .. } => "+",
             Op::Export { ref changes, .. } if changes.is_empty() => "+",
             Op::Extend { .. }
             | Op::Record { .. }
@@ -556,7 +624,10 @@ impl Tally {
         let mut t = Tally::default();
         for a in actions {
             match a.op {
-                Op::Create { .. } | Op::CreatePool { .. } | Op::DiscoveryAuth { new: true, .. } => {
+                Op::Create { .. }
+                | Op::Adopt { .. }
+                | Op::CreatePool { .. }
+                | Op::DiscoveryAuth { new: true, .. } => {
                     t.add += 1;
                 }
                 Op::Export { ref changes, .. } if changes.is_empty() => t.add += 1,
@@ -624,6 +695,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
         planned: BTreeMap::new(),
         migrating: BTreeMap::new(),
         half_moved: BTreeMap::new(),
+        recorded_by_name: recorded_by_name(recorded),
     };
     p.index();
     p.unsupported();
@@ -661,6 +733,20 @@ struct Planner<'a> {
     /// Objects left for later (`Plan::waiting`): what depends on them
     /// waits too.
     waiting: BTreeSet<(ObjKind, String)>,
+    /// The recorded objects by kind and name, in uuid order (a lookup per
+    /// new object, not a scan of ten thousand records).
+    recorded_by_name: HashMap<(ObjKind, &'a str), Vec<(Uuid, &'a RecordedObject)>>,
+}
+
+/// [`Planner::recorded_by_name`].
+fn recorded_by_name(recorded: &Recorded) -> HashMap<(ObjKind, &str), Vec<(Uuid, &RecordedObject)>> {
+    let mut by: HashMap<(ObjKind, &str), Vec<(Uuid, &RecordedObject)>> = HashMap::new();
+    for (u, r) in &recorded.objects {
+        by.entry((r.kind, r.name.as_str()))
+            .or_default()
+            .push((*u, r));
+    }
+    by
 }
 
 /// Where a new volume goes.
@@ -681,6 +767,21 @@ enum Fixed {
     Pin,
     Group,
     Fleet,
+}
+
+/// The identity an adopted entry gets: derived from its back end and its
+/// name (the first 16 bytes of a BLAKE3 hash, as a version-8 uuid), so the
+/// plan stays a pure function and a re-run after a crash adopts the same
+/// entry under the same identity.
+pub fn adopted_uuid(backend: &str, entry: &str) -> Uuid {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cinderblock adopt\0");
+    h.update(backend.as_bytes());
+    h.update(b"\0");
+    h.update(entry.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 fn addr(kind: ObjKind, name: &str) -> String {
@@ -914,13 +1015,15 @@ impl<'a> Planner<'a> {
     /// A recorded object of this name that is gone from a back end that was
     /// discovered (on an undiscovered one, nothing can be said).
     fn lost(&self, kind: ObjKind, name: &str) -> Option<(Uuid, &str)> {
-        self.recorded.objects.iter().find_map(|(u, r)| {
-            (r.kind == kind
-                && r.name == name
-                && !self.failed.contains(&r.backend)
-                && !self.found.contains_key(&(kind, name.to_owned())))
-            .then_some((*u, r.backend.as_str()))
-        })
+        if self.found.contains_key(&(kind, name.to_owned())) {
+            return None;
+        }
+        self.recorded_by_name
+            .get(&(kind, name))?
+            .iter()
+            .find_map(|(u, r)| {
+                (!self.failed.contains(&r.backend)).then_some((*u, r.backend.as_str()))
+            })
     }
 
     /// For an object not found: whether it may live on a back end that could
@@ -934,11 +1037,10 @@ impl<'a> Planner<'a> {
             return false;
         }
         let recorded_on = self
-            .recorded
-            .objects
-            .values()
-            .find(|r| r.kind == kind && r.name == name)
-            .map(|r| r.backend.clone());
+            .recorded_by_name
+            .get(&(kind, name))
+            .and_then(|v| v.first())
+            .map(|(_, r)| r.backend.clone());
         let suspect = match (pinned, &recorded_on) {
             (Some(p), _) => self
                 .failed
@@ -984,10 +1086,35 @@ impl<'a> Planner<'a> {
         let resized_from = rec
             .map(|r| r.size)
             .filter(|s| observed.is_some_and(|o| o != *s));
-        if previous == Some(policy) && moved_from.is_none() && resized_from.is_none() {
+        let group = self.group_of(kind, name);
+        let regrouped = rec
+            .filter(|r| r.consistency_group != group)
+            .map(|r| GroupChange {
+                from: r.consistency_group.clone(),
+                to: group.clone(),
+            });
+        if previous == Some(policy)
+            && moved_from.is_none()
+            && resized_from.is_none()
+            && regrouped.is_none()
+        {
             return;
         }
         let reason = match (previous, &moved_from) {
+            (Some(old), None) if old == policy && resized_from.is_none() => {
+                match regrouped.as_ref().map(|g| (&g.from, &g.to)) {
+                    Some((Some(g), None)) => format!(
+                        "spec.consistencyGroup was removed: it leaves consistency group {g}"
+                    ),
+                    Some((None, Some(g))) => {
+                        format!("spec.consistencyGroup names {g}: it joins that consistency group")
+                    }
+                    Some((Some(f), Some(t))) => format!(
+                        "spec.consistencyGroup changed: it leaves consistency group {f} for {t}"
+                    ),
+                    _ => "the record is out of date".to_owned(),
+                }
+            }
             (None, _) => {
                 "the state directory has no record of it (new state directory, or it was adopted)"
                     .to_owned()
@@ -1016,10 +1143,38 @@ impl<'a> Planner<'a> {
                 deletion_policy: policy,
                 moved_from,
                 resized_from,
+                consistency_group: group,
+                regrouped,
             },
             reason,
             impact: Impact::MetadataOnly,
         });
+    }
+
+    /// The consistency group a declared volume names.
+    fn group_of(&self, kind: ObjKind, name: &str) -> Option<String> {
+        if kind != ObjKind::Volume {
+            return None;
+        }
+        let doc = self.set.volumes.iter().find(|(n, _)| n.as_str() == name)?.1;
+        doc.spec
+            .consistency_group
+            .as_ref()
+            .map(|g| g.as_str().to_owned())
+    }
+
+    /// Sets the consistency group on the create just pushed.
+    fn group_last_create(&mut self, name: &Name) {
+        let group = self.group_of(ObjKind::Volume, name.as_str());
+        if let Some(Action {
+            op: Op::Create {
+                consistency_group, ..
+            },
+            ..
+        }) = self.out.actions.last_mut()
+        {
+            *consistency_group = group;
+        }
     }
 
     /// Volumes and snapshots in dependency order: a snapshot after its
@@ -1280,6 +1435,7 @@ impl<'a> Planner<'a> {
                         "an earlier create was interrupted; it is finished with the same identity"
                             .into(),
                     );
+                    self.group_last_create(name);
                     return;
                 }
                 Health::Deleting => {
@@ -1377,6 +1533,34 @@ impl<'a> Planner<'a> {
                     });
                 }
             }
+            let joining = self
+                .recorded
+                .objects
+                .get(&obj.uuid)
+                .and_then(|r| r.consistency_group.as_deref())
+                != doc.spec.consistency_group.as_ref().map(Name::as_str);
+            let group_pin = doc
+                .spec
+                .consistency_group
+                .as_ref()
+                .and_then(|g| self.set.consistency_groups.get(g))
+                .and_then(|cg| cg.spec.backend.as_ref());
+            if (joining || group_pin.is_some())
+                && let Some((g, gb)) = self.group_location(name, doc)
+                && gb != bname
+            {
+                let text = if group_pin.is_some() && !joining {
+                    format!(
+                        "it lives on {bname}, but consistency group {g} is pinned to {gb}, and a member is not migrated: set spec.backend of ConsistencyGroup/{g} back to {bname}, or remove spec.consistencyGroup, move the volume (spec.backend: {gb}) and add it to the group after"
+                    )
+                } else {
+                    format!(
+                        "it lives on {bname}, but consistency group {g} lives on {gb}, and a group's volumes live on one back end: remove spec.consistencyGroup, or migrate it to {gb} first (spec.backend: {gb}) and add it to the group after"
+                    )
+                };
+                self.error(&a, PlanErrorKind::Refused, text);
+                return;
+            }
             self.record_if_needed(
                 ObjKind::Volume,
                 name.as_str(),
@@ -1414,6 +1598,11 @@ impl<'a> Planner<'a> {
             ));
             return;
         }
+        if let Some(entry) = doc.meta.annotations.get(crate::manifest::kinds::ADOPT) {
+            self.adopt(name, doc, &entry.0);
+            return;
+        }
+        self.released_namesake(name);
         // A new volume: where?
         let req = Self::request(self.set, doc);
         let backup = match self.backup_source(doc, name) {
@@ -1500,6 +1689,185 @@ impl<'a> Planner<'a> {
         {
             *placement = fence;
         }
+        self.group_last_create(name);
+    }
+
+    /// A volume declared with `cinderblock.dev/adopt: ENTRY` that is not
+    /// ours yet: `ENTRY`, a foreign LV or file of its pinned back end, is
+    /// adopted (never created), then extended when `spec.size` asks for
+    /// more; a smaller `spec.size`, a missing entry or one that cannot be
+    /// a volume there is a plan error.
+    #[allow(clippy::too_many_lines)] // one pass over an adoption's cases, kept together
+    fn adopt(&mut self, name: &Name, doc: &'a Doc<VolumeSpec>, entry: &str) {
+        let a = addr(ObjKind::Volume, name.as_str());
+        let Some(pin) = &doc.spec.backend else {
+            // Validation refuses it; never guess a back end.
+            self.error(
+                &a,
+                PlanErrorKind::Refused,
+                "cinderblock.dev/adopt needs spec.backend".into(),
+            );
+            return;
+        };
+        let Some(view) = self.world.backends.get(pin) else {
+            // Another host's back end: its own plan adopts it.
+            return;
+        };
+        let Some(inv) = view.inventory() else {
+            return;
+        };
+        let shown = crate::manifest::values::shown(entry);
+        // By its LV or file name; a released one also by the uuid or the
+        // name it had.
+        let released_as =
+            |f: &&crate::model::Foreign, what: &dyn Fn(&crate::model::Released) -> bool| {
+                f.released.as_ref().is_some_and(what)
+            };
+        let by_old_name: Vec<_> = inv
+            .foreign
+            .iter()
+            .filter(|f| released_as(f, &|r| r.name == entry && r.kind == ObjKind::Volume))
+            .collect();
+        let found = inv
+            .foreign
+            .iter()
+            .find(|f| f.name == entry)
+            .or_else(|| {
+                inv.foreign
+                    .iter()
+                    .find(|f| released_as(f, &|r| r.uuid.to_string() == entry))
+            })
+            .or_else(|| (by_old_name.len() == 1).then(|| by_old_name[0]));
+        let Some(f) = found else {
+            self.error(&a, PlanErrorKind::Refused, format!(
+                "cinderblock.dev/adopt: back end {pin} has no foreign LV or file named {shown} (`cinderblock discover --include-foreign` lists what it has)"
+            ));
+            return;
+        };
+        let (Some(size), None) = (f.size, &f.unfit) else {
+            self.error(
+                &a,
+                PlanErrorKind::Refused,
+                format!(
+                    "cinderblock.dev/adopt: {shown} on {pin} cannot be adopted: it is {}",
+                    f.unfit.as_deref().unwrap_or("of no known size")
+                ),
+            );
+            return;
+        };
+        if let Some(r) = &f.released
+            && r.kind != ObjKind::Volume
+        {
+            self.error(
+                &a,
+                PlanErrorKind::Refused,
+                format!(
+                    "cinderblock.dev/adopt: {shown} on {pin} was {} {} ({}), not a volume",
+                    kind_word(r.kind),
+                    r.name,
+                    r.uuid
+                ),
+            );
+            return;
+        }
+        let want = round_up(doc.spec.size.bytes(), view.extent);
+        if want < size {
+            self.error(&a, PlanErrorKind::Refused, format!(
+                "spec.size {} is less than the {} that {shown} on {pin} holds; adopting never shrinks: declare at least {}",
+                doc.spec.size,
+                format_bytes_exact(size),
+                format_bytes_exact(size)
+            ));
+            return;
+        }
+        let growth = want - size;
+        if growth > 0
+            && let Some(pool) = self.sched.pool(pin)
+            && let Some(why) = pool.admit(growth).reason
+        {
+            self.error(
+                &a,
+                PlanErrorKind::NoRoom,
+                format!(
+                    "cannot extend {shown} to {} after adopting it: {why}",
+                    format_bytes_exact(want)
+                ),
+            );
+            return;
+        }
+        let released = f.released.as_ref().map(|r| (r.uuid, r.name.clone()));
+        let uuid = released
+            .as_ref()
+            .map_or_else(|| adopted_uuid(pin.as_str(), entry), |(u, _)| *u);
+        let reason = match &released {
+            Some((u, old)) => format!(
+                "cinderblock.dev/adopt names {shown}, which {pin} released (deletionPolicy: Retain) as volume {old} ({u}): it is taken back, its data and name kept"
+            ),
+            None => format!(
+                "cinderblock.dev/adopt names {shown}, which is not managed on {pin}: it is marked as ours, its data and name kept"
+            ),
+        };
+        self.planned.insert(
+            (ObjKind::Volume, name.as_str().to_owned()),
+            pin.as_str().to_owned(),
+        );
+        self.out.actions.push(Action {
+            address: a.clone(),
+            op: Op::Adopt {
+                kind: ObjKind::Volume,
+                name: name.as_str().to_owned(),
+                backend: pin.as_str().to_owned(),
+                entry: f.name.clone(),
+                uuid,
+                size,
+                released: released.is_some(),
+                deletion_policy: doc.spec.deletion_policy,
+            },
+            reason,
+            impact: Impact::MetadataOnly,
+        });
+        if growth > 0 {
+            self.sched.grow(pin, growth);
+            self.out.actions.push(Action {
+                address: a,
+                op: Op::Extend {
+                    name: name.as_str().to_owned(),
+                    uuid,
+                    backend: pin.as_str().to_owned(),
+                    from: size,
+                    to: want,
+                },
+                reason: format!(
+                    "spec.size {} is more than the {} it holds when adopted",
+                    doc.spec.size,
+                    format_bytes_exact(size)
+                ),
+                impact: Impact::Grows,
+            });
+        }
+    }
+
+    /// A new volume with the name of one a back end released (`Retain`):
+    /// the plan says so, and how to take that one back instead of creating
+    /// an empty one.
+    fn released_namesake(&mut self, name: &Name) {
+        for (b, view) in &self.world.backends {
+            let Some(inv) = view.inventory() else {
+                continue;
+            };
+            for f in &inv.foreign {
+                if let Some(r) = &f.released
+                    && r.kind == ObjKind::Volume
+                    && r.name == name.as_str()
+                {
+                    self.out.notes.push(format!(
+                        "volume.{name}: back end {b} holds a volume {name} it released earlier ({}); to take it back with its data instead of creating a new, empty one, annotate the volume cinderblock.dev/adopt: {} and pin it with spec.backend: {b}",
+                        r.uuid,
+                        f.name
+                    ));
+                }
+            }
+        }
     }
 
     /// Leaves an object for later: listed in the plan's `waiting`, and what
@@ -1527,20 +1895,112 @@ impl<'a> Planner<'a> {
             .map(|sn| (ObjKind::Snapshot, sn.as_str()))
     }
 
-    /// The back end of a consistency group, from its other members: where
-    /// one lives, is created by this plan, or is pinned (Cinder's rule: a
-    /// group's volumes live on one back end).
+    /// The back end of a consistency group: its pin, or from its other
+    /// members: where one lives, is created by this plan, or is pinned
+    /// (Cinder's rule: a group's volumes live on one back end).
     fn group_location(&self, name: &Name, doc: &'a Doc<VolumeSpec>) -> Option<(&'a Name, String)> {
         let set = self.set;
         let g = doc.spec.consistency_group.as_ref()?;
-        set.volumes
+        if let Some(b) = set
+            .consistency_groups
+            .get(g)
+            .and_then(|cg| cg.spec.backend.as_ref())
+        {
+            return Some((g, b.as_str().to_owned()));
+        }
+        // Members the record says are in the group first: a volume joining
+        // it follows them, not the other way round.
+        let recorded_in_group = |n: &Name| {
+            self.recorded.objects.values().any(|r| {
+                r.kind == ObjKind::Volume
+                    && r.name == n.as_str()
+                    && r.consistency_group.as_deref() == Some(g.as_str())
+            })
+        };
+        let others: Vec<(&Name, &Doc<VolumeSpec>)> = set
+            .volumes
             .iter()
             .filter(|(n, d)| *n != name && d.spec.consistency_group.as_ref() == Some(g))
+            .collect();
+        let (first, rest): (Vec<_>, Vec<_>) =
+            others.into_iter().partition(|(n, _)| recorded_in_group(n));
+        first
+            .into_iter()
+            .chain(rest)
             .find_map(|(n, d)| {
                 self.backend_of(ObjKind::Volume, n.as_str())
                     .or_else(|| d.spec.backend.as_ref().map(|b| b.as_str().to_owned()))
             })
             .map(|b| (g, b))
+    }
+
+    /// The first member of a consistency group to be placed places the
+    /// whole group: on one back end that passes every filter for each
+    /// member still to be created, with room for all of them together;
+    /// the other members then follow it (`group_location`).
+    fn place_group(&mut self, a: &str, g: &Name, req: &Request<'a>) -> Option<Located> {
+        let set = self.set;
+        let members: Vec<(&Name, Request<'a>)> = set
+            .volumes
+            .iter()
+            .filter(|(n, d)| {
+                d.spec.consistency_group.as_ref() == Some(g)
+                    && self.backend_of(ObjKind::Volume, n.as_str()).is_none()
+            })
+            .map(|(n, d)| (n, Self::request(set, d)))
+            .collect();
+        let total: u64 = members.iter().map(|(_, r)| r.size).sum();
+        let whole = Request {
+            size: total.max(req.size),
+            zone: req.zone,
+            extra_specs: req.extra_specs,
+        };
+        let mut candidates = Vec::new();
+        let mut rejected = Vec::new();
+        for b in self.world.backends.keys() {
+            let why = members
+                .iter()
+                .find_map(|(n, r)| {
+                    self.sched
+                        .check(b, r)
+                        .err()
+                        .map(|w| format!("volume.{n}: {w}"))
+                })
+                .or_else(|| {
+                    self.sched
+                        .check(b, &whole)
+                        .err()
+                        .map(|w| format!("the whole group: {w}"))
+                });
+            match why {
+                None => candidates.push(b.clone()),
+                Some(w) => rejected.push((b.clone(), w)),
+            }
+        }
+        let names: Vec<String> = members.iter().map(|(n, _)| format!("volume.{n}")).collect();
+        let Ok(b) = self.sched.pick(&whole, Some(&candidates)) else {
+            self.error(
+                a,
+                PlanErrorKind::NoRoom,
+                format!(
+                    "no back end can take consistency group {g} as one unit ({}: {} together), and a group's volumes live on one back end; free room, split the group, or pin it with spec.backend on ConsistencyGroup/{g}:{}",
+                    names.join(", "),
+                    format_bytes_exact(total),
+                    schedule::explain(&rejected)
+                ),
+            );
+            return None;
+        };
+        self.sched.commit(&b, req.size);
+        Some(Located {
+            backend: b.as_str().to_owned(),
+            how: format!(
+                "placed by the scheduler with its consistency group {g} ({}: {} together)",
+                names.join(", "),
+                format_bytes_exact(total)
+            ),
+            fence: None,
+        })
     }
 
     /// Back ends that could take a volume, by host, judged by what the
@@ -1708,6 +2168,9 @@ impl<'a> Planner<'a> {
                 }
                 // Otherwise only other hosts can take it: theirs to create.
                 return None;
+            }
+            if let Some(g) = &doc.spec.consistency_group {
+                return self.place_group(a, g, req);
             }
             return match self.sched.place(req, None) {
                 Ok(b) => Some(Located {
@@ -1965,11 +2428,17 @@ impl<'a> Planner<'a> {
         if matches!(obj.health, Health::SizeMismatch { .. }) {
             refusals.push("its size differs from the recorded one; let the pending extend finish first (keep spec.backend for one apply)".to_owned());
         }
-        if let (Some(s1), Some(s2)) = (&backend.caps.space, &tview.caps.space)
-            && s1 == s2
-        {
-            refusals.push(format!("{cur} and {to} share {} {}, and moving a volume within one {} is not supported by this version of cinderblock yet", s1.kind, s1.name, s1.kind));
-        }
+        // Two back ends of one space: the move stays inside it, and needs
+        // no copy where both bind an object by its owner mark alone.
+        let within = backend
+            .caps
+            .shared_space(&tview.caps)
+            .map(ToString::to_string);
+        let carry = if backend.caps.relabels_to(&tview.caps) && !resume {
+            Carry::HandOver
+        } else {
+            Carry::Copy
+        };
         let want = round_up(doc.spec.size.bytes(), tview.extent);
         let target_size = round_up(obj.size, tview.extent).max(want);
         if want < obj.size {
@@ -2030,7 +2499,9 @@ impl<'a> Planner<'a> {
         self.sched.release(cur, obj.size, true);
         // Files and thin LVs say what they hold (thin: the pool's
         // data_percent, an estimate to 0.01 %); a thick LV is read whole.
-        let read = if backend.caps.knows_allocation {
+        let read = if carry == Carry::HandOver {
+            0
+        } else if backend.caps.knows_allocation {
             obj.allocated.unwrap_or(obj.size).min(obj.size)
         } else {
             obj.size
@@ -2055,13 +2526,19 @@ impl<'a> Planner<'a> {
                 bandwidth,
                 resume,
                 deletion_policy: policy,
+                carry,
+                within,
             },
             reason: if resume {
                 format!("{why}; an interrupted migration resumes from its last checkpoint")
             } else {
                 why
             },
-            impact: Impact::Moves,
+            impact: if carry == Carry::HandOver {
+                Impact::MetadataOnly
+            } else {
+                Impact::Moves
+            },
         });
         true
     }
@@ -2091,6 +2568,8 @@ impl<'a> Planner<'a> {
                 bandwidth: None,
                 resume: true,
                 deletion_policy: policy,
+                carry: Carry::Copy,
+                within: fb.caps.shared_space(&tb.caps).map(ToString::to_string),
             },
             reason: format!("an earlier migration from {src} was verified, then interrupted before the switch; it is finished (nothing is copied again)"),
             impact: Impact::Moves,
@@ -2210,6 +2689,7 @@ impl<'a> Planner<'a> {
                 deletion_policy: policy,
                 from_file: None,
                 placement: None,
+                consistency_group: None,
             },
             reason,
             impact: Impact::Grows,
@@ -2431,6 +2911,18 @@ impl<'a> Planner<'a> {
             }
             if !may_delete {
                 held += 1;
+                continue;
+            }
+            if *kind == ObjKind::Volume
+                && let Some(g) = self
+                    .recorded
+                    .objects
+                    .get(&f.obj.uuid)
+                    .and_then(|r| r.consistency_group.as_ref())
+            {
+                self.out.errors.push(PlanError::new(&a, PlanErrorKind::Refused, format!(
+                    "cannot be deleted: it is a member of consistency group {g}, and a member is not deleted while it is in the group; declare it again without spec.consistencyGroup and apply (it leaves the group, a ~ change), then remove its manifest"
+                )));
                 continue;
             }
             if *kind == ObjKind::Volume {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::capacity::{human, percent};
 use super::exports::secret_source;
-use super::{Action, ObjKind, Op, Plan, Tally};
+use super::{Action, Carry, ObjKind, Op, Plan, Tally};
 use crate::manifest::values::format_bytes_exact;
 
 fn kind_word(k: ObjKind) -> &'static str {
@@ -237,6 +237,20 @@ fn action(s: &mut String, a: &Action) {
             "thin_pool",
             format!("{volume_group}/{pool}"),
         ),
+        Op::Adopt {
+            kind,
+            name,
+            released,
+            ..
+        } => (
+            if *released {
+                "will be taken back (adopted again)"
+            } else {
+                "will be adopted"
+            },
+            kind_word(*kind),
+            name.clone(),
+        ),
         Op::Extend { name, .. } => ("will be updated in-place", "volume", name.clone()),
         Op::Record { kind, name, .. } => {
             ("will be updated in-place", kind_word(*kind), name.clone())
@@ -278,6 +292,25 @@ fn action(s: &mut String, a: &Action) {
     let _ = writeln!(s, "  {sym} {word} {name:?} {{");
     let mut attrs: Attrs = Vec::new(); // (mark, key, value)
     match &a.op {
+        Op::Adopt {
+            backend,
+            entry,
+            uuid,
+            size,
+            deletion_policy,
+            ..
+        } => {
+            attrs.push(("+".into(), "adopt".into(), format!("{entry:?}")));
+            attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push(("+".into(), "size".into(), format_bytes_exact(*size)));
+            attrs.push(("+".into(), "id".into(), uuid.to_string()));
+            attrs.push((
+                "+".into(),
+                "deletion_policy".into(),
+                format!("{deletion_policy:?}"),
+            ));
+            attrs.push((" ".into(), "data".into(), "(kept as it is)".into()));
+        }
         Op::CreatePool {
             backend,
             size,
@@ -362,6 +395,7 @@ fn action(s: &mut String, a: &Action) {
             deletion_policy,
             moved_from,
             resized_from,
+            regrouped,
             ..
         } => {
             match previous {
@@ -393,6 +427,16 @@ fn action(s: &mut String, a: &Action) {
                         format_bytes_exact(*from),
                         format_bytes_exact(*size)
                     ),
+                ));
+            }
+            if let Some(g) = regrouped {
+                let shown = |g: &Option<String>| {
+                    g.as_ref().map_or("(none)".to_owned(), |g| format!("{g:?}"))
+                };
+                attrs.push((
+                    "~".into(),
+                    "consistencyGroup".into(),
+                    format!("{} -> {}", shown(&g.from), shown(&g.to)),
                 ));
             }
             attrs.push((" ".into(), "id".into(), uuid.to_string()));
@@ -528,13 +572,15 @@ fn action(s: &mut String, a: &Action) {
             read,
             target_free,
             bandwidth,
+            carry,
+            within,
             ..
         } => migrate_attrs(
             &mut attrs,
             *uuid,
             (from, to),
             (*size, *target_size),
-            *read,
+            (*read, *carry, within.as_deref()),
             *target_free,
             *bandwidth,
         ),
@@ -555,7 +601,7 @@ fn migrate_attrs(
     uuid: uuid::Uuid,
     (from, to): (&str, &str),
     (size, target_size): (u64, u64),
-    read: u64,
+    (read, carry, within): (u64, Carry, Option<&str>),
     (free_before, free_after): (u64, u64),
     bandwidth: Option<u64>,
 ) {
@@ -572,6 +618,29 @@ fn migrate_attrs(
                 format_bytes_exact(size),
                 format_bytes_exact(target_size)
             ),
+        ));
+    }
+    if carry == Carry::HandOver {
+        let within = within.unwrap_or("one space");
+        attrs.push((
+            " ".into(),
+            "read".into(),
+            format!(
+                "0 B (handed over inside {within}: only its owner mark changes, nothing is copied)"
+            ),
+        ));
+        attrs.push((
+            " ".into(),
+            "disruption".into(),
+            "none: name, id and data stay where they are; the volume must be unused for the one metadata update".into(),
+        ));
+        return;
+    }
+    if let Some(w) = within {
+        attrs.push((
+            " ".into(),
+            "within".into(),
+            format!("{w} (the copy stays inside it)"),
         ));
     }
     attrs.push((
@@ -672,6 +741,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
                     Op::Create { .. }
                     | Op::CreatePool { .. }
                     | Op::DiscoveryAuth { new: true, .. } => "create",
+                    Op::Adopt { .. } => "adopt",
                     Op::Export { ref changes, .. } if changes.is_empty() => "create",
                     Op::Extend { .. }
                     | Op::Record { .. }

@@ -177,6 +177,14 @@ impl<'w> Scheduler<'w> {
         req: &Request<'_>,
         candidates: Option<&[Name]>,
     ) -> Result<Name, Rejections> {
+        let chosen = self.pick(req, candidates)?;
+        self.commit(&chosen, req.size);
+        Ok(chosen)
+    }
+
+    /// Picks a back end for a volume among `candidates` (all discovered back
+    /// ends when `None`) without counting it.
+    pub fn pick(&self, req: &Request<'_>, candidates: Option<&[Name]>) -> Result<Name, Rejections> {
         let mut passed = Vec::new();
         let mut rejected = Vec::new();
         let names: Vec<Name> = match candidates {
@@ -192,9 +200,7 @@ impl<'w> Scheduler<'w> {
         if passed.is_empty() {
             return Err(rejected);
         }
-        let chosen = self.weigh(&passed);
-        self.commit(&chosen, req.size);
-        Ok(chosen)
+        Ok(self.weigh(&passed))
     }
 
     /// Counts `size` more bytes and one more volume on `backend`.
@@ -308,35 +314,35 @@ const DISCOVERED_CAPABILITIES: [&str; 4] = [
     "provisioned_capacity_gb",
 ];
 
-/// The capabilities a back end reports: its declared ones plus Cinder's
-/// standard ones (without the discovered figures when there is no `slot`).
-#[allow(clippy::cast_precision_loss)]
-fn reported(view: &BackendView, slot: Option<&Slot>) -> BTreeMap<String, String> {
+/// The capability `key` a back end reports: a declared one first, else
+/// the discovered figures (only with a `slot`), else Cinder's standard
+/// ones. One key at a time: the filter runs for every volume and back end,
+/// and only the keys a type asks for are worth making.
+#[allow(clippy::cast_precision_loss)] // GiB with two decimals, as Cinder reports them
+fn reported(view: &BackendView, slot: Option<&Slot>, key: &str) -> Option<String> {
+    if let Some(v) = view.capabilities.get(key) {
+        return Some(v.clone());
+    }
     let gib = |b: u64| format!("{:.2}", b as f64 / f64::from(1u32 << 30));
-    let mut caps = view.capabilities.clone();
     if let Some(slot) = slot {
-        for (k, v) in [
-            ("total_volumes", slot.volumes.to_string()),
-            ("total_capacity_gb", gib(slot.pool.total)),
-            ("free_capacity_gb", gib(slot.pool.free)),
-            ("provisioned_capacity_gb", gib(slot.pool.provisioned)),
-        ] {
-            caps.entry(k.to_owned()).or_insert(v);
+        match key {
+            "total_volumes" => return Some(slot.volumes.to_string()),
+            "total_capacity_gb" => return Some(gib(slot.pool.total)),
+            "free_capacity_gb" => return Some(gib(slot.pool.free)),
+            "provisioned_capacity_gb" => return Some(gib(slot.pool.provisioned)),
+            _ => {}
         }
     }
-    let std_caps = [
-        ("volume_backend_name", view.backend_name.clone()),
-        ("thin_provisioning_support", title(view.thin)),
-        ("thick_provisioning_support", title(!view.thin)),
-        ("max_over_subscription_ratio", view.ratio.to_string()),
-        ("reserved_percentage", view.reserved_percentage.to_string()),
-        ("availability_zone", view.zone.clone()),
-        ("storage_protocol", view.caps.protocol.clone()),
-    ];
-    for (k, v) in std_caps {
-        caps.entry(k.to_owned()).or_insert(v);
-    }
-    caps
+    Some(match key {
+        "volume_backend_name" => view.backend_name.clone(),
+        "thin_provisioning_support" => title(view.thin),
+        "thick_provisioning_support" => title(!view.thin),
+        "max_over_subscription_ratio" => view.ratio.to_string(),
+        "reserved_percentage" => view.reserved_percentage.to_string(),
+        "availability_zone" => view.zone.clone(),
+        "storage_protocol" => view.caps.protocol.clone(),
+        _ => return None,
+    })
 }
 
 fn title(b: bool) -> String {
@@ -351,7 +357,6 @@ fn capabilities(
     slot: Option<&Slot>,
     specs: &BTreeMap<String, ScalarString>,
 ) -> Result<(), String> {
-    let caps = reported(view, slot);
     for (key, want) in specs {
         let key = match key.split_once(':') {
             Some(("capabilities", k)) => k,
@@ -363,7 +368,7 @@ fn capabilities(
         } else {
             key
         };
-        let Some(have) = caps.get(cap_key) else {
+        let Some(have) = reported(view, slot, cap_key) else {
             if slot.is_none() && DISCOVERED_CAPABILITIES.contains(&cap_key) {
                 // Unknown without discovery: could pass.
                 continue;
@@ -373,7 +378,7 @@ fn capabilities(
                 want.0
             ));
         };
-        if !matches_spec(have, &want.0) {
+        if !matches_spec(&have, &want.0) {
             return Err(format!(
                 "CapabilitiesFilter: {cap_key} is {have:?}, the type wants {:?}",
                 want.0

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::{Impact, Op, Options, plan, render};
+use super::{Carry, Impact, Op, Options, plan, render};
 use crate::manifest::kinds::DeletionPolicy;
 use crate::manifest::values::OverSubscription;
 use crate::manifest::{ManifestSet, load_source};
@@ -93,6 +93,7 @@ fn record(n: u128, name: &str, backend: &str, policy: DeletionPolicy) -> (Uuid, 
             backend: backend.into(),
             size: GIB,
             deletion_policy: policy,
+            consistency_group: None,
         },
     )
 }
@@ -209,6 +210,56 @@ fn a_lost_volume_is_reported_not_silently_recreated() {
     );
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(matches!(p.actions[0].op, Op::Create { .. }));
+}
+
+#[test]
+fn a_move_inside_one_space_is_a_hand_over_where_both_relabel_else_a_copy_inside_it() {
+    let set = manifests(
+        &(backend_yaml("a", "")
+            + &backend_yaml("b", "")
+            + &vol_yaml("db", "1Gi", "  backend: b\n")),
+    );
+    let space = crate::model::Space {
+        kind: "volume group".into(),
+        name: "vg0".into(),
+    };
+    let views = |relabel: bool| {
+        let mut db = obj("db", GIB, 1);
+        db.allocated = Some(GIB / 4);
+        let mut a = view("a", false, 1.0, 100 * GIB, vec![db]);
+        let mut b = view("b", false, 1.0, 100 * GIB, vec![]);
+        for v in [&mut a, &mut b] {
+            v.caps.space = Some(space.clone());
+            v.caps.relabel = relabel;
+        }
+        world(vec![a, b])
+    };
+    let p = plan(&set, &views(true), &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let [a] = &p.actions[..] else {
+        panic!("{:?}", p.actions)
+    };
+    assert!(
+        matches!(&a.op, Op::Migrate { read: 0, carry: Carry::HandOver, within: Some(w), .. } if w == "volume group vg0"),
+        "{:?}",
+        a.op
+    );
+    assert_eq!(a.impact, Impact::MetadataOnly);
+    let text = render::text(&p);
+    assert!(text.contains("read       = 0 B (handed over inside volume group vg0: only its owner mark changes, nothing is copied)"), "{text}");
+    let p = plan(
+        &set,
+        &views(false),
+        &Recorded::default(),
+        Options::default(),
+    );
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(&p.actions[0].op, Op::Migrate { carry: Carry::Copy, within: Some(_), read, .. } if *read == GIB / 4),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.actions[0].impact, Impact::Moves);
 }
 
 #[test]
@@ -972,6 +1023,255 @@ fn consistency_group_members_are_placed_together() {
     );
 }
 
+const GROUP_TYPES: &str = "apiVersion: cinderblock.dev/v1alpha1\nkind: SchedulerPolicy\nmetadata: {name: default}\nspec:\n  weighers: [{name: VolumeNumberWeigher, multiplier: -1}]\n---\napiVersion: cinderblock.dev/v1alpha1\nkind: VolumeType\nmetadata: {name: t}\nspec: {}\n---\n";
+
+fn group_yaml(extra: &str) -> String {
+    format!(
+        "apiVersion: cinderblock.dev/v1alpha1\nkind: ConsistencyGroup\nmetadata: {{name: g}}\nspec:\n  volumeTypes: [t]\n{extra}---\n"
+    )
+}
+
+fn members(extra: &str) -> String {
+    ["m1", "m2", "m3"]
+        .iter()
+        .map(|m| {
+            vol_yaml(
+                m,
+                "1Gi",
+                &format!("  volumeType: t\n  consistencyGroup: g\n{extra}"),
+            )
+        })
+        .collect()
+}
+
+fn grouped(mut r: (Uuid, RecordedObject), g: &str) -> (Uuid, RecordedObject) {
+    r.1.consistency_group = Some(g.into());
+    r
+}
+
+#[test]
+fn a_new_group_is_placed_as_one_unit_on_a_back_end_with_room_for_all_members() {
+    // `small` has fewer volumes (the weigher's pick) and room for two 1 GiB
+    // members, not three: placing members one by one would split the
+    // group or fail on the third; as a unit, all three go to `big`.
+    let set = manifests(
+        &(backend_yaml("small", "")
+            + &backend_yaml("big", "")
+            + GROUP_TYPES
+            + &group_yaml("")
+            + &members("")),
+    );
+    let w = world(vec![
+        view("small", false, 1.0, 5 * GIB / 2, vec![]),
+        view("big", false, 1.0, 100 * GIB, vec![obj("other", GIB, 9)]),
+    ]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(
+        created(&p),
+        [
+            ("m1".into(), "big".into()),
+            ("m2".into(), "big".into()),
+            ("m3".into(), "big".into())
+        ]
+    );
+    assert!(
+        p.actions[0].reason.contains(
+            "placed by the scheduler with its consistency group g (volume.m1, volume.m2, volume.m3: 3Gi together)"
+        ),
+        "{}",
+        p.actions[0].reason
+    );
+    // Three members of an unrelated size mix on two equal back ends: never split.
+    let set = manifests(
+        &(backend_yaml("fa", "")
+            + &backend_yaml("fb", "")
+            + GROUP_TYPES
+            + &group_yaml("")
+            + &members("")),
+    );
+    let w = world(vec![
+        view("fa", true, 20.0, 100 * GIB, vec![]),
+        view("fb", true, 20.0, 100 * GIB, vec![]),
+    ]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    let backs: std::collections::BTreeSet<String> =
+        created(&p).into_iter().map(|(_, b)| b).collect();
+    assert_eq!(backs.len(), 1, "{:?}", created(&p));
+}
+
+#[test]
+fn a_group_no_back_end_can_take_whole_is_one_plan_error_naming_the_group() {
+    let set = manifests(
+        &(backend_yaml("small", "")
+            + &backend_yaml("other", "")
+            + GROUP_TYPES
+            + &group_yaml("")
+            + &members("")),
+    );
+    let w = world(vec![
+        view("small", false, 1.0, 5 * GIB / 2, vec![]),
+        view("other", false, 1.0, 5 * GIB / 2, vec![]),
+    ]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(created(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(p.errors[0].address.as_deref(), Some("volume.m1"));
+    let text = p.errors[0].to_string();
+    assert!(
+        text.contains("no back end can take consistency group g as one unit (volume.m1, volume.m2, volume.m3: 3Gi together)")
+            && text.contains("pin it with spec.backend on ConsistencyGroup/g")
+            && text.contains("- small: the whole group: CapacityFilter"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_pinned_group_places_every_member_on_its_pin() {
+    let set = manifests(
+        &(backend_yaml("fa", "")
+            + &backend_yaml("fb", "")
+            + GROUP_TYPES
+            + &group_yaml("  backend: fb\n")
+            + &members("")),
+    );
+    let w = world(vec![
+        view("fa", true, 20.0, 100 * GIB, vec![]),
+        view("fb", true, 20.0, 100 * GIB, vec![obj("other", GIB, 9)]),
+    ]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        created(&p).iter().all(|(_, b)| b == "fb"),
+        "{:?}",
+        created(&p)
+    );
+    match &p.actions[0].op {
+        Op::Create {
+            consistency_group, ..
+        } => assert_eq!(consistency_group.as_deref(), Some("g")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_member_is_not_deleted_while_in_its_group_and_leaving_is_a_visible_change() {
+    let base = backend_yaml("fa", "") + GROUP_TYPES + &group_yaml("");
+    let w = world(vec![view(
+        "fa",
+        true,
+        20.0,
+        100 * GIB,
+        vec![obj("m1", GIB, 1), obj("m2", GIB, 2)],
+    )]);
+    let recorded = Recorded {
+        objects: [
+            grouped(record(1, "m1", "fa", DeletionPolicy::Delete), "g"),
+            grouped(record(2, "m2", "fa", DeletionPolicy::Delete), "g"),
+        ]
+        .into_iter()
+        .collect(),
+        last_plan: None,
+    };
+    // m1's manifest removed while it is a member: refused, with the way out.
+    let set = manifests(
+        &(base.clone()
+            + &vol_yaml(
+                "m2",
+                "1Gi",
+                "  volumeType: t\n  consistencyGroup: g\n  deletionPolicy: Delete\n",
+            )),
+    );
+    let p = plan(&set, &w, &recorded, Options::default());
+    assert!(!p.destroys_data(), "{:?}", p.actions);
+    assert_eq!(
+        p.errors,
+        [
+            "volume.m1: cannot be deleted: it is a member of consistency group g, and a member is not deleted while it is in the group; declare it again without spec.consistencyGroup and apply (it leaves the group, a ~ change), then remove its manifest"
+        ]
+    );
+    // Declared again without the group: it leaves, shown as a change.
+    let set = manifests(
+        &(base.clone()
+            + &vol_yaml("m1", "1Gi", "  deletionPolicy: Delete\n")
+            + &vol_yaml(
+                "m2",
+                "1Gi",
+                "  volumeType: t\n  consistencyGroup: g\n  deletionPolicy: Delete\n",
+            )),
+    );
+    let p = plan(&set, &w, &recorded, Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
+    let text = render::text(&p);
+    assert!(
+        text.contains("spec.consistencyGroup was removed: it leaves consistency group g")
+            && text.contains("~ consistencyGroup = \"g\" -> (none)"),
+        "{text}"
+    );
+    // Once the record says it left, removing the manifest deletes it.
+    let mut left = recorded.clone();
+    left.objects
+        .get_mut(&Uuid::from_u128(1))
+        .unwrap()
+        .consistency_group = None;
+    let set = manifests(
+        &(base
+            + &vol_yaml(
+                "m2",
+                "1Gi",
+                "  volumeType: t\n  consistencyGroup: g\n  deletionPolicy: Delete\n",
+            )),
+    );
+    let p = plan(&set, &w, &left, Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(p.destroys_data());
+}
+
+#[test]
+fn a_volume_joins_a_group_only_on_the_groups_back_end() {
+    let base = backend_yaml("fa", "") + &backend_yaml("fb", "") + GROUP_TYPES + &group_yaml("");
+    let w = world(vec![
+        view("fa", true, 20.0, 100 * GIB, vec![obj("m1", GIB, 1)]),
+        view("fb", true, 20.0, 100 * GIB, vec![obj("m2", GIB, 2)]),
+    ]);
+    let recorded = Recorded {
+        objects: [
+            grouped(record(1, "m1", "fa", DeletionPolicy::Retain), "g"),
+            record(2, "m2", "fb", DeletionPolicy::Retain),
+        ]
+        .into_iter()
+        .collect(),
+        last_plan: None,
+    };
+    let set = manifests(
+        &(base
+            + &vol_yaml("m1", "1Gi", "  volumeType: t\n  consistencyGroup: g\n")
+            + &vol_yaml("m2", "1Gi", "  volumeType: t\n  consistencyGroup: g\n")),
+    );
+    let p = plan(&set, &w, &recorded, Options::default());
+    assert_eq!(
+        p.errors,
+        [
+            "volume.m2: it lives on fb, but consistency group g lives on fa, and a group's volumes live on one back end: remove spec.consistencyGroup, or migrate it to fa first (spec.backend: fa) and add it to the group after"
+        ]
+    );
+    // A pin set on a group later does not move its members: it is refused.
+    let set = manifests(
+        &(backend_yaml("fa", "")
+            + &backend_yaml("fb", "")
+            + GROUP_TYPES
+            + &group_yaml("  backend: fb\n")
+            + &vol_yaml("m1", "1Gi", "  volumeType: t\n  consistencyGroup: g\n")),
+    );
+    let p = plan(&set, &w, &recorded, Options::default());
+    assert_eq!(
+        p.errors,
+        [
+            "volume.m1: it lives on fa, but consistency group g is pinned to fb, and a member is not migrated: set spec.backend of ConsistencyGroup/g back to fa, or remove spec.consistencyGroup, move the volume (spec.backend: fb) and add it to the group after"
+        ]
+    );
+}
+
 fn placed(entries: &[(&str, &str, &str, Option<i64>)]) -> crate::observe::Fleet {
     crate::observe::Fleet::On(
         entries
@@ -1150,6 +1450,7 @@ fn a_volume_in_use_is_not_deleted_and_the_error_names_the_holder() {
                 backend: "a".into(),
                 size: GIB,
                 deletion_policy: DeletionPolicy::Delete,
+                consistency_group: None,
             },
         )]
         .into(),
@@ -1679,6 +1980,7 @@ fn a_removed_image_is_forgotten_or_deleted_but_not_under_its_clones() {
                     backend: "a".into(),
                     size: GIB,
                     deletion_policy: policy,
+                    consistency_group: None,
                 },
             ),
         ]

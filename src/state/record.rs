@@ -40,6 +40,10 @@ pub struct RecordedObject {
     pub size: u64,
     /// The deletion policy it was last applied with.
     pub deletion_policy: DeletionPolicy,
+    /// The consistency group a volume was last applied in: a member's delete
+    /// is refused while this names a group, even after its manifest is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency_group: Option<String>,
 }
 
 /// The whole record.

@@ -1,8 +1,9 @@
 //! Backup benchmark: cinderblock against restic, borg and the notes' recipe
 //! on the same machine, in one run.
 //!
-//! Run with `cargo bench --bench backup` (needs `restic` and `borgbackup`
-//! from apt; a missing peer is reported and skipped). Prints figures and
+//! Run with `cargo bench --bench backup`: it installs `restic` and
+//! `borgbackup` from Debian when missing (`tests/lib/install.sh`; a peer that
+//! cannot be installed is reported and skipped). Prints figures and
 //! ratios; asserts only that every restore is bit-exact.
 //!
 //! Data (as `shared/ANCHORS.md` measures): a 16 GiB sparse volume file with
@@ -119,6 +120,9 @@ fn main() {
     );
     // CB_BENCH_OURS_ONLY=1 skips the peers (for iterating on our engine).
     let ours_only = std::env::var_os("CB_BENCH_OURS_ONLY").is_some();
+    if !ours_only {
+        install_peers();
+    }
     let restic = tool_version("restic", &["version"]).filter(|_| !ours_only);
     let borg = tool_version("borg", &["--version"]).filter(|_| !ours_only);
     println!(
@@ -400,6 +404,134 @@ fn main() {
     );
     assert_eq!(ours.exact, Some(true), "our restore must be bit-exact");
     be.delete(vol).expect("delete source");
+    xfs_section(work);
+}
+
+/// The same volume on XFS with reflink (a loop-mounted image, xfsprogs from
+/// `tests/lib/install.sh`): full backup, the same 1 % change, and the
+/// incremental by changed-block tracking (FIEMAP against the full's kept
+/// reflinked copy); then a full of the volume in use (a reflink: no copy).
+/// Skipped, with the reason, where there is no root, loop device or XFS.
+fn xfs_section(work: &Path) {
+    println!("\n== on XFS (reflink), loop-mounted image ==");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lib/install.sh");
+    let installed = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". '{script}' && need_apt bench-backup xfsprogs -- mkfs.xfs"
+        ))
+        .status()
+        .is_ok_and(|s| s.success());
+    let image = work.join("xfs.img");
+    let mnt = work.join("xfs");
+    let device = installed
+        .then(|| {
+            File::create(&image).ok()?.set_len(32 * GIB).ok()?;
+            let out = Command::new("losetup")
+                .args(["--find", "--show", path_str(&image)])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+        .flatten();
+    let Some(device) = device else {
+        println!("skipped: cannot attach a loop device or install xfsprogs (needs root)");
+        return;
+    };
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let mounted = Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-m", "reflink=1", &device])
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("mount")
+            .args([&device, path_str(&mnt)])
+            .status()
+            .is_ok_and(|s| s.success());
+    if mounted {
+        xfs_backups(&mnt, work);
+    } else {
+        println!("skipped: mkfs.xfs or mount failed on {device}");
+    }
+    let _ = Command::new("umount").arg(&mnt).status();
+    let _ = Command::new("losetup").args(["-d", &device]).status();
+    let _ = fs::remove_file(&image);
+}
+
+fn xfs_backups(mnt: &Path, work: &Path) {
+    let be = FileBackend::new(mnt.join("volumes"), "bench");
+    fs::create_dir_all(be.root()).expect("mkdir");
+    let vol = Uuid::new_v4();
+    let t = Instant::now();
+    make_source(&be, vol);
+    let src = be.data_path(ObjKind::Volume, vol);
+    println!("source written in {}", secs(t.elapsed()));
+    let repo_dir = work.join("xfs-repo");
+    let repo = Repository::open_or_init(&repo_dir, Codec::Zstd).expect("repo");
+    let (full, _, r) = ours_backup(&repo, &be, vol, Mode::Full, false, false);
+    println!(
+        "ours full:        {:>9}  (point in time by {} {}), read {}",
+        secs(full),
+        r.method.as_str(),
+        secs(r.snapshot_time),
+        gib(r.manifest.stats.read_bytes)
+    );
+    let changed = change(&src);
+    let mut times = Vec::new();
+    let mut last = None;
+    // Rounds: each incremental is the parent of the next; the same change
+    // again each time (new data at the same places).
+    for round in 0..3 {
+        if round > 0 {
+            change(&src);
+        }
+        let before = dir_bytes(&repo_dir);
+        let (t, h, r) = ours_backup(&repo, &be, vol, Mode::Incremental, false, false);
+        times.push(t);
+        let s = &r.manifest.stats;
+        println!(
+            "ours incremental: {:>9}  changes by {}: read {} ({:.2}x the {} changed), repository +{}, peak RSS {}",
+            secs(t),
+            r.changes.as_str(),
+            mib(s.read_bytes),
+            s.read_bytes as f64 / changed as f64,
+            mib(changed),
+            mib(dir_bytes(&repo_dir) - before),
+            mib(h)
+        );
+        last = Some(r);
+    }
+    times.sort_unstable();
+    println!(
+        "1 % incremental on XFS: min {}, median {}, max {} (target <= 0.5 s, reading <= 2x the changed bytes)",
+        secs(times[0]),
+        secs(times[times.len() / 2]),
+        secs(times[times.len() - 1])
+    );
+    if let Some(r) = last {
+        let want = fingerprint(&src);
+        let (t, _, target) = ours_restore(&repo, &be, &r.manifest);
+        println!(
+            "restore of the last incremental: {}, bit-exact {}",
+            secs(t),
+            fingerprint(&target) == want
+        );
+        assert_eq!(fingerprint(&target), want, "our restore must be bit-exact");
+        let _ = fs::remove_file(&target);
+    }
+    let busy_dir = work.join("xfs-busy-repo");
+    let busy = Repository::open_or_init(&busy_dir, Codec::Zstd).expect("repo");
+    let (t, _, r) = ours_backup(&busy, &be, vol, Mode::Full, false, true);
+    println!(
+        "ours full, volume in use: {:>9}  (point in time by {} {}: no copy)",
+        secs(t),
+        r.method.as_str(),
+        secs(r.snapshot_time)
+    );
+    let _ = fs::remove_dir_all(&busy_dir);
+    let _ = fs::remove_dir_all(&repo_dir);
+    be.delete(vol).expect("delete source");
 }
 
 impl Row {
@@ -556,6 +688,24 @@ fn src_name(src: &Path) -> String {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// Installs the peers (Debian's `restic` and `borgbackup`) when missing,
+/// the way every test installs what it needs: `tests/lib/install.sh`. A
+/// failed install is reported; the run goes on without that peer.
+fn install_peers() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lib/install.sh");
+    for (pkg, tool) in [("restic", "restic"), ("borgbackup", "borg")] {
+        let status = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". '{script}' && need_apt bench-backup {pkg} -- {tool}"
+            ))
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            println!("could not install {pkg}: its figures are left out");
+        }
+    }
 }
 
 fn tool_version(tool: &str, args: &[&str]) -> Option<String> {

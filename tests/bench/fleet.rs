@@ -34,7 +34,6 @@ use cinderblock::fleet::records::{
 };
 use cinderblock::manifest::kinds::DeletionPolicy;
 use cinderblock::manifest::values::OverSubscription;
-use cinderblock::model::{Capabilities, SnapshotSpace};
 use cinderblock::observe::{
     BackendView, Capacity, Discovery, Health, Inventory, ObjKind, Observed, World,
 };
@@ -80,6 +79,8 @@ fn main() {
         }
     }
     fs::write(manifests.join("site.yaml"), &text).unwrap();
+    // Each back end's capabilities as its driver says (a `file` back end).
+    let set = cinderblock::manifest::load_source(std::path::Path::new("site.yaml"), &text).set;
 
     // What the hosts published, and their placements; the hosts are up.
     let lease = rt.block_on(etcd.grant(600)).unwrap();
@@ -103,18 +104,7 @@ fn main() {
             name: format!("b{h:02}").parse().unwrap(),
             backend_name: format!("b{h:02}"),
             zone: "nova".into(),
-            caps: Capabilities {
-                protocol: "nfs".into(),
-                thin: true,
-                new_reads_zero: true,
-                knows_allocation: true,
-                extends_with_snapshots: true,
-                snapshots: SnapshotSpace::Copy,
-                space: None,
-                pool: None,
-                delete_note: None,
-                retained: String::new(),
-            },
+            caps: cinderblock::registry::capabilities(&set.backends[format!("b{h:02}").as_str()]),
             thin: true,
             extent: 1,
             ratio: OverSubscription::Ratio(20.0),
@@ -157,6 +147,7 @@ fn main() {
                             backend: format!("b{h:02}"),
                             size: o.size,
                             deletion_policy: DeletionPolicy::default(),
+                            consistency_group: None,
                         },
                     )
                 })

@@ -112,6 +112,7 @@ fn main() {
                 backend: "bench".into(),
                 size: GIB,
                 deletion_policy: DeletionPolicy::Retain,
+                consistency_group: None,
             },
         );
     }

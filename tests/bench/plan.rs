@@ -5,17 +5,20 @@
 //! creates (placed by the scheduler) and 500 extends. Prints the planner's
 //! time in-process (pure: discovery excluded) and the release binary's end to
 //! end (load, validate, discover 20 directories, schedule, plan, render) with
-//! its peak memory. Targets (issue 3): under 0.3 s and 200 MiB.
+//! its peak memory and CPU time over rounds (min, median, max), then the
+//! binary's own table of phases (`plan --timings`). Targets (issue 21):
+//! under 150 ms and 64 MiB.
 //!
 //! Run: `cargo bench --bench plan`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::cast_precision_loss)]
+#![allow(clippy::cast_sign_loss)]
 #![allow(clippy::similar_names, clippy::too_many_lines)]
 #![allow(clippy::disallowed_methods)] // a benchmark runs the binary directly
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod common;
 use common::{best_of, measure};
@@ -26,7 +29,14 @@ const EXISTING: usize = 9_500;
 
 fn main() {
     let tmp = common::scratch("cinderblock-plan-bench-");
-    let dir = tmp.path();
+    // CB_BENCH_KEEP=1 keeps the site for profiling the binary on it.
+    let (_tmp, dir) = if std::env::var_os("CB_BENCH_KEEP").is_some() {
+        (None, tmp.keep())
+    } else {
+        let dir = tmp.path().to_owned();
+        (Some(tmp), dir)
+    };
+    let dir = dir.as_path();
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     let mut site = String::new();
@@ -69,8 +79,9 @@ fn main() {
         std::fs::write(manifests.join(format!("vols-{f:03}.yaml")), text).unwrap();
     }
     println!(
-        "plan benchmark: {VOLUMES} volumes on {BACKENDS} back ends ({EXISTING} exist; set-up {:.1} s)",
-        t.elapsed().as_secs_f64()
+        "plan benchmark: {VOLUMES} volumes on {BACKENDS} back ends ({EXISTING} exist; set-up {:.1} s) in {}",
+        t.elapsed().as_secs_f64(),
+        dir.display()
     );
 
     // In-process: the pure planner alone.
@@ -89,6 +100,7 @@ fn main() {
                 backend: format!("b{:02}", n % BACKENDS),
                 size: ((1 + n % 8) as u64) << 30,
                 deletion_policy: cinderblock::manifest::kinds::DeletionPolicy::Retain,
+                consistency_group: None,
             },
         );
     }
@@ -125,25 +137,70 @@ fn main() {
         planner.as_secs_f64() * 1e3
     );
 
-    // End to end: the release binary.
+    // End to end: the release binary, timed from outside (wall, the CPU
+    // time of the child, its peak RSS) over rounds, then once with
+    // `--timings` for its own table of phases.
     let bin = env!("CARGO_BIN_EXE_cinderblock");
+    let plan_cmd = || {
+        let mut c = Command::new(bin);
+        c.args(["--state"])
+            .arg(&state)
+            .args(["--host", "bench", "plan", "-f"])
+            .arg(&manifests)
+            .stdout(Stdio::null());
+        c
+    };
+    let mut walls = Vec::new();
+    let mut cpus = Vec::new();
     let mut rss = 0;
-    let cli = best_of(3, || {
-        let (wall, r, ok) = measure(
-            Command::new(bin)
-                .args(["--state"])
-                .arg(&state)
-                .args(["--host", "bench", "plan", "-f"])
-                .arg(&manifests)
-                .stdout(Stdio::null()),
-        );
+    for _ in 0..ROUNDS {
+        let before = children_cpu();
+        let (wall, r, ok) = measure(&mut plan_cmd());
         assert!(ok, "plan failed");
-        rss = r;
-        wall
-    });
+        cpus.push(children_cpu().saturating_sub(before));
+        walls.push(wall);
+        rss = rss.max(r);
+    }
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        format!(
+            "min {:>6.1}  median {:>6.1}  max {:>6.1} ms",
+            v[0].as_secs_f64() * 1e3,
+            v[v.len() / 2].as_secs_f64() * 1e3,
+            v[v.len() - 1].as_secs_f64() * 1e3
+        )
+    };
     println!(
-        "  cinderblock plan (end to end):      {:>8.1} ms   peak RSS {:>6.1} MiB   (targets: < 300 ms, < 200 MiB)",
-        cli.as_secs_f64() * 1e3,
+        "  cinderblock plan (end to end, {ROUNDS} rounds):\n    wall {}\n    cpu  {}\n    peak RSS {:.1} MiB   (targets: < 150 ms, < 64 MiB)",
+        stats(&mut walls),
+        stats(&mut cpus),
         rss as f64 / 1024.0
     );
+    let out = plan_cmd().arg("--timings").output().unwrap();
+    assert!(out.status.success(), "plan --timings failed");
+    println!("  phases of one run (cinderblock plan --timings):");
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        println!("    {line}");
+    }
+    println!(
+        "  machine load (1-minute average): {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+    );
+}
+
+/// Rounds of the end-to-end run.
+const ROUNDS: usize = 5;
+
+/// CPU time (user + system) of this process's waited-for children so far.
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    tv(u.user_time()) + tv(u.system_time())
 }

@@ -1082,6 +1082,7 @@ spec:
             status: Status::Ok,
             detail: None,
             verified_at: None,
+            point_in_time: None,
             read: None,
         },
     );

@@ -4,7 +4,8 @@
 //! `github-workflows` and `gitlab-ci`), every `cinderblock` command they
 //! run is checked against the binary's `--help`, and their shell steps are
 //! run for real with bash on a tiny site (`gh` and `curl`, which talk to
-//! GitHub and GitLab, replaced by recorders).
+//! GitHub and GitLab, replaced by recorders). With a fleet, their
+//! `plan --fleet` jobs run against a real etcd with TLS and a user.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -127,6 +128,7 @@ fn every_cinderblock_command_in_the_ci_examples_exists_with_its_flags() {
     assert_eq!(
         seen,
         [
+            "plan --state --fleet -f --format --detailed-exitcode",
             "plan --state --host -f --format --detailed-exitcode",
             "validate -f --format",
         ],
@@ -241,6 +243,21 @@ fn fake_tools(dir: &Path, gh_existing_comment: &str) -> String {
     )
 }
 
+/// `env` with `key` set to `value`.
+fn with<'a>(env: &[(&'a str, &'a str)], key: &str, value: &'a str) -> Vec<(&'a str, &'a str)> {
+    env.iter()
+        .map(|&(k, v)| if k == key { (k, value) } else { (k, v) })
+        .collect()
+}
+
+/// What the recorders logged: the calls, and the last body sent.
+fn recorded(log: &Path) -> (String, String) {
+    (
+        fs::read_to_string(log).unwrap(),
+        fs::read_to_string(format!("{}.body", log.display())).unwrap_or_default(),
+    )
+}
+
 /// Runs `script` with bash as the CI system would (`-e -o pipefail`) in
 /// `dir` with `env`.
 fn sh(dir: &Path, script: &str, env: &[(&str, &str)]) -> crate::support::Run {
@@ -319,24 +336,14 @@ fn the_github_workflow_steps_validate_plan_and_comment() {
     // comment: a new comment, then (one exists) an update.
     let r = sh(&repo, &runs["comment"][0], &env);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let calls = fs::read_to_string(&log).unwrap();
+    let (calls, body) = recorded(&log);
     assert!(
         calls.contains("gh pr comment 7 --repo storage/site --body-file comment.md"),
         "{calls}"
     );
-    let body = fs::read_to_string(format!("{}.body", log.display())).unwrap();
     assert_eq!(body, format!("<!-- cinderblock-plan -->\n{plan}\n"));
     let path2 = fake_tools(&t.join("again"), "4242");
-    let env2: Vec<(&str, &str)> = env
-        .iter()
-        .map(|(k, v)| {
-            if *k == "PATH" {
-                (*k, path2.as_str())
-            } else {
-                (*k, *v)
-            }
-        })
-        .collect();
+    let env2 = with(&env, "PATH", &path2);
     fs::remove_file(&log).unwrap();
     let r = sh(&repo, &runs["comment"][0], &env2);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -446,16 +453,7 @@ fn the_gitlab_jobs_validate_into_code_quality_and_post_the_plan() {
 
     // The next push: the host's note (id 4242) is updated, not repeated.
     let path2 = fake_tools(&t.join("again"), "4242");
-    let env2: Vec<(&str, &str)> = env
-        .iter()
-        .map(|&(k, v)| {
-            if k == "PATH" {
-                (k, path2.as_str())
-            } else {
-                (k, v)
-            }
-        })
-        .collect();
+    let env2 = with(&env, "PATH", &path2);
     fs::remove_file(&log).unwrap();
     let r = sh(&repo, &scripts["cinderblock-plan"], &env2);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -465,4 +463,145 @@ fn the_gitlab_jobs_validate_into_code_quality_and_post_the_plan() {
         "{calls}"
     );
     assert!(!calls.contains("--request POST"), "{calls}");
+}
+
+#[test]
+#[ignore = "needs etcd, etcdctl, openssl and jq (tests/run.sh installs them)"]
+#[allow(clippy::too_many_lines)] // one fleet, both systems' jobs in turn
+fn with_a_fleet_both_examples_post_one_plan_fleet_over_tls_as_a_user() {
+    use crate::fleet_etcd::{Fleet, WAIT, names, secure_args, volumes_yaml};
+    let etcd = crate::etcd::Cluster::start_secure();
+    let sec = etcd.secure.clone().unwrap();
+    let mut f = Fleet::on(etcd, &["a", "b"], false);
+    let pw = f.path().join("etcd-password");
+    fs::write(&pw, format!("{}\n", sec.agent_password)).unwrap();
+    f.etcd_args = secure_args(&sec, &sec.ca, &pw);
+    f.write("backends.yaml", &f.backends(""));
+    f.start_all();
+    let vols = names("vol", 2);
+    f.write("volumes.yaml", &volumes_yaml(&vols, ""));
+    f.wait_exactly_once(&vols, WAIT);
+    // Let both hosts publish what they made.
+    f.wait("both hosts' views to show the volumes", WAIT, |f| {
+        let r = f.cli(&["status", "--fleet"]);
+        r.stdout.matches("; 1 volume(s)").count() == 2
+    });
+    // The pull request adds one unpinned volume.
+    let repo = f.path().join("repo");
+    copy_dir(&f.path().join("manifests"), &repo.join("storage"));
+    fs::write(
+        repo.join("storage/new.yaml"),
+        volumes_yaml(&["new-1".to_owned()], ""),
+    )
+    .unwrap();
+    let endpoints = f.etcd.endpoints();
+    let pem = |p: &Path| fs::read_to_string(p).unwrap();
+    let (ca, cert, key) = (pem(&sec.ca), pem(&sec.cert), pem(&sec.key));
+    let t = f.path().join("ci");
+    fs::create_dir_all(&t).unwrap();
+    let log = t.join("calls.log");
+    let path = fake_tools(&t, "");
+    let runner = t.join("runner");
+    fs::create_dir_all(&runner).unwrap();
+    let summary = t.join("summary.md");
+    let expected_start =
+        "### cinderblock plan for 2 hosts\n\n**Plan: 1 to add, 0 to change, 0 to destroy.**";
+
+    // GitHub: TLS material and the password from secrets (PEM text).
+    let runs = github_runs();
+    let env = [
+        ("PATH", path.as_str()),
+        ("MANIFESTS", "storage"),
+        ("RUNNER_TEMP", runner.to_str().unwrap()),
+        ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap()),
+        ("CINDERBLOCK_ETCD", endpoints.as_str()),
+        ("CINDERBLOCK_ETCD_USER", "agent"),
+        ("CINDERBLOCK_ETCD_PASSWORD", sec.agent_password.as_str()),
+        ("ETCD_CA_PEM", ca.as_str()),
+        ("ETCD_CERT_PEM", cert.as_str()),
+        ("ETCD_KEY_PEM", key.as_str()),
+    ];
+    let r = sh(&repo, &runs["plan-fleet"][1], &env);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let plan = fs::read_to_string(repo.join("plan-fleet.md")).unwrap();
+    assert!(plan.starts_with(expected_start), "{plan}");
+    assert!(plan.contains("new-1"), "{plan}");
+    assert_eq!(fs::read_to_string(&summary).unwrap(), plan);
+    // The TLS files are gone with the step.
+    assert!(!runner.join("etcd-tls").exists());
+    // The comment job takes the fleet's plan like a host's.
+    let r = sh(
+        &repo,
+        &runs["comment"][0],
+        &[
+            ("PATH", path.as_str()),
+            ("GITHUB_REPOSITORY", "storage/site"),
+            ("PR", "7"),
+            ("LOG", log.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let body = fs::read_to_string(format!("{}.body", log.display())).unwrap();
+    assert_eq!(body, format!("<!-- cinderblock-plan -->\n{plan}\n"));
+    // A wrong password fails the step with etcd's refusal, not a plan.
+    let wrong = with(&env, "CINDERBLOCK_ETCD_PASSWORD", "wrong");
+    let r = sh(&repo, &runs["plan-fleet"][1], &wrong);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("etcd refused the user name or password"),
+        "{}",
+        r.stderr
+    );
+
+    // GitLab: File variables (paths) and one note for the fleet.
+    fs::remove_file(repo.join("plan-fleet.md")).unwrap();
+    fs::remove_file(&log).unwrap();
+    let tmp = t.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let scripts = gitlab_scripts();
+    let env = [
+        ("PATH", path.as_str()),
+        ("MANIFESTS", "storage"),
+        ("HOST", "fleet"),
+        ("CINDERBLOCK_ETCD", endpoints.as_str()),
+        ("CINDERBLOCK_ETCD_USER", "agent"),
+        ("CINDERBLOCK_ETCD_PASSWORD_FILE", pw.to_str().unwrap()),
+        ("CINDERBLOCK_ETCD_CA", sec.ca.to_str().unwrap()),
+        ("CINDERBLOCK_ETCD_CERT", sec.cert.to_str().unwrap()),
+        ("CINDERBLOCK_ETCD_KEY", sec.key.to_str().unwrap()),
+        ("CI_API_V4_URL", "https://gitlab.example.org/api/v4"),
+        ("CI_PROJECT_ID", "12"),
+        ("CI_MERGE_REQUEST_IID", "7"),
+        ("CINDERBLOCK_BOT_TOKEN", "secret"),
+        ("LOG", log.to_str().unwrap()),
+        ("TMPDIR", tmp.to_str().unwrap()),
+    ];
+    let r = sh(&repo, &scripts["cinderblock-plan-fleet"], &env);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let (calls, body) = recorded(&log);
+    assert!(
+        calls.contains("curl -fsS --request POST --header PRIVATE-TOKEN: secret --data-urlencode body@note-fleet.md https://gitlab.example.org/api/v4/projects/12/merge_requests/7/notes\n"),
+        "{calls}"
+    );
+    assert_eq!(body, format!("<!-- cinderblock-plan fleet -->\n{plan}"));
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "left in TMPDIR");
+    // The per-host job does not run in a fleet, and the fleet job only in one.
+    let doc = yaml("gitlab-ci.yml");
+    assert_eq!(
+        doc["cinderblock-plan"]["rules"][0]["if"],
+        "$CINDERBLOCK_ETCD"
+    );
+    assert_eq!(doc["cinderblock-plan"]["rules"][0]["when"], "never");
+    assert!(
+        doc["cinderblock-plan-fleet"]["rules"][0]["if"]
+            .as_str()
+            .unwrap()
+            .ends_with("&& $CINDERBLOCK_ETCD")
+    );
+    let gh = yaml("github-actions.yml");
+    assert_eq!(gh["jobs"]["plan"]["if"], "vars.CINDERBLOCK_ETCD == ''");
+    assert_eq!(
+        gh["jobs"]["plan-fleet"]["if"],
+        "vars.CINDERBLOCK_ETCD != ''"
+    );
 }

@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,121 @@ pub struct Member {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
+    /// Client TLS and the root user, when started with [`Cluster::start_secure`].
+    pub secure: Option<Secure>,
+}
+
+/// A cluster's client TLS (certificates made at test time with openssl)
+/// and authentication: the root user for etcdctl, and `agent`, who may
+/// read and write `/cinderblock` only.
+#[derive(Clone)]
+pub struct Secure {
+    /// The CA that signed the servers' and the client's certificates.
+    pub ca: PathBuf,
+    /// Another CA, which signed nothing here.
+    pub other_ca: PathBuf,
+    /// The client certificate and key (CN `cinderblock-client`, not a user).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    root_password: String,
+    /// Whether authentication is on (etcdctl then logs in as root).
+    auth_enabled: bool,
+    /// The password of user `agent`.
+    pub agent_password: String,
+}
+
+/// Runs openssl, asserting it succeeds.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME.pem`, `NAME.key`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// A certificate `NAME.pem`/`NAME.key` signed by CA `ca`, for `usage`
+/// (`serverAuth`, `clientAuth`), valid for 127.0.0.1.
+fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, usage: &str) {
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n"
+        ),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
 }
 
 impl Cluster {
@@ -57,7 +172,11 @@ impl Cluster {
                     child: None,
                 })
                 .collect();
-            let mut c = Cluster { dir, members };
+            let mut c = Cluster {
+                dir,
+                members,
+                secure: None,
+            };
             for i in 0..n {
                 c.spawn(i, "new");
             }
@@ -68,6 +187,95 @@ impl Cluster {
             // A port was taken between choosing and binding: again.
         }
         unreachable!()
+    }
+
+    /// One member with client TLS (a client certificate required) and
+    /// authentication on: root, and user `agent` with read-write on
+    /// `/cinderblock` only.
+    pub fn start_secure() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        make_ca(d, "ca");
+        make_ca(d, "other-ca");
+        make_cert(d, "ca", "server", "127.0.0.1", "serverAuth");
+        make_cert(d, "ca", "client", "cinderblock-client", "clientAuth");
+        let secure = Secure {
+            ca: d.join("ca.pem"),
+            other_ca: d.join("other-ca.pem"),
+            cert: d.join("client.pem"),
+            key: d.join("client.key"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            root_password: "root-secret-1".to_owned(),
+            auth_enabled: false,
+            agent_password: "agent-secret-2".to_owned(),
+        };
+        for attempt in 0.. {
+            let member = Member {
+                name: "m0".to_owned(),
+                client: free_port(),
+                peer: free_port(),
+                data: d.join(format!("m0-{attempt}.etcd")),
+                log: d.join(format!("m0-{attempt}.log")),
+                child: None,
+            };
+            let mut c = Cluster {
+                dir: tempfile::tempdir().unwrap(),
+                members: vec![member],
+                secure: Some(secure.clone()),
+            };
+            c.spawn(0, "new");
+            if c.wait_healthy(Duration::from_secs(30)) {
+                let s = c.secure.as_ref().unwrap();
+                let (root, agent) = (s.root_password.clone(), s.agent_password.clone());
+                for args in [
+                    vec!["user", "add", "root", "--new-user-password", root.as_str()],
+                    vec!["user", "grant-role", "root", "root"],
+                    vec!["role", "add", "fleet"],
+                    vec![
+                        "role",
+                        "grant-permission",
+                        "fleet",
+                        "--prefix=true",
+                        "readwrite",
+                        "/cinderblock",
+                    ],
+                    vec![
+                        "user",
+                        "add",
+                        "agent",
+                        "--new-user-password",
+                        agent.as_str(),
+                    ],
+                    vec!["user", "grant-role", "agent", "fleet"],
+                    vec!["auth", "enable"],
+                ] {
+                    let out = c.etcdctl(&args);
+                    assert!(
+                        out.status.success(),
+                        "etcdctl {args:?}: {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                if let Some(s) = c.secure.as_mut() {
+                    s.auth_enabled = true;
+                }
+                // Keep the certificates' directory alive with the cluster.
+                c.dir = dir;
+                return c;
+            }
+            assert!(attempt < 2, "etcd did not start; logs:\n{}", c.logs());
+        }
+        unreachable!()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     fn initial_cluster(&self) -> String {
@@ -87,6 +295,22 @@ impl Cluster {
             .unwrap()
             .to_string_lossy()
             .into_owned();
+        let scheme = self.scheme();
+        let tls: Vec<String> = self
+            .secure
+            .as_ref()
+            .map(|s| {
+                vec![
+                    "--cert-file".to_owned(),
+                    s.server_cert.display().to_string(),
+                    "--key-file".to_owned(),
+                    s.server_key.display().to_string(),
+                    "--trusted-ca-file".to_owned(),
+                    s.ca.display().to_string(),
+                    "--client-cert-auth".to_owned(),
+                ]
+            })
+            .unwrap_or_default();
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -100,9 +324,9 @@ impl Cluster {
                 "--data-dir",
                 &m.data.display().to_string(),
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", m.client),
+                &format!("{scheme}://127.0.0.1:{}", m.client),
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", m.client),
+                &format!("{scheme}://127.0.0.1:{}", m.client),
                 "--listen-peer-urls",
                 &format!("http://127.0.0.1:{}", m.peer),
                 "--initial-advertise-peer-urls",
@@ -121,6 +345,7 @@ impl Cluster {
                 "--log-level",
                 "warn",
             ])
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -146,7 +371,7 @@ impl Cluster {
     pub fn endpoints(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -156,17 +381,38 @@ impl Cluster {
         self.members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// Runs etcdctl (v3 API) against the running members.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let root = self
+            .secure
+            .as_ref()
+            .filter(|s| s.auth_enabled)
+            .map(|s| format!("root:{}", s.root_password));
+        self.etcdctl_as(root.as_deref(), args)
+    }
+
+    /// Runs etcdctl as `user` (`NAME:PASSWORD`), with the client
+    /// certificate when the cluster has TLS.
+    pub fn etcdctl_as(&self, user: Option<&str>, args: &[&str]) -> Output {
+        let mut extra: Vec<String> = Vec::new();
+        if let Some(s) = &self.secure {
+            extra.push(format!("--cacert={}", s.ca.display()));
+            extra.push(format!("--cert={}", s.cert.display()));
+            extra.push(format!("--key={}", s.key.display()));
+        }
+        if let Some(u) = user {
+            extra.push(format!("--user={u}"));
+        }
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.live_endpoints()))
             .arg("--command-timeout=5s")
+            .args(&extra)
             .args(args)
             .stdin(Stdio::null())
             .output()

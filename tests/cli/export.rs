@@ -15,7 +15,7 @@ use crate::support::Run;
 
 const CLIENT: &str = "iqn.1994-05.com.example:client1";
 
-fn cb(site: &Site, lio: Option<&Path>, env: &[(&str, &str)], args: &[&str]) -> Run {
+pub(crate) fn cb(site: &Site, lio: Option<&Path>, env: &[(&str, &str)], args: &[&str]) -> Run {
     let mut c = Command::cargo_bin("cinderblock").unwrap();
     c.current_dir(site.path())
         .env_remove("CINDERBLOCK_LOG")

@@ -8,6 +8,10 @@
 //!
 //! They need root and mounts: `#[ignore]`d, run by `tests/run.sh` (as root,
 //! `cargo test --test cli -- --ignored`).
+//!
+//! One more test injects the errors through the driver seam instead
+//! (`CINDERBLOCK_FAULT`, see `src/driver/fault.rs`): ENOSPC on an extend, EIO
+//! on a backup's point in time; it needs nothing and always runs.
 
 // The tests mount file systems and hash files as an admin would.
 #![allow(clippy::disallowed_methods)]
@@ -283,4 +287,69 @@ fn a_full_migration_target_fails_clearly_keeps_the_source_and_converges_after() 
     let (uuid_after, dst, _) = &objs["volume.db"];
     assert_eq!(uuid_after, &uuid);
     assert_eq!(sha256(dst), sum, "data identical on the target");
+}
+
+/// `cinderblock` with `CINDERBLOCK_FAULT` set (the driver seam's injected
+/// errors) on the backup site.
+fn with_fault(site: &BackupSite, fault: &str, args: &[&str]) -> crate::support::Run {
+    let mut v = vec!["--state", "state"];
+    v.extend_from_slice(args);
+    v.extend_from_slice(&["-f", "site.yaml"]);
+    crate::support::run_in_env(site.path(), &v, &[("CINDERBLOCK_FAULT", fault)])
+}
+
+#[test]
+fn errors_injected_through_the_driver_seam_are_clear_keep_the_data_and_the_next_run_converges() {
+    let site = BackupSite::new("");
+    ok(&site.cbf(&["apply", "--auto-approve"]));
+    let vol = site.volume_path("data").expect("apply created the volume");
+    fill(&vol);
+    let sum = sha256(&vol);
+    backup_id(&site.cbf(&["backup", "run", "data"]));
+    let verify = site.cb("state", &["backup", "verify", "--all"]);
+    ok(&verify);
+    let intact = |at: &str| {
+        assert_eq!(sha256(&vol), sum, "{at}: the volume is untouched");
+        let v = site.cb("state", &["backup", "verify", "--all"]);
+        ok(&v);
+        assert_eq!(v.stdout, verify.stdout, "{at}: every backup verifies");
+    };
+
+    // The volume grows onto a full disk: the extend fails, nothing else.
+    let manifest = site.path().join("site.yaml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, text.replace("size: 64Mi", "size: 128Mi")).unwrap();
+    let r = with_fault(&site, "local:extend:ENOSPC", &["apply", "--auto-approve"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("volume.data")
+            && r.stderr.contains("cannot extend on back end local")
+            && r.stderr.contains("No space left on device"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    intact("extend on a full disk");
+    assert_eq!(fs::metadata(&vol).unwrap().len(), 64 * MIB);
+
+    // The backup's point in time cannot be read: the run fails and says so.
+    let r = with_fault(&site, "local:pit:EIO", &["backup", "run", "data"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("Input/output error"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    intact("a backup that cannot read its source");
+
+    // Without faults, the next runs converge.
+    ok(&site.cbf(&["apply", "--auto-approve"]));
+    assert_eq!(fs::metadata(&vol).unwrap().len(), 128 * MIB);
+    let plan = site.cbf(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+    let id = backup_id(&site.cbf(&["backup", "run", "data"]));
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "copy"]));
+    let copy = site.volume_path("copy").unwrap();
+    assert_eq!(
+        sha256_prefix(&copy, 64 * MIB),
+        sha256_prefix(&vol, 64 * MIB),
+        "the new backup restores the data"
+    );
 }

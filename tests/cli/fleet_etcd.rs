@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::etcd::{Cluster, Proxy};
+use crate::etcd::{Cluster, Proxy, Secure};
 use crate::plan::H;
 
 /// Bound for convergence on a busy machine.
-const WAIT: Duration = Duration::from_secs(120);
+pub(crate) const WAIT: Duration = Duration::from_secs(120);
 /// The hosts' lease in these tests (production: 15 s).
 const TTL: &str = "3s";
 
@@ -46,7 +46,7 @@ impl Host {
     }
 
     /// The agent's address from its status file (while it runs).
-    fn addr(&self) -> Option<String> {
+    pub(crate) fn addr(&self) -> Option<String> {
         let pid = self.pid()?;
         let text = fs::read_to_string(self.state.join("agent-status.json")).ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
@@ -85,6 +85,8 @@ pub struct Fleet {
     pub root: tempfile::TempDir,
     pub etcd: Cluster,
     pub hosts: Vec<Host>,
+    /// More global options for every agent and CLI run (TLS, user).
+    pub etcd_args: Vec<String>,
 }
 
 impl Fleet {
@@ -92,9 +94,22 @@ impl Fleet {
     /// with `proxied`, each host reaches etcd through its own proxies, so
     /// it can be cut off alone.
     pub fn new(members: usize, names: &[&str], proxied: bool) -> Fleet {
+        Fleet::on(Cluster::start(members), names, proxied)
+    }
+
+    /// [`Fleet::new`] with every host's back end written and every agent
+    /// started.
+    pub fn running(members: usize, names: &[&str]) -> Fleet {
+        let mut f = Fleet::new(members, names, false);
+        f.write("backends.yaml", &f.backends(""));
+        f.start_all();
+        f
+    }
+
+    /// Hosts `names` on a cluster already started.
+    pub fn on(etcd: Cluster, names: &[&str], proxied: bool) -> Fleet {
         let root = tempfile::tempdir().unwrap();
         fs::create_dir_all(root.path().join("manifests")).unwrap();
-        let etcd = Cluster::start(members);
         let hosts = names
             .iter()
             .map(|n| {
@@ -127,7 +142,12 @@ impl Fleet {
                 }
             })
             .collect();
-        Fleet { root, etcd, hosts }
+        Fleet {
+            root,
+            etcd,
+            hosts,
+            etcd_args: Vec::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -181,6 +201,9 @@ impl Fleet {
                 "2s",
                 "--fleet-lease-ttl",
                 TTL,
+            ])
+            .args(&self.etcd_args)
+            .args([
                 "agent",
                 "-f",
                 "manifests",
@@ -288,6 +311,7 @@ impl Fleet {
     pub fn cli(&self, args: &[&str]) -> crate::support::Run {
         let endpoints = self.etcd.endpoints();
         let mut full = vec!["--etcd", endpoints.as_str()];
+        full.extend(self.etcd_args.iter().map(String::as_str));
         full.extend_from_slice(args);
         crate::support::run_in(self.path(), &full)
     }
@@ -324,7 +348,7 @@ impl Fleet {
     }
 }
 
-fn volumes_yaml(names: &[String], extra: &str) -> String {
+pub(crate) fn volumes_yaml(names: &[String], extra: &str) -> String {
     names
         .iter()
         .map(|n| {
@@ -333,16 +357,39 @@ fn volumes_yaml(names: &[String], extra: &str) -> String {
         .collect()
 }
 
-fn names(prefix: &str, n: usize) -> Vec<String> {
+/// The options of user `agent` over TLS: CA `ca`, the client certificate,
+/// the password in `password_file`.
+pub(crate) fn secure_args(sec: &Secure, ca: &Path, password_file: &Path) -> Vec<String> {
+    [
+        "--etcd-ca",
+        &ca.display().to_string(),
+        "--etcd-cert",
+        &sec.cert.display().to_string(),
+        "--etcd-key",
+        &sec.key.display().to_string(),
+        "--etcd-user",
+        "agent",
+        "--etcd-password-file",
+        &password_file.display().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Whether `line` of `status --fleet` says `host` is `state` (up, down).
+fn is_host_line(line: &str, host: &str, state: &str) -> bool {
+    line.starts_with(&format!("  {host} ")) && line.contains(&format!(" {state} "))
+}
+
+pub(crate) fn names(prefix: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
 
 #[test]
 #[ignore = "needs etcd and etcdctl (tests/run.sh installs etcd-server and etcd-client)"]
 fn thirty_unpinned_volumes_added_in_one_commit_exist_exactly_once_over_three_hosts() {
-    let mut f = Fleet::new(3, &["a", "b", "c"], false);
-    f.write("backends.yaml", &f.backends(""));
-    f.start_all();
+    let f = Fleet::running(3, &["a", "b", "c"]);
     let vols = names("vol", 30);
     f.write("volumes.yaml", &volumes_yaml(&vols, ""));
     f.wait_exactly_once(&vols, WAIT);
@@ -399,9 +446,7 @@ fn thirty_unpinned_volumes_added_in_one_commit_exist_exactly_once_over_three_hos
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     for h in ["a", "b", "c"] {
         assert!(
-            r.stdout
-                .lines()
-                .any(|l| l.starts_with(&format!("  {h} ")) && l.contains(" up ")),
+            r.stdout.lines().any(|l| is_host_line(l, h, "up")),
             "{}",
             r.stdout
         );
@@ -619,6 +664,161 @@ fn plan_fleet_from_a_machine_without_storage_shows_every_hosts_changes() {
     assert_eq!(doc["summary"]["newPlacements"], 2);
     assert_eq!(doc["summary"]["add"], 3);
     assert_eq!(doc["summary"]["change"], 1);
+}
+
+#[test]
+#[ignore = "needs etcd and etcdctl (tests/run.sh installs etcd-server and etcd-client)"]
+fn a_host_down_for_good_hands_over_the_placer_and_gets_nothing_new() {
+    let mut f = Fleet::running(3, &["a", "b", "c"]);
+    let first = names("first", 6);
+    f.write("first.yaml", &volumes_yaml(&first, ""));
+    f.wait_exactly_once(&first, WAIT);
+    f.wait("a placer to be elected", WAIT, |f| f.leader().is_some());
+    let dead = f.leader().unwrap();
+    let dead_name = f.hosts[dead].name.clone();
+    let before = f.volumes();
+    let on_dead: Vec<String> = before
+        .iter()
+        .filter(|(_, p)| p[0].0 == dead_name)
+        .map(|(n, _)| n.clone())
+        .collect();
+
+    // The placer's host dies and stays dead: another agent takes over the
+    // election within a few lease lengths (TTL 3 s here).
+    f.hosts[dead].kill();
+    let killed = Instant::now();
+    f.wait("another host to lead the placer", WAIT, |f| {
+        f.leader().is_some_and(|l| l != dead)
+    });
+    let handover = killed.elapsed();
+    eprintln!("host-down: placer moved from {dead_name} in {handover:.1?}");
+    let leader = f.leader().unwrap();
+    assert!(f.hosts[leader].pid().is_some(), "the new placer runs");
+    f.wait(
+        &format!("{dead_name} to be down in status --fleet"),
+        WAIT,
+        |f| {
+            let r = f.cli(&["status", "--fleet"]);
+            r.stdout
+                .lines()
+                .any(|l| is_host_line(l, &dead_name, "down"))
+        },
+    );
+    let r = f.cli(&["status", "--fleet"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    if on_dead.is_empty() {
+        assert!(
+            r.stdout.contains("Unavailable volumes: none"),
+            "{}",
+            r.stdout
+        );
+    } else {
+        assert!(
+            r.stdout
+                .contains("Unavailable volumes (their host is down):"),
+            "{}",
+            r.stdout
+        );
+        for n in &on_dead {
+            assert!(
+                r.stdout
+                    .contains(&format!("\n  volume.{n} (host {dead_name})\n")),
+                "{n}\n{}",
+                r.stdout
+            );
+        }
+    }
+
+    // New unpinned volumes: each placed once, on the live hosts only.
+    let second = names("second", 8);
+    f.write("second.yaml", &volumes_yaml(&second, ""));
+    let mut all = first.clone();
+    all.extend(second.iter().cloned());
+    f.wait_exactly_once(&all, WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let v = f.volumes();
+    assert_eq!(v.len(), all.len(), "{v:?}");
+    let placements = f.placements();
+    for n in &second {
+        assert_eq!(v[n].len(), 1, "{n}: {:?}", v[n]);
+        assert_ne!(v[n][0].0, dead_name, "{n} went to the down host");
+        assert_eq!(placements[n]["host"], v[n][0].0.as_str(), "{n}");
+    }
+    // The down host's volumes stay placed where their data is.
+    for (n, p) in &before {
+        assert_eq!(&v[n], p, "{n} moved");
+        assert_eq!(placements[n]["host"], p[0].0.as_str(), "{n}");
+    }
+}
+
+#[test]
+#[ignore = "needs etcd, etcdctl and openssl (tests/run.sh installs etcd-server, etcd-client and openssl)"]
+fn agents_reach_etcd_over_client_tls_as_a_user_and_a_wrong_password_or_ca_is_one_clear_error() {
+    let etcd = Cluster::start_secure();
+    let sec = etcd.secure.clone().unwrap();
+    let mut f = Fleet::on(etcd, &["a", "b"], false);
+    let pw = f.path().join("etcd-password");
+    fs::write(&pw, format!("{}\n", sec.agent_password)).unwrap();
+    let wrong_pw = f.path().join("wrong-password");
+    fs::write(&wrong_pw, "not-the-password\n").unwrap();
+    let tls = |ca: &Path, pw: &Path| secure_args(&sec, ca, pw);
+    assert!(f.etcd.endpoints().starts_with("https://"));
+
+    // Wrong password, wrong CA, no user: each one error that says what is
+    // wrong, never the password, and exit 1.
+    for (what, args, says) in [
+        (
+            "a wrong password",
+            tls(&sec.ca, &wrong_pw),
+            "authentication failed",
+        ),
+        ("a wrong CA", tls(&sec.other_ca, &pw), "certificate"),
+    ] {
+        f.etcd_args = args;
+        let r = f.cli(&["status", "--fleet"]);
+        eprintln!("{what}: {}", r.stderr.trim_end());
+        assert_eq!(r.code, 1, "{what}: {}\n{}", r.stdout, r.stderr);
+        let errors: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{what}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("etcd at https://127.0.0.1:"),
+            "{what}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.to_lowercase().contains(says),
+            "{what}: expected {says:?} in\n{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains(&sec.agent_password), "{}", r.stderr);
+        assert!(!r.stderr.contains("not-the-password"), "{}", r.stderr);
+    }
+
+    // The right ones: the agents register, place and create, each volume once.
+    f.etcd_args = tls(&sec.ca, &pw);
+    f.write("backends.yaml", &f.backends(""));
+    f.start_all();
+    let vols = names("tls", 4);
+    f.write("volumes.yaml", &volumes_yaml(&vols, ""));
+    f.wait_exactly_once(&vols, WAIT);
+    assert_eq!(f.placements().len(), 4);
+    let r = f.cli(&["status", "--fleet"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    for h in ["a", "b"] {
+        assert!(
+            r.stdout.lines().any(|l| is_host_line(l, h, "up")),
+            "{}",
+            r.stdout
+        );
+    }
+    assert!(r.stdout.contains("Placements: 4 ("), "{}", r.stdout);
+    for h in &f.hosts {
+        assert!(!h.log().contains(&sec.agent_password), "{}", h.log());
+    }
 }
 
 /// A small deterministic generator, seeded (the seed is printed).

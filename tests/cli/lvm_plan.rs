@@ -79,7 +79,7 @@ fn thin_back_end_plan_shows_rounding_foreign_lvs_and_pool_use() {
     };
     // both carry the owner mark: ours, whether in the pool or not
     assert_eq!(inv.objects.len(), 2);
-    assert!(inv.foreign.contains(&"legacy".to_owned()));
+    assert!(inv.foreign.iter().any(|f| f.name == "legacy"));
     let p = plan::plan(&s, &w, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     insta::assert_snapshot!(render::text(&p));
@@ -177,6 +177,7 @@ fn thick_back_end_deletes_note_the_wipe_and_failed_vgs_hold_deletes() {
             backend: "thick".into(),
             size: 256 << 20,
             deletion_policy: cinderblock::manifest::kinds::DeletionPolicy::Delete,
+            consistency_group: None,
         },
     );
     let w = world(&s, report("thick"));
@@ -312,5 +313,85 @@ fn capabilities_filter_sees_thin_and_thick_lvm_pools() {
             ("a".to_owned(), "thin".to_owned()),
             ("b".to_owned(), "thick".to_owned())
         ]
+    );
+}
+
+/// The fixture with each named LV carrying the owner mark given.
+fn report_owned(owners: &[(&str, &str)]) -> FullReport {
+    let mut r = parse_fullreport(FULLREPORT).unwrap();
+    for lv in &mut r.lvs {
+        if let Some((_, o)) = owners.iter().find(|(n, _)| *n == lv.name) {
+            lv.tags.push(format!("cinderblock.backend={o}"));
+        }
+    }
+    r
+}
+
+/// Two back ends on volume group labvg: thick, and thin in pool0.
+fn one_vg(vol: &str, size: &str, to: &str) -> ManifestSet {
+    set(&[
+        backend("thick-a", "    volumeGroup: labvg\n", ""),
+        backend(
+            "thin",
+            "    volumeGroup: labvg\n    thinPool: pool0\n",
+            "  maxOverSubscriptionRatio: 30\n",
+        ),
+        volume(vol, size, &format!("  backend: {to}\n")),
+    ]
+    .concat())
+}
+
+#[test]
+fn moves_inside_one_volume_group_copy_between_thick_and_the_pool() {
+    // thin (pool0) -> thick-a: a copy inside labvg, of what the thin LV holds.
+    let s = one_vg("vol-thin", "1Gi", "thick-a");
+    let w = world(&s, report_owned(&[("vol-thin", "thin")]));
+    let p = plan::plan(&s, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let [a] = &p.actions[..] else {
+        panic!("one action: {:?}", p.actions)
+    };
+    let Op::Migrate {
+        from,
+        to,
+        read,
+        carry,
+        within,
+        ..
+    } = &a.op
+    else {
+        panic!("{:?}", a.op)
+    };
+    assert_eq!((from.as_str(), to.as_str()), ("thin", "thick-a"));
+    assert_eq!(*carry, plan::Carry::Copy);
+    assert_eq!(within.as_deref(), Some("volume group labvg"));
+    // data_percent 1.56 of 1 GiB
+    assert_eq!(*read, 16_750_372);
+    assert_eq!(a.impact, plan::Impact::Moves);
+    let text = render::text(&p);
+    assert!(
+        text.contains("within     = volume group labvg (the copy stays inside it)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("> backend    = \"thin\" -> \"thick-a\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("(the allocated data; holes are not read)"),
+        "{text}"
+    );
+    assert!(!text.contains("not supported"), "{text}");
+
+    // thick-a -> thin: a copy (a thin LV is bound to its pool) of the whole
+    // thick LV.
+    let s = one_vg("vol-thick", "256Mi", "thin");
+    let w = world(&s, report_owned(&[("vol-thick", "thick-a")]));
+    let p = plan::plan(&s, &w, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(&p.actions[..], [a] if matches!(&a.op, Op::Migrate { carry: plan::Carry::Copy, read, within: Some(_), .. } if *read == 256 << 20)),
+        "{:?}",
+        p.actions
     );
 }

@@ -407,3 +407,137 @@ fn a_migration_in_flight_shows_on_status_metrics_and_page_until_it_ends() {
     assert_eq!(&moved[..data.len()], &data[..]);
     assert!(moved[data.len()..].iter().all(|b| *b == 0));
 }
+
+#[test]
+#[ignore = "needs Debian's chromium, etcd and etcdctl (tests/run.sh installs them)"]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn with_etcd_the_page_and_status_show_the_fleet_hosts_placements_and_pending_changes() {
+    use crate::fleet_etcd::{Fleet, WAIT, names, volumes_yaml};
+    let mut f = Fleet::running(1, &["a", "b"]);
+    let vols = names("vol", 5);
+    f.write("volumes.yaml", &volumes_yaml(&vols, ""));
+    f.wait_exactly_once(&vols, WAIT);
+    // Where etcd says each volume is.
+    let mut placed: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for p in f.placements().values() {
+        *placed
+            .entry(p["host"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(placed.values().sum::<u64>(), 5);
+    // The JSON endpoint: every host, up, its placements, its pending
+    // changes (none, once both have applied and published).
+    let fleet_of = |f: &Fleet| -> Option<Value> {
+        let (_, body) = f.hosts[0].get("/status")?;
+        let s: Value = serde_json::from_str(&body).ok()?;
+        Some(s["fleet"].clone())
+    };
+    f.wait("host a's status to show both hosts settled", WAIT, |f| {
+        fleet_of(f).is_some_and(|fl| {
+            fl["hosts"].as_array().is_some_and(|hs| {
+                hs.len() == 2
+                    && hs.iter().all(|h| {
+                        h["up"] == true
+                            && h["pending"]["actions"] == 0
+                            && h["placements"].as_u64()
+                                == Some(
+                                    placed
+                                        .get(h["host"].as_str().unwrap_or(""))
+                                        .copied()
+                                        .unwrap_or(0),
+                                )
+                            && h["appliedRevision"].is_string()
+                    })
+            })
+        })
+    });
+    let fleet = fleet_of(&f).unwrap();
+    assert_eq!(fleet["available"], true, "{fleet:#}");
+    assert_eq!(fleet["placements"], 5, "{fleet:#}");
+    let hosts: Vec<&str> = fleet["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["a", "b"]);
+    let leader = fleet["leader"].as_str().unwrap().to_owned();
+
+    // The page in the browser: clean, and the same numbers.
+    let out = tempfile::tempdir().unwrap();
+    let shot = out.path().join("fleet-page.png");
+    let addr = f.hosts[0].addr().unwrap();
+    let r = tool(
+        f.path(),
+        "python3",
+        &[
+            root().join("tests/browser/cdp.py").to_str().unwrap(),
+            &format!("http://{addr}/"),
+            shot.to_str().unwrap(),
+            "1280",
+            "900",
+        ],
+    );
+    assert_eq!(r.code, 0, "cdp.py failed:\n{}", r.stderr);
+    let page: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        page["problems"],
+        serde_json::json!([]),
+        "the page had problems"
+    );
+    let html = page["html"].as_str().unwrap();
+    assert_eq!(count_of(html, "fleet-hosts"), 2);
+    assert_eq!(count_of(html, "fleet-placements"), 5);
+    assert!(html.contains("data-fleet=\"available\""), "{html}");
+    assert!(
+        html.contains(&format!("<code data-leader=\"{leader}\">{leader}</code>")),
+        "{html}"
+    );
+    for h in ["a", "b"] {
+        let part = row(html, &format!("<tr data-host=\"{h}\">"));
+        assert!(part.contains("data-host-state=\"up\""), "{part}");
+        assert!(
+            part.contains(&format!(
+                "data-count=\"host-placements\">{}</td>",
+                placed.get(h).copied().unwrap_or(0)
+            )),
+            "{part}"
+        );
+        assert!(
+            part.contains("data-count=\"pending-actions\">0</span> none"),
+            "{part}"
+        );
+    }
+
+    // b gets a volume of its own, so b going down leaves one unavailable.
+    f.write(
+        "pinned.yaml",
+        &format!("{H}kind: Volume\nmetadata:\n  name: pinned-b\nspec:\n  size: 64Mi\n  backend: fb\n---\n"),
+    );
+    f.wait_exactly_once(&["pinned-b".to_owned()], WAIT);
+    let on_b = placed.get("b").copied().unwrap_or(0) + 1;
+    f.wait("b to publish its view with pinned-b", WAIT, |f| {
+        f.cli(&["status", "--fleet"])
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("    fb ") && l.ends_with(&format!("; {on_b} volume(s)")))
+    });
+
+    // b goes down: a's status and page say so.
+    f.hosts[1].kill();
+    f.wait("host a's status to show b down", WAIT, |f| {
+        fleet_of(f).is_some_and(|fl| {
+            fl["hosts"]
+                .as_array()
+                .is_some_and(|hs| hs.iter().any(|h| h["host"] == "b" && h["up"] == false))
+        })
+    });
+    let (code, html) = f.hosts[0].get("/").unwrap();
+    assert_eq!(code, 200);
+    let part = row(&html, "<tr data-host=\"b\">");
+    assert!(part.contains("data-host-state=\"down\""), "{part}");
+    assert!(
+        html.contains("<li class=\"bad\"><code>volume.pinned-b (host b)</code></li>"),
+        "{html}"
+    );
+}

@@ -191,6 +191,15 @@ impl Scenario {
         self.push(name, script, Mode::Any)
     }
 
+    /// The time limit of the step added last (default 120 s): for a long
+    /// loop under TCG on a loaded host.
+    pub fn step_limit(mut self, limit: Duration) -> Self {
+        if let Some(last) = self.steps.last_mut() {
+            last.timeout_secs = u32::try_from(limit.as_secs()).unwrap_or(u32::MAX);
+        }
+        self
+    }
+
     /// The whole VM's time limit (default 300 s); qemu is killed when it is reached.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

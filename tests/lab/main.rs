@@ -10,6 +10,7 @@
 mod agent;
 mod backup;
 mod export;
+mod groups;
 mod harness;
 mod image;
 mod inuse;

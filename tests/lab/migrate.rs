@@ -276,3 +276,147 @@ fn thick_to_thin_thin_to_thick_over_garbage_file_to_lvm_and_back() {
     assert!(named(&lvs(&out, "final.json"), "v1").is_none());
     assert_eq!(rc(&out, "replan"), 0, "{}", out.stdout("replan"));
 }
+
+/// Three back ends on one volume group: thick, and two thin pools.
+fn one_vg_site(v1: &str, v2: &str) -> String {
+    let backend = |name: &str, spec: &str| {
+        format!("---\n{H}kind: Backend\nmetadata:\n  name: {name}\nspec:\n  host: lab\n{spec}")
+    };
+    let volume = |name: &str, on: &str| {
+        format!(
+            "---\n{H}kind: Volume\nmetadata:\n  name: {name}\nspec:\n  size: 64Mi\n  backend: {on}\n"
+        )
+    };
+    [
+        backend("thick", "  lvm:\n    volumeGroup: vg\n"),
+        backend(
+            "thin",
+            "  lvm:\n    volumeGroup: vg\n    thinPool: pool0\n    thinPoolSize: 256Mi\n",
+        ),
+        backend(
+            "thin2",
+            "  lvm:\n    volumeGroup: vg\n    thinPool: pool1\n    thinPoolSize: 256Mi\n",
+        ),
+        volume("v1", v1),
+        volume("v2", v2),
+    ]
+    .concat()
+}
+
+#[test]
+#[ignore = "needs the VM lab"]
+#[allow(clippy::too_many_lines)] // one VM boot: the steps, then what they showed
+fn inside_one_volume_group_thick_to_pool_pool_to_pool_and_back() {
+    let out = Scenario::new("migrate-one-vg")
+        .file("lib-mig.sh", GUEST_LIB)
+        .file("s1/site.yaml", one_vg_site("thick", "thin"))
+        .file("s2/site.yaml", one_vg_site("thin", "thin2"))
+        .file("s3/site.yaml", one_vg_site("thick", "thin2"))
+        .step(
+            "setup",
+            "pvcreate -y /dev/vda >/dev/null
+             vgcreate vg /dev/vda >/dev/null",
+        )
+        .step("create", &sh("cb apply -f s1 --auto-approve"))
+        .step(
+            "write",
+            &sh(
+                "dd if=/dev/urandom of=$(lv_path v1) bs=1M count=8 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(lv_path v1) bs=1M count=8 seek=40 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(lv_path v2) bs=1M count=4 seek=10 oflag=direct 2>/dev/null
+                 echo v1=$(sha < $(lv_path v1))
+                 echo v2=$(sha < $(lv_path v2))
+                 report before.json",
+            ),
+        )
+        .step_any("plan_in_vg", &sh("cb plan -f s2 --detailed-exitcode"))
+        .step("in_vg", &sh("cb apply -f s2 --auto-approve"))
+        .step(
+            "after_in_vg",
+            &sh("echo v1=$(sha < $(lv_path v1))
+                 echo v2=$(sha < $(lv_path v2))
+                 report moved.json"),
+        )
+        .step("back", &sh("cb apply -f s3 --auto-approve"))
+        .step(
+            "after_back",
+            &sh("echo v1=$(sha < $(lv_path v1))
+                 report back.json"),
+        )
+        .step_any("replan", &sh("cb plan -f s3 --detailed-exitcode"))
+        .run();
+
+    let before = shas(&out, "write");
+    assert_eq!(before.len(), 2, "{}", out.stdout("write"));
+    let uuid_of = |file: &str, name: &str| {
+        named(&lvs(&out, file), name)
+            .and_then(|l| l.tag_value("cinderblock.uuid"))
+            .unwrap_or_else(|| panic!("{name} in {file}"))
+            .to_owned()
+    };
+    let (v1_uuid, v2_uuid) = (uuid_of("before.json", "v1"), uuid_of("before.json", "v2"));
+
+    assert_eq!(rc(&out, "plan_in_vg"), 2, "{}", out.report("plan"));
+    let p = out.stdout("plan_in_vg");
+    assert!(p.contains("> backend    = \"thick\" -> \"thin\""), "{p}");
+    assert!(p.contains("> backend    = \"thin\" -> \"thin2\""), "{p}");
+    assert_eq!(
+        p.matches("within     = volume group vg (the copy stays inside it)")
+            .count(),
+        2,
+        "{p}"
+    );
+    assert!(p.contains("2 to migrate."), "{p}");
+    assert!(!p.contains("not supported"), "{p}");
+    // thick read whole, only data written; thin read where mapped
+    let moved_text = out.stdout("in_vg");
+    assert!(
+        moved_text.contains("volume.v1: read 67108864 bytes, wrote 16777216, zeroed 0 "),
+        "{moved_text}"
+    );
+    assert!(
+        moved_text.contains("volume.v2: read 4194304 bytes, wrote 4194304, zeroed 0 "),
+        "{moved_text}"
+    );
+
+    let after = shas(&out, "after_in_vg");
+    assert_eq!(after, before, "data kept");
+    let moved = lvs(&out, "moved.json");
+    let v1 = named(&moved, "v1").unwrap();
+    assert_eq!(v1.tag_value("cinderblock.uuid"), Some(v1_uuid.as_str()));
+    assert_eq!(v1.tag_value("cinderblock.backend"), Some("thin"));
+    assert_eq!(v1.pool.as_deref(), Some("pool0"));
+    assert_eq!(v1.tag_value("cinderblock.state"), None);
+    assert_eq!(v1.name, format!("volume-{v1_uuid}-m"), "the second name");
+    assert!(
+        v1.data_percent.is_some_and(|p| p < 30.0),
+        "the thin target is sparse (16 of 64 MiB written): {:?}",
+        v1.data_percent
+    );
+    let v2 = named(&moved, "v2").unwrap();
+    assert_eq!(v2.tag_value("cinderblock.uuid"), Some(v2_uuid.as_str()));
+    assert_eq!(v2.tag_value("cinderblock.backend"), Some("thin2"));
+    assert_eq!(v2.pool.as_deref(), Some("pool1"));
+    assert_eq!(v2.name, format!("volume-{v2_uuid}-m"));
+    assert_eq!(
+        moved
+            .iter()
+            .filter(|l| l.tag_value("cinderblock.name").is_some())
+            .count(),
+        2,
+        "each volume once, sources gone: {moved:#?}"
+    );
+
+    // back to thick: the first name again, the data intact
+    let back = shas(&out, "after_back");
+    assert!(
+        back.contains(&("v1".into(), before[0].1.clone())),
+        "{back:?}"
+    );
+    let back_lvs = lvs(&out, "back.json");
+    let v1 = named(&back_lvs, "v1").unwrap();
+    assert_eq!(v1.name, format!("volume-{v1_uuid}"));
+    assert_eq!(v1.tag_value("cinderblock.backend"), Some("thick"));
+    assert_eq!(v1.pool, None);
+    assert_eq!(rc(&out, "replan"), 0, "{}", out.stdout("replan"));
+}
