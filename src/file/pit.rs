@@ -252,7 +252,7 @@ pub(super) fn take(
             .map(|p| base_path(root, of.volume, p))
             .filter(|b| b.exists());
         let (reads, read) = match base {
-            None => (Reads::DataExtents, read),
+            None => (Reads::DataExtents, read.clone()),
             Some(base) => match changed_since(&base, &scratch.path) {
                 Ok(ranges) => {
                     tracing::info!(base = %base.display(), ranges = ranges.len(), bytes = ranges.iter().map(|r| r.end - r.start).sum::<u64>(), "changed since the parent's base (FIEMAP)");
@@ -267,7 +267,7 @@ pub(super) fn take(
                 }
                 Err(e) => {
                     tracing::warn!(base = %base.display(), error = %e, "cannot compare extent maps; reading every data extent");
-                    (Reads::DataExtents, read)
+                    (Reads::DataExtents, read.clone())
                 }
             },
         };

@@ -402,7 +402,7 @@ impl Checker<'_> {
         let t = &doc.spec.target;
         // A `path` or `s3` that was written but refused when loading (a URL
         // as a path) already has its error: one mistake, one message.
-        let written = |f: &str| doc.origin.positions.has(&FieldPath::parse(f));
+        let written = |f: &str| doc.origin.has(&FieldPath::parse(f));
         match (&t.path, &t.s3) {
             (None, None) if written("spec.target.path") || written("spec.target.s3") => {}
             (None, None) => self.error_at_key(
