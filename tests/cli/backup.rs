@@ -1168,6 +1168,7 @@ fn plan_says_what_the_next_backup_does_how_the_last_read_and_each_policys_checks
                 status,
                 detail: detail.map(str::to_owned),
                 verified_at: None,
+                point_in_time: None,
                 read,
             }
         };
