@@ -9,6 +9,7 @@
 
 mod agent;
 mod backup;
+mod backup_store;
 mod export;
 mod groups;
 mod harness;
