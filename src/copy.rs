@@ -86,6 +86,10 @@ pub enum CopyError {
     /// The observer refused a checkpoint (the journal could not be written).
     #[error("cannot checkpoint the copy: {0}")]
     Checkpoint(String),
+    /// The observer stopped the copy before it wrote more
+    /// ([`Observer::may_write`]); what was copied is checkpointed.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CopyError {
@@ -230,6 +234,18 @@ pub trait Observer {
     /// The target's data is durable up to `at.offset`: record it, so a
     /// later run can resume there.
     fn checkpoint(&mut self, at: &Position) -> Result<(), String>;
+    /// Before the copy writes the next `next` bytes: how many bytes it may
+    /// write, these included, before it asks again (at least `next`;
+    /// `u64::MAX`: no limit, never asked again), or why it must stop now.
+    /// Asked before the first write, before a write the allowance does not
+    /// cover, and every [`CHECKPOINT_EVERY`] while it is limited, each time
+    /// after the target's data is synced (so its space counts it); a stop
+    /// checkpoints what was written and fails the copy with
+    /// [`CopyError::Stopped`].
+    fn may_write(&mut self, at: &Position, next: u64) -> Result<u64, String> {
+        let _ = (at, next);
+        Ok(u64::MAX)
+    }
 }
 
 /// An observer that ignores everything.
@@ -412,6 +428,24 @@ fn zero(job: &Job<'_>, from: u64, to: u64, stats: &mut Stats) -> Result<(), Copy
     Ok(())
 }
 
+/// Makes the target durable up to `at.offset` (the pending zeros are part
+/// of "done up to here") and tells the observer.
+fn checkpoint(
+    job: &Job<'_>,
+    zero_from: &mut Option<u64>,
+    at: &Position,
+    stats: &mut Stats,
+    observer: &mut dyn Observer,
+) -> Result<(), CopyError> {
+    if let Some(z) = zero_from.take() {
+        zero(job, z, at.offset, stats)?;
+    }
+    job.target
+        .sync_data()
+        .map_err(io_err("sync", job.target_path))?;
+    observer.checkpoint(at).map_err(CopyError::Checkpoint)
+}
+
 /// Runs a copy; see the module docs.
 #[allow(clippy::too_many_lines)] // one loop over the walk, its cases kept together
 pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyError> {
@@ -455,6 +489,9 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
         to_read,
     };
     let mut last_cp = (start, Instant::now());
+    // Bytes this run may write before it asks the observer again, and when
+    // it last asked.
+    let mut allowed = (0u64, Instant::now());
     // A pending run of zeros on the target, zeroed in one call.
     let mut zero_from: Option<u64> = None;
     let bs = usize::try_from(BLOCK).unwrap_or(1 << 20);
@@ -484,6 +521,25 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
                     at.offset = to;
                 }
                 Piece::Data { pos, n, buf } => {
+                    if at.written.saturating_add(n as u64) > allowed.0
+                        || (allowed.0 != u64::MAX && allowed.1.elapsed() >= CHECKPOINT_EVERY)
+                    {
+                        // What was written reaches the target's space
+                        // first: a thin pool or file system counts blocks
+                        // only once they leave the page cache.
+                        job.target
+                            .sync_data()
+                            .map_err(io_err("sync", job.target_path))?;
+                        match observer.may_write(&at, n as u64) {
+                            Ok(more) => allowed = (at.written.saturating_add(more), Instant::now()),
+                            Err(why) => {
+                                // What was written so far is kept: the next
+                                // run resumes here.
+                                checkpoint(job, &mut zero_from, &at, &mut stats, observer)?;
+                                return Err(CopyError::Stopped(why));
+                            }
+                        }
+                    }
                     let b = &buf[..n];
                     at.read += n as u64;
                     stats.read += n as u64;
@@ -521,14 +577,7 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
                     if at.offset - last_cp.0 >= CHECKPOINT_BYTES
                         || last_cp.1.elapsed() >= CHECKPOINT_EVERY
                     {
-                        // Zeroing is part of "done up to here".
-                        if let Some(z) = zero_from.take() {
-                            zero(job, z, at.offset, &mut stats)?;
-                        }
-                        job.target
-                            .sync_data()
-                            .map_err(io_err("sync", job.target_path))?;
-                        observer.checkpoint(&at).map_err(CopyError::Checkpoint)?;
+                        checkpoint(job, &mut zero_from, &at, &mut stats, observer)?;
                         last_cp = (at.offset, Instant::now());
                     }
                 }

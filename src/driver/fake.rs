@@ -52,6 +52,8 @@ pub struct FakeDriver {
     thin: bool,
     objects: Arc<Mutex<BTreeMap<Uuid, FakeObject>>>,
     released: Arc<Mutex<Vec<Uuid>>>,
+    /// A pool of this many bytes that written blocks draw on ([`Driver::room`]).
+    pool: Option<u64>,
 }
 
 impl FakeDriver {
@@ -66,7 +68,16 @@ impl FakeDriver {
             thin,
             objects: Arc::new(Mutex::new(BTreeMap::new())),
             released: Arc::new(Mutex::new(Vec::new())),
+            pool: None,
         }
+    }
+
+    /// Its objects' written blocks draw on a pool of `bytes`, as a thin
+    /// pool's do: [`Driver::room`] says what is left.
+    #[must_use]
+    pub fn with_pool(mut self, bytes: u64) -> Self {
+        self.pool = Some(bytes);
+        self
     }
 
     fn objects(&self) -> MutexGuard<'_, BTreeMap<Uuid, FakeObject>> {
@@ -401,6 +412,27 @@ impl Driver for FakeDriver {
                 PathKind::Block
             },
         })
+    }
+
+    fn room(&self, _uuid: Uuid) -> Result<Option<super::Room>, DriverError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(total) = self.pool else {
+            return Ok(None);
+        };
+        let used: u64 = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum();
+        Ok(Some(super::Room {
+            what: format!("the fake pool of {}", self.name),
+            free: total.saturating_sub(used),
+            total,
+            short: None,
+            how: "give the fake a larger pool".into(),
+        }))
     }
 
     fn layout(&self, _uuid: Uuid) -> Result<Layout, DriverError> {

@@ -362,6 +362,10 @@ impl Driver for Faulty<'_> {
         self.alive(Op::PointInTime)?;
         self.inner.point_in_time(req)
     }
+    fn room(&self, uuid: Uuid) -> Result<Option<super::Room>, DriverError> {
+        self.alive(Op::Lookup)?;
+        self.inner.room(uuid)
+    }
     fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
         self.changing(
             Op::HandOver,

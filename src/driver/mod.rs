@@ -133,6 +133,17 @@ pub trait Driver: Send + Sync {
         ))
     }
 
+    /// The space new data of object `uuid` is allocated from, now, when
+    /// writing can run out of it: a thin LV's pool, a sparse file's file
+    /// system; `None` where it is allocated already (a thick LV). A copy
+    /// into the object asks as it goes and stops before it would fill the
+    /// space the back end's other objects write into
+    /// ([`crate::copy::Observer::may_write`]).
+    fn room(&self, uuid: Uuid) -> Result<Option<Room>, DriverError> {
+        let _ = uuid;
+        Ok(None)
+    }
+
     /// Creates the back end's declared pool of `size` data and `metadata`
     /// metadata bytes; `Unchanged` when it exists.
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {
@@ -142,6 +153,30 @@ pub trait Driver: Send + Sync {
             Op::CreatePool,
             "this back end has no pool to create".into(),
         ))
+    }
+}
+
+/// Free space that writes to an object draw on ([`Driver::room`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Room {
+    /// What it is, for messages: `thin pool vg/pool0`, `file system of /srv`.
+    pub what: String,
+    /// Bytes free for data now.
+    pub free: u64,
+    /// Bytes in all.
+    pub total: u64,
+    /// Set when the space is short of something other than data bytes
+    /// (a thin pool's metadata), with the figures in words.
+    pub short: Option<String>,
+    /// How an admin makes room in it, for messages.
+    pub how: String,
+}
+
+impl Room {
+    /// What a copy leaves free for the space's other users: 5 % of it, at
+    /// most 1 GiB.
+    pub fn reserve(&self) -> u64 {
+        (self.total / 20).min(1 << 30)
     }
 }
 

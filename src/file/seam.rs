@@ -18,7 +18,7 @@ use super::{
 };
 use crate::driver::{
     Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
-    Mark, NewMark, NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace,
+    Mark, NewMark, NewObject, Object, Op, PathKind, PitRequest, PointInTime, Room, SnapshotSpace,
 };
 use crate::exec::{Exec, Runner};
 use crate::model::InUse;
@@ -307,6 +307,35 @@ impl Driver for FileDriver<'_> {
 
     fn layout(&self, _uuid: Uuid) -> Result<Layout, DriverError> {
         Ok(Layout::Seek)
+    }
+
+    fn room(&self, uuid: Uuid) -> Result<Option<Room>, DriverError> {
+        // A preallocated file's blocks are reserved when it is made. A
+        // sparse one's (a copy's target is made sparse) come from its file
+        // system as they are written.
+        let m = self.find(uuid, Op::Lookup)?;
+        if m.allocation == Allocation::Preallocated {
+            return Ok(None);
+        }
+        let root = self.backend.root();
+        let vfs = nix::sys::statvfs::statvfs(root).map_err(|errno| {
+            DriverError::new(self.name(), Op::Lookup, std::io::Error::from(errno), true)
+        })?;
+        // u64 on 64-bit Linux, narrower on some 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let frsize = u64::from(vfs.fragment_size());
+        #[allow(clippy::useless_conversion)]
+        let (free, total) = (
+            u64::from(vfs.blocks_available()) * frsize,
+            u64::from(vfs.blocks()) * frsize,
+        );
+        Ok(Some(Room {
+            what: format!("file system of {}", root.display()),
+            free,
+            total,
+            short: None,
+            how: "free space on it".into(),
+        }))
     }
 
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError> {

@@ -23,10 +23,14 @@ use super::report::LvKind;
 use super::{LvmBackend, LvmError, NewLv, Source, cmd, inventory, tags};
 use crate::driver::{
     Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
-    Mark, NewMark, NewObject, Object, Op, PathKind, PitRequest, PointInTime, SnapshotSpace,
+    Mark, NewMark, NewObject, Object, Op, PathKind, PitRequest, PointInTime, Room, SnapshotSpace,
     name_block_holders,
 };
 use crate::model::{PoolDecl, Space};
+
+/// A thin pool's metadata this full (%) has no room for a copy's new
+/// mappings, whatever data space is free.
+const METADATA_FULL: f64 = 95.0;
 
 /// One `lvm` back end, as a [`Driver`].
 pub struct LvmDriver<'r> {
@@ -240,6 +244,39 @@ impl Driver for LvmDriver<'_> {
                 Ok(Layout::Everything)
             }
         }
+    }
+
+    fn room(&self, _uuid: Uuid) -> Result<Option<Room>, DriverError> {
+        // A thick LV's extents are allocated when it is made.
+        let Some(pool) = &self.lvm.pool else {
+            return Ok(None);
+        };
+        let lvs = self.lvm.lvs().map_err(self.err(Op::Lookup))?;
+        let Some(p) = lvs.iter().find(|l| &l.name == pool) else {
+            return Ok(None);
+        };
+        let used = p.data_percent.unwrap_or(0.0).clamp(0.0, 100.0) / 100.0;
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let free = (p.size as f64 * (1.0 - used)) as u64;
+        // lvm2 stops a pool whose metadata is full, whatever data is free.
+        let short = p
+            .metadata_percent
+            .filter(|m| *m >= METADATA_FULL)
+            .map(|m| format!("its metadata is {m:.1}% used"));
+        Ok(Some(Room {
+            what: format!("thin pool {}/{pool}", self.lvm.vg),
+            free,
+            total: p.size,
+            short,
+            how: format!(
+                "grow it (lvextend -L +SIZE {vg}/{pool}, or --poolmetadatasize for its metadata) or free blocks in it",
+                vg = self.lvm.vg
+            ),
+        }))
     }
 
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError> {

@@ -34,6 +34,13 @@
 //! is written and verified by its own data extents; a block device by the
 //! source's.
 //!
+//! A copy never fills the space its target draws on (a thin pool, a file
+//! system: [`Driver::room`]): it asks as it writes and stops, its progress
+//! checkpointed, before the free space falls under what it leaves for the
+//! space's other users ([`crate::driver::Room::reserve`]), with a message
+//! that names the space and the way on; the next run resumes once there is
+//! room. A full pool would stall or fail every volume in it, not only ours.
+//!
 //! Must not: decide whether to migrate (the planner's), print (progress goes
 //! through [`crate::copy::Observer`]), touch anything without our marks, or
 //! branch on a back end's kind.
@@ -161,6 +168,71 @@ impl Report {
             hash: None,
         }
     }
+}
+
+/// The migration's checkpoints, and the target's room asked before each
+/// stretch of writes (see the module docs).
+struct Guard<'a> {
+    checkpoints: &'a mut dyn Checkpoints,
+    dst: &'a dyn Driver,
+    uuid: Uuid,
+}
+
+impl copy::Observer for Guard<'_> {
+    fn progress(&mut self, at: &copy::Position) {
+        self.checkpoints.progress(at);
+    }
+    fn checkpoint(&mut self, at: &copy::Position) -> Result<(), String> {
+        self.checkpoints.checkpoint(at)
+    }
+    fn may_write(&mut self, at: &copy::Position, next: u64) -> Result<u64, String> {
+        let room = match self.dst.room(self.uuid) {
+            Ok(Some(room)) => room,
+            Ok(None) => return Ok(u64::MAX),
+            Err(e) => {
+                // A failed look is no reason to stop; look again soon.
+                tracing::warn!(error = %crate::error_chain(&e), "cannot read the free space of the migration's target");
+                return Ok(next);
+            }
+        };
+        let allowed = next_stretch(&room, next);
+        tracing::debug!(what = %room.what, free = room.free, ?allowed, "room for the copy");
+        allowed.map_err(|why| {
+            format!(
+                "stopped before filling {}: {why}; {} of the {} this run copies were copied and are kept (the next apply resumes there); {}, then apply again",
+                room.what,
+                mib(at.read),
+                mib(at.to_read),
+                room.how,
+            )
+        })
+    }
+}
+
+/// How much a copy about to write `next` bytes may write before it looks
+/// at `room` again: half of what is free above the reserve, at least
+/// `next`; or why not (`next` would eat into the reserve).
+fn next_stretch(room: &crate::driver::Room, next: u64) -> Result<u64, String> {
+    if let Some(short) = &room.short {
+        return Err(short.clone());
+    }
+    let reserve = room.reserve();
+    let above = room.free.saturating_sub(reserve);
+    if above < next {
+        return Err(format!(
+            "{} free of {}, and a copy leaves {} (5 %, at most 1 GiB) for its other users",
+            mib(room.free),
+            mib(room.total),
+            mib(reserve)
+        ));
+    }
+    Ok((above / 2).max(next))
+}
+
+/// `bytes` in MiB, for messages.
+#[allow(clippy::cast_precision_loss)]
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 /// Finishes the switch: promote the target, delete the source.
@@ -319,7 +391,11 @@ pub fn run(
             read_back: file_target,
             writeback: file_target,
         },
-        cp,
+        &mut Guard {
+            checkpoints: cp,
+            dst,
+            uuid,
+        },
     )
     .map_err(copy_err)?;
     tracing::info!(%uuid, read = stats.read, written = stats.written, zeroed = stats.zeroed, resumed_at = stats.started_at, "copied; verifying");

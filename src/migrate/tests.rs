@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{Checkpoints, MigrateError, Move, run};
 use crate::copy::{Observer, Position};
-use crate::driver::Driver;
+use crate::driver::Driver as _;
 use crate::driver::fake::{FakeDriver, FakeObject};
 use crate::model::{Mark, ObjKind};
 
@@ -116,4 +116,65 @@ fn a_volume_in_use_is_refused_for_good() {
     assert!(err.to_string().contains("is open (in use)"), "{err}");
     assert!(!err.is_retryable());
     assert!(b.object(uuid).unwrap().is_none(), "no target made");
+}
+
+#[test]
+fn a_copy_stops_before_it_fills_its_targets_pool_and_resumes_once_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FakeDriver::new("a", dir.path(), true);
+    // 64 MiB of data into a pool with 40 MiB free.
+    let b = FakeDriver::new("b", dir.path(), true).with_pool(40 * MIB);
+    let uuid = Uuid::from_u128(9);
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let data: Vec<u8> = (0..64 * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8 | 1
+        })
+        .collect();
+    let object = FakeObject {
+        name: "big".into(),
+        kind: ObjKind::Volume,
+        size: 64 * MIB,
+        mark: Mark::Ready,
+        migration: None,
+        parent: None,
+        in_use: false,
+    };
+    a.put(uuid, object, &data);
+    let big = Move {
+        uuid,
+        name: "big",
+        size: 64 * MIB,
+        bandwidth: None,
+    };
+    let mut cp = Memory::default();
+    let err = run(&big, &a, &b, &mut cp).unwrap_err();
+    let text = crate::error_chain(&err);
+    assert!(
+        text.contains("stopped before filling the fake pool of b: ")
+            && text.contains(" free of 40.0 MiB, and a copy leaves 2.0 MiB (5 %, at most 1 GiB) for its other users; ")
+            && text.contains(" of the 64.0 MiB this run copies were copied and are kept (the next apply resumes there); give the fake a larger pool, then apply again"),
+        "{text}"
+    );
+    assert!(err.is_retryable(), "{text}");
+    // The pool kept its reserve, the source is whole, the progress kept.
+    let room = b.room(uuid).unwrap().unwrap();
+    assert!(room.free >= 2 * MIB, "{room:?}");
+    assert_eq!(a.object(uuid).unwrap().unwrap().mark, Mark::Ready);
+    assert_eq!(a.data(uuid), data);
+    let kept = *cp.saved.last().expect("the progress is checkpointed");
+    assert!((32 * MIB..40 * MIB).contains(&kept), "{kept}");
+
+    // The pool grows: the next run resumes where the copy stopped.
+    let b = b.with_pool(256 * MIB);
+    cp.claim = kept;
+    let report = run(&big, &a, &b, &mut cp).unwrap();
+    let copy = report.copy.unwrap();
+    assert_eq!(copy.started_at, kept, "{copy:?}");
+    assert_eq!(copy.read, 64 * MIB - kept, "{copy:?}");
+    assert_eq!(b.data(uuid), data);
+    assert!(a.object(uuid).unwrap().is_none(), "the source is gone");
 }

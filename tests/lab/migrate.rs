@@ -420,3 +420,111 @@ fn inside_one_volume_group_thick_to_pool_pool_to_pool_and_back() {
     assert_eq!(v1.pool, None);
     assert_eq!(rc(&out, "replan"), 0, "{}", out.stdout("replan"));
 }
+
+/// A thick back end and a thin pool of 96 MiB on one VG, with `v1` on
+/// `v1_on` and a thin volume `filler` in the pool.
+fn pool_site(v1_on: &str) -> String {
+    format!(
+        "---\n{H}kind: Backend\nmetadata:\n  name: thick\nspec:\n  host: lab\n  lvm:\n    volumeGroup: vg\n\
+         ---\n{H}kind: Backend\nmetadata:\n  name: thin\nspec:\n  host: lab\n  lvm:\n    volumeGroup: vg\n    thinPool: pool0\n    thinPoolSize: 96Mi\n\
+         ---\n{H}kind: Volume\nmetadata:\n  name: v1\nspec:\n  size: 64Mi\n  backend: {v1_on}\n\
+         ---\n{H}kind: Volume\nmetadata:\n  name: filler\nspec:\n  size: 64Mi\n  backend: thin\n"
+    )
+}
+
+#[test]
+#[ignore = "needs the VM lab"]
+fn a_copy_into_a_thin_pool_stops_before_filling_it_and_resumes_after_it_grows() {
+    let pool = "lvs --noheadings -o data_percent vg/pool0 | tr -d ' '";
+    let out = Scenario::new("migrate-pool-full")
+        .file("lib-mig.sh", GUEST_LIB)
+        .file("s1/site.yaml", pool_site("thick"))
+        .file("s2/site.yaml", pool_site("thin"))
+        .step(
+            "setup",
+            "pvcreate -y /dev/vda >/dev/null
+             vgcreate vg /dev/vda >/dev/null",
+        )
+        .step("create", &sh("cb apply -f s1 --auto-approve >/dev/null"))
+        // 64 MiB of data to move into a pool whose 96 MiB already hold 40
+        .step(
+            "write",
+            &sh(&format!(
+                "dd if=/dev/urandom of=$(lv_path v1) bs=1M count=64 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(lv_path filler) bs=1M count=40 oflag=direct 2>/dev/null
+                 echo v1=$(sha < $(lv_path v1))
+                 echo pool=$({pool})"
+            )),
+        )
+        .step_any("move", &sh("cb apply -f s2 --auto-approve"))
+        .step(
+            "stopped",
+            &sh(&format!(
+                "echo v1=$(sha < $(lvs --noheadings -o lv_path @cinderblock.backend=thick | tr -d ' '))
+                 echo pool=$({pool})
+                 report stopped.json
+                 # the pool's other volumes still write
+                 dd if=/dev/urandom of=$(lv_path filler) bs=1M count=2 seek=48 oflag=direct 2>/dev/null
+                 echo filler=written"
+            )),
+        )
+        .step("grow", "lvextend -L +128M vg/pool0 >/dev/null")
+        .step("resume", &sh("cb apply -f s2 --auto-approve"))
+        .step(
+            "after",
+            &sh("echo v1=$(sha < $(lv_path v1))
+                 report after.json"),
+        )
+        .step_any("replan", &sh("cb plan -f s2 --detailed-exitcode"))
+        .run();
+
+    let field = |step: &str, key: &str| -> String {
+        shas(&out, step)
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map_or_else(
+                || panic!("{key} in {step}: {}", out.stdout(step)),
+                |(_, v)| v,
+            )
+    };
+    let before = field("write", "v1");
+    assert_eq!(rc(&out, "move"), 1, "{}", out.report("the copy must stop"));
+    let err = &out.step("move").stderr;
+    assert!(
+        err.contains("stopped before filling thin pool vg/pool0: ")
+            && err.contains("for its other users; ")
+            && err.contains(
+                "were copied and are kept (the next apply resumes there); grow it (lvextend -L +SIZE vg/pool0"
+            ),
+        "{err}"
+    );
+    // The pool kept its reserve; the source is whole and still the volume.
+    let used: f64 = field("stopped", "pool").parse().unwrap();
+    assert!(used < 97.0, "pool {used}% used");
+    assert_eq!(field("stopped", "v1"), before);
+    assert_eq!(field("stopped", "filler"), "written");
+    let stopped = lvs(&out, "stopped.json");
+    let v1s: Vec<&Lv> = stopped
+        .iter()
+        .filter(|l| l.tag_value("cinderblock.name") == Some("v1"))
+        .collect();
+    assert_eq!(
+        v1s.len(),
+        2,
+        "the source and the unfinished target: {v1s:#?}"
+    );
+
+    // Grown by hand: the next apply resumes and finishes.
+    let resumed = out.stdout("resume");
+    assert!(resumed.contains("volume.v1: "), "{resumed}");
+    assert_eq!(field("after", "v1"), before, "data kept");
+    let after = lvs(&out, "after.json");
+    let v1s: Vec<&Lv> = after
+        .iter()
+        .filter(|l| l.tag_value("cinderblock.name") == Some("v1"))
+        .collect();
+    assert_eq!(v1s.len(), 1, "exactly once: {v1s:#?}");
+    assert_eq!(v1s[0].tag_value("cinderblock.backend"), Some("thin"));
+    assert_eq!(v1s[0].pool.as_deref(), Some("pool0"));
+    assert_eq!(rc(&out, "replan"), 0, "{}", out.stdout("replan"));
+}
