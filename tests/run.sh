@@ -19,6 +19,10 @@ bash tests/lab/install-deps.sh
 # against schemas/.
 need_pip run.sh check-jsonschema -- check-jsonschema
 
+# chattr (e2fsprogs): the append-only directory test makes the kernel
+# refuse every unlink and rename in a repository (needs root).
+need_apt run.sh e2fsprogs -- chattr
+
 # Installing like a system tool: zsh and fish load the generated
 # completions; groff renders the man pages; dpkg-deb/dpkg-shlibdeps build the
 # package (objcopy from binutils, a dependency of dpkg-dev) and

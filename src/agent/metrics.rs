@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::backup::engine::ReadRecord;
+
 /// Reconcile duration buckets, in seconds.
 pub const RECONCILE_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -117,6 +119,19 @@ pub struct Metrics {
     pub backup_max_age: BTreeMap<String, (String, f64)>,
     /// Migrations in flight by volume address: (from, to, read, to read).
     pub migrations: BTreeMap<String, (String, String, u64, u64)>,
+    /// Scheduled backups that read more than their source needs, by
+    /// (volume, policy, read method).
+    pub backup_read_fallbacks: BTreeMap<(String, String, String), u64>,
+    /// Per volume: whether its last successful backup was such a fallback.
+    pub backup_last_read_fallback: BTreeMap<String, bool>,
+    /// Per (check, policy): unix time of the last scheduled verify or drill
+    /// that found nothing wrong.
+    pub backup_check_last_success: BTreeMap<(String, String), f64>,
+    /// Per (check, policy): scheduled verifies or drills that found damage
+    /// or could not run.
+    pub backup_check_failures: BTreeMap<(String, String), u64>,
+    /// Scheduled checks running now.
+    pub backup_checks_running: u64,
     /// The fleet, with `--etcd`.
     pub fleet: Option<super::fleet::FleetStatus>,
 }
@@ -145,6 +160,11 @@ impl Default for Metrics {
             backup_next_run: BTreeMap::new(),
             backup_max_age: BTreeMap::new(),
             migrations: BTreeMap::new(),
+            backup_read_fallbacks: BTreeMap::new(),
+            backup_last_read_fallback: BTreeMap::new(),
+            backup_check_last_success: BTreeMap::new(),
+            backup_check_failures: BTreeMap::new(),
+            backup_checks_running: 0,
             fleet: None,
         }
     }
@@ -498,6 +518,68 @@ impl Metrics {
                 );
             }
         }
+        o.family(
+            "cinderblock_backup_read_fallbacks_total",
+            "counter",
+            "Scheduled backups that fell back to reading more than their source needs (a full or allocated scan instead of changed ranges, holes read), by volume, policy and read method.",
+        );
+        for ((volume, policy, read), n) in &self.backup_read_fallbacks {
+            o.sample(
+                "cinderblock_backup_read_fallbacks_total",
+                &[("volume", volume), ("policy", policy), ("read", read)],
+                as_f64(*n),
+            );
+        }
+        o.family(
+            "cinderblock_backup_last_read_fallback",
+            "gauge",
+            "1 when a volume's last successful backup fell back to a full or allocated scan.",
+        );
+        for (volume, fallback) in &self.backup_last_read_fallback {
+            o.sample(
+                "cinderblock_backup_last_read_fallback",
+                &[("volume", volume)],
+                if *fallback { 1.0 } else { 0.0 },
+            );
+        }
+        for (check, what) in [("verify", "sampled verify"), ("drill", "restore drill")] {
+            let name = format!("cinderblock_backup_{check}_last_success_timestamp_seconds");
+            o.family(
+                &name,
+                "gauge",
+                &format!(
+                    "Unix time of each policy's last scheduled {what} that found nothing wrong."
+                ),
+            );
+            for ((c, policy), t) in &self.backup_check_last_success {
+                if c == check {
+                    o.sample(&name, &[("policy", policy)], *t);
+                }
+            }
+            let name = format!("cinderblock_backup_{check}_failures_total");
+            o.family(
+                &name,
+                "counter",
+                &format!(
+                    "Scheduled {what}s per policy that found a damaged backup or could not run."
+                ),
+            );
+            for ((c, policy), n) in &self.backup_check_failures {
+                if c == check {
+                    o.sample(&name, &[("policy", policy)], as_f64(*n));
+                }
+            }
+        }
+        o.family(
+            "cinderblock_backup_checks_running",
+            "gauge",
+            "Scheduled verifies and drills running now.",
+        );
+        o.sample(
+            "cinderblock_backup_checks_running",
+            &[],
+            as_f64(self.backup_checks_running),
+        );
         fleet(&mut o, self.fleet.as_ref());
         o.0
     }
@@ -513,6 +595,20 @@ impl Metrics {
         let key = (volume.to_owned(), policy.to_owned(), result.to_owned());
         *self.backup_runs.entry(key).or_default() += 1;
         self.backup_duration.observe(seconds);
+    }
+
+    /// Records how a successful backup read its volume.
+    pub fn backup_read(&mut self, volume: &str, policy: &str, read: &ReadRecord) {
+        if read.fallback {
+            let key = (
+                volume.to_owned(),
+                policy.to_owned(),
+                read.method.as_str().to_owned(),
+            );
+            *self.backup_read_fallbacks.entry(key).or_default() += 1;
+        }
+        self.backup_last_read_fallback
+            .insert(volume.to_owned(), read.fallback);
     }
 }
 
@@ -709,6 +805,25 @@ mod tests {
             "volume.db".into(),
             ("thin".into(), "files".into(), 1 << 20, 4 << 20),
         );
+        let fallback = ReadRecord {
+            method: crate::backup::engine::ReadMethod::AllocatedScan,
+            reason: "the parent backup's thin snapshot is gone".into(),
+            fallback: true,
+        };
+        m.backup_read("db", "nightly", &fallback);
+        m.backup_read("db", "nightly", &fallback);
+        m.backup_check_last_success
+            .insert(("verify".into(), "nightly".into()), 1.7e9);
+        m.backup_check_failures
+            .insert(("drill".into(), "nightly".into()), 3);
+        m.backup_read(
+            "logs",
+            "nightly",
+            &ReadRecord {
+                fallback: false,
+                ..fallback.clone()
+            },
+        );
         let text = m.render();
         for line in text.lines() {
             assert!(!line.is_empty());
@@ -731,11 +846,25 @@ mod tests {
             "cinderblock_migrations_running 1",
             "cinderblock_migration_read_bytes{volume=\"volume.db\",from=\"thin\",to=\"files\"} 1048576",
             "cinderblock_migration_to_read_bytes{volume=\"volume.db\",from=\"thin\",to=\"files\"} 4194304",
+            "# TYPE cinderblock_backup_read_fallbacks_total counter",
+            "cinderblock_backup_read_fallbacks_total{volume=\"db\",policy=\"nightly\",read=\"allocatedScan\"} 2",
+            "cinderblock_backup_last_read_fallback{volume=\"db\"} 1",
+            "cinderblock_backup_last_read_fallback{volume=\"logs\"} 0",
+            "# TYPE cinderblock_backup_verify_last_success_timestamp_seconds gauge",
+            "cinderblock_backup_verify_last_success_timestamp_seconds{policy=\"nightly\"} 1700000000",
+            "# TYPE cinderblock_backup_drill_failures_total counter",
+            "cinderblock_backup_drill_failures_total{policy=\"nightly\"} 3",
+            "# TYPE cinderblock_backup_drill_last_success_timestamp_seconds gauge",
+            "cinderblock_backup_checks_running 0",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         // A back end without a thin pool has no pool gauges.
         assert!(!text.contains("cinderblock_backend_thin_data_percent{backend=\"local\"}"));
+        // A backup that read only what it needed is not counted.
+        assert!(!text.contains("cinderblock_backup_read_fallbacks_total{volume=\"logs\""));
+        assert!(!text.contains("cinderblock_backup_drill_last_success_timestamp_seconds{"));
+        assert!(!text.contains("cinderblock_backup_verify_failures_total{"));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | git poller | [`git`] | fetch every interval or on webhook; export new commits |
 //! | resync timer | [`supervisor`] | a `resync` trigger every `--resync` |
 //! | reconciler | [`reconcile`] | read, discover, plan, apply; one at a time |
-//! | backup scheduler | [`schedule`] | due backups through a [`schedule::BackupRunner`] |
+//! | backup scheduler | [`schedule`] | due backups, and each policy's scheduled verify and drill ([`checks`]), through a [`schedule::BackupRunner`] |
 //! | http | [`http`] | `/healthz`, `/readyz`, `/status`, `/metrics`, `/hooks/git` |
 //! | fleet (`--etcd`) | [`fleet`] | lease, placer election, placements, watch of the fleet |
 //! | signals | [`supervisor`] | SIGTERM/SIGINT stop, SIGHUP reconciles |
@@ -28,6 +28,7 @@
 //! than through [`crate::exec`] (git).
 
 pub mod backoff;
+pub mod checks;
 pub mod debounce;
 pub mod fleet;
 pub mod git;

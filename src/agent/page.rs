@@ -520,6 +520,8 @@ fn backups(s: &mut String, st: &Status, now: DateTime<Utc>) {
                 v.failures,
                 esc(e)
             )
+        } else if let Some(w) = &v.warning {
+            format!("<span class=\"warn\">{}</span>", esc(w))
         } else {
             String::new()
         };
@@ -555,6 +557,20 @@ fn backups(s: &mut String, st: &Status, now: DateTime<Utc>) {
                 |e| format!(", <span class=\"bad\">{}</span>", esc(e))
             )
         );
+        for (what, c) in [("verify", &p.verify), ("drill", &p.drill)] {
+            let Some(c) = c else { continue };
+            let last = if c.problems.is_empty() {
+                format!("last passed {}", when(c.last_success, now))
+            } else {
+                format!("<span class=\"bad\">{}</span>", esc(&c.problems.join("; ")))
+            };
+            let _ = write!(
+                s,
+                " <span class=\"badge\" data-check=\"{}/{what}\">{what} <code>{}</code>: {last}</span>",
+                esc(&p.name),
+                esc(&c.schedule),
+            );
+        }
     }
     s.push_str("</p></section>\n");
 }
@@ -689,6 +705,8 @@ mod tests {
             next_run: Some(t(3600)),
             volumes: vec!["db".into()],
             error: None,
+            verify: None,
+            drill: None,
         });
         st.backups.volumes.push(VolumeBackupStatus {
             volume: "db".into(),
@@ -698,6 +716,8 @@ mod tests {
             last_backup_id: Some("0123456789abcdef".into()),
             last_size: Some(123_456),
             last_error: None,
+            last_read: None,
+            warning: None,
             failures: 0,
             next_run: Some(t(3600)),
         });

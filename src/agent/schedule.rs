@@ -42,12 +42,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::backoff::{Backoff, Policy};
+use super::checks::{self, CheckKind, CheckRecord, CheckScheduler, CheckSummary, DueCheck};
 use super::reconcile::Desired;
-use super::status::{BackupsStatus, PolicyStatus, VolumeBackupStatus};
+use super::status::{BackupsStatus, CheckStatus, PolicyStatus, VolumeBackupStatus};
 use super::{Reason, Shared, lock};
 pub use crate::backup::due::CronSpec;
-pub use crate::backup::scheduled::{BackupJob, BackupRunner, BackupSummary};
+use crate::backup::engine::ReadRecord;
+pub use crate::backup::scheduled::{BackupJob, BackupRunner, BackupSummary, CheckJob};
 use crate::manifest::ManifestSet;
+use crate::manifest::kinds::BackupPolicySpec;
 use crate::state::atomic::{self, AtomicError};
 
 /// File name of the persisted schedule record.
@@ -83,6 +86,9 @@ pub struct JobRecord {
     /// The last failure, cleared by a success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// How the last successful backup read the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_read: Option<ReadRecord>,
 }
 
 /// The persisted file's payload.
@@ -91,6 +97,9 @@ pub struct JobRecord {
 pub struct Records {
     /// By volume.
     pub jobs: BTreeMap<String, JobRecord>,
+    /// Scheduled checks, by `policy/verify` or `policy/drill`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, CheckRecord>,
 }
 
 /// A policy as the status shows it: (name, expression, zone, next slot or
@@ -277,6 +286,7 @@ impl Scheduler {
                 record.last_success = Some(now);
                 record.last_backup_id = Some(summary.id.clone());
                 record.last_size = Some(summary.stored_bytes);
+                record.last_read.clone_from(&summary.read);
                 record.last_error = None;
                 self.backoff.succeed(&due.volume);
                 None
@@ -365,6 +375,7 @@ pub struct TaskConfig {
 }
 
 type Finished = (Due, Result<BackupSummary, String>, f64);
+type CheckFinished = (DueCheck, Result<CheckSummary, String>, f64);
 
 /// The longest sleep: the wall clock may jump (suspend, NTP), so due times
 /// are recomputed at least this often.
@@ -380,7 +391,7 @@ pub async fn run(
     mut desired_rx: watch::Receiver<Desired>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let (mut generation, records) = match load_records(&cfg.state_dir) {
+    let (mut generation, mut records) = match load_records(&cfg.state_dir) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %crate::error_chain(&e), "cannot read the backup schedule record; starting afresh");
@@ -395,18 +406,29 @@ pub async fn run(
         let mut m = lock(&shared.metrics);
         for (volume, r) in &records.jobs {
             if let (Some(t), Some(size)) = (r.last_success, r.last_size) {
-                #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit in f64
-                let secs = t.timestamp_millis() as f64 / 1000.0;
-                m.backup_last_success.insert(volume.clone(), (secs, size));
+                m.backup_last_success
+                    .insert(volume.clone(), (unix_secs(t), size));
+            }
+        }
+        for (k, r) in &records.checks {
+            if let (Some(t), Some((policy, kind))) = (r.last_success, k.rsplit_once('/')) {
+                m.backup_check_last_success
+                    .insert((kind.to_owned(), policy.to_owned()), unix_secs(t));
             }
         }
     }
+    let mut checks = CheckScheduler::new(std::mem::take(&mut records.checks));
     let mut sched = Scheduler::new(cfg.max_running, records);
     let mut set: Option<Arc<ManifestSet>> = None;
     let mut jobs: JoinSet<Finished> = JoinSet::new();
-    let persist = |sched: &Scheduler, generation: &mut u64| {
+    let mut check_jobs: JoinSet<CheckFinished> = JoinSet::new();
+    let persist = |sched: &Scheduler, checks: &CheckScheduler, generation: &mut u64| {
         *generation += 1;
-        if let Err(e) = store_records(&cfg.state_dir, *generation, sched.records()) {
+        let records = Records {
+            jobs: sched.records().jobs.clone(),
+            checks: checks.records().clone(),
+        };
+        if let Err(e) = store_records(&cfg.state_dir, *generation, &records) {
             tracing::warn!(error = %crate::error_chain(&e), "cannot write the backup schedule record");
         }
     };
@@ -417,13 +439,18 @@ pub async fn run(
             for due in sched.due(now) {
                 start(&cfg, &shared, &mut sched, &mut jobs, set, due);
             }
+            for due in checks.due(now) {
+                start_check(&cfg, &mut checks, &mut check_jobs, set, due);
+            }
         }
-        report(&sched, &shared, now);
-        if stopping && jobs.is_empty() {
+        report(&sched, &checks, &shared, now);
+        if stopping && jobs.is_empty() && check_jobs.is_empty() {
             return Ok(());
         }
-        let wake = sched
-            .next_wakeup(now)
+        let wake = [sched.next_wakeup(now), checks.next_wakeup(now)]
+            .into_iter()
+            .flatten()
+            .min()
             .and_then(|t| (t - now).to_std().ok())
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
@@ -432,7 +459,12 @@ pub async fn run(
             Some(done) = jobs.join_next(), if !jobs.is_empty() => {
                 let Ok((due, result, secs)) = done else { continue };
                 finish(&shared, &mut sched, &due, &result, secs);
-                persist(&sched, &mut generation);
+                persist(&sched, &checks, &mut generation);
+            }
+            Some(done) = check_jobs.join_next(), if !check_jobs.is_empty() => {
+                let Ok((due, result, secs)) = done else { continue };
+                finish_check(&shared, &mut checks, &due, &result, secs);
+                persist(&sched, &checks, &mut generation);
             }
             changed = desired_rx.changed(), if !stopping => {
                 if changed.is_err() {
@@ -441,15 +473,18 @@ pub async fn run(
                     continue;
                 }
                 let d = desired_rx.borrow_and_update().clone();
-                if sched.set_desired(&d.set, &d.local_volumes, Utc::now()) {
-                    persist(&sched, &mut generation);
+                let now = Utc::now();
+                let a = sched.set_desired(&d.set, &d.local_volumes, now);
+                let b = checks.set_desired(&d.set, now);
+                if a || b {
+                    persist(&sched, &checks, &mut generation);
                 }
                 set = Some(d.set);
             }
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;
-                if !jobs.is_empty() {
-                    tracing::info!(running = jobs.len(), "waiting for the running backups before stopping");
+                if !jobs.is_empty() || !check_jobs.is_empty() {
+                    tracing::info!(running = jobs.len() + check_jobs.len(), "waiting for the running backups and checks before stopping");
                 }
             }
         }
@@ -464,11 +499,7 @@ fn start(
     set: &Arc<ManifestSet>,
     due: Due,
 ) {
-    let Some(policy) = set
-        .backup_policies
-        .iter()
-        .find(|(n, _)| n.as_str() == due.policy)
-    else {
+    let Some(spec) = policy_spec(set, &due.policy) else {
         return;
     };
     sched.started(&due.volume);
@@ -477,18 +508,110 @@ fn start(
     let job = BackupJob {
         volume: due.volume.clone(),
         policy: due.policy.clone(),
-        spec: policy.1.spec.clone(),
+        spec,
         slot: due.slot,
         manifests: Arc::clone(set),
         state_dir: cfg.state_dir.clone(),
     };
     let runner = Arc::clone(&cfg.runner);
+    spawn_timed(jobs, due, "the backup engine panicked".into(), move || {
+        runner.run(&job)
+    });
+}
+
+/// The declared spec of policy `name`.
+fn policy_spec(set: &ManifestSet, name: &str) -> Option<BackupPolicySpec> {
+    set.backup_policies
+        .iter()
+        .find(|(n, _)| n.as_str() == name)
+        .map(|(_, d)| d.spec.clone())
+}
+
+/// Runs `work` on a blocking thread; its result (a panic as `panicked`)
+/// comes back with `due` and the seconds it took.
+fn spawn_timed<D: Send + 'static, R: Send + 'static>(
+    jobs: &mut JoinSet<(D, Result<R, String>, f64)>,
+    due: D,
+    panicked: String,
+    work: impl FnOnce() -> Result<R, String> + Send + 'static,
+) {
     jobs.spawn_blocking(move || {
         let t = std::time::Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run(&job)))
-            .unwrap_or_else(|_| Err("the backup engine panicked".to_owned()));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+            .unwrap_or_else(|_| Err(panicked));
         (due, result, t.elapsed().as_secs_f64())
     });
+}
+
+#[allow(clippy::cast_precision_loss)] // seconds since 1970 fit in f64
+fn unix_secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+fn start_check(
+    cfg: &TaskConfig,
+    checks: &mut CheckScheduler,
+    jobs: &mut JoinSet<CheckFinished>,
+    set: &Arc<ManifestSet>,
+    due: DueCheck,
+) {
+    let Some(spec) = policy_spec(set, &due.policy) else {
+        return;
+    };
+    checks.started(&due);
+    tracing::info!(policy = %due.policy, check = due.kind.as_str(), slot = %due.slot, "scheduled check started");
+    let job = CheckJob {
+        policy: due.policy.clone(),
+        kind: due.kind,
+        spec,
+        slot: due.slot,
+        cursor: due.cursor,
+        manifests: Arc::clone(set),
+        state_dir: cfg.state_dir.clone(),
+    };
+    let runner = Arc::clone(&cfg.runner);
+    let panicked = format!("the {} panicked", due.kind.as_str());
+    spawn_timed(jobs, due, panicked, move || runner.check(&job));
+}
+
+fn finish_check(
+    shared: &Shared,
+    checks: &mut CheckScheduler,
+    due: &DueCheck,
+    result: &Result<CheckSummary, String>,
+    secs: f64,
+) {
+    let now = Utc::now();
+    let delay = checks.finished(due, result, now);
+    let kind = due.kind.as_str();
+    {
+        let mut m = lock(&shared.metrics);
+        match result {
+            Ok(s) if s.problems.is_empty() => {
+                m.backup_check_last_success
+                    .insert((kind.to_owned(), due.policy.clone()), unix_secs(now));
+            }
+            _ => {
+                *m.backup_check_failures
+                    .entry((kind.to_owned(), due.policy.clone()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    match (result, delay) {
+        (Ok(s), _) if s.problems.is_empty() => tracing::info!(
+            policy = %due.policy, check = kind, result = %s.text, seconds = secs, "scheduled check passed"
+        ),
+        (Ok(s), _) => {
+            for p in &s.problems {
+                tracing::error!(policy = %due.policy, check = kind, problem = %p, "scheduled check found a damaged backup");
+            }
+        }
+        (Err(error), delay) => tracing::warn!(
+            policy = %due.policy, check = kind, %error,
+            retry_in_s = delay.map_or(0, |d| d.as_secs()), "scheduled check could not run; retrying with backoff"
+        ),
+    }
 }
 
 fn finish(
@@ -506,11 +629,24 @@ fn finish(
         let mut m = lock(&shared.metrics);
         m.backup_run(&due.volume, &due.policy, outcome, secs);
         if let Ok(s) = result {
-            #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit in f64
-            let t = now.timestamp_millis() as f64 / 1000.0;
             m.backup_last_success
-                .insert(due.volume.clone(), (t, s.stored_bytes));
+                .insert(due.volume.clone(), (unix_secs(now), s.stored_bytes));
+            if let Some(read) = &s.read {
+                m.backup_read(&due.volume, &due.policy, read);
+            }
         }
+    }
+    if let Ok(BackupSummary {
+        id,
+        read: Some(read),
+        ..
+    }) = result
+        && read.fallback
+    {
+        tracing::warn!(
+            volume = %due.volume, policy = %due.policy, %id, read = read.method.as_str(),
+            reason = %read.reason, "scheduled backup fell back to reading more than the volume's changes"
+        );
     }
     match (result, delay) {
         (Ok(s), _) => tracing::info!(
@@ -527,8 +663,27 @@ fn finish(
     }
 }
 
+/// A check's view as the status shows it.
+fn check_status(v: checks::CheckView) -> CheckStatus {
+    let (next_run, error) = match v.next_run {
+        Ok(n) => (n, None),
+        Err(e) => (None, Some(e)),
+    };
+    CheckStatus {
+        schedule: v.schedule,
+        next_run,
+        running: v.running,
+        last_run: v.record.last_run,
+        last_success: v.record.last_success,
+        last_result: v.record.last_result,
+        problems: v.record.problems,
+        failures: v.failures,
+        error,
+    }
+}
+
 /// Puts the scheduler's view into the status and metrics.
-fn report(sched: &Scheduler, shared: &Shared, now: DateTime<Utc>) {
+fn report(sched: &Scheduler, checks: &CheckScheduler, shared: &Shared, now: DateTime<Utc>) {
     let mut policies = Vec::new();
     let mut next_runs = BTreeMap::new();
     let mut gaps = BTreeMap::new();
@@ -554,7 +709,10 @@ fn report(sched: &Scheduler, shared: &Shared, now: DateTime<Utc>) {
             #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit in f64
             next_runs.insert(name.clone(), t.timestamp() as f64);
         }
+        let mut views = checks.views(&name, now);
         policies.push(PolicyStatus {
+            verify: views.remove(&CheckKind::Verify).map(check_status),
+            drill: views.remove(&CheckKind::Drill).map(check_status),
             name,
             schedule,
             timezone,
@@ -576,6 +734,17 @@ fn report(sched: &Scheduler, shared: &Shared, now: DateTime<Utc>) {
                 last_backup_id: r.and_then(|r| r.last_backup_id.clone()),
                 last_size: r.and_then(|r| r.last_size),
                 last_error: r.and_then(|r| r.last_error.clone()),
+                last_read: r.and_then(|r| r.last_read.clone()),
+                warning: r
+                    .and_then(|r| r.last_read.as_ref())
+                    .filter(|read| read.fallback)
+                    .map(|read| {
+                        format!(
+                            "the last backup fell back to {}: {}",
+                            read.method.as_str(),
+                            read.reason
+                        )
+                    }),
                 failures: sched.failures(v),
                 next_run: if sched.is_running(v) {
                     None
@@ -595,6 +764,7 @@ fn report(sched: &Scheduler, shared: &Shared, now: DateTime<Utc>) {
     {
         let mut m = lock(&shared.metrics);
         m.backups_running = sched.running() as u64;
+        m.backup_checks_running = checks.running() as u64;
         m.backup_next_run = next_runs;
         m.backup_max_age = sched
             .jobs()
@@ -666,8 +836,17 @@ mod tests {
     }
 
     fn manifests(volumes: &[(&str, &str)], schedule: &str, tz: &str) -> ManifestSet {
+        manifests_with(volumes, schedule, tz, "")
+    }
+
+    fn manifests_with(
+        volumes: &[(&str, &str)],
+        schedule: &str,
+        tz: &str,
+        extra: &str,
+    ) -> ManifestSet {
         let mut text = format!(
-            "apiVersion: cinderblock.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: nightly\nspec:\n  schedule: \"{schedule}\"\n  timezone: {tz}\n  target:\n    path: /srv/backup\n"
+            "apiVersion: cinderblock.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: nightly\nspec:\n  schedule: \"{schedule}\"\n  timezone: {tz}\n  target:\n    path: /srv/backup\n{extra}"
         );
         for (v, p) in volumes {
             let _ = write!(
@@ -690,6 +869,7 @@ mod tests {
             id: "b1".into(),
             stored_bytes: 42,
             pruned: 0,
+            read: None,
         })
     }
 
@@ -919,6 +1099,7 @@ mod tests {
         running: std::sync::Mutex<BTreeSet<String>>,
         max: std::sync::atomic::AtomicUsize,
         calls: std::sync::Mutex<Vec<String>>,
+        checks: std::sync::Mutex<Vec<(String, CheckKind, u64)>>,
     }
 
     impl BackupRunner for Fake {
@@ -936,15 +1117,48 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
             self.running.lock().unwrap().remove(&job.volume);
             self.calls.lock().unwrap().push(job.volume.clone());
+            // Volume c's parent snapshot is gone: its run falls back.
+            let fallback = job.volume == "c";
             Ok(BackupSummary {
                 id: format!("backup-of-{}", job.volume),
                 stored_bytes: 1000,
                 pruned: 0,
+                read: Some(if fallback {
+                    crate::backup::engine::ReadRecord {
+                        method: crate::backup::engine::ReadMethod::AllocatedScan,
+                        reason: "the parent backup's thin snapshot is gone".into(),
+                        fallback: true,
+                    }
+                } else {
+                    crate::backup::engine::ReadRecord {
+                        method: crate::backup::engine::ReadMethod::ChangedRanges,
+                        reason: "thin_delta".into(),
+                        fallback: false,
+                    }
+                }),
+            })
+        }
+
+        fn check(&self, job: &CheckJob) -> Result<CheckSummary, String> {
+            self.checks
+                .lock()
+                .unwrap()
+                .push((job.policy.clone(), job.kind, job.cursor));
+            // The drill finds volume c's newest backup damaged.
+            Ok(CheckSummary {
+                text: format!("{} done", job.kind.as_str()),
+                problems: if job.kind == CheckKind::Drill {
+                    vec!["volume c, backup backup-of-c: 1 chunk(s) differ".into()]
+                } else {
+                    Vec::new()
+                },
+                cursor: Some(job.cursor + 1),
             })
         }
     }
 
     #[tokio::test]
+    #[allow(clippy::too_many_lines)] // one agent task: backups and checks, then what they recorded
     async fn the_task_runs_due_backups_within_the_bounds_and_records_them() {
         let dir = tempfile::tempdir().unwrap();
         let names = ["a", "b", "c", "d", "e"];
@@ -961,8 +1175,24 @@ mod tests {
                 },
             );
         }
+        // Both checks last ran an hour ago too; the verify's window is at 41.
+        for (kind, cursor) in [(CheckKind::Verify, 41), (CheckKind::Drill, 0)] {
+            records.checks.insert(
+                super::checks::key("nightly", kind),
+                CheckRecord {
+                    last_slot: Some(hour_ago),
+                    cursor,
+                    ..CheckRecord::default()
+                },
+            );
+        }
         store_records(dir.path(), 1, &records).unwrap();
-        let set = manifests(&names.map(|n| (n, "nightly")), "* * * * *", "UTC");
+        let set = manifests_with(
+            &names.map(|n| (n, "nightly")),
+            "* * * * *",
+            "UTC",
+            "  verify: {schedule: \"* * * * *\", sample: 5}\n  drill: {schedule: \"* * * * *\"}\n",
+        );
         let runner = Arc::new(Fake::default());
         let shared = Arc::new(Shared::new(
             dir.path().to_owned(),
@@ -990,7 +1220,9 @@ mod tests {
             })
             .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while runner.calls.lock().unwrap().len() < names.len() {
+        while runner.calls.lock().unwrap().len() < names.len()
+            || runner.checks.lock().unwrap().len() < 2
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "backups did not all run"
@@ -1005,8 +1237,22 @@ mod tests {
         let mut calls = runner.calls.lock().unwrap().clone();
         calls.sort();
         assert_eq!(calls, names, "each volume once");
-        // Let the last result be recorded, then stop.
-        while !lock(&shared.backing_up).is_empty() {
+        let mut checks = runner.checks.lock().unwrap().clone();
+        checks.sort();
+        assert_eq!(
+            checks,
+            [
+                ("nightly".to_owned(), CheckKind::Verify, 41),
+                ("nightly".to_owned(), CheckKind::Drill, 0)
+            ],
+            "each check once, the verify from its cursor"
+        );
+        // Let the last results be recorded, then stop.
+        let checks_recorded = || {
+            let m = lock(&shared.metrics);
+            !m.backup_check_last_success.is_empty() && !m.backup_check_failures.is_empty()
+        };
+        while !lock(&shared.backing_up).is_empty() || !checks_recorded() {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -1035,13 +1281,69 @@ mod tests {
             text.contains("cinderblock_backup_last_size_bytes{volume=\"e\"} 1000"),
             "{text}"
         );
+        assert!(
+            text.contains("cinderblock_backup_read_fallbacks_total{volume=\"c\",policy=\"nightly\",read=\"allocatedScan\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cinderblock_backup_last_read_fallback{volume=\"c\"} 1")
+                && text.contains("cinderblock_backup_last_read_fallback{volume=\"e\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("cinderblock_backup_read_fallbacks_total{volume=\"e\""),
+            "{text}"
+        );
+        assert_eq!(
+            on_disk.jobs["c"].last_read.as_ref().map(|r| r.fallback),
+            Some(true),
+            "how it read is kept across restarts"
+        );
+        // The verify passed and moved its cursor; the drill found damage.
+        let verify = &on_disk.checks["nightly/verify"];
+        assert_eq!(verify.cursor, 42);
+        assert!(verify.last_success.is_some() && verify.problems.is_empty());
+        let drill = &on_disk.checks["nightly/drill"];
+        assert_eq!(drill.last_success, None);
+        assert_eq!(
+            drill.problems,
+            ["volume c, backup backup-of-c: 1 chunk(s) differ"]
+        );
+        assert!(
+            text.contains(
+                "cinderblock_backup_verify_last_success_timestamp_seconds{policy=\"nightly\"} "
+            ) && text.contains("cinderblock_backup_drill_failures_total{policy=\"nightly\"} 1")
+                && !text.contains("cinderblock_backup_drill_last_success_timestamp_seconds{"),
+            "{text}"
+        );
         let status = lock(&shared.status).backups.clone();
         assert_eq!(status.policies[0].volumes, names);
+        let drill = status.policies[0].drill.as_ref().unwrap();
+        assert_eq!(drill.schedule, "* * * * *");
+        assert_eq!(drill.last_result.as_deref(), Some("drill done"));
+        assert_eq!(
+            drill.problems,
+            ["volume c, backup backup-of-c: 1 chunk(s) differ"]
+        );
+        let verify = status.policies[0].verify.as_ref().unwrap();
+        assert!(verify.last_success.is_some() && verify.next_run.is_some());
         assert!(
             status
                 .volumes
                 .iter()
                 .all(|v| v.last_success.is_some() && !v.running)
+        );
+        let warnings: Vec<(&str, &str)> = status
+            .volumes
+            .iter()
+            .filter_map(|v| v.warning.as_deref().map(|w| (v.volume.as_str(), w)))
+            .collect();
+        assert_eq!(
+            warnings,
+            [(
+                "c",
+                "the last backup fell back to allocatedScan: the parent backup's thin snapshot is gone"
+            )]
         );
         // The status file was written as things happened.
         assert!(dir.path().join(super::super::status::STATUS_FILE).exists());

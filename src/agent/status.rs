@@ -424,6 +424,45 @@ pub struct PolicyStatus {
     /// Why it cannot be scheduled, when it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Its scheduled sampled verify (`spec.verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<CheckStatus>,
+    /// Its scheduled restore drills (`spec.drill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<CheckStatus>,
+}
+
+/// One scheduled check of a policy's repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    /// Cron expression (in the policy's time zone).
+    pub schedule: String,
+    /// Next run (scheduled, or a retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<DateTime<Utc>>,
+    /// Running now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub running: bool,
+    /// When the last run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<DateTime<Utc>>,
+    /// When the last run that found nothing wrong finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<DateTime<Utc>>,
+    /// What the last run did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    /// What the last run found wrong (each damaged backup, naming volume
+    /// and backup), or why it could not run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// Consecutive runs that could not run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// Why the schedule cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One volume's backups.
@@ -448,6 +487,13 @@ pub struct VolumeBackupStatus {
     /// Last failure message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// How the last successful backup read the volume, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_read: Option<crate::backup::engine::ReadRecord>,
+    /// A warning about the last backup: it fell back to reading more than
+    /// the volume's changes (a full or allocated scan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// Consecutive failures.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::engine::ReadRecord;
 use super::format::{BackupKind, Manifest, RECORD_FORMAT, Record, RecordRepository, VolumeRef};
 use super::target::{RepoSpec, Target};
 use super::{BackupError, Repository};
@@ -94,11 +95,11 @@ pub struct Entry {
     /// snapshot`, ...); absent for backups only read from a repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point_in_time: Option<String>,
-    /// How this host's run found what changed since the parent
-    /// ([`super::engine::Changes`]); absent for backups only read from a
-    /// repository.
+    /// How the run read its source and why (recorded by the run on this
+    /// host; the repository's manifests do not say, so entries rebuilt by
+    /// `import --scan` have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changes: Option<String>,
+    pub read: Option<ReadRecord>,
 }
 
 impl Entry {
@@ -127,7 +128,7 @@ impl Entry {
             detail: None,
             verified_at: None,
             point_in_time: None,
-            changes: None,
+            read: None,
         }
     }
 }
@@ -210,23 +211,23 @@ impl Catalog {
         repo: &Repository,
         spec: &RepoSpec,
     ) -> Result<(usize, Vec<BackupError>), BackupError> {
-        let (manifests, bad) = repo.manifests()?;
+        let (manifests, bad) = repo.manifest_heads()?;
         let root = repo.location();
         let rid = repo.config().id;
         // What only this host's runs recorded survives the rescan.
-        let ran: BTreeMap<Uuid, (Option<String>, Option<String>)> = self
+        let ran: BTreeMap<Uuid, (Option<String>, Option<ReadRecord>)> = self
             .backups
             .iter()
-            .map(|(id, e)| (*id, (e.point_in_time.clone(), e.changes.clone())))
+            .map(|(id, e)| (*id, (e.point_in_time.clone(), e.read.clone())))
             .collect();
         self.backups.retain(|_, e| {
             e.status == Status::Failed || (e.repository != root && e.repository_id != Some(rid))
         });
         for m in &manifests {
             let mut entry = Entry::from_manifest(m, repo, spec);
-            if let Some((pit, changes)) = ran.get(&m.id) {
+            if let Some((pit, read)) = ran.get(&m.id) {
                 entry.point_in_time.clone_from(pit);
-                entry.changes.clone_from(changes);
+                entry.read.clone_from(read);
             }
             self.backups.insert(m.id, entry);
         }
@@ -253,7 +254,7 @@ impl Catalog {
             }
             entry.verified_at = old.verified_at;
             entry.point_in_time.clone_from(&old.point_in_time);
-            entry.changes.clone_from(&old.changes);
+            entry.read.clone_from(&old.read);
         }
         self.backups.insert(m.id, entry);
     }

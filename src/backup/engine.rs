@@ -20,6 +20,11 @@
 //!    that overflowed fails the run) → manifest (the commit point) → the
 //!    point in time committed (a thin snapshot kept as the next base).
 //!
+//! Every run reports how it read ([`ReadRecord`], from the point in time:
+//! changed ranges, allocated scan or full scan, why, and whether that is a
+//! fallback: a thin incremental whose parent's snapshot is gone, a volume
+//! file on a file system that reports no holes).
+//!
 //! Must not: read holes, or write anything but packs, one index file and one
 //! manifest into the repository.
 
@@ -44,7 +49,7 @@ use super::format::{
 use super::repo::{Index, SessionKind};
 use super::{BackupError, Progress, Repository};
 use crate::driver::{Driver, Mark, ObjKind, PitRequest};
-pub use crate::driver::{PitMethod as PointInTime, Reads as ReadPlan};
+pub use crate::driver::{PitMethod as PointInTime, ReadMethod, ReadRecord, Reads as ReadPlan};
 
 /// Slots per read batch (4 MiB).
 const BATCH_SLOTS: u64 = 64;
@@ -101,45 +106,6 @@ pub struct RunSpec<'a> {
     pub exported: bool,
 }
 
-/// How a run found what changed since its parent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Changes {
-    /// A full backup: every data extent read.
-    Full,
-    /// Every data extent (or mapped range) read and hash-compared with the
-    /// parent's chunks.
-    HashCompare,
-    /// Only the ranges `thin_delta` reports changed against the parent's
-    /// kept thin snapshot.
-    ThinDelta,
-    /// Only the ranges whose blocks the parent's kept reflinked copy no
-    /// longer shares (`FS_IOC_FIEMAP`).
-    Fiemap,
-}
-
-impl Changes {
-    /// What a point in time taken with `method` and read as `reads` means
-    /// for a run with or without a parent.
-    pub fn of(method: PointInTime, reads: &ReadPlan, parent: bool) -> Self {
-        match (reads, method) {
-            _ if !parent => Changes::Full,
-            (ReadPlan::ChangedSinceParent(_), PointInTime::Reflink) => Changes::Fiemap,
-            (ReadPlan::ChangedSinceParent(_), _) => Changes::ThinDelta,
-            _ => Changes::HashCompare,
-        }
-    }
-
-    /// As the run's summary and the catalogue say it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Changes::Full => "full read",
-            Changes::HashCompare => "all data read, hash-compared with the parent",
-            Changes::ThinDelta => "thin_delta against the parent's snapshot",
-            Changes::Fiemap => "FIEMAP against the parent's reflinked copy",
-        }
-    }
-}
-
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -147,8 +113,8 @@ pub struct RunReport {
     pub manifest: Manifest,
     /// How the point in time was taken.
     pub method: PointInTime,
-    /// How what changed since the parent was found.
-    pub changes: Changes,
+    /// How the source was read, and why.
+    pub read: ReadRecord,
     /// Time taken by the point-in-time copy.
     pub snapshot_time: Duration,
     /// Whole run.
@@ -167,7 +133,7 @@ impl RunReport {
             "kind": m.kind.to_string(),
             "parent": m.parent,
             "pointInTime": self.method.as_str(),
-            "changes": self.changes.as_str(),
+            "read": self.read,
             "size": m.volume.size,
             "readBytes": s.read_bytes,
             "extents": s.extents,
@@ -187,27 +153,40 @@ impl RunReport {
 
 /// Picks the parent for `mode` among a volume's backups (oldest first).
 pub fn choose_parent(mode: Mode, history: &[Manifest]) -> Option<&Manifest> {
-    let newest = history.last()?;
+    let kinds: Vec<BackupKind> = history.iter().map(|m| m.kind).collect();
+    next_is_incremental(mode, &kinds)
+        .then(|| history.last())
+        .flatten()
+}
+
+/// Whether the next backup under `mode` is an incremental (against the
+/// newest), given the kinds of a volume's backups so far, oldest first:
+/// the rule [`choose_parent`] applies, for what `plan` says the next run
+/// will do.
+pub fn next_is_incremental(mode: Mode, kinds: &[BackupKind]) -> bool {
+    if kinds.is_empty() {
+        return false;
+    }
     match mode {
         Mode::Full
         | Mode::Policy {
             incremental: false, ..
-        } => None,
-        Mode::Incremental => Some(newest),
+        } => false,
+        Mode::Incremental => true,
         Mode::Policy {
             incremental: true,
             full_every,
         } => {
             if full_every == 0 {
-                return Some(newest);
+                return true;
             }
-            let since_full = history
+            let since_full = kinds
                 .iter()
                 .rev()
-                .take_while(|m| m.kind == BackupKind::Incremental)
+                .take_while(|k| **k == BackupKind::Incremental)
                 .count();
             let since_full = u32::try_from(since_full).unwrap_or(u32::MAX);
-            (since_full + 1 < full_every).then_some(newest)
+            since_full + 1 < full_every
         }
     }
 }
@@ -240,7 +219,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
     })?;
     let snapshot_time = t.elapsed();
     let method = pit.method();
-    let changes = Changes::of(method, pit.reads(), parent.is_some());
+    let read = pit.read().clone();
     tracing::info!(volume = %vol.name, read = %pit.path().display(), method = method.as_str(), secs = snapshot_time.as_secs_f64(), "point in time taken");
     let check = || pit.check().map_err(BackupError::from);
     let manifest = store(
@@ -269,7 +248,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
     Ok(RunReport {
         manifest,
         method,
-        changes,
+        read,
         snapshot_time,
         elapsed: started.elapsed(),
     })

@@ -506,6 +506,70 @@ pub fn decode_index(bytes: &[u8]) -> Option<Vec<(Digest, Vec<BlobEntry>)>> {
     Some(packs)
 }
 
+/// Index files hold at most this many entries (about 10.7 MiB): writers
+/// split larger sets, so every index file can be read whole, sealed or
+/// not, in bounded memory.
+pub const INDEX_FILE_ENTRIES: usize = 1 << 18;
+
+/// Reads an index file from `r` pack by pack, giving each to `f`. Returns
+/// `false` when the bytes are not an index file (what came before the
+/// damage was already given: check a file before feeding `f` anything
+/// that matters). Entries are read one at a time, so a damaged count
+/// allocates nothing.
+pub fn read_index(
+    r: &mut impl Read,
+    mut f: impl FnMut(Digest, Vec<BlobEntry>),
+) -> std::io::Result<bool> {
+    let mut magic = [0u8; 8];
+    if !read_full(r, &mut magic)? || &magic != INDEX_MAGIC {
+        return Ok(false);
+    }
+    let mut head = [0u8; 36];
+    let mut e = [0u8; ENTRY_LEN];
+    loop {
+        // End of file exactly at a pack boundary is the end.
+        let n = read_some(r, &mut head)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if n < head.len() {
+            return Ok(false);
+        }
+        let id = Digest(head[..32].try_into().unwrap_or([0; 32]));
+        let count = u32::from_le_bytes(head[32..].try_into().unwrap_or([0; 4]));
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            if !read_full(r, &mut e)? {
+                return Ok(false);
+            }
+            let Some(entry) = BlobEntry::decode(&e) else {
+                return Ok(false);
+            };
+            entries.push(entry);
+        }
+        f(id, entries);
+    }
+}
+
+/// Fills `buf`; `false` at a clean or short end of file.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    Ok(read_some(r, buf)? == buf.len())
+}
+
+/// Reads until `buf` is full or the file ends; how many bytes.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Full or incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -903,5 +967,12 @@ mod tests {
             Some(vec![(Digest::of(b"pack"), entries)])
         );
         assert_eq!(decode_index(&index[..index.len() - 1]), None);
+        let mut streamed = Vec::new();
+        assert!(read_index(&mut index.as_slice(), |p, e| streamed.push((p, e))).unwrap());
+        assert_eq!(streamed, decode_index(&index).unwrap());
+        let cut = &index[..index.len() - 1];
+        assert!(!read_index(&mut &cut[..], |_, _| {}).unwrap());
+        assert!(!read_index(&mut &b"CBINDX02"[..], |_, _| {}).unwrap());
+        assert!(read_index(&mut &INDEX_MAGIC[..], |_, _| panic!("no packs")).unwrap());
     }
 }

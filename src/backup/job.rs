@@ -9,7 +9,10 @@
 //! journals the outcome. A restore ([`restore`]) locates a catalogued backup,
 //! then fills a new volume of a back end ([`super::into_volume`]) or, when
 //! asked, overwrites an existing one (every chunk checked first), under the
-//! same journal records.
+//! same journal records. A check ([`check`]: a sampled verify or restore
+//! drills of a policy's repository, scheduled by the agent or run by
+//! `backup drill`) marks the backups it finds damaged in the catalogue, so
+//! retention no longer counts them as good.
 //!
 //! The catalogue's read-modify-write is serialised within the process
 //! ([`catalog_lock`]: the agent runs backups on several threads); the state
@@ -26,6 +29,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::catalog::{Catalog, Entry, Status};
+use super::checks::{self, CheckKind, CheckSummary, Damage};
 use super::engine::{self, Mode, RunReport, RunSpec};
 use super::format::{self, Codec, Manifest};
 use super::repo::SessionKind;
@@ -33,6 +37,7 @@ use super::restore::{self, RestoreStats, Target};
 use super::target::{RepoSpec, SecretSource};
 use super::{BackupError, Progress, Repository};
 use crate::driver::{Discovery, Driver, Mark, ObjKind};
+use crate::manifest::kinds::BackupPolicySpec;
 use crate::manifest::{ManifestSet, Name};
 use crate::registry::Registry;
 use crate::state::journal::{Journal, JournalError, Outcome};
@@ -413,7 +418,7 @@ pub fn run(
             cat.add(&report.manifest, &repo, &spec);
             if let Some(e) = cat.backups.get_mut(&report.manifest.id) {
                 e.point_in_time = Some(report.method.as_str().to_owned());
-                e.changes = Some(report.changes.as_str().to_owned());
+                e.read = Some(report.read.clone());
             }
             cat.store(state)?;
             Ok((repo, report))
@@ -444,7 +449,7 @@ pub fn run(
                     detail: Some(text),
                     verified_at: None,
                     point_in_time: None,
-                    changes: None,
+                    read: None,
                 },
             );
             cat.store(state)?;
@@ -564,7 +569,7 @@ pub fn prune(
             Err(BackupError::NotARepository { .. }) => {}
             Err(e) => return Err(e.into()),
             Ok(repo) => {
-                let (manifests, bad) = repo.manifests()?;
+                let (manifests, bad) = repo.manifest_heads()?;
                 if let Some(e) = bad.first() {
                     return Err(JobError::PruneUnreadable {
                         repository: pruned.location,
@@ -578,7 +583,11 @@ pub fn prune(
                 let report = if pruned.append_only {
                     None
                 } else {
-                    Some(super::prune::execute(&repo, &plan, dry_run)?)
+                    Some(super::prune::execute(
+                        &repo,
+                        &plan,
+                        &super::prune::PruneOptions::new(state, dry_run),
+                    )?)
                 };
                 if !dry_run {
                     for m in &plan.forget {
@@ -593,6 +602,135 @@ pub fn prune(
     if !dry_run {
         cat.store(state)?;
     }
+    Ok(())
+}
+
+/// Runs one check of `policy`'s repository: a sampled verify of `sample`
+/// percent from `cursor`, or restore drills of each volume's newest backup
+/// into `STATE/drill/`; the backups found damaged are marked in the
+/// catalogue. `Ok` when it ran, with what it found (no repository yet is
+/// nothing to check); an error when it could not run. The agent's
+/// scheduled checks and `backup drill` both come here; the caller holds the
+/// state lock.
+pub fn check(
+    spec: &BackupPolicySpec,
+    policy: &Name,
+    kind: CheckKind,
+    cursor: u64,
+    state: &Path,
+    progress: &dyn Progress,
+) -> Result<CheckSummary, JobError> {
+    // A figure for people, in MiB (precision loss is irrelevant there).
+    #[allow(clippy::cast_precision_loss)]
+    let bytes = |n: u64| format!("{:.2} MiB", n as f64 / f64::from(1u32 << 20));
+    let rspec =
+        RepoSpec::from_policy(spec, state).ok_or_else(|| JobError::NoTarget(policy.clone()))?;
+    let repo = match rspec.open() {
+        Ok(r) => r,
+        Err(BackupError::NotARepository { .. }) => {
+            return Ok(CheckSummary {
+                text: format!(
+                    "no repository at {} yet: nothing to check",
+                    rspec.location()
+                ),
+                problems: Vec::new(),
+                cursor: None,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (text, damaged, next) = match kind {
+        CheckKind::Verify => {
+            let sample = spec.verify.as_ref().map_or(100, |v| v.sample.get());
+            let r = checks::verify_sample(&repo, sample, cursor, progress)?;
+            (
+                format!(
+                    "checked {} of {} chunk(s) ({} % of the id space, {}) in {}",
+                    r.chunks_checked,
+                    r.chunks_total,
+                    r.sample,
+                    bytes(r.bytes_checked),
+                    repo.location()
+                ),
+                r.damaged,
+                Some(r.next),
+            )
+        }
+        CheckKind::Drill => {
+            let results = checks::drill(&repo, policy.as_str(), &state.join("drill"), progress)?;
+            let total: u64 = results.iter().map(|r| r.bytes).sum();
+            let damaged = results
+                .iter()
+                .filter_map(|r| {
+                    r.failure.as_ref().map(|f| Damage {
+                        backup: r.backup,
+                        volume: r.volume.clone(),
+                        started_at: r.started_at,
+                        detail: format!("restore drill: {f}"),
+                    })
+                })
+                .collect();
+            let each: Vec<String> = results
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} from {} ({}, {} chunk(s)): {}",
+                        r.volume,
+                        r.backup,
+                        bytes(r.bytes),
+                        r.chunks,
+                        r.failure.as_deref().unwrap_or("identical")
+                    )
+                })
+                .collect();
+            (
+                format!(
+                    "restored and compared the newest backup of {} volume(s), {} in all{}{}",
+                    results.len(),
+                    bytes(total),
+                    if each.is_empty() { "" } else { ": " },
+                    each.join("; ")
+                ),
+                damaged,
+                None,
+            )
+        }
+    };
+    mark_damaged(state, &damaged)?;
+    Ok(CheckSummary {
+        text,
+        problems: damaged
+            .iter()
+            .map(|d| {
+                format!(
+                    "volume {}, backup {} ({}): {}",
+                    d.volume,
+                    d.backup,
+                    d.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    d.detail
+                )
+            })
+            .collect(),
+        cursor: next,
+    })
+}
+
+/// Marks the backups a check found damaged in the catalogue.
+fn mark_damaged(state: &Path, damaged: &[Damage]) -> Result<(), JobError> {
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    let _catalog = catalog_lock();
+    let mut cat = Catalog::load(state)?;
+    let now = Utc::now();
+    for d in damaged {
+        if let Some(e) = cat.backups.get_mut(&d.backup) {
+            e.status = Status::Damaged;
+            e.detail = Some(d.detail.clone());
+            e.verified_at = Some(now);
+        }
+    }
+    cat.store(state)?;
     Ok(())
 }
 

@@ -11,7 +11,9 @@
 //! pipeline), restore and verify ([`restore`], [`verify`]; into a new volume
 //! of any back end: [`into_volume`]), the transactions the CLI and the agent
 //! share ([`job`], [`scheduled`], [`due`]),
-//! retention ([`retention`], pure), prune ([`prune`]) and the state
+//! retention ([`retention`], pure), prune ([`prune`], in bounded memory
+//! through [`extsort`]), scheduled checks (a sampled verify and restore
+//! drills: [`checks`]) and the state
 //! directory's catalogue cache with export/import records ([`catalog`]).
 //!
 //! # The repository (format version 1)
@@ -52,12 +54,14 @@
 //!   650,000 packs, some 2,500 per directory: never millions of files in one
 //!   place. Each pack ends in a trailer listing its blobs (id, codec,
 //!   lengths), so it describes itself.
-//! - **Index files** repeat the trailers of the packs a session wrote; they
-//!   are what a writer loads to deduplicate (about 75 B of RAM per unique
-//!   chunk: the scaling limit today is some 1.2 GiB of RAM per TiB of
-//!   *unique* data;
-//!   a paged, sorted index is the next step when repositories get there).
-//!   Prune consolidates them into one.
+//! - **Index files** repeat the trailers of the packs a session wrote, at
+//!   most 262,144 entries (10.7 MiB) each; they are what a writer loads to
+//!   deduplicate (about 75 B of RAM per unique chunk: the scaling limit of
+//!   a *backup* today is some 1.2 GiB of RAM per TiB of *unique* data; a
+//!   paged, sorted index is the next step when repositories get there).
+//!   Prune rewrites them, packs in id order, and runs in bounded memory
+//!   whatever the repository's size: it streams index files and manifests
+//!   through external sorts ([`extsort`]) instead of holding chunk sets.
 //! - **Manifests** (JSON) name the volume, the time, the parent, the figures
 //!   and the whole chunk table (`slot | BLAKE3` entries, zstd, base64, with
 //!   its own digest). Every backup lists every non-zero chunk of its point in
@@ -92,9 +96,11 @@
 //! exclusive for prune), then lists the others: of two conflicting sessions
 //! created at once, at least one sees the other and backs off with an error
 //! naming the holder. Session files are refreshed every 5 minutes; one that
-//! is 30 minutes old, or whose pid is dead on this host, is stale and
-//! removed. Chosen over `flock` because it works the same on every NFS
-//! version and on object stores, and shows who holds the repository.
+//! is 30 minutes old is stale and no longer blocks prune, but it keeps
+//! prune's grace (packs written since it started are not touched) until
+//! it is a day old and removed; one whose pid is dead on this host is
+//! removed at once. Chosen over `flock` because it works the same on every
+//! NFS version and on object stores, and shows who holds the repository.
 //!
 //! # Append-only targets
 //! With `appendOnly: true` nothing is deleted or replaced: every object is
@@ -117,9 +123,11 @@
 //! into the plain values the engine takes).
 
 pub mod catalog;
+pub mod checks;
 pub mod crypto;
 pub mod due;
 pub mod engine;
+pub mod extsort;
 pub mod format;
 pub mod into_volume;
 pub mod job;

@@ -467,6 +467,114 @@ impl Repository {
             .collect())
     }
 
+    /// Every pack present, sorted by id, with its size and when it was
+    /// written.
+    pub fn pack_listing(&self) -> Result<Vec<(Digest, u64, SystemTime)>, BackupError> {
+        let mut out: Vec<(Digest, u64, SystemTime)> = self
+            .store
+            .list("data/")?
+            .into_iter()
+            .filter_map(|l| {
+                Some((
+                    l.key.rsplit('/').next()?.parse::<Digest>().ok()?,
+                    l.size,
+                    l.modified,
+                ))
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| p.0);
+        Ok(out)
+    }
+
+    /// Every index file: its id, key and size.
+    pub fn index_files(&self) -> Result<Vec<(Digest, String, u64)>, BackupError> {
+        Ok(self
+            .store
+            .list("index/")?
+            .into_iter()
+            .filter_map(|l| {
+                Some((
+                    l.key.rsplit('/').next()?.parse::<Digest>().ok()?,
+                    l.key,
+                    l.size,
+                ))
+            })
+            .collect())
+    }
+
+    /// Reads index file `id` (`key`, `size` bytes from
+    /// [`Self::index_files`]) in bounded memory, giving each pack it
+    /// describes to `f`. Returns `false`, having given nothing, when the
+    /// file is damaged (does not hash to its name, does not open with the
+    /// key, or is not an index file). A sealed file is read whole (a seal
+    /// opens only whole; writers keep them below
+    /// [`format::INDEX_FILE_ENTRIES`] entries); a plain one larger than
+    /// 16 MiB (an index consolidated by an older prune) is read twice in
+    /// 8 MiB ranges: checked, then given.
+    pub fn read_index_file(
+        &self,
+        id: &Digest,
+        key: &str,
+        size: u64,
+        mut f: impl FnMut(Digest, Vec<BlobEntry>),
+    ) -> Result<bool, BackupError> {
+        const WHOLE: u64 = 16 << 20;
+        if self.crypto.is_some() || size <= WHOLE {
+            let Some(bytes) = self.store.get(key)? else {
+                return Ok(false);
+            };
+            if Digest::of(&bytes) != *id {
+                tracing::warn!(key, "index file does not match its name; ignored");
+                return Ok(false);
+            }
+            let bytes = match &self.crypto {
+                Some(c) => {
+                    let Some(b) = c.open(Place::Index, &bytes) else {
+                        tracing::warn!(
+                            key,
+                            "index file does not open with the repository's key; ignored"
+                        );
+                        return Ok(false);
+                    };
+                    b
+                }
+                None => bytes,
+            };
+            let Some(packs) = format::decode_index(&bytes) else {
+                tracing::warn!(key, "unreadable index file; ignored");
+                return Ok(false);
+            };
+            drop(bytes);
+            for (p, e) in packs {
+                f(p, e);
+            }
+            return Ok(true);
+        }
+        let location = || PathBuf::from(format!("{}: {key}", self.location()));
+        let mut hasher = blake3::Hasher::new();
+        let valid = {
+            let mut tee = Ranged::new(self.store.as_ref(), key, size, Some(&mut hasher));
+            format::read_index(&mut tee, |_, _| {}).map_err(|source| BackupError::Io {
+                op: "read",
+                path: location(),
+                source,
+            })?
+        };
+        if !valid || Digest(*hasher.finalize().as_bytes()) != *id {
+            tracing::warn!(
+                key,
+                "index file does not match its name or is unreadable; ignored"
+            );
+            return Ok(false);
+        }
+        let mut r = Ranged::new(self.store.as_ref(), key, size, None);
+        format::read_index(&mut r, f).map_err(|source| BackupError::Io {
+            op: "read",
+            path: location(),
+            source,
+        })
+    }
+
     /// Reads the trailer of pack `id` of `len` bytes (from [`Self::scan_packs`]).
     pub fn read_trailer(&self, id: &Digest, len: u64) -> Result<Vec<BlobEntry>, BackupError> {
         let key = pack_key(id);
@@ -513,8 +621,32 @@ impl Repository {
         })
     }
 
-    /// Writes an index file describing `packs`; returns its id.
-    pub fn write_index(&self, packs: &[(Digest, Vec<BlobEntry>)]) -> Result<Digest, BackupError> {
+    /// Writes index files describing `packs`, each of at most
+    /// [`format::INDEX_FILE_ENTRIES`] entries (one pack is never split);
+    /// returns their ids.
+    pub fn write_index(
+        &self,
+        packs: &[(Digest, Vec<BlobEntry>)],
+    ) -> Result<Vec<Digest>, BackupError> {
+        let mut ids = Vec::new();
+        let mut start = 0;
+        let mut entries = 0;
+        for (i, (_, e)) in packs.iter().enumerate() {
+            if entries > 0 && entries + e.len() > format::INDEX_FILE_ENTRIES {
+                ids.push(self.write_index_file(&packs[start..i])?);
+                start = i;
+                entries = 0;
+            }
+            entries += e.len();
+        }
+        if start < packs.len() {
+            ids.push(self.write_index_file(&packs[start..])?);
+        }
+        Ok(ids)
+    }
+
+    /// Writes one index file describing `packs`; returns its id.
+    fn write_index_file(&self, packs: &[(Digest, Vec<BlobEntry>)]) -> Result<Digest, BackupError> {
         let bytes = format::encode_index(packs);
         let bytes = match &self.crypto {
             Some(c) => c.seal(Place::Index, &bytes),
@@ -643,6 +775,72 @@ impl Repository {
         Ok((good, bad))
     }
 
+    /// Every manifest without its chunk table (`chunks` empty: what
+    /// listing, retention and the catalogue need), oldest first; read one
+    /// at a time, so memory holds one table at most whatever the number of
+    /// backups. Unreadable ones are returned as errors beside the others.
+    pub fn manifest_heads(&self) -> Result<(Vec<Manifest>, Vec<BackupError>), BackupError> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        self.each_manifest(|m| match m {
+            Ok(mut m) => {
+                m.chunks = String::new();
+                good.push(m);
+                Ok(())
+            }
+            Err(e) => {
+                bad.push(e);
+                Ok(())
+            }
+        })?;
+        good.sort_by_key(|m| (m.started_at, m.id));
+        Ok((good, bad))
+    }
+
+    /// Reads every manifest (in key order), one at a time, and hands it to
+    /// `f`, which may stop the walk with an error.
+    pub fn each_manifest(
+        &self,
+        mut f: impl FnMut(Result<Manifest, BackupError>) -> Result<(), BackupError>,
+    ) -> Result<(), BackupError> {
+        for l in self.store.list("backups/")? {
+            if !is_manifest_key(&l.key) {
+                continue;
+            }
+            match self.read_manifest(&l.key) {
+                Ok(Some(m)) => f(Ok(m))?,
+                Ok(None) => {}
+                Err(e) => f(Err(e))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The backup ids of every manifest key, without reading them.
+    pub fn manifest_keys(&self) -> Result<Vec<(Uuid, String)>, BackupError> {
+        Ok(self
+            .store
+            .list("backups/")?
+            .into_iter()
+            .filter(|l| is_manifest_key(&l.key))
+            .filter_map(|l| {
+                let id = l
+                    .key
+                    .rsplit('/')
+                    .next()?
+                    .strip_suffix(".json")?
+                    .parse::<Uuid>()
+                    .ok()?;
+                Some((id, l.key))
+            })
+            .collect())
+    }
+
+    /// The manifest under `key` (from [`Self::manifest_keys`]).
+    pub fn manifest_at(&self, key: &str) -> Result<Option<Manifest>, BackupError> {
+        self.read_manifest(key)
+    }
+
     /// The readable manifests of one volume, oldest first (an unreadable
     /// one is logged and skipped: it must not stop the next backup).
     pub fn volume_manifests(&self, volume: Uuid) -> Result<Vec<Manifest>, BackupError> {
@@ -700,6 +898,64 @@ impl Repository {
 
 fn parse_manifest(bytes: &[u8], at: &str) -> Result<Manifest, BackupError> {
     format::decode_manifest(Path::new(at), bytes)
+}
+
+/// An object read front to back in 8 MiB ranges, optionally hashed as it
+/// goes (large index files, in bounded memory).
+struct Ranged<'a> {
+    store: &'a dyn Store,
+    key: &'a str,
+    size: u64,
+    /// Offset of the next range to fetch.
+    pos: u64,
+    buf: Vec<u8>,
+    /// Read position in `buf`.
+    at: usize,
+    hasher: Option<&'a mut blake3::Hasher>,
+}
+
+impl<'a> Ranged<'a> {
+    fn new(
+        store: &'a dyn Store,
+        key: &'a str,
+        size: u64,
+        hasher: Option<&'a mut blake3::Hasher>,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            size,
+            pos: 0,
+            buf: Vec::new(),
+            at: 0,
+            hasher,
+        }
+    }
+}
+
+impl io::Read for Ranged<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        const PIECE: u64 = 8 << 20;
+        if self.at == self.buf.len() {
+            if self.pos >= self.size {
+                return Ok(0);
+            }
+            let end = (self.pos + PIECE).min(self.size);
+            self.buf = self
+                .store
+                .get_range(self.key, self.pos..end)
+                .map_err(io::Error::other)?;
+            if let Some(h) = self.hasher.as_mut() {
+                h.update(&self.buf);
+            }
+            self.pos = end;
+            self.at = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// A pack opened for reading blobs.
@@ -888,39 +1144,57 @@ pub struct PackWriter {
 pub const UPLOADS_QUEUED: usize = 2;
 
 type Upload = (Digest, Vec<u8>, Vec<BlobEntry>);
-type Uploaded = Result<Vec<(Digest, Vec<BlobEntry>)>, BackupError>;
+type Packs = Vec<(Digest, Vec<BlobEntry>)>;
 
 /// A thread that uploads sealed packs in order.
 #[derive(Debug)]
 struct Uploader {
     tx: mpsc::SyncSender<Upload>,
-    thread: thread::JoinHandle<Uploaded>,
+    thread: thread::JoinHandle<Result<(), BackupError>>,
+    /// Packs stored so far, not yet taken.
+    done: Arc<std::sync::Mutex<Packs>>,
 }
 
 impl Uploader {
     fn start(store: Arc<dyn Store>) -> Result<Self, BackupError> {
         let (tx, rx) = mpsc::sync_channel::<Upload>(UPLOADS_QUEUED);
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = Arc::clone(&done);
         let thread = thread::Builder::new()
             .name("pack-upload".into())
             .spawn(move || {
-                let mut done = Vec::new();
                 for (id, bytes, entries) in rx {
                     put_content_named(store.as_ref(), &pack_key(&id), &bytes)?;
                     tracing::debug!(pack = %id, bytes = bytes.len(), "pack uploaded");
-                    done.push((id, entries));
+                    out.lock()
+                        .map_err(|_| BackupError::Panicked("pack upload"))?
+                        .push((id, entries));
                 }
-                Ok(done)
+                Ok(())
             })
             .map_err(io_err("start a thread for", Path::new("pack upload")))?;
-        Ok(Self { tx, thread })
+        Ok(Self { tx, thread, done })
     }
 
-    /// Waits for every upload; the packs that are stored.
-    fn finish(self) -> Result<Vec<(Digest, Vec<BlobEntry>)>, BackupError> {
-        drop(self.tx);
-        self.thread
+    /// The packs stored so far.
+    fn take(&self) -> Packs {
+        self.done
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+    }
+
+    /// Waits for every upload; the packs stored and not taken before.
+    fn finish(self) -> Result<Packs, BackupError> {
+        let Self { tx, thread, done } = self;
+        drop(tx);
+        thread
             .join()
-            .map_err(|_| BackupError::Panicked("pack upload"))?
+            .map_err(|_| BackupError::Panicked("pack upload"))??;
+        Ok(done
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default())
     }
 }
 
@@ -1148,6 +1422,17 @@ impl PackWriter {
         Ok(())
     }
 
+    /// Takes the packs that are durable so far (renamed into `data/`, or
+    /// uploaded): an index file may name them now. Long runs (prune's
+    /// repack) call it as they go so the list stays short.
+    pub fn take_sealed(&mut self) -> Packs {
+        let mut out = std::mem::take(&mut self.sealed);
+        if let Some(u) = &self.uploader {
+            out.extend(u.take());
+        }
+        out
+    }
+
     /// Drops the packs not yet finished (on failure). Packs already uploaded
     /// stay, unreferenced: no index or manifest names them, and prune
     /// removes them.
@@ -1343,16 +1628,39 @@ impl Drop for Session {
     }
 }
 
-/// Live sessions by uuid. A session's files are `<uuid>.json` (its
+/// What the session files of one session say.
+struct SessionFiles {
+    uuid: String,
+    keys: Vec<String>,
+    info: Option<SessionInfo>,
+    /// Since its newest file was written.
+    age: Duration,
+    ended: bool,
+    /// Of this host, and its process is gone.
+    dead_here: bool,
+}
+
+impl SessionFiles {
+    /// May be running and holds the repository (conflicts count).
+    fn live(&self) -> bool {
+        self.info.is_some() && !self.ended && !self.dead_here && self.age <= STALE_AFTER
+    }
+
+    /// May still be running, however unlikely: not ended, not known dead,
+    /// and not silent for [`EXPIRE_AFTER`]. Its packs are in prune's grace.
+    fn maybe_running(&self) -> bool {
+        self.info.is_some() && !self.ended && !self.dead_here && self.age <= EXPIRE_AFTER
+    }
+}
+
+/// A session silent this long is dead whatever it says: its files are
+/// removed, and its packs lose prune's grace.
+pub const EXPIRE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Every session in `locks/`. A session's files are `<uuid>.json` (its
 /// info), in append-only repositories also `<uuid>.<n>.json` (refreshes)
-/// and `<uuid>.end.json` (ended). It is dead when ended, when its pid is
-/// gone on this host, or when its newest file is older than
-/// [`STALE_AFTER`]; with `clean`, a dead session's files are removed on
-/// the way.
-fn live_sessions(
-    store: &dyn Store,
-    clean: bool,
-) -> Result<Vec<(String, SessionInfo)>, BackupError> {
+/// and `<uuid>.end.json` (ended).
+fn session_files(store: &dyn Store) -> Result<Vec<SessionFiles>, BackupError> {
     use std::collections::BTreeMap;
     let me = hostname();
     let now = SystemTime::now();
@@ -1381,34 +1689,78 @@ fn live_sessions(
         } else {
             None
         };
-        let age = now.duration_since(newest).unwrap_or_default();
         let dead_here = info
             .as_ref()
             .is_some_and(|i| i.host == me && i.pid != std::process::id() && !pid_alive(i.pid));
-        if ended || dead_here || age > STALE_AFTER || info.is_none() {
-            if clean && (info.is_some() || age > STALE_AFTER) {
-                if let Some(i) = &info {
-                    tracing::info!(session = %uuid, holder = %i.describe(), "removing a finished or stale session");
-                }
-                for k in &keys {
-                    let _ = store.delete(k);
-                }
+        out.push(SessionFiles {
+            uuid,
+            keys,
+            info,
+            age: now.duration_since(newest).unwrap_or_default(),
+            ended,
+            dead_here,
+        });
+    }
+    Ok(out)
+}
+
+/// Live sessions by uuid: not ended, pid not gone on this host, newest
+/// file not older than [`STALE_AFTER`]. With `clean`, the files of
+/// sessions that are over (ended, dead here, silent for [`EXPIRE_AFTER`],
+/// or without info for [`STALE_AFTER`]) are removed on the way; a session
+/// only stale is left, so prune's grace keeps covering it.
+fn live_sessions(
+    store: &dyn Store,
+    clean: bool,
+) -> Result<Vec<(String, SessionInfo)>, BackupError> {
+    let mut out = Vec::new();
+    for s in session_files(store)? {
+        let over = s.ended
+            || s.dead_here
+            || s.age > EXPIRE_AFTER
+            || (s.info.is_none() && s.age > STALE_AFTER);
+        if clean && over {
+            if let Some(i) = &s.info {
+                tracing::info!(session = %s.uuid, holder = %i.describe(), "removing a finished or stale session");
             }
-            continue;
+            for k in &s.keys {
+                let _ = store.delete(k);
+            }
         }
-        if let Some(info) = info {
-            out.push((uuid, info));
+        if s.live()
+            && let Some(info) = s.info
+        {
+            out.push((s.uuid, info));
         }
     }
     Ok(out)
 }
 
-/// The sessions live now (for the sweep's grace period and for status).
+/// The sessions live now (for status).
 pub fn sessions(repo: &Repository) -> Result<Vec<SessionInfo>, BackupError> {
     Ok(live_sessions(repo.store.as_ref(), false)?
         .into_iter()
         .map(|(_, i)| i)
         .collect())
+}
+
+/// Clocks of hosts and of the store may disagree by this much.
+const CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
+
+/// Prune's grace: packs written after this time may belong to a backup
+/// still running — a session that is neither ended, nor dead on this
+/// host, nor silent for [`EXPIRE_AFTER`] (a writer judged stale because
+/// it stopped refreshing its file may be hung or cut off, not dead) — and
+/// are never deleted or rewritten. `None`: no such session, no grace.
+/// Read before prune opens its exclusive session, which would remove the
+/// files of sessions that are over.
+pub fn grace_horizon(repo: &Repository) -> Result<Option<SystemTime>, BackupError> {
+    Ok(session_files(repo.store.as_ref())?
+        .iter()
+        .filter(|s| s.maybe_running())
+        .filter_map(|s| s.info.as_ref())
+        .map(|i| SystemTime::from(i.started_at) - CLOCK_SKEW)
+        .min())
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -1419,14 +1771,6 @@ fn pid_alive(pid: u32) -> bool {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
         Err(nix::errno::Errno::ESRCH)
     )
-}
-
-/// The set of chunk ids a set of manifests references.
-pub fn referenced(tables: &[format::Table]) -> HashSet<Digest> {
-    tables
-        .iter()
-        .flat_map(|t| t.iter().map(|(_, id)| *id))
-        .collect()
 }
 
 #[cfg(test)]

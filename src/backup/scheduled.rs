@@ -1,10 +1,11 @@
-//! The agent's scheduled backups: the [`BackupRunner`] contract the
-//! scheduler calls, and [`EngineRunner`], which keeps it: the same
+//! The agent's scheduled backups and checks: the [`BackupRunner`] contract
+//! the scheduler calls, and [`EngineRunner`], which keeps it. A backup is the same
 //! transaction as `backup run` ([`super::job::run`]: journal records,
 //! catalogue entry), then the policy's retention for that volume
 //! ([`super::prune::plan`], swept with [`super::prune::execute`] when the
 //! repository is free, otherwise only the manifests are forgotten under a
-//! shared session and the next sweep frees the chunks).
+//! shared session and the next sweep frees the chunks). A check (a policy's
+//! `verify` or `drill`) is [`super::job::check`], as `backup drill` runs it.
 //!
 //! Called on the agent's blocking threads while the agent holds the state
 //! lock for its whole life, so it never takes the lock itself.
@@ -18,6 +19,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::catalog::Catalog;
+use super::checks::{CheckKind, CheckSummary};
+use super::engine::ReadRecord;
 use super::{BackupError, Progress, Repository, prune};
 use crate::exec::Exec;
 use crate::manifest::ManifestSet;
@@ -51,6 +54,8 @@ pub struct BackupSummary {
     pub stored_bytes: u64,
     /// Backups removed by retention afterwards.
     pub pruned: usize,
+    /// How it read the volume, and why.
+    pub read: Option<ReadRecord>,
 }
 
 /// Runs backups. Called on a blocking thread; may take hours.
@@ -62,6 +67,30 @@ pub struct BackupSummary {
 pub trait BackupRunner: Send + Sync + 'static {
     /// Runs one backup and its retention.
     fn run(&self, job: &BackupJob) -> Result<BackupSummary, String>;
+
+    /// Runs one scheduled check of a policy's repository (a sampled verify
+    /// from `job.cursor`, or restore drills): `Ok` when it ran, with what it
+    /// found; `Err` (one line) when it could not run.
+    fn check(&self, job: &CheckJob) -> Result<CheckSummary, String>;
+}
+
+/// One scheduled check to run.
+#[derive(Debug, Clone)]
+pub struct CheckJob {
+    /// The policy (manifest name).
+    pub policy: String,
+    /// Which check.
+    pub kind: CheckKind,
+    /// The policy as declared.
+    pub spec: BackupPolicySpec,
+    /// The scheduled time this run is for.
+    pub slot: DateTime<Utc>,
+    /// Where a sampled verify's window begins.
+    pub cursor: u64,
+    /// The manifests in force.
+    pub manifests: Arc<ManifestSet>,
+    /// The state directory.
+    pub state_dir: PathBuf,
 }
 
 /// The agent's backup engine: runs a scheduled backup exactly as
@@ -76,6 +105,23 @@ pub struct EngineRunner {
 }
 
 impl BackupRunner for EngineRunner {
+    fn check(&self, job: &CheckJob) -> Result<CheckSummary, String> {
+        let policy = job
+            .policy
+            .parse::<crate::manifest::Name>()
+            .map_err(|e| format!("invalid policy name: {e}"))?;
+        let progress = LogProgress::new(&format!("{}/{}", job.policy, job.kind.as_str()));
+        super::job::check(
+            &job.spec,
+            &policy,
+            job.kind,
+            job.cursor,
+            &job.state_dir,
+            &progress,
+        )
+        .map_err(|e| crate::error_chain(&e))
+    }
+
     fn run(&self, job: &BackupJob) -> Result<BackupSummary, String> {
         let vol = job
             .volume
@@ -118,6 +164,7 @@ impl BackupRunner for EngineRunner {
             id: m.id.to_string(),
             stored_bytes: m.stats.stored_bytes,
             pruned,
+            read: Some(report.read.clone()),
         })
     }
 }
@@ -158,7 +205,11 @@ fn retain(repo: &Repository, job: &BackupJob, volume: Uuid) -> Result<usize, Bac
         );
         plan.forget.len()
     } else {
-        match prune::execute(repo, &plan, false) {
+        match prune::execute(
+            repo,
+            &plan,
+            &prune::PruneOptions::new(&job.state_dir, false),
+        ) {
             Ok(r) => {
                 tracing::info!(
                     volume = %job.volume,

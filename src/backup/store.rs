@@ -244,16 +244,7 @@ impl Store for DirStore {
                 if path.exists() {
                     return Ok(Created::AlreadyThere);
                 }
-                // Written whole beside it under a hidden name, then linked
-                // into place: link(2) fails when the name exists, so two
-                // writers of one key end with one object.
-                let tmp = dir.join(format!(".{}.tmp-{}", file_name(&path), Uuid::new_v4()));
-                write_atomic(&tmp, bytes).map_err(|source| BackupError::Write {
-                    path: tmp.clone(),
-                    source,
-                })?;
-                let linked = fs::hard_link(&tmp, &path);
-                let _ = fs::remove_file(&tmp);
+                let linked = create_exclusive(dir, &path, bytes)?;
                 match linked {
                     Ok(()) => {
                         fsync_dir(dir).map_err(|source| BackupError::Write {
@@ -295,6 +286,77 @@ impl Store for DirStore {
             }),
         }
     }
+}
+
+/// Writes `bytes` as a new file and links it into place as `path`, which
+/// must not exist (`link(2)` fails when the name exists: two writers of
+/// one key end with one object, and a reader never sees it half written).
+/// Returns the link's result; errors before it are the outer error.
+///
+/// The file is written first without a name (`O_TMPFILE`) and fsynced,
+/// then given its name through `/proc/self/fd` (`linkat` with
+/// `AT_SYMLINK_FOLLOW`): nothing is ever renamed or removed, so it works
+/// in a directory that forbids deletion (an append-only repository:
+/// `chattr +a`, or a share whose server does not let this host delete)
+/// and leaves nothing behind. Where the filesystem has no `O_TMPFILE`
+/// (NFS) the file is written under a hidden temp name, linked, and the
+/// temp name unlinked; if the directory forbids that, the temp name is
+/// left — a second name of the same inode, no space — and the listing
+/// skips it.
+fn create_exclusive(dir: &Path, path: &Path, bytes: &[u8]) -> Result<io::Result<()>, BackupError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let unnamed = File::options()
+        .write(true)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_TMPFILE)
+        .open(dir);
+    match unnamed {
+        Ok(mut f) => {
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(io_err("write", path))?;
+            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+            let r = nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                proc_path.as_str(),
+                nix::fcntl::AT_FDCWD,
+                path,
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            );
+            match r {
+                Ok(()) => return Ok(Ok(())),
+                Err(nix::errno::Errno::EEXIST) => {
+                    return Ok(Err(io::Error::from(io::ErrorKind::AlreadyExists)));
+                }
+                // No /proc here: the temp name below.
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Ok(Err(io::Error::from(e))),
+            }
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EOPNOTSUPP | nix::libc::EISDIR | nix::libc::EINVAL)
+            ) => {}
+        Err(e) => return Err(io_err("create a file in", dir)(e)),
+    }
+    let tmp = dir.join(format!(".{}.tmp-{}", file_name(path), Uuid::new_v4()));
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("write", &tmp))?;
+    drop(f);
+    let linked = fs::hard_link(&tmp, path);
+    if let Err(e) = fs::remove_file(&tmp) {
+        tracing::debug!(path = %tmp.display(), error = %e, "temp name left (the directory forbids removal)");
+    }
+    Ok(linked)
 }
 
 fn file_name(path: &Path) -> String {
@@ -591,6 +653,11 @@ mod tests {
             Created::AlreadyThere
         );
         assert_eq!(s.get("config").unwrap().unwrap(), b"one");
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["config"], "a create leaves no temp name");
         s.put("data/ab/x", b"0123456789", Put::Replace).unwrap();
         s.put("data/cd/y", b"yy", Put::Replace).unwrap();
         s.put("index/ab/z", b"z", Put::Replace).unwrap();

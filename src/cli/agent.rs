@@ -414,6 +414,27 @@ pub(super) fn run_status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<i3
                 p.timezone,
                 p.volumes.join(", ")
             )?;
+            for (what, c) in [("verify", &p.verify), ("drill", &p.drill)] {
+                let Some(c) = c else { continue };
+                let next = c
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("next {}", when(c.next_run)));
+                let running = if c.running { "; running" } else { "" };
+                writeln!(
+                    out,
+                    "    {what} \"{}\": last passed {}; {next}{running}{}",
+                    c.schedule,
+                    when(c.last_success),
+                    c.last_result
+                        .as_deref()
+                        .map(|r| format!("; last run: {r}"))
+                        .unwrap_or_default()
+                )?;
+                for problem in &c.problems {
+                    writeln!(out, "      problem: {problem}")?;
+                }
+            }
         }
         for v in &s.backups.volumes {
             let last = match (&v.last_success, &v.last_backup_id) {
@@ -426,7 +447,12 @@ pub(super) fn run_status(g: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<i3
                 .map(|e| format!("; failing ({}x): {e}", v.failures))
                 .unwrap_or_default();
             let running = if v.running { "; running" } else { "" };
-            writeln!(out, "  volume {}: {last}{running}{err}", v.volume)?;
+            let warning = v
+                .warning
+                .as_deref()
+                .map(|w| format!("; warning: {w}"))
+                .unwrap_or_default();
+            writeln!(out, "  volume {}: {last}{running}{err}{warning}", v.volume)?;
         }
     }
     Ok(0)

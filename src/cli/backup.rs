@@ -1,17 +1,18 @@
-//! `cinderblock backup …`: run, list, restore, verify, export, import and
-//! prune backups by hand (the catalogue and repository commands are in
-//! `backup_repo`).
+//! `cinderblock backup …`: run, list, restore, verify, drill, export,
+//! import and prune backups by hand (the catalogue and repository commands
+//! are in `backup_repo`).
 //!
 //! Parses arguments, loads the manifests (`-f`), builds this host's
 //! [`Registry`], and calls the transactions of [`crate::backup::job`] (run,
-//! restore) and the repository's operations; draws progress bars on a
+//! restore, drill) and the repository's operations; draws progress bars on a
 //! terminal and prints one summary line per operation (or, for `run
 //! --json`, one JSON object). Commands
-//! that change the state directory or a back end (run, restore, import,
-//! prune) hold the state lock; list, verify and export only read (verify
+//! that change the state directory or a back end (run, restore, drill,
+//! import, prune) hold the state lock; list, verify and export only read (verify
 //! records its findings if the lock is free).
 //!
-//! Exit codes: 0 success; 1 any error, including damage found by `verify`.
+//! Exit codes: 0 success; 1 any error, including damage found by `verify`
+//! or `drill`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::backup_repo;
 use crate::backup::catalog::Catalog;
+use crate::backup::checks::CheckKind;
 use crate::backup::engine::{self, Mode};
 use crate::backup::format::Manifest;
 use crate::backup::{Progress, due, job, repo};
@@ -48,6 +50,9 @@ enum BackupCommand {
     Restore(RestoreArgs),
     /// Read and check every chunk of a backup (or of all backups).
     Verify(backup_repo::VerifyArgs),
+    /// Restore drill: restore the newest backup of each volume of a policy
+    /// into scratch space, compare it with the backup's record, remove it.
+    Drill(DrillArgs),
     /// Print a backup's self-contained record (JSON) on stdout.
     Export(backup_repo::ExportArgs),
     /// Add a backup from an export record, or every backup of a repository.
@@ -104,6 +109,15 @@ struct RestoreArgs {
     manifests: ManifestFiles,
 }
 
+#[derive(Debug, Args)]
+struct DrillArgs {
+    /// The `BackupPolicy` whose repository and volumes to drill.
+    #[arg(long, value_name = "NAME")]
+    policy: String,
+    #[command(flatten)]
+    manifests: ManifestFiles,
+}
+
 pub(super) fn run(args: &BackupArgs, state: &Path, host: Option<&str>) -> anyhow::Result<i32> {
     let host = host.map_or_else(repo::hostname, str::to_owned);
     match &args.command {
@@ -111,6 +125,7 @@ pub(super) fn run(args: &BackupArgs, state: &Path, host: Option<&str>) -> anyhow
         BackupCommand::List(a) => backup_repo::list(a, state),
         BackupCommand::Restore(a) => restore_cmd(a, state),
         BackupCommand::Verify(a) => backup_repo::verify(a, state),
+        BackupCommand::Drill(a) => drill_cmd(a, state),
         BackupCommand::Export(a) => backup_repo::export(a, state),
         BackupCommand::Import(a) => backup_repo::import(a, state),
         BackupCommand::Prune(a) => backup_repo::prune_cmd(a, state),
@@ -211,7 +226,7 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
     }
     writeln!(
         out,
-        "backup {}: {} of {} ({} logical) into {}: point in time by {}; changes by {}; read {} in {} range(s), \
+        "backup {}: {} of {} ({} logical) into {}: point in time by {}; read {} in {} range(s), \
          stored {} ({} new chunks, {} before compression), deduplicated {} ({} unchanged, {} \
          already stored), zeros {}; snapshot {}, total {}, {}/s",
         m.id,
@@ -220,7 +235,6 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
         bytes(m.volume.size),
         repo,
         report.method.as_str(),
-        report.changes.as_str(),
         bytes(s.read_bytes),
         s.extents,
         bytes(s.stored_bytes),
@@ -234,7 +248,50 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
         secs(report.elapsed),
         rate(s.read_bytes, report.elapsed),
     )?;
+    writeln!(
+        out,
+        "  read by {}: {}",
+        report.read.method.as_str(),
+        report.read.reason
+    )?;
+    if report.read.fallback {
+        writeln!(
+            std::io::stderr().lock(),
+            "warning: backup {} of {} fell back to {}: {}",
+            m.id,
+            m.volume.name,
+            report.read.method.as_str(),
+            report.read.reason
+        )?;
+    }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// drill
+
+/// `backup drill --policy NAME`.
+fn drill_cmd(a: &DrillArgs, state: &Path) -> anyhow::Result<i32> {
+    let set = load_manifests(&a.manifests)?;
+    let p = name(&a.policy, "policy")?;
+    let doc = set
+        .backup_policies
+        .get(&p)
+        .ok_or_else(|| anyhow!("no BackupPolicy named {p} in the manifests"))?;
+    let _lock = StateLock::acquire(state, "backup drill")?;
+    let bar = Bar::new(&format!("drill {p}"));
+    let summary = job::check(&doc.spec, &p, CheckKind::Drill, 0, state, &bar);
+    bar.finish();
+    let summary = summary?;
+    writeln!(
+        std::io::stdout().lock(),
+        "drill of policy {p}: {}",
+        summary.text
+    )?;
+    for problem in &summary.problems {
+        writeln!(std::io::stderr().lock(), "error: damaged: {problem}")?;
+    }
+    Ok(i32::from(!summary.problems.is_empty()))
 }
 
 // ---------------------------------------------------------------------------

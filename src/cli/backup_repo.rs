@@ -10,6 +10,7 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 
 use super::backup::{Bar, ManifestFiles, bytes, load_manifests, name};
+use crate::backup::BackupError;
 use crate::backup::catalog::{self, Catalog, Entry};
 use crate::backup::format::Record;
 use crate::backup::target::{RepoSpec, SecretSource};
@@ -53,6 +54,18 @@ pub(super) struct ImportArgs {
     /// The repository's path on this host, when it differs from the record's.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["scan", "policy"])]
     pub(super) repository: Option<PathBuf>,
+    /// With --scan: the key of an encrypted repository, from this file
+    /// (the catalogue keeps the reference, never the key).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "scan",
+        conflicts_with = "key_env"
+    )]
+    pub(super) key_file: Option<PathBuf>,
+    /// With --scan: the key from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "scan")]
+    pub(super) key_env: Option<String>,
     #[command(flatten)]
     pub(super) manifests: ManifestFiles,
 }
@@ -135,17 +148,25 @@ pub(super) fn list(a: &ListArgs, state: &Path) -> anyhow::Result<i32> {
     }
     writeln!(
         out,
-        "{:<36}  {:<20}  {:<16}  {:<11}  {:<8}  {:>10}  {:>10}  STATUS",
-        "ID", "TIME (UTC)", "VOLUME", "KIND", "PARENT", "LOGICAL", "STORED"
+        "{:<36}  {:<20}  {:<16}  {:<11}  {:<24}  {:<8}  {:>10}  {:>10}  STATUS",
+        "ID", "TIME (UTC)", "VOLUME", "KIND", "READ", "PARENT", "LOGICAL", "STORED"
     )?;
     for e in rows {
         writeln!(
             out,
-            "{:<36}  {:<20}  {:<16}  {:<11}  {:<8}  {:>10}  {:>10}  {}{}",
+            "{:<36}  {:<20}  {:<16}  {:<11}  {:<24}  {:<8}  {:>10}  {:>10}  {}{}",
             e.id,
             e.started_at.format("%Y-%m-%d %H:%M:%S"),
             e.volume.name,
             e.kind.map_or_else(|| "-".to_owned(), |k| k.to_string()),
+            e.read.as_ref().map_or_else(
+                || "-".to_owned(),
+                |r| if r.fallback {
+                    format!("{} (fallback)", r.method.as_str())
+                } else {
+                    r.method.as_str().to_owned()
+                }
+            ),
             e.parent.map_or_else(
                 || "-".to_owned(),
                 |p| p.simple().to_string()[..8].to_owned()
@@ -246,7 +267,15 @@ pub(super) fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
     let mut cat = Catalog::load(state)?;
     let mut out = std::io::stdout().lock();
     let scan = match (&a.scan, &a.policy) {
-        (Some(path), _) => Some(RepoSpec::dir(path)),
+        (Some(path), _) => {
+            let mut spec = RepoSpec::dir(path);
+            spec.key = match (&a.key_file, &a.key_env) {
+                (Some(f), _) => Some(SecretSource::File(std::path::absolute(f)?)),
+                (None, Some(v)) => Some(SecretSource::Env(v.clone())),
+                (None, None) => None,
+            };
+            Some(spec)
+        }
         (None, Some(p)) => {
             let set = load_manifests(&a.manifests)?;
             let p = name(p, "policy")?;
@@ -262,7 +291,13 @@ pub(super) fn import(a: &ImportArgs, state: &Path) -> anyhow::Result<i32> {
         (None, None) => None,
     };
     if let Some(spec) = scan {
-        let repo = spec.open()?;
+        let repo = match spec.open() {
+            Err(e @ BackupError::KeyNeeded { .. }) if a.scan.is_some() => {
+                return Err(anyhow::Error::from(e)
+                    .context("give its key with --key-file PATH or --key-env VAR"));
+            }
+            r => r?,
+        };
         let (n, bad) = cat.scan(&repo, &spec)?;
         cat.store(state)?;
         for e in &bad {
@@ -398,7 +433,22 @@ fn print_prune(p: &job::Pruned, dry: bool) -> std::io::Result<()> {
         } else {
             String::new()
         }
-    )
+    )?;
+    if r.packs_in_grace > 0 {
+        writeln!(
+            out,
+            "left {} pack(s) alone: written since a backup that may still be running started (its session is not over); a later prune frees what they hold",
+            r.packs_in_grace
+        )?;
+    }
+    if r.missing > 0 {
+        writeln!(
+            out,
+            "warning: kept backups reference {} chunk(s) that no pack holds: run backup verify --all",
+            r.missing
+        )?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -108,37 +108,13 @@ struct SavedPlan {
 }
 
 /// `plan --json`: the plan and, when volumes have backup policies, their
-/// schedules.
+/// schedules and checks.
 #[derive(Serialize)]
 struct JsonPlanWithBackups<'a> {
     #[serde(flatten)]
     plan: render::JsonPlan<'a>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    backups: Vec<super::backup_due::BackupDue>,
-}
-
-/// Each volume's backup policy and next due time, with the last successful
-/// backup from the catalogue (an unreadable catalogue is a warning: the plan
-/// is still worth showing).
-fn backup_schedule(
-    set: &ManifestSet,
-    state: &Path,
-) -> anyhow::Result<Vec<super::backup_due::BackupDue>> {
-    use crate::backup::due;
-    let mut last = std::collections::BTreeMap::new();
-    if set
-        .volumes
-        .values()
-        .any(|v| due::policy_of(set, &v.spec).is_some())
-    {
-        match crate::backup::catalog::Catalog::load(state) {
-            Ok(cat) => last = due::last_backups(&cat),
-            Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "cannot read the backup catalogue; last backups not shown");
-            }
-        }
-    }
-    Ok(due::schedule(set, &last, super::backup_due::now()?))
+    #[serde(flatten)]
+    backups: super::backup_due::Section,
 }
 
 const SAVED_FORMAT: &str = "cinderblock.plan";
@@ -247,7 +223,7 @@ pub(super) fn run_plan(g: &GlobalArgs, args: &PlanArgs) -> anyhow::Result<i32> {
         conn.as_ref(),
         &mut clock,
     )?;
-    let backups = backup_schedule(&set, &g.state)?;
+    let backups = super::backup_due::section(&set, &g.state)?;
     clock.mark("backup schedule");
     let mut out = std::io::stdout().lock();
     let format = args.format();

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::{
     Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout, Mark, NewMark,
-    NewObject, ObjKind, Object, Op, PathKind, PitMethod, PitRequest, PointInTime, Reads,
-    SnapshotSpace,
+    NewObject, ObjKind, Object, Op, PathKind, PitMethod, PitRequest, PointInTime, ReadMethod,
+    ReadRecord, Reads, SnapshotSpace,
 };
 use crate::model::{Capacity, Health, InUse, Inventory, Observed};
 
@@ -448,6 +448,7 @@ impl Driver for FakeDriver {
         Ok(Box::new(FakePit {
             path,
             reads: Reads::DataExtents,
+            read: ReadRecord::new(ReadMethod::AllocatedScan, "the fake's data extents", false),
         }))
     }
 }
@@ -455,6 +456,7 @@ impl Driver for FakeDriver {
 struct FakePit {
     path: PathBuf,
     reads: Reads,
+    read: ReadRecord,
 }
 
 impl PointInTime for FakePit {
@@ -469,6 +471,9 @@ impl PointInTime for FakePit {
     }
     fn method(&self) -> PitMethod {
         PitMethod::Direct
+    }
+    fn read(&self) -> &ReadRecord {
+        &self.read
     }
     fn check(&self) -> Result<(), DriverError> {
         Ok(())

@@ -44,6 +44,7 @@ pub mod fault;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use crate::model::{
@@ -472,6 +473,61 @@ impl PitMethod {
     }
 }
 
+/// How a backup read its source, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReadMethod {
+    /// Only the ranges that changed since the parent (a thin LV's
+    /// `thin_delta` against the parent's snapshot); every other chunk is the
+    /// parent's, unread.
+    ChangedRanges,
+    /// Every allocated range (a file's data extents, a thin LV's mapped
+    /// ranges), hash-compared with the parent.
+    AllocatedScan,
+    /// Every byte of the volume, holes too.
+    FullScan,
+}
+
+impl ReadMethod {
+    /// As printed and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChangedRanges => "changedRanges",
+            Self::AllocatedScan => "allocatedScan",
+            Self::FullScan => "fullScan",
+        }
+    }
+}
+
+/// How a backup read its source and why: in the catalogue entry, `backup
+/// run`'s summary and the agent's status. A `fallback` is a run that read
+/// more than its source normally needs (a thin LV whose parent's snapshot
+/// is gone, a file system that reports no holes): a warning and a metric in
+/// the agent, never silent. The driver's point in time says it
+/// ([`PointInTime::read`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadRecord {
+    /// What was read.
+    pub method: ReadMethod,
+    /// Why, in words.
+    pub reason: String,
+    /// It read more than this source normally needs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
+}
+
+impl ReadRecord {
+    /// A record of `method` for `reason`.
+    pub fn new(method: ReadMethod, reason: impl Into<String>, fallback: bool) -> Self {
+        Self {
+            method,
+            reason: reason.into(),
+            fallback,
+        }
+    }
+}
+
 /// A point in time a backup reads. Dropped without [`PointInTime::commit`]
 /// (a failed run), whatever it took is removed.
 pub trait PointInTime {
@@ -483,6 +539,10 @@ pub trait PointInTime {
     fn scratch(&self) -> bool;
     /// How it was taken.
     fn method(&self) -> PitMethod;
+    /// How the backup reads it, and why: changed ranges, an allocated scan
+    /// or a full scan, and whether that is a fallback (reading more than
+    /// this source normally needs).
+    fn read(&self) -> &ReadRecord;
     /// Still valid? Called after the data is read and before the backup is
     /// committed (a copy-on-write snapshot that overflowed is not).
     fn check(&self) -> Result<(), DriverError>;

@@ -44,6 +44,13 @@
 //! A reflinked copy is not punched while read (it is the next base, and
 //! holds no dirty pages).
 //!
+//! Every point in time says how the backup reads it ([`ReadRecord`]): the
+//! volume's data extents, judged on the volume itself before the point in
+//! time is taken (a copy of it on a file system that reports no holes would
+//! be fully allocated): one data extent over the whole of a sparse file means
+//! the file system reports no holes (NFS before 4.2), so the run reads every
+//! byte — a fallback, logged as a warning and counted by the agent.
+//!
 //! Must not: leave a scratch file behind (removed on drop, and those of dead
 //! runs before each new one), or a base of a volume that is gone (removed
 //! with the volume: [`remove_bases`]).
@@ -55,7 +62,7 @@ use uuid::Uuid;
 
 use super::copy::{copy_file, reflink_file};
 use super::{FileBackend, FileError};
-use crate::driver::{DriverError, PitMethod, PointInTime, Reads};
+use crate::driver::{DriverError, PitMethod, PointInTime, ReadMethod, ReadRecord, Reads};
 
 /// Prefix of scratch copies in the back end's metadata directory. With the
 /// `.tmp-<pid>` suffix, discovery classifies one left by a crash as a
@@ -148,6 +155,7 @@ pub(super) struct FilePit {
     scratch: Option<ScratchCopy>,
     method: PitMethod,
     reads: Reads,
+    read: ReadRecord,
     keep: Option<Keep>,
 }
 
@@ -164,6 +172,9 @@ impl PointInTime for FilePit {
     }
     fn method(&self) -> PitMethod {
         self.method
+    }
+    fn read(&self) -> &ReadRecord {
+        &self.read
     }
     fn check(&self) -> Result<(), DriverError> {
         Ok(())
@@ -217,11 +228,16 @@ pub(super) fn take(
     exported: bool,
 ) -> Result<FilePit, FileError> {
     let id = of.backup;
+    let read = file_read_of(volume)?;
+    if read.fallback {
+        tracing::warn!(volume = %volume.display(), reason = %read.reason, "backup falls back to a full scan");
+    }
     let pit = |path: PathBuf, scratch, method| FilePit {
         path,
         scratch,
         method,
         reads: Reads::DataExtents,
+        read: read.clone(),
         keep: None,
     };
     if direct {
@@ -235,21 +251,29 @@ pub(super) fn take(
             .parent
             .map(|p| base_path(root, of.volume, p))
             .filter(|b| b.exists());
-        let reads = match base {
-            None => Reads::DataExtents,
+        let (reads, read) = match base {
+            None => (Reads::DataExtents, read.clone()),
             Some(base) => match changed_since(&base, &scratch.path) {
                 Ok(ranges) => {
                     tracing::info!(base = %base.display(), ranges = ranges.len(), bytes = ranges.iter().map(|r| r.end - r.start).sum::<u64>(), "changed since the parent's base (FIEMAP)");
-                    Reads::ChangedSinceParent(ranges)
+                    (
+                        Reads::ChangedSinceParent(ranges),
+                        ReadRecord::new(
+                            ReadMethod::ChangedRanges,
+                            "FIEMAP against the parent's reflinked copy: only the ranges no longer shared with it",
+                            false,
+                        ),
+                    )
                 }
                 Err(e) => {
                     tracing::warn!(base = %base.display(), error = %e, "cannot compare extent maps; reading every data extent");
-                    Reads::DataExtents
+                    (Reads::DataExtents, read.clone())
                 }
             },
         };
         return Ok(FilePit {
             reads,
+            read,
             keep: Some(Keep {
                 root: root.to_owned(),
                 volume: of.volume,
@@ -279,6 +303,48 @@ pub(super) fn take(
         PitMethod::Copy
     };
     Ok(pit(scratch.path.clone(), Some(scratch), method))
+}
+
+/// A hole-reporting file system may allocate this much more or less than a
+/// file's data extents say (metadata blocks, speculative preallocation).
+const HOLE_SLACK: u64 = 1 << 20;
+
+/// How a backup of a volume file reads it, from its data extents (`ranges`
+/// of its `len` bytes) and the bytes the file system allocated to it: one
+/// extent covering the whole of a file that is sparse means the file system
+/// reports no holes (no `SEEK_DATA`/`SEEK_HOLE`, as NFS before 4.2), so every
+/// byte is read, holes too.
+fn file_read(ranges: &[std::ops::Range<u64>], len: u64, allocated: u64) -> ReadRecord {
+    let whole = matches!(ranges, [r] if r.start == 0 && r.end >= len);
+    if len > 0 && whole && allocated.saturating_add(HOLE_SLACK) < len {
+        return ReadRecord::new(
+            ReadMethod::FullScan,
+            format!(
+                "the filesystem reports no holes (SEEK_DATA/SEEK_HOLE) in a file with {allocated} of \
+                 {len} bytes allocated: every byte read, holes too"
+            ),
+            true,
+        );
+    }
+    ReadRecord::new(
+        ReadMethod::AllocatedScan,
+        "the file's data extents (SEEK_DATA/SEEK_HOLE)",
+        false,
+    )
+}
+
+/// [`file_read`] of the volume file at `path`.
+fn file_read_of(path: &Path) -> Result<ReadRecord, FileError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let file = fs::File::open(path).map_err(FileError::io("open", path))?;
+    let meta = file.metadata().map_err(FileError::io("stat", path))?;
+    let ranges = crate::blockio::data_ranges(&file, meta.len())
+        .map_err(FileError::io("seek data in", path))?;
+    Ok(file_read(
+        &ranges,
+        meta.len(),
+        meta.blocks().saturating_mul(512),
+    ))
 }
 
 /// A fresh scratch path `ROOT/.cinderblock/.backup-<id>.tmp-<pid>` (removed
@@ -311,4 +377,36 @@ fn scratch_path(backend: &FileBackend, id: Uuid) -> Result<ScratchCopy, FileErro
         std::process::id()
     ));
     Ok(ScratchCopy { path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_read_is_a_full_scan_only_when_the_filesystem_hides_holes() {
+        const M: u64 = 1 << 20;
+        // Sparse, holes reported: the data extents.
+        let r = file_read(&[0..4 * M, 60 * M..64 * M], 64 * M, 8 * M);
+        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, false));
+        let all = std::iter::once(0..64 * M).collect::<Vec<_>>();
+        // Fully allocated: one extent is the truth, not a fallback.
+        let r = file_read(&all, 64 * M, 64 * M);
+        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, false));
+        // Within the slack (metadata blocks, rounding).
+        let r = file_read(&all, 64 * M, 64 * M - M / 2);
+        assert!(!r.fallback);
+        // One extent over a file with 8 MiB of 64 allocated: no SEEK_HOLE.
+        let r = file_read(&all, 64 * M, 8 * M);
+        assert_eq!((r.method, r.fallback), (ReadMethod::FullScan, true));
+        assert!(
+            r.reason
+                .contains("reports no holes (SEEK_DATA/SEEK_HOLE) in a file with 8388608 of 67108864 bytes allocated"),
+            "{}",
+            r.reason
+        );
+        // Empty and all-hole files read nothing.
+        assert!(!file_read(&[], 0, 0).fallback);
+        assert!(!file_read(&[], 64 * M, 0).fallback);
+    }
 }

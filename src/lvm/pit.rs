@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::backup_snap::BackupSnap;
 use super::report::{Lv, LvKind};
 use super::{LvmBackend, LvmError};
-use crate::driver::{PitMethod, PitRequest, PointInTime, Reads};
+use crate::driver::{PitMethod, PitRequest, PointInTime, ReadMethod, ReadRecord, Reads};
 
 /// The exception store of a thick backup snapshot: a quarter of the
 /// volume, at least 64 MiB and at most the volume. Writes to the volume
@@ -44,6 +44,7 @@ pub(super) struct LvmPit<'a, 'r> {
     thin: bool,
     cow: u64,
     reads: Reads,
+    read: ReadRecord,
     bases: Vec<BackupSnap>,
     keep: bool,
 }
@@ -86,17 +87,55 @@ pub(super) fn take<'a, 'r>(
         thin,
         cow,
         reads: Reads::DataExtents,
+        read: thick(),
         bases,
         keep: false,
     };
     // From here on, a failure drops `pit`, which removes the snapshot.
-    pit.reads = reads(lvm, &lv, &owned.name, req.parent, &pit.bases, &snap.name)?;
+    (pit.reads, pit.read) = reads(lvm, &lv, &owned.name, req.parent, &pit.bases, &snap.name)?;
     Ok(pit)
 }
 
-/// What to read of snapshot `snap` of volume `lv`: a thin LV's changes since
-/// the parent when the parent's snapshot is there, else its mapped ranges; a
-/// thick LV whole.
+/// A thick LV: no allocation map, so every byte is read.
+fn thick() -> ReadRecord {
+    ReadRecord::new(
+        ReadMethod::FullScan,
+        "a thick LV has no allocation map: read whole, zero chunks skipped",
+        false,
+    )
+}
+
+/// A thin LV's changes since the parent.
+fn thin_changed() -> ReadRecord {
+    ReadRecord::new(
+        ReadMethod::ChangedRanges,
+        "thin_delta against the parent backup's thin snapshot",
+        false,
+    )
+}
+
+/// A thin LV's mapped ranges: a full backup, or an incremental whose
+/// parent's snapshot is gone (the fallback).
+fn thin_mapped(incremental: bool) -> ReadRecord {
+    if incremental {
+        ReadRecord::new(
+            ReadMethod::AllocatedScan,
+            "the parent backup's thin snapshot is gone (made on another host, or removed): \
+             every mapped range read and compared with the parent instead of only the changes",
+            true,
+        )
+    } else {
+        ReadRecord::new(
+            ReadMethod::AllocatedScan,
+            "a full backup: the thin LV's mapped ranges",
+            false,
+        )
+    }
+}
+
+/// What to read of snapshot `snap` of volume `lv`, and why: a thin LV's
+/// changes since the parent when the parent's snapshot is there, else its
+/// mapped ranges (a fallback for an incremental); a thick LV whole.
 fn reads(
     lvm: &LvmBackend<'_>,
     lv: &Lv,
@@ -104,19 +143,24 @@ fn reads(
     parent: Option<Uuid>,
     bases: &[BackupSnap],
     snap: &str,
-) -> Result<Reads, LvmError> {
+) -> Result<(Reads, ReadRecord), LvmError> {
     if lv.attr.kind != LvKind::Thin {
-        return Ok(Reads::Ranges(std::iter::once(0..lv.size).collect()));
-    }
-    if let Some(b) = parent.and_then(|p| bases.iter().find(|b| b.backup == p)) {
-        return Ok(Reads::ChangedSinceParent(
-            lvm.thin_changed_ranges(&b.lv.name, snap)?,
+        return Ok((
+            Reads::Ranges(std::iter::once(0..lv.size).collect()),
+            thick(),
         ));
     }
-    if parent.is_some() {
-        tracing::info!(volume = %name, "the parent's thin snapshot is gone: reading every mapped range");
+    if let Some(b) = parent.and_then(|p| bases.iter().find(|b| b.backup == p)) {
+        return Ok((
+            Reads::ChangedSinceParent(lvm.thin_changed_ranges(&b.lv.name, snap)?),
+            thin_changed(),
+        ));
     }
-    Ok(Reads::Ranges(lvm.thin_mapped_ranges(snap)?))
+    let read = thin_mapped(parent.is_some());
+    if read.fallback {
+        tracing::warn!(volume = %name, reason = %read.reason, "backup falls back to a scan of every mapped range");
+    }
+    Ok((Reads::Ranges(lvm.thin_mapped_ranges(snap)?), read))
 }
 
 impl LvmPit<'_, '_> {
@@ -140,6 +184,9 @@ impl PointInTime for LvmPit<'_, '_> {
     }
     fn scratch(&self) -> bool {
         false
+    }
+    fn read(&self) -> &ReadRecord {
+        &self.read
     }
     fn method(&self) -> PitMethod {
         if self.thin {
@@ -188,5 +235,23 @@ mod tests {
         assert_eq!(super::cow_size(1 << 30), 256 << 20);
         assert_eq!(super::cow_size(64 << 20), 64 << 20);
         assert_eq!(super::cow_size(8 << 20), 8 << 20);
+    }
+
+    #[test]
+    fn read_records_say_which_thin_reads_are_fallbacks() {
+        use crate::driver::ReadMethod;
+        assert!(!super::thin_changed().fallback);
+        assert!(!super::thin_mapped(false).fallback);
+        assert!(!super::thick().fallback);
+        let r = super::thin_mapped(true);
+        assert_eq!((r.method, r.fallback), (ReadMethod::AllocatedScan, true));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["method"], "allocatedScan");
+        assert_eq!(json["fallback"], true);
+        // Not a fallback: the field is left out.
+        let json = serde_json::to_value(super::thick()).unwrap();
+        assert_eq!(json["method"], "fullScan");
+        assert!(json.get("fallback").is_none(), "{json}");
+        assert_eq!(super::thin_changed().method, ReadMethod::ChangedRanges);
     }
 }

@@ -504,6 +504,44 @@ pub struct BackupPolicySpec {
     /// hashes). Set when the repository is created. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<BackupEncryption>,
+    /// Re-read and check a share of the repository's chunks on a schedule
+    /// (the agent runs it), so the whole repository is checked over time.
+    /// Default: none (`backup verify` by hand only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<BackupVerify>,
+    /// Restore drills on a schedule (the agent runs them): the latest
+    /// backup of each volume of this policy restored into scratch space in
+    /// the state directory, its content compared chunk by chunk with the
+    /// backup's record, the scratch removed. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<BackupDrill>,
+}
+
+/// `spec.verify` of a `BackupPolicy`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackupVerify {
+    /// When: a 5-field cron expression or `@daily` and friends, in the
+    /// policy's `timezone`.
+    pub schedule: CronSchedule,
+    /// The share of the repository's chunks each run checks, in percent
+    /// (1 to 100); successive runs check successive shares, so every chunk
+    /// is checked once every `100 / sample` runs. Default: 10.
+    #[serde(default = "default_sample")]
+    pub sample: Percent,
+}
+
+/// `spec.drill` of a `BackupPolicy`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackupDrill {
+    /// When: a 5-field cron expression or `@daily` and friends, in the
+    /// policy's `timezone`.
+    pub schedule: CronSchedule,
+}
+
+fn default_sample() -> Percent {
+    Percent::new(10)
 }
 
 fn default_true() -> bool {

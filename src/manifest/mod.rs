@@ -122,6 +122,10 @@ impl Origin {
         self.positions()
             .map_or_else(Pos::default, |p| p.value(field))
     }
+    /// Whether `field` was written in the document.
+    pub fn has(&self, field: &FieldPath) -> bool {
+        self.positions().is_some_and(|p| p.has(field))
+    }
     /// `FILE:LINE:COL` of the document start.
     pub fn describe(&self) -> String {
         let p = self

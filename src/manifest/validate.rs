@@ -371,6 +371,19 @@ impl Checker<'_> {
                     &e.key_ref,
                 );
             }
+            if doc
+                .spec
+                .verify
+                .as_ref()
+                .is_some_and(|v| v.sample.get() == 0)
+            {
+                self.error_at_key(
+                    Kind::BackupPolicy,
+                    doc,
+                    "spec.verify.sample",
+                    "a sample of 0 % checks nothing; give 1 to 100, or drop `verify`",
+                );
+            }
             if !doc.spec.incremental && doc.spec.full_every > 1 {
                 self.warn(
                     Kind::BackupPolicy,
@@ -387,7 +400,11 @@ impl Checker<'_> {
     fn backup_target(&mut self, doc: &Doc<crate::manifest::kinds::BackupPolicySpec>) {
         let k = Kind::BackupPolicy;
         let t = &doc.spec.target;
+        // A `path` or `s3` that was written but refused when loading (a URL
+        // as a path) already has its error: one mistake, one message.
+        let written = |f: &str| doc.origin.has(&FieldPath::parse(f));
         match (&t.path, &t.s3) {
+            (None, None) if written("spec.target.path") || written("spec.target.s3") => {}
             (None, None) => self.error_at_key(
                 k,
                 doc,

@@ -1032,6 +1032,11 @@ impl JsonSchema for OverSubscription {
 pub struct Percent(u8);
 
 impl Percent {
+    /// `p` percent, at most 100.
+    pub const fn new(p: u8) -> Self {
+        Self(if p > 100 { 100 } else { p })
+    }
+
     /// The percentage.
     pub const fn get(self) -> u8 {
         self.0

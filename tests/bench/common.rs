@@ -60,19 +60,37 @@ pub fn best_of(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
 /// 70 extents of 44 MiB spread over 16 GiB, 47 of random bytes (~2 GiB) and
 /// 23 of log-like text (~1 GiB). Returns the data bytes written.
 pub fn make_source(be: &cinderblock::file::FileBackend, uuid: uuid::Uuid) -> u64 {
+    make_source_sized(be, uuid, 16 << 30)
+}
+
+/// Extents of the test volume and their (stride, length) for a volume of
+/// `size` bytes: 70 extents, each 44 MiB per 16 GiB of `size` (whole 64
+/// KiB), one every `size / 70` (whole MiB).
+pub fn source_layout(size: u64) -> (u64, u64, u64) {
+    const MIB: u64 = 1 << 20;
+    const EXTENTS: u64 = 70;
+    let extent = (44 * MIB * (size >> 20) / (16 << 10)) / (64 << 10) * (64 << 10);
+    (
+        EXTENTS,
+        (size / EXTENTS / MIB * MIB).max(extent),
+        extent.max(64 << 10),
+    )
+}
+
+/// [`make_source`] of `size` bytes, the same layout scaled (for a quick
+/// check that a benchmark runs).
+pub fn make_source_sized(be: &cinderblock::file::FileBackend, uuid: uuid::Uuid, size: u64) -> u64 {
     use cinderblock::file::{Allocation, NewObject, ObjKind};
     use std::fs::File;
     use std::os::unix::fs::FileExt;
     const MIB: u64 = 1 << 20;
-    const GIB: u64 = 1 << 30;
-    const EXTENTS: u64 = 70;
-    const EXTENT: u64 = 44 * MIB;
     const RANDOM_EXTENTS: u64 = 47;
+    let (extents, stride, extent) = source_layout(size);
     be.create(&NewObject {
         uuid,
         name: "source",
         kind: ObjKind::Volume,
-        size: 16 * GIB,
+        size,
         allocation: Allocation::Sparse,
         source: None,
     })
@@ -82,7 +100,6 @@ pub fn make_source(be: &cinderblock::file::FileBackend, uuid: uuid::Uuid) -> u64
         .write(true)
         .open(&path)
         .expect("open source");
-    let stride = 16 * GIB / EXTENTS / MIB * MIB;
     let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
     let text: Vec<u8> = (0..)
         .map(|i| {
@@ -99,10 +116,10 @@ pub fn make_source(be: &cinderblock::file::FileBackend, uuid: uuid::Uuid) -> u64
         .take(usize::try_from(4 * MIB).expect("4 MiB fits"))
         .collect();
     let mut buf = vec![0u8; usize::try_from(4 * MIB).expect("4 MiB fits")];
-    for i in 0..EXTENTS {
+    for i in 0..extents {
         let start = i * stride;
         let mut pos = 0;
-        while pos < EXTENT {
+        while pos < extent {
             let block: &[u8] = if i < RANDOM_EXTENTS {
                 for chunk in buf.chunks_exact_mut(8) {
                     rng ^= rng << 13;
@@ -114,12 +131,16 @@ pub fn make_source(be: &cinderblock::file::FileBackend, uuid: uuid::Uuid) -> u64
             } else {
                 &text
             };
-            file.write_all_at(block, start + pos).expect("write source");
-            pos += block.len() as u64;
+            let n = block
+                .len()
+                .min(usize::try_from(extent - pos).unwrap_or(usize::MAX));
+            file.write_all_at(&block[..n], start + pos)
+                .expect("write source");
+            pos += n as u64;
         }
     }
     file.sync_all().expect("sync source");
-    EXTENTS * EXTENT
+    extents * extent
 }
 
 /// Bytes allocated to a file.
@@ -184,4 +205,22 @@ pub fn fs_type(path: &Path) -> String {
         |_| "unknown".into(),
         |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
     )
+}
+
+/// Bytes of all files below `dir` (what a repository takes).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&p),
+                Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                Err(_) => 0,
+            }
+        })
+        .sum()
 }

@@ -1077,6 +1077,127 @@ fn a_scheduled_backup_runs_within_90_seconds_and_retention_keeps_the_configured_
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn scheduled_verify_and_drill_run_within_90_seconds_and_name_a_damaged_backup() {
+    let site = site_with_backend();
+    let repo = site.path().join("repo");
+    site.write(
+        "policy.yaml",
+        &format!(
+            "{H}kind: BackupPolicy\nmetadata:\n  name: minutely\nspec:\n  schedule: \"0 3 * * *\"\n  \
+             target:\n    path: {}\n  verify:\n    schedule: \"* * * * *\"\n    sample: 100\n  \
+             drill:\n    schedule: \"* * * * *\"\n",
+            repo.display()
+        ),
+    );
+    site.write("a.yaml", &volume("a", "16Mi", "  backupPolicy: minutely\n"));
+    site.apply();
+    let data = site.data("pool", "volume.a");
+    let content: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    write_volume(&data, &content, 16 << 20);
+    let by_hand = site.run(&["backup", "run", "a", "-f", "manifests"]);
+    assert_eq!(by_hand.code, 0, "{}\n{}", by_hand.stdout, by_hand.stderr);
+    let id = by_hand
+        .stdout
+        .split(':')
+        .next()
+        .unwrap()
+        .trim_start_matches("backup ")
+        .to_owned();
+    // One byte of a pack flipped on the target.
+    let mut packs = Vec::new();
+    for shard in fs::read_dir(repo.join("data")).unwrap() {
+        for p in fs::read_dir(shard.unwrap().path()).unwrap() {
+            packs.push(p.unwrap().path());
+        }
+    }
+    packs.sort();
+    crate::backup::flip_byte(&packs[0], 100);
+
+    let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);
+    agent.wait_ready();
+    let policy = agent.poll(
+        "the scheduled verify and drill of policy minutely",
+        Duration::from_secs(150),
+        |a| {
+            std::thread::sleep(Duration::from_millis(300));
+            let status = a.status();
+            let p = status["backups"]["policies"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == "minutely")?
+                .clone();
+            (p["verify"].get("lastRun").is_some() && p["drill"].get("lastRun").is_some())
+                .then_some(p)
+        },
+    );
+    for check in ["verify", "drill"] {
+        let c = &policy[check];
+        assert_eq!(c["schedule"], "* * * * *", "{policy:#}");
+        assert!(
+            c.get("lastSuccess").is_none(),
+            "{check} found damage: {policy:#}"
+        );
+        let problems = c["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "{policy:#}");
+        let p = problems[0].as_str().unwrap();
+        assert!(
+            p.starts_with(&format!("volume a, backup {id} (")),
+            "{check} names the volume and the backup: {p}"
+        );
+    }
+    assert!(
+        policy["verify"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("0 chunk(s) missing, 1 corrupt (found by a sampled verify)"),
+        "{policy:#}"
+    );
+    assert!(
+        policy["verify"]["lastResult"]
+            .as_str()
+            .unwrap()
+            .contains("(100 % of the id space"),
+        "{policy:#}"
+    );
+    let (_, metrics) = agent.get("/metrics");
+    for check in ["verify", "drill"] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("cinderblock_backup_{check}_failures_total{{policy=\"minutely\"}}")
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains(&format!(
+                "cinderblock_backup_{check}_last_success_timestamp_seconds{{"
+            )),
+            "{metrics}"
+        );
+    }
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(WAIT).success());
+    // `status` says it too, and the catalogue marks the backup damaged.
+    let st = site.run(&["status"]);
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    assert!(
+        st.stdout
+            .contains("    drill \"* * * * *\": last passed never")
+            && st
+                .stdout
+                .contains(&format!("      problem: volume a, backup {id} (")),
+        "{}",
+        st.stdout
+    );
+    let list = site.run(&["backup", "list", "a"]);
+    assert!(list.stdout.contains("damaged"), "{}", list.stdout);
+}
+
+#[test]
 fn a_slow_http_client_is_cut_off_and_does_not_block_others() {
     let site = site_with_backend();
     let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);

@@ -1083,7 +1083,7 @@ spec:
             detail: None,
             verified_at: None,
             point_in_time: None,
-            changes: None,
+            read: None,
         },
     );
     cat.store(&state).unwrap();
@@ -1128,6 +1128,154 @@ spec:
     assert!(
         v["resource_changes"].is_array() || v["resourceChanges"].is_array(),
         "the plan is still there"
+    );
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one catalogue and schedule file, then text, JSON and Markdown
+fn plan_says_what_the_next_backup_does_how_the_last_read_and_each_policys_checks() {
+    use cinderblock::agent::checks::CheckRecord;
+    use cinderblock::agent::schedule::{Records, store_records};
+    use cinderblock::backup::catalog::{Catalog, Entry, Status};
+    use cinderblock::backup::engine::{ReadMethod, ReadRecord};
+    use cinderblock::backup::format::{BackupKind, VolumeRef};
+    let site = Site::new(
+        "  fullEvery: 3\n  verify: {schedule: \"0 4 * * *\", sample: 5}\n  drill: {schedule: \"0 5 * * 0\"}",
+    );
+    fs::write(site.path().join("more.yaml"), "").unwrap();
+    let state = site.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let entry =
+        |n: u128, day: u32, kind, status, read: Option<ReadRecord>, detail: Option<&str>| {
+            let id = Uuid::from_u128(0x1a2b_3c4d_0000_4000_8000_0000_0000_0000 + n);
+            Entry {
+                id,
+                repository: site.repo().display().to_string(),
+                target: None,
+                repository_id: None,
+                volume: VolumeRef {
+                    uuid: Uuid::from_u128(7),
+                    name: "data".into(),
+                    backend: "local".into(),
+                    size: 64 * MIB,
+                },
+                policy: Some("nightly".into()),
+                kind: Some(kind),
+                parent: None,
+                started_at: format!("2026-11-{day:02}T02:00:05Z").parse().unwrap(),
+                read_bytes: 0,
+                stored_bytes: 0,
+                status,
+                detail: detail.map(str::to_owned),
+                verified_at: None,
+                point_in_time: None,
+                read,
+            }
+        };
+    let fell_back = ReadRecord {
+        method: ReadMethod::FullScan,
+        reason: "the filesystem reports no holes (SEEK_DATA/SEEK_HOLE)".into(),
+        fallback: true,
+    };
+    // A full, an incremental that fell back to a full scan, then an
+    // incremental a drill found damaged.
+    let mut cat = Catalog::default();
+    for e in [
+        entry(1, 21, BackupKind::Full, Status::Ok, None, None),
+        entry(
+            2,
+            22,
+            BackupKind::Incremental,
+            Status::Ok,
+            Some(fell_back.clone()),
+            None,
+        ),
+        entry(
+            3,
+            23,
+            BackupKind::Incremental,
+            Status::Damaged,
+            Some(fell_back),
+            Some("restore drill: 1 chunk(s) differ"),
+        ),
+    ] {
+        cat.backups.insert(e.id, e);
+    }
+    cat.store(&state).unwrap();
+    // The agent's records: the verify passed, the drill found the damage.
+    let mut records = Records::default();
+    records.checks.insert(
+        "nightly/verify".into(),
+        CheckRecord {
+            last_run: Some("2026-11-24T04:00:09Z".parse().unwrap()),
+            last_success: Some("2026-11-24T04:00:09Z".parse().unwrap()),
+            last_result: Some("checked 12 of 240 chunk(s)".into()),
+            ..CheckRecord::default()
+        },
+    );
+    records.checks.insert(
+        "nightly/drill".into(),
+        CheckRecord {
+            last_run: Some("2026-11-22T05:01:00Z".parse().unwrap()),
+            last_result: Some("restored and compared 1 volume(s)".into()),
+            problems: vec![
+                "volume data, backup 1a2b3c4d-0000-4000-8000-000000000003: 1 chunk(s) differ"
+                    .into(),
+            ],
+            ..CheckRecord::default()
+        },
+    );
+    store_records(&state, 1, &records).unwrap();
+
+    let run = plan_at(&site, "2026-11-24T12:00:00Z", false);
+    ok(&run);
+    let section = backups_section(&run.stdout);
+    // Two incrementals since the full (the damaged one counts: it is in the
+    // repository) and fullEvery 3: the next run is a full.
+    assert!(
+        section.contains("  data  nightly (0 2 * * * UTC); last incremental 2026-11-22T02:00:05Z (1a2b3c4d), read by fullScan; due now (the 2026-11-24T02:00:00Z slot was not run)\n")
+            && section.contains("    next run: full, reading every byte, as the last run: the filesystem reports no holes")
+            && section.contains("    warning: the last backup fell back to fullScan: the filesystem reports no holes (SEEK_DATA/SEEK_HOLE)"),
+        "{section}"
+    );
+    assert!(
+        section.contains("Backup checks (policy, check, schedule; last passed; next due):\n  nightly verify 5 % a run (0 4 * * * UTC); last passed 2026-11-24T04:00:09Z; next due 2026-11-25T04:00:00Z\n      last run 2026-11-24T04:00:09Z: checked 12 of 240 chunk(s)\n")
+            && section.contains("  nightly drill (0 5 * * 0 UTC); last passed never; next due 2026-11-29T05:00:00Z\n      last run 2026-11-22T05:01:00Z: restored and compared 1 volume(s)\n      problem: volume data, backup 1a2b3c4d-0000-4000-8000-000000000003: 1 chunk(s) differ\n")
+            && section.contains("  nightly damaged: volume data, backup 1a2b3c4d-0000-4000-8000-000000000003 (2026-11-23 02:00:05 UTC): restore drill: 1 chunk(s) differ"),
+        "{section}"
+    );
+
+    // One full fewer in history: an incremental against the newest, even
+    // though it is the damaged one (that is the backup the engine compares
+    // with).
+    let mut cat = Catalog::load(&state).unwrap();
+    cat.backups
+        .retain(|id, _| *id != Uuid::from_u128(0x1a2b_3c4d_0000_4000_8000_0000_0000_0002));
+    cat.store(&state).unwrap();
+    let json = plan_at(&site, "2026-11-24T12:00:00Z", true);
+    ok(&json);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let row = &v["backups"][0];
+    assert_eq!(row["nextRun"]["kind"], "incremental", "{row}");
+    assert_eq!(
+        row["nextRun"]["parent"], "1a2b3c4d-0000-4000-8000-000000000003",
+        "{row}"
+    );
+    assert_eq!(row["last"]["kind"], "full", "{row}");
+    assert!(
+        row.get("warning").is_none(),
+        "the last good one read normally: {row}"
+    );
+    let checks = &v["backupChecks"][0];
+    assert_eq!(checks["policy"], "nightly");
+    assert_eq!(checks["checks"][0]["check"], "verify");
+    assert_eq!(checks["checks"][0]["sample"], 5);
+    assert_eq!(checks["checks"][1]["check"], "drill");
+    assert!(checks["checks"][1].get("lastSuccess").is_none());
+    assert_eq!(
+        checks["damaged"].as_array().map(Vec::len),
+        Some(1),
+        "{checks}"
     );
 }
 
@@ -1182,6 +1330,35 @@ fn an_idle_volume_is_read_in_place_and_one_in_use_is_copied_first() {
         ]
         .contains(&v["pointInTime"].as_str().unwrap()),
         "{v}"
+    );
+    // How it read, and why: the file's data extents, no fallback.
+    assert_eq!(v["read"]["method"], "allocatedScan", "{v}");
+    assert_eq!(
+        v["read"]["reason"], "the file's data extents (SEEK_DATA/SEEK_HOLE)",
+        "{v}"
+    );
+    assert!(v["read"].get("fallback").is_none(), "{v}");
+    assert!(
+        idle.stdout
+            .contains("\n  read by allocatedScan: the file's data extents (SEEK_DATA/SEEK_HOLE)\n"),
+        "{}",
+        idle.stdout
+    );
+    assert!(!idle.stderr.contains("warning:"), "{}", idle.stderr);
+    // The catalogue keeps it: backup list's READ column.
+    let list = site.cb("state", &["backup", "list", "data"]);
+    ok(&list);
+    let header = list.stdout.lines().next().unwrap();
+    assert!(header.contains("  KIND         READ  "), "{}", list.stdout);
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&idle_id))
+        .unwrap();
+    assert!(
+        row.contains(" full         allocatedScan  "),
+        "{}",
+        list.stdout
     );
     for (id, to) in [(&idle_id, "r-idle"), (&busy_id, "r-busy")] {
         ok(&site.cbf(&["backup", "restore", id, "--to", to]));
@@ -1278,6 +1455,126 @@ spec:
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
 }
 
+/// Undoes `chattr -R +a` on drop, so the temp dir can be removed whatever
+/// the test did.
+struct AppendOnlyDir(PathBuf);
+
+impl AppendOnlyDir {
+    fn set(path: &Path) -> Self {
+        let out = std::process::Command::new("chattr")
+            .args(["-R", "+a"])
+            .arg(path)
+            .output()
+            .expect("chattr runs (e2fsprogs)");
+        assert!(
+            out.status.success(),
+            "chattr +a on {}: {} (needs root and a filesystem with the append-only attribute)",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(path.to_owned())
+    }
+
+    fn clear(&self) {
+        let _ = std::process::Command::new("chattr")
+            .args(["-R", "-a"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+impl Drop for AppendOnlyDir {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[test]
+#[ignore = "needs root and chattr +a (tests/run.sh runs it)"]
+fn append_only_directory_that_forbids_deletion_backs_up_forgets_then_the_sweep_frees() {
+    let site = Site::with_target(
+        "  retention: {keepLast: 1}",
+        "{path: ROOT/repo, appendOnly: true}",
+    );
+    let vol = site.create_volume("data", 16 * MIB);
+    let write_round = |round: u64| {
+        let f = File::options().write(true).open(&vol).unwrap();
+        f.write_all_at(&noise(10 + 2 * round, 2 * MIB), 0).unwrap();
+    };
+    write_round(0);
+    let mut ids = vec![backup_id(&site.cbf(&["backup", "run", "data"]))];
+    // From now on the kernel refuses every unlink and rename in the
+    // repository: only new names may appear.
+    let guard = AppendOnlyDir::set(&site.repo());
+    let probe = files_below(&site.repo().join("backups"))[0].clone();
+    assert!(
+        fs::remove_file(&probe).is_err(),
+        "the test's premise: deletion is forbidden"
+    );
+    for round in 1..3u64 {
+        write_round(round);
+        ids.push(backup_id(&site.cbf(&["backup", "run", "data"])));
+    }
+    let before = files_below(&site.repo());
+    assert!(
+        !before.iter().any(|p| p.to_string_lossy().contains(".tmp-")),
+        "no temp file left behind: {before:?}"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".end.json")),
+        "sessions end with a marker: {before:?}"
+    );
+    // Retention forgets in the catalogue only; not one file goes.
+    let run = site.cbf(&["backup", "prune"]);
+    ok(&run);
+    assert!(
+        run.stdout
+            .contains("forgot 2 backup(s) in the catalogue only"),
+        "{}",
+        run.stdout
+    );
+    let list = site.cb("state", &["backup", "list"]);
+    assert!(!list.stdout.contains(&ids[0]) && list.stdout.contains(&ids[2]));
+    // The permission, not cinderblock's good manners, is what stops a
+    // sweep here.
+    let run = site.cbf(&["backup", "prune", "--sweep"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("Operation not permitted"),
+        "{}",
+        run.stderr
+    );
+    let after: Vec<PathBuf> = files_below(&site.repo())
+        .into_iter()
+        .filter(|p| !p.starts_with(site.repo().join("locks")))
+        .collect();
+    let kept: Vec<&PathBuf> = before
+        .iter()
+        .filter(|p| !p.starts_with(site.repo().join("locks")))
+        .collect();
+    assert_eq!(after.iter().collect::<Vec<_>>(), kept, "nothing deleted");
+
+    // With deletion allowed again, the sweep frees the forgotten backups.
+    guard.clear();
+    let data_bytes = || -> u64 {
+        files_below(&site.repo().join("data"))
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let full = data_bytes();
+    let run = site.cbf(&["backup", "prune", "--sweep"]);
+    ok(&run);
+    assert!(run.stdout.contains("forgot 2 backup(s)"), "{}", run.stdout);
+    assert!(data_bytes() + 3 * MIB < full, "{full} -> {}", data_bytes());
+    let run = site.cb("state", &["backup", "verify", "--all"]);
+    ok(&run);
+    ok(&site.cbf(&["backup", "restore", &ids[2], "--to", "back"]));
+    assert_eq!(sha256(&site.volume_path("back").unwrap()), sha256(&vol));
+}
+
 #[test]
 fn a_restore_over_a_volume_in_use_is_refused_naming_the_holder() {
     let site = Site::new("");
@@ -1308,4 +1605,106 @@ fn a_restore_over_a_volume_in_use_is_refused_naming_the_holder() {
     // Nobody holds it any more: the same restore goes through.
     ok(&site.cbf(&["backup", "restore", &id, "--to", "data", "--overwrite"]));
     assert_ne!(sha256(&vol), changed);
+}
+
+/// Flips one byte at `offset` of `path`.
+pub(crate) fn flip_byte(path: &Path, offset: u64) {
+    let f = File::options().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], offset).unwrap();
+}
+
+#[test]
+fn a_drill_restores_the_newest_backup_of_each_volume_and_names_a_damaged_one() {
+    let site = Site::new("");
+    let yaml = site.path().join("site.yaml");
+    let mut text = fs::read_to_string(&yaml).unwrap();
+    text.push_str(
+        "---\napiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata: {name: logs}\nspec:\n  size: 16Mi\n  volumeType: standard\n  backupPolicy: nightly\n",
+    );
+    fs::write(&yaml, text).unwrap();
+    let data = site.create_volume("data", 16 * MIB);
+    let logs = site.create_volume("logs", 16 * MIB);
+    let write = |path: &Path, seed: u64, at: u64| {
+        let f = File::options().write(true).open(path).unwrap();
+        f.write_all_at(&noise(seed, 2 * MIB), at).unwrap();
+    };
+    write(&data, 3, 0);
+    let old = backup_id(&site.cbf(&["backup", "run", "data", "--full"]));
+    write(&data, 5, 4 * MIB);
+    let newest = backup_id(&site.cbf(&["backup", "run", "data"]));
+    let packs_before = files_below(&site.repo().join("data"));
+    write(&logs, 7, 8 * MIB);
+    let log_id = backup_id(&site.cbf(&["backup", "run", "logs"]));
+    let log_packs: Vec<PathBuf> = files_below(&site.repo().join("data"))
+        .into_iter()
+        .filter(|p| !packs_before.contains(p))
+        .collect();
+    assert!(!log_packs.is_empty());
+    let scratch = site.path().join("state/drill");
+    let left = || -> Vec<PathBuf> {
+        if scratch.exists() {
+            files_below(&scratch)
+        } else {
+            Vec::new()
+        }
+    };
+
+    let run = site.cbf(&["backup", "drill", "--policy", "nightly"]);
+    ok(&run);
+    assert!(
+        run.stdout.starts_with(
+            "drill of policy nightly: restored and compared the newest backup of 2 volume(s)"
+        ),
+        "{}",
+        run.stdout
+    );
+    for (volume, id) in [("data", &newest), ("logs", &log_id)] {
+        assert!(
+            run.stdout.contains(&format!("{volume} from {id} (")),
+            "{}",
+            run.stdout
+        );
+    }
+    assert!(
+        !run.stdout.contains(&old),
+        "only the newest: {}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.matches("): identical").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    assert!(left().is_empty(), "scratch left: {:?}", left());
+
+    // One byte of a pack only the logs backup uses, flipped on the target.
+    flip_byte(&log_packs[0], 100);
+    let run = site.cbf(&["backup", "drill", "--policy", "nightly"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("error: damaged: volume logs, backup {log_id} ("))
+            && run.stderr.contains("restore drill: the restore failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains(&format!("data from {newest} ("))
+            && run.stdout.contains("): identical"),
+        "the other volume is still drilled: {}",
+        run.stdout
+    );
+    assert!(left().is_empty(), "scratch left: {:?}", left());
+    // The catalogue knows: retention will not count it as good.
+    let list = site.cb("state", &["backup", "list", "logs"]);
+    ok(&list);
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&log_id))
+        .unwrap();
+    assert!(row.contains("damaged: restore drill"), "{}", list.stdout);
 }

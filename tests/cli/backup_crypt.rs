@@ -30,6 +30,18 @@ fn encrypted_site(retention: &str) -> Site {
     site
 }
 
+/// An encrypted site whose 8 MiB volume holds 1 MiB of noise `seed`, backed
+/// up once: the site, the volume's path, the backup's id.
+fn one_backup(seed: u64) -> (Site, PathBuf, String) {
+    let site = encrypted_site("");
+    let vol = site.create_volume("data", 8 * MIB);
+    let f = File::options().write(true).open(&vol).unwrap();
+    f.write_all_at(&noise(seed, MIB), 0).unwrap();
+    drop(f);
+    let id = backup_id(&site.cbf(&["backup", "run", "data"]));
+    (site, vol, id)
+}
+
 /// Every file of the repository and its bytes.
 fn snapshot(repo: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files_below(repo)
@@ -110,12 +122,7 @@ fn encrypted_repository_holds_no_plaintext_nor_content_hashes_and_round_trips() 
 
 #[test]
 fn a_wrong_key_is_one_clear_error_and_writes_nothing() {
-    let site = encrypted_site("");
-    let vol = site.create_volume("data", 8 * MIB);
-    let f = File::options().write(true).open(&vol).unwrap();
-    f.write_all_at(&noise(5, MIB), 0).unwrap();
-    drop(f);
-    let id = backup_id(&site.cbf(&["backup", "run", "data"]));
+    let (site, _, id) = one_backup(5);
     let before = snapshot(&site.repo());
     fs::write(
         site.path().join("backup.key"),
@@ -382,4 +389,56 @@ fn golden_repository_v2_encrypted_is_read_and_restored() {
     ]));
     let restored = site.volume_path("golden").unwrap();
     assert_eq!(fs::read(&restored).unwrap(), v);
+}
+
+#[test]
+fn scanning_an_encrypted_directory_takes_a_key_reference_and_restores() {
+    let (site, vol, id) = one_backup(9);
+    // The state directory is lost; the repository is found by path alone.
+    fs::remove_dir_all(site.path().join("state")).unwrap();
+    let run = site.cb("state", &["backup", "import", "--scan", "repo"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("is encrypted")
+            && run.stderr.contains("--key-file PATH or --key-env VAR"),
+        "{}",
+        run.stderr
+    );
+    fs::write(site.path().join("wrong.key"), "a wrong key, certainly\n").unwrap();
+    let run = site.cb(
+        "state",
+        &[
+            "backup",
+            "import",
+            "--scan",
+            "repo",
+            "--key-file",
+            "wrong.key",
+        ],
+    );
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("(wrong key)"), "{}", run.stderr);
+    let run = site.cb(
+        "state",
+        &[
+            "backup",
+            "import",
+            "--scan",
+            "repo",
+            "--key-file",
+            "backup.key",
+        ],
+    );
+    ok(&run);
+    assert!(run.stdout.contains("1 backup(s)"), "{}", run.stdout);
+    // The catalogue keeps the key's reference (never the key), so later
+    // commands reopen the repository without being told again.
+    let cat = fs::read_to_string(site.path().join("state/backup-catalog.json")).unwrap();
+    assert!(
+        cat.contains("backup.key") && !cat.contains("correct horse"),
+        "{cat}"
+    );
+    ok(&site.cb("state", &["backup", "verify", "--all"]));
+    ok(&site.cbf(&["backup", "restore", &id, "--to", "back"]));
+    assert_eq!(sha256(&site.volume_path("back").unwrap()), sha256(&vol));
 }

@@ -84,7 +84,7 @@ fn incrementals_on_xfs_read_only_the_blocks_no_longer_shared_with_the_last_backu
 
     let full = json_run(&site, &["backup", "run", "data", "--full", "--json"]);
     assert_eq!(full["pointInTime"], "reflink", "{full}");
-    assert_eq!(full["changes"], "full read", "{full}");
+    assert_eq!(full["read"]["method"], "allocatedScan", "{full}");
     let full_id = full["id"].as_str().unwrap().to_owned();
     let sum_full = sha256(&vol);
     // Its reflinked copy is kept as the next incremental's base.
@@ -119,8 +119,11 @@ fn incrementals_on_xfs_read_only_the_blocks_no_longer_shared_with_the_last_backu
 
     let inc = json_run(&site, &["backup", "run", "data", "--incremental", "--json"]);
     assert_eq!(inc["parent"].as_str(), Some(full_id.as_str()), "{inc}");
-    assert_eq!(
-        inc["changes"], "FIEMAP against the parent's reflinked copy",
+    assert_eq!(inc["read"]["method"], "changedRanges", "{inc}");
+    assert!(
+        inc["read"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("FIEMAP against the parent's reflinked copy")),
         "{inc}"
     );
     // Exactly the chunks of 64 KiB the changes touched: 16 + 1 + 1 + 1,
@@ -151,10 +154,12 @@ fn incrementals_on_xfs_read_only_the_blocks_no_longer_shared_with_the_last_backu
         serde_json::from_slice(&fs::read(site.path().join("state/backup-catalog.json")).unwrap())
             .unwrap();
     let entry = |id: &str| cat["backups"][id].clone();
-    assert_eq!(entry(&full_id)["changes"], "full read", "{cat}");
-    assert_eq!(
-        entry(&inc_id)["changes"],
-        "FIEMAP against the parent's reflinked copy",
+    assert_eq!(entry(&full_id)["read"]["method"], "allocatedScan", "{cat}");
+    assert_eq!(entry(&inc_id)["read"]["method"], "changedRanges", "{cat}");
+    assert!(
+        entry(&inc_id)["read"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("FIEMAP")),
         "{cat}"
     );
     assert_eq!(entry(&inc_id)["pointInTime"], "reflink", "{cat}");

@@ -125,6 +125,14 @@ fn thin_incremental_reads_only_changed_ranges_and_thin_and_thick_restore_identic
             "lvs -a --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_uuid,lv_size,lv_attr,origin,pool_lv,data_percent,metadata_percent,thin_id,lv_tags > $OUT/lvs.json",
         )
         .step_any("replan", &sh("cb plan -f m --detailed-exitcode"))
+        // the incremental's base snapshot removed by hand: the next
+        // incremental falls back to every mapped range, and says so
+        .step(
+            "fallback",
+            &sh("lvremove -y tv/_backup-$(field /tmp/tinc.json id) >/dev/null
+                 cb backup run tvol --incremental --json -f m 2>$OUT/fallback.err"),
+        )
+        .step("listed", &sh("cb backup list tvol"))
         .step(
             "dirty",
             // the thick restore lands on extents full of random bytes
@@ -194,9 +202,42 @@ fn thin_incremental_reads_only_changed_ranges_and_thin_and_thick_restore_identic
         "incremental read {read} bytes, expected the 5 MiB changed: {inc}"
     );
 
+    // how each run read its source, and why
+    assert_eq!(full["read"]["method"], "allocatedScan", "{full}");
+    assert_eq!(
+        full["read"]["reason"], "a full backup: the thin LV's mapped ranges",
+        "{full}"
+    );
+    assert_eq!(inc["read"]["method"], "changedRanges", "{inc}");
+    assert!(inc["read"].get("fallback").is_none(), "{inc}");
+    let fb = json(out.stdout("fallback"));
+    assert_eq!(fb["kind"], "incremental", "{fb}");
+    assert_eq!(fb["parent"], inc["id"], "{fb}");
+    assert_eq!(fb["read"]["method"], "allocatedScan", "{fb}");
+    assert_eq!(fb["read"]["fallback"], true, "{fb}");
+    let read = fb["readBytes"].as_u64().unwrap_or(0);
+    assert!(
+        read >= 36 * MIB,
+        "the fallback read every mapped range ({read} bytes): {fb}"
+    );
+    let warned = String::from_utf8_lossy(out.file("fallback.err"));
+    assert!(
+        warned.contains("warning: backup ")
+            && warned.contains(
+                "of tvol fell back to allocatedScan: the parent backup's thin snapshot is gone"
+            ),
+        "{warned}"
+    );
+    let listed = out.stdout("listed");
+    assert!(
+        listed.contains("allocatedScan (fallback)") && listed.contains("changedRanges"),
+        "{listed}"
+    );
+
     let kfull = json(out.stdout("kfull"));
     assert_eq!(kfull["pointInTime"], "COW snapshot", "{kfull}");
     assert_eq!(kfull["readBytes"].as_u64(), Some(64 * MIB), "{kfull}");
+    assert_eq!(kfull["read"]["method"], "fullScan", "{kfull}");
     assert_eq!(
         kfull["chunks"].as_u64(),
         Some(256),
