@@ -188,6 +188,10 @@ pub struct Observed {
     /// `crate::inuse`). The planner refuses to delete, replace or move such
     /// an object.
     pub in_use: Option<InUse>,
+    /// The consistency group the back end records on it (an LV tag, a
+    /// sidecar field), so membership is seen without the state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Something holds an object open.
@@ -420,6 +424,47 @@ pub struct Capabilities {
     /// The plan's words for what stays of a released object (`Retain`), with
     /// `{uuid}` and `{kind}` to fill in.
     pub retained: String,
+    /// Whether and how it takes crash-consistent group snapshots
+    /// ([`crate::driver::Driver::group_snapshot`]).
+    pub group_snapshots: GroupSnapshots,
+}
+
+/// How a back end takes a group snapshot: one snapshot of each of several
+/// volumes holding the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GroupSnapshots {
+    /// It cannot.
+    #[default]
+    None,
+    /// Only while no member is in use: with no writer, snapshots taken one
+    /// after another hold the same instant (volume files: a reflink each).
+    Idle,
+    /// I/O of every member is held above it (a device-mapper layer of ours,
+    /// suspended) while each member is snapshotted, then released: the
+    /// freeze window is measured and bounded.
+    Freeze,
+}
+
+impl GroupSnapshots {
+    /// As written in fleet records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupSnapshots::None => "none",
+            GroupSnapshots::Idle => "idle",
+            GroupSnapshots::Freeze => "freeze",
+        }
+    }
+
+    /// From [`GroupSnapshots::as_str`]; anything else (an older record) is
+    /// `None`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "idle" => GroupSnapshots::Idle,
+            "freeze" => GroupSnapshots::Freeze,
+            _ => GroupSnapshots::None,
+        }
+    }
 }
 
 impl Capabilities {

@@ -238,6 +238,7 @@ pub fn capabilities(doc: &Doc<BackendSpec>) -> Capabilities {
             pool: None,
             delete_note: None,
             retained: String::new(),
+            group_snapshots: crate::model::GroupSnapshots::None,
         },
     }
 }

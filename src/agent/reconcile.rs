@@ -1106,6 +1106,7 @@ fn subject(a: &Action) -> (ObjKind, String, Option<uuid::Uuid>) {
         Op::Create {
             kind, name, resume, ..
         } => (*kind, name.clone(), *resume),
+        Op::GroupSnapshot { name, .. } => (ObjKind::Snapshot, name.clone(), None),
         Op::Extend { name, uuid, .. }
         | Op::Unexport { name, uuid, .. }
         | Op::Migrate { name, uuid, .. } => (ObjKind::Volume, name.clone(), Some(*uuid)),
@@ -1437,6 +1438,7 @@ mod tests {
     /// One back end holding volume `old` (VOL) and its snapshot `snap` (SNAP).
     fn world() -> World {
         let obj = |uuid, name: &str, kind, parent| Observed {
+            group: None,
             uuid,
             name: name.into(),
             kind,

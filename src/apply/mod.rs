@@ -237,6 +237,7 @@ pub fn apply_with(
         path: state_dir.to_owned(),
         source: e,
     })?;
+    thaw_interrupted(registry, state_dir)?;
     let mut journal = Journal::open(state_dir)?;
     let plan_id = Uuid::new_v4();
     let mut created: BTreeMap<(ObjKind, String), Uuid> = BTreeMap::new();
@@ -252,7 +253,8 @@ pub fn apply_with(
             Op::Create { resume, .. } => Some(resume.unwrap_or_else(Uuid::new_v4)),
             _ => None,
         };
-        let text = describe(action, new_uuid);
+        // A group snapshot's member identities, likewise.
+        let (cut, text) = identities(action, new_uuid);
         let intent = journal.intent(plan_id, step, &text)?;
         fault::step(step, "intent");
         progress.start(action, &text);
@@ -268,6 +270,13 @@ pub fn apply_with(
                 logged: Instant::now(),
             };
             migrate(action, registry, ledger, &mut ctx, opts)
+        } else if let Op::GroupSnapshot { .. } = &action.op {
+            let mut holds = JournalHolds {
+                journal: &mut journal,
+                intent: &intent,
+            };
+            let cx: (_, &mut dyn Progress) = (&created, &mut *progress);
+            group_snapshot(action, &cut, registry, cx, ledger, &mut holds)
         } else if let Op::Create {
             name,
             backend,
@@ -298,15 +307,7 @@ pub fn apply_with(
                 };
                 journal.outcome(&intent, outcome, None)?;
                 fault::step(step, "outcome");
-                if let (Op::Create { kind, name, .. }, Some(u)) = (&action.op, new_uuid) {
-                    created.insert((*kind, name.clone()), u);
-                }
-                if let Op::Adopt {
-                    kind, name, uuid, ..
-                } = &action.op
-                {
-                    created.insert((*kind, name.clone()), *uuid);
-                }
+                remember(&mut created, action, new_uuid, &cut);
                 ledger.recorded.last_plan = Some(plan_id);
                 ledger.save(state_dir)?;
                 count(&mut report, action, changed);
@@ -334,6 +335,7 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
     }
     match a.op {
         Op::Create { .. }
+        | Op::GroupSnapshot { .. }
         | Op::Adopt { .. }
         | Op::CreatePool { .. }
         | Op::DiscoveryAuth { new: true, .. } => {
@@ -353,9 +355,195 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
     }
 }
 
+/// Releases every hold on I/O that a step a crash interrupted left in
+/// place (the journal's hold records with no outcome after them), before
+/// anything else runs: a kill inside a group snapshot's freeze leaves the
+/// members' writes waiting until then.
+fn thaw_interrupted(registry: &Registry<'_>, state_dir: &Path) -> Result<(), ApplyError> {
+    let contents = crate::state::journal::read(state_dir)?;
+    for backend in contents.interrupted_holds() {
+        let Some(d) = registry.get(backend) else {
+            continue;
+        };
+        match d.thaw() {
+            Ok(Change::Changed) => {
+                tracing::warn!(
+                    backend,
+                    "released the holds of an interrupted group snapshot"
+                );
+            }
+            Ok(Change::Unchanged) => {}
+            // The step itself releases them again before its cut.
+            Err(e) => {
+                tracing::warn!(backend, error = %crate::error_chain(&e), "cannot release the holds of an interrupted group snapshot");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The objects a step made, by kind and name, for later steps of the same
+/// plan.
+fn remember(
+    created: &mut BTreeMap<(ObjKind, String), Uuid>,
+    action: &Action,
+    new_uuid: Option<Uuid>,
+    cut: &[Uuid],
+) {
+    match (&action.op, new_uuid) {
+        (Op::Create { kind, name, .. }, Some(u)) => {
+            created.insert((*kind, name.clone()), u);
+        }
+        (
+            Op::Adopt {
+                kind, name, uuid, ..
+            },
+            _,
+        ) => {
+            created.insert((*kind, name.clone()), *uuid);
+        }
+        (Op::GroupSnapshot { members, .. }, _) => {
+            for (m, u) in members.iter().zip(cut) {
+                created.insert((ObjKind::Snapshot, m.snapshot.clone()), *u);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A group snapshot's member snapshot identities (chosen before anything
+/// happens, so the journal names them; none for other steps), and the
+/// step's words for the journal.
+fn identities(action: &Action, new_uuid: Option<Uuid>) -> (Vec<Uuid>, String) {
+    match &action.op {
+        Op::GroupSnapshot { members, .. } => {
+            let cut: Vec<Uuid> = members
+                .iter()
+                .map(|m| m.uuid.unwrap_or_else(Uuid::new_v4))
+                .collect();
+            let text = describe_cut(action, &cut);
+            (cut, text)
+        }
+        _ => (Vec::new(), describe(action, new_uuid)),
+    }
+}
+
+/// Journals each hold of a group snapshot before it is placed.
+struct JournalHolds<'a> {
+    journal: &'a mut Journal,
+    intent: &'a crate::state::journal::Record,
+}
+
+impl crate::driver::Holds for JournalHolds<'_> {
+    fn before_hold(&mut self, backend: &str, volume: Uuid) -> Result<(), String> {
+        self.journal
+            .hold(self.intent, backend, volume)
+            .map_err(|e| crate::error_chain(&e))
+    }
+}
+
+/// The journal's words for a group snapshot, naming each member snapshot's
+/// identity.
+fn describe_cut(a: &Action, cut: &[Uuid]) -> String {
+    let Op::GroupSnapshot {
+        group,
+        backend,
+        members,
+        ..
+    } = &a.op
+    else {
+        return describe(a, None);
+    };
+    let list: Vec<String> = members
+        .iter()
+        .zip(cut)
+        .map(|(m, u)| format!("{}={u}", m.snapshot))
+        .collect();
+    format!(
+        "group-snapshot {} of {group} on {backend}: {}",
+        a.address,
+        list.join(" ")
+    )
+}
+
+/// Takes a group snapshot ([`Driver::group_snapshot`]), shows the measured
+/// freeze, and records its member snapshots once the whole cut is done.
+fn group_snapshot(
+    action: &Action,
+    cut: &[Uuid],
+    registry: &Registry<'_>,
+    (created, progress): (&BTreeMap<(ObjKind, String), Uuid>, &mut dyn Progress),
+    ledger: &mut Ledger,
+    holds: &mut dyn crate::driver::Holds,
+) -> Result<Change, StepError> {
+    let Op::GroupSnapshot {
+        group,
+        backend,
+        members,
+        deletion_policy,
+        freeze_limit_ms,
+        ..
+    } = &action.op
+    else {
+        return Err(StepError::Invalid("not a group snapshot".into()));
+    };
+    let mut list = Vec::new();
+    for (m, u) in members.iter().zip(cut) {
+        let volume = m
+            .volume_uuid
+            .or_else(|| created.get(&(ObjKind::Volume, m.volume.clone())).copied())
+            .ok_or_else(|| {
+                StepError::Invalid(format!("its member volume.{} does not exist", m.volume))
+            })?;
+        list.push(crate::driver::CutMember {
+            volume,
+            snapshot: *u,
+            name: &m.snapshot,
+            space: m.size,
+        });
+    }
+    let on = driver(registry, backend)?;
+    let report = on.group_snapshot(
+        &crate::driver::GroupCut {
+            group,
+            members: &list,
+            limit: Duration::from_millis(freeze_limit_ms.unwrap_or(crate::plan::FREEZE_LIMIT_MS)),
+        },
+        holds,
+    )?;
+    if let Some(f) = report.freeze {
+        tracing::info!(group = %group, snapshot = %action.address, freeze_ms = f.as_millis(), members = list.len(), "group snapshot: freeze window");
+        progress.note(
+            action,
+            &format!(
+                "freeze window {:.3} s ({} members held)",
+                f.as_secs_f64(),
+                list.len()
+            ),
+        );
+    }
+    for (m, c) in members.iter().zip(&list) {
+        ledger.recorded.objects.insert(
+            c.snapshot,
+            RecordedObject {
+                kind: ObjKind::Snapshot,
+                name: m.snapshot.clone(),
+                backend: backend.clone(),
+                size: m.size,
+                deletion_policy: *deletion_policy,
+                consistency_group: None,
+            },
+        );
+    }
+    Ok(report.change)
+}
+
 /// The journal's words for a step.
 fn describe(a: &Action, uuid: Option<Uuid>) -> String {
     match &a.op {
+        Op::GroupSnapshot { group, backend, .. } => {
+            format!("group-snapshot {} of {group} on {backend}", a.address)
+        }
         Op::Create { backend, size, .. } => format!(
             "create {} id={} on {backend} size={size}",
             a.address,
@@ -609,6 +797,13 @@ fn run(
             if let Some(path) = from_file {
                 copy_image_in(path, on, uuid, *size)?;
             }
+            // Membership on the object too (a crash before this is
+            // finished by the next plan's record of it).
+            let change = if *kind == ObjKind::Volume && consistency_group.is_some() {
+                change.or(on.set_group(uuid, consistency_group.as_deref())?)
+            } else {
+                change
+            };
             ledger.recorded.objects.insert(
                 uuid,
                 RecordedObject {
@@ -678,8 +873,16 @@ fn run(
             size,
             deletion_policy,
             consistency_group,
+            regrouped,
             ..
         } => {
+            let tagged = if *kind == ObjKind::Volume
+                && (consistency_group.is_some() || regrouped.is_some())
+            {
+                driver(registry, backend)?.set_group(*uuid, consistency_group.as_deref())?
+            } else {
+                Change::Unchanged
+            };
             let new = RecordedObject {
                 kind: *kind,
                 name: name.clone(),
@@ -689,7 +892,7 @@ fn run(
                 consistency_group: consistency_group.clone(),
             };
             let old = ledger.recorded.objects.insert(*uuid, new.clone());
-            Ok(Change::from_bool(old.as_ref() != Some(&new)))
+            Ok(Change::from_bool(old.as_ref() != Some(&new)).or(tagged))
         }
         Op::Export {
             name,
@@ -749,6 +952,7 @@ fn run(
             Ok(change)
         }
         Op::Migrate { .. } => Err(invalid("a migration is not a driver step")),
+        Op::GroupSnapshot { .. } => Err(invalid("a group snapshot is not a single driver step")),
         Op::Forget {
             uuid,
             backend,

@@ -298,6 +298,7 @@ fn volume_on_a(site: &Site) -> (Uuid, Vec<u8>) {
     site.a.put(
         uuid,
         FakeObject {
+            group: None,
             name: "db".into(),
             kind: ObjKind::Volume,
             size: 4 * MIB,
@@ -535,4 +536,39 @@ fn a_full_disk_at_any_driver_call_of_extends_deletes_and_a_migration_keeps_the_d
     );
     let faults = errors_everywhere(Some(&before), &after, nix::errno::Errno::ENOSPC);
     assert!(faults >= 8, "only {faults} faults exercised");
+}
+
+/// Group `g` on `a` with members m1, m2; group snapshot `nightly`; `r`
+/// created from m2's member snapshot.
+fn group_docs() -> String {
+    format!(
+        "{H}kind: VolumeType\nmetadata:\n  name: t\nspec: {{}}\n---\n\
+         {H}kind: ConsistencyGroup\nmetadata:\n  name: g\nspec:\n  volumeTypes: [t]\n  backend: a\n---\n\
+         {H}kind: Volume\nmetadata:\n  name: m1\nspec:\n  size: 2Mi\n  volumeType: t\n  consistencyGroup: g\n---\n\
+         {H}kind: Volume\nmetadata:\n  name: m2\nspec:\n  size: 3Mi\n  volumeType: t\n  consistencyGroup: g\n---\n\
+         {H}kind: Snapshot\nmetadata:\n  name: nightly\nspec:\n  consistencyGroup: g\n  deletionPolicy: Delete\n---\n\
+         {H}kind: Volume\nmetadata:\n  name: r\nspec:\n  size: 3Mi\n  backend: a\n  source:\n    groupSnapshot: nightly\n    member: m2\n"
+    )
+}
+
+#[test]
+fn a_group_snapshot_and_a_volume_from_its_member_converge_after_a_crash_anywhere() {
+    crash_everywhere(None, &group_docs(), |site| {
+        let (a, _, rec) = site.picture();
+        let snaps: Vec<&String> = a
+            .keys()
+            .filter(|(k, _)| *k == ObjKind::Snapshot)
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(snaps, ["nightly.m1", "nightly.m2"], "one per member");
+        // r holds m2's data as the member snapshot does.
+        assert_eq!(
+            a[&(ObjKind::Volume, "r".into())].2,
+            a[&(ObjKind::Snapshot, "nightly.m2".into())].2
+        );
+        assert!(
+            rec.iter().any(|r| r.1 == "nightly.m1"),
+            "member snapshots recorded: {rec:?}"
+        );
+    });
 }

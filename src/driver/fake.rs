@@ -41,6 +41,8 @@ pub struct FakeObject {
     pub parent: Option<Uuid>,
     /// In use.
     pub in_use: bool,
+    /// Its consistency group ([`Driver::set_group`]).
+    pub group: Option<String>,
 }
 
 /// The in-memory back end. Clones share one state: a test keeps a handle
@@ -177,6 +179,7 @@ pub fn capabilities(thin: bool) -> Capabilities {
         pool: None,
         delete_note: None,
         retained: "the fake object {kind}-{uuid} stays, no longer managed".into(),
+        group_snapshots: crate::model::GroupSnapshots::Idle,
     }
 }
 
@@ -205,6 +208,7 @@ impl Driver for FakeDriver {
                 in_use: o.in_use.then(|| InUse::Named {
                     holder: "a test".into(),
                 }),
+                group: o.group.clone(),
             })
             .collect();
         (
@@ -266,6 +270,7 @@ impl Driver for FakeDriver {
         self.objects().insert(
             new.uuid,
             FakeObject {
+                group: None,
                 name: new.name.to_owned(),
                 kind: new.kind,
                 size: new.size,
@@ -299,6 +304,7 @@ impl Driver for FakeDriver {
         self.objects().insert(
             uuid,
             FakeObject {
+                group: None,
                 name: name.to_owned(),
                 kind: ObjKind::Snapshot,
                 size: vol.size,
@@ -387,6 +393,18 @@ impl Driver for FakeDriver {
         }
     }
 
+    fn set_group(&self, uuid: Uuid, group: Option<&str>) -> Result<Change, DriverError> {
+        let mut objects = self.objects();
+        let Some(o) = objects.get_mut(&uuid) else {
+            return Err(self.refused(Op::SetGroup, format!("no object {uuid}")));
+        };
+        if o.group.as_deref() == group {
+            return Ok(Change::Unchanged);
+        }
+        o.group = group.map(str::to_owned);
+        Ok(Change::Changed)
+    }
+
     fn object(&self, uuid: Uuid) -> Result<Option<Object>, DriverError> {
         Ok(self.objects().get(&uuid).map(|o| Object {
             uuid,
@@ -440,6 +458,20 @@ impl Driver for FakeDriver {
             Layout::Seek
         } else {
             Layout::Everything
+        })
+    }
+
+    fn group_snapshot(
+        &self,
+        cut: &super::GroupCut<'_>,
+        _holds: &mut dyn super::Holds,
+    ) -> Result<super::CutReport, DriverError> {
+        super::idle_group_snapshot(self, cut, &|v| {
+            Ok(self
+                .objects()
+                .get(&v)
+                .is_some_and(|o| o.in_use)
+                .then(|| "a test".to_owned()))
         })
     }
 

@@ -41,8 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use uuid::Uuid;
 
 use super::{
-    Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
-    Mark, NewMark, NewObject, Object, Op, PitRequest, PointInTime,
+    Adoption, Capabilities, Change, CutReport, DataPath, Discovery, Driver, DriverError, GroupCut,
+    Holders, Holds, Layout, Mark, NewMark, NewObject, Object, Op, PitRequest, PointInTime,
 };
 
 /// The variable's value, read once.
@@ -346,6 +346,13 @@ impl Driver for Faulty<'_> {
             || self.inner.set_mark(uuid, mark),
         )
     }
+    fn set_group(&self, uuid: Uuid, group: Option<&str>) -> Result<Change, DriverError> {
+        self.changing(
+            Op::SetGroup,
+            |n| self.nth(n),
+            || self.inner.set_group(uuid, group),
+        )
+    }
     fn object(&self, uuid: Uuid) -> Result<Option<Object>, DriverError> {
         self.alive(Op::Lookup)?;
         self.inner.object(uuid)
@@ -372,6 +379,27 @@ impl Driver for Faulty<'_> {
             |n| self.nth(n),
             || self.inner.hand_over(uuid, to),
         )
+    }
+    fn group_snapshot(
+        &self,
+        cut: &GroupCut<'_>,
+        holds: &mut dyn Holds,
+    ) -> Result<CutReport, DriverError> {
+        let mut report = None;
+        self.changing(
+            Op::GroupSnapshot,
+            |n| self.nth(n),
+            || {
+                let r = self.inner.group_snapshot(cut, holds)?;
+                report = Some(r);
+                Ok(r.change)
+            },
+        )?;
+        report.ok_or_else(|| self.crashed(Op::GroupSnapshot))
+    }
+    fn thaw(&self) -> Result<Change, DriverError> {
+        self.alive(Op::Thaw)?;
+        self.inner.thaw()
     }
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {
         self.changing(

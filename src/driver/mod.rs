@@ -47,7 +47,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use crate::model::{Capabilities, Change, Discovery, Mark, ObjKind, SnapshotSpace};
+pub use crate::model::{
+    Capabilities, Change, Discovery, GroupSnapshots, Mark, ObjKind, SnapshotSpace,
+};
 
 /// One back end of this host, behind the seam.
 pub trait Driver: Send + Sync {
@@ -95,6 +97,12 @@ pub trait Driver: Send + Sync {
     /// a migration's target, [`Mark::Deleting`] marks a migration's source
     /// once its copy is verified. `Unchanged` when it carries `mark` already.
     fn set_mark(&self, uuid: Uuid, mark: Mark) -> Result<Change, DriverError>;
+
+    /// Records on volume `uuid` itself the consistency group it belongs to
+    /// (`None`: none) — an LV tag, a sidecar field — so discovery sees
+    /// membership without the state directory. `Unchanged` when it carries
+    /// that already.
+    fn set_group(&self, uuid: Uuid, group: Option<&str>) -> Result<Change, DriverError>;
 
     /// Object `uuid` as it is now, or `None` when this back end does not
     /// hold it.
@@ -144,6 +152,34 @@ pub trait Driver: Send + Sync {
         Ok(None)
     }
 
+    /// A crash-consistent group snapshot: one snapshot of every member of
+    /// `cut`, all holding the same instant, or none of them. Back ends that
+    /// can ([`Capabilities::group_snapshots`]) take it all or nothing: a
+    /// complete set found is `Unchanged`, a partial one (an interrupted
+    /// earlier attempt) is removed and the cut taken again, and a failure
+    /// removes what it made. `holds` hears of each hold on a member's I/O
+    /// before it is placed (the executor journals it).
+    fn group_snapshot(
+        &self,
+        cut: &GroupCut<'_>,
+        holds: &mut dyn Holds,
+    ) -> Result<CutReport, DriverError> {
+        let _ = (cut, holds);
+        Err(DriverError::refused(
+            self.name(),
+            Op::GroupSnapshot,
+            "this back end takes no group snapshots".into(),
+        ))
+    }
+
+    /// Releases every hold on I/O an interrupted group snapshot left in
+    /// place on this back end (a device of ours left suspended);
+    /// `Unchanged` when there is none. Back ends that never hold I/O have
+    /// nothing to release.
+    fn thaw(&self) -> Result<Change, DriverError> {
+        Ok(Change::Unchanged)
+    }
+
     /// Creates the back end's declared pool of `size` data and `metadata`
     /// metadata bytes; `Unchanged` when it exists.
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {
@@ -178,6 +214,106 @@ impl Room {
     pub fn reserve(&self) -> u64 {
         (self.total / 20).min(1 << 30)
     }
+}
+
+/// One member of a group snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutMember<'a> {
+    /// The member volume.
+    pub volume: Uuid,
+    /// Its snapshot's identity (chosen by the executor, journalled).
+    pub snapshot: Uuid,
+    /// The snapshot's name (`<group snapshot>.<volume>`).
+    pub name: &'a str,
+    /// Copy-on-write space, where the back end reserves one.
+    pub space: u64,
+}
+
+/// A group snapshot to take ([`Driver::group_snapshot`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCut<'a> {
+    /// The consistency group (data only: recorded on the snapshots).
+    pub group: &'a str,
+    /// The members, in the plan's order.
+    pub members: &'a [CutMember<'a>],
+    /// The longest the members' I/O may be held: past it everything is
+    /// released, what was made is removed, and the step fails.
+    pub limit: std::time::Duration,
+}
+
+/// What a group snapshot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutReport {
+    /// `Unchanged` when the complete set existed.
+    pub change: Change,
+    /// How long the members' I/O was held, where it was (measured from the
+    /// first hold to the last release).
+    pub freeze: Option<std::time::Duration>,
+}
+
+/// Hears of each hold on a member's I/O before it is placed.
+pub trait Holds {
+    /// About to hold the I/O of `volume` of back end `backend`; an error
+    /// stops the cut before the hold.
+    fn before_hold(&mut self, backend: &str, volume: Uuid) -> Result<(), String>;
+}
+
+/// A group snapshot on a back end whose members must be idle
+/// ([`GroupSnapshots::Idle`]): `holder` names what holds a volume open;
+/// any member in use is refused with its holder, and the rest is taken one
+/// snapshot after another (nothing writes, so they hold one instant).
+pub fn idle_group_snapshot(
+    d: &dyn Driver,
+    cut: &GroupCut<'_>,
+    holder: &dyn Fn(Uuid) -> Result<Option<String>, DriverError>,
+) -> Result<CutReport, DriverError> {
+    let mut found = 0;
+    for m in cut.members {
+        if d.object(m.snapshot)?.is_some() {
+            found += 1;
+        }
+    }
+    if found == cut.members.len() {
+        return Ok(CutReport {
+            change: Change::Unchanged,
+            freeze: None,
+        });
+    }
+    let mut held = Vec::new();
+    for m in cut.members {
+        if let Some(h) = holder(m.volume)? {
+            held.push(format!("{} by {h}", m.volume));
+        }
+    }
+    if !held.is_empty() {
+        return Err(DriverError::refused(
+            d.name(),
+            Op::GroupSnapshot,
+            format!(
+                "members in use ({}): on this back end a group snapshot is consistent only while no member is in use; stop or detach them, then apply again",
+                held.join(", ")
+            ),
+        ));
+    }
+    // An interrupted earlier attempt: its partial set goes first.
+    for m in cut.members {
+        d.delete(m.snapshot)?;
+    }
+    for (i, m) in cut.members.iter().enumerate() {
+        if let Err(e) = d.snapshot(m.volume, m.snapshot, m.name, m.space) {
+            for done in &cut.members[..i] {
+                if let Err(undo) = d.delete(done.snapshot) {
+                    tracing::warn!(snapshot = %done.snapshot, error = %crate::error_chain(&undo), "cannot remove a member snapshot of a failed group snapshot; the next run removes it");
+                }
+            }
+            return Err(e);
+        }
+        fault::named("group-member");
+    }
+    Ok(CutReport {
+        change: Change::Changed,
+        freeze: None,
+    })
 }
 
 /// What one scan of this host found holding files and devices open
@@ -481,6 +617,12 @@ pub enum Op {
     Adopt,
     /// [`Driver::hand_over`].
     HandOver,
+    /// [`Driver::group_snapshot`].
+    GroupSnapshot,
+    /// [`Driver::thaw`].
+    Thaw,
+    /// [`Driver::set_group`].
+    SetGroup,
 }
 
 impl Op {
@@ -501,6 +643,9 @@ impl Op {
             Op::CreatePool => "create the pool",
             Op::Adopt => "adopt",
             Op::HandOver => "hand over",
+            Op::GroupSnapshot => "take a group snapshot",
+            Op::Thaw => "release held I/O",
+            Op::SetGroup => "record the consistency group of",
         }
     }
 }

@@ -178,6 +178,7 @@ impl Inventory {
                     .map(|s| s.uuid),
                 in_use: None,
                 health: o.health,
+                group: o.meta.group.clone(),
             })
             .collect();
         model::Inventory {

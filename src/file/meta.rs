@@ -126,6 +126,10 @@ pub struct ObjectMeta {
     /// file keeps the name it had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The consistency group a volume belongs to
+    /// ([`crate::driver::Driver::set_group`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl ObjectMeta {
@@ -255,6 +259,7 @@ mod tests {
             state: Mark::Ready,
             migration: None,
             file: None,
+            group: None,
         };
         let golden = r#"{
   "format": "cinderblock.file-object",

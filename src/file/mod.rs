@@ -343,6 +343,18 @@ impl FileBackend {
         Ok(self.create_marked(spec, Mark::Creating)?.change)
     }
 
+    /// Writes volume `uuid`'s consistency group into its sidecar (one atomic
+    /// write; none when it holds that already).
+    pub fn set_group(&self, uuid: Uuid, group: Option<&str>) -> Result<Change, FileError> {
+        let mut meta = self.ours(uuid)?;
+        if meta.group.as_deref() == group {
+            return Ok(Change::Unchanged);
+        }
+        meta.group = group.map(str::to_owned);
+        meta::write_sidecar(&self.root, &meta)?;
+        Ok(Change::Changed)
+    }
+
     /// Clears a finished fill's `creating` mark, or promotes a migration's
     /// target ([`FileBackend::promote`]); `Unchanged` when ready.
     pub fn mark_ready(&self, uuid: Uuid) -> Result<Change, FileError> {
@@ -467,6 +479,7 @@ impl FileBackend {
                 state: Mark::Creating,
                 migration: None,
                 file: None,
+                group: None,
             };
             meta::write_sidecar(&self.root, &fresh)?;
             Ok(Some(fresh))
@@ -723,6 +736,7 @@ impl FileBackend {
                     state: Mark::Ready,
                     migration: None,
                     file: (entry != meta::file_name(kind, uuid)).then(|| entry.to_owned()),
+                    group: None,
                 }
             }
         };
@@ -862,6 +876,7 @@ impl FileBackend {
             state: Mark::Migrating,
             migration: Some(mark.clone()),
             file: None,
+            group: None,
         };
         meta::write_sidecar(&self.root, &meta)?;
         let file = open_data(&path)?;

@@ -170,6 +170,10 @@ impl Driver for FileDriver<'_> {
                 "the data stays on {} as {{kind}}-{{uuid}}, no longer managed",
                 self.backend.backend()
             ),
+            // No freeze point: a file system freeze (FIFREEZE) holds the
+            // whole share, every volume on it, and NFS clients cannot
+            // freeze the server. Idle members are consistent as they are.
+            group_snapshots: crate::model::GroupSnapshots::Idle,
         }
     }
 
@@ -280,6 +284,12 @@ impl Driver for FileDriver<'_> {
         .map_err(self.err(Op::SetMark))
     }
 
+    fn set_group(&self, uuid: Uuid, group: Option<&str>) -> Result<Change, DriverError> {
+        self.backend
+            .set_group(uuid, group)
+            .map_err(self.err(Op::SetGroup))
+    }
+
     fn object(&self, uuid: Uuid) -> Result<Option<Object>, DriverError> {
         Ok(self
             .backend
@@ -336,6 +346,27 @@ impl Driver for FileDriver<'_> {
             short: None,
             how: "free space on it".into(),
         }))
+    }
+
+    fn group_snapshot(
+        &self,
+        cut: &crate::driver::GroupCut<'_>,
+        _holds: &mut dyn crate::driver::Holds,
+    ) -> Result<crate::driver::CutReport, DriverError> {
+        let holders = crate::inuse::Holders::scan().map_err(|e| {
+            DriverError::new(
+                self.backend.backend(),
+                Op::GroupSnapshot,
+                format!("cannot tell whether a member is in use (cannot read /proc: {e})"),
+                true,
+            )
+        })?;
+        crate::driver::idle_group_snapshot(self, cut, &|v| {
+            let m = self.find(v, Op::GroupSnapshot)?;
+            Ok(holders
+                .path(&self.backend.path_of(&m))
+                .map(ToString::to_string))
+        })
     }
 
     fn point_in_time(&self, req: &PitRequest) -> Result<Box<dyn PointInTime + '_>, DriverError> {

@@ -361,6 +361,10 @@ pub struct WireCaps {
     pub delete_note: Option<String>,
     /// What stays of a released object.
     pub retained: String,
+    /// Group snapshots: `none`, `idle` or `freeze` (older records lack it:
+    /// none).
+    #[serde(default)]
+    pub group_snapshots: String,
 }
 
 /// A declared pool.
@@ -402,6 +406,7 @@ impl WireCaps {
             }),
             delete_note: c.delete_note.clone(),
             retained: c.retained.clone(),
+            group_snapshots: c.group_snapshots.as_str().to_owned(),
         }
     }
 
@@ -431,6 +436,7 @@ impl WireCaps {
             }),
             delete_note: self.delete_note.clone(),
             retained: self.retained.clone(),
+            group_snapshots: crate::model::GroupSnapshots::parse(&self.group_snapshots),
         })
     }
 }
@@ -795,6 +801,7 @@ impl BackendRecord {
                         continue;
                     };
                     list.push(Observed {
+                        group: None,
                         uuid: o.uuid,
                         name: o.name.clone(),
                         kind,
@@ -1024,6 +1031,7 @@ mod tests {
                 },
                 objects: (0..3u128)
                     .map(|i| Observed {
+                        group: None,
                         uuid: Uuid::from_u128(i),
                         name: format!("v{i}"),
                         kind: ObjKind::Volume,

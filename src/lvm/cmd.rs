@@ -184,6 +184,61 @@ pub fn release_metadata_snap(vg: &str, pool: &str) -> Cmd {
     ])
 }
 
+/// `dmsetup info -c` of every device-mapper device: `name:open:state`
+/// lines (`Active` or `Suspended`), read by [`super::freeze::parse_info`].
+pub fn dm_info() -> Cmd {
+    Cmd::new("dmsetup").args([
+        "info",
+        "-c",
+        "--noheadings",
+        "--separator",
+        ":",
+        "-o",
+        "name,open,suspended",
+    ])
+}
+
+/// `dmsetup create <name> --table "0 <sectors> linear <device> 0"`: a
+/// linear device over all of `device`, then its node (`mknodes`: hosts
+/// without udev get none otherwise).
+pub fn dm_create_linear(name: &str, sectors: u64, device: &std::path::Path) -> Cmd {
+    Cmd::new("dmsetup")
+        .args(["create", name, "--table"])
+        .arg(linear_table(sectors, device))
+}
+
+/// `dmsetup reload <name> --table ...`: the layer over a grown LV (live
+/// after the next resume).
+pub fn dm_reload_linear(name: &str, sectors: u64, device: &std::path::Path) -> Cmd {
+    Cmd::new("dmsetup")
+        .args(["reload", name, "--table"])
+        .arg(linear_table(sectors, device))
+}
+
+fn linear_table(sectors: u64, device: &std::path::Path) -> String {
+    format!("0 {sectors} linear {} 0", device.display())
+}
+
+/// `dmsetup mknodes <name>`.
+pub fn dm_mknodes(name: &str) -> Cmd {
+    Cmd::new("dmsetup").args(["mknodes", name])
+}
+
+/// `dmsetup suspend <name>`: in-flight I/O completes, new I/O waits.
+pub fn dm_suspend(name: &str) -> Cmd {
+    Cmd::new("dmsetup").args(["suspend", name])
+}
+
+/// `dmsetup resume <name>`.
+pub fn dm_resume(name: &str) -> Cmd {
+    Cmd::new("dmsetup").args(["resume", name])
+}
+
+/// `dmsetup remove <name>` (refused by the kernel while it is open).
+pub fn dm_remove(name: &str) -> Cmd {
+    Cmd::new("dmsetup").args(["remove", name])
+}
+
 /// `thin_dump -m <tmeta>`: the held metadata snapshot as XML
 /// ([`super::thin::parse_dump`]).
 pub fn thin_dump(tmeta: &std::path::Path) -> Cmd {

@@ -734,6 +734,7 @@ impl<'r> LvmBackend<'r> {
             self.target(&lv.name),
             &cmd::extend(&self.vg, &lv.name, size),
         )?;
+        self.grow_layer(&lv.name, uuid, size)?;
         tracing::info!(%uuid, lv = %lv.name, size, "extended");
         Ok(Change::Changed)
     }
@@ -741,7 +742,11 @@ impl<'r> LvmBackend<'r> {
     /// Deletes an LV of ours: mark `deleting`, zero it (thick, unless the back
     /// end says `volumeClear: none`), remove. Absent is `Unchanged`.
     pub fn delete(&self, uuid: Uuid) -> Result<Change, LvmError> {
-        let lvs = self.lvs()?;
+        let mut lvs = self.lvs()?;
+        if self.find(&lvs, uuid)?.is_some() && self.remove_layer(uuid)? == Change::Changed {
+            // The group snapshots' I/O layer above it held it open.
+            lvs = self.lvs()?;
+        }
         let Some((lv, owned)) = self.find(&lvs, uuid)? else {
             return Ok(Change::Unchanged);
         };

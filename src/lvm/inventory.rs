@@ -76,6 +76,8 @@ pub struct LvObject {
     /// The object of ours this LV is a snapshot of (`origin`): for a thin
     /// clone, what it shares blocks with. `None` for thick copies.
     pub origin: Option<uuid::Uuid>,
+    /// Its `cinderblock.group` tag.
+    pub group: Option<String>,
 }
 
 /// What the report says about one back end.
@@ -209,6 +211,7 @@ pub fn inventory(report: &FullReport, cfg: &Config<'_>) -> Result<Inventory, Inv
                     open: lv.attr.open,
                     owned,
                     origin: None,
+                    group: lv.tag_value(super::freeze::GROUP_TAG).map(str::to_owned),
                 });
             }
         }
@@ -312,6 +315,7 @@ impl Inventory {
                 in_use: o.open.then(|| InUse::Unnamed {
                     device: format!("/dev/{}/{}", cfg.vg, o.lv),
                 }),
+                group: o.group.clone(),
                 health: if o.invalid && o.owned.mark == Mark::Ready {
                     Health::DataMissing
                 } else {

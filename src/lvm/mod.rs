@@ -33,6 +33,7 @@
 pub mod backup_snap;
 pub mod cmd;
 pub mod driver;
+pub mod freeze;
 pub mod inventory;
 mod pit;
 pub mod report;

@@ -75,8 +75,27 @@ impl<'r> LvmDriver<'r> {
         let (extent, mut discovery) = inventory::discovery(reports, &cfg, size);
         if let Discovery::Ok(inv) = &mut discovery {
             name_block_holders(inv, holders);
+            self.look_through_layers(inv, holders);
         }
         (extent, discovery)
+    }
+
+    /// A member volume's LV is held by its own I/O layer
+    /// ([`super::freeze`]): what holds the volume is what holds the layer,
+    /// and an idle layer holds nothing.
+    fn look_through_layers(&self, inv: &mut crate::model::Inventory, holders: &Holders) {
+        let Ok(h) = holders else { return };
+        for o in &mut inv.objects {
+            let layer = super::freeze::layer_name(o.uuid);
+            let ours = matches!(&o.in_use, Some(crate::model::InUse::Named { holder }) if *holder == format!("device {layer}"));
+            if ours {
+                o.in_use = h.block_device(&self.lvm.layer_path(o.uuid)).map(|who| {
+                    crate::model::InUse::Named {
+                        holder: who.to_string(),
+                    }
+                });
+            }
+        }
     }
 
     fn err(&self, op: Op) -> impl FnOnce(LvmError) -> DriverError + '_ {
@@ -127,6 +146,7 @@ impl Driver for LvmDriver<'_> {
                 "the LV tagged cinderblock.uuid={{uuid}} stays in volume group {vg}, marked cinderblock.released={} and no longer managed",
                 self.lvm.backend
             ),
+            group_snapshots: crate::model::GroupSnapshots::Freeze,
         }
     }
 
@@ -201,6 +221,12 @@ impl Driver for LvmDriver<'_> {
         .map_err(self.err(Op::SetMark))
     }
 
+    fn set_group(&self, uuid: Uuid, group: Option<&str>) -> Result<Change, DriverError> {
+        self.lvm
+            .set_group(uuid, group)
+            .map_err(self.err(Op::SetGroup))
+    }
+
     fn object(&self, uuid: Uuid) -> Result<Option<Object>, DriverError> {
         let lvs = self.lvm.lvs().map_err(self.err(Op::Lookup))?;
         let Some((lv, owned)) = self.lvm.find(&lvs, uuid).map_err(self.err(Op::Lookup))? else {
@@ -222,7 +248,7 @@ impl Driver for LvmDriver<'_> {
         let (lv, _) = self.lvm.ours(&lvs, uuid).map_err(self.err(Op::Open))?;
         self.lvm.ensure_active(lv).map_err(self.err(Op::Open))?;
         Ok(DataPath {
-            path: self.lvm.device(&lv.name),
+            path: self.lvm.data_path_of(lv, uuid),
             len: lv.size,
             kind: PathKind::Block,
         })
@@ -286,6 +312,20 @@ impl Driver for LvmDriver<'_> {
 
     fn hand_over(&self, uuid: Uuid, to: &str) -> Result<Change, DriverError> {
         self.lvm.hand_over(uuid, to).map_err(self.err(Op::HandOver))
+    }
+
+    fn group_snapshot(
+        &self,
+        cut: &crate::driver::GroupCut<'_>,
+        holds: &mut dyn crate::driver::Holds,
+    ) -> Result<crate::driver::CutReport, DriverError> {
+        self.lvm
+            .group_snapshot(cut, holds)
+            .map_err(self.err(Op::GroupSnapshot))
+    }
+
+    fn thaw(&self) -> Result<Change, DriverError> {
+        self.lvm.thaw().map_err(self.err(Op::Thaw))
     }
 
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {

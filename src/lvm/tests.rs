@@ -3,6 +3,7 @@
 //! `lvremove`) the way lvm2 2.03 does, with device nodes as files in a temp
 //! dir. The real lvm2 is exercised in the VM lab (`tests/lab/lvm_backend.rs`).
 
+use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,12 @@ struct Fake {
     meta_held: Mutex<bool>,
     /// What `thin_dump`/`thin_delta` print.
     thin_xml: Mutex<Vec<u8>>,
+    /// Device-mapper devices made with `dmsetup create`: name → (LV
+    /// below, suspended).
+    dm: Mutex<std::collections::BTreeMap<String, (String, bool)>>,
+    /// After this many more commands every command fails, resumes too: a
+    /// killed run (`None`: alive).
+    dies_after: Mutex<Option<usize>>,
 }
 
 impl Fake {
@@ -57,7 +64,74 @@ impl Fake {
             thin_ids: Mutex::new(Vec::new()),
             meta_held: Mutex::new(false),
             thin_xml: Mutex::new(Vec::new()),
+            dm: Mutex::new(std::collections::BTreeMap::new()),
+            dies_after: Mutex::new(None),
         }
+    }
+
+    /// `dmsetup` other than pool messages: a model of linear devices over
+    /// LVs (the group snapshots' I/O layers), each node a symlink to its LV.
+    fn dmsetup(&self, args: &[String]) -> Result<Vec<u8>, String> {
+        let mut dm = self.dm.lock().unwrap();
+        let name = args.get(1).cloned().unwrap_or_default();
+        match args.first().map(String::as_str) {
+            Some("info") => {
+                let mut out = String::new();
+                for (n, (_, susp)) in dm.iter() {
+                    let _ = writeln!(out, "{n}:0:{}", if *susp { "Suspended" } else { "Active" });
+                }
+                for l in self.lvs.lock().unwrap().iter() {
+                    let held = dm.values().filter(|(lv, _)| *lv == l.name).count();
+                    let open = held + usize::from(l.open);
+                    let _ = writeln!(out, "{}:{open}:Active", super::cmd::dm_name(VG, &l.name));
+                }
+                Ok(out.into_bytes())
+            }
+            Some("create") => {
+                let table = args.get(3).ok_or("no table")?;
+                let dev = table.split_whitespace().nth(3).ok_or("bad table")?;
+                let lv = Path::new(dev)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if dm.contains_key(&name) {
+                    return Err(format!(
+                        "device-mapper: create ioctl on {name} failed: Device or resource busy"
+                    ));
+                }
+                std::os::unix::fs::symlink(dev, self.dev.join("mapper").join(&name)).unwrap();
+                dm.insert(name, (lv, false));
+                Ok(Vec::new())
+            }
+            Some("mknodes") => Ok(Vec::new()),
+            Some("suspend" | "resume") => {
+                let d = dm.get_mut(&name).ok_or("no such device")?;
+                d.1 = args[0] == "suspend";
+                Ok(Vec::new())
+            }
+            Some("reload") => dm
+                .get(&name)
+                .map(|_| Vec::new())
+                .ok_or_else(|| "no such device".into()),
+            Some("remove") => {
+                dm.remove(&name).ok_or("no such device")?;
+                fs::remove_file(self.dev.join("mapper").join(&name)).unwrap();
+                Ok(Vec::new())
+            }
+            _ => Err(format!("fake: unexpected dmsetup {args:?}")),
+        }
+    }
+
+    /// Layers left suspended.
+    fn suspended(&self) -> Vec<String> {
+        self.dm
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (_, s))| *s)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The thin id of a thin LV: 1, 2, ... in order of first sight.
@@ -386,6 +460,15 @@ impl Runner for Fake {
             stderr,
             stdout: Vec::new(),
         };
+        {
+            let mut dies = self.dies_after.lock().unwrap();
+            if let Some(n) = dies.as_mut() {
+                if *n == 0 {
+                    return Err(fail("killed".into()));
+                }
+                *n -= 1;
+            }
+        }
         let armed = self.fail.lock().unwrap().clone();
         if let Some(f) = armed
             && line.contains(&f)
@@ -395,6 +478,8 @@ impl Runner for Fake {
         }
         let stdout = if cmd.tool() == "lvs" {
             self.lvs_json()
+        } else if cmd.tool() == "dmsetup" && args.first().is_some_and(|a| a != "message") {
+            self.dmsetup(&args).map_err(fail)?
         } else if matches!(cmd.tool(), "dmsetup" | "thin_dump" | "thin_delta") {
             self.thin_tool(cmd.tool(), &args).map_err(fail)?
         } else {
@@ -1380,4 +1465,319 @@ fn same_vg_thick_to_thin_pool_copies_under_a_second_name_and_back() {
     let text = crate::error_chain(&err);
     assert!(text.contains("a thin LV belongs to its pool"), "{text}");
     assert_eq!(carriers(&fake, u(3))[0].1, "other-b");
+}
+
+/// Records the holds the executor would journal.
+struct Holds(Vec<Uuid>);
+
+impl crate::driver::Holds for Holds {
+    fn before_hold(&mut self, _backend: &str, volume: Uuid) -> Result<(), String> {
+        self.0.push(volume);
+        Ok(())
+    }
+}
+
+/// Three volumes 11, 12, 13 with a pattern each; the cut's members with
+/// snapshots 21, 22, 23.
+fn group_of_three(b: &LvmBackend<'_>, fake: &Fake) -> Vec<(Uuid, Uuid, String)> {
+    (1..=3u8)
+        .map(|i| {
+            let v = u(10 + u128::from(i));
+            b.create(&vol(v, "m", 4 * MIB)).unwrap();
+            let lv = super::tags::lv_name(ObjKind::Volume, v);
+            fs::write(fake.path(&lv), vec![i; usize::try_from(4 * MIB).unwrap()]).unwrap();
+            (v, u(20 + u128::from(i)), format!("nightly.m{i}"))
+        })
+        .collect()
+}
+
+fn cut_of(
+    members: &[(Uuid, Uuid, String)],
+    limit_ms: u64,
+) -> (Vec<crate::driver::CutMember<'_>>, std::time::Duration) {
+    (
+        members
+            .iter()
+            .map(|(v, s, n)| crate::driver::CutMember {
+                volume: *v,
+                snapshot: *s,
+                name: n,
+                space: 4 * MIB,
+            })
+            .collect(),
+        std::time::Duration::from_millis(limit_ms),
+    )
+}
+
+fn snapshots_of(fake: &Fake) -> Vec<String> {
+    let mut v: Vec<String> = fake
+        .lvs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.tags.iter().any(|t| t == "cinderblock.kind=snapshot"))
+        .map(|l| l.name.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_group_snapshot_holds_every_member_above_its_lv_around_the_snapshots() {
+    for thin in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = if thin {
+            thin_fake(dir.path())
+        } else {
+            Fake::new(dir.path())
+        };
+        let b = backend(&fake, thin.then_some("pool0"), Wipe::Zero);
+        let members = group_of_three(&b, &fake);
+        let (list, limit) = cut_of(&members, 30_000);
+        let cut = crate::driver::GroupCut {
+            group: "db",
+            members: &list,
+            limit,
+        };
+        fake.log.lock().unwrap().clear();
+        let mut holds = Holds(Vec::new());
+        let r = b.group_snapshot(&cut, &mut holds).unwrap();
+        assert_eq!(r.change, Change::Changed);
+        assert!(r.freeze.is_some_and(|f| f < limit), "{r:?}");
+        assert_eq!(
+            holds.0,
+            members.iter().map(|m| m.0).collect::<Vec<_>>(),
+            "each hold journalled first"
+        );
+        // The order that makes the cut one instant: every member held,
+        // then every snapshot, then every release.
+        let steps: Vec<String> = fake
+            .changes()
+            .into_iter()
+            .filter(|l| {
+                l.starts_with("dmsetup suspend")
+                    || l.starts_with("dmsetup resume")
+                    || l.starts_with("lvcreate")
+            })
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "dmsetup suspend",
+                "dmsetup suspend",
+                "dmsetup suspend",
+                "lvcreate -y",
+                "lvcreate -y",
+                "lvcreate -y",
+                "dmsetup resume",
+                "dmsetup resume",
+                "dmsetup resume",
+            ],
+            "thin={thin}: {:?}",
+            fake.changes()
+        );
+        assert!(fake.suspended().is_empty());
+        // Each snapshot holds its own member's data and carries the group.
+        for (i, (v, s, n)) in members.iter().enumerate() {
+            let lv = fake.by_uuid(*s).unwrap();
+            assert!(
+                lv.tags.contains(&"cinderblock.group=db".to_owned()),
+                "{:?}",
+                lv.tags
+            );
+            assert!(
+                lv.tags.contains(&format!("cinderblock.name={n}")),
+                "{:?}",
+                lv.tags
+            );
+            assert!(
+                lv.tags.contains(&format!("cinderblock.parent={v}")),
+                "{:?}",
+                lv.tags
+            );
+            assert_eq!(read(&fake.path(&lv.name))[0], u8::try_from(i + 1).unwrap());
+        }
+        // The members' data path is their layer now.
+        for (v, _, _) in &members {
+            let layer = b.layer_path(*v);
+            assert!(layer.exists());
+            let lvs = b.lvs().unwrap();
+            let (lv, _) = b.find(&lvs, *v).unwrap().unwrap();
+            assert_eq!(b.data_path_of(lv, *v), layer);
+        }
+        // Again: the complete set is found, nothing is held.
+        fake.log.lock().unwrap().clear();
+        let r = b.group_snapshot(&cut, &mut holds).unwrap();
+        assert_eq!((r.change, r.freeze), (Change::Unchanged, None));
+        assert!(
+            !fake
+                .changes()
+                .iter()
+                .any(|l| l.starts_with("dmsetup suspend")),
+            "{:?}",
+            fake.changes()
+        );
+        // A member's delete takes its layer first.
+        let snap = members[0].1;
+        assert_eq!(b.delete(snap).unwrap(), Change::Changed);
+        assert_eq!(b.delete(members[0].0).unwrap(), Change::Changed);
+        assert!(!b.layer_path(members[0].0).exists());
+    }
+}
+
+/// A thin back end with three members and the cut of them (limit 30 s):
+/// `f` runs on the fake, the back end, the members and the cut.
+fn with_cut(
+    before: impl FnOnce(&Fake, &[(Uuid, Uuid, String)]),
+    f: impl FnOnce(&Fake, &LvmBackend<'_>, &[(Uuid, Uuid, String)], &crate::driver::GroupCut<'_>),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    let members = group_of_three(&b, &fake);
+    before(&fake, &members);
+    let (list, limit) = cut_of(&members, 30_000);
+    let cut = crate::driver::GroupCut {
+        group: "db",
+        members: &list,
+        limit,
+    };
+    f(&fake, &b, &members, &cut);
+}
+
+#[test]
+fn a_failed_or_late_group_snapshot_releases_every_hold_and_keeps_no_snapshot() {
+    with_cut(
+        |_, _| {},
+        |fake, b, members, cut| {
+            // The second member's lvcreate fails inside the freeze.
+            *fake.fail.lock().unwrap() = Some(format!("-n _snapshot-{}", members[1].1));
+            let err = b.group_snapshot(cut, &mut Holds(Vec::new())).unwrap_err();
+            let text = crate::error_chain(&err);
+            assert!(text.contains("injected failure"), "{text}");
+            assert!(fake.suspended().is_empty(), "{:?}", fake.suspended());
+            assert!(
+                snapshots_of(fake).is_empty(),
+                "the first member's snapshot is removed: {:?}",
+                snapshots_of(fake)
+            );
+            // Past the freeze limit: nothing is held any more, nothing kept.
+            let late = crate::driver::GroupCut {
+                limit: std::time::Duration::ZERO,
+                ..*cut
+            };
+            let err = b.group_snapshot(&late, &mut Holds(Vec::new())).unwrap_err();
+            let text = crate::error_chain(&err);
+            assert!(text.contains("freeze limit passed"), "{text}");
+            assert!(fake.suspended().is_empty());
+            assert!(snapshots_of(fake).is_empty());
+            // And then it works.
+            b.group_snapshot(cut, &mut Holds(Vec::new())).unwrap();
+            assert_eq!(snapshots_of(fake).len(), 3);
+        },
+    );
+}
+
+#[test]
+fn a_group_snapshot_killed_at_any_command_is_finished_by_the_next_run_all_or_nothing() {
+    // How many commands one whole cut sends.
+    let mut total = 0;
+    with_cut(
+        |_, _| {},
+        |fake, b, _, cut| {
+            fake.log.lock().unwrap().clear();
+            b.group_snapshot(cut, &mut Holds(Vec::new())).unwrap();
+            total = fake.log.lock().unwrap().len();
+        },
+    );
+    assert!(total > 12, "{total}");
+    for n in 0..total {
+        with_cut(
+            |_, _| {},
+            |fake, b, members, cut| {
+                *fake.dies_after.lock().unwrap() = Some(n);
+                assert!(
+                    b.group_snapshot(cut, &mut Holds(Vec::new())).is_err(),
+                    "killed after {n} commands"
+                );
+                *fake.dies_after.lock().unwrap() = None;
+                // The next run: its executor thaws first (the journal shows a
+                // hold), then plans the cut again.
+                b.thaw().unwrap();
+                assert!(
+                    fake.suspended().is_empty(),
+                    "after {n}: {:?}",
+                    fake.suspended()
+                );
+                let made = snapshots_of(fake).len();
+                assert!(made <= 3, "after {n}: {made}");
+                b.group_snapshot(cut, &mut Holds(Vec::new())).unwrap();
+                assert!(fake.suspended().is_empty(), "after {n}");
+                let snaps = snapshots_of(fake);
+                assert_eq!(snaps.len(), 3, "after {n}: {snaps:?}");
+                for (_, s, _) in members {
+                    assert!(fake.by_uuid(*s).is_some(), "after {n}: {s} missing");
+                }
+            },
+        );
+    }
+}
+
+#[test]
+fn a_member_open_without_its_layer_is_refused_with_the_way_out() {
+    let open = |fake: &Fake, members: &[(Uuid, Uuid, String)]| {
+        let lv = super::tags::lv_name(ObjKind::Volume, members[2].0);
+        for l in fake.lvs.lock().unwrap().iter_mut() {
+            if l.name == lv {
+                l.open = true;
+            }
+        }
+    };
+    with_cut(open, |fake, b, _, cut| {
+        let err = b.group_snapshot(cut, &mut Holds(Vec::new())).unwrap_err();
+        let text = crate::error_chain(&err);
+        assert!(
+            text.contains("is in use without an I/O layer") && text.contains("unexport it"),
+            "{text}"
+        );
+        assert!(fake.suspended().is_empty());
+        assert!(snapshots_of(fake).is_empty());
+    });
+}
+
+#[test]
+fn a_members_group_is_one_tag_on_its_lv_added_once_and_removed_when_it_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    b.create(&vol(u(1), "db", 4 * MIB)).unwrap();
+    fake.log.lock().unwrap().clear();
+    assert_eq!(b.set_group(u(1), Some("orders")).unwrap(), Change::Changed);
+    assert_eq!(
+        b.set_group(u(1), Some("orders")).unwrap(),
+        Change::Unchanged
+    );
+    let lv = fake.by_uuid(u(1)).unwrap();
+    assert!(
+        lv.tags.contains(&"cinderblock.group=orders".to_owned()),
+        "{:?}",
+        lv.tags
+    );
+    assert_eq!(b.set_group(u(1), Some("audit")).unwrap(), Change::Changed);
+    assert_eq!(b.set_group(u(1), None).unwrap(), Change::Changed);
+    let lv = fake.by_uuid(u(1)).unwrap();
+    assert!(
+        !lv.tags.iter().any(|t| t.starts_with("cinderblock.group=")),
+        "{:?}",
+        lv.tags
+    );
+    assert_eq!(
+        fake.changes(),
+        [
+            "lvchange --addtag cinderblock.group=orders -- vg0/volume-00000000-0000-0000-0000-000000000001",
+            "lvchange --deltag cinderblock.group=orders --addtag cinderblock.group=audit -- vg0/volume-00000000-0000-0000-0000-000000000001",
+            "lvchange --deltag cinderblock.group=audit -- vg0/volume-00000000-0000-0000-0000-000000000001",
+        ]
+    );
 }

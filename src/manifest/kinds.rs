@@ -335,6 +335,29 @@ pub struct VolumeSource {
     /// Restore from a backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupRef>,
+    /// Create from one member of this group `Snapshot` (one with
+    /// `consistencyGroup`); `member` names which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_snapshot: Option<Name>,
+    /// With `groupSnapshot`: the member `Volume` whose snapshot to create
+    /// from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Name>,
+}
+
+impl VolumeSource {
+    /// The snapshot object this source reads: `snapshot`, or the member
+    /// snapshot `<groupSnapshot>.<member>` of a group snapshot.
+    pub fn snapshot_object(&self) -> Option<String> {
+        if let Some(s) = &self.snapshot {
+            return Some(s.as_str().to_owned());
+        }
+        Some(format!(
+            "{}.{}",
+            self.group_snapshot.as_ref()?,
+            self.member.as_ref()?
+        ))
+    }
 }
 
 /// A backup to restore a new volume from.

@@ -666,6 +666,57 @@ impl Checker<'_> {
         }
     }
 
+    /// `source: {groupSnapshot, member}`: both, a group `Snapshot`, a member
+    /// of its group, and not a member of that group itself.
+    fn group_member_source(&mut self, doc: &Doc<VolumeSpec>) {
+        let k = Kind::Volume;
+        let Some(src) = &doc.spec.source else { return };
+        match (&src.group_snapshot, &src.member) {
+            (Some(_), None) => {
+                self.error_at_key(k, doc, "spec.source.groupSnapshot", "`groupSnapshot` needs `member`: the member volume whose snapshot to create from");
+            }
+            (None, Some(_)) => {
+                self.error_at_key(
+                    k,
+                    doc,
+                    "spec.source.member",
+                    "`member` goes with `groupSnapshot`",
+                );
+            }
+            (Some(gs), Some(m)) => {
+                if self.reference(k, doc, "spec.source.groupSnapshot", Kind::Snapshot, gs) {
+                    match &self.set.snapshots[gs].spec.consistency_group {
+                        None => self.error(
+                            k,
+                            doc,
+                            "spec.source.groupSnapshot",
+                            format!("Snapshot/{gs} is not a group snapshot (it has no consistencyGroup); use `snapshot: {gs}`"),
+                        ),
+                        Some(g) if doc.spec.consistency_group.as_ref() == Some(g) => self.error(
+                            k,
+                            doc,
+                            "spec.source.groupSnapshot",
+                            format!("Snapshot/{gs} snapshots consistency group {g}, which this volume is a member of: it would have to exist before itself; remove spec.consistencyGroup or use another source"),
+                        ),
+                        Some(g) => {
+                            if self.reference(k, doc, "spec.source.member", Kind::Volume, m)
+                                && self.set.volumes[m].spec.consistency_group.as_ref() != Some(g)
+                            {
+                                self.error(
+                                    k,
+                                    doc,
+                                    "spec.source.member",
+                                    format!("Volume/{m} is not a member of consistency group {g}, which Snapshot/{gs} snapshots"),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
     fn volume_source(&mut self, doc: &Doc<VolumeSpec>) {
         let k = Kind::Volume;
         let Some(src) = &doc.spec.source else { return };
@@ -674,14 +725,16 @@ impl Checker<'_> {
             src.volume.is_some(),
             src.image.is_some(),
             src.backup.is_some(),
+            src.group_snapshot.is_some(),
         ]
         .iter()
         .filter(|g| **g)
         .count();
         if given != 1 {
-            self.error_at_key(k, doc, "spec.source", format!("a source has exactly one of `snapshot`, `volume`, `image` and `backup`; {given} are given"));
+            self.error_at_key(k, doc, "spec.source", format!("a source has exactly one of `snapshot`, `volume`, `image`, `backup` and `groupSnapshot`; {given} are given"));
             return;
         }
+        self.group_member_source(doc);
         // The source's size is checked by the planner at create time: a
         // source is read only then, and may have grown since.
         if let Some(snap) = &src.snapshot
@@ -903,7 +956,7 @@ impl Checker<'_> {
             if let Some(img) = &src.image {
                 return self.set.images.get(img)?.spec.source.volume.clone();
             }
-            None
+            src.member.clone()
         };
         let mut reported = BTreeSet::new();
         let mut findings = Vec::new();

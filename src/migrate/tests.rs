@@ -51,6 +51,7 @@ fn setup() -> (tempfile::TempDir, FakeDriver, FakeDriver, Uuid, Vec<u8>) {
     a.put(
         uuid,
         FakeObject {
+            group: None,
             name: "db".into(),
             kind: ObjKind::Volume,
             size: 4 * MIB,

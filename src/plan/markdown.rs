@@ -169,6 +169,7 @@ impl Section<'_> {
 fn backend_of<'a>(a: &'a Action, plan: &'a Plan) -> Option<&'a str> {
     match &a.op {
         Op::Create { backend, .. }
+        | Op::GroupSnapshot { backend, .. }
         | Op::Adopt { backend, .. }
         | Op::CreatePool { backend, .. }
         | Op::Extend { backend, .. }

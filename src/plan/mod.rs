@@ -11,6 +11,9 @@
 
 pub mod capacity;
 mod exports;
+mod groups;
+
+pub use groups::FREEZE_LIMIT_MS;
 pub mod markdown;
 pub mod placement;
 pub mod render;
@@ -102,10 +105,53 @@ pub struct GroupChange {
     pub to: Option<String>,
 }
 
+/// One member of a group snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMember {
+    /// The member volume's manifest name.
+    pub volume: String,
+    /// Its uuid when it exists already; otherwise it is created earlier in
+    /// the same plan and the executor knows it by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_uuid: Option<Uuid>,
+    /// The member snapshot's name: `<group snapshot>.<volume>` (a dot,
+    /// which no manifest name holds, so it never meets a `Snapshot`'s).
+    pub snapshot: String,
+    /// The snapshot's identity, when an interrupted earlier cut left it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    /// Its size (copy-on-write space where the back end reserves one).
+    pub size: u64,
+}
+
 /// One step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "op")]
 pub enum Op {
+    /// Take a crash-consistent group snapshot (`Snapshot.spec.
+    /// consistencyGroup`): one snapshot of every member at one instant,
+    /// all or none; an interrupted earlier cut's partial set is removed
+    /// and the cut taken again.
+    GroupSnapshot {
+        /// The `Snapshot` manifest's name.
+        name: String,
+        /// The consistency group.
+        group: String,
+        /// The back end all members live on.
+        backend: String,
+        /// The members, by volume name.
+        members: Vec<GroupMember>,
+        /// Deletion policy to record on each member snapshot.
+        deletion_policy: DeletionPolicy,
+        /// The longest the members' I/O may be held, in milliseconds, on a
+        /// back end that holds it (past it everything is released and the
+        /// step fails); none where nothing is held.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        freeze_limit_ms: Option<u64>,
+        /// The expected freeze, in words.
+        freeze: String,
+    },
     /// Create a volume or snapshot (or finish an interrupted create).
     Create {
         /// Volume or snapshot.
@@ -372,6 +418,7 @@ impl Action {
     pub fn symbol(&self) -> &'static str {
         match self.op {
             Op::Create { .. }
+            | Op::GroupSnapshot { .. }
             | Op::Adopt { .. }
             | Op::CreatePool { .. }
             | Op::DiscoveryAuth { new: true, .. } => "+",
@@ -625,6 +672,7 @@ impl Tally {
         for a in actions {
             match a.op {
                 Op::Create { .. }
+                | Op::GroupSnapshot { .. }
                 | Op::Adopt { .. }
                 | Op::CreatePool { .. }
                 | Op::DiscoveryAuth { new: true, .. } => {
@@ -925,15 +973,6 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        for (name, doc) in &self.set.snapshots {
-            if doc.spec.consistency_group.is_some() {
-                self.error(
-                    &addr(ObjKind::Snapshot, name.as_str()),
-                    PlanErrorKind::Unsupported,
-                    "group snapshots are not supported by this version of cinderblock yet".into(),
-                );
-            }
-        }
     }
 
     /// Thin pools that LVM back ends declare with `thinPoolSize` and that do
@@ -1190,11 +1229,20 @@ impl<'a> Planner<'a> {
             items.push((vol_depth(set, n, &mut memo, 0), ObjKind::Volume, n));
         }
         for (n, doc) in &set.snapshots {
-            let d = doc
-                .spec
-                .volume
-                .as_ref()
-                .map_or(0, |v| vol_depth(set, v, &mut memo, 0) + 1);
+            let d = match (&doc.spec.volume, &doc.spec.consistency_group) {
+                (Some(v), _) => vol_depth(set, v, &mut memo, 0) + 1,
+                // After every member.
+                (None, Some(g)) => {
+                    set.volumes
+                        .iter()
+                        .filter(|(_, d)| d.spec.consistency_group.as_ref() == Some(g))
+                        .map(|(v, _)| vol_depth(set, v, &mut memo, 0))
+                        .max()
+                        .unwrap_or(0)
+                        + 1
+                }
+                (None, None) => 0,
+            };
             items.push((d, ObjKind::Snapshot, n));
         }
         items.sort();
@@ -1885,17 +1933,15 @@ impl<'a> Planner<'a> {
 
     /// The object a new volume is copied from (`source.volume`,
     /// `source.snapshot`, `source.image`).
-    fn copied_from(doc: &Doc<VolumeSpec>) -> Option<(ObjKind, &str)> {
+    fn copied_from(doc: &Doc<VolumeSpec>) -> Option<(ObjKind, String)> {
         let s = doc.spec.source.as_ref()?;
         if let Some(v) = &s.volume {
-            return Some((ObjKind::Volume, v.as_str()));
+            return Some((ObjKind::Volume, v.as_str().to_owned()));
         }
         if let Some(i) = &s.image {
-            return Some((ObjKind::Image, i.as_str()));
+            return Some((ObjKind::Image, i.as_str().to_owned()));
         }
-        s.snapshot
-            .as_ref()
-            .map(|sn| (ObjKind::Snapshot, sn.as_str()))
+        s.snapshot_object().map(|sn| (ObjKind::Snapshot, sn))
     }
 
     /// The back end of a consistency group: its pin, or from its other
@@ -2057,6 +2103,7 @@ impl<'a> Planner<'a> {
         let pin = doc.spec.backend.as_ref();
         let mut fixed: Option<(String, Fixed, String)> = None;
         if let Some((kind, src)) = Self::copied_from(doc) {
+            let src = src.as_str();
             match self.backend_of(kind, src) {
                 Some(sb) => {
                     // Copies stay on the source's back end (as Cinder's drivers do).
@@ -2648,20 +2695,9 @@ impl<'a> Planner<'a> {
     }
 
     fn source_of(&self, doc: &Doc<VolumeSpec>, _backend: &str) -> Option<SourceRef> {
-        let s = doc.spec.source.as_ref()?;
-        let (kind, name) = if let Some(v) = &s.volume {
-            (ObjKind::Volume, v.as_str())
-        } else if let Some(i) = &s.image {
-            (ObjKind::Image, i.as_str())
-        } else {
-            (ObjKind::Snapshot, s.snapshot.as_ref()?.as_str())
-        };
-        let uuid = self.found.get(&(kind, name.to_owned())).map(|f| f.obj.uuid);
-        Some(SourceRef {
-            kind,
-            name: name.to_owned(),
-            uuid,
-        })
+        let (kind, name) = Self::copied_from(doc)?;
+        let uuid = self.found.get(&(kind, name.clone())).map(|f| f.obj.uuid);
+        Some(SourceRef { kind, name, uuid })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2708,6 +2744,9 @@ impl<'a> Planner<'a> {
             let a = addr(ObjKind::Snapshot, name.as_str());
             let policy = doc.spec.deletion_policy;
             let Some(vol) = &doc.spec.volume else {
+                if let Some(g) = &doc.spec.consistency_group {
+                    self.group_snapshot(name, g);
+                }
                 return;
             };
             if let Some(f) = self.found.get(&key) {
@@ -2877,6 +2916,17 @@ impl<'a> Planner<'a> {
                     .map(|n| (ObjKind::Image, n.as_str().to_owned())),
             )
             .collect();
+        // The member snapshots of a declared group snapshot are declared
+        // with it.
+        let declared: BTreeSet<(ObjKind, String)> = declared
+            .into_iter()
+            .chain(
+                self.found
+                    .keys()
+                    .filter(|(k, n)| *k == ObjKind::Snapshot && self.in_declared_cut(n))
+                    .cloned(),
+            )
+            .collect();
         let may_delete = self.world.complete()
             && !(self.set.volumes.is_empty() && self.set.snapshots.is_empty());
         let mut held = 0usize;
@@ -2954,6 +3004,12 @@ impl<'a> Planner<'a> {
                         .push(PlanError::new(&a, PlanErrorKind::Refused, text));
                     continue;
                 }
+            }
+            if let Some(text) = self.cut_held(*kind, name) {
+                self.out
+                    .errors
+                    .push(PlanError::new(&a, PlanErrorKind::InUse, text));
+                continue;
             }
             if let Some(h) = self.holder(f.obj) {
                 let text = if interrupted_delete {
@@ -3222,6 +3278,18 @@ fn vol_depth<'s>(
     let parent = doc.spec.source.as_ref().and_then(|s| {
         if let Some(v) = &s.volume {
             return Some((v, 1));
+        }
+        if let (Some(gs), Some(m)) = (&s.group_snapshot, &s.member) {
+            // After the group snapshot, which comes after every member.
+            let g = set.snapshots.get(gs)?.spec.consistency_group.as_ref()?;
+            let deepest = set
+                .volumes
+                .iter()
+                .filter(|(v, d)| d.spec.consistency_group.as_ref() == Some(g) && *v != n)
+                .map(|(v, _)| v)
+                .max_by_key(|v| vol_depth(set, v, memo, guard + 1))
+                .unwrap_or(m);
+            return Some((deepest, 2));
         }
         s.snapshot
             .as_ref()

@@ -152,6 +152,8 @@ impl<'a> Placer<'a> {
                     .and_then(|d| d.spec.volume.as_ref())
                     .map(Name::as_str),
             )
+        } else if let (Some(gs), Some(m)) = (&s.group_snapshot, &s.member) {
+            (format!("snapshot.{gs}.{m}"), Some(m.as_str()))
         } else if let Some(i) = &s.image {
             return Some(
                 self.set
@@ -391,6 +393,7 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(i, o)| Observed {
+                        group: None,
                         uuid: uuid::Uuid::from_u128(i as u128 + 1),
                         name: (*o).into(),
                         kind: ObjKind::Volume,

@@ -219,6 +219,15 @@ pub fn action_block(a: &Action) -> String {
 #[allow(clippy::too_many_lines)] // one arm per operation, each short
 fn action(s: &mut String, a: &Action) {
     let (verb, word, name) = match &a.op {
+        Op::GroupSnapshot { name, members, .. } => (
+            if members.iter().any(|m| m.uuid.is_some()) {
+                "will be created (resumed)"
+            } else {
+                "will be created"
+            },
+            "group_snapshot",
+            name.clone(),
+        ),
         Op::Create {
             kind, name, resume, ..
         } => (
@@ -292,6 +301,35 @@ fn action(s: &mut String, a: &Action) {
     let _ = writeln!(s, "  {sym} {word} {name:?} {{");
     let mut attrs: Attrs = Vec::new(); // (mark, key, value)
     match &a.op {
+        Op::GroupSnapshot {
+            group,
+            backend,
+            members,
+            deletion_policy,
+            freeze,
+            ..
+        } => {
+            attrs.push(("+".into(), "consistency_group".into(), format!("{group:?}")));
+            attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push(("+".into(), "freeze".into(), freeze.clone()));
+            attrs.push((
+                "+".into(),
+                "deletion_policy".into(),
+                format!("{deletion_policy:?}"),
+            ));
+            for m in members {
+                attrs.push((
+                    "+".into(),
+                    "member".into(),
+                    format!(
+                        "snapshot.{} of volume.{} ({})",
+                        m.snapshot,
+                        m.volume,
+                        format_bytes_exact(m.size)
+                    ),
+                ));
+            }
+        }
         Op::Adopt {
             backend,
             entry,
@@ -739,6 +777,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
                 address: &a.address,
                 action: match a.op {
                     Op::Create { .. }
+                    | Op::GroupSnapshot { .. }
                     | Op::CreatePool { .. }
                     | Op::DiscoveryAuth { new: true, .. } => "create",
                     Op::Adopt { .. } => "adopt",

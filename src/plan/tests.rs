@@ -64,6 +64,7 @@ fn view(name: &str, thin: bool, ratio: f64, total: u64, objects: Vec<Observed>) 
 
 fn obj(name: &str, size: u64, n: u128) -> Observed {
     Observed {
+        group: None,
         uuid: Uuid::from_u128(n),
         name: name.into(),
         kind: ObjKind::Volume,
@@ -2054,5 +2055,222 @@ fn a_removed_image_is_forgotten_or_deleted_but_not_under_its_clones() {
         [
             "image.base: cannot be deleted while volumes made from it may share its data (volume.vm); delete them first, or keep the image-volume with deletionPolicy: Retain"
         ]
+    );
+}
+
+/// Group `g` on back end `a` with members `m1`..`m3` (1 GiB each), and
+/// group snapshot `nightly` of it.
+fn group_site() -> String {
+    group_site_with(true)
+}
+
+fn group_site_with(snapshot: bool) -> String {
+    let h = "apiVersion: cinderblock.dev/v1alpha1\n";
+    let mut s = backend_yaml("a", "")
+        + &format!("{h}kind: VolumeType\nmetadata: {{name: t}}\nspec: {{}}\n---\n")
+        + &format!(
+            "{h}kind: ConsistencyGroup\nmetadata: {{name: g}}\nspec:\n  volumeTypes: [t]\n  backend: a\n---\n"
+        );
+    if snapshot {
+        s.push_str(h);
+        s.push_str(
+            "kind: Snapshot\nmetadata: {name: nightly}\nspec:\n  consistencyGroup: g\n  deletionPolicy: Delete\n---\n",
+        );
+    }
+    for m in ["m1", "m2", "m3"] {
+        s += &vol_yaml(m, "1Gi", "  volumeType: t\n  consistencyGroup: g\n");
+    }
+    s
+}
+
+fn member_objs(n: u128) -> Vec<Observed> {
+    ["m1", "m2", "m3"]
+        .iter()
+        .zip(n..)
+        .map(|(m, i)| obj(m, GIB, i))
+        .collect()
+}
+
+/// The members recorded in group `g`.
+fn members_recorded() -> Recorded {
+    let mut rec = Recorded::default();
+    for (i, m) in ["m1", "m2", "m3"].iter().enumerate() {
+        let (u, mut r) = record(1 + i as u128, m, "a", DeletionPolicy::Retain);
+        r.consistency_group = Some("g".into());
+        rec.objects.insert(u, r);
+    }
+    rec
+}
+
+fn snap_obj(name: &str, parent: u128, n: u128) -> Observed {
+    Observed {
+        kind: ObjKind::Snapshot,
+        parent: Some(Uuid::from_u128(parent)),
+        ..obj(name, GIB, n)
+    }
+}
+
+#[test]
+fn a_group_snapshot_is_one_step_listing_a_snapshot_per_member() {
+    let set = manifests(&group_site());
+    let w = world(vec![view("a", true, 20.0, 100 * GIB, member_objs(1))]);
+    let p = plan(&set, &w, &members_recorded(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let cuts: Vec<_> = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::GroupSnapshot { .. }))
+        .collect();
+    assert_eq!(cuts.len(), 1, "{:?}", p.actions);
+    let Op::GroupSnapshot {
+        group,
+        backend,
+        members,
+        freeze_limit_ms,
+        ..
+    } = &cuts[0].op
+    else {
+        unreachable!()
+    };
+    assert_eq!((group.as_str(), backend.as_str()), ("g", "a"));
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| (m.snapshot.as_str(), m.volume_uuid.map(|u| u.as_u128())))
+            .collect::<Vec<_>>(),
+        [
+            ("nightly.m1", Some(1)),
+            ("nightly.m2", Some(2)),
+            ("nightly.m3", Some(3))
+        ]
+    );
+    // The fake back end's members must be idle: nothing held, no limit.
+    assert_eq!(*freeze_limit_ms, None);
+    let text = render::text(&p);
+    assert!(text.contains("+ group_snapshot \"nightly\" {"), "{text}");
+    assert!(
+        text.contains("member            = snapshot.nightly.m2 of volume.m2 (1Gi)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Plan: 1 to add, 0 to change, 0 to destroy."),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_group_snapshot_is_refused_where_it_cannot_be_consistent() {
+    let set = manifests(&group_site());
+    // A member in use on a back end whose members must be idle.
+    let mut objs = member_objs(1);
+    objs[1].in_use = Some(crate::model::InUse::Named {
+        holder: "pid 7 (qemu)".into(),
+    });
+    let w = world(vec![view("a", true, 20.0, 100 * GIB, objs)]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert_eq!(
+        p.errors,
+        [
+            "snapshot.nightly: on a a group snapshot is consistent only while no member is in use (it cannot hold their writes), and volume.m2 by pid 7 (qemu) in use; stop or detach them, then plan again"
+        ]
+    );
+    // A back end that takes none.
+    let mut v = view("a", true, 20.0, 100 * GIB, member_objs(1));
+    v.caps.group_snapshots = crate::model::GroupSnapshots::None;
+    let p = plan(
+        &set,
+        &world(vec![v]),
+        &Recorded::default(),
+        Options::default(),
+    );
+    assert_eq!(
+        p.errors,
+        ["snapshot.nightly: back end a takes no group snapshots"]
+    );
+}
+
+#[test]
+fn a_group_snapshot_taken_is_recorded_an_interrupted_one_is_taken_again_and_it_goes_whole() {
+    let set = manifests(&group_site());
+    let mut objs = member_objs(1);
+    objs.push(snap_obj("nightly.m1", 1, 11));
+    // Unrecorded: an interrupted cut; the step resumes with its identity.
+    let w = world(vec![view("a", true, 20.0, 100 * GIB, objs.clone())]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    let Some(Op::GroupSnapshot { members, .. }) = p
+        .actions
+        .iter()
+        .map(|a| &a.op)
+        .find(|o| matches!(o, Op::GroupSnapshot { .. }))
+    else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(members[0].uuid, Some(Uuid::from_u128(11)));
+    assert!(
+        p.actions.iter().all(|a| !matches!(a.op, Op::Delete { .. })),
+        "{:?}",
+        p.actions
+    );
+    // Recorded and complete: nothing to do.
+    objs.push(snap_obj("nightly.m2", 2, 12));
+    objs.push(snap_obj("nightly.m3", 3, 13));
+    let mut rec = members_recorded();
+    for (i, m) in ["m1", "m2", "m3"].iter().enumerate() {
+        let (u, mut r) = record(
+            11 + i as u128,
+            &format!("nightly.{m}"),
+            "a",
+            DeletionPolicy::Delete,
+        );
+        r.kind = ObjKind::Snapshot;
+        rec.objects.insert(u, r);
+    }
+    let w = world(vec![view("a", true, 20.0, 100 * GIB, objs.clone())]);
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(
+        p.errors.is_empty() && p.actions.is_empty(),
+        "{:?} {:?}",
+        p.errors,
+        p.actions
+    );
+    // Its manifest removed: the members go together; one in use holds all.
+    let without = manifests(&group_site_with(false));
+    let p = plan(&without, &w, &rec, Options::default());
+    let deletes: Vec<&str> = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::Delete { .. }))
+        .map(|a| a.address.as_str())
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            "snapshot.nightly.m1",
+            "snapshot.nightly.m2",
+            "snapshot.nightly.m3"
+        ]
+    );
+    let mut held = objs;
+    held[4].in_use = Some(crate::model::InUse::Named {
+        holder: "pid 9 (dd)".into(),
+    });
+    let p = plan(
+        &without,
+        &world(vec![view("a", true, 20.0, 100 * GIB, held)]),
+        &rec,
+        Options::default(),
+    );
+    assert!(
+        p.actions.iter().all(|a| !matches!(a.op, Op::Delete { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.errors.len(), 3, "{:?}", p.errors);
+    assert!(
+        p.errors[0]
+            .to_string()
+            .contains("it is a member of group snapshot nightly, whose members are deleted together, and snapshot.nightly.m2 by pid 9 (dd) in use"),
+        "{}",
+        p.errors[0]
     );
 }

@@ -105,6 +105,15 @@ pub enum Event {
         /// When the step started (its intent's time).
         started_at: DateTime<Utc>,
     },
+    /// About to hold a volume's I/O inside the step (a group snapshot's
+    /// freeze): a run that finds this with no outcome after it releases
+    /// every hold of that back end first.
+    Hold {
+        /// The back end.
+        backend: String,
+        /// The volume whose I/O is held.
+        volume: Uuid,
+    },
     /// A long copy's progress inside the step (a migration): the target's
     /// data is durable up to `offset`, so a later run may resume there.
     Checkpoint {
@@ -285,6 +294,26 @@ impl Journal {
         .map(drop)
     }
 
+    /// Journals a hold on `volume`'s I/O of back end `backend` inside the
+    /// step of `intent`, before it is placed.
+    pub fn hold(
+        &mut self,
+        intent: &Record,
+        backend: &str,
+        volume: Uuid,
+    ) -> Result<(), JournalError> {
+        self.event(
+            intent.plan_id,
+            intent.step,
+            &intent.action,
+            Event::Hold {
+                backend: backend.to_owned(),
+                volume,
+            },
+        )
+        .map(drop)
+    }
+
     /// The journal file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -310,10 +339,29 @@ impl JournalContents {
                 Event::Outcome { .. } => {
                     open.retain(|i| (i.plan_id, i.step) != (record.plan_id, record.step));
                 }
-                Event::Checkpoint { .. } => {}
+                Event::Checkpoint { .. } | Event::Hold { .. } => {}
             }
         }
         open
+    }
+
+    /// The back ends with a hold on I/O journalled inside a step a crash
+    /// interrupted (see [`Event::Hold`]).
+    pub fn interrupted_holds(&self) -> std::collections::BTreeSet<&str> {
+        let open: Vec<(Uuid, u32)> = self
+            .unfinished()
+            .iter()
+            .map(|r| (r.plan_id, r.step))
+            .collect();
+        self.records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Hold { backend, .. } if open.contains(&(r.plan_id, r.step)) => {
+                    Some(backend.as_str())
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// The offset of the last checkpoint of `migration` (0: none, or it was

@@ -89,6 +89,7 @@ fn main() {
         let host = format!("h{h:02}");
         let objects: Vec<Observed> = (0..per_host)
             .map(|v| Observed {
+                group: None,
                 uuid: uuid::Uuid::from_u128((h * 10_000 + v + 1) as u128),
                 name: format!("v{h:02}-{v:03}"),
                 kind: ObjKind::Volume,
