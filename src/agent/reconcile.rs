@@ -1112,6 +1112,9 @@ fn subject(a: &Action) -> (ObjKind, String, Option<uuid::Uuid>) {
         Op::Record {
             kind, name, uuid, ..
         }
+        | Op::Rename {
+            kind, name, uuid, ..
+        }
         | Op::Adopt {
             kind, name, uuid, ..
         }
@@ -1299,6 +1302,7 @@ fn touched_backends(actions: &[Action], set: &ManifestSet) -> BTreeSet<manifest:
         let ends: &[&String] = match &a.op {
             Op::Create { backend, .. }
             | Op::Adopt { backend, .. }
+            | Op::Rename { backend, .. }
             | Op::Extend { backend, .. }
             | Op::Delete { backend, .. }
             | Op::CreatePool { backend, .. } => &[backend],

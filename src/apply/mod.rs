@@ -84,6 +84,9 @@ pub enum StepError {
     /// The iSCSI export failed.
     #[error(transparent)]
     Export(#[from] lio::LioError),
+    /// The backup catalogue could not be read or written (a rename).
+    #[error("cannot update the backup catalogue")]
+    Catalog(#[source] crate::backup::BackupError),
     /// Copying an image file in failed.
     #[error("cannot copy the image file {} in", path.display())]
     ImageCopy {
@@ -113,7 +116,7 @@ impl StepError {
             Self::Driver(e) => e.is_retryable(),
             Self::Migrate(e) => e.is_retryable(),
             Self::Restore(e) => e.is_retryable(),
-            Self::Export(_) | Self::ImageCopy { .. } | Self::Fenced(_) => true,
+            Self::Export(_) | Self::Catalog(_) | Self::ImageCopy { .. } | Self::Fenced(_) => true,
             Self::Invalid(_) => false,
         }
     }
@@ -283,9 +286,9 @@ pub fn apply_with(
                     "the fleet placed it (revision {rev}), and this run cannot check that the placement is current; run with --etcd"
                 ))),
             }
-            .and_then(|()| run(action, new_uuid, registry, &created, ledger))
+            .and_then(|()| run(action, new_uuid, registry, &created, ledger, state_dir))
         } else {
-            run(action, new_uuid, registry, &created, ledger)
+            run(action, new_uuid, registry, &created, ledger, state_dir)
         };
         fault::step(step, "driver");
         match result {
@@ -341,6 +344,7 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
         }
         Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
         Op::Extend { .. }
+        | Op::Rename { .. }
         | Op::Record { .. }
         | Op::Export { .. }
         | Op::DiscoveryAuth { .. }
@@ -385,6 +389,12 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
         Op::Extend {
             uuid, backend, to, ..
         } => format!("extend {} id={uuid} on {backend} to {to}", a.address),
+        Op::Rename {
+            from,
+            uuid,
+            backend,
+            ..
+        } => format!("rename {} id={uuid} on {backend} from {from}", a.address),
         Op::Record {
             uuid,
             deletion_policy,
@@ -557,6 +567,7 @@ fn run(
     registry: &Registry<'_>,
     created: &BTreeMap<(ObjKind, String), Uuid>,
     ledger: &mut Ledger,
+    state_dir: &Path,
 ) -> Result<Change, StepError> {
     let invalid = |what: &str| StepError::Invalid(what.to_owned());
     match &action.op {
@@ -661,6 +672,18 @@ fn run(
             );
             Ok(change)
         }
+        Op::Rename {
+            kind,
+            name,
+            uuid,
+            backend,
+            ..
+        } => rename(
+            registry,
+            ledger,
+            state_dir,
+            (*kind, name.as_str(), *uuid, backend.as_str()),
+        ),
         Op::Extend {
             uuid, backend, to, ..
         } => {
@@ -764,6 +787,48 @@ fn run(
             Ok(change)
         }
     }
+}
+
+/// Renames object `uuid` of back end `backend` to `name`, in the order a
+/// re-run can finish from any point: the backup catalogue's entries of it
+/// first (the plan cannot see them), then the name the back end keeps (one
+/// atomic write), then the record (which the next plan compares: a record
+/// still naming the old name plans the rename again). Snapshots, exports
+/// and backups find it by its identity, which stays.
+fn rename(
+    registry: &Registry<'_>,
+    ledger: &mut Ledger,
+    state_dir: &Path,
+    (kind, name, uuid, backend): (ObjKind, &str, Uuid, &str),
+) -> Result<Change, StepError> {
+    let on = driver(registry, backend)?;
+    let mut changed = false;
+    if kind == ObjKind::Volume {
+        let _guard = crate::backup::job::catalog_lock();
+        let mut catalog =
+            crate::backup::catalog::Catalog::load(state_dir).map_err(StepError::Catalog)?;
+        let mut entries = 0usize;
+        for e in catalog.backups.values_mut() {
+            if e.volume.uuid == uuid && e.volume.name != name {
+                name.clone_into(&mut e.volume.name);
+                entries += 1;
+            }
+        }
+        if entries > 0 {
+            catalog.store(state_dir).map_err(StepError::Catalog)?;
+            tracing::info!(%uuid, name, entries, "backup catalogue entries renamed");
+            changed = true;
+        }
+    }
+    fault::named("rename-catalogued");
+    changed |= on.rename(uuid, name)? == Change::Changed;
+    if let Some(r) = ledger.recorded.objects.get_mut(&uuid)
+        && r.name != name
+    {
+        name.clone_into(&mut r.name);
+        changed = true;
+    }
+    Ok(Change::from_bool(changed))
 }
 
 /// A migration step's link to the journal and the progress display.

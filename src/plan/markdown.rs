@@ -172,6 +172,7 @@ fn backend_of<'a>(a: &'a Action, plan: &'a Plan) -> Option<&'a str> {
         | Op::Adopt { backend, .. }
         | Op::CreatePool { backend, .. }
         | Op::Extend { backend, .. }
+        | Op::Rename { backend, .. }
         | Op::Record { backend, .. }
         | Op::Delete { backend, .. }
         | Op::Forget { backend, .. }
