@@ -486,6 +486,9 @@ impl Reconciler {
         }
         let kept = sel.kept;
         if kept.is_empty() {
+            if let Err(e) = apply::record_quietly(plan, ledger, &self.state_dir) {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot record the objects found without a record");
+            }
             run.status.result = "no-changes".into();
             return Next::default();
         }

@@ -236,6 +236,7 @@ pub fn apply_with(
     if !plan.errors.is_empty() {
         return Err(ApplyError::PlanHasErrors(plan.errors.len()));
     }
+    record_quietly(plan, ledger, state_dir)?;
     std::fs::create_dir_all(state_dir).map_err(|e| ApplyError::StateDir {
         path: state_dir.to_owned(),
         source: e,
@@ -328,6 +329,35 @@ pub fn apply_with(
         }
     }
     Ok(report)
+}
+
+/// Records the plan's objects that need no step ([`Plan::unrecorded`]:
+/// ours, found, with no record, whose record says only what none means)
+/// and that the record still lacks; saves the record when it wrote any.
+/// [`apply_with`] does it first; a caller with a plan of no actions calls
+/// it alone. Returns how many it recorded.
+pub fn record_quietly(
+    plan: &Plan,
+    ledger: &mut Ledger,
+    state_dir: &Path,
+) -> Result<usize, ApplyError> {
+    let mut added = 0;
+    for u in &plan.unrecorded {
+        if let std::collections::btree_map::Entry::Vacant(e) = ledger.recorded.objects.entry(u.uuid)
+        {
+            e.insert(u.record.clone());
+            added += 1;
+        }
+    }
+    if added > 0 {
+        std::fs::create_dir_all(state_dir).map_err(|e| ApplyError::StateDir {
+            path: state_dir.to_owned(),
+            source: e,
+        })?;
+        ledger.save(state_dir)?;
+        tracing::info!(objects = added, "recorded objects found without a record");
+    }
+    Ok(added)
 }
 
 fn count(r: &mut Report, a: &Action, changed: bool) {

@@ -529,6 +529,7 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
         return Ok(1);
     }
     if plan.actions.is_empty() {
+        apply::record_quietly(&plan, &mut p.ledger, &g.state)?;
         return Ok(0);
     }
     writeln!(out)?;

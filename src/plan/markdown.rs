@@ -641,6 +641,7 @@ mod tests {
                     ],
                 },
             ],
+            unrecorded: vec![],
         }
     }
 
@@ -658,6 +659,7 @@ mod tests {
             notes: vec![],
             waiting: vec![],
             capacity: vec![],
+            unrecorded: vec![],
         }
     }
 
@@ -744,6 +746,7 @@ mod tests {
             notes: vec![],
             waiting: vec![],
             capacity: vec![],
+            unrecorded: vec![],
         };
         assert_eq!(
             markdown(

@@ -588,6 +588,23 @@ pub struct Plan {
     pub waiting: Vec<Waiting>,
     /// Capacity per back end.
     pub capacity: Vec<CapacityChange>,
+    /// Objects of ours the state directory has no record of, whose record
+    /// says only what no record means (`deletionPolicy: Retain`, no
+    /// consistency group): recorded by the next apply without a step of
+    /// their own, so a new state directory (or one that lost its
+    /// `state.json`) plans to "No changes" over manifests that say what
+    /// exists (what `discover` writes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrecorded: Vec<Unrecorded>,
+}
+
+/// An object recorded without a step ([`Plan::unrecorded`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unrecorded {
+    /// Identity.
+    pub uuid: Uuid,
+    /// The record to write.
+    pub record: RecordedObject,
 }
 
 /// An object left for later.
@@ -712,6 +729,7 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
             notes: renames.notes,
             waiting: Vec::new(),
             capacity: Vec::new(),
+            unrecorded: Vec::new(),
         },
         found: BTreeMap::new(),
         waiting: BTreeSet::new(),
@@ -1130,6 +1148,21 @@ impl<'a> Planner<'a> {
             && resized_from.is_none()
             && regrouped.is_none()
         {
+            return;
+        }
+        if rec.is_none() && policy == DeletionPolicy::default() && group.is_none() {
+            // No record means this already: recorded quietly.
+            self.out.unrecorded.push(Unrecorded {
+                uuid: f_uuid,
+                record: RecordedObject {
+                    kind,
+                    name: name.to_owned(),
+                    backend: backend.to_owned(),
+                    size,
+                    deletion_policy: policy,
+                    consistency_group: None,
+                },
+            });
             return;
         }
         let reason = match (previous, &moved_from) {
