@@ -486,6 +486,9 @@ impl Reconciler {
         }
         let kept = sel.kept;
         if kept.is_empty() {
+            if let Err(e) = apply::record_quietly(plan, ledger, &self.state_dir) {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot record the objects found without a record");
+            }
             run.status.result = "no-changes".into();
             return Next::default();
         }
@@ -1113,6 +1116,9 @@ fn subject(a: &Action) -> (ObjKind, String, Option<uuid::Uuid>) {
         Op::Record {
             kind, name, uuid, ..
         }
+        | Op::Rename {
+            kind, name, uuid, ..
+        }
         | Op::Adopt {
             kind, name, uuid, ..
         }
@@ -1300,6 +1306,7 @@ fn touched_backends(actions: &[Action], set: &ManifestSet) -> BTreeSet<manifest:
         let ends: &[&String] = match &a.op {
             Op::Create { backend, .. }
             | Op::Adopt { backend, .. }
+            | Op::Rename { backend, .. }
             | Op::Extend { backend, .. }
             | Op::Delete { backend, .. }
             | Op::CreatePool { backend, .. } => &[backend],

@@ -84,6 +84,9 @@ pub enum StepError {
     /// The iSCSI export failed.
     #[error(transparent)]
     Export(#[from] lio::LioError),
+    /// The backup catalogue could not be read or written (a rename).
+    #[error("cannot update the backup catalogue")]
+    Catalog(#[source] crate::backup::BackupError),
     /// Copying an image file in failed.
     #[error("cannot copy the image file {} in", path.display())]
     ImageCopy {
@@ -113,7 +116,7 @@ impl StepError {
             Self::Driver(e) => e.is_retryable(),
             Self::Migrate(e) => e.is_retryable(),
             Self::Restore(e) => e.is_retryable(),
-            Self::Export(_) | Self::ImageCopy { .. } | Self::Fenced(_) => true,
+            Self::Export(_) | Self::Catalog(_) | Self::ImageCopy { .. } | Self::Fenced(_) => true,
             Self::Invalid(_) => false,
         }
     }
@@ -233,6 +236,7 @@ pub fn apply_with(
     if !plan.errors.is_empty() {
         return Err(ApplyError::PlanHasErrors(plan.errors.len()));
     }
+    record_quietly(plan, ledger, state_dir)?;
     std::fs::create_dir_all(state_dir).map_err(|e| ApplyError::StateDir {
         path: state_dir.to_owned(),
         source: e,
@@ -292,9 +296,9 @@ pub fn apply_with(
                     "the fleet placed it (revision {rev}), and this run cannot check that the placement is current; run with --etcd"
                 ))),
             }
-            .and_then(|()| run(action, new_uuid, registry, &created, ledger))
+            .and_then(|()| run(action, new_uuid, registry, &created, ledger, state_dir))
         } else {
-            run(action, new_uuid, registry, &created, ledger)
+            run(action, new_uuid, registry, &created, ledger, state_dir)
         };
         fault::step(step, "driver");
         match result {
@@ -328,6 +332,35 @@ pub fn apply_with(
     Ok(report)
 }
 
+/// Records the plan's objects that need no step ([`Plan::unrecorded`]:
+/// ours, found, with no record, whose record says only what none means)
+/// and that the record still lacks; saves the record when it wrote any.
+/// [`apply_with`] does it first; a caller with a plan of no actions calls
+/// it alone. Returns how many it recorded.
+pub fn record_quietly(
+    plan: &Plan,
+    ledger: &mut Ledger,
+    state_dir: &Path,
+) -> Result<usize, ApplyError> {
+    let mut added = 0;
+    for u in &plan.unrecorded {
+        if let std::collections::btree_map::Entry::Vacant(e) = ledger.recorded.objects.entry(u.uuid)
+        {
+            e.insert(u.record.clone());
+            added += 1;
+        }
+    }
+    if added > 0 {
+        std::fs::create_dir_all(state_dir).map_err(|e| ApplyError::StateDir {
+            path: state_dir.to_owned(),
+            source: e,
+        })?;
+        ledger.save(state_dir)?;
+        tracing::info!(objects = added, "recorded objects found without a record");
+    }
+    Ok(added)
+}
+
 fn count(r: &mut Report, a: &Action, changed: bool) {
     if !changed {
         r.unchanged += 1;
@@ -343,6 +376,7 @@ fn count(r: &mut Report, a: &Action, changed: bool) {
         }
         Op::Export { ref changes, .. } if changes.is_empty() => r.added += 1,
         Op::Extend { .. }
+        | Op::Rename { .. }
         | Op::Record { .. }
         | Op::Export { .. }
         | Op::DiscoveryAuth { .. }
@@ -573,6 +607,12 @@ fn describe(a: &Action, uuid: Option<Uuid>) -> String {
         Op::Extend {
             uuid, backend, to, ..
         } => format!("extend {} id={uuid} on {backend} to {to}", a.address),
+        Op::Rename {
+            from,
+            uuid,
+            backend,
+            ..
+        } => format!("rename {} id={uuid} on {backend} from {from}", a.address),
         Op::Record {
             uuid,
             deletion_policy,
@@ -745,6 +785,7 @@ fn run(
     registry: &Registry<'_>,
     created: &BTreeMap<(ObjKind, String), Uuid>,
     ledger: &mut Ledger,
+    state_dir: &Path,
 ) -> Result<Change, StepError> {
     let invalid = |what: &str| StepError::Invalid(what.to_owned());
     match &action.op {
@@ -856,6 +897,18 @@ fn run(
             );
             Ok(change)
         }
+        Op::Rename {
+            kind,
+            name,
+            uuid,
+            backend,
+            ..
+        } => rename(
+            registry,
+            ledger,
+            state_dir,
+            (*kind, name.as_str(), *uuid, backend.as_str()),
+        ),
         Op::Extend {
             uuid, backend, to, ..
         } => {
@@ -968,6 +1021,48 @@ fn run(
             Ok(change)
         }
     }
+}
+
+/// Renames object `uuid` of back end `backend` to `name`, in the order a
+/// re-run can finish from any point: the backup catalogue's entries of it
+/// first (the plan cannot see them), then the name the back end keeps (one
+/// atomic write), then the record (which the next plan compares: a record
+/// still naming the old name plans the rename again). Snapshots, exports
+/// and backups find it by its identity, which stays.
+fn rename(
+    registry: &Registry<'_>,
+    ledger: &mut Ledger,
+    state_dir: &Path,
+    (kind, name, uuid, backend): (ObjKind, &str, Uuid, &str),
+) -> Result<Change, StepError> {
+    let on = driver(registry, backend)?;
+    let mut changed = false;
+    if kind == ObjKind::Volume {
+        let _guard = crate::backup::job::catalog_lock();
+        let mut catalog =
+            crate::backup::catalog::Catalog::load(state_dir).map_err(StepError::Catalog)?;
+        let mut entries = 0usize;
+        for e in catalog.backups.values_mut() {
+            if e.volume.uuid == uuid && e.volume.name != name {
+                name.clone_into(&mut e.volume.name);
+                entries += 1;
+            }
+        }
+        if entries > 0 {
+            catalog.store(state_dir).map_err(StepError::Catalog)?;
+            tracing::info!(%uuid, name, entries, "backup catalogue entries renamed");
+            changed = true;
+        }
+    }
+    fault::named("rename-catalogued");
+    changed |= on.rename(uuid, name)? == Change::Changed;
+    if let Some(r) = ledger.recorded.objects.get_mut(&uuid)
+        && r.name != name
+    {
+        name.clone_into(&mut r.name);
+        changed = true;
+    }
+    Ok(Change::from_bool(changed))
 }
 
 /// A migration step's link to the journal and the progress display.

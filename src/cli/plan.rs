@@ -341,6 +341,7 @@ impl Progress for Printer {
             (Op::Export { .. }, _) => ("Exporting...", "Still exporting..."),
             (Op::Unexport { .. }, _) => ("Unexporting...", "Still unexporting..."),
             (Op::Adopt { .. }, _) => ("Adopting...", "Still adopting..."),
+            (Op::Rename { .. }, _) => ("Renaming...", "Still renaming..."),
             (_, "+") => ("Creating...", "Still creating..."),
             (_, "~") => ("Modifying...", "Still modifying..."),
             (_, "-") => ("Destroying...", "Still destroying..."),
@@ -404,6 +405,7 @@ impl Progress for Printer {
             (Op::Export { .. }, _) => "Export complete",
             (Op::Unexport { .. }, _) => "Unexport complete",
             (Op::Adopt { .. }, _) => "Adoption complete",
+            (Op::Rename { .. }, _) => "Rename complete",
             (_, "+") => "Creation complete",
             (_, "~") => "Modifications complete",
             (_, "-") => "Destruction complete",
@@ -503,6 +505,7 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
         return Ok(1);
     }
     if plan.actions.is_empty() {
+        apply::record_quietly(&plan, &mut p.ledger, &g.state)?;
         return Ok(0);
     }
     writeln!(out)?;

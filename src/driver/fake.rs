@@ -346,6 +346,18 @@ impl Driver for FakeDriver {
         ))
     }
 
+    fn rename(&self, uuid: Uuid, name: &str) -> Result<Change, DriverError> {
+        let mut objects = self.objects();
+        let Some(o) = objects.get_mut(&uuid) else {
+            return Err(self.refused(Op::Rename, format!("no object {uuid}")));
+        };
+        if o.name == name {
+            return Ok(Change::Unchanged);
+        }
+        name.clone_into(&mut o.name);
+        Ok(Change::Changed)
+    }
+
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {
         if self.objects().remove(&uuid).is_none() {
             return Ok(Change::Unchanged);

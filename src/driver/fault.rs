@@ -13,6 +13,7 @@
 //! | `migrate-promoted` | after a migration's target is promoted | [`Faulty`] |
 //! | `migrate-copy:N` | once a migration's copy has read N bytes | [`copied`], the migration's copy observer |
 //! | `lvm-copy` | between a thick clone's `lvcreate` and its copy, inside one driver call | [`named`], the `lvm` back end |
+//! | `rename-catalogued` | inside a rename step, after the backup catalogue and before the back end | [`named`], the executor |
 //!
 //! The driver points are [`Faulty`]'s: the registry wraps every driver in
 //! one ([`wrap_from_env`]) when the variable names such a point, so they
@@ -323,6 +324,13 @@ impl Driver for Faulty<'_> {
     }
     fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError> {
         self.changing(Op::Adopt, |n| self.nth(n), || self.inner.adopt(a))
+    }
+    fn rename(&self, uuid: Uuid, name: &str) -> Result<Change, DriverError> {
+        self.changing(
+            Op::Rename,
+            |n| self.nth(n),
+            || self.inner.rename(uuid, name),
+        )
     }
     fn delete(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.changing(Op::Delete, |n| self.nth(n), || self.inner.delete(uuid))

@@ -127,6 +127,14 @@ pub trait Driver: Send + Sync {
     /// since the plan), carries another identity or owner, or cannot be an
     /// object of this back end.
     fn adopt(&self, a: &Adoption<'_>) -> Result<Change, DriverError>;
+
+    /// Gives object `uuid` the manifest name `name` (a rename in the
+    /// manifests, `cinderblock.dev/renamed-from`): only the name the back
+    /// end keeps with it changes (a sidecar's `name`, an LV's name tag, in
+    /// one atomic write or one `lvchange`); its identity, data, file or LV
+    /// name and snapshots' links stay. `Unchanged` when it has that name;
+    /// refused when it is not ours.
+    fn rename(&self, uuid: Uuid, name: &str) -> Result<Change, DriverError>;
     /// Gives object `uuid` to back end `to`, which shares this back end's
     /// space and relabels too ([`Capabilities::relabel`]), by changing its
     /// owner mark in one metadata update: no data moves. Only a ready,
@@ -623,6 +631,8 @@ pub enum Op {
     Thaw,
     /// [`Driver::set_group`].
     SetGroup,
+    /// [`Driver::rename`].
+    Rename,
 }
 
 impl Op {
@@ -646,6 +656,7 @@ impl Op {
             Op::GroupSnapshot => "take a group snapshot",
             Op::Thaw => "release held I/O",
             Op::SetGroup => "record the consistency group of",
+            Op::Rename => "rename",
         }
     }
 }

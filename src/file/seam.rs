@@ -259,6 +259,12 @@ impl Driver for FileDriver<'_> {
             .map_err(self.err(Op::Adopt))
     }
 
+    fn rename(&self, uuid: Uuid, name: &str) -> Result<Change, DriverError> {
+        self.backend
+            .rename(uuid, name)
+            .map_err(self.err(Op::Rename))
+    }
+
     fn release(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.backend.release(uuid).map_err(self.err(Op::Release))
     }

@@ -817,6 +817,38 @@ impl<'r> LvmBackend<'r> {
         tracing::info!(%uuid, lv = %lv.name, "released");
         Ok(Change::Changed)
     }
+
+    /// Gives LV `uuid` the manifest name `name` (a rename in the
+    /// manifests): its `cinderblock.name` tag replaced in one `lvchange`.
+    /// The LV keeps its own name (LV names never carry manifest text), its
+    /// identity, data and snapshots' parent tags. `Unchanged` when it has
+    /// that name; refused when no LV of ours has this identity.
+    pub fn rename(&self, uuid: Uuid, name: &str) -> Result<Change, LvmError> {
+        let lvs = self.lvs()?;
+        let Some((lv, _)) = self.find(&lvs, uuid)? else {
+            return Err(self.refused(
+                &uuid.to_string(),
+                "no LV of this back end carries this identity".into(),
+            ));
+        };
+        let new = tags::tag(tags::NAME, name);
+        if lv.tags.contains(&new) {
+            return Ok(Change::Unchanged);
+        }
+        let old: Vec<String> = lv
+            .tags
+            .iter()
+            .filter(|t| t.split('=').next() == Some(tags::NAME))
+            .cloned()
+            .collect();
+        self.exec(
+            "rename",
+            self.target(&lv.name),
+            &cmd::retag(&self.vg, &lv.name, &[new], &old),
+        )?;
+        tracing::info!(%uuid, lv = %lv.name, name, "renamed");
+        Ok(Change::Changed)
+    }
 }
 
 impl LvmBackend<'_> {

@@ -199,6 +199,10 @@ impl Driver for LvmDriver<'_> {
         self.lvm.adopt(a).map_err(self.err(Op::Adopt))
     }
 
+    fn rename(&self, uuid: Uuid, name: &str) -> Result<Change, DriverError> {
+        self.lvm.rename(uuid, name).map_err(self.err(Op::Rename))
+    }
+
     fn delete(&self, uuid: Uuid) -> Result<Change, DriverError> {
         self.lvm.delete(uuid).map_err(self.err(Op::Delete))
     }

@@ -1300,6 +1300,41 @@ fn adopt_tags_a_foreign_lv_in_one_lvchange_and_takes_a_released_one_back() {
     );
 }
 
+#[test]
+fn rename_replaces_the_name_tag_in_one_lvchange_and_keeps_the_lv_and_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = thin_fake(dir.path());
+    let b = backend(&fake, Some("pool0"), Wipe::Zero);
+    b.create(&vol(u(1), "db", 8 * MIB)).unwrap();
+    b.snapshot(u(1), u(2), "db-snap", 0).unwrap();
+    let lv_name = fake.by_uuid(u(1)).unwrap().name;
+    let before = fake.changes().len();
+    assert_eq!(b.rename(u(1), "orders").unwrap(), Change::Changed);
+    assert_eq!(
+        fake.changes()[before..],
+        [format!(
+            "lvchange --deltag cinderblock.name=db --addtag cinderblock.name=orders -- vg0/{lv_name}"
+        )]
+    );
+    assert_eq!(b.rename(u(1), "orders").unwrap(), Change::Unchanged);
+    assert_eq!(fake.changes().len(), before + 1, "renamed once");
+    let lv = fake.by_uuid(u(1)).unwrap();
+    assert_eq!(lv.name, lv_name, "the LV keeps its name");
+    assert!(lv.tags.contains(&"cinderblock.name=orders".to_owned()));
+    assert!(!lv.tags.contains(&"cinderblock.name=db".to_owned()));
+    let snap = fake.by_uuid(u(2)).unwrap();
+    assert!(
+        snap.tags.contains(&format!("cinderblock.parent={}", u(1))),
+        "{:?}",
+        snap.tags
+    );
+    let e = b.rename(u(9), "x").unwrap_err();
+    assert!(
+        matches!(&e, LvmError::Refused { reason, .. } if reason == "no LV of this back end carries this identity"),
+        "{e:?}"
+    );
+}
+
 /// Two back ends of `fake`'s VG as drivers: `a` thick, `b` thin in pool0
 /// when `thin`, else thick too.
 fn same_vg(fake: &Fake, thin: bool) -> (super::LvmDriver<'_>, super::LvmDriver<'_>) {

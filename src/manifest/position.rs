@@ -65,6 +65,14 @@ pub enum Seg {
 pub struct FieldPath(pub Vec<Seg>);
 
 impl FieldPath {
+    /// `metadata.annotations["KEY"]`.
+    pub fn annotation(key: &str) -> FieldPath {
+        FieldPath(vec![
+            Seg::Key("metadata".into()),
+            Seg::Key("annotations".into()),
+            Seg::Key(key.into()),
+        ])
+    }
     /// The document root.
     pub fn root() -> Self {
         FieldPath(Vec::new())

@@ -13,7 +13,7 @@ use super::diag::{Diagnostic, Severity, suggest};
 use super::kinds::{
     BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, VolumeSpec, VolumeTypeSpec,
 };
-use super::position::{FieldPath, Seg};
+use super::position::FieldPath;
 use super::values::{Name, StorePath, shown};
 use super::{Doc, Kind, ManifestSet};
 
@@ -68,6 +68,9 @@ pub fn validate(set: &ManifestSet, out: &mut Vec<Diagnostic>) {
     v.images();
     v.volumes();
     v.snapshots();
+    v.renamed_from(Kind::Volume, &set.volumes);
+    v.renamed_from(Kind::Snapshot, &set.snapshots);
+    v.renamed_from(Kind::Image, &set.images);
 }
 
 struct Checker<'a> {
@@ -560,17 +563,53 @@ impl Checker<'_> {
         }
     }
 
+    /// `cinderblock.dev/renamed-from` on a volume, snapshot or image: a
+    /// manifest name other than its own, that no document of the kind
+    /// declares any more, that no other document takes, on an object that
+    /// is not being adopted.
+    fn renamed_from<S>(&mut self, kind: Kind, docs: &BTreeMap<Name, Doc<S>>) {
+        let path = FieldPath::annotation(super::kinds::RENAMED_FROM);
+        let mut taken: BTreeMap<&str, &Name> = BTreeMap::new();
+        for (name, doc) in docs {
+            let Some(old) = doc.meta.annotations.get(super::kinds::RENAMED_FROM) else {
+                continue;
+            };
+            let old = old.0.as_str();
+            let mut refuse = |msg: String| {
+                self.push_path(Severity::Error, kind, doc, path.clone(), false, msg);
+            };
+            if let Err(e) = old.parse::<Name>() {
+                refuse(format!("{} is not a {kind} name: {e}", shown(old)));
+            } else if old == name.as_str() {
+                refuse(format!(
+                    "{} is this {kind}'s own name; remove the annotation",
+                    shown(old)
+                ));
+            } else if let Some((_, other)) = docs.iter().find(|(n, _)| n.as_str() == old) {
+                refuse(format!(
+                    "{kind}/{old} is still declared ({}); a rename moves the name: remove that document, or this annotation",
+                    other.origin.describe()
+                ));
+            } else if let Some(first) = taken.insert(old, name) {
+                refuse(format!(
+                    "{kind}/{first} is renamed from {old} too; one {kind} cannot become two"
+                ));
+            }
+            if doc.meta.annotations.contains_key(super::kinds::ADOPT) {
+                refuse(format!(
+                    "a {kind} is adopted (cinderblock.dev/adopt) or renamed, not both: remove one of the annotations"
+                ));
+            }
+        }
+    }
+
     /// `cinderblock.dev/adopt` on a volume: a plain LV or file name, on a
     /// volume pinned to its back end and made from nothing.
     fn adopt_annotation(&mut self, doc: &Doc<VolumeSpec>) {
         let Some(entry) = doc.meta.annotations.get(super::kinds::ADOPT) else {
             return;
         };
-        let path = FieldPath(vec![
-            Seg::Key("metadata".into()),
-            Seg::Key("annotations".into()),
-            Seg::Key(super::kinds::ADOPT.into()),
-        ]);
+        let path = FieldPath::annotation(super::kinds::ADOPT);
         let refuse = |me: &mut Self, msg: String| {
             me.push_path(Severity::Error, Kind::Volume, doc, path.clone(), false, msg);
         };

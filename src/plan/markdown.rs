@@ -173,6 +173,7 @@ fn backend_of<'a>(a: &'a Action, plan: &'a Plan) -> Option<&'a str> {
         | Op::Adopt { backend, .. }
         | Op::CreatePool { backend, .. }
         | Op::Extend { backend, .. }
+        | Op::Rename { backend, .. }
         | Op::Record { backend, .. }
         | Op::Delete { backend, .. }
         | Op::Forget { backend, .. }
@@ -641,6 +642,7 @@ mod tests {
                     ],
                 },
             ],
+            unrecorded: vec![],
         }
     }
 
@@ -658,6 +660,7 @@ mod tests {
             notes: vec![],
             waiting: vec![],
             capacity: vec![],
+            unrecorded: vec![],
         }
     }
 
@@ -744,6 +747,7 @@ mod tests {
             notes: vec![],
             waiting: vec![],
             capacity: vec![],
+            unrecorded: vec![],
         };
         assert_eq!(
             markdown(

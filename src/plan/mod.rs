@@ -16,6 +16,7 @@ mod groups;
 pub use groups::FREEZE_LIMIT_MS;
 pub mod markdown;
 pub mod placement;
+mod rename;
 pub mod render;
 pub mod schedule;
 #[cfg(test)]
@@ -208,6 +209,22 @@ pub enum Op {
         released: bool,
         /// Deletion policy to record.
         deletion_policy: DeletionPolicy,
+    },
+    /// Give an object the new name its manifest declares
+    /// (`cinderblock.dev/renamed-from`), keeping its identity, data,
+    /// exports, backups and snapshots (or finish an interrupted rename).
+    Rename {
+        /// Volume, snapshot or image.
+        kind: ObjKind,
+        /// The new manifest name.
+        name: String,
+        /// The name it has now (or had, when only the records are left to
+        /// change).
+        from: String,
+        /// Identity (kept).
+        uuid: Uuid,
+        /// Back end.
+        backend: String,
     },
     /// Grow a volume.
     Extend {
@@ -424,6 +441,7 @@ impl Action {
             | Op::DiscoveryAuth { new: true, .. } => "+",
             Op::Export { ref changes, .. } if changes.is_empty() => "+",
             Op::Extend { .. }
+            | Op::Rename { .. }
             | Op::Record { .. }
             | Op::Export { .. }
             | Op::DiscoveryAuth { .. } => "~",
@@ -617,6 +635,23 @@ pub struct Plan {
     pub waiting: Vec<Waiting>,
     /// Capacity per back end.
     pub capacity: Vec<CapacityChange>,
+    /// Objects of ours the state directory has no record of, whose record
+    /// says only what no record means (`deletionPolicy: Retain`, no
+    /// consistency group): recorded by the next apply without a step of
+    /// their own, so a new state directory (or one that lost its
+    /// `state.json`) plans to "No changes" over manifests that say what
+    /// exists (what `discover` writes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrecorded: Vec<Unrecorded>,
+}
+
+/// An object recorded without a step ([`Plan::unrecorded`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unrecorded {
+    /// Identity.
+    pub uuid: Uuid,
+    /// The record to write.
+    pub record: RecordedObject,
 }
 
 /// An object left for later.
@@ -680,6 +715,7 @@ impl Tally {
                 }
                 Op::Export { ref changes, .. } if changes.is_empty() => t.add += 1,
                 Op::Extend { .. }
+                | Op::Rename { .. }
                 | Op::Record { .. }
                 | Op::Export { .. }
                 | Op::DiscoveryAuth { .. }
@@ -722,6 +758,11 @@ struct Found<'a> {
 /// Makes the plan.
 #[allow(clippy::too_many_lines)]
 pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options) -> Plan {
+    // Renames first: the rest is planned on the world as it will be after
+    // them (each renamed object under its new name).
+    let renames = rename::resolve(set, world, recorded);
+    let fingerprint = world.fingerprint();
+    let world = renames.world.as_ref().unwrap_or(world);
     let mut p = Planner {
         set,
         world,
@@ -729,13 +770,14 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
         opts,
         sched: Scheduler::new(&set.scheduler_policy(), world),
         out: Plan {
-            fingerprint: world.fingerprint(),
+            fingerprint,
             drift: Vec::new(),
-            actions: Vec::new(),
-            errors: Vec::new(),
-            notes: Vec::new(),
+            actions: renames.actions,
+            errors: renames.errors,
+            notes: renames.notes,
             waiting: Vec::new(),
             capacity: Vec::new(),
+            unrecorded: Vec::new(),
         },
         found: BTreeMap::new(),
         waiting: BTreeSet::new(),
@@ -744,6 +786,8 @@ pub fn plan(set: &ManifestSet, world: &World, recorded: &Recorded, opts: Options
         migrating: BTreeMap::new(),
         half_moved: BTreeMap::new(),
         recorded_by_name: recorded_by_name(recorded),
+        unresolved: renames.unresolved,
+        old_names: renames.old_names,
     };
     p.index();
     p.unsupported();
@@ -784,6 +828,12 @@ struct Planner<'a> {
     /// The recorded objects by kind and name, in uuid order (a lookup per
     /// new object, not a scan of ten thousand records).
     recorded_by_name: HashMap<(ObjKind, &'a str), Vec<(Uuid, &'a RecordedObject)>>,
+    /// Declared objects renamed from one that is not here
+    /// ([`rename::Renames::unresolved`]): never created.
+    unresolved: BTreeSet<(ObjKind, String)>,
+    /// Names declared as renamed from ([`rename::Renames::old_names`]):
+    /// what is still under one is not removed.
+    old_names: BTreeSet<(ObjKind, String)>,
 }
 
 /// [`Planner::recorded_by_name`].
@@ -1139,6 +1189,21 @@ impl<'a> Planner<'a> {
         {
             return;
         }
+        if rec.is_none() && policy == DeletionPolicy::default() && group.is_none() {
+            // No record means this already: recorded quietly.
+            self.out.unrecorded.push(Unrecorded {
+                uuid: f_uuid,
+                record: RecordedObject {
+                    kind,
+                    name: name.to_owned(),
+                    backend: backend.to_owned(),
+                    size,
+                    deletion_policy: policy,
+                    consistency_group: None,
+                },
+            });
+            return;
+        }
         let reason = match (previous, &moved_from) {
             (Some(old), None) if old == policy && resized_from.is_none() => {
                 match regrouped.as_ref().map(|g| (&g.from, &g.to)) {
@@ -1308,7 +1373,9 @@ impl<'a> Planner<'a> {
                     impact: Impact::DestroysData,
                 });
             }
-            if self.held_back(ObjKind::Image, name.as_str(), Some(&doc.spec.backend)) {
+            if self.unresolved.contains(&key)
+                || self.held_back(ObjKind::Image, name.as_str(), Some(&doc.spec.backend))
+            {
                 continue;
             }
             let Some((size, source, from_file, why)) = self.image_source(&a, doc, &bn) else {
@@ -1628,6 +1695,9 @@ impl<'a> Planner<'a> {
                 "only the target of an interrupted migration ({} on {}) exists; its source is gone, so the copy cannot be finished or trusted: restore the volume from a backup, or remove the target's LV/file by hand after checking it",
                 t.obj.uuid, t.backend.name
             ));
+            return;
+        }
+        if self.unresolved.contains(&key) {
             return;
         }
         let placed: Option<Name> = match &self.world.fleet {
@@ -2770,6 +2840,9 @@ impl<'a> Planner<'a> {
                 }
                 return;
             }
+            if self.unresolved.contains(&key) {
+                return;
+            }
             // A snapshot lives with its volume.
             let vol_backend = self.backend_of(ObjKind::Volume, vol.as_str());
             if vol_backend.is_none()
@@ -2933,7 +3006,8 @@ impl<'a> Planner<'a> {
         let mut deletes = Vec::new();
         let mut forgets = Vec::new();
         for ((kind, name), f) in &self.found {
-            if declared.contains(&(*kind, name.clone())) {
+            let key = (*kind, name.clone());
+            if declared.contains(&key) || self.old_names.contains(&key) {
                 continue;
             }
             let a = addr(*kind, name);

@@ -261,6 +261,7 @@ fn action(s: &mut String, a: &Action) {
             name.clone(),
         ),
         Op::Extend { name, .. } => ("will be updated in-place", "volume", name.clone()),
+        Op::Rename { kind, name, .. } => ("will be renamed", kind_word(*kind), name.clone()),
         Op::Record { kind, name, .. } => {
             ("will be updated in-place", kind_word(*kind), name.clone())
         }
@@ -406,6 +407,22 @@ fn action(s: &mut String, a: &Action) {
             if let Some(u) = resume {
                 attrs.push((" ".into(), "id".into(), u.to_string()));
             }
+        }
+        Op::Rename {
+            name,
+            from,
+            uuid,
+            backend,
+            ..
+        } => {
+            attrs.push(("~".into(), "name".into(), format!("{from:?} -> {name:?}")));
+            attrs.push((" ".into(), "backend".into(), format!("{backend:?}")));
+            attrs.push((" ".into(), "id".into(), uuid.to_string()));
+            attrs.push((
+                " ".into(),
+                "data".into(),
+                "(kept as it is, with its exports, backups and snapshots)".into(),
+            ));
         }
         Op::Extend {
             uuid,
@@ -786,6 +803,7 @@ pub fn json(plan: &Plan) -> JsonPlan<'_> {
                     | Op::Record { .. }
                     | Op::Export { .. }
                     | Op::DiscoveryAuth { .. } => "update",
+                    Op::Rename { .. } => "rename",
                     Op::Migrate { .. } => "migrate",
                     Op::Delete { .. } | Op::Unexport { .. } => "delete",
                     Op::Forget { .. } => "forget",

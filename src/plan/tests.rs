@@ -2274,3 +2274,128 @@ fn a_group_snapshot_taken_is_recorded_an_interrupted_one_is_taken_again_and_it_g
         p.errors[0]
     );
 }
+
+fn renamed_yaml(name: &str, from: &str) -> String {
+    format!(
+        "apiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata:\n  name: {name}\n  annotations: {{cinderblock.dev/renamed-from: {from}}}\nspec:\n  size: 1Gi\n  backend: a\n---\n"
+    )
+}
+
+#[test]
+fn a_rename_is_one_step_and_the_rest_plans_the_object_under_its_new_name() {
+    let snap = Observed {
+        kind: ObjKind::Snapshot,
+        parent: Some(Uuid::from_u128(1)),
+        ..obj("db-snap", GIB, 2)
+    };
+    let w = world(vec![view(
+        "a",
+        true,
+        20.0,
+        100 * GIB,
+        vec![obj("db", GIB, 1), snap],
+    )]);
+    let rec = Recorded {
+        objects: [
+            record(1, "db", "a", DeletionPolicy::Delete),
+            (
+                Uuid::from_u128(2),
+                RecordedObject {
+                    kind: ObjKind::Snapshot,
+                    ..record(2, "db-snap", "a", DeletionPolicy::Retain).1
+                },
+            ),
+        ]
+        .into(),
+        last_plan: None,
+    };
+    let snap_yaml = "apiVersion: cinderblock.dev/v1alpha1\nkind: Snapshot\nmetadata: {name: db-snap}\nspec: {volume: orders}\n---\n";
+    let set = manifests(
+        &(backend_yaml("a", "")
+            + &renamed_yaml("orders", "db")
+                .replace("  backend: a\n", "  backend: a\n  deletionPolicy: Delete\n")
+            + snap_yaml),
+    );
+    let p = plan(&set, &w, &rec, Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(
+        matches!(
+            &p.actions[..],
+            [super::Action {
+                op: Op::Rename { kind: ObjKind::Volume, name, from, uuid, backend },
+                impact: Impact::MetadataOnly,
+                ..
+            }] if name == "orders" && from == "db" && *uuid == Uuid::from_u128(1) && backend == "a"
+        ),
+        "{:?}",
+        p.actions
+    );
+    // The same again: byte-identical.
+    assert_eq!(p, plan(&set, &w, &rec, Options::default()));
+    // Renamed on the back end while the record still says db (a run stopped
+    // mid-step): the step again; once the record follows, nothing.
+    let w2 = world(vec![view(
+        "a",
+        true,
+        20.0,
+        100 * GIB,
+        vec![
+            obj("orders", GIB, 1),
+            Observed {
+                kind: ObjKind::Snapshot,
+                parent: Some(Uuid::from_u128(1)),
+                ..obj("db-snap", GIB, 2)
+            },
+        ],
+    )]);
+    let p = plan(&set, &w2, &rec, Options::default());
+    assert!(
+        matches!(&p.actions[..], [super::Action { op: Op::Rename { .. }, reason, .. }] if reason.contains("interrupted")),
+        "{:?}",
+        p.actions
+    );
+    let mut done = rec.clone();
+    done.objects.get_mut(&Uuid::from_u128(1)).unwrap().name = "orders".into();
+    let p = plan(&set, &w2, &done, Options::default());
+    assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
+}
+
+#[test]
+fn a_rename_from_nothing_or_onto_a_taken_name_is_refused_and_creates_nothing() {
+    let w = world(vec![view(
+        "a",
+        true,
+        20.0,
+        100 * GIB,
+        vec![obj("db", GIB, 1), obj("orders", GIB, 3)],
+    )]);
+    let set = manifests(&(backend_yaml("a", "") + &renamed_yaml("orders", "db")));
+    let rec = Recorded {
+        objects: [record(3, "orders", "a", DeletionPolicy::Retain)].into(),
+        last_plan: None,
+    };
+    let p = plan(&set, &w, &rec, Options::default());
+    // Neither renamed nor forgotten.
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    assert!(
+        p.errors[0]
+            .to_string()
+            .starts_with("volume.orders: test.yaml:11:")
+            && p.errors[0]
+                .to_string()
+                .contains("renamed from volume db, but both exist"),
+        "{}",
+        p.errors[0]
+    );
+    let w = world(vec![view("a", true, 20.0, 100 * GIB, vec![])]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(p.actions.is_empty(), "never created: {:?}", p.actions);
+    assert!(
+        p.errors[0]
+            .to_string()
+            .contains("but no volume db exists on this host's back ends"),
+        "{}",
+        p.errors[0]
+    );
+}

@@ -137,6 +137,108 @@ spec:
 }
 
 #[test]
+fn on_a_new_state_directory_discover_then_plan_says_no_changes_and_apply_records_quietly() {
+    let site = applied_site();
+    let fresh = |args: &[&str]| {
+        let mut full = vec!["--state", "fresh", "--host", "testhost"];
+        full.extend_from_slice(args);
+        crate::support::run_in(site.path(), &full)
+    };
+    let r = fresh(&[
+        "discover",
+        "-f",
+        "manifests/backends.yaml",
+        "-f",
+        "manifests/types.yaml",
+        "--out",
+        "found",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let text = fs::read_to_string(site.path().join("found/local.yaml")).unwrap();
+    // What the back end does not keep is not guessed: with no record, db's
+    // Delete is not known, and Retain (what no record means) is written.
+    assert!(!text.contains("Delete"), "{text}");
+    let args = [
+        "plan",
+        "-f",
+        "manifests/backends.yaml",
+        "-f",
+        "manifests/types.yaml",
+        "-f",
+        "found",
+        "--detailed-exitcode",
+    ];
+    let p = fresh(&args);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    assert_eq!(p.stdout, "No changes. Storage matches the manifests.\n");
+    // A Delete policy is a change that shows: it decides what removing the
+    // manifest does.
+    let found = site.path().join("found/local.yaml");
+    fs::write(
+        &found,
+        text.replacen("deletionPolicy: Retain", "deletionPolicy: Delete", 1),
+    )
+    .unwrap();
+    let p = fresh(&args);
+    assert_eq!(p.code, 2, "{}{}", p.stdout, p.stderr);
+    assert!(
+        p.stdout
+            .contains("  # volume.db will be updated in-place\n")
+            && p.stdout.contains("(none) -> Delete")
+            && p.stdout
+                .contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{}",
+        p.stdout
+    );
+    fs::write(&found, &text).unwrap();
+    // apply with nothing to do records what it found, so a volume removed
+    // by hand later is reported lost instead of made again, empty.
+    let mut apply_args = args.to_vec();
+    apply_args[0] = "apply";
+    apply_args[7] = "--auto-approve";
+    let a = fresh(&apply_args);
+    assert_eq!(a.code, 0, "{}{}", a.stdout, a.stderr);
+    assert_eq!(a.stdout, "No changes. Storage matches the manifests.\n");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(site.path().join("fresh/state.json")).unwrap())
+            .unwrap();
+    let mut names: Vec<String> = state["objects"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|o| {
+            format!(
+                "{} {} {}",
+                o["kind"].as_str().unwrap(),
+                o["name"].as_str().unwrap(),
+                o["deletionPolicy"].as_str().unwrap()
+            )
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "snapshot db-snap Retain",
+            "volume db Retain",
+            "volume web Retain"
+        ]
+    );
+    let (web, data, _) = site.objects("pool").remove("volume.web").unwrap();
+    fs::remove_file(data).unwrap();
+    fs::remove_file(site.path().join(format!("pool/.cinderblock/{web}.json"))).unwrap();
+    let p = fresh(&args);
+    assert_eq!(p.code, 1, "{}{}", p.stdout, p.stderr);
+    assert!(
+        p.stdout.contains(&format!(
+            "volume.web: the volume ({web} on local) was deleted outside cinderblock"
+        )),
+        "{}",
+        p.stdout
+    );
+}
+
+#[test]
 fn discover_include_foreign_lists_files_to_adopt_and_touches_nothing() {
     let site = applied_site();
     let pool = site.path().join("pool");
