@@ -1254,6 +1254,7 @@ fn move_of(uuid: Uuid, size: u64) -> crate::migrate::Move<'static> {
         name: "db",
         size,
         bandwidth: None,
+        snapshots: &[],
     }
 }
 
