@@ -144,6 +144,12 @@ impl Extents {
         self.0.iter().map(|r| r.end - r.start).sum()
     }
 
+    /// The ranges of both, merged (clamped to `len`).
+    #[must_use]
+    pub fn union(&self, other: &Extents, len: u64) -> Self {
+        Extents::new(self.0.iter().chain(&other.0).cloned().collect(), len)
+    }
+
     /// Whether every range of `other` lies in grid blocks these ranges touch
     /// (a target holds data only where its source does).
     pub fn covers(&self, other: &Extents, len: u64) -> bool {
@@ -418,6 +424,32 @@ impl Pace {
     }
 }
 
+/// A walk's figures, pacing and position at its start.
+fn begin(start: u64, to_read: u64, bandwidth: Option<u64>) -> (Stats, Pace, Position) {
+    (
+        Stats {
+            started_at: start,
+            read: 0,
+            written: 0,
+            zeroed: 0,
+            source_hash: None,
+            target_hash: None,
+            elapsed: Duration::ZERO,
+        },
+        Pace {
+            rate: bandwidth,
+            since: Instant::now(),
+            bytes: 0,
+        },
+        Position {
+            offset: start,
+            read: 0,
+            written: 0,
+            to_read,
+        },
+    )
+}
+
 /// Zeroes `[from, to)` of a [`Target::MustZero`] target.
 fn zero(job: &Job<'_>, from: u64, to: u64, stats: &mut Stats) -> Result<(), CopyError> {
     if to > from && job.kind == Target::MustZero {
@@ -468,26 +500,7 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
                 .min(r.end - r.start)
         })
         .sum();
-    let mut stats = Stats {
-        started_at: start,
-        read: 0,
-        written: 0,
-        zeroed: 0,
-        source_hash: None,
-        target_hash: None,
-        elapsed: Duration::ZERO,
-    };
-    let mut pace = Pace {
-        rate: job.bandwidth,
-        since: Instant::now(),
-        bytes: 0,
-    };
-    let mut at = Position {
-        offset: start,
-        read: 0,
-        written: 0,
-        to_read,
-    };
+    let (mut stats, mut pace, mut at) = begin(start, to_read, job.bandwidth);
     let mut last_cp = (start, Instant::now());
     // Bytes this run may write before it asks the observer again, and when
     // it last asked.
@@ -591,6 +604,130 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
     })?;
     let z = zero_from.unwrap_or(job.len);
     zero(job, z, job.target_len, &mut stats)?;
+    job.target
+        .sync_all()
+        .map_err(io_err("sync", job.target_path))?;
+    at.offset = job.len;
+    observer.progress(&at);
+    stats.source_hash = hasher.map(|h| h.finish());
+    stats.elapsed = began.elapsed();
+    Ok(stats)
+}
+
+/// The unit a difference copy compares and writes ([`delta`]): a thin
+/// pool's smallest chunk, so a block that did not change is never written
+/// and keeps sharing its chunk with the snapshot taken before.
+pub const DELTA_BLOCK: u64 = 64 << 10;
+
+/// One difference copy ([`delta`]): `target` made equal to `source`,
+/// writing only the [`DELTA_BLOCK`]s where they differ.
+#[derive(Debug)]
+pub struct Delta<'a> {
+    /// The source, read only.
+    pub source: &'a File,
+    /// For messages.
+    pub source_path: &'a Path,
+    /// The target, read and written.
+    pub target: &'a File,
+    /// For messages.
+    pub target_path: &'a Path,
+    /// Bytes of the source.
+    pub len: u64,
+    /// Where either of them may hold anything but zeros: outside these
+    /// ranges both read as zeros (the caller's invariant), so nothing
+    /// there is read.
+    pub extents: &'a Extents,
+    /// Resume here (a multiple of [`BLOCK`], from a checkpoint).
+    pub start: u64,
+    /// Bytes per second to read at most (source and target together).
+    pub bandwidth: Option<u64>,
+}
+
+/// Makes `job.target` equal to `job.source` inside `job.extents` by
+/// writing only the [`DELTA_BLOCK`]s that differ: how a snapshot chain
+/// moves (the target holds the previous snapshot's content, and gets the
+/// next one's differences, so a thin target shares every unchanged chunk
+/// with the snapshot taken of it before). Reads both sides; checkpoints
+/// as [`copy`] does (the target synced first); `Stats::read` counts the
+/// bytes read from both, and `Stats::source_hash` is the source's
+/// [`content_hash`] when it started at 0. Resuming at any checkpoint is
+/// exact: every block before it was made equal and synced, every block
+/// after it is compared again.
+pub fn delta(job: &Delta<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyError> {
+    let began = Instant::now();
+    let start = (job.start / BLOCK * BLOCK).min(job.len);
+    let mut hasher = (start == 0).then(|| GridHasher::new(job.len));
+    let runs: Vec<Range<u64>> = job
+        .extents
+        .blocks(job.len)
+        .into_iter()
+        .filter(|r| r.end > start)
+        .map(|r| r.start.max(start)..r.end)
+        .collect();
+    let to_read = runs.iter().map(|r| r.end - r.start).sum::<u64>() * 2;
+    let (mut stats, mut pace, mut at) = begin(start, to_read, job.bandwidth);
+    let mut last_cp = (start, Instant::now());
+    let chunk = usize::try_from(CHUNK).unwrap_or(8 << 20);
+    let (mut src, mut dst) = (vec![0u8; chunk], vec![0u8; chunk]);
+    let db = usize::try_from(DELTA_BLOCK).unwrap_or(64 << 10);
+    let mut cur = start;
+    for run in runs {
+        if let Some(h) = hasher.as_mut() {
+            h.zero_run(cur, run.start);
+        }
+        let mut pos = run.start;
+        while pos < run.end {
+            let n = usize::try_from((run.end - pos).min(CHUNK)).unwrap_or(chunk);
+            let (want, have) = (&mut src[..n], &mut dst[..n]);
+            read_full(job.source, job.source_path, want, pos)?;
+            read_full(job.target, job.target_path, have, pos)?;
+            if let Some(h) = hasher.as_mut() {
+                for digest in block_digests(want) {
+                    h.outer.update(digest.as_bytes());
+                }
+            }
+            // Runs of differing blocks, each written in one call.
+            let differs = |at: usize| {
+                let end = (at + db).min(n);
+                want[at..end] != have[at..end]
+            };
+            let mut from = 0;
+            while from < n {
+                if !differs(from) {
+                    from = (from + db).min(n);
+                    continue;
+                }
+                let mut to = (from + db).min(n);
+                while to < n && differs(to) {
+                    to = (to + db).min(n);
+                }
+                job.target
+                    .write_all_at(&want[from..to], pos + from as u64)
+                    .map_err(io_err("write", job.target_path))?;
+                stats.written += (to - from) as u64;
+                at.written += (to - from) as u64;
+                from = to;
+            }
+            stats.read += 2 * n as u64;
+            at.read += 2 * n as u64;
+            pos += n as u64;
+            at.offset = pos;
+            pace.account(2 * n as u64);
+            observer.progress(&at);
+            if at.offset - last_cp.0 >= CHECKPOINT_BYTES || last_cp.1.elapsed() >= CHECKPOINT_EVERY
+            {
+                job.target
+                    .sync_data()
+                    .map_err(io_err("sync", job.target_path))?;
+                observer.checkpoint(&at).map_err(CopyError::Checkpoint)?;
+                last_cp = (at.offset, Instant::now());
+            }
+        }
+        cur = run.end;
+    }
+    if let Some(h) = hasher.as_mut() {
+        h.zero_run(cur.max(start), job.len);
+    }
     job.target
         .sync_all()
         .map_err(io_err("sync", job.target_path))?;

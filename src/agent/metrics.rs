@@ -117,8 +117,8 @@ pub struct Metrics {
     /// Per volume: (policy, longest gap between its schedule's slots in
     /// seconds): how old its newest backup may be before a slot was missed.
     pub backup_max_age: BTreeMap<String, (String, f64)>,
-    /// Migrations in flight by volume address: (from, to, read, to read).
-    pub migrations: BTreeMap<String, (String, String, u64, u64)>,
+    /// Migrations in flight by volume address.
+    pub migrations: BTreeMap<String, MigrationGauges>,
     /// Scheduled backups that read more than their source needs, by
     /// (volume, policy, read method).
     pub backup_read_fallbacks: BTreeMap<(String, String, String), u64>,
@@ -134,6 +134,26 @@ pub struct Metrics {
     pub backup_checks_running: u64,
     /// The fleet, with `--etcd`.
     pub fleet: Option<super::fleet::FleetStatus>,
+}
+
+/// Which number of a [`MigrationGauges`] a family shows (`None`: none yet).
+type GaugePick = fn(&MigrationGauges) -> Option<u64>;
+
+/// One migration in flight, as `/metrics` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationGauges {
+    /// The back end it moves from.
+    pub from: String,
+    /// The back end it moves to.
+    pub to: String,
+    /// Bytes read so far.
+    pub read: u64,
+    /// Bytes it reads in all.
+    pub to_read: u64,
+    /// Bytes read per second since it started.
+    pub rate: u64,
+    /// Seconds left at that rate, once it reads.
+    pub eta_seconds: Option<u64>,
 }
 
 impl Default for Metrics {
@@ -497,25 +517,38 @@ impl Metrics {
             &[],
             as_f64(self.migrations.len() as u64),
         );
-        for (family, help, pick) in [
+        let families: [(&str, &str, GaugePick); 4] = [
             (
                 "cinderblock_migration_read_bytes",
                 "Bytes a migration in flight has read so far.",
-                0,
+                |m| Some(m.read),
             ),
             (
                 "cinderblock_migration_to_read_bytes",
-                "Bytes a migration in flight reads in all (its allocated data, or the whole volume).",
-                1,
+                "Bytes a migration in flight reads in all (its allocated data, or the whole volume; with its snapshots, theirs too).",
+                |m| Some(m.to_read),
             ),
-        ] {
+            (
+                "cinderblock_migration_rate_bytes_per_second",
+                "Bytes a migration in flight has read per second since it started.",
+                |m| Some(m.rate),
+            ),
+            (
+                "cinderblock_migration_eta_seconds",
+                "Seconds a migration in flight still needs at its rate so far (once it reads).",
+                |m| m.eta_seconds,
+            ),
+        ];
+        for (family, help, pick) in families {
             o.family(family, "gauge", help);
-            for (volume, (from, to, read, to_read)) in &self.migrations {
-                o.sample(
-                    family,
-                    &[("volume", volume), ("from", from), ("to", to)],
-                    as_f64([*read, *to_read][pick]),
-                );
+            for (volume, m) in &self.migrations {
+                if let Some(v) = pick(m) {
+                    o.sample(
+                        family,
+                        &[("volume", volume), ("from", &m.from), ("to", &m.to)],
+                        as_f64(v),
+                    );
+                }
             }
         }
         o.family(
@@ -803,7 +836,14 @@ mod tests {
             .insert("db".into(), ("nightly".into(), 86_400.0));
         m.migrations.insert(
             "volume.db".into(),
-            ("thin".into(), "files".into(), 1 << 20, 4 << 20),
+            MigrationGauges {
+                from: "thin".into(),
+                to: "files".into(),
+                read: 1 << 20,
+                to_read: 4 << 20,
+                rate: 1 << 19,
+                eta_seconds: Some(6),
+            },
         );
         let fallback = ReadRecord {
             method: crate::backup::engine::ReadMethod::AllocatedScan,
@@ -846,6 +886,8 @@ mod tests {
             "cinderblock_migrations_running 1",
             "cinderblock_migration_read_bytes{volume=\"volume.db\",from=\"thin\",to=\"files\"} 1048576",
             "cinderblock_migration_to_read_bytes{volume=\"volume.db\",from=\"thin\",to=\"files\"} 4194304",
+            "cinderblock_migration_rate_bytes_per_second{volume=\"volume.db\",from=\"thin\",to=\"files\"} 524288",
+            "cinderblock_migration_eta_seconds{volume=\"volume.db\",from=\"thin\",to=\"files\"} 6",
             "# TYPE cinderblock_backup_read_fallbacks_total counter",
             "cinderblock_backup_read_fallbacks_total{volume=\"db\",policy=\"nightly\",read=\"allocatedScan\"} 2",
             "cinderblock_backup_last_read_fallback{volume=\"db\"} 1",

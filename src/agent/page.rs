@@ -4,7 +4,7 @@
 //! Shows the conditions, the source and its revisions, the last reconcile,
 //! back ends with capacity bars (and thin pool data/metadata use), objects
 //! and their states, drift and lost volumes, migrations in flight with
-//! their progress, and backups with their age. Every size carries its exact
+//! their progress (read rate and time left), and backups with their age. Every size carries its exact
 //! byte count in `data-bytes` (and every count in `data-count`), so a test
 //! can compare the page with `/status` number for number.
 //!
@@ -397,6 +397,7 @@ fn pool_meter(what: &str, pct: Option<f64>) -> String {
     }
 }
 
+#[allow(clippy::cast_precision_loss)] // a rate shown rounded
 fn migrations(s: &mut String, st: &Status, now: DateTime<Utc>) {
     s.push_str("<section id=\"migrations\"><h2>Migrations in flight</h2>\n");
     if st.migrations.is_empty() {
@@ -404,7 +405,7 @@ fn migrations(s: &mut String, st: &Status, now: DateTime<Utc>) {
         return;
     }
     s.push_str(
-        "<table>\n<tr><th>volume</th><th>from → to</th><th>progress</th><th class=\"n\">read</th><th class=\"n\">size</th><th>started</th></tr>\n",
+        "<table>\n<tr><th>volume</th><th>from → to</th><th>progress</th><th class=\"n\">read</th><th class=\"n\">size</th><th class=\"n\">rate</th><th class=\"n\">ETA</th><th>started</th></tr>\n",
     );
     for m in &st.migrations {
         #[allow(clippy::cast_precision_loss)] // a bar's fill
@@ -416,7 +417,7 @@ fn migrations(s: &mut String, st: &Status, now: DateTime<Utc>) {
         let _ = writeln!(
             s,
             "<tr data-migration=\"{}\"><td><code>{}</code></td><td><code>{}</code> → <code>{}</code></td>\
-             <td><progress max=\"{}\" value=\"{}\"></progress> {pct:.0}%</td><td class=\"n\">{} of {}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+             <td><progress max=\"{}\" value=\"{}\"></progress> {pct:.0}%</td><td class=\"n\">{} of {}</td><td class=\"n\">{}</td><td class=\"n\" data-rate=\"{}\">{}/s</td><td class=\"n\">{}</td><td>{}</td></tr>",
             esc(&m.address),
             esc(&m.address),
             esc(&m.from),
@@ -426,6 +427,10 @@ fn migrations(s: &mut String, st: &Status, now: DateTime<Utc>) {
             bytes(m.read, "read"),
             bytes(m.to_read, "to-read"),
             bytes(m.size, "size"),
+            m.rate,
+            human(m.rate as f64),
+            m.eta_seconds
+                .map_or_else(|| "—".to_owned(), |s| format!("{s} s")),
             when(Some(m.started_at), now)
         );
     }
@@ -697,6 +702,8 @@ mod tests {
             read: 1 << 30,
             to_read: 2 << 30,
             written: 1 << 30,
+            rate: 1 << 24,
+            eta_seconds: Some(64),
         });
         st.backups.policies.push(PolicyStatus {
             name: "nightly".into(),
@@ -739,6 +746,7 @@ mod tests {
             "<td class=\"bad\" data-state=\"failed\">failed</td>",
             "lvcreate: &lt;no space&gt; (2 failures; retry at 2027-01-15T08:00:30Z)",
             "<progress max=\"2147483648\" value=\"1073741824\"></progress> 50%",
+            "<td class=\"n\" data-rate=\"16777216\">16 MiB/s</td><td class=\"n\">64 s</td>",
             "data-age-seconds=\"93600\">1 d 2 h ago</time>",
             "<span data-bytes=\"123456\" data-of=\"stored\">120.56 KiB</span>",
         ] {

@@ -38,6 +38,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::backoff::{Backoff, Policy, Retry};
+use super::metrics::MigrationGauges;
 use super::source::{Candidate, Source};
 use super::status::{
     BackendStatus, BadRevision, DriftStatus, MigrationStatus, ObjectStatus, ReconcileStatus, Status,
@@ -499,6 +500,7 @@ impl Reconciler {
         let mut progress = AgentProgress {
             shared: Arc::clone(&self.shared),
             done: Vec::new(),
+            stages: BTreeMap::new(),
         };
         let fence = self.fleet.as_deref().map(|l| l as &dyn crate::apply::Fence);
         let result = apply::apply_with(
@@ -962,6 +964,51 @@ pub fn refresh_source_condition(s: &mut Status, now: DateTime<Utc>) {
 struct AgentProgress {
     shared: Arc<Shared>,
     done: Vec<String>,
+    /// Per migration in flight: the stages of its copy seen so far (a
+    /// chain's move copies once per snapshot and once for the volume).
+    stages: BTreeMap<String, Stages>,
+}
+
+/// The copy stages of one migration, so its progress counts them all.
+#[derive(Debug, Default)]
+struct Stages {
+    /// Read and written by the stages that ended.
+    done: (u64, u64),
+    /// The current stage's last position.
+    last: crate::copy::Position,
+    /// What the plan said the whole move reads (a chain's volume and
+    /// snapshots); `None` for a volume alone (its copy says it exactly).
+    planned: Option<u64>,
+}
+
+impl Stages {
+    /// Takes `at` in: (read, written, to read) of the whole move so far.
+    fn at(&mut self, at: &crate::copy::Position) -> (u64, u64, u64) {
+        let l = &self.last;
+        // A new stage walks from its start again and has its own total.
+        if at.offset < l.offset || at.read < l.read || at.to_read != l.to_read {
+            self.done.0 += l.read;
+            self.done.1 += l.written;
+        }
+        self.last = *at;
+        let read = self.done.0 + at.read;
+        let to_read = (self.done.0 + at.to_read).max(self.planned.unwrap_or(0));
+        (read, self.done.1 + at.written, to_read)
+    }
+}
+
+/// Bytes per second over `secs`, and the seconds `left` bytes take at it.
+fn rate_and_eta(read: u64, left: u64, secs: f64) -> (u64, Option<u64>) {
+    if secs <= 0.0 || read == 0 {
+        return (0, None);
+    }
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )] // rates and seconds shown rounded
+    let rate = (read as f64 / secs) as u64;
+    (rate, (rate > 0).then(|| left.div_ceil(rate)))
 }
 
 impl AgentProgress {
@@ -980,9 +1027,20 @@ impl Progress for AgentProgress {
             to,
             size,
             read,
+            snapshots,
             ..
         } = &action.op
         {
+            let planned = (!snapshots.is_empty())
+                .then(|| read + snapshots.iter().map(|c| c.read).sum::<u64>());
+            self.stages.insert(
+                action.address.clone(),
+                Stages {
+                    planned,
+                    ..Stages::default()
+                },
+            );
+            let read = &planned.unwrap_or(*read);
             let mut s = lock(&self.shared.status);
             s.migrations.retain(|m| m.address != action.address);
             s.migrations.push(MigrationStatus {
@@ -994,34 +1052,54 @@ impl Progress for AgentProgress {
                 read: 0,
                 to_read: *read,
                 written: 0,
+                rate: 0,
+                eta_seconds: None,
             });
-            lock(&self.shared.metrics)
-                .migrations
-                .insert(action.address.clone(), (from.clone(), to.clone(), 0, *read));
+            lock(&self.shared.metrics).migrations.insert(
+                action.address.clone(),
+                MigrationGauges {
+                    from: from.clone(),
+                    to: to.clone(),
+                    to_read: *read,
+                    ..MigrationGauges::default()
+                },
+            );
         }
     }
     fn copy(&mut self, action: &Action, at: &crate::copy::Position) {
+        let (read, written, to_read) = self
+            .stages
+            .entry(action.address.clone())
+            .or_default()
+            .at(at);
+        let mut figures = (0, None);
         if let Some(m) = lock(&self.shared.status)
             .migrations
             .iter_mut()
             .find(|m| m.address == action.address)
         {
-            m.read = at.read;
-            m.to_read = at.to_read;
-            m.written = at.written;
+            #[allow(clippy::cast_precision_loss)] // a rate
+            let secs = (Utc::now() - m.started_at).num_milliseconds() as f64 / 1000.0;
+            figures = rate_and_eta(read, to_read.saturating_sub(read), secs);
+            m.read = read;
+            m.to_read = to_read;
+            m.written = written;
+            (m.rate, m.eta_seconds) = figures;
         }
         if let Some(m) = lock(&self.shared.metrics)
             .migrations
             .get_mut(&action.address)
         {
-            m.2 = at.read;
-            m.3 = at.to_read;
+            m.read = read;
+            m.to_read = to_read;
+            (m.rate, m.eta_seconds) = figures;
         }
     }
     fn done(&mut self, action: &Action, changed: bool, elapsed: Duration) {
         tracing::info!(address = %action.address, changed, elapsed_ms = elapsed.as_millis(), "step done");
         self.done.push(action.address.clone());
         if matches!(action.op, Op::Migrate { .. }) {
+            self.stages.remove(&action.address);
             lock(&self.shared.status)
                 .migrations
                 .retain(|m| m.address != action.address);
@@ -1673,5 +1751,36 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["volume.b"]
         );
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::{Stages, rate_and_eta};
+    use crate::copy::Position;
+
+    #[test]
+    fn a_chains_progress_counts_every_stage_and_says_rate_and_time_left() {
+        let p = |offset, read, to_read| Position {
+            offset,
+            read,
+            written: read / 2,
+            to_read,
+        };
+        let mut s = Stages {
+            planned: Some(30),
+            ..Stages::default()
+        };
+        assert_eq!(s.at(&p(4, 4, 10)), (4, 2, 30));
+        assert_eq!(s.at(&p(10, 10, 10)), (10, 5, 30));
+        // The next stage walks from its start again.
+        assert_eq!(s.at(&p(8, 16, 20)), (26, 13, 30));
+        assert_eq!(s.at(&p(20, 20, 20)), (30, 15, 30));
+        // A volume alone: its copy's own total.
+        let mut one = Stages::default();
+        assert_eq!(one.at(&p(6, 6, 12)), (6, 3, 12));
+        assert_eq!(rate_and_eta(30, 10, 3.0), (10, Some(1)));
+        assert_eq!(rate_and_eta(30, 11, 3.0), (10, Some(2)));
+        assert_eq!(rate_and_eta(0, 10, 3.0), (0, None));
     }
 }

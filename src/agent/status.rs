@@ -82,6 +82,12 @@ pub struct MigrationStatus {
     pub to_read: u64,
     /// Bytes written to the target so far.
     pub written: u64,
+    /// Bytes read per second since the step started (0 until it reads).
+    #[serde(default)]
+    pub rate: u64,
+    /// Seconds left at that rate, once it reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
 }
 
 /// The process behind the document.

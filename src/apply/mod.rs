@@ -1130,6 +1130,7 @@ fn migrate(
         target_size,
         bandwidth,
         deletion_policy,
+        snapshots,
         ..
     } = &action.op
     else {
@@ -1141,13 +1142,31 @@ fn migrate(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    let links: Vec<crate::migrate::Link<'_>> = snapshots
+        .iter()
+        .map(|c| crate::migrate::Link {
+            uuid: c.uuid,
+            name: &c.name,
+            size: c.target_size,
+            space: c.space,
+        })
+        .collect();
     let mv = crate::migrate::Move {
         uuid: *uuid,
         name,
         size: *target_size,
         bandwidth: limit,
+        snapshots: &links,
     };
     let report = crate::migrate::run(&mv, src, dst, ctx)?;
+    for m in &report.snapshots {
+        let text = format!(
+            "snapshot.{} moved with it: verified (blake3 {})",
+            m.name, m.hash
+        );
+        tracing::info!(volume = %name, snapshot = %m.name, %from, %to, "{text}");
+        ctx.progress.note(action, &text);
+    }
     if let Some(c) = &report.copy {
         let text = format!(
             "read {} bytes, wrote {}, zeroed {}{} in {:.1}s; verified (blake3 {})",
@@ -1181,6 +1200,13 @@ fn migrate(
             consistency_group,
         },
     );
+    // The snapshots moved with it live on the target now.
+    for c in snapshots {
+        if let Some(r) = ledger.recorded.objects.get_mut(&c.uuid) {
+            r.backend.clone_from(to);
+            r.size = c.target_size;
+        }
+    }
     Ok(Change::from_bool(report.changed))
 }
 

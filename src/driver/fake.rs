@@ -56,6 +56,8 @@ pub struct FakeDriver {
     released: Arc<Mutex<Vec<Uuid>>>,
     /// A pool of this many bytes that written blocks draw on ([`Driver::room`]).
     pool: Option<u64>,
+    /// Each object's place in the order of creation ([`Object::created`]).
+    created: Arc<Mutex<BTreeMap<Uuid, u64>>>,
 }
 
 impl FakeDriver {
@@ -71,6 +73,7 @@ impl FakeDriver {
             objects: Arc::new(Mutex::new(BTreeMap::new())),
             released: Arc::new(Mutex::new(Vec::new())),
             pool: None,
+            created: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
@@ -80,6 +83,16 @@ impl FakeDriver {
     pub fn with_pool(mut self, bytes: u64) -> Self {
         self.pool = Some(bytes);
         self
+    }
+
+    /// Notes that `uuid` was created now.
+    fn born(&self, uuid: Uuid) {
+        let mut c = self
+            .created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = c.values().max().map_or(1, |m| m + 1);
+        c.insert(uuid, next);
     }
 
     fn objects(&self) -> MutexGuard<'_, BTreeMap<Uuid, FakeObject>> {
@@ -113,6 +126,7 @@ impl FakeDriver {
             }
         }
         self.objects().insert(uuid, object);
+        self.born(uuid);
     }
 
     /// The data of object `uuid`.
@@ -280,6 +294,7 @@ impl Driver for FakeDriver {
                 in_use: false,
             },
         );
+        self.born(new.uuid);
         Ok(Change::Changed)
     }
 
@@ -314,6 +329,50 @@ impl Driver for FakeDriver {
                 in_use: false,
             },
         );
+        self.born(uuid);
+        Ok(Change::Changed)
+    }
+
+    fn migration_snapshot(
+        &self,
+        volume: Uuid,
+        uuid: Uuid,
+        name: &str,
+        _space: u64,
+    ) -> Result<Change, DriverError> {
+        let Some(vol) = self.objects().get(&volume).cloned() else {
+            return Err(self.refused(Op::Snapshot, format!("no volume {volume}")));
+        };
+        if vol.mark != Mark::Migrating || vol.migration.is_none() {
+            return Err(self.refused(
+                Op::Snapshot,
+                format!("{volume} is not a migration's target"),
+            ));
+        }
+        if let Some(o) = self.objects().get(&uuid) {
+            return if o.kind == ObjKind::Snapshot
+                && o.mark == Mark::Migrating
+                && o.migration == vol.migration
+            {
+                Ok(Change::Unchanged)
+            } else {
+                Err(self.refused(Op::Snapshot, format!("{uuid} exists")))
+            };
+        }
+        self.fill(uuid, vol.size, Some(volume));
+        self.objects().insert(
+            uuid,
+            FakeObject {
+                name: name.to_owned(),
+                kind: ObjKind::Snapshot,
+                size: vol.size,
+                mark: Mark::Migrating,
+                migration: vol.migration,
+                parent: Some(volume),
+                in_use: false,
+            },
+        );
+        self.born(uuid);
         Ok(Change::Changed)
     }
 
@@ -418,7 +477,14 @@ impl Driver for FakeDriver {
     }
 
     fn object(&self, uuid: Uuid) -> Result<Option<Object>, DriverError> {
+        let created = self
+            .created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&uuid)
+            .copied();
         Ok(self.objects().get(&uuid).map(|o| Object {
+            created,
             uuid,
             name: o.name.clone(),
             kind: o.kind,

@@ -12,6 +12,7 @@
 //! | `migrate-verified` | after a migration's source is marked `deleting` | [`Faulty`] |
 //! | `migrate-promoted` | after a migration's target is promoted | [`Faulty`] |
 //! | `migrate-copy:N` | once a migration's copy has read N bytes | [`copied`], the migration's copy observer |
+//! | `migrate-snapshot:K` | after the K-th (from 1) snapshot of a chain is taken on its migration's target | [`Faulty`] |
 //! | `lvm-copy` | between a thick clone's `lvcreate` and its copy, inside one driver call | [`named`], the `lvm` back end |
 //! | `rename-catalogued` | inside a rename step, after the backup catalogue and before the back end | [`named`], the executor |
 //!
@@ -97,6 +98,9 @@ pub enum Trigger {
     MigrateVerified,
     /// After a migration's target is marked ready (`migrate-promoted`).
     MigratePromoted,
+    /// After the n-th (from 0) snapshot of a chain is taken on a
+    /// migration's target (`migrate-snapshot:K`, K = n + 1).
+    MigrateSnapshot(usize),
     /// After the n-th (from 0) call that changes something: create,
     /// snapshot, extend, release, delete, set mark, create pool.
     Call(usize),
@@ -124,6 +128,7 @@ pub struct Faulty<'d> {
     action: Action,
     calls: AtomicUsize,
     op_calls: AtomicUsize,
+    chain_snapshots: AtomicUsize,
     dead: AtomicBool,
 }
 
@@ -190,7 +195,15 @@ pub fn wrap_from_env<'d>(driver: Box<dyn Driver + 'd>) -> Box<dyn Driver + 'd> {
         Some("migrate-target") => Trigger::MigrateTarget,
         Some("migrate-verified") => Trigger::MigrateVerified,
         Some("migrate-promoted") => Trigger::MigratePromoted,
-        _ => return driver,
+        Some(at) => match at
+            .strip_prefix("migrate-snapshot:")
+            .and_then(|k| k.parse::<usize>().ok())
+            .filter(|k| *k >= 1)
+        {
+            Some(k) => Trigger::MigrateSnapshot(k - 1),
+            None => return driver,
+        },
+        None => return driver,
     };
     Box::new(Faulty::new(driver, trigger, Action::Kill))
 }
@@ -204,6 +217,7 @@ impl<'d> Faulty<'d> {
             action,
             calls: AtomicUsize::new(0),
             op_calls: AtomicUsize::new(0),
+            chain_snapshots: AtomicUsize::new(0),
             dead: AtomicBool::new(false),
         }
     }
@@ -310,6 +324,20 @@ impl Driver for Faulty<'_> {
             Op::Snapshot,
             |n| self.nth(n),
             || self.inner.snapshot(volume, uuid, name, space),
+        )
+    }
+    fn migration_snapshot(
+        &self,
+        volume: Uuid,
+        uuid: Uuid,
+        name: &str,
+        space: u64,
+    ) -> Result<Change, DriverError> {
+        let k = self.chain_snapshots.fetch_add(1, Ordering::SeqCst);
+        self.changing(
+            Op::Snapshot,
+            |n| self.nth(n) || self.trigger == Trigger::MigrateSnapshot(k),
+            || self.inner.migration_snapshot(volume, uuid, name, space),
         )
     }
     fn extend(&self, uuid: Uuid, size: u64) -> Result<Change, DriverError> {

@@ -188,6 +188,28 @@ pub trait Driver: Send + Sync {
         Ok(Change::Unchanged)
     }
 
+    /// Snapshot `uuid` named `name` of migration target `volume` (marked
+    /// `migrating`), itself marked `migrating` with the volume's migration
+    /// in the same step (one `lvcreate`; a file's sidecar says `creating`
+    /// until its copy is complete, and a re-run copies again): one link of
+    /// a snapshot chain moving with its volume (`migrateSnapshots`), which
+    /// becomes a ready snapshot when the migration promotes it. `space` as
+    /// for [`Driver::snapshot`]. `Unchanged` when it exists as such.
+    fn migration_snapshot(
+        &self,
+        volume: Uuid,
+        uuid: Uuid,
+        name: &str,
+        space: u64,
+    ) -> Result<Change, DriverError> {
+        let _ = (volume, uuid, name, space);
+        Err(DriverError::refused(
+            self.name(),
+            Op::Snapshot,
+            "this back end cannot take a snapshot chain".into(),
+        ))
+    }
+
     /// Creates the back end's declared pool of `size` data and `metadata`
     /// metadata bytes; `Unchanged` when it exists.
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {
@@ -415,6 +437,10 @@ pub struct Object {
     pub migration: Option<Uuid>,
     /// Open (in use); back ends that cannot tell say `false`.
     pub in_use: bool,
+    /// A key that grows with creation, where the back end keeps one (a
+    /// file's creation time in nanoseconds, a thin LV's device id in its
+    /// pool): a volume's snapshots move oldest first by it.
+    pub created: Option<u64>,
 }
 
 /// What an object's data is.

@@ -229,6 +229,8 @@ pub fn discover(root: &Path, backend: &str) -> Result<Inventory, FileError> {
         };
         let stat = data.get(&uuid).copied();
         let health = match (meta.state, stat) {
+            // A chain snapshot being taken on a migration's target.
+            (Mark::Creating, _) if meta.migration.is_some() => Health::Migrating,
             (Mark::Creating | Mark::Deleting | Mark::Migrating, _) => Health::of_mark(meta.state),
             (Mark::Ready, None) => Health::DataMissing,
             (Mark::Ready, Some(s)) if s.len != meta.size => Health::SizeMismatch {

@@ -573,7 +573,8 @@ impl FileBackend {
             uuid,
             reason,
         };
-        if meta.state != Mark::Ready {
+        // (A migration's target grows along the chain it carries.)
+        if !matches!(meta.state, Mark::Ready | Mark::Migrating) {
             return Err(conflict(format!("is {:?}, not ready", meta.state)));
         }
         if meta.kind != ObjKind::Volume {
@@ -888,6 +889,105 @@ impl FileBackend {
         })?;
         tracing::info!(%uuid, size, "migration target created");
         Ok((mark, path))
+    }
+
+    /// A snapshot `uuid` named `name` of migration target `volume`, part of
+    /// the same migration: its sidecar is written `creating` with the
+    /// volume's migration mark, the volume's data copied (reflink, else a
+    /// sparse copy), then the sidecar says `migrating`. Discovery reads
+    /// both as a migration's target; a re-run finds a `creating` one and
+    /// copies again. `Unchanged` once it is `migrating`.
+    pub fn migration_snapshot(
+        &self,
+        volume: Uuid,
+        uuid: Uuid,
+        name: &str,
+    ) -> Result<Change, FileError> {
+        self.check_root()?;
+        let vol = self.ours(volume)?;
+        let conflict = |reason: String| FileError::Conflict {
+            name: name.to_owned(),
+            uuid,
+            reason,
+        };
+        let mark = match (&vol.migration, vol.state, vol.kind) {
+            (Some(m), Mark::Migrating, ObjKind::Volume) => m.clone(),
+            _ => {
+                return Err(conflict(format!(
+                    "its volume {volume} is a {:?} {:?}, not a migration's target",
+                    vol.state, vol.kind
+                )));
+            }
+        };
+        let same = |m: &ObjectMeta| {
+            m.kind == ObjKind::Snapshot
+                && m.parent == Some(volume)
+                && m.migration.as_ref().map(|g| g.id) == Some(mark.id)
+        };
+        let source = SourceRef {
+            kind: ObjKind::Volume,
+            uuid: volume,
+        };
+        let mut meta = match self.get(uuid)? {
+            Some(m) if same(&m) && m.state == Mark::Migrating => return Ok(Change::Unchanged),
+            Some(m) if same(&m) && m.state == Mark::Creating => {
+                tracing::info!(%uuid, "copying an interrupted chain snapshot again");
+                m
+            }
+            Some(m) => {
+                return Err(conflict(format!(
+                    "exists here as a {:?} {:?}, not a snapshot of this migration",
+                    m.state, m.kind
+                )));
+            }
+            None => {
+                let data = self.data_path(ObjKind::Snapshot, uuid);
+                if fs::symlink_metadata(&data).is_ok() {
+                    return Err(FileError::Foreign { path: data });
+                }
+                self.ensure_meta_dir()?;
+                let fresh = ObjectMeta {
+                    format: META_FORMAT.to_owned(),
+                    version: META_VERSION,
+                    uuid,
+                    name: name.to_owned(),
+                    kind: ObjKind::Snapshot,
+                    owner: Owner {
+                        managed_by: MANAGED_BY.to_owned(),
+                        backend: self.backend.clone(),
+                    },
+                    size: vol.size,
+                    allocation: Allocation::Sparse,
+                    source: Some(source),
+                    parent: Some(volume),
+                    created_at: Utc::now(),
+                    state: Mark::Creating,
+                    migration: Some(mark.clone()),
+                    file: None,
+                };
+                meta::write_sidecar(&self.root, &fresh)?;
+                fresh
+            }
+        };
+        let path = self.data_path(ObjKind::Snapshot, uuid);
+        let spec = NewObject {
+            uuid,
+            name,
+            kind: ObjKind::Snapshot,
+            size: vol.size,
+            allocation: Allocation::Sparse,
+            source: Some(source),
+        };
+        self.copy_from(source, &spec, &path)?;
+        fsync_dir(&self.root).map_err(|source| FileError::Metadata {
+            path: self.root.clone(),
+            source,
+        })?;
+        meta.size = vol.size;
+        meta.state = Mark::Migrating;
+        meta::write_sidecar(&self.root, &meta)?;
+        tracing::info!(%uuid, %volume, "chain snapshot taken on a migration's target");
+        Ok(Change::Changed)
     }
 
     /// Makes a migration's target the volume: reserves the rest of a

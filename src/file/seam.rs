@@ -239,6 +239,18 @@ impl Driver for FileDriver<'_> {
             .change)
     }
 
+    fn migration_snapshot(
+        &self,
+        volume: Uuid,
+        uuid: Uuid,
+        name: &str,
+        _space: u64,
+    ) -> Result<Change, DriverError> {
+        self.backend
+            .migration_snapshot(volume, uuid, name)
+            .map_err(self.err(Op::Snapshot))
+    }
+
     fn extend(&self, uuid: Uuid, size: u64) -> Result<Change, DriverError> {
         self.backend
             .extend(uuid, size, self.allocation)
@@ -303,6 +315,10 @@ impl Driver for FileDriver<'_> {
             .map_err(self.err(Op::Lookup))?
             .map(|m| Object {
                 uuid,
+                created: m
+                    .created_at
+                    .timestamp_nanos_opt()
+                    .and_then(|n| u64::try_from(n).ok()),
                 migration: m.migration.as_ref().map(|g| g.id),
                 name: m.name,
                 kind: m.kind,

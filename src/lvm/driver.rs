@@ -699,12 +699,75 @@ impl<'r> LvmBackend<'r> {
         Ok(Change::Changed)
     }
 
+    /// A snapshot `uuid` named `name` of migration target `volume`, tagged
+    /// as part of the same migration (`cinderblock.state=migrating`, its
+    /// migration id and source back end) in the one `lvcreate` that makes
+    /// it: thin when the target is, else copy-on-write with `cow` bytes.
+    /// Named like any snapshot, or by the second name while the source (in
+    /// this volume group) holds the first. `Unchanged` when it exists so.
+    pub fn migration_snapshot(
+        &self,
+        volume: Uuid,
+        uuid: Uuid,
+        name: &str,
+        cow: u64,
+    ) -> Result<Change, LvmError> {
+        let lvs = self.lvs()?;
+        let (vol, vol_owned) = self.ours(&lvs, volume)?;
+        let migration = tags::migration_of(vol);
+        let (id, from) = match (&migration, vol_owned.kind, vol_owned.mark) {
+            (Some((id, from)), ObjKind::Volume, Mark::Migrating) => (*id, from.as_str()),
+            _ => {
+                return Err(self.refused(&vol.name, "is not a migration's target".into()));
+            }
+        };
+        if let Some((lv, owned)) = self.find(&lvs, uuid)? {
+            let same = owned.kind == ObjKind::Snapshot
+                && owned.mark == Mark::Migrating
+                && tags::migration_of(lv).is_some_and(|(i, _)| i == id);
+            return if same {
+                Ok(Change::Unchanged)
+            } else {
+                Err(self.refused(
+                    &lv.name,
+                    format!(
+                        "is a {} {}, not a snapshot of this migration",
+                        owned.mark.as_str(),
+                        owned.kind.as_str()
+                    ),
+                ))
+            };
+        }
+        let lv_name = self.target_name(&lvs, ObjKind::Snapshot, uuid, from)?;
+        let mut t = tags::new_tags(
+            &self.backend,
+            &Owned {
+                uuid,
+                name: name.to_owned(),
+                kind: ObjKind::Snapshot,
+                parent: Some(volume),
+                mark: Mark::Migrating,
+            },
+        );
+        t.push(tags::tag(tags::MIGRATION, &id.to_string()));
+        t.push(tags::tag(tags::MIGRATING_FROM, from));
+        let c = if vol.attr.kind == LvKind::Thin {
+            cmd::create_thin_snapshot(&self.vg, &vol.name, &lv_name, &t)
+        } else {
+            cmd::create_thick_snapshot(&self.vg, &vol.name, &lv_name, cow, &t)
+        };
+        self.exec("snapshot", self.target(&vol.name), &c)?;
+        tracing::info!(%uuid, lv = %lv_name, origin = %vol.name, %id, "chain snapshot taken on a migration's target");
+        Ok(Change::Changed)
+    }
+
     /// Grows a volume to `size` bytes. Refuses to shrink, and to resize a thick
     /// origin of thick snapshots.
     pub fn extend(&self, uuid: Uuid, size: u64) -> Result<Change, LvmError> {
         let lvs = self.lvs()?;
         let (lv, owned) = self.ours(&lvs, uuid)?;
-        if owned.mark != Mark::Ready {
+        // (A migration's target grows along the chain it carries.)
+        if !matches!(owned.mark, Mark::Ready | Mark::Migrating) {
             return Err(self.refused(&lv.name, format!("is {}", owned.mark.as_str())));
         }
         if owned.kind == ObjKind::Snapshot {

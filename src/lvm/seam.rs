@@ -187,6 +187,18 @@ impl Driver for LvmDriver<'_> {
             .map_err(self.err(Op::Snapshot))
     }
 
+    fn migration_snapshot(
+        &self,
+        volume: Uuid,
+        uuid: Uuid,
+        name: &str,
+        space: u64,
+    ) -> Result<Change, DriverError> {
+        self.lvm
+            .migration_snapshot(volume, uuid, name, space)
+            .map_err(self.err(Op::Snapshot))
+    }
+
     fn extend(&self, uuid: Uuid, size: u64) -> Result<Change, DriverError> {
         self.lvm.extend(uuid, size).map_err(self.err(Op::Extend))
     }
@@ -244,6 +256,9 @@ impl Driver for LvmDriver<'_> {
             mark: owned.mark,
             migration: tags::migration_of(lv).map(|(id, _)| id),
             in_use: lv.attr.open,
+            // Thin device ids grow with creation; lvm2 keeps no such key
+            // for thick LVs here (their snapshots move in name order).
+            created: lv.thin_id.map(u64::from),
         }))
     }
 

@@ -1374,6 +1374,7 @@ fn move_of(uuid: Uuid, size: u64) -> crate::migrate::Move<'static> {
         name: "db",
         size,
         bandwidth: None,
+        snapshots: &[],
     }
 }
 

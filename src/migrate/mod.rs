@@ -22,6 +22,10 @@
 //! size if one was asked. Between other back ends of one space (a thin pool
 //! and a thick back end, two thin pools) the steps above run inside it.
 //!
+//! With its snapshots (`migrateSnapshots: true`, [`Move::snapshots`]) a
+//! volume moves as a chain that stays a chain on the target: see
+//! [`chain`].
+//!
 //! A failed verification keeps the source as it was, resets the checkpoint
 //! (the next run copies from the start) and says so. The source must not be
 //! written while it moves: an open LV is refused (the planner refuses it too),
@@ -44,6 +48,10 @@
 //! Must not: decide whether to migrate (the planner's), print (progress goes
 //! through [`crate::copy::Observer`]), touch anything without our marks, or
 //! branch on a back end's kind.
+
+mod chain;
+
+pub use chain::{Link, Moved};
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -125,6 +133,9 @@ pub struct Move<'a> {
     pub size: u64,
     /// Read at most this many bytes per second.
     pub bandwidth: Option<u64>,
+    /// Its snapshots, moved with it as a chain (`migrateSnapshots`); none:
+    /// the volume alone.
+    pub snapshots: &'a [Link<'a>],
 }
 
 /// Where checkpoints go and come from.
@@ -158,6 +169,8 @@ pub struct Report {
     pub copy: Option<copy::Stats>,
     /// The verified content hash, when this run verified.
     pub hash: Option<String>,
+    /// The snapshots moved with it, oldest first, when this run verified.
+    pub snapshots: Vec<Moved>,
 }
 
 impl Report {
@@ -166,6 +179,7 @@ impl Report {
             changed,
             copy: None,
             hash: None,
+            snapshots: Vec::new(),
         }
     }
 }
@@ -242,6 +256,49 @@ fn switch(src: &dyn Driver, dst: &dyn Driver, uuid: Uuid) -> Result<(), MigrateE
     Ok(())
 }
 
+/// Refuses a source that is no volume, in use (unless its move was verified
+/// already and only the switch is left), neither ready nor verified, or
+/// larger than its target's `size`; `true` when only the switch is left.
+fn movable(
+    info: &crate::driver::Object,
+    src: &dyn Driver,
+    size: u64,
+) -> Result<bool, MigrateError> {
+    let uuid = info.uuid;
+    if info.kind != ObjKind::Volume {
+        return Err(MigrateError::State(format!(
+            "{uuid} on {} is a {}, not a volume",
+            src.name(),
+            info.kind
+        )));
+    }
+    if info.in_use && info.mark != Mark::Deleting {
+        return Err(MigrateError::State(format!(
+            "volume {uuid} on {} is open (in use); stop its users and apply again",
+            src.name()
+        )));
+    }
+    match info.mark {
+        Mark::Ready => {}
+        // Verified in an earlier run, which then crashed.
+        Mark::Deleting => return Ok(true),
+        other => {
+            return Err(MigrateError::State(format!(
+                "volume {uuid} on {} is {}, not ready",
+                src.name(),
+                other.as_str()
+            )));
+        }
+    }
+    if size < info.size {
+        return Err(MigrateError::State(format!(
+            "the target's {size} bytes are fewer than the source's {}",
+            info.size
+        )));
+    }
+    Ok(false)
+}
+
 fn open(path: &Path, write: bool) -> Result<File, MigrateError> {
     OpenOptions::new()
         .read(true)
@@ -262,6 +319,9 @@ pub fn run(
     dst: &dyn Driver,
     cp: &mut dyn Checkpoints,
 ) -> Result<Report, MigrateError> {
+    if !mv.snapshots.is_empty() {
+        return chain::run(mv, src, dst, cp);
+    }
     let uuid = mv.uuid;
     let Some(info) = src.object(uuid)? else {
         // Gone from the source: done, if the target holds the volume.
@@ -279,40 +339,11 @@ pub fn run(
             ))),
         };
     };
-    if info.kind != ObjKind::Volume {
-        return Err(MigrateError::State(format!(
-            "{uuid} on {} is a {}, not a volume",
-            src.name(),
-            info.kind
-        )));
-    }
-    if info.in_use && info.mark != Mark::Deleting {
-        return Err(MigrateError::State(format!(
-            "volume {uuid} on {} is open (in use); stop its users and apply again",
-            src.name()
-        )));
-    }
-    match info.mark {
-        Mark::Ready => {}
-        Mark::Deleting => {
-            // Verified in an earlier run, which then crashed.
-            tracing::info!(%uuid, "finishing a verified migration");
-            switch(src, dst, uuid)?;
-            return Ok(Report::nothing_to_copy(true));
-        }
-        other => {
-            return Err(MigrateError::State(format!(
-                "volume {uuid} on {} is {}, not ready",
-                src.name(),
-                other.as_str()
-            )));
-        }
-    }
-    if mv.size < info.size {
-        return Err(MigrateError::State(format!(
-            "the target's {} bytes are fewer than the source's {}",
-            mv.size, info.size
-        )));
+    if movable(&info, src, mv.size)? {
+        // Verified in an earlier run, which then crashed.
+        tracing::info!(%uuid, "finishing a verified migration");
+        switch(src, dst, uuid)?;
+        return Ok(Report::nothing_to_copy(true));
     }
     if src.capabilities().relabels_to(&dst.capabilities()) && dst.object(uuid)?.is_none() {
         // One space, and the object is bound to nothing in it but its owner
@@ -432,6 +463,7 @@ pub fn run(
         changed: true,
         copy: Some(stats),
         hash: Some(source_hash.to_hex().to_string()),
+        snapshots: Vec::new(),
     })
 }
 

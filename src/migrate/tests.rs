@@ -71,6 +71,7 @@ fn mv(uuid: Uuid) -> Move<'static> {
         name: "db",
         size: 4 * MIB,
         bandwidth: None,
+        snapshots: &[],
     }
 }
 
@@ -178,4 +179,197 @@ fn a_copy_stops_before_it_fills_its_targets_pool_and_resumes_once_there_is_room(
     assert_eq!(copy.read, 64 * MIB - kept, "{copy:?}");
     assert_eq!(b.data(uuid), data);
     assert!(a.object(uuid).unwrap().is_none(), "the source is gone");
+}
+
+// A volume moving with its snapshots (`chain`).
+
+use super::Link;
+use crate::driver::fault::{Action, Faulty, Trigger};
+
+const KIB: u64 = 1 << 10;
+
+/// Writes `len` bytes of `byte` at `at` of object `uuid` of `d`, and into
+/// `model` (what it must hold).
+fn scribble(d: &FakeDriver, uuid: Uuid, model: &mut [u8], at: u64, len: u64, byte: u8) {
+    use std::os::unix::fs::FileExt;
+    let path = d.data_path(uuid).unwrap().path;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let buf = vec![byte; len as usize];
+    f.write_all_at(&buf, at).unwrap();
+    model[at as usize..(at + len) as usize].copy_from_slice(&buf);
+}
+
+/// On thin `a`: volume 7 (8 MiB) with snapshot s1 (2 MiB of data), then
+/// 128 KiB changed and snapshot s2, then 128 KiB more changed. Returns the
+/// uuids and what each must hold: (s1, s2, the volume).
+fn chain_setup(
+    thin_target: bool,
+) -> (
+    tempfile::TempDir,
+    FakeDriver,
+    FakeDriver,
+    [(Uuid, Vec<u8>); 3],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FakeDriver::new("a", dir.path(), true);
+    let b = FakeDriver::new("b", dir.path(), thin_target);
+    let (vol, s1, s2) = (Uuid::from_u128(7), Uuid::from_u128(11), Uuid::from_u128(10));
+    let mut data = vec![0u8; 8 * MIB as usize];
+    for (i, x) in data[..2 * MIB as usize].iter_mut().enumerate() {
+        *x = (i % 251) as u8 | 1;
+    }
+    a.put(
+        vol,
+        FakeObject {
+            name: "db".into(),
+            kind: ObjKind::Volume,
+            size: 8 * MIB,
+            mark: Mark::Ready,
+            migration: None,
+            parent: None,
+            in_use: false,
+        },
+        &data,
+    );
+    let d0 = data.clone();
+    a.snapshot(vol, s1, "s1", 0).unwrap();
+    scribble(&a, vol, &mut data, MIB, 64 * KIB, 0x44);
+    scribble(&a, vol, &mut data, 4 * MIB, 64 * KIB, 0x33);
+    let d1 = data.clone();
+    a.snapshot(vol, s2, "s2", 0).unwrap();
+    scribble(&a, vol, &mut data, 6 * MIB, 128 * KIB, 0x55);
+    (dir, a, b, [(s1, d0), (s2, d1), (vol, data)])
+}
+
+/// The links as the plan names them: by name, not by age (s2's uuid sorts
+/// first too), so the move has to find the order itself.
+const LINKS: [Link<'static>; 2] = [
+    Link {
+        uuid: Uuid::from_u128(10),
+        name: "s2",
+        size: 8 * MIB,
+        space: 8 * MIB,
+    },
+    Link {
+        uuid: Uuid::from_u128(11),
+        name: "s1",
+        size: 8 * MIB,
+        space: 8 * MIB,
+    },
+];
+
+fn chain_mv() -> Move<'static> {
+    Move {
+        uuid: Uuid::from_u128(7),
+        name: "db",
+        size: 8 * MIB,
+        bandwidth: None,
+        snapshots: &LINKS,
+    }
+}
+
+/// The chain is on `b` once, ready, each object with its content and the
+/// snapshots with their volume; nothing is left on `a`.
+fn assert_moved(a: &FakeDriver, b: &FakeDriver, want: &[(Uuid, Vec<u8>); 3], at: &str) {
+    assert!(
+        a.state().is_empty(),
+        "{at}: the source chain is gone: {:?}",
+        a.state()
+    );
+    let on_b = b.state();
+    assert_eq!(on_b.len(), 3, "{at}: exactly the chain on b: {on_b:?}");
+    let vol = want[2].0;
+    for (uuid, data) in want {
+        let o = &on_b[uuid];
+        assert_eq!(o.mark, Mark::Ready, "{at}: {uuid}");
+        assert_eq!(o.migration, None, "{at}: {uuid}");
+        assert!(
+            b.data(*uuid) == *data,
+            "{at}: {} holds its point in time",
+            o.name
+        );
+        if *uuid != vol {
+            assert_eq!((o.kind, o.parent), (ObjKind::Snapshot, Some(vol)), "{at}");
+        }
+    }
+    assert_eq!(on_b[&want[0].0].name, "s1", "{at}: names kept");
+}
+
+#[test]
+fn a_chain_moves_oldest_first_writing_only_what_differs() {
+    let (_dir, a, b, want) = chain_setup(true);
+    let report = run(&chain_mv(), &a, &b, &mut Memory::default()).unwrap();
+    assert!(report.changed);
+    assert_eq!(
+        report
+            .snapshots
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        ["s1", "s2"],
+        "oldest first"
+    );
+    let copy = report.copy.unwrap();
+    // s1's 2 MiB, then s2's and the volume's 128 KiB of changes each.
+    assert_eq!(copy.written, 2 * MIB + 256 * KIB, "{copy:?}");
+    assert_moved(&a, &b, &want, "one run");
+    let again = run(&chain_mv(), &a, &b, &mut Memory::default()).unwrap();
+    assert!(!again.changed, "{again:?}");
+}
+
+#[test]
+fn a_chain_onto_a_thick_target_leaves_no_stale_byte() {
+    let (_dir, a, b, want) = chain_setup(false);
+    run(&chain_mv(), &a, &b, &mut Memory::default()).unwrap();
+    assert_moved(&a, &b, &want, "thick");
+}
+
+#[test]
+fn a_lying_checkpoint_in_a_chain_is_caught_and_the_next_run_heals() {
+    let (_dir, a, b, want) = chain_setup(false);
+    // The thick target's first 2 MiB are garbage, not s1's data.
+    let mut cp = Memory {
+        claim: 2 * MIB,
+        ..Memory::default()
+    };
+    let err = run(&chain_mv(), &a, &b, &mut cp).unwrap_err();
+    assert!(matches!(err, MigrateError::Verify { .. }), "{err}");
+    assert_eq!(a.state().len(), 3, "the source chain is kept");
+    for (uuid, data) in &want {
+        assert!(a.data(*uuid) == *data, "source {uuid} untouched");
+    }
+    run(&chain_mv(), &a, &b, &mut cp).unwrap();
+    assert_moved(&a, &b, &want, "healed");
+}
+
+#[test]
+fn a_chain_stopped_after_any_call_finishes_once() {
+    for side in ["source", "target"] {
+        for n in 0.. {
+            let (_dir, a, b, want) = chain_setup(true);
+            let at = format!("{side} call {n}");
+            let (fired, first) = if side == "source" {
+                let f = Faulty::new(Box::new(a.clone()), Trigger::Call(n), Action::Fail);
+                let r = run(&chain_mv(), &f, &b, &mut Memory::default());
+                (f.fired(), r)
+            } else {
+                let f = Faulty::new(Box::new(b.clone()), Trigger::Call(n), Action::Fail);
+                let r = run(&chain_mv(), &a, &f, &mut Memory::default());
+                (f.fired(), r)
+            };
+            if !fired {
+                first.unwrap_or_else(|e| panic!("{at}: {e}"));
+                assert_moved(&a, &b, &want, &at);
+                assert!(
+                    n > 4,
+                    "{side}: the run changes something at least {n} times"
+                );
+                break;
+            }
+            assert!(first.is_err(), "{at}: a dead driver fails the run");
+            run(&chain_mv(), &a, &b, &mut Memory::default())
+                .unwrap_or_else(|e| panic!("{at}: the next run: {e}"));
+            assert_moved(&a, &b, &want, &at);
+        }
+    }
 }

@@ -570,6 +570,7 @@ mod tests {
                         deletion_policy: DeletionPolicy::Retain,
                         carry: crate::plan::Carry::Copy,
                         within: None,
+                        snapshots: vec![],
                     },
                     "spec.backend changed: thin -> files",
                     Impact::Moves,

@@ -80,6 +80,27 @@ pub enum Carry {
     HandOver,
 }
 
+/// A snapshot that moves with its volume (`migrateSnapshots: true`): the
+/// chain is rebuilt on the target, oldest first, each snapshot keeping its
+/// name and uuid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainSnapshot {
+    /// Manifest name (kept).
+    pub name: String,
+    /// Identity (kept).
+    pub uuid: Uuid,
+    /// Its size now.
+    pub size: u64,
+    /// Its size on the target (rounded up to the target's extent).
+    pub target_size: u64,
+    /// The copy-on-write space it gets on a target that reserves one.
+    pub space: u64,
+    /// Bytes of data it holds (what its move reads at most on this side:
+    /// the allocated data where the source can tell, else all of it).
+    pub read: u64,
+}
+
 /// Where a new object's data comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -322,6 +343,10 @@ pub enum Op {
         /// vg0`), when they share one: the move stays inside it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         within: Option<String>,
+        /// Its snapshots, moving with it as a chain (`migrateSnapshots:
+        /// true`), by name.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        snapshots: Vec<ChainSnapshot>,
     },
     /// Create a back end's declared thin pool (`spec.lvm.thinPoolSize`).
     CreatePool {
@@ -2450,6 +2475,34 @@ impl<'a> Planner<'a> {
         if let Some((tb, to)) = in_flight
             && desired.as_ref().is_none_or(|(d, _)| *d != tb.name)
         {
+            // Snapshots a chain took on the target go first.
+            let taken: Vec<(String, Uuid, u64)> = self
+                .migrating
+                .values()
+                .filter(|c| {
+                    c.obj.kind == ObjKind::Snapshot
+                        && c.obj.parent == Some(to.uuid)
+                        && c.backend.name == tb.name
+                })
+                .map(|c| (c.obj.name.clone(), c.obj.uuid, c.obj.size))
+                .collect();
+            for (sname, suuid, ssize) in taken {
+                self.out.actions.push(Action {
+                    address: addr(ObjKind::Snapshot, &sname),
+                    op: Op::Delete {
+                        kind: ObjKind::Snapshot,
+                        name: sname,
+                        uuid: suuid,
+                        backend: tb.name.as_str().to_owned(),
+                        size: ssize,
+                    },
+                    reason: format!(
+                        "an interrupted migration to {} is abandoned; the snapshot it took there is removed, the snapshot stays intact on {cur}",
+                        tb.name
+                    ),
+                    impact: Impact::DestroysData,
+                });
+            }
             self.out.actions.push(Action {
                 address: a.clone(),
                 op: Op::Delete {
@@ -2500,31 +2553,7 @@ impl<'a> Planner<'a> {
         if let Some(g) = &doc.spec.consistency_group {
             refusals.push(format!("it is a member of consistency group {g}, whose volumes stay on one back end (Cinder's rule); remove spec.consistencyGroup first"));
         }
-        let mut snaps: BTreeSet<String> = self
-            .found
-            .values()
-            .filter(|c| c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid))
-            .map(|c| c.obj.name.clone())
-            .collect();
-        snaps.extend(
-            self.set
-                .snapshots
-                .iter()
-                .filter(|(_, s)| s.spec.volume.as_ref() == Some(name))
-                .map(|(n, _)| n.as_str().to_owned()),
-        );
-        if !snaps.is_empty() {
-            let list = snaps
-                .iter()
-                .map(|s| format!("snapshot.{s}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            refusals.push(if doc.spec.migrate_snapshots {
-                format!("it has snapshots ({list}), and moving them with it (migrateSnapshots: true) is not supported by this version of cinderblock yet; delete the snapshots (deletionPolicy: Delete, then remove their manifests) or back them up first")
-            } else {
-                format!("it has snapshots ({list}), which live on its back end; delete them first (deletionPolicy: Delete, then remove their manifests), or set migrateSnapshots: true once this version supports it")
-            });
-        }
+        let chain = self.chain_of(name, doc, obj, (backend, tview), &mut refusals);
         if let Some(e) = self
             .world
             .exports
@@ -2554,7 +2583,7 @@ impl<'a> Planner<'a> {
             .caps
             .shared_space(&tview.caps)
             .map(ToString::to_string);
-        let carry = if backend.caps.relabels_to(&tview.caps) && !resume {
+        let carry = if backend.caps.relabels_to(&tview.caps) && !resume && chain.is_empty() {
             Carry::HandOver
         } else {
             Carry::Copy
@@ -2568,7 +2597,25 @@ impl<'a> Planner<'a> {
                 format_bytes_exact(obj.size)
             ));
         }
+        if !tview.caps.extends_with_snapshots
+            && let Some(c) = chain.iter().find(|c| c.target_size != target_size)
+        {
+            refusals.push(format!(
+                "{to} cannot grow a volume that has snapshots (lvm2 resizes a thick origin of thick snapshots only while it is inactive), so every snapshot moving with it must have the volume's size there ({}), and snapshot.{} has {}; keep spec.size and move it to a back end that extends volumes with snapshots, or delete the smaller snapshots first",
+                format_bytes_exact(target_size),
+                c.name,
+                format_bytes_exact(c.target_size)
+            ));
+        }
         if !resume {
+            for c in &chain {
+                if let Some(r) = self.sched.pool(&to).and_then(|p| p.admit(c.space).reason) {
+                    refusals.push(format!(
+                        "{to} cannot take it with snapshot.{}: CapacityFilter: {r}",
+                        c.name
+                    ));
+                }
+            }
             let req = Request {
                 size: target_size,
                 ..Self::request(self.set, doc)
@@ -2614,9 +2661,15 @@ impl<'a> Planner<'a> {
         let before = self.virtual_free(&to);
         if !resume {
             self.sched.commit(&to, target_size);
+            for c in &chain {
+                self.sched.grow(&to, c.space);
+            }
         }
         let after = self.virtual_free(&to);
         self.sched.release(cur, obj.size, true);
+        for c in &chain {
+            self.sched.release(cur, c.size, false);
+        }
         // Files and thin LVs say what they hold (thin: the pool's
         // data_percent, an estimate to 0.01 %); a thick LV is read whole.
         let read = if carry == Carry::HandOver {
@@ -2648,6 +2701,7 @@ impl<'a> Planner<'a> {
                 deletion_policy: policy,
                 carry,
                 within,
+                snapshots: chain,
             },
             reason: if resume {
                 format!("{why}; an interrupted migration resumes from its last checkpoint")
@@ -2661,6 +2715,113 @@ impl<'a> Planner<'a> {
             },
         });
         true
+    }
+
+    /// The snapshots of volume `name` (`obj` on `backend`) that move with it
+    /// to `tview` (`migrateSnapshots: true`), by name; a refusal for each
+    /// that cannot, or one for all of them without the flag.
+    fn chain_of(
+        &self,
+        name: &Name,
+        doc: &Doc<VolumeSpec>,
+        obj: &Observed,
+        (backend, tview): (&BackendView, &BackendView),
+        refusals: &mut Vec<String>,
+    ) -> Vec<ChainSnapshot> {
+        let found: BTreeMap<&str, &Observed> = self
+            .found
+            .values()
+            .filter(|c| c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid))
+            .map(|c| (c.obj.name.as_str(), c.obj))
+            .collect();
+        let declared: BTreeSet<&str> = self
+            .set
+            .snapshots
+            .iter()
+            .filter(|(_, s)| s.spec.volume.as_ref() == Some(name))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let all: BTreeSet<&str> = found
+            .keys()
+            .copied()
+            .chain(declared.iter().copied())
+            .collect();
+        if all.is_empty() {
+            return Vec::new();
+        }
+        if !doc.spec.migrate_snapshots {
+            let list = all
+                .iter()
+                .map(|s| format!("snapshot.{s}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            refusals.push(format!("it has snapshots ({list}), which live on its back end; set migrateSnapshots: true to move them with it as a chain, or delete them first (deletionPolicy: Delete, then remove their manifests)"));
+            return Vec::new();
+        }
+        let cur = &backend.name;
+        let mut chain = Vec::new();
+        for s in all {
+            let Some(o) = found.get(s) else {
+                refusals.push(format!("snapshot.{s} is declared but not taken yet: apply once with spec.backend: {cur} so it is taken there, then move the volume with it"));
+                continue;
+            };
+            if !declared.contains(s) {
+                refusals.push(format!("snapshot.{s} is no longer declared: let its removal apply first (keep spec.backend: {cur} for one apply)"));
+                continue;
+            }
+            if let Some(h) = self.holder(o) {
+                refusals.push(format!(
+                    "snapshot.{s} is in use by {h}: stop or detach it, then plan again"
+                ));
+                continue;
+            }
+            if o.health != Health::Ready {
+                refusals.push(format!(
+                    "snapshot.{s} is not ready ({:?}); let the pending change finish first (keep spec.backend: {cur} for one apply)",
+                    o.health
+                ));
+                continue;
+            }
+            let target_size = round_up(o.size, tview.extent);
+            chain.push(ChainSnapshot {
+                name: s.to_owned(),
+                uuid: o.uuid,
+                size: o.size,
+                target_size,
+                space: target_size,
+                read: if backend.caps.knows_allocation {
+                    o.allocated.unwrap_or(o.size).min(o.size)
+                } else {
+                    o.size
+                },
+            });
+        }
+        chain
+    }
+
+    /// The snapshots of volume `uuid` on either side of a migration in
+    /// flight (ready, `deleting`, or the target's `migrating` ones), by
+    /// name: a chain's to finish.
+    fn chain_in_flight(&self, uuid: Uuid) -> Vec<ChainSnapshot> {
+        let by_name: BTreeMap<&str, &Observed> = self
+            .found
+            .values()
+            .chain(self.half_moved.values())
+            .chain(self.migrating.values())
+            .filter(|c| c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(uuid))
+            .map(|c| (c.obj.name.as_str(), c.obj))
+            .collect();
+        by_name
+            .into_iter()
+            .map(|(n, o)| ChainSnapshot {
+                name: n.to_owned(),
+                uuid: o.uuid,
+                size: o.size,
+                target_size: o.size,
+                space: o.size,
+                read: 0,
+            })
+            .collect()
     }
 
     /// Plans the end of a migration whose copy was verified (its source is
@@ -2690,6 +2851,7 @@ impl<'a> Planner<'a> {
                 deletion_policy: policy,
                 carry: Carry::Copy,
                 within: fb.caps.shared_space(&tb.caps).map(ToString::to_string),
+                snapshots: self.chain_in_flight(from.uuid),
             },
             reason: format!("an earlier migration from {src} was verified, then interrupted before the switch; it is finished (nothing is copied again)"),
             impact: Impact::Moves,
@@ -2830,6 +2992,9 @@ impl<'a> Planner<'a> {
                         self.push_create(ObjKind::Snapshot, name.as_str(), &bname, obj.size, src, Some(obj.uuid), None, policy,
                             "an earlier create was interrupted; it is finished with the same identity".into());
                     }
+                    // A chain's source, verified and marked: its volume's
+                    // migration finishes it.
+                    Health::Deleting if self.migrating.contains_key(&key) => {}
                     Health::Deleting | Health::DataMissing => self.error(&a, PlanErrorKind::Lost, format!(
                         "its data on {bname} ({}) is gone or half deleted, but the manifests still declare it; remove the manifest", obj.uuid)),
                     Health::Ready | Health::SizeMismatch { .. } => {

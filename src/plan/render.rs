@@ -629,6 +629,7 @@ fn action(s: &mut String, a: &Action) {
             bandwidth,
             carry,
             within,
+            snapshots,
             ..
         } => migrate_attrs(
             &mut attrs,
@@ -638,6 +639,7 @@ fn action(s: &mut String, a: &Action) {
             (*read, *carry, within.as_deref()),
             *target_free,
             *bandwidth,
+            snapshots,
         ),
     }
     let width = attrs.iter().map(|(_, k, _)| k.len()).max().unwrap_or(0);
@@ -650,7 +652,8 @@ fn action(s: &mut String, a: &Action) {
 
 type Attrs = Vec<(String, String, String)>;
 
-#[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded
+// Byte counts shown to people, rounded; one argument per field of the op.
+#[allow(clippy::cast_precision_loss, clippy::too_many_arguments)]
 fn migrate_attrs(
     attrs: &mut Attrs,
     uuid: uuid::Uuid,
@@ -659,6 +662,7 @@ fn migrate_attrs(
     (read, carry, within): (u64, Carry, Option<&str>),
     (free_before, free_after): (u64, u64),
     bandwidth: Option<u64>,
+    snapshots: &[super::ChainSnapshot],
 ) {
     attrs.push((">".into(), "backend".into(), format!("{from:?} -> {to:?}")));
     attrs.push((" ".into(), "id".into(), uuid.to_string()));
@@ -713,6 +717,7 @@ fn migrate_attrs(
             )
         },
     ));
+    chain_attrs(attrs, snapshots);
     attrs.push((
         " ".into(),
         "target".into(),
@@ -735,6 +740,38 @@ fn migrate_attrs(
         "disruption".into(),
         "none: name and id are kept; the volume must stay unused until the step ends (a write during the copy fails the verification and keeps the source)".into(),
     ));
+}
+
+/// The snapshots that move with a volume (`migrateSnapshots`), one line each.
+#[allow(clippy::cast_precision_loss)] // byte counts shown to people, rounded
+fn chain_attrs(attrs: &mut Attrs, snapshots: &[super::ChainSnapshot]) {
+    if snapshots.is_empty() {
+        return;
+    }
+    attrs.push((
+        " ".into(),
+        "chain".into(),
+        format!(
+            "with its {} snapshot(s), oldest first: the oldest copied, then each newer one and the volume as the blocks that differ; each snapshot keeps its name and id",
+            snapshots.len()
+        ),
+    ));
+    for c in snapshots {
+        let size = if c.target_size == c.size {
+            format_bytes_exact(c.size)
+        } else {
+            format!(
+                "{} -> {}",
+                format_bytes_exact(c.size),
+                format_bytes_exact(c.target_size)
+            )
+        };
+        attrs.push((
+            ">".into(),
+            "snapshot".into(),
+            format!("{:?}: {size}, {} of data", c.name, human(c.read as f64)),
+        ));
+    }
 }
 
 /// The machine-readable plan document (`plan --json`).

@@ -2281,6 +2281,20 @@ fn renamed_yaml(name: &str, from: &str) -> String {
     )
 }
 
+fn snap_obj(name: &str, size: u64, n: u128, volume: u128) -> Observed {
+    Observed {
+        kind: ObjKind::Snapshot,
+        parent: Some(Uuid::from_u128(volume)),
+        ..obj(name, size, n)
+    }
+}
+
+fn snap_yaml(name: &str, volume: &str) -> String {
+    format!(
+        "apiVersion: cinderblock.dev/v1alpha1\nkind: Snapshot\nmetadata: {{name: {name}}}\nspec:\n  volume: {volume}\n---\n"
+    )
+}
+
 #[test]
 fn a_rename_is_one_step_and_the_rest_plans_the_object_under_its_new_name() {
     let snap = Observed {
@@ -2397,5 +2411,149 @@ fn a_rename_from_nothing_or_onto_a_taken_name_is_refused_and_creates_nothing() {
             .contains("but no volume db exists on this host's back ends"),
         "{}",
         p.errors[0]
+    );
+}
+
+#[allow(clippy::too_many_lines)] // three worlds, each read top to bottom
+fn a_volume_with_snapshots_moves_as_a_chain_only_with_migrate_snapshots() {
+    let with = |flag: &str| {
+        manifests(
+            &(backend_yaml("a", "")
+                + &backend_yaml("b", "")
+                + &vol_yaml("db", "1Gi", &format!("  backend: b\n{flag}"))
+                + &snap_yaml("s1", "db")
+                + &snap_yaml("s2", "db")),
+        )
+    };
+    let mut s1 = snap_obj("s1", GIB, 2, 1);
+    s1.allocated = Some(GIB / 8);
+    let w = world(vec![
+        view(
+            "a",
+            true,
+            20.0,
+            100 * GIB,
+            vec![obj("db", GIB, 1), s1, snap_obj("s2", GIB, 3, 1)],
+        ),
+        view("b", true, 20.0, 100 * GIB, vec![]),
+    ]);
+    let migrates = |p: &super::Plan| -> Vec<super::Action> {
+        p.actions
+            .iter()
+            .filter(|a| matches!(a.op, Op::Migrate { .. }))
+            .cloned()
+            .collect()
+    };
+    let p = plan(&with(""), &w, &Recorded::default(), Options::default());
+    assert!(migrates(&p).is_empty(), "{:?}", p.actions);
+    assert!(
+        p.errors[0].to_string().contains("it has snapshots (snapshot.s1, snapshot.s2), which live on its back end; set migrateSnapshots: true"),
+        "{:?}",
+        p.errors
+    );
+    let p = plan(
+        &with("  migrateSnapshots: true\n"),
+        &w,
+        &Recorded::default(),
+        Options::default(),
+    );
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let [a] = &migrates(&p)[..] else {
+        panic!("{:?}", p.actions)
+    };
+    let Op::Migrate {
+        snapshots, carry, ..
+    } = &a.op
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!(*carry, Carry::Copy);
+    let names: Vec<(&str, u128, u64)> = snapshots
+        .iter()
+        .map(|c| (c.name.as_str(), c.uuid.as_u128(), c.read))
+        .collect();
+    assert_eq!(names, [("s1", 2, GIB / 8), ("s2", 3, 0)]);
+    let text = render::text(&p);
+    assert!(
+        text.contains("> snapshot   = \"s1\": 1Gi, 128 MiB of data"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chain      = with its 2 snapshot(s), oldest first"),
+        "{text}"
+    );
+
+    // Verified and marked, then stopped: the finish names the chain.
+    let mut src = obj("db", GIB, 1);
+    src.health = Health::Deleting;
+    let mut s1_src = snap_obj("s1", GIB, 2, 1);
+    s1_src.health = Health::Deleting;
+    let mut tgt = obj("db", GIB, 1);
+    tgt.health = Health::Migrating;
+    let mut s1_tgt = snap_obj("s1", GIB, 2, 1);
+    s1_tgt.health = Health::Migrating;
+    let mut s2_tgt = snap_obj("s2", GIB, 3, 1);
+    s2_tgt.health = Health::Migrating;
+    let w = world(vec![
+        view(
+            "a",
+            true,
+            20.0,
+            100 * GIB,
+            vec![src, s1_src, snap_obj("s2", GIB, 3, 1)],
+        ),
+        view("b", true, 20.0, 100 * GIB, vec![tgt, s1_tgt, s2_tgt]),
+    ]);
+    let p = plan(
+        &with("  migrateSnapshots: true\n"),
+        &w,
+        &Recorded::default(),
+        Options::default(),
+    );
+    assert!(
+        p.errors.is_empty(),
+        "no duplicates, no lost snapshot: {:?}",
+        p.errors
+    );
+    let [a] = &migrates(&p)[..] else {
+        panic!("{:?}", p.actions)
+    };
+    assert!(
+        matches!(&a.op, Op::Migrate { resume: true, read: 0, snapshots, .. } if snapshots.len() == 2),
+        "{:?}",
+        a.op
+    );
+}
+
+#[test]
+fn a_chain_onto_a_target_that_cannot_grow_origins_needs_one_size() {
+    let set = manifests(
+        &(backend_yaml("a", "")
+            + &backend_yaml("b", "")
+            + &vol_yaml("db", "2Gi", "  backend: b\n  migrateSnapshots: true\n")
+            + &snap_yaml("s1", "db")),
+    );
+    let mut b = view("b", false, 1.0, 100 * GIB, vec![]);
+    b.caps.extends_with_snapshots = false;
+    let w = world(vec![
+        view(
+            "a",
+            true,
+            20.0,
+            100 * GIB,
+            vec![obj("db", 2 * GIB, 1), snap_obj("s1", GIB, 2, 1)],
+        ),
+        b,
+    ]);
+    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    assert!(
+        !p.actions.iter().any(|a| matches!(a.op, Op::Migrate { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        p.errors[0].to_string().contains("b cannot grow a volume that has snapshots (lvm2 resizes a thick origin of thick snapshots only while it is inactive), so every snapshot moving with it must have the volume's size there (2Gi), and snapshot.s1 has 1Gi"),
+        "{:?}",
+        p.errors
     );
 }

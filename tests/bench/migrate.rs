@@ -123,6 +123,7 @@ fn main() {
                             name: "source",
                             size: 16 * GIB,
                             bandwidth: None,
+                            snapshots: &[],
                         },
                         &FileDriver::local(from.clone(), Allocation::Sparse),
                         &FileDriver::local(to.clone(), Allocation::Sparse),

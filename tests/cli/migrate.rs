@@ -4,6 +4,7 @@
 
 #![allow(clippy::disallowed_methods)] // sha256sum: a test tool, not a host command
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -178,11 +179,165 @@ fn a_volume_with_snapshots_is_not_migrated() {
             "delete them first",
         ],
     );
-    pin(&site, "64Mi", "slow", "  migrateSnapshots: true\n");
     assert_refused(
         &site,
-        &["(migrateSnapshots: true) is not supported by this version of cinderblock yet"],
+        &["set migrateSnapshots: true to move them with it as a chain"],
     );
+    // With the flag, a snapshot declared in the same change is not taken
+    // yet: it would be taken on the source after the move.
+    pin(&site, "64Mi", "slow", "  migrateSnapshots: true\n");
+    site.write("later.yaml", &snapshot("later", "db", ""));
+    assert_refused(
+        &site,
+        &["snapshot.later is declared but not taken yet: apply once with spec.backend: fast"],
+    );
+}
+
+/// A volume `db` on `fast` with snapshots `s1` and `s2` taken between
+/// writes, and more written after `s2`; the sha256 of each.
+fn chain_site() -> (Site, BTreeMap<String, (String, String)>) {
+    let site = two_backends("64Mi", "", "");
+    let vol = site.data("a", "volume.db");
+    write_pattern(&vol, 0, 8 * MIB, 1);
+    write_pattern(&vol, 40 * MIB, 2 * MIB, 2);
+    site.write("s1.yaml", &snapshot("s1", "db", ""));
+    site.apply();
+    // Changes after s1: one MiB rewritten, four new.
+    write_pattern(&vol, 2 * MIB, MIB, 3);
+    write_pattern(&vol, 20 * MIB, 4 * MIB, 4);
+    site.write("s2.yaml", &snapshot("s2", "db", ""));
+    site.apply();
+    // And after s2: 64 KiB rewritten, one MiB new.
+    write_pattern(&vol, 5 * MIB, 64 << 10, 5);
+    write_pattern(&vol, 50 * MIB, MIB, 6);
+    let before = site
+        .objects("a")
+        .into_iter()
+        .map(|(name, (uuid, path, _))| (name, (uuid, sha256(&path))))
+        .collect::<BTreeMap<_, _>>();
+    assert_eq!(before.len(), 3, "{before:?}");
+    let shas: BTreeSet<&String> = before.values().map(|(_, s)| s).collect();
+    assert_eq!(shas.len(), 3, "three different points in time");
+    (site, before)
+}
+
+/// The chain is on `slow` (dir b) exactly once, each object with its
+/// identity, its point-in-time sha256 and a ready mark, nothing left on
+/// `fast`, recorded on `slow`, and the plan converged.
+fn assert_chain_moved(site: &Site, before: &BTreeMap<String, (String, String)>, at: &str) {
+    assert!(
+        site.objects("a").is_empty(),
+        "{at}: the source chain is gone: {:?}",
+        site.objects("a")
+    );
+    let after = site.objects("b");
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "{at}: each object exactly once on the target"
+    );
+    let vol_uuid = &before["volume.db"].0;
+    for (name, (uuid, sha)) in before {
+        let (u, path, meta) = &after[name];
+        assert_eq!(u, uuid, "{at}: {name} keeps its uuid");
+        assert_eq!(&sha256(path), sha, "{at}: {name} holds its point in time");
+        assert_eq!(meta["state"], "ready", "{at}: {name}");
+        assert!(meta.get("migration").is_none(), "{at}: {name}: {meta}");
+        if name.starts_with("snapshot.") {
+            assert_eq!(
+                meta["parent"].as_str(),
+                Some(vol_uuid.as_str()),
+                "{at}: {name} stays a snapshot of the volume"
+            );
+        }
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(site.path().join("state/state.json")).unwrap()).unwrap();
+    assert!(
+        !state.to_string().contains("\"backend\":\"fast\""),
+        "{at}: every record on slow: {state}"
+    );
+    assert_eq!(site.plan_code(), 0, "{at}: converged");
+}
+
+#[test]
+fn a_volume_with_two_snapshots_moves_as_a_chain() {
+    let (site, before) = chain_site();
+    pin(&site, "64Mi", "slow", "  migrateSnapshots: true\n");
+    let plan = site.run(&["plan", "-f", "manifests", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
+    for want in [
+        "chain      = with its 2 snapshot(s), oldest first",
+        "> snapshot   = \"s1\": 64Mi, 10 MiB of data",
+        "> snapshot   = \"s2\": 64Mi, 14 MiB of data",
+        "Plan: 0 to add, 0 to change, 0 to destroy, 1 to migrate.",
+    ] {
+        assert!(
+            plan.stdout.contains(want),
+            "missing {want:?} in:\n{}",
+            plan.stdout
+        );
+    }
+    let r = site.apply();
+    for want in [
+        "snapshot.s1 moved with it: verified (blake3 ",
+        "snapshot.s2 moved with it: verified (blake3 ",
+        "volume.db: Migration complete",
+    ] {
+        assert!(
+            r.stdout.contains(want),
+            "missing {want:?} in:\n{}",
+            r.stdout
+        );
+    }
+    assert_chain_moved(&site, &before, "uninterrupted");
+    // Sparse on the target: every file holds about its data, not 64 MiB.
+    for (name, (_, path, _)) in site.objects("b") {
+        let blocks = fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(blocks <= 16 * MIB, "{name}: {blocks} bytes allocated");
+    }
+}
+
+#[test]
+fn sigkill_at_each_step_of_a_chain_move_resumes_once() {
+    for at in [
+        "migrate-target",
+        "migrate-copy:4194304",
+        "migrate-snapshot:1",
+        "migrate-snapshot:2",
+        "migrate-verified",
+        "migrate-promoted",
+    ] {
+        let (site, before) = chain_site();
+        pin(&site, "64Mi", "slow", "  migrateSnapshots: true\n");
+        let out = site.apply_crashing_at(at);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{at}: not killed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Killed: every point in time is still where it was.
+        for (name, (_, sha)) in &before {
+            let on_a = site.objects("a");
+            if let Some((_, path, meta)) = on_a.get(name) {
+                if meta["state"] == "ready" {
+                    assert_eq!(&sha256(path), sha, "{at}: {name} on the source");
+                }
+            }
+        }
+        let plan = site.run(&["plan", "-f", "manifests"]);
+        assert_eq!(plan.code, 0, "{at}: {}\n{}", plan.stdout, plan.stderr);
+        assert!(
+            plan.stdout.contains("will be migrated (resumed)"),
+            "{at}: {}",
+            plan.stdout
+        );
+        let r = site.apply();
+        assert!(r.stdout.contains("Apply complete!"), "{at}: {}", r.stdout);
+        assert_chain_moved(&site, &before, at);
+    }
 }
 
 #[test]

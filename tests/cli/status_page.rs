@@ -317,6 +317,14 @@ fn a_migration_in_flight_shows_on_status_metrics_and_page_until_it_ends() {
     assert_eq!(m["to"], "archive", "{m}");
     assert_eq!(m["size"], 64u64 << 20, "{m}");
     assert_eq!(m["toRead"], 32u64 << 20, "only the allocated data: {m}");
+    // Its rate so far (paced at 4 MiB/s, give or take the first chunk) and
+    // the time left at it.
+    let rate = m["rate"].as_u64().unwrap_or(0);
+    assert!(rate > 0 && rate <= 16 << 20, "{m}");
+    let eta = m["etaSeconds"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no ETA: {m}"));
+    assert!(eta > 0 && eta <= 60, "{m}");
     // /metrics and the page, each compared with /status read around it
     // (progress moves on in between: a read's number lies between them).
     let between = |get: &dyn Fn() -> u64, a: &Agent| {
@@ -335,6 +343,12 @@ fn a_migration_in_flight_shows_on_status_metrics_and_page_until_it_ends() {
             assert!(
                 text.contains(
                     "\ncinderblock_migration_to_read_bytes{volume=\"volume.db\",from=\"local\",to=\"archive\"} 33554432\n"
+                ),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    "\ncinderblock_migration_rate_bytes_per_second{volume=\"volume.db\",from=\"local\",to=\"archive\"} "
                 ),
                 "{text}"
             );

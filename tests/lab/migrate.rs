@@ -528,3 +528,213 @@ fn a_copy_into_a_thin_pool_stops_before_filling_it_and_resumes_after_it_grows() 
     assert_eq!(v1s[0].pool.as_deref(), Some("pool0"));
     assert_eq!(rc(&out, "replan"), 0, "{}", out.stdout("replan"));
 }
+
+/// A thin pool on each of two VGs and a thick back end beside the first
+/// pool; volume `db` on `on` (moving with its snapshots), and the snapshots
+/// named.
+fn chain_site(on: &str, snaps: &[&str]) -> String {
+    let backend = |name: &str, spec: &str| {
+        format!("---\n{H}kind: Backend\nmetadata:\n  name: {name}\nspec:\n  host: lab\n{spec}")
+    };
+    let mut docs = vec![
+        backend(
+            "thin-a",
+            "  lvm:\n    volumeGroup: vg-a\n    thinPool: pool-a\n    thinPoolSize: 1Gi\n",
+        ),
+        backend(
+            "thin-b",
+            "  lvm:\n    volumeGroup: vg-b\n    thinPool: pool-b\n    thinPoolSize: 1Gi\n",
+        ),
+        backend("thick-a", "  lvm:\n    volumeGroup: vg-a\n"),
+        format!(
+            "---\n{H}kind: Volume\nmetadata:\n  name: db\nspec:\n  size: 64Mi\n  backend: {on}\n  migrateSnapshots: true\n"
+        ),
+    ];
+    for s in snaps {
+        docs.push(format!(
+            "---\n{H}kind: Snapshot\nmetadata:\n  name: {s}\nspec:\n  volume: db\n"
+        ));
+    }
+    docs.concat()
+}
+
+const CHAIN_LIB: &str = r#"
+pool_pct() { lvs --noheadings -o data_percent "$1" | tr -d ' '; }
+obj_sha() { p=$(lv_path "$1"); lvchange -ay -K "$p" >/dev/null; sha < "$p"; }
+shas() { for n in db s1 s2; do echo "$n=$(obj_sha $n)"; done; }
+"#;
+
+#[test]
+#[ignore = "needs the VM lab"]
+#[allow(clippy::too_many_lines)] // one VM boot: the steps, then what they showed
+fn a_volume_with_two_snapshots_moves_as_a_chain_between_volume_groups() {
+    let out = Scenario::new("migrate-chain")
+        .file("lib-mig.sh", format!("{GUEST_LIB}{CHAIN_LIB}"))
+        .file("s0/site.yaml", chain_site("thin-a", &[]))
+        .file("s1/site.yaml", chain_site("thin-a", &["s1"]))
+        .file("s2/site.yaml", chain_site("thin-a", &["s1", "s2"]))
+        .file("m1/site.yaml", chain_site("thin-b", &["s1", "s2"]))
+        .file("m2/site.yaml", chain_site("thick-a", &["s1", "s2"]))
+        .step(
+            "setup",
+            "pvcreate -y /dev/vda >/dev/null
+             vgcreate vg-a /dev/vda >/dev/null
+             pvcreate -y /dev/vdb >/dev/null
+             vgcreate vg-b /dev/vdb >/dev/null",
+        )
+        .step(
+            "build",
+            &sh("cb apply -f s0 --auto-approve >/dev/null
+                 dd if=/dev/urandom of=$(lv_path db) bs=1M count=8 oflag=direct 2>/dev/null
+                 cb apply -f s1 --auto-approve >/dev/null
+                 dd if=/dev/urandom of=$(lv_path db) bs=1M count=1 seek=2 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(lv_path db) bs=1M count=4 seek=20 oflag=direct 2>/dev/null
+                 cb apply -f s2 --auto-approve >/dev/null
+                 dd if=/dev/urandom of=$(lv_path db) bs=64k count=1 seek=80 oflag=direct 2>/dev/null
+                 dd if=/dev/urandom of=$(lv_path db) bs=1M count=1 seek=50 oflag=direct 2>/dev/null"),
+        )
+        .step(
+            "before",
+            &sh("shas
+                 echo pool=$(pool_pct vg-a/pool-a)
+                 report before.json"),
+        )
+        .step_any("plan", &sh("cb plan -f m1 --detailed-exitcode"))
+        .step_any(
+            "crash",
+            &sh("CINDERBLOCK_CRASH_AT=migrate-snapshot:2 cb apply -f m1 --auto-approve"),
+        )
+        .step_any("plan_resume", &sh("report crashed.json; cb plan -f m1"))
+        .step("move", &sh("cb apply -f m1 --auto-approve"))
+        .step(
+            "after",
+            &sh("shas
+                 echo pool=$(pool_pct vg-b/pool-b)
+                 report moved.json"),
+        )
+        .step("back", &sh("cb apply -f m2 --auto-approve"))
+        .step("after_back", &sh("shas; report back.json"))
+        .step_any("replan", &sh("cb plan -f m2 --detailed-exitcode"))
+        .run();
+
+    let before = shas(&out, "before");
+    let points = |v: &[(String, String)]| -> Vec<(String, String)> {
+        v.iter().filter(|(k, _)| k != "pool").cloned().collect()
+    };
+    let pct = |v: &[(String, String)]| -> f64 {
+        v.iter()
+            .find(|(k, _)| k == "pool")
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pool use in {v:?}"))
+    };
+    assert_eq!(points(&before).len(), 3, "{}", out.stdout("before"));
+    let distinct: std::collections::BTreeSet<String> =
+        points(&before).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(distinct.len(), 3, "three points in time: {before:?}");
+    let lvs_before = lvs(&out, "before.json");
+    let uuid_of = |lvs: &[Lv], n: &str| {
+        named(lvs, n)
+            .and_then(|l| l.tag_value("cinderblock.uuid"))
+            .unwrap_or_else(|| panic!("{n}: {lvs:#?}"))
+            .to_owned()
+    };
+    let ids: Vec<String> = ["db", "s1", "s2"]
+        .iter()
+        .map(|n| uuid_of(&lvs_before, n))
+        .collect();
+
+    // The plan: one move, each snapshot named with its data.
+    assert_eq!(rc(&out, "plan"), 2, "{}", out.report("plan"));
+    let p = out.stdout("plan");
+    assert!(p.contains("> backend    = \"thin-a\" -> \"thin-b\""), "{p}");
+    assert!(
+        p.contains("chain      = with its 2 snapshot(s), oldest first"),
+        "{p}"
+    );
+    assert!(p.contains("> snapshot   = \"s1\": 64Mi, "), "{p}");
+    assert!(p.contains("> snapshot   = \"s2\": 64Mi, "), "{p}");
+    assert!(p.contains("1 to migrate."), "{p}");
+
+    // Killed after the second snapshot was taken on the target: both chains
+    // there, the target's marked as this migration's; resumed once.
+    assert_eq!(rc(&out, "crash"), 137, "{}", out.report("crash"));
+    let crashed = lvs(&out, "crashed.json");
+    let in_b: Vec<&Lv> = crashed
+        .iter()
+        .filter(|l| l.vg == "vg-b" && l.tag_value("cinderblock.uuid").is_some())
+        .collect();
+    assert_eq!(in_b.len(), 3, "the target chain so far: {crashed:#?}");
+    for l in &in_b {
+        assert_eq!(
+            l.tag_value("cinderblock.state"),
+            Some("migrating"),
+            "{l:#?}"
+        );
+        assert_eq!(l.tag_value("cinderblock.from"), Some("thin-a"), "{l:#?}");
+    }
+    assert!(
+        out.stdout("plan_resume")
+            .contains("will be migrated (resumed)"),
+        "{}",
+        out.stdout("plan_resume")
+    );
+
+    // Moved: every point in time kept, identity kept, sources gone, and
+    // the target pool holds about what the source pool did.
+    let after = shas(&out, "after");
+    assert_eq!(points(&after), points(&before), "every point in time kept");
+    let (src_pct, dst_pct) = (pct(&before), pct(&after));
+    assert!(
+        (dst_pct - src_pct).abs() <= src_pct * 0.10,
+        "thin target pool use {dst_pct} % vs the source's {src_pct} %"
+    );
+    let moved = lvs(&out, "moved.json");
+    let ours: Vec<&Lv> = moved
+        .iter()
+        .filter(|l| l.tag_value("cinderblock.uuid").is_some())
+        .collect();
+    assert_eq!(ours.len(), 3, "each object once: {moved:#?}");
+    for (n, id) in ["db", "s1", "s2"].iter().zip(&ids) {
+        let l = named(&moved, n).unwrap();
+        assert_eq!(l.vg, "vg-b", "{n}");
+        assert_eq!(l.tag_value("cinderblock.uuid"), Some(id.as_str()), "{n}");
+        assert_eq!(l.tag_value("cinderblock.backend"), Some("thin-b"), "{n}");
+        assert_eq!(l.tag_value("cinderblock.state"), None, "{n}: {l:#?}");
+        if *n != "db" {
+            assert_eq!(
+                l.tag_value("cinderblock.parent"),
+                Some(ids[0].as_str()),
+                "{n}"
+            );
+            let origin = named(&moved, "db").map(|v| v.name.clone());
+            assert_eq!(
+                l.origin, origin,
+                "{n} is a thin snapshot of the moved volume"
+            );
+        }
+    }
+
+    // Back to thick LVs in the first VG: copy-on-write snapshots of the
+    // volume, the points in time kept again.
+    let back = shas(&out, "after_back");
+    assert_eq!(points(&back), points(&before), "every point in time kept");
+    let back_lvs = lvs(&out, "back.json");
+    for n in ["db", "s1", "s2"] {
+        let l = named(&back_lvs, n).unwrap();
+        assert_eq!(
+            (l.vg.as_str(), l.pool.as_deref()),
+            ("vg-a", None),
+            "{n}: {l:#?}"
+        );
+        assert_eq!(l.tag_value("cinderblock.backend"), Some("thick-a"), "{n}");
+    }
+    assert_eq!(
+        back_lvs
+            .iter()
+            .filter(|l| l.tag_value("cinderblock.uuid").is_some())
+            .count(),
+        3,
+        "{back_lvs:#?}"
+    );
+    assert_eq!(rc(&out, "replan"), 0, "{}", out.stdout("replan"));
+}
