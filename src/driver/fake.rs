@@ -365,6 +365,7 @@ impl Driver for FakeDriver {
             FakeObject {
                 name: name.to_owned(),
                 kind: ObjKind::Snapshot,
+                group: None,
                 size: vol.size,
                 mark: Mark::Migrating,
                 migration: vol.migration,

@@ -952,6 +952,7 @@ impl FileBackend {
                     uuid,
                     name: name.to_owned(),
                     kind: ObjKind::Snapshot,
+                    group: None,
                     owner: Owner {
                         managed_by: MANAGED_BY.to_owned(),
                         backend: self.backend.clone(),

@@ -144,6 +144,7 @@ fn a_copy_stops_before_it_fills_its_targets_pool_and_resumes_once_there_is_room(
         migration: None,
         parent: None,
         in_use: false,
+        group: None,
     };
     a.put(uuid, object, &data);
     let big = Move {
@@ -151,6 +152,7 @@ fn a_copy_stops_before_it_fills_its_targets_pool_and_resumes_once_there_is_room(
         name: "big",
         size: 64 * MIB,
         bandwidth: None,
+        snapshots: &[],
     };
     let mut cp = Memory::default();
     let err = run(&big, &a, &b, &mut cp).unwrap_err();
@@ -228,6 +230,7 @@ fn chain_setup(
             migration: None,
             parent: None,
             in_use: false,
+            group: None,
         },
         &data,
     );

@@ -2281,7 +2281,7 @@ fn renamed_yaml(name: &str, from: &str) -> String {
     )
 }
 
-fn snap_obj(name: &str, size: u64, n: u128, volume: u128) -> Observed {
+fn chain_snap_obj(name: &str, size: u64, n: u128, volume: u128) -> Observed {
     Observed {
         kind: ObjKind::Snapshot,
         parent: Some(Uuid::from_u128(volume)),
@@ -2414,6 +2414,7 @@ fn a_rename_from_nothing_or_onto_a_taken_name_is_refused_and_creates_nothing() {
     );
 }
 
+#[test]
 #[allow(clippy::too_many_lines)] // three worlds, each read top to bottom
 fn a_volume_with_snapshots_moves_as_a_chain_only_with_migrate_snapshots() {
     let with = |flag: &str| {
@@ -2425,7 +2426,7 @@ fn a_volume_with_snapshots_moves_as_a_chain_only_with_migrate_snapshots() {
                 + &snap_yaml("s2", "db")),
         )
     };
-    let mut s1 = snap_obj("s1", GIB, 2, 1);
+    let mut s1 = chain_snap_obj("s1", GIB, 2, 1);
     s1.allocated = Some(GIB / 8);
     let w = world(vec![
         view(
@@ -2433,7 +2434,7 @@ fn a_volume_with_snapshots_moves_as_a_chain_only_with_migrate_snapshots() {
             true,
             20.0,
             100 * GIB,
-            vec![obj("db", GIB, 1), s1, snap_obj("s2", GIB, 3, 1)],
+            vec![obj("db", GIB, 1), s1, chain_snap_obj("s2", GIB, 3, 1)],
         ),
         view("b", true, 20.0, 100 * GIB, vec![]),
     ]);
@@ -2486,13 +2487,13 @@ fn a_volume_with_snapshots_moves_as_a_chain_only_with_migrate_snapshots() {
     // Verified and marked, then stopped: the finish names the chain.
     let mut src = obj("db", GIB, 1);
     src.health = Health::Deleting;
-    let mut s1_src = snap_obj("s1", GIB, 2, 1);
+    let mut s1_src = chain_snap_obj("s1", GIB, 2, 1);
     s1_src.health = Health::Deleting;
     let mut tgt = obj("db", GIB, 1);
     tgt.health = Health::Migrating;
-    let mut s1_tgt = snap_obj("s1", GIB, 2, 1);
+    let mut s1_tgt = chain_snap_obj("s1", GIB, 2, 1);
     s1_tgt.health = Health::Migrating;
-    let mut s2_tgt = snap_obj("s2", GIB, 3, 1);
+    let mut s2_tgt = chain_snap_obj("s2", GIB, 3, 1);
     s2_tgt.health = Health::Migrating;
     let w = world(vec![
         view(
@@ -2500,7 +2501,7 @@ fn a_volume_with_snapshots_moves_as_a_chain_only_with_migrate_snapshots() {
             true,
             20.0,
             100 * GIB,
-            vec![src, s1_src, snap_obj("s2", GIB, 3, 1)],
+            vec![src, s1_src, chain_snap_obj("s2", GIB, 3, 1)],
         ),
         view("b", true, 20.0, 100 * GIB, vec![tgt, s1_tgt, s2_tgt]),
     ]);
@@ -2541,7 +2542,7 @@ fn a_chain_onto_a_target_that_cannot_grow_origins_needs_one_size() {
             true,
             20.0,
             100 * GIB,
-            vec![obj("db", 2 * GIB, 1), snap_obj("s1", GIB, 2, 1)],
+            vec![obj("db", 2 * GIB, 1), chain_snap_obj("s1", GIB, 2, 1)],
         ),
         b,
     ]);
