@@ -677,6 +677,7 @@ fn run(
             uuid,
             size,
             deletion_policy,
+            parent,
             ..
         } => {
             let change = driver(registry, backend)?.adopt(&Adoption {
@@ -684,7 +685,7 @@ fn run(
                 uuid: *uuid,
                 name,
                 kind: *kind,
-                parent: None,
+                parent: *parent,
                 size: *size,
             })?;
             ledger.recorded.objects.insert(

@@ -904,3 +904,67 @@ spec:
     assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
     assert_eq!(p.stdout, "No changes. Storage matches the manifests.\n");
 }
+
+fn adopting_snapshot(name: &str, entry: &str, volume: &str) -> String {
+    format!(
+        "{H}kind: Snapshot\nmetadata:\n  name: {name}\n  annotations:\n    cinderblock.dev/adopt: {entry}\nspec:\n  volume: {volume}\n"
+    )
+}
+
+#[test]
+fn a_snapshot_of_an_adopted_volume_is_adopted_with_it() {
+    let (site, pool) = foreign_site();
+    let copy = pool.join("legacy-snap.img");
+    fs::copy(pool.join("Legacy_Disk.img"), &copy).unwrap();
+    let before = sha256(&copy);
+    site.write("legacy.yaml", &adopting("legacy", "Legacy_Disk.img", "4Mi"));
+    site.write(
+        "snap.yaml",
+        &adopting_snapshot("legacy-snap", "legacy-snap.img", "legacy"),
+    );
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    let vol = p.stdout.find("# volume.legacy will be adopted").unwrap();
+    let snap = p
+        .stdout
+        .find("# snapshot.legacy-snap will be adopted")
+        .unwrap();
+    assert!(vol < snap, "{}", p.stdout);
+    assert!(
+        p.stdout
+            .contains("a snapshot of volume.legacy, its data and name kept")
+            && p.stdout
+                .contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+        "{}",
+        p.stdout
+    );
+    site.apply();
+    let objects = site.objects("pool");
+    let (vol_uuid, _, _) = &objects["volume.legacy"];
+    let (_, _, meta) = &objects["snapshot.legacy-snap"];
+    assert_eq!(meta["parent"], vol_uuid.as_str());
+    assert_eq!(meta["file"], "legacy-snap.img");
+    assert_eq!(sha256(&copy), before);
+    assert_eq!(site.plan_code(), 0);
+    // discover writes it as a snapshot of its volume.
+    let r = site.run(&["discover", "-f", "manifests/backends.yaml"]);
+    assert!(
+        r.stdout
+            .contains("kind: Snapshot\nmetadata:\n  name: legacy-snap\nspec:\n  volume: legacy\n"),
+        "{}",
+        r.stdout
+    );
+
+    // A snapshot whose volume is not ours is refused.
+    let (site, pool) = foreign_site();
+    fs::copy(pool.join("other.img"), pool.join("s.img")).unwrap();
+    site.write("v.yaml", &volume("v", "1Mi", "  backend: local\n"));
+    site.write("snap.yaml", &adopting_snapshot("s", "s.img", "v"));
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 1, "{}{}", p.stdout, p.stderr);
+    assert!(
+        p.stdout.contains("snapshot.s: cinderblock.dev/adopt: its volume.v is not ours and not adopted by this plan; a snapshot is adopted with or after its volume"),
+        "{}",
+        p.stdout
+    );
+}
