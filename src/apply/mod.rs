@@ -872,6 +872,7 @@ fn run(
             uuid,
             size,
             deletion_policy,
+            parent,
             ..
         } => {
             let change = driver(registry, backend)?.adopt(&Adoption {
@@ -879,7 +880,7 @@ fn run(
                 uuid: *uuid,
                 name,
                 kind: *kind,
-                parent: None,
+                parent: *parent,
                 size: *size,
             })?;
             ledger.recorded.objects.insert(

@@ -1,5 +1,6 @@
 //! `discover`: what exists on this host's back ends, printed (or written to
-//! a directory) as manifests; see [`crate::discover`].
+//! a directory) as manifests, or with `--diff` the drift from the given
+//! manifests as patches; see [`crate::discover`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +32,12 @@ pub(super) struct DiscoverArgs {
     /// `cinderblock.dev/adopt`, to take into management.
     #[arg(long)]
     include_foreign: bool,
+    /// The drift instead: what the back ends hold that the manifests given
+    /// with -f do not say (sizes grown by hand, exports changed, objects
+    /// deleted or undeclared), as YAML patches of their documents
+    /// (`drift.yaml` with --out).
+    #[arg(long)]
+    diff: bool,
     /// Write one file per back end into DIR (`BACKEND.yaml`, and
     /// `BACKEND.foreign.yaml` with `--include-foreign`) instead of printing.
     #[arg(long, value_name = "DIR")]
@@ -65,18 +72,24 @@ pub(super) fn run(g: &GlobalArgs, args: &DiscoverArgs) -> anyhow::Result<i32> {
         );
     }
     let world = observe::discover(&set, &registry, &g.state);
-    let output = discover::manifests(
-        &set,
-        &world,
-        &ledger.recorded,
-        &Options {
-            include_foreign: args.include_foreign,
-            schema: args.schema.clone(),
-        },
-    );
+    let opts = Options {
+        include_foreign: args.include_foreign,
+        schema: args.schema.clone(),
+    };
+    let output = if args.diff {
+        discover::drift(&set, &world, &ledger.recorded, &opts)
+    } else {
+        discover::manifests(&set, &world, &ledger.recorded, &opts)
+    };
     let mut err = std::io::stderr().lock();
     for n in &output.notes {
         writeln!(err, "note: {n}")?;
+    }
+    if args.diff && output.files.is_empty() {
+        writeln!(
+            err,
+            "No drift: the back ends hold what the manifests say (plan shows what they do not have yet)."
+        )?;
     }
     let mut out = std::io::stdout().lock();
     match &args.out {

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use super::diag::{Diagnostic, Severity, suggest};
 use super::kinds::{
-    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, VolumeSpec, VolumeTypeSpec,
+    BackendSpec, ConsistencyGroupSpec, ImageSpec, IscsiExport, SnapshotSpec, VolumeSpec,
+    VolumeTypeSpec,
 };
 use super::position::FieldPath;
 use super::values::{Name, StorePath, shown};
@@ -1066,6 +1067,36 @@ impl Checker<'_> {
                     self.reference(k, doc, "spec.consistencyGroup", Kind::ConsistencyGroup, g);
                 }
             }
+            self.adopted_snapshot(doc);
+        }
+    }
+
+    /// `cinderblock.dev/adopt` on a snapshot: a plain LV or file name, of a
+    /// snapshot of one volume (it lives on that volume's back end).
+    fn adopted_snapshot(&mut self, doc: &Doc<SnapshotSpec>) {
+        let Some(entry) = doc.meta.annotations.get(super::kinds::ADOPT) else {
+            return;
+        };
+        let path = FieldPath::annotation(super::kinds::ADOPT);
+        if let Some(why) = entry_problem(&entry.0) {
+            self.push_path(
+                Severity::Error,
+                Kind::Snapshot,
+                doc,
+                path.clone(),
+                false,
+                format!("{} cannot be adopted: {why}", shown(&entry.0)),
+            );
+        }
+        if doc.spec.volume.is_none() {
+            self.push_path(
+                Severity::Error,
+                Kind::Snapshot,
+                doc,
+                path,
+                false,
+                "an adopted snapshot names its volume: set spec.volume (a group snapshot is not adopted)".into(),
+            );
         }
     }
 }

@@ -230,6 +230,9 @@ pub enum Op {
         released: bool,
         /// Deletion policy to record.
         deletion_policy: DeletionPolicy,
+        /// A snapshot's volume.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<Uuid>,
     },
     /// Give an object the new name its manifest declares
     /// (`cinderblock.dev/renamed-from`), keeping its identity, data,
@@ -1890,32 +1893,9 @@ impl<'a> Planner<'a> {
             ));
             return;
         };
-        let (Some(size), None) = (f.size, &f.unfit) else {
-            self.error(
-                &a,
-                PlanErrorKind::Refused,
-                format!(
-                    "cinderblock.dev/adopt: {shown} on {pin} cannot be adopted: it is {}",
-                    f.unfit.as_deref().unwrap_or("of no known size")
-                ),
-            );
+        let Some(size) = self.adoptable(&a, pin.as_str(), &shown, f, ObjKind::Volume) else {
             return;
         };
-        if let Some(r) = &f.released
-            && r.kind != ObjKind::Volume
-        {
-            self.error(
-                &a,
-                PlanErrorKind::Refused,
-                format!(
-                    "cinderblock.dev/adopt: {shown} on {pin} was {} {} ({}), not a volume",
-                    kind_word(r.kind),
-                    r.name,
-                    r.uuid
-                ),
-            );
-            return;
-        }
         let want = round_up(doc.spec.size.bytes(), view.extent);
         if want < size {
             self.error(&a, PlanErrorKind::Refused, format!(
@@ -1968,6 +1948,7 @@ impl<'a> Planner<'a> {
                 size,
                 released: released.is_some(),
                 deletion_policy: doc.spec.deletion_policy,
+                parent: None,
             },
             reason,
             impact: Impact::MetadataOnly,
@@ -1991,6 +1972,148 @@ impl<'a> Planner<'a> {
                 impact: Impact::Grows,
             });
         }
+    }
+
+    /// Foreign entry `f` of back end `on` (`shown`, as the annotation names
+    /// it): its size when it can be adopted as a `kind`; else a plan error
+    /// at `a` saying why, and `None`.
+    fn adoptable(
+        &mut self,
+        a: &str,
+        on: &str,
+        shown: &str,
+        f: &crate::model::Foreign,
+        kind: ObjKind,
+    ) -> Option<u64> {
+        let (Some(size), None) = (f.size, &f.unfit) else {
+            self.error(
+                a,
+                PlanErrorKind::Refused,
+                format!(
+                    "cinderblock.dev/adopt: {shown} on {on} cannot be adopted: it is {}",
+                    f.unfit.as_deref().unwrap_or("of no known size")
+                ),
+            );
+            return None;
+        };
+        if let Some(r) = &f.released
+            && r.kind != kind
+        {
+            self.error(
+                a,
+                PlanErrorKind::Refused,
+                format!(
+                    "cinderblock.dev/adopt: {shown} on {on} was {} {} ({}), not a {}",
+                    kind_word(r.kind),
+                    r.name,
+                    r.uuid,
+                    kind_word(kind)
+                ),
+            );
+            return None;
+        }
+        Some(size)
+    }
+
+    /// A snapshot declared with `cinderblock.dev/adopt: ENTRY` that is not
+    /// ours yet: `ENTRY`, a foreign LV or file of its volume's back end, is
+    /// adopted as a snapshot of that volume (ours already, or adopted
+    /// earlier in this plan), its data and name kept. A missing entry, one
+    /// that cannot be an object there, or a volume that is not ours is a
+    /// plan error. Which volume a foreign entry was taken of is the
+    /// manifest's word: the back ends are not asked (a file has no origin).
+    #[allow(clippy::too_many_lines)] // one pass over an adoption's cases, kept together
+    fn adopt_snapshot(&mut self, name: &Name, vol: &Name, entry: &str, policy: DeletionPolicy) {
+        let a = addr(ObjKind::Snapshot, name.as_str());
+        let shown = crate::manifest::values::shown(entry);
+        let key = (ObjKind::Volume, vol.as_str().to_owned());
+        let of = self
+            .found
+            .get(&key)
+            .map(|f| (f.backend.name.as_str().to_owned(), f.obj.uuid))
+            .or_else(|| {
+                self.out.actions.iter().find_map(|x| match &x.op {
+                    Op::Adopt {
+                        kind: ObjKind::Volume,
+                        name: n,
+                        backend,
+                        uuid,
+                        ..
+                    } if n == vol.as_str() => Some((backend.clone(), *uuid)),
+                    _ => None,
+                })
+            });
+        let Some((backend, parent)) = of else {
+            let elsewhere = self
+                .set
+                .volumes
+                .get(vol)
+                .and_then(|v| v.spec.backend.as_ref())
+                .is_some_and(|p| !self.world.backends.contains_key(p));
+            if !elsewhere && !self.waiting.contains(&key) {
+                self.error(&a, PlanErrorKind::Refused, format!(
+                    "cinderblock.dev/adopt: its volume.{vol} is not ours and not adopted by this plan; a snapshot is adopted with or after its volume"
+                ));
+            }
+            return;
+        };
+        let Some(inv) = self
+            .world
+            .backends
+            .iter()
+            .find(|(n, _)| n.as_str() == backend)
+            .and_then(|(_, v)| v.inventory())
+        else {
+            return;
+        };
+        let found = inv.foreign.iter().find(|f| f.name == entry).or_else(|| {
+            inv.foreign.iter().find(|f| {
+                f.released.as_ref().is_some_and(|r| {
+                    r.kind == ObjKind::Snapshot && (r.uuid.to_string() == entry || r.name == entry)
+                })
+            })
+        });
+        let Some(f) = found else {
+            self.error(&a, PlanErrorKind::Refused, format!(
+                "cinderblock.dev/adopt: back end {backend} (volume.{vol}'s) has no foreign LV or file named {shown} (`cinderblock discover --include-foreign` lists what it has)"
+            ));
+            return;
+        };
+        let Some(size) = self.adoptable(&a, &backend, &shown, f, ObjKind::Snapshot) else {
+            return;
+        };
+        let released = f.released.as_ref().map(|r| (r.uuid, r.name.clone()));
+        let uuid = released
+            .as_ref()
+            .map_or_else(|| adopted_uuid(&backend, &f.name), |(u, _)| *u);
+        let reason = match &released {
+            Some((u, old)) => format!(
+                "cinderblock.dev/adopt names {shown}, which {backend} released (deletionPolicy: Retain) as snapshot {old} ({u}): it is taken back as a snapshot of volume.{vol}, its data and name kept"
+            ),
+            None => format!(
+                "cinderblock.dev/adopt names {shown}, which is not managed on {backend}: it is marked as ours, a snapshot of volume.{vol}, its data and name kept"
+            ),
+        };
+        self.planned.insert(
+            (ObjKind::Snapshot, name.as_str().to_owned()),
+            backend.clone(),
+        );
+        self.out.actions.push(Action {
+            address: a,
+            op: Op::Adopt {
+                kind: ObjKind::Snapshot,
+                name: name.as_str().to_owned(),
+                backend,
+                entry: f.name.clone(),
+                uuid,
+                size,
+                released: released.is_some(),
+                deletion_policy: policy,
+                parent: Some(parent),
+            },
+            reason,
+            impact: Impact::MetadataOnly,
+        });
     }
 
     /// A new volume with the name of one a back end released (`Retain`):
@@ -3006,6 +3129,10 @@ impl<'a> Planner<'a> {
                 return;
             }
             if self.unresolved.contains(&key) {
+                return;
+            }
+            if let Some(entry) = doc.meta.annotations.get(crate::manifest::kinds::ADOPT) {
+                self.adopt_snapshot(name, vol, &entry.0, policy);
                 return;
             }
             // A snapshot lives with its volume.

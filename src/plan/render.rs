@@ -337,12 +337,16 @@ fn action(s: &mut String, a: &Action) {
             uuid,
             size,
             deletion_policy,
+            parent,
             ..
         } => {
             attrs.push(("+".into(), "adopt".into(), format!("{entry:?}")));
             attrs.push(("+".into(), "backend".into(), format!("{backend:?}")));
             attrs.push(("+".into(), "size".into(), format_bytes_exact(*size)));
             attrs.push(("+".into(), "id".into(), uuid.to_string()));
+            if let Some(p) = parent {
+                attrs.push(("+".into(), "volume".into(), p.to_string()));
+            }
             attrs.push((
                 "+".into(),
                 "deletion_policy".into(),

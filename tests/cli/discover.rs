@@ -701,3 +701,270 @@ fn a_volume_released_by_retain_is_taken_back_with_its_identity_and_data() {
     assert_eq!(sha256(&data), before);
     assert_eq!(site.plan_code(), 0);
 }
+
+/// Applies `discover --diff`'s patches to the manifests as an admin would:
+/// `$patch: delete` removes the document, a patch of a declared object is
+/// merged into its document (RFC 7386: `null` removes a field), a document
+/// of an undeclared object is added (to `added.yaml`).
+fn apply_patches(site: &Site, patches: &str) {
+    use serde_yaml::Value;
+    fn merge(into: &mut Value, patch: &Value) {
+        match (into, patch) {
+            (Value::Mapping(m), Value::Mapping(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        m.remove(k);
+                    } else if let Some(old) = m.get_mut(k) {
+                        merge(old, v);
+                    } else {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            (slot, v) => *slot = v.clone(),
+        }
+    }
+    let dir = site.path().join("manifests");
+    let mut files: Vec<(std::path::PathBuf, Vec<Value>)> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let text = fs::read_to_string(&p).unwrap();
+            let docs = serde_yaml::Deserializer::from_str(&text)
+                .map(|d| serde::Deserialize::deserialize(d).unwrap())
+                .collect();
+            (p, docs)
+        })
+        .collect();
+    let mut added = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(patches) {
+        let mut patch: Value = serde::Deserialize::deserialize(d).unwrap();
+        let key = |v: &Value| (v["kind"].clone(), v["metadata"]["name"].clone());
+        let found = files
+            .iter_mut()
+            .flat_map(|(_, docs)| docs.iter_mut())
+            .find(|doc| key(doc) == key(&patch));
+        match found {
+            Some(doc) if patch.get("$patch").is_some() => *doc = Value::Null,
+            Some(doc) => merge(doc, &patch),
+            None => {
+                assert!(patch.get("$patch").is_none(), "{patch:?}");
+                patch.as_mapping_mut().unwrap().remove("$patch");
+                added.push(patch);
+            }
+        }
+    }
+    files.push((dir.join("added.yaml"), added));
+    for (path, docs) in files {
+        let text: Vec<String> = docs
+            .iter()
+            .filter(|d| !d.is_null())
+            .map(|d| serde_yaml::to_string(d).unwrap())
+            .collect();
+        fs::write(path, text.join("---\n")).unwrap();
+    }
+}
+
+#[test]
+fn discover_diff_writes_drift_as_patches_that_make_the_manifests_true() {
+    let site = applied_site();
+    // Drift: db grown by hand, web deleted by hand, extra left undeclared.
+    site.write("extra.yaml", &volume("extra", "2Mi", "  backend: local\n"));
+    site.apply();
+    site.remove("extra.yaml");
+    let objects = site.objects("pool");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&objects["volume.db"].1)
+        .unwrap()
+        .set_len(80 << 20)
+        .unwrap();
+    let web = &objects["volume.web"];
+    fs::remove_file(&web.1).unwrap();
+    fs::remove_file(
+        site.path()
+            .join(format!("pool/.cinderblock/{}.json", web.0)),
+    )
+    .unwrap();
+    let r = site.run(&["discover", "--diff", "-f", "manifests"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let want = format!(
+        "---
+# manifests/volumes.yaml:1:1: Volume/db
+#   spec.size: 64Mi -> 80Mi (grown outside cinderblock)
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata:
+  name: db
+spec:
+  size: 80Mi
+---
+# manifests/volumes.yaml:10:1: Volume/web
+#   deleted outside cinderblock ({} on local, 33554944 when last applied): remove its document, or restore it from a backup
+$patch: delete
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata:
+  name: web
+---
+# volume.extra is on back end local but no manifest declares it: add this document to keep it as it is
+# yaml-language-server: $schema=schemas/manifest.json
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata:
+  name: extra
+spec:
+  size: 2Mi
+  volumeType: gold
+  backend: local
+  deletionPolicy: Retain
+",
+        web.0
+    );
+    assert_eq!(r.stdout, want);
+    // Written to a directory, it is the same.
+    let r = site.run(&["discover", "--diff", "-f", "manifests", "--out", "drift"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        fs::read_to_string(site.path().join("drift/drift.yaml")).unwrap(),
+        want
+    );
+
+    apply_patches(&site, &want);
+    let v = site.run(&["validate", "-f", "manifests"]);
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    for never in ["will be created", "will be destroyed"] {
+        assert!(!p.stdout.contains(never), "{never}\n{}", p.stdout);
+    }
+    site.apply();
+    assert_eq!(site.plan_code(), 0);
+    let r = site.run(&["discover", "--diff", "-f", "manifests"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{}", r.stderr);
+    assert_eq!(
+        r.stderr,
+        "No drift: the back ends hold what the manifests say (plan shows what they do not have yet).\n"
+    );
+    assert_eq!(
+        fs::metadata(site.data("pool", "volume.db")).unwrap().len(),
+        80 << 20
+    );
+}
+
+#[test]
+fn discover_diff_shows_exports_changed_outside_the_manifests() {
+    use crate::export::cb;
+    let site = Site::new();
+    let pool = site.path().join("pool");
+    let lio = site.path().join("lio");
+    fs::create_dir_all(&pool).unwrap();
+    fs::create_dir_all(&lio).unwrap();
+    site.write("backends.yaml", &backend("local", &pool, ""));
+    let exported = |initiators: &str| {
+        format!(
+            "{}  backend: local\n  export:\n    iscsi:\n      chapSecretRef: {{env: WEB_CHAP}}\n      initiators: [{initiators}]\n",
+            volume("web", "32Mi", "")
+        )
+    };
+    site.write(
+        "web.yaml",
+        &exported("iqn.1994-05.com.example:a, iqn.1994-05.com.example:b"),
+    );
+    let chap = [("WEB_CHAP", "webuser:web-secret-0001")];
+    let run = |args: &[&str]| cb(&site, Some(&lio), &chap, args);
+    let r = run(&["apply", "-f", "manifests", "--auto-approve"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // The manifests lost an initiator LIO still lets in.
+    site.write("web.yaml", &exported("iqn.1994-05.com.example:a"));
+    let r = run(&["discover", "--diff", "-f", "manifests"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout,
+        "---
+# manifests/web.yaml:1:1: Volume/web
+#   spec.export: initiators changed outside cinderblock (as LIO has it)
+apiVersion: cinderblock.dev/v1alpha1
+kind: Volume
+metadata:
+  name: web
+spec:
+  export:
+    iscsi:
+      initiators:
+      - iqn.1994-05.com.example:a
+      - iqn.1994-05.com.example:b
+      chapSecretRef:
+        env: WEB_CHAP
+"
+    );
+    assert!(!r.stdout.contains("web-secret"));
+    apply_patches(&site, &r.stdout);
+    let p = run(&["plan", "-f", "manifests", "--detailed-exitcode"]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    assert_eq!(p.stdout, "No changes. Storage matches the manifests.\n");
+}
+
+fn adopting_snapshot(name: &str, entry: &str, volume: &str) -> String {
+    format!(
+        "{H}kind: Snapshot\nmetadata:\n  name: {name}\n  annotations:\n    cinderblock.dev/adopt: {entry}\nspec:\n  volume: {volume}\n"
+    )
+}
+
+#[test]
+fn a_snapshot_of_an_adopted_volume_is_adopted_with_it() {
+    let (site, pool) = foreign_site();
+    let copy = pool.join("legacy-snap.img");
+    fs::copy(pool.join("Legacy_Disk.img"), &copy).unwrap();
+    let before = sha256(&copy);
+    site.write("legacy.yaml", &adopting("legacy", "Legacy_Disk.img", "4Mi"));
+    site.write(
+        "snap.yaml",
+        &adopting_snapshot("legacy-snap", "legacy-snap.img", "legacy"),
+    );
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    let vol = p.stdout.find("# volume.legacy will be adopted").unwrap();
+    let snap = p
+        .stdout
+        .find("# snapshot.legacy-snap will be adopted")
+        .unwrap();
+    assert!(vol < snap, "{}", p.stdout);
+    assert!(
+        p.stdout
+            .contains("a snapshot of volume.legacy, its data and name kept")
+            && p.stdout
+                .contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+        "{}",
+        p.stdout
+    );
+    site.apply();
+    let objects = site.objects("pool");
+    let (vol_uuid, _, _) = &objects["volume.legacy"];
+    let (_, _, meta) = &objects["snapshot.legacy-snap"];
+    assert_eq!(meta["parent"], vol_uuid.as_str());
+    assert_eq!(meta["file"], "legacy-snap.img");
+    assert_eq!(sha256(&copy), before);
+    assert_eq!(site.plan_code(), 0);
+    // discover writes it as a snapshot of its volume.
+    let r = site.run(&["discover", "-f", "manifests/backends.yaml"]);
+    assert!(
+        r.stdout
+            .contains("kind: Snapshot\nmetadata:\n  name: legacy-snap\nspec:\n  volume: legacy\n"),
+        "{}",
+        r.stdout
+    );
+
+    // A snapshot whose volume is not ours is refused.
+    let (site, pool) = foreign_site();
+    fs::copy(pool.join("other.img"), pool.join("s.img")).unwrap();
+    site.write("v.yaml", &volume("v", "1Mi", "  backend: local\n"));
+    site.write("snap.yaml", &adopting_snapshot("s", "s.img", "v"));
+    let p = site.run(&["plan", "-f", "manifests"]);
+    assert_eq!(p.code, 1, "{}{}", p.stdout, p.stderr);
+    assert!(
+        p.stdout.contains("snapshot.s: cinderblock.dev/adopt: its volume.v is not ours and not adopted by this plan; a snapshot is adopted with or after its volume"),
+        "{}",
+        p.stdout
+    );
+}

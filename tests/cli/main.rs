@@ -37,6 +37,7 @@ mod migrate;
 mod monitoring;
 mod plan;
 mod plan_markdown;
+mod readme;
 mod rename;
 mod schema;
 mod secrets;

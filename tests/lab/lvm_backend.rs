@@ -13,15 +13,15 @@ const GIB: u64 = 1 << 30;
 /// directory and host name; `lv_path NAME` is the device of the LV whose
 /// `cinderblock.name` tag is NAME (names are unique per scenario); `report`
 /// writes `lvs` JSON of every LV to `$OUT/<file>`.
-const GUEST_LIB: &str = r#"
+pub(crate) const GUEST_LIB: &str = r#"
 cb() { cinderblock --state "${STATE:-st}" --host lab "$@"; }
 lv_path() { p=$(lvs --noheadings -o lv_path "@cinderblock.name=$1" | tr -d ' '); [ -n "$p" ] || { echo "no LV named $1" >&2; return 1; }; echo "$p"; }
 report() { lvs -a --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_uuid,lv_size,lv_attr,origin,pool_lv,data_percent,metadata_percent,thin_id,lv_tags > "$OUT/$1"; }
 "#;
 
-const H: &str = "apiVersion: cinderblock.dev/v1alpha1\n";
+pub(crate) const H: &str = "apiVersion: cinderblock.dev/v1alpha1\n";
 
-fn backend(name: &str, spec: &str) -> String {
+pub(crate) fn backend(name: &str, spec: &str) -> String {
     format!("---\n{H}kind: Backend\nmetadata:\n  name: {name}\nspec:\n  host: lab\n{spec}")
 }
 
@@ -31,20 +31,20 @@ fn vtype(name: &str, backend_name: &str) -> String {
     )
 }
 
-fn volume(name: &str, size: &str, extra: &str) -> String {
+pub(crate) fn volume(name: &str, size: &str, extra: &str) -> String {
     format!("---\n{H}kind: Volume\nmetadata:\n  name: {name}\nspec:\n  size: {size}\n{extra}")
 }
 
-fn snapshot(name: &str, volume: &str, extra: &str) -> String {
+pub(crate) fn snapshot(name: &str, volume: &str, extra: &str) -> String {
     format!("---\n{H}kind: Snapshot\nmetadata:\n  name: {name}\nspec:\n  volume: {volume}\n{extra}")
 }
 
 /// Runs `body` with the helpers loaded.
-fn sh(body: &str) -> String {
+pub(crate) fn sh(body: &str) -> String {
     format!(". ./lib-lvm.sh\n{body}")
 }
 
-fn lvs(out: &Outcome, file: &str) -> Vec<Lv> {
+pub(crate) fn lvs(out: &Outcome, file: &str) -> Vec<Lv> {
     report::parse_lvs(out.file(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
@@ -54,13 +54,13 @@ fn ours<'a>(lvs: &'a [Lv], backend: &str) -> Vec<&'a Lv> {
         .collect()
 }
 
-fn named<'a>(lvs: &'a [Lv], name: &str) -> &'a Lv {
+pub(crate) fn named<'a>(lvs: &'a [Lv], name: &str) -> &'a Lv {
     lvs.iter()
         .find(|l| l.tag_value("cinderblock.name") == Some(name))
         .unwrap_or_else(|| panic!("no LV tagged cinderblock.name={name}"))
 }
 
-fn rc(out: &Outcome, step: &str) -> i32 {
+pub(crate) fn rc(out: &Outcome, step: &str) -> i32 {
     out.step(step).rc.unwrap_or(-1)
 }
 

@@ -7,6 +7,7 @@
 //! `LAB_WRITE_FIXTURES=1` also refreshes `tests/fixtures/` from what the VM printed;
 //! `LAB_VERBOSE=1` streams the VM console to stderr.
 
+mod adopt;
 mod agent;
 mod backup;
 mod backup_store;

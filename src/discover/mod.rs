@@ -14,10 +14,15 @@
 //! that cannot be manifest names (a foreign `vol_01.img`) are made into
 //! DNS-1123 labels; the annotation keeps the real name.
 //!
+//! `drift` is `discover --diff`: the same documents and exports set
+//! against manifests that exist, as patches (see its docs).
+//!
 //! Must not: know a back-end kind (it reads views, capabilities and
 //! foreign entries), call a driver, or guess what the back ends do not
 //! keep (a consistency group, where a secret lives): those are said in
 //! [`Output::notes`] and in comments of the documents concerned.
+
+mod drift;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -35,6 +40,8 @@ use crate::model::{Health, ObjKind, Observed};
 use crate::observe::{BackendView, World};
 use crate::plan::schedule::{Request, Scheduler};
 use crate::state::record::Recorded;
+
+pub use drift::drift;
 
 /// What to write.
 #[derive(Debug, Clone)]
@@ -90,7 +97,6 @@ pub fn manifests(set: &ManifestSet, world: &World, recorded: &Recorded, opts: &O
         .filter(|o| o.health != Health::Migrating)
         .map(|o| (o.uuid, o))
         .collect();
-    let valid = |o: &Observed| o.name.parse::<Name>().ok();
     let sched = Scheduler::new(&set.scheduler_policy(), world);
     // Names taken by our objects, so adopted ones get others.
     let mut taken: BTreeSet<(ObjKind, String)> =
@@ -102,61 +108,19 @@ pub fn manifests(set: &ManifestSet, world: &World, recorded: &Recorded, opts: &O
             ));
             continue;
         };
-        let mut docs: Vec<(ObjKind, String, String)> = Vec::new();
-        for o in &inv.objects {
-            let a = format!("{}.{}", o.kind, o.name);
-            if !keep(o, &a, bname, &mut out.notes) {
-                continue;
-            }
-            let Some(name) = valid(o) else {
-                out.notes.push(format!(
-                    "{} {} on {bname} is named {}, which is not a manifest name; left out",
-                    o.kind,
-                    o.uuid,
-                    shown(&o.name)
-                ));
-                continue;
-            };
-            let policy = recorded
-                .objects
-                .get(&o.uuid)
-                .map_or(DeletionPolicy::default(), |r| r.deletion_policy);
-            let text = match o.kind {
-                ObjKind::Volume => volume_doc(
-                    opts,
-                    set,
-                    world,
-                    &sched,
-                    bname,
-                    o,
-                    name,
-                    policy,
-                    &mut out.notes,
-                ),
-                ObjKind::Snapshot => {
-                    let Some(parent) = o
-                        .parent
-                        .and_then(|p| by_uuid.get(&p))
-                        .and_then(|p| valid(p))
-                    else {
-                        out.notes.push(format!(
-                            "{a} ({} on {bname}): its volume is not one of ours here; left out",
-                            o.uuid
-                        ));
-                        continue;
-                    };
-                    let spec = SnapshotSpec {
-                        volume: Some(parent),
-                        consistency_group: None,
-                        size: None,
-                        deletion_policy: policy,
-                    };
-                    document(opts, "Snapshot", name, BTreeMap::new(), &spec, "")
-                }
-                ObjKind::Image => image_doc(opts, bname, o, name, policy, &by_uuid),
-            };
-            docs.push((o.kind, o.name.clone(), text));
-        }
+        let mut docs = backend_docs(
+            &Ctx {
+                set,
+                world,
+                recorded,
+                opts,
+                sched: &sched,
+                by_uuid: &by_uuid,
+            },
+            bname,
+            inv,
+            &mut out.notes,
+        );
         if !docs.is_empty() {
             // Volumes, then snapshots, then images; each by name.
             docs.sort();
@@ -173,6 +137,77 @@ pub fn manifests(set: &ManifestSet, world: &World, recorded: &Recorded, opts: &O
         }
     }
     out
+}
+
+/// What [`backend_docs`] reads.
+struct Ctx<'a> {
+    set: &'a ManifestSet,
+    world: &'a World,
+    recorded: &'a Recorded,
+    opts: &'a Options,
+    sched: &'a Scheduler<'a>,
+    /// Our objects over every back end, by identity.
+    by_uuid: &'a BTreeMap<Uuid, &'a Observed>,
+}
+
+/// The documents of back end `bname`'s objects of ours, as (kind, name,
+/// text); what cannot be written goes to `notes`.
+fn backend_docs(
+    ctx: &Ctx<'_>,
+    bname: &Name,
+    inv: &crate::model::Inventory,
+    notes: &mut Vec<String>,
+) -> Vec<(ObjKind, String, String)> {
+    let valid = |o: &Observed| o.name.parse::<Name>().ok();
+    let mut docs: Vec<(ObjKind, String, String)> = Vec::new();
+    for o in &inv.objects {
+        let a = format!("{}.{}", o.kind, o.name);
+        if !keep(o, &a, bname, notes) {
+            continue;
+        }
+        let Some(name) = valid(o) else {
+            notes.push(format!(
+                "{} {} on {bname} is named {}, which is not a manifest name; left out",
+                o.kind,
+                o.uuid,
+                shown(&o.name)
+            ));
+            continue;
+        };
+        let policy = ctx
+            .recorded
+            .objects
+            .get(&o.uuid)
+            .map_or(DeletionPolicy::default(), |r| r.deletion_policy);
+        let text = match o.kind {
+            ObjKind::Volume => volume_doc(
+                ctx.opts, ctx.set, ctx.world, ctx.sched, bname, o, name, policy, notes,
+            ),
+            ObjKind::Snapshot => {
+                let Some(parent) = o
+                    .parent
+                    .and_then(|p| ctx.by_uuid.get(&p))
+                    .and_then(|p| valid(p))
+                else {
+                    notes.push(format!(
+                        "{a} ({} on {bname}): its volume is not one of ours here; left out",
+                        o.uuid
+                    ));
+                    continue;
+                };
+                let spec = SnapshotSpec {
+                    volume: Some(parent),
+                    consistency_group: None,
+                    size: None,
+                    deletion_policy: policy,
+                };
+                document(ctx.opts, "Snapshot", name, BTreeMap::new(), &spec, "")
+            }
+            ObjKind::Image => image_doc(ctx.opts, bname, o, name, policy, ctx.by_uuid),
+        };
+        docs.push((o.kind, o.name.clone(), text));
+    }
+    docs
 }
 
 /// Whether object `o` (at address `a`) goes into the output: not a
@@ -294,6 +329,26 @@ fn volume_doc(
             None
         }
     };
+    let (export, comment) = lio_export(world, o, &a, notes);
+    let spec = VolumeSpec {
+        volume_type,
+        backend: Some(bname.clone()),
+        export,
+        deletion_policy: policy,
+        ..minimal(size)
+    };
+    document(opts, "Volume", name, BTreeMap::new(), &spec, &comment)
+}
+
+/// Volume `o`'s export as LIO has it (its ACLs, its target name when not
+/// the default, its portals when not the default one), and a comment for
+/// its document when LIO requires CHAP (a secret is never read back).
+fn lio_export(
+    world: &World,
+    o: &Observed,
+    a: &str,
+    notes: &mut Vec<String>,
+) -> (Option<Export>, String) {
     let mut comment = String::new();
     let export = world.exports.get(o.uuid).and_then(|e| {
         let iqn = e.iqn.as_deref()?;
@@ -333,14 +388,7 @@ fn volume_doc(
             },
         })
     });
-    let spec = VolumeSpec {
-        volume_type,
-        backend: Some(bname.clone()),
-        export,
-        deletion_policy: policy,
-        ..minimal(size)
-    };
-    document(opts, "Volume", name, BTreeMap::new(), &spec, &comment)
+    (export, comment)
 }
 
 /// A volume of `size` bytes and nothing else said.
