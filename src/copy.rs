@@ -460,6 +460,34 @@ fn zero(job: &Job<'_>, from: u64, to: u64, stats: &mut Stats) -> Result<(), Copy
     Ok(())
 }
 
+/// Before writing up to `n` more bytes: asks the observer once this run's
+/// `allowed` bytes (and when it was asked) no longer cover them, after
+/// syncing the target (a thin pool or file system counts blocks only once
+/// they leave the page cache). `Some(why)`: stop.
+fn allowance(
+    target: &File,
+    path: &Path,
+    observer: &mut dyn Observer,
+    at: &Position,
+    n: usize,
+    allowed: &mut (u64, Instant),
+) -> Result<Option<String>, CopyError> {
+    let n = n as u64;
+    if at.written.saturating_add(n) <= allowed.0
+        && (allowed.0 == u64::MAX || allowed.1.elapsed() < CHECKPOINT_EVERY)
+    {
+        return Ok(None);
+    }
+    target.sync_data().map_err(io_err("sync", path))?;
+    match observer.may_write(at, n) {
+        Ok(more) => {
+            *allowed = (at.written.saturating_add(more), Instant::now());
+            Ok(None)
+        }
+        Err(why) => Ok(Some(why)),
+    }
+}
+
 /// Makes the target durable up to `at.offset` (the pending zeros are part
 /// of "done up to here") and tells the observer.
 fn checkpoint(
@@ -534,24 +562,13 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
                     at.offset = to;
                 }
                 Piece::Data { pos, n, buf } => {
-                    if at.written.saturating_add(n as u64) > allowed.0
-                        || (allowed.0 != u64::MAX && allowed.1.elapsed() >= CHECKPOINT_EVERY)
+                    if let Some(why) =
+                        allowance(job.target, job.target_path, observer, &at, n, &mut allowed)?
                     {
-                        // What was written reaches the target's space
-                        // first: a thin pool or file system counts blocks
-                        // only once they leave the page cache.
-                        job.target
-                            .sync_data()
-                            .map_err(io_err("sync", job.target_path))?;
-                        match observer.may_write(&at, n as u64) {
-                            Ok(more) => allowed = (at.written.saturating_add(more), Instant::now()),
-                            Err(why) => {
-                                // What was written so far is kept: the next
-                                // run resumes here.
-                                checkpoint(job, &mut zero_from, &at, &mut stats, observer)?;
-                                return Err(CopyError::Stopped(why));
-                            }
-                        }
+                        // What was written so far is kept: the next run
+                        // resumes here.
+                        checkpoint(job, &mut zero_from, &at, &mut stats, observer)?;
+                        return Err(CopyError::Stopped(why));
                     }
                     let b = &buf[..n];
                     at.read += n as u64;
@@ -671,6 +688,8 @@ pub fn delta(job: &Delta<'_>, observer: &mut dyn Observer) -> Result<Stats, Copy
     let (mut src, mut dst) = (vec![0u8; chunk], vec![0u8; chunk]);
     let db = usize::try_from(DELTA_BLOCK).unwrap_or(64 << 10);
     let mut cur = start;
+    // As in `copy`: what this run may write before it asks again.
+    let mut allowed = (0u64, Instant::now());
     for run in runs {
         if let Some(h) = hasher.as_mut() {
             h.zero_run(cur, run.start);
@@ -678,6 +697,13 @@ pub fn delta(job: &Delta<'_>, observer: &mut dyn Observer) -> Result<Stats, Copy
         let mut pos = run.start;
         while pos < run.end {
             let n = usize::try_from((run.end - pos).min(CHUNK)).unwrap_or(chunk);
+            if let Some(why) =
+                allowance(job.target, job.target_path, observer, &at, n, &mut allowed)?
+            {
+                // Synced up to `at.offset` by `allowance`: kept.
+                observer.checkpoint(&at).map_err(CopyError::Checkpoint)?;
+                return Err(CopyError::Stopped(why));
+            }
             let (want, have) = (&mut src[..n], &mut dst[..n]);
             read_full(job.source, job.source_path, want, pos)?;
             read_full(job.target, job.target_path, have, pos)?;

@@ -149,6 +149,12 @@ impl Chain<'_, '_> {
         })?;
         let file_target = to_data.kind == PathKind::File;
         let err = |e| copy_err(src, dst, e);
+        // Never fill the target's pool: the copy and the delta ask its room.
+        let mut guard = super::Guard {
+            checkpoints: cp,
+            dst,
+            uuid,
+        };
         if start > 0 {
             tracing::info!(%uuid, stage = k, offset = start, "resuming a chain stage at its last checkpoint");
         }
@@ -173,7 +179,7 @@ impl Chain<'_, '_> {
                     read_back: false,
                     writeback: file_target,
                 };
-                (copy::copy(&job, cp).map_err(err)?, ext.clone())
+                (copy::copy(&job, &mut guard).map_err(err)?, ext.clone())
             }
             Some(b) => {
                 let over = ext.union(b, len);
@@ -187,7 +193,7 @@ impl Chain<'_, '_> {
                     start,
                     bandwidth: self.mv.bandwidth,
                 };
-                (copy::delta(&job, cp).map_err(err)?, over)
+                (copy::delta(&job, &mut guard).map_err(err)?, over)
             }
         };
         let source_hash = match stats.source_hash {

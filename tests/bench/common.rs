@@ -224,3 +224,63 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// The lab's captured `lvm fullreport` (`tests/fixtures/lvm/fullreport.json`,
+/// 8 LVs in VG `labvg` with thin pool `pool0`) scaled up in memory: its thin
+/// LV and segment rows cloned `ours` times as volumes of back end `bench`
+/// (`volume-<uuid>`, our tags, name `v-NNNNN`, uuid [`bench_uuid`]) and
+/// `foreign` times untagged, named by `foreign_name`.
+#[allow(clippy::unwrap_used)] // a broken fixture is the bench's failure
+pub fn scaled_fullreport(
+    ours: usize,
+    foreign: usize,
+    foreign_name: impl Fn(usize) -> String,
+) -> Vec<u8> {
+    use serde_json::Value;
+    const FIXTURE: &[u8] = include_bytes!("../fixtures/lvm/fullreport.json");
+    let mut doc: Value = serde_json::from_slice(FIXTURE).unwrap();
+    let part = &mut doc["report"][0];
+    let lv_row = part["lv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["lv_name"] == "vol-thin")
+        .unwrap()
+        .clone();
+    let seg_row = part["seg"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["lv_uuid"] == lv_row["lv_uuid"])
+        .unwrap()
+        .clone();
+    let lvs = part["lv"].as_array_mut().unwrap();
+    let mut segs = Vec::new();
+    for i in 0..ours + foreign {
+        let mut lv = lv_row.clone();
+        let lv_uuid = format!("bench{i:05}-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx");
+        lv["lv_uuid"] = Value::from(lv_uuid.clone());
+        if i < ours {
+            let u = bench_uuid(i);
+            lv["lv_name"] = Value::from(format!("volume-{u}"));
+            lv["lv_tags"] = Value::from(format!(
+                "cinderblock.backend=bench,cinderblock.kind=volume,cinderblock.name=v-{i:05},cinderblock.uuid={u}"
+            ));
+        } else {
+            lv["lv_name"] = Value::from(foreign_name(i));
+            lv["lv_tags"] = Value::from("");
+        }
+        lvs.push(lv);
+        let mut seg = seg_row.clone();
+        seg["lv_uuid"] = Value::from(lv_uuid);
+        seg["thin_id"] = Value::from((100 + i).to_string());
+        segs.push(seg);
+    }
+    part["seg"].as_array_mut().unwrap().extend(segs);
+    serde_json::to_vec_pretty(&doc).unwrap()
+}
+
+/// The uuid of volume `i` of [`scaled_fullreport`].
+pub fn bench_uuid(i: usize) -> uuid::Uuid {
+    uuid::Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 | i as u128)
+}

@@ -20,6 +20,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{bench_uuid as uuid_of, scaled_fullreport};
+
 use cinderblock::lvm::cmd::Reports;
 use cinderblock::lvm::report::parse_fullreport;
 use cinderblock::manifest::kinds::DeletionPolicy;
@@ -27,61 +30,10 @@ use cinderblock::manifest::load_source;
 use cinderblock::observe::world_of;
 use cinderblock::plan::{self, ObjKind, Options, render};
 use cinderblock::state::record::{Recorded, RecordedObject};
-use serde_json::Value;
-use uuid::Uuid;
 
-const FIXTURE: &[u8] = include_bytes!("../fixtures/lvm/fullreport.json");
 const LVS: usize = 10_000;
 const FOREIGN: usize = 100;
 const GIB: u64 = 1 << 30;
-
-fn uuid_of(i: usize) -> Uuid {
-    Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 | i as u128)
-}
-
-/// The fixture with `LVS` thin LVs of ours and `FOREIGN` foreign ones in pool0.
-fn scaled_report() -> Vec<u8> {
-    let mut doc: Value = serde_json::from_slice(FIXTURE).unwrap();
-    let part = &mut doc["report"][0];
-    let lv_row = part["lv"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["lv_name"] == "vol-thin")
-        .unwrap()
-        .clone();
-    let seg_row = part["seg"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["lv_uuid"] == lv_row["lv_uuid"])
-        .unwrap()
-        .clone();
-    let lvs = part["lv"].as_array_mut().unwrap();
-    let mut segs = Vec::new();
-    for i in 0..LVS + FOREIGN {
-        let mut lv = lv_row.clone();
-        let lv_uuid = format!("bench{i:05}-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx");
-        lv["lv_uuid"] = Value::from(lv_uuid.clone());
-        if i < LVS {
-            let u = uuid_of(i);
-            lv["lv_name"] = Value::from(format!("volume-{u}"));
-            lv["lv_tags"] = Value::from(format!(
-                "cinderblock.backend=bench,cinderblock.kind=volume,cinderblock.name=v-{i:05},cinderblock.uuid={u}"
-            ));
-        } else {
-            lv["lv_name"] = Value::from(format!("legacy-{i}"));
-            lv["lv_tags"] = Value::from("");
-        }
-        lvs.push(lv);
-        let mut seg = seg_row.clone();
-        seg["lv_uuid"] = Value::from(lv_uuid);
-        seg["thin_id"] = Value::from((100 + i).to_string());
-        segs.push(seg);
-    }
-    part["seg"].as_array_mut().unwrap().extend(segs);
-    serde_json::to_vec_pretty(&doc).unwrap()
-}
 
 fn manifests() -> String {
     let mut s = String::from(
@@ -98,7 +50,7 @@ fn manifests() -> String {
 }
 
 fn main() {
-    let bytes = scaled_report();
+    let bytes = scaled_fullreport(LVS, FOREIGN, |i| format!("legacy-{i}"));
     let loaded = load_source(Path::new("bench.yaml"), &manifests());
     assert_eq!(loaded.errors(), 0);
     let set = loaded.set;
