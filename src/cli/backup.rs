@@ -218,6 +218,18 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
     let m = &report.manifest;
     let s = &m.stats;
     let dedup = (s.unchanged_chunks + s.dedup_chunks) * u64::from(m.chunk_size);
+    // A fallback is said on stderr in both modes: JSON on stdout stays one
+    // object per line.
+    if report.read.fallback {
+        writeln!(
+            std::io::stderr().lock(),
+            "warning: backup {} of {} fell back to {}: {}",
+            m.id,
+            m.volume.name,
+            report.read.method.as_str(),
+            report.read.reason
+        )?;
+    }
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, &report.summary(repo))?;
@@ -254,16 +266,6 @@ fn print_run(report: &engine::RunReport, repo: &str, json: bool) -> anyhow::Resu
         report.read.method.as_str(),
         report.read.reason
     )?;
-    if report.read.fallback {
-        writeln!(
-            std::io::stderr().lock(),
-            "warning: backup {} of {} fell back to {}: {}",
-            m.id,
-            m.volume.name,
-            report.read.method.as_str(),
-            report.read.reason
-        )?;
-    }
     Ok(())
 }
 
