@@ -49,7 +49,7 @@ writer() {
     for d in $A $B $C; do
       dd if=/tmp/blk-$1 of=$d bs=4096 seek=$n oflag=direct conv=fsync,notrunc 2>/tmp/writer-$1.dd || { echo "write $d $n failed: $(cat /tmp/writer-$1.dd)" > /tmp/writer-$1.err; exit 1; }
     done
-    echo $n > /tmp/n-$1
+    echo $n > /tmp/n-$1.new; mv /tmp/n-$1.new /tmp/n-$1 # a reader never sees it empty
     n=$((n+1))
     sleep 0.02 # leave the one emulated CPU to the cuts
   done
