@@ -773,6 +773,41 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_loaded_on_several_workers_keeps_the_first_definition_and_reports_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = |name: &str| {
+            format!(
+                "apiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata:\n  name: {name}\nspec:\n  size: 1Gi\n"
+            )
+        };
+        // Eight files, so every worker count up to eight splits them
+        // differently; db is defined in the first, fifth and last.
+        for i in 0..8 {
+            let name = if matches!(i, 0 | 4 | 7) {
+                "db".to_owned()
+            } else {
+                format!("v{i}")
+            };
+            fs::write(dir.path().join(format!("{i}.yaml")), vol(&name)).unwrap();
+        }
+        let loaded = load_paths(&[dir.path().to_owned()]);
+        assert_eq!(loaded.documents, 8);
+        assert_eq!(loaded.set.volumes.len(), 6);
+        assert!(loaded.set.volumes["db"].origin.file.ends_with("0.yaml"));
+        let dups: Vec<String> = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.message.starts_with("duplicate Volume name"))
+            .map(|d| d.file.display().to_string())
+            .collect();
+        assert_eq!(dups.len(), 2, "{:?}", loaded.diagnostics);
+        assert!(
+            dups[0].ends_with("4.yaml") && dups[1].ends_with("7.yaml"),
+            "{dups:?}"
+        );
+    }
+
+    #[test]
     fn byte_positions() {
         assert_eq!(pos_of_byte("ab\ncd", 4), Pos { line: 2, col: 2 });
     }
