@@ -187,7 +187,7 @@ pub fn drift(set: &ManifestSet, world: &World, recorded: &Recorded, opts: &Optio
         let Some(inv) = view.inventory() else {
             continue;
         };
-        let mut docs = backend_docs(&ctx, bname, inv, &mut out.notes);
+        let mut docs = backend_docs(&ctx, bname, inv, &mut BTreeMap::new(), &mut out.notes);
         docs.retain(|(k, n, _)| !declared.contains(&(*k, n.as_str())));
         docs.sort();
         for (kind, n, doc) in docs {

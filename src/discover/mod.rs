@@ -4,8 +4,10 @@
 //! policies) into YAML documents an admin can commit: every object of ours
 //! as the `Volume`, `Snapshot` or `Image` that would plan to "No changes"
 //! (size, back-end pin, the one `VolumeType` that fits, its iSCSI export,
-//! the deletion policy last applied), and, when asked, every foreign entry
-//! that could hold a volume as a `Volume` annotated `cinderblock.dev/adopt`.
+//! the deletion policy last applied, its consistency group), the
+//! `ConsistencyGroup` of each group its volumes carry, and, when asked,
+//! every foreign entry that could hold a volume as a `Volume` annotated
+//! `cinderblock.dev/adopt`.
 //!
 //! Invariants: pure (no I/O, no clock), and deterministic: back ends,
 //! files and documents are sorted, so the same world gives byte-identical
@@ -19,7 +21,7 @@
 //!
 //! Must not: know a back-end kind (it reads views, capabilities and
 //! foreign entries), call a driver, or guess what the back ends do not
-//! keep (a consistency group, where a secret lives): those are said in
+//! keep (a group's backup policy, where a secret lives): those are said in
 //! [`Output::notes`] and in comments of the documents concerned.
 
 mod drift;
@@ -31,8 +33,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::manifest::kinds::{
-    ADOPT, API_VERSION, DeletionPolicy, Export, ImageSource, ImageSpec, IscsiExport, Metadata,
-    SnapshotSpec, VolumeSpec,
+    ADOPT, API_VERSION, ConsistencyGroupSpec, DeletionPolicy, Export, ImageSource, ImageSpec,
+    IscsiExport, Metadata, SnapshotSpec, VolumeSpec,
 };
 use crate::manifest::values::{Quantity, ScalarString, shown};
 use crate::manifest::{ManifestSet, Name};
@@ -108,6 +110,7 @@ pub fn manifests(set: &ManifestSet, world: &World, recorded: &Recorded, opts: &O
             ));
             continue;
         };
+        let mut groups = BTreeMap::new();
         let mut docs = backend_docs(
             &Ctx {
                 set,
@@ -119,15 +122,18 @@ pub fn manifests(set: &ManifestSet, world: &World, recorded: &Recorded, opts: &O
             },
             bname,
             inv,
+            &mut groups,
             &mut out.notes,
         );
         if !docs.is_empty() {
-            // Volumes, then snapshots, then images; each by name.
+            // Volumes, then snapshots, then images; each by name; the
+            // consistency groups of the volumes first.
             docs.sort();
-            out.files.insert(
-                format!("{bname}.yaml"),
-                docs.into_iter().map(|(_, _, t)| t).collect(),
-            );
+            let text: String = group_docs(opts, set, bname, groups, &mut out.notes)
+                .into_iter()
+                .chain(docs.into_iter().map(|(_, _, t)| t))
+                .collect();
+            out.files.insert(format!("{bname}.yaml"), text);
         }
         if opts.include_foreign {
             let text = foreign_docs(opts, bname, view, &mut taken, &mut out.notes);
@@ -150,12 +156,73 @@ struct Ctx<'a> {
     by_uuid: &'a BTreeMap<Uuid, &'a Observed>,
 }
 
+/// The members of one consistency group found on a back end: each
+/// member's name and the volume type written for it.
+type GroupsSeen = BTreeMap<Name, Vec<(Name, Option<Name>)>>;
+
+/// The `ConsistencyGroup` documents of the groups whose members back end
+/// `bname` holds (a member carries its group on the object: an LV tag, a
+/// sidecar field): as the manifests declare a group, when they do; else
+/// pinned to the back end with the types written for its members, and a
+/// comment saying what the back end does not keep (its backup policy).
+fn group_docs(
+    opts: &Options,
+    set: &ManifestSet,
+    bname: &Name,
+    groups: GroupsSeen,
+    notes: &mut Vec<String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (g, members) in groups {
+        if let Some(doc) = set.consistency_groups.get(&g) {
+            out.push(document(
+                opts,
+                "ConsistencyGroup",
+                g,
+                BTreeMap::new(),
+                &doc.spec,
+                "",
+            ));
+            continue;
+        }
+        let types: BTreeSet<Name> = members.iter().filter_map(|(_, t)| t.clone()).collect();
+        if types.is_empty() {
+            notes.push(format!(
+                "consistency group {g} (members {} on {bname}): no volume type fits its members; add the group's volumeTypes and each member's volumeType",
+                members
+                    .iter()
+                    .map(|(m, _)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let spec = ConsistencyGroupSpec {
+            volume_types: types.into_iter().collect(),
+            availability_zone: None,
+            backup_policy: None,
+            backend: Some(bname.clone()),
+            description: None,
+        };
+        out.push(document(
+            opts,
+            "ConsistencyGroup",
+            g,
+            BTreeMap::new(),
+            &spec,
+            "# Found as the group its member volumes carry; a back end does not keep a\n# group's backupPolicy: add it if the group was backed up together.\n",
+        ));
+    }
+    out
+}
+
 /// The documents of back end `bname`'s objects of ours, as (kind, name,
-/// text); what cannot be written goes to `notes`.
+/// text), and the consistency groups its volumes are members of (into
+/// `groups`); what cannot be written goes to `notes`.
 fn backend_docs(
     ctx: &Ctx<'_>,
     bname: &Name,
     inv: &crate::model::Inventory,
+    groups: &mut GroupsSeen,
     notes: &mut Vec<String>,
 ) -> Vec<(ObjKind, String, String)> {
     let valid = |o: &Observed| o.name.parse::<Name>().ok();
@@ -180,9 +247,25 @@ fn backend_docs(
             .get(&o.uuid)
             .map_or(DeletionPolicy::default(), |r| r.deletion_policy);
         let text = match o.kind {
-            ObjKind::Volume => volume_doc(
-                ctx.opts, ctx.set, ctx.world, ctx.sched, bname, o, name, policy, notes,
-            ),
+            ObjKind::Volume => {
+                let group = o.group.as_deref().and_then(|g| {
+                    let n = g.parse::<Name>().ok();
+                    if n.is_none() {
+                        notes.push(format!(
+                            "{a} ({} on {bname}) is a member of group {}, which is not a manifest name; its consistencyGroup is left out",
+                            o.uuid,
+                            shown(g)
+                        ));
+                    }
+                    n
+                });
+                let (text, vt) =
+                    volume_doc(ctx, bname, o, (name.clone(), group.clone()), policy, notes);
+                if let Some(g) = group {
+                    groups.entry(g).or_default().push((name, vt));
+                }
+                text
+            }
             ObjKind::Snapshot => {
                 let Some(parent) = o
                     .parent
@@ -278,19 +361,17 @@ fn image_doc(
     document(opts, "Image", name, BTreeMap::new(), &spec, comment)
 }
 
-/// The `Volume` document of our volume `o` on back end `bname`.
-#[allow(clippy::too_many_arguments)] // each piece named
+/// The `Volume` document of our volume `o` on back end `bname`, named
+/// `name` and a member of `group`, and the volume type written in it.
 fn volume_doc(
-    opts: &Options,
-    set: &ManifestSet,
-    world: &World,
-    sched: &Scheduler<'_>,
+    ctx: &Ctx<'_>,
     bname: &Name,
     o: &Observed,
-    name: Name,
+    (name, group): (Name, Option<Name>),
     policy: DeletionPolicy,
     notes: &mut Vec<String>,
-) -> String {
+) -> (String, Option<Name>) {
+    let (opts, set, world, sched) = (ctx.opts, ctx.set, ctx.world, ctx.sched);
     let a = format!("volume.{name}");
     let size = match o.health {
         Health::SizeMismatch { recorded, actual } => recorded.max(actual),
@@ -315,6 +396,15 @@ fn volume_doc(
         })
         .map(|(n, _)| n)
         .collect();
+    // A member's type is one of its group's, when the manifests declare
+    // the group.
+    let fitting: Vec<&Name> = match group.as_ref().and_then(|g| set.consistency_groups.get(g)) {
+        Some(g) => fitting
+            .into_iter()
+            .filter(|t| g.spec.volume_types.contains(t))
+            .collect(),
+        None => fitting,
+    };
     let volume_type = match fitting.as_slice() {
         [one] => Some((*one).clone()),
         [] => None,
@@ -331,13 +421,17 @@ fn volume_doc(
     };
     let (export, comment) = lio_export(world, o, &a, notes);
     let spec = VolumeSpec {
-        volume_type,
+        volume_type: volume_type.clone(),
         backend: Some(bname.clone()),
         export,
         deletion_policy: policy,
+        consistency_group: group,
         ..minimal(size)
     };
-    document(opts, "Volume", name, BTreeMap::new(), &spec, &comment)
+    (
+        document(opts, "Volume", name, BTreeMap::new(), &spec, &comment),
+        volume_type,
+    )
 }
 
 /// Volume `o`'s export as LIO has it (its ACLs, its target name when not

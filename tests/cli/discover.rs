@@ -968,3 +968,89 @@ fn a_snapshot_of_an_adopted_volume_is_adopted_with_it() {
         p.stdout
     );
 }
+
+#[test]
+fn discover_writes_the_consistency_groups_its_members_carry() {
+    let site = applied_site();
+    site.write(
+        "group.yaml",
+        &format!(
+            "{H}kind: ConsistencyGroup\nmetadata:\n  name: orders\nspec:\n  volumeTypes: [gold]\n---\n{}  volumeType: gold\n  consistencyGroup: orders\n---\n{}  volumeType: gold\n  consistencyGroup: orders\n",
+            volume("orders-data", "8Mi", ""),
+            volume("orders-wal", "4Mi", "")
+        ),
+    );
+    site.apply();
+    let r = discover(&site, &["--out", "found"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let text = fs::read_to_string(site.path().join("found/local.yaml")).unwrap();
+    assert!(
+        text.starts_with(
+            "---
+# yaml-language-server: $schema=schemas/manifest.json
+# Found as the group its member volumes carry; a back end does not keep a
+# group's backupPolicy: add it if the group was backed up together.
+apiVersion: cinderblock.dev/v1alpha1
+kind: ConsistencyGroup
+metadata:
+  name: orders
+spec:
+  volumeTypes:
+  - gold
+  backend: local
+---
+"
+        ),
+        "{text}"
+    );
+    for m in ["orders-data", "orders-wal"] {
+        let at = text
+            .find(&format!("  name: {m}\n"))
+            .unwrap_or_else(|| panic!("no {m} in {text}"));
+        let doc = &text[at..text[at..].find("---").map_or(text.len(), |e| at + e)];
+        assert!(
+            doc.contains("  volumeType: gold\n") && doc.contains("  consistencyGroup: orders\n"),
+            "{doc}"
+        );
+    }
+    assert!(
+        !text[text.find("name: db\n").unwrap()..]
+            .split("---")
+            .next()
+            .unwrap()
+            .contains("consistencyGroup"),
+        "{text}"
+    );
+    validates_with_the_back_ends(&site);
+    let p = site.run(&[
+        "plan",
+        "-f",
+        "manifests/backends.yaml",
+        "-f",
+        "manifests/types.yaml",
+        "-f",
+        "found",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(p.code, 0, "{}{}", p.stdout, p.stderr);
+    assert_eq!(p.stdout, "No changes. Storage matches the manifests.\n");
+
+    // Declared already: the group is written as the manifests declare it.
+    let r = site.run(&[
+        "discover",
+        "-f",
+        "manifests/backends.yaml",
+        "-f",
+        "manifests/types.yaml",
+        "-f",
+        "manifests/group.yaml",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(
+            "kind: ConsistencyGroup\nmetadata:\n  name: orders\nspec:\n  volumeTypes:\n  - gold\n---"
+        ),
+        "{}",
+        r.stdout
+    );
+}
