@@ -87,17 +87,18 @@ read_lv() {
 # cut (thin i, thick i, thin j, thick j, one after another); read them;
 # remove them with one lvremove (the next apply forgets them, record only)
 cut_pair() { # i j
-  { for i in $1 $2; do snapdoc c$i-t gt; snapdoc c$i-k gk "size: 8Mi"; done; } > m/cut.yaml
+  # (c, not i: shell variables are global, and cuts counts with i)
+  { for c in $1 $2; do snapdoc c$c-t gt; snapdoc c$c-k gk "size: 8Mi"; done; } > m/cut.yaml
   cb apply -f m --auto-approve > /tmp/apply.txt 2>&1 || { cat /tmp/apply.txt; return 1; }
   grep 'freeze window' /tmp/apply.txt >> $OUT/freeze.txt
   lvs --noheadings -o lv_name,lv_tags labvg > /tmp/lvs.txt
   gone=""
-  for i in $1 $2; do
+  for c in $1 $2; do
     for p in t k; do
       for m in a b c; do
-        l=$(grep -E "cinderblock.name=c$i-$p.$p$m(,|\$)" /tmp/lvs.txt | awk '{print $1}')
-        [ -n "$l" ] || { echo "no member snapshot c$i-$p.$p$m"; cat /tmp/lvs.txt; return 1; }
-        read_lv /dev/labvg/$l $p group-$p $i-$m
+        l=$(grep -E "cinderblock.name=c$c-$p.$p$m(,|\$)" /tmp/lvs.txt | awk '{print $1}')
+        [ -n "$l" ] || { echo "no member snapshot c$c-$p.$p$m"; cat /tmp/lvs.txt; return 1; }
+        read_lv /dev/labvg/$l $p group-$p $c-$m
         gone="$gone labvg/$l"
       done
     done
