@@ -164,7 +164,7 @@ fn prepare(
     let registry = Registry::new(set, host, &g.state, Exec::host());
     let mut world = observe::discover(set, &registry, &g.state);
     if let Some(f) = fleet {
-        world.fleet = f.placements();
+        (world.fleet, world.remote) = f.world_parts(host);
     }
     clock.mark("discover");
     let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
@@ -521,6 +521,12 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
             .bandwidth_limit
             .map(crate::manifest::values::Quantity::bytes),
         fence: conn.as_ref().map(|c| c as &dyn crate::apply::Fence),
+        xhost: conn.as_ref().map(|c| apply::Xhost {
+            jobs: c as &dyn crate::xhost::Jobs,
+            portal: g.etcd.migration_portal.as_deref(),
+            runner: Exec::host(),
+            wait: crate::xhost::Wait::default(),
+        }),
     };
     match apply::apply_with(
         &plan,

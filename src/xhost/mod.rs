@@ -210,19 +210,7 @@ impl Job {
     }
 }
 
-/// The target name of a migration's export of volume `uuid`: apart from
-/// the volume's own export ([`crate::iscsi::names::default_iqn`]), so the
-/// exports pass never takes it for one.
-pub fn migration_iqn(uuid: Uuid) -> String {
-    format!("{}migrate-{uuid}", crate::iscsi::names::IQN_PREFIX)
-}
-
-/// Whether `iqn` is the target name of a migration's export.
-pub fn is_migration_iqn(iqn: &str) -> bool {
-    iqn.strip_prefix(crate::iscsi::names::IQN_PREFIX)
-        .and_then(|r| r.strip_prefix("migrate-"))
-        .is_some_and(|u| u.parse::<Uuid>().is_ok())
-}
+pub use crate::iscsi::names::{is_migration_iqn, migration_iqn};
 
 /// The job records in etcd (and a fake in tests).
 pub trait Jobs: Send + Sync {
