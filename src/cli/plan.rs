@@ -465,6 +465,7 @@ fn read_saved(path: &std::path::Path) -> anyhow::Result<SavedPlan> {
     Ok(saved)
 }
 
+#[allow(clippy::too_many_lines)] // the apply command's stages in order
 pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32> {
     let (set, host, saved) = if let Some(path) = &args.plan_file {
         let saved = read_saved(path)?;

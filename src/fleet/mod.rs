@@ -281,7 +281,7 @@ impl Snapshot {
                             uuid: o.uuid,
                             size: o.size,
                             allocated: o.allocated,
-                            health: o.health.clone(),
+                            health: o.health,
                         },
                     );
                 }

@@ -658,7 +658,11 @@ fn action(s: &mut String, a: &Action) {
 type Attrs = Vec<(String, String, String)>;
 
 // Byte counts shown to people, rounded; one argument per field of the op.
-#[allow(clippy::cast_precision_loss, clippy::too_many_arguments)]
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::too_many_arguments,
+    clippy::too_many_lines
+)]
 fn migrate_attrs(
     attrs: &mut Attrs,
     uuid: uuid::Uuid,

@@ -284,15 +284,14 @@ impl Driver for RemoteVolume<'_> {
             return Err(self.refuse(Op::Open));
         };
         let existing = lock(&self.state).device.clone();
-        let path = match existing {
-            Some(p) => p,
-            None => {
-                let p = attach
-                    .login(&job.target)
-                    .map_err(|e| self.err(Op::Open, e, true))?;
-                lock(&self.state).device = Some(p.clone());
-                p
-            }
+        let path = if let Some(p) = existing {
+            p
+        } else {
+            let p = attach
+                .login(&job.target)
+                .map_err(|e| self.err(Op::Open, e, true))?;
+            lock(&self.state).device = Some(p.clone());
+            p
         };
         if job.phase == Phase::Exported {
             self.update(Op::Open, &|j| j.phase = Phase::Copying)?;
