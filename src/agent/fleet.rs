@@ -324,7 +324,7 @@ impl crate::xhost::Jobs for FleetLink {
         &self,
         job: &crate::xhost::Job,
         expect: Option<i64>,
-    ) -> Result<bool, crate::xhost::XhostError> {
+    ) -> Result<Option<i64>, crate::xhost::XhostError> {
         let etcd = self.etcd_for_jobs()?;
         self.runtime
             .block_on(etcd.put_job(job, expect))

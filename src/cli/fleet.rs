@@ -226,7 +226,7 @@ impl crate::xhost::Jobs for CliFleet {
         &self,
         job: &crate::xhost::Job,
         expect: Option<i64>,
-    ) -> Result<bool, crate::xhost::XhostError> {
+    ) -> Result<Option<i64>, crate::xhost::XhostError> {
         self.rt
             .block_on(self.jobs()?.put_job(job, expect))
             .map_err(|e| job_err(&e))

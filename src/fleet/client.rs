@@ -565,13 +565,14 @@ impl Etcd {
         Ok(Some((job, kv.mod_revision())))
     }
 
-    /// Writes `job` if its key is at `expect` (`None`: absent); `false`
-    /// when another writer came first.
+    /// Writes `job` if its key is at `expect` (`None`: absent): its new
+    /// `mod_revision` (the transaction's revision), or `None` when another
+    /// writer came first.
     pub async fn put_job(
         &self,
         job: &crate::xhost::Job,
         expect: Option<i64>,
-    ) -> Result<bool, FleetError> {
+    ) -> Result<Option<i64>, FleetError> {
         let key = self.keys.job(&job.volume);
         let value = serde_json::to_vec(job).map_err(|e| {
             FleetError::Record(records::RecordError::Decode {
@@ -587,10 +588,11 @@ impl Etcd {
             .when([cmp])
             .and_then([TxnOp::put(key, value, None)]);
         let mut c = self.client.clone();
-        Ok(self
-            .call("write a migration job", c.txn(txn))
-            .await?
-            .succeeded())
+        let resp = self.call("write a migration job", c.txn(txn)).await?;
+        Ok(resp.succeeded().then(|| {
+            resp.header()
+                .map_or(0, etcd_client::ResponseHeader::revision)
+        }))
     }
 
     /// Removes the job of `volume` if it is still at `revision`.

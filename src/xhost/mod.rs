@@ -220,11 +220,12 @@ pub trait Jobs: Send + Sync {
     /// etcd could not be read, or the record not decoded.
     fn get(&self, volume: &str) -> Result<Option<(Job, i64)>, XhostError>;
     /// Writes `job` if its key's `mod_revision` is `expect` (`None`: only
-    /// if absent); `false` when another writer came first.
+    /// if absent): its new `mod_revision`, or `None` when another writer
+    /// came first.
     ///
     /// # Errors
     /// etcd could not be written.
-    fn put(&self, job: &Job, expect: Option<i64>) -> Result<bool, XhostError>;
+    fn put(&self, job: &Job, expect: Option<i64>) -> Result<Option<i64>, XhostError>;
     /// Removes the job of `volume` if its `mod_revision` is `expect`.
     ///
     /// # Errors
@@ -357,7 +358,7 @@ pub fn send(
                     let job = start(s, src, jobs, lio, o.size)?;
                     hashed = job.1;
                     exported = true;
-                    if !jobs.put(&job.0, None)? {
+                    if jobs.put(&job.0, None)?.is_none() {
                         tracing::info!(
                             volume = s.volume,
                             "another writer made the job first; reading it"

@@ -123,19 +123,11 @@ impl<'a> RemoteVolume<'a> {
             if next == *job {
                 return Ok(());
             }
-            if jobs
+            if let Some(written) = jobs
                 .put(&next, Some(*rev))
                 .map_err(|e| self.err(op, e.to_string(), true))?
             {
-                // The revision after our write is read back lazily: the
-                // next write re-reads on conflict.
-                match jobs.get(&self.volume) {
-                    Ok(Some(fresh)) => st.job = Some(fresh),
-                    Ok(None) => {
-                        return Err(self.err(op, "the migration job vanished from etcd while it was written (did the source abandon the migration?)".into(), false));
-                    }
-                    Err(e) => return Err(self.err(op, e.to_string(), true)),
-                }
+                st.job = Some((next, written));
                 return Ok(());
             }
             match jobs.get(&self.volume) {

@@ -70,21 +70,22 @@ impl Jobs for Handle {
             .get(volume)
             .map(|(v, r)| (serde_json::from_str(v).unwrap(), *r)))
     }
-    fn put(&self, job: &Job, expect: Option<i64>) -> Result<bool, XhostError> {
-        {
+    fn put(&self, job: &Job, expect: Option<i64>) -> Result<Option<i64>, XhostError> {
+        let rev = {
             let mut j = self.store.jobs.lock().unwrap();
             let now = j.0.get(&job.volume).map(|(_, r)| *r);
             if now != expect {
-                return Ok(false);
+                return Ok(None);
             }
             j.1 += 1;
             let rev = j.1;
             let v = serde_json::to_string(job).unwrap();
             self.store.written.lock().unwrap().push(v.clone());
             j.0.insert(job.volume.clone(), (v, rev));
-        }
+            rev
+        };
         self.wrote()?;
-        Ok(true)
+        Ok(Some(rev))
     }
     fn delete(&self, volume: &str, expect: i64) -> Result<bool, XhostError> {
         {
@@ -371,7 +372,7 @@ fn a_failed_verification_keeps_the_source_and_says_so() {
             nap(Duration::from_millis(1));
         };
         job.hash = blake3::hash(b"something else").to_hex().to_string();
-        assert!(jobs.put(&job, Some(rev)).unwrap());
+        assert!(jobs.put(&job, Some(rev)).unwrap().is_some());
         let mut j = s.journal.clone();
         let e = receive(
             &receiving(s.uuid, false),
