@@ -211,6 +211,55 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// The source's last step when its volume is gone already: a verified
+    /// job of this host whose source was removed before the job (a kill
+    /// between the two) is finished — the job removed. `true` when planned.
+    pub(super) fn finish_send(&mut self, name: &Name, doc: &'a Doc<VolumeSpec>) -> bool {
+        let Some(j) = self.world.remote.jobs.get(name.as_str()) else {
+            return false;
+        };
+        let Ok(from) = j.from.backend.parse::<Name>() else {
+            return false;
+        };
+        if j.phase != crate::model::Phase::Verified || !self.world.backends.contains_key(&from) {
+            return false;
+        }
+        let across = Across {
+            from_host: j.from.host.clone(),
+            to_host: j.to.host.clone(),
+            role: Role::Export,
+            phase: Some(j.phase.as_str().to_owned()),
+            copied: j.copied,
+            source_gone: false,
+        };
+        self.out.actions.push(Action {
+            address: addr(ObjKind::Volume, name.as_str()),
+            op: Op::Migrate {
+                name: name.as_str().to_owned(),
+                uuid: j.uuid,
+                from: j.from.backend.clone(),
+                to: j.to.backend.clone(),
+                size: 0,
+                target_size: 0,
+                read: 0,
+                target_free: (0, 0),
+                bandwidth: None,
+                resume: true,
+                deletion_policy: doc.spec.deletion_policy,
+                carry: Carry::Copy,
+                within: None,
+                snapshots: Vec::new(),
+                across: Some(across),
+            },
+            reason: format!(
+                "the move to {} was verified there and the source is removed; its export and job are removed",
+                j.to
+            ),
+            impact: Impact::Moves,
+        });
+        true
+    }
+
     /// The destination's half: volume `name`, pinned to a back end of this
     /// host, lives on another host (or only its `migrating` target, `target`,
     /// is here). `true` when dealt with (an action or an error); `false`

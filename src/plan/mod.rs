@@ -1796,7 +1796,7 @@ impl<'a> Planner<'a> {
             return;
         }
         // Another host holds it: this host copies it, never creates it.
-        if self.receive_across(name, doc, None) {
+        if self.finish_send(name, doc) || self.receive_across(name, doc, None) {
             return;
         }
         let placed: Option<Name> = match &self.world.fleet {

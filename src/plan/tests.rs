@@ -589,6 +589,22 @@ fn a_move_between_hosts_in_flight_resumes_on_both_and_ends_with_the_promotion() 
     let p = plan(&set, &a2, &Recorded::default(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert_eq!(across_of(&p).0.role, super::Role::Export);
+    // Killed between removing the source and the job: the job goes.
+    let mut a3 = a2.clone();
+    if let Discovery::Ok(inv) = &mut a3.backends.values_mut().next().unwrap().discovery {
+        inv.objects.clear();
+    }
+    let p = plan(&set, &a3, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let (x, read, _, resume) = across_of(&p);
+    assert_eq!((x.role, read, resume), (super::Role::Export, 0, true));
+    assert!(
+        p.actions[0]
+            .reason
+            .contains("its export and job are removed"),
+        "{}",
+        p.actions[0].reason
+    );
     // The source host finished (no job, on no host): stor-b promotes.
     b.remote = crate::observe::Remote::default();
     let pb = plan(&set, &b, &Recorded::default(), Options::default());

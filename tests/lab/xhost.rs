@@ -41,15 +41,15 @@ a() {{ cinderblock --state sa --host stor-a --etcd $E "$@"; }}
 b() {{ cinderblock --state sb --host stor-b --etcd $E "$@"; }}
 start() {{ # NAME PORT [ENV]
   n=$1; p=$2; shift 2; rm -f $n.rc
-  sh -c "env $* cinderblock --state s$n --host stor-$n --etcd $E agent -f m --resync 3s --listen 127.0.0.1:$p --migration-portal 127.0.0.1:3260 >> $n.log 2>&1 &
+  sh -c "env $* cinderblock --state s$n --host stor-$n --etcd $E agent -f m --resync 3s --listen 127.0.0.1:$p --migration-portal 127.0.0.1:3260 >> $OUT/$n.log 2>&1 &
          echo \$! > $n.pid; wait \$!; echo \$? > $n.rc" &
 }}
-wait_for() {{ t=$1; shift; i=0; until "$@" >/dev/null 2>&1; do i=$((i+1)); [ $i -le $((t*5)) ] || {{ echo "timed out: $*" >&2; tail -n 40 a.log >&2; tail -n 40 b.log >&2; return 1; }}; sleep 0.2; done; }}
+wait_for() {{ end=$(( $(date +%s) + $1 )); shift; until "$@" >/dev/null 2>&1; do [ $(date +%s) -le $end ] || {{ echo "timed out: $*" >&2; tail -n 40 $OUT/a.log >&2; tail -n 40 $OUT/b.log >&2; return 1; }}; sleep 0.5; done; }}
 up() {{ busybox wget -q -O - http://127.0.0.1:$1/readyz; }}
 jobs() {{ busybox wget -q -O - --post-data '{{"key":"{from}","range_end":"{to}","count_only":true}}' $E/v3/kv/range | sed -n 's/.*"count":"\([0-9]*\)".*/\1/p' | grep . || echo 0; }}
 no_jobs() {{ [ "$(jobs)" = 0 ]; }}
-lv_of() {{ lvs --noheadings -o lv_path "@cinderblock.name=db" $1 2>/dev/null | tr -d ' '; }}
-tag_of() {{ lvs --noheadings -o lv_tags "@cinderblock.name=db" $1 | tr ',' '\n' | sed -n "s/^ *cinderblock.$2=//p"; }}
+lv_of() {{ lvs --noheadings -o vg_name,lv_path "@cinderblock.name=db" 2>/dev/null | awk -v vg=$1 '$1 == vg {{ print $2 }}'; }}
+tag_of() {{ lvs --noheadings -o vg_name,lv_tags "@cinderblock.name=db" | awk -v vg=$1 '$1 == vg {{ print $2 }}' | tr ',' '\n' | sed -n "s/^ *cinderblock.$2=//p"; }}
 gone() {{ [ -z "$(lv_of $1)" ]; }}
 ready() {{ [ -n "$(lv_of $1)" ] && [ -z "$(tag_of $1 state)" ]; }}
 moved() {{ gone $1 && ready $2 && no_jobs; }}
@@ -182,7 +182,6 @@ fn a_volume_moves_between_hosts_over_iscsi_and_back_surviving_agent_kills() {
             ". ./lib-x.sh
              kill -TERM $(cat a.pid) $(cat b.pid)
              wait_for 60 dead a; wait_for 60 dead b
-             cp a.log b.log \"$OUT/\"
              echo \"exit $(cat a.rc) $(cat b.rc)\"",
         )
         .run();
