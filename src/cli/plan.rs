@@ -159,14 +159,22 @@ fn prepare(
     fleet: Option<&super::fleet::CliFleet>,
     clock: &mut Timings,
 ) -> anyhow::Result<Prepared> {
-    let ledger = Ledger::load(&g.state).context("cannot read the recorded state")?;
-    clock.mark("recorded state");
     let registry = Registry::new(set, host, &g.state, Exec::host());
-    let mut world = observe::discover(set, &registry, &g.state);
+    // The recorded state is read while the back ends are discovered: neither
+    // needs the other (a large site's state file is tens of milliseconds).
+    let (ledger, mut world) = std::thread::scope(|s| {
+        let ledger = s.spawn(|| Ledger::load(&g.state));
+        let world = observe::discover(set, &registry, &g.state);
+        let ledger = ledger
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (ledger, world)
+    });
+    let ledger = ledger.context("cannot read the recorded state")?;
     if let Some(f) = fleet {
         (world.fleet, world.remote) = f.world_parts(host);
     }
-    clock.mark("discover");
+    clock.mark("state + discover");
     let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
     clock.mark("plan");
     Ok(Prepared {
