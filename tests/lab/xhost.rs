@@ -86,10 +86,11 @@ fn read_bytes(log: &str) -> u64 {
         .filter_map(|l| l.split("read ").nth(1))
         .filter_map(|r| r.split(" bytes over iSCSI").next())
         .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no 'read N bytes over iSCSI' in the log:\n{log}"))
 }
 
+#[allow(clippy::too_many_lines)] // one scenario: its steps, then its checks
 #[test]
 #[ignore = "needs the VM lab and etcd (tests/lab/install-deps.sh installs etcd-server)"]
 fn a_volume_moves_between_hosts_over_iscsi_and_back_surviving_agent_kills() {
@@ -186,47 +187,47 @@ fn a_volume_moves_between_hosts_over_iscsi_and_back_surviving_agent_kills() {
         )
         .run();
     let data = out.stdout("data");
-    let (sha, uuid) = (field(&data, "sha"), field(&data, "uuid"));
+    let (sha, uuid) = (field(data, "sha"), field(data, "uuid"));
     let killed = out.stdout("to_b_killed");
     assert_eq!(
-        field(&killed, "b-rc"),
+        field(killed, "b-rc"),
         "137",
         "SIGKILLed mid-copy\n{}",
         out.report("to_b_killed")
     );
     assert!(
-        !field(&killed, "source").is_empty(),
+        !field(killed, "source").is_empty(),
         "the source is kept while the copy is unfinished"
     );
-    assert_eq!(field(&killed, "target-state"), "migrating");
+    assert_eq!(field(killed, "target-state"), "migrating");
     let a_log = out.text("a.log");
     let b_log = out.text("b.log");
     for (step, vg) in [("to_b", "vgb"), ("to_a", "vga")] {
         let r = out.stdout(step);
         assert_eq!(
-            field(&r, "sha"),
+            field(r, "sha"),
             sha,
             "{step}: sha256 kept\n{}",
             out.report(step)
         );
-        assert_eq!(field(&r, "uuid"), uuid, "{step}: identity kept on {vg}");
-        assert_eq!(field(&r, "copies"), "1", "{step}: the volume exists once");
+        assert_eq!(field(r, "uuid"), uuid, "{step}: identity kept on {vg}");
+        assert_eq!(field(r, "copies"), "1", "{step}: the volume exists once");
         assert_eq!(
-            field(&r, "lio"),
+            field(r, "lio"),
             "0",
             "{step}: nothing of ours left in configfs"
         );
         assert_eq!(
-            field(&r, "session-rc"),
+            field(r, "session-rc"),
             "21",
             "{step}: no iSCSI session left"
         );
-        assert_eq!(field(&r, "node-rc"), "21", "{step}: no node record left");
-        assert_eq!(field(&r, "jobs"), "0", "{step}: no job key left in etcd");
+        assert_eq!(field(r, "node-rc"), "21", "{step}: no node record left");
+        assert_eq!(field(r, "jobs"), "0", "{step}: no job key left in etcd");
     }
     // 96 MiB of data in a thick 256 MiB volume: the thin target holds
     // about that (zero blocks not written).
-    let data_mib: u64 = field(&out.stdout("to_b"), "data-mib").parse().unwrap();
+    let data_mib: u64 = field(out.stdout("to_b"), "data-mib").parse().unwrap();
     assert!(
         (90..=110).contains(&data_mib),
         "thin target holds {data_mib} MiB"
@@ -245,13 +246,13 @@ fn a_volume_moves_between_hosts_over_iscsi_and_back_surviving_agent_kills() {
     );
     let killed = out.stdout("to_a_killed");
     assert_eq!(
-        field(&killed, "b-rc"),
+        field(killed, "b-rc"),
         "137",
         "{}",
         out.report("to_a_killed")
     );
     assert_eq!(
-        field(&killed, "source-state"),
+        field(killed, "source-state"),
         "deleting",
         "killed after the verification"
     );
