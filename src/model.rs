@@ -527,6 +527,23 @@ pub struct PoolDecl {
     pub field: String,
 }
 
+/// The longest a group snapshot holds its members' I/O (a group snapshot
+/// step's, and a group backup's).
+pub const FREEZE_LIMIT_MS: u64 = 30_000;
+
+/// The name prefix of a group backup's member snapshots,
+/// `_group-backup-<group backup id>.<volume>`: no manifest name starts with
+/// `_`, so they are never mistaken for declared snapshots, and observation
+/// leaves them out of the world (the planner never forgets or deletes a
+/// snapshot a running group backup reads; the next group backup of the
+/// group removes any a killed run left).
+pub const GROUP_BACKUP_CUT: &str = "_group-backup-";
+
+/// Whether `name` is a group backup's member snapshot ([`GROUP_BACKUP_CUT`]).
+pub fn is_group_backup_cut(name: &str) -> bool {
+    name.starts_with(GROUP_BACKUP_CUT)
+}
+
 /// Rounds `bytes` up to a multiple of `extent`.
 pub fn round_up(bytes: u64, extent: u64) -> u64 {
     if extent <= 1 {

@@ -506,9 +506,15 @@ pub fn rediscover(
 pub fn configured_view(
     doc: &Doc<BackendSpec>,
     caps: Capabilities,
-    discovery: Discovery,
+    mut discovery: Discovery,
 ) -> BackendView {
     let spec = &doc.spec;
+    // A group backup's member snapshots are the backup's, not the
+    // manifests' (their space stays counted in the capacity).
+    if let Discovery::Ok(inv) = &mut discovery {
+        inv.objects
+            .retain(|o| !crate::model::is_group_backup_cut(&o.name));
+    }
     BackendView {
         name: doc.name().clone(),
         backend_name: backend_name(doc),

@@ -297,7 +297,7 @@ pub fn apply_with(
             };
             migrate(action, registry, ledger, &mut ctx, opts)
         } else if let Op::GroupSnapshot { .. } = &action.op {
-            let mut holds = JournalHolds {
+            let mut holds = crate::state::journal::JournalHolds {
                 journal: &mut journal,
                 intent: &intent,
             };
@@ -481,20 +481,6 @@ fn identities(action: &Action, new_uuid: Option<Uuid>) -> (Vec<Uuid>, String) {
             (cut, text)
         }
         _ => (Vec::new(), describe(action, new_uuid)),
-    }
-}
-
-/// Journals each hold of a group snapshot before it is placed.
-struct JournalHolds<'a> {
-    journal: &'a mut Journal,
-    intent: &'a crate::state::journal::Record,
-}
-
-impl crate::driver::Holds for JournalHolds<'_> {
-    fn before_hold(&mut self, backend: &str, volume: Uuid) -> Result<(), String> {
-        self.journal
-            .hold(self.intent, backend, volume)
-            .map_err(|e| crate::error_chain(&e))
     }
 }
 

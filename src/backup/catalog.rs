@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::engine::ReadRecord;
-use super::format::{BackupKind, Manifest, RECORD_FORMAT, Record, RecordRepository, VolumeRef};
+use super::format::{
+    BackupKind, GroupRef, Manifest, RECORD_FORMAT, Record, RecordRepository, VolumeRef,
+};
 use super::target::{RepoSpec, Target};
 use super::{BackupError, Repository};
 use crate::state::atomic;
@@ -100,6 +102,9 @@ pub struct Entry {
     /// `import --scan` have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read: Option<ReadRecord>,
+    /// The group backup it is a member of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
 }
 
 impl Entry {
@@ -129,7 +134,59 @@ impl Entry {
             verified_at: None,
             point_in_time: None,
             read: None,
+            group: m.group.clone(),
         }
+    }
+}
+
+/// A group backup as the catalogue knows it: its members' entries.
+#[derive(Debug, Clone)]
+pub struct GroupBackup<'a> {
+    /// The group, as its members' manifests name it.
+    pub group: &'a GroupRef,
+    /// The members' entries found, by volume name.
+    pub entries: Vec<&'a Entry>,
+}
+
+impl GroupBackup<'_> {
+    /// Every member named by the group has a good backup here: the only
+    /// state in which a group backup may be restored or counted as done.
+    pub fn complete(&self) -> bool {
+        self.group.members.iter().all(|m| {
+            self.entries
+                .iter()
+                .any(|e| &e.volume.name == m && e.status != Status::Failed)
+        })
+    }
+
+    /// The group's state in words: `ok`, `damaged` (a member is),
+    /// `failed` (the run failed), or `incomplete` (a member's backup is
+    /// missing: a run killed before every member was committed).
+    pub fn status(&self) -> &'static str {
+        if self.entries.iter().any(|e| e.status == Status::Failed) {
+            "failed"
+        } else if !self.complete() {
+            "incomplete"
+        } else if self.entries.iter().any(|e| e.status == Status::Damaged) {
+            "damaged"
+        } else {
+            "ok"
+        }
+    }
+
+    /// The members the group names that have no backup here.
+    pub fn missing(&self) -> Vec<&str> {
+        self.group
+            .members
+            .iter()
+            .filter(|m| !self.entries.iter().any(|e| &&e.volume.name == m))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// When the group's cut was taken (its members' earliest start).
+    pub fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.entries.iter().map(|e| e.started_at).min()
     }
 }
 
@@ -242,6 +299,55 @@ impl Catalog {
             .filter(|e| e.status == Status::Damaged)
             .map(|e| e.id)
             .collect()
+    }
+
+    /// The group backups, by group backup id.
+    pub fn groups(&self) -> BTreeMap<Uuid, GroupBackup<'_>> {
+        let mut out: BTreeMap<Uuid, GroupBackup<'_>> = BTreeMap::new();
+        for e in self.backups.values() {
+            if let Some(g) = &e.group {
+                out.entry(g.id)
+                    .or_insert_with(|| GroupBackup {
+                        group: g,
+                        entries: Vec::new(),
+                    })
+                    .entries
+                    .push(e);
+            }
+        }
+        for g in out.values_mut() {
+            g.entries.sort_by(|a, b| a.volume.name.cmp(&b.volume.name));
+        }
+        out
+    }
+
+    /// Finds a group backup by full id or unique prefix (hyphens optional).
+    pub fn resolve_group(&self, text: &str) -> Result<GroupBackup<'_>, BackupError> {
+        let want: String = text
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_lowercase();
+        let mut groups = self.groups();
+        let hits: Vec<Uuid> = groups
+            .keys()
+            .filter(|id| want.len() >= 4 && id.simple().to_string().starts_with(&want))
+            .copied()
+            .collect();
+        match hits.as_slice() {
+            [one] => groups
+                .remove(one)
+                .ok_or_else(|| BackupError::UnknownGroup(text.to_owned())),
+            [] => Err(BackupError::UnknownGroup(text.to_owned())),
+            many => Err(BackupError::AmbiguousBackup {
+                prefix: text.to_owned(),
+                candidates: many
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
     }
 
     /// Adds (or refreshes) a committed backup, keeping what verify recorded.

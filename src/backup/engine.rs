@@ -226,12 +226,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
         &Source {
             repo,
             id: spec.id,
-            volume: VolumeRef {
-                uuid: vol.uuid,
-                name: vol.name.clone(),
-                backend: spec.driver.name().to_owned(),
-                size: vol.size,
-            },
+            volume: volume_ref(spec.driver, &vol),
             policy: spec.policy,
             host: spec.host,
             codec: spec.codec,
@@ -241,6 +236,7 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
             plan: pit.reads().clone(),
             started_at,
             check: Some(&check),
+            group: None,
         },
         progress,
     )?;
@@ -250,6 +246,133 @@ pub fn run(spec: &RunSpec<'_>, progress: &dyn Progress) -> Result<RunReport, Bac
         method,
         read,
         snapshot_time,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// What a backup of volume object `vol` of `driver` records of it.
+fn volume_ref(driver: &dyn Driver, vol: &crate::driver::Object) -> VolumeRef {
+    VolumeRef {
+        uuid: vol.uuid,
+        name: vol.name.clone(),
+        backend: driver.name().to_owned(),
+        size: vol.size,
+    }
+}
+
+/// One member of a group backup: its volume, the member snapshot of the
+/// group's cut to read, and the group.
+#[derive(Clone, Copy)]
+pub struct MemberSpec<'a> {
+    /// The backup's id.
+    pub id: Uuid,
+    /// The repository (the caller holds a shared session on it).
+    pub repo: &'a Repository,
+    /// The group's back end.
+    pub driver: &'a dyn Driver,
+    /// The member volume's uuid.
+    pub volume: Uuid,
+    /// Its member snapshot of the group's cut.
+    pub snapshot: Uuid,
+    /// The policy's name.
+    pub policy: Option<&'a str>,
+    /// Full or incremental.
+    pub mode: Mode,
+    /// Codec for new chunks.
+    pub codec: Codec,
+    /// This host's name.
+    pub host: &'a str,
+    /// When the group's cut was taken (every member's `startedAt`).
+    pub started_at: chrono::DateTime<Utc>,
+    /// The group backup.
+    pub group: &'a format::GroupRef,
+}
+
+/// How a member of a group backup is read: its snapshot's data extents (a
+/// file), its mapped ranges (a thin LV) or the whole of it (a thick LV),
+/// every chunk compared with the parent's.
+fn member_reads(layout: crate::driver::Layout, size: u64) -> (ReadPlan, ReadRecord) {
+    use crate::driver::Layout;
+    match layout {
+        Layout::Seek => (
+            ReadPlan::DataExtents,
+            ReadRecord::new(
+                ReadMethod::AllocatedScan,
+                "the member's snapshot of the group's cut, its data extents",
+                false,
+            ),
+        ),
+        Layout::Ranges(r) => (
+            ReadPlan::Ranges(r),
+            ReadRecord::new(
+                ReadMethod::AllocatedScan,
+                "the member's snapshot of the group's cut, its mapped ranges",
+                false,
+            ),
+        ),
+        Layout::Everything => (
+            ReadPlan::Ranges(std::iter::once(0..size).collect()),
+            ReadRecord::new(
+                ReadMethod::FullScan,
+                "the member's snapshot of the group's cut, read whole (a copy-on-write snapshot knows no allocation)",
+                false,
+            ),
+        ),
+    }
+}
+
+/// Backs up one member of a group backup from its member snapshot: the
+/// parent is the volume's newest backup, as for a single run; what is read
+/// is the snapshot's allocation ([`member_reads`]).
+pub fn run_member(
+    spec: &MemberSpec<'_>,
+    progress: &dyn Progress,
+) -> Result<RunReport, BackupError> {
+    let started = Instant::now();
+    let vol = spec
+        .driver
+        .object(spec.volume)?
+        .filter(|o| o.kind == ObjKind::Volume)
+        .ok_or_else(|| BackupError::Target {
+            name: spec.volume.to_string(),
+            reason: "no volume with this uuid in the back end".into(),
+        })?;
+    let snap = spec
+        .driver
+        .object(spec.snapshot)?
+        .filter(|o| o.kind == ObjKind::Snapshot)
+        .ok_or_else(|| BackupError::Target {
+            name: vol.name.clone(),
+            reason: format!("its snapshot {} of the group's cut is gone", spec.snapshot),
+        })?;
+    let history = spec.repo.volume_manifests(spec.volume)?;
+    let parent = choose_parent(spec.mode, &history);
+    progress.stage("group snapshot");
+    let data = spec.driver.data_path(spec.snapshot)?;
+    let (plan, read) = member_reads(spec.driver.layout(spec.snapshot)?, snap.size.min(vol.size));
+    let manifest = store(
+        &Source {
+            repo: spec.repo,
+            id: spec.id,
+            volume: volume_ref(spec.driver, &vol),
+            policy: spec.policy,
+            host: spec.host,
+            codec: spec.codec,
+            parent,
+            path: &data.path,
+            scratch: false,
+            plan,
+            started_at: spec.started_at,
+            check: None,
+            group: Some(spec.group),
+        },
+        progress,
+    )?;
+    Ok(RunReport {
+        manifest,
+        method: PointInTime::GroupSnapshot,
+        read,
+        snapshot_time: Duration::ZERO,
         elapsed: started.elapsed(),
     })
 }
@@ -273,6 +396,8 @@ pub(crate) struct Source<'a> {
     /// Called after the data is stored and before the manifest is written:
     /// an error stops the commit (a thick snapshot that overflowed).
     pub check: Option<&'a dyn Fn() -> Result<(), BackupError>>,
+    /// The group backup it is a member of.
+    pub group: Option<&'a format::GroupRef>,
 }
 
 /// Reads `src` through the chunk pipeline and commits the backup (packs →
@@ -307,7 +432,11 @@ pub(crate) fn store(src: &Source<'_>, progress: &dyn Progress) -> Result<Manifes
     let (chunks, chunks_digest) = format::encode_table(&table)?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.to_owned(),
-        version: MANIFEST_VERSION,
+        version: if src.group.is_some() {
+            format::MANIFEST_VERSION_GROUP
+        } else {
+            MANIFEST_VERSION
+        },
         id: src.id,
         repository: repo.config().id,
         volume: src.volume.clone(),
@@ -325,6 +454,7 @@ pub(crate) fn store(src: &Source<'_>, progress: &dyn Progress) -> Result<Manifes
         stats,
         chunks,
         chunks_digest,
+        group: src.group.cloned(),
     };
     repo.write_manifest(&manifest)?;
     tracing::info!(backup = %manifest.id, volume = %src.volume.name, kind = %manifest.kind, "backup written");
@@ -749,6 +879,7 @@ mod tests {
             stats: BackupStats::default(),
             chunks: String::new(),
             chunks_digest: Digest::of(b""),
+            group: None,
         }
     }
 

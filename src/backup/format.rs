@@ -45,8 +45,13 @@ pub const PACK_MAGIC_SEALED: &[u8; 8] = b"CBPACKS1";
 pub const INDEX_MAGIC: &[u8; 8] = b"CBINDX01";
 /// `format` of a backup manifest.
 pub const MANIFEST_FORMAT: &str = "cinderblock.backup";
-/// The manifest version this build reads and writes.
+/// The manifest version this build writes for a volume backed up alone
+/// (and reads).
 pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest version of a member of a group backup: version 1 with
+/// `group` ([`GroupRef`]). A build that knows only version 1 refuses it by
+/// its version, not by an unknown field.
+pub const MANIFEST_VERSION_GROUP: u32 = 2;
 /// `format` of an export record.
 pub const RECORD_FORMAT: &str = "cinderblock.backup-record";
 /// Bytes of one blob entry in a pack trailer or index file.
@@ -606,6 +611,21 @@ pub struct VolumeRef {
     pub size: u64,
 }
 
+/// The group backup a backup belongs to: every member of a consistency
+/// group backed up from one crash-consistent group snapshot. Each member's
+/// manifest names all members, so a group missing one (a run killed
+/// between two members' commits) is seen incomplete from any one of them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupRef {
+    /// The group backup's id (shared by its members' backups).
+    pub id: Uuid,
+    /// The `ConsistencyGroup`'s name.
+    pub name: String,
+    /// Every member volume's name, sorted.
+    pub members: Vec<String>,
+}
+
 /// Figures of one backup run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -670,6 +690,9 @@ pub struct Manifest {
     pub chunks: String,
     /// BLAKE3 of the uncompressed chunk table.
     pub chunks_digest: Digest,
+    /// The group backup this is a member of (version 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
 }
 
 /// The chunk table of a manifest: `(slot, chunk id)` ascending by slot;
@@ -742,7 +765,12 @@ pub fn decode_table(m: &Manifest) -> Result<Table, BackupError> {
 
 /// Checks a manifest's header (format, version, repository geometry).
 pub fn check_manifest(m: &Manifest) -> Result<(), BackupError> {
-    if m.format != MANIFEST_FORMAT || m.version != MANIFEST_VERSION {
+    let version_ok = match m.version {
+        MANIFEST_VERSION => m.group.is_none(),
+        MANIFEST_VERSION_GROUP => m.group.is_some(),
+        _ => false,
+    };
+    if m.format != MANIFEST_FORMAT || !version_ok {
         return Err(BackupError::ManifestVersion {
             id: m.id,
             format: m.format.clone(),
@@ -888,6 +916,7 @@ mod tests {
             stats: BackupStats::default(),
             chunks,
             chunks_digest,
+            group: None,
         }
     }
 

@@ -169,6 +169,73 @@ pub enum JobError {
         /// Its repository's location.
         repository: String,
     },
+    /// The manifests declare no such consistency group.
+    #[error("no ConsistencyGroup named {0} in the manifests")]
+    NoGroup(Name),
+    /// The group has no backup policy.
+    #[error("ConsistencyGroup {0} has no backupPolicy: its members are not backed up together")]
+    GroupNoPolicy(Name),
+    /// No volume is a member of the group.
+    #[error("ConsistencyGroup {0} has no member volume (no Volume names it in consistencyGroup)")]
+    NoMembers(Name),
+    /// The group's members are not on one back end.
+    #[error(
+        "the members of ConsistencyGroup {group} are on several back ends ({where_}): a group backup takes one group snapshot on one back end"
+    )]
+    GroupSplit {
+        /// The group.
+        group: Name,
+        /// Each member on its back end.
+        where_: String,
+    },
+    /// `--group` was given something that is not a group backup's id.
+    #[error(
+        "{given:?} is {what}, not a group backup's id: `backup list` shows each group backup's id on its `group` line{hint}"
+    )]
+    NotAGroupId {
+        /// What was given.
+        given: String,
+        /// What it is (`the volume db`, `backup 1234... of db`).
+        what: String,
+        /// The way forward, with a leading `; `.
+        hint: String,
+    },
+    /// The group backup is missing a member's backup, or failed.
+    #[error(
+        "group backup {id} of {group} is {status}: {detail}; only a complete group backup is restored (`backup list` shows its members)"
+    )]
+    GroupIncomplete {
+        /// The group backup.
+        id: Uuid,
+        /// The group.
+        group: String,
+        /// `incomplete`, `failed`.
+        status: &'static str,
+        /// What is missing or failed.
+        detail: String,
+    },
+    /// Restoring a group in place would write under members in use.
+    #[error(
+        "cannot restore group backup {id} of {group} over its members: {holders}; restoring over them would change their data under their users: stop or detach them first, or restore into new volumes (without --overwrite)"
+    )]
+    MembersInUse {
+        /// The group backup.
+        id: Uuid,
+        /// The group.
+        group: String,
+        /// Each member in use and its holder.
+        holders: String,
+    },
+    /// A new volume's name for a restored member would not be a name.
+    #[error("cannot name the restored member {member} {name:?}: {why}; pass a shorter --suffix")]
+    MemberName {
+        /// The member.
+        member: String,
+        /// The name tried.
+        name: String,
+        /// Why it is not one.
+        why: String,
+    },
     /// The manifests declare no backup policy.
     #[error("no BackupPolicy in the manifests: nothing to prune")]
     NothingToPrune,
@@ -324,7 +391,7 @@ pub fn find_volume(
 
 /// The ready volume object of `vol_name` on this host's back ends (its pin,
 /// when it has one) and its driver.
-fn ready_volume<'a>(
+pub(crate) fn ready_volume<'a>(
     registry: &'a Registry<'_>,
     vol_name: &Name,
     vol: &crate::manifest::kinds::VolumeSpec,
@@ -357,6 +424,23 @@ fn ready_volume<'a>(
     Ok((found, driver))
 }
 
+/// A run's mode (`None`: as the policy says), repository and codec under
+/// policy `name`.
+pub(crate) fn run_settings(
+    policy: &BackupPolicySpec,
+    name: &Name,
+    mode: Option<Mode>,
+    state: &Path,
+) -> Result<(Mode, RepoSpec, Codec), JobError> {
+    let mode = mode.unwrap_or(Mode::Policy {
+        incremental: policy.incremental,
+        full_every: policy.full_every,
+    });
+    let spec =
+        RepoSpec::from_policy(policy, state).ok_or_else(|| JobError::NoTarget(name.clone()))?;
+    Ok((mode, spec, Codec::from(policy.compression)))
+}
+
 /// One backup of volume `vol_name` into its policy's repository, full or
 /// incremental as `mode` says (`None`: as the policy says): journalled, and
 /// catalogued whatever the outcome. The caller holds the state lock.
@@ -382,13 +466,7 @@ pub fn run(
         .get(&policy_name)
         .ok_or_else(|| JobError::PolicyMissing(policy_name.clone()))?;
     let (found, driver) = ready_volume(registry, vol_name, &vol.spec)?;
-    let mode = mode.unwrap_or(Mode::Policy {
-        incremental: policy.spec.incremental,
-        full_every: policy.spec.full_every,
-    });
-    let spec = RepoSpec::from_policy(&policy.spec, state)
-        .ok_or_else(|| JobError::NoTarget(policy_name.clone()))?;
-    let codec = Codec::from(policy.spec.compression);
+    let (mode, spec, codec) = run_settings(&policy.spec, &policy_name, mode, state)?;
     let id = Uuid::new_v4();
     let intent = journal.intent(id, 0, &format!("backup run {vol_name} ({id})"))?;
     let started_at = Utc::now();
@@ -428,33 +506,54 @@ pub fn run(
             journal.outcome(&intent, Outcome::Failed, Some(text.clone()))?;
             cat.backups.insert(
                 id,
-                Entry {
+                failed_entry(
                     id,
-                    repository: spec.location(),
-                    target: Some(spec.clone()),
-                    repository_id: None,
-                    volume: format::VolumeRef {
+                    &spec,
+                    format::VolumeRef {
                         uuid: found.uuid,
                         name: found.name.clone(),
                         backend: found.backend.to_string(),
                         size: found.size,
                     },
-                    policy: Some(policy_name.to_string()),
-                    kind: None,
-                    parent: None,
-                    started_at,
-                    read_bytes: 0,
-                    stored_bytes: 0,
-                    status: Status::Failed,
-                    detail: Some(text),
-                    verified_at: None,
-                    point_in_time: None,
-                    read: None,
-                },
+                    (policy_name.as_str(), started_at),
+                    text,
+                    None,
+                ),
             );
             cat.store(state)?;
             Err(e.into())
         }
+    }
+}
+
+/// The catalogue's entry of run `id` that failed with `text` (nothing was
+/// committed): `backup list` shows it.
+pub(crate) fn failed_entry(
+    id: Uuid,
+    spec: &RepoSpec,
+    volume: format::VolumeRef,
+    (policy, started_at): (&str, chrono::DateTime<Utc>),
+    text: String,
+    group: Option<format::GroupRef>,
+) -> Entry {
+    Entry {
+        id,
+        repository: spec.location(),
+        target: Some(spec.clone()),
+        repository_id: None,
+        volume,
+        policy: Some(policy.to_owned()),
+        kind: None,
+        parent: None,
+        started_at,
+        read_bytes: 0,
+        stored_bytes: 0,
+        status: Status::Failed,
+        detail: Some(text),
+        verified_at: None,
+        point_in_time: None,
+        read: None,
+        group,
     }
 }
 

@@ -10,7 +10,8 @@
 //! from the volume's [`crate::driver::Driver`], then the shared chunk
 //! pipeline), restore and verify ([`restore`], [`verify`]; into a new volume
 //! of any back end: [`into_volume`]), the transactions the CLI and the agent
-//! share ([`job`], [`scheduled`], [`due`]),
+//! share ([`job`], [`scheduled`], [`due`]; group backups, every member of a
+//! consistency group from one group snapshot: [`group`]),
 //! retention ([`retention`], pure), prune ([`prune`], in bounded memory
 //! through [`extsort`]), scheduled checks (a sampled verify and restore
 //! drills: [`checks`]) and the state
@@ -67,7 +68,10 @@
 //!   its own digest). Every backup lists every non-zero chunk of its point in
 //!   time, so each restores on its own and deleting one never breaks
 //!   another; "incremental" only means the run compared against a parent and
-//!   stored less. A full run trusts no parent: a chunk whose pack is gone is
+//!   stored less. A member of a group backup has a version 2 manifest:
+//!   version 1 with `group` (the group backup's id, the group, every
+//!   member's name), so a group missing a member is known from any one of
+//!   them. A full run trusts no parent: a chunk whose pack is gone is
 //!   stored again, which repairs every backup that shares it.
 //! - **Write order**: packs (fsynced, renamed; or uploaded, each upload
 //!   complete before the next step) → index file → manifest. A crash or a
@@ -129,6 +133,7 @@ pub mod due;
 pub mod engine;
 pub mod extsort;
 pub mod format;
+pub mod group;
 pub mod into_volume;
 pub mod job;
 pub mod prune;
@@ -354,6 +359,11 @@ pub enum BackupError {
     /// No backup matches.
     #[error("no backup {0:?} in the catalogue (run `backup list`, or `backup import --scan REPO`)")]
     UnknownBackup(String),
+    /// No group backup matches.
+    #[error(
+        "no group backup {0:?} in the catalogue (`backup list` shows each group backup's id on its `group` line)"
+    )]
+    UnknownGroup(String),
     /// Several backups match an id prefix.
     #[error("backup id {prefix:?} is ambiguous: {candidates}")]
     AmbiguousBackup {

@@ -121,9 +121,40 @@ pub fn plan(
             });
         }
     }
+    keep_groups_together(manifests, &mut out);
     out.volumes
         .sort_by(|a, b| (&a.volume.name, a.volume.uuid).cmp(&(&b.volume.name, b.volume.uuid)));
     out
+}
+
+/// A group backup's members are kept or forgotten together: one kept
+/// member (by its own volume's rules) keeps every member, so a kept group
+/// backup never loses a member to retention.
+fn keep_groups_together(manifests: &[Manifest], out: &mut PrunePlan) {
+    let forgotten: std::collections::BTreeSet<Uuid> = out.forget.iter().map(|m| m.id).collect();
+    let kept_groups: std::collections::BTreeSet<Uuid> = manifests
+        .iter()
+        .filter(|m| !forgotten.contains(&m.id))
+        .filter_map(|m| m.group.as_ref().map(|g| g.id))
+        .collect();
+    let mut rescued = std::collections::BTreeSet::new();
+    out.forget.retain(|m| {
+        let keep = m
+            .group
+            .as_ref()
+            .is_some_and(|g| kept_groups.contains(&g.id));
+        if keep {
+            rescued.insert(m.id);
+        }
+        !keep
+    });
+    for v in &mut out.volumes {
+        for d in &mut v.decisions {
+            if rescued.contains(&d.id) {
+                d.reasons.push(retention::Reason::Group);
+            }
+        }
+    }
 }
 
 /// Forgets what `plan` forgets — the manifests only — under a shared
@@ -627,6 +658,7 @@ mod tests {
         BackupKind, BackupStats, CHUNK_SIZE, Codec, MANIFEST_FORMAT, MANIFEST_VERSION,
     };
     use crate::backup::repo::{SessionInfo, hostname};
+    use crate::manifest::Retention;
 
     fn blob(n: u32) -> Vec<u8> {
         format!("chunk number {n} of the prune test").into_bytes()
@@ -680,9 +712,75 @@ mod tests {
             stats: BackupStats::default(),
             chunks: text,
             chunks_digest: digest,
+            group: None,
         };
         repo.write_manifest(&m).unwrap();
         m
+    }
+
+    /// A manifest header for retention alone (no repository): backup `id`
+    /// of volume `v<vol>` on day `day`, of group backup `group` when given.
+    fn head(id: u128, vol: u128, day: u32, group: Option<u128>) -> Manifest {
+        let at: chrono::DateTime<Utc> = format!("2026-11-{day:02}T02:00:00Z").parse().unwrap();
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: if group.is_some() {
+                format::MANIFEST_VERSION_GROUP
+            } else {
+                MANIFEST_VERSION
+            },
+            id: Uuid::from_u128(id),
+            repository: Uuid::nil(),
+            volume: VolumeRef {
+                uuid: Uuid::from_u128(1000 + vol),
+                name: format!("v{vol}"),
+                backend: "b".into(),
+                size: 0,
+            },
+            policy: Some("p".into()),
+            kind: BackupKind::Full,
+            parent: None,
+            host: "h".into(),
+            started_at: at,
+            finished_at: at,
+            chunk_size: CHUNK_SIZE,
+            stats: BackupStats::default(),
+            chunks: String::new(),
+            chunks_digest: Digest::of(b""),
+            group: group.map(|g| format::GroupRef {
+                id: Uuid::from_u128(g),
+                name: "g".into(),
+                members: vec!["v1".into(), "v2".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_group_backups_members_are_kept_or_forgotten_together() {
+        // v1 and v2 backed up together on the 1st (group 90) and the 3rd
+        // (group 91); v1 alone on the 5th as well. keepLast 1 per volume
+        // keeps v1's single backup and v2's member of group 91, so group
+        // 91 keeps v1's member too; group 90 goes whole.
+        let ms = [
+            head(1, 1, 1, Some(90)),
+            head(2, 2, 1, Some(90)),
+            head(3, 1, 3, Some(91)),
+            head(4, 2, 3, Some(91)),
+            head(5, 1, 5, None),
+        ];
+        let rules = |_: Option<&str>| {
+            Some(Retention {
+                keep_last: Some(1),
+                ..Retention::default()
+            })
+        };
+        let plan = plan(&ms, &rules, &|_| false);
+        let mut forgotten: Vec<u128> = plan.forget.iter().map(|m| m.id.as_u128()).collect();
+        forgotten.sort_unstable();
+        assert_eq!(forgotten, [1, 2]);
+        let v1 = plan.volumes.iter().find(|v| v.volume.name == "v1").unwrap();
+        let d3 = v1.decisions.iter().find(|d| d.id.as_u128() == 3).unwrap();
+        assert_eq!(d3.reasons, [retention::Reason::Group]);
     }
 
     /// Every chunk the index can find and decode.

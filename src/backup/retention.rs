@@ -39,6 +39,9 @@ pub enum Reason {
     LastSuccessful,
     /// The policy has no retention rules.
     NoRules,
+    /// Another member of its group backup is kept: a group backup's
+    /// members are kept or forgotten together.
+    Group,
 }
 
 impl fmt::Display for Reason {
@@ -52,6 +55,7 @@ impl fmt::Display for Reason {
             Self::Yearly => "yearly",
             Self::LastSuccessful => "last successful",
             Self::NoRules => "no retention rules",
+            Self::Group => "kept with its group",
         })
     }
 }

@@ -127,6 +127,9 @@ impl BackupRunner for EngineRunner {
             .volume
             .parse::<crate::manifest::Name>()
             .map_err(|e| format!("invalid volume name: {e}"))?;
+        if let Some(group) = super::group::group_of(&job.manifests, &vol) {
+            return self.run_group(job, &vol, &group);
+        }
         let mut journal = Journal::open(&job.state_dir).map_err(|e| crate::error_chain(&e))?;
         let progress = LogProgress::new(&job.volume);
         let registry = Registry::new(&job.manifests, &self.host, &job.state_dir, Exec::host());
@@ -151,7 +154,7 @@ impl BackupRunner for EngineRunner {
             secs = report.elapsed.as_secs_f64(),
             "scheduled backup done"
         );
-        let pruned = match retain(&repo, job, m.volume.uuid) {
+        let pruned = match retain(&repo, job, &[m.volume.uuid]) {
             Ok(n) => n,
             Err(e) => {
                 // The backup itself is good; retention runs again after the
@@ -169,15 +172,96 @@ impl BackupRunner for EngineRunner {
     }
 }
 
-/// Applies `job`'s policy retention to the volume's backups in `repo`:
+impl EngineRunner {
+    /// A member of a group backed up with its group: the first of the
+    /// group's jobs due for a slot runs one group backup of every member
+    /// (then retention over all members' backups, which keeps a group's
+    /// members together); the others, due for the same slot, find it done
+    /// and report their own member's backup of it.
+    fn run_group(
+        &self,
+        job: &BackupJob,
+        vol: &crate::manifest::Name,
+        group: &crate::manifest::Name,
+    ) -> Result<BackupSummary, String> {
+        let _one = super::group::run_lock();
+        {
+            let cat = Catalog::load(&job.state_dir).map_err(|e| crate::error_chain(&e))?;
+            let done = cat.groups().into_values().find(|g| {
+                g.group.name == group.as_str()
+                    && g.complete()
+                    && g.status() != "failed"
+                    && g.started_at().is_some_and(|t| t >= job.slot)
+            });
+            if let Some(e) = done
+                .as_ref()
+                .and_then(|g| g.entries.iter().find(|e| e.volume.name == vol.as_str()))
+            {
+                tracing::info!(volume = %job.volume, group = %group, backup = %e.id, "backed up with its group for this slot already");
+                return Ok(BackupSummary {
+                    id: e.id.to_string(),
+                    stored_bytes: e.stored_bytes,
+                    pruned: 0,
+                    read: e.read.clone(),
+                });
+            }
+        }
+        let mut journal = Journal::open(&job.state_dir).map_err(|e| crate::error_chain(&e))?;
+        let progress = LogProgress::new(&format!("{}/{}", group, job.volume));
+        let registry = Registry::new(&job.manifests, &self.host, &job.state_dir, Exec::host());
+        let run = super::group::run(
+            &job.manifests,
+            group,
+            None,
+            &job.state_dir,
+            &self.host,
+            &registry,
+            &mut journal,
+            &progress,
+        )
+        .map_err(|e| crate::error_chain(&e))?;
+        tracing::info!(
+            group = %group,
+            backup = %run.group.id,
+            members = run.members.len(),
+            freeze_ms = run.freeze.map(|f| f.as_millis()),
+            "scheduled group backup done"
+        );
+        let uuids: Vec<Uuid> = run.members.iter().map(|r| r.manifest.volume.uuid).collect();
+        let pruned = match retain(&run.repo, job, &uuids) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(group = %group, error = %crate::error_chain(&e), "retention not applied");
+                0
+            }
+        };
+        let mine = run
+            .members
+            .iter()
+            .find(|r| r.manifest.volume.name == vol.as_str())
+            .ok_or_else(|| format!("group backup {} has no member {vol}", run.group.id))?;
+        Ok(BackupSummary {
+            id: mine.manifest.id.to_string(),
+            stored_bytes: mine.manifest.stats.stored_bytes,
+            pruned,
+            read: Some(mine.read.clone()),
+        })
+    }
+}
+
+/// Applies `job`'s policy retention to the backups of `volumes` in `repo`
+/// (a group's members together):
 /// forgets what the rules do not keep and, when the repository is free,
 /// sweeps the chunks only they used (otherwise the next `backup prune` or
 /// scheduled run does). Returns how many backups were forgotten.
-fn retain(repo: &Repository, job: &BackupJob, volume: Uuid) -> Result<usize, BackupError> {
+fn retain(repo: &Repository, job: &BackupJob, volumes: &[Uuid]) -> Result<usize, BackupError> {
     if job.spec.retention.is_none() {
         return Ok(0);
     }
-    let manifests = repo.volume_manifests(volume)?;
+    let mut manifests = Vec::new();
+    for v in volumes {
+        manifests.extend(repo.volume_manifests(*v)?);
+    }
     let _catalog = super::job::catalog_lock();
     let mut cat = Catalog::load(&job.state_dir)?;
     let damaged = cat.damaged();

@@ -27,7 +27,7 @@ use crate::backup::catalog::Catalog;
 use crate::backup::checks::CheckKind;
 use crate::backup::engine::{self, Mode};
 use crate::backup::format::Manifest;
-use crate::backup::{Progress, due, job, repo};
+use crate::backup::{Progress, due, group, job, repo};
 use crate::exec::Exec;
 use crate::manifest::{self, ManifestSet, Name};
 use crate::registry::Registry;
@@ -71,10 +71,15 @@ pub(super) struct ManifestFiles {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "policy"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["volume", "policy", "group"])))]
 struct RunArgs {
-    /// The Volume's name.
+    /// The Volume's name (a member of a consistency group with a
+    /// backupPolicy is backed up with its whole group).
     volume: Option<String>,
+    /// Every member of this `ConsistencyGroup`, from one crash-consistent
+    /// group snapshot (the group's backupPolicy names the repository).
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     /// Every Volume whose backup policy (or whose consistency group's) is
     /// this one; volumes not created yet are skipped.
     #[arg(long, value_name = "NAME")]
@@ -93,13 +98,29 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "group"])))]
 struct RestoreArgs {
     /// The backup's id (or a unique prefix of at least 4 hex digits).
-    id: String,
+    id: Option<String>,
     /// The volume to restore into: created when it does not exist.
-    #[arg(long, value_name = "VOLUME")]
-    to: String,
-    /// Replace the content of an existing volume.
+    #[arg(long, value_name = "VOLUME", required_unless_present = "group")]
+    to: Option<String>,
+    /// Restore every member of this group backup (its id, or a unique
+    /// prefix, from `backup list`): into new volumes named
+    /// `<member>-<first 8 hex digits of the id>` (see --suffix), or with
+    /// --overwrite over the members themselves.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["id", "to"])]
+    group: Option<String>,
+    /// With --group: name each new volume `<member><SUFFIX>`.
+    #[arg(
+        long,
+        value_name = "SUFFIX",
+        requires = "group",
+        conflicts_with = "overwrite"
+    )]
+    suffix: Option<String>,
+    /// Replace the content of an existing volume (with --group: of every
+    /// member, refused if any is in use).
     #[arg(long)]
     overwrite: bool,
     /// The back end (file or lvm) to restore into (default: the backup's own).
@@ -161,6 +182,17 @@ pub(super) fn name(text: &str, what: &str) -> anyhow::Result<Name> {
 
 fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
     let set = load_manifests(&a.manifests)?;
+    if let Some(g) = &a.group {
+        let g = name(g, "consistency group")?;
+        if !set.consistency_groups.contains_key(&g) {
+            return Err(job::JobError::NoGroup(g).into());
+        }
+        let _lock = StateLock::acquire(state, "backup run")?;
+        let mut journal = Journal::open(state)?;
+        let registry = Registry::new(&set, host, state, Exec::host());
+        run_group_backup(&set, &g, a, state, host, &registry, &mut journal)?;
+        return Ok(0);
+    }
     let volumes: Vec<Name> = if let Some(p) = &a.policy {
         let p = name(p, "policy")?;
         if !set.backup_policies.contains_key(&p) {
@@ -178,7 +210,28 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
     let mut journal = Journal::open(state)?;
     let registry = Registry::new(&set, host, state, Exec::host());
     let mut failed = 0;
+    let mut groups_done = std::collections::BTreeSet::new();
     for v in &volumes {
+        if let Some(g) = group::group_of(&set, v) {
+            if !groups_done.insert(g.clone()) {
+                continue;
+            }
+            if a.volume.is_some() {
+                writeln!(
+                    std::io::stderr().lock(),
+                    "note: {v} is a member of ConsistencyGroup {g}, whose backupPolicy backs every member up together: backing up the group"
+                )?;
+            }
+            match run_group_backup(&set, &g, a, state, host, &registry, &mut journal) {
+                Ok(()) => {}
+                Err(e) if a.policy.is_some() => {
+                    writeln!(std::io::stderr().lock(), "error: group {g}: {e:#}")?;
+                    failed += 1;
+                }
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
         let bar = Bar::new(&format!("backup {v}"));
         let mode = requested_mode(a);
         let result = job::run(&set, v, mode, state, host, &registry, &mut journal, &bar);
@@ -200,6 +253,85 @@ fn run_backup(a: &RunArgs, state: &Path, host: &str) -> anyhow::Result<i32> {
         }
     }
     Ok(i32::from(failed > 0))
+}
+
+/// One group backup of `g`, printed: a group line, then each member's.
+fn run_group_backup(
+    set: &ManifestSet,
+    g: &Name,
+    a: &RunArgs,
+    state: &Path,
+    host: &str,
+    registry: &Registry<'_>,
+    journal: &mut Journal,
+) -> anyhow::Result<()> {
+    let bar = Bar::new(&format!("backup group {g}"));
+    let result = group::run(
+        set,
+        g,
+        requested_mode(a),
+        state,
+        host,
+        registry,
+        journal,
+        &bar,
+    );
+    bar.finish();
+    let run = result?;
+    let location = run.repo.location();
+    {
+        let mut err = std::io::stderr().lock();
+        let r = &run.recovered;
+        if r.snapshots > 0 {
+            writeln!(
+                err,
+                "note: removed {} member snapshot(s) an interrupted group backup of {g} left",
+                r.snapshots
+            )?;
+        }
+        for id in &r.partial {
+            writeln!(
+                err,
+                "note: group backup {id} of {g} was missing a member (an interrupted run): its members' backups were removed"
+            )?;
+        }
+        for id in &r.catalogued {
+            writeln!(
+                err,
+                "note: group backup {id} of {g} was complete but not catalogued (an interrupted run): catalogued"
+            )?;
+        }
+    }
+    if a.json {
+        let mut out = std::io::stdout().lock();
+        for r in &run.members {
+            let mut v = r.summary(&location);
+            v["group"] = serde_json::json!({
+                "id": run.group.id,
+                "name": run.group.name,
+                "members": run.group.members,
+                "freezeSecs": run.freeze.map(|f| f.as_secs_f64()),
+            });
+            serde_json::to_writer(&mut out, &v)?;
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        std::io::stdout().lock(),
+        "group backup {} of {g}: {} member(s) ({}) from one group snapshot, {}",
+        run.group.id,
+        run.members.len(),
+        run.group.members.join(", "),
+        run.freeze.map_or_else(
+            || "taken while no member was in use".to_owned(),
+            |f| format!("their writes held {}", secs(f))
+        ),
+    )?;
+    for r in &run.members {
+        print_run(r, &location, false)?;
+    }
+    Ok(())
 }
 
 /// The mode `backup run` asked for (`None`: as the policy says).
@@ -301,9 +433,12 @@ fn drill_cmd(a: &DrillArgs, state: &Path) -> anyhow::Result<i32> {
 
 #[allow(clippy::too_many_lines)] // as run_backup
 fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
-    let to = name(&a.to, "target volume")?;
+    if let Some(g) = &a.group {
+        return restore_group_cmd(a, g, state);
+    }
+    let to = name(a.to.as_deref().unwrap_or_default(), "target volume")?;
     let cat = Catalog::load(state)?;
-    let (repo, _, m) = job::locate(&cat, &a.id)?;
+    let (repo, _, m) = job::locate(&cat, a.id.as_deref().unwrap_or_default())?;
     let set = load_manifests(&a.manifests)?;
     let backend = match &a.backend {
         Some(b) => name(b, "back end")?,
@@ -337,6 +472,71 @@ fn restore_cmd(a: &RestoreArgs, state: &Path) -> anyhow::Result<i32> {
         started,
         set.volumes.contains_key(&to),
     )
+}
+
+/// `backup restore --group ID`: every member of a group backup.
+fn restore_group_cmd(a: &RestoreArgs, text: &str, state: &Path) -> anyhow::Result<i32> {
+    let cat = Catalog::load(state)?;
+    // Misuse is said before the manifests are read or the lock taken.
+    group::resolve(&cat, text)?;
+    let set = load_manifests(&a.manifests)?;
+    let backend = a
+        .backend
+        .as_deref()
+        .map(|b| name(b, "back end"))
+        .transpose()?;
+    if let Some(b) = &backend
+        && !set.backends.contains_key(b)
+    {
+        return Err(job::JobError::UnknownBackend(b.clone()).into());
+    }
+    let registry = Registry::all(&set, state, Exec::host());
+    let _lock = StateLock::acquire(state, "backup restore")?;
+    let mut journal = Journal::open(state)?;
+    let started = Instant::now();
+    let bar = Bar::new("restore group");
+    let result = group::restore(
+        &cat,
+        text,
+        &registry,
+        &group::GroupTarget {
+            overwrite: a.overwrite,
+            suffix: a.suffix.clone(),
+            backend,
+        },
+        &mut journal,
+        &bar,
+    );
+    bar.finish();
+    let done = result?;
+    writeln!(
+        std::io::stdout().lock(),
+        "restored group backup {} of {} ({} member(s)) {}:",
+        done.group.id,
+        done.group.name,
+        done.members.len(),
+        if a.overwrite {
+            "over its members".to_owned()
+        } else {
+            format!(
+                "into new volumes named <member>{}",
+                a.suffix
+                    .clone()
+                    .unwrap_or_else(|| format!("-{}", &done.group.id.simple().to_string()[..8]))
+            )
+        }
+    )?;
+    for (m, to, backend, r) in &done.members {
+        finish_restore(
+            r,
+            m,
+            to.as_str(),
+            backend.as_str(),
+            started,
+            set.volumes.contains_key(to),
+        )?;
+    }
+    Ok(0)
 }
 
 /// Prints a restore's summary line (and, for a volume the manifests do not

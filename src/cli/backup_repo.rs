@@ -19,8 +19,12 @@ use crate::state::lock::StateLock;
 
 #[derive(Debug, Args)]
 pub(super) struct ListArgs {
-    /// Only this volume's backups.
+    /// Only this volume's backups (and the group backups it is a member of).
     pub(super) volume: Option<String>,
+    /// One JSON document: `backups` (backups of volumes alone) and
+    /// `groups` (each group backup with its members' backups).
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -128,14 +132,38 @@ pub(super) struct RotateArgs {
 
 pub(super) fn list(a: &ListArgs, state: &Path) -> anyhow::Result<i32> {
     let cat = Catalog::load(state)?;
+    let wanted = |e: &Entry| a.volume.as_ref().is_none_or(|v| &e.volume.name == v);
     let mut rows: Vec<&Entry> = cat
         .backups
         .values()
-        .filter(|e| a.volume.as_ref().is_none_or(|v| &e.volume.name == v))
+        .filter(|e| e.group.is_none() && wanted(e))
         .collect();
     rows.sort_by_key(|e| (e.volume.name.clone(), e.started_at, e.id));
+    let mut groups: Vec<_> = cat
+        .groups()
+        .into_values()
+        .filter(|g| g.entries.iter().any(|e| wanted(e)))
+        .collect();
+    groups.sort_by_key(|g| (g.group.name.clone(), g.started_at(), g.group.id));
     let mut out = std::io::stdout().lock();
-    if rows.is_empty() {
+    if a.json {
+        let doc = serde_json::json!({
+            "backups": rows,
+            "groups": groups.iter().map(|g| serde_json::json!({
+                "id": g.group.id,
+                "name": g.group.name,
+                "members": g.group.members,
+                "startedAt": g.started_at(),
+                "status": g.status(),
+                "complete": g.complete(),
+                "backups": g.entries,
+            })).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(0);
+    }
+    if rows.is_empty() && groups.is_empty() {
         writeln!(
             out,
             "no backups{} in the catalogue (backup import --scan REPO rebuilds it from a repository)",
@@ -152,35 +180,63 @@ pub(super) fn list(a: &ListArgs, state: &Path) -> anyhow::Result<i32> {
         "ID", "TIME (UTC)", "VOLUME", "KIND", "READ", "PARENT", "LOGICAL", "STORED"
     )?;
     for e in rows {
+        writeln!(out, "{}", row(e))?;
+    }
+    for g in &groups {
+        let missing = g.missing();
         writeln!(
             out,
-            "{:<36}  {:<20}  {:<16}  {:<11}  {:<24}  {:<8}  {:>10}  {:>10}  {}{}",
-            e.id,
-            e.started_at.format("%Y-%m-%d %H:%M:%S"),
-            e.volume.name,
-            e.kind.map_or_else(|| "-".to_owned(), |k| k.to_string()),
-            e.read.as_ref().map_or_else(
+            "group {}  {}  {}: {} of {} member(s)  {}{}",
+            g.group.id,
+            g.started_at().map_or_else(
                 || "-".to_owned(),
-                |r| if r.fallback {
-                    format!("{} (fallback)", r.method.as_str())
-                } else {
-                    r.method.as_str().to_owned()
-                }
+                |t| t.format("%Y-%m-%d %H:%M:%S").to_string()
             ),
-            e.parent.map_or_else(
-                || "-".to_owned(),
-                |p| p.simple().to_string()[..8].to_owned()
-            ),
-            bytes(e.volume.size),
-            bytes(e.stored_bytes),
-            e.status,
-            e.detail
-                .as_ref()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default()
+            g.group.name,
+            g.group.members.len() - missing.len(),
+            g.group.members.len(),
+            g.status(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (missing {})", missing.join(", "))
+            }
         )?;
+        for e in &g.entries {
+            writeln!(out, "  {}", row(e))?;
+        }
     }
     Ok(0)
+}
+
+/// One backup's row of `backup list`.
+fn row(e: &Entry) -> String {
+    format!(
+        "{:<36}  {:<20}  {:<16}  {:<11}  {:<24}  {:<8}  {:>10}  {:>10}  {}{}",
+        e.id,
+        e.started_at.format("%Y-%m-%d %H:%M:%S"),
+        e.volume.name,
+        e.kind.map_or_else(|| "-".to_owned(), |k| k.to_string()),
+        e.read.as_ref().map_or_else(
+            || "-".to_owned(),
+            |r| if r.fallback {
+                format!("{} (fallback)", r.method.as_str())
+            } else {
+                r.method.as_str().to_owned()
+            }
+        ),
+        e.parent.map_or_else(
+            || "-".to_owned(),
+            |p| p.simple().to_string()[..8].to_owned()
+        ),
+        bytes(e.volume.size),
+        bytes(e.stored_bytes),
+        e.status,
+        e.detail
+            .as_ref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default()
+    )
 }
 
 // ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 //! | `migrate-snapshot:K` | after the K-th (from 1) snapshot of a chain is taken on its migration's target | [`Faulty`] |
 //! | `lvm-copy` | between a thick clone's `lvcreate` and its copy, inside one driver call | [`named`], the `lvm` back end |
 //! | `rename-catalogued` | inside a rename step, after the backup catalogue and before the back end | [`named`], the executor |
+//! | `group-backup-cut`, `group-backup-member`, `group-backup-released` | inside a group backup: after its group snapshot, after the first member's manifest, after the member snapshots are removed | [`named`], `backup::group` |
 //!
 //! The driver points are [`Faulty`]'s: the registry wraps every driver in
 //! one ([`wrap_from_env`]) when the variable names such a point, so they

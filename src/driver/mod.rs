@@ -536,6 +536,9 @@ pub enum PitMethod {
     ThinSnapshot,
     /// A copy-on-write snapshot.
     CowSnapshot,
+    /// The member's snapshot of a crash-consistent group snapshot (a group
+    /// backup).
+    GroupSnapshot,
 }
 
 impl PitMethod {
@@ -548,6 +551,7 @@ impl PitMethod {
             PitMethod::Idle => "in-place read (no reflink here; volume not in use)",
             PitMethod::ThinSnapshot => "thin snapshot",
             PitMethod::CowSnapshot => "COW snapshot",
+            PitMethod::GroupSnapshot => "group snapshot",
         }
     }
 }

@@ -20,8 +20,7 @@ use crate::manifest::Name;
 use crate::manifest::values::format_bytes_exact;
 use crate::model::{GroupSnapshots, ObjKind, SnapshotSpace};
 
-/// The longest a group snapshot holds its members' I/O.
-pub const FREEZE_LIMIT_MS: u64 = 30_000;
+pub use crate::model::FREEZE_LIMIT_MS;
 
 /// The group snapshot a member snapshot belongs to (`nightly` of
 /// `nightly.db`), by its name.

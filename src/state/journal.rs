@@ -320,6 +320,24 @@ impl Journal {
     }
 }
 
+/// Journals each hold of a group snapshot before it is placed (the
+/// executor's group snapshots and group backups), so the next run releases
+/// what a crash left held ([`JournalContents::interrupted_holds`]).
+pub struct JournalHolds<'a> {
+    /// The journal.
+    pub journal: &'a mut Journal,
+    /// The step's intent.
+    pub intent: &'a Record,
+}
+
+impl crate::driver::Holds for JournalHolds<'_> {
+    fn before_hold(&mut self, backend: &str, volume: Uuid) -> Result<(), String> {
+        self.journal
+            .hold(self.intent, backend, volume)
+            .map_err(|e| crate::error_chain(&e))
+    }
+}
+
 /// What [`read`] found.
 #[derive(Debug, Clone, Default)]
 pub struct JournalContents {

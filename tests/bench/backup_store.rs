@@ -170,6 +170,7 @@ fn manifest(
         stats: BackupStats::default(),
         chunks,
         chunks_digest,
+        group: None,
     };
     repo.write_manifest(&m).expect("manifest");
     m

@@ -1329,3 +1329,72 @@ fn status_and_gauges_show_what_the_apply_did_without_waiting_for_a_resync() {
 fn has_in(site: &Site, dir: &str, name: &str) -> bool {
     site.objects(dir).contains_key(name)
 }
+
+#[test]
+fn a_groups_scheduled_backup_backs_every_member_up_from_one_group_snapshot() {
+    let site = site_with_backend();
+    let repo = site.path().join("repo");
+    site.write(
+        "policy.yaml",
+        &format!(
+            "{H}kind: BackupPolicy\nmetadata:\n  name: minutely\nspec:\n  schedule: \"* * * * *\"\n  \
+             target:\n    path: {}\n---\n\
+             {H}kind: VolumeType\nmetadata:\n  name: t\nspec: {{}}\n---\n\
+             {H}kind: ConsistencyGroup\nmetadata:\n  name: g\nspec:\n  volumeTypes: [t]\n  backupPolicy: minutely\n",
+            repo.display()
+        ),
+    );
+    for m in ["a", "b"] {
+        site.write(
+            &format!("{m}.yaml"),
+            &volume(m, "4Mi", "  volumeType: t\n  consistencyGroup: g\n"),
+        );
+    }
+    site.apply();
+    let mut agent = Agent::start(site.path(), &["-f", "manifests", "--resync", "1h"]);
+    agent.wait_ready();
+    let last = |s: &Value, m: &str| -> Option<String> {
+        s["backups"]["volumes"]
+            .as_array()?
+            .iter()
+            .find(|v| v["volume"] == m)?
+            .get("lastBackupId")?
+            .as_str()
+            .map(str::to_owned)
+    };
+    let s = agent.poll(
+        "a scheduled backup of both members",
+        Duration::from_secs(90),
+        |a| {
+            std::thread::sleep(Duration::from_millis(200));
+            let s = a.status();
+            (last(&s, "a").is_some() && last(&s, "b").is_some()).then_some(s)
+        },
+    );
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(WAIT).success());
+    let (a, b) = (last(&s, "a").unwrap(), last(&s, "b").unwrap());
+    let r = site.run(&["backup", "list", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["backups"].as_array().unwrap().len(), 0, "{doc:#}");
+    let groups = doc["groups"].as_array().unwrap();
+    assert!(!groups.is_empty(), "{doc:#}\n{}", agent.log());
+    for g in groups {
+        assert_eq!(g["status"], "ok", "{g:#}");
+    }
+    // Both members' last backups are of one group backup.
+    let of = |id: &str| {
+        groups
+            .iter()
+            .find(|g| {
+                g["backups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["id"].as_str().is_some_and(|i| i.starts_with(id)))
+            })
+            .map(|g| g["id"].clone())
+    };
+    assert!(of(&a).is_some() && of(&a) == of(&b), "{a} {b} {doc:#}");
+}

@@ -1084,6 +1084,7 @@ spec:
             verified_at: None,
             point_in_time: None,
             read: None,
+            group: None,
         },
     );
     cat.store(&state).unwrap();
@@ -1170,6 +1171,7 @@ fn plan_says_what_the_next_backup_does_how_the_last_read_and_each_policys_checks
                 verified_at: None,
                 point_in_time: None,
                 read,
+                group: None,
             }
         };
     let fell_back = ReadRecord {

@@ -28,6 +28,7 @@ mod faults;
 mod fleet;
 mod fleet_etcd;
 mod fuzz;
+mod group_backup;
 mod groups;
 mod image;
 mod install;

@@ -49,7 +49,7 @@ writer() {
     for d in $A $B $C; do
       dd if=/tmp/blk-$1 of=$d bs=4096 seek=$n oflag=direct conv=fsync,notrunc 2>/tmp/writer-$1.dd || { echo "write $d $n failed: $(cat /tmp/writer-$1.dd)" > /tmp/writer-$1.err; exit 1; }
     done
-    echo $n > /tmp/n-$1
+    echo $n > /tmp/n-$1.new; mv /tmp/n-$1.new /tmp/n-$1 # a reader never sees it empty
     n=$((n+1))
     sleep 0.02 # leave the one emulated CPU to the cuts
   done
@@ -102,6 +102,11 @@ cuts() { # from to
   [ "$(suspended)" = 0 ] || { dmsetup info -c; return 1; }
 }
 # the control: per-member snapshots one after another (Cinder's way)
+# sha256 of each member of group P (ta tb tc) or of its copies NAME-SUFFIX
+sums() { # P [SUFFIX]
+  for m in a b c; do echo "$1$m $(sha256sum /dev/labvg/$(lv_of $1$m$2) | cut -d' ' -f1)"; done
+}
+gid() { cb backup list | awk -v g="  g$1: " 'index($0, g) && /^group / {print $2}' | tail -1; }
 member_cut() { # P i
   for m in a b c; do
     if [ "$1" = t ]; then lvcreate -y -s -kn -n ctl-$1$m-$2 labvg/$(lv_of $1$m) >/dev/null
@@ -120,12 +125,13 @@ fn manifests() -> String {
     let mut s = format!(
         "---\n{h}kind: Backend\nmetadata:\n  name: thin\nspec:\n  host: lab\n  lvm:\n    volumeGroup: labvg\n    thinPool: pool\n\
          ---\n{h}kind: Backend\nmetadata:\n  name: thick\nspec:\n  host: lab\n  volumeClear: none\n  lvm:\n    volumeGroup: labvg\n\
-         ---\n{h}kind: VolumeType\nmetadata:\n  name: t\nspec: {{}}\n"
+         ---\n{h}kind: VolumeType\nmetadata:\n  name: t\nspec: {{}}\n\
+         ---\n{h}kind: BackupPolicy\nmetadata:\n  name: nightly\nspec:\n  schedule: \"0 2 * * *\"\n  target: {{path: /tmp/repo}}\n"
     );
     for (g, b) in [("gt", "thin"), ("gk", "thick")] {
         let _ = write!(
             s,
-            "---\n{h}kind: ConsistencyGroup\nmetadata:\n  name: {g}\nspec:\n  volumeTypes: [t]\n  backend: {b}\n"
+            "---\n{h}kind: ConsistencyGroup\nmetadata:\n  name: {g}\nspec:\n  volumeTypes: [t]\n  backend: {b}\n  backupPolicy: nightly\n"
         );
     }
     for p in ["t", "k"] {
@@ -238,7 +244,23 @@ fn group_snapshots_by_apply_hold_dependent_writes_thin_and_thick() {
             "delete",
             ". ./cut.sh; rm m/cut.yaml; cb apply -f m --auto-approve; gsnaps",
         )
-        .step("stop", ". ./cut.sh; stop_writer t; stop_writer k");
+        .step("stop", ". ./cut.sh; stop_writer t; stop_writer k")
+        // Group backups of both groups, each from one group snapshot, and
+        // `restore --group` into new volumes then over the members.
+        .step(
+            "gbackup",
+            ". ./cut.sh; cb backup run --group gt -f m; cb backup run --group gk -f m; lvs --noheadings -o lv_name labvg | grep -c _snapshot- || true",
+        )
+        .step("gsums", ". ./cut.sh; sums t; sums k")
+        .step("glist", ". ./cut.sh; cb backup list")
+        .step(
+            "grestore",
+            ". ./cut.sh; for p in t k; do g=$(gid $p); cb backup restore --group $g -f m >&2; sums $p -$(echo $g | tr -d - | cut -c1-8); done",
+        )
+        .step(
+            "goverwrite",
+            ". ./cut.sh; for p in t k; do dd if=/dev/urandom of=$(layer ${p}b) bs=1M count=2 oflag=direct 2>/dev/null; cb backup restore --group $(gid $p) --overwrite -f m >&2; sums $p; done",
+        );
     let out = sc.run();
     eprintln!("{}", out.stdout("versions"));
     let guest: f64 = [
@@ -257,6 +279,11 @@ fn group_snapshots_by_apply_hold_dependent_writes_thin_and_thick() {
         "after-member",
         "delete",
         "stop",
+        "gbackup",
+        "gsums",
+        "glist",
+        "grestore",
+        "goverwrite",
     ]
     .iter()
     .map(|s| out.step(s).secs)
@@ -384,5 +411,57 @@ fn group_snapshots_by_apply_hold_dependent_writes_thin_and_thick() {
         Some("0"),
         "{}",
         out.report("members deleted together")
+    );
+
+    // Group backups: one group snapshot per group (the writes of thin and
+    // thick members held), none of its snapshots left, each group listed
+    // with its three members, and every member restored sha256-identical
+    // into a new volume and over itself.
+    let gb = out.stdout("gbackup");
+    for (g, members) in [("gt", "ta, tb, tc"), ("gk", "ka, kb, kc")] {
+        let want =
+            format!(" of {g}: 3 member(s) ({members}) from one group snapshot, their writes held ");
+        assert!(
+            gb.contains(&want),
+            "{}",
+            out.report(&format!("no {want:?}"))
+        );
+    }
+    assert_eq!(
+        gb.lines().last(),
+        Some("0"),
+        "{}",
+        out.report("member snapshots left")
+    );
+    eprintln!(
+        "group backups: {}",
+        gb.lines()
+            .filter(|l| l.starts_with("group backup "))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let list = out.stdout("glist");
+    for g in ["gt", "gk"] {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with("group ")
+                    && l.ends_with(&format!("  {g}: 3 of 3 member(s)  ok"))),
+            "{}",
+            out.report(&format!("{g} not listed as a group"))
+        );
+    }
+    let sums = out.stdout("gsums");
+    assert_eq!(sums.lines().count(), 6, "{}", out.report("six sums"));
+    assert_eq!(
+        out.stdout("grestore"),
+        sums,
+        "{}",
+        out.report("restored into new volumes")
+    );
+    assert_eq!(
+        out.stdout("goverwrite"),
+        sums,
+        "{}",
+        out.report("restored over the members")
     );
 }
