@@ -173,14 +173,31 @@ impl ExecError {
     }
 }
 
+/// What a secret argument shows as.
+pub const REDACTED: &str = "<redacted>";
+
 /// A command to run: a tool name, arguments, and limits. Built by value.
-#[derive(Debug, Clone)]
+/// Arguments added with [`Cmd::secret`] are shown as `<redacted>` in logs,
+/// errors, [`Output::argv`] and `Debug`.
+#[derive(Clone)]
 pub struct Cmd {
     tool: String,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     timeout: Duration,
     ok_codes: Vec<i32>,
+    secret: Vec<usize>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cmd")
+            .field("tool", &self.tool)
+            .field("args", &self.shown_args())
+            .field("timeout", &self.timeout)
+            .field("ok_codes", &self.ok_codes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cmd {
@@ -192,7 +209,32 @@ impl Cmd {
             env: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             ok_codes: vec![0],
+            secret: Vec::new(),
         }
+    }
+
+    /// Appends one argument that must never be shown (a password): logs,
+    /// errors and [`Output::argv`] say `<redacted>` in its place.
+    #[must_use]
+    pub fn secret(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.secret.push(self.args.len());
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// The arguments as they may be shown.
+    fn shown_args(&self) -> Vec<String> {
+        self.args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if self.secret.contains(&i) {
+                    REDACTED.to_owned()
+                } else {
+                    a.to_string_lossy().into_owned()
+                }
+            })
+            .collect()
     }
 
     /// Appends one argument.
@@ -341,9 +383,8 @@ impl Exec {
     /// or a timeout is an error.
     pub fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
         let program = self.resolve(&cmd.tool)?;
-        let argv: Vec<String> = std::iter::once(program.as_os_str())
-            .chain(cmd.args.iter().map(OsString::as_os_str))
-            .map(|a| a.to_string_lossy().into_owned())
+        let argv: Vec<String> = std::iter::once(program.to_string_lossy().into_owned())
+            .chain(cmd.shown_args())
             .collect();
         let command = display_argv(&argv);
         let span = tracing::debug_span!("exec", command = %command);

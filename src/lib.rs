@@ -23,6 +23,7 @@ pub mod plan;
 pub mod registry;
 pub mod schema;
 pub mod state;
+pub mod xhost;
 
 /// An error and its causes on one line (`outer: inner: innermost`), for
 /// messages that end up in plans, journals and logs.

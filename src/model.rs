@@ -552,6 +552,63 @@ pub fn round_up(bytes: u64, extent: u64) -> u64 {
     bytes.div_ceil(extent).saturating_mul(extent)
 }
 
+// Cross-host migration jobs (`crate::xhost`), as plans and status see them.
+/// One end of a job: a host and one of its back ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct End {
+    /// The host (`--host`).
+    pub host: String,
+    /// The back end's manifest name.
+    pub backend: String,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.host, self.backend)
+    }
+}
+
+/// Where a job stands (see the module docs' table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    /// The source exported the volume and published its map and hash.
+    Exported,
+    /// The destination logged in and copies.
+    Copying,
+    /// The destination verified its copy and logged out.
+    Verified,
+}
+
+impl Phase {
+    /// The word shown in plans and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Exported => "exported",
+            Phase::Copying => "copying",
+            Phase::Verified => "verified",
+        }
+    }
+}
+
+/// A job as plans and status show it: no target, no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    /// Identity.
+    pub uuid: Uuid,
+    /// Where it lives.
+    pub from: End,
+    /// Where it goes.
+    pub to: End,
+    /// Where the job stands.
+    pub phase: Phase,
+    /// Bytes copied.
+    pub copied: u64,
+    /// Bytes to copy.
+    pub to_copy: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

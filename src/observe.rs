@@ -95,6 +95,38 @@ pub struct World {
     pub backup_repos: BTreeMap<Name, String>,
     /// What the fleet says about placements (`Off` without `--etcd`).
     pub fleet: Fleet,
+    /// What other hosts hold and the cross-host migrations in flight, as
+    /// read from etcd before planning (empty without `--etcd`).
+    pub remote: Remote,
+}
+
+/// Other hosts' volumes and the cross-host migration jobs: what a host's
+/// plan needs to move a volume to or from another host. Read from the
+/// fleet's published views and jobs; the planner never asks etcd itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Remote {
+    /// Volumes on back ends of other hosts, by manifest name, as their
+    /// hosts last published them.
+    pub volumes: BTreeMap<String, Vec<RemoteVolume>>,
+    /// Cross-host migration jobs by volume name (no target, no secret).
+    pub jobs: BTreeMap<String, crate::model::JobView>,
+}
+
+/// A volume of another host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteVolume {
+    /// Its host.
+    pub host: String,
+    /// Its back end.
+    pub backend: String,
+    /// Identity.
+    pub uuid: uuid::Uuid,
+    /// Size.
+    pub size: u64,
+    /// Bytes allocated, where its back end can tell.
+    pub allocated: Option<u64>,
+    /// Its state there.
+    pub health: Health,
 }
 
 /// The fleet's part of the world: where unpinned volumes are placed, as

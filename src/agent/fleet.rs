@@ -125,6 +125,8 @@ pub struct FleetLink {
     published: Mutex<Option<blake3::Hash>>,
     /// Counters of earlier connections.
     retired: Mutex<(u64, u64)>,
+    /// `ADDR:PORT` this host exports on for moves to other hosts.
+    pub migration_portal: Option<String>,
 }
 
 impl FleetLink {
@@ -145,7 +147,15 @@ impl FleetLink {
             wake: Notify::new(),
             published: Mutex::new(None),
             retired: Mutex::new((0, 0)),
+            migration_portal: None,
         }
+    }
+
+    /// With the portal this host exports on for moves to other hosts.
+    #[must_use]
+    pub fn with_portal(mut self, portal: Option<String>) -> Self {
+        self.migration_portal = portal;
+        self
     }
 
     /// The status now.
@@ -260,6 +270,77 @@ impl crate::apply::Fence for FleetLink {
         self.runtime
             .block_on(etcd.check_placement(volume, backend, revision))
             .map_err(|e| crate::error_chain(&e))
+    }
+}
+
+impl FleetLink {
+    /// The placements and what other hosts hold (one snapshot of the
+    /// fleet), for the reconciler's plan; an unreadable fleet makes both
+    /// unknown, so no volume another host holds is ever created here.
+    pub fn world_parts(&self) -> (Fleet, crate::observe::Remote) {
+        let Some(etcd) = self.client() else {
+            return (self.placements(), crate::observe::Remote::default());
+        };
+        match self.runtime.block_on(etcd.snapshot()) {
+            Ok(snap) => {
+                lock(&self.status).placements = snap.placements.len();
+                (
+                    Fleet::On(Snapshot::placement_map(&snap.placements)),
+                    snap.remote_for(&self.host),
+                )
+            }
+            Err(e) => (
+                Fleet::Unavailable(self.failed(&e)),
+                crate::observe::Remote::default(),
+            ),
+        }
+    }
+
+    fn etcd_for_jobs(&self) -> Result<Etcd, crate::xhost::XhostError> {
+        self.client().ok_or_else(|| {
+            crate::xhost::XhostError::Jobs(format!(
+                "etcd at {} is not connected",
+                self.config.endpoints_text()
+            ))
+        })
+    }
+}
+
+fn job_err(e: &FleetError) -> crate::xhost::XhostError {
+    crate::xhost::XhostError::Jobs(crate::error_chain(e))
+}
+
+impl crate::xhost::Jobs for FleetLink {
+    fn get(
+        &self,
+        volume: &str,
+    ) -> Result<Option<(crate::xhost::Job, i64)>, crate::xhost::XhostError> {
+        let etcd = self.etcd_for_jobs()?;
+        self.runtime
+            .block_on(etcd.job(volume))
+            .map_err(|e| job_err(&e))
+    }
+    fn put(
+        &self,
+        job: &crate::xhost::Job,
+        expect: Option<i64>,
+    ) -> Result<Option<i64>, crate::xhost::XhostError> {
+        let etcd = self.etcd_for_jobs()?;
+        self.runtime
+            .block_on(etcd.put_job(job, expect))
+            .map_err(|e| job_err(&e))
+    }
+    fn delete(&self, volume: &str, expect: i64) -> Result<bool, crate::xhost::XhostError> {
+        let etcd = self.etcd_for_jobs()?;
+        self.runtime
+            .block_on(etcd.delete_job(volume, expect))
+            .map_err(|e| job_err(&e))
+    }
+    fn initiator(&self, host: &str) -> Result<Option<String>, crate::xhost::XhostError> {
+        let etcd = self.etcd_for_jobs()?;
+        self.runtime
+            .block_on(etcd.initiator(host))
+            .map_err(|e| job_err(&e))
     }
 }
 

@@ -106,6 +106,9 @@ pub struct Config {
     pub runner: Arc<dyn BackupRunner>,
     /// The fleet's etcd, with `--etcd`.
     pub fleet: Option<crate::fleet::EtcdConfig>,
+    /// `ADDR:PORT` this host exports volumes on when they move to another
+    /// host (`--migration-portal`).
+    pub migration_portal: Option<String>,
 }
 
 impl std::fmt::Debug for Config {

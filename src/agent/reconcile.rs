@@ -225,7 +225,7 @@ impl Reconciler {
         let registry = Registry::new(&good.set, &self.host, &self.state_dir, Exec::host());
         let mut world = observe::discover(&good.set, &registry, &self.state_dir);
         if let Some(l) = &self.fleet {
-            world.fleet = l.placements();
+            (world.fleet, world.remote) = l.world_parts();
         }
         let lost = lost_volumes(&world, &ledger.recorded);
         let recreate = self.recreate_lost || self.consented(&good.set, &lost);
@@ -503,6 +503,12 @@ impl Reconciler {
             stages: BTreeMap::new(),
         };
         let fence = self.fleet.as_deref().map(|l| l as &dyn crate::apply::Fence);
+        let xhost = self.fleet.as_deref().map(|l| apply::Xhost {
+            jobs: l as &dyn crate::xhost::Jobs,
+            portal: l.migration_portal.as_deref(),
+            runner: Exec::host(),
+            wait: crate::xhost::Wait::default(),
+        });
         let result = apply::apply_with(
             &filtered,
             registry,
@@ -512,6 +518,7 @@ impl Reconciler {
             apply::ApplyOptions {
                 bandwidth_limit: None,
                 fence,
+                xhost,
             },
         );
         progress.clear_migrations();

@@ -232,11 +232,10 @@ pub async fn run(
         }
     };
     let link = cfg.fleet.clone().map(|fc| {
-        Arc::new(super::fleet::FleetLink::new(
-            fc,
-            cfg.host.clone(),
-            tokio::runtime::Handle::current(),
-        ))
+        Arc::new(
+            super::fleet::FleetLink::new(fc, cfg.host.clone(), tokio::runtime::Handle::current())
+                .with_portal(cfg.migration_portal.clone()),
+        )
     });
     let mut fleet: Option<Task> = link.as_ref().map(|l| {
         super::fleet::publish_status(l, &shared);

@@ -105,6 +105,9 @@ pub enum StepError {
     /// used (or cannot be checked): a new plan decides again.
     #[error("{0}")]
     Fenced(String),
+    /// A move between hosts failed or waits for the other host.
+    #[error(transparent)]
+    Xhost(#[from] crate::xhost::XhostError),
 }
 
 impl StepError {
@@ -117,6 +120,7 @@ impl StepError {
             Self::Migrate(e) => e.is_retryable(),
             Self::Restore(e) => e.is_retryable(),
             Self::Export(_) | Self::Catalog(_) | Self::ImageCopy { .. } | Self::Fenced(_) => true,
+            Self::Xhost(e) => e.is_retryable(),
             Self::Invalid(_) => false,
         }
     }
@@ -178,6 +182,23 @@ pub struct ApplyOptions<'a> {
     pub bandwidth_limit: Option<u64>,
     /// Checks a fleet placement right before the volume is created.
     pub fence: Option<&'a dyn Fence>,
+    /// The fleet's side of moves between hosts (`--etcd`).
+    pub xhost: Option<Xhost<'a>>,
+}
+
+/// What a move between hosts needs beside the registry: the job records
+/// in etcd, this host's portal for exports, the command runner for
+/// `iscsiadm`.
+#[derive(Clone, Copy)]
+pub struct Xhost<'a> {
+    /// The jobs (etcd).
+    pub jobs: &'a dyn crate::xhost::Jobs,
+    /// `ADDR:PORT` this host exports on (`--migration-portal`).
+    pub portal: Option<&'a str>,
+    /// Runs `iscsiadm`.
+    pub runner: &'a dyn crate::exec::Runner,
+    /// How long each side waits for the other.
+    pub wait: crate::xhost::Wait,
 }
 
 impl std::fmt::Debug for ApplyOptions<'_> {
@@ -185,6 +206,7 @@ impl std::fmt::Debug for ApplyOptions<'_> {
         f.debug_struct("ApplyOptions")
             .field("bandwidth_limit", &self.bandwidth_limit)
             .field("fence", &self.fence.is_some())
+            .field("xhost", &self.xhost.is_some())
             .finish()
     }
 }
@@ -1118,11 +1140,15 @@ fn migrate(
         bandwidth,
         deletion_policy,
         snapshots,
+        across,
         ..
     } = &action.op
     else {
         return Err(StepError::Invalid("not a migration".into()));
     };
+    if let Some(x) = across {
+        return migrate_across(action, x, registry, ledger, ctx, opts);
+    }
     let src = driver(registry, from)?;
     let dst = driver(registry, to)?;
     let limit = match (*bandwidth, opts.bandwidth_limit) {
@@ -1195,6 +1221,137 @@ fn migrate(
         }
     }
     Ok(Change::from_bool(report.changed))
+}
+
+/// This host's half of a move between hosts ([`crate::xhost`]): the
+/// source exports, waits and removes its volume (then forgets it); the
+/// destination copies, verifies and records it.
+#[allow(clippy::too_many_lines)] // the two halves, each short
+fn migrate_across(
+    action: &Action,
+    x: &crate::plan::Across,
+    registry: &Registry<'_>,
+    ledger: &mut Ledger,
+    ctx: &mut MigrateCtx<'_>,
+    opts: ApplyOptions,
+) -> Result<Change, StepError> {
+    let Op::Migrate {
+        name,
+        uuid,
+        from,
+        to,
+        target_size,
+        bandwidth,
+        deletion_policy,
+        ..
+    } = &action.op
+    else {
+        return Err(StepError::Invalid("not a migration".into()));
+    };
+    let Some(link) = opts.xhost else {
+        return Err(StepError::Invalid(format!(
+            "moving {name} between hosts ({}/{from} -> {}/{to}) needs the fleet: apply with --etcd",
+            x.from_host, x.to_host
+        )));
+    };
+    let ends = (
+        crate::xhost::End {
+            host: x.from_host.clone(),
+            backend: from.clone(),
+        },
+        crate::xhost::End {
+            host: x.to_host.clone(),
+            backend: to.clone(),
+        },
+    );
+    let sleep = |d: Duration| std::thread::sleep(d);
+    match x.role {
+        crate::plan::Role::Export => {
+            let src = driver(registry, from)?;
+            let lio = crate::xhost::host::LioExport {
+                lio: lio::LioDriver::new(lio::root()),
+            };
+            let sent = crate::xhost::send(
+                &crate::xhost::Sending {
+                    volume: name,
+                    uuid: *uuid,
+                    from: ends.0,
+                    to: ends.1,
+                    portal: link.portal,
+                    wait: link.wait,
+                },
+                src,
+                link.jobs,
+                &lio,
+                &sleep,
+            )?;
+            if sent.removed {
+                ledger.recorded.objects.remove(uuid);
+                let text = format!(
+                    "moved to {}/{to}: the destination verified its copy; the source, its export and the job are removed",
+                    x.to_host
+                );
+                tracing::info!(volume = %name, %uuid, "{text}");
+                ctx.progress.note(action, &text);
+            }
+            Ok(Change::from_bool(sent.removed))
+        }
+        crate::plan::Role::Copy => {
+            let dst = driver(registry, to)?;
+            let attach = crate::xhost::host::Iscsiadm::new(link.runner);
+            let limit = match (*bandwidth, opts.bandwidth_limit) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let report = crate::xhost::receive(
+                &crate::xhost::Receive {
+                    volume: name,
+                    uuid: *uuid,
+                    from: ends.0,
+                    to: ends.1,
+                    size: *target_size,
+                    bandwidth: limit,
+                    source_gone: x.source_gone,
+                    wait: link.wait,
+                },
+                dst,
+                link.jobs,
+                &attach,
+                ctx,
+                &sleep,
+            )?;
+            if let Some(c) = &report.copy {
+                let text = format!(
+                    "read {} bytes over iSCSI from {}, wrote {}, zeroed {}{} in {:.1}s; verified against the source host's hash (blake3 {})",
+                    c.read,
+                    x.from_host,
+                    c.written,
+                    c.zeroed,
+                    if c.started_at > 0 {
+                        format!(", resumed at byte {}", c.started_at)
+                    } else {
+                        String::new()
+                    },
+                    c.elapsed.as_secs_f64(),
+                    report.hash.as_deref().unwrap_or("-")
+                );
+                tracing::info!(volume = %name, %uuid, from = %x.from_host, "{text}");
+                ctx.progress.note(action, &text);
+            }
+            ledger.recorded.objects.insert(
+                *uuid,
+                RecordedObject {
+                    kind: ObjKind::Volume,
+                    name: name.clone(),
+                    backend: to.clone(),
+                    size: *target_size,
+                    deletion_policy: *deletion_policy,
+                    consistency_group: None,
+                },
+            );
+            Ok(Change::from_bool(report.changed))
+        }
+    }
 }
 
 // Test data builders narrow sizes to buffer lengths on purpose.

@@ -203,6 +203,7 @@ pub(super) fn run_agent(g: &GlobalArgs, args: &AgentArgs) -> anyhow::Result<i32>
         shutdown_grace: args.shutdown_grace,
         runner: Arc::new(crate::backup::scheduled::EngineRunner { host: host_name(g) }),
         fleet: super::fleet::etcd_config(g)?,
+        migration_portal: g.etcd.migration_portal.clone(),
     };
     if config.fleet.is_some() {
         crate::fleet::keys::check_host(&config.host).map_err(anyhow::Error::msg)?;

@@ -91,6 +91,15 @@ pub(crate) struct EtcdArgs {
     /// `down` this long after (its volumes are then reported unavailable).
     #[arg(long, global = true, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     fleet_lease_ttl: Duration,
+    /// `ADDR:PORT` this host exports a volume on when it moves to another
+    /// host's back end (the destination logs in there over iSCSI).
+    #[arg(
+        long,
+        global = true,
+        env = "CINDERBLOCK_MIGRATION_PORTAL",
+        value_name = "ADDR:PORT"
+    )]
+    pub(crate) migration_portal: Option<String>,
 }
 
 /// The etcd configuration, when `--etcd` is given.
@@ -158,15 +167,31 @@ impl CliFleet {
         Ok(CliFleet { rt, etcd })
     }
 
-    /// The placements for a plan, or why there are none.
-    pub(crate) fn placements(&self) -> Fleet {
+    /// The placements and what other hosts hold (one snapshot), for
+    /// `host`'s plan; an unreadable fleet makes both unknown.
+    pub(crate) fn world_parts(&self, host: &str) -> (Fleet, crate::observe::Remote) {
         match &self.etcd {
-            Err(e) => Fleet::Unavailable(e.clone()),
-            Ok(etcd) => match self.rt.block_on(etcd.placements()) {
-                Ok(p) => Fleet::On(Snapshot::placement_map(&p)),
-                Err(e) => Fleet::Unavailable(crate::error_chain(&e)),
+            Err(e) => (
+                Fleet::Unavailable(e.clone()),
+                crate::observe::Remote::default(),
+            ),
+            Ok(etcd) => match self.rt.block_on(etcd.snapshot()) {
+                Ok(s) => (
+                    Fleet::On(Snapshot::placement_map(&s.placements)),
+                    s.remote_for(host),
+                ),
+                Err(e) => (
+                    Fleet::Unavailable(crate::error_chain(&e)),
+                    crate::observe::Remote::default(),
+                ),
             },
         }
+    }
+
+    fn jobs(&self) -> Result<&Etcd, crate::xhost::XhostError> {
+        self.etcd
+            .as_ref()
+            .map_err(|e| crate::xhost::XhostError::Jobs(e.clone()))
     }
 
     fn snapshot(&self) -> anyhow::Result<Snapshot> {
@@ -181,6 +206,40 @@ impl crate::apply::Fence for CliFleet {
         self.rt
             .block_on(etcd.check_placement(volume, backend, revision))
             .map_err(|e| crate::error_chain(&e))
+    }
+}
+
+fn job_err(e: &crate::fleet::FleetError) -> crate::xhost::XhostError {
+    crate::xhost::XhostError::Jobs(crate::error_chain(e))
+}
+
+impl crate::xhost::Jobs for CliFleet {
+    fn get(
+        &self,
+        volume: &str,
+    ) -> Result<Option<(crate::xhost::Job, i64)>, crate::xhost::XhostError> {
+        self.rt
+            .block_on(self.jobs()?.job(volume))
+            .map_err(|e| job_err(&e))
+    }
+    fn put(
+        &self,
+        job: &crate::xhost::Job,
+        expect: Option<i64>,
+    ) -> Result<Option<i64>, crate::xhost::XhostError> {
+        self.rt
+            .block_on(self.jobs()?.put_job(job, expect))
+            .map_err(|e| job_err(&e))
+    }
+    fn delete(&self, volume: &str, expect: i64) -> Result<bool, crate::xhost::XhostError> {
+        self.rt
+            .block_on(self.jobs()?.delete_job(volume, expect))
+            .map_err(|e| job_err(&e))
+    }
+    fn initiator(&self, host: &str) -> Result<Option<String>, crate::xhost::XhostError> {
+        self.rt
+            .block_on(self.jobs()?.initiator(host))
+            .map_err(|e| job_err(&e))
     }
 }
 

@@ -172,7 +172,7 @@ fn prepare(
     });
     let ledger = ledger.context("cannot read the recorded state")?;
     if let Some(f) = fleet {
-        world.fleet = f.placements();
+        (world.fleet, world.remote) = f.world_parts(host);
     }
     clock.mark("state + discover");
     let plan = plan::plan(set, &world, &ledger.recorded, Options { recreate_lost });
@@ -473,6 +473,7 @@ fn read_saved(path: &std::path::Path) -> anyhow::Result<SavedPlan> {
     Ok(saved)
 }
 
+#[allow(clippy::too_many_lines)] // the apply command's stages in order
 pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32> {
     let (set, host, saved) = if let Some(path) = &args.plan_file {
         let saved = read_saved(path)?;
@@ -529,6 +530,12 @@ pub(super) fn run_apply(g: &GlobalArgs, args: &ApplyArgs) -> anyhow::Result<i32>
             .bandwidth_limit
             .map(crate::manifest::values::Quantity::bytes),
         fence: conn.as_ref().map(|c| c as &dyn crate::apply::Fence),
+        xhost: conn.as_ref().map(|c| apply::Xhost {
+            jobs: c as &dyn crate::xhost::Jobs,
+            portal: g.etcd.migration_portal.as_deref(),
+            runner: Exec::host(),
+            wait: crate::xhost::Wait::default(),
+        }),
     };
     match apply::apply_with(
         &plan,

@@ -210,6 +210,16 @@ pub trait Driver: Send + Sync {
         ))
     }
 
+    /// The content hash (BLAKE3, [`crate::copy::content_hash`], hex) of
+    /// object `uuid` as its own host computed it, when this endpoint knows
+    /// one without reading through its data path (a volume of another host
+    /// whose host published it): a migration verifies its target against
+    /// it too. None by default.
+    fn known_hash(&self, uuid: Uuid) -> Result<Option<String>, DriverError> {
+        let _ = uuid;
+        Ok(None)
+    }
+
     /// Creates the back end's declared pool of `size` data and `metadata`
     /// metadata bytes; `Unchanged` when it exists.
     fn create_pool(&self, size: u64, metadata: u64) -> Result<Change, DriverError> {

@@ -285,7 +285,12 @@ impl Etcd {
                             leader = Some((rev, String::from_utf8_lossy(kv.value()).into_owned()));
                         }
                     }
-                    Key::Job(_) => {}
+                    Key::Job(v) => match serde_json::from_slice::<crate::xhost::Job>(kv.value()) {
+                        Ok(j) => {
+                            snap.jobs.insert(v, (j, kv.mod_revision()));
+                        }
+                        Err(e) => snap.problems.push(format!("{key}: {e}")),
+                    },
                 }
                 Ok(())
             })();
@@ -543,6 +548,83 @@ impl Etcd {
             .call("remove a placement", c.txn(txn))
             .await?
             .succeeded())
+    }
+    /// The cross-host migration job of `volume`, with its `mod_revision`.
+    pub async fn job(&self, volume: &str) -> Result<Option<(crate::xhost::Job, i64)>, FleetError> {
+        let key = self.keys.job(volume);
+        let mut c = self.client.clone();
+        let resp = self
+            .call("read a migration job", c.get(key.clone(), None))
+            .await?;
+        self.count_read(resp.kvs());
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let job = serde_json::from_slice(kv.value())
+            .map_err(|e| FleetError::Record(records::RecordError::Decode { key, source: e }))?;
+        Ok(Some((job, kv.mod_revision())))
+    }
+
+    /// Writes `job` if its key is at `expect` (`None`: absent): its new
+    /// `mod_revision` (the transaction's revision), or `None` when another
+    /// writer came first.
+    pub async fn put_job(
+        &self,
+        job: &crate::xhost::Job,
+        expect: Option<i64>,
+    ) -> Result<Option<i64>, FleetError> {
+        let key = self.keys.job(&job.volume);
+        let value = serde_json::to_vec(job).map_err(|e| {
+            FleetError::Record(records::RecordError::Decode {
+                key: key.clone(),
+                source: e,
+            })
+        })?;
+        let cmp = match expect {
+            Some(rev) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut c = self.client.clone();
+        let resp = self.call("write a migration job", c.txn(txn)).await?;
+        Ok(resp.succeeded().then(|| {
+            resp.header()
+                .map_or(0, etcd_client::ResponseHeader::revision)
+        }))
+    }
+
+    /// Removes the job of `volume` if it is still at `revision`.
+    pub async fn delete_job(&self, volume: &str, revision: i64) -> Result<bool, FleetError> {
+        let key = self.keys.job(volume);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key, Some(DeleteOptions::new()))]);
+        let mut c = self.client.clone();
+        Ok(self
+            .call("remove a migration job", c.txn(txn))
+            .await?
+            .succeeded())
+    }
+
+    /// The iSCSI initiator name host `host` registered (while it is live).
+    pub async fn initiator(&self, host: &str) -> Result<Option<String>, FleetError> {
+        let key = self.keys.host(host);
+        let mut c = self.client.clone();
+        let resp = self
+            .call("read a host record", c.get(key.clone(), None))
+            .await?;
+        self.count_read(resp.kvs());
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let rec: HostRecord = records::decode(&key, kv.value()).map_err(FleetError::Record)?;
+        Ok(rec.iscsi_initiator)
     }
 }
 

@@ -148,6 +148,8 @@ pub struct Snapshot {
     pub views: BTreeMap<String, (HostView, Vec<BackendRecord>)>,
     /// Placements by volume, with their revision.
     pub placements: BTreeMap<String, (PlacementRecord, i64)>,
+    /// Cross-host migration jobs by volume, with their revision.
+    pub jobs: BTreeMap<String, (crate::xhost::Job, i64)>,
     /// The elected placer's host.
     pub leader: Option<String>,
     /// Records that could not be read.
@@ -256,6 +258,43 @@ impl Snapshot {
         input
     }
 
+    /// What `host`'s plan needs of the other hosts for cross-host
+    /// migrations (`World::remote`): their volumes and the jobs.
+    pub fn remote_for(&self, host: &str) -> crate::observe::Remote {
+        let mut r = crate::observe::Remote::default();
+        for (h, (_, backends)) in &self.views {
+            if h == host {
+                continue;
+            }
+            for b in backends {
+                let Ok(v) = b.to_view() else { continue };
+                let Some(inv) = v.inventory() else { continue };
+                for o in inv
+                    .objects
+                    .iter()
+                    .filter(|o| o.kind == crate::observe::ObjKind::Volume)
+                {
+                    r.volumes.entry(o.name.clone()).or_default().push(
+                        crate::observe::RemoteVolume {
+                            host: h.clone(),
+                            backend: v.name.as_str().to_owned(),
+                            uuid: o.uuid,
+                            size: o.size,
+                            allocated: o.allocated,
+                            health: o.health,
+                        },
+                    );
+                }
+            }
+        }
+        r.jobs = self
+            .jobs
+            .iter()
+            .map(|(v, (j, _))| (v.clone(), j.view()))
+            .collect();
+        r
+    }
+
     /// The world and records `host` last published: what `plan` there
     /// starts from (`plan --fleet`), with the placements of `placements`.
     pub fn world_of(
@@ -266,6 +305,7 @@ impl Snapshot {
         let (view, backends) = self.views.get(host)?;
         Some(view.to_world(backends).map(|(mut w, r)| {
             w.fleet = crate::observe::Fleet::On(placements.clone());
+            w.remote = self.remote_for(host);
             (w, r)
         }))
     }

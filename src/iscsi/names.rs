@@ -32,6 +32,20 @@ pub fn default_iqn(uuid: Uuid) -> String {
     format!("{IQN_PREFIX}volume-{uuid}")
 }
 
+/// The target name of a cross-host migration's export of volume `uuid`
+/// (`crate::xhost`): apart from the volume's own export, so the planner
+/// never takes it for one.
+pub fn migration_iqn(uuid: Uuid) -> String {
+    format!("{IQN_PREFIX}migrate-{uuid}")
+}
+
+/// Whether `iqn` is the target name of a migration's export.
+pub fn is_migration_iqn(iqn: &str) -> bool {
+    iqn.strip_prefix(IQN_PREFIX)
+        .and_then(|r| r.strip_prefix("migrate-"))
+        .is_some_and(|u| u.parse::<Uuid>().is_ok())
+}
+
 /// Whether `iqn` is a default target name of volume `uuid`: today's, or the
 /// one earlier versions gave it.
 pub fn is_default(iqn: &str, uuid: Uuid) -> bool {

@@ -448,11 +448,18 @@ pub fn run(
     } else {
         copy::content_hash(&target, &to_data.path, len, &extents).map_err(copy_err)?
     };
-    if source_hash != target_hash {
+    // A source whose own host hashed it (another host's volume) must match
+    // that hash too: what crossed the wire is checked against what is there.
+    let known = src.known_hash(uuid)?;
+    let mismatch = known
+        .as_deref()
+        .filter(|k| *k != target_hash.to_hex().as_str())
+        .map(str::to_owned);
+    if source_hash != target_hash || mismatch.is_some() {
         cp.reset(id)?;
         return Err(MigrateError::Verify {
             from,
-            source_hash: source_hash.to_hex().to_string(),
+            source_hash: mismatch.unwrap_or_else(|| source_hash.to_hex().to_string()),
             target_hash: target_hash.to_hex().to_string(),
         });
     }

@@ -204,6 +204,10 @@ impl Planner<'_> {
             let Some(o) = self.world.exports.get(f.obj.uuid) else {
                 continue;
             };
+            // A move to another host's export: the move removes it.
+            if o.iqn.as_deref().is_some_and(names::is_migration_iqn) {
+                continue;
+            }
             let a = addr(ObjKind::Volume, name.as_str());
             match unexport_action(&a, name.as_str(), f.obj.uuid, o, "spec.export was removed") {
                 Ok(x) => self.out.actions.push(x),

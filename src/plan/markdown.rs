@@ -279,6 +279,12 @@ fn headline(a: &Action) -> String {
         .unwrap_or(first)
         .trim();
     match &a.op {
+        Op::Migrate {
+            from,
+            to,
+            across: Some(x),
+            ..
+        } => format!("{verb} ({}/{from} → {}/{to})", x.from_host, x.to_host),
         Op::Migrate { from, to, .. } => format!("{verb} ({from} → {to})"),
         _ => verb.to_owned(),
     }
@@ -571,6 +577,7 @@ mod tests {
                         carry: crate::plan::Carry::Copy,
                         within: None,
                         snapshots: vec![],
+                        across: None,
                     },
                     "spec.backend changed: thin -> files",
                     Impact::Moves,

@@ -9,6 +9,7 @@
 //! discovered completely and the manifests declare at least one volume or
 //! snapshot (a failed listing or an empty tree never reads as "delete all").
 
+mod across;
 pub mod capacity;
 mod exports;
 mod groups;
@@ -78,6 +79,51 @@ pub enum Carry {
     /// Handed over inside the space both back ends share (a new owner
     /// mark, [`crate::model::Capabilities::relabels_to`]): nothing is copied.
     HandOver,
+}
+
+/// A move between hosts ([`crate::xhost`]): the same `Op::Migrate` planned
+/// on both, each doing its half.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Across {
+    /// The host the volume lives on.
+    pub from_host: String,
+    /// The host it moves to.
+    pub to_host: String,
+    /// What this host does.
+    pub role: Role,
+    /// The job's phase in etcd, when one is in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Bytes the destination copied so far, when a job is in flight.
+    #[serde(default)]
+    pub copied: u64,
+    /// Destination only: the source host finished (no job, the volume on
+    /// no other host) while this host holds its verified target: only the
+    /// promotion is left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_gone: bool,
+}
+
+/// A host's half of a move between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// The source: export, wait, remove the source once verified.
+    Export,
+    /// The destination: log in, copy, verify, promote.
+    Copy,
+}
+
+impl Across {
+    /// What each host does, in words (`stor-a exports and waits, stor-b
+    /// copies`).
+    pub fn duties(&self) -> String {
+        format!(
+            "{} exports and waits, {} copies over iSCSI and verifies, then {} removes the source",
+            self.from_host, self.to_host, self.from_host
+        )
+    }
 }
 
 /// A snapshot that moves with its volume (`migrateSnapshots: true`): the
@@ -350,6 +396,9 @@ pub enum Op {
         /// true`), by name.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         snapshots: Vec<ChainSnapshot>,
+        /// A move between hosts: the hosts and this host's half.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        across: Option<Across>,
     },
     /// Create a back end's declared thin pool (`spec.lvm.thinPoolSize`).
     CreatePool {
@@ -1585,6 +1634,18 @@ impl<'a> Planner<'a> {
                     return;
                 }
                 Health::Deleting => {
+                    // A move to another host verified there, then stopped
+                    // while this host removed the source: go on.
+                    if self
+                        .world
+                        .remote
+                        .jobs
+                        .get(name.as_str())
+                        .is_some_and(|j| j.uuid == obj.uuid && j.from.backend == bname)
+                        && self.migration(name, doc, backend, obj)
+                    {
+                        return;
+                    }
                     // A migration verified its target and marked the source,
                     // then stopped before the switch: finish it.
                     if let Some(t) = self.migrating.get(&key) {
@@ -1718,7 +1779,13 @@ impl<'a> Planner<'a> {
             );
             return;
         }
-        if let Some(t) = self.migrating.get(&key) {
+        if let Some(t) = self.migrating.get(&key).map(|t| Found {
+            backend: t.backend,
+            obj: t.obj,
+        }) {
+            if self.receive_across(name, doc, Some(&t)) {
+                return;
+            }
             self.error(&a, PlanErrorKind::Lost, format!(
                 "only the target of an interrupted migration ({} on {}) exists; its source is gone, so the copy cannot be finished or trusted: restore the volume from a backup, or remove the target's LV/file by hand after checking it",
                 t.obj.uuid, t.backend.name
@@ -1726,6 +1793,10 @@ impl<'a> Planner<'a> {
             return;
         }
         if self.unresolved.contains(&key) {
+            return;
+        }
+        // Another host holds it: this host copies it, never creates it.
+        if self.finish_send(name, doc) || self.receive_across(name, doc, None) {
             return;
         }
         let placed: Option<Name> = match &self.world.fleet {
@@ -2648,22 +2719,16 @@ impl<'a> Planner<'a> {
         };
         let resume = in_flight.is_some_and(|(b, _)| b.name == to);
         let Some(tview) = self.world.backends.get(&to) else {
-            let elsewhere = self.set.backends.get(&to).and_then(|b| b.spec.host.clone());
-            let (kind, text) = match elsewhere {
-                Some(h) => (
-                    PlanErrorKind::Unsupported,
-                    format!(
-                        "{why}, but {to} is a back end of host {h}: moving a volume between hosts is not supported by this version of cinderblock yet; set spec.backend back to {cur}"
-                    ),
-                ),
-                None => (
+            match self.set.backends.get(&to).and_then(|b| b.spec.host.clone()) {
+                Some(h) => self.send_across(name, doc, (backend, obj), (&to, &h), &why),
+                None => self.error(
+                    &a,
                     PlanErrorKind::Refused,
                     format!(
                         "{why}, but {to} is not a back end of this host; set spec.backend back to {cur}"
                     ),
                 ),
-            };
-            self.error(&a, kind, text);
+            }
             return true;
         };
         if self.failed.contains(to.as_str()) || tview.inventory().is_none() {
@@ -2682,6 +2747,11 @@ impl<'a> Planner<'a> {
             .exports
             .get(obj.uuid)
             .filter(|e| doc.spec.export.is_some() || !e.logged_in.is_empty())
+            .filter(|e| {
+                !e.iqn
+                    .as_deref()
+                    .is_some_and(crate::iscsi::names::is_migration_iqn)
+            })
         {
             // (Without spec.export and with nobody logged in, the exports
             // pass unexports it before the move.)
@@ -2825,6 +2895,7 @@ impl<'a> Planner<'a> {
                 carry,
                 within,
                 snapshots: chain,
+                across: None,
             },
             reason: if resume {
                 format!("{why}; an interrupted migration resumes from its last checkpoint")
@@ -2975,6 +3046,7 @@ impl<'a> Planner<'a> {
                 carry: Carry::Copy,
                 within: fb.caps.shared_space(&tb.caps).map(ToString::to_string),
                 snapshots: self.chain_in_flight(from.uuid),
+                across: None,
             },
             reason: format!("an earlier migration from {src} was verified, then interrupted before the switch; it is finished (nothing is copied again)"),
             impact: Impact::Moves,

@@ -634,11 +634,12 @@ fn action(s: &mut String, a: &Action) {
             carry,
             within,
             snapshots,
+            across,
             ..
         } => migrate_attrs(
             &mut attrs,
             *uuid,
-            (from, to),
+            (from, to, across.as_ref()),
             (*size, *target_size),
             (*read, *carry, within.as_deref()),
             *target_free,
@@ -657,18 +658,58 @@ fn action(s: &mut String, a: &Action) {
 type Attrs = Vec<(String, String, String)>;
 
 // Byte counts shown to people, rounded; one argument per field of the op.
-#[allow(clippy::cast_precision_loss, clippy::too_many_arguments)]
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::too_many_arguments,
+    clippy::too_many_lines
+)]
 fn migrate_attrs(
     attrs: &mut Attrs,
     uuid: uuid::Uuid,
-    (from, to): (&str, &str),
+    (from, to, across): (&str, &str, Option<&super::Across>),
     (size, target_size): (u64, u64),
     (read, carry, within): (u64, Carry, Option<&str>),
     (free_before, free_after): (u64, u64),
     bandwidth: Option<u64>,
     snapshots: &[super::ChainSnapshot],
 ) {
-    attrs.push((">".into(), "backend".into(), format!("{from:?} -> {to:?}")));
+    if let Some(x) = across {
+        attrs.push((
+            ">".into(),
+            "backend".into(),
+            format!(
+                "{:?} -> {:?}",
+                format!("{}/{from}", x.from_host),
+                format!("{}/{to}", x.to_host)
+            ),
+        ));
+        let doing = if x.source_gone {
+            format!(
+                "{} removed the source after {} verified its copy; {} promotes its target",
+                x.from_host, x.to_host, x.to_host
+            )
+        } else {
+            x.duties()
+        };
+        attrs.push((" ".into(), "hosts".into(), doing));
+        attrs.push((
+            " ".into(),
+            "over".into(),
+            format!(
+                "iSCSI: a LIO export of the volume with an ACL for {}'s initiator and a one-time CHAP secret, removed with the source",
+                x.to_host
+            ),
+        ));
+        if let Some(p) = &x.phase {
+            attrs.push((
+                " ".into(),
+                "job".into(),
+                format!("{p} in etcd, {} copied", human(x.copied as f64)),
+            ));
+        }
+    } else {
+        attrs.push((">".into(), "backend".into(), format!("{from:?} -> {to:?}")));
+    }
     attrs.push((" ".into(), "id".into(), uuid.to_string()));
     if target_size == size {
         attrs.push((" ".into(), "size".into(), format_bytes_exact(size)));
@@ -722,15 +763,22 @@ fn migrate_attrs(
         },
     ));
     chain_attrs(attrs, snapshots);
-    attrs.push((
-        " ".into(),
-        "target".into(),
-        format!(
-            "{to}: virtual free {} -> {}",
-            human(free_before as f64),
-            human(free_after as f64)
-        ),
-    ));
+    match across {
+        Some(x) if x.role == super::Role::Export => attrs.push((
+            " ".into(),
+            "target".into(),
+            format!("{to} on host {}: its plan admits it", x.to_host),
+        )),
+        _ => attrs.push((
+            " ".into(),
+            "target".into(),
+            format!(
+                "{to}: virtual free {} -> {}",
+                human(free_before as f64),
+                human(free_after as f64)
+            ),
+        )),
+    }
     attrs.push((
         " ".into(),
         "bandwidth".into(),

@@ -420,26 +420,228 @@ fn an_open_volume_is_not_migrated() {
     );
 }
 
-#[test]
-fn a_move_to_another_hosts_back_end_is_not_supported_yet() {
-    let set = manifests(
-        &(backend_yaml("a", "")
-            + &backend_yaml("far", "  host: elsewhere\n")
-            + &vol_yaml("db", "1Gi", "  backend: far\n")),
+fn across_set(extra: &str) -> ManifestSet {
+    manifests(
+        &(backend_yaml("fa", "  host: stor-a\n  migrationBandwidth: 100Mi\n")
+            + &backend_yaml("fb", "  host: stor-b\n")
+            + &vol_yaml("db", "1Gi", "  backend: fb\n")
+            + extra),
+    )
+}
+
+/// Host stor-a's world: db on fa; stor-b's: fb, empty or with `on_b`;
+/// each with the other's volumes as published.
+fn across_worlds(on_b: Vec<Observed>) -> (World, World) {
+    let mut db = obj("db", GIB, 1);
+    db.allocated = Some(GIB / 4);
+    let mut a = world(vec![view("fa", true, 20.0, 100 * GIB, vec![db])]);
+    let mut b = world(vec![view("fb", true, 20.0, 100 * GIB, on_b)]);
+    a.fleet = placed(&[]);
+    b.fleet = placed(&[]);
+    b.remote.volumes.insert(
+        "db".into(),
+        vec![crate::observe::RemoteVolume {
+            host: "stor-a".into(),
+            backend: "fa".into(),
+            uuid: Uuid::from_u128(1),
+            size: GIB,
+            allocated: Some(GIB / 4),
+            health: Health::Ready,
+        }],
     );
-    let w = world(vec![view(
-        "a",
-        true,
-        20.0,
-        100 * GIB,
-        vec![obj("db", GIB, 1)],
-    )]);
-    let p = plan(&set, &w, &Recorded::default(), Options::default());
+    (a, b)
+}
+
+fn across_of(p: &super::Plan) -> (&super::Across, u64, Option<u64>, bool) {
+    match &p.actions[..] {
+        [
+            super::Action {
+                op:
+                    Op::Migrate {
+                        across: Some(x),
+                        read,
+                        bandwidth,
+                        resume,
+                        ..
+                    },
+                ..
+            },
+        ] => (x, *read, *bandwidth, *resume),
+        other => panic!("one move between hosts: {other:?}"),
+    }
+}
+
+#[test]
+fn a_move_to_another_hosts_back_end_needs_the_fleet() {
+    let set = across_set("");
+    let (mut a, _) = across_worlds(vec![]);
+    a.fleet = crate::observe::Fleet::Off;
+    let p = plan(&set, &a, &Recorded::default(), Options::default());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(
         p.errors,
         [
-            "volume.db: spec.backend changed: a -> far, but far is a back end of host elsewhere: moving a volume between hosts is not supported by this version of cinderblock yet; set spec.backend back to a"
+            "volume.db: spec.backend changed: fa -> fb, but fb is a back end of host stor-b: a move between hosts runs through the fleet (the job, and stor-b's iSCSI initiator name, live in etcd); run the agents, and plan/apply, with --etcd; until then set spec.backend back to fa"
         ]
+    );
+    a.fleet = crate::observe::Fleet::Unavailable("etcd at http://127.0.0.1:1: no answer".into());
+    let p = plan(&set, &a, &Recorded::default(), Options::default());
+    assert!(p.errors[0].to_string().contains("the fleet is unavailable (etcd at http://127.0.0.1:1: no answer): the move waits for etcd"), "{:?}", p.errors);
+}
+
+#[test]
+fn both_hosts_plan_their_half_of_a_move_between_hosts() {
+    let set = across_set("");
+    let (a, b) = across_worlds(vec![]);
+    // The source: exports and waits.
+    let pa = plan(&set, &a, &Recorded::default(), Options::default());
+    assert!(pa.errors.is_empty(), "{:?}", pa.errors);
+    let (x, read, bw, resume) = across_of(&pa);
+    assert_eq!(
+        (x.from_host.as_str(), x.to_host.as_str(), x.role),
+        ("stor-a", "stor-b", super::Role::Export)
+    );
+    assert_eq!((read, bw, resume), (GIB / 4, Some(100 << 20), false));
+    let text = render::text(&pa);
+    for line in [
+        "# volume.db will be migrated",
+        "> backend    = \"stor-a/fa\" -> \"stor-b/fb\"",
+        "hosts      = stor-a exports and waits, stor-b copies over iSCSI and verifies, then stor-a removes the source",
+        "read       = 256 MiB (the allocated data; holes are not read)",
+        "bandwidth  = 100 MiB/s",
+        "over       = iSCSI: a LIO export of the volume with an ACL for stor-b's initiator and a one-time CHAP secret, removed with the source",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+    // The destination: copies it, never creates it.
+    let pb = plan(&set, &b, &Recorded::default(), Options::default());
+    assert!(pb.errors.is_empty(), "{:?}", pb.errors);
+    assert!(created(&pb).is_empty(), "{:?}", pb.actions);
+    let (x, read, bw, resume) = across_of(&pb);
+    assert_eq!(x.role, super::Role::Copy);
+    assert_eq!(
+        (read, bw, resume, x.source_gone),
+        (GIB / 4, Some(100 << 20), false, false)
+    );
+    let text = render::text(&pb);
+    assert!(
+        text.contains("> backend    = \"stor-a/fa\" -> \"stor-b/fb\""),
+        "{text}"
+    );
+    assert!(text.contains("spec.backend is fb; the volume lives on fa of host stor-a: stor-a exports and waits, stor-b copies"), "{text}");
+    assert!(text.contains("target     = fb: virtual free"), "{text}");
+    // Without the fleet, nothing tells stor-b the volume lives elsewhere:
+    // it would be created (as before), so the fleet's view is what counts.
+    let mut off = b.clone();
+    off.remote = crate::observe::Remote::default();
+    let p = plan(&set, &off, &Recorded::default(), Options::default());
+    assert_eq!(created(&p), [("db".into(), "fb".into())]);
+}
+
+fn job(phase: crate::model::Phase, copied: u64) -> crate::model::JobView {
+    crate::model::JobView {
+        uuid: Uuid::from_u128(1),
+        from: crate::model::End {
+            host: "stor-a".into(),
+            backend: "fa".into(),
+        },
+        to: crate::model::End {
+            host: "stor-b".into(),
+            backend: "fb".into(),
+        },
+        phase,
+        copied,
+        to_copy: GIB / 4,
+    }
+}
+
+#[test]
+fn a_move_between_hosts_in_flight_resumes_on_both_and_ends_with_the_promotion() {
+    let set = across_set("");
+    let mut target = obj("db", GIB, 1);
+    target.health = Health::Migrating;
+    let (mut a, mut b) = across_worlds(vec![target]);
+    a.remote
+        .jobs
+        .insert("db".into(), job(crate::model::Phase::Copying, GIB / 8));
+    b.remote.jobs = a.remote.jobs.clone();
+    let pa = plan(&set, &a, &Recorded::default(), Options::default());
+    let (x, _, _, resume) = across_of(&pa);
+    assert!(resume);
+    assert_eq!(x.phase.as_deref(), Some("copying"));
+    assert!(
+        render::text(&pa).contains("job        = copying in etcd, 128 MiB copied"),
+        "{}",
+        render::text(&pa)
+    );
+    let pb = plan(&set, &b, &Recorded::default(), Options::default());
+    assert!(pb.errors.is_empty(), "{:?}", pb.errors);
+    let (x, _, _, resume) = across_of(&pb);
+    assert!(resume && !x.source_gone);
+    // The source verified and marked deleting: its host goes on.
+    let mut a2 = a.clone();
+    a2.remote
+        .jobs
+        .insert("db".into(), job(crate::model::Phase::Verified, GIB / 4));
+    if let Discovery::Ok(inv) = &mut a2.backends.values_mut().next().unwrap().discovery {
+        inv.objects[0].health = Health::Deleting;
+    }
+    let p = plan(&set, &a2, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(across_of(&p).0.role, super::Role::Export);
+    // Killed between removing the source and the job: the job goes.
+    let mut a3 = a2.clone();
+    if let Discovery::Ok(inv) = &mut a3.backends.values_mut().next().unwrap().discovery {
+        inv.objects.clear();
+    }
+    let p = plan(&set, &a3, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let (x, read, _, resume) = across_of(&p);
+    assert_eq!((x.role, read, resume), (super::Role::Export, 0, true));
+    assert!(
+        p.actions[0]
+            .reason
+            .contains("its export and job are removed"),
+        "{}",
+        p.actions[0].reason
+    );
+    // The source host finished (no job, on no host): stor-b promotes.
+    b.remote = crate::observe::Remote::default();
+    let pb = plan(&set, &b, &Recorded::default(), Options::default());
+    assert!(pb.errors.is_empty(), "{:?}", pb.errors);
+    let (x, read, _, _) = across_of(&pb);
+    assert!(x.source_gone);
+    assert_eq!(read, 0);
+    // Without the fleet, a lone target is the error it always was.
+    b.fleet = crate::observe::Fleet::Off;
+    let pb = plan(&set, &b, &Recorded::default(), Options::default());
+    assert!(pb.actions.is_empty());
+    assert!(
+        pb.errors[0]
+            .to_string()
+            .contains("only the target of an interrupted migration"),
+        "{:?}",
+        pb.errors
+    );
+}
+
+#[test]
+fn a_move_between_hosts_is_refused_with_snapshots_and_the_export_of_the_move_is_no_obstacle() {
+    let snap = "apiVersion: cinderblock.dev/v1alpha1\nkind: Snapshot\nmetadata: {name: s1}\nspec: {volume: db}\n---\n";
+    let set = across_set(snap);
+    let (a, _) = across_worlds(vec![]);
+    let p = plan(&set, &a, &Recorded::default(), Options::default());
+    assert!(
+        p.actions
+            .iter()
+            .all(|x| !matches!(x.op, Op::Migrate { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        p.errors[0].to_string().contains("it has snapshots (snapshot.s1), which move with a volume (migrateSnapshots: true) only between back ends of one host; move it to a back end of stor-a first, or delete the snapshots"),
+        "{:?}",
+        p.errors
     );
 }
 

@@ -668,6 +668,83 @@ fn plan_fleet_from_a_machine_without_storage_shows_every_hosts_changes() {
 
 #[test]
 #[ignore = "needs etcd and etcdctl (tests/run.sh installs etcd-server and etcd-client)"]
+fn plan_fleet_shows_a_move_between_hosts_as_each_hosts_half() {
+    let mut f = Fleet::new(1, &["a", "b"], false);
+    f.write("backends.yaml", &f.backends("  migrationBandwidth: 50Mi\n"));
+    let db = |b: &str| {
+        format!("{H}kind: Volume\nmetadata:\n  name: db\nspec:\n  size: 64Mi\n  backend: {b}\n")
+    };
+    f.write("volumes.yaml", &db("fa"));
+    f.start_all();
+    f.wait_exactly_once(&["db".to_owned()], WAIT);
+    // Let host a publish what it made.
+    std::thread::sleep(Duration::from_secs(2));
+    let pr = f.path().join("pr");
+    fs::create_dir_all(&pr).unwrap();
+    fs::copy(
+        f.path().join("manifests/backends.yaml"),
+        pr.join("backends.yaml"),
+    )
+    .unwrap();
+    fs::write(pr.join("volumes.yaml"), db("fb")).unwrap();
+    let r = f.cli(&[
+        "--state",
+        "ci-state",
+        "--host",
+        "ci-runner",
+        "plan",
+        "--fleet",
+        "-f",
+        "pr",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // Both hosts plan the move, each its half; neither creates the volume.
+    assert_eq!(
+        r.stdout
+            .matches("> backend    = \"a/fa\" -> \"b/fb\"")
+            .count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        r.stdout
+            .matches("hosts      = a exports and waits, b copies over iSCSI and verifies, then a removes the source")
+            .count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("bandwidth  = 50 MiB/s"), "{}", r.stdout);
+    assert_eq!(
+        r.stdout
+            .matches("read       = 0 B (the allocated data; holes are not read)")
+            .count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("will be created"), "{}", r.stdout);
+    assert!(!r.stdout.contains("not supported"), "{}", r.stdout);
+    // One host's own plan without the fleet says what the move needs.
+    let r = crate::support::run_in(
+        f.path(),
+        &["--state", "ci-a", "--host", "a", "plan", "-f", "pr"],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("a move between hosts runs through the fleet")
+            || r.stderr
+                .contains("a move between hosts runs through the fleet"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[test]
+#[ignore = "needs etcd and etcdctl (tests/run.sh installs etcd-server and etcd-client)"]
 fn a_host_down_for_good_hands_over_the_placer_and_gets_nothing_new() {
     let mut f = Fleet::running(3, &["a", "b", "c"]);
     let first = names("first", 6);

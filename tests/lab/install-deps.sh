@@ -19,8 +19,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/install.sh"
 
 need_apt install-deps \
-  qemu-system-x86 qemu-utils busybox-static lvm2 thin-provisioning-tools cpio e2fsprogs systemd \
-  -- qemu-system-x86_64 qemu-img busybox lvm dmsetup pdata_tools cpio gzip mke2fs dpkg apt-get systemd-analyze
+  qemu-system-x86 qemu-utils busybox-static lvm2 thin-provisioning-tools cpio e2fsprogs systemd etcd-server \
+  -- qemu-system-x86_64 qemu-img busybox lvm dmsetup pdata_tools cpio gzip mke2fs dpkg apt-get systemd-analyze etcd
 
 # apt-get download / apt-cache depends (used by build.sh) need package lists; a fresh
 # container may have none even when every package above is present.

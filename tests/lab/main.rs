@@ -23,3 +23,4 @@ mod migrate;
 mod nfs;
 mod smoke;
 mod targetcli;
+mod xhost;
