@@ -634,3 +634,128 @@ fn the_chap_secret_is_in_no_log_and_no_debug_output() {
     let cmd = crate::exec::Cmd::new("iscsiadm").arg("-v").secret(&secret);
     assert!(!format!("{cmd:?}").contains(&secret));
 }
+
+/// `iscsiadm` as open-iscsi 2.1 behaves for a login: `-o new` writes a
+/// node record file (`DB/IQN/ADDR,PORT,-1/default`), `--login` reads it and
+/// makes a session in sysfs, `-o delete` removes the record. Every argument
+/// vector is kept, as `/proc/PID/cmdline` would show it.
+struct FakeIscsiadm {
+    db: PathBuf,
+    sysfs: PathBuf,
+    argv: Mutex<Vec<String>>,
+    /// The record's text and mode at `--login`.
+    at_login: Mutex<Option<(String, u32)>>,
+}
+
+impl FakeIscsiadm {
+    fn record_dir(&self, iqn: &str) -> PathBuf {
+        self.db.join(iqn).join("127.0.0.1,3260,-1")
+    }
+}
+
+impl crate::exec::Runner for FakeIscsiadm {
+    fn run(&self, cmd: &crate::exec::Cmd) -> Result<crate::exec::Output, crate::exec::ExecError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let args: Vec<String> = cmd
+            .arguments()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        self.argv.lock().unwrap().push(args.join(" "));
+        let iqn = args[args.iter().position(|a| a == "-T").unwrap() + 1].clone();
+        let dir = self.record_dir(&iqn);
+        if args.iter().any(|a| a == "new") {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("default"),
+                format!("# BEGIN RECORD 2.1.8\nnode.name = {iqn}\nnode.tpgt = -1\nnode.startup = automatic\nnode.session.auth.authmethod = None\nnode.conn[0].address = 127.0.0.1\nnode.conn[0].port = 3260\n# END RECORD\n"),
+            )
+            .unwrap();
+        } else if args.iter().any(|a| a == "--login") {
+            let f = dir.join("default");
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            *self.at_login.lock().unwrap() = Some((std::fs::read_to_string(&f).unwrap(), mode));
+            let s = self.sysfs.join("session1");
+            std::fs::create_dir_all(s.join("device/target1:0:0/1:0:0:0/block/null")).unwrap();
+            std::fs::write(s.join("targetname"), format!("{iqn}\n")).unwrap();
+        } else if args.iter().any(|a| a == "--logout") {
+            let _ = std::fs::remove_dir_all(self.sysfs.join("session1"));
+        } else if args.iter().any(|a| a == "delete") {
+            std::fs::remove_file(dir.join("default")).unwrap();
+            std::fs::remove_dir(&dir).unwrap();
+        }
+        Ok(crate::exec::Output {
+            argv: args,
+            termination: crate::exec::Termination::Exit(0),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            elapsed: Duration::ZERO,
+        })
+    }
+}
+
+#[test]
+fn the_destination_logs_in_with_the_chap_secret_on_no_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeIscsiadm {
+        // The first database looked at does not exist (another build's).
+        db: tmp.path().join("var-lib-iscsi-nodes"),
+        sysfs: tmp.path().join("sys"),
+        argv: Mutex::new(Vec::new()),
+        at_login: Mutex::new(None),
+    };
+    std::fs::create_dir_all(&fake.sysfs).unwrap();
+    let attach = super::host::Iscsiadm {
+        runner: &fake,
+        sysfs: fake.sysfs.clone(),
+        settle: Duration::from_secs(2),
+        node_dbs: vec![tmp.path().join("etc-iscsi-nodes"), fake.db.clone()],
+    };
+    let target = Target {
+        iqn: super::migration_iqn(Uuid::from_u128(7)),
+        portal: "127.0.0.1:3260".into(),
+        initiator: DEST_IQN.into(),
+        user: "cinderblock-000000000007".into(),
+        secret: super::Secret::random().unwrap(),
+    };
+    let secret = target.secret.expose().to_owned();
+    let dev = attach.login(&target).unwrap();
+    assert_eq!(dev, PathBuf::from("/dev/null"));
+    let (record, mode) = fake.at_login.lock().unwrap().clone().unwrap();
+    assert_eq!(mode, 0o600, "the record holding the secret is private");
+    for want in [
+        format!("node.session.auth.password = {secret}\n"),
+        "node.session.auth.authmethod = CHAP\n".into(),
+        format!("node.session.auth.username = {}\n", target.user),
+        "node.startup = manual\n".into(),
+    ] {
+        assert_eq!(
+            record.matches(&want).count(),
+            1,
+            "{want:?} once in the record:\n{record}"
+        );
+    }
+    assert!(!record.contains("authmethod = None") && !record.contains("startup = automatic"));
+    assert!(record.ends_with("# END RECORD\n"), "{record}");
+    let dir = fake.record_dir(&target.iqn);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temporary file left beside the record"
+    );
+    // Logged in already: nothing is run again.
+    let runs = fake.argv.lock().unwrap().len();
+    assert_eq!(attach.login(&target).unwrap(), dev);
+    assert_eq!(fake.argv.lock().unwrap().len(), runs);
+    attach.logout(&target).unwrap();
+    assert!(!dir.exists(), "the node record is deleted at the logout");
+    let argv = fake.argv.lock().unwrap().join("\n");
+    assert!(
+        argv.contains("--login") && argv.contains("--logout"),
+        "{argv}"
+    );
+    assert!(
+        !argv.contains(&secret) && !argv.contains("auth.password"),
+        "the secret is on a command line:\n{argv}"
+    );
+}
