@@ -99,19 +99,23 @@ impl<'a> Iscsiadm<'a> {
         }
     }
 
-    /// The files of the node record of `t` (one per interface, `default`
-    /// for the default one; an old-style record is one file), in the first
-    /// node database that holds it: `DB/IQN/ADDR,PORT,TPGT/IFACE`.
+    /// The files of the node record of `t`, in the first node database
+    /// that holds it: `DB/IQN/ADDR,PORT,TPGT/IFACE` (one file per
+    /// interface, `default` for the default one), or the old style that
+    /// open-iscsi still writes for a record made without discovery (no
+    /// portal group tag): the file `DB/IQN/ADDR,PORT`.
     fn records(&self, t: &Target) -> Vec<PathBuf> {
         let (addr, port) = portal_parts(&t.portal);
-        let prefix = format!("{addr},{port},");
+        let base = format!("{addr},{port}");
+        let prefix = format!("{base},");
         for db in &self.node_dbs {
             let Ok(entries) = std::fs::read_dir(db.join(&t.iqn)) else {
                 continue;
             };
             let mut found = Vec::new();
             for e in entries.flatten() {
-                if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name != base && !name.starts_with(&prefix) {
                     continue;
                 }
                 let path = e.path();
@@ -266,15 +270,27 @@ impl Attacher for Iscsiadm<'_> {
         self.run(&Self::node(t).args(["-o", "new"]))?;
         let files = self.records(t);
         if files.is_empty() {
+            // What is there instead (names only: a record holds secrets).
+            let seen: Vec<String> = self
+                .node_dbs
+                .iter()
+                .filter_map(|d| std::fs::read_dir(d.join(&t.iqn)).ok())
+                .flat_map(|r| r.flatten().map(|e| e.path().display().to_string()))
+                .collect();
             return Err(format!(
-                "iscsiadm made no node record for {} at {} under {}; cannot set its CHAP credentials",
+                "iscsiadm made no node record for {} at {} under {} (found: {}); cannot set its CHAP credentials",
                 t.iqn,
                 t.portal,
                 self.node_dbs
                     .iter()
                     .map(|d| d.display().to_string())
                     .collect::<Vec<_>>()
-                    .join(" or ")
+                    .join(" or "),
+                if seen.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    seen.join(", ")
+                }
             ));
         }
         let settings = [

@@ -873,11 +873,15 @@ fn the_chap_secret_is_in_no_log_and_no_debug_output() {
 }
 
 /// `iscsiadm` as open-iscsi 2.1 behaves for a login: `-o new` writes a
-/// node record file (`DB/IQN/ADDR,PORT,-1/default`), `--login` reads it and
-/// makes a session in sysfs, `-o delete` removes the record. Every argument
-/// vector is kept, as `/proc/PID/cmdline` would show it.
+/// node record file (old style, `DB/IQN/ADDR,PORT`, as 2.1.8 does for a
+/// record made without discovery; or `DB/IQN/ADDR,PORT,TPGT/default`),
+/// `--login` reads it and makes a session in sysfs, `-o delete` removes the
+/// record. Every argument vector is kept, as `/proc/PID/cmdline` would
+/// show it.
 struct FakeIscsiadm {
     db: PathBuf,
+    /// The record is `DB/IQN/ADDR,PORT,TPGT/default`, not the old style.
+    per_iface: bool,
     sysfs: PathBuf,
     argv: Mutex<Vec<String>>,
     /// The record's text and mode at `--login`.
@@ -885,8 +889,15 @@ struct FakeIscsiadm {
 }
 
 impl FakeIscsiadm {
-    fn record_dir(&self, iqn: &str) -> PathBuf {
-        self.db.join(iqn).join("127.0.0.1,3260,-1")
+    /// The record file and the directory a delete removes with it.
+    fn record(&self, iqn: &str) -> (PathBuf, PathBuf) {
+        if self.per_iface {
+            let dir = self.db.join(iqn).join("127.0.0.1,3260,1");
+            (dir.join("default"), dir)
+        } else {
+            let dir = self.db.join(iqn);
+            (dir.join("127.0.0.1,3260"), dir)
+        }
     }
 }
 
@@ -900,25 +911,24 @@ impl crate::exec::Runner for FakeIscsiadm {
             .collect();
         self.argv.lock().unwrap().push(args.join(" "));
         let iqn = args[args.iter().position(|a| a == "-T").unwrap() + 1].clone();
-        let dir = self.record_dir(&iqn);
+        let (file, dir) = self.record(&iqn);
         if args.iter().any(|a| a == "new") {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(
-                dir.join("default"),
+                &file,
                 format!("# BEGIN RECORD 2.1.8\nnode.name = {iqn}\nnode.tpgt = -1\nnode.startup = automatic\nnode.session.auth.authmethod = None\nnode.conn[0].address = 127.0.0.1\nnode.conn[0].port = 3260\n# END RECORD\n"),
             )
             .unwrap();
         } else if args.iter().any(|a| a == "--login") {
-            let f = dir.join("default");
-            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
-            *self.at_login.lock().unwrap() = Some((std::fs::read_to_string(&f).unwrap(), mode));
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            *self.at_login.lock().unwrap() = Some((std::fs::read_to_string(&file).unwrap(), mode));
             let s = self.sysfs.join("session1");
             std::fs::create_dir_all(s.join("device/target1:0:0/1:0:0:0/block/null")).unwrap();
             std::fs::write(s.join("targetname"), format!("{iqn}\n")).unwrap();
         } else if args.iter().any(|a| a == "--logout") {
             let _ = std::fs::remove_dir_all(self.sysfs.join("session1"));
         } else if args.iter().any(|a| a == "delete") {
-            std::fs::remove_file(dir.join("default")).unwrap();
+            std::fs::remove_file(&file).unwrap();
             std::fs::remove_dir(&dir).unwrap();
         }
         Ok(crate::exec::Output {
@@ -933,66 +943,69 @@ impl crate::exec::Runner for FakeIscsiadm {
 
 #[test]
 fn the_destination_logs_in_with_the_chap_secret_on_no_command_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let fake = FakeIscsiadm {
-        // The first database looked at does not exist (another build's).
-        db: tmp.path().join("var-lib-iscsi-nodes"),
-        sysfs: tmp.path().join("sys"),
-        argv: Mutex::new(Vec::new()),
-        at_login: Mutex::new(None),
-    };
-    std::fs::create_dir_all(&fake.sysfs).unwrap();
-    let attach = super::host::Iscsiadm {
-        runner: &fake,
-        sysfs: fake.sysfs.clone(),
-        settle: Duration::from_secs(2),
-        node_dbs: vec![tmp.path().join("etc-iscsi-nodes"), fake.db.clone()],
-    };
-    let target = Target {
-        iqn: super::migration_iqn(Uuid::from_u128(7)),
-        portal: "127.0.0.1:3260".into(),
-        initiator: DEST_IQN.into(),
-        user: "cinderblock-000000000007".into(),
-        secret: super::Secret::random().unwrap(),
-    };
-    let secret = target.secret.expose().to_owned();
-    let dev = attach.login(&target).unwrap();
-    assert_eq!(dev, PathBuf::from("/dev/null"));
-    let (record, mode) = fake.at_login.lock().unwrap().clone().unwrap();
-    assert_eq!(mode, 0o600, "the record holding the secret is private");
-    for want in [
-        format!("node.session.auth.password = {secret}\n"),
-        "node.session.auth.authmethod = CHAP\n".into(),
-        format!("node.session.auth.username = {}\n", target.user),
-        "node.startup = manual\n".into(),
-    ] {
+    for per_iface in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = FakeIscsiadm {
+            // The first database looked at does not exist (another build's).
+            db: tmp.path().join("var-lib-iscsi-nodes"),
+            per_iface,
+            sysfs: tmp.path().join("sys"),
+            argv: Mutex::new(Vec::new()),
+            at_login: Mutex::new(None),
+        };
+        std::fs::create_dir_all(&fake.sysfs).unwrap();
+        let attach = super::host::Iscsiadm {
+            runner: &fake,
+            sysfs: fake.sysfs.clone(),
+            settle: Duration::from_secs(2),
+            node_dbs: vec![tmp.path().join("etc-iscsi-nodes"), fake.db.clone()],
+        };
+        let target = Target {
+            iqn: super::migration_iqn(Uuid::from_u128(7)),
+            portal: "127.0.0.1:3260".into(),
+            initiator: DEST_IQN.into(),
+            user: "cinderblock-000000000007".into(),
+            secret: super::Secret::random().unwrap(),
+        };
+        let secret = target.secret.expose().to_owned();
+        let dev = attach.login(&target).unwrap();
+        assert_eq!(dev, PathBuf::from("/dev/null"));
+        let (record, mode) = fake.at_login.lock().unwrap().clone().unwrap();
+        assert_eq!(mode, 0o600, "the record holding the secret is private");
+        for want in [
+            format!("node.session.auth.password = {secret}\n"),
+            "node.session.auth.authmethod = CHAP\n".into(),
+            format!("node.session.auth.username = {}\n", target.user),
+            "node.startup = manual\n".into(),
+        ] {
+            assert_eq!(
+                record.matches(&want).count(),
+                1,
+                "{want:?} once in the record:\n{record}"
+            );
+        }
+        assert!(!record.contains("authmethod = None") && !record.contains("startup = automatic"));
+        assert!(record.ends_with("# END RECORD\n"), "{record}");
+        let (_, dir) = fake.record(&target.iqn);
         assert_eq!(
-            record.matches(&want).count(),
+            std::fs::read_dir(&dir).unwrap().count(),
             1,
-            "{want:?} once in the record:\n{record}"
+            "no temporary file left beside the record"
+        );
+        // Logged in already: nothing is run again.
+        let runs = fake.argv.lock().unwrap().len();
+        assert_eq!(attach.login(&target).unwrap(), dev);
+        assert_eq!(fake.argv.lock().unwrap().len(), runs);
+        attach.logout(&target).unwrap();
+        assert!(!dir.exists(), "the node record is deleted at the logout");
+        let argv = fake.argv.lock().unwrap().join("\n");
+        assert!(
+            argv.contains("--login") && argv.contains("--logout"),
+            "{argv}"
+        );
+        assert!(
+            !argv.contains(&secret) && !argv.contains("auth.password"),
+            "the secret is on a command line:\n{argv}"
         );
     }
-    assert!(!record.contains("authmethod = None") && !record.contains("startup = automatic"));
-    assert!(record.ends_with("# END RECORD\n"), "{record}");
-    let dir = fake.record_dir(&target.iqn);
-    assert_eq!(
-        std::fs::read_dir(&dir).unwrap().count(),
-        1,
-        "no temporary file left beside the record"
-    );
-    // Logged in already: nothing is run again.
-    let runs = fake.argv.lock().unwrap().len();
-    assert_eq!(attach.login(&target).unwrap(), dev);
-    assert_eq!(fake.argv.lock().unwrap().len(), runs);
-    attach.logout(&target).unwrap();
-    assert!(!dir.exists(), "the node record is deleted at the logout");
-    let argv = fake.argv.lock().unwrap().join("\n");
-    assert!(
-        argv.contains("--login") && argv.contains("--logout"),
-        "{argv}"
-    );
-    assert!(
-        !argv.contains(&secret) && !argv.contains("auth.password"),
-        "the secret is on a command line:\n{argv}"
-    );
 }
