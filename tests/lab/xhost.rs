@@ -68,7 +68,7 @@ gone() {{ [ -z "$(lv_of $1)" ]; }}
 lvn() {{ lvs --noheadings -o vg_name,lv_path "@cinderblock.name=$1" 2>/dev/null | awk -v vg=$2 '$1 == vg {{ print $2 }}'; }}
 tagn() {{ lvs --noheadings -o vg_name,lv_tags "@cinderblock.name=$1" | awk -v vg=$2 '$1 == vg {{ print $2 }}' | tr ',' '\n' | sed -n "s/^ *cinderblock.$3=//p"; }}
 readyn() {{ [ -n "$(lvn $1 $2)" ] && [ -z "$(tagn $1 $2 state)" ]; }}
-pool_mib() {{ lvs --noheadings --units k --nosuffix -o data_percent,lv_size vgb/pool0 | awk '{{printf "%d", $1 * $2 / 100 / 1024}}'; }}
+pool_mib() {{ lvs --noheadings --units k --nosuffix -o data_percent,lv_size vgb/pool0 | awk '{{printf "%d", $1 * $2 / 100 / 1024 + 0.5}}'; }}
 chain_moved() {{ for n in ch s1 s2; do [ -z "$(lvn $n vga)" ] && readyn $n vgb || return 1; done; no_jobs; }}
 ready() {{ [ -n "$(lv_of $1)" ] && [ -z "$(tag_of $1 state)" ]; }}
 moved() {{ gone $1 && ready $2 && no_jobs; }}
@@ -129,9 +129,10 @@ fn field<'t>(text: &'t str, key: &str) -> &'t str {
         .unwrap_or_else(|| panic!("no {key:?} in\n{text}"))
 }
 
-/// Bytes a completed copy read, from the agent's note.
+/// Bytes the last completed copy of volume db read, from the agent's note.
 fn read_bytes(log: &str) -> u64 {
     log.lines()
+        .filter(|l| l.contains(" volume=db "))
         .filter_map(|l| l.split("read ").nth(1))
         .filter_map(|r| r.split(" bytes over iSCSI").next())
         .filter_map(|n| n.trim().parse().ok())
@@ -268,12 +269,12 @@ fn a_volume_moves_between_hosts_over_iscsi_and_back_surviving_agent_kills() {
                echo \"lv-$n $(basename $(lvn $n vgb))\"
              done
              echo \"pool-after $(pool_mib)\"
-             echo \"left-on-a $(lvs --noheadings -o lv_name vga | grep -c . || true)\"
+             echo \"left-on-a $(for n in ch s1 s2; do lvn $n vga; done | grep -c . || true)\"
              echo \"lio $(ls /sys/kernel/config/target/iscsi /sys/kernel/config/target/core/* 2>/dev/null | grep -c 'cinderblock')\"
              r=0; iscsiadm -m session >/dev/null 2>&1 || r=$?; echo \"session-rc $r\"
              r=0; iscsiadm -m node >/dev/null 2>&1 || r=$?; echo \"node-rc $r\"
              echo \"jobs $(jobs)\"
-             n=0; for x in $(sort -u /tmp/secrets); do grep -qF -- \"$x\" $OUT/iscsiadm-argv.log && n=$((n+1)); for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null | grep -qF -- \"$x\" && n=$((n+1)); done; done
+             n=0; for x in $(sort -u /tmp/secrets); do grep -qF -- \"$x\" $OUT/iscsiadm-argv.log && n=$((n+1)); for f in /proc/[0-9]*/cmdline; do { tr '\\0' ' ' < $f; } 2>/dev/null | grep -qF -- \"$x\" && n=$((n+1)); done; done
              echo \"secrets $(sort -u /tmp/secrets | grep -c .)\"
              echo \"secret-in-argv $n\"",
         )
