@@ -1099,6 +1099,62 @@ fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() 
     );
 }
 
+#[test]
+fn a_restore_of_the_latest_backup_waits_for_the_first_one_the_policy_makes() {
+    // examples/full-site declares a volume, its nightly policy and a restore
+    // of its latest backup together: on a new site the rest applies and the
+    // restore waits; an explicit id, or a volume nothing backs up with that
+    // policy, stays an error.
+    let policy = "apiVersion: cinderblock.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {name: nightly}\nspec:\n  schedule: \"0 2 * * *\"\n  target: {path: /srv/repo}\n---\n";
+    let site = |db_spec: &str, id: &str| {
+        manifests(
+            &(backend_yaml("pool", "")
+                + policy
+                + &vol_yaml("db", "1Gi", db_spec)
+                + &vol_yaml(
+                    "copy",
+                    "1Gi",
+                    &format!("  source:\n    backup: {{policy: nightly, volume: db{id}}}\n"),
+                )),
+        )
+    };
+    let mut w = world(vec![view("pool", true, 20.0, 100 * GIB, vec![])]);
+    w.backup_repos = [("nightly".parse().unwrap(), "/srv/repo".into())].into();
+    let p = plan(
+        &site("  backupPolicy: nightly\n", ""),
+        &w,
+        &Recorded::default(),
+        Options::default(),
+    );
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(p.actions.len(), 1, "db alone is created: {:?}", p.actions);
+    assert_eq!(p.waiting.len(), 1, "{:?}", p.waiting);
+    assert_eq!(p.waiting[0].address, "volume.copy");
+    assert!(
+        p.waiting[0].reason.contains(
+            "restores the latest backup of volume db (BackupPolicy nightly), and there is none yet"
+        ),
+        "{:?}",
+        p.waiting
+    );
+    for (db_spec, id) in [("  backupPolicy: nightly\n", ", id: cccc"), ("", "")] {
+        let p = plan(
+            &site(db_spec, id),
+            &w,
+            &Recorded::default(),
+            Options::default(),
+        );
+        assert!(p.waiting.is_empty(), "{:?}", p.waiting);
+        assert!(
+            p.errors
+                .iter()
+                .any(|e| e.to_string().contains("no catalogued backup")),
+            "{db_spec:?} {id:?}: {:?}",
+            p.errors
+        );
+    }
+}
+
 /// Back ends `fa` (host stor-a) and `fb` (host stor-b), a volume type both
 /// can serve and one only `fb` can, and the volumes `vols`; seen from
 /// stor-a (only `fa` discovered) or stor-b.
