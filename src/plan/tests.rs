@@ -1792,6 +1792,46 @@ fn chap_world(
     w
 }
 
+/// `w` as its host publishes it to the fleet and `plan --fleet` reads it
+/// back (through the JSON of the etcd records).
+fn published(w: &World, rec: &Recorded) -> World {
+    use crate::fleet::records::{BackendRecord, HostView, PlanSummary, decode, encode};
+    let at = chrono::DateTime::from_timestamp(0, 0).unwrap_or_default();
+    let view = HostView::of("stor-b", w, None, None, PlanSummary::default(), at);
+    let view: HostView = decode("v", &encode("v", &view).unwrap()).unwrap();
+    let backends: Vec<BackendRecord> = w
+        .backends
+        .values()
+        .map(|b| {
+            decode(
+                "b",
+                &encode("b", &BackendRecord::of("stor-b", b, rec)).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    view.to_world(&backends).unwrap().0
+}
+
+/// The plan of `w`, checked to be the plan `plan --fleet` makes of the view
+/// `w`'s host publishes: the same actions, errors and text.
+fn plan_here_and_fleet(set: &ManifestSet, w: &World) -> super::Plan {
+    let here = plan(set, w, &recorded_v(), Options::default());
+    let there = plan(
+        set,
+        &published(w, &recorded_v()),
+        &recorded_v(),
+        Options::default(),
+    );
+    assert_eq!(
+        format!("{:?}", there.actions),
+        format!("{:?}", here.actions)
+    );
+    assert_eq!(there.errors, here.errors);
+    assert_eq!(render::text(&there), render::text(&here));
+    here
+}
+
 #[test]
 fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_keep_their_sessions() {
     let set = manifests(
@@ -1804,7 +1844,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("web:old-secret-1", None),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
 
     // A new password, INI_A logged in: changed in place, INI_A named.
@@ -1814,7 +1854,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("web:new-secret-2", None),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, rehome: false, .. }, .. }]
@@ -1845,7 +1885,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("www:old-secret-1", None),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, .. }, .. }]
             if changes == &["new CHAP user name".to_owned()] && relogin.is_empty()),
@@ -1864,7 +1904,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         env_ref("WEB_CHAP"),
         Err("the CHAP secret's environment variable WEB_CHAP is not set for this process".into()),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(
         p.errors,
@@ -1885,7 +1925,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", None),
         ("web:secret-1", Some("tgt:tsecret-9")),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, mutual: Some(_), .. }, .. }]
             if changes == &["set mutual CHAP credentials".to_owned()] && relogin == &[INI_A.to_owned()]),
@@ -1904,7 +1944,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", Some("tgt:tsecret-9")),
         ("web:secret-1", Some("tgt:tsecret-8")),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, .. }, .. }]
             if changes == &["new mutual CHAP password".to_owned()]),
@@ -1919,7 +1959,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", None),
         ("web:secret-1", Some("tgt:secret-1")),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
         p.errors[0].to_string().starts_with("volume.v: spec.export.iscsi.mutualChapSecretRef: its password is the one of chapSecretRef; RFC 7143"),
@@ -2106,7 +2146,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     w.discovery_auth = Some(crate::iscsi::configfs::DiscoveryAuth::default());
     w.secrets
         .insert(env_ref("DISC_CHAP"), Ok(print("disc:discovery-1")));
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::DiscoveryAuth { changes, new: true, mutual: None, .. }, address, .. }]
@@ -2124,11 +2164,11 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
             mutual: None,
         },
     });
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
     w.secrets
         .insert(env_ref("DISC_CHAP"), Ok(print("disc:discovery-2")));
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::DiscoveryAuth { changes, new: false, .. }, .. }]
             if changes == &["new CHAP password".to_owned()]),
@@ -2143,7 +2183,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     let mut w2 = w.clone();
     let b = view("b", true, 20.0, 100 * GIB, vec![]);
     w2.backends.insert(b.name.clone(), b);
-    let p = plan(&set, &w2, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w2);
     assert_eq!(
         p.errors,
         [
@@ -2152,7 +2192,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     );
     // Not declared: the host's setting is left alone.
     let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
 }
 
