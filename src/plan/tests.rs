@@ -1848,6 +1848,46 @@ fn chap_world(
     w
 }
 
+/// `w` as its host publishes it to the fleet and `plan --fleet` reads it
+/// back (through the JSON of the etcd records).
+fn published(w: &World, rec: &Recorded) -> World {
+    use crate::fleet::records::{BackendRecord, HostView, PlanSummary, decode, encode};
+    let at = chrono::DateTime::from_timestamp(0, 0).unwrap_or_default();
+    let view = HostView::of("stor-b", w, None, None, PlanSummary::default(), at);
+    let view: HostView = decode("v", &encode("v", &view).unwrap()).unwrap();
+    let backends: Vec<BackendRecord> = w
+        .backends
+        .values()
+        .map(|b| {
+            decode(
+                "b",
+                &encode("b", &BackendRecord::of("stor-b", b, rec)).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    view.to_world(&backends).unwrap().0
+}
+
+/// The plan of `w`, checked to be the plan `plan --fleet` makes of the view
+/// `w`'s host publishes: the same actions, errors and text.
+fn plan_here_and_fleet(set: &ManifestSet, w: &World) -> super::Plan {
+    let here = plan(set, w, &recorded_v(), Options::default());
+    let there = plan(
+        set,
+        &published(w, &recorded_v()),
+        &recorded_v(),
+        Options::default(),
+    );
+    assert_eq!(
+        format!("{:?}", there.actions),
+        format!("{:?}", here.actions)
+    );
+    assert_eq!(there.errors, here.errors);
+    assert_eq!(render::text(&there), render::text(&here));
+    here
+}
+
 #[test]
 fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_keep_their_sessions() {
     let set = manifests(
@@ -1860,7 +1900,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("web:old-secret-1", None),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
 
     // A new password, INI_A logged in: changed in place, INI_A named.
@@ -1870,7 +1910,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("web:new-secret-2", None),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, rehome: false, .. }, .. }]
@@ -1901,7 +1941,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("www:old-secret-1", None),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, .. }, .. }]
             if changes == &["new CHAP user name".to_owned()] && relogin.is_empty()),
@@ -1920,7 +1960,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         env_ref("WEB_CHAP"),
         Err("the CHAP secret's environment variable WEB_CHAP is not set for this process".into()),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(
         p.errors,
@@ -1941,7 +1981,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", None),
         ("web:secret-1", Some("tgt:tsecret-9")),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, mutual: Some(_), .. }, .. }]
             if changes == &["set mutual CHAP credentials".to_owned()] && relogin == &[INI_A.to_owned()]),
@@ -1960,7 +2000,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", Some("tgt:tsecret-9")),
         ("web:secret-1", Some("tgt:tsecret-8")),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, .. }, .. }]
             if changes == &["new mutual CHAP password".to_owned()]),
@@ -1975,7 +2015,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", None),
         ("web:secret-1", Some("tgt:secret-1")),
     );
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
         p.errors[0].to_string().starts_with("volume.v: spec.export.iscsi.mutualChapSecretRef: its password is the one of chapSecretRef; RFC 7143"),
@@ -2162,7 +2202,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     w.discovery_auth = Some(crate::iscsi::configfs::DiscoveryAuth::default());
     w.secrets
         .insert(env_ref("DISC_CHAP"), Ok(print("disc:discovery-1")));
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::DiscoveryAuth { changes, new: true, mutual: None, .. }, address, .. }]
@@ -2180,11 +2220,11 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
             mutual: None,
         },
     });
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
     w.secrets
         .insert(env_ref("DISC_CHAP"), Ok(print("disc:discovery-2")));
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::DiscoveryAuth { changes, new: false, .. }, .. }]
             if changes == &["new CHAP password".to_owned()]),
@@ -2199,7 +2239,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     let mut w2 = w.clone();
     let b = view("b", true, 20.0, 100 * GIB, vec![]);
     w2.backends.insert(b.name.clone(), b);
-    let p = plan(&set, &w2, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w2);
     assert_eq!(
         p.errors,
         [
@@ -2208,7 +2248,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     );
     // Not declared: the host's setting is left alone.
     let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
-    let p = plan(&set, &w, &recorded_v(), Options::default());
+    let p = plan_here_and_fleet(&set, &w);
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
 }
 
