@@ -1243,6 +1243,143 @@ mod tests {
         assert!(!text.contains("secret-") && !text.contains("web"), "{text}");
     }
 
+    /// `w` as its host publishes it and `plan --fleet` reads it back
+    /// (through the JSON of the etcd records).
+    fn published(w: &World, rec: &crate::state::record::Recorded) -> World {
+        let at = DateTime::from_timestamp(0, 0).unwrap_or_default();
+        let view = HostView::of("stor-b", w, None, None, PlanSummary::default(), at);
+        let view: HostView = decode("v", &encode("v", &view).unwrap()).unwrap();
+        let backends: Vec<BackendRecord> = w
+            .backends
+            .values()
+            .map(|b| {
+                let r = BackendRecord::of("stor-b", b, rec);
+                decode("b", &encode("b", &r).unwrap()).unwrap()
+            })
+            .collect();
+        view.to_world(&backends).unwrap().0
+    }
+
+    /// The plan of `w`, checked to be the one `plan --fleet` makes from
+    /// the view `w`'s host publishes: the same actions, errors and text.
+    fn plan_here_and_from_the_fleet(
+        set: &crate::manifest::ManifestSet,
+        w: &World,
+    ) -> crate::plan::Plan {
+        use crate::plan::tests::recorded_v;
+        use crate::plan::{Options, plan, render};
+        let here = plan(set, w, &recorded_v(), Options::default());
+        let there = plan(
+            set,
+            &published(w, &recorded_v()),
+            &recorded_v(),
+            Options::default(),
+        );
+        assert_eq!(
+            format!("{:?}", there.actions),
+            format!("{:?}", here.actions)
+        );
+        assert_eq!(there.errors, here.errors);
+        assert_eq!(render::text(&there), render::text(&here));
+        here
+    }
+
+    #[test]
+    fn plan_fleet_compares_another_hosts_chap_secrets_as_the_host_does() {
+        use crate::plan::tests::{
+            INI_A, INI_B, backend_yaml, chap_export_yaml, chap_world, env_ref, manifests,
+            one_volume_world, print, vol_yaml,
+        };
+        let changes = |p: &crate::plan::Plan| -> Vec<String> {
+            p.actions
+                .iter()
+                .flat_map(|a| match &a.op {
+                    crate::plan::Op::Export { changes, .. }
+                    | crate::plan::Op::DiscoveryAuth { changes, .. } => changes.clone(),
+                    _ => vec![],
+                })
+                .collect()
+        };
+        let one_way = manifests(
+            &(backend_yaml("a", "")
+                + &vol_yaml("v", "1Gi", &chap_export_yaml(&[INI_A, INI_B], false))),
+        );
+        let mutual = manifests(
+            &(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &chap_export_yaml(&[INI_A], true))),
+        );
+        let cases: [(&crate::manifest::ManifestSet, _, _, &[&str]); 5] = [
+            (&one_way, ("web:s-1", None), ("web:s-1", None), &[]),
+            (
+                &one_way,
+                ("web:s-1", None),
+                ("web:s-2", None),
+                &["new CHAP password"],
+            ),
+            (
+                &one_way,
+                ("web:s-1", None),
+                ("www:s-1", None),
+                &["new CHAP user name"],
+            ),
+            (
+                &mutual,
+                ("web:s-1", None),
+                ("web:s-1", Some("tgt:t-9")),
+                &["set mutual CHAP credentials"],
+            ),
+            (
+                &mutual,
+                ("web:s-1", Some("tgt:t-9")),
+                ("web:s-1", Some("tgt:t-8")),
+                &["new mutual CHAP password"],
+            ),
+        ];
+        for (set, have, want, expect) in cases {
+            let initiators: &[&str] = if want.1.is_some() {
+                &[INI_A]
+            } else {
+                &[INI_A, INI_B]
+            };
+            let w = chap_world(initiators, &[INI_A], have, want);
+            let p = plan_here_and_from_the_fleet(set, &w);
+            assert!(p.errors.is_empty(), "{:?}", p.errors);
+            assert_eq!(changes(&p), expect, "{have:?} -> {want:?}");
+        }
+        // A secret the host cannot read: its error, from the fleet too.
+        let mut w = chap_world(&[INI_A], &[], ("web:s-1", None), ("web:s-1", None));
+        w.secrets
+            .insert(env_ref("WEB_CHAP"), Err("the variable is not set".into()));
+        let p = plan_here_and_from_the_fleet(&one_way, &w);
+        assert_eq!(
+            p.errors,
+            ["volume.v: spec.export.iscsi.chapSecretRef: the variable is not set"]
+        );
+        // Discovery authentication: set, in place, rotated.
+        let disc = "  iscsi:\n    discoveryAuth:\n      chapSecretRef: {env: DISC_CHAP}\n";
+        let set = manifests(&(backend_yaml("a", disc) + &vol_yaml("v", "1Gi", "")));
+        let mut w = one_volume_world(crate::observe::Exports::Found(BTreeMap::new()), "v");
+        w.discovery_auth = Some(DiscoveryAuth::default());
+        w.secrets
+            .insert(env_ref("DISC_CHAP"), Ok(print("disc:d-1")));
+        let p = plan_here_and_from_the_fleet(&set, &w);
+        assert_eq!(
+            changes(&p),
+            ["enforce discovery authentication", "set CHAP credentials"]
+        );
+        w.discovery_auth = Some(DiscoveryAuth {
+            enforced: true,
+            chap: ChapPresence {
+                one_way: Some(print("disc:d-1")),
+                mutual: None,
+            },
+        });
+        assert!(plan_here_and_from_the_fleet(&set, &w).actions.is_empty());
+        w.secrets
+            .insert(env_ref("DISC_CHAP"), Ok(print("disc:d-2")));
+        let p = plan_here_and_from_the_fleet(&set, &w);
+        assert_eq!(changes(&p), ["new CHAP password"]);
+    }
+
     #[test]
     fn a_newer_record_is_refused_with_the_versions() {
         let e = decode::<PlacementRecord>(

@@ -21,7 +21,7 @@ mod rename;
 pub mod render;
 pub mod schedule;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use exports::unexport_action;
 

@@ -17,19 +17,19 @@ use crate::state::record::{Recorded, RecordedObject};
 
 const GIB: u64 = 1 << 30;
 
-fn manifests(text: &str) -> ManifestSet {
+pub(crate) fn manifests(text: &str) -> ManifestSet {
     let loaded = load_source(Path::new("test.yaml"), text);
     assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
     loaded.set
 }
 
-fn backend_yaml(name: &str, extra: &str) -> String {
+pub(crate) fn backend_yaml(name: &str, extra: &str) -> String {
     format!(
         "apiVersion: cinderblock.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}}}\nspec:\n  file: {{path: /srv/{name}}}\n{extra}---\n"
     )
 }
 
-fn vol_yaml(name: &str, size: &str, extra: &str) -> String {
+pub(crate) fn vol_yaml(name: &str, size: &str, extra: &str) -> String {
     format!(
         "apiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata: {{name: {name}}}\nspec:\n  size: {size}\n{extra}---\n"
     )
@@ -772,8 +772,8 @@ fn the_target_of_a_volume_no_longer_declared_is_removed() {
     );
 }
 
-const INI_A: &str = "iqn.1994-05.com.example:a";
-const INI_B: &str = "iqn.1994-05.com.example:b";
+pub(crate) const INI_A: &str = "iqn.1994-05.com.example:a";
+pub(crate) const INI_B: &str = "iqn.1994-05.com.example:b";
 
 fn export_yaml(initiators: &[&str]) -> String {
     let mut s = "  export:\n    iscsi:\n      initiators:\n".to_owned();
@@ -816,14 +816,14 @@ fn exported(uuid: u128, initiators: &[&str], logged_in: &[&str]) -> crate::obser
 }
 
 /// Volume `v` (uuid 1) as recorded, Retain.
-fn recorded_v() -> Recorded {
+pub(crate) fn recorded_v() -> Recorded {
     Recorded {
         objects: [record(1, "v", "a", DeletionPolicy::Retain)].into(),
         last_plan: None,
     }
 }
 
-fn one_volume_world(exports: crate::observe::Exports, name: &str) -> World {
+pub(crate) fn one_volume_world(exports: crate::observe::Exports, name: &str) -> World {
     exported_world(exports, vec![obj(name, GIB, 1)])
 }
 
@@ -1802,7 +1802,7 @@ fn an_interrupted_create_in_use_is_not_finished() {
 // ---------------------------------------------------------------------------
 // iSCSI: credentials, mutual CHAP, discovery, LUN sizes, the old layout
 
-fn chap_export_yaml(initiators: &[&str], mutual: bool) -> String {
+pub(crate) fn chap_export_yaml(initiators: &[&str], mutual: bool) -> String {
     let mut s = export_yaml(initiators);
     s.push_str("      chapSecretRef: {env: WEB_CHAP}\n");
     if mutual {
@@ -1811,20 +1811,20 @@ fn chap_export_yaml(initiators: &[&str], mutual: bool) -> String {
     s
 }
 
-fn env_ref(var: &str) -> crate::manifest::kinds::SecretRef {
+pub(crate) fn env_ref(var: &str) -> crate::manifest::kinds::SecretRef {
     crate::manifest::kinds::SecretRef {
         file: None,
         env: Some(var.into()),
     }
 }
 
-fn print(secret: &str) -> crate::iscsi::chap::CredentialPrint {
+pub(crate) fn print(secret: &str) -> crate::iscsi::chap::CredentialPrint {
     crate::iscsi::chap::Chap::parse(secret).unwrap().print()
 }
 
 /// Volume `v` exported to `initiators` (`logged_in` of them logged in) with
 /// CHAP `have` in configfs on every ACL, the manifests' secret being `want`.
-fn chap_world(
+pub(crate) fn chap_world(
     initiators: &[&str],
     logged_in: &[&str],
     have: (&str, Option<&str>),
@@ -1848,46 +1848,6 @@ fn chap_world(
     w
 }
 
-/// `w` as its host publishes it to the fleet and `plan --fleet` reads it
-/// back (through the JSON of the etcd records).
-fn published(w: &World, rec: &Recorded) -> World {
-    use crate::fleet::records::{BackendRecord, HostView, PlanSummary, decode, encode};
-    let at = chrono::DateTime::from_timestamp(0, 0).unwrap_or_default();
-    let view = HostView::of("stor-b", w, None, None, PlanSummary::default(), at);
-    let view: HostView = decode("v", &encode("v", &view).unwrap()).unwrap();
-    let backends: Vec<BackendRecord> = w
-        .backends
-        .values()
-        .map(|b| {
-            decode(
-                "b",
-                &encode("b", &BackendRecord::of("stor-b", b, rec)).unwrap(),
-            )
-            .unwrap()
-        })
-        .collect();
-    view.to_world(&backends).unwrap().0
-}
-
-/// The plan of `w`, checked to be the plan `plan --fleet` makes of the view
-/// `w`'s host publishes: the same actions, errors and text.
-fn plan_here_and_fleet(set: &ManifestSet, w: &World) -> super::Plan {
-    let here = plan(set, w, &recorded_v(), Options::default());
-    let there = plan(
-        set,
-        &published(w, &recorded_v()),
-        &recorded_v(),
-        Options::default(),
-    );
-    assert_eq!(
-        format!("{:?}", there.actions),
-        format!("{:?}", here.actions)
-    );
-    assert_eq!(there.errors, here.errors);
-    assert_eq!(render::text(&there), render::text(&here));
-    here
-}
-
 #[test]
 fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_keep_their_sessions() {
     let set = manifests(
@@ -1900,7 +1860,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("web:old-secret-1", None),
     );
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
 
     // A new password, INI_A logged in: changed in place, INI_A named.
@@ -1910,7 +1870,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("web:new-secret-2", None),
     );
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, rehome: false, .. }, .. }]
@@ -1941,7 +1901,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         ("web:old-secret-1", None),
         ("www:old-secret-1", None),
     );
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, .. }, .. }]
             if changes == &["new CHAP user name".to_owned()] && relogin.is_empty()),
@@ -1960,7 +1920,7 @@ fn a_rotated_chap_secret_is_planned_without_a_value_and_logged_in_initiators_kee
         env_ref("WEB_CHAP"),
         Err("the CHAP secret's environment variable WEB_CHAP is not set for this process".into()),
     );
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(
         p.errors,
@@ -1981,7 +1941,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", None),
         ("web:secret-1", Some("tgt:tsecret-9")),
     );
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, relogin, mutual: Some(_), .. }, .. }]
             if changes == &["set mutual CHAP credentials".to_owned()] && relogin == &[INI_A.to_owned()]),
@@ -2000,7 +1960,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", Some("tgt:tsecret-9")),
         ("web:secret-1", Some("tgt:tsecret-8")),
     );
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::Export { changes, .. }, .. }]
             if changes == &["new mutual CHAP password".to_owned()]),
@@ -2015,7 +1975,7 @@ fn mutual_chap_is_set_rotated_and_never_the_initiators_secret() {
         ("web:secret-1", None),
         ("web:secret-1", Some("tgt:secret-1")),
     );
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
         p.errors[0].to_string().starts_with("volume.v: spec.export.iscsi.mutualChapSecretRef: its password is the one of chapSecretRef; RFC 7143"),
@@ -2202,7 +2162,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     w.discovery_auth = Some(crate::iscsi::configfs::DiscoveryAuth::default());
     w.secrets
         .insert(env_ref("DISC_CHAP"), Ok(print("disc:discovery-1")));
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::DiscoveryAuth { changes, new: true, mutual: None, .. }, address, .. }]
@@ -2220,11 +2180,11 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
             mutual: None,
         },
     });
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
     w.secrets
         .insert(env_ref("DISC_CHAP"), Ok(print("disc:discovery-2")));
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(
         matches!(&p.actions[..], [super::Action { op: Op::DiscoveryAuth { changes, new: false, .. }, .. }]
             if changes == &["new CHAP password".to_owned()]),
@@ -2239,7 +2199,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     let mut w2 = w.clone();
     let b = view("b", true, 20.0, 100 * GIB, vec![]);
     w2.backends.insert(b.name.clone(), b);
-    let p = plan_here_and_fleet(&set, &w2);
+    let p = plan(&set, &w2, &recorded_v(), Options::default());
     assert_eq!(
         p.errors,
         [
@@ -2248,7 +2208,7 @@ fn discovery_authentication_comes_from_the_back_ends_and_they_must_agree() {
     );
     // Not declared: the host's setting is left alone.
     let set = manifests(&(backend_yaml("a", "") + &vol_yaml("v", "1Gi", "")));
-    let p = plan_here_and_fleet(&set, &w);
+    let p = plan(&set, &w, &recorded_v(), Options::default());
     assert!(p.actions.is_empty() && p.errors.is_empty(), "{p:?}");
 }
 
