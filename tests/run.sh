@@ -55,6 +55,9 @@ need_pip run.sh 'moto[server]' boto3 -- moto_server
 # not checked here: they need the advisory database from the network
 # (README, "Supply chain").
 need_cargo run.sh cargo-deny 0.20.2
+# cargo-deny reads the dependency graph offline: on a fresh machine the
+# crates of Cargo.lock must be downloaded first.
+cargo fetch --locked
 cargo deny --offline --locked check licenses bans sources
 
 # etcd for the fleet tests (tests/cli/fleet_etcd.rs start their own clusters

@@ -11,6 +11,7 @@ mod agent;
 mod backup;
 mod backup_due;
 mod backup_repo;
+mod backup_restore;
 mod discover;
 mod fleet;
 mod install;

@@ -16,8 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::iscsi::configfs::BackstoreKind;
+use crate::iscsi::chap::{Classes, CredentialPrint};
+use crate::iscsi::configfs::{BackstoreKind, ChapPresence, DiscoveryAuth};
 use crate::manifest::Name;
+use crate::manifest::kinds::SecretRef;
 use crate::manifest::values::OverSubscription;
 use crate::model::{Capabilities, InUse, PoolDecl, SnapshotSpace, Space};
 use crate::observe::{
@@ -193,6 +195,13 @@ pub struct HostView {
     pub missing: Vec<String>,
     /// Its iSCSI exports.
     pub exports: WireExports,
+    /// Its iSCSI discovery authentication, when the iSCSI fabric is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_auth: Option<WireDiscoveryAuth>,
+    /// The CHAP secrets its manifests name, as it read them (classes shared
+    /// with `exports` and `discoveryAuth`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<WireSecret>,
     /// The raw image files its `Image`s are made from: size, or why not.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub image_files: BTreeMap<PathBuf, Result<u64, String>>,
@@ -289,6 +298,61 @@ pub struct WireExport {
     pub chap: bool,
     /// Portal group enabled.
     pub enabled: bool,
+    /// Each ACL's credentials, by initiator, as the view's equality classes
+    /// (never a value or a hash of one: [`crate::iscsi::chap::Classes`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, WireChap>,
+}
+
+/// CHAP credentials as equality classes of one published view: `[user,
+/// password]`, equal numbers for equal values within that view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireChap {
+    /// What the initiator must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_way: Option<[u32; 2]>,
+    /// What the target answers with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual: Option<[u32; 2]>,
+}
+
+impl WireChap {
+    fn of(c: &ChapPresence, classes: &mut Classes) -> Self {
+        WireChap {
+            one_way: c.one_way.as_ref().map(|p| classes.of_print(p)),
+            mutual: c.mutual.as_ref().map(|p| classes.of_print(p)),
+        }
+    }
+
+    fn to_presence(&self, scope: &str) -> ChapPresence {
+        ChapPresence {
+            one_way: self.one_way.map(|c| CredentialPrint::of_classes(scope, c)),
+            mutual: self.mutual.map(|c| CredentialPrint::of_classes(scope, c)),
+        }
+    }
+}
+
+/// A CHAP secret the host's manifests name, as it read it: equality
+/// classes, or why it could not be read (the error names the source only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireSecret {
+    /// Where it is read from.
+    #[serde(rename = "ref")]
+    pub from: SecretRef,
+    /// Its classes, or the error.
+    pub read: Result<[u32; 2], String>,
+}
+
+/// The host's iSCSI discovery authentication.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireDiscoveryAuth {
+    /// Enforced.
+    pub enforced: bool,
+    /// Its credentials.
+    pub chap: WireChap,
 }
 
 /// One back end of a host's view (`views/HOST/backends/NAME`).
@@ -871,6 +935,20 @@ impl HostView {
         plan: PlanSummary,
         now: DateTime<Utc>,
     ) -> Self {
+        // One numbering for every secret of the view, in a fixed order, so
+        // that an unchanged host publishes unchanged bytes.
+        let mut classes = Classes::default();
+        let secrets = world
+            .secrets
+            .iter()
+            .map(|(r, p)| WireSecret {
+                from: r.clone(),
+                read: p
+                    .as_ref()
+                    .map(|p| classes.of_print(p))
+                    .map_err(Clone::clone),
+            })
+            .collect();
         HostView {
             v: VERSION,
             host: host.to_owned(),
@@ -906,10 +984,20 @@ impl HostView {
                             portals: e.portals.clone(),
                             chap: e.chap,
                             enabled: e.enabled,
+                            credentials: e
+                                .credentials
+                                .iter()
+                                .map(|(i, c)| (i.clone(), WireChap::of(c, &mut classes)))
+                                .collect(),
                         })
                         .collect(),
                 },
             },
+            discovery_auth: world.discovery_auth.as_ref().map(|d| WireDiscoveryAuth {
+                enforced: d.enforced,
+                chap: WireChap::of(&d.chap, &mut classes),
+            }),
+            secrets,
             image_files: world
                 .image_files
                 .iter()
@@ -977,10 +1065,11 @@ impl HostView {
                                     neighbours: e.neighbours.clone(),
                                 },
                                 size: e.size,
-                                // Credential fingerprints are keyed per
-                                // process: another host's cannot be compared,
-                                // so none are published.
-                                credentials: BTreeMap::new(),
+                                credentials: e
+                                    .credentials
+                                    .iter()
+                                    .map(|(i, c)| (i.clone(), c.to_presence(&self.host)))
+                                    .collect(),
                                 initiators: e.initiators.clone(),
                                 logged_in: e.logged_in.clone(),
                                 portals: e.portals.clone(),
@@ -992,6 +1081,23 @@ impl HostView {
                     .collect::<Result<_, String>>()?,
             ),
         };
+        world.discovery_auth = self.discovery_auth.as_ref().map(|d| DiscoveryAuth {
+            enforced: d.enforced,
+            chap: d.chap.to_presence(&self.host),
+        });
+        world.secrets = self
+            .secrets
+            .iter()
+            .map(|s| {
+                (
+                    s.from.clone(),
+                    s.read
+                        .as_ref()
+                        .map(|c| CredentialPrint::of_classes(&self.host, *c))
+                        .map_err(Clone::clone),
+                )
+            })
+            .collect();
         world.image_files = self
             .image_files
             .iter()
@@ -1098,6 +1204,180 @@ mod tests {
             "{:?}",
             inv.problems
         );
+    }
+
+    #[test]
+    fn chap_secrets_are_published_as_equality_classes_the_same_bytes_each_time() {
+        use crate::iscsi::chap::Chap;
+        let mut w = World::default();
+        let print = |t: &str| Chap::parse(t).map(|c| c.print());
+        let r = |v: &str| SecretRef {
+            file: None,
+            env: Some(v.into()),
+        };
+        w.secrets.insert(r("A"), print("web:secret-1"));
+        w.secrets.insert(r("B"), print("web:secret-2"));
+        w.secrets.insert(r("C"), print("no colon"));
+        w.discovery_auth = Some(DiscoveryAuth {
+            enforced: true,
+            chap: ChapPresence {
+                one_way: print("web:secret-2").ok(),
+                mutual: None,
+            },
+        });
+        let at = DateTime::from_timestamp(0, 0).unwrap_or_default();
+        let json = || {
+            let v = HostView::of("h", &w, None, None, PlanSummary::default(), at);
+            String::from_utf8(encode("k", &v).unwrap()).unwrap()
+        };
+        let text = json();
+        assert_eq!(text, json());
+        assert!(
+            text.contains(r#""secrets":[{"ref":{"env":"A"},"read":{"Ok":[1,2]}},{"ref":{"env":"B"},"read":{"Ok":[1,3]}},{"ref":{"env":"C"},"read":{"Err":"the CHAP secret must be USER:PASSWORD"}}]"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""discoveryAuth":{"enforced":true,"chap":{"oneWay":[1,3]}}"#),
+            "{text}"
+        );
+        assert!(!text.contains("secret-") && !text.contains("web"), "{text}");
+    }
+
+    /// `w` as its host publishes it and `plan --fleet` reads it back
+    /// (through the JSON of the etcd records).
+    fn published(w: &World, rec: &crate::state::record::Recorded) -> World {
+        let at = DateTime::from_timestamp(0, 0).unwrap_or_default();
+        let view = HostView::of("stor-b", w, None, None, PlanSummary::default(), at);
+        let view: HostView = decode("v", &encode("v", &view).unwrap()).unwrap();
+        let backends: Vec<BackendRecord> = w
+            .backends
+            .values()
+            .map(|b| {
+                let r = BackendRecord::of("stor-b", b, rec);
+                decode("b", &encode("b", &r).unwrap()).unwrap()
+            })
+            .collect();
+        view.to_world(&backends).unwrap().0
+    }
+
+    /// The plan of `w`, checked to be the one `plan --fleet` makes from
+    /// the view `w`'s host publishes: the same actions, errors and text.
+    fn plan_here_and_from_the_fleet(
+        set: &crate::manifest::ManifestSet,
+        w: &World,
+    ) -> crate::plan::Plan {
+        use crate::plan::tests::recorded_v;
+        use crate::plan::{Options, plan, render};
+        let here = plan(set, w, &recorded_v(), Options::default());
+        let there = plan(
+            set,
+            &published(w, &recorded_v()),
+            &recorded_v(),
+            Options::default(),
+        );
+        assert_eq!(
+            format!("{:?}", there.actions),
+            format!("{:?}", here.actions)
+        );
+        assert_eq!(there.errors, here.errors);
+        assert_eq!(render::text(&there), render::text(&here));
+        here
+    }
+
+    #[test]
+    fn plan_fleet_compares_another_hosts_chap_secrets_as_the_host_does() {
+        use crate::plan::tests::{
+            INI_A, INI_B, backend_yaml, chap_export_yaml, chap_world, env_ref, manifests,
+            one_volume_world, print, vol_yaml,
+        };
+        let changes = |p: &crate::plan::Plan| -> Vec<String> {
+            p.actions
+                .iter()
+                .flat_map(|a| match &a.op {
+                    crate::plan::Op::Export { changes, .. }
+                    | crate::plan::Op::DiscoveryAuth { changes, .. } => changes.clone(),
+                    _ => vec![],
+                })
+                .collect()
+        };
+        let one_way = manifests(
+            &(backend_yaml("a", "")
+                + &vol_yaml("v", "1Gi", &chap_export_yaml(&[INI_A, INI_B], false))),
+        );
+        let mutual = manifests(
+            &(backend_yaml("a", "") + &vol_yaml("v", "1Gi", &chap_export_yaml(&[INI_A], true))),
+        );
+        let cases: [(&crate::manifest::ManifestSet, _, _, &[&str]); 5] = [
+            (&one_way, ("web:s-1", None), ("web:s-1", None), &[]),
+            (
+                &one_way,
+                ("web:s-1", None),
+                ("web:s-2", None),
+                &["new CHAP password"],
+            ),
+            (
+                &one_way,
+                ("web:s-1", None),
+                ("www:s-1", None),
+                &["new CHAP user name"],
+            ),
+            (
+                &mutual,
+                ("web:s-1", None),
+                ("web:s-1", Some("tgt:t-9")),
+                &["set mutual CHAP credentials"],
+            ),
+            (
+                &mutual,
+                ("web:s-1", Some("tgt:t-9")),
+                ("web:s-1", Some("tgt:t-8")),
+                &["new mutual CHAP password"],
+            ),
+        ];
+        for (set, have, want, expect) in cases {
+            let initiators: &[&str] = if want.1.is_some() {
+                &[INI_A]
+            } else {
+                &[INI_A, INI_B]
+            };
+            let w = chap_world(initiators, &[INI_A], have, want);
+            let p = plan_here_and_from_the_fleet(set, &w);
+            assert!(p.errors.is_empty(), "{:?}", p.errors);
+            assert_eq!(changes(&p), expect, "{have:?} -> {want:?}");
+        }
+        // A secret the host cannot read: its error, from the fleet too.
+        let mut w = chap_world(&[INI_A], &[], ("web:s-1", None), ("web:s-1", None));
+        w.secrets
+            .insert(env_ref("WEB_CHAP"), Err("the variable is not set".into()));
+        let p = plan_here_and_from_the_fleet(&one_way, &w);
+        assert_eq!(
+            p.errors,
+            ["volume.v: spec.export.iscsi.chapSecretRef: the variable is not set"]
+        );
+        // Discovery authentication: set, in place, rotated.
+        let disc = "  iscsi:\n    discoveryAuth:\n      chapSecretRef: {env: DISC_CHAP}\n";
+        let set = manifests(&(backend_yaml("a", disc) + &vol_yaml("v", "1Gi", "")));
+        let mut w = one_volume_world(crate::observe::Exports::Found(BTreeMap::new()), "v");
+        w.discovery_auth = Some(DiscoveryAuth::default());
+        w.secrets
+            .insert(env_ref("DISC_CHAP"), Ok(print("disc:d-1")));
+        let p = plan_here_and_from_the_fleet(&set, &w);
+        assert_eq!(
+            changes(&p),
+            ["enforce discovery authentication", "set CHAP credentials"]
+        );
+        w.discovery_auth = Some(DiscoveryAuth {
+            enforced: true,
+            chap: ChapPresence {
+                one_way: Some(print("disc:d-1")),
+                mutual: None,
+            },
+        });
+        assert!(plan_here_and_from_the_fleet(&set, &w).actions.is_empty());
+        w.secrets
+            .insert(env_ref("DISC_CHAP"), Ok(print("disc:d-2")));
+        let p = plan_here_and_from_the_fleet(&set, &w);
+        assert_eq!(changes(&p), ["new CHAP password"]);
     }
 
     #[test]

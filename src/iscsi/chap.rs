@@ -15,6 +15,13 @@
 //! says `<fingerprint>`), never persisted, and useless to anyone who sees one
 //! (without the key, a guessed password cannot be checked against it).
 //!
+//! A host's view published to the fleet (`plan --fleet` plans every host from
+//! what it published) carries [`Classes`] instead: each distinct fingerprint of
+//! that view numbered 1, 2, ... in the order the view lists them. The numbers
+//! say which of the view's secrets are equal and nothing else: no hash of a
+//! value leaves the process. [`Fingerprint::of_class`] turns them back into
+//! fingerprints that compare equal exactly where the host's did.
+//!
 //! Must not: log, print, journal or keep a secret beyond the call that uses it.
 
 use std::fmt;
@@ -139,6 +146,53 @@ impl Fingerprint {
     pub fn of(value: &[u8]) -> Fingerprint {
         Fingerprint(*blake3::keyed_hash(key(), value).as_bytes())
     }
+
+    /// The fingerprint standing for class `class` of the view `scope`
+    /// published (see [`Classes`]): equal for equal `(scope, class)`, and
+    /// under a key of its own, so never equal to a secret's fingerprint.
+    pub fn of_class(scope: &str, class: u32) -> Fingerprint {
+        static CLASS_KEY: OnceLock<[u8; 32]> = OnceLock::new();
+        let k =
+            CLASS_KEY.get_or_init(|| *blake3::keyed_hash(key(), b"equality classes").as_bytes());
+        let mut h = blake3::Hasher::new_keyed(k);
+        h.update(&(scope.len() as u64).to_le_bytes());
+        h.update(scope.as_bytes());
+        h.update(&class.to_le_bytes());
+        Fingerprint(*h.finalize().as_bytes())
+    }
+}
+
+/// Numbers the distinct fingerprints of one published view, 1, 2, ... in
+/// the order they are first met: equal fingerprints get equal numbers.
+#[derive(Debug, Default)]
+pub struct Classes {
+    seen: Vec<Fingerprint>,
+}
+
+impl Classes {
+    /// The class of `f`.
+    pub fn of(&mut self, f: Fingerprint) -> u32 {
+        let at = self.seen.iter().position(|s| *s == f).unwrap_or_else(|| {
+            self.seen.push(f);
+            self.seen.len() - 1
+        });
+        u32::try_from(at + 1).unwrap_or(u32::MAX)
+    }
+
+    /// The classes of a user name and a password.
+    pub fn of_print(&mut self, p: &CredentialPrint) -> [u32; 2] {
+        [self.of(p.user), self.of(p.password)]
+    }
+}
+
+impl CredentialPrint {
+    /// The print standing for the classes `c` of the view `scope` published.
+    pub fn of_classes(scope: &str, c: [u32; 2]) -> CredentialPrint {
+        CredentialPrint {
+            user: Fingerprint::of_class(scope, c[0]),
+            password: Fingerprint::of_class(scope, c[1]),
+        }
+    }
 }
 
 /// A user name and password, as fingerprints.
@@ -166,6 +220,22 @@ impl CredentialPrint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classes_keep_equality_and_nothing_else() {
+        let a = Chap::parse("web:secret-1").unwrap().print();
+        let b = Chap::parse("web:secret-2").unwrap().print();
+        let mut c = Classes::default();
+        let (ca, cb, ca2) = (c.of_print(&a), c.of_print(&b), c.of_print(&a));
+        assert_eq!((ca, cb, ca2), ([1, 2], [1, 3], [1, 2]));
+        let back = |x| CredentialPrint::of_classes("stor-b", x);
+        assert_eq!(back(ca), back(ca2));
+        assert_eq!(back(ca).difference(&back(cb)), Some("password"));
+        // Another host's classes are other fingerprints, and none is a
+        // secret's.
+        assert_ne!(back(ca), CredentialPrint::of_classes("stor-c", ca));
+        assert_ne!(back(ca).user, Fingerprint::of(b"1"));
+    }
 
     #[test]
     fn chap_secrets_parse_and_never_print() {

@@ -107,6 +107,23 @@ pub enum LioError {
         #[source]
         source: io::Error,
     },
+    /// LIO could not listen on a portal (configfs answers `EINVAL` for a
+    /// failed bind, whatever the cause).
+    #[error(
+        "LIO cannot listen on portal {portal} ({}): the address is not one of this host's, or another portal holds port {port} (a wildcard portal such as the default 0.0.0.0:3260 and a specific address cannot share a port; give every export on this host the same portals); the kernel log says why (`kernel_bind() failed`)",
+        path.display()
+    )]
+    Portal {
+        /// `ADDRESS:PORT`.
+        portal: String,
+        /// Its port.
+        port: String,
+        /// The configfs directory that could not be made.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The tree did not make sense.
     #[error("cannot understand the LIO configuration")]
     Model(#[from] super::configfs::ConfigfsError),
@@ -630,7 +647,16 @@ impl LioDriver {
         };
         let np = tpg.join("np");
         for p in &want_portals {
-            Self::mkdir(&np.join(p), &mut changed)?;
+            let dir = np.join(p);
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir).map_err(|source| LioError::Portal {
+                    portal: (*p).to_owned(),
+                    port: p.rsplit_once(':').map_or("", |(_, port)| port).to_owned(),
+                    path: dir.clone(),
+                    source,
+                })?;
+                changed = true;
+            }
         }
         for p in list_dirs(&np)? {
             if !want_portals.contains(p.as_str()) {
@@ -926,6 +952,28 @@ mod tests {
         assert_eq!(
             read(&tpg.join("acls").join(INI_A).join("auth/password")),
             "NULL"
+        );
+    }
+
+    /// configfs answers a failed bind with `EINVAL`; the error says what
+    /// usually causes it. (A file where the `np` folder belongs stands in
+    /// for the refusal; the lab's `full-site` met the real one.)
+    #[test]
+    fn a_portal_lio_cannot_listen_on_is_named_with_the_usual_causes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = LioDriver::new(dir.path());
+        let u = Uuid::from_u128(7);
+        let tpg = dir.path().join("iscsi").join(default_iqn(u)).join(TPG);
+        fs::create_dir_all(&tpg).unwrap();
+        fs::write(tpg.join("np"), "").unwrap();
+        let err = d.export(&spec(u, &[INI_A], false)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("LIO cannot listen on portal 0.0.0.0:3260 ("),
+            "{err}"
+        );
+        assert!(
+            err.contains("another portal holds port 3260 (a wildcard portal"),
+            "{err}"
         );
     }
 

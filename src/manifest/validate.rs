@@ -688,6 +688,59 @@ impl Checker<'_> {
         }
         self.group_members();
         self.source_cycles();
+        self.portal_clashes();
+    }
+
+    /// A wildcard portal (`0.0.0.0:P`, `[::]:P`, or the default) and a
+    /// specific address on the same port cannot both listen on one host:
+    /// LIO binds a socket per portal, and the wildcard one takes the port on
+    /// every address (the kernel's `kernel_bind() failed: -98`, configfs'
+    /// `EINVAL`). Which host a volume lands on is known only at plan time,
+    /// so this is a warning, on the wildcard side, naming the other volume.
+    fn portal_clashes(&mut self) {
+        // (volume, field, address, port) of every export's portals
+        let mut all: Vec<(&Name, String, std::net::IpAddr, u16)> = Vec::new();
+        for (name, doc) in &self.set.volumes {
+            let Some(e) = &doc.spec.export else { continue };
+            if e.iscsi.portals.is_empty()
+                && let Some((addr, port)) = parse_portal(crate::iscsi::lio::DEFAULT_PORTAL)
+            {
+                all.push((name, "spec.export.iscsi".to_owned(), addr, port));
+            }
+            for (i, p) in e.iscsi.portals.iter().enumerate() {
+                if let Some((addr, port)) = parse_portal(p) {
+                    all.push((name, format!("spec.export.iscsi.portals[{i}]"), addr, port));
+                }
+            }
+        }
+        for (name, field, addr, port) in &all {
+            if !addr.is_unspecified() {
+                continue;
+            }
+            // [::] also takes IPv4 addresses (dual-stack sockets, Linux's default)
+            let Some((other, _, specific, _)) = all.iter().find(|(_, _, a, p)| {
+                p == port && !a.is_unspecified() && (addr.is_ipv6() || a.is_ipv4())
+            }) else {
+                continue;
+            };
+            let default = if field == "spec.export.iscsi" {
+                " (the default)"
+            } else {
+                ""
+            };
+            let theirs = if other == name {
+                "its own".to_owned()
+            } else {
+                format!("Volume/{other}'s")
+            };
+            let specific = std::net::SocketAddr::new(*specific, *port);
+            let msg = format!(
+                "portal {}{default} and {theirs} {specific} cannot both listen on one host: the wildcard address takes port {port} on every address, and LIO refuses the second portal; if both volumes are exported from one host, give them the same portals (portals: [\"{specific}\"])",
+                std::net::SocketAddr::new(*addr, *port)
+            );
+            let doc = &self.set.volumes[*name];
+            self.warn(Kind::Volume, doc, field, msg);
+        }
     }
 
     fn pinned_backend_matches_type(&mut self, doc: &Doc<VolumeSpec>, t: &Name, b: &Name) {
@@ -1147,6 +1200,17 @@ fn targetcli_warning(name: &str, why: &str) -> String {
     )
 }
 
+/// A portal's address and port (`ADDRESS:PORT`, IPv6 in brackets).
+fn parse_portal(p: &str) -> Option<(std::net::IpAddr, u16)> {
+    let (addr, port) = p.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    let addr = addr
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(addr);
+    Some((addr.parse().ok()?, port))
+}
+
 fn check_portal(p: &str) -> Result<(), String> {
     let bad = || {
         format!(
@@ -1154,18 +1218,7 @@ fn check_portal(p: &str) -> Result<(), String> {
             shown(p)
         )
     };
-    let (addr, port) = p.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(bad)?;
-    let addr = addr
-        .strip_prefix('[')
-        .and_then(|a| a.strip_suffix(']'))
-        .unwrap_or(addr);
-    addr.parse::<std::net::IpAddr>()
-        .map(|_| ())
-        .map_err(|_| bad())
+    parse_portal(p).map(|_| ()).ok_or_else(bad)
 }
 
 /// Checks an extra spec's value against Cinder's operator grammar.
@@ -1312,6 +1365,48 @@ mod tests {
         assert!(check_extra_spec("x", "<or> ssd nvme").is_err());
         assert!(check_extra_spec("x", "<foo> 1").is_err());
         assert!(check_extra_spec("thin_provisioning", "yes").is_err());
+    }
+
+    #[test]
+    fn a_wildcard_portal_and_an_address_on_its_port_are_a_warning() {
+        let vol = |name: &str, portal: Option<&str>| {
+            let portals = portal.map_or(String::new(), |p| format!("      portals: [\"{p}\"]\n"));
+            format!(
+                "apiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata: {{name: {name}}}\nspec:\n  size: 1Gi\n  export:\n    iscsi:\n      initiators: [iqn.1994-05.com.example:a]\n{portals}---\n"
+            )
+        };
+        let findings = |data: Option<&str>, wal: Option<&str>| {
+            let yaml = vol("data", data) + &vol("wal", wal);
+            crate::manifest::load::load_bytes(std::path::Path::new("t.yaml"), yaml.into_bytes())
+                .diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        // the default portal (0.0.0.0:3260) beside 10.0.0.10:3260: one warning
+        let f = findings(Some("10.0.0.10:3260"), None);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].contains("Volume/wal: spec.export.iscsi: portal 0.0.0.0:3260 (the default) and Volume/data's 10.0.0.10:3260 cannot both listen on one host"),
+            "{f:?}"
+        );
+        // [::] takes IPv4 addresses too
+        let f = findings(Some("10.0.0.10:3260"), Some("[::]:3260"));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].contains("spec.export.iscsi.portals[0]: portal [::]:3260 and Volume/data's"),
+            "{f:?}"
+        );
+        // the same portals, another port, IPv6 beside 0.0.0.0, all defaults: nothing
+        for (data, wal) in [
+            (Some("10.0.0.10:3260"), Some("10.0.0.10:3260")),
+            (Some("10.0.0.10:3261"), None),
+            (Some("[fd00::10]:3260"), None),
+            (None, None),
+        ] {
+            let f = findings(data, wal);
+            assert!(f.is_empty(), "{data:?} {wal:?}: {f:?}");
+        }
     }
 
     #[test]

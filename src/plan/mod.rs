@@ -21,7 +21,7 @@ mod rename;
 pub mod render;
 pub mod schedule;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use exports::unexport_action;
 
@@ -934,6 +934,14 @@ struct Located {
     fence: Option<i64>,
 }
 
+/// Why a volume's `source.backup` names no backup (`Planner::backup_source`).
+enum Unresolved {
+    /// None yet, and its policy will make one: the volume waits.
+    NotYet(String),
+    /// A plan error.
+    Refused(String),
+}
+
 /// How a new volume's back end was fixed before the scheduler could have a
 /// say.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1827,7 +1835,11 @@ impl<'a> Planner<'a> {
         let req = Self::request(self.set, doc);
         let backup = match self.backup_source(doc, name) {
             Ok(b) => b,
-            Err(why) => {
+            Err(Unresolved::NotYet(why)) => {
+                self.wait(ObjKind::Volume, name.as_str(), why);
+                return;
+            }
+            Err(Unresolved::Refused(why)) => {
                 self.error(&a, PlanErrorKind::Refused, why);
                 return;
             }
@@ -3069,19 +3081,24 @@ impl<'a> Planner<'a> {
     /// catalogued backups of `source.backup.volume` (default: this volume)
     /// in the policy's repository, `id` (a unique prefix) or the newest
     /// (`latest`, the default). `Ok(None)` without `source.backup`.
+    /// `latest` of a declared volume that the policy backs up (its own
+    /// `backupPolicy` or its group's) and that has no backup yet is
+    /// [`Unresolved::NotYet`]: a site declared in one go (the volume, its
+    /// policy and a restore of it) applies everything else and creates the
+    /// restore once the first backup is catalogued.
     fn backup_source(
         &self,
         doc: &Doc<VolumeSpec>,
         name: &Name,
-    ) -> Result<Option<crate::observe::BackupSource>, String> {
+    ) -> Result<Option<crate::observe::BackupSource>, Unresolved> {
         let Some(b) = doc.spec.source.as_ref().and_then(|s| s.backup.as_ref()) else {
             return Ok(None);
         };
         let Some(repo) = self.world.backup_repos.get(&b.policy) else {
-            return Err(format!(
+            return Err(Unresolved::Refused(format!(
                 "source.backup.policy {} is not a BackupPolicy of the manifests",
                 b.policy
-            ));
+            )));
         };
         let vol = b.volume.as_ref().unwrap_or(name).as_str();
         let mut found: Vec<&crate::observe::BackupSource> = self
@@ -3102,20 +3119,36 @@ impl<'a> Planner<'a> {
                 })
                 .collect();
             if hits.len() > 1 {
-                return Err(format!(
+                return Err(Unresolved::Refused(format!(
                     "source.backup.id {id:?} matches {} backups of volume {vol}; give more digits",
                     hits.len()
-                ));
+                )));
             }
             hits.first().copied()
         };
-        hit.cloned().map(Some).ok_or_else(|| {
-            format!(
-                "no catalogued backup {id} of volume {vol} in {} (BackupPolicy {}): run `backup list`, or `backup import --scan` the repository",
-                repo,
+        if let Some(hit) = hit {
+            return Ok(Some(hit.clone()));
+        }
+        let backed_up_by_policy = self.set.volumes.iter().any(|(n, v)| {
+            n.as_str() == vol
+                && (v.spec.backup_policy.as_ref() == Some(&b.policy)
+                    || v.spec.consistency_group.as_ref().is_some_and(|g| {
+                        self.set
+                            .consistency_groups
+                            .get(g)
+                            .is_some_and(|g| g.spec.backup_policy.as_ref() == Some(&b.policy))
+                    }))
+        });
+        if id == "latest" && backed_up_by_policy {
+            return Err(Unresolved::NotYet(format!(
+                "restores the latest backup of volume {vol} (BackupPolicy {}), and there is none yet in {repo}; it is created by the first apply after one (the policy's schedule, or `backup run {vol}`)",
                 b.policy
-            )
-        })
+            )));
+        }
+        Err(Unresolved::Refused(format!(
+            "no catalogued backup {id} of volume {vol} in {} (BackupPolicy {}): run `backup list`, or `backup import --scan` the repository",
+            repo, b.policy
+        )))
     }
 
     fn backend_of(&self, kind: ObjKind, name: &str) -> Option<String> {

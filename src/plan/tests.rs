@@ -17,19 +17,19 @@ use crate::state::record::{Recorded, RecordedObject};
 
 const GIB: u64 = 1 << 30;
 
-fn manifests(text: &str) -> ManifestSet {
+pub(crate) fn manifests(text: &str) -> ManifestSet {
     let loaded = load_source(Path::new("test.yaml"), text);
     assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
     loaded.set
 }
 
-fn backend_yaml(name: &str, extra: &str) -> String {
+pub(crate) fn backend_yaml(name: &str, extra: &str) -> String {
     format!(
         "apiVersion: cinderblock.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}}}\nspec:\n  file: {{path: /srv/{name}}}\n{extra}---\n"
     )
 }
 
-fn vol_yaml(name: &str, size: &str, extra: &str) -> String {
+pub(crate) fn vol_yaml(name: &str, size: &str, extra: &str) -> String {
     format!(
         "apiVersion: cinderblock.dev/v1alpha1\nkind: Volume\nmetadata: {{name: {name}}}\nspec:\n  size: {size}\n{extra}---\n"
     )
@@ -953,8 +953,8 @@ fn the_target_of_a_volume_no_longer_declared_is_removed() {
     );
 }
 
-const INI_A: &str = "iqn.1994-05.com.example:a";
-const INI_B: &str = "iqn.1994-05.com.example:b";
+pub(crate) const INI_A: &str = "iqn.1994-05.com.example:a";
+pub(crate) const INI_B: &str = "iqn.1994-05.com.example:b";
 
 fn export_yaml(initiators: &[&str]) -> String {
     let mut s = "  export:\n    iscsi:\n      initiators:\n".to_owned();
@@ -997,14 +997,14 @@ fn exported(uuid: u128, initiators: &[&str], logged_in: &[&str]) -> crate::obser
 }
 
 /// Volume `v` (uuid 1) as recorded, Retain.
-fn recorded_v() -> Recorded {
+pub(crate) fn recorded_v() -> Recorded {
     Recorded {
         objects: [record(1, "v", "a", DeletionPolicy::Retain)].into(),
         last_plan: None,
     }
 }
 
-fn one_volume_world(exports: crate::observe::Exports, name: &str) -> World {
+pub(crate) fn one_volume_world(exports: crate::observe::Exports, name: &str) -> World {
     exported_world(exports, vec![obj(name, GIB, 1)])
 }
 
@@ -1278,6 +1278,62 @@ fn a_volume_from_a_backup_takes_the_latest_or_the_id_and_must_be_large_enough() 
             .contains("no catalogued backup cccc of volume db"),
         "{err:?}"
     );
+}
+
+#[test]
+fn a_restore_of_the_latest_backup_waits_for_the_first_one_the_policy_makes() {
+    // examples/full-site declares a volume, its nightly policy and a restore
+    // of its latest backup together: on a new site the rest applies and the
+    // restore waits; an explicit id, or a volume nothing backs up with that
+    // policy, stays an error.
+    let policy = "apiVersion: cinderblock.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {name: nightly}\nspec:\n  schedule: \"0 2 * * *\"\n  target: {path: /srv/repo}\n---\n";
+    let site = |db_spec: &str, id: &str| {
+        manifests(
+            &(backend_yaml("pool", "")
+                + policy
+                + &vol_yaml("db", "1Gi", db_spec)
+                + &vol_yaml(
+                    "copy",
+                    "1Gi",
+                    &format!("  source:\n    backup: {{policy: nightly, volume: db{id}}}\n"),
+                )),
+        )
+    };
+    let mut w = world(vec![view("pool", true, 20.0, 100 * GIB, vec![])]);
+    w.backup_repos = [("nightly".parse().unwrap(), "/srv/repo".into())].into();
+    let p = plan(
+        &site("  backupPolicy: nightly\n", ""),
+        &w,
+        &Recorded::default(),
+        Options::default(),
+    );
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(p.actions.len(), 1, "db alone is created: {:?}", p.actions);
+    assert_eq!(p.waiting.len(), 1, "{:?}", p.waiting);
+    assert_eq!(p.waiting[0].address, "volume.copy");
+    assert!(
+        p.waiting[0].reason.contains(
+            "restores the latest backup of volume db (BackupPolicy nightly), and there is none yet"
+        ),
+        "{:?}",
+        p.waiting
+    );
+    for (db_spec, id) in [("  backupPolicy: nightly\n", ", id: cccc"), ("", "")] {
+        let p = plan(
+            &site(db_spec, id),
+            &w,
+            &Recorded::default(),
+            Options::default(),
+        );
+        assert!(p.waiting.is_empty(), "{:?}", p.waiting);
+        assert!(
+            p.errors
+                .iter()
+                .any(|e| e.to_string().contains("no catalogued backup")),
+            "{db_spec:?} {id:?}: {:?}",
+            p.errors
+        );
+    }
 }
 
 /// Back ends `fa` (host stor-a) and `fb` (host stor-b), a volume type both
@@ -1927,7 +1983,7 @@ fn an_interrupted_create_in_use_is_not_finished() {
 // ---------------------------------------------------------------------------
 // iSCSI: credentials, mutual CHAP, discovery, LUN sizes, the old layout
 
-fn chap_export_yaml(initiators: &[&str], mutual: bool) -> String {
+pub(crate) fn chap_export_yaml(initiators: &[&str], mutual: bool) -> String {
     let mut s = export_yaml(initiators);
     s.push_str("      chapSecretRef: {env: WEB_CHAP}\n");
     if mutual {
@@ -1936,20 +1992,20 @@ fn chap_export_yaml(initiators: &[&str], mutual: bool) -> String {
     s
 }
 
-fn env_ref(var: &str) -> crate::manifest::kinds::SecretRef {
+pub(crate) fn env_ref(var: &str) -> crate::manifest::kinds::SecretRef {
     crate::manifest::kinds::SecretRef {
         file: None,
         env: Some(var.into()),
     }
 }
 
-fn print(secret: &str) -> crate::iscsi::chap::CredentialPrint {
+pub(crate) fn print(secret: &str) -> crate::iscsi::chap::CredentialPrint {
     crate::iscsi::chap::Chap::parse(secret).unwrap().print()
 }
 
 /// Volume `v` exported to `initiators` (`logged_in` of them logged in) with
 /// CHAP `have` in configfs on every ACL, the manifests' secret being `want`.
-fn chap_world(
+pub(crate) fn chap_world(
     initiators: &[&str],
     logged_in: &[&str],
     have: (&str, Option<&str>),

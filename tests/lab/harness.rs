@@ -10,7 +10,8 @@
 //! * `in/` is packed as a tar written raw onto a virtio disk (serial `lab-in`):
 //!   `steps.tsv`, `steps/<i>.sh`, the scenario's `files/`, and `bin/cinderblock` with
 //!   `lib/` (its ldd libraries). The cloud kernel has no 9p; a raw tar needs nothing.
-//! * `pv1.img`, `pv2.img`: sparse 4 GiB scratch disks, `/dev/vda` and `/dev/vdb`.
+//! * `pv1.img`, `pv2.img`: sparse scratch disks (4 GiB unless [`Scenario::disks`]
+//!   says), `/dev/vda` and `/dev/vdb`.
 //! * `out.img`: the guest writes a tar of its `/results` onto it; extracted to `out/`.
 //! * `console.log`: the serial console. Disk images are deleted after the run.
 //!
@@ -134,13 +135,15 @@ struct StepSpec {
 /// scenario's files; `$OUT` is a directory whose files come back in
 /// [`Outcome::file`]; helpers from `tests/lab/guest/lib.sh` (`sha`, `sha_head`,
 /// `wait_for`, `put`, `configfs_dump`) are available. `/dev/vda` and `/dev/vdb` are
-/// blank 4 GiB disks; `cinderblock` is on `PATH`.
+/// blank disks (4 GiB unless [`Scenario::disks`] says); `cinderblock` is on `PATH`.
 pub struct Scenario {
     name: String,
     files: Vec<(String, Vec<u8>)>,
     steps: Vec<StepSpec>,
     timeout: Duration,
     targetcli: bool,
+    /// Apparent sizes of `/dev/vda` and `/dev/vdb` (sparse files on the host).
+    disks: (u64, u64),
 }
 
 impl Scenario {
@@ -160,6 +163,7 @@ impl Scenario {
             steps: Vec::new(),
             timeout: Duration::from_secs(300),
             targetcli: false,
+            disks: (DEFAULT_DISK, DEFAULT_DISK),
         }
     }
 
@@ -168,6 +172,14 @@ impl Scenario {
     /// scenarios do not carry it.
     pub fn with_targetcli(mut self) -> Self {
         self.targetcli = true;
+        self
+    }
+
+    /// The apparent sizes of `/dev/vda` and `/dev/vdb` (default 4 GiB each):
+    /// sparse files on the host, so a site's declared terabytes cost only
+    /// what the guest writes.
+    pub fn disks(mut self, vda: u64, vdb: u64) -> Self {
+        self.disks = (vda, vdb);
         self
     }
 
@@ -254,7 +266,7 @@ impl Scenario {
         }
         self.stage(&run_dir.join("in"))
             .map_err(|e| io("cannot stage the scenario", &e))?;
-        make_disks(run_dir)?;
+        make_disks(run_dir, self.disks)?;
         let boot = boot_qemu(image, run_dir, self.timeout);
         // the disk images are large (if sparse) and worthless after the run
         let untarred = if boot.is_ok() {
@@ -373,13 +385,17 @@ fn stage_binary(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The scratch disks' apparent size unless a scenario sets them.
+const DEFAULT_DISK: u64 = 4 << 30;
+
 fn io(what: &str, e: &std::io::Error) -> String {
     format!("{what}: {e}")
 }
 
 /// `in.img` (the staged scenario as a raw tar, padded to whole MiB for the block
-/// device), two sparse 4 GiB scratch disks, and an empty `out.img` for the results.
-fn make_disks(run_dir: &Path) -> Result<(), String> {
+/// device), two sparse scratch disks (4 GiB unless the scenario says), and an
+/// empty `out.img` for the results.
+fn make_disks(run_dir: &Path, (vda, vdb): (u64, u64)) -> Result<(), String> {
     let disk = |n: &str| run_dir.join(n);
     let tar = Command::new("tar")
         .arg("-cf")
@@ -397,8 +413,8 @@ fn make_disks(run_dir: &Path) -> Result<(), String> {
         .len();
     for (name, len) in [
         ("in.img", in_len.div_ceil(1 << 20) << 20),
-        ("pv1.img", 4 << 30),
-        ("pv2.img", 4 << 30),
+        ("pv1.img", vda),
+        ("pv2.img", vdb),
         ("out.img", 256 << 20),
     ] {
         fs::OpenOptions::new()

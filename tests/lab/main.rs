@@ -12,6 +12,7 @@ mod agent;
 mod backup;
 mod backup_store;
 mod export;
+mod full_site;
 mod groups;
 mod harness;
 mod image;
