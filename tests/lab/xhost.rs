@@ -45,7 +45,7 @@ fn b64(s: &str) -> String {
 /// `lv_of VG` the path of the LV named db there; `tag_of VG T` one of its
 /// tags; `gone VG` true when no LV of db is in VG; `ready VG` true when db
 /// is there and not marked.
-fn guest_lib() -> String {
+pub(crate) fn guest_lib() -> String {
     let from = b64("/cinderblock/v1/jobs/");
     let to = b64("/cinderblock/v1/jobs0");
     format!(
@@ -86,6 +86,13 @@ report() {{ # VG: the checks after a move
     )
 }
 
+/// The last step: both agents stopped by SIGTERM; prints `exit A B`,
+/// their exit statuses.
+pub(crate) const STOP: &str = ". ./lib-x.sh
+             kill -TERM $(cat a.pid) $(cat b.pid)
+             wait_for 60 dead a; wait_for 60 dead b
+             echo \"exit $(cat a.rc) $(cat b.rc)\"";
+
 fn volume(backend: &str) -> String {
     format!(
         "{H}kind: Volume\nmetadata:\n  name: db\nspec:\n  size: 256Mi\n  backend: {backend}\n  deletionPolicy: Delete\n"
@@ -123,7 +130,7 @@ exec /usr/sbin/iscsiadm.real "$@"
 "#;
 
 /// The value after `key ` on its line of `text`.
-fn field<'t>(text: &'t str, key: &str) -> &'t str {
+pub(crate) fn field<'t>(text: &'t str, key: &str) -> &'t str {
     text.lines()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
         .unwrap_or_else(|| panic!("no {key:?} in\n{text}"))
@@ -281,10 +288,7 @@ fn a_volume_moves_between_hosts_over_iscsi_and_back_surviving_agent_kills() {
         .step_limit(std::time::Duration::from_secs(650))
         .step(
             "stop",
-            ". ./lib-x.sh
-             kill -TERM $(cat a.pid) $(cat b.pid)
-             wait_for 60 dead a; wait_for 60 dead b
-             echo \"exit $(cat a.rc) $(cat b.rc)\"",
+            STOP,
         )
         .run();
     let data = out.stdout("data");
