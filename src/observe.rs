@@ -127,6 +127,24 @@ pub struct RemoteVolume {
     pub allocated: Option<u64>,
     /// Its state there.
     pub health: Health,
+    /// Its snapshots there, by name.
+    pub snapshots: Vec<RemoteSnapshot>,
+}
+
+/// A snapshot of a volume of another host (what moves with it when it
+/// moves here with `migrateSnapshots: true`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteSnapshot {
+    /// Its manifest name.
+    pub name: String,
+    /// Identity.
+    pub uuid: uuid::Uuid,
+    /// Size.
+    pub size: u64,
+    /// Bytes allocated, where its back end can tell.
+    pub allocated: Option<u64>,
+    /// Its state there.
+    pub health: Health,
 }
 
 /// The fleet's part of the world: where unpinned volumes are placed, as

@@ -1151,19 +1151,8 @@ fn migrate(
     }
     let src = driver(registry, from)?;
     let dst = driver(registry, to)?;
-    let limit = match (*bandwidth, opts.bandwidth_limit) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let links: Vec<crate::migrate::Link<'_>> = snapshots
-        .iter()
-        .map(|c| crate::migrate::Link {
-            uuid: c.uuid,
-            name: &c.name,
-            size: c.target_size,
-            space: c.space,
-        })
-        .collect();
+    let limit = read_limit(*bandwidth, opts);
+    let links = links(snapshots);
     let mv = crate::migrate::Move {
         uuid: *uuid,
         name,
@@ -1223,6 +1212,28 @@ fn migrate(
     Ok(Change::from_bool(report.changed))
 }
 
+/// A migration's read rate: the source back end's cap and the apply's,
+/// whichever is lower.
+fn read_limit(backend: Option<u64>, opts: ApplyOptions<'_>) -> Option<u64> {
+    match (backend, opts.bandwidth_limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The snapshots moving with a volume, as the migration takes them.
+fn links(snapshots: &[crate::plan::ChainSnapshot]) -> Vec<crate::migrate::Link<'_>> {
+    snapshots
+        .iter()
+        .map(|c| crate::migrate::Link {
+            uuid: c.uuid,
+            name: &c.name,
+            size: c.target_size,
+            space: c.space,
+        })
+        .collect()
+}
+
 /// This host's half of a move between hosts ([`crate::xhost`]): the
 /// source exports, waits and removes its volume (then forgets it); the
 /// destination copies, verifies and records it.
@@ -1243,6 +1254,7 @@ fn migrate_across(
         target_size,
         bandwidth,
         deletion_policy,
+        snapshots,
         ..
     } = &action.op
     else {
@@ -1271,6 +1283,7 @@ fn migrate_across(
             let lio = crate::xhost::host::LioExport {
                 lio: lio::LioDriver::new(lio::root()),
             };
+            let chain: Vec<Uuid> = snapshots.iter().map(|c| c.uuid).collect();
             let sent = crate::xhost::send(
                 &crate::xhost::Sending {
                     volume: name,
@@ -1278,6 +1291,7 @@ fn migrate_across(
                     from: ends.0,
                     to: ends.1,
                     portal: link.portal,
+                    snapshots: &chain,
                     wait: link.wait,
                 },
                 src,
@@ -1287,9 +1301,18 @@ fn migrate_across(
             )?;
             if sent.removed {
                 ledger.recorded.objects.remove(uuid);
+                for s in &sent.snapshots {
+                    ledger.recorded.objects.remove(s);
+                }
                 let text = format!(
-                    "moved to {}/{to}: the destination verified its copy; the source, its export and the job are removed",
-                    x.to_host
+                    "moved to {}/{to}{}: the destination verified its copy; the source, its export{} and the job are removed",
+                    x.to_host,
+                    if sent.snapshots.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" with its {} snapshot(s)", sent.snapshots.len())
+                    },
+                    if sent.snapshots.is_empty() { "" } else { "s" },
                 );
                 tracing::info!(volume = %name, %uuid, "{text}");
                 ctx.progress.note(action, &text);
@@ -1299,10 +1322,8 @@ fn migrate_across(
         crate::plan::Role::Copy => {
             let dst = driver(registry, to)?;
             let attach = crate::xhost::host::Iscsiadm::new(link.runner);
-            let limit = match (*bandwidth, opts.bandwidth_limit) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let limit = read_limit(*bandwidth, opts);
+            let links = links(snapshots);
             let report = crate::xhost::receive(
                 &crate::xhost::Receive {
                     volume: name,
@@ -1311,6 +1332,7 @@ fn migrate_across(
                     to: ends.1,
                     size: *target_size,
                     bandwidth: limit,
+                    snapshots: &links,
                     source_gone: x.source_gone,
                     wait: link.wait,
                 },
@@ -1337,6 +1359,31 @@ fn migrate_across(
                 );
                 tracing::info!(volume = %name, %uuid, from = %x.from_host, "{text}");
                 ctx.progress.note(action, &text);
+            }
+            for m in &report.snapshots {
+                let text = format!(
+                    "snapshot.{} moved with it from {}: verified against the source host's hash (blake3 {})",
+                    m.name, x.from_host, m.hash
+                );
+                tracing::info!(volume = %name, snapshot = %m.name, from = %x.from_host, "{text}");
+                ctx.progress.note(action, &text);
+            }
+            // The snapshots moved with it are this host's now (their
+            // deletion policy as recorded by default; the next plan
+            // records another one the manifest names).
+            for c in snapshots {
+                ledger
+                    .recorded
+                    .objects
+                    .entry(c.uuid)
+                    .or_insert_with(|| RecordedObject {
+                        kind: ObjKind::Snapshot,
+                        name: c.name.clone(),
+                        backend: to.clone(),
+                        size: c.target_size,
+                        deletion_policy: crate::manifest::kinds::DeletionPolicy::default(),
+                        consistency_group: None,
+                    });
             }
             ledger.recorded.objects.insert(
                 *uuid,

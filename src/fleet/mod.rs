@@ -282,6 +282,21 @@ impl Snapshot {
                             size: o.size,
                             allocated: o.allocated,
                             health: o.health,
+                            snapshots: inv
+                                .objects
+                                .iter()
+                                .filter(|s| {
+                                    s.kind == crate::observe::ObjKind::Snapshot
+                                        && s.parent == Some(o.uuid)
+                                })
+                                .map(|s| crate::observe::RemoteSnapshot {
+                                    name: s.name.clone(),
+                                    uuid: s.uuid,
+                                    size: s.size,
+                                    allocated: s.allocated,
+                                    health: s.health,
+                                })
+                                .collect(),
                         },
                     );
                 }

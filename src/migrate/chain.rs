@@ -28,6 +28,11 @@
 //! time, a thin LV's device id), by name where the back end keeps no such
 //! key (thick LVs). Their sizes must not shrink along that order.
 //!
+//! The source may be another host's chain ([`crate::xhost::remote`]): each
+//! snapshot and the volume are then read over their own iSCSI login, and
+//! each stage and each target snapshot must also match the hash the source
+//! host computed locally ([`Driver::known_hash`]).
+//!
 //! Must not: remove anything of the source before every snapshot and the
 //! volume on the target hashed like its source, or touch snapshots the
 //! plan did not name.
@@ -206,11 +211,17 @@ impl Chain<'_, '_> {
         } else {
             copy::content_hash(&target, &to_data.path, len, &read_over).map_err(err)?
         };
-        if source_hash != target_hash {
+        // A source whose own host hashed it (another host's chain) must
+        // match that hash too: what crossed the wire is checked against
+        // what is there.
+        let mismatch = src
+            .known_hash(of)?
+            .filter(|k| *k != target_hash.to_hex().as_str());
+        if source_hash != target_hash || mismatch.is_some() {
             cp.reset(sid)?;
             return Err(MigrateError::Verify {
                 from: src.name().to_owned(),
-                source_hash: source_hash.to_hex().to_string(),
+                source_hash: mismatch.unwrap_or_else(|| source_hash.to_hex().to_string()),
                 target_hash: target_hash.to_hex().to_string(),
             });
         }
@@ -433,7 +444,10 @@ pub(super) fn run(
             None => exts[k].clone(),
         };
         let theirs = c.target_hash(l, o.size, &over)?;
-        if ours != theirs {
+        let known = src
+            .known_hash(l.uuid)?
+            .filter(|k| *k != theirs.to_hex().as_str());
+        if ours != theirs || known.is_some() {
             // The target chain goes, newest first, and the next run builds
             // it again from the start: a stage reads only where the chain
             // holds data, which a target rebuilt from the middle would not
@@ -444,7 +458,7 @@ pub(super) fn run(
             dst.delete(uuid)?;
             return Err(MigrateError::Verify {
                 from: src.name().to_owned(),
-                source_hash: ours.to_hex().to_string(),
+                source_hash: known.unwrap_or_else(|| ours.to_hex().to_string()),
                 target_hash: theirs.to_hex().to_string(),
             });
         }

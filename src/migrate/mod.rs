@@ -477,4 +477,4 @@ pub fn run(
 // Test data builders narrow sizes to buffer lengths on purpose.
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
-mod tests;
+pub(crate) mod tests;

@@ -192,7 +192,7 @@ const KIB: u64 = 1 << 10;
 
 /// Writes `len` bytes of `byte` at `at` of object `uuid` of `d`, and into
 /// `model` (what it must hold).
-fn scribble(d: &FakeDriver, uuid: Uuid, model: &mut [u8], at: u64, len: u64, byte: u8) {
+pub(crate) fn scribble(d: &FakeDriver, uuid: Uuid, model: &mut [u8], at: u64, len: u64, byte: u8) {
     use std::os::unix::fs::FileExt;
     let path = d.data_path(uuid).unwrap().path;
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();

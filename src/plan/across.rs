@@ -12,16 +12,19 @@
 //!
 //! Needs the fleet (`--etcd`: the job and the destination's initiator name
 //! live there); without it the source's plan says so, and the destination
-//! never creates a volume another host holds. Refused: a move of a volume
-//! with snapshots (they move with a volume only between back ends of one
-//! host), of a consistency group member, of a volume exported or in use.
+//! never creates a volume another host holds. A volume's snapshots move
+//! with it as a chain (`migrateSnapshots: true`), listed on both hosts'
+//! plans (the destination reads them from the source host's published
+//! view); without the flag the move is refused on both, naming them.
+//! Refused too: a move of a consistency group member, of a volume exported
+//! or in use.
 //!
 //! Pure, like the rest of the planner: it reads `World::remote` and
 //! `World::fleet`, never etcd.
 
 use super::{
-    Across, Action, Carry, Doc, Fleet, Found, Health, Impact, Name, Observed, Op, PlanErrorKind,
-    Planner, Role, addr, format_bytes_exact, round_up,
+    Across, Action, Carry, ChainSnapshot, Doc, Fleet, Found, Health, Impact, Name, Observed, Op,
+    PlanErrorKind, Planner, Role, addr, format_bytes_exact, round_up,
 };
 use crate::manifest::kinds::VolumeSpec;
 use crate::model::ObjKind;
@@ -97,27 +100,14 @@ impl<'a> Planner<'a> {
         if let Some(g) = &doc.spec.consistency_group {
             refusals.push(format!("it is a member of consistency group {g}, whose volumes stay on one back end (Cinder's rule); remove spec.consistencyGroup first"));
         }
-        let snaps: Vec<String> = self
-            .found
-            .values()
-            .filter(|c| c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid))
-            .map(|c| format!("snapshot.{}", c.obj.name))
-            .chain(
-                self.set
-                    .snapshots
-                    .iter()
-                    .filter(|(_, s)| s.spec.volume.as_ref() == Some(name))
-                    .map(|(n, _)| format!("snapshot.{n}")),
-            )
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !snaps.is_empty() {
-            refusals.push(format!(
-                "it has snapshots ({}), which move with a volume (migrateSnapshots: true) only between back ends of one host; move it to a back end of {from_host} first, or delete the snapshots",
-                snaps.join(", ")
-            ));
-        }
+        // Its snapshots move with it as a chain (`migrateSnapshots: true`),
+        // or it is refused, naming them. A job in flight names its own.
+        let chain = if job.is_some() {
+            self.chain_in_flight(obj.uuid)
+        } else {
+            // Sizes as they are: the destination rounds them to its extent.
+            self.chain_of(name, doc, obj, (backend, 1), &mut refusals)
+        };
         if let Some(e) = self.world.exports.get(obj.uuid).filter(|e| {
             !e.iqn
                 .as_deref()
@@ -165,6 +155,9 @@ impl<'a> Planner<'a> {
             return;
         }
         self.sched.release(cur, obj.size, true);
+        for c in &chain {
+            self.sched.release(cur, c.size, false);
+        }
         let read = if backend.caps.knows_allocation {
             obj.allocated.unwrap_or(obj.size).min(obj.size)
         } else {
@@ -203,7 +196,7 @@ impl<'a> Planner<'a> {
                 deletion_policy: doc.spec.deletion_policy,
                 carry: Carry::Copy,
                 within: None,
-                snapshots: Vec::new(),
+                snapshots: chain,
                 across: Some(across),
             },
             reason,
@@ -337,6 +330,7 @@ impl<'a> Planner<'a> {
                 // The source host removed the source and the job after
                 // the verification: only the promotion is left.
                 let (from_host, from_backend) = ("another host".to_owned(), "(removed)".to_owned());
+                let chain = self.chain_in_flight(t.obj.uuid);
                 self.push_receive(
                     name,
                     doc,
@@ -344,6 +338,7 @@ impl<'a> Planner<'a> {
                     (t.obj.uuid, t.obj.size, 0),
                     (from_host, from_backend, to_host),
                     (None, true, true),
+                    chain,
                 );
                 return true;
             }
@@ -375,6 +370,39 @@ impl<'a> Planner<'a> {
             );
             return true;
         }
+        // Its snapshots: what a job in flight moves (as the source still
+        // publishes them, or as this host holds them), or the chain that
+        // may move now.
+        let chain = match (job, source) {
+            (Some(_), Some(s)) => s
+                .snapshots
+                .iter()
+                .map(|x| remote_link(x, tview.extent))
+                .collect(),
+            (Some(_), None) => self.chain_in_flight(uuid),
+            (None, Some(s)) => match self.remote_chain(name, doc, s, tview.extent) {
+                Ok(c) => c,
+                Err(why) => {
+                    self.error(&a, PlanErrorKind::Refused, format!(
+                        "it lives on {from} of host {from_host} and is pinned to {to}, but cannot move here: {why}"
+                    ));
+                    return true;
+                }
+            },
+            (None, None) => Vec::new(),
+        };
+        if job.is_none()
+            && !tview.caps.extends_with_snapshots
+            && let Some(c) = chain.iter().find(|c| c.target_size != target_size)
+        {
+            self.error(&a, PlanErrorKind::Refused, format!(
+                "it lives on {from} of host {from_host} and is pinned to {to}, which cannot grow a volume that has snapshots, so every snapshot moving with it must have the volume's size there ({}), and snapshot.{} has {}; move it to a back end that extends volumes with snapshots, or delete the smaller snapshots first",
+                format_bytes_exact(target_size),
+                c.name,
+                format_bytes_exact(c.target_size)
+            ));
+            return true;
+        }
         let resume = target.is_some();
         if !resume
             && let Some(r) = self
@@ -394,12 +422,60 @@ impl<'a> Planner<'a> {
             (uuid, target_size, allocated.unwrap_or(size).min(size)),
             (from_host, from, to_host),
             (job, resume, false),
+            chain,
         );
         true
     }
 
+    /// The snapshots of volume `name` that move here with it from another
+    /// host (`source`, as its host published it): every one declared and
+    /// taken there, ready, with `migrateSnapshots: true`; or why not
+    /// (naming them).
+    fn remote_chain(
+        &self,
+        name: &Name,
+        doc: &Doc<VolumeSpec>,
+        source: &crate::observe::RemoteVolume,
+        extent: u64,
+    ) -> Result<Vec<ChainSnapshot>, String> {
+        let declared = self.declared_snapshots(name);
+        let theirs: std::collections::BTreeMap<&str, &crate::observe::RemoteSnapshot> = source
+            .snapshots
+            .iter()
+            .map(|s| (s.name.as_str(), s))
+            .collect();
+        let all: std::collections::BTreeSet<&str> =
+            declared.iter().chain(theirs.keys()).copied().collect();
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (host, cur) = (&source.host, &source.backend);
+        if !doc.spec.migrate_snapshots {
+            let list: Vec<String> = all.iter().map(|s| format!("snapshot.{s}")).collect();
+            return Err(format!(
+                "it has snapshots ({}), which live on its back end; set migrateSnapshots: true to move them with it as a chain, or delete them first (deletionPolicy: Delete, then remove their manifests)",
+                list.join(", ")
+            ));
+        }
+        let mut why = Vec::new();
+        let mut chain = Vec::new();
+        for s in all {
+            match theirs.get(s) {
+                None => why.push(format!("snapshot.{s} is declared but not taken yet: apply once with spec.backend: {cur} so it is taken on host {host}, then move the volume with it")),
+                Some(_) if !declared.contains(s) => why.push(format!("snapshot.{s} is no longer declared: let its removal apply on host {host} first (keep spec.backend: {cur} for one apply)")),
+                Some(x) if x.health != Health::Ready => why.push(format!("snapshot.{s} is not ready on host {host} ({:?}); let the pending change finish first", x.health)),
+                Some(x) => chain.push(remote_link(x, extent)),
+            }
+        }
+        if why.is_empty() {
+            Ok(chain)
+        } else {
+            Err(why.join("; "))
+        }
+    }
+
     /// Pushes the destination's `> migrate` step.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn push_receive(
         &mut self,
         name: &Name,
@@ -408,11 +484,15 @@ impl<'a> Planner<'a> {
         (uuid, target_size, read): (uuid::Uuid, u64, u64),
         (from_host, from, to_host): (String, String, String),
         (job, resume, source_gone): (Option<&crate::model::JobView>, bool, bool),
+        chain: Vec<ChainSnapshot>,
     ) {
         let to = &tview.name;
         let before = self.virtual_free(to);
         if !resume {
             self.sched.commit(to, target_size);
+            for c in &chain {
+                self.sched.grow(to, c.space);
+            }
         }
         let after = self.virtual_free(to);
         let across = Across {
@@ -456,7 +536,7 @@ impl<'a> Planner<'a> {
                 deletion_policy: doc.spec.deletion_policy,
                 carry: Carry::Copy,
                 within: None,
-                snapshots: Vec::new(),
+                snapshots: chain,
                 across: Some(across),
             },
             reason,
@@ -466,5 +546,19 @@ impl<'a> Planner<'a> {
             (ObjKind::Volume, name.as_str().to_owned()),
             to.as_str().to_owned(),
         );
+    }
+}
+
+/// A snapshot of another host's volume, as it moves here (sizes rounded
+/// up to this back end's `extent`).
+fn remote_link(s: &crate::observe::RemoteSnapshot, extent: u64) -> ChainSnapshot {
+    let target_size = round_up(s.size, extent);
+    ChainSnapshot {
+        name: s.name.clone(),
+        uuid: s.uuid,
+        size: s.size,
+        target_size,
+        space: target_size,
+        read: s.allocated.unwrap_or(s.size).min(s.size),
     }
 }

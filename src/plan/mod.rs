@@ -2753,7 +2753,7 @@ impl<'a> Planner<'a> {
         if let Some(g) = &doc.spec.consistency_group {
             refusals.push(format!("it is a member of consistency group {g}, whose volumes stay on one back end (Cinder's rule); remove spec.consistencyGroup first"));
         }
-        let chain = self.chain_of(name, doc, obj, (backend, tview), &mut refusals);
+        let chain = self.chain_of(name, doc, obj, (backend, tview.extent), &mut refusals);
         if let Some(e) = self
             .world
             .exports
@@ -2924,14 +2924,15 @@ impl<'a> Planner<'a> {
     }
 
     /// The snapshots of volume `name` (`obj` on `backend`) that move with it
-    /// to `tview` (`migrateSnapshots: true`), by name; a refusal for each
+    /// to a back end of extent `extent` (`migrateSnapshots: true`; 1: sizes
+    /// as they are, another host rounds them), by name; a refusal for each
     /// that cannot, or one for all of them without the flag.
-    fn chain_of(
+    pub(super) fn chain_of(
         &self,
         name: &Name,
         doc: &Doc<VolumeSpec>,
         obj: &Observed,
-        (backend, tview): (&BackendView, &BackendView),
+        (backend, extent): (&BackendView, u64),
         refusals: &mut Vec<String>,
     ) -> Vec<ChainSnapshot> {
         let found: BTreeMap<&str, &Observed> = self
@@ -2940,13 +2941,7 @@ impl<'a> Planner<'a> {
             .filter(|c| c.obj.kind == ObjKind::Snapshot && c.obj.parent == Some(obj.uuid))
             .map(|c| (c.obj.name.as_str(), c.obj))
             .collect();
-        let declared: BTreeSet<&str> = self
-            .set
-            .snapshots
-            .iter()
-            .filter(|(_, s)| s.spec.volume.as_ref() == Some(name))
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let declared = self.declared_snapshots(name);
         let all: BTreeSet<&str> = found
             .keys()
             .copied()
@@ -2988,7 +2983,7 @@ impl<'a> Planner<'a> {
                 ));
                 continue;
             }
-            let target_size = round_up(o.size, tview.extent);
+            let target_size = round_up(o.size, extent);
             chain.push(ChainSnapshot {
                 name: s.to_owned(),
                 uuid: o.uuid,
@@ -3005,10 +3000,20 @@ impl<'a> Planner<'a> {
         chain
     }
 
+    /// The names of the snapshots the manifests declare of volume `name`.
+    pub(super) fn declared_snapshots(&self, name: &Name) -> BTreeSet<&'a str> {
+        self.set
+            .snapshots
+            .iter()
+            .filter(|(_, s)| s.spec.volume.as_ref() == Some(name))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
     /// The snapshots of volume `uuid` on either side of a migration in
     /// flight (ready, `deleting`, or the target's `migrating` ones), by
     /// name: a chain's to finish.
-    fn chain_in_flight(&self, uuid: Uuid) -> Vec<ChainSnapshot> {
+    pub(super) fn chain_in_flight(&self, uuid: Uuid) -> Vec<ChainSnapshot> {
         let by_name: BTreeMap<&str, &Observed> = self
             .found
             .values()
@@ -3221,8 +3226,13 @@ impl<'a> Planner<'a> {
                             "an earlier create was interrupted; it is finished with the same identity".into());
                     }
                     // A chain's source, verified and marked: its volume's
-                    // migration finishes it.
+                    // migration finishes it (here, or, when a job moves it
+                    // to another host, this host's half of that).
                     Health::Deleting if self.migrating.contains_key(&key) => {}
+                    Health::Deleting
+                        if obj.parent.is_some_and(|p| {
+                            self.world.remote.jobs.values().any(|j| j.uuid == p)
+                        }) => {}
                     Health::Deleting | Health::DataMissing => self.error(&a, PlanErrorKind::Lost, format!(
                         "its data on {bname} ({}) is gone or half deleted, but the manifests still declare it; remove the manifest", obj.uuid)),
                     Health::Ready | Health::SizeMismatch { .. } => {
@@ -3234,6 +3244,28 @@ impl<'a> Planner<'a> {
                 return;
             }
             if self.unresolved.contains(&key) {
+                return;
+            }
+            // Moving here from another host with its volume: that move
+            // makes it.
+            if self.out.actions.iter().any(|a| {
+                matches!(&a.op, Op::Migrate { across: Some(x), snapshots, .. }
+                    if x.role == Role::Copy && snapshots.iter().any(|c| c.name == name.as_str()))
+            }) {
+                return;
+            }
+            // Its volume lives on another host (moved there with it, say):
+            // that host plans it.
+            if !self
+                .found
+                .contains_key(&(ObjKind::Volume, vol.as_str().to_owned()))
+                && self
+                    .world
+                    .remote
+                    .volumes
+                    .get(vol.as_str())
+                    .is_some_and(|v| v.iter().any(|r| r.health != Health::Migrating))
+            {
                 return;
             }
             if let Some(entry) = doc.meta.annotations.get(crate::manifest::kinds::ADOPT) {

@@ -696,7 +696,12 @@ fn migrate_attrs(
             " ".into(),
             "over".into(),
             format!(
-                "iSCSI: a LIO export of the volume with an ACL for {}'s initiator and a one-time CHAP secret, removed with the source",
+                "iSCSI: a LIO export of the volume{} with an ACL for {}'s initiator and a one-time CHAP secret, removed with the source",
+                if snapshots.is_empty() {
+                    ""
+                } else {
+                    " and one of each snapshot"
+                },
                 x.to_host
             ),
         ));

@@ -447,6 +447,7 @@ fn across_worlds(on_b: Vec<Observed>) -> (World, World) {
             size: GIB,
             allocated: Some(GIB / 4),
             health: Health::Ready,
+            snapshots: Vec::new(),
         }],
     );
     (a, b)
@@ -625,24 +626,204 @@ fn a_move_between_hosts_in_flight_resumes_on_both_and_ends_with_the_promotion() 
     );
 }
 
+/// stor-a's and stor-b's worlds for db (on fa, stor-a) with snapshots s1
+/// and s2 taken on stor-a (s1 with 64 MiB of data), as each host sees it.
+fn across_chain_worlds() -> (World, World) {
+    let (mut a, mut b) = across_worlds(vec![]);
+    let mut s1 = chain_snap_obj("s1", GIB, 2, 1);
+    s1.allocated = Some(GIB / 16);
+    let s2 = chain_snap_obj("s2", GIB, 3, 1);
+    if let Discovery::Ok(inv) = &mut a.backends.values_mut().next().unwrap().discovery {
+        inv.objects.extend([s1.clone(), s2.clone()]);
+    }
+    b.remote.volumes.get_mut("db").unwrap()[0].snapshots = [s1, s2]
+        .iter()
+        .map(|o| crate::observe::RemoteSnapshot {
+            name: o.name.clone(),
+            uuid: o.uuid,
+            size: o.size,
+            allocated: o.allocated,
+            health: o.health,
+        })
+        .collect();
+    (a, b)
+}
+
+fn chain_names(p: &super::Plan) -> Vec<(String, u128)> {
+    p.actions
+        .iter()
+        .find_map(|a| match &a.op {
+            Op::Migrate { snapshots, .. } => Some(
+                snapshots
+                    .iter()
+                    .map(|c| (c.name.clone(), c.uuid.as_u128()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 #[test]
-fn a_move_between_hosts_is_refused_with_snapshots_and_the_export_of_the_move_is_no_obstacle() {
-    let snap = "apiVersion: cinderblock.dev/v1alpha1\nkind: Snapshot\nmetadata: {name: s1}\nspec: {volume: db}\n---\n";
-    let set = across_set(snap);
+fn a_move_between_hosts_without_migrate_snapshots_is_refused_on_both_naming_the_snapshots() {
+    let set = across_set(&(snap_yaml("s1", "db") + &snap_yaml("s2", "db")));
+    let (a, b) = across_chain_worlds();
+    for (host, w) in [("stor-a", &a), ("stor-b", &b)] {
+        let p = plan(&set, w, &Recorded::default(), Options::default());
+        assert!(
+            p.actions
+                .iter()
+                .all(|x| !matches!(x.op, Op::Migrate { .. } | Op::Create { .. })),
+            "{host}: {:?}",
+            p.actions
+        );
+        assert_eq!(p.errors.len(), 1, "{host}: {:?}", p.errors);
+        assert!(
+            p.errors[0].to_string().contains("it has snapshots (snapshot.s1, snapshot.s2), which live on its back end; set migrateSnapshots: true to move them with it as a chain"),
+            "{host}: {:?}",
+            p.errors
+        );
+    }
+    // Declared but not taken yet: named too, with the way on.
+    let set = across_set(&snap_yaml("s3", "db"));
     let (a, _) = across_worlds(vec![]);
     let p = plan(&set, &a, &Recorded::default(), Options::default());
     assert!(
-        p.actions
-            .iter()
-            .all(|x| !matches!(x.op, Op::Migrate { .. })),
-        "{:?}",
-        p.actions
-    );
-    assert!(
-        p.errors[0].to_string().contains("it has snapshots (snapshot.s1), which move with a volume (migrateSnapshots: true) only between back ends of one host; move it to a back end of stor-a first, or delete the snapshots"),
+        p.errors[0].to_string().contains("(snapshot.s3)"),
         "{:?}",
         p.errors
     );
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // both hosts, then each phase of the move
+fn a_volume_moves_to_another_host_with_its_snapshots_listed_in_both_plans() {
+    let set = manifests(
+        &(backend_yaml("fa", "  host: stor-a\n")
+            + &backend_yaml("fb", "  host: stor-b\n")
+            + &vol_yaml("db", "1Gi", "  backend: fb\n  migrateSnapshots: true\n")
+            + &snap_yaml("s1", "db")
+            + &snap_yaml("s2", "db")),
+    );
+    let (a, b) = across_chain_worlds();
+    // stor-a recorded the snapshots it took.
+    let snap_rec = |n: u128, name: &str| {
+        (
+            Uuid::from_u128(n),
+            RecordedObject {
+                kind: ObjKind::Snapshot,
+                ..record(n, name, "fa", DeletionPolicy::Retain).1
+            },
+        )
+    };
+    let rec_a = Recorded {
+        objects: [snap_rec(2, "s1"), snap_rec(3, "s2")].into(),
+        last_plan: None,
+    };
+    let pa = plan(&set, &a, &rec_a, Options::default());
+    assert!(pa.errors.is_empty(), "{:?}", pa.errors);
+    assert_eq!(across_of(&pa).0.role, super::Role::Export);
+    assert_eq!(chain_names(&pa), [("s1".into(), 2), ("s2".into(), 3)]);
+    let pb = plan(&set, &b, &Recorded::default(), Options::default());
+    assert!(pb.errors.is_empty(), "{:?}", pb.errors);
+    assert!(
+        created(&pb).is_empty(),
+        "the destination creates nothing: {:?}",
+        pb.actions
+    );
+    assert_eq!(across_of(&pb).0.role, super::Role::Copy);
+    assert_eq!(chain_names(&pb), [("s1".into(), 2), ("s2".into(), 3)]);
+    for (host, p) in [("stor-a", &pa), ("stor-b", &pb)] {
+        let text = render::text(p);
+        for line in [
+            "> backend    = \"stor-a/fa\" -> \"stor-b/fb\"",
+            "over       = iSCSI: a LIO export of the volume and one of each snapshot with an ACL for stor-b's initiator",
+            "chain      = with its 2 snapshot(s), oldest first: the oldest copied, then each newer one and the volume as the blocks that differ; each snapshot keeps its name and id",
+            "> snapshot   = \"s1\": 1Gi, 64 MiB of data",
+            "> snapshot   = \"s2\": 1Gi, 0 B of data",
+        ] {
+            assert!(text.contains(line), "{host}: {line:?} in\n{text}");
+        }
+    }
+    // In flight: the source verified, its chain marked deleting; neither
+    // host calls the snapshots lost, and the destination creates none.
+    let mut a2 = a.clone();
+    a2.remote
+        .jobs
+        .insert("db".into(), job(crate::model::Phase::Verified, GIB / 4));
+    if let Discovery::Ok(inv) = &mut a2.backends.values_mut().next().unwrap().discovery {
+        for o in &mut inv.objects {
+            o.health = Health::Deleting;
+        }
+    }
+    let p = plan(&set, &a2, &rec_a, Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(across_of(&p).0.role, super::Role::Export);
+    assert_eq!(chain_names(&p).len(), 2, "{:?}", p.actions);
+    let mut b2 = b.clone();
+    b2.remote.jobs = a2.remote.jobs.clone();
+    let mut t = obj("db", GIB, 1);
+    t.health = Health::Migrating;
+    let mut t1 = chain_snap_obj("s1", GIB, 2, 1);
+    t1.health = Health::Migrating;
+    if let Discovery::Ok(inv) = &mut b2.backends.values_mut().next().unwrap().discovery {
+        inv.objects.extend([t, t1]);
+    }
+    let p = plan(&set, &b2, &Recorded::default(), Options::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert!(created(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(chain_names(&p).len(), 2, "{:?}", p.actions);
+    // Done: the source host forgot the chain and sees it on stor-b; it
+    // plans nothing for the snapshots (no "lost", no create).
+    let (mut a3, _) = across_worlds(vec![]);
+    if let Discovery::Ok(inv) = &mut a3.backends.values_mut().next().unwrap().discovery {
+        inv.objects.clear();
+    }
+    a3.remote.volumes.insert(
+        "db".into(),
+        vec![crate::observe::RemoteVolume {
+            host: "stor-b".into(),
+            backend: "fb".into(),
+            uuid: Uuid::from_u128(1),
+            size: GIB,
+            allocated: None,
+            health: Health::Ready,
+            snapshots: Vec::new(),
+        }],
+    );
+    let p = plan(&set, &a3, &Recorded::default(), Options::default());
+    assert!(
+        p.actions.is_empty() && p.errors.is_empty(),
+        "{:?} {:?}",
+        p.actions,
+        p.errors
+    );
+    // A snapshot not taken on the source yet holds the move back on both.
+    let set2 = manifests(
+        &(backend_yaml("fa", "  host: stor-a\n")
+            + &backend_yaml("fb", "  host: stor-b\n")
+            + &vol_yaml("db", "1Gi", "  backend: fb\n  migrateSnapshots: true\n")
+            + &snap_yaml("s1", "db")
+            + &snap_yaml("s2", "db")
+            + &snap_yaml("s3", "db")),
+    );
+    for (host, w) in [("stor-a", &a), ("stor-b", &b)] {
+        let p = plan(&set2, w, &Recorded::default(), Options::default());
+        assert!(
+            p.errors.iter().any(|e| e
+                .to_string()
+                .contains("snapshot.s3 is declared but not taken yet")),
+            "{host}: {:?}",
+            p.errors
+        );
+        assert!(
+            p.actions
+                .iter()
+                .all(|x| !matches!(x.op, Op::Migrate { .. })),
+            "{host}: {:?}",
+            p.actions
+        );
+    }
 }
 
 #[test]

@@ -5,8 +5,21 @@
 //! [`send`] (the source host) and [`receive`] (the destination host). The
 //! destination reaches the source's volume through [`remote::RemoteVolume`],
 //! a third kind of endpoint behind the [`Driver`] seam: a volume of another
-//! host which, once logged in over iSCSI, is a block device of known size
-//! with no snapshots. [`crate::migrate::run`] moves it like any other source.
+//! host which, once logged in over iSCSI, is a block device of known size.
+//! [`crate::migrate::run`] moves it like any other source.
+//!
+//! With its snapshots (`migrateSnapshots: true`) the source exports each
+//! snapshot too, as a target of its own ([`migration_iqn`] of the
+//! snapshot's uuid) with the same portal, ACL and one-time CHAP secret, and
+//! publishes in the job each one's identity, size, age, extent map (all
+//! maps together at most [`MAX_RANGES`] ranges) and its BLAKE3 hash
+//! computed locally ([`JobSnapshot`]). The destination's
+//! [`remote::RemoteVolume`] presents them as the volume's snapshots, so
+//! [`crate::migrate`]'s chain runs unchanged from it: the oldest snapshot
+//! copied, each newer one and then the volume written as the blocks that
+//! differ, every stage and every snapshot verified against the source
+//! host's hash; the source removes its snapshots, then the volume, only
+//! once the job says `verified`.
 //!
 //! The job lives in etcd (`PREFIX/v1/jobs/VOLUME`, a [`Job`] written by
 //! compare-and-swap on its `mod_revision` through [`Jobs`]) and in both
@@ -15,16 +28,21 @@
 //!
 //! | phase | who writes it | what is true then | a re-run of the source | a re-run of the destination |
 //! | --- | --- | --- | --- | --- |
-//! | (none) | | source ready | hashes, exports, writes `exported` | waits for `exported` |
-//! | `exported` | source | export with an ACL for the destination's initiator and a one-time CHAP secret; extent map and BLAKE3 hash published | exports again (idempotent), waits | logs in, creates the target `migrating`, copies |
-//! | `copying` | destination (with its checkpoints) | logged in, copying | waits while the copy moves | resumes at its journal's checkpoint |
-//! | `verified` | destination | target hash equal to the source's local hash; logged out, node record deleted | marks the source `deleting`, unexports, deletes it, removes the job | promotes its target |
-//! | (removed) | source | source gone; the volume lives on the destination | nothing | promotes its target when the source is gone from the fleet |
+//! | (none) | | source ready (and its snapshots) | hashes the volume and each snapshot, exports each, writes `exported` | waits for `exported` |
+//! | `exported` | source | an export per object, each with an ACL for the destination's initiator and the job's one-time CHAP secret; extent maps and BLAKE3 hashes published | exports again (idempotent), waits | logs in, creates the target `migrating`, copies (a chain: the oldest snapshot first, a `migrating` target snapshot after each stage) |
+//! | `copying` | destination (with its checkpoints) | logged in, copying | waits while the copy moves | resumes at its journal's checkpoint (a chain: skips every stage whose target snapshot exists) |
+//! | `verified` | destination | every target hash equal to the source's local hash; logged out of every export, node records deleted | marks the volume, then its snapshots `deleting`, unexports each, deletes the snapshots, then the volume, removes the job | promotes its target snapshots, then the volume |
+//! | (removed) | source | source gone; the volume (and its chain) lives on the destination | nothing | promotes its targets when the source is gone from the fleet |
+//!
+//! The job record is versioned ([`JOB_VERSION`]; 2 added the snapshots):
+//! a host refuses a job of a later version, and a destination refuses a
+//! job whose snapshots are not the ones its plan moves.
 //!
 //! The CHAP secret is drawn at random for each job, lives only in the job
 //! record (for the destination) and in configfs (for LIO), is never in a
-//! plan, a journal or a log (`Debug` redacts it, command lines show it as
-//! `<redacted>`), and is gone with the export and the job.
+//! plan, a journal or a log (`Debug` redacts it), on no command line (the
+//! destination writes it into open-iscsi's node record file, see
+//! [`host`]), and is gone with the exports, the node records and the job.
 //!
 //! A failed verification keeps the source: the destination resets its
 //! checkpoint and logs out; the job stays `copying`, and the next run
@@ -46,16 +64,18 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::copy::{self, Extents};
-use crate::driver::{DataPath, Driver, DriverError, Layout, Mark};
-use crate::migrate::{Checkpoints, MigrateError, Move, Report};
+use crate::driver::{DataPath, Driver, DriverError, Layout, Mark, ObjKind};
+use crate::migrate::{Checkpoints, Link, MigrateError, Move, Report};
 pub use crate::model::{End, JobView, Phase};
 
-/// The job record's version.
-pub const JOB_VERSION: u32 = 1;
+/// The job record's version: 2 added the snapshots that move with the
+/// volume ([`Job::snapshots`]). A host refuses a job of a later version
+/// than its own (it could not tell what else moves).
+pub const JOB_VERSION: u32 = 2;
 
-/// Published extent maps longer than this are left out (the destination
-/// reads everything and detects zeros): a record stays far below etcd's
-/// request limit.
+/// Published extent maps longer than this, over the volume and its
+/// snapshots together, are left out (the destination reads those objects
+/// whole and detects zeros): a record stays far below etcd's request limit.
 pub const MAX_RANGES: usize = 20_000;
 
 /// Errors of a cross-host migration.
@@ -191,9 +211,74 @@ pub struct Job {
     /// Bytes the destination copied so far (its last checkpoint).
     #[serde(default)]
     pub copied: u64,
-    /// Bytes it reads in all.
+    /// Bytes it reads in all (the volume and its snapshots).
     #[serde(default)]
     pub to_copy: u64,
+    /// The snapshots that move with it (`migrateSnapshots: true`), each
+    /// exported beside it; none: the volume alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<JobSnapshot>,
+}
+
+/// A snapshot moving with its volume: exported as a target of its own with
+/// the volume's portal, ACL and CHAP credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSnapshot {
+    /// Its identity (kept on the destination).
+    pub uuid: Uuid,
+    /// Its manifest name (kept).
+    pub name: String,
+    /// Its size on the source.
+    pub size: u64,
+    /// Its age on the source ([`crate::driver::Object::created`]): the
+    /// chain moves oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
+    /// The IQN of its export ([`migration_iqn`] of its uuid).
+    pub iqn: String,
+    /// Its allocated ranges, as [`Job::extents`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extents: Option<Vec<(u64, u64)>>,
+    /// BLAKE3 content hash, computed on the source host.
+    pub hash: String,
+}
+
+impl Job {
+    /// The export of snapshot `uuid` of the job (the volume's target under
+    /// the snapshot's IQN), or of the volume itself.
+    pub fn target_of(&self, uuid: Uuid) -> Option<Target> {
+        if uuid == self.uuid {
+            return Some(self.target.clone());
+        }
+        self.snapshots
+            .iter()
+            .find(|s| s.uuid == uuid)
+            .map(|s| Target {
+                iqn: s.iqn.clone(),
+                ..self.target.clone()
+            })
+    }
+
+    /// Every export of the job: the volume's, then each snapshot's.
+    pub fn targets(&self) -> Vec<Target> {
+        std::iter::once(self.uuid)
+            .chain(self.snapshots.iter().map(|s| s.uuid))
+            .filter_map(|u| self.target_of(u))
+            .collect()
+    }
+
+    /// Refuses a job written by a later version (it may move more than
+    /// this host knows of).
+    fn check_version(&self) -> Result<(), XhostError> {
+        if self.version > JOB_VERSION {
+            return Err(XhostError::State(format!(
+                "the migration job of {} is of version {}, newer than this cinderblock's {JOB_VERSION}; upgrade this host",
+                self.volume, self.version
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Job {
@@ -300,6 +385,9 @@ pub struct Sending<'a> {
     /// The portal (`ADDR:PORT`) the export listens on and the destination
     /// logs in to (`--migration-portal`).
     pub portal: Option<&'a str>,
+    /// The snapshots that move with it (`migrateSnapshots: true`), by
+    /// uuid; a job already written names its own.
+    pub snapshots: &'a [Uuid],
     /// Waiting for the destination.
     pub wait: Wait,
 }
@@ -309,8 +397,11 @@ pub struct Sending<'a> {
 pub struct Sent {
     /// The source was removed (the volume lives on the destination now).
     pub removed: bool,
-    /// Bytes this host read to hash the volume (0 on a resumed job).
+    /// Bytes this host read to hash the volume and its snapshots (0 on a
+    /// resumed job).
     pub hashed: u64,
+    /// The snapshots removed with it (their uuids), when removed.
+    pub snapshots: Vec<Uuid>,
 }
 
 /// The source's half: export the volume for the destination, wait while it
@@ -368,6 +459,7 @@ pub fn send(
                 }
             }
         };
+        job.check_version()?;
         if job.uuid != s.uuid || job.from != s.from {
             return Err(XhostError::State(format!(
                 "the migration job of {} moves {} from {}, not {} from {}; remove it with `etcdctl del` after checking both hosts",
@@ -379,10 +471,13 @@ pub fn send(
                 if !exported {
                     // A restarted host lost configfs, or a crash stopped
                     // between the export and the job: make it true again.
-                    if src.object(s.uuid)?.is_some_and(|o| o.mark == Mark::Ready) {
-                        let data = src.data_path(s.uuid)?;
-                        lio.export(s.uuid, &data, &job.target)
-                            .map_err(XhostError::Export)?;
+                    for t in std::iter::once(s.uuid).chain(job.snapshots.iter().map(|x| x.uuid)) {
+                        if src.object(t)?.is_some_and(|o| o.mark == Mark::Ready)
+                            && let Some(target) = job.target_of(t)
+                        {
+                            let data = src.data_path(t)?;
+                            lio.export(t, &data, &target).map_err(XhostError::Export)?;
+                        }
                     }
                     exported = true;
                 }
@@ -400,22 +495,84 @@ pub fn send(
                 sleep(s.wait.poll);
             }
             Phase::Verified => {
-                finish(s, src, lio)?;
+                let snaps: Vec<Uuid> = job.snapshots.iter().map(|x| x.uuid).collect();
+                finish(s, &snaps, src, lio)?;
                 if !jobs.delete(s.volume, rev)? {
                     continue;
                 }
-                tracing::info!(volume = s.volume, to = %job.to, "the destination verified its copy; the source is removed");
+                tracing::info!(volume = s.volume, to = %job.to, snapshots = snaps.len(), "the destination verified its copy; the source is removed");
                 return Ok(Sent {
                     removed: true,
                     hashed,
+                    snapshots: snaps,
                 });
             }
         }
     }
 }
 
-/// Hashes and exports the source, and makes the job (not written yet):
-/// the job and the bytes read.
+/// One object's published layout and hash, hashed on this host.
+struct Hashed {
+    extents: Option<Vec<(u64, u64)>>,
+    hash: String,
+    /// Bytes the destination reads of it.
+    to_copy: u64,
+    /// Bytes read here to hash it.
+    read: u64,
+}
+
+/// Hashes object `uuid` of `src` (`size` bytes) where it holds data, and
+/// says which ranges to publish (`budget`: ranges the record may still
+/// take; what it publishes is taken from it).
+fn hash_object(
+    s: &Sending<'_>,
+    src: &dyn Driver,
+    uuid: Uuid,
+    size: u64,
+    budget: &mut usize,
+) -> Result<(Hashed, DataPath), XhostError> {
+    let data = src.data_path(uuid)?;
+    let file = std::fs::File::open(&data.path).map_err(|source| MigrateError::Open {
+        path: data.path.clone(),
+        source,
+    })?;
+    let copy_err = |source| MigrateError::Copy {
+        from: s.from.to_string(),
+        to: s.to.to_string(),
+        source,
+    };
+    let (extents, published) = match src.layout(uuid)? {
+        Layout::Seek => {
+            let e = Extents::of_file(&file, &data.path, size).map_err(copy_err)?;
+            let r = e.ranges().to_vec();
+            (e, Some(r))
+        }
+        Layout::Ranges(r) => (Extents::new(r.clone(), size), Some(r)),
+        Layout::Everything => (Extents::all(size), None),
+    };
+    let published = published
+        .filter(|r| r.len() <= *budget)
+        .map(|r| r.iter().map(|x| (x.start, x.end)).collect::<Vec<_>>());
+    if let Some(r) = &published {
+        *budget -= r.len();
+    }
+    let hash = copy::content_hash(&file, &data.path, size, &extents).map_err(copy_err)?;
+    let to_copy = published
+        .as_ref()
+        .map_or(size, |r| r.iter().map(|(a, b)| b - a).sum());
+    Ok((
+        Hashed {
+            extents: published,
+            hash: hash.to_hex().to_string(),
+            to_copy,
+            read: extents.bytes(),
+        },
+        data,
+    ))
+}
+
+/// Hashes and exports the source (the volume and each snapshot moving with
+/// it), and makes the job (not written yet): the job and the bytes read.
 fn start(
     s: &Sending<'_>,
     src: &dyn Driver,
@@ -435,29 +592,36 @@ fn start(
             s.to.host
         ))
     })?;
-    let data = src.data_path(s.uuid)?;
-    let file = std::fs::File::open(&data.path).map_err(|source| MigrateError::Open {
-        path: data.path.clone(),
-        source,
-    })?;
-    let copy_err = |source| MigrateError::Copy {
-        from: s.from.to_string(),
-        to: s.to.to_string(),
-        source,
-    };
-    let (extents, published) = match src.layout(s.uuid)? {
-        Layout::Seek => {
-            let e = Extents::of_file(&file, &data.path, size).map_err(copy_err)?;
-            let r = e.ranges().to_vec();
-            (e, Some(r))
+    // Every snapshot of the chain, ready and unused, before anything is
+    // exported.
+    let mut snaps = Vec::with_capacity(s.snapshots.len());
+    for &u in s.snapshots {
+        match src.object(u)? {
+            Some(o) if o.kind == ObjKind::Snapshot && o.mark == Mark::Ready && !o.in_use => {
+                snaps.push(o);
+            }
+            Some(o) => {
+                return Err(XhostError::State(format!(
+                    "snapshot {} ({u}) on {} is a {} {}{}, not a ready snapshot; nothing is moved",
+                    o.name,
+                    s.from,
+                    o.mark.as_str(),
+                    o.kind,
+                    if o.in_use { " in use" } else { "" }
+                )));
+            }
+            None => {
+                return Err(XhostError::State(format!(
+                    "snapshot {u} of volume {} is not on {}; nothing is moved",
+                    s.uuid, s.from
+                )));
+            }
         }
-        Layout::Ranges(r) => (Extents::new(r.clone(), size), Some(r)),
-        Layout::Everything => (Extents::all(size), None),
-    };
-    let published = published
-        .filter(|r| r.len() <= MAX_RANGES)
-        .map(|r| r.iter().map(|x| (x.start, x.end)).collect::<Vec<_>>());
-    let hash = copy::content_hash(&file, &data.path, size, &extents).map_err(copy_err)?;
+    }
+    // Oldest first, as the chain moves.
+    snaps.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    let mut budget = MAX_RANGES;
+    let (vol, data) = hash_object(s, src, s.uuid, size, &mut budget)?;
     let target = Target {
         iqn: migration_iqn(s.uuid),
         portal: portal.to_owned(),
@@ -465,12 +629,36 @@ fn start(
         user: format!("cinderblock-{}", &s.uuid.simple().to_string()[..12]),
         secret: Secret::random()?,
     };
+    let mut read = vol.read;
+    let mut to_copy = vol.to_copy;
+    let mut published = Vec::with_capacity(snaps.len());
+    for o in &snaps {
+        let (h, sdata) = hash_object(s, src, o.uuid, o.size, &mut budget)?;
+        let snap = JobSnapshot {
+            uuid: o.uuid,
+            name: o.name.clone(),
+            size: o.size,
+            created: o.created,
+            iqn: migration_iqn(o.uuid),
+            extents: h.extents,
+            hash: h.hash,
+        };
+        lio.export(
+            o.uuid,
+            &sdata,
+            &Target {
+                iqn: snap.iqn.clone(),
+                ..target.clone()
+            },
+        )
+        .map_err(XhostError::Export)?;
+        read += h.read;
+        to_copy += h.to_copy;
+        published.push(snap);
+    }
     lio.export(s.uuid, &data, &target)
         .map_err(XhostError::Export)?;
-    let to_copy = published
-        .as_ref()
-        .map_or(size, |r| r.iter().map(|(a, b)| b - a).sum());
-    tracing::info!(volume = s.volume, to = %s.to, iqn = %target.iqn, hashed = extents.bytes(), "exported for the migration");
+    tracing::info!(volume = s.volume, to = %s.to, iqn = %target.iqn, snapshots = published.len(), hashed = read, "exported for the migration");
     Ok((
         Job {
             version: JOB_VERSION,
@@ -481,25 +669,36 @@ fn start(
             to: s.to.clone(),
             phase: Phase::Exported,
             target,
-            extents: published,
-            hash: hash.to_hex().to_string(),
+            extents: vol.extents,
+            hash: vol.hash,
             copied: 0,
             to_copy,
+            snapshots: published,
         },
-        extents.bytes(),
+        read,
     ))
 }
 
-/// The source's end, once verified: mark it `deleting`, remove the export
-/// with its ACL, delete it. Each step idempotent.
-fn finish(s: &Sending<'_>, src: &dyn Driver, lio: &dyn Exporter) -> Result<(), XhostError> {
-    if src
-        .object(s.uuid)?
-        .is_some_and(|o| o.mark != Mark::Deleting)
-    {
-        src.set_mark(s.uuid, Mark::Deleting)?;
+/// The source's end, once verified: mark the volume, then its snapshots
+/// `deleting`, remove every export with its ACL, delete the snapshots,
+/// then the volume. Each step idempotent.
+fn finish(
+    s: &Sending<'_>,
+    snaps: &[Uuid],
+    src: &dyn Driver,
+    lio: &dyn Exporter,
+) -> Result<(), XhostError> {
+    for &u in std::iter::once(&s.uuid).chain(snaps) {
+        if src.object(u)?.is_some_and(|o| o.mark != Mark::Deleting) {
+            src.set_mark(u, Mark::Deleting)?;
+        }
     }
-    lio.unexport(s.uuid).map_err(XhostError::Export)?;
+    for &u in snaps.iter().chain(std::iter::once(&s.uuid)) {
+        lio.unexport(u).map_err(XhostError::Export)?;
+    }
+    for &u in snaps {
+        src.delete(u)?;
+    }
     src.delete(s.uuid)?;
     Ok(())
 }
@@ -519,6 +718,9 @@ pub struct Receive<'a> {
     pub size: u64,
     /// Read at most this many bytes per second.
     pub bandwidth: Option<u64>,
+    /// The snapshots that move with it, as the plan saw them (sizes on
+    /// this host); the job must name the same ones.
+    pub snapshots: &'a [Link<'a>],
     /// The planner saw no job and the volume on no other host while this
     /// host holds its `migrating` target: the source finished, and only
     /// the promotion is left.
@@ -548,10 +750,30 @@ pub fn receive(
     let remote = loop {
         match jobs.get(r.volume)? {
             Some((job, rev)) => {
+                job.check_version()?;
                 if job.uuid != r.uuid || job.to != r.to || job.from != r.from {
                     return Err(XhostError::State(format!(
                         "the migration job of {} moves {} from {} to {}, not {} from {} to {}",
                         r.volume, job.uuid, job.from, job.to, r.uuid, r.from, r.to
+                    )));
+                }
+                let theirs: std::collections::BTreeSet<Uuid> =
+                    job.snapshots.iter().map(|x| x.uuid).collect();
+                let ours: std::collections::BTreeSet<Uuid> =
+                    r.snapshots.iter().map(|l| l.uuid).collect();
+                if theirs != ours {
+                    let names = |v: Vec<&str>| {
+                        if v.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            v.join(", ")
+                        }
+                    };
+                    return Err(XhostError::State(format!(
+                        "the migration job of {} moves its snapshots {}, but this host's plan moves {}; plan again (the source's snapshots changed?)",
+                        r.volume,
+                        names(job.snapshots.iter().map(|x| x.name.as_str()).collect()),
+                        names(r.snapshots.iter().map(|l| l.name).collect()),
                     )));
                 }
                 break remote::RemoteVolume::new(jobs, attach, job, rev);
@@ -573,12 +795,9 @@ pub fn receive(
         name: r.volume,
         size: r.size,
         bandwidth: r.bandwidth,
-        snapshots: &[],
+        snapshots: r.snapshots,
     };
-    let mut cps = remote::Published {
-        inner: cp,
-        remote: &remote,
-    };
+    let mut cps = remote::Published::new(cp, &remote);
     let out = crate::migrate::run(&mv, &remote, dst, &mut cps);
     if out.is_err() {
         // A failed copy or verification leaves no session behind.

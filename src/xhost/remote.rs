@@ -1,14 +1,18 @@
 //! A volume of another host, reached over iSCSI: the third kind of
 //! endpoint behind the [`Driver`] seam (beside files and LVs).
 //!
-//! Owns the destination's view of a cross-host job's source: its object
-//! (size and mark, from the job: `ready` while it is exported, `deleting`
-//! once the copy was verified), its layout (the extent map the source
-//! published), its data path (the block device of an `iscsiadm` login), the
-//! source's own content hash, and the two marks the migration sequence
-//! sets on a source: `deleting` here means "verified" (log out, delete the
-//! node record, write `verified` into the job), and a delete is the source
-//! host's to do once it reads that.
+//! Owns the destination's view of a cross-host job's source: the volume
+//! and the snapshots moving with it (`migrateSnapshots: true`), each an
+//! object (size and mark, from the job: `ready` while it is exported,
+//! `deleting` once the copy was verified; a snapshot's age, so the chain
+//! moves oldest first), a layout (the extent map the source published), a
+//! data path (the block device of an `iscsiadm` login to its own export),
+//! and the source's own content hash; and the two marks the migration
+//! sequence sets on a source: `deleting` on the volume means "verified"
+//! (log out of every export, delete the node records, write `verified`
+//! into the job; the snapshots' marks follow it), and a delete is the
+//! source host's to do once it reads that. [`crate::migrate`] runs a chain
+//! from it as from a local back end.
 //!
 //! Invariants: it never writes to the remote device (opened read-only by
 //! the migration), a session it opened is closed on verification and on
@@ -16,6 +20,7 @@
 //! read. Must not: create, snapshot, grow or rename anything (refused: a
 //! remote volume is only ever a migration's source).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
@@ -42,8 +47,8 @@ pub struct RemoteVolume<'a> {
 struct State {
     /// The job and its revision; none once the source finished.
     job: Option<(Job, i64)>,
-    /// The device while logged in.
-    device: Option<PathBuf>,
+    /// The devices logged in to, by object.
+    devices: BTreeMap<Uuid, PathBuf>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -61,7 +66,7 @@ impl<'a> RemoteVolume<'a> {
             attach: Some(attach),
             state: Mutex::new(State {
                 job: Some((job, rev)),
-                device: None,
+                devices: BTreeMap::new(),
             }),
         }
     }
@@ -77,7 +82,7 @@ impl<'a> RemoteVolume<'a> {
             attach: None,
             state: Mutex::new(State {
                 job: None,
-                device: None,
+                devices: BTreeMap::new(),
             }),
         }
     }
@@ -94,15 +99,20 @@ impl<'a> RemoteVolume<'a> {
         DriverError::new(&self.name, op, why, retryable)
     }
 
-    /// Logs out (and deletes the node record) when logged in; errors are
-    /// logged (the next run logs out again).
+    /// Logs out of every export logged in to (and deletes its node
+    /// record); errors are logged (the next run logs out again).
     pub fn detach(&self) {
         let mut st = lock(&self.state);
-        if st.device.take().is_some()
-            && let (Some(a), Some((job, _))) = (self.attach, &st.job)
-            && let Err(e) = a.logout(&job.target)
-        {
-            tracing::warn!(volume = %self.volume, error = %e, "cannot log out of the migration's source");
+        let devices = std::mem::take(&mut st.devices);
+        let (Some(a), Some((job, _))) = (self.attach, &st.job) else {
+            return;
+        };
+        for u in devices.keys() {
+            if let Some(t) = job.target_of(*u)
+                && let Err(e) = a.logout(&t)
+            {
+                tracing::warn!(volume = %self.volume, iqn = %t.iqn, error = %e, "cannot log out of the migration's source");
+            }
         }
     }
 
@@ -215,19 +225,29 @@ impl Driver for RemoteVolume<'_> {
         Ok(Change::Unchanged)
     }
 
-    /// `deleting`: the copy was verified; log out and say so in the job.
+    /// `deleting` on the volume: the copy was verified; log out and say
+    /// so in the job. On a snapshot of the job once that is said: nothing
+    /// more (the source host removes it with the volume).
     fn set_mark(&self, uuid: Uuid, mark: Mark) -> Result<Change, DriverError> {
-        if uuid != self.uuid || mark != Mark::Deleting {
+        if mark != Mark::Deleting {
             return Err(self.refuse(Op::SetMark));
         }
-        // Logged out before the source may remove its export.
+        if uuid != self.uuid {
+            return match self.object(uuid)? {
+                Some(o) if o.mark == Mark::Deleting => Ok(Change::Unchanged),
+                _ => Err(self.refuse(Op::SetMark)),
+            };
+        }
+        // Logged out of every export (those of an earlier, killed run
+        // too) before the source may remove them.
         {
             let mut st = lock(&self.state);
             if let (Some(a), Some((job, _))) = (self.attach, &st.job) {
-                a.logout(&job.target)
-                    .map_err(|e| self.err(Op::SetMark, e, true))?;
+                for t in job.targets() {
+                    a.logout(&t).map_err(|e| self.err(Op::SetMark, e, true))?;
+                }
             }
-            st.device = None;
+            st.devices.clear();
         }
         self.update(Op::SetMark, &|j| {
             j.phase = Phase::Verified;
@@ -242,47 +262,64 @@ impl Driver for RemoteVolume<'_> {
     }
 
     fn object(&self, uuid: Uuid) -> Result<Option<Object>, DriverError> {
-        if uuid != self.uuid {
-            return Ok(None);
-        }
         let st = lock(&self.state);
-        let (size, mark) = match &st.job {
-            None => (0, Mark::Deleting),
-            Some((j, _)) if j.phase == Phase::Verified => (j.size, Mark::Deleting),
-            Some((j, _)) => (j.size, Mark::Ready),
+        let mark = match &st.job {
+            Some((j, _)) if j.phase != Phase::Verified => Mark::Ready,
+            _ => Mark::Deleting,
+        };
+        let (name, kind, size, created) = if uuid == self.uuid {
+            let size = st.job.as_ref().map_or(0, |(j, _)| j.size);
+            (self.volume.clone(), ObjKind::Volume, size, None)
+        } else {
+            let Some(s) = st
+                .job
+                .as_ref()
+                .and_then(|(j, _)| j.snapshots.iter().find(|s| s.uuid == uuid))
+            else {
+                return Ok(None);
+            };
+            (s.name.clone(), ObjKind::Snapshot, s.size, s.created)
         };
         Ok(Some(Object {
             uuid,
-            name: self.volume.clone(),
-            kind: ObjKind::Volume,
+            name,
+            kind,
             size,
             mark,
             migration: None,
             in_use: false,
-            created: None,
+            created,
         }))
     }
 
-    /// Logs in (once) and says `copying` in the job.
+    /// Logs in to the object's export (once) and says `copying` in the job.
     fn data_path(&self, uuid: Uuid) -> Result<DataPath, DriverError> {
-        let Some(job) = self.job().filter(|_| uuid == self.uuid) else {
+        let Some((job, target)) = self.job().and_then(|j| j.target_of(uuid).map(|t| (j, t))) else {
             return Err(self.err(
                 Op::Open,
-                "the migration job is gone; nothing to read".into(),
+                "the migration job is gone or names no such object; nothing to read".into(),
                 false,
             ));
         };
         let Some(attach) = self.attach else {
             return Err(self.refuse(Op::Open));
         };
-        let existing = lock(&self.state).device.clone();
+        let len = if uuid == job.uuid {
+            job.size
+        } else {
+            job.snapshots
+                .iter()
+                .find(|s| s.uuid == uuid)
+                .map_or(0, |s| s.size)
+        };
+        let existing = lock(&self.state).devices.get(&uuid).cloned();
         let path = if let Some(p) = existing {
             p
         } else {
             let p = attach
-                .login(&job.target)
+                .login(&target)
                 .map_err(|e| self.err(Op::Open, e, true))?;
-            lock(&self.state).device = Some(p.clone());
+            lock(&self.state).devices.insert(uuid, p.clone());
             p
         };
         if job.phase == Phase::Exported {
@@ -290,13 +327,23 @@ impl Driver for RemoteVolume<'_> {
         }
         Ok(DataPath {
             path,
-            len: job.size,
+            len,
             kind: PathKind::Block,
         })
     }
 
-    fn layout(&self, _: Uuid) -> Result<Layout, DriverError> {
-        Ok(match self.job().and_then(|j| j.extents) {
+    fn layout(&self, uuid: Uuid) -> Result<Layout, DriverError> {
+        let ranges = self.job().and_then(|j| {
+            if uuid == j.uuid {
+                j.extents
+            } else {
+                j.snapshots
+                    .into_iter()
+                    .find(|s| s.uuid == uuid)
+                    .and_then(|s| s.extents)
+            }
+        });
+        Ok(match ranges {
             Some(r) => Layout::Ranges(r.into_iter().map(|(a, b)| a..b).collect()),
             None => Layout::Everything,
         })
@@ -315,7 +362,16 @@ impl Driver for RemoteVolume<'_> {
     }
 
     fn known_hash(&self, uuid: Uuid) -> Result<Option<String>, DriverError> {
-        Ok(self.job().filter(|j| j.uuid == uuid).map(|j| j.hash))
+        Ok(self.job().and_then(|j| {
+            if j.uuid == uuid {
+                Some(j.hash)
+            } else {
+                j.snapshots
+                    .into_iter()
+                    .find(|s| s.uuid == uuid)
+                    .map(|s| s.hash)
+            }
+        }))
     }
 }
 
@@ -333,16 +389,44 @@ pub struct Published<'a, 'r> {
     pub inner: &'a mut dyn Checkpoints,
     /// The source.
     pub remote: &'a RemoteVolume<'r>,
+    /// A chain's stages: the one checkpointed now, and the bytes the
+    /// stages before it read (progress is their sum).
+    pub stage: Option<Uuid>,
+    /// Bytes the earlier stages of this run read.
+    pub before: u64,
+    /// What the current stage has read so far.
+    pub current: u64,
+}
+
+impl<'a, 'r> Published<'a, 'r> {
+    /// The checkpoints of a move from `remote`.
+    pub fn new(inner: &'a mut dyn Checkpoints, remote: &'a RemoteVolume<'r>) -> Self {
+        Published {
+            inner,
+            remote,
+            stage: None,
+            before: 0,
+            current: 0,
+        }
+    }
 }
 
 impl copy::Observer for Published<'_, '_> {
     fn progress(&mut self, at: &copy::Position) {
+        self.current = at.read;
         self.inner.progress(at);
     }
     fn checkpoint(&mut self, at: &copy::Position) -> Result<(), String> {
         self.inner.checkpoint(at)?;
         if let Some(j) = self.remote.job() {
-            let done = j.to_copy.saturating_sub(at.to_read) + at.read;
+            self.current = at.read;
+            let done = if j.snapshots.is_empty() {
+                j.to_copy.saturating_sub(at.to_read) + at.read
+            } else {
+                // A chain: what this run's stages read (a resumed stage
+                // counts from its checkpoint).
+                self.before + at.read
+            };
             self.remote.progress(done.min(j.to_copy), j.to_copy);
         }
         Ok(())
@@ -357,6 +441,11 @@ impl Checkpoints for Published<'_, '_> {
         self.inner.last(id)
     }
     fn begin(&mut self, id: Uuid) {
+        if self.stage.is_some_and(|s| s != id) {
+            self.before += self.current;
+            self.current = 0;
+        }
+        self.stage = Some(id);
         self.inner.begin(id);
     }
     fn reset(&mut self, id: Uuid) -> Result<(), MigrateError> {

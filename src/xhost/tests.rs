@@ -19,6 +19,7 @@ use crate::copy::{Observer, Position};
 use crate::driver::DataPath;
 use crate::driver::fake::{FakeDriver, FakeObject};
 use crate::driver::fault::{Action, Faulty, Trigger};
+use crate::migrate::tests::scribble;
 use crate::migrate::{Checkpoints, MigrateError};
 use crate::model::{Mark, ObjKind};
 
@@ -177,7 +178,7 @@ impl Checkpoints for Journal {
 }
 
 struct Site {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     a: FakeDriver,
     b: FakeDriver,
     uuid: Uuid,
@@ -186,6 +187,9 @@ struct Site {
     lio: Arc<Lio>,
     initiator: Initiator,
     journal: Journal,
+    /// A chain's snapshots with their point-in-time content, oldest first
+    /// (none: the volume alone).
+    snaps: Vec<(Uuid, Vec<u8>)>,
 }
 
 fn site() -> Site {
@@ -212,7 +216,7 @@ fn site() -> Site {
     );
     let lio = Arc::new(Lio::default());
     Site {
-        _dir: dir,
+        dir,
         a,
         b,
         uuid,
@@ -225,7 +229,61 @@ fn site() -> Site {
         },
         lio,
         journal: Journal::default(),
+        snaps: Vec::new(),
     }
+}
+
+/// The chain's snapshots, by uuid (younger first, as a plan may list them).
+const SNAPS: [Uuid; 2] = [Uuid::from_u128(0x17), Uuid::from_u128(0x16)];
+
+/// The chain's snapshots as the destination's plan names them.
+const LINKS: [crate::migrate::Link<'static>; 2] = [
+    crate::migrate::Link {
+        uuid: Uuid::from_u128(0x17),
+        name: "s2",
+        size: 8 * MIB,
+        space: 8 * MIB,
+    },
+    crate::migrate::Link {
+        uuid: Uuid::from_u128(0x16),
+        name: "s1",
+        size: 8 * MIB,
+        space: 8 * MIB,
+    },
+];
+
+/// A thick source (`a`: no extent map, new objects full of garbage) whose
+/// volume has two snapshots, different data written before each, moving to
+/// a thin `b`.
+fn chain_site() -> Site {
+    use crate::driver::Driver as _;
+    let mut s = site();
+    // Another directory than the volume-alone source's.
+    s.a = FakeDriver::new("thick-a", s.dir.path(), false);
+    let mut data = s.data.clone();
+    s.a.put(
+        s.uuid,
+        FakeObject {
+            group: None,
+            name: "db".into(),
+            kind: ObjKind::Volume,
+            size: 8 * MIB,
+            mark: Mark::Ready,
+            migration: None,
+            parent: None,
+            in_use: false,
+        },
+        &data,
+    );
+    let d0 = data.clone();
+    s.a.snapshot(s.uuid, SNAPS[1], "s1", 0).unwrap();
+    scribble(&s.a, s.uuid, &mut data, 4 * MIB, 512 << 10, 0x33);
+    let d1 = data.clone();
+    s.a.snapshot(s.uuid, SNAPS[0], "s2", 0).unwrap();
+    scribble(&s.a, s.uuid, &mut data, MIB, 64 << 10, 0x44);
+    s.data = data;
+    s.snaps = vec![(SNAPS[1], d0), (SNAPS[0], d1)];
+    s
 }
 
 fn from() -> End {
@@ -249,25 +307,27 @@ fn wait() -> Wait {
     }
 }
 
-fn sending(uuid: Uuid) -> Sending<'static> {
+fn sending(s: &Site) -> Sending<'static> {
     Sending {
         volume: "db",
-        uuid,
+        uuid: s.uuid,
         from: from(),
         to: to(),
         portal: Some("127.0.0.1:3260"),
+        snapshots: if s.snaps.is_empty() { &[] } else { &SNAPS },
         wait: wait(),
     }
 }
 
-fn receiving(uuid: Uuid, source_gone: bool) -> Receive<'static> {
+fn receiving(s: &Site, source_gone: bool) -> Receive<'static> {
     Receive {
         volume: "db",
-        uuid,
+        uuid: s.uuid,
         from: from(),
         to: to(),
         size: 8 * MIB,
         bandwidth: None,
+        snapshots: if s.snaps.is_empty() { &[] } else { &LINKS },
         source_gone,
         wait: wait(),
     }
@@ -286,10 +346,26 @@ fn assert_moved(s: &Site, at: &str) {
         s.a.state()
     );
     let b = s.b.state();
-    assert_eq!(b.len(), 1, "{at}: the volume exists once on B");
+    assert_eq!(
+        b.len(),
+        1 + s.snaps.len(),
+        "{at}: the volume (and its chain) exists once on B"
+    );
     let o = &b[&s.uuid];
     assert_eq!((o.name.as_str(), o.mark), ("db", Mark::Ready), "{at}");
     assert!(s.b.data(s.uuid) == s.data, "{at}: the data arrived");
+    for ((u, want), name) in s.snaps.iter().zip(["s1", "s2"]) {
+        let o = &b[u];
+        assert_eq!(
+            (o.name.as_str(), o.kind, o.mark, o.parent, o.migration),
+            (name, ObjKind::Snapshot, Mark::Ready, Some(s.uuid), None),
+            "{at}: snapshot {name} kept its identity and is its volume's"
+        );
+        assert!(
+            s.b.data(*u) == *want,
+            "{at}: {name} holds its point in time"
+        );
+    }
     assert!(
         s.lio.exports.lock().unwrap().is_empty(),
         "{at}: no export left"
@@ -304,13 +380,12 @@ fn assert_moved(s: &Site, at: &str) {
     );
 }
 
-#[test]
-fn both_halves_move_the_volume_and_leave_nothing_behind() {
-    let s = site();
+/// Both halves, each on its thread, uninterrupted.
+fn both(s: &Site) -> (crate::migrate::Report, super::Sent) {
     std::thread::scope(|t| {
         let src = t.spawn(|| {
             send(
-                &sending(s.uuid),
+                &sending(s),
                 &s.a,
                 &Handle::new(&s.store, None),
                 &s.lio,
@@ -319,7 +394,7 @@ fn both_halves_move_the_volume_and_leave_nothing_behind() {
         });
         let mut j = s.journal.clone();
         let r = receive(
-            &receiving(s.uuid, false),
+            &receiving(s, false),
             &s.b,
             &Handle::new(&s.store, None),
             &s.initiator,
@@ -327,12 +402,18 @@ fn both_halves_move_the_volume_and_leave_nothing_behind() {
             &nap,
         )
         .unwrap();
-        let sent = src.join().unwrap().unwrap();
-        assert!(sent.removed);
-        // The copy read only the allocated ranges the source published.
-        let copy = r.copy.unwrap();
-        assert_eq!(copy.read, 2 * MIB + MIB, "two data MiB and the last one");
-    });
+        (r, src.join().unwrap().unwrap())
+    })
+}
+
+#[test]
+fn both_halves_move_the_volume_and_leave_nothing_behind() {
+    let s = site();
+    let (r, sent) = both(&s);
+    assert!(sent.removed);
+    // The copy read only the allocated ranges the source published.
+    let copy = r.copy.unwrap();
+    assert_eq!(copy.read, 2 * MIB + MIB, "two data MiB and the last one");
     assert_moved(&s, "uninterrupted");
     // Written into the job: the secret (for the destination) and phases.
     let written = s.store.written.lock().unwrap();
@@ -351,12 +432,172 @@ fn both_halves_move_the_volume_and_leave_nothing_behind() {
 }
 
 #[test]
+fn a_chain_moves_between_hosts_oldest_first_verified_against_the_source_hosts_hashes() {
+    let s = chain_site();
+    let (report, sent) = both(&s);
+    assert!(sent.removed);
+    assert_eq!(
+        sent.snapshots.iter().collect::<BTreeSet<_>>(),
+        SNAPS.iter().collect::<BTreeSet<_>>(),
+        "the source removed both snapshots"
+    );
+    assert_moved(&s, "chain");
+    // Oldest first, each verified, by name.
+    let names: Vec<&str> = report.snapshots.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["s1", "s2"]);
+    // One login per export: the volume and each snapshot.
+    assert_eq!(s.initiator.logins.load(Ordering::SeqCst), 3);
+    // The job as the source wrote it: version 2, each snapshot with its own
+    // export, its age and the hash the source computed locally.
+    let first: Job = serde_json::from_str(&s.store.written.lock().unwrap()[0]).unwrap();
+    assert_eq!(first.version, super::JOB_VERSION);
+    assert_eq!(first.version, 2);
+    let snaps: Vec<(&str, &str)> = first
+        .snapshots
+        .iter()
+        .map(|x| (x.name.as_str(), x.iqn.as_str()))
+        .collect();
+    assert_eq!(snaps.len(), 2);
+    for (x, (u, want)) in first.snapshots.iter().zip(&s.snaps) {
+        assert_eq!(x.uuid, *u);
+        assert_eq!(x.iqn, super::migration_iqn(*u));
+        assert!(x.created.is_some(), "the chain's order travels with it");
+        assert!(x.extents.is_none(), "a thick source publishes no map");
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), want).unwrap();
+        let h = crate::copy::content_hash(
+            f.as_file(),
+            f.path(),
+            8 * MIB,
+            &crate::copy::Extents::all(8 * MIB),
+        )
+        .unwrap();
+        assert_eq!(
+            x.hash,
+            h.to_hex().to_string(),
+            "{}: the source's own hash",
+            x.name
+        );
+    }
+    assert_eq!(first.to_copy, 3 * 8 * MIB, "three objects read whole");
+    // A thin target shares what its snapshots share: the volume's stage
+    // wrote only the 64 KiB changed after s2.
+    let stats = report.copy.unwrap();
+    assert!(
+        stats.written < 3 * MIB + 512 * 1024 + 64 * 1024 + MIB,
+        "wrote {} bytes",
+        stats.written
+    );
+}
+
+#[test]
+fn a_chain_whose_source_lies_about_a_snapshots_hash_keeps_the_source() {
+    let s = chain_site();
+    std::thread::scope(|t| {
+        let src = t.spawn(|| {
+            send(
+                &sending(&s),
+                &s.a,
+                &Handle::new(&s.store, None),
+                &s.lio,
+                &nap,
+            )
+        });
+        // The destination reads the job once exported, then a snapshot's
+        // published hash is altered (what crossed the wire differs from
+        // what the source host has).
+        let jobs = Handle::new(&s.store, None);
+        let (mut job, rev) = loop {
+            if let Some(j) = jobs.get("db").unwrap() {
+                break j;
+            }
+            nap(Duration::from_millis(1));
+        };
+        job.snapshots[1].hash = "00".repeat(32);
+        jobs.put(&job, Some(rev)).unwrap().unwrap();
+        let mut j = s.journal.clone();
+        let e = receive(
+            &receiving(&s, false),
+            &s.b,
+            &jobs,
+            &s.initiator,
+            &mut j,
+            &nap,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(&"00".repeat(32)), "{e}");
+        assert!(
+            s.initiator.sessions.lock().unwrap().is_empty(),
+            "no session left after the failure"
+        );
+        let e = src.join().unwrap().unwrap_err();
+        assert!(matches!(e, XhostError::Waiting(_)), "{e}");
+    });
+    assert_eq!(s.a.state().len(), 3, "the source chain is kept whole");
+    assert!(s.a.state().values().all(|o| o.mark == Mark::Ready));
+}
+
+#[test]
+fn a_job_naming_other_snapshots_or_of_a_later_version_is_refused() {
+    let s = chain_site();
+    std::thread::scope(|t| {
+        let src = t.spawn(|| {
+            send(
+                &sending(&s),
+                &s.a,
+                &Handle::new(&s.store, None),
+                &s.lio,
+                &nap,
+            )
+        });
+        let jobs = Handle::new(&s.store, None);
+        while jobs.get("db").unwrap().is_none() {
+            nap(Duration::from_millis(1));
+        }
+        // A plan that saw no snapshots: the job moves two.
+        let mut alone = receiving(&s, false);
+        alone.snapshots = &[];
+        let mut j = s.journal.clone();
+        let e = receive(&alone, &s.b, &jobs, &s.initiator, &mut j, &nap).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("moves its snapshots s1, s2, but this host's plan moves none"),
+            "{e}"
+        );
+        let (mut job, rev) = jobs.get("db").unwrap().unwrap();
+        job.version = super::JOB_VERSION + 1;
+        jobs.put(&job, Some(rev)).unwrap().unwrap();
+        let e = receive(
+            &receiving(&s, false),
+            &s.b,
+            &jobs,
+            &s.initiator,
+            &mut j,
+            &nap,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("newer than this cinderblock's 2"),
+            "{e}"
+        );
+        assert!(!e.is_retryable());
+        let e = src.join().unwrap().unwrap_err();
+        assert!(
+            e.to_string().contains("newer than this cinderblock's 2"),
+            "{e}"
+        );
+    });
+    assert!(s.b.state().is_empty(), "nothing made on the destination");
+    assert_eq!(s.a.state().len(), 3);
+}
+
+#[test]
 fn a_failed_verification_keeps_the_source_and_says_so() {
     let s = site();
     std::thread::scope(|t| {
         let src = t.spawn(|| {
             send(
-                &sending(s.uuid),
+                &sending(&s),
                 &s.a,
                 &Handle::new(&s.store, None),
                 &s.lio,
@@ -375,7 +616,7 @@ fn a_failed_verification_keeps_the_source_and_says_so() {
         assert!(jobs.put(&job, Some(rev)).unwrap().is_some());
         let mut j = s.journal.clone();
         let e = receive(
-            &receiving(s.uuid, false),
+            &receiving(&s, false),
             &s.b,
             &jobs,
             &s.initiator,
@@ -407,17 +648,26 @@ fn a_failed_verification_keeps_the_source_and_says_so() {
     });
 }
 
+/// What a kill test runs: the volume alone or the chain, killed after a
+/// driver call or a job write.
+const KILLS: [(bool, &str); 4] = [
+    (false, "driver"),
+    (false, "etcd"),
+    (true, "driver"),
+    (true, "etcd"),
+];
+
 #[test]
 fn a_destination_killed_after_any_step_resumes_once() {
     // Its driver calls, then its job writes.
-    for kind in ["driver", "etcd"] {
+    for (chain, kind) in KILLS {
         for n in 0.. {
-            let s = site();
-            let at = format!("destination {kind} {n}");
+            let s = if chain { chain_site() } else { site() };
+            let at = format!("destination {kind} {n} (chain: {chain})");
             let fired = std::thread::scope(|t| {
                 let src = t.spawn(|| {
                     send(
-                        &sending(s.uuid),
+                        &sending(&s),
                         &s.a,
                         &Handle::new(&s.store, None),
                         &s.lio,
@@ -428,19 +678,12 @@ fn a_destination_killed_after_any_step_resumes_once() {
                 let (fired, first) = if kind == "driver" {
                     let f = Faulty::new(Box::new(s.b.clone()), Trigger::Call(n), Action::Fail);
                     let jobs = Handle::new(&s.store, None);
-                    let r = receive(
-                        &receiving(s.uuid, false),
-                        &f,
-                        &jobs,
-                        &s.initiator,
-                        &mut j,
-                        &nap,
-                    );
+                    let r = receive(&receiving(&s, false), &f, &jobs, &s.initiator, &mut j, &nap);
                     (f.fired(), r)
                 } else {
                     let jobs = Handle::new(&s.store, Some(n));
                     let r = receive(
-                        &receiving(s.uuid, false),
+                        &receiving(&s, false),
                         &s.b,
                         &jobs,
                         &s.initiator,
@@ -466,7 +709,7 @@ fn a_destination_killed_after_any_step_resumes_once() {
                     // job is gone and the source is no more.
                     let gone = s.store.jobs.lock().unwrap().0.is_empty() && s.a.state().is_empty();
                     receive(
-                        &receiving(s.uuid, gone),
+                        &receiving(&s, gone),
                         &s.b,
                         &Handle::new(&s.store, None),
                         &s.initiator,
@@ -498,15 +741,15 @@ fn a_destination_killed_after_any_step_resumes_once() {
 
 #[test]
 fn a_source_killed_after_any_step_resumes_once() {
-    for kind in ["driver", "etcd"] {
+    for (chain, kind) in KILLS {
         for n in 0.. {
-            let s = site();
-            let at = format!("source {kind} {n}");
+            let s = if chain { chain_site() } else { site() };
+            let at = format!("source {kind} {n} (chain: {chain})");
             let fired = std::thread::scope(|t| {
                 let dst = t.spawn(|| {
                     let mut j = s.journal.clone();
                     receive(
-                        &receiving(s.uuid, false),
+                        &receiving(&s, false),
                         &s.b,
                         &Handle::new(&s.store, None),
                         &s.initiator,
@@ -516,17 +759,11 @@ fn a_source_killed_after_any_step_resumes_once() {
                 });
                 let (fired, first) = if kind == "driver" {
                     let f = Faulty::new(Box::new(s.a.clone()), Trigger::Call(n), Action::Fail);
-                    let r = send(
-                        &sending(s.uuid),
-                        &f,
-                        &Handle::new(&s.store, None),
-                        &s.lio,
-                        &nap,
-                    );
+                    let r = send(&sending(&s), &f, &Handle::new(&s.store, None), &s.lio, &nap);
                     (f.fired(), r)
                 } else {
                     let jobs = Handle::new(&s.store, Some(n));
-                    let r = send(&sending(s.uuid), &s.a, &jobs, &s.lio, &nap);
+                    let r = send(&sending(&s), &s.a, &jobs, &s.lio, &nap);
                     (jobs.writes.load(Ordering::SeqCst) > n, r)
                 };
                 if fired {
@@ -534,7 +771,7 @@ fn a_source_killed_after_any_step_resumes_once() {
                     let job_left = !s.store.jobs.lock().unwrap().0.is_empty();
                     if job_left || !s.a.state().is_empty() {
                         send(
-                            &sending(s.uuid),
+                            &sending(&s),
                             &s.a,
                             &Handle::new(&s.store, None),
                             &s.lio,
@@ -591,7 +828,7 @@ fn the_chap_secret_is_in_no_log_and_no_debug_output() {
         let src = t.spawn(|| {
             tracing::subscriber::with_default(make(), || {
                 send(
-                    &sending(s.uuid),
+                    &sending(&s),
                     &s.a,
                     &Handle::new(&s.store, None),
                     &s.lio,
@@ -602,7 +839,7 @@ fn the_chap_secret_is_in_no_log_and_no_debug_output() {
         tracing::subscriber::with_default(make(), || {
             let mut j = s.journal.clone();
             receive(
-                &receiving(s.uuid, false),
+                &receiving(&s, false),
                 &s.b,
                 &Handle::new(&s.store, None),
                 &s.initiator,
@@ -633,4 +870,142 @@ fn the_chap_secret_is_in_no_log_and_no_debug_output() {
     // And the command line iscsiadm gets shows it redacted.
     let cmd = crate::exec::Cmd::new("iscsiadm").arg("-v").secret(&secret);
     assert!(!format!("{cmd:?}").contains(&secret));
+}
+
+/// `iscsiadm` as open-iscsi 2.1 behaves for a login: `-o new` writes a
+/// node record file (old style, `DB/IQN/ADDR,PORT`, as 2.1.8 does for a
+/// record made without discovery; or `DB/IQN/ADDR,PORT,TPGT/default`),
+/// `--login` reads it and makes a session in sysfs, `-o delete` removes the
+/// record. Every argument vector is kept, as `/proc/PID/cmdline` would
+/// show it.
+struct FakeIscsiadm {
+    db: PathBuf,
+    /// The record is `DB/IQN/ADDR,PORT,TPGT/default`, not the old style.
+    per_iface: bool,
+    sysfs: PathBuf,
+    argv: Mutex<Vec<String>>,
+    /// The record's text and mode at `--login`.
+    at_login: Mutex<Option<(String, u32)>>,
+}
+
+impl FakeIscsiadm {
+    /// The record file and the directory a delete removes with it.
+    fn record(&self, iqn: &str) -> (PathBuf, PathBuf) {
+        if self.per_iface {
+            let dir = self.db.join(iqn).join("127.0.0.1,3260,1");
+            (dir.join("default"), dir)
+        } else {
+            let dir = self.db.join(iqn);
+            (dir.join("127.0.0.1,3260"), dir)
+        }
+    }
+}
+
+impl crate::exec::Runner for FakeIscsiadm {
+    fn run(&self, cmd: &crate::exec::Cmd) -> Result<crate::exec::Output, crate::exec::ExecError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let args: Vec<String> = cmd
+            .arguments()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        self.argv.lock().unwrap().push(args.join(" "));
+        let iqn = args[args.iter().position(|a| a == "-T").unwrap() + 1].clone();
+        let (file, dir) = self.record(&iqn);
+        if args.iter().any(|a| a == "new") {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                &file,
+                format!("# BEGIN RECORD 2.1.8\nnode.name = {iqn}\nnode.tpgt = -1\nnode.startup = automatic\nnode.session.auth.authmethod = None\nnode.conn[0].address = 127.0.0.1\nnode.conn[0].port = 3260\n# END RECORD\n"),
+            )
+            .unwrap();
+        } else if args.iter().any(|a| a == "--login") {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            *self.at_login.lock().unwrap() = Some((std::fs::read_to_string(&file).unwrap(), mode));
+            let s = self.sysfs.join("session1");
+            std::fs::create_dir_all(s.join("device/target1:0:0/1:0:0:0/block/null")).unwrap();
+            std::fs::write(s.join("targetname"), format!("{iqn}\n")).unwrap();
+        } else if args.iter().any(|a| a == "--logout") {
+            let _ = std::fs::remove_dir_all(self.sysfs.join("session1"));
+        } else if args.iter().any(|a| a == "delete") {
+            std::fs::remove_file(&file).unwrap();
+            std::fs::remove_dir(&dir).unwrap();
+        }
+        Ok(crate::exec::Output {
+            argv: args,
+            termination: crate::exec::Termination::Exit(0),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            elapsed: Duration::ZERO,
+        })
+    }
+}
+
+#[test]
+fn the_destination_logs_in_with_the_chap_secret_on_no_command_line() {
+    for per_iface in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = FakeIscsiadm {
+            // The first database looked at does not exist (another build's).
+            db: tmp.path().join("var-lib-iscsi-nodes"),
+            per_iface,
+            sysfs: tmp.path().join("sys"),
+            argv: Mutex::new(Vec::new()),
+            at_login: Mutex::new(None),
+        };
+        std::fs::create_dir_all(&fake.sysfs).unwrap();
+        let attach = super::host::Iscsiadm {
+            runner: &fake,
+            sysfs: fake.sysfs.clone(),
+            settle: Duration::from_secs(2),
+            node_dbs: vec![tmp.path().join("etc-iscsi-nodes"), fake.db.clone()],
+        };
+        let target = Target {
+            iqn: super::migration_iqn(Uuid::from_u128(7)),
+            portal: "127.0.0.1:3260".into(),
+            initiator: DEST_IQN.into(),
+            user: "cinderblock-000000000007".into(),
+            secret: super::Secret::random().unwrap(),
+        };
+        let secret = target.secret.expose().to_owned();
+        let dev = attach.login(&target).unwrap();
+        assert_eq!(dev, PathBuf::from("/dev/null"));
+        let (record, mode) = fake.at_login.lock().unwrap().clone().unwrap();
+        assert_eq!(mode, 0o600, "the record holding the secret is private");
+        for want in [
+            format!("node.session.auth.password = {secret}\n"),
+            "node.session.auth.authmethod = CHAP\n".into(),
+            format!("node.session.auth.username = {}\n", target.user),
+            "node.startup = manual\n".into(),
+        ] {
+            assert_eq!(
+                record.matches(&want).count(),
+                1,
+                "{want:?} once in the record:\n{record}"
+            );
+        }
+        assert!(!record.contains("authmethod = None") && !record.contains("startup = automatic"));
+        assert!(record.ends_with("# END RECORD\n"), "{record}");
+        let (_, dir) = fake.record(&target.iqn);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left beside the record"
+        );
+        // Logged in already: nothing is run again.
+        let runs = fake.argv.lock().unwrap().len();
+        assert_eq!(attach.login(&target).unwrap(), dev);
+        assert_eq!(fake.argv.lock().unwrap().len(), runs);
+        attach.logout(&target).unwrap();
+        assert!(!dir.exists(), "the node record is deleted at the logout");
+        let argv = fake.argv.lock().unwrap().join("\n");
+        assert!(
+            argv.contains("--login") && argv.contains("--logout"),
+            "{argv}"
+        );
+        assert!(
+            !argv.contains(&secret) && !argv.contains("auth.password"),
+            "the secret is on a command line:\n{argv}"
+        );
+    }
 }

@@ -671,13 +671,16 @@ fn plan_fleet_from_a_machine_without_storage_shows_every_hosts_changes() {
 fn plan_fleet_shows_a_move_between_hosts_as_each_hosts_half() {
     let mut f = Fleet::new(1, &["a", "b"], false);
     f.write("backends.yaml", &f.backends("  migrationBandwidth: 50Mi\n"));
+    // db has a snapshot, which moves with it (migrateSnapshots: true).
     let db = |b: &str| {
-        format!("{H}kind: Volume\nmetadata:\n  name: db\nspec:\n  size: 64Mi\n  backend: {b}\n")
+        format!(
+            "{H}kind: Volume\nmetadata:\n  name: db\nspec:\n  size: 64Mi\n  backend: {b}\n  migrateSnapshots: true\n---\n{H}kind: Snapshot\nmetadata:\n  name: s1\nspec:\n  volume: db\n"
+        )
     };
     f.write("volumes.yaml", &db("fa"));
     f.start_all();
     f.wait_exactly_once(&["db".to_owned()], WAIT);
-    // Let host a publish what it made.
+    // Let host a publish what it made (the snapshot with the volume).
     std::thread::sleep(Duration::from_secs(2));
     let pr = f.path().join("pr");
     fs::create_dir_all(&pr).unwrap();
@@ -720,6 +723,13 @@ fn plan_fleet_shows_a_move_between_hosts_as_each_hosts_half() {
         r.stdout
             .matches("read       = 0 B (the allocated data; holes are not read)")
             .count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    // Both list the snapshot moving with it (b from a's published view).
+    assert_eq!(
+        r.stdout.matches("> snapshot   = \"s1\": 64Mi").count(),
         2,
         "{}",
         r.stdout
