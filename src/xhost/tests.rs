@@ -49,6 +49,16 @@ impl Handle {
             writes: AtomicUsize::new(0),
         }
     }
+    /// Waits until the source has written `db`'s job, and returns it.
+    fn exported_job(&self) -> (Job, i64) {
+        loop {
+            if let Some(j) = self.get("db").unwrap() {
+                return j;
+            }
+            nap(Duration::from_millis(1));
+        }
+    }
+
     fn wrote(&self) -> Result<(), XhostError> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst);
         if self.die_after.is_some_and(|d| n >= d) {
@@ -507,12 +517,7 @@ fn a_chain_whose_source_lies_about_a_snapshots_hash_keeps_the_source() {
         // published hash is altered (what crossed the wire differs from
         // what the source host has).
         let jobs = Handle::new(&s.store, None);
-        let (mut job, rev) = loop {
-            if let Some(j) = jobs.get("db").unwrap() {
-                break j;
-            }
-            nap(Duration::from_millis(1));
-        };
+        let (mut job, rev) = jobs.exported_job();
         job.snapshots[1].hash = "00".repeat(32);
         jobs.put(&job, Some(rev)).unwrap().unwrap();
         let mut j = s.journal.clone();
@@ -551,9 +556,7 @@ fn a_job_naming_other_snapshots_or_of_a_later_version_is_refused() {
             )
         });
         let jobs = Handle::new(&s.store, None);
-        while jobs.get("db").unwrap().is_none() {
-            nap(Duration::from_millis(1));
-        }
+        jobs.exported_job();
         // A plan that saw no snapshots: the job moves two.
         let mut alone = receiving(&s, false);
         alone.snapshots = &[];
@@ -606,12 +609,7 @@ fn a_failed_verification_keeps_the_source_and_says_so() {
         });
         // The source's hash is not what the target will hash.
         let jobs = Handle::new(&s.store, None);
-        let (mut job, rev) = loop {
-            if let Some(j) = jobs.get("db").unwrap() {
-                break j;
-            }
-            nap(Duration::from_millis(1));
-        };
+        let (mut job, rev) = jobs.exported_job();
         job.hash = blake3::hash(b"something else").to_hex().to_string();
         assert!(jobs.put(&job, Some(rev)).unwrap().is_some());
         let mut j = s.journal.clone();
