@@ -351,6 +351,22 @@ pub fn content_hash(
     len: u64,
     extents: &Extents,
 ) -> Result<blake3::Hash, CopyError> {
+    content_hash_with(file, path, len, extents, &mut |_| {})
+}
+
+/// [`content_hash`], telling `progress` the bytes read so far after each
+/// read (of up to [`CHUNK`] bytes).
+///
+/// # Errors
+/// A read failed.
+pub fn content_hash_with(
+    file: &File,
+    path: &Path,
+    len: u64,
+    extents: &Extents,
+    progress: &mut dyn FnMut(u64),
+) -> Result<blake3::Hash, CopyError> {
+    let mut read = 0;
     let mut h = GridHasher::new(len);
     let mut pos = 0;
     let mut buf = vec![0u8; usize::try_from(CHUNK).unwrap_or(8 << 20)];
@@ -366,6 +382,8 @@ pub fn content_hash(
                 h.outer.update(d.as_bytes());
             }
             at += n;
+            read += n;
+            progress(read);
         }
         pos = run.end;
     }
@@ -626,6 +644,10 @@ pub fn copy(job: &Job<'_>, observer: &mut dyn Observer) -> Result<Stats, CopyErr
         .map_err(io_err("sync", job.target_path))?;
     at.offset = job.len;
     observer.progress(&at);
+    // The whole copy is durable: a run killed before its verification (or
+    // waiting for another host's hash) resumes there, not at the last
+    // checkpoint inside it.
+    observer.checkpoint(&at).map_err(CopyError::Checkpoint)?;
     stats.source_hash = hasher.map(|h| h.finish());
     stats.elapsed = began.elapsed();
     Ok(stats)
@@ -759,6 +781,10 @@ pub fn delta(job: &Delta<'_>, observer: &mut dyn Observer) -> Result<Stats, Copy
         .map_err(io_err("sync", job.target_path))?;
     at.offset = job.len;
     observer.progress(&at);
+    // The whole copy is durable: a run killed before its verification (or
+    // waiting for another host's hash) resumes there, not at the last
+    // checkpoint inside it.
+    observer.checkpoint(&at).map_err(CopyError::Checkpoint)?;
     stats.source_hash = hasher.map(|h| h.finish());
     stats.elapsed = began.elapsed();
     Ok(stats)

@@ -201,10 +201,6 @@ impl Chain<'_, '_> {
                 (copy::delta(&job, &mut guard).map_err(err)?, over)
             }
         };
-        let source_hash = match stats.source_hash {
-            Some(h) => h,
-            None => copy::content_hash(&source, &from_data.path, len, ext).map_err(err)?,
-        };
         let target_hash = if file_target {
             let own = Extents::of_file(&target, &to_data.path, len).map_err(err)?;
             copy::content_hash(&target, &to_data.path, len, &own).map_err(err)?
@@ -214,9 +210,14 @@ impl Chain<'_, '_> {
         // A source whose own host hashed it (another host's chain) must
         // match that hash too: what crossed the wire is checked against
         // what is there.
-        let mismatch = src
-            .known_hash(of)?
-            .filter(|k| *k != target_hash.to_hex().as_str());
+        // A resumed stage has no in-line hash of the source: that host's
+        // own hash stands for it (no second read over the wire).
+        let known = src.known_hash(of)?;
+        let source_hash = match (stats.source_hash, super::known_or_none(known.as_deref())) {
+            (Some(h), _) | (None, Some(h)) => h,
+            (None, None) => copy::content_hash(&source, &from_data.path, len, ext).map_err(err)?,
+        };
+        let mismatch = known.filter(|k| *k != target_hash.to_hex().as_str());
         if source_hash != target_hash || mismatch.is_some() {
             cp.reset(sid)?;
             return Err(MigrateError::Verify {
@@ -432,21 +433,24 @@ pub(super) fn run(
     // Every link, hashed on both sides, before anything of the source goes.
     let mut moved = Vec::with_capacity(chain.len());
     for (k, (l, o)) in chain.iter().enumerate() {
-        let ours = if let Some(h) = hashes[k] {
-            h
-        } else {
-            let p = src.data_path(l.uuid)?;
-            let f = open(&p.path, false)?;
-            copy::content_hash(&f, &p.path, o.size, &exts[k]).map_err(|e| copy_err(src, dst, e))?
-        };
         let over = match k.checked_sub(1) {
             Some(j) => exts[k].union(&exts[j], o.size),
             None => exts[k].clone(),
         };
         let theirs = c.target_hash(l, o.size, &over)?;
-        let known = src
-            .known_hash(l.uuid)?
-            .filter(|k| *k != theirs.to_hex().as_str());
+        // A link of an earlier run: its host's own hash stands for it when
+        // it published one (no second read over the wire).
+        let published = src.known_hash(l.uuid)?;
+        let ours = match (hashes[k], super::known_or_none(published.as_deref())) {
+            (Some(h), _) | (None, Some(h)) => h,
+            (None, None) => {
+                let p = src.data_path(l.uuid)?;
+                let f = open(&p.path, false)?;
+                copy::content_hash(&f, &p.path, o.size, &exts[k])
+                    .map_err(|e| copy_err(src, dst, e))?
+            }
+        };
+        let known = published.filter(|k| *k != theirs.to_hex().as_str());
         if ours != theirs || known.is_some() {
             // The target chain goes, newest first, and the next run builds
             // it again from the start: a stage reads only where the chain

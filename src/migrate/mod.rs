@@ -430,10 +430,6 @@ pub fn run(
     )
     .map_err(copy_err)?;
     tracing::info!(%uuid, read = stats.read, written = stats.written, zeroed = stats.zeroed, resumed_at = stats.started_at, "copied; verifying");
-    let source_hash = match stats.source_hash {
-        Some(h) => h,
-        None => copy::content_hash(&source, &from_data.path, len, &extents).map_err(copy_err)?,
-    };
     // The target is read where it holds data by its own account (a file's
     // SEEK_DATA), else where the source does: a target that must be zeroed
     // had its gaps zeroed explicitly, and one that reads zeros unwritten
@@ -450,7 +446,15 @@ pub fn run(
     };
     // A source whose own host hashed it (another host's volume) must match
     // that hash too: what crossed the wire is checked against what is there.
+    // A resumed copy of it has no in-line hash of the source: that host's
+    // own hash stands for it (no second read over the wire).
     let known = src.known_hash(uuid)?;
+    let source_hash = match (stats.source_hash, known_or_none(known.as_deref())) {
+        (Some(h), _) | (None, Some(h)) => h,
+        (None, None) => {
+            copy::content_hash(&source, &from_data.path, len, &extents).map_err(copy_err)?
+        }
+    };
     let mismatch = known
         .as_deref()
         .filter(|k| *k != target_hash.to_hex().as_str())
@@ -472,6 +476,13 @@ pub fn run(
         hash: Some(source_hash.to_hex().to_string()),
         snapshots: Vec::new(),
     })
+}
+
+/// Another host's published hash of a source, as a hash (none when it
+/// published none, or something that is no hash: the verification then
+/// reads the source and reports the mismatch).
+pub(crate) fn known_or_none(known: Option<&str>) -> Option<blake3::Hash> {
+    known.and_then(|k| blake3::Hash::from_hex(k).ok())
 }
 
 // Test data builders narrow sizes to buffer lengths on purpose.

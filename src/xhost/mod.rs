@@ -13,7 +13,16 @@
 //! snapshot's uuid) with the same portal, ACL and one-time CHAP secret, and
 //! publishes in the job each one's identity, size, age, extent map (all
 //! maps together at most [`MAX_RANGES`] ranges) and its BLAKE3 hash
-//! computed locally ([`JobSnapshot`]). The destination's
+//! computed locally ([`JobSnapshot`]).
+//!
+//! The source exports first and hashes after, while the destination
+//! copies: the two reads of the source (its own hash, the copy over iSCSI)
+//! overlap instead of one waiting for the other. Each hash is published in
+//! the job as soon as it is computed (the oldest snapshot first, the volume
+//! last, the order the destination verifies in), with how far the hashing
+//! is every [`HASH_PROGRESS_EVERY`]; the destination verifies an object
+//! only against its published hash, waiting for it while the source's
+//! hashing moves. The destination's
 //! [`remote::RemoteVolume`] presents them as the volume's snapshots, so
 //! [`crate::migrate`]'s chain runs unchanged from it: the oldest snapshot
 //! copied, each newer one and then the volume written as the blocks that
@@ -28,9 +37,9 @@
 //!
 //! | phase | who writes it | what is true then | a re-run of the source | a re-run of the destination |
 //! | --- | --- | --- | --- | --- |
-//! | (none) | | source ready (and its snapshots) | hashes the volume and each snapshot, exports each, writes `exported` | waits for `exported` |
-//! | `exported` | source | an export per object, each with an ACL for the destination's initiator and the job's one-time CHAP secret; extent maps and BLAKE3 hashes published | exports again (idempotent), waits | logs in, creates the target `migrating`, copies (a chain: the oldest snapshot first, a `migrating` target snapshot after each stage) |
-//! | `copying` | destination (with its checkpoints) | logged in, copying | waits while the copy moves | resumes at its journal's checkpoint (a chain: skips every stage whose target snapshot exists) |
+//! | (none) | | source ready (and its snapshots) | exports the volume and each snapshot, writes `exported` with the hashes pending | waits for `exported` |
+//! | `exported` | source | an export per object, each with an ACL for the destination's initiator and the job's one-time CHAP secret; extent maps published; each BLAKE3 hash published once the source host computed it | exports again (idempotent), hashes what is still pending (publishing each), waits | logs in, creates the target `migrating`, copies (a chain: the oldest snapshot first, a `migrating` target snapshot after each stage), verifies each object once its hash is published |
+//! | `copying` | destination (with its checkpoints) | logged in, copying | hashes what is still pending, then waits while the copy moves | resumes at its journal's checkpoint (the end of a finished copy is one; a chain: skips every stage whose target snapshot exists) |
 //! | `verified` | destination | every target hash equal to the source's local hash; logged out of every export, node records deleted | marks the volume, then its snapshots `deleting`, unexports each, deletes the snapshots, then the volume, removes the job | promotes its target snapshots, then the volume |
 //! | (removed) | source | source gone; the volume (and its chain) lives on the destination | nothing | promotes its targets when the source is gone from the fleet |
 //!
@@ -64,14 +73,20 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::copy::{self, Extents};
-use crate::driver::{DataPath, Driver, DriverError, Layout, Mark, ObjKind};
+use crate::driver::{DataPath, Driver, DriverError, Layout, Mark, ObjKind, Object};
 use crate::migrate::{Checkpoints, Link, MigrateError, Move, Report};
 pub use crate::model::{End, JobView, Phase};
 
 /// The job record's version: 2 added the snapshots that move with the
-/// volume ([`Job::snapshots`]). A host refuses a job of a later version
-/// than its own (it could not tell what else moves).
-pub const JOB_VERSION: u32 = 2;
+/// volume ([`Job::snapshots`]); 3 publishes the source's hashes after the
+/// export, while the destination copies ([`Job::hash`] pending). A host
+/// refuses a job of a later version than its own (it could not tell what
+/// else moves, or would verify against a hash not written yet).
+pub const JOB_VERSION: u32 = 3;
+
+/// How often the source host records in the job how far its hash is (the
+/// destination waiting for the hash counts that as moving).
+pub const HASH_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Published extent maps longer than this, over the volume and its
 /// snapshots together, are left out (the destination reads those objects
@@ -206,8 +221,17 @@ pub struct Job {
     /// can tell; none: read everything and detect zeros.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extents: Option<Vec<(u64, u64)>>,
-    /// BLAKE3 content hash of the source, computed on the source host.
-    pub hash: String,
+    /// BLAKE3 content hash of the source, computed on the source host;
+    /// none while that host is still hashing (it exports first and hashes
+    /// while the destination copies). Written as `""` then, so that a
+    /// host of an older version reads the record and refuses its version.
+    #[serde(with = "pending")]
+    pub hash: Option<String>,
+    /// Bytes the source host has hashed so far, of the volume and its
+    /// snapshots together (recorded every [`HASH_PROGRESS_EVERY`] while
+    /// it hashes): a destination waiting for a hash sees it move.
+    #[serde(default)]
+    pub hashed: u64,
     /// Bytes the destination copied so far (its last checkpoint).
     #[serde(default)]
     pub copied: u64,
@@ -240,8 +264,25 @@ pub struct JobSnapshot {
     /// Its allocated ranges, as [`Job::extents`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extents: Option<Vec<(u64, u64)>>,
-    /// BLAKE3 content hash, computed on the source host.
-    pub hash: String,
+    /// BLAKE3 content hash, computed on the source host; none while it is
+    /// still hashing (as [`Job::hash`]).
+    #[serde(with = "pending")]
+    pub hash: Option<String>,
+}
+
+/// A hash not computed yet is written as `""` (see [`Job::hash`]).
+mod pending {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[allow(clippy::ref_option)] // serde's `with` passes the field by reference
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_deref().unwrap_or(""))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let v = String::deserialize(d)?;
+        Ok((!v.is_empty()).then_some(v))
+    }
 }
 
 impl Job {
@@ -258,6 +299,48 @@ impl Job {
                 iqn: s.iqn.clone(),
                 ..self.target.clone()
             })
+    }
+
+    /// The hash the source host published for object `uuid` of the job:
+    /// `None` when the job has no such object, `Some(None)` while that
+    /// host is still hashing it.
+    pub fn hash_of(&self, uuid: Uuid) -> Option<Option<&str>> {
+        if uuid == self.uuid {
+            return Some(self.hash.as_deref());
+        }
+        self.snapshots
+            .iter()
+            .find(|s| s.uuid == uuid)
+            .map(|s| s.hash.as_deref())
+    }
+
+    /// The objects whose hash is not published yet, with their sizes, in
+    /// the order the destination verifies them: the oldest snapshot first,
+    /// the volume last.
+    fn unhashed(&self) -> Vec<(Uuid, u64)> {
+        self.snapshots
+            .iter()
+            .filter(|s| s.hash.is_none())
+            .map(|s| (s.uuid, s.size))
+            .chain(self.hash.is_none().then_some((self.uuid, self.size)))
+            .collect()
+    }
+
+    /// Publishes `hash` for object `uuid` unless one is there already.
+    fn set_hash(&mut self, uuid: Uuid, hash: &str) {
+        let slot = if uuid == self.uuid {
+            Some(&mut self.hash)
+        } else {
+            self.snapshots
+                .iter_mut()
+                .find(|s| s.uuid == uuid)
+                .map(|s| &mut s.hash)
+        };
+        if let Some(slot) = slot
+            && slot.is_none()
+        {
+            *slot = Some(hash.to_owned());
+        }
     }
 
     /// Every export of the job: the volume's, then each snapshot's.
@@ -397,16 +480,18 @@ pub struct Sending<'a> {
 pub struct Sent {
     /// The source was removed (the volume lives on the destination now).
     pub removed: bool,
-    /// Bytes this host read to hash the volume and its snapshots (0 on a
-    /// resumed job).
+    /// Bytes this run read to hash the volume and its snapshots (0 when
+    /// a run before it published every hash).
     pub hashed: u64,
     /// The snapshots removed with it (their uuids), when removed.
     pub snapshots: Vec<Uuid>,
 }
 
-/// The source's half: export the volume for the destination, wait while it
-/// copies, then remove the source once the copy is verified. Resumes from
-/// whatever the job and the back end show.
+/// The source's half: export the volume for the destination, hash it (and
+/// each snapshot) here while the destination copies, publishing each hash
+/// as it is done, wait while the destination finishes, then remove the
+/// source once the copy is verified. Resumes from whatever the job and the
+/// back end show: a hash lost with a killed run is computed again.
 ///
 /// # Errors
 /// etcd, the export, the back end; `Waiting` when the destination stopped
@@ -447,9 +532,8 @@ pub fn send(
                 }
                 Some(o) => {
                     let job = start(s, src, jobs, lio, o.size)?;
-                    hashed = job.1;
                     exported = true;
-                    if jobs.put(&job.0, None)?.is_none() {
+                    if jobs.put(&job, None)?.is_none() {
                         tracing::info!(
                             volume = s.volume,
                             "another writer made the job first; reading it"
@@ -481,6 +565,14 @@ pub fn send(
                     }
                     exported = true;
                 }
+                let unhashed = job.unhashed();
+                if !unhashed.is_empty() {
+                    // The destination copies meanwhile; the stall clock
+                    // starts again once every hash is out.
+                    hashed += hash_and_publish(s, src, jobs, &unhashed, job.hashed)?;
+                    last = None;
+                    continue;
+                }
                 let now = (job.phase, job.copied);
                 if last != Some(now) {
                     last = Some(now);
@@ -511,39 +603,34 @@ pub fn send(
     }
 }
 
-/// One object's published layout and hash, hashed on this host.
-struct Hashed {
-    extents: Option<Vec<(u64, u64)>>,
-    hash: String,
-    /// Bytes the destination reads of it.
-    to_copy: u64,
-    /// Bytes read here to hash it.
-    read: u64,
+/// An object of the source opened on this host.
+struct Opened {
+    data: DataPath,
+    file: std::fs::File,
+    /// Where it holds data.
+    extents: Extents,
+    /// The ranges the job publishes (none: read it all).
+    published: Option<Vec<(u64, u64)>>,
 }
 
-/// Hashes object `uuid` of `src` (`size` bytes) where it holds data, and
-/// says which ranges to publish (`budget`: ranges the record may still
-/// take; what it publishes is taken from it).
-fn hash_object(
+/// Object `uuid` of `src` (`size` bytes) opened on this host, with where
+/// it holds data and the ranges it may publish (`budget`: ranges the
+/// record may still take; what it publishes is taken from it).
+fn open_object(
     s: &Sending<'_>,
     src: &dyn Driver,
     uuid: Uuid,
     size: u64,
     budget: &mut usize,
-) -> Result<(Hashed, DataPath), XhostError> {
+) -> Result<Opened, XhostError> {
     let data = src.data_path(uuid)?;
     let file = std::fs::File::open(&data.path).map_err(|source| MigrateError::Open {
         path: data.path.clone(),
         source,
     })?;
-    let copy_err = |source| MigrateError::Copy {
-        from: s.from.to_string(),
-        to: s.to.to_string(),
-        source,
-    };
     let (extents, published) = match src.layout(uuid)? {
         Layout::Seek => {
-            let e = Extents::of_file(&file, &data.path, size).map_err(copy_err)?;
+            let e = Extents::of_file(&file, &data.path, size).map_err(|e| copy_err(s, e))?;
             let r = e.ranges().to_vec();
             (e, Some(r))
         }
@@ -556,44 +643,98 @@ fn hash_object(
     if let Some(r) = &published {
         *budget -= r.len();
     }
-    let hash = copy::content_hash(&file, &data.path, size, &extents).map_err(copy_err)?;
-    let to_copy = published
-        .as_ref()
-        .map_or(size, |r| r.iter().map(|(a, b)| b - a).sum());
-    Ok((
-        Hashed {
-            extents: published,
-            hash: hash.to_hex().to_string(),
-            to_copy,
-            read: extents.bytes(),
-        },
+    Ok(Opened {
         data,
-    ))
+        file,
+        extents,
+        published,
+    })
 }
 
-/// Hashes and exports the source (the volume and each snapshot moving with
-/// it), and makes the job (not written yet): the job and the bytes read.
-fn start(
+fn copy_err(s: &Sending<'_>, source: copy::CopyError) -> MigrateError {
+    MigrateError::Copy {
+        from: s.from.to_string(),
+        to: s.to.to_string(),
+        source,
+    }
+}
+
+/// Hashes each object of `unhashed` here, in order, and publishes each
+/// hash in the job as soon as it is computed (and, every
+/// [`HASH_PROGRESS_EVERY`], how far the hashing is, counting on from
+/// `hashed_before`): the bytes read.
+fn hash_and_publish(
     s: &Sending<'_>,
     src: &dyn Driver,
     jobs: &dyn Jobs,
-    lio: &dyn Exporter,
-    size: u64,
-) -> Result<(Job, u64), XhostError> {
-    let portal = s.portal.ok_or_else(|| {
-        XhostError::State(format!(
-            "moving a volume to {} needs the address the destination logs in to: give this host's agent --migration-portal ADDR:PORT",
-            s.to.host
-        ))
-    })?;
-    let initiator = jobs.initiator(&s.to.host)?.ok_or_else(|| {
-        XhostError::Waiting(format!(
-            "host {} published no iSCSI initiator name (is open-iscsi installed there, with /etc/iscsi/initiatorname.iscsi, and its agent running with --etcd?)",
-            s.to.host
-        ))
-    })?;
-    // Every snapshot of the chain, ready and unused, before anything is
-    // exported.
+    unhashed: &[(Uuid, u64)],
+    hashed_before: u64,
+) -> Result<u64, XhostError> {
+    let mut read = 0;
+    for &(uuid, size) in unhashed {
+        let mut unlimited = usize::MAX;
+        let Opened {
+            data,
+            file,
+            extents,
+            ..
+        } = open_object(s, src, uuid, size, &mut unlimited)?;
+        let mut told = Instant::now();
+        let hash = copy::content_hash_with(&file, &data.path, size, &extents, &mut |n| {
+            if told.elapsed() >= HASH_PROGRESS_EVERY {
+                told = Instant::now();
+                let at = hashed_before + read + n;
+                // Best effort: a lost record only makes a waiting
+                // destination's stall clock run on.
+                if let Err(e) = publish(s, jobs, &|j| j.hashed = j.hashed.max(at)) {
+                    tracing::warn!(volume = s.volume, error = %e, "cannot record the hash's progress in etcd");
+                }
+            }
+        })
+        .map_err(|e| copy_err(s, e))?;
+        read += extents.bytes();
+        let hex = hash.to_hex().to_string();
+        let at = hashed_before + read;
+        publish(s, jobs, &|j| {
+            j.set_hash(uuid, &hex);
+            j.hashed = j.hashed.max(at);
+        })?;
+        tracing::info!(volume = s.volume, object = %uuid, bytes = extents.bytes(), "hashed here and published for the destination's verification");
+    }
+    Ok(read)
+}
+
+/// Writes the job with `edit` applied, by compare-and-swap, re-reading
+/// while the destination's writes come first.
+fn publish(s: &Sending<'_>, jobs: &dyn Jobs, edit: &dyn Fn(&mut Job)) -> Result<(), XhostError> {
+    for _ in 0..32 {
+        let Some((job, rev)) = jobs.get(s.volume)? else {
+            return Err(XhostError::State(format!(
+                "the migration job of {} is gone from etcd while this host hashed its source; nothing is removed",
+                s.volume
+            )));
+        };
+        if job.uuid != s.uuid || job.from != s.from {
+            return Err(XhostError::State(format!(
+                "the migration job of {} moves {} from {} now, not {} from {}",
+                s.volume, job.uuid, job.from, s.uuid, s.from
+            )));
+        }
+        let mut next = job.clone();
+        edit(&mut next);
+        if next == job || jobs.put(&next, Some(rev))?.is_some() {
+            return Ok(());
+        }
+    }
+    Err(XhostError::Jobs(format!(
+        "the migration job of {} kept changing under this host's writes",
+        s.volume
+    )))
+}
+
+/// Every snapshot of the chain, ready and unused (checked before anything
+/// is exported), oldest first as the chain moves.
+fn ready_snapshots(s: &Sending<'_>, src: &dyn Driver) -> Result<Vec<Object>, XhostError> {
     let mut snaps = Vec::with_capacity(s.snapshots.len());
     for &u in s.snapshots {
         match src.object(u)? {
@@ -620,8 +761,43 @@ fn start(
     }
     // Oldest first, as the chain moves.
     snaps.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    Ok(snaps)
+}
+
+/// Exports the source (the volume and each snapshot moving with it) and
+/// makes the job (not written yet), its hashes pending: this host hashes
+/// while the destination copies ([`hash_and_publish`]).
+fn start(
+    s: &Sending<'_>,
+    src: &dyn Driver,
+    jobs: &dyn Jobs,
+    lio: &dyn Exporter,
+    size: u64,
+) -> Result<Job, XhostError> {
+    let portal = s.portal.ok_or_else(|| {
+        XhostError::State(format!(
+            "moving a volume to {} needs the address the destination logs in to: give this host's agent --migration-portal ADDR:PORT",
+            s.to.host
+        ))
+    })?;
+    let initiator = jobs.initiator(&s.to.host)?.ok_or_else(|| {
+        XhostError::Waiting(format!(
+            "host {} published no iSCSI initiator name (is open-iscsi installed there, with /etc/iscsi/initiatorname.iscsi, and its agent running with --etcd?)",
+            s.to.host
+        ))
+    })?;
+    let snaps = ready_snapshots(s, src)?;
     let mut budget = MAX_RANGES;
-    let (vol, data) = hash_object(s, src, s.uuid, size, &mut budget)?;
+    let to_read = |published: &Option<Vec<(u64, u64)>>, size: u64| {
+        published
+            .as_ref()
+            .map_or(size, |r| r.iter().map(|(a, b)| b - a).sum())
+    };
+    let Opened {
+        data,
+        published: extents,
+        ..
+    } = open_object(s, src, s.uuid, size, &mut budget)?;
     let target = Target {
         iqn: migration_iqn(s.uuid),
         portal: portal.to_owned(),
@@ -629,19 +805,22 @@ fn start(
         user: format!("cinderblock-{}", &s.uuid.simple().to_string()[..12]),
         secret: Secret::random()?,
     };
-    let mut read = vol.read;
-    let mut to_copy = vol.to_copy;
+    let mut to_copy = to_read(&extents, size);
     let mut published = Vec::with_capacity(snaps.len());
     for o in &snaps {
-        let (h, sdata) = hash_object(s, src, o.uuid, o.size, &mut budget)?;
+        let Opened {
+            data: sdata,
+            published: sextents,
+            ..
+        } = open_object(s, src, o.uuid, o.size, &mut budget)?;
         let snap = JobSnapshot {
             uuid: o.uuid,
             name: o.name.clone(),
             size: o.size,
             created: o.created,
             iqn: migration_iqn(o.uuid),
-            extents: h.extents,
-            hash: h.hash,
+            extents: sextents,
+            hash: None,
         };
         lio.export(
             o.uuid,
@@ -652,31 +831,28 @@ fn start(
             },
         )
         .map_err(XhostError::Export)?;
-        read += h.read;
-        to_copy += h.to_copy;
+        to_copy += to_read(&snap.extents, o.size);
         published.push(snap);
     }
     lio.export(s.uuid, &data, &target)
         .map_err(XhostError::Export)?;
-    tracing::info!(volume = s.volume, to = %s.to, iqn = %target.iqn, snapshots = published.len(), hashed = read, "exported for the migration");
-    Ok((
-        Job {
-            version: JOB_VERSION,
-            volume: s.volume.to_owned(),
-            uuid: s.uuid,
-            size,
-            from: s.from.clone(),
-            to: s.to.clone(),
-            phase: Phase::Exported,
-            target,
-            extents: vol.extents,
-            hash: vol.hash,
-            copied: 0,
-            to_copy,
-            snapshots: published,
-        },
-        read,
-    ))
+    tracing::info!(volume = s.volume, to = %s.to, iqn = %target.iqn, snapshots = published.len(), "exported for the migration; hashing here while the destination copies");
+    Ok(Job {
+        version: JOB_VERSION,
+        volume: s.volume.to_owned(),
+        uuid: s.uuid,
+        size,
+        from: s.from.clone(),
+        to: s.to.clone(),
+        phase: Phase::Exported,
+        target,
+        extents,
+        hash: None,
+        hashed: 0,
+        copied: 0,
+        to_copy,
+        snapshots: published,
+    })
 }
 
 /// The source's end, once verified: mark the volume, then its snapshots
@@ -744,7 +920,7 @@ pub fn receive(
     jobs: &dyn Jobs,
     attach: &dyn Attacher,
     cp: &mut dyn Checkpoints,
-    sleep: &dyn Fn(Duration),
+    sleep: &(dyn Fn(Duration) + Sync),
 ) -> Result<Report, XhostError> {
     let since = Instant::now();
     let remote = loop {
@@ -776,7 +952,7 @@ pub fn receive(
                         names(r.snapshots.iter().map(|l| l.name).collect()),
                     )));
                 }
-                break remote::RemoteVolume::new(jobs, attach, job, rev);
+                break remote::RemoteVolume::new(jobs, attach, job, rev, r.wait, sleep);
             }
             None if r.source_gone => {
                 break remote::RemoteVolume::finished(r.uuid, r.volume, &r.from);

@@ -23,10 +23,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{Attacher, End, Job, Jobs, Phase};
+use super::{Attacher, End, Job, Jobs, Phase, Wait};
 use crate::copy;
 use crate::driver::{
     Adoption, Capabilities, Change, DataPath, Discovery, Driver, DriverError, Holders, Layout,
@@ -41,6 +42,9 @@ pub struct RemoteVolume<'a> {
     volume: String,
     jobs: Option<&'a dyn Jobs>,
     attach: Option<&'a dyn Attacher>,
+    /// Waiting for the source host's hash.
+    wait: Wait,
+    sleep: Option<&'a (dyn Fn(Duration) + Sync)>,
     state: Mutex<State>,
 }
 
@@ -56,14 +60,24 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl<'a> RemoteVolume<'a> {
-    /// The source of `job` (read at revision `rev`).
-    pub fn new(jobs: &'a dyn Jobs, attach: &'a dyn Attacher, job: Job, rev: i64) -> Self {
+    /// The source of `job` (read at revision `rev`); a hash the source
+    /// host has not published yet is waited for as `wait` says.
+    pub fn new(
+        jobs: &'a dyn Jobs,
+        attach: &'a dyn Attacher,
+        job: Job,
+        rev: i64,
+        wait: Wait,
+        sleep: &'a (dyn Fn(Duration) + Sync),
+    ) -> Self {
         RemoteVolume {
             name: job.from.to_string(),
             uuid: job.uuid,
             volume: job.volume.clone(),
             jobs: Some(jobs),
             attach: Some(attach),
+            wait,
+            sleep: Some(sleep),
             state: Mutex::new(State {
                 job: Some((job, rev)),
                 devices: BTreeMap::new(),
@@ -80,6 +94,8 @@ impl<'a> RemoteVolume<'a> {
             volume: volume.to_owned(),
             jobs: None,
             attach: None,
+            wait: Wait::default(),
+            sleep: None,
             state: Mutex::new(State {
                 job: None,
                 devices: BTreeMap::new(),
@@ -118,7 +134,7 @@ impl<'a> RemoteVolume<'a> {
 
     /// Writes the job with `edit` applied, by compare-and-swap on the
     /// revision last read; re-reads and retries when another writer came
-    /// first (the source only ever writes the first phase).
+    /// first (the source writes the first phase, then its hashes).
     fn update(&self, op: Op, edit: &dyn Fn(&mut Job)) -> Result<(), DriverError> {
         let Some(jobs) = self.jobs else {
             return Ok(());
@@ -361,17 +377,47 @@ impl Driver for RemoteVolume<'_> {
         Err(self.refuse(Op::Rename))
     }
 
+    /// The hash the source host published; one it is still computing (it
+    /// hashes while this host copies) is waited for, as long as its
+    /// progress moves within [`Wait::stall`].
     fn known_hash(&self, uuid: Uuid) -> Result<Option<String>, DriverError> {
-        Ok(self.job().and_then(|j| {
-            if j.uuid == uuid {
-                Some(j.hash)
-            } else {
-                j.snapshots
-                    .into_iter()
-                    .find(|s| s.uuid == uuid)
-                    .map(|s| s.hash)
+        let mut last = None;
+        let mut moved = Instant::now();
+        loop {
+            let Some(job) = self.job() else {
+                return Ok(None);
+            };
+            match job.hash_of(uuid) {
+                None => return Ok(None),
+                Some(Some(h)) => return Ok(Some(h.to_owned())),
+                Some(None) => {}
             }
-        }))
+            let (Some(jobs), Some(sleep)) = (self.jobs, self.sleep) else {
+                return Ok(None);
+            };
+            if last != Some(job.hashed) {
+                last = Some(job.hashed);
+                moved = Instant::now();
+                tracing::info!(volume = %self.volume, object = %uuid, from = %self.name, hashed = job.hashed, "copied; waiting for the source host's hash to verify against");
+            } else if moved.elapsed() >= self.wait.stall {
+                return Err(self.err(
+                    Op::Lookup,
+                    format!(
+                        "host {} has not published its hash of {uuid} to verify the copy against: it has hashed {} bytes and not moved for {:?} (is its agent running?); the next apply verifies again",
+                        job.from.host, job.hashed, self.wait.stall
+                    ),
+                    true,
+                ));
+            }
+            sleep(self.wait.poll);
+            match jobs.get(&self.volume) {
+                Ok(Some(fresh)) if fresh.0.uuid == self.uuid => lock(&self.state).job = Some(fresh),
+                Ok(_) => {
+                    return Err(self.err(Op::Lookup, "the migration job is gone from etcd or names another volume; the source abandoned the migration (was spec.backend changed back?)".into(), false));
+                }
+                Err(e) => return Err(self.err(Op::Lookup, e.to_string(), true)),
+            }
+        }
     }
 }
 

@@ -39,6 +39,9 @@ struct Handle {
     store: Arc<Store>,
     die_after: Option<usize>,
     writes: AtomicUsize,
+    /// A write publishing a hash waits until the destination has recorded
+    /// copied bytes (at most 10 s, then the test fails).
+    hold_hashes: bool,
 }
 
 impl Handle {
@@ -47,12 +50,24 @@ impl Handle {
             store: store.clone(),
             die_after,
             writes: AtomicUsize::new(0),
+            hold_hashes: false,
         }
     }
     /// Waits until the source has written `db`'s job, and returns it.
     fn exported_job(&self) -> (Job, i64) {
         loop {
             if let Some(j) = self.get("db").unwrap() {
+                return j;
+            }
+            nap(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until the source has published every hash of `db`'s job.
+    fn hashed_job(&self) -> (Job, i64) {
+        loop {
+            let j = self.exported_job();
+            if j.0.unhashed().is_empty() {
                 return j;
             }
             nap(Duration::from_millis(1));
@@ -82,6 +97,24 @@ impl Jobs for Handle {
             .map(|(v, r)| (serde_json::from_str(v).unwrap(), *r)))
     }
     fn put(&self, job: &Job, expect: Option<i64>) -> Result<Option<i64>, XhostError> {
+        if self.hold_hashes && job.unhashed().len() < 1 + job.snapshots.len() {
+            let since = std::time::Instant::now();
+            while self
+                .store
+                .jobs
+                .lock()
+                .unwrap()
+                .0
+                .get(&job.volume)
+                .is_none_or(|(v, _)| serde_json::from_str::<Job>(v).unwrap().copied == 0)
+            {
+                assert!(
+                    since.elapsed() < Duration::from_secs(10),
+                    "the destination copied nothing before the source published a hash"
+                );
+                nap(Duration::from_millis(1));
+            }
+        }
         let rev = {
             let mut j = self.store.jobs.lock().unwrap();
             let now = j.0.get(&job.volume).map(|(_, r)| *r);
@@ -162,27 +195,40 @@ impl Attacher for Initiator {
     }
 }
 
-/// Journal checkpoints that outlive a run (the destination's journal).
+/// Journal checkpoints that outlive a run (the destination's journal), by
+/// migration (a chain's stages each have their own), and how many times
+/// one was reset.
 #[derive(Default, Clone)]
-struct Journal(Arc<Mutex<(u64, usize)>>);
+struct Journal(Arc<Mutex<JournalState>>);
+
+#[derive(Default)]
+struct JournalState {
+    at: BTreeMap<Uuid, u64>,
+    current: Option<Uuid>,
+    resets: usize,
+}
 
 impl Observer for Journal {
     fn progress(&mut self, _: &Position) {}
     fn checkpoint(&mut self, at: &Position) -> Result<(), String> {
-        self.0.lock().unwrap().0 = at.offset;
+        let mut j = self.0.lock().unwrap();
+        let id = j.current.ok_or("no migration begun")?;
+        j.at.insert(id, at.offset);
         Ok(())
     }
 }
 
 impl Checkpoints for Journal {
-    fn last(&self, _: Uuid) -> Result<u64, MigrateError> {
-        Ok(self.0.lock().unwrap().0)
+    fn last(&self, id: Uuid) -> Result<u64, MigrateError> {
+        Ok(self.0.lock().unwrap().at.get(&id).copied().unwrap_or(0))
     }
-    fn begin(&mut self, _: Uuid) {}
-    fn reset(&mut self, _: Uuid) -> Result<(), MigrateError> {
+    fn begin(&mut self, id: Uuid) {
+        self.0.lock().unwrap().current = Some(id);
+    }
+    fn reset(&mut self, id: Uuid) -> Result<(), MigrateError> {
         let mut j = self.0.lock().unwrap();
-        j.0 = 0;
-        j.1 += 1;
+        j.at.remove(&id);
+        j.resets += 1;
         Ok(())
     }
 }
@@ -390,6 +436,20 @@ fn assert_moved(s: &Site, at: &str) {
     );
 }
 
+/// The destination's half with an etcd handle of its own and the site's
+/// journal (its checkpoints outlive the run).
+fn receive_on_b(s: &Site, source_gone: bool) -> Result<crate::migrate::Report, XhostError> {
+    let mut j = s.journal.clone();
+    receive(
+        &receiving(s, source_gone),
+        &s.b,
+        &Handle::new(&s.store, None),
+        &s.initiator,
+        &mut j,
+        &nap,
+    )
+}
+
 /// Both halves, each on its thread, uninterrupted.
 fn both(s: &Site) -> (crate::migrate::Report, super::Sent) {
     std::thread::scope(|t| {
@@ -402,16 +462,7 @@ fn both(s: &Site) -> (crate::migrate::Report, super::Sent) {
                 &nap,
             )
         });
-        let mut j = s.journal.clone();
-        let r = receive(
-            &receiving(s, false),
-            &s.b,
-            &Handle::new(&s.store, None),
-            &s.initiator,
-            &mut j,
-            &nap,
-        )
-        .unwrap();
+        let r = receive_on_b(s, false).unwrap();
         (r, src.join().unwrap().unwrap())
     })
 }
@@ -457,18 +508,38 @@ fn a_chain_moves_between_hosts_oldest_first_verified_against_the_source_hosts_ha
     assert_eq!(names, ["s1", "s2"]);
     // One login per export: the volume and each snapshot.
     assert_eq!(s.initiator.logins.load(Ordering::SeqCst), 3);
-    // The job as the source wrote it: version 2, each snapshot with its own
-    // export, its age and the hash the source computed locally.
-    let first: Job = serde_json::from_str(&s.store.written.lock().unwrap()[0]).unwrap();
+    // The job as the source wrote it: version 3, each snapshot with its own
+    // export and its age, the hashes not computed yet (the source hashes
+    // while the destination copies).
+    let written = s.store.written.lock().unwrap();
+    let first: Job = serde_json::from_str(&written[0]).unwrap();
     assert_eq!(first.version, super::JOB_VERSION);
-    assert_eq!(first.version, 2);
+    assert_eq!(first.version, 3);
+    assert_eq!(
+        first.unhashed(),
+        [
+            (s.snaps[0].0, 8 * MIB),
+            (s.snaps[1].0, 8 * MIB),
+            (s.uuid, 8 * MIB)
+        ],
+        "exported before hashing: the oldest snapshot is hashed first"
+    );
+    assert!(
+        written[0].contains(r#""hash":"""#),
+        "a pending hash is written empty, so that an older host reads the record and refuses its version: {}",
+        written[0]
+    );
+    // The last record: the hash the source computed locally for each.
+    let last: Job = serde_json::from_str(written.last().unwrap()).unwrap();
+    assert_eq!(last.phase, Phase::Verified);
+    assert_eq!(last.hashed, 3 * 8 * MIB, "every byte of the three hashed");
     let snaps: Vec<(&str, &str)> = first
         .snapshots
         .iter()
         .map(|x| (x.name.as_str(), x.iqn.as_str()))
         .collect();
     assert_eq!(snaps.len(), 2);
-    for (x, (u, want)) in first.snapshots.iter().zip(&s.snaps) {
+    for (x, (u, want)) in last.snapshots.iter().zip(&s.snaps) {
         assert_eq!(x.uuid, *u);
         assert_eq!(x.iqn, super::migration_iqn(*u));
         assert!(x.created.is_some(), "the chain's order travels with it");
@@ -483,8 +554,8 @@ fn a_chain_moves_between_hosts_oldest_first_verified_against_the_source_hosts_ha
         )
         .unwrap();
         assert_eq!(
-            x.hash,
-            h.to_hex().to_string(),
+            x.hash.as_deref(),
+            Some(h.to_hex().as_str()),
             "{}: the source's own hash",
             x.name
         );
@@ -517,8 +588,8 @@ fn a_chain_whose_source_lies_about_a_snapshots_hash_keeps_the_source() {
         // published hash is altered (what crossed the wire differs from
         // what the source host has).
         let jobs = Handle::new(&s.store, None);
-        let (mut job, rev) = jobs.exported_job();
-        job.snapshots[1].hash = "00".repeat(32);
+        let (mut job, rev) = jobs.hashed_job();
+        job.snapshots[1].hash = Some("00".repeat(32));
         jobs.put(&job, Some(rev)).unwrap().unwrap();
         let mut j = s.journal.clone();
         let e = receive(
@@ -580,13 +651,13 @@ fn a_job_naming_other_snapshots_or_of_a_later_version_is_refused() {
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("newer than this cinderblock's 2"),
+            e.to_string().contains("newer than this cinderblock's 3"),
             "{e}"
         );
         assert!(!e.is_retryable());
         let e = src.join().unwrap().unwrap_err();
         assert!(
-            e.to_string().contains("newer than this cinderblock's 2"),
+            e.to_string().contains("newer than this cinderblock's 3"),
             "{e}"
         );
     });
@@ -609,8 +680,8 @@ fn a_failed_verification_keeps_the_source_and_says_so() {
         });
         // The source's hash is not what the target will hash.
         let jobs = Handle::new(&s.store, None);
-        let (mut job, rev) = jobs.exported_job();
-        job.hash = blake3::hash(b"something else").to_hex().to_string();
+        let (mut job, rev) = jobs.hashed_job();
+        job.hash = Some(blake3::hash(b"something else").to_hex().to_string());
         assert!(jobs.put(&job, Some(rev)).unwrap().is_some());
         let mut j = s.journal.clone();
         let e = receive(
@@ -624,7 +695,11 @@ fn a_failed_verification_keeps_the_source_and_says_so() {
         .unwrap_err();
         assert!(e.to_string().contains("verification failed"), "{e}");
         assert!(e.is_retryable());
-        assert_eq!(s.journal.0.lock().unwrap().1, 1, "the checkpoint is reset");
+        assert_eq!(
+            s.journal.0.lock().unwrap().resets,
+            1,
+            "the checkpoint is reset"
+        );
         assert!(
             s.initiator.sessions.lock().unwrap().is_empty(),
             "logged out"
@@ -644,6 +719,120 @@ fn a_failed_verification_keeps_the_source_and_says_so() {
         assert!(matches!(e, XhostError::Waiting(_)), "{e}");
         assert_eq!(s.a.state()[&s.uuid].mark, Mark::Ready);
     });
+}
+
+#[test]
+fn the_destination_copies_while_the_source_hashes_and_verifies_once_the_hash_is_out() {
+    for chain in [false, true] {
+        let s = if chain { chain_site() } else { site() };
+        let at = format!("chain: {chain}");
+        let sent = std::thread::scope(|t| {
+            let src = t.spawn(|| {
+                // The source's hashes reach etcd only once the destination
+                // has copied: were the export to wait for the hash, or the
+                // copy for the hash, this would never finish.
+                let mut jobs = Handle::new(&s.store, None);
+                jobs.hold_hashes = true;
+                send(&sending(&s), &s.a, &jobs, &s.lio, &nap)
+            });
+            receive_on_b(&s, false).unwrap_or_else(|e| panic!("{at}: {}", crate::error_chain(&e)));
+            src.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{at}: {}", crate::error_chain(&e)))
+        });
+        assert_moved(&s, &at);
+        let objects = 1 + s.snaps.len();
+        let whole = s
+            .store
+            .written
+            .lock()
+            .unwrap()
+            .first()
+            .map_or(0, |v| serde_json::from_str::<Job>(v).unwrap().to_copy);
+        assert!(sent.removed, "{at}");
+        assert_eq!(
+            sent.hashed, whole,
+            "{at}: the source hashed each object once"
+        );
+        // In etcd's order: copied bytes recorded, then a hash published,
+        // then every hash, then `verified`.
+        let written: Vec<Job> = s
+            .store
+            .written
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| serde_json::from_str(v).unwrap())
+            .collect();
+        let first = |f: &dyn Fn(&Job) -> bool, what: &str| {
+            written
+                .iter()
+                .position(f)
+                .unwrap_or_else(|| panic!("{at}: no record {what}"))
+        };
+        let copied = first(&|j| j.copied > 0, "of copied bytes");
+        let one = first(&|j| j.unhashed().len() < objects, "with a hash");
+        let all = first(&|j| j.unhashed().is_empty(), "with every hash");
+        let verified = first(&|j| j.phase == Phase::Verified, "verified");
+        assert!(
+            copied < one && one <= all && all < verified,
+            "{at}: copied at write {copied}, a hash at {one}, all at {all}, verified at {verified}"
+        );
+        assert_eq!(written[verified].hashed, whole, "{at}");
+    }
+}
+
+#[test]
+fn a_destination_waiting_for_a_hash_that_never_comes_stops_and_the_next_run_finishes() {
+    let s = site();
+    // The source agent is killed right after it exported and wrote the job:
+    // no hash is published.
+    let e = send(
+        &sending(&s),
+        &s.a,
+        &Handle::new(&s.store, Some(0)),
+        &s.lio,
+        &nap,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("killed after write 0"), "{e}");
+    let e = receive_on_b(&s, false).unwrap_err();
+    let e_text = crate::error_chain(&e);
+    assert!(
+        e_text.contains(
+            "host stor-a has not published its hash of {} to verify the copy against: it has hashed 0 bytes and not moved for 3s (is its agent running?)"
+                .replace("{}", &s.uuid.to_string())
+                .as_str()
+        ),
+        "{e_text}"
+    );
+    assert!(e.is_retryable(), "{e_text}");
+    assert_eq!(s.a.state()[&s.uuid].mark, Mark::Ready, "the source is kept");
+    assert_eq!(
+        s.b.state()[&s.uuid].mark,
+        Mark::Migrating,
+        "the target is no volume yet"
+    );
+    assert!(
+        s.initiator.sessions.lock().unwrap().is_empty(),
+        "no session left while waiting for the next run"
+    );
+    let (job, _) = Handle::new(&s.store, None).get("db").unwrap().unwrap();
+    assert_eq!(job.phase, Phase::Copying);
+    assert_eq!(job.hash, None);
+    // Both agents again: the source hashes, the destination verifies from
+    // its checkpoint (no second copy) and the source is removed.
+    let reads = s.initiator.logins.load(Ordering::SeqCst);
+    let (r, sent) = both(&s);
+    assert!(sent.removed);
+    assert_eq!(sent.hashed, job.to_copy, "the source's data hashed once");
+    assert_eq!(
+        r.copy.map(|c| c.read),
+        Some(0),
+        "the next run resumed at the end of the copy"
+    );
+    assert_eq!(s.initiator.logins.load(Ordering::SeqCst), reads + 1);
+    assert_moved(&s, "after the wait");
 }
 
 /// What a kill test runs: the volume alone or the chain, killed after a
@@ -744,17 +933,7 @@ fn a_source_killed_after_any_step_resumes_once() {
             let s = if chain { chain_site() } else { site() };
             let at = format!("source {kind} {n} (chain: {chain})");
             let fired = std::thread::scope(|t| {
-                let dst = t.spawn(|| {
-                    let mut j = s.journal.clone();
-                    receive(
-                        &receiving(&s, false),
-                        &s.b,
-                        &Handle::new(&s.store, None),
-                        &s.initiator,
-                        &mut j,
-                        &nap,
-                    )
-                });
+                let dst = t.spawn(|| receive_on_b(&s, false));
                 let (fired, first) = if kind == "driver" {
                     let f = Faulty::new(Box::new(s.a.clone()), Trigger::Call(n), Action::Fail);
                     let r = send(&sending(&s), &f, &Handle::new(&s.store, None), &s.lio, &nap);
@@ -835,16 +1014,7 @@ fn the_chap_secret_is_in_no_log_and_no_debug_output() {
             })
         });
         tracing::subscriber::with_default(make(), || {
-            let mut j = s.journal.clone();
-            receive(
-                &receiving(&s, false),
-                &s.b,
-                &Handle::new(&s.store, None),
-                &s.initiator,
-                &mut j,
-                &nap,
-            )
-            .unwrap();
+            receive_on_b(&s, false).unwrap();
         });
         src.join().unwrap().unwrap();
     });
