@@ -25,8 +25,9 @@
 //! - cinderblock: the volume's manifest edited to a thin back end of
 //!   stor-b, timed from the edit until the source LV is gone, the target
 //!   ready and the job removed (the agents resync every 3 s; the source
-//!   hashes its volume before exporting, the destination copies, verifies
-//!   and the source deletes its copy).
+//!   exports its volume, then hashes it while the destination copies; the
+//!   destination verifies against that hash and the source deletes its
+//!   copy).
 //!
 //! Before each the page cache is dropped; after each: seconds, bytes read
 //! from stor-a's disk (`/proc/diskstats` of `/dev/vda`, the only disk of
@@ -44,31 +45,45 @@
 //! The default is issue 15's 16 GiB holding 3 GiB scaled down by 8 (same
 //! ratio of data to size): about 12 minutes of VM time under TCG. The
 //! issue's size, `XHOST_GIB=16 XHOST_DATA_MIB=3072`, reads 8 times as much
-//! through the emulated CPU: about an hour and a half, not run yet.
+//! through the emulated CPU: about an hour and a half.
 //!
-//! Measured 2026-12-04 on the 2-core build host (shared, loaded), TCG, one
-//! vCPU, default size (VM wall 729 s; sha256 of the 2 GiB source 99 s):
+//! Measured 2026-12-04 on the 2-core build host, TCG, one vCPU, at the
+//! issue's size (a7ccc98: the source hashes while the destination copies;
+//! VM wall 5158 s; sha256 of the 16 GiB source 910 s). The dd run shared
+//! the host with a full `tests/run.sh` (load ~3.5), qemu-img partly (its
+//! last minutes), cinderblock ran alone (load ~1): qemu-img is the fair
+//! reference.
 //!
 //! ```text
 //! method                                                 seconds  +sync  read on A  written on B  allocated
-//! cinderblock (manifest edit → moved)                      200.4  200.4   4.04 GiB      0.75 GiB   0.38 GiB
-//! dd bs=1M conv=sparse, then sync                           77.5   77.5   2.01 GiB      0.75 GiB   0.38 GiB
-//! qemu-img convert -n --target-is-zero -O raw, then sync    71.5   71.5   2.01 GiB      0.75 GiB   0.38 GiB
-//! ratio: cinderblock takes 2.58x dd's time and 2.80x qemu-img's; it reads
-//! 2.01x their bytes on A and writes 1.00x theirs on B
-//! cinderblock's account: read 2147483648 bytes over iSCSI, wrote 402653184,
-//! zeroed 0 in 92.5s; verified against the source host's hash
+//! cinderblock (manifest edit → moved)                     1236.2 1236.2  32.20 GiB      6.01 GiB   3.00 GiB
+//! dd bs=1M conv=sparse, then sync                          808.9  809.1  16.06 GiB      6.00 GiB   3.00 GiB
+//! qemu-img convert -n --target-is-zero -O raw, then sync   459.9  460.0  16.04 GiB      6.00 GiB   3.00 GiB
+//! ratio: cinderblock takes 1.53x dd's time (with sync) and 2.69x
+//! qemu-img's; it reads 2.00x dd's bytes on A and 2.01x qemu-img's; it
+//! writes 1.00x dd's bytes on B and 1.00x qemu-img's
+//! cinderblock's account: read 17179869184 bytes over iSCSI, wrote
+//! 3221225472, zeroed 0 in 916.5s; verified against the source host's hash
 //! ```
 //!
-//! Where cinderblock's time goes: it reads the source twice, once to hash
-//! it on stor-a before exporting (the verification needs the source host's
-//! own hash) and once over iSCSI to copy it (92.5 s, 1.2x dd's 77.5 s,
-//! hashing as it reads); the rest is the resync latency, the job's
-//! hand-offs in etcd, login, logout and the source's removal. A thick
-//! source has no extent map, so all three read all 2 GiB; every target
-//! holds only the 384 MiB of data (written twice on stor-b's disk: the
-//! pools zero each new thin block, `thin_pool_zero` by default, the same
-//! for all three).
+//! The default size before a7ccc98 (the source hashed its whole volume
+//! before exporting, serially): cinderblock 200.4 s, dd 77.5 s, qemu-img
+//! 71.5 s (2.80x qemu-img's time); the copy alone 92.5 s.
+//!
+//! Where cinderblock's time goes: a thick source has no extent map, so it
+//! is read whole twice on stor-a, once by the source host's own hash (the
+//! verification's independent side) and once over iSCSI by the copy; the
+//! destination also hashes what it reads and then its target. In the lab
+//! both "hosts" share the one emulated vCPU, where BLAKE3 is slow and
+//! everything is CPU-bound: the source's hash no longer delays the export,
+//! but it competes with the copy for that vCPU (the copy took 916.5 s,
+//! 2.0x qemu-img's 460 s). On two real hosts the source's hash runs on the
+//! source's CPU and disk beside the copy. The rest (320 s) is the
+//! destination's hash of its 16 GiB target, the resync latency, the job's
+//! hand-offs in etcd, login, logout and the source's removal. Every target
+//! holds only the 3 GiB of data (written twice on stor-b's disk: the pools
+//! zero each new thin block, `thin_pool_zero` by default, the same for all
+//! three).
 
 // A benchmark's output is its report.
 #![allow(clippy::print_stdout)]
