@@ -228,8 +228,9 @@ pub struct Job {
     #[serde(with = "pending")]
     pub hash: Option<String>,
     /// Bytes the source host has hashed so far, of the volume and its
-    /// snapshots together (recorded every [`HASH_PROGRESS_EVERY`] while
-    /// it hashes): a destination waiting for a hash sees it move.
+    /// snapshots together, the work of a killed run counted too (recorded
+    /// every [`HASH_PROGRESS_EVERY`] while it hashes, never going down): a
+    /// destination waiting for a hash sees it move.
     #[serde(default)]
     pub hashed: u64,
     /// Bytes the destination copied so far (its last checkpoint).
