@@ -213,10 +213,9 @@ impl Chain<'_, '_> {
         // A resumed stage has no in-line hash of the source: that host's
         // own hash stands for it (no second read over the wire).
         let known = src.known_hash(of)?;
-        let source_hash = match (stats.source_hash, super::known_or_none(known.as_deref())) {
-            (Some(h), _) | (None, Some(h)) => h,
-            (None, None) => copy::content_hash(&source, &from_data.path, len, ext).map_err(err)?,
-        };
+        let source_hash = super::source_hash(stats.source_hash, known.as_deref(), || {
+            copy::content_hash(&source, &from_data.path, len, ext).map_err(err)
+        })?;
         let mismatch = known.filter(|k| *k != target_hash.to_hex().as_str());
         if source_hash != target_hash || mismatch.is_some() {
             cp.reset(sid)?;
@@ -441,15 +440,11 @@ pub(super) fn run(
         // A link of an earlier run: its host's own hash stands for it when
         // it published one (no second read over the wire).
         let published = src.known_hash(l.uuid)?;
-        let ours = match (hashes[k], super::known_or_none(published.as_deref())) {
-            (Some(h), _) | (None, Some(h)) => h,
-            (None, None) => {
-                let p = src.data_path(l.uuid)?;
-                let f = open(&p.path, false)?;
-                copy::content_hash(&f, &p.path, o.size, &exts[k])
-                    .map_err(|e| copy_err(src, dst, e))?
-            }
-        };
+        let ours = super::source_hash(hashes[k], published.as_deref(), || {
+            let p = src.data_path(l.uuid)?;
+            let f = open(&p.path, false)?;
+            copy::content_hash(&f, &p.path, o.size, &exts[k]).map_err(|e| copy_err(src, dst, e))
+        })?;
         let known = published.filter(|k| *k != theirs.to_hex().as_str());
         if ours != theirs || known.is_some() {
             // The target chain goes, newest first, and the next run builds

@@ -449,12 +449,9 @@ pub fn run(
     // A resumed copy of it has no in-line hash of the source: that host's
     // own hash stands for it (no second read over the wire).
     let known = src.known_hash(uuid)?;
-    let source_hash = match (stats.source_hash, known_or_none(known.as_deref())) {
-        (Some(h), _) | (None, Some(h)) => h,
-        (None, None) => {
-            copy::content_hash(&source, &from_data.path, len, &extents).map_err(copy_err)?
-        }
-    };
+    let source_hash = source_hash(stats.source_hash, known.as_deref(), || {
+        copy::content_hash(&source, &from_data.path, len, &extents).map_err(copy_err)
+    })?;
     let mismatch = known
         .as_deref()
         .filter(|k| *k != target_hash.to_hex().as_str())
@@ -478,11 +475,19 @@ pub fn run(
     })
 }
 
-/// Another host's published hash of a source, as a hash (none when it
-/// published none, or something that is no hash: the verification then
-/// reads the source and reports the mismatch).
-pub(crate) fn known_or_none(known: Option<&str>) -> Option<blake3::Hash> {
-    known.and_then(|k| blake3::Hash::from_hex(k).ok())
+/// The source's hash for a verification: the copy's in-line one, else
+/// (a resumed copy) the hash its own host published, else `read` it. A
+/// published text that is no hash is not used: the source is read, and the
+/// mismatch with the published text is reported.
+pub(crate) fn source_hash<E>(
+    inline: Option<blake3::Hash>,
+    known: Option<&str>,
+    read: impl FnOnce() -> Result<blake3::Hash, E>,
+) -> Result<blake3::Hash, E> {
+    match inline.or_else(|| known.and_then(|k| blake3::Hash::from_hex(k).ok())) {
+        Some(h) => Ok(h),
+        None => read(),
+    }
 }
 
 // Test data builders narrow sizes to buffer lengths on purpose.

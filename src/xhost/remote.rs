@@ -156,19 +156,23 @@ impl<'a> RemoteVolume<'a> {
                 st.job = Some((next, written));
                 return Ok(());
             }
-            match jobs.get(&self.volume) {
-                Ok(Some(fresh)) if fresh.0.uuid == self.uuid => st.job = Some(fresh),
-                Ok(_) => {
-                    return Err(self.err(op, "the migration job is gone from etcd or names another volume; the source abandoned the migration (was spec.backend changed back?)".into(), false));
-                }
-                Err(e) => return Err(self.err(op, e.to_string(), true)),
-            }
+            st.job = Some(self.reread(jobs, op)?);
         }
         Err(self.err(
             op,
             "the migration job kept changing under this host's writes".into(),
             true,
         ))
+    }
+
+    /// The job as etcd has it now, with its revision; an error when it is
+    /// gone or names another volume (the source abandoned the migration).
+    fn reread(&self, jobs: &dyn Jobs, op: Op) -> Result<(Job, i64), DriverError> {
+        match jobs.get(&self.volume) {
+            Ok(Some(fresh)) if fresh.0.uuid == self.uuid => Ok(fresh),
+            Ok(_) => Err(self.err(op, "the migration job is gone from etcd or names another volume; the source abandoned the migration (was spec.backend changed back?)".into(), false)),
+            Err(e) => Err(self.err(op, e.to_string(), true)),
+        }
     }
 
     fn job(&self) -> Option<Job> {
@@ -410,13 +414,8 @@ impl Driver for RemoteVolume<'_> {
                 ));
             }
             sleep(self.wait.poll);
-            match jobs.get(&self.volume) {
-                Ok(Some(fresh)) if fresh.0.uuid == self.uuid => lock(&self.state).job = Some(fresh),
-                Ok(_) => {
-                    return Err(self.err(Op::Lookup, "the migration job is gone from etcd or names another volume; the source abandoned the migration (was spec.backend changed back?)".into(), false));
-                }
-                Err(e) => return Err(self.err(Op::Lookup, e.to_string(), true)),
-            }
+            let fresh = self.reread(jobs, Op::Lookup)?;
+            lock(&self.state).job = Some(fresh);
         }
     }
 }
